@@ -1,0 +1,13 @@
+//! The hypervisor's logic that needs no hardware: parsed on the host by unit
+//! tests, linked into the bare-metal binary (`main.rs`) unchanged.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod acpi_sleep;
+pub mod bootinfo;
+pub mod cmdline;
+pub mod frame_alloc;
+pub mod page_table;

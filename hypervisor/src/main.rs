@@ -1,0 +1,270 @@
+//! The hypervisor binary: boot on bare metal (or in QEMU, Bochs) and take the
+//! processors.
+//!
+//! Boot sequence (docs/boot.md): entry code → boot tables → serial, TSC, GDT,
+//! IDT → boot information → memory (frame allocator, W^X page tables, heap) →
+//! guarded stack → ACPI → local APIC → virtualization capabilities → every
+//! application processor → summary line.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+pub use hypervisor::{bootinfo, cmdline, frame_alloc, page_table};
+
+mod platform;
+mod boot;
+mod memory;
+mod percpu;
+mod power;
+mod serial;
+mod smp;
+mod time;
+mod virt;
+mod x86;
+
+use bootinfo::BootInfo;
+use cmdline::{LogLevel, Options, SelfTest};
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+use log::{error, info, warn};
+use percpu::PerCpu;
+use spin::Once;
+use x86::{apic, cpu, idt};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+static BOOT_INFO: Once<BootInfo> = Once::new();
+static BSP_CAPS: Once<virt::Caps> = Once::new();
+static mut BSP_PERCPU: PerCpu = PerCpu::new(0, 0);
+
+/// Entered from `boot.rs` in long mode on the boot tables, by every loader.
+#[no_mangle]
+extern "C" fn hypervisor_entry(magic: u32, info: u64) -> ! {
+    boot::enter_boot_tables();
+    serial::init();
+    time::calibrate();
+    // SAFETY: the boot processor is alone; BSP_PERCPU is used only here.
+    let bsp = unsafe { &mut *core::ptr::addr_of_mut!(BSP_PERCPU) };
+    bsp.apic_id = cpu::apic_id();
+    idt::init();
+    // SAFETY: as above; the tables then live in a static for good.
+    unsafe { (*core::ptr::addr_of_mut!(BSP_PERCPU)).tables.load() };
+    idt::load();
+    percpu::install(bsp);
+
+    let phys = memory::IdentityPhys { limit: 4 << 30 };
+    let mut bi = match bootinfo::parse(magic, info, &phys) {
+        Ok(bi) => bi,
+        Err(e) => fatal(format_args!("cannot read the boot information: {e:?} (magic {magic:#x} at {info:#x})")),
+    };
+    if bi.acpi.is_none() {
+        bi.acpi = platform::find_rsdp_bios(&phys);
+    }
+    let bi = BOOT_INFO.call_once(|| bi);
+    let opts = Options::parse(bi.cmdline.as_str());
+    serial::init_logger(match opts.log_level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    });
+    info!(
+        "hypervisor {VERSION} starting: {:?} from \"{}\", command line \"{}\", TSC {} MHz",
+        bi.protocol,
+        bi.loader_name.as_str(),
+        bi.cmdline.as_str(),
+        time::tsc_hz() / 1_000_000
+    );
+    if let Some(word) = opts.unknown {
+        warn!("command line: ignoring \"{word}\" (known: log=LEVEL poweroff apic=xapic|x2apic selftest=page-fault|stack-overflow)");
+    }
+    for r in bi.regions() {
+        log::debug!("memory {:#014x}..{:#014x} {:?}", r.start, r.end, r.kind);
+    }
+    if bi.regions_dropped > 0 {
+        warn!("memory map: {} regions beyond {} ignored", bi.regions_dropped, bootinfo::MAX_REGIONS);
+    }
+    for (i, m) in bi.modules().iter().enumerate() {
+        info!("module {i}: \"{}\" at {:#x}..{:#x} ({} bytes)", m.name.as_str(), m.start, m.end, m.end - m.start);
+    }
+
+    let report = memory::init(bi).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
+    let (image_start, image_end) = memory::image_range();
+    info!(
+        "memory: image {:#x}..{:#x}, identity map to {:#x}, heap {} KiB, {} MiB free, page tables W^X",
+        image_start,
+        image_end,
+        report.identity_top,
+        report.heap_bytes / 1024,
+        report.free_pages / 256
+    );
+    let stack = memory::alloc_stack(smp::STACK_PAGES).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    memory::run_on_stack(stack, bsp_main, report.trampoline_page)
+}
+
+/// The rest of the boot processor's start, on a guarded stack.
+extern "C" fn bsp_main(trampoline_page: u64) -> ! {
+    let bi = BOOT_INFO.get().unwrap_or_else(|| fatal(format_args!("boot information missing")));
+    let opts = Options::parse(bi.cmdline.as_str());
+    // SAFETY: the boot processor's per-CPU data; its TSS takes the new IST stacks.
+    let bsp = unsafe { &mut *core::ptr::addr_of_mut!(BSP_PERCPU) };
+    smp::give_ist_stacks(bsp).unwrap_or_else(|e| fatal(format_args!("{e}")));
+
+    let platform = match bi.acpi.map(platform::read) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => fatal(format_args!("ACPI tables unreadable: {e:?}")),
+        None => fatal(format_args!("no ACPI tables (RSDP not found)")),
+    };
+    for io in &platform.io_apics {
+        info!("I/O APIC {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
+    }
+    match platform.power {
+        Some(p) => {
+            info!("ACPI power-off: PM1a_CNT {:#x}, PM1b_CNT {:?}, S5 type {:?}", p.pm1a_control, p.pm1b_control, p.s5);
+            power::set_acpi(p);
+        }
+        None => warn!("ACPI power-off unavailable (no FADT PM1 I/O block or no \\_S5)"),
+    }
+
+    let mode = if apic::x2apic_supported() && !opts.force_xapic { apic::Mode::X2Apic } else { apic::Mode::XApic };
+    apic::select(mode);
+    apic::enable();
+    init_processor_state();
+    let caps = *BSP_CAPS.call_once(virt::detect);
+    info!("cpu0 online: APIC ID {} ({:?}), {:?}", apic::id(), mode, cpu::vendor());
+    info!("virtualization: {caps}");
+
+    let enabled: alloc::vec::Vec<u32> = platform.processors.iter().filter(|p| p.enabled).map(|p| p.apic_id).collect();
+    let disabled = platform.processors.len() - enabled.len();
+    info!("ACPI MADT: {} processors enabled, {} not started (disabled or hot-add)", enabled.len(), disabled);
+    let started = smp::start_aps(&enabled, trampoline_page);
+    let deadline = time::deadline_us(2_000_000);
+    while smp::ONLINE.load(Ordering::Acquire) < started + 1 && !time::passed(deadline) {
+        cpu::pause();
+    }
+
+    match opts.selftest {
+        Some(SelfTest::PageFault) => {
+            info!("selftest: reading address 0");
+            // SAFETY: deliberately faults (page 0 is unmapped) to test the report.
+            let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
+            error!("selftest: read of address 0 returned {v:#x}");
+        }
+        Some(SelfTest::StackOverflow) => {
+            info!("selftest: overflowing the stack");
+            error!("selftest: recursion returned {}", recurse(0));
+        }
+        None => {}
+    }
+
+    let vendor = match cpu::vendor() {
+        cpu::Vendor::Intel => "intel",
+        cpu::Vendor::Amd => "amd",
+        cpu::Vendor::Other => "other",
+    };
+    serial::println(format_args!(
+        "hypervisor: {} logical processors online, {} MiB usable, vendor={vendor}, slat={}",
+        smp::ONLINE.load(Ordering::Acquire),
+        bi.usable_bytes() >> 20,
+        caps.slat()
+    ));
+    if opts.poweroff {
+        power::power_off();
+    }
+    info!("boot complete; processors idle");
+    cpu::halt_forever()
+}
+
+/// Never returns normally: each frame holds a page, so it runs into the guard page.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let buf = core::hint::black_box([depth; 512]);
+    recurse(depth + 1) + buf[depth as usize % 512]
+}
+
+/// Control-register state every processor runs with.
+fn init_processor_state() {
+    // CR0.WP: read-only pages stay read-only in ring 0.
+    // SAFETY: adds write protection the page tables intend.
+    unsafe { cpu::write_cr0(cpu::read_cr0() | 1 << 16) };
+}
+
+/// An application processor, on its own stack and the hypervisor's tables.
+#[no_mangle]
+extern "C" fn ap_entry(percpu_addr: u64) -> ! {
+    let me = smp::take_launch(percpu_addr);
+    let (index, apic_id) = (me.index, me.apic_id);
+    // SAFETY: `me` is this processor's alone and leaked ('static).
+    unsafe { (*(me as *mut PerCpu)).tables.load() };
+    idt::load();
+    percpu::install(me);
+    init_processor_state();
+    apic::enable();
+    let caps = virt::detect();
+    let same = BSP_CAPS.get() == Some(&caps);
+    info!("cpu{index} online: APIC ID {apic_id}{}", if same { "" } else { ", virtualization differs from cpu0" });
+    if !same {
+        warn!("cpu{index} virtualization: {caps}");
+    }
+    smp::ONLINE.fetch_add(1, Ordering::AcqRel);
+    cpu::halt_forever()
+}
+
+/// A boot error with no way forward: report it and power off with failure.
+fn fatal(args: core::fmt::Arguments) -> ! {
+    let mut out = serial::emergency();
+    let _ = writeln!(out, "FATAL on cpu{}: {args}", percpu::index());
+    power::fail()
+}
+
+/// The exception report: vector, error code, RIP, CR2, registers, processor.
+#[no_mangle]
+extern "C" fn exception_report(f: &idt::TrapFrame) -> ! {
+    let mut out = serial::emergency();
+    let cpu = percpu::index();
+    let _ = writeln!(
+        out,
+        "\nEXCEPTION on cpu{cpu}: vector {} ({}), error code {:#x}\n  rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x}\n  \
+         cr2={:#018x} cr3={:#018x} cr0={:#x} cr4={:#x}\n  rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  \
+         rsi={:#018x} rdi={:#018x} rbp={:#018x} r8 ={:#018x}\n  r9 ={:#018x} r10={:#018x} r11={:#018x} r12={:#018x}\n  \
+         r13={:#018x} r14={:#018x} r15={:#018x}\ncpu{cpu} stopped; powering off with failure status",
+        f.vector,
+        idt::vector_name(f.vector),
+        f.error_code,
+        f.rip,
+        f.cs,
+        f.rflags,
+        f.rsp,
+        f.ss,
+        cpu::read_cr2(),
+        cpu::read_cr3(),
+        cpu::read_cr0(),
+        cpu::read_cr4(),
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx,
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.r8,
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15
+    );
+    power::fail()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let mut out = serial::emergency();
+    let _ = writeln!(out, "\nPANIC on cpu{}: {info}\npowering off with failure status", percpu::index());
+    power::fail()
+}

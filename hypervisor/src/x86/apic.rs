@@ -1,0 +1,111 @@
+//! The local APIC in xAPIC (MMIO) or x2APIC (MSR) mode (Intel SDM vol. 3
+//! chapter 11). The boot processor picks the mode; every processor uses it.
+use super::{cpu, msr};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+static X2APIC: AtomicBool = AtomicBool::new(false);
+static XAPIC_BASE: AtomicU64 = AtomicU64::new(0xFEE0_0000);
+
+const REG_ID: u32 = 0x20;
+const REG_SPURIOUS: u32 = 0xF0;
+const REG_ICR_LOW: u32 = 0x300;
+const REG_ICR_HIGH: u32 = 0x310;
+const SPURIOUS_VECTOR: u64 = 0xFF;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    XApic,
+    X2Apic,
+}
+
+pub fn x2apic_supported() -> bool {
+    cpu::cpuid(1, 0).ecx & (1 << 21) != 0
+}
+
+pub fn mode() -> Mode {
+    if X2APIC.load(Ordering::Relaxed) {
+        Mode::X2Apic
+    } else {
+        Mode::XApic
+    }
+}
+
+/// Chooses the mode on the boot processor.
+pub fn select(mode: Mode) {
+    X2APIC.store(mode == Mode::X2Apic, Ordering::Relaxed);
+    XAPIC_BASE.store(msr::read(msr::IA32_APIC_BASE) & 0xF_FFFF_F000, Ordering::Relaxed);
+}
+
+/// Enables this processor's local APIC in the chosen mode, software-enabled
+/// with the spurious vector.
+pub fn enable() {
+    let base = msr::read(msr::IA32_APIC_BASE);
+    let mut want = base | (1 << 11);
+    if mode() == Mode::X2Apic {
+        want |= 1 << 10;
+    }
+    if want != base {
+        // SAFETY: enabling the APIC (and x2APIC mode, which CPUID advertises)
+        // changes no memory mapping; the xAPIC page stays where it was.
+        unsafe { msr::write(msr::IA32_APIC_BASE, want) };
+    }
+    write(REG_SPURIOUS, (1 << 8) | SPURIOUS_VECTOR);
+}
+
+fn read(reg: u32) -> u64 {
+    match mode() {
+        Mode::X2Apic => msr::read(msr::X2APIC_BASE + (reg >> 4)),
+        Mode::XApic => {
+            let addr = XAPIC_BASE.load(Ordering::Relaxed) + reg as u64;
+            // SAFETY: the APIC page is identity-mapped and the register offset is
+            // one of the constants above; APIC registers are 32-bit aligned.
+            unsafe { core::ptr::read_volatile(addr as *const u32) as u64 }
+        }
+    }
+}
+
+fn write(reg: u32, value: u64) {
+    match mode() {
+        // SAFETY: writing an x2APIC register changes no memory.
+        Mode::X2Apic => unsafe { msr::write(msr::X2APIC_BASE + (reg >> 4), value) },
+        Mode::XApic => {
+            let addr = XAPIC_BASE.load(Ordering::Relaxed) + reg as u64;
+            // SAFETY: as in `read`.
+            unsafe { core::ptr::write_volatile(addr as *mut u32, value as u32) };
+        }
+    }
+}
+
+/// This processor's APIC ID.
+pub fn id() -> u32 {
+    match mode() {
+        Mode::X2Apic => read(REG_ID) as u32,
+        Mode::XApic => (read(REG_ID) >> 24) as u32,
+    }
+}
+
+/// Sends an interprocessor interrupt with the given ICR low bits.
+fn send_ipi(dest: u32, icr_low: u64) {
+    match mode() {
+        // In x2APIC mode the ICR is one 64-bit MSR; the destination is bits 63:32.
+        Mode::X2Apic => write(REG_ICR_LOW, (dest as u64) << 32 | icr_low),
+        Mode::XApic => {
+            write(REG_ICR_HIGH, (dest as u64) << 24);
+            write(REG_ICR_LOW, icr_low);
+            // Wait for the delivery status bit to clear.
+            while read(REG_ICR_LOW) & (1 << 12) != 0 {
+                cpu::pause();
+            }
+        }
+    }
+}
+
+/// INIT (delivery mode 101b, level assert).
+pub fn send_init(dest: u32) {
+    send_ipi(dest, 0x4500);
+}
+
+/// Start-up IPI: the processor starts in real mode at `page << 12`.
+pub fn send_startup(dest: u32, page: u8) {
+    send_ipi(dest, 0x4600 | page as u64);
+}

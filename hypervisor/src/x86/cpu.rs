@@ -1,0 +1,104 @@
+//! CPUID, control registers, the time-stamp counter and halting.
+use core::arch::asm;
+use core::arch::x86_64::{CpuidResult, __cpuid_count, _rdtsc};
+
+pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
+    __cpuid_count(leaf, subleaf)
+}
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC is always available in ring 0 and only reads the counter.
+    unsafe { _rdtsc() }
+}
+
+pub fn read_cr0() -> u64 {
+    let v;
+    // SAFETY: reading a control register has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+pub fn read_cr2() -> u64 {
+    let v;
+    // SAFETY: as above.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+pub fn read_cr3() -> u64 {
+    let v;
+    // SAFETY: as above.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+pub fn read_cr4() -> u64 {
+    let v;
+    // SAFETY: as above.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// # Safety
+/// The new value must keep paging, caching and protection consistent with
+/// what the running code relies on.
+pub unsafe fn write_cr0(v: u64) {
+    // SAFETY: the caller's contract.
+    unsafe { asm!("mov cr0, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// # Safety
+/// The tables must map this code, its stack and every live object at the
+/// same addresses as the tables they replace.
+pub unsafe fn write_cr3(v: u64) {
+    // SAFETY: the caller's contract.
+    unsafe { asm!("mov cr3, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Stops this processor for good: interrupts off, halt forever (an NMI or SMI
+/// returns to the loop).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: disabling interrupts and halting touch no memory.
+        unsafe { asm!("cli; hlt", options(nomem, nostack)) };
+    }
+}
+
+pub fn pause() {
+    core::hint::spin_loop();
+}
+
+/// The processor vendor, from CPUID leaf 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vendor {
+    Intel,
+    Amd,
+    Other,
+}
+
+pub fn vendor() -> Vendor {
+    let r = cpuid(0, 0);
+    let mut id = [0u8; 12];
+    id[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    id[4..8].copy_from_slice(&r.edx.to_le_bytes());
+    id[8..].copy_from_slice(&r.ecx.to_le_bytes());
+    match &id {
+        b"GenuineIntel" => Vendor::Intel,
+        b"AuthenticAMD" => Vendor::Amd,
+        _ => Vendor::Other,
+    }
+}
+
+/// Whether the processor maps 1 GiB pages (CPUID 0x80000001 EDX bit 26).
+pub fn has_1g_pages() -> bool {
+    cpuid(0x8000_0000, 0).eax >= 0x8000_0001 && cpuid(0x8000_0001, 0).edx & (1 << 26) != 0
+}
+
+/// This processor's initial APIC ID (CPUID 1 EBX bits 31:24; the x2APIC ID
+/// from leaf 0xB when present).
+pub fn apic_id() -> u32 {
+    if cpuid(0, 0).eax >= 0xB && cpuid(0xB, 0).ebx != 0 {
+        return cpuid(0xB, 0).edx;
+    }
+    cpuid(1, 0).ebx >> 24
+}

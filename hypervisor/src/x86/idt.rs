@@ -1,0 +1,166 @@
+//! The interrupt descriptor table and the exception report.
+//!
+//! Every vector has a 16-byte stub that pushes a uniform frame (a zero error
+//! code where the processor pushes none, and the vector) and jumps to common
+//! code that saves the general registers and calls `exception_report`. Nothing
+//! is expected yet: every vector is a fatal report naming the processor.
+use super::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CODE};
+use core::arch::global_asm;
+
+/// The stack at `exception_report`, lowest address first.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+global_asm!(
+    r#"
+.section .text
+.balign 16
+.global exception_stubs
+exception_stubs:
+.set vec, 0
+.rept 256
+    .balign 16
+    /* Vectors where the processor pushes an error code (Intel SDM vol. 3 table 6-1). */
+    .if (vec == 8) | (vec == 10) | (vec == 11) | (vec == 12) | (vec == 13) | (vec == 14) | (vec == 17) | (vec == 21) | (vec == 29) | (vec == 30)
+        .byte 0x66, 0x90                 /* two-byte nop keeps every stub the same size */
+    .else
+        .byte 0x6a, 0x00                 /* push 0 */
+    .endif
+    .byte 0x68                           /* push imm32 */
+    .long vec
+    .byte 0xe9                           /* jmp rel32 */
+    .long exception_common - . - 4
+    .set vec, vec + 1
+.endr
+
+exception_common:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    cld
+    mov rdi, rsp
+    call exception_report
+    ud2
+"#
+);
+
+extern "C" {
+    static exception_stubs: u8;
+}
+
+#[repr(C, align(16))]
+struct Idt([u64; 512]);
+
+static mut IDT: Idt = Idt([0; 512]);
+
+fn gate(handler: u64, ist: u8) -> (u64, u64) {
+    let low = (handler & 0xFFFF)
+        | (KERNEL_CODE as u64) << 16
+        | (ist as u64) << 32
+        | 0x8E << 40 // present, DPL 0, 64-bit interrupt gate
+        | ((handler >> 16) & 0xFFFF) << 48;
+    (low, handler >> 32)
+}
+
+/// Fills the IDT (once, on the boot processor).
+pub fn init() {
+    let stubs = core::ptr::addr_of!(exception_stubs) as u64;
+    // SAFETY: called once on the boot processor before any other processor
+    // runs and before the IDT is loaded anywhere.
+    let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
+    for v in 0..256 {
+        let ist = match v {
+            2 => IST_NMI,
+            8 => IST_DOUBLE_FAULT,
+            18 => IST_MACHINE_CHECK,
+            _ => 0,
+        };
+        let (lo, hi) = gate(stubs + 16 * v as u64, ist);
+        idt.0[2 * v] = lo;
+        idt.0[2 * v + 1] = hi;
+    }
+}
+
+/// Loads the IDT on this processor.
+pub fn load() {
+    let ptr = x86_64::structures::DescriptorTablePointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: x86_64::VirtAddr::new(core::ptr::addr_of!(IDT) as u64),
+    };
+    // SAFETY: the IDT is static and filled by `init` with gates to the stubs.
+    unsafe { x86_64::instructions::tables::lidt(&ptr) };
+}
+
+pub fn vector_name(v: u64) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE divide error",
+        "#DB debug",
+        "NMI",
+        "#BP breakpoint",
+        "#OF overflow",
+        "#BR bound range",
+        "#UD invalid opcode",
+        "#NM device not available",
+        "#DF double fault",
+        "coprocessor segment overrun",
+        "#TS invalid TSS",
+        "#NP segment not present",
+        "#SS stack fault",
+        "#GP general protection",
+        "#PF page fault",
+        "reserved",
+        "#MF x87 error",
+        "#AC alignment check",
+        "#MC machine check",
+        "#XM SIMD error",
+        "#VE virtualization exception",
+        "#CP control protection",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "#HV hypervisor injection",
+        "#VC VMM communication",
+        "#SX security",
+        "reserved",
+    ];
+    NAMES.get(v as usize).copied().unwrap_or("external interrupt")
+}
