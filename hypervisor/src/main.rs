@@ -91,6 +91,7 @@ extern "C" fn hypervisor_entry(magic: u32, info: u64) -> ! {
     }
 
     let report = memory::init(bi).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
+    init_processor_state();
     let (image_start, image_end) = memory::image_range();
     info!(
         "memory: image {:#x}..{:#x}, identity map to {:#x}, heap {} KiB, {} MiB free, page tables W^X",
@@ -131,7 +132,6 @@ extern "C" fn bsp_main(trampoline_page: u64) -> ! {
     let mode = if apic::x2apic_supported() && !opts.force_xapic { apic::Mode::X2Apic } else { apic::Mode::XApic };
     apic::select(mode);
     apic::enable();
-    init_processor_state();
     let caps = *BSP_CAPS.call_once(virt::detect);
     info!("cpu0 online: APIC ID {} ({:?}), {:?}", apic::id(), mode, cpu::vendor());
     info!("virtualization: {caps}");
@@ -185,11 +185,16 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + buf[depth as usize % 512]
 }
 
-/// Control-register state every processor runs with.
+/// Control-register state every processor runs with: CR0.WP (read-only pages
+/// stay read-only in ring 0), caches on (CD and NW clear: firmware such as the
+/// Bochs BIOS may hand over with caching disabled).
 fn init_processor_state() {
-    // CR0.WP: read-only pages stay read-only in ring 0.
-    // SAFETY: adds write protection the page tables intend.
-    unsafe { cpu::write_cr0(cpu::read_cr0() | 1 << 16) };
+    const WP: u64 = 1 << 16;
+    const NW: u64 = 1 << 29;
+    const CD: u64 = 1 << 30;
+    // SAFETY: adds the write protection the page tables intend and enables
+    // caching, which the identity map's memory types (PAT/MTRR) already describe.
+    unsafe { cpu::write_cr0((cpu::read_cr0() | WP) & !(CD | NW)) };
 }
 
 /// An application processor, on its own stack and the hypervisor's tables.

@@ -134,9 +134,6 @@ pub fn init(bi: &BootInfo) -> Result<MemoryReport, &'static str> {
     // object in use at the same addresses as the boot tables, which map
     // 0..4 GiB identically. NX-marked pages need EFER.NXE, set by the entry code.
     unsafe { cpu::write_cr3(root) };
-    // CR0.WP: read-only pages are read-only for the hypervisor too.
-    // SAFETY: only adds write protection that the mappings above intend.
-    unsafe { cpu::write_cr0(cpu::read_cr0() | 1 << 16) };
     KERNEL_CR3.store(root, Ordering::Relaxed);
     *KERNEL_TABLES.lock() = Some(pt);
 

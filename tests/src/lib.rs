@@ -1,0 +1,379 @@
+//! The boot matrix: whole-system test cases and the judges that read their
+//! serial logs and exit status.
+//!
+//! A case names a machine (emulator, boot path, processors, memory, CPU model,
+//! hypervisor command line) and what must be seen. `cargo xtask test` builds
+//! the images, runs each case under a hard time limit and calls [`judge`].
+//! Everything here is plain data and string checks, unit-tested on the host.
+
+pub mod audit;
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emulator {
+    /// QEMU under TCG: AMD SVM with nested paging; also UEFI (OVMF).
+    Qemu,
+    /// Bochs: Intel VMX with EPT (and AMD models with SVM).
+    Bochs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// QEMU `-kernel` (Multiboot 1).
+    Multiboot,
+    /// OVMF + our UEFI loader from a FAT system partition.
+    Uefi,
+    /// A GRUB 2 rescue ISO (Multiboot 2).
+    Grub,
+}
+
+impl fmt::Display for Emulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Emulator::Qemu => "qemu",
+            Emulator::Bochs => "bochs",
+        })
+    }
+}
+
+impl fmt::Display for Boot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Boot::Multiboot => "multiboot",
+            Boot::Uefi => "uefi",
+            Boot::Grub => "grub",
+        })
+    }
+}
+
+/// The machine a case boots.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub emulator: Emulator,
+    pub boot: Boot,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub cpu_model: String,
+    pub cmdline: String,
+}
+
+impl Machine {
+    pub fn default_cpu_model(emulator: Emulator) -> &'static str {
+        match emulator {
+            Emulator::Qemu => "qemu64,+svm,+npt",
+            Emulator::Bochs => "corei7_skylake_x",
+        }
+    }
+
+    pub fn new(emulator: Emulator, boot: Boot, cpus: u32, memory_mib: u64) -> Self {
+        Machine {
+            emulator,
+            boot,
+            cpus,
+            memory_mib,
+            cpu_model: Self::default_cpu_model(emulator).to_string(),
+            cmdline: "poweroff".to_string(),
+        }
+    }
+
+    fn model(mut self, model: &str) -> Self {
+        self.cpu_model = model.to_string();
+        self
+    }
+
+    fn cmdline(mut self, cmdline: &str) -> Self {
+        self.cmdline = cmdline.to_string();
+        self
+    }
+}
+
+/// The module every case loads, to prove modules reach the hypervisor intact
+/// on every boot path.
+pub const TEST_MODULE_NAME: &str = "test-module";
+pub const TEST_MODULE_SIZE: usize = 12_345;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Boots, every processor checks in, the summary line is right, and the
+    /// machine powers off with success.
+    Boots { vendor: &'static str, slat: &'static str },
+    /// The hypervisor reports this exception vector and powers off with failure.
+    Exception { vector: u64 },
+    /// Boots, then the emulator's monitor dumps the page tables of every
+    /// processor: no page may be writable and executable.
+    PageTableAudit,
+}
+
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    pub machine: Machine,
+    pub expect: Expect,
+    pub timeout_secs: u64,
+}
+
+fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
+    let m = &machine;
+    let name = format!("{}-{}-{}-{}cpu-{}M{}", m.emulator, m.boot, model_tag(&m.cpu_model), m.cpus, m.memory_mib, suffix);
+    let timeout_secs = match m.emulator {
+        Emulator::Qemu if m.boot == Boot::Uefi => 120,
+        Emulator::Qemu => 60,
+        Emulator::Bochs => 240,
+    };
+    Case { name, machine, expect, timeout_secs }
+}
+
+fn model_tag(model: &str) -> String {
+    model.split(',').next().unwrap_or(model).to_ascii_lowercase()
+}
+
+/// Every case `cargo xtask test` runs.
+pub fn matrix() -> Vec<Case> {
+    let amd = Expect::Boots { vendor: "amd", slat: "npt" };
+    let intel = Expect::Boots { vendor: "intel", slat: "ept" };
+    let mut cases = Vec::new();
+    for cpus in [1, 2, 4] {
+        for mem in [128, 1024, 4096] {
+            cases.push(case(Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, mem), amd.clone(), ""));
+        }
+    }
+    // EPYC offers 1 GiB pages: the hypervisor's tables use them.
+    cases.push(case(Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1024).model("EPYC"), amd.clone(), ""));
+    cases.push(case(Machine::new(Emulator::Qemu, Boot::Uefi, 2, 256), amd.clone(), ""));
+    cases.push(case(Machine::new(Emulator::Qemu, Boot::Grub, 2, 256), amd.clone(), ""));
+    for cpus in [1, 2] {
+        cases.push(case(Machine::new(Emulator::Bochs, Boot::Grub, cpus, 128), intel.clone(), ""));
+        cases.push(case(Machine::new(Emulator::Bochs, Boot::Grub, cpus, 128).model("ryzen"), amd.clone(), ""));
+    }
+    // Skylake offers x2APIC; this keeps the xAPIC path tested on Intel too.
+    cases.push(case(Machine::new(Emulator::Bochs, Boot::Grub, 2, 128).cmdline("poweroff apic=xapic"), intel.clone(), "-xapic"));
+    cases.push(case(
+        Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 256).cmdline("selftest=page-fault"),
+        Expect::Exception { vector: 14 },
+        "-page-fault",
+    ));
+    // Overflowing onto the guard page faults while pushing the #PF frame: a
+    // double fault, which only reports because it runs on its own IST stack.
+    cases.push(case(
+        Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 256).cmdline("selftest=stack-overflow"),
+        Expect::Exception { vector: 8 },
+        "-stack-overflow",
+    ));
+    cases.push(case(
+        Machine::new(Emulator::Bochs, Boot::Grub, 1, 128).cmdline("selftest=stack-overflow"),
+        Expect::Exception { vector: 8 },
+        "-stack-overflow",
+    ));
+    cases.push(case(Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1024).cmdline(""), Expect::PageTableAudit, "-pagetable-audit"));
+    cases
+}
+
+/// What an emulator run produced.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub serial: String,
+    /// The emulator's exit status mapped to the machine's verdict: `Some(true)`
+    /// powered off with success, `Some(false)` with failure, `None` killed
+    /// (time limit, or stopped by the harness once it had what it needed).
+    pub success: Option<bool>,
+    pub timed_out: bool,
+    /// What the emulator's monitor answered, for audits.
+    pub monitor: String,
+}
+
+/// The line every boot ends with.
+pub const SUMMARY_PREFIX: &str = "hypervisor: ";
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub cpus: u32,
+    pub usable_mib: u64,
+    pub vendor: String,
+    pub slat: String,
+}
+
+/// Parses `hypervisor: <N> logical processors online, <M> MiB usable, vendor=<v>, slat=<s>`.
+pub fn parse_summary(log: &str) -> Option<Summary> {
+    let line = log.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(SUMMARY_PREFIX))?;
+    let mut parts = line.split(", ");
+    let cpus = parts.next()?.strip_suffix(" logical processors online")?.parse().ok()?;
+    let usable_mib = parts.next()?.strip_suffix(" MiB usable")?.parse().ok()?;
+    let vendor = parts.next()?.strip_prefix("vendor=")?.to_string();
+    let slat = parts.next()?.strip_prefix("slat=")?.to_string();
+    Some(Summary { cpus, usable_mib, vendor, slat })
+}
+
+/// True once a run has shown what its case needs; the harness may then stop
+/// the emulator (for cases that do not power off by themselves).
+pub fn ready_for_monitor(case: &Case, serial: &str) -> bool {
+    matches!(case.expect, Expect::PageTableAudit) && serial.contains("boot complete")
+}
+
+fn count_lines(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// The verdict on one run: `Ok` or the first reason it failed.
+pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
+    let log = &out.serial;
+    let m = &case.machine;
+    if count_lines(log, "] cpu0 INFO  hypervisor ") > 1 {
+        return Err("the machine reset and booted again".into());
+    }
+    let check_boot = |log: &str| -> Result<Summary, String> {
+        let s = parse_summary(log).ok_or("no summary line")?;
+        if s.cpus != m.cpus {
+            return Err(format!("{} of {} processors online", s.cpus, m.cpus));
+        }
+        for i in 0..m.cpus {
+            if !log.contains(&format!("cpu{i} INFO  cpu{i} online")) {
+                return Err(format!("cpu{i} did not check in"));
+            }
+        }
+        // Firmware keeps a little memory (and the 4 GiB machine loses its PCI hole).
+        let min = m.memory_mib * 7 / 8;
+        if s.usable_mib < min || s.usable_mib > m.memory_mib {
+            return Err(format!("{} MiB usable on a {} MiB machine (expected {min}..={})", s.usable_mib, m.memory_mib, m.memory_mib));
+        }
+        // QEMU passes "path name", GRUB and our loader "name": the name ends the string.
+        let module = format!("{TEST_MODULE_NAME}\" at ");
+        let size = format!("({TEST_MODULE_SIZE} bytes)");
+        if !log.lines().any(|l| l.contains(&module) && l.contains(&size)) {
+            return Err(format!("module \"{TEST_MODULE_NAME}\" of {TEST_MODULE_SIZE} bytes not reported"));
+        }
+        Ok(s)
+    };
+    let no_faults = |log: &str| -> Result<(), String> {
+        for marker in ["EXCEPTION", "PANIC", "FATAL"] {
+            if let Some(l) = log.lines().find(|l| l.contains(marker)) {
+                return Err(format!("hypervisor reported: {}", l.trim()));
+            }
+        }
+        Ok(())
+    };
+    match &case.expect {
+        Expect::Boots { vendor, slat } => {
+            no_faults(log)?;
+            let s = check_boot(log)?;
+            if s.vendor != *vendor || s.slat != *slat {
+                return Err(format!("vendor={} slat={}, expected vendor={vendor} slat={slat}", s.vendor, s.slat));
+            }
+            if !log.contains("powering off") {
+                return Err("did not power off".into());
+            }
+            match out.success {
+                Some(true) => Ok(()),
+                Some(false) => Err("emulator reported failure status".into()),
+                None if out.timed_out => Err("time limit reached".into()),
+                None => Err("emulator was stopped".into()),
+            }
+        }
+        Expect::Exception { vector } => {
+            let want = format!("EXCEPTION on cpu0: vector {vector} ");
+            if !log.contains(&want) {
+                return Err(format!("no report of vector {vector} on cpu0"));
+            }
+            for field in ["rip=", "cr2=", "rax=", "r15=", "cpu0 stopped"] {
+                if !log.contains(field) {
+                    return Err(format!("exception report lacks \"{field}\""));
+                }
+            }
+            match out.success {
+                Some(false) => Ok(()),
+                Some(true) => Err("powered off with success after an exception".into()),
+                None => Err("did not power off after the exception".into()),
+            }
+        }
+        Expect::PageTableAudit => {
+            no_faults(log)?;
+            check_boot(log)?;
+            let report = audit::audit(&out.monitor, m.cpus)?;
+            if report.writable_executable.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("writable and executable mappings: {}", report.writable_executable.join("; ")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "[   0.01] cpu0 INFO  hypervisor 0.1.0 starting\n\
+        [   0.02] cpu0 INFO  module 0: \"test-module\" at 0x400000..0x403039 (12345 bytes)\n\
+        [   0.03] cpu0 INFO  cpu0 online: APIC ID 0\n\
+        [   0.04] cpu1 INFO  cpu1 online: APIC ID 1\n\
+        hypervisor: 2 logical processors online, 127 MiB usable, vendor=amd, slat=npt\r\n\
+        [   0.05] cpu0 INFO  powering off\n";
+
+    fn boots(cpus: u32) -> Case {
+        case(Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, 128), Expect::Boots { vendor: "amd", slat: "npt" }, "")
+    }
+
+    fn ok(serial: &str) -> Outcome {
+        Outcome { serial: serial.into(), success: Some(true), ..Default::default() }
+    }
+
+    #[test]
+    fn summary_parses() {
+        assert_eq!(
+            parse_summary(GOOD),
+            Some(Summary { cpus: 2, usable_mib: 127, vendor: "amd".into(), slat: "npt".into() })
+        );
+        assert_eq!(parse_summary("hypervisor: two logical processors online"), None);
+    }
+
+    #[test]
+    fn a_good_boot_passes() {
+        assert_eq!(judge(&boots(2), &ok(GOOD)), Ok(()));
+    }
+
+    #[test]
+    fn each_defect_fails() {
+        let c = boots(2);
+        assert!(judge(&boots(4), &ok(GOOD)).unwrap_err().contains("2 of 4"));
+        assert!(judge(&c, &ok(&GOOD.replace("cpu1 INFO  cpu1 online", "x"))).unwrap_err().contains("cpu1"));
+        assert!(judge(&c, &ok(&GOOD.replace("127 MiB", "64 MiB"))).unwrap_err().contains("MiB usable"));
+        assert!(judge(&c, &ok(&GOOD.replace("vendor=amd", "vendor=intel"))).is_err());
+        assert!(judge(&c, &ok(&GOOD.replace("12345 bytes", "12344 bytes"))).unwrap_err().contains("module"));
+        assert!(judge(&c, &ok(&format!("{GOOD}EXCEPTION on cpu1: vector 13"))).unwrap_err().contains("EXCEPTION"));
+        assert!(judge(&c, &ok(&format!("{GOOD}{GOOD}"))).unwrap_err().contains("reset"));
+        assert!(judge(&c, &Outcome { success: Some(false), ..ok(GOOD) }).is_err());
+        assert!(judge(&c, &Outcome { success: None, timed_out: true, ..ok(GOOD) }).unwrap_err().contains("time"));
+        assert!(judge(&c, &ok(&GOOD.replace("powering off", "idle"))).is_err());
+    }
+
+    #[test]
+    fn exceptions_are_judged_by_vector_and_status() {
+        let c = case(Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 128), Expect::Exception { vector: 8 }, "");
+        let report = "EXCEPTION on cpu0: vector 8 (#DF double fault), error code 0x0\n rip=0x1 cr2=0x2\n rax=0 r15=0\ncpu0 stopped; powering off";
+        let out = Outcome { serial: report.into(), success: Some(false), ..Default::default() };
+        assert_eq!(judge(&c, &out), Ok(()));
+        assert!(judge(&c, &Outcome { success: Some(true), ..out.clone() }).is_err());
+        assert!(judge(&c, &Outcome { serial: report.replace("vector 8", "vector 14"), ..out }).is_err());
+    }
+
+    #[test]
+    fn the_matrix_covers_the_issue() {
+        let m = matrix();
+        let has = |e: Emulator, b: Boot, model: &str, cpus: u32| {
+            m.iter().any(|c| c.machine.emulator == e && c.machine.boot == b && c.machine.cpu_model.starts_with(model) && c.machine.cpus == cpus)
+        };
+        for cpus in [1, 2, 4] {
+            assert!(has(Emulator::Qemu, Boot::Multiboot, "qemu64", cpus));
+        }
+        assert!(has(Emulator::Qemu, Boot::Uefi, "qemu64", 2));
+        for cpus in [1, 2] {
+            assert!(has(Emulator::Bochs, Boot::Grub, "corei7_skylake_x", cpus));
+            assert!(has(Emulator::Bochs, Boot::Grub, "ryzen", cpus));
+        }
+        assert!(m.iter().any(|c| c.expect == Expect::PageTableAudit));
+        let mut names: Vec<_> = m.iter().map(|c| c.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), m.len(), "case names are unique");
+    }
+}

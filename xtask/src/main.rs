@@ -1,1 +1,155 @@
-fn main() {}
+//! `cargo xtask`: the one entry point to build, run, test and measure.
+//!
+//! ```text
+//! cargo xtask build
+//! cargo xtask run [--emulator qemu|bochs] [--boot multiboot|uefi|grub] [--cpus N]
+//!                 [--memory SIZE] [--cpu-model NAME] [--timeout SECS] [-- HYPERVISOR_COMMAND_LINE]
+//! cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--fuzz-seconds N]
+//! cargo xtask bench [--runs N]
+//! ```
+mod bench;
+mod build;
+mod emulator;
+mod image;
+mod prereq;
+mod test;
+
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+use system_tests::{Boot, Emulator, Machine};
+
+fn usage() -> ! {
+    eprintln!(
+        "usage:\n  cargo xtask build\n  \
+         cargo xtask run [--emulator qemu|bochs] [--boot multiboot|uefi|grub] [--cpus N] [--memory SIZE]\n                  \
+         [--cpu-model NAME] [--timeout SECS] [-- HYPERVISOR_COMMAND_LINE]\n  \
+         cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--fuzz-seconds N]\n  \
+         cargo xtask bench [--runs N]"
+    );
+    std::process::exit(2)
+}
+
+/// `128M`, `1G`, `4096` (MiB) → MiB.
+fn parse_size(s: &str) -> Result<u64> {
+    let (num, mult) = match s.to_ascii_uppercase() {
+        t if t.ends_with('G') => (t[..t.len() - 1].to_string(), 1024),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_string(), 1),
+        t => (t, 1),
+    };
+    let n: u64 = num.parse().with_context(|| format!("bad memory size \"{s}\" (e.g. 512M, 2G)"))?;
+    if n * mult < 64 {
+        bail!("memory size {s} is too small: the hypervisor needs at least 64M");
+    }
+    Ok(n * mult)
+}
+
+struct Args(std::vec::IntoIter<String>);
+
+impl Args {
+    fn value(&mut self, flag: &str) -> Result<String> {
+        self.0.next().with_context(|| format!("{flag} needs a value"))
+    }
+}
+
+fn run_cmd(mut args: Args) -> Result<i32> {
+    let mut emulator = Emulator::Qemu;
+    let mut boot = None;
+    let mut cpus = 2;
+    let mut memory = 512;
+    let mut model = None;
+    let mut timeout = 1800;
+    let mut cmdline = String::new();
+    while let Some(a) = args.0.next() {
+        match a.as_str() {
+            "--emulator" => {
+                emulator = match args.value(&a)?.as_str() {
+                    "qemu" => Emulator::Qemu,
+                    "bochs" => Emulator::Bochs,
+                    other => bail!("unknown emulator \"{other}\" (qemu or bochs)"),
+                }
+            }
+            "--boot" => {
+                boot = Some(match args.value(&a)?.as_str() {
+                    "multiboot" => Boot::Multiboot,
+                    "uefi" => Boot::Uefi,
+                    "grub" => Boot::Grub,
+                    other => bail!("unknown boot path \"{other}\" (multiboot, uefi or grub)"),
+                })
+            }
+            "--cpus" => cpus = args.value(&a)?.parse().context("--cpus takes a number")?,
+            "--memory" => memory = parse_size(&args.value(&a)?)?,
+            "--cpu-model" => model = Some(args.value(&a)?),
+            "--timeout" => timeout = args.value(&a)?.parse().context("--timeout takes seconds")?,
+            "--" => {
+                cmdline = args.0.by_ref().collect::<Vec<_>>().join(" ");
+            }
+            other => bail!("unknown option \"{other}\" for run"),
+        }
+    }
+    if !(1..=64).contains(&cpus) {
+        bail!("--cpus must be between 1 and 64");
+    }
+    let boot = boot.unwrap_or(match emulator {
+        Emulator::Qemu => Boot::Multiboot,
+        Emulator::Bochs => Boot::Grub,
+    });
+    if emulator == Emulator::Bochs && boot != Boot::Grub {
+        bail!("Bochs boots through GRUB only: use --boot grub");
+    }
+    prereq::ensure()?;
+    let art = build::build()?;
+    let mut machine = Machine::new(emulator, boot, cpus, memory);
+    machine.cmdline = cmdline;
+    if let Some(m) = model {
+        machine.cpu_model = m;
+    }
+    let dir = build::work_dir().join("run");
+    let media = image::make(boot, &art, &machine.cmdline, &[], &dir)?;
+    eprintln!(
+        "xtask: {emulator} {boot}, {cpus} CPUs ({}), {memory} MiB, time limit {timeout} s; serial console follows",
+        machine.cpu_model
+    );
+    let opts = emulator::RunOptions {
+        timeout: Duration::from_secs(timeout),
+        echo: true,
+        interactive: emulator == Emulator::Qemu,
+        monitor_trigger: None,
+        monitor_commands: &[],
+    };
+    let run = emulator::run(&machine, &media, &dir, &opts)?;
+    println!();
+    Ok(match (run.outcome.success, run.outcome.timed_out) {
+        (Some(true), _) => 0,
+        (_, true) => {
+            eprintln!("xtask: time limit of {timeout} s reached (raise it with --timeout)");
+            124
+        }
+        _ => 1,
+    })
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        usage();
+    }
+    let cmd = args.remove(0);
+    let args = Args(args.into_iter());
+    let result = match cmd.as_str() {
+        "build" => build::build().map(|a| {
+            println!("{}\n{}", a.hypervisor.display(), a.uefi_loader.display());
+            0
+        }),
+        "run" => run_cmd(args),
+        "test" => test::main(args.0.collect()),
+        "bench" => bench::main(args.0.collect()),
+        _ => usage(),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Building the bare-metal binaries.
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+
+pub struct Artifacts {
+    pub hypervisor: PathBuf,
+    pub uefi_loader: PathBuf,
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+pub fn work_dir() -> PathBuf {
+    root().join("target").join("xtask")
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo).args(args).current_dir(root()).status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn build() -> Result<Artifacts> {
+    crate::prereq::ensure_rust_targets()?;
+    cargo(&["build", "--release", "-p", "hypervisor", "--bin", "hypervisor", "--target", "x86_64-unknown-none"])?;
+    cargo(&["build", "--release", "-p", "bootloader", "--target", "x86_64-unknown-uefi"])?;
+    let target = root().join("target");
+    Ok(Artifacts {
+        hypervisor: target.join("x86_64-unknown-none/release/hypervisor"),
+        uefi_loader: target.join("x86_64-unknown-uefi/release/bootloader.efi"),
+    })
+}

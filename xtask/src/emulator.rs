@@ -1,0 +1,297 @@
+//! Running a machine in QEMU or Bochs: serial captured (and echoed for
+//! `xtask run`), a hard wall-clock limit, the exit status mapped to a verdict.
+use crate::image::BootMedia;
+use anyhow::{Context, Result};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use system_tests::{Emulator, Machine, Outcome};
+
+/// QEMU's isa-debug-exit turns the hypervisor's codes into (code << 1) | 1.
+const QEMU_EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
+
+pub struct RunOptions<'a> {
+    pub timeout: Duration,
+    /// Copy the serial console to our stdout as it arrives.
+    pub echo: bool,
+    /// Give the emulator our stdin (QEMU: the serial console's input).
+    pub interactive: bool,
+    /// When this returns true for the serial log so far, send
+    /// `monitor_commands` to QEMU's monitor, then stop the machine.
+    pub monitor_trigger: Option<&'a dyn Fn(&str) -> bool>,
+    pub monitor_commands: &'a [&'a str],
+}
+
+pub struct Run {
+    pub outcome: Outcome,
+    /// Wall time from start until the summary line appeared.
+    pub summary_after: Option<Duration>,
+}
+
+pub fn run(machine: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Result<Run> {
+    std::fs::create_dir_all(dir)?;
+    match machine.emulator {
+        Emulator::Qemu => run_qemu(machine, media, dir, opts),
+        Emulator::Bochs => run_bochs(machine, media, dir, opts),
+    }
+}
+
+fn qemu_command(m: &Machine, media: &BootMedia, dir: &Path, monitor: Option<&Path>) -> Result<Command> {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg", "-cpu", &m.cpu_model, "-smp", &m.cpus.to_string(), "-m", &format!("{}M", m.memory_mib)]);
+    c.args(["-display", "none", "-serial", "stdio", "-no-reboot"]);
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    match monitor {
+        Some(p) => c.args(["-monitor", &format!("unix:{},server=on,wait=off", p.display())]),
+        None => c.args(["-monitor", "none"]),
+    };
+    match media {
+        BootMedia::Multiboot { kernel, cmdline, modules } => {
+            c.arg("-kernel").arg(kernel).arg("-append").arg(cmdline);
+            if !modules.is_empty() {
+                // QEMU's Multiboot modules: "file args" separated by commas.
+                let list: Vec<String> = modules.iter().map(|(p, name)| format!("{} {name}", p.display())).collect();
+                c.arg("-initrd").arg(list.join(","));
+            }
+        }
+        BootMedia::Esp(image) => {
+            let vars = dir.join("OVMF_VARS.fd");
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("copying OVMF variables")?;
+            c.args(["-machine", "q35"]);
+            c.arg("-drive").arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
+            c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+        }
+        BootMedia::Iso(iso) => {
+            c.arg("-cdrom").arg(iso).args(["-boot", "d"]);
+        }
+    }
+    Ok(c)
+}
+
+fn qemu_verdict(code: Option<i32>) -> Option<bool> {
+    code.map(|c| c == 0 || c == QEMU_EXIT_SUCCESS)
+}
+
+/// Talks to QEMU's human monitor: each command's output, prompt to prompt.
+fn monitor_session(socket: &Path, commands: &[&str]) -> Result<String> {
+    let mut s = UnixStream::connect(socket).context("connecting to the QEMU monitor")?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut transcript = String::new();
+    let read_to_prompt = |s: &mut UnixStream, transcript: &mut String| -> Result<()> {
+        let mut buf = [0u8; 65536];
+        let start = transcript.len();
+        while !transcript[start..].contains("(qemu) ") {
+            let n = s.read(&mut buf).context("reading the QEMU monitor")?;
+            if n == 0 {
+                break;
+            }
+            transcript.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Ok(())
+    };
+    read_to_prompt(&mut s, &mut transcript)?;
+    for cmd in commands {
+        s.write_all(format!("{cmd}\n").as_bytes())?;
+        transcript.push_str(&format!("\n{cmd}\n"));
+        read_to_prompt(&mut s, &mut transcript)?;
+    }
+    let _ = s.write_all(b"quit\n");
+    // The monitor echoes input with terminal escapes; keep plain text.
+    Ok(strip_escapes(&transcript))
+}
+
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Collects a child's stdout into a shared string on a thread.
+fn capture(mut out: impl Read + Send + 'static, echo: bool) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if echo {
+                let mut so = std::io::stdout().lock();
+                let _ = so.write_all(&buf[..n]);
+                let _ = so.flush();
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    log
+}
+
+/// Waits for `child` under the time limit; `poll` may stop it early by returning true.
+fn supervise(
+    child: &mut Child,
+    opts: &RunOptions,
+    log: &dyn Fn() -> String,
+    mut poll: impl FnMut(&str) -> bool,
+) -> Result<(Option<i32>, bool, Option<Duration>)> {
+    let start = Instant::now();
+    let mut summary_after = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status.code(), false, summary_after));
+        }
+        let text = log();
+        if summary_after.is_none() && text.contains(system_tests::SUMMARY_PREFIX) {
+            summary_after = Some(start.elapsed());
+        }
+        if poll(&text) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok((None, false, summary_after));
+        }
+        if start.elapsed() > opts.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok((None, true, summary_after));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Result<Run> {
+    let socket = dir.join("monitor.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = qemu_command(m, media, dir, opts.monitor_trigger.map(|_| socket.as_path()))?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if opts.interactive { Stdio::inherit() } else { Stdio::null() });
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let serial = capture(child.stdout.take().expect("piped"), opts.echo);
+    let stderr = capture(child.stderr.take().expect("piped"), false);
+    let read = || serial.lock().unwrap().clone();
+    let mut monitor = String::new();
+    let mut monitor_error = None;
+    let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |text| match opts.monitor_trigger {
+        Some(trigger) if trigger(text) => {
+            match monitor_session(&socket, opts.monitor_commands) {
+                Ok(t) => monitor = t,
+                Err(e) => monitor_error = Some(e),
+            }
+            true
+        }
+        _ => false,
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
+    let mut serial = read();
+    let err = stderr.lock().unwrap().clone();
+    if !err.trim().is_empty() {
+        serial.push_str(&format!("\n[qemu stderr] {}", err.trim()));
+    }
+    if let Some(e) = monitor_error {
+        serial.push_str(&format!("\n[xtask] monitor: {e:#}"));
+    }
+    Ok(Run { outcome: Outcome { serial, success: qemu_verdict(code), timed_out, monitor }, summary_after })
+}
+
+fn bochsrc(m: &Machine, iso: &Path, serial: &Path, log: &Path) -> String {
+    format!(
+        "megs: {mem}\n\
+         romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n\
+         vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest\n\
+         cpu: model={model}, count={cpus}, ips=10000000, reset_on_triple_fault=0\n\
+         ata0-master: type=cdrom, path={iso}, status=inserted\n\
+         boot: cdrom\n\
+         com1: enabled=1, mode=file, dev={serial}\n\
+         display_library: rfb, options=\"timeout=0\"\n\
+         clock: sync=none\n\
+         panic: action=fatal\n\
+         error: action=report\n\
+         log: {log}\n\
+         magic_break: enabled=1\n\
+         port_e9_hack: enabled=1\n\
+         sound: driver=dummy\n\
+         speaker: enabled=0\n",
+        mem = m.memory_mib,
+        model = m.cpu_model,
+        cpus = m.cpus,
+        iso = iso.display(),
+        serial = serial.display(),
+        log = log.display(),
+    )
+}
+
+/// Whether we may give Bochs its own network namespace (its only headless
+/// display listens on TCP; inside a fresh namespace nothing outside can reach it).
+fn can_unshare_net() -> bool {
+    Command::new("unshare").args(["-n", "true"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Result<Run> {
+    let BootMedia::Iso(iso) = media else { anyhow::bail!("Bochs boots only the GRUB ISO (--boot grub)") };
+    let serial_path = dir.join("serial.txt");
+    let _ = std::fs::remove_file(&serial_path);
+    std::fs::write(&serial_path, b"")?;
+    let rc = dir.join("bochs.rc");
+    let conf = dir.join("bochsrc");
+    // `c` runs; a magic breakpoint (our success power-off) returns to the
+    // debugger, which reads `quit` and exits 0.
+    std::fs::write(&rc, "c\nquit\n")?;
+    std::fs::write(&conf, bochsrc(m, iso, &serial_path, &dir.join("bochs.log")))?;
+    let mut cmd = if can_unshare_net() {
+        let mut c = Command::new("unshare");
+        c.args(["-n", "bochs"]);
+        c
+    } else {
+        eprintln!("xtask: cannot create a network namespace; Bochs's VNC display will listen on localhost:5900");
+        Command::new("bochs")
+    };
+    cmd.arg("-q").arg("-f").arg(&conf).arg("-rc").arg(&rc);
+    cmd.stdin(Stdio::null());
+    let out_path = dir.join("bochs.out");
+    cmd.stdout(std::fs::File::create(&out_path)?).stderr(std::fs::File::create(dir.join("bochs.err"))?);
+    let mut child = cmd.spawn().context("starting bochs")?;
+    let echoed = Mutex::new(0usize);
+    let read = || {
+        let text = std::fs::read(&serial_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        if opts.echo {
+            let mut done = echoed.lock().unwrap();
+            if text.len() > *done {
+                let mut so = std::io::stdout().lock();
+                let _ = so.write_all(&text.as_bytes()[*done..]);
+                let _ = so.flush();
+                *done = text.len();
+            }
+        }
+        text
+    };
+    let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |_| false)?;
+    let mut serial = read();
+    if code != Some(0) {
+        // Bochs names its reason (a panic, a VMCS check) in its own output.
+        let tail: String = std::fs::read_to_string(dir.join("bochs.log")).unwrap_or_default().lines().rev().take(8).collect::<Vec<_>>().join("\n");
+        serial.push_str(&format!("\n[bochs log, last lines reversed]\n{tail}"));
+    }
+    Ok(Run { outcome: Outcome { serial, success: code.map(|c| c == 0), timed_out, monitor: String::new() }, summary_after })
+}
+
+/// Where a case's files go.
+pub fn case_dir(name: &str) -> PathBuf {
+    crate::build::work_dir().join("cases").join(name)
+}
