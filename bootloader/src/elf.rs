@@ -63,7 +63,10 @@ pub fn load_layout(image: &[u8]) -> Result<Layout, String> {
     if start >= end || end > 0xFFFF_FFFF {
         return Err("the hypervisor has no loadable segment below 4 GiB".into());
     }
-    Ok(Layout { start: start & !0xFFF, end: (end + 0xFFF) & !0xFFF })
+    Ok(Layout {
+        start: start & !0xFFF,
+        end: (end + 0xFFF) & !0xFFF,
+    })
 }
 
 /// Copies each segment's file bytes into `dest` (which starts at `base`) and
@@ -75,7 +78,9 @@ pub fn copy_segments(image: &[u8], base: u64, dest: &mut [u8]) -> Result<(), Str
             .get(s.offset as usize..(s.offset + s.filesz) as usize)
             .ok_or("ELF segment runs past the end of the file")?;
         let at = (s.paddr - base) as usize;
-        dest.get_mut(at..at + src.len()).ok_or("ELF segment outside its layout")?.copy_from_slice(src);
+        dest.get_mut(at..at + src.len())
+            .ok_or("ELF segment outside its layout")?
+            .copy_from_slice(src);
     }
     Ok(())
 }

@@ -54,21 +54,36 @@ fn parse_config(text: &str) -> Result<Config, String> {
         let rest = rest.trim();
         let (path, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
         if path.is_empty() {
-            return Err(alloc::format!("{CONFIG_PATH} line {}: \"{directive}\" needs a path", n + 1));
+            return Err(alloc::format!(
+                "{CONFIG_PATH} line {}: \"{directive}\" needs a path",
+                n + 1
+            ));
         }
         match directive {
             "hypervisor" => hypervisor = Some((path.to_string(), args.trim().to_string())),
             "module" => modules.push((path.to_string(), args.trim().to_string())),
-            other => return Err(alloc::format!("{CONFIG_PATH} line {}: unknown directive \"{other}\"", n + 1)),
+            other => {
+                return Err(alloc::format!(
+                    "{CONFIG_PATH} line {}: unknown directive \"{other}\"",
+                    n + 1
+                ))
+            }
         }
     }
-    let (hypervisor, cmdline) = hypervisor.ok_or_else(|| alloc::format!("{CONFIG_PATH}: no \"hypervisor\" line"))?;
-    Ok(Config { hypervisor, cmdline, modules })
+    let (hypervisor, cmdline) =
+        hypervisor.ok_or_else(|| alloc::format!("{CONFIG_PATH}: no \"hypervisor\" line"))?;
+    Ok(Config {
+        hypervisor,
+        cmdline,
+        modules,
+    })
 }
 
 fn read_file(fs: &mut uefi::fs::FileSystem, path: &str) -> Result<Vec<u8>, String> {
-    let p = CString16::try_from(path.replace('/', "\\").as_str()).map_err(|_| alloc::format!("bad path {path}"))?;
-    fs.read(p.as_ref()).map_err(|e| alloc::format!("cannot read {path}: {e:?}"))
+    let p = CString16::try_from(path.replace('/', "\\").as_str())
+        .map_err(|_| alloc::format!("bad path {path}"))?;
+    fs.read(p.as_ref())
+        .map_err(|e| alloc::format!("cannot read {path}: {e:?}"))
 }
 
 fn alloc_below_4g(bytes: usize, ty: MemoryType) -> Result<*mut u8, String> {
@@ -81,7 +96,10 @@ fn alloc_below_4g(bytes: usize, ty: MemoryType) -> Result<*mut u8, String> {
 /// A copy of the ACPI RSDP (ACPI 2.0+ preferred), with the tag type that carries it.
 fn find_rsdp() -> Option<(u32, Vec<u8>)> {
     uefi::system::with_config_table(|tables| {
-        for (guid, tag, len) in [(ConfigTableEntry::ACPI2_GUID, 15u32, 36usize), (ConfigTableEntry::ACPI_GUID, 14, 20)] {
+        for (guid, tag, len) in [
+            (ConfigTableEntry::ACPI2_GUID, 15u32, 36usize),
+            (ConfigTableEntry::ACPI_GUID, 14, 20),
+        ] {
             if let Some(t) = tables.iter().find(|t| t.guid == guid) {
                 // SAFETY: the firmware's configuration table points at an RSDP of
                 // at least `len` bytes for this GUID (UEFI 2.10 section 4.6).
@@ -94,18 +112,30 @@ fn find_rsdp() -> Option<(u32, Vec<u8>)> {
 }
 
 fn load() -> Result<(), String> {
-    let sfs = boot::get_image_file_system(boot::image_handle()).map_err(|e| alloc::format!("no file system: {e:?}"))?;
+    let sfs = boot::get_image_file_system(boot::image_handle())
+        .map_err(|e| alloc::format!("no file system: {e:?}"))?;
     let mut fs = uefi::fs::FileSystem::new(sfs);
     let text = read_file(&mut fs, CONFIG_PATH)?;
-    let config = parse_config(core::str::from_utf8(&text).map_err(|_| "hv.cfg is not UTF-8".to_string())?)?;
+    let config =
+        parse_config(core::str::from_utf8(&text).map_err(|_| "hv.cfg is not UTF-8".to_string())?)?;
 
     let image = read_file(&mut fs, &config.hypervisor)?;
     let layout = elf::load_layout(&image)?;
-    info!("hypervisor {}: {} bytes, loads at {:#x}..{:#x}", config.hypervisor, image.len(), layout.start, layout.end);
+    info!(
+        "loading {} ({} bytes) at {:#x}..{:#x}",
+        config.hypervisor,
+        image.len(),
+        layout.start,
+        layout.end
+    );
     // LOADER_CODE: firmware may map LOADER_DATA non-executable.
     let pages = ((layout.end - layout.start) as usize).div_ceil(4096);
-    boot::allocate_pages(AllocateType::Address(layout.start), MemoryType::LOADER_CODE, pages)
-        .map_err(|e| alloc::format!("{:#x}..{:#x} is not free: {e:?}", layout.start, layout.end))?;
+    boot::allocate_pages(
+        AllocateType::Address(layout.start),
+        MemoryType::LOADER_CODE,
+        pages,
+    )
+    .map_err(|e| alloc::format!("{:#x}..{:#x} is not free: {e:?}", layout.start, layout.end))?;
     // SAFETY: the pages were just allocated for us at exactly this range.
     let dest = unsafe { core::slice::from_raw_parts_mut(layout.start as *mut u8, pages * 4096) };
     elf::copy_segments(&image, layout.start, dest)?;
@@ -122,9 +152,17 @@ fn load() -> Result<(), String> {
         let at = alloc_below_4g(bytes.len(), MemoryType::LOADER_DATA)?;
         // SAFETY: `at` is a fresh allocation of at least `bytes.len()` bytes.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len()) };
-        let name = if args.is_empty() { path.clone() } else { args.clone() };
+        let name = if args.is_empty() {
+            path.clone()
+        } else {
+            args.clone()
+        };
         info!("module {path}: {} bytes at {:#x}", bytes.len(), at as u64);
-        modules.push(multiboot2::Module { start: at as u64, end: at as u64 + bytes.len() as u64, name });
+        modules.push(multiboot2::Module {
+            start: at as u64,
+            end: at as u64 + bytes.len() as u64,
+            name,
+        });
     }
     let rsdp = find_rsdp();
     let info_buf = alloc_below_4g(INFO_PAGES * 4096, MemoryType::LOADER_DATA)?;
@@ -135,8 +173,21 @@ fn load() -> Result<(), String> {
     let map = unsafe { boot::exit_boot_services(None) };
     // SAFETY: `info_buf` is ours (LOADER_DATA, INFO_PAGES pages) and stays valid.
     let buf = unsafe { core::slice::from_raw_parts_mut(info_buf, INFO_PAGES * 4096) };
-    let regions = map.entries().map(|d| (d.phys_start, d.page_count * 4096, multiboot2::memory_type(d.ty)));
-    multiboot2::build(buf, &config.cmdline, "hypervisor UEFI loader", &modules, regions, rsdp.as_ref().map(|(t, b)| (*t, b.as_slice())));
+    let regions = map.entries().map(|d| {
+        (
+            d.phys_start,
+            d.page_count * 4096,
+            multiboot2::memory_type(d.ty),
+        )
+    });
+    multiboot2::build(
+        buf,
+        &config.cmdline,
+        "hypervisor UEFI loader",
+        &modules,
+        regions,
+        rsdp.as_ref().map(|(t, b)| (*t, b.as_slice())),
+    );
 
     // SAFETY: `entry` is the hypervisor's `_start64` (System V ABI: RDI = magic,
     // RSI = information), in LOADER_CODE pages the firmware's page tables map.

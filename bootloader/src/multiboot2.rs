@@ -16,7 +16,9 @@ pub struct Module {
 /// code and data: the hypervisor, modules, this structure) stay reserved.
 pub fn memory_type(ty: MemoryType) -> u32 {
     match ty {
-        MemoryType::CONVENTIONAL | MemoryType::BOOT_SERVICES_CODE | MemoryType::BOOT_SERVICES_DATA => 1,
+        MemoryType::CONVENTIONAL
+        | MemoryType::BOOT_SERVICES_CODE
+        | MemoryType::BOOT_SERVICES_DATA => 1,
         MemoryType::ACPI_RECLAIM => 3,
         MemoryType::ACPI_NON_VOLATILE => 4,
         MemoryType::UNUSABLE => 5,
@@ -45,7 +47,7 @@ impl Writer<'_> {
         self.bytes(&v.to_le_bytes());
     }
     fn align8(&mut self) {
-        while self.at % 8 != 0 && self.at < self.buf.len() {
+        while !self.at.is_multiple_of(8) && self.at < self.buf.len() {
             self.bytes(&[0]);
         }
     }

@@ -17,7 +17,8 @@ const ONE_OP: u8 = 0x01;
 pub fn s5_sleep_types(aml: &[u8]) -> Option<(u8, u8)> {
     let at = aml.windows(4).position(|w| w == b"_S5_")?;
     // The name must be the operand of a NameOp, perhaps with a root prefix.
-    let named = at >= 1 && (aml[at - 1] == NAME_OP || (at >= 2 && aml[at - 1] == b'\\' && aml[at - 2] == NAME_OP));
+    let named = at >= 1
+        && (aml[at - 1] == NAME_OP || (at >= 2 && aml[at - 1] == b'\\' && aml[at - 2] == NAME_OP));
     if !named {
         return None;
     }
@@ -55,19 +56,36 @@ mod tests {
     #[test]
     fn shapes_seen_in_firmware() {
         // QEMU/SeaBIOS: Name (_S5, Package (0x04) { Zero, Zero, Zero, Zero })
-        assert_eq!(s5_sleep_types(b"xx\x08_S5_\x12\x06\x04\x00\x00\x00\x00yy"), Some((0, 0)));
+        assert_eq!(
+            s5_sleep_types(b"xx\x08_S5_\x12\x06\x04\x00\x00\x00\x00yy"),
+            Some((0, 0))
+        );
         // Byte-prefixed values, root prefix.
-        assert_eq!(s5_sleep_types(b"\x08\\_S5_\x12\x08\x04\x0a\x05\x0a\x07\x00\x00"), Some((5, 7)));
+        assert_eq!(
+            s5_sleep_types(b"\x08\\_S5_\x12\x08\x04\x0a\x05\x0a\x07\x00\x00"),
+            Some((5, 7))
+        );
         // Two-byte PkgLength.
-        assert_eq!(s5_sleep_types(b"\x08_S5_\x12\x40\x01\x02\x01\x0a\x03"), Some((1, 3)));
+        assert_eq!(
+            s5_sleep_types(b"\x08_S5_\x12\x40\x01\x02\x01\x0a\x03"),
+            Some((1, 3))
+        );
     }
 
     #[test]
     fn not_found_or_truncated() {
         assert_eq!(s5_sleep_types(b""), None);
-        assert_eq!(s5_sleep_types(b"_S5_\x12\x06\x04\x00"), None, "not after a NameOp");
+        assert_eq!(
+            s5_sleep_types(b"_S5_\x12\x06\x04\x00"),
+            None,
+            "not after a NameOp"
+        );
         assert_eq!(s5_sleep_types(b"\x08_S5_\x12"), None);
-        assert_eq!(s5_sleep_types(b"\x08_S5_\x14\x06"), None, "a method, not a package");
+        assert_eq!(
+            s5_sleep_types(b"\x08_S5_\x14\x06"),
+            None,
+            "a method, not a package"
+        );
         assert_eq!(s5_sleep_types(b"\x08_S5_\x12\xc0"), None);
     }
 }

@@ -21,7 +21,11 @@ pub struct BootTables {
 }
 
 #[no_mangle]
-pub static mut BOOT_TABLES: BootTables = BootTables { pml4: [0; 512], pdpt: [0; 512], pd: [[0; 512]; 4] };
+pub static mut BOOT_TABLES: BootTables = BootTables {
+    pml4: [0; 512],
+    pdpt: [0; 512],
+    pd: [[0; 512]; 4],
+};
 
 /// The stack of the boot processor until it moves to a guarded one.
 #[repr(C, align(16))]
@@ -39,7 +43,11 @@ pub struct ApLaunch {
     pub percpu: u64,
 }
 #[no_mangle]
-pub static mut AP_LAUNCH: ApLaunch = ApLaunch { cr3: 0, stack_top: 0, percpu: 0 };
+pub static mut AP_LAUNCH: ApLaunch = ApLaunch {
+    cr3: 0,
+    stack_top: 0,
+    percpu: 0,
+};
 
 extern "C" {
     pub static ap_trampoline_start: u8;

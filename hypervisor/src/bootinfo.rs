@@ -66,7 +66,10 @@ pub struct InlineStr<const N: usize> {
 
 impl<const N: usize> InlineStr<N> {
     pub const fn new() -> Self {
-        Self { bytes: [0; N], len: 0 }
+        Self {
+            bytes: [0; N],
+            len: 0,
+        }
     }
 
     /// Keeps the longest prefix that fits and is valid UTF-8.
@@ -147,8 +150,16 @@ pub struct BootInfo {
 
 impl BootInfo {
     pub const fn empty(protocol: Protocol) -> Self {
-        const NO_REGION: MemoryRegion = MemoryRegion { start: 0, end: 0, kind: RegionKind::Reserved };
-        const NO_MODULE: Module = Module { start: 0, end: 0, name: InlineStr::new() };
+        const NO_REGION: MemoryRegion = MemoryRegion {
+            start: 0,
+            end: 0,
+            kind: RegionKind::Reserved,
+        };
+        const NO_MODULE: Module = Module {
+            start: 0,
+            end: 0,
+            name: InlineStr::new(),
+        };
         Self {
             protocol,
             loader_name: InlineStr::new(),
@@ -209,7 +220,11 @@ impl BootInfo {
         if self.module_count == MAX_MODULES {
             return Err(BootInfoError::Corrupt("too many modules"));
         }
-        self.modules[self.module_count] = Module { start, end, name: InlineStr::from_bytes(name) };
+        self.modules[self.module_count] = Module {
+            start,
+            end,
+            name: InlineStr::from_bytes(name),
+        };
         self.module_count += 1;
         Ok(())
     }
@@ -235,7 +250,7 @@ fn read_u64(mem: &dyn PhysRead, addr: u64) -> Result<u64, BootInfoError> {
 
 /// Copies a NUL-terminated string of at most `buf.len()` bytes; returns its length.
 fn read_cstr(mem: &dyn PhysRead, addr: u64, buf: &mut [u8]) -> Result<usize, BootInfoError> {
-    for i in 0..buf.len() {
+    for (i, slot) in buf.iter_mut().enumerate() {
         let mut b = [0u8];
         if !mem.read(addr + i as u64, &mut b) {
             return Err(BootInfoError::Unreadable(addr + i as u64));
@@ -243,7 +258,7 @@ fn read_cstr(mem: &dyn PhysRead, addr: u64, buf: &mut [u8]) -> Result<usize, Boo
         if b[0] == 0 {
             return Ok(i);
         }
-        buf[i] = b[0];
+        *slot = b[0];
     }
     Ok(buf.len())
 }
@@ -409,10 +424,16 @@ pub fn parse_rsdp(bytes: &[u8]) -> Option<AcpiRoot> {
         let len = u32::from_le_bytes(bytes[20..24].try_into().ok()?) as usize;
         let xsdt = u64::from_le_bytes(bytes[24..32].try_into().ok()?);
         if len >= 36 && sum(&bytes[..36]) == 0 && xsdt != 0 {
-            return Some(AcpiRoot { revision, table_address: xsdt });
+            return Some(AcpiRoot {
+                revision,
+                table_address: xsdt,
+            });
         }
     }
-    (rsdt != 0).then_some(AcpiRoot { revision: 0, table_address: rsdt })
+    (rsdt != 0).then_some(AcpiRoot {
+        revision: 0,
+        table_address: rsdt,
+    })
 }
 
 #[cfg(test)]
@@ -428,7 +449,10 @@ mod tests {
 
     impl FakeMem {
         fn new(base: u64, size: usize) -> Self {
-            Self { base, bytes: std::vec![0; size] }
+            Self {
+                base,
+                bytes: std::vec![0; size],
+            }
         }
         fn put(&mut self, addr: u64, data: &[u8]) {
             let o = (addr - self.base) as usize;
@@ -444,7 +468,9 @@ mod tests {
 
     impl PhysRead for FakeMem {
         fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-            let Some(o) = addr.checked_sub(self.base) else { return false };
+            let Some(o) = addr.checked_sub(self.base) else {
+                return false;
+            };
             let o = o as usize;
             match self.bytes.get(o..o + buf.len()) {
                 Some(src) => {
@@ -473,9 +499,21 @@ mod tests {
     #[test]
     fn rsdp_checksums_and_revisions() {
         let r = rsdp_v2(0xdead_0000);
-        assert_eq!(parse_rsdp(&r), Some(AcpiRoot { revision: 2, table_address: 0xdead_0000 }));
+        assert_eq!(
+            parse_rsdp(&r),
+            Some(AcpiRoot {
+                revision: 2,
+                table_address: 0xdead_0000
+            })
+        );
         // Only the ACPI 1.0 part: falls back to the RSDT.
-        assert_eq!(parse_rsdp(&r[..20]), Some(AcpiRoot { revision: 0, table_address: 0x1234 }));
+        assert_eq!(
+            parse_rsdp(&r[..20]),
+            Some(AcpiRoot {
+                revision: 0,
+                table_address: 0x1234
+            })
+        );
         let mut bad = r;
         bad[9] ^= 1;
         assert_eq!(parse_rsdp(&bad), None);
@@ -529,14 +567,20 @@ mod tests {
     fn multiboot1_pointer_outside_memory_is_an_error() {
         let mut m = multiboot1_fixture();
         m.put32(0x1000 + 48, 0xffff_0000);
-        assert_eq!(parse(MULTIBOOT1_BOOT_MAGIC, 0x1000, &m).unwrap_err(), BootInfoError::Unreadable(0xffff_0000));
+        assert_eq!(
+            parse(MULTIBOOT1_BOOT_MAGIC, 0x1000, &m).unwrap_err(),
+            BootInfoError::Unreadable(0xffff_0000)
+        );
     }
 
     #[test]
     fn multiboot1_tiny_map_entry_is_corrupt_not_a_loop() {
         let mut m = multiboot1_fixture();
         m.put32(0x2300, 0);
-        assert!(matches!(parse(MULTIBOOT1_BOOT_MAGIC, 0x1000, &m), Err(BootInfoError::Corrupt(_))));
+        assert!(matches!(
+            parse(MULTIBOOT1_BOOT_MAGIC, 0x1000, &m),
+            Err(BootInfoError::Corrupt(_))
+        ));
     }
 
     /// Builds a Multiboot2 information structure from (type, payload) tags.
@@ -546,7 +590,7 @@ mod tests {
             v.extend_from_slice(&kind.to_le_bytes());
             v.extend_from_slice(&((payload.len() + 8) as u32).to_le_bytes());
             v.extend_from_slice(payload);
-            while v.len() % 8 != 0 {
+            while !v.len().is_multiple_of(8) {
                 v.push(0);
             }
         }
@@ -579,7 +623,15 @@ mod tests {
             (1, b"poweroff\0".to_vec()),
             (2, b"GRUB 2.06\0".to_vec()),
             (3, module),
-            (6, mmap_payload(&[(0, 0x9f000, 1), (0xf0000, 0x10000, 2), (0x10_0000, 0x1ff0_0000, 1), (0x1fff_0000, 0x1_0000, 3)])),
+            (
+                6,
+                mmap_payload(&[
+                    (0, 0x9f000, 1),
+                    (0xf0000, 0x10000, 2),
+                    (0x10_0000, 0x1ff0_0000, 1),
+                    (0x1fff_0000, 0x1_0000, 3),
+                ]),
+            ),
             (14, rsdp_v2(0)[..20].to_vec()),
             (15, rsdp_v2(0xbeef_0000).to_vec()),
         ]);
@@ -593,7 +645,13 @@ mod tests {
         assert_eq!(bi.regions().len(), 4);
         assert_eq!(bi.regions()[3].kind, RegionKind::AcpiReclaimable);
         assert_eq!(bi.usable_bytes(), 0x9f000 + 0x1ff0_0000);
-        assert_eq!(bi.acpi, Some(AcpiRoot { revision: 2, table_address: 0xbeef_0000 }));
+        assert_eq!(
+            bi.acpi,
+            Some(AcpiRoot {
+                revision: 2,
+                table_address: 0xbeef_0000
+            })
+        );
     }
 
     #[test]
@@ -601,7 +659,13 @@ mod tests {
         let info = mb2(&[(1, b"abc".to_vec()), (6, mmap_payload(&[(0, 0x1000, 1)]))]);
         let mut m = FakeMem::new(0, 0x1000);
         m.put(0, &info);
-        assert_eq!(parse(MULTIBOOT2_BOOT_MAGIC, 0, &m).unwrap().cmdline.as_str(), "abc");
+        assert_eq!(
+            parse(MULTIBOOT2_BOOT_MAGIC, 0, &m)
+                .unwrap()
+                .cmdline
+                .as_str(),
+            "abc"
+        );
     }
 
     #[test]
@@ -630,7 +694,10 @@ mod tests {
         assert!(run(&v).is_err());
         // No memory map.
         assert!(run(&mb2(&[(1, b"x\0".to_vec())])).is_err());
-        assert_eq!(parse(0x1234, 0, &FakeMem::new(0, 16)).unwrap_err(), BootInfoError::UnknownMagic(0x1234));
+        assert_eq!(
+            parse(0x1234, 0, &FakeMem::new(0, 16)).unwrap_err(),
+            BootInfoError::UnknownMagic(0x1234)
+        );
     }
 
     proptest::proptest! {

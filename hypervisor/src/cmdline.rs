@@ -33,10 +33,19 @@ pub struct Options<'a> {
 
 impl<'a> Options<'a> {
     pub fn parse(cmdline: &'a str) -> Self {
-        let mut o = Options { log_level: LogLevel::Info, poweroff: false, force_xapic: false, selftest: None, unknown: None };
+        let mut o = Options {
+            log_level: LogLevel::Info,
+            poweroff: false,
+            force_xapic: false,
+            selftest: None,
+            unknown: None,
+        };
         // Multiboot loaders put the kernel's own path first: skip it.
         let mut words = cmdline.split_ascii_whitespace().peekable();
-        if words.peek().is_some_and(|w| w.contains('/') && !w.contains('=')) {
+        if words
+            .peek()
+            .is_some_and(|w| w.contains('/') && !w.contains('='))
+        {
             words.next();
         }
         for word in words {
@@ -83,7 +92,9 @@ mod tests {
 
     #[test]
     fn words() {
-        let o = Options::parse("/boot/hypervisor  log=debug poweroff apic=xapic selftest=stack-overflow ");
+        let o = Options::parse(
+            "/boot/hypervisor  log=debug poweroff apic=xapic selftest=stack-overflow ",
+        );
         assert_eq!(o.log_level, LogLevel::Debug);
         assert!(o.poweroff && o.force_xapic);
         assert_eq!(o.selftest, Some(SelfTest::StackOverflow));
@@ -93,7 +104,10 @@ mod tests {
     #[test]
     fn defaults_and_unknown_words() {
         let o = Options::parse("");
-        assert_eq!((o.log_level, o.poweroff, o.force_xapic, o.selftest), (LogLevel::Info, false, false, None));
+        assert_eq!(
+            (o.log_level, o.poweroff, o.force_xapic, o.selftest),
+            (LogLevel::Info, false, false, None)
+        );
         let o = Options::parse("log=loud poweroff bogus");
         assert_eq!(o.log_level, LogLevel::Info);
         assert!(o.poweroff);

@@ -42,7 +42,11 @@ impl Default for FrameAllocator {
 
 impl FrameAllocator {
     pub const fn new() -> Self {
-        Self { free: [Range { start: 0, end: 0 }; MAX_RANGES], count: 0, pages_lost: 0 }
+        Self {
+            free: [Range { start: 0, end: 0 }; MAX_RANGES],
+            count: 0,
+            pages_lost: 0,
+        }
     }
 
     /// Builds the allocator from a memory map: usable regions, minus every
@@ -85,8 +89,14 @@ impl FrameAllocator {
                 i += 1;
                 continue;
             }
-            let left = Range { start: r.start, end: start.max(r.start) };
-            let right = Range { start: end.min(r.end), end: r.end };
+            let left = Range {
+                start: r.start,
+                end: start.max(r.start),
+            };
+            let right = Range {
+                start: end.min(r.end),
+                end: r.end,
+            };
             self.remove_at(i);
             // Insert right, then left, at `i`; skip past what was inserted.
             for part in [right, left] {
@@ -104,7 +114,10 @@ impl FrameAllocator {
 
     /// Pages currently free.
     pub fn free_pages(&self) -> u64 {
-        self.ranges().iter().map(|r| (r.end - r.start) / PAGE_SIZE).sum()
+        self.ranges()
+            .iter()
+            .map(|r| (r.end - r.start) / PAGE_SIZE)
+            .sum()
     }
 
     /// The lowest free frame.
@@ -123,7 +136,9 @@ impl FrameAllocator {
         for i in 0..self.count {
             let r = self.free[i];
             let start = r.start.checked_add(align - 1)? & !(align - 1);
-            let Some(end) = start.checked_add(size) else { continue };
+            let Some(end) = start.checked_add(size) else {
+                continue;
+            };
             if end <= r.end && end <= below {
                 self.reserve(start, end);
                 return Some(start);
@@ -134,15 +149,22 @@ impl FrameAllocator {
 
     /// Returns one frame. A frame that is already free is refused.
     pub fn free(&mut self, frame: u64) -> Result<(), FreeError> {
-        if frame % PAGE_SIZE != 0 {
+        if !frame.is_multiple_of(PAGE_SIZE) {
             return Err(FreeError::Misaligned(frame));
         }
-        if self.ranges().iter().any(|r| r.start <= frame && frame < r.end) {
+        if self
+            .ranges()
+            .iter()
+            .any(|r| r.start <= frame && frame < r.end)
+        {
             return Err(FreeError::NotAllocated(frame));
         }
         let before = self.count;
         let lost = self.pages_lost;
-        self.insert(Range { start: frame, end: frame + PAGE_SIZE });
+        self.insert(Range {
+            start: frame,
+            end: frame + PAGE_SIZE,
+        });
         if self.count == before && self.pages_lost != lost {
             self.pages_lost = lost;
             return Err(FreeError::ListFull(frame));
@@ -162,7 +184,10 @@ impl FrameAllocator {
             if r.start > new.end {
                 break;
             }
-            new = Range { start: r.start.min(new.start), end: r.end.max(new.end) };
+            new = Range {
+                start: r.start.min(new.start),
+                end: r.end.max(new.end),
+            };
             self.remove_at(i);
         }
         if self.count == MAX_RANGES {
@@ -213,10 +238,16 @@ mod tests {
         while let Some(f) = fa.alloc() {
             assert_eq!(f % PAGE_SIZE, 0);
             assert!(f >= 0x1000);
-            assert!(f + PAGE_SIZE <= 0x9f000 || (0x180000..0x7fe0000).contains(&f), "{f:#x}");
+            assert!(
+                f + PAGE_SIZE <= 0x9f000 || (0x180000..0x7fe0000).contains(&f),
+                "{f:#x}"
+            );
             assert!(seen.insert(f), "frame {f:#x} handed out twice");
         }
-        assert_eq!(seen.len() as u64, (0x9f000 - 0x1000) / PAGE_SIZE + (0x7fe0000 - 0x180000) / PAGE_SIZE);
+        assert_eq!(
+            seen.len() as u64,
+            (0x9f000 - 0x1000) / PAGE_SIZE + (0x7fe0000 - 0x180000) / PAGE_SIZE
+        );
     }
 
     #[test]
@@ -228,7 +259,11 @@ mod tests {
         assert_eq!(big, 0x20_0000);
         assert_eq!(fa.alloc_contiguous(1, 1, 0x7000), Some(0x6000));
         assert_eq!(fa.alloc_contiguous(0x400, 1, u64::MAX), None);
-        assert_eq!(fa.alloc_contiguous(1, 3, u64::MAX), None, "alignment must be a power of two");
+        assert_eq!(
+            fa.alloc_contiguous(1, 3, u64::MAX),
+            None,
+            "alignment must be a power of two"
+        );
     }
 
     #[test]
@@ -261,7 +296,10 @@ mod tests {
         assert!(fa.pages_lost > 0);
         let mut seen = BTreeSet::new();
         while let Some(f) = fa.alloc() {
-            assert!(f % 0x10000 != 0x8000 || f >= 400 * 0x10000, "reserved {f:#x} handed out");
+            assert!(
+                f % 0x10000 != 0x8000 || f >= 400 * 0x10000,
+                "reserved {f:#x} handed out"
+            );
             assert!(seen.insert(f));
         }
     }

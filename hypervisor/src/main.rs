@@ -12,10 +12,10 @@ extern crate alloc;
 
 pub use hypervisor::{bootinfo, cmdline, frame_alloc, page_table};
 
-mod platform;
 mod boot;
 mod memory;
 mod percpu;
+mod platform;
 mod power;
 mod serial;
 mod smp;
@@ -56,7 +56,9 @@ extern "C" fn hypervisor_entry(magic: u32, info: u64) -> ! {
     let phys = memory::IdentityPhys { limit: 4 << 30 };
     let mut bi = match bootinfo::parse(magic, info, &phys) {
         Ok(bi) => bi,
-        Err(e) => fatal(format_args!("cannot read the boot information: {e:?} (magic {magic:#x} at {info:#x})")),
+        Err(e) => fatal(format_args!(
+            "cannot read the boot information: {e:?} (magic {magic:#x} at {info:#x})"
+        )),
     };
     if bi.acpi.is_none() {
         bi.acpi = platform::find_rsdp_bios(&phys);
@@ -84,10 +86,20 @@ extern "C" fn hypervisor_entry(magic: u32, info: u64) -> ! {
         log::debug!("memory {:#014x}..{:#014x} {:?}", r.start, r.end, r.kind);
     }
     if bi.regions_dropped > 0 {
-        warn!("memory map: {} regions beyond {} ignored", bi.regions_dropped, bootinfo::MAX_REGIONS);
+        warn!(
+            "memory map: {} regions beyond {} ignored",
+            bi.regions_dropped,
+            bootinfo::MAX_REGIONS
+        );
     }
     for (i, m) in bi.modules().iter().enumerate() {
-        info!("module {i}: \"{}\" at {:#x}..{:#x} ({} bytes)", m.name.as_str(), m.start, m.end, m.end - m.start);
+        info!(
+            "module {i}: \"{}\" at {:#x}..{:#x} ({} bytes)",
+            m.name.as_str(),
+            m.start,
+            m.end,
+            m.end - m.start
+        );
     }
 
     let report = memory::init(bi).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
@@ -101,13 +113,16 @@ extern "C" fn hypervisor_entry(magic: u32, info: u64) -> ! {
         report.heap_bytes / 1024,
         report.free_pages / 256
     );
-    let stack = memory::alloc_stack(smp::STACK_PAGES).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    let stack =
+        memory::alloc_stack(smp::STACK_PAGES).unwrap_or_else(|e| fatal(format_args!("{e}")));
     memory::run_on_stack(stack, bsp_main, report.trampoline_page)
 }
 
 /// The rest of the boot processor's start, on a guarded stack.
 extern "C" fn bsp_main(trampoline_page: u64) -> ! {
-    let bi = BOOT_INFO.get().unwrap_or_else(|| fatal(format_args!("boot information missing")));
+    let bi = BOOT_INFO
+        .get()
+        .unwrap_or_else(|| fatal(format_args!("boot information missing")));
     let opts = Options::parse(bi.cmdline.as_str());
     // SAFETY: the boot processor's per-CPU data; its TSS takes the new IST stacks.
     let bsp = unsafe { &mut *core::ptr::addr_of_mut!(BSP_PERCPU) };
@@ -119,26 +134,50 @@ extern "C" fn bsp_main(trampoline_page: u64) -> ! {
         None => fatal(format_args!("no ACPI tables (RSDP not found)")),
     };
     for io in &platform.io_apics {
-        info!("I/O APIC {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
+        info!(
+            "I/O APIC {} at {:#x}, GSI base {}",
+            io.id, io.address, io.gsi_base
+        );
     }
     match platform.power {
         Some(p) => {
-            info!("ACPI power-off: PM1a_CNT {:#x}, PM1b_CNT {:?}, S5 type {:?}", p.pm1a_control, p.pm1b_control, p.s5);
+            info!(
+                "ACPI power-off: PM1a_CNT {:#x}, PM1b_CNT {:?}, S5 type {:?}",
+                p.pm1a_control, p.pm1b_control, p.s5
+            );
             power::set_acpi(p);
         }
         None => warn!("ACPI power-off unavailable (no FADT PM1 I/O block or no \\_S5)"),
     }
 
-    let mode = if apic::x2apic_supported() && !opts.force_xapic { apic::Mode::X2Apic } else { apic::Mode::XApic };
+    let mode = if apic::x2apic_supported() && !opts.force_xapic {
+        apic::Mode::X2Apic
+    } else {
+        apic::Mode::XApic
+    };
     apic::select(mode);
     apic::enable();
     let caps = *BSP_CAPS.call_once(virt::detect);
-    info!("cpu0 online: APIC ID {} ({:?}), {:?}", apic::id(), mode, cpu::vendor());
+    info!(
+        "cpu0 online: APIC ID {} ({:?}), {:?}",
+        apic::id(),
+        mode,
+        cpu::vendor()
+    );
     info!("virtualization: {caps}");
 
-    let enabled: alloc::vec::Vec<u32> = platform.processors.iter().filter(|p| p.enabled).map(|p| p.apic_id).collect();
+    let enabled: alloc::vec::Vec<u32> = platform
+        .processors
+        .iter()
+        .filter(|p| p.enabled)
+        .map(|p| p.apic_id)
+        .collect();
     let disabled = platform.processors.len() - enabled.len();
-    info!("ACPI MADT: {} processors enabled, {} not started (disabled or hot-add)", enabled.len(), disabled);
+    info!(
+        "ACPI MADT: {} processors enabled, {} not started (disabled or hot-add)",
+        enabled.len(),
+        disabled
+    );
     let started = smp::start_aps(&enabled, trampoline_page);
     let deadline = time::deadline_us(2_000_000);
     while smp::ONLINE.load(Ordering::Acquire) < started + 1 && !time::passed(deadline) {
@@ -210,7 +249,14 @@ extern "C" fn ap_entry(percpu_addr: u64) -> ! {
     apic::enable();
     let caps = virt::detect();
     let same = BSP_CAPS.get() == Some(&caps);
-    info!("cpu{index} online: APIC ID {apic_id}{}", if same { "" } else { ", virtualization differs from cpu0" });
+    info!(
+        "cpu{index} online: APIC ID {apic_id}{}",
+        if same {
+            ""
+        } else {
+            ", virtualization differs from cpu0"
+        }
+    );
     if !same {
         warn!("cpu{index} virtualization: {caps}");
     }
@@ -270,6 +316,10 @@ extern "C" fn exception_report(f: &idt::TrapFrame) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     let mut out = serial::emergency();
-    let _ = writeln!(out, "\nPANIC on cpu{}: {info}\npowering off with failure status", percpu::index());
+    let _ = writeln!(
+        out,
+        "\nPANIC on cpu{}: {info}\npowering off with failure status",
+        percpu::index()
+    );
     power::fail()
 }

@@ -8,7 +8,7 @@
 //! top 512 GiB (PML4 slot 511), each with an unmapped guard page below it.
 use crate::bootinfo::{BootInfo, PhysRead};
 use crate::frame_alloc::{FrameAllocator, PAGE_SIZE};
-use crate::page_table::{MapError, PageTable, Perms, TableMemory, X86, SIZE_1G, SIZE_2M};
+use crate::page_table::{MapError, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, X86};
 use crate::x86::cpu;
 use core::sync::atomic::{AtomicU64, Ordering};
 use linked_list_allocator::LockedHeap;
@@ -54,7 +54,9 @@ pub struct IdentityPhys {
 
 impl PhysRead for IdentityPhys {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let Some(end) = addr.checked_add(buf.len() as u64) else { return false };
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            return false;
+        };
         if end > self.limit {
             return false;
         }
@@ -105,18 +107,31 @@ pub fn init(bi: &BootInfo) -> Result<MemoryReport, &'static str> {
     for m in bi.modules() {
         fa.reserve(m.start, m.end);
     }
-    let trampoline = fa.alloc_contiguous(1, 1, 0x10_0000).ok_or("no free page below 1 MiB for the AP trampoline")?;
+    let trampoline = fa
+        .alloc_contiguous(1, 1, 0x10_0000)
+        .ok_or("no free page below 1 MiB for the AP trampoline")?;
 
     // Identity-map all RAM and at least the 32-bit space (APIC, I/O APIC,
     // firmware and PCI holes).
     let identity_top = (bi.usable_top().max(4 << 30) + SIZE_1G - 1) & !(SIZE_1G - 1);
-    let max_page = if cpu::has_1g_pages() { SIZE_1G } else { SIZE_2M };
+    let max_page = if cpu::has_1g_pages() {
+        SIZE_1G
+    } else {
+        SIZE_2M
+    };
     let mut mem = FrameTables(&mut fa);
     let map_err = |_: MapError| "building the hypervisor's page tables failed";
     let mut pt = PageTable::<X86>::new(&mut mem, max_page, true).map_err(map_err)?;
     // SAFETY: linker-script symbols; only their addresses are taken.
-    let (text, text_end, rodata, rodata_end, data) =
-        unsafe { (sym(&__text_start), sym(&__text_end), sym(&__rodata_start), sym(&__rodata_end), sym(&__data_start)) };
+    let (text, text_end, rodata, rodata_end, data) = unsafe {
+        (
+            sym(&__text_start),
+            sym(&__text_end),
+            sym(&__rodata_start),
+            sym(&__rodata_end),
+            sym(&__data_start),
+        )
+    };
     for (start, end, perms) in [
         (PAGE_SIZE, image_start, Perms::RW),
         (image_start, text, Perms::R),
@@ -126,7 +141,8 @@ pub fn init(bi: &BootInfo) -> Result<MemoryReport, &'static str> {
         (image_end, identity_top, Perms::RW),
     ] {
         if end > start {
-            pt.map(&mut mem, start, start, end - start, perms).map_err(map_err)?;
+            pt.map(&mut mem, start, start, end - start, perms)
+                .map_err(map_err)?;
         }
     }
     let root = pt.root();
@@ -139,13 +155,23 @@ pub fn init(bi: &BootInfo) -> Result<MemoryReport, &'static str> {
 
     // Heap: 1/32 of usable memory, between 1 and 16 MiB.
     let heap_pages = (bi.usable_bytes() / 32 / PAGE_SIZE).clamp(256, 4096);
-    let heap = fa.alloc_contiguous(heap_pages, 1, u64::MAX).ok_or("no memory for the heap")?;
+    let heap = fa
+        .alloc_contiguous(heap_pages, 1, u64::MAX)
+        .ok_or("no memory for the heap")?;
     // SAFETY: the frames are ours alone from now on and identity-mapped writable.
-    unsafe { HEAP.lock().init(heap as *mut u8, (heap_pages * PAGE_SIZE) as usize) };
+    unsafe {
+        HEAP.lock()
+            .init(heap as *mut u8, (heap_pages * PAGE_SIZE) as usize)
+    };
 
     let free_pages = fa.free_pages();
     *FRAMES.lock() = fa;
-    Ok(MemoryReport { trampoline_page: trampoline, heap_bytes: heap_pages * PAGE_SIZE, identity_top, free_pages })
+    Ok(MemoryReport {
+        trampoline_page: trampoline,
+        heap_bytes: heap_pages * PAGE_SIZE,
+        identity_top,
+        free_pages,
+    })
 }
 
 /// The hypervisor's CR3, for application processors.
@@ -165,7 +191,8 @@ pub fn alloc_stack(pages: u64) -> Result<u64, &'static str> {
     for i in 0..pages {
         let frame = fa.alloc().ok_or("out of memory for a stack")?;
         let mut mem = FrameTables(&mut fa);
-        pt.map(&mut mem, base + i * PAGE_SIZE, frame, PAGE_SIZE, Perms::RW).map_err(|_| "mapping a stack failed")?;
+        pt.map(&mut mem, base + i * PAGE_SIZE, frame, PAGE_SIZE, Perms::RW)
+            .map_err(|_| "mapping a stack failed")?;
     }
     Ok(base + pages * PAGE_SIZE)
 }

@@ -25,10 +25,22 @@ pub struct Perms {
 }
 
 impl Perms {
-    pub const R: Perms = Perms { write: false, execute: false };
-    pub const RW: Perms = Perms { write: true, execute: false };
-    pub const RX: Perms = Perms { write: false, execute: true };
-    pub const RWX: Perms = Perms { write: true, execute: true };
+    pub const R: Perms = Perms {
+        write: false,
+        execute: false,
+    };
+    pub const RW: Perms = Perms {
+        write: true,
+        execute: false,
+    };
+    pub const RX: Perms = Perms {
+        write: false,
+        execute: true,
+    };
+    pub const RWX: Perms = Perms {
+        write: true,
+        execute: true,
+    };
 }
 
 /// How entries of one page-table flavour are encoded. Levels: 1 maps 4 KiB,
@@ -81,7 +93,10 @@ impl Format for X86 {
         entry & Self::LARGE != 0
     }
     fn perms(entry: u64) -> Perms {
-        Perms { write: entry & Self::WRITABLE != 0, execute: entry & Self::NO_EXECUTE == 0 }
+        Perms {
+            write: entry & Self::WRITABLE != 0,
+            execute: entry & Self::NO_EXECUTE == 0,
+        }
     }
 }
 
@@ -132,9 +147,18 @@ fn index(va: u64, level: u8) -> usize {
 impl<F: Format> PageTable<F> {
     /// A new empty table. `max_page` is the largest page size to use (4 KiB,
     /// 2 MiB or 1 GiB, as the processor supports).
-    pub fn new(mem: &mut dyn TableMemory, max_page: u64, deny_writable_executable: bool) -> Result<Self, MapError> {
+    pub fn new(
+        mem: &mut dyn TableMemory,
+        max_page: u64,
+        deny_writable_executable: bool,
+    ) -> Result<Self, MapError> {
         let root = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
-        Ok(Self { root, deny_wx: deny_writable_executable, max_page, _format: core::marker::PhantomData })
+        Ok(Self {
+            root,
+            deny_wx: deny_writable_executable,
+            max_page,
+            _format: core::marker::PhantomData,
+        })
     }
 
     /// The physical address of the root table (for CR3, EPTP or nCR3).
@@ -143,16 +167,28 @@ impl<F: Format> PageTable<F> {
     }
 
     /// Maps `[va, va + len)` to `[pa, pa + len)` with the largest pages that fit.
-    pub fn map(&mut self, mem: &mut dyn TableMemory, va: u64, pa: u64, len: u64, perms: Perms) -> Result<(), MapError> {
+    pub fn map(
+        &mut self,
+        mem: &mut dyn TableMemory,
+        va: u64,
+        pa: u64,
+        len: u64,
+        perms: Perms,
+    ) -> Result<(), MapError> {
         if self.deny_wx && perms.write && perms.execute {
             return Err(MapError::WritableExecutable);
         }
-        if (va | pa | len) % SIZE_4K != 0 {
+        if !(va | pa | len).is_multiple_of(SIZE_4K) {
             return Err(MapError::Misaligned);
         }
         // Both ends canonical and in the same half: no span crosses the hole.
-        let last = va.checked_add(len.saturating_sub(1)).ok_or(MapError::AddressTooLarge)?;
-        if !canonical(va) || va >> 47 != last >> 47 || pa.checked_add(len).is_none_or(|end| end > 1 << 52) {
+        let last = va
+            .checked_add(len.saturating_sub(1))
+            .ok_or(MapError::AddressTooLarge)?;
+        if !canonical(va)
+            || va >> 47 != last >> 47
+            || pa.checked_add(len).is_none_or(|end| end > 1 << 52)
+        {
             return Err(MapError::AddressTooLarge);
         }
         let mut off = 0;
@@ -173,7 +209,14 @@ impl<F: Format> PageTable<F> {
         Ok(())
     }
 
-    fn map_one(&mut self, mem: &mut dyn TableMemory, va: u64, pa: u64, level: u8, perms: Perms) -> Result<(), MapError> {
+    fn map_one(
+        &mut self,
+        mem: &mut dyn TableMemory,
+        va: u64,
+        pa: u64,
+        level: u8,
+        perms: Perms,
+    ) -> Result<(), MapError> {
         let mut table = self.root;
         for l in (level + 1..=4).rev() {
             let i = index(va, l);
@@ -207,7 +250,12 @@ impl<F: Format> PageTable<F> {
             if level == 1 || (level <= 3 && F::is_large(e)) {
                 let size = level_size(level);
                 let base = e & ADDR_MASK & !(size - 1);
-                return Some(Leaf { va: va & !(size - 1), pa: base, size, perms: F::perms(e) });
+                return Some(Leaf {
+                    va: va & !(size - 1),
+                    pa: base,
+                    size,
+                    perms: F::perms(e),
+                });
             }
             table = e & ADDR_MASK;
         }
@@ -216,7 +264,13 @@ impl<F: Format> PageTable<F> {
 
     /// Calls `f` for every leaf mapping, in address order.
     pub fn leaves(&self, mem: &dyn TableMemory, f: &mut dyn FnMut(Leaf)) {
-        fn walk<F: Format>(mem: &dyn TableMemory, table: u64, level: u8, base: u64, f: &mut dyn FnMut(Leaf)) {
+        fn walk<F: Format>(
+            mem: &dyn TableMemory,
+            table: u64,
+            level: u8,
+            base: u64,
+            f: &mut dyn FnMut(Leaf),
+        ) {
             for i in 0..512 {
                 let e = mem.read(table, i);
                 if !F::is_present(e) {
@@ -225,7 +279,12 @@ impl<F: Format> PageTable<F> {
                 let va = sign_extend(base + i as u64 * level_size(level));
                 if level == 1 || (level <= 3 && F::is_large(e)) {
                     let size = level_size(level);
-                    f(Leaf { va, pa: e & ADDR_MASK & !(size - 1), size, perms: F::perms(e) });
+                    f(Leaf {
+                        va,
+                        pa: e & ADDR_MASK & !(size - 1),
+                        size,
+                        perms: F::perms(e),
+                    });
                 } else {
                     walk::<F>(mem, e & ADDR_MASK, level - 1, va, f);
                 }
@@ -273,12 +332,22 @@ pub mod tests {
         let mut m = HostTables::default();
         let mut pt = PageTable::<X86>::new(&mut m, SIZE_1G, true).unwrap();
         // 4 KiB head, 2 MiB pages, then a 1 GiB page, then a 4 KiB tail.
-        pt.map(&mut m, SIZE_1G - SIZE_2M - SIZE_4K, SIZE_1G - SIZE_2M - SIZE_4K, SIZE_4K + SIZE_2M + SIZE_1G + SIZE_4K, Perms::RW).unwrap();
+        pt.map(
+            &mut m,
+            SIZE_1G - SIZE_2M - SIZE_4K,
+            SIZE_1G - SIZE_2M - SIZE_4K,
+            SIZE_4K + SIZE_2M + SIZE_1G + SIZE_4K,
+            Perms::RW,
+        )
+        .unwrap();
         let mut sizes = Vec::new();
         pt.leaves(&m, &mut |l| sizes.push(l.size));
         assert_eq!(sizes, [SIZE_4K, SIZE_2M, SIZE_1G, SIZE_4K]);
         let l = pt.translate(&m, SIZE_1G + 12345).unwrap();
-        assert_eq!((l.va, l.pa, l.size, l.perms), (SIZE_1G, SIZE_1G, SIZE_1G, Perms::RW));
+        assert_eq!(
+            (l.va, l.pa, l.size, l.perms),
+            (SIZE_1G, SIZE_1G, SIZE_1G, Perms::RW)
+        );
         assert_eq!(pt.translate(&m, 0), None);
     }
 
@@ -299,15 +368,24 @@ pub mod tests {
     fn writable_executable_is_refused_when_denied() {
         let mut m = HostTables::default();
         let mut pt = PageTable::<X86>::new(&mut m, SIZE_1G, true).unwrap();
-        assert_eq!(pt.map(&mut m, 0, 0, SIZE_4K, Perms::RWX), Err(MapError::WritableExecutable));
+        assert_eq!(
+            pt.map(&mut m, 0, 0, SIZE_4K, Perms::RWX),
+            Err(MapError::WritableExecutable)
+        );
         let mut open = PageTable::<X86>::new(&mut m, SIZE_1G, false).unwrap();
         assert_eq!(open.map(&mut m, 0, 0, SIZE_4K, Perms::RWX), Ok(()));
     }
 
     #[test]
     fn encodings_follow_the_sdm() {
-        assert_eq!(X86::leaf_entry(0x20_0000, Perms::RX, 2), 0x20_0000 | 1 | (1 << 7));
-        assert_eq!(X86::leaf_entry(0x3000, Perms::RW, 1), 0x3000 | 1 | 2 | (1 << 63));
+        assert_eq!(
+            X86::leaf_entry(0x20_0000, Perms::RX, 2),
+            0x20_0000 | 1 | (1 << 7)
+        );
+        assert_eq!(
+            X86::leaf_entry(0x3000, Perms::RW, 1),
+            0x3000 | 1 | 2 | (1 << 63)
+        );
         assert_eq!(X86::table_entry(0x5000), 0x5003);
     }
 
@@ -316,12 +394,27 @@ pub mod tests {
         let mut m = HostTables::default();
         let mut pt = PageTable::<X86>::new(&mut m, SIZE_2M, true).unwrap();
         pt.map(&mut m, 0, 0, SIZE_2M, Perms::R).unwrap();
-        assert_eq!(pt.map(&mut m, 0x1000, 0x1000, SIZE_4K, Perms::R), Err(MapError::AlreadyMapped(0x1000)));
+        assert_eq!(
+            pt.map(&mut m, 0x1000, 0x1000, SIZE_4K, Perms::R),
+            Err(MapError::AlreadyMapped(0x1000))
+        );
         pt.map(&mut m, SIZE_2M, SIZE_2M, SIZE_4K, Perms::R).unwrap();
-        assert_eq!(pt.map(&mut m, SIZE_2M, 0, SIZE_4K, Perms::R), Err(MapError::AlreadyMapped(SIZE_2M)));
-        assert_eq!(pt.map(&mut m, 1, 0, SIZE_4K, Perms::R), Err(MapError::Misaligned));
-        assert_eq!(pt.map(&mut m, 1 << 48, 0, SIZE_4K, Perms::R), Err(MapError::AddressTooLarge));
-        assert_eq!(pt.map(&mut m, (1 << 47) - SIZE_4K, 0, 2 * SIZE_4K, Perms::R), Err(MapError::AddressTooLarge));
+        assert_eq!(
+            pt.map(&mut m, SIZE_2M, 0, SIZE_4K, Perms::R),
+            Err(MapError::AlreadyMapped(SIZE_2M))
+        );
+        assert_eq!(
+            pt.map(&mut m, 1, 0, SIZE_4K, Perms::R),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(
+            pt.map(&mut m, 1 << 48, 0, SIZE_4K, Perms::R),
+            Err(MapError::AddressTooLarge)
+        );
+        assert_eq!(
+            pt.map(&mut m, (1 << 47) - SIZE_4K, 0, 2 * SIZE_4K, Perms::R),
+            Err(MapError::AddressTooLarge)
+        );
         // The high half works and walks back as canonical addresses.
         let high = 0xFFFF_FF80_0000_1000;
         pt.map(&mut m, high, 0x5000, SIZE_4K, Perms::RW).unwrap();
@@ -329,9 +422,15 @@ pub mod tests {
         let mut seen = Vec::new();
         pt.leaves(&m, &mut |l| seen.push(l.va));
         assert!(seen.contains(&high));
-        let mut tiny = HostTables { limit: Some(2), ..Default::default() };
+        let mut tiny = HostTables {
+            limit: Some(2),
+            ..Default::default()
+        };
         let mut pt = PageTable::<X86>::new(&mut tiny, SIZE_2M, true).unwrap();
-        assert_eq!(pt.map(&mut tiny, 0, 0, SIZE_4K, Perms::R), Err(MapError::OutOfMemory));
+        assert_eq!(
+            pt.map(&mut tiny, 0, 0, SIZE_4K, Perms::R),
+            Err(MapError::OutOfMemory)
+        );
     }
 
     proptest! {

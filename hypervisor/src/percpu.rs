@@ -12,7 +12,12 @@ pub struct PerCpu {
 
 impl PerCpu {
     pub const fn new(index: u32, apic_id: u32) -> Self {
-        Self { self_addr: 0, index, apic_id, tables: CpuTables::new() }
+        Self {
+            self_addr: 0,
+            index,
+            apic_id,
+            tables: CpuTables::new(),
+        }
     }
 }
 

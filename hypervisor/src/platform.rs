@@ -14,7 +14,11 @@ use core::ptr::NonNull;
 struct IdentityMapped;
 
 impl AcpiHandler for IdentityMapped {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical_address: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
         // The `acpi` crate hands out references into the mapping; the tables
         // are firmware memory that nothing writes while the hypervisor runs.
         let ptr = NonNull::new(physical_address as *mut T).unwrap_or(NonNull::dangling());
@@ -49,7 +53,9 @@ pub struct PlatformInfo {
 pub fn read(root: AcpiRoot) -> Result<PlatformInfo, acpi::AcpiError> {
     // SAFETY: `root` came from a checksummed RSDP given by the loader or found
     // in the BIOS area; the tables it names are identity-mapped.
-    let tables = unsafe { AcpiTables::from_rsdt(IdentityMapped, root.revision, root.table_address as usize)? };
+    let tables = unsafe {
+        AcpiTables::from_rsdt(IdentityMapped, root.revision, root.table_address as usize)?
+    };
     let mut processors = Vec::new();
     let mut io_apics = Vec::new();
     let madt = tables.find_table::<Madt>()?;
@@ -57,20 +63,31 @@ pub fn read(root: AcpiRoot) -> Result<PlatformInfo, acpi::AcpiError> {
         match entry {
             MadtEntry::LocalApic(e) => {
                 let flags = e.flags;
-                processors.push(Processor { apic_id: e.apic_id as u32, enabled: flags & 1 != 0 });
+                processors.push(Processor {
+                    apic_id: e.apic_id as u32,
+                    enabled: flags & 1 != 0,
+                });
             }
             MadtEntry::LocalX2Apic(e) => {
                 let (id, flags) = (e.x2apic_id, e.flags);
-                processors.push(Processor { apic_id: id, enabled: flags & 1 != 0 });
+                processors.push(Processor {
+                    apic_id: id,
+                    enabled: flags & 1 != 0,
+                });
             }
-            MadtEntry::IoApic(e) => {
-                io_apics.push(IoApic { id: e.io_apic_id, address: e.io_apic_address, gsi_base: e.global_system_interrupt_base })
-            }
+            MadtEntry::IoApic(e) => io_apics.push(IoApic {
+                id: e.io_apic_id,
+                address: e.io_apic_address,
+                gsi_base: e.global_system_interrupt_base,
+            }),
             _ => {}
         }
     }
     let power = tables.find_table::<Fadt>().ok().and_then(|fadt| {
-        let io_port = |a: acpi::address::GenericAddress| (a.address_space == AddressSpace::SystemIo && a.address != 0).then_some(a.address as u16);
+        let io_port = |a: acpi::address::GenericAddress| {
+            (a.address_space == AddressSpace::SystemIo && a.address != 0)
+                .then_some(a.address as u16)
+        };
         let pm1a = io_port(fadt.pm1a_control_block().ok()?)?;
         let pm1b = fadt.pm1b_control_block().ok().flatten().and_then(io_port);
         let dsdt = tables.dsdt().ok()?;
@@ -80,9 +97,17 @@ pub fn read(root: AcpiRoot) -> Result<PlatformInfo, acpi::AcpiError> {
             return None;
         }
         let s5 = hypervisor::acpi_sleep::s5_sleep_types(&aml)?;
-        Some(AcpiPower { pm1a_control: pm1a, pm1b_control: pm1b, s5 })
+        Some(AcpiPower {
+            pm1a_control: pm1a,
+            pm1b_control: pm1b,
+            s5,
+        })
     });
-    Ok(PlatformInfo { processors, io_apics, power })
+    Ok(PlatformInfo {
+        processors,
+        io_apics,
+        power,
+    })
 }
 
 /// Looks for the RSDP where BIOS machines keep it: the first KiB of the EBDA
@@ -90,7 +115,11 @@ pub fn read(root: AcpiRoot) -> Result<PlatformInfo, acpi::AcpiError> {
 /// Runs on the boot tables (the EBDA pointer sits in page 0).
 pub fn find_rsdp_bios(mem: &dyn PhysRead) -> Option<AcpiRoot> {
     let mut seg = [0u8; 2];
-    let ebda = if mem.read(0x40E, &mut seg) { (u16::from_le_bytes(seg) as u64) << 4 } else { 0 };
+    let ebda = if mem.read(0x40E, &mut seg) {
+        (u16::from_le_bytes(seg) as u64) << 4
+    } else {
+        0
+    };
     let areas = [(ebda, ebda + 1024), (0xE0000, 0x100000)];
     for (start, end) in areas.into_iter().filter(|(s, _)| *s != 0) {
         let mut addr = start;

@@ -26,7 +26,10 @@ impl Write for Serial {
 
 fn com1() -> Serial {
     // SAFETY: COM1's eight ports belong to the hypervisor's console.
-    Serial(unsafe { Uart16550::new_port(COM1) }.unwrap_or_else(|_| unreachable!("0x3F8 + 7 fits in a port number")))
+    Serial(
+        unsafe { Uart16550::new_port(COM1) }
+            .unwrap_or_else(|_| unreachable!("0x3F8 + 7 fits in a port number")),
+    )
 }
 
 static CONSOLE: Mutex<Option<Serial>> = Mutex::new(None);

@@ -22,7 +22,8 @@ static CHECKED_IN: AtomicU32 = AtomicU32::new(0);
 pub fn give_ist_stacks(cpu: &mut PerCpu) -> Result<(), &'static str> {
     use crate::x86::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
     for slot in [IST_NMI, IST_DOUBLE_FAULT, IST_MACHINE_CHECK] {
-        cpu.tables.set_ist(slot, memory::alloc_stack(IST_STACK_PAGES)?);
+        cpu.tables
+            .set_ist(slot, memory::alloc_stack(IST_STACK_PAGES)?);
     }
     Ok(())
 }

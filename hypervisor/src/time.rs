@@ -27,7 +27,11 @@ pub fn calibrate() {
         spins += 1;
     }
     let ticks = cpu::rdtsc() - start;
-    let hz = if spins >= 50_000_000 || ticks == 0 { 1_000_000_000 } else { ticks * 1000 / CALIBRATION_MS };
+    let hz = if spins >= 50_000_000 || ticks == 0 {
+        1_000_000_000
+    } else {
+        ticks * 1000 / CALIBRATION_MS
+    };
     TSC_HZ.store(hz, Ordering::Relaxed);
 }
 

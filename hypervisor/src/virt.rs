@@ -59,7 +59,10 @@ impl Caps {
 pub fn detect() -> Caps {
     match cpu::vendor() {
         cpu::Vendor::Intel if cpu::cpuid(1, 0).ecx & (1 << 5) != 0 => Caps::Vmx(detect_vmx()),
-        cpu::Vendor::Amd if cpu::cpuid(0x8000_0000, 0).eax >= 0x8000_000A && cpu::cpuid(0x8000_0001, 0).ecx & (1 << 2) != 0 => {
+        cpu::Vendor::Amd
+            if cpu::cpuid(0x8000_0000, 0).eax >= 0x8000_000A
+                && cpu::cpuid(0x8000_0001, 0).ecx & (1 << 2) != 0 =>
+        {
             Caps::Svm(detect_svm())
         }
         _ => Caps::None,
@@ -77,9 +80,17 @@ fn detect_vmx() -> VmxCaps {
     let proc = msr::read(msr::IA32_VMX_PROCBASED_CTLS);
     // Allowed-1 settings are the high 32 bits of each control MSR.
     let secondary_controls = bit(proc, 32 + 31);
-    let proc2 = if secondary_controls { msr::read(msr::IA32_VMX_PROCBASED_CTLS2) } else { 0 };
+    let proc2 = if secondary_controls {
+        msr::read(msr::IA32_VMX_PROCBASED_CTLS2)
+    } else {
+        0
+    };
     let (ept, vpid) = (bit(proc2, 32 + 1), bit(proc2, 32 + 5));
-    let cap = if ept || vpid { msr::read(msr::IA32_VMX_EPT_VPID_CAP) } else { 0 };
+    let cap = if ept || vpid {
+        msr::read(msr::IA32_VMX_EPT_VPID_CAP)
+    } else {
+        0
+    };
     VmxCaps {
         revision_id: basic as u32 & 0x7FFF_FFFF,
         feature_control_locked: bit(fc, 0),

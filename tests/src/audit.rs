@@ -22,10 +22,16 @@ pub fn audit(monitor: &str, cpus: u32) -> Result<AuditReport, String> {
     for chunk in monitor.split("info tlb").skip(1) {
         dumps += 1;
         for line in chunk.lines() {
-            let Some((va, rest)) = line.trim().split_once(": ") else { continue };
+            let Some((va, rest)) = line.trim().split_once(": ") else {
+                continue;
+            };
             let mut fields = rest.split_whitespace();
-            let (Some(_pa), Some(flags)) = (fields.next(), fields.next()) else { continue };
-            let Ok(va) = u64::from_str_radix(va, 16) else { continue };
+            let (Some(_pa), Some(flags)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let Ok(va) = u64::from_str_radix(va, 16) else {
+                continue;
+            };
             if flags.len() != 9 {
                 continue;
             }
@@ -52,7 +58,10 @@ pub fn audit(monitor: &str, cpus: u32) -> Result<AuditReport, String> {
         return Err(format!("only {} mappings in the dumps", r.mappings));
     }
     if r.executable == 0 || r.executable > r.mappings / 2 {
-        return Err(format!("{} of {} mappings executable", r.executable, r.mappings));
+        return Err(format!(
+            "{} of {} mappings executable",
+            r.executable, r.mappings
+        ));
     }
     if r.page_zero_mapped {
         return Err("page 0 is mapped (null dereferences would not fault)".into());

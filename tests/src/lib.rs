@@ -97,7 +97,10 @@ pub const TEST_MODULE_SIZE: usize = 12_345;
 pub enum Expect {
     /// Boots, every processor checks in, the summary line is right, and the
     /// machine powers off with success.
-    Boots { vendor: &'static str, slat: &'static str },
+    Boots {
+        vendor: &'static str,
+        slat: &'static str,
+    },
     /// The hypervisor reports this exception vector and powers off with failure.
     Exception { vector: u64 },
     /// Boots, then the emulator's monitor dumps the page tables of every
@@ -115,39 +118,90 @@ pub struct Case {
 
 fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
     let m = &machine;
-    let name = format!("{}-{}-{}-{}cpu-{}M{}", m.emulator, m.boot, model_tag(&m.cpu_model), m.cpus, m.memory_mib, suffix);
+    let name = format!(
+        "{}-{}-{}-{}cpu-{}M{}",
+        m.emulator,
+        m.boot,
+        model_tag(&m.cpu_model),
+        m.cpus,
+        m.memory_mib,
+        suffix
+    );
     let timeout_secs = match m.emulator {
         Emulator::Qemu if m.boot == Boot::Uefi => 120,
         Emulator::Qemu => 60,
         Emulator::Bochs => 240,
     };
-    Case { name, machine, expect, timeout_secs }
+    Case {
+        name,
+        machine,
+        expect,
+        timeout_secs,
+    }
 }
 
 fn model_tag(model: &str) -> String {
-    model.split(',').next().unwrap_or(model).to_ascii_lowercase()
+    model
+        .split(',')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase()
 }
 
 /// Every case `cargo xtask test` runs.
 pub fn matrix() -> Vec<Case> {
-    let amd = Expect::Boots { vendor: "amd", slat: "npt" };
-    let intel = Expect::Boots { vendor: "intel", slat: "ept" };
+    let amd = Expect::Boots {
+        vendor: "amd",
+        slat: "npt",
+    };
+    let intel = Expect::Boots {
+        vendor: "intel",
+        slat: "ept",
+    };
     let mut cases = Vec::new();
     for cpus in [1, 2, 4] {
         for mem in [128, 1024, 4096] {
-            cases.push(case(Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, mem), amd.clone(), ""));
+            cases.push(case(
+                Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, mem),
+                amd.clone(),
+                "",
+            ));
         }
     }
     // EPYC offers 1 GiB pages: the hypervisor's tables use them.
-    cases.push(case(Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1024).model("EPYC"), amd.clone(), ""));
-    cases.push(case(Machine::new(Emulator::Qemu, Boot::Uefi, 2, 256), amd.clone(), ""));
-    cases.push(case(Machine::new(Emulator::Qemu, Boot::Grub, 2, 256), amd.clone(), ""));
+    cases.push(case(
+        Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1024).model("EPYC"),
+        amd.clone(),
+        "",
+    ));
+    cases.push(case(
+        Machine::new(Emulator::Qemu, Boot::Uefi, 2, 256),
+        amd.clone(),
+        "",
+    ));
+    cases.push(case(
+        Machine::new(Emulator::Qemu, Boot::Grub, 2, 256),
+        amd.clone(),
+        "",
+    ));
     for cpus in [1, 2] {
-        cases.push(case(Machine::new(Emulator::Bochs, Boot::Grub, cpus, 128), intel.clone(), ""));
-        cases.push(case(Machine::new(Emulator::Bochs, Boot::Grub, cpus, 128).model("ryzen"), amd.clone(), ""));
+        cases.push(case(
+            Machine::new(Emulator::Bochs, Boot::Grub, cpus, 128),
+            intel.clone(),
+            "",
+        ));
+        cases.push(case(
+            Machine::new(Emulator::Bochs, Boot::Grub, cpus, 128).model("ryzen"),
+            amd.clone(),
+            "",
+        ));
     }
     // Skylake offers x2APIC; this keeps the xAPIC path tested on Intel too.
-    cases.push(case(Machine::new(Emulator::Bochs, Boot::Grub, 2, 128).cmdline("poweroff apic=xapic"), intel.clone(), "-xapic"));
+    cases.push(case(
+        Machine::new(Emulator::Bochs, Boot::Grub, 2, 128).cmdline("poweroff apic=xapic"),
+        intel.clone(),
+        "-xapic",
+    ));
     cases.push(case(
         Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 256).cmdline("selftest=page-fault"),
         Expect::Exception { vector: 14 },
@@ -165,7 +219,11 @@ pub fn matrix() -> Vec<Case> {
         Expect::Exception { vector: 8 },
         "-stack-overflow",
     ));
-    cases.push(case(Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1024).cmdline(""), Expect::PageTableAudit, "-pagetable-audit"));
+    cases.push(case(
+        Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1024).cmdline(""),
+        Expect::PageTableAudit,
+        "-pagetable-audit",
+    ));
     cases
 }
 
@@ -193,15 +251,36 @@ pub struct Summary {
     pub slat: String,
 }
 
+/// Where the summary line starts in a log (it must start a line).
+pub fn summary_offset(log: &str) -> Option<usize> {
+    if log.starts_with(SUMMARY_PREFIX) {
+        return Some(0);
+    }
+    log.match_indices(&format!("\n{SUMMARY_PREFIX}"))
+        .next()
+        .map(|(i, _)| i + 1)
+}
+
 /// Parses `hypervisor: <N> logical processors online, <M> MiB usable, vendor=<v>, slat=<s>`.
 pub fn parse_summary(log: &str) -> Option<Summary> {
-    let line = log.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(SUMMARY_PREFIX))?;
+    let line = log
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(SUMMARY_PREFIX))?;
     let mut parts = line.split(", ");
-    let cpus = parts.next()?.strip_suffix(" logical processors online")?.parse().ok()?;
+    let cpus = parts
+        .next()?
+        .strip_suffix(" logical processors online")?
+        .parse()
+        .ok()?;
     let usable_mib = parts.next()?.strip_suffix(" MiB usable")?.parse().ok()?;
     let vendor = parts.next()?.strip_prefix("vendor=")?.to_string();
     let slat = parts.next()?.strip_prefix("slat=")?.to_string();
-    Some(Summary { cpus, usable_mib, vendor, slat })
+    Some(Summary {
+        cpus,
+        usable_mib,
+        vendor,
+        slat,
+    })
 }
 
 /// True once a run has shown what its case needs; the harness may then stop
@@ -234,13 +313,21 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
         // Firmware keeps a little memory (and the 4 GiB machine loses its PCI hole).
         let min = m.memory_mib * 7 / 8;
         if s.usable_mib < min || s.usable_mib > m.memory_mib {
-            return Err(format!("{} MiB usable on a {} MiB machine (expected {min}..={})", s.usable_mib, m.memory_mib, m.memory_mib));
+            return Err(format!(
+                "{} MiB usable on a {} MiB machine (expected {min}..={})",
+                s.usable_mib, m.memory_mib, m.memory_mib
+            ));
         }
         // QEMU passes "path name", GRUB and our loader "name": the name ends the string.
         let module = format!("{TEST_MODULE_NAME}\" at ");
         let size = format!("({TEST_MODULE_SIZE} bytes)");
-        if !log.lines().any(|l| l.contains(&module) && l.contains(&size)) {
-            return Err(format!("module \"{TEST_MODULE_NAME}\" of {TEST_MODULE_SIZE} bytes not reported"));
+        if !log
+            .lines()
+            .any(|l| l.contains(&module) && l.contains(&size))
+        {
+            return Err(format!(
+                "module \"{TEST_MODULE_NAME}\" of {TEST_MODULE_SIZE} bytes not reported"
+            ));
         }
         Ok(s)
     };
@@ -257,7 +344,10 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
             no_faults(log)?;
             let s = check_boot(log)?;
             if s.vendor != *vendor || s.slat != *slat {
-                return Err(format!("vendor={} slat={}, expected vendor={vendor} slat={slat}", s.vendor, s.slat));
+                return Err(format!(
+                    "vendor={} slat={}, expected vendor={vendor} slat={slat}",
+                    s.vendor, s.slat
+                ));
             }
             if !log.contains("powering off") {
                 return Err("did not power off".into());
@@ -292,7 +382,10 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
             if report.writable_executable.is_empty() {
                 Ok(())
             } else {
-                Err(format!("writable and executable mappings: {}", report.writable_executable.join("; ")))
+                Err(format!(
+                    "writable and executable mappings: {}",
+                    report.writable_executable.join("; ")
+                ))
             }
         }
     }
@@ -310,20 +403,46 @@ mod tests {
         [   0.05] cpu0 INFO  powering off\n";
 
     fn boots(cpus: u32) -> Case {
-        case(Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, 128), Expect::Boots { vendor: "amd", slat: "npt" }, "")
+        case(
+            Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, 128),
+            Expect::Boots {
+                vendor: "amd",
+                slat: "npt",
+            },
+            "",
+        )
     }
 
     fn ok(serial: &str) -> Outcome {
-        Outcome { serial: serial.into(), success: Some(true), ..Default::default() }
+        Outcome {
+            serial: serial.into(),
+            success: Some(true),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn summary_parses() {
         assert_eq!(
             parse_summary(GOOD),
-            Some(Summary { cpus: 2, usable_mib: 127, vendor: "amd".into(), slat: "npt".into() })
+            Some(Summary {
+                cpus: 2,
+                usable_mib: 127,
+                vendor: "amd".into(),
+                slat: "npt".into()
+            })
         );
-        assert_eq!(parse_summary("hypervisor: two logical processors online"), None);
+        assert_eq!(
+            parse_summary("hypervisor: two logical processors online"),
+            None
+        );
+        // The UEFI loader's own lines mention "hypervisor: " mid-line.
+        let uefi = format!("[ INFO]: loading /boot/hypervisor: 5 bytes\n{GOOD}");
+        assert_eq!(
+            summary_offset(&uefi),
+            uefi.find("\nhypervisor: 2").map(|i| i + 1)
+        );
+        assert_eq!(summary_offset("x hypervisor: 1"), None);
     }
 
     #[test]
@@ -335,32 +454,87 @@ mod tests {
     fn each_defect_fails() {
         let c = boots(2);
         assert!(judge(&boots(4), &ok(GOOD)).unwrap_err().contains("2 of 4"));
-        assert!(judge(&c, &ok(&GOOD.replace("cpu1 INFO  cpu1 online", "x"))).unwrap_err().contains("cpu1"));
-        assert!(judge(&c, &ok(&GOOD.replace("127 MiB", "64 MiB"))).unwrap_err().contains("MiB usable"));
+        assert!(judge(&c, &ok(&GOOD.replace("cpu1 INFO  cpu1 online", "x")))
+            .unwrap_err()
+            .contains("cpu1"));
+        assert!(judge(&c, &ok(&GOOD.replace("127 MiB", "64 MiB")))
+            .unwrap_err()
+            .contains("MiB usable"));
         assert!(judge(&c, &ok(&GOOD.replace("vendor=amd", "vendor=intel"))).is_err());
-        assert!(judge(&c, &ok(&GOOD.replace("12345 bytes", "12344 bytes"))).unwrap_err().contains("module"));
-        assert!(judge(&c, &ok(&format!("{GOOD}EXCEPTION on cpu1: vector 13"))).unwrap_err().contains("EXCEPTION"));
-        assert!(judge(&c, &ok(&format!("{GOOD}{GOOD}"))).unwrap_err().contains("reset"));
-        assert!(judge(&c, &Outcome { success: Some(false), ..ok(GOOD) }).is_err());
-        assert!(judge(&c, &Outcome { success: None, timed_out: true, ..ok(GOOD) }).unwrap_err().contains("time"));
+        assert!(judge(&c, &ok(&GOOD.replace("12345 bytes", "12344 bytes")))
+            .unwrap_err()
+            .contains("module"));
+        assert!(
+            judge(&c, &ok(&format!("{GOOD}EXCEPTION on cpu1: vector 13")))
+                .unwrap_err()
+                .contains("EXCEPTION")
+        );
+        assert!(judge(&c, &ok(&format!("{GOOD}{GOOD}")))
+            .unwrap_err()
+            .contains("reset"));
+        assert!(judge(
+            &c,
+            &Outcome {
+                success: Some(false),
+                ..ok(GOOD)
+            }
+        )
+        .is_err());
+        assert!(judge(
+            &c,
+            &Outcome {
+                success: None,
+                timed_out: true,
+                ..ok(GOOD)
+            }
+        )
+        .unwrap_err()
+        .contains("time"));
         assert!(judge(&c, &ok(&GOOD.replace("powering off", "idle"))).is_err());
     }
 
     #[test]
     fn exceptions_are_judged_by_vector_and_status() {
-        let c = case(Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 128), Expect::Exception { vector: 8 }, "");
+        let c = case(
+            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 128),
+            Expect::Exception { vector: 8 },
+            "",
+        );
         let report = "EXCEPTION on cpu0: vector 8 (#DF double fault), error code 0x0\n rip=0x1 cr2=0x2\n rax=0 r15=0\ncpu0 stopped; powering off";
-        let out = Outcome { serial: report.into(), success: Some(false), ..Default::default() };
+        let out = Outcome {
+            serial: report.into(),
+            success: Some(false),
+            ..Default::default()
+        };
         assert_eq!(judge(&c, &out), Ok(()));
-        assert!(judge(&c, &Outcome { success: Some(true), ..out.clone() }).is_err());
-        assert!(judge(&c, &Outcome { serial: report.replace("vector 8", "vector 14"), ..out }).is_err());
+        assert!(judge(
+            &c,
+            &Outcome {
+                success: Some(true),
+                ..out.clone()
+            }
+        )
+        .is_err());
+        assert!(judge(
+            &c,
+            &Outcome {
+                serial: report.replace("vector 8", "vector 14"),
+                ..out
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn the_matrix_covers_the_issue() {
         let m = matrix();
         let has = |e: Emulator, b: Boot, model: &str, cpus: u32| {
-            m.iter().any(|c| c.machine.emulator == e && c.machine.boot == b && c.machine.cpu_model.starts_with(model) && c.machine.cpus == cpus)
+            m.iter().any(|c| {
+                c.machine.emulator == e
+                    && c.machine.boot == b
+                    && c.machine.cpu_model.starts_with(model)
+                    && c.machine.cpus == cpus
+            })
         };
         for cpus in [1, 2, 4] {
             assert!(has(Emulator::Qemu, Boot::Multiboot, "qemu64", cpus));

@@ -11,13 +11,22 @@ fn section_sizes(elf: &[u8]) -> Option<Vec<(String, u64)>> {
     let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
     let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
     let shoff = u64_at(0x28)? as usize;
-    let (shentsize, shnum, shstrndx) = (u16_at(0x3A)? as usize, u16_at(0x3C)? as usize, u16_at(0x3E)? as usize);
+    let (shentsize, shnum, shstrndx) = (
+        u16_at(0x3A)? as usize,
+        u16_at(0x3C)? as usize,
+        u16_at(0x3E)? as usize,
+    );
     let strtab = u64_at(shoff + shstrndx * shentsize + 0x18)? as usize;
     let mut out = Vec::new();
     for i in 0..shnum {
         let sh = shoff + i * shentsize;
         let name_off = strtab + u32_at(sh)? as usize;
-        let name: String = elf.get(name_off..)?.iter().take_while(|b| **b != 0).map(|b| *b as char).collect();
+        let name: String = elf
+            .get(name_off..)?
+            .iter()
+            .take_while(|b| **b != 0)
+            .map(|b| *b as char)
+            .collect();
         let flags = u64_at(sh + 0x08)?;
         if flags & 2 != 0 {
             // SHF_ALLOC: part of the loaded image.
@@ -34,7 +43,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The hypervisor's own timestamp on the last log line before the summary.
 fn hypervisor_seconds(serial: &str) -> Option<f64> {
-    let before = &serial[..serial.find(system_tests::SUMMARY_PREFIX)?];
+    let before = &serial[..system_tests::summary_offset(serial)?];
     let line = before.lines().rev().find(|l| l.starts_with('['))?;
     line[1..line.find(']')?].trim().parse().ok()
 }
@@ -51,14 +60,21 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     prereq::ensure()?;
     let art = build::build()?;
     let elf = std::fs::read(&art.hypervisor)?;
-    println!("== size: {} ({} bytes on disk with symbols)", art.hypervisor.display(), elf.len());
+    println!(
+        "== size: {} ({} bytes on disk with symbols)",
+        art.hypervisor.display(),
+        elf.len()
+    );
     let mut loaded = 0;
     for (name, size) in section_sizes(&elf).context("unreadable ELF")? {
         println!("  {name:<14} {size:>8} bytes");
         loaded += size;
     }
     println!("  {:<14} {loaded:>8} bytes", "loaded total");
-    println!("  UEFI loader    {:>8} bytes", std::fs::metadata(&art.uefi_loader)?.len());
+    println!(
+        "  UEFI loader    {:>8} bytes",
+        std::fs::metadata(&art.uefi_loader)?.len()
+    );
 
     println!("== boot time to the summary line, median of {runs} runs (wall clock from emulator start; hypervisor's TSC clock)");
     let machines = [
@@ -70,7 +86,10 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     ];
     let modules = image::standard_modules()?;
     for m in machines {
-        let label = format!("{} {} {} {}cpu {}M", m.emulator, m.boot, m.cpu_model, m.cpus, m.memory_mib);
+        let label = format!(
+            "{} {} {} {}cpu {}M",
+            m.emulator, m.boot, m.cpu_model, m.cpus, m.memory_mib
+        );
         let dir = build::work_dir().join("bench");
         let media = image::make(m.boot, &art, &m.cmdline, &modules, &dir)?;
         let (mut wall, mut own) = (Vec::new(), Vec::new());
@@ -83,11 +102,17 @@ pub fn main(args: Vec<String>) -> Result<i32> {
                 monitor_commands: &[],
             };
             let run = emulator::run(&m, &media, &dir, &opts)?;
-            let Some(t) = run.summary_after else { bail!("{label}: no summary line") };
+            let Some(t) = run.summary_after else {
+                bail!("{label}: no summary line")
+            };
             wall.push(t.as_secs_f64());
             own.push(hypervisor_seconds(&run.outcome.serial).unwrap_or(f64::NAN));
         }
-        println!("  {label:<48} wall {:>6.2} s   hypervisor {:>6.3} s", median(wall), median(own));
+        println!(
+            "  {label:<48} wall {:>6.2} s   hypervisor {:>6.3} s",
+            median(wall),
+            median(own)
+        );
     }
     Ok(0)
 }

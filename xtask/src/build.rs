@@ -9,7 +9,10 @@ pub struct Artifacts {
 }
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 pub fn work_dir() -> PathBuf {
@@ -18,7 +21,11 @@ pub fn work_dir() -> PathBuf {
 
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo).args(args).current_dir(root()).status().context("running cargo")?;
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }
@@ -27,8 +34,24 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 pub fn build() -> Result<Artifacts> {
     crate::prereq::ensure_rust_targets()?;
-    cargo(&["build", "--release", "-p", "hypervisor", "--bin", "hypervisor", "--target", "x86_64-unknown-none"])?;
-    cargo(&["build", "--release", "-p", "bootloader", "--target", "x86_64-unknown-uefi"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "hypervisor",
+        "--bin",
+        "hypervisor",
+        "--target",
+        "x86_64-unknown-none",
+    ])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "bootloader",
+        "--target",
+        "x86_64-unknown-uefi",
+    ])?;
     let target = root().join("target");
     Ok(Artifacts {
         hypervisor: target.join("x86_64-unknown-none/release/hypervisor"),

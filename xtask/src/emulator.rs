@@ -39,31 +39,59 @@ pub fn run(machine: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) 
     }
 }
 
-fn qemu_command(m: &Machine, media: &BootMedia, dir: &Path, monitor: Option<&Path>) -> Result<Command> {
+fn qemu_command(
+    m: &Machine,
+    media: &BootMedia,
+    dir: &Path,
+    monitor: Option<&Path>,
+) -> Result<Command> {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg", "-cpu", &m.cpu_model, "-smp", &m.cpus.to_string(), "-m", &format!("{}M", m.memory_mib)]);
+    c.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        &m.cpu_model,
+        "-smp",
+        &m.cpus.to_string(),
+        "-m",
+        &format!("{}M", m.memory_mib),
+    ]);
     c.args(["-display", "none", "-serial", "stdio", "-no-reboot"]);
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     match monitor {
-        Some(p) => c.args(["-monitor", &format!("unix:{},server=on,wait=off", p.display())]),
+        Some(p) => c.args([
+            "-monitor",
+            &format!("unix:{},server=on,wait=off", p.display()),
+        ]),
         None => c.args(["-monitor", "none"]),
     };
     match media {
-        BootMedia::Multiboot { kernel, cmdline, modules } => {
+        BootMedia::Multiboot {
+            kernel,
+            cmdline,
+            modules,
+        } => {
             c.arg("-kernel").arg(kernel).arg("-append").arg(cmdline);
             if !modules.is_empty() {
                 // QEMU's Multiboot modules: "file args" separated by commas.
-                let list: Vec<String> = modules.iter().map(|(p, name)| format!("{} {name}", p.display())).collect();
+                let list: Vec<String> = modules
+                    .iter()
+                    .map(|(p, name)| format!("{} {name}", p.display()))
+                    .collect();
                 c.arg("-initrd").arg(list.join(","));
             }
         }
         BootMedia::Esp(image) => {
             let vars = dir.join("OVMF_VARS.fd");
-            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("copying OVMF variables")?;
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                .context("copying OVMF variables")?;
             c.args(["-machine", "q35"]);
-            c.arg("-drive").arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
-            c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
-            c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+            c.arg("-drive")
+                .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd");
+            c.arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            c.arg("-drive")
+                .arg(format!("format=raw,file={}", image.display()));
         }
         BootMedia::Iso(iso) => {
             c.arg("-cdrom").arg(iso).args(["-boot", "d"]);
@@ -139,7 +167,9 @@ fn capture(mut out: impl Read + Send + 'static, echo: bool) -> Arc<Mutex<String>
                 let _ = so.write_all(&buf[..n]);
                 let _ = so.flush();
             }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     log
@@ -155,12 +185,14 @@ fn supervise(
     let start = Instant::now();
     let mut summary_after = None;
     loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok((status.code(), false, summary_after));
-        }
+        let exited = child.try_wait()?;
+        // Read after the exit check: output written before exit is seen first.
         let text = log();
-        if summary_after.is_none() && text.contains(system_tests::SUMMARY_PREFIX) {
+        if summary_after.is_none() && system_tests::summary_offset(&text).is_some() {
             summary_after = Some(start.elapsed());
+        }
+        if let Some(status) = exited {
+            return Ok((status.code(), false, summary_after));
         }
         if poll(&text) {
             let _ = child.kill();
@@ -172,32 +204,42 @@ fn supervise(
             let _ = child.wait();
             return Ok((None, true, summary_after));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Result<Run> {
     let socket = dir.join("monitor.sock");
     let _ = std::fs::remove_file(&socket);
-    let mut cmd = qemu_command(m, media, dir, opts.monitor_trigger.map(|_| socket.as_path()))?;
+    let mut cmd = qemu_command(
+        m,
+        media,
+        dir,
+        opts.monitor_trigger.map(|_| socket.as_path()),
+    )?;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if opts.interactive { Stdio::inherit() } else { Stdio::null() });
+    cmd.stdin(if opts.interactive {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let serial = capture(child.stdout.take().expect("piped"), opts.echo);
     let stderr = capture(child.stderr.take().expect("piped"), false);
     let read = || serial.lock().unwrap().clone();
     let mut monitor = String::new();
     let mut monitor_error = None;
-    let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |text| match opts.monitor_trigger {
-        Some(trigger) if trigger(text) => {
-            match monitor_session(&socket, opts.monitor_commands) {
-                Ok(t) => monitor = t,
-                Err(e) => monitor_error = Some(e),
+    let (code, timed_out, summary_after) =
+        supervise(&mut child, opts, &read, |text| match opts.monitor_trigger {
+            Some(trigger) if trigger(text) => {
+                match monitor_session(&socket, opts.monitor_commands) {
+                    Ok(t) => monitor = t,
+                    Err(e) => monitor_error = Some(e),
+                }
+                true
             }
-            true
-        }
-        _ => false,
-    })?;
+            _ => false,
+        })?;
     std::thread::sleep(Duration::from_millis(50));
     let mut serial = read();
     let err = stderr.lock().unwrap().clone();
@@ -207,7 +249,15 @@ fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Re
     if let Some(e) = monitor_error {
         serial.push_str(&format!("\n[xtask] monitor: {e:#}"));
     }
-    Ok(Run { outcome: Outcome { serial, success: qemu_verdict(code), timed_out, monitor }, summary_after })
+    Ok(Run {
+        outcome: Outcome {
+            serial,
+            success: qemu_verdict(code),
+            timed_out,
+            monitor,
+        },
+        summary_after,
+    })
 }
 
 fn bochsrc(m: &Machine, iso: &Path, serial: &Path, log: &Path) -> String {
@@ -240,11 +290,17 @@ fn bochsrc(m: &Machine, iso: &Path, serial: &Path, log: &Path) -> String {
 /// Whether we may give Bochs its own network namespace (its only headless
 /// display listens on TCP; inside a fresh namespace nothing outside can reach it).
 fn can_unshare_net() -> bool {
-    Command::new("unshare").args(["-n", "true"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("unshare")
+        .args(["-n", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Result<Run> {
-    let BootMedia::Iso(iso) = media else { anyhow::bail!("Bochs boots only the GRUB ISO (--boot grub)") };
+    let BootMedia::Iso(iso) = media else {
+        anyhow::bail!("Bochs boots only the GRUB ISO (--boot grub)")
+    };
     let serial_path = dir.join("serial.txt");
     let _ = std::fs::remove_file(&serial_path);
     std::fs::write(&serial_path, b"")?;
@@ -265,11 +321,14 @@ fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> R
     cmd.arg("-q").arg("-f").arg(&conf).arg("-rc").arg(&rc);
     cmd.stdin(Stdio::null());
     let out_path = dir.join("bochs.out");
-    cmd.stdout(std::fs::File::create(&out_path)?).stderr(std::fs::File::create(dir.join("bochs.err"))?);
+    cmd.stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(dir.join("bochs.err"))?);
     let mut child = cmd.spawn().context("starting bochs")?;
     let echoed = Mutex::new(0usize);
     let read = || {
-        let text = std::fs::read(&serial_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let text = std::fs::read(&serial_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         if opts.echo {
             let mut done = echoed.lock().unwrap();
             if text.len() > *done {
@@ -285,10 +344,24 @@ fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> R
     let mut serial = read();
     if code != Some(0) {
         // Bochs names its reason (a panic, a VMCS check) in its own output.
-        let tail: String = std::fs::read_to_string(dir.join("bochs.log")).unwrap_or_default().lines().rev().take(8).collect::<Vec<_>>().join("\n");
+        let tail: String = std::fs::read_to_string(dir.join("bochs.log"))
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .join("\n");
         serial.push_str(&format!("\n[bochs log, last lines reversed]\n{tail}"));
     }
-    Ok(Run { outcome: Outcome { serial, success: code.map(|c| c == 0), timed_out, monitor: String::new() }, summary_after })
+    Ok(Run {
+        outcome: Outcome {
+            serial,
+            success: code.map(|c| c == 0),
+            timed_out,
+            monitor: String::new(),
+        },
+        summary_after,
+    })
 }
 
 /// Where a case's files go.

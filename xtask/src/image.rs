@@ -7,7 +7,11 @@ use std::process::Command;
 use system_tests::{Boot, TEST_MODULE_NAME, TEST_MODULE_SIZE};
 
 pub enum BootMedia {
-    Multiboot { kernel: PathBuf, cmdline: String, modules: Vec<(PathBuf, String)> },
+    Multiboot {
+        kernel: PathBuf,
+        cmdline: String,
+        modules: Vec<(PathBuf, String)>,
+    },
     Iso(PathBuf),
     Esp(PathBuf),
 }
@@ -36,16 +40,31 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Builds the media for `boot` in `dir`.
-pub fn make(boot: Boot, art: &Artifacts, cmdline: &str, modules: &[(PathBuf, String)], dir: &Path) -> Result<BootMedia> {
+pub fn make(
+    boot: Boot,
+    art: &Artifacts,
+    cmdline: &str,
+    modules: &[(PathBuf, String)],
+    dir: &Path,
+) -> Result<BootMedia> {
     std::fs::create_dir_all(dir)?;
     match boot {
-        Boot::Multiboot => Ok(BootMedia::Multiboot { kernel: art.hypervisor.clone(), cmdline: cmdline.to_string(), modules: modules.to_vec() }),
+        Boot::Multiboot => Ok(BootMedia::Multiboot {
+            kernel: art.hypervisor.clone(),
+            cmdline: cmdline.to_string(),
+            modules: modules.to_vec(),
+        }),
         Boot::Grub => grub_iso(art, cmdline, modules, dir).map(BootMedia::Iso),
         Boot::Uefi => esp_image(art, cmdline, modules, dir).map(BootMedia::Esp),
     }
 }
 
-fn grub_iso(art: &Artifacts, cmdline: &str, modules: &[(PathBuf, String)], dir: &Path) -> Result<PathBuf> {
+fn grub_iso(
+    art: &Artifacts,
+    cmdline: &str,
+    modules: &[(PathBuf, String)],
+    dir: &Path,
+) -> Result<PathBuf> {
     let tree = dir.join("iso");
     let _ = std::fs::remove_dir_all(&tree);
     std::fs::create_dir_all(tree.join("boot/grub"))?;
@@ -64,20 +83,36 @@ fn grub_iso(art: &Artifacts, cmdline: &str, modules: &[(PathBuf, String)], dir: 
     std::fs::write(tree.join("boot/grub/grub.cfg"), cfg)?;
     let iso = dir.join("hypervisor.iso");
     run(Command::new("grub-mkrescue")
-        .args(["--install-modules=multiboot2 normal iso9660 biosdisk serial", "--fonts=", "--locales=", "--themes=", "-o"])
+        .args([
+            "--install-modules=multiboot2 normal iso9660 biosdisk serial",
+            "--fonts=",
+            "--locales=",
+            "--themes=",
+            "-o",
+        ])
         .arg(&iso)
         .arg(&tree))?;
     Ok(iso)
 }
 
-fn esp_image(art: &Artifacts, cmdline: &str, modules: &[(PathBuf, String)], dir: &Path) -> Result<PathBuf> {
+fn esp_image(
+    art: &Artifacts,
+    cmdline: &str,
+    modules: &[(PathBuf, String)],
+    dir: &Path,
+) -> Result<PathBuf> {
     let img = dir.join("esp.img");
     let _ = std::fs::remove_file(&img);
     std::fs::File::create(&img)?.set_len(64 << 20)?;
     let i = img.to_str().context("image path is not UTF-8")?;
     run(Command::new("mformat").args(["-i", i, "-F", "-v", "HVESP", "::"]))?;
     run(Command::new("mmd").args(["-i", i, "::/EFI", "::/EFI/BOOT", "::/boot"]))?;
-    let copy = |from: &Path, to: &str| run(Command::new("mcopy").args(["-i", i]).arg(from).arg(format!("::{to}")));
+    let copy = |from: &Path, to: &str| {
+        run(Command::new("mcopy")
+            .args(["-i", i])
+            .arg(from)
+            .arg(format!("::{to}")))
+    };
     copy(&art.uefi_loader, "/EFI/BOOT/BOOTX64.EFI")?;
     copy(&art.hypervisor, "/boot/hypervisor")?;
     let mut cfg = format!("hypervisor /boot/hypervisor {cmdline}\n");

@@ -36,7 +36,9 @@ fn parse_size(s: &str) -> Result<u64> {
         t if t.ends_with('M') => (t[..t.len() - 1].to_string(), 1),
         t => (t, 1),
     };
-    let n: u64 = num.parse().with_context(|| format!("bad memory size \"{s}\" (e.g. 512M, 2G)"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("bad memory size \"{s}\" (e.g. 512M, 2G)"))?;
     if n * mult < 64 {
         bail!("memory size {s} is too small: the hypervisor needs at least 64M");
     }
@@ -47,7 +49,9 @@ struct Args(std::vec::IntoIter<String>);
 
 impl Args {
     fn value(&mut self, flag: &str) -> Result<String> {
-        self.0.next().with_context(|| format!("{flag} needs a value"))
+        self.0
+            .next()
+            .with_context(|| format!("{flag} needs a value"))
     }
 }
 

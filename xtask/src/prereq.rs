@@ -26,11 +26,15 @@ fn present(what: &str) -> bool {
     if what.starts_with('/') {
         return Path::new(what).exists();
     }
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(what).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(what).is_file()))
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {
@@ -47,7 +51,11 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 
 /// Makes sure every prerequisite exists.
 pub fn ensure() -> Result<()> {
-    let mut missing: Vec<&str> = NEEDS.iter().filter(|(w, _)| !present(w)).map(|(_, p)| *p).collect();
+    let mut missing: Vec<&str> = NEEDS
+        .iter()
+        .filter(|(w, _)| !present(w))
+        .map(|(_, p)| *p)
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
@@ -57,22 +65,33 @@ pub fn ensure() -> Result<()> {
         bail!("missing prerequisites; install them with:\n    {command}");
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    let status = Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive").status()?;
+    let status = Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
     if !status.success() {
         bail!("apt-get update failed; then run: {command}");
     }
     // qemu-system-x86 first, on its own: some machines carry a newer backported
     // qemu-utils that conflicts with it in one transaction; afterwards the
     // matching qemu-utils installs cleanly.
-    let (first, rest): (Vec<&str>, Vec<&str>) = missing.iter().partition(|p| **p == "qemu-system-x86");
+    let (first, rest): (Vec<&str>, Vec<&str>) =
+        missing.iter().partition(|p| **p == "qemu-system-x86");
     if !first.is_empty() {
         apt_install(&first)?;
     }
-    let rest: Vec<&str> = rest.into_iter().filter(|p| *p != "qemu-utils" || !present("qemu-img")).collect();
+    let rest: Vec<&str> = rest
+        .into_iter()
+        .filter(|p| *p != "qemu-utils" || !present("qemu-img"))
+        .collect();
     if !rest.is_empty() {
         apt_install(&rest)?;
     }
-    let still: Vec<&str> = NEEDS.iter().filter(|(w, _)| !present(w)).map(|(w, _)| *w).collect();
+    let still: Vec<&str> = NEEDS
+        .iter()
+        .filter(|(w, _)| !present(w))
+        .map(|(w, _)| *w)
+        .collect();
     if !still.is_empty() {
         bail!("still missing after apt-get: {}", still.join(", "));
     }
@@ -81,7 +100,9 @@ pub fn ensure() -> Result<()> {
 
 /// Adds the bare-metal Rust targets when the toolchain lacks them.
 pub fn ensure_rust_targets() -> Result<()> {
-    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     let Ok(out) = out else { return Ok(()) }; // no rustup: cargo will say what is missing
     let installed = String::from_utf8_lossy(&out.stdout);
     for t in ["x86_64-unknown-none", "x86_64-unknown-uefi"] {

@@ -14,7 +14,11 @@ struct Options {
 }
 
 fn parse(args: Vec<String>) -> Result<Options> {
-    let mut o = Options { filter: None, jobs: std::thread::available_parallelism().map_or(2, |n| n.get()), host_tests: true };
+    let mut o = Options {
+        filter: None,
+        jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        host_tests: true,
+    };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -30,13 +34,25 @@ fn parse(args: Vec<String>) -> Result<Options> {
 
 fn cargo(args: &[&str]) -> Result<bool> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    Ok(Command::new(cargo).args(args).current_dir(build::root()).status()?.success())
+    Ok(Command::new(cargo)
+        .args(args)
+        .current_dir(build::root())
+        .status()?
+        .success())
 }
 
 /// Unit and property tests of every crate that has host-side logic.
 fn host_tests() -> Result<bool> {
     println!("== host unit tests");
-    let mut ok = cargo(&["test", "--quiet", "--workspace", "--exclude", "hypervisor", "--exclude", "bootloader"])?;
+    let mut ok = cargo(&[
+        "test",
+        "--quiet",
+        "--workspace",
+        "--exclude",
+        "hypervisor",
+        "--exclude",
+        "bootloader",
+    ])?;
     ok &= cargo(&["test", "--quiet", "-p", "hypervisor", "--lib"])?;
     Ok(ok)
 }
@@ -44,9 +60,17 @@ fn host_tests() -> Result<bool> {
 fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
     let dir = emulator::case_dir(&case.name);
     let modules = image::standard_modules()?;
-    let media = image::make(case.machine.boot, art, &case.machine.cmdline, &modules, &dir)?;
+    let media = image::make(
+        case.machine.boot,
+        art,
+        &case.machine.cmdline,
+        &modules,
+        &dir,
+    )?;
     let trigger = |serial: &str| ready_for_monitor(case, serial);
-    let commands: Vec<String> = (0..case.machine.cpus).flat_map(|i| [format!("cpu {i}"), "info tlb".to_string()]).collect();
+    let commands: Vec<String> = (0..case.machine.cpus)
+        .flat_map(|i| [format!("cpu {i}"), "info tlb".to_string()])
+        .collect();
     let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
     let audit = matches!(case.expect, Expect::PageTableAudit);
     let opts = emulator::RunOptions {
@@ -69,13 +93,30 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     let mut failed_host = false;
     if opts.host_tests {
         failed_host = !host_tests()?;
-        println!("{}", if failed_host { "FAIL host unit tests" } else { "PASS host unit tests" });
+        println!(
+            "{}",
+            if failed_host {
+                "FAIL host unit tests"
+            } else {
+                "PASS host unit tests"
+            }
+        );
     }
     prereq::ensure()?;
     let art = build::build()?;
-    let cases: Vec<Case> =
-        matrix().into_iter().filter(|c| opts.filter.as_ref().is_none_or(|f| c.name.contains(f.as_str()))).collect();
-    println!("== boot matrix: {} cases, {} at a time", cases.len(), opts.jobs);
+    let cases: Vec<Case> = matrix()
+        .into_iter()
+        .filter(|c| {
+            opts.filter
+                .as_ref()
+                .is_none_or(|f| c.name.contains(f.as_str()))
+        })
+        .collect();
+    println!(
+        "== boot matrix: {} cases, {} at a time",
+        cases.len(),
+        opts.jobs
+    );
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -84,13 +125,18 @@ pub fn main(args: Vec<String>) -> Result<i32> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(case) = cases.get(i) else { break };
                 let start = Instant::now();
-                let verdict = run_case(case, &art).unwrap_or_else(|e| Err(format!("harness error: {e:#}")));
+                let verdict =
+                    run_case(case, &art).unwrap_or_else(|e| Err(format!("harness error: {e:#}")));
                 let secs = start.elapsed().as_secs_f64();
                 match &verdict {
                     Ok(()) => println!("PASS {} ({secs:.1} s)", case.name),
                     Err(why) => {
                         let log = emulator::case_dir(&case.name).join("serial.log");
-                        println!("FAIL {} ({secs:.1} s): {why}\n     log: {}", case.name, log.display());
+                        println!(
+                            "FAIL {} ({secs:.1} s): {why}\n     log: {}",
+                            case.name,
+                            log.display()
+                        );
                     }
                 }
                 results.lock().unwrap().push(verdict.is_ok());
@@ -98,8 +144,10 @@ pub fn main(args: Vec<String>) -> Result<i32> {
         }
     });
     let results = results.into_inner().unwrap();
-    let passed = results.iter().filter(|ok| **ok).count() + usize::from(opts.host_tests && !failed_host);
-    let failed = results.len() - results.iter().filter(|ok| **ok).count() + usize::from(failed_host);
+    let passed =
+        results.iter().filter(|ok| **ok).count() + usize::from(opts.host_tests && !failed_host);
+    let failed =
+        results.len() - results.iter().filter(|ok| **ok).count() + usize::from(failed_host);
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
 }

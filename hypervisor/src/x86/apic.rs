@@ -33,7 +33,10 @@ pub fn mode() -> Mode {
 /// Chooses the mode on the boot processor.
 pub fn select(mode: Mode) {
     X2APIC.store(mode == Mode::X2Apic, Ordering::Relaxed);
-    XAPIC_BASE.store(msr::read(msr::IA32_APIC_BASE) & 0xF_FFFF_F000, Ordering::Relaxed);
+    XAPIC_BASE.store(
+        msr::read(msr::IA32_APIC_BASE) & 0xF_FFFF_F000,
+        Ordering::Relaxed,
+    );
 }
 
 /// Enables this processor's local APIC in the chosen mode, software-enabled

@@ -21,7 +21,10 @@ pub struct CpuTables {
 
 impl CpuTables {
     pub const fn new() -> Self {
-        Self { gdt: GlobalDescriptorTable::new(), tss: TaskStateSegment::new() }
+        Self {
+            gdt: GlobalDescriptorTable::new(),
+            tss: TaskStateSegment::new(),
+        }
     }
 
     /// Points IST slot `slot` (1-based) at the top of a stack. Takes effect at

@@ -162,5 +162,8 @@ pub fn vector_name(v: u64) -> &'static str {
         "#SX security",
         "reserved",
     ];
-    NAMES.get(v as usize).copied().unwrap_or("external interrupt")
+    NAMES
+        .get(v as usize)
+        .copied()
+        .unwrap_or("external interrupt")
 }

@@ -18,7 +18,9 @@ pub fn read(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: `rdmsr` has no memory effects; an unimplemented MSR faults into
     // the exception handler, never into undefined behaviour.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (hi as u64) << 32 | lo as u64
 }
 
