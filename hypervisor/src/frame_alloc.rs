@@ -75,7 +75,8 @@ impl FrameAllocator {
         }
     }
 
-    /// Removes `[start, end)` grown to whole pages: those pages are never handed out.
+    /// Removes `[start, end)` grown to whole pages from the free set: they are
+    /// not handed out (until freed; pages already handed out are unaffected).
     pub fn reserve(&mut self, start: u64, end: u64) {
         let start = start & !(PAGE_SIZE - 1);
         let end = end.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
@@ -98,8 +99,8 @@ impl FrameAllocator {
                 end: r.end,
             };
             self.remove_at(i);
-            // Insert right, then left, at `i`; skip past what was inserted.
-            for part in [right, left] {
+            // Insert what remains, in address order, at `i`; skip past it.
+            for part in [left, right] {
                 if part.end > part.start {
                     if self.count == MAX_RANGES {
                         self.pages_lost += (part.end - part.start) / PAGE_SIZE;
@@ -328,7 +329,10 @@ mod tests {
                     }
                     1 => {
                         fa.reserve(page * PAGE_SIZE, (page + n) * PAGE_SIZE);
-                        for p in page..page + n { reserved.insert(p); added.remove(&p); }
+                        // Pages currently held are not affected by a reservation.
+                        for p in page..page + n {
+                            if !held.contains(&(p * PAGE_SIZE)) { reserved.insert(p); added.remove(&p); }
+                        }
                     }
                     2 => {
                         if let Some(f) = fa.alloc() {
@@ -343,6 +347,7 @@ mod tests {
                         if let Some(f) = held.pop() {
                             prop_assert_eq!(fa.free(f), Ok(()));
                             added.insert(f / PAGE_SIZE);
+                            reserved.remove(&(f / PAGE_SIZE));
                             prop_assert!(fa.free(f).is_err());
                         }
                     }
