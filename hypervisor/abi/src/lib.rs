@@ -1,0 +1,531 @@
+//! The interface between the hypervisor and the partitions, shared by the
+//! hypervisor, the root partition and test guests.
+//!
+//! Hyper-V facts (CPUID leaves, MSR numbers, the hypercall input value and
+//! status codes) follow the Hyper-V Top-Level Functional Specification (TLFS).
+//! Calls in the private range `0x7F00..=0x7FFF` are this project's own and are
+//! documented in docs/hypercalls.md. Structures cross the boundary as
+//! little-endian bytes through explicit `encode`/`decode` functions: no layout
+//! is trusted, no reference into partition memory is held.
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// Bumped on every incompatible change (docs/hypercalls.md keeps the log).
+pub const ABI_VERSION: u32 = 1;
+
+/// Hyper-V CPUID leaves (TLFS "Feature Discovery").
+pub mod cpuid {
+    pub const VENDOR_AND_MAX: u32 = 0x4000_0000;
+    pub const INTERFACE: u32 = 0x4000_0001;
+    pub const VERSION: u32 = 0x4000_0002;
+    pub const FEATURES: u32 = 0x4000_0003;
+    pub const RECOMMENDATIONS: u32 = 0x4000_0004;
+    pub const LIMITS: u32 = 0x4000_0005;
+    pub const HARDWARE_FEATURES: u32 = 0x4000_0006;
+    /// The highest leaf this hypervisor answers.
+    pub const MAX_LEAF: u32 = HARDWARE_FEATURES;
+    /// "Microsoft Hv" in EBX, ECX, EDX.
+    pub const VENDOR: [u32; 3] = [0x7263_694D, 0x666F_736F, 0x7648_2074];
+    /// "Hv#1".
+    pub const INTERFACE_HV1: u32 = 0x3123_7648;
+    /// CPUID.1:ECX bit 31: a hypervisor is present.
+    pub const HYPERVISOR_PRESENT: u32 = 1 << 31;
+
+    /// Partition privilege mask, low half (leaf 0x40000003 EAX).
+    pub mod privilege {
+        pub const ACCESS_VP_RUNTIME: u32 = 1 << 0;
+        pub const ACCESS_PARTITION_REFERENCE_COUNTER: u32 = 1 << 1;
+        pub const ACCESS_SYNIC_REGS: u32 = 1 << 2;
+        pub const ACCESS_HYPERCALL_MSRS: u32 = 1 << 5;
+        pub const ACCESS_VP_INDEX: u32 = 1 << 6;
+        /// High half (leaf 0x40000003 EBX), bit 32+0: CreatePartitions.
+        pub const CREATE_PARTITIONS: u32 = 1 << 0;
+        /// High half bit 32+12: CpuManagement (marks the root partition).
+        pub const CPU_MANAGEMENT: u32 = 1 << 12;
+    }
+}
+
+/// Hyper-V synthetic MSRs (TLFS).
+pub mod msr {
+    pub const GUEST_OS_ID: u32 = 0x4000_0000;
+    pub const HYPERCALL: u32 = 0x4000_0001;
+    pub const VP_INDEX: u32 = 0x4000_0002;
+    pub const TIME_REF_COUNT: u32 = 0x4000_0020;
+    /// HYPERCALL MSR: bit 0 enables the page, bits 63:12 are its GPA.
+    pub const HYPERCALL_ENABLE: u64 = 1;
+}
+
+/// The hypercall input value (RCX) and status (RAX), TLFS "Hypercall Interface".
+pub mod hypercall {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Input {
+        pub code: u16,
+        pub fast: bool,
+        pub variable_header_size: u16,
+        pub rep_count: u16,
+        pub rep_start: u16,
+    }
+
+    impl Input {
+        /// Decodes RCX; `None` when reserved bits are set (the caller answers
+        /// `INVALID_HYPERCALL_INPUT`).
+        pub fn decode(rcx: u64) -> Option<Self> {
+            const RESERVED: u64 = (0x1F << 27) | (0xF << 44) | (0xF << 60);
+            if rcx & RESERVED != 0 {
+                return None;
+            }
+            Some(Input {
+                code: rcx as u16,
+                fast: rcx & (1 << 16) != 0,
+                variable_header_size: ((rcx >> 17) & 0x3FF) as u16,
+                rep_count: ((rcx >> 32) & 0xFFF) as u16,
+                rep_start: ((rcx >> 48) & 0xFFF) as u16,
+            })
+        }
+
+        pub fn encode(&self) -> u64 {
+            self.code as u64
+                | (self.fast as u64) << 16
+                | ((self.variable_header_size as u64) & 0x3FF) << 17
+                | ((self.rep_count as u64) & 0xFFF) << 32
+                | ((self.rep_start as u64) & 0xFFF) << 48
+        }
+    }
+
+    /// HV_STATUS codes.
+    pub mod status {
+        pub const SUCCESS: u16 = 0x0000;
+        pub const INVALID_HYPERCALL_CODE: u16 = 0x0002;
+        pub const INVALID_HYPERCALL_INPUT: u16 = 0x0003;
+        pub const INVALID_ALIGNMENT: u16 = 0x0004;
+        pub const INVALID_PARAMETER: u16 = 0x0005;
+        pub const ACCESS_DENIED: u16 = 0x0006;
+    }
+
+    /// Root-only: fills the output page with [`crate::HostInfo`]. Slow call,
+    /// no input, output GPA in R8 (page-aligned).
+    pub const GET_HOST_INFO: u16 = 0x7F00;
+    /// Root-only: fills the output page with [`crate::HostStats`].
+    pub const GET_HOST_STATS: u16 = 0x7F01;
+
+    /// Bytes at the start of the hypercall page: `vmcall; ret` (Intel) or
+    /// `vmmcall; ret` (AMD); the hypervisor writes the right one.
+    pub const VMCALL_PAGE: [u8; 4] = [0x0F, 0x01, 0xC1, 0xC3];
+    pub const VMMCALL_PAGE: [u8; 4] = [0x0F, 0x01, 0xD9, 0xC3];
+}
+
+/// A little-endian writer/reader over a byte buffer for the structures below.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        self.buf
+            .get_mut(self.at..self.at + bytes.len())?
+            .copy_from_slice(bytes);
+        self.at += bytes.len();
+        Some(())
+    }
+}
+
+fn get<const N: usize>(buf: &[u8], at: &mut usize) -> Option<[u8; N]> {
+    let v = buf.get(*at..*at + N)?.try_into().ok()?;
+    *at += N;
+    Some(v)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vendor {
+    Intel = 1,
+    Amd = 2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slat {
+    Ept = 1,
+    Npt = 2,
+}
+
+/// What `GET_HOST_INFO` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostInfo {
+    pub abi_version: u32,
+    /// The hypervisor's version, major.minor.patch.
+    pub version: [u16; 3],
+    pub vendor: Vendor,
+    pub slat: Slat,
+    pub logical_processors: u32,
+    pub root_vps: u32,
+    pub memory_total_bytes: u64,
+    /// Memory the hypervisor keeps for itself (image, tables, stacks, heap, SLAT tables).
+    pub hypervisor_bytes: u64,
+    /// Memory the hypervisor can still hand out.
+    pub hypervisor_free_bytes: u64,
+    pub tsc_hz: u64,
+}
+
+impl HostInfo {
+    pub const SIZE: usize = 64;
+
+    pub fn encode(&self, out: &mut [u8]) -> Option<()> {
+        let mut c = Cursor { buf: out, at: 0 };
+        c.put(&self.abi_version.to_le_bytes())?;
+        for v in self.version {
+            c.put(&v.to_le_bytes())?;
+        }
+        c.put(&[self.vendor as u8, self.slat as u8])?;
+        c.put(&self.logical_processors.to_le_bytes())?;
+        c.put(&self.root_vps.to_le_bytes())?;
+        c.put(&[0; 4])?;
+        c.put(&self.memory_total_bytes.to_le_bytes())?;
+        c.put(&self.hypervisor_bytes.to_le_bytes())?;
+        c.put(&self.hypervisor_free_bytes.to_le_bytes())?;
+        c.put(&self.tsc_hz.to_le_bytes())?;
+        c.put(&[0; 8])
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut at = 0;
+        let abi_version = u32::from_le_bytes(get(b, &mut at)?);
+        let version = [
+            u16::from_le_bytes(get(b, &mut at)?),
+            u16::from_le_bytes(get(b, &mut at)?),
+            u16::from_le_bytes(get(b, &mut at)?),
+        ];
+        let [v, s] = get::<2>(b, &mut at)?;
+        let vendor = match v {
+            1 => Vendor::Intel,
+            2 => Vendor::Amd,
+            _ => return None,
+        };
+        let slat = match s {
+            1 => Slat::Ept,
+            2 => Slat::Npt,
+            _ => return None,
+        };
+        let logical_processors = u32::from_le_bytes(get(b, &mut at)?);
+        let root_vps = u32::from_le_bytes(get(b, &mut at)?);
+        get::<4>(b, &mut at)?;
+        Some(HostInfo {
+            abi_version,
+            version,
+            vendor,
+            slat,
+            logical_processors,
+            root_vps,
+            memory_total_bytes: u64::from_le_bytes(get(b, &mut at)?),
+            hypervisor_bytes: u64::from_le_bytes(get(b, &mut at)?),
+            hypervisor_free_bytes: u64::from_le_bytes(get(b, &mut at)?),
+            tsc_hz: u64::from_le_bytes(get(b, &mut at)?),
+        })
+    }
+}
+
+/// Why a VP left guest mode, architecture-neutral (the vendor backends translate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitReason {
+    Cpuid = 0,
+    MsrRead,
+    MsrWrite,
+    IoPort,
+    Halt,
+    Hypercall,
+    SlatViolation,
+    Xsetbv,
+    ControlRegister,
+    ExternalInterrupt,
+    Preemption,
+    Nmi,
+    Exception,
+    TripleFault,
+    Other,
+}
+
+impl ExitReason {
+    pub const COUNT: usize = 15;
+    pub const ALL: [ExitReason; Self::COUNT] = [
+        Self::Cpuid,
+        Self::MsrRead,
+        Self::MsrWrite,
+        Self::IoPort,
+        Self::Halt,
+        Self::Hypercall,
+        Self::SlatViolation,
+        Self::Xsetbv,
+        Self::ControlRegister,
+        Self::ExternalInterrupt,
+        Self::Preemption,
+        Self::Nmi,
+        Self::Exception,
+        Self::TripleFault,
+        Self::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpuid => "cpuid",
+            Self::MsrRead => "rdmsr",
+            Self::MsrWrite => "wrmsr",
+            Self::IoPort => "io",
+            Self::Halt => "hlt",
+            Self::Hypercall => "hypercall",
+            Self::SlatViolation => "slat-violation",
+            Self::Xsetbv => "xsetbv",
+            Self::ControlRegister => "cr-access",
+            Self::ExternalInterrupt => "interrupt",
+            Self::Preemption => "preemption",
+            Self::Nmi => "nmi",
+            Self::Exception => "exception",
+            Self::TripleFault => "triple-fault",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Counters of one logical processor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LpStats {
+    pub exits: [u64; ExitReason::COUNT],
+    pub world_switches: u64,
+    /// TSC ticks spent in the hypervisor (from exit to the next entry).
+    pub hypervisor_tsc: u64,
+    /// TSC ticks since the LP first entered a partition.
+    pub total_tsc: u64,
+}
+
+/// What `GET_HOST_STATS` returns: one `LpStats` per logical processor.
+pub struct HostStats;
+
+impl HostStats {
+    /// Bytes per LP record.
+    pub const LP_SIZE: usize = 8 * (ExitReason::COUNT + 3);
+    /// LPs that fit in the 4 KiB output page after the 8-byte header.
+    pub const MAX_LPS: usize = (4096 - 8) / Self::LP_SIZE;
+
+    /// Header: LP count (u32), reserved (u32); then each LP's counters.
+    pub fn encode(lps: &[LpStats], out: &mut [u8]) -> Option<()> {
+        let n = lps.len().min(Self::MAX_LPS);
+        let mut c = Cursor { buf: out, at: 0 };
+        c.put(&(n as u32).to_le_bytes())?;
+        c.put(&[0; 4])?;
+        for lp in &lps[..n] {
+            for e in lp.exits {
+                c.put(&e.to_le_bytes())?;
+            }
+            c.put(&lp.world_switches.to_le_bytes())?;
+            c.put(&lp.hypervisor_tsc.to_le_bytes())?;
+            c.put(&lp.total_tsc.to_le_bytes())?;
+        }
+        Some(())
+    }
+
+    /// Decodes into `out`; returns how many LPs were filled.
+    pub fn decode(b: &[u8], out: &mut [LpStats]) -> Option<usize> {
+        let mut at = 0;
+        let n = u32::from_le_bytes(get(b, &mut at)?) as usize;
+        get::<4>(b, &mut at)?;
+        if n > Self::MAX_LPS {
+            return None;
+        }
+        let n = n.min(out.len());
+        for lp in &mut out[..n] {
+            for e in &mut lp.exits {
+                *e = u64::from_le_bytes(get(b, &mut at)?);
+            }
+            lp.world_switches = u64::from_le_bytes(get(b, &mut at)?);
+            lp.hypervisor_tsc = u64::from_le_bytes(get(b, &mut at)?);
+            lp.total_tsc = u64::from_le_bytes(get(b, &mut at)?);
+        }
+        Some(n)
+    }
+}
+
+/// How the hypervisor starts each root VP: 64-bit mode, paging on with an
+/// identity map of every root GPA below `identity_top` (2 MiB pages, built by
+/// the hypervisor in root memory), CS = 0x08 (64-bit code), DS/ES/SS = 0x10,
+/// interrupts off, RSP = a 64 KiB stack in root memory, RDI = the GPA of this
+/// block, RIP = the root image's ELF entry. The root image is an ELF64 linked
+/// at [`ROOT_IMAGE_BASE`] and loaded there (GPA = SPA) from the boot module
+/// whose name ends with `root`.
+pub mod root_boot {
+    pub const ROOT_IMAGE_BASE: u64 = 0x0100_0000;
+    pub const MAGIC: u64 = u64::from_le_bytes(*b"HVROOT01");
+    pub const MAX_RANGES: usize = 64;
+    pub const CMDLINE_MAX: usize = 256;
+    /// Size of the encoded block.
+    pub const SIZE: usize = 8 + 4 * 4 + 8 * 3 + CMDLINE_MAX + 4 + MAX_RANGES * 16;
+}
+
+/// The block RDI points at when a root VP starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootBoot {
+    pub vp_index: u32,
+    pub vp_count: u32,
+    /// The root image's own span (already in use).
+    pub image_start: u64,
+    pub image_end: u64,
+    /// The ACPI RSDP's physical address (0 when unknown): the root owns ACPI.
+    pub rsdp: u64,
+    /// The root's command line (the root module's string after its name).
+    pub cmdline: [u8; root_boot::CMDLINE_MAX],
+    pub cmdline_len: u32,
+    /// RAM the root owns, `[start, end)` pairs; the hypervisor's memory is absent.
+    pub ranges: [(u64, u64); root_boot::MAX_RANGES],
+    pub range_count: u32,
+}
+
+impl RootBoot {
+    pub fn encode(&self, out: &mut [u8]) -> Option<()> {
+        let mut c = Cursor { buf: out, at: 0 };
+        c.put(&root_boot::MAGIC.to_le_bytes())?;
+        c.put(&crate::ABI_VERSION.to_le_bytes())?;
+        c.put(&self.vp_index.to_le_bytes())?;
+        c.put(&self.vp_count.to_le_bytes())?;
+        c.put(&self.range_count.to_le_bytes())?;
+        c.put(&self.image_start.to_le_bytes())?;
+        c.put(&self.image_end.to_le_bytes())?;
+        c.put(&self.rsdp.to_le_bytes())?;
+        c.put(&self.cmdline)?;
+        c.put(&self.cmdline_len.to_le_bytes())?;
+        for (s, e) in self.ranges {
+            c.put(&s.to_le_bytes())?;
+            c.put(&e.to_le_bytes())?;
+        }
+        Some(())
+    }
+
+    /// `None` on a wrong magic, version or a count out of range.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut at = 0;
+        if u64::from_le_bytes(get(b, &mut at)?) != root_boot::MAGIC
+            || u32::from_le_bytes(get(b, &mut at)?) != crate::ABI_VERSION
+        {
+            return None;
+        }
+        let vp_index = u32::from_le_bytes(get(b, &mut at)?);
+        let vp_count = u32::from_le_bytes(get(b, &mut at)?);
+        let range_count = u32::from_le_bytes(get(b, &mut at)?);
+        let image_start = u64::from_le_bytes(get(b, &mut at)?);
+        let image_end = u64::from_le_bytes(get(b, &mut at)?);
+        let rsdp = u64::from_le_bytes(get(b, &mut at)?);
+        let cmdline = get::<{ root_boot::CMDLINE_MAX }>(b, &mut at)?;
+        let cmdline_len = u32::from_le_bytes(get(b, &mut at)?);
+        if range_count as usize > root_boot::MAX_RANGES
+            || cmdline_len as usize > root_boot::CMDLINE_MAX
+        {
+            return None;
+        }
+        let mut ranges = [(0, 0); root_boot::MAX_RANGES];
+        for r in &mut ranges {
+            *r = (
+                u64::from_le_bytes(get(b, &mut at)?),
+                u64::from_le_bytes(get(b, &mut at)?),
+            );
+        }
+        Some(RootBoot {
+            vp_index,
+            vp_count,
+            image_start,
+            image_end,
+            rsdp,
+            cmdline,
+            cmdline_len,
+            ranges,
+            range_count,
+        })
+    }
+
+    pub fn cmdline(&self) -> &str {
+        core::str::from_utf8(&self.cmdline[..self.cmdline_len as usize]).unwrap_or("")
+    }
+
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges[..self.range_count as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_value_round_trips_and_rejects_reserved_bits() {
+        let i = hypercall::Input {
+            code: 0x7F00,
+            fast: true,
+            variable_header_size: 3,
+            rep_count: 17,
+            rep_start: 5,
+        };
+        assert_eq!(hypercall::Input::decode(i.encode()), Some(i));
+        assert_eq!(hypercall::Input::decode(1 << 27), None);
+        assert_eq!(hypercall::Input::decode(1 << 44), None);
+        assert_eq!(hypercall::Input::decode(1 << 63), None);
+    }
+
+    #[test]
+    fn host_info_round_trips() {
+        let h = HostInfo {
+            abi_version: ABI_VERSION,
+            version: [0, 1, 0],
+            vendor: Vendor::Amd,
+            slat: Slat::Npt,
+            logical_processors: 4,
+            root_vps: 4,
+            memory_total_bytes: 1 << 30,
+            hypervisor_bytes: 8 << 20,
+            hypervisor_free_bytes: 4 << 20,
+            tsc_hz: 2_000_000_000,
+        };
+        let mut page = [0u8; 4096];
+        h.encode(&mut page).unwrap();
+        assert_eq!(HostInfo::decode(&page), Some(h));
+        assert!(h.encode(&mut [0u8; HostInfo::SIZE - 1]).is_none());
+        page[8] = 9;
+        assert_eq!(HostInfo::decode(&page), None, "unknown vendor");
+    }
+
+    #[test]
+    fn host_stats_round_trip() {
+        let mut lps = [LpStats::default(); 3];
+        lps[1].exits[ExitReason::Cpuid as usize] = 42;
+        lps[2].world_switches = 7;
+        let mut page = [0u8; 4096];
+        HostStats::encode(&lps, &mut page).unwrap();
+        let mut out = [LpStats::default(); 8];
+        assert_eq!(HostStats::decode(&page, &mut out), Some(3));
+        assert_eq!(&out[..3], &lps);
+        page[0] = 0xFF;
+        assert_eq!(HostStats::decode(&page, &mut out), None);
+        assert!(HostStats::MAX_LPS >= 16);
+    }
+
+    #[test]
+    fn root_boot_round_trips() {
+        let mut r = RootBoot {
+            vp_index: 1,
+            vp_count: 2,
+            image_start: 0x100_0000,
+            image_end: 0x102_0000,
+            rsdp: 0xF0000,
+            cmdline: [0; root_boot::CMDLINE_MAX],
+            cmdline_len: 5,
+            ranges: [(0, 0); root_boot::MAX_RANGES],
+            range_count: 2,
+        };
+        r.cmdline[..5].copy_from_slice(b"quiet");
+        r.ranges[0] = (0x1000, 0x9f000);
+        r.ranges[1] = (0x40_0000, 0x800_0000);
+        let mut buf = [0u8; root_boot::SIZE];
+        r.encode(&mut buf).unwrap();
+        let d = RootBoot::decode(&buf).unwrap();
+        assert_eq!(d, r);
+        assert_eq!(d.cmdline(), "quiet");
+        assert_eq!(d.ranges().len(), 2);
+        buf[0] ^= 1;
+        assert_eq!(RootBoot::decode(&buf), None);
+    }
+}
