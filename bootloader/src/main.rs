@@ -17,8 +17,9 @@
 
 extern crate alloc;
 
-mod elf;
 mod multiboot2;
+
+use hypervisor::elf;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -120,7 +121,7 @@ fn load() -> Result<(), String> {
         parse_config(core::str::from_utf8(&text).map_err(|_| "hv.cfg is not UTF-8".to_string())?)?;
 
     let image = read_file(&mut fs, &config.hypervisor)?;
-    let layout = elf::load_layout(&image)?;
+    let layout = elf::layout(&image).map_err(|e| alloc::format!("{}: {e}", config.hypervisor))?;
     info!(
         "loading {} ({} bytes) at {:#x}..{:#x}",
         config.hypervisor,
@@ -138,7 +139,7 @@ fn load() -> Result<(), String> {
     .map_err(|e| alloc::format!("{:#x}..{:#x} is not free: {e:?}", layout.start, layout.end))?;
     // SAFETY: the pages were just allocated for us at exactly this range.
     let dest = unsafe { core::slice::from_raw_parts_mut(layout.start as *mut u8, pages * 4096) };
-    elf::copy_segments(&image, layout.start, dest)?;
+    elf::copy_segments(&image, layout.start, dest).map_err(String::from)?;
     let entry = dest[..dest.len().min(32 * 1024)]
         .chunks_exact(8)
         .position(|c| c == ENTRY64_MAGIC.to_le_bytes())

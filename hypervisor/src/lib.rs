@@ -9,5 +9,6 @@ extern crate std;
 pub mod acpi_sleep;
 pub mod bootinfo;
 pub mod cmdline;
+pub mod elf;
 pub mod frame_alloc;
 pub mod page_table;

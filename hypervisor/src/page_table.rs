@@ -22,24 +22,36 @@ pub trait TableMemory {
 pub struct Perms {
     pub write: bool,
     pub execute: bool,
+    /// Device memory: uncached. EPT ignores the MTRRs, so the entry must say so.
+    pub uncached: bool,
 }
 
 impl Perms {
     pub const R: Perms = Perms {
         write: false,
         execute: false,
+        uncached: false,
     };
     pub const RW: Perms = Perms {
         write: true,
         execute: false,
+        uncached: false,
     };
     pub const RX: Perms = Perms {
         write: false,
         execute: true,
+        uncached: false,
     };
     pub const RWX: Perms = Perms {
         write: true,
         execute: true,
+        uncached: false,
+    };
+    /// Memory-mapped devices as a partition sees them.
+    pub const DEVICE: Perms = Perms {
+        write: true,
+        execute: true,
+        uncached: true,
     };
 }
 
@@ -96,6 +108,90 @@ impl Format for X86 {
         Perms {
             write: entry & Self::WRITABLE != 0,
             execute: entry & Self::NO_EXECUTE == 0,
+            uncached: entry & Self::CACHE_DISABLE != 0,
+        }
+    }
+}
+
+impl X86 {
+    pub const WRITE_THROUGH: u64 = 1 << 3;
+    pub const CACHE_DISABLE: u64 = 1 << 4;
+}
+
+/// AMD nested page tables (AMD APM vol. 2 section 15.25): the x86 format, but
+/// every level must allow user access (nested walks are user accesses).
+/// Memory types come from the host PAT bits and the MTRRs.
+pub struct Npt;
+
+impl Format for Npt {
+    fn table_entry(table: u64) -> u64 {
+        X86::table_entry(table) | X86::USER
+    }
+    fn leaf_entry(addr: u64, perms: Perms, level: u8) -> u64 {
+        let mut e = X86::leaf_entry(addr, perms, level) | X86::USER;
+        if perms.uncached {
+            e |= X86::CACHE_DISABLE | X86::WRITE_THROUGH;
+        }
+        e
+    }
+    fn is_present(entry: u64) -> bool {
+        X86::is_present(entry)
+    }
+    fn is_large(entry: u64) -> bool {
+        X86::is_large(entry)
+    }
+    fn perms(entry: u64) -> Perms {
+        X86::perms(entry)
+    }
+}
+
+/// Intel extended page tables (Intel SDM vol. 3 section 29.3.2): read, write
+/// and execute bits, and the memory type in every leaf (the MTRRs do not apply
+/// to guest accesses).
+pub struct Ept;
+
+impl Ept {
+    pub const READ: u64 = 1 << 0;
+    pub const WRITE: u64 = 1 << 1;
+    pub const EXECUTE: u64 = 1 << 2;
+    pub const MEMORY_TYPE_UC: u64 = 0 << 3;
+    pub const MEMORY_TYPE_WB: u64 = 6 << 3;
+    pub const LARGE: u64 = 1 << 7;
+}
+
+impl Format for Ept {
+    fn table_entry(table: u64) -> u64 {
+        (table & ADDR_MASK) | Self::READ | Self::WRITE | Self::EXECUTE
+    }
+    fn leaf_entry(addr: u64, perms: Perms, level: u8) -> u64 {
+        let mut e = (addr & ADDR_MASK) | Self::READ;
+        if perms.write {
+            e |= Self::WRITE;
+        }
+        if perms.execute {
+            e |= Self::EXECUTE;
+        }
+        e |= if perms.uncached {
+            Self::MEMORY_TYPE_UC
+        } else {
+            Self::MEMORY_TYPE_WB
+        };
+        if level > 1 {
+            e |= Self::LARGE;
+        }
+        e
+    }
+    fn is_present(entry: u64) -> bool {
+        entry & (Self::READ | Self::WRITE | Self::EXECUTE) != 0
+    }
+    fn is_large(entry: u64) -> bool {
+        entry & Self::LARGE != 0
+    }
+    fn perms(entry: u64) -> Perms {
+        Perms {
+            write: entry & Self::WRITE != 0,
+            execute: entry & Self::EXECUTE != 0,
+            uncached: entry & (7 << 3) == Self::MEMORY_TYPE_UC,
         }
     }
 }
@@ -387,6 +483,58 @@ pub mod tests {
             0x3000 | 1 | 2 | (1 << 63)
         );
         assert_eq!(X86::table_entry(0x5000), 0x5003);
+    }
+
+    #[test]
+    fn ept_and_npt_encodings() {
+        // EPT: R/W/X in bits 2:0, WB (6) or UC (0) in bits 5:3, large page bit 7.
+        assert_eq!(
+            Ept::leaf_entry(0x4000_0000, Perms::RWX, 3),
+            0x4000_0000 | 7 | (6 << 3) | (1 << 7)
+        );
+        assert_eq!(
+            Ept::leaf_entry(0xFEC0_0000, Perms::DEVICE, 1),
+            0xFEC0_0000 | 7
+        );
+        assert_eq!(Ept::leaf_entry(0x1000, Perms::R, 1), 0x1000 | 1 | (6 << 3));
+        assert_eq!(Ept::table_entry(0x9000), 0x9007);
+        // NPT: user at every level, NX when not executable, PCD|PWT for devices.
+        assert_eq!(Npt::table_entry(0x9000), 0x9007);
+        assert_eq!(
+            Npt::leaf_entry(0x20_0000, Perms::RWX, 2),
+            0x20_0000 | 7 | (1 << 7)
+        );
+        assert_eq!(
+            Npt::leaf_entry(0x1000, Perms::DEVICE, 1),
+            0x1000 | 7 | (1 << 3) | (1 << 4)
+        );
+        for perms in [Perms::R, Perms::RW, Perms::RX, Perms::RWX, Perms::DEVICE] {
+            assert_eq!(Ept::perms(Ept::leaf_entry(0x1000, perms, 1)), perms);
+            assert_eq!(Npt::perms(Npt::leaf_entry(0x1000, perms, 1)), perms);
+        }
+    }
+
+    #[test]
+    fn one_walk_for_every_format() {
+        let mut m = HostTables::default();
+        let mut ept = PageTable::<Ept>::new(&mut m, SIZE_1G, false).unwrap();
+        ept.map(&mut m, 0, 0, 2 * SIZE_1G, Perms::RWX).unwrap();
+        assert_eq!(
+            ept.translate(&m, SIZE_1G + 5).map(|l| (l.pa, l.size)),
+            Some((SIZE_1G, SIZE_1G))
+        );
+        assert_eq!(
+            ept.map(&mut m, 0x1000, 0x1000, SIZE_4K, Perms::RWX),
+            Err(MapError::AlreadyMapped(0x1000))
+        );
+        let mut npt = PageTable::<Npt>::new(&mut m, SIZE_2M, false).unwrap();
+        npt.map(&mut m, 0x1000, 0x1000, SIZE_4K, Perms::DEVICE)
+            .unwrap();
+        assert_eq!(
+            npt.translate(&m, 0x1000).map(|l| l.perms),
+            Some(Perms::DEVICE)
+        );
+        assert_eq!(npt.translate(&m, 0x2000), None);
     }
 
     #[test]
