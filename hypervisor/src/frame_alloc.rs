@@ -148,6 +148,35 @@ impl FrameAllocator {
         None
     }
 
+    /// Removes free memory from the top down until only `keep_pages` remain,
+    /// and returns what was removed (sorted): the hypervisor hands it on.
+    pub fn take_all_but(&mut self, keep_pages: u64, out: &mut dyn FnMut(u64, u64)) {
+        let mut excess = self.free_pages().saturating_sub(keep_pages);
+        let mut taken = [Range { start: 0, end: 0 }; MAX_RANGES];
+        let mut n = 0;
+        while excess > 0 && self.count > 0 {
+            let last = self.count - 1;
+            let r = self.free[last];
+            let pages = (r.end - r.start) / PAGE_SIZE;
+            let take = pages.min(excess);
+            let cut = r.end - take * PAGE_SIZE;
+            taken[n] = Range {
+                start: cut,
+                end: r.end,
+            };
+            n += 1;
+            if take == pages {
+                self.count -= 1;
+            } else {
+                self.free[last].end = cut;
+            }
+            excess -= take;
+        }
+        for r in taken[..n].iter().rev() {
+            out(r.start, r.end);
+        }
+    }
+
     /// Returns one frame. A frame that is already free is refused.
     pub fn free(&mut self, frame: u64) -> Result<(), FreeError> {
         if !frame.is_multiple_of(PAGE_SIZE) {
@@ -273,6 +302,22 @@ mod tests {
         fa.add(0x10_0000, 0x20_0000);
         assert_eq!(fa.alloc_contiguous(1, 1, 0x10_0000), None);
         assert_eq!(fa.alloc_contiguous(1, 1, 0x10_1000), Some(0x10_0000));
+    }
+
+    #[test]
+    fn taking_all_but_a_reserve_leaves_the_lowest_pages() {
+        let mut fa = FrameAllocator::new();
+        fa.add(0x1000, 0x5000);
+        fa.add(0x10_0000, 0x20_0000);
+        let mut taken = Vec::new();
+        fa.take_all_but(2 + 16, &mut |s, e| taken.push((s, e)));
+        assert_eq!(fa.free_pages(), 18);
+        // 260 free pages, keep 18: 242 come off the top of the upper range.
+        assert_eq!(taken, [(0x10_E000, 0x20_0000)]);
+        // Nothing taken is still free, nothing free was taken.
+        while let Some(f) = fa.alloc() {
+            assert!(taken.iter().all(|&(s, e)| f < s || f >= e));
+        }
     }
 
     #[test]

@@ -12,14 +12,21 @@ extern crate alloc;
 
 pub use hypervisor::{bootinfo, cmdline, frame_alloc, page_table};
 
+/// `poweroff` was on the command line (passed on to the root partition when there is one).
+pub static OPTIONS_POWEROFF: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
 mod boot;
 mod memory;
 mod percpu;
 mod platform;
 mod power;
+mod root;
 mod serial;
 mod smp;
+mod stats;
 mod time;
+mod vcpu;
 mod virt;
 mod x86;
 
@@ -36,6 +43,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 static BOOT_INFO: Once<BootInfo> = Once::new();
 static BSP_CAPS: Once<virt::Caps> = Once::new();
+static ROOT_IMAGE: Once<Option<root::RootImage>> = Once::new();
+/// Set once the root partition exists (or is known not to): APs wait for it.
+static ROOT: Once<Option<root::RootPartition>> = Once::new();
 static mut BSP_PERCPU: PerCpu = PerCpu::new(0, 0);
 
 /// Entered from `boot.rs` in long mode on the boot tables, by every loader.
@@ -102,7 +112,19 @@ extern "C" fn hypervisor_entry(magic: u32, info: u64) -> ! {
         );
     }
 
-    let report = memory::init(bi).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
+    OPTIONS_POWEROFF.store(opts.poweroff, Ordering::Relaxed);
+    // The root image's place is reserved before anything is allocated.
+    let root_image = match root::find_image(bi, stats::MAX_LPS as u64) {
+        Some(Ok(image)) => Some(image),
+        Some(Err(e)) => fatal(format_args!("root partition image: {e}")),
+        None => None,
+    };
+    let reserve: &[(u64, u64)] = match &root_image {
+        Some(image) => core::slice::from_ref(&image.reserved),
+        None => &[],
+    };
+    let report = memory::init(bi, reserve).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
+    ROOT_IMAGE.call_once(|| root_image);
     init_processor_state();
     let (image_start, image_end) = memory::image_range();
     info!(
@@ -209,11 +231,59 @@ extern "C" fn bsp_main(trampoline_page: u64) -> ! {
         bi.usable_bytes() >> 20,
         caps.slat()
     ));
-    if opts.poweroff {
-        power::power_off();
+    let image = ROOT_IMAGE.get().and_then(|i| i.as_ref());
+    let Some(image) = image else {
+        ROOT.call_once(|| None);
+        if opts.poweroff {
+            power::power_off();
+        }
+        info!("boot complete; no root partition module; processors idle");
+        cpu::halt_forever()
+    };
+    let rsdp_gpa = 0; // the root finds the RSDP itself where firmware keeps it
+    let vps = smp::ONLINE.load(Ordering::Acquire);
+    let created = root::create(bi, image, &caps, vps, rsdp_gpa);
+    let root = match ROOT.call_once(|| created.map_err(|e| error!("root partition: {e}")).ok()) {
+        Some(r) => r,
+        None => fatal(format_args!("cannot create the root partition")),
+    };
+    root::run_vp(root, &caps, 0)
+}
+
+/// The hypervisor's version as (major, minor).
+pub fn version_numbers() -> (u16, u16) {
+    let mut parts = VERSION.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// What `GET_HOST_INFO` reports.
+pub fn host_info(root: &root::RootPartition) -> hv_abi::HostInfo {
+    let mut v = VERSION.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
+    let caps = BSP_CAPS.get().copied().unwrap_or(virt::Caps::None);
+    hv_abi::HostInfo {
+        abi_version: hv_abi::ABI_VERSION,
+        version: [
+            v.next().unwrap_or(0),
+            v.next().unwrap_or(0),
+            v.next().unwrap_or(0),
+        ],
+        vendor: if matches!(caps, virt::Caps::Vmx(_)) {
+            hv_abi::Vendor::Intel
+        } else {
+            hv_abi::Vendor::Amd
+        },
+        slat: if matches!(caps, virt::Caps::Vmx(_)) {
+            hv_abi::Slat::Ept
+        } else {
+            hv_abi::Slat::Npt
+        },
+        logical_processors: smp::ONLINE.load(Ordering::Acquire),
+        root_vps: root.vp_count,
+        memory_total_bytes: root.memory_total,
+        hypervisor_bytes: root.hypervisor_bytes,
+        hypervisor_free_bytes: memory::free_bytes(),
+        tsc_hz: time::tsc_hz(),
     }
-    info!("boot complete; processors idle");
-    cpu::halt_forever()
 }
 
 /// Never returns normally: each frame holds a page, so it runs into the guard page.
@@ -226,14 +296,21 @@ fn recurse(depth: u64) -> u64 {
 
 /// Control-register state every processor runs with: CR0.WP (read-only pages
 /// stay read-only in ring 0), caches on (CD and NW clear: firmware such as the
-/// Bochs BIOS may hand over with caching disabled).
+/// Bochs BIOS may hand over with caching disabled), CR4.OSXSAVE where XSAVE
+/// exists (so partitions' XSETBV can be carried out).
 fn init_processor_state() {
     const WP: u64 = 1 << 16;
     const NW: u64 = 1 << 29;
     const CD: u64 = 1 << 30;
+    const OSXSAVE: u64 = 1 << 18;
     // SAFETY: adds the write protection the page tables intend and enables
     // caching, which the identity map's memory types (PAT/MTRR) already describe.
     unsafe { cpu::write_cr0((cpu::read_cr0() | WP) & !(CD | NW)) };
+    if cpu::cpuid(1, 0).ecx & (1 << 26) != 0 {
+        // SAFETY: OSXSAVE only permits XGETBV/XSETBV; the hypervisor itself uses
+        // no extended state.
+        unsafe { cpu::write_cr4(cpu::read_cr4() | OSXSAVE) };
+    }
 }
 
 /// An application processor, on its own stack and the hypervisor's tables.
@@ -261,7 +338,17 @@ extern "C" fn ap_entry(percpu_addr: u64) -> ! {
         warn!("cpu{index} virtualization: {caps}");
     }
     smp::ONLINE.fetch_add(1, Ordering::AcqRel);
-    cpu::halt_forever()
+    // Wait until the boot processor has created the root partition (or found none).
+    let root = loop {
+        if let Some(r) = ROOT.get() {
+            break r;
+        }
+        cpu::pause();
+    };
+    match (root, BSP_CAPS.get()) {
+        (Some(root), Some(caps)) => root::run_vp(root, caps, index),
+        _ => cpu::halt_forever(),
+    }
 }
 
 /// A boot error with no way forward: report it and power off with failure.

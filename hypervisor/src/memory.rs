@@ -99,13 +99,16 @@ pub struct MemoryReport {
 
 /// Builds the frame allocator from the memory map, takes the AP trampoline
 /// page, builds and loads the hypervisor's page tables and starts the heap.
-pub fn init(bi: &BootInfo) -> Result<MemoryReport, &'static str> {
+pub fn init(bi: &BootInfo, reserve: &[(u64, u64)]) -> Result<MemoryReport, &'static str> {
     let (image_start, image_end) = image_range();
     let mut fa = FrameAllocator::from_memory_map(bi.regions());
     fa.reserve(0, PAGE_SIZE);
     fa.reserve(image_start, image_end);
     for m in bi.modules() {
         fa.reserve(m.start, m.end);
+    }
+    for &(s, e) in reserve {
+        fa.reserve(s, e);
     }
     let trampoline = fa
         .alloc_contiguous(1, 1, 0x10_0000)
@@ -172,6 +175,41 @@ pub fn init(bi: &BootInfo) -> Result<MemoryReport, &'static str> {
         identity_top,
         free_pages,
     })
+}
+
+/// One zeroed page the hypervisor keeps (VMCS, VMCB, bitmaps).
+pub fn alloc_zeroed_page() -> Option<u64> {
+    alloc_zeroed_pages(1)
+}
+
+/// `pages` contiguous zeroed pages the hypervisor keeps.
+pub fn alloc_zeroed_pages(pages: u64) -> Option<u64> {
+    let pa = FRAMES.lock().alloc_contiguous(pages, 1, u64::MAX)?;
+    // SAFETY: the frames were just taken from the allocator (ours alone) and
+    // are identity-mapped writable.
+    unsafe { core::ptr::write_bytes(pa as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
+    Some(pa)
+}
+
+/// Builds page tables (a partition's EPT/NPT) in frames the hypervisor keeps.
+pub fn with_tables<R>(f: impl FnOnce(&mut dyn TableMemory) -> R) -> R {
+    let mut fa = FRAMES.lock();
+    f(&mut FrameTables(&mut fa))
+}
+
+/// Hands every free page but `keep_bytes` to the root partition: returns the
+/// ranges, which the hypervisor no longer owns.
+pub fn hand_over_free_memory(keep_bytes: u64) -> alloc::vec::Vec<(u64, u64)> {
+    let mut out = alloc::vec::Vec::new();
+    FRAMES
+        .lock()
+        .take_all_but(keep_bytes / PAGE_SIZE, &mut |s, e| out.push((s, e)));
+    out
+}
+
+/// Bytes the hypervisor can still allocate.
+pub fn free_bytes() -> u64 {
+    FRAMES.lock().free_pages() * PAGE_SIZE
 }
 
 /// The hypervisor's CR3, for application processors.

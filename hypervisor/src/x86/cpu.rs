@@ -55,6 +55,22 @@ pub unsafe fn write_cr3(v: u64) {
     unsafe { asm!("mov cr3, {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
+/// # Safety
+/// As for `write_cr0`.
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: the caller's contract.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Sets XCR0 (the caller validated `value` against CPUID leaf 0xD; CR4.OSXSAVE is set).
+pub fn xsetbv(value: u64) {
+    // SAFETY: a validated XCR0 value only changes which extended state XSAVE
+    // manages; the hypervisor itself uses no extended state.
+    unsafe {
+        asm!("xsetbv", in("ecx") 0, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack))
+    };
+}
+
 /// Stops this processor for good: interrupts off, halt forever (an NMI or SMI
 /// returns to the loop).
 pub fn halt_forever() -> ! {

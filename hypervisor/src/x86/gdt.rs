@@ -33,6 +33,11 @@ impl CpuTables {
         self.tss.interrupt_stack_table[slot as usize - 1] = VirtAddr::new(stack_top);
     }
 
+    /// The TSS's address (the VMCS host state names it).
+    pub fn tss_address(&self) -> u64 {
+        core::ptr::addr_of!(self.tss) as u64
+    }
+
     /// Builds the GDT (null, code 0x08, data 0x10, TSS 0x18) and loads it, the
     /// segment registers and the task register on this processor.
     pub fn load(&'static mut self) {

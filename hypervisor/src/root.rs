@@ -1,0 +1,669 @@
+//! The root partition: all memory the hypervisor does not keep (GPA = SPA),
+//! the devices, one VP per logical processor, started in 64-bit mode in the
+//! root image (contract: `hv_abi::root_boot`). And the one exit dispatcher
+//! every VP of it runs through.
+use crate::bootinfo::{BootInfo, RegionKind};
+use crate::frame_alloc::PAGE_SIZE;
+use crate::page_table::{Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, X86};
+use crate::vcpu::{Exit, StartState, Vcpu, GP, UD};
+use crate::virt::Caps;
+use crate::x86::{cpu, msr};
+use crate::{memory, power, stats, time};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use hv_abi::{cpuid, hypercall, root_boot, RootBoot};
+use log::{error, info, warn};
+
+/// The root's boot area after its image: page tables, GDT+TSS, then per VP a
+/// boot block page and a 64 KiB stack.
+const STACK_PAGES: u64 = 16;
+/// Memory the hypervisor keeps back for itself when it hands RAM to the root
+/// (VMCS/VMCB, SLAT tables of later partitions).
+const KEEP_BYTES: u64 = 8 << 20;
+const LAPIC_PAGE: u64 = 0xFEE0_0000;
+
+pub struct RootPartition {
+    pub slat_root: u64,
+    pub cr3: u64,
+    pub gdt: u64,
+    pub entry: u64,
+    pub vp_count: u32,
+    boot_area: u64,
+    /// `[start, end)` ranges of RAM the root owns, sorted.
+    pub ram: Vec<(u64, u64)>,
+    pub hypervisor_bytes: u64,
+    pub memory_total: u64,
+    guest_os_id: AtomicU64,
+    hypercall_msr: AtomicU64,
+}
+
+/// Where the root image goes, decided before the frame allocator hands
+/// anything out (the range is reserved from the start).
+pub struct RootImage {
+    pub module: (u64, u64),
+    pub layout: hypervisor::elf::Layout,
+    /// Image plus the boot area behind it.
+    pub reserved: (u64, u64),
+    /// Which boot module holds the image.
+    module_index: usize,
+}
+
+fn is_root_word(w: &str) -> bool {
+    w == "root" || w.ends_with("/root")
+}
+
+fn boot_area_pages(identity_top: u64, vps: u64) -> u64 {
+    2 + identity_top / SIZE_1G + 1 + vps * (1 + STACK_PAGES)
+}
+
+/// Finds the root module (its string's last word is `root`) and checks its image.
+pub fn find_image(bi: &BootInfo, max_vps: u64) -> Option<Result<RootImage, &'static str>> {
+    // Runs before the heap exists: no allocation here.
+    let module_index = bi
+        .modules()
+        .iter()
+        .position(|m| m.name.as_str().split_whitespace().any(is_root_word))?;
+    let m = &bi.modules()[module_index];
+    let len = (m.end - m.start) as usize;
+    // SAFETY: the module lies below 4 GiB (all our loaders put it there), is
+    // identity-mapped and reserved from the frame allocator; it is only read.
+    let bytes = unsafe { core::slice::from_raw_parts(m.start as *const u8, len) };
+    Some((|| {
+        let layout = hypervisor::elf::layout(bytes)?;
+        if layout.start != root_boot::ROOT_IMAGE_BASE {
+            return Err("the root image is not linked at ROOT_IMAGE_BASE");
+        }
+        if layout.start < m.end
+            && m.start < layout.end + boot_area_pages(64 << 30, max_vps) * PAGE_SIZE
+        {
+            return Err("the root module was loaded where the root image must go");
+        }
+        let top = (bi.usable_top().max(4 << 30) + SIZE_1G - 1) & !(SIZE_1G - 1);
+        let reserved = (
+            layout.start,
+            layout.end + boot_area_pages(top, max_vps) * PAGE_SIZE,
+        );
+        Ok(RootImage {
+            module: (m.start, m.end),
+            layout,
+            reserved,
+            module_index,
+        })
+    })())
+}
+
+/// A bump allocator over the root's boot area (root memory the hypervisor
+/// fills before the root runs).
+struct BootArea {
+    next: u64,
+    end: u64,
+}
+
+impl BootArea {
+    fn take(&mut self, pages: u64) -> Option<u64> {
+        let at = self.next;
+        if at + pages * PAGE_SIZE > self.end {
+            return None;
+        }
+        self.next += pages * PAGE_SIZE;
+        // SAFETY: the boot area is reserved root memory, identity-mapped in the
+        // hypervisor and not yet visible to the root.
+        unsafe { core::ptr::write_bytes(at as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
+        Some(at)
+    }
+}
+
+impl TableMemory for BootArea {
+    fn alloc_table(&mut self) -> Option<u64> {
+        self.take(1)
+    }
+    fn read(&self, table: u64, index: usize) -> u64 {
+        // SAFETY: `table` came from `take` (boot-area page); index < 512.
+        unsafe { core::ptr::read_volatile((table as *const u64).add(index & 511)) }
+    }
+    fn write(&mut self, table: u64, index: usize, value: u64) {
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::write_volatile((table as *mut u64).add(index & 511), value) };
+    }
+}
+
+/// Subtracts `[s, e)` from a sorted list of disjoint ranges.
+fn subtract(ranges: &mut Vec<(u64, u64)>, s: u64, e: u64) {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &(a, b) in ranges.iter() {
+        if b <= s || a >= e {
+            out.push((a, b));
+            continue;
+        }
+        if a < s {
+            out.push((a, s));
+        }
+        if e < b {
+            out.push((e, b));
+        }
+    }
+    *ranges = out;
+}
+
+/// Builds the second-level table of the root: its RAM and every non-RAM
+/// address (devices, firmware, ACPI) below `top`, except the local APIC page;
+/// the hypervisor's memory is absent.
+fn build_slat<F: Format>(bi: &BootInfo, ram: &[(u64, u64)], top: u64) -> Result<u64, &'static str> {
+    let err = |_| "building the root's second-level tables failed";
+    memory::with_tables(|mem| {
+        let mut pt = PageTable::<F>::new(
+            mem,
+            SIZE_1G.min(if cpu::has_1g_pages() {
+                SIZE_1G
+            } else {
+                SIZE_2M
+            }),
+            false,
+        )
+        .map_err(err)?;
+        // Non-RAM: [0, top) minus every page-aligned usable region.
+        let mut devices = alloc::vec![(0, top)];
+        for r in bi.regions().iter().filter(|r| r.kind == RegionKind::Usable) {
+            let (s, e) = (
+                (r.start + PAGE_SIZE - 1) & !(PAGE_SIZE - 1),
+                r.end & !(PAGE_SIZE - 1),
+            );
+            if e > s {
+                subtract(&mut devices, s, e);
+            }
+        }
+        subtract(&mut devices, LAPIC_PAGE, LAPIC_PAGE + PAGE_SIZE);
+        for (s, e) in devices {
+            pt.map(mem, s, s, e - s, Perms::DEVICE).map_err(err)?;
+        }
+        for &(s, e) in ram {
+            pt.map(mem, s, s, e - s, Perms::RWX).map_err(err)?;
+        }
+        Ok(pt.root())
+    })
+}
+
+pub fn create(
+    bi: &BootInfo,
+    image: &RootImage,
+    caps: &Caps,
+    vp_count: u32,
+    rsdp: u64,
+) -> Result<RootPartition, &'static str> {
+    // 1. Memory: everything free but a reserve goes to the root, plus its
+    //    image and boot area and the modules (it reads guest images from them).
+    let mut ram = memory::hand_over_free_memory(KEEP_BYTES);
+    ram.push(image.reserved);
+    for m in bi.modules() {
+        ram.push((
+            m.start & !(PAGE_SIZE - 1),
+            (m.end + PAGE_SIZE - 1) & !(PAGE_SIZE - 1),
+        ));
+    }
+    ram.sort_unstable();
+    let top = (bi.usable_top().max(4 << 30) + SIZE_1G - 1) & !(SIZE_1G - 1);
+
+    // 2. The image.
+    let len = (image.module.1 - image.module.0) as usize;
+    // SAFETY: the module is identity-mapped, reserved, read only here.
+    let bytes = unsafe { core::slice::from_raw_parts(image.module.0 as *const u8, len) };
+    // SAFETY: the image range was reserved for the root at boot and nothing
+    // else uses it; the root does not run yet.
+    let dest = unsafe {
+        core::slice::from_raw_parts_mut(
+            image.layout.start as *mut u8,
+            (image.layout.end - image.layout.start) as usize,
+        )
+    };
+    hypervisor::elf::copy_segments(bytes, image.layout.start, dest)?;
+
+    // 3. Boot area: the root's identity page tables, GDT and TSS.
+    let mut area = BootArea {
+        next: image.layout.end,
+        end: image.reserved.1,
+    };
+    let mut pt =
+        PageTable::<X86>::new(&mut area, SIZE_2M, false).map_err(|_| "root page tables")?;
+    pt.map(&mut area, 0, 0, top, Perms::RWX)
+        .map_err(|_| "root page tables")?;
+    let gdt = area.take(1).ok_or("root boot area too small")?;
+    let tss = gdt + 0x100;
+    let tss_desc_low = 0x67
+        | (tss & 0xFFFF) << 16
+        | ((tss >> 16) & 0xFF) << 32
+        | 0x89 << 40
+        | ((tss >> 24) & 0xFF) << 56;
+    for (i, d) in [
+        0,
+        0x00AF_9A00_0000_FFFF,
+        0x00CF_9200_0000_FFFF,
+        tss_desc_low,
+        tss >> 32,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // SAFETY: the GDT page was just taken from the boot area.
+        unsafe { core::ptr::write_volatile((gdt as *mut u64).add(i), d) };
+    }
+
+    let (slat_root, vendor_slat) = match caps {
+        Caps::Vmx(_) => (build_slat::<Ept>(bi, &ram, top)?, "EPT"),
+        Caps::Svm(_) => (build_slat::<Npt>(bi, &ram, top)?, "NPT"),
+        Caps::None => return Err("no hardware virtualization"),
+    };
+    let root_bytes: u64 = ram.iter().map(|(s, e)| e - s).sum();
+    let memory_total = bi.usable_bytes();
+    let root = RootPartition {
+        slat_root,
+        cr3: pt.root(),
+        gdt,
+        entry: image.layout.entry,
+        vp_count,
+        boot_area: area.next,
+        ram,
+        hypervisor_bytes: memory_total.saturating_sub(root_bytes),
+        memory_total,
+        guest_os_id: AtomicU64::new(0),
+        hypercall_msr: AtomicU64::new(0),
+    };
+
+    // 4. One boot block and stack per VP.
+    let mut free = root.ram.clone();
+    subtract(&mut free, image.reserved.0, image.reserved.1);
+    for m in bi.modules() {
+        subtract(
+            &mut free,
+            m.start & !(PAGE_SIZE - 1),
+            (m.end + PAGE_SIZE - 1) & !(PAGE_SIZE - 1),
+        );
+    }
+    let mut block = RootBoot {
+        vp_index: 0,
+        vp_count,
+        image_start: image.reserved.0,
+        image_end: image.reserved.1,
+        rsdp,
+        cmdline: [0; root_boot::CMDLINE_MAX],
+        cmdline_len: 0,
+        ranges: [(0, 0); root_boot::MAX_RANGES],
+        range_count: free.len().min(root_boot::MAX_RANGES) as u32,
+    };
+    // The words after "root" in the module's string, and `poweroff` when the
+    // hypervisor was given it: the root powers off once its shell is up.
+    let mut cmdline = alloc::string::String::new();
+    let name = bi.modules()[image.module_index].name.as_str();
+    let args = name
+        .split_whitespace()
+        .skip_while(|w| !is_root_word(w))
+        .skip(1);
+    for w in args.chain(
+        crate::OPTIONS_POWEROFF
+            .load(Ordering::Relaxed)
+            .then_some("poweroff"),
+    ) {
+        cmdline.push_str(w);
+        cmdline.push(' ');
+    }
+    let cmd = cmdline.trim().as_bytes();
+    let n = cmd.len().min(root_boot::CMDLINE_MAX);
+    block.cmdline[..n].copy_from_slice(&cmd[..n]);
+    block.cmdline_len = n as u32;
+    for (slot, r) in block.ranges.iter_mut().zip(free.iter()) {
+        *slot = *r;
+    }
+    let mut starts = Vec::new();
+    for vp in 0..vp_count {
+        block.vp_index = vp;
+        let page = area.take(1).ok_or("root boot area too small")?;
+        let stack = area.take(STACK_PAGES).ok_or("root boot area too small")?;
+        // SAFETY: the page was just taken from the boot area.
+        let dest = unsafe { core::slice::from_raw_parts_mut(page as *mut u8, PAGE_SIZE as usize) };
+        block
+            .encode(dest)
+            .ok_or("root boot block does not fit a page")?;
+        starts.push((page, stack + STACK_PAGES * PAGE_SIZE));
+    }
+    BOOT_SLOTS.call_once(|| starts);
+    info!(
+        "root partition: image {:#x}..{:#x} entry {:#x}, {} MiB RAM in {} ranges, {} VPs, {vendor_slat} at {:#x}, hypervisor keeps {} MiB",
+        image.layout.start,
+        image.layout.end,
+        root.entry,
+        root_bytes >> 20,
+        root.ram.len(),
+        vp_count,
+        slat_root,
+        root.hypervisor_bytes >> 20
+    );
+    Ok(root)
+}
+
+static BOOT_SLOTS: spin::Once<Vec<(u64, u64)>> = spin::Once::new();
+
+impl RootPartition {
+    /// The start state of root VP `vp`.
+    pub fn start_state(&self, vp: u32) -> Option<StartState> {
+        let &(block, stack_top) = BOOT_SLOTS.get()?.get(vp as usize)?;
+        Some(StartState {
+            rip: self.entry,
+            rsp: stack_top,
+            rdi: block,
+            cr3: self.cr3,
+            gdt_base: self.gdt,
+            gdt_limit: 0x27,
+            tr_base: self.gdt + 0x100,
+            slat_root: self.slat_root,
+            tlb_tag: 1,
+        })
+    }
+
+    /// Whether `[gpa, gpa + len)` is RAM the root owns.
+    pub fn owns(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        self.ram.iter().any(|&(s, e)| s <= gpa && end <= e)
+    }
+
+    pub fn boot_area_end(&self) -> u64 {
+        self.boot_area
+    }
+}
+
+/// What the dispatcher decided.
+enum Next {
+    Resume,
+    /// The VP halted: the LP idles until an interrupt for it is pending.
+    Halted,
+    /// The root cannot go on: report and power off.
+    Stop(alloc::string::String),
+}
+
+/// Runs root VP `vp` on this logical processor, forever.
+pub fn run_vp(root: &RootPartition, caps: &Caps, vp: u32) -> ! {
+    let start = match root.start_state(vp) {
+        Some(s) => s,
+        None => stop(vp, "no start state"),
+    };
+    let mut vcpu = match Vcpu::new(caps, &start) {
+        Ok(v) => v,
+        Err(e) => stop(vp, e),
+    };
+    info!("root VP {vp} starting at {:#x}", start.rip);
+    let lp = stats::Lp::get(vp as usize);
+    let mut left_guest = cpu::rdtsc();
+    lp.start(left_guest);
+    loop {
+        let entered = cpu::rdtsc();
+        lp.add_hypervisor_time(entered - left_guest);
+        let exit = vcpu.run();
+        left_guest = cpu::rdtsc();
+        lp.count(exit.reason());
+        match dispatch(root, &mut vcpu, exit) {
+            Next::Resume => {}
+            Next::Halted => halt_lp(),
+            Next::Stop(why) => stop(vp, &why),
+        }
+    }
+}
+
+/// No virtual interrupts exist yet, so a halted root VP stays halted: the LP
+/// sleeps (an NMI or SMI may wake it; it sleeps again).
+fn halt_lp() -> ! {
+    cpu::halt_forever()
+}
+
+fn stop(vp: u32, why: &str) -> ! {
+    error!("root partition stopped (VP {vp}): {why}");
+    power::fail()
+}
+
+fn dispatch(root: &RootPartition, vcpu: &mut Vcpu, exit: Exit) -> Next {
+    use alloc::format;
+    match exit {
+        Exit::Cpuid => {
+            let r = vcpu.regs();
+            let (a, b, c, d) = cpuid_for_root(r.rax as u32, r.rcx as u32, root);
+            (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
+            vcpu.skip_instruction();
+            Next::Resume
+        }
+        Exit::MsrRead => {
+            let m = vcpu.regs().rcx as u32;
+            match read_msr(root, m) {
+                Some(v) => {
+                    let r = vcpu.regs();
+                    (r.rax, r.rdx) = (v & 0xFFFF_FFFF, v >> 32);
+                    vcpu.skip_instruction();
+                }
+                None => vcpu.inject_exception(GP, Some(0)),
+            }
+            Next::Resume
+        }
+        Exit::MsrWrite => {
+            let r = vcpu.regs();
+            let (m, v) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
+            if write_msr(root, vcpu, m, v) {
+                vcpu.skip_instruction();
+            } else {
+                vcpu.inject_exception(GP, Some(0));
+            }
+            Next::Resume
+        }
+        Exit::Hypercall => {
+            let status = hypercall(root, vcpu);
+            vcpu.regs().rax = status as u64;
+            vcpu.skip_instruction();
+            Next::Resume
+        }
+        Exit::Halt => {
+            vcpu.skip_instruction();
+            Next::Halted
+        }
+        Exit::Xsetbv => {
+            let r = vcpu.regs();
+            let (index, value) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
+            // XCR0 must keep x87 and only name features the processor supports (CPUID 0xD).
+            let supported = {
+                let l = cpu::cpuid(0xD, 0);
+                (l.edx as u64) << 32 | l.eax as u64
+            };
+            if index != 0
+                || value & 1 == 0
+                || value & !supported != 0
+                || (value & 4 != 0 && value & 2 == 0)
+            {
+                vcpu.inject_exception(GP, Some(0));
+            } else {
+                // The root is the only partition on this LP and the hypervisor
+                // uses no extended state: the live XCR0 is the root's.
+                cpu::xsetbv(value);
+                vcpu.skip_instruction();
+            }
+            Next::Resume
+        }
+        Exit::VirtualizationInstruction => {
+            vcpu.inject_exception(UD, None);
+            Next::Resume
+        }
+        Exit::Nmi => {
+            warn!("NMI while running the root; ignored");
+            Next::Resume
+        }
+        Exit::SlatViolation {
+            gpa,
+            write,
+            execute,
+        } => {
+            let kind = if execute {
+                "execute"
+            } else if write {
+                "write"
+            } else {
+                "read"
+            };
+            Next::Stop(format!(
+                "{kind} of GPA {gpa:#x} at RIP {:#x}: {} memory, not the root's",
+                vcpu.rip(),
+                if gpa == LAPIC_PAGE {
+                    "the local APIC (kept by the hypervisor)"
+                } else {
+                    "hypervisor"
+                }
+            ))
+        }
+        Exit::TripleFault => Next::Stop(format!("triple fault at RIP {:#x}", vcpu.rip())),
+        Exit::MachineCheck => Next::Stop(format!("machine check at RIP {:#x}", vcpu.rip())),
+        Exit::ControlRegister => Next::Stop(format!(
+            "unsupported control-register change at RIP {:#x}",
+            vcpu.rip()
+        )),
+        Exit::Io { port } => Next::Stop(format!("unexpected I/O exit for port {port:#x}")),
+        Exit::EntryFailed(code) => Next::Stop(format!(
+            "the processor refused to enter the VP (code {code:#x})"
+        )),
+        Exit::Other(code) => {
+            Next::Stop(format!("unhandled exit {code:#x} at RIP {:#x}", vcpu.rip()))
+        }
+    }
+}
+
+/// CPUID as the root sees it: the processor's, with the hypervisor bit set,
+/// VMX and SVM hidden, and the Hyper-V leaves.
+fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition) -> (u32, u32, u32, u32) {
+    use cpuid::privilege::*;
+    match leaf {
+        cpuid::VENDOR_AND_MAX => (
+            cpuid::MAX_LEAF,
+            cpuid::VENDOR[0],
+            cpuid::VENDOR[1],
+            cpuid::VENDOR[2],
+        ),
+        cpuid::INTERFACE => (cpuid::INTERFACE_HV1, 0, 0, 0),
+        cpuid::VERSION => {
+            let (maj, min) = crate::version_numbers();
+            (0, (maj as u32) << 16 | min as u32, 0, 0)
+        }
+        cpuid::FEATURES => (
+            ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
+            CREATE_PARTITIONS | CPU_MANAGEMENT,
+            0,
+            0,
+        ),
+        cpuid::RECOMMENDATIONS => (0, 0xFFFF_FFFF, 0, 0),
+        cpuid::LIMITS => (root.vp_count, root.vp_count, 0, 0),
+        cpuid::HARDWARE_FEATURES => (0, 0, 0, 0),
+        0x4000_0007..=0x4000_00FF => (0, 0, 0, 0),
+        _ => {
+            let r = cpu::cpuid(leaf, sub);
+            let (mut a, mut b, mut c, mut d) = (r.eax, r.ebx, r.ecx, r.edx);
+            match leaf {
+                1 => {
+                    c |= cpuid::HYPERVISOR_PRESENT;
+                    c &= !(1 << 5); // VMX
+                }
+                0x8000_0001 => c &= !(1 << 2), // SVM
+                0x8000_000A => (a, b, c, d) = (0, 0, 0, 0),
+                _ => {}
+            }
+            (a, b, c, d)
+        }
+    }
+}
+
+fn read_msr(root: &RootPartition, m: u32) -> Option<u64> {
+    match m {
+        hv_abi::msr::GUEST_OS_ID => Some(root.guest_os_id.load(Ordering::Relaxed)),
+        hv_abi::msr::HYPERCALL => Some(root.hypercall_msr.load(Ordering::Relaxed)),
+        hv_abi::msr::VP_INDEX => Some(crate::percpu::index() as u64),
+        // 100 ns units since boot.
+        hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
+        // Locked, VMX off: the root may not use VMX.
+        msr::IA32_FEATURE_CONTROL => Some(1),
+        msr::IA32_APIC_BASE => Some(msr::read(msr::IA32_APIC_BASE)),
+        _ => None,
+    }
+}
+
+fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
+    match m {
+        hv_abi::msr::GUEST_OS_ID => {
+            root.guest_os_id.store(v, Ordering::Relaxed);
+            if v == 0 {
+                root.hypercall_msr
+                    .fetch_and(!hv_abi::msr::HYPERCALL_ENABLE, Ordering::Relaxed);
+            }
+            true
+        }
+        hv_abi::msr::HYPERCALL => {
+            // TLFS: the page can be enabled only once a guest OS id is set.
+            let gpa = v & !(PAGE_SIZE - 1);
+            if v & hv_abi::msr::HYPERCALL_ENABLE != 0 {
+                if root.guest_os_id.load(Ordering::Relaxed) == 0 || !root.owns(gpa, PAGE_SIZE) {
+                    return false;
+                }
+                let code = vcpu.hypercall_page();
+                // SAFETY: the page is root RAM (checked just above), identity-
+                // mapped in the hypervisor; the root asked for it to be overwritten.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(code.as_ptr(), gpa as *mut u8, code.len())
+                };
+            }
+            root.hypercall_msr.store(v & !(0xFFE), Ordering::Relaxed);
+            true
+        }
+        msr::IA32_EFER => vcpu.set_efer(v),
+        _ => false,
+    }
+}
+
+/// The root's hypercalls (TLFS input value in RCX; slow calls take the input
+/// GPA in RDX and the output GPA in R8).
+fn hypercall(root: &RootPartition, vcpu: &mut Vcpu) -> u16 {
+    use hypercall::status;
+    let r = *vcpu.regs();
+    let Some(input) = hypercall::Input::decode(r.rcx) else {
+        return status::INVALID_HYPERCALL_INPUT;
+    };
+    let output_page = |gpa: u64| -> Result<&'static mut [u8], u16> {
+        if gpa % PAGE_SIZE != 0 {
+            return Err(status::INVALID_ALIGNMENT);
+        }
+        if !root.owns(gpa, PAGE_SIZE) {
+            return Err(status::INVALID_PARAMETER);
+        }
+        // SAFETY: a whole page of root RAM (checked above), identity-mapped; the
+        // root asked for its contents to be replaced; nothing else holds it.
+        Ok(unsafe { core::slice::from_raw_parts_mut(gpa as *mut u8, PAGE_SIZE as usize) })
+    };
+    match input.code {
+        hypercall::GET_HOST_INFO | hypercall::GET_HOST_STATS
+            if input.fast || input.rep_count != 0 =>
+        {
+            status::INVALID_HYPERCALL_INPUT
+        }
+        hypercall::GET_HOST_INFO => match output_page(r.r8) {
+            Ok(out) => {
+                out.fill(0);
+                match crate::host_info(root).encode(out) {
+                    Some(()) => status::SUCCESS,
+                    None => status::INVALID_PARAMETER,
+                }
+            }
+            Err(s) => s,
+        },
+        hypercall::GET_HOST_STATS => match output_page(r.r8) {
+            Ok(out) => {
+                out.fill(0);
+                let lps = stats::snapshot();
+                match hv_abi::HostStats::encode(&lps, out) {
+                    Some(()) => status::SUCCESS,
+                    None => status::INVALID_PARAMETER,
+                }
+            }
+            Err(s) => s,
+        },
+        _ => status::INVALID_HYPERCALL_CODE,
+    }
+}

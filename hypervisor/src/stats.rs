@@ -1,0 +1,64 @@
+//! Per-logical-processor counters: exits by reason, world switches, time in
+//! the hypervisor. Each LP writes only its own; anyone may read.
+use crate::x86::cpu;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use hv_abi::{ExitReason, LpStats};
+
+pub const MAX_LPS: usize = 64;
+
+pub struct Lp {
+    exits: [AtomicU64; ExitReason::COUNT],
+    world_switches: AtomicU64,
+    hypervisor_tsc: AtomicU64,
+    started_tsc: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)] // used only to initialise the array
+const NEW_LP: Lp = Lp {
+    exits: [const { AtomicU64::new(0) }; ExitReason::COUNT],
+    world_switches: AtomicU64::new(0),
+    hypervisor_tsc: AtomicU64::new(0),
+    started_tsc: AtomicU64::new(0),
+};
+
+static LPS: [Lp; MAX_LPS] = [NEW_LP; MAX_LPS];
+
+impl Lp {
+    /// The counters of LP `index` (LPs beyond `MAX_LPS` share the last slot).
+    pub fn get(index: usize) -> &'static Lp {
+        &LPS[index.min(MAX_LPS - 1)]
+    }
+
+    pub fn start(&self, tsc: u64) {
+        self.started_tsc.store(tsc, Relaxed);
+    }
+
+    /// One exit, and so one round trip of the world switch.
+    pub fn count(&self, reason: ExitReason) {
+        self.exits[reason as usize].fetch_add(1, Relaxed);
+        self.world_switches.fetch_add(1, Relaxed);
+    }
+
+    pub fn add_hypervisor_time(&self, ticks: u64) {
+        self.hypervisor_tsc.fetch_add(ticks, Relaxed);
+    }
+}
+
+/// The counters of every LP that has started a VP, in LP order.
+pub fn snapshot() -> Vec<LpStats> {
+    let now = cpu::rdtsc();
+    LPS.iter()
+        .take_while(|lp| lp.started_tsc.load(Relaxed) != 0)
+        .map(|lp| {
+            let mut s = LpStats::default();
+            for (out, c) in s.exits.iter_mut().zip(lp.exits.iter()) {
+                *out = c.load(Relaxed);
+            }
+            s.world_switches = lp.world_switches.load(Relaxed);
+            s.hypervisor_tsc = lp.hypervisor_tsc.load(Relaxed);
+            s.total_tsc = now.saturating_sub(lp.started_tsc.load(Relaxed));
+            s
+        })
+        .collect()
+}

@@ -1,0 +1,181 @@
+//! One virtual-processor interface over VMX and SVM, and the one exit
+//! dispatcher both use. The vendor modules only translate: they start a VP,
+//! run it, and turn their exit codes into [`Exit`].
+pub mod svm;
+pub mod vmx;
+
+use crate::virt::Caps;
+use hv_abi::ExitReason;
+
+/// The general registers of a VP while the hypervisor handles an exit. RSP
+/// and RIP live in the VMCS/VMCB. The field order is used by the world-switch
+/// assembly (offset = 8 × position).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+/// Why a VP stopped running, in terms common to both vendors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Cpuid,
+    MsrRead,
+    MsrWrite,
+    Io {
+        port: u16,
+    },
+    Halt,
+    Hypercall,
+    SlatViolation {
+        gpa: u64,
+        write: bool,
+        execute: bool,
+    },
+    Xsetbv,
+    ControlRegister,
+    Nmi,
+    MachineCheck,
+    TripleFault,
+    /// A virtualization instruction (VMX or SVM) the VP may not use.
+    VirtualizationInstruction,
+    /// The processor refused to enter the VP; the vendor's detail code.
+    EntryFailed(u64),
+    Other(u64),
+}
+
+impl Exit {
+    pub fn reason(&self) -> ExitReason {
+        match self {
+            Exit::Cpuid => ExitReason::Cpuid,
+            Exit::MsrRead => ExitReason::MsrRead,
+            Exit::MsrWrite => ExitReason::MsrWrite,
+            Exit::Io { .. } => ExitReason::IoPort,
+            Exit::Halt => ExitReason::Halt,
+            Exit::Hypercall => ExitReason::Hypercall,
+            Exit::SlatViolation { .. } => ExitReason::SlatViolation,
+            Exit::Xsetbv => ExitReason::Xsetbv,
+            Exit::ControlRegister => ExitReason::ControlRegister,
+            Exit::Nmi => ExitReason::Nmi,
+            Exit::MachineCheck => ExitReason::Exception,
+            Exit::TripleFault => ExitReason::TripleFault,
+            Exit::VirtualizationInstruction | Exit::EntryFailed(_) | Exit::Other(_) => {
+                ExitReason::Other
+            }
+        }
+    }
+}
+
+/// The state a VP starts in: 64-bit mode with paging (the root partition's
+/// start contract, `hv_abi::root_boot`).
+#[derive(Clone, Copy, Debug)]
+pub struct StartState {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rdi: u64,
+    pub cr3: u64,
+    pub gdt_base: u64,
+    pub gdt_limit: u16,
+    pub tr_base: u64,
+    /// Root of the partition's second-level tables (EPT or NPT).
+    pub slat_root: u64,
+    /// The tag of this VP's TLB entries (VPID or ASID), non-zero.
+    pub tlb_tag: u16,
+}
+
+/// Initial control registers of a 64-bit VP.
+pub const START_CR0: u64 = 0x8000_0033; // PG, NE, ET, MP, PE (+ WP below)
+pub const START_CR0_WP: u64 = 1 << 16;
+pub const START_CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10); // PAE, OSFXSR, OSXMMEXCPT
+pub const START_EFER: u64 = (1 << 8) | (1 << 10) | (1 << 11); // LME, LMA, NXE
+pub const START_PAT: u64 = 0x0007_0406_0007_0406;
+
+pub enum Vcpu {
+    Vmx(vmx::VmxVcpu),
+    Svm(svm::SvmVcpu),
+}
+
+impl Vcpu {
+    /// Enables VMX or SVM on this logical processor and creates a VP in `start`.
+    pub fn new(caps: &Caps, start: &StartState) -> Result<Self, &'static str> {
+        match caps {
+            Caps::Vmx(v) => vmx::VmxVcpu::new(v, start).map(Vcpu::Vmx),
+            Caps::Svm(s) => svm::SvmVcpu::new(s, start).map(Vcpu::Svm),
+            Caps::None => Err("no hardware virtualization"),
+        }
+    }
+
+    /// Runs the VP until its next exit.
+    pub fn run(&mut self) -> Exit {
+        match self {
+            Vcpu::Vmx(v) => v.run(),
+            Vcpu::Svm(s) => s.run(),
+        }
+    }
+
+    pub fn regs(&mut self) -> &mut GuestRegs {
+        match self {
+            Vcpu::Vmx(v) => &mut v.regs,
+            Vcpu::Svm(s) => &mut s.regs,
+        }
+    }
+
+    pub fn rip(&self) -> u64 {
+        match self {
+            Vcpu::Vmx(v) => v.rip(),
+            Vcpu::Svm(s) => s.rip(),
+        }
+    }
+
+    /// Moves past the instruction that caused the last exit.
+    pub fn skip_instruction(&mut self) {
+        match self {
+            Vcpu::Vmx(v) => v.skip_instruction(),
+            Vcpu::Svm(s) => s.skip_instruction(),
+        }
+    }
+
+    /// Raises an exception in the VP at its next entry.
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        match self {
+            Vcpu::Vmx(v) => v.inject_exception(vector, error_code),
+            Vcpu::Svm(s) => s.inject_exception(vector, error_code),
+        }
+    }
+
+    /// A guest write of EFER that exited (SVM only: SVME must stay set).
+    pub fn set_efer(&mut self, value: u64) -> bool {
+        match self {
+            Vcpu::Vmx(_) => false,
+            Vcpu::Svm(s) => s.set_efer(value),
+        }
+    }
+
+    /// `vmcall; ret` or `vmmcall; ret`: what the hypercall page holds.
+    pub fn hypercall_page(&self) -> [u8; 4] {
+        match self {
+            Vcpu::Vmx(_) => hv_abi::hypercall::VMCALL_PAGE,
+            Vcpu::Svm(_) => hv_abi::hypercall::VMMCALL_PAGE,
+        }
+    }
+}
+
+// The world-switch assembly addresses `GuestRegs` fields by offset.
+const _: () = assert!(core::mem::size_of::<GuestRegs>() == 15 * 8);
+
+pub const GP: u8 = 13;
+pub const UD: u8 = 6;

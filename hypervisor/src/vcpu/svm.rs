@@ -1,0 +1,334 @@
+//! AMD-V: EFER.SVME, the VMCB of a 64-bit VP with nested paging and an ASID,
+//! the world switch (VMLOAD/VMRUN/VMSAVE), and exit translation (AMD APM
+//! vol. 2 chapter 15; VMCB layout from appendix B, exit codes from appendix C).
+use super::{
+    Exit, GuestRegs, StartState, START_CR0, START_CR0_WP, START_CR4, START_EFER, START_PAT,
+};
+use crate::memory;
+use crate::virt::SvmCaps;
+use crate::x86::msr;
+use core::arch::global_asm;
+
+const EFER_SVME: u64 = 1 << 12;
+const VM_HSAVE_PA: u32 = 0xC001_0117;
+
+/// VMCB offsets: control area, then the state-save area at 0x400.
+mod vmcb {
+    pub const INTERCEPT_EXCEPTIONS: u64 = 0x008;
+    pub const INTERCEPT_MISC1: u64 = 0x00C;
+    pub const INTERCEPT_MISC2: u64 = 0x010;
+    pub const MSRPM_BASE: u64 = 0x048;
+    pub const GUEST_ASID: u64 = 0x058;
+    pub const TLB_CONTROL: u64 = 0x05C;
+    pub const EXIT_CODE: u64 = 0x070;
+    pub const EXIT_INFO1: u64 = 0x078;
+    pub const EXIT_INFO2: u64 = 0x080;
+    pub const NP_ENABLE: u64 = 0x090;
+    pub const EVENT_INJECTION: u64 = 0x0A8;
+    pub const NESTED_CR3: u64 = 0x0B0;
+    pub const CLEAN_BITS: u64 = 0x0C0;
+    pub const NEXT_RIP: u64 = 0x0C8;
+    pub const ES: u64 = 0x400;
+    pub const GDTR: u64 = 0x460;
+    pub const LDTR: u64 = 0x470;
+    pub const IDTR: u64 = 0x480;
+    pub const TR: u64 = 0x490;
+    pub const EFER: u64 = 0x4D0;
+    pub const CR4: u64 = 0x548;
+    pub const CR3: u64 = 0x550;
+    pub const CR0: u64 = 0x558;
+    pub const DR7: u64 = 0x560;
+    pub const DR6: u64 = 0x568;
+    pub const RFLAGS: u64 = 0x570;
+    pub const RIP: u64 = 0x578;
+    pub const RSP: u64 = 0x5D8;
+    pub const RAX: u64 = 0x5F8;
+    pub const G_PAT: u64 = 0x668;
+}
+
+// The world switch: save the host's extra state (FS/GS/TR/LDTR, KernelGsBase,
+// the syscall MSRs: VMRUN does not), load the guest's, run, and reverse.
+// RAX is in the VMCB; the other general registers travel through `regs`.
+// `svm_enter(regs, vmcb, host_save)`.
+global_asm!(
+    r#"
+.section .text
+.global svm_enter
+svm_enter:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdi
+    push rdx
+    push rsi
+    clgi
+    mov rax, rdx
+    vmsave rax
+    mov rbx, [rdi + 8]
+    mov rcx, [rdi + 16]
+    mov rdx, [rdi + 24]
+    mov rsi, [rdi + 32]
+    mov rbp, [rdi + 48]
+    mov r8, [rdi + 56]
+    mov r9, [rdi + 64]
+    mov r10, [rdi + 72]
+    mov r11, [rdi + 80]
+    mov r12, [rdi + 88]
+    mov r13, [rdi + 96]
+    mov r14, [rdi + 104]
+    mov r15, [rdi + 112]
+    mov rdi, [rdi + 40]
+    mov rax, [rsp]
+    vmload rax
+    vmrun rax
+    vmsave rax
+    mov rax, [rsp + 16]
+    mov [rax + 8], rbx
+    mov [rax + 16], rcx
+    mov [rax + 24], rdx
+    mov [rax + 32], rsi
+    mov [rax + 40], rdi
+    mov [rax + 48], rbp
+    mov [rax + 56], r8
+    mov [rax + 64], r9
+    mov [rax + 72], r10
+    mov [rax + 80], r11
+    mov [rax + 88], r12
+    mov [rax + 96], r13
+    mov [rax + 104], r14
+    mov [rax + 112], r15
+    mov rax, [rsp + 8]
+    vmload rax
+    stgi
+    add rsp, 24
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+"#
+);
+
+extern "C" {
+    fn svm_enter(regs: *mut GuestRegs, vmcb: u64, host_save: u64);
+}
+
+/// The shared MSR permission map (8 KiB): two bits per MSR, read then write.
+static MSRPM: spin::Once<u64> = spin::Once::new();
+
+fn msr_permission_map() -> Result<u64, &'static str> {
+    let base = *MSRPM.call_once(|| {
+        let Some(base) = memory::alloc_zeroed_pages(2) else {
+            return 0;
+        };
+        let intercept = |msr: u32, read: bool, write: bool| {
+            let (offset, index) = match msr {
+                0..=0x1FFF => (0, msr),
+                0xC000_0000..=0xC000_1FFF => (0x800, msr - 0xC000_0000),
+                0xC001_0000..=0xC001_1FFF => (0x1000, msr - 0xC001_0000),
+                _ => return,
+            };
+            let bit = index as u64 * 2;
+            let byte = base + offset + bit / 8;
+            let bits = (read as u8) << (bit % 8) | (write as u8) << (bit % 8 + 1);
+            // SAFETY: `byte` lies in the two zeroed pages just allocated for the map.
+            unsafe { *(byte as *mut u8) |= bits };
+        };
+        // EFER writes (SVME must stay set), the SVM MSRs, and the local APIC
+        // (the hypervisor keeps it).
+        intercept(msr::IA32_EFER, false, true);
+        intercept(0xC001_0114, true, true); // VM_CR
+        intercept(VM_HSAVE_PA, true, true);
+        intercept(msr::IA32_APIC_BASE, true, true);
+        for m in 0x800..=0x8FF {
+            intercept(m, true, true);
+        }
+        base
+    });
+    if base == 0 {
+        Err("no memory for the MSR permission map")
+    } else {
+        Ok(base)
+    }
+}
+
+pub struct SvmVcpu {
+    pub regs: GuestRegs,
+    vmcb: u64,
+    host_save: u64,
+    nrip_save: bool,
+}
+
+impl SvmVcpu {
+    fn write(&self, offset: u64, value: u64) {
+        // SAFETY: `vmcb` is this VP's VMCB page (4 KiB, ours alone, identity-
+        // mapped) and every offset used is a constant below 0x1000.
+        unsafe { core::ptr::write_volatile((self.vmcb + (offset & 0xFF8)) as *mut u64, value) }
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        // SAFETY: as in `write`.
+        unsafe { core::ptr::write_volatile((self.vmcb + (offset & 0xFFC)) as *mut u32, value) }
+    }
+
+    fn read(&self, offset: u64) -> u64 {
+        // SAFETY: as in `write`.
+        unsafe { core::ptr::read_volatile((self.vmcb + (offset & 0xFF8)) as *const u64) }
+    }
+
+    /// A segment register in the VMCB: selector, attributes, limit, base.
+    fn segment(&self, offset: u64, selector: u16, attrib: u16, limit: u32, base: u64) {
+        self.write(
+            offset,
+            selector as u64 | (attrib as u64) << 16 | (limit as u64) << 32,
+        );
+        self.write(offset + 8, base);
+    }
+
+    pub fn new(caps: &SvmCaps, s: &StartState) -> Result<Self, &'static str> {
+        if !caps.npt {
+            return Err("SVM without nested paging is not supported");
+        }
+        let efer = msr::read(msr::IA32_EFER);
+        let hsave = memory::alloc_zeroed_page().ok_or("no memory for the host save area")?;
+        let host_save = memory::alloc_zeroed_page().ok_or("no memory for the host state page")?;
+        let vmcb = memory::alloc_zeroed_page().ok_or("no memory for the VMCB")?;
+        // SAFETY: SVME only enables the SVM instructions; VM_HSAVE_PA names a
+        // page the hypervisor keeps for the processor's own use.
+        unsafe {
+            msr::write(msr::IA32_EFER, efer | EFER_SVME);
+            msr::write(VM_HSAVE_PA, hsave);
+        }
+        let v = SvmVcpu {
+            regs: GuestRegs {
+                rdi: s.rdi,
+                ..Default::default()
+            },
+            vmcb,
+            host_save,
+            nrip_save: caps.nrip_save,
+        };
+
+        // Intercepts: word 3 bits: 18 CPUID, 24 HLT, 28 MSR_PROT, 31 SHUTDOWN.
+        v.write32(
+            vmcb::INTERCEPT_MISC1,
+            (1 << 18) | (1 << 24) | (1 << 28) | (1 << 31),
+        );
+        // Word 4: VMRUN (required), VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, XSETBV.
+        v.write32(vmcb::INTERCEPT_MISC2, 0x7F | (1 << 13));
+        v.write32(vmcb::INTERCEPT_EXCEPTIONS, 1 << 18);
+        v.write(vmcb::MSRPM_BASE, msr_permission_map()?);
+        v.write32(vmcb::GUEST_ASID, s.tlb_tag as u32);
+        v.write32(vmcb::TLB_CONTROL, 1); // flush this ASID's TLB on the first run
+        v.write(vmcb::NP_ENABLE, 1);
+        v.write(vmcb::NESTED_CR3, s.slat_root);
+        v.write(vmcb::CLEAN_BITS, 0);
+
+        // 64-bit code: type 0xB, S, P, L, G = attrib 0xA9B; data: 0xC93; busy TSS: 0x8B.
+        for (i, sel) in [0x10u16, 0x08, 0x10, 0x10, 0x10, 0x10]
+            .into_iter()
+            .enumerate()
+        {
+            let attrib = if i == 1 { 0xA9B } else { 0xC93 };
+            v.segment(vmcb::ES + 16 * i as u64, sel, attrib, 0xFFFF_FFFF, 0);
+        }
+        v.segment(vmcb::GDTR, 0, 0, s.gdt_limit as u32, s.gdt_base);
+        v.segment(vmcb::LDTR, 0, 0, 0, 0);
+        v.segment(vmcb::IDTR, 0, 0, 0, 0);
+        v.segment(vmcb::TR, 0x18, 0x8B, 0x67, s.tr_base);
+        v.write(vmcb::EFER, START_EFER | EFER_SVME);
+        v.write(vmcb::CR0, START_CR0 | START_CR0_WP);
+        v.write(vmcb::CR3, s.cr3);
+        v.write(vmcb::CR4, START_CR4);
+        v.write(vmcb::DR6, 0xFFFF_0FF0);
+        v.write(vmcb::DR7, 0x400);
+        v.write(vmcb::RFLAGS, 0x2);
+        v.write(vmcb::RIP, s.rip);
+        v.write(vmcb::RSP, s.rsp);
+        v.write(vmcb::G_PAT, START_PAT);
+        Ok(v)
+    }
+
+    pub fn run(&mut self) -> Exit {
+        self.write(vmcb::RAX, self.regs.rax);
+        // SAFETY: the VMCB and host-state pages are this processor's; `regs`
+        // outlives the call; VMRUN returns to the instruction after it with the
+        // host's RSP, and the assembly restores every callee-saved register.
+        unsafe { svm_enter(&mut self.regs, self.vmcb, self.host_save) };
+        self.regs.rax = self.read(vmcb::RAX);
+        self.write32(vmcb::TLB_CONTROL, 0);
+        self.write(vmcb::EVENT_INJECTION, 0);
+        let code = self.read(vmcb::EXIT_CODE);
+        let info1 = self.read(vmcb::EXIT_INFO1);
+        match code {
+            0x52 => Exit::MachineCheck,
+            0x61 => Exit::Nmi,
+            0x72 => Exit::Cpuid,
+            0x78 => Exit::Halt,
+            0x7B => Exit::Io {
+                port: (info1 >> 16) as u16,
+            },
+            0x7C if info1 == 0 => Exit::MsrRead,
+            0x7C => Exit::MsrWrite,
+            0x7F => Exit::TripleFault,
+            0x80 | 0x82..=0x86 => Exit::VirtualizationInstruction,
+            0x81 => Exit::Hypercall,
+            0x8D => Exit::Xsetbv,
+            0x400 => Exit::SlatViolation {
+                gpa: self.read(vmcb::EXIT_INFO2),
+                write: info1 & 2 != 0,
+                execute: info1 & 16 != 0,
+            },
+            // VMEXIT_INVALID (-1; QEMU reports its low 32 bits).
+            0xFFFF_FFFF | u64::MAX => Exit::EntryFailed(code),
+            other => Exit::Other(other),
+        }
+    }
+
+    pub fn rip(&self) -> u64 {
+        self.read(vmcb::RIP)
+    }
+
+    /// Next RIP from the processor where it saves one (NRIP save); otherwise
+    /// from the length of the instructions this hypervisor intercepts.
+    pub fn skip_instruction(&mut self) {
+        let next = if self.nrip_save {
+            self.read(vmcb::NEXT_RIP)
+        } else {
+            let len = match self.read(vmcb::EXIT_CODE) {
+                0x72 | 0x7C => 2, // CPUID, RDMSR/WRMSR
+                0x78 => 1,        // HLT
+                0x81 | 0x8D => 3, // VMMCALL, XSETBV
+                _ => 0,
+            };
+            self.rip() + len
+        };
+        self.write(vmcb::RIP, next);
+    }
+
+    /// EFER writes exit (the MSR permission map says so): keep SVME, which
+    /// VMRUN requires, and refuse reserved bits.
+    pub fn set_efer(&mut self, value: u64) -> bool {
+        const ALLOWED: u64 =
+            1 | (1 << 8) | (1 << 10) | (1 << 11) | EFER_SVME | (1 << 13) | (1 << 14) | (1 << 15);
+        if value & !ALLOWED != 0 {
+            return false;
+        }
+        self.write(vmcb::EFER, value | EFER_SVME);
+        true
+    }
+
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // EVENTINJ: vector, type 3 (exception), error-code valid (bit 11), valid (bit 31).
+        let mut e = vector as u64 | (3 << 8) | (1 << 31);
+        if let Some(code) = error_code {
+            e |= 1 << 11 | (code as u64) << 32;
+        }
+        self.write(vmcb::EVENT_INJECTION, e);
+    }
+}

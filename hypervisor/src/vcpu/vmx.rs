@@ -1,0 +1,583 @@
+//! Intel VT-x: VMXON, the VMCS of a 64-bit VP with EPT and VPID, the world
+//! switch, and exit translation (Intel SDM vol. 3 chapters 25-29; field
+//! encodings from appendix B, exit reasons from appendix C).
+use super::{
+    Exit, GuestRegs, StartState, START_CR0, START_CR0_WP, START_CR4, START_EFER, START_PAT,
+};
+use crate::memory;
+use crate::virt::VmxCaps;
+use crate::x86::{cpu, msr};
+use core::arch::global_asm;
+
+/// VMCS field encodings.
+mod field {
+    pub const VPID: u32 = 0x0000;
+    pub const GUEST_ES: u32 = 0x0800;
+    pub const HOST_ES: u32 = 0x0C00;
+    pub const HOST_CS: u32 = 0x0C02;
+    pub const HOST_SS: u32 = 0x0C04;
+    pub const HOST_DS: u32 = 0x0C06;
+    pub const HOST_FS: u32 = 0x0C08;
+    pub const HOST_GS: u32 = 0x0C0A;
+    pub const HOST_TR: u32 = 0x0C0C;
+    pub const MSR_BITMAP: u32 = 0x2004;
+    pub const EPT_POINTER: u32 = 0x201A;
+    pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
+    pub const VMCS_LINK_POINTER: u32 = 0x2800;
+    pub const GUEST_DEBUGCTL: u32 = 0x2802;
+    pub const GUEST_PAT: u32 = 0x2804;
+    pub const GUEST_EFER: u32 = 0x2806;
+    pub const HOST_PAT: u32 = 0x2C00;
+    pub const HOST_EFER: u32 = 0x2C02;
+    pub const PIN_CONTROLS: u32 = 0x4000;
+    pub const PROC_CONTROLS: u32 = 0x4002;
+    pub const EXCEPTION_BITMAP: u32 = 0x4004;
+    pub const EXIT_CONTROLS: u32 = 0x400C;
+    pub const ENTRY_CONTROLS: u32 = 0x4012;
+    pub const ENTRY_INTERRUPTION_INFO: u32 = 0x4016;
+    pub const ENTRY_EXCEPTION_ERROR_CODE: u32 = 0x4018;
+    pub const PROC_CONTROLS2: u32 = 0x401E;
+    pub const VM_INSTRUCTION_ERROR: u32 = 0x4400;
+    pub const EXIT_REASON: u32 = 0x4402;
+    pub const EXIT_INTERRUPTION_INFO: u32 = 0x4404;
+    pub const EXIT_INSTRUCTION_LENGTH: u32 = 0x440C;
+    pub const GUEST_ES_LIMIT: u32 = 0x4800;
+    pub const GUEST_GDTR_LIMIT: u32 = 0x4810;
+    pub const GUEST_IDTR_LIMIT: u32 = 0x4812;
+    pub const GUEST_ES_ACCESS: u32 = 0x4814;
+    pub const GUEST_INTERRUPTIBILITY: u32 = 0x4824;
+    pub const GUEST_ACTIVITY: u32 = 0x4826;
+    pub const GUEST_SYSENTER_CS: u32 = 0x482A;
+    pub const HOST_SYSENTER_CS: u32 = 0x4C00;
+    pub const CR0_MASK: u32 = 0x6000;
+    pub const CR4_MASK: u32 = 0x6002;
+    pub const CR0_SHADOW: u32 = 0x6004;
+    pub const CR4_SHADOW: u32 = 0x6006;
+    pub const EXIT_QUALIFICATION: u32 = 0x6400;
+    pub const GUEST_CR0: u32 = 0x6800;
+    pub const GUEST_CR3: u32 = 0x6802;
+    pub const GUEST_CR4: u32 = 0x6804;
+    pub const GUEST_ES_BASE: u32 = 0x6806;
+    pub const GUEST_GDTR_BASE: u32 = 0x6816;
+    pub const GUEST_IDTR_BASE: u32 = 0x6818;
+    pub const GUEST_DR7: u32 = 0x681A;
+    pub const GUEST_RSP: u32 = 0x681C;
+    pub const GUEST_RIP: u32 = 0x681E;
+    pub const GUEST_RFLAGS: u32 = 0x6820;
+    pub const GUEST_PENDING_DEBUG: u32 = 0x6822;
+    pub const GUEST_SYSENTER_ESP: u32 = 0x6824;
+    pub const GUEST_SYSENTER_EIP: u32 = 0x6826;
+    pub const HOST_CR0: u32 = 0x6C00;
+    pub const HOST_CR3: u32 = 0x6C02;
+    pub const HOST_CR4: u32 = 0x6C04;
+    pub const HOST_FS_BASE: u32 = 0x6C06;
+    pub const HOST_GS_BASE: u32 = 0x6C08;
+    pub const HOST_TR_BASE: u32 = 0x6C0A;
+    pub const HOST_GDTR_BASE: u32 = 0x6C0C;
+    pub const HOST_IDTR_BASE: u32 = 0x6C0E;
+    pub const HOST_SYSENTER_ESP: u32 = 0x6C10;
+    pub const HOST_SYSENTER_EIP: u32 = 0x6C12;
+    pub const HOST_RIP: u32 = 0x6C16;
+}
+
+const IA32_VMX_CR0_FIXED0: u32 = 0x486;
+const IA32_VMX_CR0_FIXED1: u32 = 0x487;
+const IA32_VMX_CR4_FIXED0: u32 = 0x488;
+const IA32_VMX_CR4_FIXED1: u32 = 0x489;
+const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48D;
+const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48E;
+const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48F;
+const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
+const IA32_VMX_EXIT_CTLS: u32 = 0x483;
+const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
+const IA32_PAT: u32 = 0x277;
+const CR4_VMXE: u64 = 1 << 13;
+
+/// The VMX instructions. Each reports failure (CF or ZF set) as `Err`.
+mod insn {
+    use core::arch::asm;
+
+    /// # Safety
+    /// `region` is the physical address of this processor's VMXON region,
+    /// initialised with the VMCS revision identifier; CR0/CR4 meet the fixed bits.
+    pub unsafe fn vmxon(region: u64) -> Result<(), ()> {
+        let failed: u8;
+        // SAFETY: the caller's contract; VMXON reads the 8-byte operand only.
+        unsafe {
+            asm!("vmxon [{0}]", "setna {1}", in(reg) &region, out(reg_byte) failed, options(nostack))
+        };
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// # Safety
+    /// `vmcs` is the physical address of a VMCS region owned by this processor.
+    pub unsafe fn vmclear(vmcs: u64) -> Result<(), ()> {
+        let failed: u8;
+        // SAFETY: the caller's contract.
+        unsafe {
+            asm!("vmclear [{0}]", "setna {1}", in(reg) &vmcs, out(reg_byte) failed, options(nostack))
+        };
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// # Safety
+    /// As for `vmclear`; the VMCS becomes current on this processor.
+    pub unsafe fn vmptrld(vmcs: u64) -> Result<(), ()> {
+        let failed: u8;
+        // SAFETY: the caller's contract.
+        unsafe {
+            asm!("vmptrld [{0}]", "setna {1}", in(reg) &vmcs, out(reg_byte) failed, options(nostack))
+        };
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// Reads a field of the current VMCS (0 if there is none or the field does not exist).
+    pub fn vmread(field: u32) -> u64 {
+        let value: u64;
+        // SAFETY: VMREAD only reads the current VMCS; outside VMX operation it
+        // raises #UD, which cannot happen here: callers run after VMXON.
+        unsafe { asm!("vmread {0}, {1}", out(reg) value, in(reg) field as u64, options(nostack)) };
+        value
+    }
+
+    /// Writes a field of the current VMCS.
+    ///
+    /// # Safety
+    /// The field's new value must keep the host state (and so every Rust
+    /// invariant) intact at the next VM exit.
+    pub unsafe fn vmwrite(field: u32, value: u64) -> Result<(), ()> {
+        let failed: u8;
+        // SAFETY: the caller's contract.
+        unsafe {
+            asm!("vmwrite {0}, {1}", "setna {2}", in(reg) field as u64, in(reg) value, out(reg_byte) failed, options(nostack))
+        };
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
+// The world switch. `vmx_enter(regs, launched)` loads the guest's general
+// registers and enters the VP; the next VM exit arrives at `vmx_exit` on the
+// same stack (HOST_RSP is written just before entry), stores the guest's
+// registers and returns 0. A failed VMLAUNCH/VMRESUME returns 1.
+global_asm!(
+    r#"
+.section .text
+.global vmx_enter
+vmx_enter:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdi
+    mov rax, 0x6C14
+    vmwrite rax, rsp
+    test rsi, rsi
+    mov rax, [rdi + 0]
+    mov rbx, [rdi + 8]
+    mov rcx, [rdi + 16]
+    mov rdx, [rdi + 24]
+    mov rsi, [rdi + 32]
+    mov rbp, [rdi + 48]
+    mov r8, [rdi + 56]
+    mov r9, [rdi + 64]
+    mov r10, [rdi + 72]
+    mov r11, [rdi + 80]
+    mov r12, [rdi + 88]
+    mov r13, [rdi + 96]
+    mov r14, [rdi + 104]
+    mov r15, [rdi + 112]
+    mov rdi, [rdi + 40]
+    jnz 2f
+    vmlaunch
+    jmp 3f
+2:  vmresume
+3:  pop rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    mov eax, 1
+    ret
+
+.global vmx_exit
+vmx_exit:
+    push rax
+    mov rax, [rsp + 8]
+    mov [rax + 8], rbx
+    mov [rax + 16], rcx
+    mov [rax + 24], rdx
+    mov [rax + 32], rsi
+    mov [rax + 40], rdi
+    mov [rax + 48], rbp
+    mov [rax + 56], r8
+    mov [rax + 64], r9
+    mov [rax + 72], r10
+    mov [rax + 80], r11
+    mov [rax + 88], r12
+    mov [rax + 96], r13
+    mov [rax + 104], r14
+    mov [rax + 112], r15
+    pop qword ptr [rax]
+    add rsp, 8
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    xor eax, eax
+    ret
+"#
+);
+
+extern "C" {
+    fn vmx_enter(regs: *mut GuestRegs, launched: u64) -> u64;
+    fn vmx_exit();
+}
+
+/// Bits of a control field: the wanted ones, forced on and off as the
+/// capability MSR's allowed-0 (low half) and allowed-1 (high half) settings say.
+/// `Err` names a required bit the processor cannot set.
+pub fn adjust_controls(capability: u64, wanted: u32, required: u32) -> Result<u32, u32> {
+    let must_be_one = capability as u32;
+    let may_be_one = (capability >> 32) as u32;
+    let missing = required & !may_be_one;
+    if missing != 0 {
+        return Err(missing);
+    }
+    Ok((wanted | must_be_one) & may_be_one)
+}
+
+pub struct VmxVcpu {
+    pub regs: GuestRegs,
+    launched: bool,
+}
+
+fn vmwrite(field: u32, value: u64) -> Result<(), &'static str> {
+    // SAFETY: called only while building this processor's VMCS, with the
+    // values the SDM's entry checks require (host state copied from the live
+    // registers, guest state for a fresh VP).
+    unsafe { insn::vmwrite(field, value) }.map_err(|_| "VMWRITE failed")
+}
+
+/// The shared MSR bitmap: which MSR accesses of the root exit.
+static MSR_BITMAP: spin::Once<u64> = spin::Once::new();
+
+fn msr_bitmap() -> Result<u64, &'static str> {
+    let page = *MSR_BITMAP.call_once(|| {
+        let Some(page) = memory::alloc_zeroed_page() else {
+            return 0;
+        };
+        // Layout: read-low 0x000, read-high 0x400, write-low 0x800, write-high 0xC00,
+        // one bit per MSR (low: 0..0x1FFF, high: 0xC0000000..0xC0001FFF).
+        let set = |offset: u64, msr: u32| {
+            let bit = (msr & 0x1FFF) as u64;
+            let byte = page + offset + bit / 8;
+            // SAFETY: `byte` lies in the zeroed page just allocated for the bitmap.
+            unsafe { *(byte as *mut u8) |= 1 << (bit % 8) };
+        };
+        // The virtualization MSRs, feature control, and the local APIC (the
+        // hypervisor keeps it): reads and writes exit.
+        for m in (0x480..=0x491)
+            .chain([0x3A, msr::IA32_APIC_BASE])
+            .chain(0x800..=0x8FF)
+        {
+            set(0x000, m);
+            set(0x800, m);
+        }
+        page
+    });
+    if page == 0 {
+        Err("no memory for the MSR bitmap")
+    } else {
+        Ok(page)
+    }
+}
+
+impl VmxVcpu {
+    pub fn new(caps: &VmxCaps, s: &StartState) -> Result<Self, &'static str> {
+        if !caps.ept || !caps.vpid {
+            return Err("VMX without EPT and VPID is not supported");
+        }
+        // Feature control: lock it with VMX on when the firmware left it open.
+        let fc = msr::read(msr::IA32_FEATURE_CONTROL);
+        if fc & 1 == 0 {
+            // SAFETY: sets "VMX outside SMX" and the lock bit, as the SDM's
+            // VMXON preconditions require; no memory effect.
+            unsafe { msr::write(msr::IA32_FEATURE_CONTROL, fc | 1 | 4) };
+        } else if fc & 4 == 0 {
+            return Err("VMX disabled by the firmware (IA32_FEATURE_CONTROL locked)");
+        }
+        // CR0 and CR4 must meet the fixed bits (NE, and VMXE itself).
+        let cr0 =
+            (cpu::read_cr0() | msr::read(IA32_VMX_CR0_FIXED0)) & msr::read(IA32_VMX_CR0_FIXED1);
+        let cr4 = (cpu::read_cr4() | CR4_VMXE | msr::read(IA32_VMX_CR4_FIXED0))
+            & msr::read(IA32_VMX_CR4_FIXED1);
+        // SAFETY: the fixed bits only add NE (native FPU errors) and VMXE.
+        unsafe {
+            cpu::write_cr0(cr0);
+            cpu::write_cr4(cr4);
+        }
+        let revision = msr::read(msr::IA32_VMX_BASIC) & 0x7FFF_FFFF;
+        let vmxon = memory::alloc_zeroed_page().ok_or("no memory for the VMXON region")?;
+        let vmcs = memory::alloc_zeroed_page().ok_or("no memory for the VMCS")?;
+        // SAFETY: both pages are fresh, ours, identity-mapped; the first 4 bytes
+        // hold the revision identifier (SDM 25.2).
+        unsafe {
+            *(vmxon as *mut u32) = revision as u32;
+            *(vmcs as *mut u32) = revision as u32;
+            insn::vmxon(vmxon).map_err(|_| "VMXON failed")?;
+            insn::vmclear(vmcs).map_err(|_| "VMCLEAR failed")?;
+            insn::vmptrld(vmcs).map_err(|_| "VMPTRLD failed")?;
+        }
+        Self::write_controls(caps, s)?;
+        Self::write_host_state()?;
+        Self::write_guest_state(s)?;
+        Ok(VmxVcpu {
+            regs: GuestRegs {
+                rdi: s.rdi,
+                ..Default::default()
+            },
+            launched: false,
+        })
+    }
+
+    fn write_controls(caps: &VmxCaps, s: &StartState) -> Result<(), &'static str> {
+        let true_ctls = caps.true_controls;
+        let pick = |plain: u32, truer: u32| msr::read(if true_ctls { truer } else { plain });
+        let err = |_| "a required VMX control is not supported";
+        let pin = adjust_controls(
+            pick(msr::IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS),
+            0,
+            0,
+        )
+        .map_err(err)?;
+        const HLT_EXITING: u32 = 1 << 7;
+        const MSR_BITMAPS: u32 = 1 << 28;
+        const SECONDARY: u32 = 1 << 31;
+        let proc = adjust_controls(
+            pick(msr::IA32_VMX_PROCBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS),
+            HLT_EXITING | MSR_BITMAPS | SECONDARY,
+            HLT_EXITING | MSR_BITMAPS | SECONDARY,
+        )
+        .map_err(err)?;
+        const EPT: u32 = 1 << 1;
+        const RDTSCP: u32 = 1 << 3;
+        const VPID: u32 = 1 << 5;
+        const INVPCID: u32 = 1 << 12;
+        const XSAVES: u32 = 1 << 20;
+        let proc2 = adjust_controls(
+            msr::read(msr::IA32_VMX_PROCBASED_CTLS2),
+            EPT | VPID | RDTSCP | INVPCID | XSAVES,
+            EPT | VPID,
+        )
+        .map_err(err)?;
+        const HOST_64BIT: u32 = 1 << 9;
+        const SAVE_PAT: u32 = 1 << 18;
+        const LOAD_PAT: u32 = 1 << 19;
+        const SAVE_EFER: u32 = 1 << 20;
+        const LOAD_EFER: u32 = 1 << 21;
+        let exit = adjust_controls(
+            pick(IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS),
+            HOST_64BIT | SAVE_PAT | LOAD_PAT | SAVE_EFER | LOAD_EFER,
+            HOST_64BIT | SAVE_EFER | LOAD_EFER,
+        )
+        .map_err(err)?;
+        const GUEST_64BIT: u32 = 1 << 9;
+        const ENTRY_LOAD_PAT: u32 = 1 << 14;
+        const ENTRY_LOAD_EFER: u32 = 1 << 15;
+        let entry = adjust_controls(
+            pick(IA32_VMX_ENTRY_CTLS, IA32_VMX_TRUE_ENTRY_CTLS),
+            GUEST_64BIT | ENTRY_LOAD_PAT | ENTRY_LOAD_EFER,
+            GUEST_64BIT | ENTRY_LOAD_EFER,
+        )
+        .map_err(err)?;
+        vmwrite(field::PIN_CONTROLS, pin as u64)?;
+        vmwrite(field::PROC_CONTROLS, proc as u64)?;
+        vmwrite(field::PROC_CONTROLS2, proc2 as u64)?;
+        vmwrite(field::EXIT_CONTROLS, exit as u64)?;
+        vmwrite(field::ENTRY_CONTROLS, entry as u64)?;
+        // Machine checks exit; every other exception is the partition's own.
+        vmwrite(field::EXCEPTION_BITMAP, 1 << 18)?;
+        vmwrite(field::MSR_BITMAP, msr_bitmap()?)?;
+        // EPTP: write-back paging structures, 4-level walk (SDM 25.6.11).
+        vmwrite(field::EPT_POINTER, s.slat_root | (3 << 3) | 6)?;
+        vmwrite(field::VPID, s.tlb_tag as u64)?;
+        // The VP owns CR0 and CR4 except the bits VMX fixes; VMXE is hidden.
+        let cr0_fixed = msr::read(IA32_VMX_CR0_FIXED0);
+        let cr4_fixed = msr::read(IA32_VMX_CR4_FIXED0);
+        vmwrite(field::CR0_MASK, cr0_fixed)?;
+        vmwrite(field::CR4_MASK, cr4_fixed)?;
+        vmwrite(field::CR0_SHADOW, START_CR0 | START_CR0_WP)?;
+        vmwrite(field::CR4_SHADOW, START_CR4)?;
+        Ok(())
+    }
+
+    fn write_host_state() -> Result<(), &'static str> {
+        let (gdt, idt) = {
+            let g = x86_64::instructions::tables::sgdt();
+            let i = x86_64::instructions::tables::sidt();
+            (g.base.as_u64(), i.base.as_u64())
+        };
+        let tss = crate::percpu::current()
+            .ok_or("no per-CPU data")?
+            .tables
+            .tss_address();
+        vmwrite(field::HOST_CR0, cpu::read_cr0())?;
+        vmwrite(field::HOST_CR3, cpu::read_cr3())?;
+        vmwrite(field::HOST_CR4, cpu::read_cr4())?;
+        for (f, sel) in [
+            (field::HOST_ES, 0x10),
+            (field::HOST_CS, 0x08),
+            (field::HOST_SS, 0x10),
+            (field::HOST_DS, 0x10),
+            (field::HOST_FS, 0),
+            (field::HOST_GS, 0),
+            (field::HOST_TR, 0x18),
+        ] {
+            vmwrite(f, sel)?;
+        }
+        vmwrite(field::HOST_FS_BASE, 0)?;
+        vmwrite(field::HOST_GS_BASE, msr::read(msr::IA32_GS_BASE))?;
+        vmwrite(field::HOST_TR_BASE, tss)?;
+        vmwrite(field::HOST_GDTR_BASE, gdt)?;
+        vmwrite(field::HOST_IDTR_BASE, idt)?;
+        vmwrite(field::HOST_SYSENTER_CS, 0)?;
+        vmwrite(field::HOST_SYSENTER_ESP, 0)?;
+        vmwrite(field::HOST_SYSENTER_EIP, 0)?;
+        vmwrite(field::HOST_EFER, msr::read(msr::IA32_EFER))?;
+        vmwrite(field::HOST_PAT, msr::read(IA32_PAT))?;
+        vmwrite(field::HOST_RIP, vmx_exit as *const () as u64)?;
+        Ok(())
+    }
+
+    fn write_guest_state(s: &StartState) -> Result<(), &'static str> {
+        // Segments ES, CS, SS, DS, FS, GS, LDTR, TR: selector, limit, access rights, base.
+        // Access rights: 0xA09B = 64-bit code; 0xC093 = data; LDTR unusable; 0x8B = busy TSS.
+        let segs: [(u64, u64, u64, u64); 8] = [
+            (0x10, 0xFFFF_FFFF, 0xC093, 0),
+            (0x08, 0xFFFF_FFFF, 0xA09B, 0),
+            (0x10, 0xFFFF_FFFF, 0xC093, 0),
+            (0x10, 0xFFFF_FFFF, 0xC093, 0),
+            (0x10, 0xFFFF_FFFF, 0xC093, 0),
+            (0x10, 0xFFFF_FFFF, 0xC093, 0),
+            (0, 0, 1 << 16, 0),
+            (0x18, 0x67, 0x8B, s.tr_base),
+        ];
+        for (i, (sel, limit, access, base)) in segs.into_iter().enumerate() {
+            let i = i as u32 * 2;
+            vmwrite(field::GUEST_ES + i, sel)?;
+            vmwrite(field::GUEST_ES_LIMIT + i, limit)?;
+            vmwrite(field::GUEST_ES_ACCESS + i, access)?;
+            vmwrite(field::GUEST_ES_BASE + i, base)?;
+        }
+        vmwrite(field::GUEST_GDTR_BASE, s.gdt_base)?;
+        vmwrite(field::GUEST_GDTR_LIMIT, s.gdt_limit as u64)?;
+        vmwrite(field::GUEST_IDTR_BASE, 0)?;
+        vmwrite(field::GUEST_IDTR_LIMIT, 0)?;
+        let cr0 = (START_CR0 | START_CR0_WP | msr::read(IA32_VMX_CR0_FIXED0))
+            & msr::read(IA32_VMX_CR0_FIXED1);
+        let cr4 = (START_CR4 | msr::read(IA32_VMX_CR4_FIXED0)) & msr::read(IA32_VMX_CR4_FIXED1);
+        vmwrite(field::GUEST_CR0, cr0)?;
+        vmwrite(field::GUEST_CR3, s.cr3)?;
+        vmwrite(field::GUEST_CR4, cr4)?;
+        vmwrite(field::GUEST_DR7, 0x400)?;
+        vmwrite(field::GUEST_RSP, s.rsp)?;
+        vmwrite(field::GUEST_RIP, s.rip)?;
+        vmwrite(field::GUEST_RFLAGS, 0x2)?;
+        vmwrite(field::GUEST_PENDING_DEBUG, 0)?;
+        vmwrite(field::GUEST_SYSENTER_CS, 0)?;
+        vmwrite(field::GUEST_SYSENTER_ESP, 0)?;
+        vmwrite(field::GUEST_SYSENTER_EIP, 0)?;
+        vmwrite(field::GUEST_DEBUGCTL, 0)?;
+        vmwrite(field::GUEST_PAT, START_PAT)?;
+        vmwrite(field::GUEST_EFER, START_EFER)?;
+        vmwrite(field::VMCS_LINK_POINTER, u64::MAX)?;
+        vmwrite(field::GUEST_INTERRUPTIBILITY, 0)?;
+        vmwrite(field::GUEST_ACTIVITY, 0)?;
+        Ok(())
+    }
+
+    pub fn run(&mut self) -> Exit {
+        // SAFETY: this processor's VMCS is current (made so in `new`, never
+        // replaced); `regs` outlives the call; the host state in the VMCS
+        // returns to `vmx_exit` on this stack with every callee-saved register
+        // restored by the assembly.
+        let failed = unsafe { vmx_enter(&mut self.regs, self.launched as u64) };
+        if failed != 0 {
+            return Exit::EntryFailed(insn::vmread(field::VM_INSTRUCTION_ERROR));
+        }
+        self.launched = true;
+        let reason = insn::vmread(field::EXIT_REASON);
+        if reason & (1 << 31) != 0 {
+            // VM-entry failure (invalid guest state: basic reason 33, and so on).
+            return Exit::EntryFailed(reason);
+        }
+        let qualification = insn::vmread(field::EXIT_QUALIFICATION);
+        match reason & 0xFFFF {
+            0 => match insn::vmread(field::EXIT_INTERRUPTION_INFO) & 0xFF {
+                2 => Exit::Nmi,
+                18 => Exit::MachineCheck,
+                v => Exit::Other(0x100 | v),
+            },
+            2 => Exit::TripleFault,
+            10 => Exit::Cpuid,
+            12 => Exit::Halt,
+            18 => Exit::Hypercall,
+            19..=27 | 50 | 53 => Exit::VirtualizationInstruction,
+            28 => Exit::ControlRegister,
+            30 => Exit::Io {
+                port: (qualification >> 16) as u16,
+            },
+            31 => Exit::MsrRead,
+            32 => Exit::MsrWrite,
+            41 => Exit::MachineCheck,
+            48 => Exit::SlatViolation {
+                gpa: insn::vmread(field::GUEST_PHYSICAL_ADDRESS),
+                write: qualification & 2 != 0,
+                execute: qualification & 4 != 0,
+            },
+            55 => Exit::Xsetbv,
+            other => Exit::Other(other),
+        }
+    }
+
+    pub fn rip(&self) -> u64 {
+        insn::vmread(field::GUEST_RIP)
+    }
+
+    pub fn skip_instruction(&mut self) {
+        let len = insn::vmread(field::EXIT_INSTRUCTION_LENGTH);
+        let _ = vmwrite(field::GUEST_RIP, self.rip() + len);
+    }
+
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // Interruption information: vector, type 3 (hardware exception), valid.
+        let mut info = vector as u64 | (3 << 8) | (1 << 31);
+        if let Some(code) = error_code {
+            info |= 1 << 11;
+            let _ = vmwrite(field::ENTRY_EXCEPTION_ERROR_CODE, code as u64);
+        }
+        let _ = vmwrite(field::ENTRY_INTERRUPTION_INFO, info);
+    }
+}
