@@ -172,6 +172,10 @@ extern "C" fn bsp_main(trampoline_page: u64) -> ! {
         None => warn!("ACPI power-off unavailable (no FADT PM1 I/O block or no \\_S5)"),
     }
 
+    // The 8259 PICs stay masked: the hypervisor takes no legacy interrupts, and
+    // an unmasked firmware IRQ would arrive on an exception vector.
+    x86::port::outb(0x21, 0xFF);
+    x86::port::outb(0xA1, 0xFF);
     let mode = if apic::x2apic_supported() && !opts.force_xapic {
         apic::Mode::X2Apic
     } else {
@@ -358,9 +362,19 @@ fn fatal(args: core::fmt::Arguments) -> ! {
     power::fail()
 }
 
-/// The exception report: vector, error code, RIP, CR2, registers, processor.
+/// Every interrupt and exception: the host timer is acknowledged; anything
+/// else is reported (vector, error code, RIP, CR2, registers, processor) and
+/// the machine powers off with failure.
 #[no_mangle]
-extern "C" fn exception_report(f: &idt::TrapFrame) -> ! {
+extern "C" fn interrupt_entry(f: &idt::TrapFrame) {
+    if f.vector == idt::HOST_TIMER_VECTOR {
+        apic::eoi();
+        return;
+    }
+    exception_report(f)
+}
+
+fn exception_report(f: &idt::TrapFrame) -> ! {
     let mut out = serial::emergency();
     let cpu = percpu::index();
     let _ = writeln!(

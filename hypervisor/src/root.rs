@@ -487,6 +487,11 @@ fn dispatch(root: &RootPartition, vcpu: &mut Vcpu, exit: Exit) -> Next {
             vcpu.inject_exception(UD, None);
             Next::Resume
         }
+        Exit::ExternalInterrupt => {
+            cpu::take_pending_interrupts();
+            Next::Resume
+        }
+        Exit::Preemption => Next::Resume,
         Exit::Nmi => {
             warn!("NMI while running the root; ignored");
             Next::Resume

@@ -88,6 +88,10 @@ impl Machine {
     }
 }
 
+/// What the root shell must show for the script `host info`, `host stats`,
+/// `debug fpu`, `bogus`, `shutdown` (formats in docs/root-partition.md).
+pub const ROOT_SHELL_SHOWS: &[&str] = &["Microsoft Hv", "fpu: ok", "unknown command"];
+
 /// The module every case loads, to prove modules reach the hypervisor intact
 /// on every boot path.
 pub const TEST_MODULE_NAME: &str = "test-module";
@@ -106,6 +110,16 @@ pub enum Expect {
     /// Boots, then the emulator's monitor dumps the page tables of every
     /// processor: no page may be writable and executable.
     PageTableAudit,
+    /// Boots into the root partition on every processor; its shell answers
+    /// the script with every `must_show` text; the machine powers off with success.
+    RootShell {
+        vendor: &'static str,
+        slat: &'static str,
+        must_show: &'static [&'static str],
+    },
+    /// The root touches memory that is not its own: the hypervisor stops it
+    /// with a report naming `gpa`, and powers off with failure.
+    RootStopped { gpa: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -114,7 +128,14 @@ pub struct Case {
     pub machine: Machine,
     pub expect: Expect,
     pub timeout_secs: u64,
+    /// Boot the root partition (module `root`).
+    pub with_root: bool,
+    /// Lines typed at the root shell, one per prompt.
+    pub script: Vec<String>,
 }
+
+/// The root shell's prompt.
+pub const ROOT_PROMPT: &str = "root> ";
 
 fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
     let m = &machine;
@@ -137,7 +158,18 @@ fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
         machine,
         expect,
         timeout_secs,
+        with_root: false,
+        script: Vec::new(),
     }
+}
+
+/// A case that boots the root partition and types `script` at its shell.
+fn root_case(machine: Machine, expect: Expect, suffix: &str, script: &[&str]) -> Case {
+    let mut c = case(machine, expect, suffix);
+    c.with_root = true;
+    c.script = script.iter().map(|s| s.to_string()).collect();
+    c.timeout_secs += 120;
+    c
 }
 
 fn model_tag(model: &str) -> String {
@@ -219,6 +251,54 @@ pub fn matrix() -> Vec<Case> {
         Expect::Exception { vector: 8 },
         "-stack-overflow",
     ));
+    // The root partition (issue 3): its shell on both vendors, 1 and 4 processors.
+    let shell: &[&str] = &["host info", "host stats", "debug fpu", "bogus", "shutdown"];
+    for cpus in [1, 4] {
+        let amd_root = Expect::RootShell {
+            vendor: "amd",
+            slat: "npt",
+            must_show: ROOT_SHELL_SHOWS,
+        };
+        let intel_root = Expect::RootShell {
+            vendor: "intel",
+            slat: "ept",
+            must_show: ROOT_SHELL_SHOWS,
+        };
+        cases.push(root_case(
+            Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, 256).cmdline(""),
+            amd_root,
+            "-root",
+            shell,
+        ));
+        cases.push(root_case(
+            Machine::new(Emulator::Bochs, Boot::Grub, cpus, 128).cmdline(""),
+            intel_root,
+            "-root",
+            shell,
+        ));
+    }
+    cases.push(root_case(
+        Machine::new(Emulator::Qemu, Boot::Uefi, 2, 256),
+        Expect::RootShell {
+            vendor: "amd",
+            slat: "npt",
+            must_show: &[],
+        },
+        "-root-poweroff",
+        &[],
+    ));
+    // The root touching the hypervisor's image (at 1 MiB) is stopped with a report.
+    for (emulator, boot, memory) in [
+        (Emulator::Qemu, Boot::Multiboot, 256),
+        (Emulator::Bochs, Boot::Grub, 128),
+    ] {
+        cases.push(root_case(
+            Machine::new(emulator, boot, 1, memory).cmdline(""),
+            Expect::RootStopped { gpa: 0x10_0000 },
+            "-root-touches-hypervisor",
+            &["debug read 0x100000"],
+        ));
+    }
     cases.push(case(
         Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1024).cmdline(""),
         Expect::PageTableAudit,
@@ -332,7 +412,7 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
         Ok(s)
     };
     let no_faults = |log: &str| -> Result<(), String> {
-        for marker in ["EXCEPTION", "PANIC", "FATAL"] {
+        for marker in ["EXCEPTION", "PANIC", "FATAL", "root partition stopped"] {
             if let Some(l) = log.lines().find(|l| l.contains(marker)) {
                 return Err(format!("hypervisor reported: {}", l.trim()));
             }
@@ -373,6 +453,61 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
                 Some(false) => Ok(()),
                 Some(true) => Err("powered off with success after an exception".into()),
                 None => Err("did not power off after the exception".into()),
+            }
+        }
+        Expect::RootShell {
+            vendor,
+            slat,
+            must_show,
+        } => {
+            no_faults(log)?;
+            let s = check_boot(log)?;
+            if s.vendor != *vendor || s.slat != *slat {
+                return Err(format!(
+                    "vendor={} slat={}, expected vendor={vendor} slat={slat}",
+                    s.vendor, s.slat
+                ));
+            }
+            for i in 0..m.cpus {
+                if !log.contains(&format!("root VP {i} starting")) {
+                    return Err(format!("root VP {i} did not start"));
+                }
+            }
+            if !log.contains(ROOT_PROMPT) {
+                return Err("no root shell prompt".into());
+            }
+            for text in *must_show {
+                if !log.contains(text) {
+                    return Err(format!("the root shell did not show \"{text}\""));
+                }
+            }
+            match out.success {
+                Some(true) => Ok(()),
+                Some(false) => Err("emulator reported failure status".into()),
+                None if out.timed_out => Err("time limit reached".into()),
+                None => Err("emulator was stopped".into()),
+            }
+        }
+        Expect::RootStopped { gpa } => {
+            let line = log
+                .lines()
+                .find(|l| l.contains("root partition stopped"))
+                .ok_or("the root was not stopped")?;
+            if !line.contains(&format!("GPA {gpa:#x}")) {
+                return Err(format!(
+                    "the report does not name GPA {gpa:#x}: {}",
+                    line.trim()
+                ));
+            }
+            for marker in ["EXCEPTION", "PANIC", "FATAL"] {
+                if log.contains(marker) {
+                    return Err(format!("{marker} besides the stop report"));
+                }
+            }
+            match out.success {
+                Some(false) => Ok(()),
+                Some(true) => Err("powered off with success after stopping the root".into()),
+                None => Err("did not power off after stopping the root".into()),
             }
         }
         Expect::PageTableAudit => {
@@ -520,6 +655,66 @@ mod tests {
             &Outcome {
                 serial: report.replace("vector 8", "vector 14"),
                 ..out
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn root_verdicts() {
+        let m = Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 128);
+        let shell = root_case(
+            m.clone(),
+            Expect::RootShell {
+                vendor: "amd",
+                slat: "npt",
+                must_show: &["fpu: ok"],
+            },
+            "",
+            &[],
+        );
+        let good = format!("{GOOD}[ 0.1] cpu0 INFO  root VP 0 starting\n[ 0.1] cpu1 INFO  root VP 1 starting\nroot> debug fpu\nfpu: ok\nroot> ");
+        assert_eq!(judge(&shell, &ok(&good)), Ok(()));
+        assert!(judge(&shell, &ok(&good.replace("fpu: ok", "fpu: CORRUPTED xmm3"))).is_err());
+        assert!(judge(&shell, &ok(&good.replace("root VP 1", "root VP 9")))
+            .unwrap_err()
+            .contains("VP 1"));
+        assert!(judge(&shell, &ok(&good.replace("root> ", "$ ")))
+            .unwrap_err()
+            .contains("prompt"));
+        let stopped = format!("{good}\n[ 0.2] cpu0 ERROR root partition stopped (VP 0): read of GPA 0x100000 at RIP 0x1");
+        assert!(
+            judge(&shell, &ok(&stopped)).is_err(),
+            "a stop is a failure of a shell case"
+        );
+        let touch = root_case(m, Expect::RootStopped { gpa: 0x10_0000 }, "", &[]);
+        let failed = Outcome {
+            serial: stopped.clone(),
+            success: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(judge(&touch, &failed), Ok(()));
+        assert!(judge(
+            &touch,
+            &Outcome {
+                success: Some(true),
+                ..failed.clone()
+            }
+        )
+        .is_err());
+        assert!(judge(
+            &touch,
+            &Outcome {
+                serial: stopped.replace("0x100000", "0x200000"),
+                ..failed.clone()
+            }
+        )
+        .is_err());
+        assert!(judge(
+            &touch,
+            &Outcome {
+                serial: good,
+                ..failed
             }
         )
         .is_err());

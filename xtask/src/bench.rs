@@ -97,7 +97,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             let opts = emulator::RunOptions {
                 timeout: Duration::from_secs(300),
                 echo: false,
-                interactive: false,
+                input: emulator::Input::Nothing,
                 monitor_trigger: None,
                 monitor_commands: &[],
             };

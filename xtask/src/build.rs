@@ -6,6 +6,7 @@ use std::process::Command;
 pub struct Artifacts {
     pub hypervisor: PathBuf,
     pub uefi_loader: PathBuf,
+    pub root_partition: PathBuf,
 }
 
 pub fn root() -> PathBuf {
@@ -34,16 +35,27 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 pub fn build() -> Result<Artifacts> {
     crate::prereq::ensure_rust_targets()?;
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "hypervisor",
-        "--bin",
-        "hypervisor",
-        "--target",
-        "x86_64-unknown-none",
-    ])?;
+    let none = ["--release", "--target", "x86_64-unknown-none"];
+    cargo(
+        &[
+            &["build", "-p", "hypervisor", "--bin", "hypervisor"][..],
+            &none,
+        ]
+        .concat(),
+    )?;
+    cargo(
+        &[
+            &[
+                "build",
+                "-p",
+                "root-partition-svc",
+                "--bin",
+                "root-partition-svc",
+            ][..],
+            &none,
+        ]
+        .concat(),
+    )?;
     cargo(&[
         "build",
         "--release",
@@ -56,5 +68,6 @@ pub fn build() -> Result<Artifacts> {
     Ok(Artifacts {
         hypervisor: target.join("x86_64-unknown-none/release/hypervisor"),
         uefi_loader: target.join("x86_64-unknown-uefi/release/bootloader.efi"),
+        root_partition: target.join("x86_64-unknown-none/release/root-partition-svc"),
     })
 }

@@ -13,12 +13,53 @@ use system_tests::{Emulator, Machine, Outcome};
 /// QEMU's isa-debug-exit turns the hypervisor's codes into (code << 1) | 1.
 const QEMU_EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
 
+/// What goes into the machine's serial console.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    Nothing,
+    /// Our stdin, as it comes (a terminal or a pipe).
+    Stdin,
+    /// One line each time `prompt` has appeared once more.
+    Script {
+        prompt: &'a str,
+        lines: &'a [String],
+    },
+}
+
+/// Sends script lines as prompts appear.
+struct Feeder<'a> {
+    prompt: &'a str,
+    lines: &'a [String],
+    sent: usize,
+}
+
+impl Feeder<'_> {
+    fn new<'a>(input: Input<'a>) -> Option<Feeder<'a>> {
+        match input {
+            Input::Script { prompt, lines } => Some(Feeder {
+                prompt,
+                lines,
+                sent: 0,
+            }),
+            _ => None,
+        }
+    }
+
+    fn feed(&mut self, serial: &str, out: &mut dyn Write) {
+        let prompts = serial.matches(self.prompt).count();
+        while self.sent < prompts.min(self.lines.len()) {
+            let _ = out.write_all(format!("{}\n", self.lines[self.sent]).as_bytes());
+            let _ = out.flush();
+            self.sent += 1;
+        }
+    }
+}
+
 pub struct RunOptions<'a> {
     pub timeout: Duration,
     /// Copy the serial console to our stdout as it arrives.
     pub echo: bool,
-    /// Give the emulator our stdin (QEMU: the serial console's input).
-    pub interactive: bool,
+    pub input: Input<'a>,
     /// When this returns true for the serial log so far, send
     /// `monitor_commands` to QEMU's monitor, then stop the machine.
     pub monitor_trigger: Option<&'a dyn Fn(&str) -> bool>,
@@ -218,19 +259,24 @@ fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Re
         opts.monitor_trigger.map(|_| socket.as_path()),
     )?;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if opts.interactive {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
+    cmd.stdin(match opts.input {
+        Input::Nothing => Stdio::null(),
+        Input::Stdin => Stdio::inherit(),
+        Input::Script { .. } => Stdio::piped(),
     });
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let serial = capture(child.stdout.take().expect("piped"), opts.echo);
     let stderr = capture(child.stderr.take().expect("piped"), false);
+    let mut to_machine = child.stdin.take();
+    let mut feeder = Feeder::new(opts.input);
     let read = || serial.lock().unwrap().clone();
     let mut monitor = String::new();
     let mut monitor_error = None;
-    let (code, timed_out, summary_after) =
-        supervise(&mut child, opts, &read, |text| match opts.monitor_trigger {
+    let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |text| {
+        if let (Some(f), Some(w)) = (feeder.as_mut(), to_machine.as_mut()) {
+            f.feed(text, w);
+        }
+        match opts.monitor_trigger {
             Some(trigger) if trigger(text) => {
                 match monitor_session(&socket, opts.monitor_commands) {
                     Ok(t) => monitor = t,
@@ -239,7 +285,8 @@ fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Re
                 true
             }
             _ => false,
-        })?;
+        }
+    })?;
     std::thread::sleep(Duration::from_millis(50));
     let mut serial = read();
     let err = stderr.lock().unwrap().clone();
@@ -260,6 +307,55 @@ fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Re
     })
 }
 
+/// A pseudo-terminal for Bochs's COM1 (`mode=term`): the master for us (read
+/// and write), the slave's path for Bochs. Raw mode: bytes pass unchanged.
+struct Pty {
+    master: std::fs::File,
+    _slave: std::fs::File,
+    slave_path: PathBuf,
+}
+
+fn open_pty() -> Result<Pty> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers given; the
+    // optional name, termios and window-size arguments are null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!("openpty failed: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just opened for us; the Files own them.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `slave` is an open terminal; `t` is a valid termios.
+    unsafe {
+        libc::tcgetattr(slave.as_raw_fd(), &mut t);
+        libc::cfmakeraw(&mut t);
+        libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t);
+    }
+    let slave_path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
+        .context("naming the pty")?;
+    Ok(Pty {
+        master,
+        _slave: slave,
+        slave_path,
+    })
+}
+
 fn bochsrc(m: &Machine, iso: &Path, serial: &Path, log: &Path) -> String {
     format!(
         "megs: {mem}\n\
@@ -268,7 +364,7 @@ fn bochsrc(m: &Machine, iso: &Path, serial: &Path, log: &Path) -> String {
          cpu: model={model}, count={cpus}, ips=10000000, reset_on_triple_fault=0\n\
          ata0-master: type=cdrom, path={iso}, status=inserted\n\
          boot: cdrom\n\
-         com1: enabled=1, mode=file, dev={serial}\n\
+         com1: enabled=1, mode=term, dev={serial}\n\
          display_library: rfb, options=\"timeout=0\"\n\
          clock: sync=none\n\
          panic: action=fatal\n\
@@ -301,15 +397,16 @@ fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> R
     let BootMedia::Iso(iso) = media else {
         anyhow::bail!("Bochs boots only the GRUB ISO (--boot grub)")
     };
-    let serial_path = dir.join("serial.txt");
-    let _ = std::fs::remove_file(&serial_path);
-    std::fs::write(&serial_path, b"")?;
+    let pty = open_pty()?;
     let rc = dir.join("bochs.rc");
     let conf = dir.join("bochsrc");
     // `c` runs; a magic breakpoint (our success power-off) returns to the
     // debugger, which reads `quit` and exits 0.
     std::fs::write(&rc, "c\nquit\n")?;
-    std::fs::write(&conf, bochsrc(m, iso, &serial_path, &dir.join("bochs.log")))?;
+    std::fs::write(
+        &conf,
+        bochsrc(m, iso, &pty.slave_path, &dir.join("bochs.log")),
+    )?;
     let mut cmd = if can_unshare_net() {
         let mut c = Command::new("unshare");
         c.args(["-n", "bochs"]);
@@ -320,38 +417,35 @@ fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> R
     };
     cmd.arg("-q").arg("-f").arg(&conf).arg("-rc").arg(&rc);
     cmd.stdin(Stdio::null());
-    let out_path = dir.join("bochs.out");
-    cmd.stdout(std::fs::File::create(&out_path)?)
+    cmd.stdout(std::fs::File::create(dir.join("bochs.out"))?)
         .stderr(std::fs::File::create(dir.join("bochs.err"))?);
     let mut child = cmd.spawn().context("starting bochs")?;
-    let echoed = Mutex::new(0usize);
-    let read = || {
-        let text = std::fs::read(&serial_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if opts.echo {
-            let mut done = echoed.lock().unwrap();
-            if text.len() > *done {
-                let mut so = std::io::stdout().lock();
-                let _ = so.write_all(&text.as_bytes()[*done..]);
-                let _ = so.flush();
-                *done = text.len();
-            }
+    let serial = capture(pty.master.try_clone()?, opts.echo);
+    let read = || serial.lock().unwrap().clone();
+    let mut to_machine = pty.master.try_clone()?;
+    if let Input::Stdin = opts.input {
+        let mut w = pty.master.try_clone()?;
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+        });
+    }
+    let mut feeder = Feeder::new(opts.input);
+    let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |text| {
+        if let Some(f) = feeder.as_mut() {
+            f.feed(text, &mut to_machine);
         }
-        text
-    };
-    let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |_| false)?;
+        false
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
     let mut serial = read();
     if code != Some(0) {
-        // Bochs names its reason (a panic, a VMCS check) in its own output.
-        let tail: String = std::fs::read_to_string(dir.join("bochs.log"))
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .join("\n");
-        serial.push_str(&format!("\n[bochs log, last lines reversed]\n{tail}"));
+        // Bochs names its reason (a panic, a VMCS check) in its own log.
+        let log = std::fs::read_to_string(dir.join("bochs.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        serial.push_str(&format!(
+            "\n[bochs log, last lines, newest first]\n{}",
+            tail.join("\n")
+        ));
     }
     Ok(Run {
         outcome: Outcome {

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask build
 //! cargo xtask run [--emulator qemu|bochs] [--boot multiboot|uefi|grub] [--cpus N]
-//!                 [--memory SIZE] [--cpu-model NAME] [--timeout SECS] [-- HYPERVISOR_COMMAND_LINE]
+//!                 [--memory SIZE] [--cpu-model NAME] [--timeout SECS] [--no-root] [-- HYPERVISOR_COMMAND_LINE]
 //! cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--fuzz-seconds N]
 //! cargo xtask bench [--runs N]
 //! ```
@@ -22,7 +22,7 @@ fn usage() -> ! {
     eprintln!(
         "usage:\n  cargo xtask build\n  \
          cargo xtask run [--emulator qemu|bochs] [--boot multiboot|uefi|grub] [--cpus N] [--memory SIZE]\n                  \
-         [--cpu-model NAME] [--timeout SECS] [-- HYPERVISOR_COMMAND_LINE]\n  \
+         [--cpu-model NAME] [--timeout SECS] [--no-root] [-- HYPERVISOR_COMMAND_LINE]\n  \
          cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--fuzz-seconds N]\n  \
          cargo xtask bench [--runs N]"
     );
@@ -62,6 +62,7 @@ fn run_cmd(mut args: Args) -> Result<i32> {
     let mut memory = 512;
     let mut model = None;
     let mut timeout = 1800;
+    let mut with_root = true;
     let mut cmdline = String::new();
     while let Some(a) = args.0.next() {
         match a.as_str() {
@@ -84,6 +85,7 @@ fn run_cmd(mut args: Args) -> Result<i32> {
             "--memory" => memory = parse_size(&args.value(&a)?)?,
             "--cpu-model" => model = Some(args.value(&a)?),
             "--timeout" => timeout = args.value(&a)?.parse().context("--timeout takes seconds")?,
+            "--no-root" => with_root = false,
             "--" => {
                 cmdline = args.0.by_ref().collect::<Vec<_>>().join(" ");
             }
@@ -108,7 +110,12 @@ fn run_cmd(mut args: Args) -> Result<i32> {
         machine.cpu_model = m;
     }
     let dir = build::work_dir().join("run");
-    let media = image::make(boot, &art, &machine.cmdline, &[], &dir)?;
+    let modules = if with_root {
+        vec![(art.root_partition.clone(), "root".to_string())]
+    } else {
+        Vec::new()
+    };
+    let media = image::make(boot, &art, &machine.cmdline, &modules, &dir)?;
     eprintln!(
         "xtask: {emulator} {boot}, {cpus} CPUs ({}), {memory} MiB, time limit {timeout} s; serial console follows",
         machine.cpu_model
@@ -116,7 +123,7 @@ fn run_cmd(mut args: Args) -> Result<i32> {
     let opts = emulator::RunOptions {
         timeout: Duration::from_secs(timeout),
         echo: true,
-        interactive: emulator == Emulator::Qemu,
+        input: emulator::Input::Stdin,
         monitor_trigger: None,
         monitor_commands: &[],
     };

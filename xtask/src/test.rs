@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use system_tests::{judge, matrix, ready_for_monitor, Case, Expect};
+use system_tests::{judge, matrix, ready_for_monitor, Case, Expect, ROOT_PROMPT};
 
 struct Options {
     filter: Option<String>,
@@ -59,7 +59,10 @@ fn host_tests() -> Result<bool> {
 
 fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
     let dir = emulator::case_dir(&case.name);
-    let modules = image::standard_modules()?;
+    let mut modules = image::standard_modules()?;
+    if case.with_root {
+        modules.insert(0, (art.root_partition.clone(), "root".to_string()));
+    }
     let media = image::make(
         case.machine.boot,
         art,
@@ -76,7 +79,14 @@ fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
     let opts = emulator::RunOptions {
         timeout: Duration::from_secs(case.timeout_secs),
         echo: false,
-        interactive: false,
+        input: if case.script.is_empty() {
+            emulator::Input::Nothing
+        } else {
+            emulator::Input::Script {
+                prompt: ROOT_PROMPT,
+                lines: &case.script,
+            }
+        },
         monitor_trigger: if audit { Some(&trigger) } else { None },
         monitor_commands: &commands,
     };

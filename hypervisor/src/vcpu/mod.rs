@@ -49,6 +49,10 @@ pub enum Exit {
     Xsetbv,
     ControlRegister,
     Nmi,
+    /// A physical interrupt arrived while the VP ran (SVM: the host timer).
+    ExternalInterrupt,
+    /// The VMX preemption timer expired: the VP's time slice is over.
+    Preemption,
     MachineCheck,
     TripleFault,
     /// A virtualization instruction (VMX or SVM) the VP may not use.
@@ -71,6 +75,8 @@ impl Exit {
             Exit::Xsetbv => ExitReason::Xsetbv,
             Exit::ControlRegister => ExitReason::ControlRegister,
             Exit::Nmi => ExitReason::Nmi,
+            Exit::ExternalInterrupt => ExitReason::ExternalInterrupt,
+            Exit::Preemption => ExitReason::Preemption,
             Exit::MachineCheck => ExitReason::Exception,
             Exit::TripleFault => ExitReason::TripleFault,
             Exit::VirtualizationInstruction | Exit::EntryFailed(_) | Exit::Other(_) => {
@@ -96,6 +102,9 @@ pub struct StartState {
     /// The tag of this VP's TLB entries (VPID or ASID), non-zero.
     pub tlb_tag: u16,
 }
+
+/// How long a VP runs before the hypervisor takes the processor back.
+pub const TIME_SLICE_US: u64 = 10_000;
 
 /// Initial control registers of a 64-bit VP.
 pub const START_CR0: u64 = 0x8000_0033; // PG, NE, ET, MP, PE (+ WP below)

@@ -19,6 +19,7 @@ mod vmcb {
     pub const INTERCEPT_MISC2: u64 = 0x010;
     pub const MSRPM_BASE: u64 = 0x048;
     pub const GUEST_ASID: u64 = 0x058;
+    pub const INT_CONTROL: u64 = 0x060;
     pub const TLB_CONTROL: u64 = 0x05C;
     pub const EXIT_CODE: u64 = 0x070;
     pub const EXIT_INFO1: u64 = 0x078;
@@ -46,6 +47,9 @@ mod vmcb {
     pub const G_PAT: u64 = 0x668;
 }
 
+// With GIF clear, `sti` lets physical interrupts end the VP's run (INTR
+// exit) without the host taking them; `cli` before `stgi` keeps them pending
+// until the dispatcher takes them (`cpu::take_pending_interrupts`).
 // The world switch: save the host's extra state (FS/GS/TR/LDTR, KernelGsBase,
 // the syscall MSRs: VMRUN does not), load the guest's, run, and reverse.
 // RAX is in the VMCB; the other general registers travel through `regs`.
@@ -65,6 +69,7 @@ svm_enter:
     push rdx
     push rsi
     clgi
+    sti
     mov rax, rdx
     vmsave rax
     mov rbx, [rdi + 8]
@@ -102,6 +107,7 @@ svm_enter:
     mov [rax + 112], r15
     mov rax, [rsp + 8]
     vmload rax
+    cli
     stgi
     add rsp, 24
     pop r15
@@ -204,6 +210,10 @@ impl SvmVcpu {
             msr::write(msr::IA32_EFER, efer | EFER_SVME);
             msr::write(VM_HSAVE_PA, hsave);
         }
+        crate::x86::apic::start_periodic_timer(
+            crate::x86::idt::HOST_TIMER_VECTOR as u8,
+            super::TIME_SLICE_US,
+        );
         let v = SvmVcpu {
             regs: GuestRegs {
                 rdi: s.rdi,
@@ -214,11 +224,15 @@ impl SvmVcpu {
             nrip_save: caps.nrip_save,
         };
 
-        // Intercepts: word 3 bits: 18 CPUID, 24 HLT, 28 MSR_PROT, 31 SHUTDOWN.
+        // Intercepts: word 3 bits: 0 INTR (the host timer preempts the VP), 18
+        // CPUID, 24 HLT, 28 MSR_PROT, 31 SHUTDOWN.
         v.write32(
             vmcb::INTERCEPT_MISC1,
-            (1 << 18) | (1 << 24) | (1 << 28) | (1 << 31),
+            1 | (1 << 18) | (1 << 24) | (1 << 28) | (1 << 31),
         );
+        // V_INTR_MASKING: physical interrupts follow the host's IF (set around
+        // VMRUN), not the VP's; the VP's IF masks only virtual interrupts.
+        v.write32(vmcb::INT_CONTROL, 1 << 24);
         // Word 4: VMRUN (required), VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, XSETBV.
         v.write32(vmcb::INTERCEPT_MISC2, 0x7F | (1 << 13));
         v.write32(vmcb::INTERCEPT_EXCEPTIONS, 1 << 18);
@@ -267,6 +281,7 @@ impl SvmVcpu {
         let info1 = self.read(vmcb::EXIT_INFO1);
         match code {
             0x52 => Exit::MachineCheck,
+            0x60 => Exit::ExternalInterrupt,
             0x61 => Exit::Nmi,
             0x72 => Exit::Cpuid,
             0x78 => Exit::Halt,

@@ -48,6 +48,7 @@ mod field {
     pub const GUEST_INTERRUPTIBILITY: u32 = 0x4824;
     pub const GUEST_ACTIVITY: u32 = 0x4826;
     pub const GUEST_SYSENTER_CS: u32 = 0x482A;
+    pub const PREEMPTION_TIMER: u32 = 0x482E;
     pub const HOST_SYSENTER_CS: u32 = 0x4C00;
     pub const CR0_MASK: u32 = 0x6000;
     pub const CR4_MASK: u32 = 0x6002;
@@ -91,6 +92,7 @@ const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
 const IA32_VMX_EXIT_CTLS: u32 = 0x483;
 const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
 const IA32_PAT: u32 = 0x277;
+const IA32_VMX_MISC: u32 = 0x485;
 const CR4_VMXE: u64 = 1 << 13;
 
 /// The VMX instructions. Each reports failure (CF or ZF set) as `Err`.
@@ -366,12 +368,20 @@ impl VmxVcpu {
         let true_ctls = caps.true_controls;
         let pick = |plain: u32, truer: u32| msr::read(if true_ctls { truer } else { plain });
         let err = |_| "a required VMX control is not supported";
+        const PREEMPTION_TIMER: u32 = 1 << 6;
         let pin = adjust_controls(
             pick(msr::IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS),
-            0,
-            0,
+            PREEMPTION_TIMER,
+            PREEMPTION_TIMER,
         )
-        .map_err(err)?;
+        .map_err(|_| "VMX without the preemption timer is not supported")?;
+        // The timer counts down at the TSC rate divided by 2^IA32_VMX_MISC[4:0];
+        // it restarts from this value at every VM entry (its value is not saved).
+        let shift = msr::read(IA32_VMX_MISC) & 0x1F;
+        let slice = (crate::time::tsc_hz() as u128 * super::TIME_SLICE_US as u128 / 1_000_000)
+            as u64
+            >> shift;
+        vmwrite(field::PREEMPTION_TIMER, slice.clamp(1, u32::MAX as u64))?;
         const HLT_EXITING: u32 = 1 << 7;
         const MSR_BITMAPS: u32 = 1 << 28;
         const SECONDARY: u32 = 1 << 31;
@@ -540,6 +550,7 @@ impl VmxVcpu {
                 18 => Exit::MachineCheck,
                 v => Exit::Other(0x100 | v),
             },
+            1 => Exit::ExternalInterrupt,
             2 => Exit::TripleFault,
             10 => Exit::Cpuid,
             12 => Exit::Halt,
@@ -552,6 +563,7 @@ impl VmxVcpu {
             31 => Exit::MsrRead,
             32 => Exit::MsrWrite,
             41 => Exit::MachineCheck,
+            52 => Exit::Preemption,
             48 => Exit::SlatViolation {
                 gpa: insn::vmread(field::GUEST_PHYSICAL_ADDRESS),
                 write: qualification & 2 != 0,

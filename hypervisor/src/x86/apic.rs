@@ -103,6 +103,29 @@ fn send_ipi(dest: u32, icr_low: u64) {
     }
 }
 
+const REG_EOI: u32 = 0xB0;
+const REG_LVT_TIMER: u32 = 0x320;
+const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_CURRENT: u32 = 0x390;
+const REG_TIMER_DIVIDE: u32 = 0x3E0;
+
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
+
+/// Starts this processor's APIC timer, periodic, every `period_us`, on
+/// `vector`. The timer's rate is measured against the TSC first.
+pub fn start_periodic_timer(vector: u8, period_us: u64) {
+    write(REG_TIMER_DIVIDE, 0x3); // divide by 16
+    write(REG_LVT_TIMER, 1 << 16); // masked while measuring
+    write(REG_TIMER_INITIAL, u32::MAX as u64);
+    crate::time::delay_us(1000);
+    let per_ms = u32::MAX as u64 - read(REG_TIMER_CURRENT);
+    let count = (per_ms * period_us / 1000).clamp(1, u32::MAX as u64);
+    write(REG_LVT_TIMER, vector as u64 | 1 << 17); // periodic
+    write(REG_TIMER_INITIAL, count);
+}
+
 /// INIT (delivery mode 101b, level assert).
 pub fn send_init(dest: u32) {
     send_ipi(dest, 0x4500);

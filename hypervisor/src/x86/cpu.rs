@@ -80,6 +80,14 @@ pub fn halt_forever() -> ! {
     }
 }
 
+/// Lets pending interrupts in for one instruction (the host's timer after an
+/// SVM interrupt exit), then masks them again.
+pub fn take_pending_interrupts() {
+    // SAFETY: the only unmasked interrupt sources are the host's own timer,
+    // whose handler acknowledges and returns (the PIC is masked at boot).
+    unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
 pub fn pause() {
     core::hint::spin_loop();
 }

@@ -2,12 +2,16 @@
 //!
 //! Every vector has a 16-byte stub that pushes a uniform frame (a zero error
 //! code where the processor pushes none, and the vector) and jumps to common
-//! code that saves the general registers and calls `exception_report`. Nothing
-//! is expected yet: every vector is a fatal report naming the processor.
+//! code that saves the general registers and calls `interrupt_entry`. The one
+//! vector the host expects is its own timer ([`HOST_TIMER_VECTOR`], which
+//! returns); every other vector is a fatal report naming the processor.
 use super::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CODE};
 use core::arch::global_asm;
 
-/// The stack at `exception_report`, lowest address first.
+/// The host's local APIC timer (preemption on SVM): acknowledged and returned from.
+pub const HOST_TIMER_VECTOR: u64 = 0xF0;
+
+/// The stack at `interrupt_entry`, lowest address first.
 #[repr(C)]
 #[derive(Debug)]
 pub struct TrapFrame {
@@ -75,8 +79,24 @@ exception_common:
     push r15
     cld
     mov rdi, rsp
-    call exception_report
-    ud2
+    call interrupt_entry
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    iretq
 "#
 );
 
