@@ -436,6 +436,27 @@ pub fn parse_rsdp(bytes: &[u8]) -> Option<AcpiRoot> {
     })
 }
 
+/// An RSDP naming `root`'s tables, checksummed (ACPI 6.5 section 5.2.5.3):
+/// what the root partition gets, whichever way the loader reported ACPI.
+pub fn make_rsdp(root: AcpiRoot) -> [u8; 36] {
+    let mut r = [0u8; 36];
+    r[..8].copy_from_slice(b"RSD PTR ");
+    r[9..15].copy_from_slice(b"HVROOT");
+    if root.revision >= 2 {
+        r[15] = 2;
+        r[20..24].copy_from_slice(&36u32.to_le_bytes());
+        r[24..32].copy_from_slice(&root.table_address.to_le_bytes());
+    } else {
+        r[16..20].copy_from_slice(&(root.table_address as u32).to_le_bytes());
+    }
+    let sum = |b: &[u8]| b.iter().fold(0u8, |a, x| a.wrapping_add(*x));
+    r[8] = 0u8.wrapping_sub(sum(&r[..20]));
+    if root.revision >= 2 {
+        r[32] = 0u8.wrapping_sub(sum(&r[..36]));
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +515,22 @@ mod tests {
         let s2 = r[..36].iter().fold(0u8, |a, x| a.wrapping_add(*x));
         r[32] = 0u8.wrapping_sub(s2);
         r
+    }
+
+    #[test]
+    fn made_rsdps_parse_back() {
+        for root in [
+            AcpiRoot {
+                revision: 2,
+                table_address: 0x7FE_1234,
+            },
+            AcpiRoot {
+                revision: 0,
+                table_address: 0xF_5000,
+            },
+        ] {
+            assert_eq!(parse_rsdp(&make_rsdp(root)), Some(root));
+        }
     }
 
     #[test]

@@ -244,9 +244,8 @@ extern "C" fn bsp_main(trampoline_page: u64) -> ! {
         info!("boot complete; no root partition module; processors idle");
         cpu::halt_forever()
     };
-    let rsdp_gpa = 0; // the root finds the RSDP itself where firmware keeps it
     let vps = smp::ONLINE.load(Ordering::Acquire);
-    let created = root::create(bi, image, &caps, vps, rsdp_gpa);
+    let created = root::create(bi, image, &caps, vps);
     let root = match ROOT.call_once(|| created.map_err(|e| error!("root partition: {e}")).ok()) {
         Some(r) => r,
         None => fatal(format_args!("cannot create the root partition")),

@@ -188,12 +188,20 @@ pub fn create(
     image: &RootImage,
     caps: &Caps,
     vp_count: u32,
-    rsdp: u64,
 ) -> Result<RootPartition, &'static str> {
     // 1. Memory: everything free but a reserve goes to the root, plus its
     //    image and boot area and the modules (it reads guest images from them).
     let mut ram = memory::hand_over_free_memory(KEEP_BYTES);
     ram.push(image.reserved);
+    // Page 0 (real-mode IVT, BIOS data area) is firmware's and so the root's;
+    // the hypervisor only keeps it out of its own tables.
+    if bi
+        .regions()
+        .iter()
+        .any(|r| r.kind == RegionKind::Usable && r.start == 0 && r.end >= PAGE_SIZE)
+    {
+        ram.push((0, PAGE_SIZE));
+    }
     for m in bi.modules() {
         ram.push((
             m.start & !(PAGE_SIZE - 1),
@@ -246,6 +254,23 @@ pub fn create(
         // SAFETY: the GDT page was just taken from the boot area.
         unsafe { core::ptr::write_volatile((gdt as *mut u64).add(i), d) };
     }
+    // An RSDP for the root (in the GDT page at 0x200): the loaders may have
+    // handed the hypervisor only a copy.
+    let rsdp = match bi.acpi {
+        Some(acpi) => {
+            let bytes = crate::bootinfo::make_rsdp(acpi);
+            // SAFETY: the GDT page is boot-area memory taken above; 0x200 + 36 fits.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    (gdt + 0x200) as *mut u8,
+                    bytes.len(),
+                )
+            };
+            gdt + 0x200
+        }
+        None => 0,
+    };
 
     let (slat_root, vendor_slat) = match caps {
         Caps::Vmx(_) => (build_slat::<Ept>(bi, &ram, top)?, "EPT"),

@@ -120,10 +120,32 @@ fn run_cmd(mut args: Args) -> Result<i32> {
         "xtask: {emulator} {boot}, {cpus} CPUs ({}), {memory} MiB, time limit {timeout} s; serial console follows",
         machine.cpu_model
     );
+    // A terminal is passed straight through; piped input is typed one line per
+    // root prompt, so nothing is lost before the root's console is ready.
+    use std::io::{BufRead, IsTerminal};
+    let piped: Vec<String> = if std::io::stdin().is_terminal() || !with_root {
+        Vec::new()
+    } else {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .map_while(Result::ok)
+            .collect()
+    };
+    let input = if std::io::stdin().is_terminal() {
+        emulator::Input::Stdin
+    } else if with_root {
+        emulator::Input::Script {
+            prompt: system_tests::ROOT_PROMPT,
+            lines: &piped,
+        }
+    } else {
+        emulator::Input::Nothing
+    };
     let opts = emulator::RunOptions {
         timeout: Duration::from_secs(timeout),
         echo: true,
-        input: emulator::Input::Stdin,
+        input,
         monitor_trigger: None,
         monitor_commands: &[],
     };
