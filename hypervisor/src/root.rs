@@ -172,6 +172,11 @@ fn build_slat<F: Format>(bi: &BootInfo, ram: &[(u64, u64)], top: u64) -> Result<
                 subtract(&mut devices, s, e);
             }
         }
+        // Root RAM may lie in regions the map does not call usable (our UEFI
+        // loader's modules are loader data): it is mapped as RAM, once.
+        for &(s, e) in ram {
+            subtract(&mut devices, s, e);
+        }
         subtract(&mut devices, LAPIC_PAGE, LAPIC_PAGE + PAGE_SIZE);
         for (s, e) in devices {
             pt.map(mem, s, s, e - s, Perms::DEVICE).map_err(err)?;
