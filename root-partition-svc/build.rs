@@ -1,0 +1,10 @@
+// Links the bare-metal binary at `hv_abi::root_boot::ROOT_IMAGE_BASE` (see linker.ld).
+fn main() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    println!("cargo:rerun-if-changed=linker.ld");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("none") {
+        println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
+        println!("cargo:rustc-link-arg-bins=-zmax-page-size=4096");
+        println!("cargo:rustc-link-arg-bins=-znorelro");
+    }
+}

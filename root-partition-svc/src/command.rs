@@ -1,0 +1,293 @@
+//! The shell's commands and their parser.
+//!
+//! A line is split at ASCII whitespace; commands and sub-commands are
+//! lower-case words. Every malformed line gives a [`ParseError`] whose
+//! `Display` is one line meant for the user.
+
+use core::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    HostInfo,
+    HostStats,
+    Shutdown,
+    Reboot,
+    /// Read the u64 at this physical address.
+    DebugRead(u64),
+    /// Check that XMM0-15 survive VM exits.
+    DebugFpu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError<'a> {
+    /// Nothing but whitespace: the shell just prompts again.
+    Empty,
+    Unknown(&'a str),
+    /// `host`/`debug` without a sub-command.
+    MissingSubcommand {
+        command: &'static str,
+    },
+    UnknownSubcommand {
+        command: &'static str,
+        sub: &'a str,
+    },
+    /// A word after a complete command.
+    ExtraArgument {
+        command: &'static str,
+        arg: &'a str,
+    },
+    /// `debug read` without an address.
+    MissingAddress,
+    BadAddress(&'a str),
+}
+
+/// Usage lines, also the `help` text.
+pub const HELP: &[(&str, &str)] = &[
+    ("help", "this list"),
+    (
+        "host info",
+        "the hypervisor and the machine (GET_HOST_INFO)",
+    ),
+    (
+        "host stats",
+        "VM exits by reason and processor, world switches, hypervisor time (GET_HOST_STATS)",
+    ),
+    ("shutdown", "power the machine off (ACPI S5)"),
+    (
+        "reboot",
+        "reset the machine (ACPI reset register, port 0xCF9, keyboard controller)",
+    ),
+    (
+        "debug read ADDR",
+        "print the u64 at physical address ADDR (0x-prefixed hex, or decimal)",
+    ),
+    ("debug fpu", "check that XMM0-15 survive 1000 VM exits"),
+];
+
+const HOST_USAGE: &str = "host info | host stats";
+const DEBUG_USAGE: &str = "debug read ADDR | debug fpu";
+
+impl fmt::Display for ParseError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ParseError::Empty => write!(f, "empty command; type help"),
+            ParseError::Unknown(w) => {
+                write!(f, "unknown command \"{}\"; type help", w.escape_debug())
+            }
+            ParseError::MissingSubcommand { command } => {
+                write!(
+                    f,
+                    "\"{command}\" needs a sub-command; usage: {}",
+                    usage(command)
+                )
+            }
+            ParseError::UnknownSubcommand { command, sub } => write!(
+                f,
+                "unknown {command} command \"{}\"; usage: {}",
+                sub.escape_debug(),
+                usage(command)
+            ),
+            ParseError::ExtraArgument { command, arg } => write!(
+                f,
+                "too many arguments: \"{command}\" does not take \"{}\"; type help",
+                arg.escape_debug()
+            ),
+            ParseError::MissingAddress => {
+                write!(f, "debug read needs an address; usage: debug read ADDR")
+            }
+            ParseError::BadAddress(a) => write!(
+                f,
+                "bad address \"{}\": use 0x-prefixed hex or decimal, at most 64 bits",
+                a.escape_debug()
+            ),
+        }
+    }
+}
+
+fn usage(command: &str) -> &'static str {
+    match command {
+        "host" => HOST_USAGE,
+        _ => DEBUG_USAGE,
+    }
+}
+
+/// A 64-bit number: `0x`/`0X` then hex digits, or decimal digits.
+pub fn parse_number(s: &str) -> Option<u64> {
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => (h, 16),
+        None => (s, 10),
+    };
+    // `from_str_radix` would also take a leading `+`.
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+pub fn parse(line: &str) -> Result<Command, ParseError<'_>> {
+    let mut words = line.split_ascii_whitespace();
+    let Some(first) = words.next() else {
+        return Err(ParseError::Empty);
+    };
+    let (command, name): (Command, &'static str) = match first {
+        "help" => (Command::Help, "help"),
+        "shutdown" => (Command::Shutdown, "shutdown"),
+        "reboot" => (Command::Reboot, "reboot"),
+        "host" => match words.next() {
+            None => return Err(ParseError::MissingSubcommand { command: "host" }),
+            Some("info") => (Command::HostInfo, "host info"),
+            Some("stats") => (Command::HostStats, "host stats"),
+            Some(sub) => {
+                return Err(ParseError::UnknownSubcommand {
+                    command: "host",
+                    sub,
+                })
+            }
+        },
+        "debug" => match words.next() {
+            None => return Err(ParseError::MissingSubcommand { command: "debug" }),
+            Some("fpu") => (Command::DebugFpu, "debug fpu"),
+            Some("read") => {
+                let a = words.next().ok_or(ParseError::MissingAddress)?;
+                let addr = parse_number(a).ok_or(ParseError::BadAddress(a))?;
+                (Command::DebugRead(addr), "debug read")
+            }
+            Some(sub) => {
+                return Err(ParseError::UnknownSubcommand {
+                    command: "debug",
+                    sub,
+                })
+            }
+        },
+        other => return Err(ParseError::Unknown(other)),
+    };
+    match words.next() {
+        Some(arg) => Err(ParseError::ExtraArgument { command: name, arg }),
+        None => Ok(command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse("help"), Ok(Command::Help));
+        assert_eq!(parse("  host   info \t"), Ok(Command::HostInfo));
+        assert_eq!(parse("host stats"), Ok(Command::HostStats));
+        assert_eq!(parse("shutdown"), Ok(Command::Shutdown));
+        assert_eq!(parse("reboot"), Ok(Command::Reboot));
+        assert_eq!(parse("debug fpu"), Ok(Command::DebugFpu));
+        assert_eq!(
+            parse("debug read 0x100000"),
+            Ok(Command::DebugRead(0x10_0000))
+        );
+        assert_eq!(parse("debug read 0XfF"), Ok(Command::DebugRead(255)));
+        assert_eq!(parse("debug read 4096"), Ok(Command::DebugRead(4096)));
+        assert_eq!(
+            parse("debug read 0xffffffffffffffff"),
+            Ok(Command::DebugRead(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn empty_lines() {
+        assert_eq!(parse(""), Err(ParseError::Empty));
+        assert_eq!(parse("   \t "), Err(ParseError::Empty));
+    }
+
+    #[test]
+    fn unknown_commands() {
+        assert_eq!(parse("foo"), Err(ParseError::Unknown("foo")));
+        assert_eq!(parse("HELP"), Err(ParseError::Unknown("HELP")));
+        assert_eq!(
+            parse("foo").unwrap_err().to_string(),
+            "unknown command \"foo\"; type help"
+        );
+        assert_eq!(
+            parse("host bar").unwrap_err(),
+            ParseError::UnknownSubcommand {
+                command: "host",
+                sub: "bar"
+            }
+        );
+        assert_eq!(
+            parse("host").unwrap_err().to_string(),
+            "\"host\" needs a sub-command; usage: host info | host stats"
+        );
+        assert_eq!(
+            parse("debug").unwrap_err(),
+            ParseError::MissingSubcommand { command: "debug" }
+        );
+        assert_eq!(
+            parse("debug write 1").unwrap_err().to_string(),
+            "unknown debug command \"write\"; usage: debug read ADDR | debug fpu"
+        );
+        // Control characters are shown escaped, the message stays one line.
+        let msg = parse("a\u{1b}b").unwrap_err().to_string();
+        assert!(!msg.contains('\u{1b}') && !msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn bad_addresses() {
+        assert_eq!(parse("debug read"), Err(ParseError::MissingAddress));
+        for bad in [
+            "0x",
+            "0xg",
+            "12a",
+            "-1",
+            "+1",
+            "0x1_000",
+            "18446744073709551616",
+            "0x1ffffffffffffffff",
+        ] {
+            let line = std::format!("debug read {bad}");
+            assert_eq!(parse(&line), Err(ParseError::BadAddress(bad)), "{bad}");
+        }
+        assert_eq!(
+            parse("debug read zz").unwrap_err().to_string(),
+            "bad address \"zz\": use 0x-prefixed hex or decimal, at most 64 bits"
+        );
+    }
+
+    #[test]
+    fn extra_arguments() {
+        assert_eq!(
+            parse("help me"),
+            Err(ParseError::ExtraArgument {
+                command: "help",
+                arg: "me"
+            })
+        );
+        assert_eq!(
+            parse("host info now"),
+            Err(ParseError::ExtraArgument {
+                command: "host info",
+                arg: "now"
+            })
+        );
+        assert_eq!(
+            parse("debug read 0x10 0x20"),
+            Err(ParseError::ExtraArgument {
+                command: "debug read",
+                arg: "0x20"
+            })
+        );
+        assert_eq!(
+            parse("shutdown -f").unwrap_err().to_string(),
+            "too many arguments: \"shutdown\" does not take \"-f\"; type help"
+        );
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number("0"), Some(0));
+        assert_eq!(parse_number("0x0"), Some(0));
+        assert_eq!(parse_number("0xDEADbeef"), Some(0xDEAD_BEEF));
+        assert_eq!(parse_number(""), None);
+        assert_eq!(parse_number("1.5"), None);
+    }
+}

@@ -1,0 +1,110 @@
+//! The few instructions the root needs: port I/O, CPUID, MSRs, TSC, halting.
+//! Every function here is safe to call from the root (it owns the I/O ports;
+//! the MSRs used are the hypervisor's synthetic ones, which the hypervisor
+//! emulates).
+use core::arch::asm;
+
+pub fn outb(port: u16, v: u8) {
+    // SAFETY: the root owns the I/O ports; a port write touches no memory.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
+}
+
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+pub fn outw(port: u16, v: u16) {
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags))
+    };
+}
+
+pub fn inw(port: u16) -> u16 {
+    let v: u16;
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+pub fn outl(port: u16, v: u32) {
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// (EAX, EBX, ECX, EDX) of CPUID `leaf`/`sub` (a VM exit under the hypervisor).
+pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: CPUID only writes the four registers; RBX is reserved by LLVM,
+    // so it is saved in a scratch register around the instruction.
+    unsafe {
+        asm!(
+            "mov {tmp:r}, rbx",
+            "cpuid",
+            "xchg {tmp:r}, rbx",
+            tmp = out(reg) b,
+            inout("eax") leaf => a,
+            inout("ecx") sub => c,
+            out("edx") d,
+            options(nomem, nostack, preserves_flags),
+        )
+    };
+    [a, b, c, d]
+}
+
+/// Writes an MSR.
+///
+/// # Safety
+/// The MSR and the value must not break the memory safety of the root (the
+/// synthetic Hyper-V MSRs are fine: the hypervisor emulates them; an MSR it
+/// does not know raises #GP, which the IDT reports).
+pub unsafe fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: the caller vouches for the MSR and value.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack, preserves_flags))
+    };
+}
+
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (hi as u64) << 32 | lo as u64
+}
+
+pub fn cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effect (and causes no VM exit).
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Busy-waits about `us` microseconds, on the TSC at `tsc_hz`.
+pub fn delay_us(tsc_hz: u64, us: u64) {
+    let ticks = (tsc_hz / 1_000_000).max(1).saturating_mul(us);
+    let start = rdtsc();
+    while rdtsc().wrapping_sub(start) < ticks {
+        core::hint::spin_loop();
+    }
+}
+
+/// `cli; hlt` forever (the hypervisor parks the logical processor).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: disabling interrupts and halting touch no memory.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}

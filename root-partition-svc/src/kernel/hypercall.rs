@@ -1,0 +1,93 @@
+//! The hypercall page and the two host calls (TLFS calling convention: RCX =
+//! input value, RDX = input GPA, R8 = output GPA, status in RAX).
+use crate::arch::wrmsr;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+use hv_abi::hypercall::{Input, VMCALL_PAGE, VMMCALL_PAGE};
+use hv_abi::msr;
+
+#[repr(C, align(4096))]
+struct Page(UnsafeCell<[u8; 4096]>);
+// SAFETY: only VP 0 makes hypercalls; the pages are touched by it and by the
+// hypervisor on its behalf, never concurrently.
+unsafe impl Sync for Page {}
+
+/// The hypervisor writes `vmcall; ret` (or `vmmcall; ret`) here; it is
+/// executable because the root's page tables (built by the hypervisor) set no NX.
+static CODE: Page = Page(UnsafeCell::new([0; 4096]));
+static INPUT: Page = Page(UnsafeCell::new([0; 4096]));
+static OUTPUT: Page = Page(UnsafeCell::new([0; 4096]));
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Sets the guest OS id and enables the hypercall page. The error is the
+/// page's first bytes when the MSR writes were accepted but the page holds no
+/// hypercall code.
+pub fn enable() -> Result<(), [u8; 4]> {
+    let page = CODE.0.get() as u64;
+    // SAFETY: the hypervisor emulates both MSRs (its CPUID grants
+    // AccessHypercallMsrs, checked by the caller); the page it then
+    // overwrites is this crate's own, used for nothing else.
+    unsafe {
+        wrmsr(msr::GUEST_OS_ID, root_partition_svc::boot::GUEST_OS_ID);
+        wrmsr(msr::HYPERCALL, page | msr::HYPERCALL_ENABLE);
+    }
+    // SAFETY: reading the first bytes of our own page; volatile because the
+    // hypervisor wrote them behind the compiler's back.
+    let head = unsafe { core::ptr::read_volatile(page as *const [u8; 4]) };
+    if head == VMCALL_PAGE || head == VMMCALL_PAGE {
+        ENABLED.store(true, Ordering::Relaxed);
+        Ok(())
+    } else {
+        Err(head)
+    }
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// A slow call without input and with one output page; the page's contents
+/// on success, the HV_STATUS otherwise.
+pub fn call_with_output(code: u16) -> Result<[u8; 4096], u16> {
+    if !enabled() {
+        return Err(hv_abi::hypercall::status::INVALID_HYPERCALL_CODE);
+    }
+    let input = Input {
+        code,
+        fast: false,
+        variable_header_size: 0,
+        rep_count: 0,
+        rep_start: 0,
+    }
+    .encode();
+    let status: u64;
+    // SAFETY: the hypercall page holds `vmcall; ret` (checked in `enable`);
+    // the call uses the stack for its return address only; the hypervisor
+    // writes the output page (ours, GPA = address) and returns the status in
+    // RAX. Every register the TLFS lets it change is declared clobbered, and
+    // memory is not `nomem`, so the output page is re-read afterwards.
+    unsafe {
+        core::arch::asm!(
+            "call {page}",
+            page = in(reg) CODE.0.get() as u64,
+            inout("rcx") input => _,
+            inout("rdx") INPUT.0.get() as u64 => _,
+            inout("r8") OUTPUT.0.get() as u64 => _,
+            lateout("rax") status,
+            lateout("r9") _,
+            lateout("r10") _,
+            lateout("r11") _,
+        )
+    };
+    let status = status as u16;
+    if status != hv_abi::hypercall::status::SUCCESS {
+        return Err(status);
+    }
+    let mut out = [0u8; 4096];
+    // SAFETY: our own page, just filled by the hypervisor; the asm block above
+    // may write memory, so the compiler does not reuse older contents.
+    unsafe {
+        core::ptr::copy_nonoverlapping(OUTPUT.0.get() as *const u8, out.as_mut_ptr(), out.len())
+    };
+    Ok(out)
+}

@@ -1,0 +1,172 @@
+//! The shell on COM1: prompt, line editing, the commands.
+use crate::phys::Identity;
+use crate::{fpu, hypercall, power, print, println, serial};
+use hv_abi::{hypercall as hc, HostInfo, HostStats, LpStats, RootBoot};
+use root_partition_svc::acpi::{self, Platform};
+use root_partition_svc::boot::{self, HvIdentity};
+use root_partition_svc::command::{self, Command, ParseError, HELP};
+use root_partition_svc::line::{Event, LineEditor};
+use root_partition_svc::{format, PROMPT};
+
+/// TSC frequency assumed for delays when the hypervisor cannot be asked.
+const FALLBACK_TSC_HZ: u64 = 3_000_000_000;
+
+struct Shell {
+    hv: HvIdentity,
+    mem: Identity,
+    acpi: Option<Platform>,
+    tsc_hz: u64,
+}
+
+pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
+    let mem = Identity {
+        top: boot::identity_top(&boot),
+    };
+    let rsdp = if boot.rsdp != 0 {
+        Some(boot.rsdp)
+    } else {
+        acpi::find_rsdp_bios(&mem)
+    };
+    let acpi = match rsdp.map(|r| acpi::read_platform(&mem, r)) {
+        Some(Ok(p)) => {
+            if p.power_off.is_none() {
+                println!("root partition: ACPI: no usable PM1 control or \\_S5; shutdown uses the emulator exits only");
+            }
+            Some(p)
+        }
+        Some(Err(e)) => {
+            println!("root partition: ACPI: {e}; shutdown and reboot use the fallbacks only");
+            None
+        }
+        None => {
+            println!("root partition: ACPI: no RSDP; shutdown and reboot use the fallbacks only");
+            None
+        }
+    };
+    let tsc_hz = host_info()
+        .ok()
+        .map(|i| i.tsc_hz)
+        .filter(|&h| h != 0)
+        .unwrap_or(FALLBACK_TSC_HZ);
+    let shell = Shell {
+        hv,
+        mem,
+        acpi,
+        tsc_hz,
+    };
+
+    if boot::has_word(boot.cmdline(), "poweroff") {
+        println!("{PROMPT}");
+        shell.shutdown();
+    }
+
+    let mut editor = LineEditor::<128>::new();
+    print!("{PROMPT}");
+    loop {
+        let Some(b) = serial::try_read() else {
+            core::hint::spin_loop();
+            continue;
+        };
+        match editor.feed(b, &mut |e| serial::write_bytes(e)) {
+            Event::None => continue,
+            Event::Line => {
+                shell.execute(editor.line());
+                editor.clear();
+            }
+            Event::Overflow => println!(
+                "line too long (more than {} characters); ignored",
+                editor.capacity()
+            ),
+            Event::Interrupt => {}
+        }
+        print!("{PROMPT}");
+    }
+}
+
+fn host_info() -> Result<HostInfo, u16> {
+    let page = hypercall::call_with_output(hc::GET_HOST_INFO)?;
+    HostInfo::decode(&page).ok_or(hc::status::INVALID_PARAMETER)
+}
+
+impl Shell {
+    fn execute(&self, line: &str) {
+        let cmd = match command::parse(line) {
+            Ok(c) => c,
+            Err(ParseError::Empty) => return,
+            Err(e) => {
+                println!("{e}");
+                return;
+            }
+        };
+        match cmd {
+            Command::Help => {
+                println!("commands:");
+                for (usage, what) in HELP {
+                    println!("  {usage:<18} {what}");
+                }
+            }
+            Command::HostInfo => self.host_info(),
+            Command::HostStats => self.host_stats(),
+            Command::Shutdown => self.shutdown(),
+            Command::Reboot => power::reboot(self.acpi.as_ref(), &self.mem, self.tsc_hz),
+            Command::DebugRead(addr) => match self.mem.read_u64(addr) {
+                Some(v) => println!("{addr:#x}: {v:#018x}"),
+                None => println!(
+                    "debug read: {addr:#x} is outside the root's identity map (0..{:#x})",
+                    self.mem.top
+                ),
+            },
+            Command::DebugFpu => {
+                let _ = root_partition_svc::fpu::report(&mut serial::Com1, fpu::check());
+            }
+        }
+    }
+
+    fn shutdown(&self) -> ! {
+        power::power_off(self.acpi.as_ref(), self.tsc_hz)
+    }
+
+    fn unavailable(&self, what: &str) -> bool {
+        if hypercall::enabled() {
+            return false;
+        }
+        println!("{what}: hypercalls are unavailable (no hypercall page)");
+        true
+    }
+
+    fn host_info(&self) {
+        if self.unavailable("host info") {
+            return;
+        }
+        match host_info() {
+            Ok(info) => {
+                let _ = format::host_info(&mut serial::Com1, &info, &self.hv);
+            }
+            Err(s) => {
+                let _ =
+                    format::hypercall_failed(&mut serial::Com1, "host info", "GET_HOST_INFO", s);
+            }
+        }
+    }
+
+    fn host_stats(&self) {
+        if self.unavailable("host stats") {
+            return;
+        }
+        match hypercall::call_with_output(hc::GET_HOST_STATS) {
+            Ok(page) => {
+                let mut lps = [LpStats::default(); HostStats::MAX_LPS];
+                match HostStats::decode(&page, &mut lps) {
+                    Some(n) => {
+                        let _ = format::host_stats(&mut serial::Com1, &lps[..n]);
+                    }
+                    None => println!("host stats: the hypervisor's answer is malformed"),
+                }
+            }
+            Err(s) => {
+                let _ =
+                    format::hypercall_failed(&mut serial::Com1, "host stats", "GET_HOST_STATS", s);
+            }
+        }
+    }
+}

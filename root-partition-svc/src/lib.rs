@@ -1,0 +1,16 @@
+//! The root partition's logic that needs no hardware: the shell's command
+//! parser and line editor, the formats of its output, and reading the ACPI
+//! tables. Unit-tested on the host, linked into the bare-metal kernel
+//! (`src/kernel/main.rs`) unchanged.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod acpi;
+pub mod boot;
+pub mod command;
+pub mod format;
+pub mod fpu;
+pub mod line;
+
+/// The shell's prompt.
+pub const PROMPT: &str = "root> ";
