@@ -1,0 +1,218 @@
+//! Fuzz harnesses, shared by the cargo-fuzz targets (fuzz_targets/) and by
+//! the regression test vmbus/tests/fuzz_regressions.rs, which replays the
+//! kept seeds and a bounded deterministic sweep on stable `cargo test`.
+
+use vmbus::guest::{Guest, GuestConfig, OpenParams};
+use vmbus::guid::class;
+use vmbus::host::{Host, HostConfig, OfferParams};
+use vmbus::messages::{ChannelMessage, MAX_MESSAGE_SIZE};
+use vmbus::packet::{Descriptor, Packet, DESCRIPTOR_SIZE};
+use vmbus::ring::{RingReader, RingWriter, WriteResult};
+use vmbus::shared_mem::{HeapRing, RingMemory};
+use vmbus::sim::{SharedBus, SimBus, SimGuestPort, SimHostPort};
+use vmbus::Guid;
+
+use std::sync::atomic::Ordering;
+
+fn u16_at(d: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([d[at], d[at + 1]])
+}
+
+fn u32_at(d: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
+}
+
+/// Input: `u32 write_index, u32 read_index, u8 flags, u8 max_packet/8,
+/// u16 ring_len`, then `ring_len` bytes of ring data, then a script of
+/// 6-byte mutations `u16 target, u32 value` that a hostile peer applies to
+/// the header or the data between two reads.
+pub fn ring_reader(data: &[u8]) {
+    if data.len() < 12 {
+        return;
+    }
+    let (write, read, flags) = (u32_at(data, 0), u32_at(data, 4), data[8]);
+    let max_packet = u32::from(data[9]) * 8;
+    let ring_len = usize::from(u16_at(data, 10));
+    let rest = &data[12..];
+    let (body, script) = rest.split_at(ring_len.min(rest.len()));
+    let words = (body.len() / 8).max(6);
+    let size = words * 8;
+    let ring = HeapRing::new(size);
+    for (w, chunk) in ring.data().iter().zip(body.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+    let h = ring.header();
+    h.write_index.store(write, Ordering::Relaxed);
+    h.read_index.store(read, Ordering::Relaxed);
+    h.pending_send_size
+        .store(u32::from(flags >> 4) * 64, Ordering::Relaxed);
+
+    let mut reader = match RingReader::new(&ring) {
+        Ok(r) => r,
+        Err(_) => {
+            assert!(read as usize >= size || read % 8 != 0);
+            return;
+        }
+    };
+    if flags & 1 != 0 && max_packet > 0 {
+        reader.set_max_packet(max_packet);
+    }
+    let mut script = script.chunks_exact(6);
+    let mut buf = Vec::new();
+    let mut done = false;
+    // Every packet consumes at least 24 bytes, and the peer can publish at
+    // most `size` bytes per mutation, so this bound is never reached unless
+    // the reader loops.
+    let bound = (script.len() + 2) * (size / 24 + 1);
+    for _ in 0..bound {
+        match reader.read(&mut buf) {
+            Ok(true) => {
+                assert!(buf.len() >= DESCRIPTOR_SIZE && buf.len() <= size);
+                assert!(buf.len() <= max_packet as usize || flags & 1 == 0 || max_packet == 0);
+                if let Ok(p) = Packet::parse(&buf) {
+                    assert!(p.payload.len() <= buf.len());
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                // Poisoned: the same error again, whatever the peer does.
+                assert_eq!(reader.read(&mut buf), Err(e));
+                done = true;
+                break;
+            }
+        }
+        if flags & 2 != 0 {
+            let _ = reader.commit();
+        }
+        match script.next() {
+            Some(m) => {
+                let (target, value) = (usize::from(u16_at(m, 0)), u32_at(m, 2));
+                match target % (words + 4) {
+                    0 => h.write_index.store(value, Ordering::Relaxed),
+                    1 => h.read_index.store(value, Ordering::Relaxed),
+                    2 => h.interrupt_mask.store(value, Ordering::Relaxed),
+                    3 => h.pending_send_size.store(value, Ordering::Relaxed),
+                    t => ring.data()[t - 4]
+                        .store(u64::from(value) * 0x1_0000_0001, Ordering::Relaxed),
+                }
+            }
+            None => {
+                // No more mutations: the ring must drain to empty or error.
+                let mut left = size / 24 + 2;
+                while let Ok(true) = reader.read(&mut buf) {
+                    left -= 1;
+                    assert!(left > 0, "reader did not terminate");
+                }
+                done = true;
+                break;
+            }
+        }
+    }
+    assert!(done, "reader looped");
+    let _ = reader.commit();
+    let _ = reader.end_batch();
+
+    // A writer attaching to the same (possibly garbage) ring.
+    if let Ok(mut writer) = RingWriter::new(&ring) {
+        let len = usize::from(data[9]).min(body.len());
+        let desc = Descriptor {
+            packet_type: 6,
+            offset8: 2,
+            len8: (DESCRIPTOR_SIZE + len).div_ceil(8) as u16,
+            flags: 0,
+            transaction_id: 1,
+        };
+        match writer.write(&desc.to_bytes(), &[&body[..len]]) {
+            Ok(WriteResult::Written { .. }) | Ok(WriteResult::Full { .. }) | Err(_) => {}
+        }
+        let _ = writer.request_space(64);
+    }
+}
+
+fn check_message(bytes: &[u8]) {
+    if let Ok(msg) = ChannelMessage::parse(bytes) {
+        let enc = msg.encode();
+        assert!(enc.as_slice().len() <= MAX_MESSAGE_SIZE);
+        assert_eq!(ChannelMessage::parse(enc.as_slice()), Ok(msg));
+    }
+}
+
+/// Delivers queued messages both ways; every message the host posts must
+/// parse. Bounded: a conversation that does not settle is a bug.
+fn pump(bus: &SharedBus, host: &mut Host<SimHostPort>, guest: &mut Guest<SimGuestPort>) {
+    for _ in 0..10_000 {
+        let to_host = bus.borrow_mut().to_host.pop_front();
+        if let Some((conn, bytes)) = to_host {
+            assert!(ChannelMessage::parse(&bytes).is_ok(), "guest posted junk");
+            let _ = host.handle_message(conn, &bytes);
+            continue;
+        }
+        let to_guest = bus.borrow_mut().to_guest.pop_front();
+        if let Some(m) = to_guest {
+            assert!(ChannelMessage::parse(&m.bytes).is_ok(), "host posted junk");
+            let _ = guest.handle_message(&m.bytes);
+            continue;
+        }
+        return;
+    }
+    panic!("message ping-pong did not settle");
+}
+
+/// Input: the whole input is parsed as one message (and must round-trip
+/// if it parses); then it is split into records `u8 len, [len] bytes`:
+/// len 1..=240 injects a raw message to the host (connection id 1, or 4 if
+/// the first byte is odd) and to the guest; len 0 is followed by one
+/// action byte that drives the host or guest API.
+pub fn channel_message(data: &[u8]) {
+    check_message(data);
+    let bus = SimBus::new(48);
+    let mut host = Host::new(SimHostPort(bus.clone()), HostConfig::default());
+    let _ = host.add_offer(OfferParams::new(class::SCSI, Guid::from_u128(1)));
+    let _ = host.add_offer(OfferParams::new(class::NETWORK, Guid::from_u128(2)));
+    let mut guest = Guest::new(SimGuestPort(bus.clone()), GuestConfig::default());
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        if len == 0 {
+            let Some((&action, tail)) = tail.split_first() else {
+                break;
+            };
+            rest = tail;
+            let relid = u32::from(action >> 4) % 4;
+            match action & 0xF {
+                0 => drop(guest.connect()),
+                1 => drop(guest.request_offers()),
+                2 => drop(guest.open_channel(
+                    relid,
+                    OpenParams {
+                        send_ring_pages: 2 + u32::from(action >> 6),
+                        recv_ring_pages: 2,
+                        target_vp: 0,
+                        user_data: [0; 120],
+                    },
+                )),
+                3 => drop(guest.close_channel(relid)),
+                4 => drop(guest.release_relid(relid)),
+                5 => drop(guest.modify_channel(relid, 1)),
+                6 => drop(guest.unload()),
+                7 => drop(host.rescind(relid)),
+                8 => drop(host.add_offer(OfferParams::new(class::HEARTBEAT, Guid::from_u128(3)))),
+                _ => {}
+            }
+        } else {
+            let n = usize::from(len).min(tail.len());
+            let (msg, tail) = tail.split_at(n);
+            rest = tail;
+            check_message(msg);
+            let conn = if msg.first().is_some_and(|b| b & 1 == 1) {
+                4
+            } else {
+                1
+            };
+            let _ = host.handle_message(conn, msg);
+            let _ = guest.handle_message(msg);
+        }
+        pump(&bus, &mut host, &mut guest);
+    }
+}

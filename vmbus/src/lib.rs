@@ -1,0 +1,40 @@
+//! VMBus, the Hyper-V channel protocol, as a `no_std` + `alloc` library.
+//!
+//! Layers, bottom up (see `docs/vmbus.md`):
+//! - [`shared_mem`]: the only module with `unsafe`; atomics-only views of
+//!   memory shared with the peer.
+//! - [`ring`]: the Hyper-V ring buffer (header page + data area), reader and
+//!   writer with the signalling rules.
+//! - [`packet`]: the 16-byte packet descriptor and the in-band, completion,
+//!   GPA-direct and transfer-page packet formats.
+//! - [`channel`]: an open channel = one inbound and one outbound ring.
+//! - [`messages`]: the channel-management messages posted through SynIC.
+//! - [`gpadl`]: assembling GPADLs from header and body messages.
+//! - [`host`] and [`guest`]: the two state machines, driven by messages and
+//!   by the [`host::HostPort`] / [`guest::GuestPort`] traits.
+//! - [`guid`]: GUIDs in Hyper-V byte order and the device class GUIDs.
+//! - [`sim`]: an in-process SynIC/guest-memory simulation for tests.
+//!
+//! Everything that reads peer-controlled data is safe Rust, copies before it
+//! validates and returns an error instead of panicking.
+#![no_std]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod channel;
+pub mod gpadl;
+pub mod guest;
+pub mod guid;
+pub mod host;
+pub mod messages;
+pub mod packet;
+pub mod ring;
+pub mod shared_mem;
+pub mod sim;
+
+pub use guid::Guid;
+
+/// Size of a guest page as VMBus sees it (GPADLs, GPA ranges, ring pages).
+pub const PAGE_SIZE: usize = 4096;
