@@ -662,7 +662,7 @@ fn hypercall(root: &RootPartition, vcpu: &mut Vcpu) -> u16 {
         return status::INVALID_HYPERCALL_INPUT;
     };
     let output_page = |gpa: u64| -> Result<&'static mut [u8], u16> {
-        if gpa % PAGE_SIZE != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE) {
             return Err(status::INVALID_ALIGNMENT);
         }
         if !root.owns(gpa, PAGE_SIZE) {

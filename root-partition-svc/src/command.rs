@@ -17,7 +17,14 @@ pub enum Command {
     DebugRead(u64),
     /// Check that XMM0-15 survive VM exits.
     DebugFpu,
+    /// Time this many CPUID round trips through the hypervisor.
+    BenchExits(u64),
 }
+
+/// `bench exits` without a count.
+pub const BENCH_DEFAULT_EXITS: u64 = 10_000;
+/// More would keep the shell busy for minutes under emulation.
+pub const BENCH_MAX_EXITS: u64 = 10_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError<'a> {
@@ -40,6 +47,8 @@ pub enum ParseError<'a> {
     /// `debug read` without an address.
     MissingAddress,
     BadAddress(&'a str),
+    /// `bench exits` with a count that is not a number in 1..=BENCH_MAX_EXITS.
+    BadCount(&'a str),
 }
 
 /// Usage lines, also the `help` text.
@@ -52,6 +61,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "host stats",
         "VM exits by reason and processor, world switches, hypervisor time (GET_HOST_STATS)",
+    ),
+    (
+        "bench exits [N]",
+        "time N CPUID exits (default 10000): TSC ticks per round trip",
     ),
     ("shutdown", "power the machine off (ACPI S5)"),
     (
@@ -67,6 +80,7 @@ pub const HELP: &[(&str, &str)] = &[
 
 const HOST_USAGE: &str = "host info | host stats";
 const DEBUG_USAGE: &str = "debug read ADDR | debug fpu";
+const BENCH_USAGE: &str = "bench exits [N]";
 
 impl fmt::Display for ParseError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,6 +110,11 @@ impl fmt::Display for ParseError<'_> {
             ParseError::MissingAddress => {
                 write!(f, "debug read needs an address; usage: debug read ADDR")
             }
+            ParseError::BadCount(a) => write!(
+                f,
+                "bad count \"{}\": use a number from 1 to {BENCH_MAX_EXITS}",
+                a.escape_debug()
+            ),
             ParseError::BadAddress(a) => write!(
                 f,
                 "bad address \"{}\": use 0x-prefixed hex or decimal, at most 64 bits",
@@ -108,6 +127,7 @@ impl fmt::Display for ParseError<'_> {
 fn usage(command: &str) -> &'static str {
     match command {
         "host" => HOST_USAGE,
+        "bench" => BENCH_USAGE,
         _ => DEBUG_USAGE,
     }
 }
@@ -156,6 +176,25 @@ pub fn parse(line: &str) -> Result<Command, ParseError<'_>> {
             Some(sub) => {
                 return Err(ParseError::UnknownSubcommand {
                     command: "debug",
+                    sub,
+                })
+            }
+        },
+        "bench" => match words.next() {
+            Some("exits") => {
+                let n = match words.next() {
+                    None => BENCH_DEFAULT_EXITS,
+                    Some(a) => match parse_number(a) {
+                        Some(n) if (1..=BENCH_MAX_EXITS).contains(&n) => n,
+                        _ => return Err(ParseError::BadCount(a)),
+                    },
+                };
+                (Command::BenchExits(n), "bench exits")
+            }
+            None => return Err(ParseError::MissingSubcommand { command: "bench" }),
+            Some(sub) => {
+                return Err(ParseError::UnknownSubcommand {
+                    command: "bench",
                     sub,
                 })
             }
@@ -289,5 +328,34 @@ mod tests {
         assert_eq!(parse_number("0xDEADbeef"), Some(0xDEAD_BEEF));
         assert_eq!(parse_number(""), None);
         assert_eq!(parse_number("1.5"), None);
+    }
+
+    #[test]
+    fn bench_exits() {
+        assert_eq!(
+            parse("bench exits"),
+            Ok(Command::BenchExits(BENCH_DEFAULT_EXITS))
+        );
+        assert_eq!(parse("bench exits 0x10"), Ok(Command::BenchExits(16)));
+        assert_eq!(parse("bench exits 0"), Err(ParseError::BadCount("0")));
+        assert_eq!(
+            parse("bench exits 99999999999"),
+            Err(ParseError::BadCount("99999999999"))
+        );
+        assert_eq!(
+            parse("bench exits x").unwrap_err().to_string(),
+            "bad count \"x\": use a number from 1 to 10000000"
+        );
+        assert_eq!(
+            parse("bench"),
+            Err(ParseError::MissingSubcommand { command: "bench" })
+        );
+        assert_eq!(
+            parse("bench exits 5 6"),
+            Err(ParseError::ExtraArgument {
+                command: "bench exits",
+                arg: "6"
+            })
+        );
     }
 }

@@ -56,6 +56,8 @@ pub struct Machine {
     pub memory_mib: u64,
     pub cpu_model: String,
     pub cmdline: String,
+    /// QEMU `-icount shift=0`: the guest's TSC counts instructions (benchmarks).
+    pub count_instructions: bool,
 }
 
 impl Machine {
@@ -74,6 +76,7 @@ impl Machine {
             memory_mib,
             cpu_model: Self::default_cpu_model(emulator).to_string(),
             cmdline: "poweroff".to_string(),
+            count_instructions: false,
         }
     }
 

@@ -114,5 +114,76 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             median(own)
         );
     }
+    exits(&art, runs)?;
     Ok(0)
+}
+
+/// `bench exits N` in the root: CPUID round trips through the hypervisor.
+fn bench_exits(art: &build::Artifacts, m: &Machine, n: u64) -> Result<(f64, u64)> {
+    let dir = build::work_dir().join("bench-exits");
+    let modules = vec![(art.root_partition.clone(), "root".to_string())];
+    let media = image::make(m.boot, art, &m.cmdline, &modules, &dir)?;
+    let script = [format!("bench exits {n}"), "shutdown".to_string()];
+    let opts = emulator::RunOptions {
+        timeout: Duration::from_secs(600),
+        echo: false,
+        input: emulator::Input::Script {
+            prompt: system_tests::ROOT_PROMPT,
+            lines: &script,
+        },
+        monitor_trigger: None,
+        monitor_commands: &[],
+    };
+    let start = std::time::Instant::now();
+    let run = emulator::run(m, &media, &dir, &opts)?;
+    let wall = start.elapsed().as_secs_f64();
+    let line = run
+        .outcome
+        .serial
+        .lines()
+        .find(|l| l.starts_with("bench exits:"))
+        .context("no bench result")?;
+    let per: u64 = line
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" ticks per round trip"))
+        .and_then(|v| v.parse().ok())
+        .context("unreadable bench result")?;
+    Ok((wall, per))
+}
+
+fn exits(art: &build::Artifacts, runs: usize) -> Result<()> {
+    println!("== CPUID exit round trips (root partition `bench exits N`), median of {runs}");
+    let (small, large) = (1_000u64, 11_000u64);
+    for (label, mut m) in [
+        (
+            "qemu (AMD SVM+NPT)",
+            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
+        ),
+        (
+            "bochs (Intel VMX+EPT)",
+            Machine::new(Emulator::Bochs, Boot::Grub, 1, 128),
+        ),
+    ] {
+        m.cmdline = String::new();
+        let (mut rate, mut ticks) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (t_small, _) = bench_exits(art, &m, small)?;
+            let (t_large, per) = bench_exits(art, &m, large)?;
+            rate.push((large - small) as f64 / (t_large - t_small).max(1e-6));
+            ticks.push(per as f64);
+        }
+        println!(
+            "  {label:<24} {:>9.0} exits/s wall, {:>7.0} TSC ticks per round trip",
+            median(rate),
+            median(ticks)
+        );
+        if m.emulator == Emulator::Qemu {
+            m.count_instructions = true;
+            let per: Vec<f64> = (0..runs)
+                .map(|_| bench_exits(art, &m, small).map(|r| r.1 as f64))
+                .collect::<Result<_>>()?;
+            println!("  {:<24} {:>7.0} instructions per round trip (-icount shift=0: TSC = instructions)", "", median(per));
+        }
+    }
+    Ok(())
 }

@@ -98,6 +98,9 @@ fn qemu_command(
         &format!("{}M", m.memory_mib),
     ]);
     c.args(["-display", "none", "-serial", "stdio", "-no-reboot"]);
+    if m.count_instructions {
+        c.args(["-icount", "shift=0"]);
+    }
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     match monitor {
         Some(p) => c.args([

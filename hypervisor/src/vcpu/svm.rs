@@ -54,7 +54,7 @@ mod vmcb {
 // the syscall MSRs: VMRUN does not), load the guest's, run, and reverse.
 // RAX is in the VMCB; the other general registers travel through `regs`.
 // `svm_enter(regs, vmcb, host_save)`.
-global_asm!(
+global_asm!(concat!(
     r#"
 .section .text
 .global svm_enter
@@ -72,39 +72,17 @@ svm_enter:
     sti
     mov rax, rdx
     vmsave rax
-    mov rbx, [rdi + 8]
-    mov rcx, [rdi + 16]
-    mov rdx, [rdi + 24]
-    mov rsi, [rdi + 32]
-    mov rbp, [rdi + 48]
-    mov r8, [rdi + 56]
-    mov r9, [rdi + 64]
-    mov r10, [rdi + 72]
-    mov r11, [rdi + 80]
-    mov r12, [rdi + 88]
-    mov r13, [rdi + 96]
-    mov r14, [rdi + 104]
-    mov r15, [rdi + 112]
-    mov rdi, [rdi + 40]
+"#,
+    guest_gprs!(load "rdi"),
+    r#"
     mov rax, [rsp]
     vmload rax
     vmrun rax
     vmsave rax
     mov rax, [rsp + 16]
-    mov [rax + 8], rbx
-    mov [rax + 16], rcx
-    mov [rax + 24], rdx
-    mov [rax + 32], rsi
-    mov [rax + 40], rdi
-    mov [rax + 48], rbp
-    mov [rax + 56], r8
-    mov [rax + 64], r9
-    mov [rax + 72], r10
-    mov [rax + 80], r11
-    mov [rax + 88], r12
-    mov [rax + 96], r13
-    mov [rax + 104], r14
-    mov [rax + 112], r15
+"#,
+    guest_gprs!(store "rax"),
+    r#"
     mov rax, [rsp + 8]
     vmload rax
     cli
@@ -118,7 +96,7 @@ svm_enter:
     pop rbx
     ret
 "#
-);
+));
 
 extern "C" {
     fn svm_enter(regs: *mut GuestRegs, vmcb: u64, host_save: u64);

@@ -99,51 +99,36 @@ const CR4_VMXE: u64 = 1 << 13;
 mod insn {
     use core::arch::asm;
 
-    /// # Safety
-    /// `region` is the physical address of this processor's VMXON region,
-    /// initialised with the VMCS revision identifier; CR0/CR4 meet the fixed bits.
-    pub unsafe fn vmxon(region: u64) -> Result<(), ()> {
-        let failed: u8;
-        // SAFETY: the caller's contract; VMXON reads the 8-byte operand only.
-        unsafe {
-            asm!("vmxon [{0}]", "setna {1}", in(reg) &region, out(reg_byte) failed, options(nostack))
+    /// A VMX instruction whose operand is an 8-byte physical address in memory.
+    macro_rules! vmx_pa_instruction {
+        ($(#[$doc:meta])* $name:ident, $mnemonic:literal) => {
+            $(#[$doc])*
+            pub unsafe fn $name(pa: u64) -> Result<(), ()> {
+                let failed: u8;
+                // SAFETY: the caller's contract; the instruction reads the 8-byte
+                // operand only and reports failure in CF or ZF.
+                unsafe { asm!(concat!($mnemonic, " [{0}]"), "setna {1}", in(reg) &pa, out(reg_byte) failed, options(nostack)) };
+                if failed == 0 { Ok(()) } else { Err(()) }
+            }
         };
-        if failed == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
     }
 
-    /// # Safety
-    /// `vmcs` is the physical address of a VMCS region owned by this processor.
-    pub unsafe fn vmclear(vmcs: u64) -> Result<(), ()> {
-        let failed: u8;
-        // SAFETY: the caller's contract.
-        unsafe {
-            asm!("vmclear [{0}]", "setna {1}", in(reg) &vmcs, out(reg_byte) failed, options(nostack))
-        };
-        if failed == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
-
-    /// # Safety
-    /// As for `vmclear`; the VMCS becomes current on this processor.
-    pub unsafe fn vmptrld(vmcs: u64) -> Result<(), ()> {
-        let failed: u8;
-        // SAFETY: the caller's contract.
-        unsafe {
-            asm!("vmptrld [{0}]", "setna {1}", in(reg) &vmcs, out(reg_byte) failed, options(nostack))
-        };
-        if failed == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
+    vmx_pa_instruction!(
+        /// # Safety
+        /// `pa` is this processor's VMXON region, initialised with the VMCS
+        /// revision identifier; CR0/CR4 meet the fixed bits.
+        vmxon, "vmxon"
+    );
+    vmx_pa_instruction!(
+        /// # Safety
+        /// `pa` is a VMCS region owned by this processor.
+        vmclear, "vmclear"
+    );
+    vmx_pa_instruction!(
+        /// # Safety
+        /// As for `vmclear`; the VMCS becomes current on this processor.
+        vmptrld, "vmptrld"
+    );
 
     /// Reads a field of the current VMCS (0 if there is none or the field does not exist).
     pub fn vmread(field: u32) -> u64 {
@@ -177,7 +162,7 @@ mod insn {
 // registers and enters the VP; the next VM exit arrives at `vmx_exit` on the
 // same stack (HOST_RSP is written just before entry), stores the guest's
 // registers and returns 0. A failed VMLAUNCH/VMRESUME returns 1.
-global_asm!(
+global_asm!(concat!(
     r#"
 .section .text
 .global vmx_enter
@@ -193,20 +178,9 @@ vmx_enter:
     vmwrite rax, rsp
     test rsi, rsi
     mov rax, [rdi + 0]
-    mov rbx, [rdi + 8]
-    mov rcx, [rdi + 16]
-    mov rdx, [rdi + 24]
-    mov rsi, [rdi + 32]
-    mov rbp, [rdi + 48]
-    mov r8, [rdi + 56]
-    mov r9, [rdi + 64]
-    mov r10, [rdi + 72]
-    mov r11, [rdi + 80]
-    mov r12, [rdi + 88]
-    mov r13, [rdi + 96]
-    mov r14, [rdi + 104]
-    mov r15, [rdi + 112]
-    mov rdi, [rdi + 40]
+"#,
+    guest_gprs!(load "rdi"),
+    r#"
     jnz 2f
     vmlaunch
     jmp 3f
@@ -225,20 +199,9 @@ vmx_enter:
 vmx_exit:
     push rax
     mov rax, [rsp + 8]
-    mov [rax + 8], rbx
-    mov [rax + 16], rcx
-    mov [rax + 24], rdx
-    mov [rax + 32], rsi
-    mov [rax + 40], rdi
-    mov [rax + 48], rbp
-    mov [rax + 56], r8
-    mov [rax + 64], r9
-    mov [rax + 72], r10
-    mov [rax + 80], r11
-    mov [rax + 88], r12
-    mov [rax + 96], r13
-    mov [rax + 104], r14
-    mov [rax + 112], r15
+"#,
+    guest_gprs!(store "rax"),
+    r#"
     pop qword ptr [rax]
     add rsp, 8
     pop r15
@@ -250,7 +213,7 @@ vmx_exit:
     xor eax, eax
     ret
 "#
-);
+));
 
 extern "C" {
     fn vmx_enter(regs: *mut GuestRegs, launched: u64) -> u64;

@@ -1,6 +1,6 @@
 //! The shell on COM1: prompt, line editing, the commands.
 use crate::phys::Identity;
-use crate::{fpu, hypercall, power, print, println, serial};
+use crate::{arch, fpu, hypercall, power, print, println, serial};
 use hv_abi::{hypercall as hc, HostInfo, HostStats, LpStats, RootBoot};
 use root_partition_svc::acpi::{self, Platform};
 use root_partition_svc::boot::{self, HvIdentity};
@@ -118,6 +118,23 @@ impl Shell {
             },
             Command::DebugFpu => {
                 let _ = root_partition_svc::fpu::report(&mut serial::Com1, fpu::check());
+            }
+            Command::BenchExits(n) => {
+                // Every CPUID exits to the hypervisor and back: the TSC span over
+                // n of them is n world-switch round trips plus the loop (a few
+                // instructions each). Under QEMU -icount shift=0 the TSC counts
+                // instructions.
+                let start = arch::rdtsc();
+                for _ in 0..n {
+                    core::hint::black_box(arch::cpuid(0, 0));
+                }
+                let ticks = arch::rdtsc() - start;
+                let rate = if ticks == 0 {
+                    0
+                } else {
+                    (n as u128 * self.tsc_hz as u128 / ticks as u128) as u64
+                };
+                println!("bench exits: {n} cpuid exits in {ticks} TSC ticks, {} ticks per round trip, {rate} exits/s of TSC time", ticks / n);
             }
         }
     }
