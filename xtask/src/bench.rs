@@ -115,7 +115,22 @@ pub fn main(args: Vec<String>) -> Result<i32> {
         );
     }
     exits(&art, runs)?;
-    Ok(0)
+    println!("== VMBus ring throughput (cargo run -p vmbus --release --example ring_bench)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = std::process::Command::new(cargo)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "vmbus",
+            "--example",
+            "ring_bench",
+        ])
+        .current_dir(build::root())
+        .status()?
+        .success();
+    Ok(if ok { 0 } else { 1 })
 }
 
 /// `bench exits N` in the root: CPUID round trips through the hypervisor.

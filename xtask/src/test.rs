@@ -11,6 +11,8 @@ struct Options {
     filter: Option<String>,
     jobs: usize,
     host_tests: bool,
+    /// Seconds per fuzz target (0: no fuzzing).
+    fuzz_seconds: u64,
 }
 
 fn parse(args: Vec<String>) -> Result<Options> {
@@ -18,6 +20,7 @@ fn parse(args: Vec<String>) -> Result<Options> {
         filter: None,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
         host_tests: true,
+        fuzz_seconds: 30,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -25,6 +28,12 @@ fn parse(args: Vec<String>) -> Result<Options> {
             "--filter" => o.filter = Some(it.next().context("--filter needs text")?),
             "--jobs" => o.jobs = it.next().context("--jobs needs a number")?.parse()?,
             "--no-host-tests" => o.host_tests = false,
+            "--fuzz-seconds" => {
+                o.fuzz_seconds = it
+                    .next()
+                    .context("--fuzz-seconds needs a number")?
+                    .parse()?
+            }
             other => bail!("unknown option \"{other}\" for test"),
         }
     }
@@ -55,6 +64,49 @@ fn host_tests() -> Result<bool> {
     ])?;
     ok &= cargo(&["test", "--quiet", "-p", "hypervisor", "--lib"])?;
     Ok(ok)
+}
+
+/// The fuzz targets of everything that parses what a guest controls, each for
+/// a bounded time (cargo-fuzz on stable: `-s none`, no sanitizer).
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("vmbus/fuzz", "ring_reader"),
+    ("vmbus/fuzz", "channel_message"),
+];
+
+fn fuzz(seconds: u64) -> Result<Vec<(String, bool)>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let have = Command::new(&cargo)
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        println!("xtask: installing cargo-fuzz");
+        if !Command::new(&cargo)
+            .args(["install", "cargo-fuzz", "--locked"])
+            .status()?
+            .success()
+        {
+            bail!("cargo install cargo-fuzz --locked failed");
+        }
+    }
+    let mut results = Vec::new();
+    for (dir, target) in FUZZ_TARGETS {
+        let status = Command::new(&cargo)
+            .args([
+                "fuzz",
+                "run",
+                "-s",
+                "none",
+                target,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
+            .current_dir(build::root().join(dir))
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        results.push((format!("fuzz {target} ({seconds} s)"), status.success()));
+    }
+    Ok(results)
 }
 
 fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
@@ -112,6 +164,18 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             }
         );
     }
+    let (mut fuzz_passed, mut fuzz_failed) = (0, 0);
+    if opts.fuzz_seconds > 0 {
+        println!("== fuzzing");
+        for (name, ok) in fuzz(opts.fuzz_seconds)? {
+            println!("{} {name}", if ok { "PASS" } else { "FAIL" });
+            if ok {
+                fuzz_passed += 1;
+            } else {
+                fuzz_failed += 1;
+            }
+        }
+    }
     prereq::ensure()?;
     let art = build::build()?;
     let cases: Vec<Case> = matrix()
@@ -154,10 +218,9 @@ pub fn main(args: Vec<String>) -> Result<i32> {
         }
     });
     let results = results.into_inner().unwrap();
-    let passed =
-        results.iter().filter(|ok| **ok).count() + usize::from(opts.host_tests && !failed_host);
-    let failed =
-        results.len() - results.iter().filter(|ok| **ok).count() + usize::from(failed_host);
+    let booted = results.iter().filter(|ok| **ok).count();
+    let passed = booted + usize::from(opts.host_tests && !failed_host) + fuzz_passed;
+    let failed = results.len() - booted + usize::from(failed_host) + fuzz_failed;
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
 }
