@@ -53,7 +53,16 @@ pub fn start_aps(apic_ids: &[u32], trampoline_page: u64) -> u32 {
     install_trampoline(trampoline_page);
     let bsp = apic::id();
     let mut started = 0;
-    for &apic_id in apic_ids.iter().filter(|&&id| id != bsp) {
+    let others: alloc::vec::Vec<u32> = apic_ids.iter().copied().filter(|&id| id != bsp).collect();
+    // Per-LP structures (counters, the root's boot area) are sized for MAX_LPS.
+    if others.len() >= crate::stats::MAX_LPS {
+        log::warn!(
+            "{} processors: starting the first {} only",
+            others.len() + 1,
+            crate::stats::MAX_LPS
+        );
+    }
+    for &apic_id in others.iter().take(crate::stats::MAX_LPS - 1) {
         let index = started + 1;
         let prepared = (|| -> Result<(u64, u64), &'static str> {
             let mut cpu = Box::new(PerCpu::new(index, apic_id));
