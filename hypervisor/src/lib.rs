@@ -12,3 +12,4 @@ pub mod cmdline;
 pub mod elf;
 pub mod frame_alloc;
 pub mod page_table;
+pub mod vmx_controls;

@@ -220,19 +220,6 @@ extern "C" {
     fn vmx_exit();
 }
 
-/// Bits of a control field: the wanted ones, forced on and off as the
-/// capability MSR's allowed-0 (low half) and allowed-1 (high half) settings say.
-/// `Err` names a required bit the processor cannot set.
-pub fn adjust_controls(capability: u64, wanted: u32, required: u32) -> Result<u32, u32> {
-    let must_be_one = capability as u32;
-    let may_be_one = (capability >> 32) as u32;
-    let missing = required & !may_be_one;
-    if missing != 0 {
-        return Err(missing);
-    }
-    Ok((wanted | must_be_one) & may_be_one)
-}
-
 pub struct VmxVcpu {
     pub regs: GuestRegs,
     launched: bool,
@@ -332,7 +319,7 @@ impl VmxVcpu {
         let pick = |plain: u32, truer: u32| msr::read(if true_ctls { truer } else { plain });
         let err = |_| "a required VMX control is not supported";
         const PREEMPTION_TIMER: u32 = 1 << 6;
-        let pin = adjust_controls(
+        let pin = hypervisor::vmx_controls::adjust(
             pick(msr::IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS),
             PREEMPTION_TIMER,
             PREEMPTION_TIMER,
@@ -348,7 +335,7 @@ impl VmxVcpu {
         const HLT_EXITING: u32 = 1 << 7;
         const MSR_BITMAPS: u32 = 1 << 28;
         const SECONDARY: u32 = 1 << 31;
-        let proc = adjust_controls(
+        let proc = hypervisor::vmx_controls::adjust(
             pick(msr::IA32_VMX_PROCBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS),
             HLT_EXITING | MSR_BITMAPS | SECONDARY,
             HLT_EXITING | MSR_BITMAPS | SECONDARY,
@@ -359,7 +346,7 @@ impl VmxVcpu {
         const VPID: u32 = 1 << 5;
         const INVPCID: u32 = 1 << 12;
         const XSAVES: u32 = 1 << 20;
-        let proc2 = adjust_controls(
+        let proc2 = hypervisor::vmx_controls::adjust(
             msr::read(msr::IA32_VMX_PROCBASED_CTLS2),
             EPT | VPID | RDTSCP | INVPCID | XSAVES,
             EPT | VPID,
@@ -370,7 +357,7 @@ impl VmxVcpu {
         const LOAD_PAT: u32 = 1 << 19;
         const SAVE_EFER: u32 = 1 << 20;
         const LOAD_EFER: u32 = 1 << 21;
-        let exit = adjust_controls(
+        let exit = hypervisor::vmx_controls::adjust(
             pick(IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS),
             HOST_64BIT | SAVE_PAT | LOAD_PAT | SAVE_EFER | LOAD_EFER,
             HOST_64BIT | SAVE_EFER | LOAD_EFER,
@@ -379,12 +366,16 @@ impl VmxVcpu {
         const GUEST_64BIT: u32 = 1 << 9;
         const ENTRY_LOAD_PAT: u32 = 1 << 14;
         const ENTRY_LOAD_EFER: u32 = 1 << 15;
-        let entry = adjust_controls(
+        let entry = hypervisor::vmx_controls::adjust(
             pick(IA32_VMX_ENTRY_CTLS, IA32_VMX_TRUE_ENTRY_CTLS),
             GUEST_64BIT | ENTRY_LOAD_PAT | ENTRY_LOAD_EFER,
             GUEST_64BIT | ENTRY_LOAD_EFER,
         )
         .map_err(err)?;
+        log::debug!(
+            "VMX controls: pin {pin:#x} proc {proc:#x} proc2 {proc2:#x} exit {exit:#x} entry {entry:#x} (procbased capability {:#x})",
+            pick(msr::IA32_VMX_PROCBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS)
+        );
         vmwrite(field::PIN_CONTROLS, pin as u64)?;
         vmwrite(field::PROC_CONTROLS, proc as u64)?;
         vmwrite(field::PROC_CONTROLS2, proc2 as u64)?;
