@@ -528,4 +528,26 @@ mod tests {
         buf[0] ^= 1;
         assert_eq!(RootBoot::decode(&buf), None);
     }
+
+    proptest::proptest! {
+        /// Any RCX a partition passes: decoding never panics; a value without
+        /// reserved bits decodes to fields that encode back to the same value.
+        #[test]
+        fn any_input_value(rcx in proptest::prelude::any::<u64>()) {
+            match hypercall::Input::decode(rcx) {
+                Some(i) => proptest::prop_assert_eq!(i.encode(), rcx),
+                None => proptest::prop_assert!(rcx & ((0x1F << 27) | (0xF << 44) | (0xF << 60)) != 0),
+            }
+        }
+
+        /// Whatever bytes a partition leaves in a page, decoding the ABI
+        /// structures returns, and never panics.
+        #[test]
+        fn any_bytes_decode_safely(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4200)) {
+            let _ = HostInfo::decode(&bytes);
+            let mut out = [LpStats::default(); 4];
+            let _ = HostStats::decode(&bytes, &mut out);
+            let _ = RootBoot::decode(&bytes);
+        }
+    }
 }
