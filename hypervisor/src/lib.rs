@@ -10,6 +10,7 @@ pub mod acpi_sleep;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod elf;
+pub mod exceptions;
 pub mod frame_alloc;
 pub mod page_table;
 pub mod vmx_controls;

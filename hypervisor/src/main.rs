@@ -383,7 +383,7 @@ fn exception_report(f: &idt::TrapFrame) -> ! {
          rsi={:#018x} rdi={:#018x} rbp={:#018x} r8 ={:#018x}\n  r9 ={:#018x} r10={:#018x} r11={:#018x} r12={:#018x}\n  \
          r13={:#018x} r14={:#018x} r15={:#018x}\ncpu{cpu} stopped; powering off with failure status",
         f.vector,
-        idt::vector_name(f.vector),
+        hypervisor::exceptions::name(f.vector),
         f.error_code,
         f.rip,
         f.cs,

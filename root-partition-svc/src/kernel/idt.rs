@@ -86,41 +86,6 @@ extern "C" {
     static root_isr_table: [u64; 32];
 }
 
-const NAMES: [&str; 32] = [
-    "#DE divide error",
-    "#DB debug",
-    "NMI",
-    "#BP breakpoint",
-    "#OF overflow",
-    "#BR bound range",
-    "#UD invalid opcode",
-    "#NM device not available",
-    "#DF double fault",
-    "coprocessor segment overrun",
-    "#TS invalid TSS",
-    "#NP segment not present",
-    "#SS stack fault",
-    "#GP general protection",
-    "#PF page fault",
-    "reserved",
-    "#MF x87 error",
-    "#AC alignment check",
-    "#MC machine check",
-    "#XM SIMD error",
-    "#VE virtualization exception",
-    "#CP control protection",
-    "reserved",
-    "reserved",
-    "reserved",
-    "reserved",
-    "reserved",
-    "reserved",
-    "#HV hypervisor injection",
-    "#VC VMM communication",
-    "#SX security exception",
-    "reserved",
-];
-
 extern "C" fn root_exception(f: &mut Frame) {
     let v = f.vector as usize;
     if v == 2 {
@@ -132,7 +97,7 @@ extern "C" fn root_exception(f: &mut Frame) {
         f.rip,
         cr2(),
         f.error,
-        NAMES.get(v).copied().unwrap_or("?")
+        hypervisor::exceptions::name(v as u64)
     );
     crate::println!(
         "  rsp={:#x} rflags={:#x} cs={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x}",
