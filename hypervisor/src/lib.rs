@@ -13,4 +13,5 @@ pub mod elf;
 pub mod exceptions;
 pub mod frame_alloc;
 pub mod page_table;
+pub mod vapic;
 pub mod vmx_controls;

@@ -184,6 +184,7 @@ extern "C" fn bsp_main(trampoline_page: u64) -> ! {
     apic::select(mode);
     apic::enable();
     let caps = *BSP_CAPS.call_once(virt::detect);
+    smp::LP_APIC_IDS[0].store(apic::id(), Ordering::Relaxed);
     info!(
         "cpu0 online: APIC ID {} ({:?}), {:?}",
         apic::id(),
@@ -366,7 +367,7 @@ fn fatal(args: core::fmt::Arguments) -> ! {
 /// the machine powers off with failure.
 #[no_mangle]
 extern "C" fn interrupt_entry(f: &idt::TrapFrame) {
-    if f.vector == idt::HOST_TIMER_VECTOR {
+    if f.vector == idt::HOST_TIMER_VECTOR || f.vector == idt::HOST_KICK_VECTOR {
         apic::eoi();
         return;
     }

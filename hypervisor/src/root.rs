@@ -7,11 +7,12 @@ use crate::frame_alloc::PAGE_SIZE;
 use crate::page_table::{Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, X86};
 use crate::vcpu::{Exit, StartState, Vcpu, GP, UD};
 use crate::virt::Caps;
-use crate::x86::{cpu, msr};
-use crate::{memory, power, stats, time};
+use crate::x86::{apic, cpu, idt, msr};
+use crate::{memory, power, smp, stats, time};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hv_abi::{cpuid, hypercall, root_boot, RootBoot};
+use hypervisor::vapic::{self, VirtualApic};
 use log::{error, info, warn};
 
 /// The root's boot area after its image: page tables, GDT+TSS, then per VP a
@@ -355,6 +356,14 @@ pub fn create(
         starts.push((page, stack + STACK_PAGES * PAGE_SIZE));
     }
     BOOT_SLOTS.call_once(|| starts);
+    // Logged here, before any VP runs: once they do, the root owns the console
+    // and log lines from other processors would cut into its output.
+    for vp in 0..vp_count {
+        info!(
+            "root VP {vp} starting at {:#x} on LP {vp}",
+            image.layout.entry
+        );
+    }
     info!(
         "root partition: image {:#x}..{:#x} entry {:#x}, {} MiB RAM in {} ranges, {} VPs, {vendor_slat} at {:#x}, hypervisor keeps {} MiB",
         image.layout.start,
@@ -420,28 +429,111 @@ pub fn run_vp(root: &RootPartition, caps: &Caps, vp: u32) -> ! {
         Ok(v) => v,
         Err(e) => stop(vp, e),
     };
-    info!("root VP {vp} starting at {:#x}", start.rip);
+    // The host timer preempts the VP (SVM) and wakes the LP while the VP halts.
+    apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, crate::vcpu::TIME_SLICE_US);
+    let mut vapic = VirtualApic::new(vp);
     let lp = stats::Lp::get(vp as usize);
     let mut left_guest = cpu::rdtsc();
     lp.start(left_guest);
     loop {
+        deliver_interrupts(&mut vcpu, &mut vapic, vp);
         let entered = cpu::rdtsc();
         lp.add_hypervisor_time(entered - left_guest);
         let exit = vcpu.run();
         left_guest = cpu::rdtsc();
         lp.count(exit.reason());
-        match dispatch(root, &mut vcpu, exit) {
+        match dispatch(root, &mut vcpu, &mut vapic, vp, exit) {
             Next::Resume => {}
-            Next::Halted => halt_lp(),
+            Next::Halted => wait_for_interrupt(&vcpu, &mut vapic, vp),
             Next::Stop(why) => stop(vp, &why),
         }
     }
 }
 
-/// No virtual interrupts exist yet, so a halted root VP stays halted: the LP
-/// sleeps (an NMI or SMI may wake it; it sleeps again).
-fn halt_lp() -> ! {
-    cpu::halt_forever()
+/// Interrupts other VPs sent to VP n, not yet taken into its APIC.
+struct Mailbox([AtomicU32; 8]);
+
+static MAILBOXES: [Mailbox; stats::MAX_LPS] =
+    [const { Mailbox([const { AtomicU32::new(0) }; 8]) }; stats::MAX_LPS];
+
+/// Moves VP `vp`'s mailbox into its APIC and advances its timer.
+fn collect(vapic: &mut VirtualApic, vp: u32) {
+    for (i, word) in MAILBOXES[vp as usize].0.iter().enumerate() {
+        let mut bits = word.swap(0, Ordering::AcqRel);
+        while bits != 0 {
+            let b = bits.trailing_zeros();
+            vapic.request((i as u32 * 32 + b) as u8);
+            bits &= bits - 1;
+        }
+    }
+    vapic.tick(cpu::rdtsc());
+}
+
+/// Before entry: inject the highest deliverable interrupt, or ask to be told
+/// when the VP can take it; shorten the slice to the virtual timer.
+fn deliver_interrupts(vcpu: &mut Vcpu, vapic: &mut VirtualApic, vp: u32) {
+    collect(vapic, vp);
+    match vapic.deliverable() {
+        Some(v) if vcpu.interruptible() => {
+            vcpu.inject_interrupt(v);
+            vapic.accept(v);
+            vcpu.set_interrupt_window(false);
+        }
+        Some(_) => vcpu.set_interrupt_window(true),
+        None => vcpu.set_interrupt_window(false),
+    }
+    vcpu.set_timer_deadline(vapic.deadline());
+}
+
+/// A halted VP with interrupts enabled waits, LP asleep, until an interrupt
+/// for it is deliverable (its timer, an IPI); the host timer and kicks wake the
+/// LP to look. With interrupts disabled it can never wake: the LP sleeps for good.
+fn wait_for_interrupt(vcpu: &Vcpu, vapic: &mut VirtualApic, vp: u32) {
+    if !vcpu.interrupts_enabled() {
+        cpu::halt_forever();
+    }
+    loop {
+        collect(vapic, vp);
+        if vapic.deliverable().is_some() {
+            return;
+        }
+        // A virtual timer due before the host's next tick: wait for it awake.
+        let soon = time::deadline_us(crate::vcpu::TIME_SLICE_US);
+        match vapic.deadline() {
+            Some(d) if d < soon => {
+                while cpu::rdtsc() < d {
+                    cpu::pause();
+                }
+            }
+            _ => cpu::sleep_until_interrupt(),
+        }
+    }
+}
+
+/// A fixed IPI from VP `sender`: into each target's mailbox (or straight into
+/// the sender's own APIC), and a kick to every other LP involved.
+fn send_ipi(
+    root: &RootPartition,
+    vapic: &mut VirtualApic,
+    sender: u32,
+    vector: u8,
+    dest: vapic::Dest,
+) {
+    for target in 0..root.vp_count {
+        if !VirtualApic::new(target).accepts(dest, sender) {
+            continue;
+        }
+        if target == sender {
+            vapic.request(vector);
+            continue;
+        }
+        MAILBOXES[target as usize].0[vector as usize / 32]
+            .fetch_or(1 << (vector % 32), Ordering::AcqRel);
+        apic::send_fixed(
+            smp::LP_APIC_IDS[target as usize].load(Ordering::Relaxed),
+            idt::HOST_KICK_VECTOR as u8,
+        );
+    }
 }
 
 fn stop(vp: u32, why: &str) -> ! {
@@ -449,19 +541,30 @@ fn stop(vp: u32, why: &str) -> ! {
     power::fail()
 }
 
-fn dispatch(root: &RootPartition, vcpu: &mut Vcpu, exit: Exit) -> Next {
+fn dispatch(
+    root: &RootPartition,
+    vcpu: &mut Vcpu,
+    vapic: &mut VirtualApic,
+    vp: u32,
+    exit: Exit,
+) -> Next {
     use alloc::format;
     match exit {
         Exit::Cpuid => {
             let r = vcpu.regs();
-            let (a, b, c, d) = cpuid_for_root(r.rax as u32, r.rcx as u32, root);
+            let (a, b, c, d) = cpuid_for_root(r.rax as u32, r.rcx as u32, root, vp);
             (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
             vcpu.skip_instruction();
             Next::Resume
         }
         Exit::MsrRead => {
             let m = vcpu.regs().rcx as u32;
-            match read_msr(root, m) {
+            let value = match m {
+                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
+                msr::IA32_APIC_BASE => Some(apic_base(vp)),
+                _ => read_msr(root, m),
+            };
+            match value {
                 Some(v) => {
                     let r = vcpu.regs();
                     (r.rax, r.rdx) = (v & 0xFFFF_FFFF, v >> 32);
@@ -474,7 +577,28 @@ fn dispatch(root: &RootPartition, vcpu: &mut Vcpu, exit: Exit) -> Next {
         Exit::MsrWrite => {
             let r = vcpu.regs();
             let (m, v) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
-            if write_msr(root, vcpu, m, v) {
+            let done = match m {
+                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
+                    match vapic.write(m, v, cpu::rdtsc()) {
+                        vapic::Write::Done => true,
+                        vapic::Write::Ipi { vector, dest } => {
+                            send_ipi(root, vapic, vp, vector, dest);
+                            true
+                        }
+                        vapic::Write::Unsupported(mode) => {
+                            warn!(
+                                "root VP {vp}: IPI delivery mode {mode} is not supported; ignored"
+                            );
+                            true
+                        }
+                        vapic::Write::Fault => false,
+                    }
+                }
+                // The APIC stays enabled in x2APIC mode at its base: only the BSP bit may differ.
+                msr::IA32_APIC_BASE => v & !(1 << 8) == apic_base(vp) & !(1 << 8),
+                _ => write_msr(root, vcpu, m, v),
+            };
+            if done {
                 vcpu.skip_instruction();
             } else {
                 vcpu.inject_exception(GP, Some(0));
@@ -521,7 +645,7 @@ fn dispatch(root: &RootPartition, vcpu: &mut Vcpu, exit: Exit) -> Next {
             cpu::take_pending_interrupts();
             Next::Resume
         }
-        Exit::Preemption => Next::Resume,
+        Exit::Preemption | Exit::InterruptWindow => Next::Resume,
         Exit::Nmi => {
             warn!("NMI while running the root; ignored");
             Next::Resume
@@ -566,7 +690,7 @@ fn dispatch(root: &RootPartition, vcpu: &mut Vcpu, exit: Exit) -> Next {
 
 /// CPUID as the root sees it: the processor's, with the hypervisor bit set,
 /// VMX and SVM hidden, and the Hyper-V leaves.
-fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition) -> (u32, u32, u32, u32) {
+fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;
     match leaf {
         cpuid::VENDOR_AND_MAX => (
@@ -595,9 +719,12 @@ fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition) -> (u32, u32, u32, 
             let (mut a, mut b, mut c, mut d) = (r.eax, r.ebx, r.ecx, r.edx);
             match leaf {
                 1 => {
-                    c |= cpuid::HYPERVISOR_PRESENT;
-                    c &= !(1 << 5); // VMX
+                    c |= cpuid::HYPERVISOR_PRESENT | (1 << 21); // x2APIC (virtual)
+                    c &= !((1 << 5) | (1 << 24)); // VMX, TSC-deadline timer
+                    b = (b & 0x00FF_FFFF) | (vp << 24);
                 }
+                // x2APIC topology: the x2APIC ID is the VP index.
+                0xB | 0x1F => d = vp,
                 0x8000_0001 => c &= !(1 << 2), // SVM
                 0x8000_000A => (a, b, c, d) = (0, 0, 0, 0),
                 _ => {}
@@ -605,6 +732,12 @@ fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition) -> (u32, u32, u32, 
             (a, b, c, d)
         }
     }
+}
+
+/// The virtual APIC's base MSR: the architectural base, enabled, x2APIC mode,
+/// BSP on VP 0.
+fn apic_base(vp: u32) -> u64 {
+    LAPIC_PAGE | (1 << 11) | (1 << 10) | ((vp == 0) as u64) << 8
 }
 
 fn read_msr(root: &RootPartition, m: u32) -> Option<u64> {
@@ -616,7 +749,6 @@ fn read_msr(root: &RootPartition, m: u32) -> Option<u64> {
         hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
         // Locked, VMX off: the root may not use VMX.
         msr::IA32_FEATURE_CONTROL => Some(1),
-        msr::IA32_APIC_BASE => Some(msr::read(msr::IA32_APIC_BASE)),
         _ => None,
     }
 }

@@ -13,6 +13,10 @@ pub const IST_STACK_PAGES: u64 = 4;
 /// How long one processor may take from INIT to check-in.
 const CHECK_IN_TIMEOUT_US: u64 = 2_000_000;
 
+/// The APIC ID of each logical processor, by LP index (for kicks).
+pub static LP_APIC_IDS: [AtomicU32; crate::stats::MAX_LPS] =
+    [const { AtomicU32::new(0) }; crate::stats::MAX_LPS];
+
 /// Processors running hypervisor code, the boot processor included.
 pub static ONLINE: AtomicU32 = AtomicU32::new(1);
 /// Set by a starting AP once it no longer needs `AP_LAUNCH`.
@@ -64,6 +68,7 @@ pub fn start_aps(apic_ids: &[u32], trampoline_page: u64) -> u32 {
     }
     for &apic_id in others.iter().take(crate::stats::MAX_LPS - 1) {
         let index = started + 1;
+        LP_APIC_IDS[index as usize].store(apic_id, Ordering::Relaxed);
         let prepared = (|| -> Result<(u64, u64), &'static str> {
             let mut cpu = Box::new(PerCpu::new(index, apic_id));
             give_ist_stacks(&mut cpu)?;

@@ -17,6 +17,10 @@ pub enum Command {
     DebugRead(u64),
     /// Check that XMM0-15 survive VM exits.
     DebugFpu,
+    /// Take 10 interrupts from the virtual APIC's timer.
+    DebugTimer,
+    /// Send an IPI to every other VP and count the answers.
+    DebugIpi,
     /// Time this many CPUID round trips through the hypervisor.
     BenchExits(u64),
 }
@@ -76,10 +80,18 @@ pub const HELP: &[(&str, &str)] = &[
         "print the u64 at physical address ADDR (0x-prefixed hex, or decimal)",
     ),
     ("debug fpu", "check that XMM0-15 survive 1000 VM exits"),
+    (
+        "debug timer",
+        "take 10 interrupts from the x2APIC timer (1 ms period)",
+    ),
+    (
+        "debug ipi",
+        "send an IPI to every other VP and count the answers",
+    ),
 ];
 
 const HOST_USAGE: &str = "host info | host stats";
-const DEBUG_USAGE: &str = "debug read ADDR | debug fpu";
+const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi";
 const BENCH_USAGE: &str = "bench exits [N]";
 
 impl fmt::Display for ParseError<'_> {
@@ -168,6 +180,8 @@ pub fn parse(line: &str) -> Result<Command, ParseError<'_>> {
         "debug" => match words.next() {
             None => return Err(ParseError::MissingSubcommand { command: "debug" }),
             Some("fpu") => (Command::DebugFpu, "debug fpu"),
+            Some("timer") => (Command::DebugTimer, "debug timer"),
+            Some("ipi") => (Command::DebugIpi, "debug ipi"),
             Some("read") => {
                 let a = words.next().ok_or(ParseError::MissingAddress)?;
                 let addr = parse_number(a).ok_or(ParseError::BadAddress(a))?;
@@ -263,7 +277,7 @@ mod tests {
         );
         assert_eq!(
             parse("debug write 1").unwrap_err().to_string(),
-            "unknown debug command \"write\"; usage: debug read ADDR | debug fpu"
+            "unknown debug command \"write\"; usage: debug read ADDR | debug fpu | debug timer | debug ipi"
         );
         // Control characters are shown escaped, the message stays one line.
         let msg = parse("a\u{1b}b").unwrap_err().to_string();
@@ -355,6 +369,19 @@ mod tests {
             Err(ParseError::ExtraArgument {
                 command: "bench exits",
                 arg: "6"
+            })
+        );
+    }
+
+    #[test]
+    fn apic_debug_commands() {
+        assert_eq!(parse("debug timer"), Ok(Command::DebugTimer));
+        assert_eq!(parse("debug ipi"), Ok(Command::DebugIpi));
+        assert_eq!(
+            parse("debug ipi 3"),
+            Err(ParseError::ExtraArgument {
+                command: "debug ipi",
+                arg: "3"
             })
         );
     }

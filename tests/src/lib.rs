@@ -91,9 +91,16 @@ impl Machine {
     }
 }
 
-/// What the root shell must show for the script `host info`, `host stats`,
-/// `debug fpu`, `bogus`, `shutdown` (formats in docs/root-partition.md).
-pub const ROOT_SHELL_SHOWS: &[&str] = &["Microsoft Hv", "fpu: ok", "unknown command"];
+/// What the root shell must show for the script `host info`, `debug timer`,
+/// `debug ipi`, `host stats`, `debug fpu`, `bogus`, `shutdown` (formats in
+/// docs/root-partition.md): the virtual APIC's timer and IPIs reach the root.
+pub const ROOT_SHELL_SHOWS: &[&str] = &[
+    "Microsoft Hv",
+    "timer: ok",
+    "ipi: ok",
+    "fpu: ok",
+    "unknown command",
+];
 
 /// The module every case loads, to prove modules reach the hypervisor intact
 /// on every boot path.
@@ -255,7 +262,15 @@ pub fn matrix() -> Vec<Case> {
         "-stack-overflow",
     ));
     // The root partition (issue 3): its shell on both vendors, 1 and 4 processors.
-    let shell: &[&str] = &["host info", "host stats", "debug fpu", "bogus", "shutdown"];
+    let shell: &[&str] = &[
+        "host info",
+        "debug timer",
+        "debug ipi",
+        "host stats",
+        "debug fpu",
+        "bogus",
+        "shutdown",
+    ];
     for cpus in [1, 4] {
         let amd_root = Expect::RootShell {
             vendor: "amd",

@@ -151,6 +151,8 @@ pub enum Exit {
     ExternalInterrupt,
     /// The VMX preemption timer expired: the VP's time slice is over.
     Preemption,
+    /// The VP can take an interrupt now (requested with `set_interrupt_window`).
+    InterruptWindow,
     MachineCheck,
     TripleFault,
     /// A virtualization instruction (VMX or SVM) the VP may not use.
@@ -175,6 +177,7 @@ impl Exit {
             Exit::Nmi => ExitReason::Nmi,
             Exit::ExternalInterrupt => ExitReason::ExternalInterrupt,
             Exit::Preemption => ExitReason::Preemption,
+            Exit::InterruptWindow => ExitReason::Other,
             Exit::MachineCheck => ExitReason::Exception,
             Exit::TripleFault => ExitReason::TripleFault,
             Exit::VirtualizationInstruction | Exit::EntryFailed(_) | Exit::Other(_) => {
@@ -261,6 +264,47 @@ impl Vcpu {
         match self {
             Vcpu::Vmx(v) => v.inject_exception(vector, error_code),
             Vcpu::Svm(s) => s.inject_exception(vector, error_code),
+        }
+    }
+
+    /// RFLAGS.IF of the VP.
+    pub fn interrupts_enabled(&self) -> bool {
+        match self {
+            Vcpu::Vmx(v) => v.interrupts_enabled(),
+            Vcpu::Svm(s) => s.interrupts_enabled(),
+        }
+    }
+
+    /// Whether an external interrupt can be injected at the next entry: IF set,
+    /// no STI/MOV SS shadow, no other event being injected.
+    pub fn interruptible(&self) -> bool {
+        match self {
+            Vcpu::Vmx(v) => v.interruptible(),
+            Vcpu::Svm(s) => s.interruptible(),
+        }
+    }
+
+    /// Delivers external interrupt `vector` at the next entry.
+    pub fn inject_interrupt(&mut self, vector: u8) {
+        match self {
+            Vcpu::Vmx(v) => v.inject_interrupt(vector),
+            Vcpu::Svm(s) => s.inject_interrupt(vector),
+        }
+    }
+
+    /// Asks for an `InterruptWindow` exit as soon as the VP can take an interrupt.
+    pub fn set_interrupt_window(&mut self, on: bool) {
+        match self {
+            Vcpu::Vmx(v) => v.set_interrupt_window(on),
+            Vcpu::Svm(s) => s.set_interrupt_window(on),
+        }
+    }
+
+    /// The TSC at which the VP's virtual timer needs the hypervisor (VMX: the
+    /// preemption timer is shortened to it; SVM: the host timer's 10 ms ticks).
+    pub fn set_timer_deadline(&mut self, deadline: Option<u64>) {
+        if let Vcpu::Vmx(v) = self {
+            v.set_timer_deadline(deadline);
         }
     }
 

@@ -20,6 +20,7 @@ mod vmcb {
     pub const MSRPM_BASE: u64 = 0x048;
     pub const GUEST_ASID: u64 = 0x058;
     pub const INT_CONTROL: u64 = 0x060;
+    pub const INTERRUPT_SHADOW: u64 = 0x068;
     pub const TLB_CONTROL: u64 = 0x05C;
     pub const EXIT_CODE: u64 = 0x070;
     pub const EXIT_INFO1: u64 = 0x078;
@@ -160,6 +161,11 @@ impl SvmVcpu {
         unsafe { core::ptr::write_volatile((self.vmcb + (offset & 0xFFC)) as *mut u32, value) }
     }
 
+    fn read32(&self, offset: u64) -> u32 {
+        // SAFETY: as in `write`.
+        unsafe { core::ptr::read_volatile((self.vmcb + (offset & 0xFFC)) as *const u32) }
+    }
+
     fn read(&self, offset: u64) -> u64 {
         // SAFETY: as in `write`.
         unsafe { core::ptr::read_volatile((self.vmcb + (offset & 0xFF8)) as *const u64) }
@@ -260,6 +266,7 @@ impl SvmVcpu {
         match code {
             0x52 => Exit::MachineCheck,
             0x60 => Exit::ExternalInterrupt,
+            0x64 => Exit::InterruptWindow,
             0x61 => Exit::Nmi,
             0x72 => Exit::Cpuid,
             0x78 => Exit::Halt,
@@ -302,6 +309,42 @@ impl SvmVcpu {
             self.rip() + len
         };
         self.write(vmcb::RIP, next);
+        // The interrupt shadow covered the instruction just skipped: it is over.
+        self.write(
+            vmcb::INTERRUPT_SHADOW,
+            self.read(vmcb::INTERRUPT_SHADOW) & !1,
+        );
+    }
+
+    pub fn interrupts_enabled(&self) -> bool {
+        self.read(vmcb::RFLAGS) & (1 << 9) != 0
+    }
+
+    pub fn interruptible(&self) -> bool {
+        self.interrupts_enabled()
+            && self.read(vmcb::INTERRUPT_SHADOW) & 1 == 0
+            && self.read(vmcb::EVENT_INJECTION) & (1 << 31) == 0
+    }
+
+    pub fn inject_interrupt(&mut self, vector: u8) {
+        // EVENTINJ type 0: external interrupt.
+        self.write(vmcb::EVENT_INJECTION, vector as u64 | (1 << 31));
+    }
+
+    /// A virtual interrupt request (V_IRQ, top priority, TPR ignored) with the
+    /// VINTR intercept: the VP exits as soon as it could take it.
+    pub fn set_interrupt_window(&mut self, on: bool) {
+        const V_INTR_MASKING: u32 = 1 << 24;
+        const V_IRQ_PENDING: u32 = (1 << 8) | (0xF << 16) | (1 << 20);
+        const VINTR: u32 = 1 << 4;
+        let misc1 = self.read32(vmcb::INTERCEPT_MISC1);
+        if on {
+            self.write32(vmcb::INT_CONTROL, V_INTR_MASKING | V_IRQ_PENDING);
+            self.write32(vmcb::INTERCEPT_MISC1, misc1 | VINTR);
+        } else {
+            self.write32(vmcb::INT_CONTROL, V_INTR_MASKING);
+            self.write32(vmcb::INTERCEPT_MISC1, misc1 & !VINTR);
+        }
     }
 
     /// EFER writes exit (the MSR permission map says so): keep SVME, which

@@ -223,6 +223,13 @@ extern "C" {
 pub struct VmxVcpu {
     pub regs: GuestRegs,
     launched: bool,
+    /// Primary processor-based controls (interrupt-window exiting toggles).
+    proc: u32,
+    /// Preemption-timer units: TSC >> shift.
+    timer_shift: u64,
+    /// The time slice in TSC ticks.
+    slice: u64,
+    timer_deadline: Option<u64>,
 }
 
 fn vmwrite(field: u32, value: u64) -> Result<(), &'static str> {
@@ -302,27 +309,35 @@ impl VmxVcpu {
             insn::vmclear(vmcs).map_err(|_| "VMCLEAR failed")?;
             insn::vmptrld(vmcs).map_err(|_| "VMPTRLD failed")?;
         }
-        Self::write_controls(caps, s)?;
+        let proc = Self::write_controls(caps, s)?;
         Self::write_host_state()?;
         Self::write_guest_state(s)?;
+        let timer_shift = msr::read(IA32_VMX_MISC) & 0x1F;
+        let slice =
+            (crate::time::tsc_hz() as u128 * super::TIME_SLICE_US as u128 / 1_000_000) as u64;
         Ok(VmxVcpu {
             regs: GuestRegs {
                 rdi: s.rdi,
                 ..Default::default()
             },
             launched: false,
+            proc,
+            timer_shift,
+            slice,
+            timer_deadline: None,
         })
     }
 
-    fn write_controls(caps: &VmxCaps, s: &StartState) -> Result<(), &'static str> {
+    fn write_controls(caps: &VmxCaps, s: &StartState) -> Result<u32, &'static str> {
         let true_ctls = caps.true_controls;
         let pick = |plain: u32, truer: u32| msr::read(if true_ctls { truer } else { plain });
         let err = |_| "a required VMX control is not supported";
+        const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
         const PREEMPTION_TIMER: u32 = 1 << 6;
         let pin = hypervisor::vmx_controls::adjust(
             pick(msr::IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS),
-            PREEMPTION_TIMER,
-            PREEMPTION_TIMER,
+            PREEMPTION_TIMER | EXTERNAL_INTERRUPT_EXITING,
+            PREEMPTION_TIMER | EXTERNAL_INTERRUPT_EXITING,
         )
         .map_err(|_| "VMX without the preemption timer is not supported")?;
         // The timer counts down at the TSC rate divided by 2^IA32_VMX_MISC[4:0];
@@ -394,7 +409,7 @@ impl VmxVcpu {
         vmwrite(field::CR4_MASK, cr4_fixed)?;
         vmwrite(field::CR0_SHADOW, START_CR0 | START_CR0_WP)?;
         vmwrite(field::CR4_SHADOW, START_CR4)?;
-        Ok(())
+        Ok(proc)
     }
 
     fn write_host_state() -> Result<(), &'static str> {
@@ -483,6 +498,15 @@ impl VmxVcpu {
     }
 
     pub fn run(&mut self) -> Exit {
+        // The slice, cut short by the VP's virtual timer.
+        let ticks = match self.timer_deadline {
+            Some(d) => d.saturating_sub(cpu::rdtsc()).min(self.slice),
+            None => self.slice,
+        };
+        let _ = vmwrite(
+            field::PREEMPTION_TIMER,
+            (ticks >> self.timer_shift).clamp(1, u32::MAX as u64),
+        );
         // SAFETY: this processor's VMCS is current (made so in `new`, never
         // replaced); `regs` outlives the call; the host state in the VMCS
         // returns to `vmx_exit` on this stack with every callee-saved register
@@ -517,6 +541,7 @@ impl VmxVcpu {
             31 => Exit::MsrRead,
             32 => Exit::MsrWrite,
             41 => Exit::MachineCheck,
+            7 => Exit::InterruptWindow,
             52 => Exit::Preemption,
             48 => Exit::SlatViolation {
                 gpa: insn::vmread(field::GUEST_PHYSICAL_ADDRESS),
@@ -532,9 +557,48 @@ impl VmxVcpu {
         insn::vmread(field::GUEST_RIP)
     }
 
+    /// Moves RIP past the exiting instruction. The STI / MOV SS shadow ended
+    /// with it (it was the instruction the shadow covered), as it would have
+    /// on hardware: clear it, or it would cover the next instruction too.
     pub fn skip_instruction(&mut self) {
         let len = insn::vmread(field::EXIT_INSTRUCTION_LENGTH);
         let _ = vmwrite(field::GUEST_RIP, self.rip() + len);
+        let blocking = insn::vmread(field::GUEST_INTERRUPTIBILITY);
+        if blocking & 3 != 0 {
+            let _ = vmwrite(field::GUEST_INTERRUPTIBILITY, blocking & !3);
+        }
+    }
+
+    pub fn interrupts_enabled(&self) -> bool {
+        insn::vmread(field::GUEST_RFLAGS) & (1 << 9) != 0
+    }
+
+    pub fn interruptible(&self) -> bool {
+        self.interrupts_enabled()
+            && insn::vmread(field::GUEST_INTERRUPTIBILITY) & 3 == 0
+            && insn::vmread(field::ENTRY_INTERRUPTION_INFO) & (1 << 31) == 0
+    }
+
+    pub fn inject_interrupt(&mut self, vector: u8) {
+        // Type 0: external interrupt.
+        let _ = vmwrite(field::ENTRY_INTERRUPTION_INFO, vector as u64 | (1 << 31));
+    }
+
+    pub fn set_interrupt_window(&mut self, on: bool) {
+        const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
+        let proc = if on {
+            self.proc | INTERRUPT_WINDOW_EXITING
+        } else {
+            self.proc & !INTERRUPT_WINDOW_EXITING
+        };
+        if proc != self.proc {
+            self.proc = proc;
+            let _ = vmwrite(field::PROC_CONTROLS, proc as u64);
+        }
+    }
+
+    pub fn set_timer_deadline(&mut self, deadline: Option<u64>) {
+        self.timer_deadline = deadline;
     }
 
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {

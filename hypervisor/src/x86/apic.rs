@@ -126,6 +126,11 @@ pub fn start_periodic_timer(vector: u8, period_us: u64) {
     write(REG_TIMER_INITIAL, count);
 }
 
+/// A fixed interrupt with `vector` to the processor with APIC ID `dest`.
+pub fn send_fixed(dest: u32, vector: u8) {
+    send_ipi(dest, vector as u64);
+}
+
 /// INIT (delivery mode 101b, level assert).
 pub fn send_init(dest: u32) {
     send_ipi(dest, 0x4500);

@@ -88,6 +88,14 @@ pub fn take_pending_interrupts() {
     unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
 }
 
+/// Sleeps until an interrupt arrives (taken with interrupts enabled for the
+/// `hlt` only; the host's own vectors are acknowledged and return).
+pub fn sleep_until_interrupt() {
+    // SAFETY: as for `take_pending_interrupts`; `sti; hlt` cannot miss a
+    // wake-up: the interrupt shadow of STI covers HLT.
+    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
 pub fn pause() {
     core::hint::spin_loop();
 }

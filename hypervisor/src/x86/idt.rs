@@ -8,8 +8,11 @@
 use super::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CODE};
 use core::arch::global_asm;
 
-/// The host's local APIC timer (preemption on SVM): acknowledged and returned from.
+/// The host's local APIC timer (preemption; wake-ups of halted VPs):
+/// acknowledged and returned from.
 pub const HOST_TIMER_VECTOR: u64 = 0xF0;
+/// A kick from another LP (an interrupt is pending for a VP here): acknowledged.
+pub const HOST_KICK_VECTOR: u64 = 0xF1;
 
 /// The stack at `interrupt_entry`, lowest address first.
 #[repr(C)]

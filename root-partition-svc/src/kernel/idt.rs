@@ -9,6 +9,7 @@
 use crate::arch::{cr2, halt_forever};
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Registers as the common stub leaves them on the stack.
 #[repr(C)]
@@ -84,7 +85,41 @@ global_asm!(
 
 extern "C" {
     static root_isr_table: [u64; 32];
+    fn root_irq_timer();
+    fn root_irq_ipi();
 }
+
+/// Interrupts from the virtual APIC's timer, counted by `root_irq_timer`.
+pub static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
+/// IPIs received (vector `IPI_VECTOR`), counted by `root_irq_ipi` on any VP.
+pub static IPIS: AtomicU64 = AtomicU64::new(0);
+pub const TIMER_VECTOR: u8 = 0x40;
+pub const IPI_VECTOR: u8 = 0x41;
+/// Set once VP 0 has built the IDT: the other VPs then load it.
+static READY: AtomicBool = AtomicBool::new(false);
+
+// Count, then EOI to the x2APIC (MSR 0x80B), then return: no Rust, no stack
+// beyond the three saved registers.
+global_asm!(
+    ".section .text.root_irq, \"ax\"",
+    ".global root_irq_timer",
+    "root_irq_timer:",
+    "    push rax", "push rcx", "push rdx",
+    "    lock inc qword ptr [rip + {ticks}]",
+    "    mov ecx, 0x80B", "xor eax, eax", "xor edx, edx", "wrmsr",
+    "    pop rdx", "pop rcx", "pop rax",
+    "    iretq",
+    ".global root_irq_ipi",
+    "root_irq_ipi:",
+    "    push rax", "push rcx", "push rdx",
+    "    lock inc qword ptr [rip + {ipis}]",
+    "    mov ecx, 0x80B", "xor eax, eax", "xor edx, edx", "wrmsr",
+    "    pop rdx", "pop rcx", "pop rax",
+    "    iretq",
+    ".text",
+    ticks = sym TIMER_TICKS,
+    ipis = sym IPIS,
+);
 
 extern "C" fn root_exception(f: &mut Frame) {
     let v = f.vector as usize;
@@ -179,7 +214,11 @@ pub fn init() {
     // SAFETY: the table is an immutable array of 32 stub addresses built by the assembler.
     let stubs = unsafe { core::ptr::addr_of!(root_isr_table).read() };
     let idt = IDT.0.get();
-    for (v, &stub) in stubs.iter().enumerate() {
+    let irqs = [
+        (TIMER_VECTOR as usize, root_irq_timer as *const () as u64),
+        (IPI_VECTOR as usize, root_irq_ipi as *const () as u64),
+    ];
+    for (v, stub) in stubs.iter().copied().enumerate().chain(irqs) {
         let ist = if matches!(v, 2 | 8 | 18) { ist } else { 0 };
         // Present, DPL 0, 64-bit interrupt gate.
         let low = (stub & 0xFFFF)
@@ -193,6 +232,16 @@ pub fn init() {
             (*idt)[v * 2 + 1] = stub >> 32;
         }
     }
+    READY.store(true, Ordering::Release);
+    load();
+}
+
+/// Loads the IDT VP 0 built (waits for it): for the other VPs.
+pub fn load() {
+    while !READY.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    let idt = IDT.0.get();
     let ptr = Pointer {
         limit: (256 * 16 - 1) as u16,
         base: idt as u64,

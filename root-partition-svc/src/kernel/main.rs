@@ -43,8 +43,8 @@ extern "C" fn root_main(block: u64) -> ! {
     let boot = RootBoot::decode(&bytes);
     match boot {
         Some(b) if b.vp_index == 0 => {}
-        // Other VPs have nothing to do in this version.
-        Some(_) => arch::halt_forever(),
+        // Other VPs answer IPIs, asleep with interrupts enabled in between.
+        Some(_) => secondary_vp(),
         None => {
             // Unknown VP: it may be VP 0, so say why nothing happens.
             serial::init();
@@ -88,4 +88,16 @@ fn hv_identity() -> HvIdentity {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("ROOT PANIC: {info}");
     arch::halt_forever()
+}
+
+/// VPs other than 0: the shared IDT, the (virtual) x2APIC enabled, then sleep
+/// with interrupts enabled; the IPI handler counts what arrives.
+fn secondary_vp() -> ! {
+    idt::load();
+    // SAFETY: x2APIC SVR: software-enable this VP's APIC, spurious vector 0xFF.
+    unsafe { arch::wrmsr(0x80F, 0x1FF) };
+    loop {
+        // SAFETY: the IDT handles the APIC's vectors; HLT waits for the next one.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
 }

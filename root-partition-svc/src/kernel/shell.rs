@@ -1,6 +1,7 @@
 //! The shell on COM1: prompt, line editing, the commands.
 use crate::phys::Identity;
-use crate::{arch, fpu, hypercall, power, print, println, serial};
+use crate::{arch, fpu, hypercall, idt, power, print, println, serial};
+use core::sync::atomic::Ordering;
 use hv_abi::{hypercall as hc, HostInfo, HostStats, LpStats, RootBoot};
 use root_partition_svc::acpi::{self, Platform};
 use root_partition_svc::boot::{self, HvIdentity};
@@ -16,6 +17,7 @@ struct Shell {
     mem: Identity,
     acpi: Option<Platform>,
     tsc_hz: u64,
+    vp_count: u32,
 }
 
 pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
@@ -53,6 +55,7 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
         mem,
         acpi,
         tsc_hz,
+        vp_count: boot.vp_count,
     };
 
     if boot::has_word(boot.cmdline(), "poweroff") {
@@ -119,6 +122,8 @@ impl Shell {
             Command::DebugFpu => {
                 let _ = root_partition_svc::fpu::report(&mut serial::Com1, fpu::check());
             }
+            Command::DebugTimer => self.debug_timer(),
+            Command::DebugIpi => self.debug_ipi(),
             Command::BenchExits(n) => {
                 // Every CPUID exits to the hypervisor and back: the TSC span over
                 // n of them is n world-switch round trips plus the loop (a few
@@ -137,6 +142,66 @@ impl Shell {
                 println!("bench exits: {n} cpuid exits in {ticks} TSC ticks, {} ticks per round trip, {rate} exits/s of TSC time", ticks / n);
             }
         }
+    }
+
+    /// Waits until `done` or 2 s have passed; returns the milliseconds waited.
+    /// `sleep`: halt with interrupts enabled between looks (when this VP's own
+    /// interrupts are what it waits for); otherwise poll.
+    fn wait_for(&self, sleep: bool, done: impl Fn() -> bool) -> u64 {
+        let start = arch::rdtsc();
+        while !done() && arch::rdtsc() - start < 2 * self.tsc_hz {
+            if sleep {
+                // SAFETY: the IDT handles the APIC's vectors (timer, IPI); HLT
+                // sleeps until the next one; interrupts are off again after.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+        (arch::rdtsc() - start) * 1000 / self.tsc_hz.max(1)
+    }
+
+    /// The x2APIC timer, periodic at 1 ms (TSC rate, divide by 1), until it
+    /// has interrupted 10 times.
+    fn debug_timer(&self) {
+        let before = idt::TIMER_TICKS.load(Ordering::Relaxed);
+        // SAFETY: x2APIC registers of this VP's (virtual) APIC: enable, divide
+        // by 1, periodic timer on TIMER_VECTOR, 1 ms initial count.
+        unsafe {
+            arch::wrmsr(0x80F, 0x1FF);
+            arch::wrmsr(0x83E, 0xB);
+            arch::wrmsr(0x832, (1 << 17) | idt::TIMER_VECTOR as u64);
+            arch::wrmsr(0x838, (self.tsc_hz / 1000).clamp(1, u32::MAX as u64));
+        }
+        let ticks = || idt::TIMER_TICKS.load(Ordering::Relaxed) - before;
+        let ms = self.wait_for(true, || ticks() >= 10);
+        // SAFETY: masks the timer and stops it.
+        unsafe {
+            arch::wrmsr(0x832, 1 << 16);
+            arch::wrmsr(0x838, 0);
+        }
+        let n = ticks();
+        let verdict = if n >= 10 { "ok" } else { "FAILED" };
+        println!("timer: {verdict}, {n} interrupts in {ms} ms (period 1 ms)");
+    }
+
+    /// A fixed IPI to every other VP (x2APIC ICR, shorthand all-but-self);
+    /// each answers by counting it.
+    fn debug_ipi(&self) {
+        let others = self.vp_count.saturating_sub(1) as u64;
+        let before = idt::IPIS.load(Ordering::Relaxed);
+        // SAFETY: x2APIC registers: enable this VP's APIC; ICR with the
+        // all-excluding-self shorthand (bits 19:18 = 3), fixed, IPI_VECTOR.
+        unsafe {
+            arch::wrmsr(0x80F, 0x1FF);
+            arch::wrmsr(0x830, (3 << 18) | idt::IPI_VECTOR as u64);
+        }
+        let got = || idt::IPIS.load(Ordering::Relaxed) - before;
+        // The answers are counted by the other VPs: nothing interrupts this one.
+        let ms = self.wait_for(false, || got() >= others);
+        let n = got();
+        let verdict = if n == others { "ok" } else { "FAILED" };
+        println!("ipi: {verdict}, {n} of {others} other VPs answered in {ms} ms");
     }
 
     fn shutdown(&self) -> ! {

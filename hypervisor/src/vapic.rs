@@ -1,0 +1,460 @@
+//! A virtual local APIC in x2APIC mode (Intel SDM vol. 3 chapter 11; the x2APIC
+//! MSR map in section 11.12): registers, the timer, interrupt priority and the
+//! ICR. Pure state: the hypervisor feeds it MSR accesses and the TSC, and asks
+//! it which vector to deliver; delivery to other VPs is the caller's job.
+//!
+//! The timer counts at the TSC rate divided by the divide configuration (the
+//! virtual bus runs at the TSC's frequency). TSC-deadline mode is not offered.
+
+pub const X2APIC_MSR_FIRST: u32 = 0x800;
+pub const X2APIC_MSR_LAST: u32 = 0x8FF;
+
+/// Version register: version 0x14, six LVT entries (max LVT index 5).
+const VERSION: u64 = 0x0005_0014;
+const MASKED: u32 = 1 << 16;
+const SVR_ENABLE: u32 = 1 << 8;
+
+/// Where an IPI goes (ICR destination shorthand and mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Physical x2APIC ID; 0xFFFF_FFFF is every VP.
+    Physical(u32),
+    /// x2APIC logical: cluster in bits 31:16, member bitmap in bits 15:0.
+    Logical(u32),
+    SelfOnly,
+    AllIncludingSelf,
+    AllExcludingSelf,
+}
+
+/// What a register write asks of the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Done,
+    /// A fixed interrupt to other VPs (or this one).
+    Ipi {
+        vector: u8,
+        dest: Dest,
+    },
+    /// A delivery mode this APIC does not offer (NMI, SMI, INIT, SIPI): ignored.
+    Unsupported(u8),
+    /// A read-only or unknown register, reserved bits, or an illegal vector: #GP.
+    Fault,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualApic {
+    id: u32,
+    tpr: u32,
+    svr: u32,
+    esr: u32,
+    irr: [u32; 8],
+    isr: [u32; 8],
+    /// LVT: CMCI, timer, thermal, performance, LINT0, LINT1, error.
+    lvt: [u32; 7],
+    icr: u64,
+    timer_initial: u32,
+    divide_config: u32,
+    /// TSC of the next expiry, while the timer runs.
+    deadline: Option<u64>,
+}
+
+const LVT_CMCI: usize = 0;
+const LVT_TIMER: usize = 1;
+
+fn lvt_index(msr: u32) -> Option<usize> {
+    match msr {
+        0x82F => Some(0),
+        0x832..=0x837 => Some((msr - 0x831) as usize),
+        _ => None,
+    }
+}
+
+impl VirtualApic {
+    /// The state after reset, already in x2APIC mode, software-disabled.
+    pub fn new(id: u32) -> Self {
+        VirtualApic {
+            id,
+            tpr: 0,
+            svr: 0xFF,
+            esr: 0,
+            irr: [0; 8],
+            isr: [0; 8],
+            lvt: [MASKED; 7],
+            icr: 0,
+            timer_initial: 0,
+            divide_config: 0,
+            deadline: None,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// x2APIC logical ID: cluster (ID bits 31:4) and one bit for ID bits 3:0.
+    pub fn logical_id(&self) -> u32 {
+        ((self.id >> 4) << 16) | (1 << (self.id & 0xF))
+    }
+
+    /// Whether an IPI to `dest` from VP `sender` reaches this APIC.
+    pub fn accepts(&self, dest: Dest, sender: u32) -> bool {
+        match dest {
+            Dest::Physical(id) => id == self.id || id == u32::MAX,
+            Dest::Logical(l) => {
+                l >> 16 == self.logical_id() >> 16 && l & self.logical_id() & 0xFFFF != 0
+            }
+            Dest::SelfOnly => sender == self.id,
+            Dest::AllIncludingSelf => true,
+            Dest::AllExcludingSelf => sender != self.id,
+        }
+    }
+
+    fn divisor(&self) -> u64 {
+        let x = (self.divide_config & 3) | ((self.divide_config & 8) >> 1);
+        if x == 7 {
+            1
+        } else {
+            2 << x
+        }
+    }
+
+    fn highest(bits: &[u32; 8]) -> Option<u8> {
+        (0..8)
+            .rev()
+            .find(|&i| bits[i] != 0)
+            .map(|i| (i * 32 + 31 - bits[i].leading_zeros() as usize) as u8)
+    }
+
+    fn ppr(&self) -> u32 {
+        let isr_class = Self::highest(&self.isr).map_or(0, |v| v as u32 & 0xF0);
+        if self.tpr & 0xF0 >= isr_class {
+            self.tpr & 0xFF
+        } else {
+            isr_class
+        }
+    }
+
+    /// Marks `vector` requested. Vectors below 16 are illegal and are dropped
+    /// (with the receive-illegal-vector error bit).
+    pub fn request(&mut self, vector: u8) {
+        if vector < 16 {
+            self.esr |= 1 << 6;
+            return;
+        }
+        self.irr[vector as usize / 32] |= 1 << (vector % 32);
+    }
+
+    /// The vector to deliver now, if any: the highest requested one whose
+    /// priority class is above the processor priority, with the APIC enabled.
+    pub fn deliverable(&self) -> Option<u8> {
+        if self.svr & SVR_ENABLE == 0 {
+            return None;
+        }
+        let v = Self::highest(&self.irr)?;
+        (v as u32 & 0xF0 > self.ppr() & 0xF0).then_some(v)
+    }
+
+    /// The VP took `vector`: it moves from requested to in service.
+    pub fn accept(&mut self, vector: u8) {
+        self.irr[vector as usize / 32] &= !(1 << (vector % 32));
+        self.isr[vector as usize / 32] |= 1 << (vector % 32);
+    }
+
+    fn eoi(&mut self) {
+        if let Some(v) = Self::highest(&self.isr) {
+            self.isr[v as usize / 32] &= !(1 << (v % 32));
+        }
+    }
+
+    /// When the timer next needs attention (TSC), if it runs.
+    pub fn deadline(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    /// Advances the timer to `now`: an expiry requests the timer's vector
+    /// (unless masked) and rearms a periodic timer.
+    pub fn tick(&mut self, now: u64) {
+        let Some(deadline) = self.deadline else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        let lvt = self.lvt[LVT_TIMER];
+        if lvt & MASKED == 0 {
+            self.request(lvt as u8);
+        }
+        let periodic = (lvt >> 17) & 3 == 1;
+        let period = self.timer_initial as u64 * self.divisor();
+        self.deadline = match periodic && period > 0 {
+            // Missed periods collapse into one interrupt, as on hardware.
+            true => Some(deadline + period * ((now - deadline) / period + 1)),
+            false => None,
+        };
+    }
+
+    fn current_count(&self, now: u64) -> u64 {
+        match self.deadline {
+            Some(d) if d > now => ((d - now) / self.divisor()).min(u32::MAX as u64),
+            _ => 0,
+        }
+    }
+
+    /// An x2APIC register read; `None` for a register that cannot be read (#GP).
+    pub fn read(&self, msr: u32, now: u64) -> Option<u64> {
+        let word = |bits: &[u32; 8], i: u32| bits[(i & 7) as usize] as u64;
+        Some(match msr {
+            0x802 => self.id as u64,
+            0x803 => VERSION,
+            0x808 => self.tpr as u64,
+            0x80A => self.ppr() as u64,
+            0x80D => self.logical_id() as u64,
+            0x80F => self.svr as u64,
+            0x810..=0x817 => word(&self.isr, msr - 0x810),
+            0x818..=0x81F => 0, // TMR: every interrupt here is edge-triggered
+            0x820..=0x827 => word(&self.irr, msr - 0x820),
+            0x828 => self.esr as u64,
+            0x830 => self.icr,
+            0x838 => self.timer_initial as u64,
+            0x839 => self.current_count(now),
+            0x83E => self.divide_config as u64,
+            _ => self.lvt[lvt_index(msr)?] as u64,
+        })
+    }
+
+    /// An x2APIC register write.
+    pub fn write(&mut self, msr: u32, value: u64, now: u64) -> Write {
+        let v32 = value as u32;
+        if msr != 0x830 && value >> 32 != 0 {
+            return Write::Fault;
+        }
+        match msr {
+            0x808 => self.tpr = v32 & 0xFF,
+            0x80B if value == 0 => self.eoi(),
+            0x80F => self.svr = v32 & 0x11FF,
+            0x828 => self.esr = 0,
+            0x830 => return self.send(value),
+            0x838 => {
+                self.timer_initial = v32;
+                self.deadline = (v32 != 0).then(|| now + v32 as u64 * self.divisor());
+            }
+            0x83E => self.divide_config = v32 & 0xB,
+            // Self IPI: a fixed interrupt to this VP.
+            0x83F if v32 < 0x100 => {
+                return Write::Ipi {
+                    vector: v32 as u8,
+                    dest: Dest::SelfOnly,
+                }
+            }
+            _ => match lvt_index(msr) {
+                Some(i) => {
+                    // Vector, delivery mode (not for the timer), mask, timer mode.
+                    let allowed = if i == LVT_TIMER {
+                        0x3_00FF
+                    } else if i == LVT_CMCI {
+                        0x1_07FF
+                    } else {
+                        0x1_A7FF
+                    };
+                    self.lvt[i] = v32 & allowed;
+                    if i == LVT_TIMER && (v32 >> 17) & 3 == 2 {
+                        return Write::Fault; // TSC-deadline mode is not offered
+                    }
+                }
+                None => return Write::Fault,
+            },
+        }
+        Write::Done
+    }
+
+    fn send(&mut self, icr: u64) -> Write {
+        // Reserved: bits 31:20, 17:16, 13, and delivery status (12) must be 0.
+        if icr & 0xFFF3_3000 != 0 {
+            return Write::Fault;
+        }
+        self.icr = icr;
+        let vector = icr as u8;
+        let mode = ((icr >> 8) & 7) as u8;
+        if mode != 0 {
+            return Write::Unsupported(mode);
+        }
+        let dest = match (icr >> 18) & 3 {
+            1 => Dest::SelfOnly,
+            2 => Dest::AllIncludingSelf,
+            3 => Dest::AllExcludingSelf,
+            _ if icr & (1 << 11) != 0 => Dest::Logical((icr >> 32) as u32),
+            _ => Dest::Physical((icr >> 32) as u32),
+        };
+        Write::Ipi { vector, dest }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(id: u32) -> VirtualApic {
+        let mut a = VirtualApic::new(id);
+        assert_eq!(a.write(0x80F, 0x1FF, 0), Write::Done);
+        a
+    }
+
+    #[test]
+    fn identity_registers() {
+        let a = VirtualApic::new(0x23);
+        assert_eq!(a.read(0x802, 0), Some(0x23));
+        assert_eq!(a.read(0x803, 0), Some(0x50014));
+        assert_eq!(a.read(0x80D, 0), Some((2 << 16) | (1 << 3)));
+        assert_eq!(a.read(0x801, 0), None);
+        assert_eq!(
+            VirtualApic::new(1).clone().write(0x802, 5, 0),
+            Write::Fault,
+            "the ID is read-only"
+        );
+    }
+
+    #[test]
+    fn priority_and_eoi() {
+        let mut a = enabled(0);
+        a.request(0x41);
+        a.request(0x35);
+        assert_eq!(a.deliverable(), Some(0x41));
+        a.accept(0x41);
+        // 0x35 is a lower class than 0x41 in service: it waits for the EOI.
+        assert_eq!(a.deliverable(), None);
+        assert_eq!(a.read(0x80A, 0), Some(0x40));
+        assert_eq!(a.write(0x80B, 0, 0), Write::Done);
+        assert_eq!(a.deliverable(), Some(0x35));
+        // TPR masks classes at or below it.
+        assert_eq!(a.write(0x808, 0x30, 0), Write::Done);
+        assert_eq!(a.deliverable(), None);
+        assert_eq!(a.write(0x80B, 1, 0), Write::Fault, "EOI takes only 0");
+    }
+
+    #[test]
+    fn disabled_apic_delivers_nothing_and_illegal_vectors_are_dropped() {
+        let mut a = VirtualApic::new(0);
+        a.request(0x50);
+        assert_eq!(a.deliverable(), None);
+        let mut b = enabled(0);
+        b.request(3);
+        assert_eq!(b.deliverable(), None);
+        assert_eq!(b.read(0x828, 0), Some(1 << 6));
+    }
+
+    #[test]
+    fn one_shot_and_periodic_timer() {
+        let mut a = enabled(0);
+        a.write(0x83E, 0xB, 0); // divide by 1
+        a.write(0x832, 0x40, 0); // one-shot, vector 0x40
+        a.write(0x838, 1000, 5000);
+        assert_eq!(a.deadline(), Some(6000));
+        assert_eq!(a.read(0x839, 5500), Some(500));
+        a.tick(5999);
+        assert_eq!(a.deliverable(), None);
+        a.tick(6000);
+        assert_eq!(a.deliverable(), Some(0x40));
+        assert_eq!(a.deadline(), None);
+        assert_eq!(a.read(0x839, 7000), Some(0));
+
+        let mut p = enabled(0);
+        p.write(0x83E, 0x3, 0); // divide by 16
+        p.write(0x832, 0x2_0050, 0); // periodic, vector 0x50
+        p.write(0x838, 10, 0);
+        assert_eq!(p.deadline(), Some(160));
+        p.tick(500); // three periods missed: one interrupt, next deadline after now
+        assert_eq!(p.deliverable(), Some(0x50));
+        assert_eq!(p.deadline(), Some(640));
+        // Masked: the timer runs, nothing is requested.
+        let mut m = enabled(0);
+        m.write(0x832, 0x1_0060, 0);
+        m.write(0x838, 1, 0);
+        m.tick(10);
+        assert_eq!(m.deliverable(), None);
+        assert_eq!(
+            m.write(0x832, 0x4_0060, 0),
+            Write::Fault,
+            "TSC-deadline mode"
+        );
+    }
+
+    #[test]
+    fn icr_decoding() {
+        let mut a = enabled(2);
+        assert_eq!(
+            a.write(0x830, (5u64 << 32) | 0x41, 0),
+            Write::Ipi {
+                vector: 0x41,
+                dest: Dest::Physical(5)
+            }
+        );
+        assert_eq!(
+            a.write(0x830, (3 << 18) | 0x42, 0),
+            Write::Ipi {
+                vector: 0x42,
+                dest: Dest::AllExcludingSelf
+            }
+        );
+        assert_eq!(
+            a.write(0x830, (1 << 18) | 0x43, 0),
+            Write::Ipi {
+                vector: 0x43,
+                dest: Dest::SelfOnly
+            }
+        );
+        assert_eq!(
+            a.write(0x830, (0x1_0004u64 << 32) | (1 << 11) | 0x44, 0),
+            Write::Ipi {
+                vector: 0x44,
+                dest: Dest::Logical(0x1_0004)
+            }
+        );
+        assert_eq!(a.write(0x830, 0x500, 0), Write::Unsupported(5), "INIT");
+        assert_eq!(
+            a.write(0x830, 1 << 12, 0),
+            Write::Fault,
+            "delivery status is read-only"
+        );
+        assert_eq!(
+            a.write(0x83F, 0x45, 0),
+            Write::Ipi {
+                vector: 0x45,
+                dest: Dest::SelfOnly
+            }
+        );
+        assert_eq!(a.write(0x83F, 0x145, 0), Write::Fault);
+    }
+
+    #[test]
+    fn destinations() {
+        let a = VirtualApic::new(0x12);
+        assert!(a.accepts(Dest::Physical(0x12), 0));
+        assert!(a.accepts(Dest::Physical(u32::MAX), 0));
+        assert!(!a.accepts(Dest::Physical(3), 0));
+        assert!(a.accepts(Dest::Logical((1 << 16) | (1 << 2)), 0));
+        assert!(!a.accepts(Dest::Logical((1 << 16) | (1 << 3)), 0));
+        assert!(!a.accepts(Dest::AllExcludingSelf, 0x12));
+        assert!(a.accepts(Dest::AllExcludingSelf, 0));
+        assert!(a.accepts(Dest::SelfOnly, 0x12));
+    }
+
+    proptest::proptest! {
+        /// Any sequence of register writes and ticks: no panic, and whatever is
+        /// deliverable was requested and outranks what is in service.
+        #[test]
+        fn any_register_traffic(ops in proptest::collection::vec((0x800u32..0x900, proptest::prelude::any::<u64>(), 0u64..1_000_000), 0..64)) {
+            let mut a = enabled(1);
+            let mut now = 0;
+            for (msr, value, dt) in ops {
+                now += dt;
+                let _ = a.write(msr, value, now);
+                let _ = a.read(msr, now);
+                a.tick(now);
+                if let Some(v) = a.deliverable() {
+                    proptest::prop_assert!(a.irr[v as usize / 32] & (1 << (v % 32)) != 0);
+                    a.accept(v);
+                }
+            }
+        }
+    }
+}
