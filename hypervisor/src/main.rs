@@ -301,15 +301,20 @@ fn recurse(depth: u64) -> u64 {
 /// Control-register state every processor runs with: CR0.WP (read-only pages
 /// stay read-only in ring 0), caches on (CD and NW clear: firmware such as the
 /// Bochs BIOS may hand over with caching disabled), CR4.OSXSAVE where XSAVE
-/// exists (so partitions' XSETBV can be carried out).
+/// exists (so partitions' XSETBV can be carried out), CR4.OSFXSR (partitions'
+/// SSE state is saved with FXSAVE).
 fn init_processor_state() {
     const WP: u64 = 1 << 16;
     const NW: u64 = 1 << 29;
     const CD: u64 = 1 << 30;
+    const OSFXSR: u64 = 1 << 9;
     const OSXSAVE: u64 = 1 << 18;
     // SAFETY: adds the write protection the page tables intend and enables
     // caching, which the identity map's memory types (PAT/MTRR) already describe.
     unsafe { cpu::write_cr0((cpu::read_cr0() | WP) & !(CD | NW)) };
+    // SAFETY: OSFXSR makes FXSAVE/FXRSTOR include the SSE registers (partitions'
+    // state, saved around every exit); the hypervisor itself uses no SSE.
+    unsafe { cpu::write_cr4(cpu::read_cr4() | OSFXSR) };
     if cpu::cpuid(1, 0).ecx & (1 << 26) != 0 {
         // SAFETY: OSXSAVE only permits XGETBV/XSETBV; the hypervisor itself uses
         // no extended state.

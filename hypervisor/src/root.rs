@@ -5,6 +5,7 @@
 use crate::bootinfo::{BootInfo, RegionKind};
 use crate::frame_alloc::PAGE_SIZE;
 use crate::page_table::{Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, X86};
+use crate::vcpu::xstate::XState;
 use crate::vcpu::{Exit, StartState, Vcpu, GP, UD};
 use crate::virt::Caps;
 use crate::x86::{apic, cpu, idt, msr};
@@ -432,6 +433,7 @@ pub fn run_vp(root: &RootPartition, caps: &Caps, vp: u32) -> ! {
     // The host timer preempts the VP (SVM) and wakes the LP while the VP halts.
     apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, crate::vcpu::TIME_SLICE_US);
     let mut vapic = VirtualApic::new(vp);
+    let xstate = XState::new().unwrap_or_else(|e| stop(vp, e));
     let lp = stats::Lp::get(vp as usize);
     let mut left_guest = cpu::rdtsc();
     lp.start(left_guest);
@@ -439,7 +441,9 @@ pub fn run_vp(root: &RootPartition, caps: &Caps, vp: u32) -> ! {
         deliver_interrupts(&mut vcpu, &mut vapic, vp);
         let entered = cpu::rdtsc();
         lp.add_hypervisor_time(entered - left_guest);
+        xstate.restore();
         let exit = vcpu.run();
+        xstate.save();
         left_guest = cpu::rdtsc();
         lp.count(exit.reason());
         match dispatch(root, &mut vcpu, &mut vapic, vp, exit) {

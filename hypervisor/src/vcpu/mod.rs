@@ -101,6 +101,7 @@ macro_rules! guest_gprs {
 
 pub mod svm;
 pub mod vmx;
+pub mod xstate;
 
 use crate::virt::Caps;
 use hv_abi::ExitReason;

@@ -71,6 +71,16 @@ pub fn xsetbv(value: u64) {
     };
 }
 
+/// XCR0 (CR4.OSXSAVE must be set).
+pub fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX = 0 reads XCR0; callers check OSXSAVE first.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (hi as u64) << 32 | lo as u64
+}
+
 /// Stops this processor for good: interrupts off, halt forever (an NMI or SMI
 /// returns to the loop).
 pub fn halt_forever() -> ! {
