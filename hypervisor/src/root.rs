@@ -11,7 +11,7 @@ use crate::virt::Caps;
 use crate::x86::{apic, cpu, idt, msr};
 use crate::{memory, power, smp, stats, time};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hv_abi::{cpuid, hypercall, root_boot, RootBoot};
 use hypervisor::vapic::{self, VirtualApic};
 use log::{error, info, warn};
@@ -454,15 +454,29 @@ pub fn run_vp(root: &RootPartition, caps: &Caps, vp: u32) -> ! {
     }
 }
 
-/// Interrupts other VPs sent to VP n, not yet taken into its APIC.
-struct Mailbox([AtomicU32; 8]);
+/// Interrupts other VPs sent to VP n, not yet taken into its APIC. `pending`
+/// is set after the bits, so the owner skips the words when nothing came.
+struct Mailbox {
+    pending: AtomicBool,
+    vectors: [AtomicU32; 8],
+}
 
-static MAILBOXES: [Mailbox; stats::MAX_LPS] =
-    [const { Mailbox([const { AtomicU32::new(0) }; 8]) }; stats::MAX_LPS];
+static MAILBOXES: [Mailbox; stats::MAX_LPS] = [const {
+    Mailbox {
+        pending: AtomicBool::new(false),
+        vectors: [const { AtomicU32::new(0) }; 8],
+    }
+}; stats::MAX_LPS];
 
 /// Moves VP `vp`'s mailbox into its APIC and advances its timer.
 fn collect(vapic: &mut VirtualApic, vp: u32) {
-    for (i, word) in MAILBOXES[vp as usize].0.iter().enumerate() {
+    let mailbox = &MAILBOXES[vp as usize];
+    let words = if mailbox.pending.swap(false, Ordering::AcqRel) {
+        &mailbox.vectors[..]
+    } else {
+        &[]
+    };
+    for (i, word) in words.iter().enumerate() {
         let mut bits = word.swap(0, Ordering::AcqRel);
         while bits != 0 {
             let b = bits.trailing_zeros();
@@ -531,8 +545,9 @@ fn send_ipi(
             vapic.request(vector);
             continue;
         }
-        MAILBOXES[target as usize].0[vector as usize / 32]
-            .fetch_or(1 << (vector % 32), Ordering::AcqRel);
+        let mailbox = &MAILBOXES[target as usize];
+        mailbox.vectors[vector as usize / 32].fetch_or(1 << (vector % 32), Ordering::AcqRel);
+        mailbox.pending.store(true, Ordering::Release);
         apic::send_fixed(
             smp::LP_APIC_IDS[target as usize].load(Ordering::Relaxed),
             idt::HOST_KICK_VECTOR as u8,
