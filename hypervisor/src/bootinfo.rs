@@ -190,6 +190,13 @@ impl BootInfo {
             .sum()
     }
 
+    /// Where identity maps of this machine end: all RAM and at least the
+    /// 32-bit space (APIC, I/O APIC, firmware, PCI holes), in whole GiB.
+    pub fn identity_top(&self) -> u64 {
+        const GIB: u64 = 1 << 30;
+        (self.usable_top().max(4 * GIB) + GIB - 1) & !(GIB - 1)
+    }
+
     /// The highest address any usable region reaches.
     pub fn usable_top(&self) -> u64 {
         self.regions()
@@ -598,6 +605,7 @@ mod tests {
         assert_eq!(bi.regions().len(), 2);
         assert_eq!(bi.usable_bytes(), 0x9fc00 + 0x7ee_0000);
         assert_eq!(bi.usable_top(), 0x7fe_0000);
+        assert_eq!(bi.identity_top(), 4 << 30);
     }
 
     #[test]

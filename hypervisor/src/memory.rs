@@ -116,7 +116,7 @@ pub fn init(bi: &BootInfo, reserve: &[(u64, u64)]) -> Result<MemoryReport, &'sta
 
     // Identity-map all RAM and at least the 32-bit space (APIC, I/O APIC,
     // firmware and PCI holes).
-    let identity_top = (bi.usable_top().max(4 << 30) + SIZE_1G - 1) & !(SIZE_1G - 1);
+    let identity_top = bi.identity_top();
     let max_page = if cpu::has_1g_pages() {
         SIZE_1G
     } else {

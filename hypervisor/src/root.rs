@@ -30,7 +30,6 @@ pub struct RootPartition {
     pub gdt: u64,
     pub entry: u64,
     pub vp_count: u32,
-    boot_area: u64,
     /// `[start, end)` ranges of RAM the root owns, sorted.
     pub ram: Vec<(u64, u64)>,
     pub hypervisor_bytes: u64,
@@ -58,7 +57,8 @@ fn boot_area_pages(identity_top: u64, vps: u64) -> u64 {
     2 + identity_top / SIZE_1G + 1 + vps * (1 + STACK_PAGES)
 }
 
-/// Finds the root module (its string's last word is `root`) and checks its image.
+/// Finds the root module (a word of its string is `root`, or ends in `/root`;
+/// the words after it are the root's command line) and checks its image.
 pub fn find_image(bi: &BootInfo, max_vps: u64) -> Option<Result<RootImage, &'static str>> {
     // Runs before the heap exists: no allocation here.
     let module_index = bi
@@ -67,24 +67,22 @@ pub fn find_image(bi: &BootInfo, max_vps: u64) -> Option<Result<RootImage, &'sta
         .position(|m| m.name.as_str().split_whitespace().any(is_root_word))?;
     let m = &bi.modules()[module_index];
     let len = (m.end - m.start) as usize;
-    // SAFETY: the module lies below 4 GiB (all our loaders put it there), is
-    // identity-mapped and reserved from the frame allocator; it is only read.
+    // SAFETY: the module lies below 4 GiB (all our loaders put it there) in
+    // the boot tables' identity map, and nothing writes it; it is only read.
     let bytes = unsafe { core::slice::from_raw_parts(m.start as *const u8, len) };
     Some((|| {
         let layout = hypervisor::elf::layout(bytes)?;
         if layout.start != root_boot::ROOT_IMAGE_BASE {
             return Err("the root image is not linked at ROOT_IMAGE_BASE");
         }
-        if layout.start < m.end
-            && m.start < layout.end + boot_area_pages(64 << 30, max_vps) * PAGE_SIZE
-        {
-            return Err("the root module was loaded where the root image must go");
-        }
-        let top = (bi.usable_top().max(4 << 30) + SIZE_1G - 1) & !(SIZE_1G - 1);
+        let top = bi.identity_top();
         let reserved = (
             layout.start,
             layout.end + boot_area_pages(top, max_vps) * PAGE_SIZE,
         );
+        if reserved.0 < m.end && m.start < reserved.1 {
+            return Err("the root module was loaded where the root image must go");
+        }
         Ok(RootImage {
             module: (m.start, m.end),
             layout,
@@ -216,7 +214,7 @@ pub fn create(
         ));
     }
     ram.sort_unstable();
-    let top = (bi.usable_top().max(4 << 30) + SIZE_1G - 1) & !(SIZE_1G - 1);
+    let top = bi.identity_top();
 
     // 2. The image.
     let len = (image.module.1 - image.module.0) as usize;
@@ -292,7 +290,6 @@ pub fn create(
         gdt,
         entry: image.layout.entry,
         vp_count,
-        boot_area: area.next,
         ram,
         hypervisor_bytes: memory_total.saturating_sub(root_bytes),
         memory_total,
@@ -404,10 +401,6 @@ impl RootPartition {
             return false;
         };
         self.ram.iter().any(|&(s, e)| s <= gpa && end <= e)
-    }
-
-    pub fn boot_area_end(&self) -> u64 {
-        self.boot_area
     }
 }
 
