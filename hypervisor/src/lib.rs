@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod elf;
 pub mod exceptions;
 pub mod frame_alloc;
+pub mod hypercall;
 pub mod page_table;
 pub mod vapic;
 pub mod vmx_controls;

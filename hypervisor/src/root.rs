@@ -797,52 +797,31 @@ fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
     }
 }
 
-/// The root's hypercalls (TLFS input value in RCX; slow calls take the input
-/// GPA in RDX and the output GPA in R8).
+/// The root's hypercalls: checked against the dispatch table
+/// (`hypervisor::hypercall`), then handled.
 fn hypercall(root: &RootPartition, vcpu: &mut Vcpu) -> u16 {
-    use hypercall::status;
+    use hypervisor::hypercall::{check, Caller};
     let r = *vcpu.regs();
-    let Some(input) = hypercall::Input::decode(r.rcx) else {
-        return status::INVALID_HYPERCALL_INPUT;
+    let call = match check(r.rcx, r.rdx, r.r8, Caller::Root, &|gpa, len| {
+        root.owns(gpa, len)
+    }) {
+        Ok(call) => call,
+        Err(status) => return status,
     };
-    let output_page = |gpa: u64| -> Result<&'static mut [u8], u16> {
-        if !gpa.is_multiple_of(PAGE_SIZE) {
-            return Err(status::INVALID_ALIGNMENT);
-        }
-        if !root.owns(gpa, PAGE_SIZE) {
-            return Err(status::INVALID_PARAMETER);
-        }
-        // SAFETY: a whole page of root RAM (checked above), identity-mapped; the
-        // root asked for its contents to be replaced; nothing else holds it.
-        Ok(unsafe { core::slice::from_raw_parts_mut(gpa as *mut u8, PAGE_SIZE as usize) })
+    let Some((gpa, len)) = call.output_block else {
+        return hypercall::status::INVALID_PARAMETER;
     };
-    match input.code {
-        hypercall::GET_HOST_INFO | hypercall::GET_HOST_STATS
-            if input.fast || input.rep_count != 0 =>
-        {
-            status::INVALID_HYPERCALL_INPUT
-        }
-        hypercall::GET_HOST_INFO => match output_page(r.r8) {
-            Ok(out) => {
-                out.fill(0);
-                match crate::host_info(root).encode(out) {
-                    Some(()) => status::SUCCESS,
-                    None => status::INVALID_PARAMETER,
-                }
-            }
-            Err(s) => s,
-        },
-        hypercall::GET_HOST_STATS => match output_page(r.r8) {
-            Ok(out) => {
-                out.fill(0);
-                let lps = stats::snapshot();
-                match hv_abi::HostStats::encode(&lps, out) {
-                    Some(()) => status::SUCCESS,
-                    None => status::INVALID_PARAMETER,
-                }
-            }
-            Err(s) => s,
-        },
-        _ => status::INVALID_HYPERCALL_CODE,
+    // SAFETY: `check` confirmed the block lies in one page of the root's RAM,
+    // identity-mapped in the hypervisor; the root asked for it to be written.
+    let out = unsafe { core::slice::from_raw_parts_mut(gpa as *mut u8, len as usize) };
+    out.fill(0);
+    let written = match call.spec.code {
+        hypercall::GET_HOST_INFO => crate::host_info(root).encode(out),
+        hypercall::GET_HOST_STATS => hv_abi::HostStats::encode(&stats::snapshot(), out),
+        _ => None,
+    };
+    match written {
+        Some(()) => hypercall::status::SUCCESS,
+        None => hypercall::status::INVALID_PARAMETER,
     }
 }

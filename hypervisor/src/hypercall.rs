@@ -1,0 +1,402 @@
+//! The hypercall dispatch table and the checks every call passes before its
+//! handler runs (TLFS "Hypercall Interface"): the input value, the caller's
+//! privilege, the call's form (simple or rep, fast or memory), and the input
+//! and output blocks' GPAs. Pure: the hypervisor supplies the registers and a
+//! test of what memory the caller owns; handlers see only checked calls.
+use hv_abi::hypercall::{self, status, Input};
+
+/// Who may make a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Privilege {
+    /// The root partition only; a guest gets ACCESS_DENIED.
+    Root,
+    /// Any partition.
+    Any,
+}
+
+/// The caller's standing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Root,
+    Guest,
+}
+
+/// A call's parameter layout, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// One operation with a fixed input and output block.
+    Simple { input: u64, output: u64, fast: bool },
+    /// A fixed header, then `rep_count` elements in and/or out.
+    Rep {
+        header: u64,
+        element_in: u64,
+        element_out: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallSpec {
+    pub code: u16,
+    pub name: &'static str,
+    pub privilege: Privilege,
+    pub form: Form,
+}
+
+/// Every call the hypervisor answers; anything else is INVALID_HYPERCALL_CODE.
+pub const TABLE: &[CallSpec] = &[
+    CallSpec {
+        code: hypercall::GET_HOST_INFO,
+        name: "GetHostInfo",
+        privilege: Privilege::Root,
+        form: Form::Simple {
+            input: 0,
+            output: 4096,
+            fast: false,
+        },
+    },
+    CallSpec {
+        code: hypercall::GET_HOST_STATS,
+        name: "GetHostStats",
+        privilege: Privilege::Root,
+        form: Form::Simple {
+            input: 0,
+            output: 4096,
+            fast: false,
+        },
+    },
+];
+
+/// A call that passed every check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub spec: &'static CallSpec,
+    pub input: Input,
+    /// The input block `[gpa, gpa + len)`, for memory calls with input.
+    pub input_block: Option<(u64, u64)>,
+    /// The output block, for calls with output.
+    pub output_block: Option<(u64, u64)>,
+}
+
+const PAGE: u64 = 4096;
+
+/// Checks one block: 8-byte aligned, within one page (INVALID_ALIGNMENT), and
+/// memory the caller owns (INVALID_PARAMETER).
+fn block(gpa: u64, len: u64, owns: &dyn Fn(u64, u64) -> bool) -> Result<(u64, u64), u16> {
+    if !gpa.is_multiple_of(8) || gpa % PAGE + len > PAGE {
+        return Err(status::INVALID_ALIGNMENT);
+    }
+    if !owns(gpa, len) {
+        return Err(status::INVALID_PARAMETER);
+    }
+    Ok((gpa, len))
+}
+
+/// Checks a call from its registers (RCX input value, RDX input GPA, R8 output
+/// GPA) against [`TABLE`]. `owns(gpa, len)` says whether the caller owns that memory.
+pub fn check(
+    rcx: u64,
+    rdx: u64,
+    r8: u64,
+    caller: Caller,
+    owns: &dyn Fn(u64, u64) -> bool,
+) -> Result<Checked, u16> {
+    check_in(TABLE, rcx, rdx, r8, caller, owns)
+}
+
+/// As [`check`], against any table.
+pub fn check_in(
+    table: &'static [CallSpec],
+    rcx: u64,
+    rdx: u64,
+    r8: u64,
+    caller: Caller,
+    owns: &dyn Fn(u64, u64) -> bool,
+) -> Result<Checked, u16> {
+    let input = Input::decode(rcx).ok_or(status::INVALID_HYPERCALL_INPUT)?;
+    let spec = table
+        .iter()
+        .find(|s| s.code == input.code)
+        .ok_or(status::INVALID_HYPERCALL_CODE)?;
+    if spec.privilege == Privilege::Root && caller != Caller::Root {
+        return Err(status::ACCESS_DENIED);
+    }
+    let var_header = input.variable_header_size as u64 * 8;
+    let (in_len, out_len) = match spec.form {
+        Form::Simple {
+            input: i,
+            output: o,
+            fast,
+        } => {
+            if input.rep_count != 0 || input.rep_start != 0 {
+                return Err(status::INVALID_HYPERCALL_INPUT);
+            }
+            if input.fast && !fast {
+                return Err(status::INVALID_HYPERCALL_INPUT);
+            }
+            (i + var_header, o)
+        }
+        Form::Rep {
+            header,
+            element_in,
+            element_out,
+        } => {
+            if input.fast || input.rep_count == 0 || input.rep_start >= input.rep_count {
+                return Err(status::INVALID_HYPERCALL_INPUT);
+            }
+            let reps = input.rep_count as u64;
+            (header + var_header + reps * element_in, reps * element_out)
+        }
+    };
+    if input.fast {
+        // Register calls: up to two input quadwords, no memory.
+        if in_len > 16 || out_len != 0 {
+            return Err(status::INVALID_HYPERCALL_INPUT);
+        }
+        return Ok(Checked {
+            spec,
+            input,
+            input_block: None,
+            output_block: None,
+        });
+    }
+    let input_block = if in_len > 0 {
+        Some(block(rdx, in_len, owns)?)
+    } else {
+        None
+    };
+    let output_block = if out_len > 0 {
+        Some(block(r8, out_len, owns)?)
+    } else {
+        None
+    };
+    if let (Some((i, il)), Some((o, ol))) = (input_block, output_block) {
+        if i < o + ol && o < i + il {
+            return Err(status::INVALID_PARAMETER);
+        }
+    }
+    Ok(Checked {
+        spec,
+        input,
+        input_block,
+        output_block,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls of every form, for the rules `TABLE` does not exercise yet.
+    const FORMS: &[CallSpec] = &[
+        CallSpec {
+            code: 1,
+            name: "Memory",
+            privilege: Privilege::Any,
+            form: Form::Simple {
+                input: 24,
+                output: 16,
+                fast: true,
+            },
+        },
+        CallSpec {
+            code: 2,
+            name: "Rep",
+            privilege: Privilege::Any,
+            form: Form::Rep {
+                header: 16,
+                element_in: 8,
+                element_out: 8,
+            },
+        },
+        CallSpec {
+            code: 3,
+            name: "NoFast",
+            privilege: Privilege::Root,
+            form: Form::Simple {
+                input: 8,
+                output: 0,
+                fast: false,
+            },
+        },
+    ];
+
+    fn rcx(code: u16, fast: bool, reps: u16, start: u16) -> u64 {
+        Input {
+            code,
+            fast,
+            variable_header_size: 0,
+            rep_count: reps,
+            rep_start: start,
+        }
+        .encode()
+    }
+
+    /// Memory the caller owns: 1 MiB at 16 MiB.
+    fn owns(gpa: u64, len: u64) -> bool {
+        gpa >= 0x100_0000 && gpa.checked_add(len).is_some_and(|e| e <= 0x110_0000)
+    }
+
+    #[test]
+    fn root_calls_are_denied_to_guests() {
+        let r = rcx(hypercall::GET_HOST_INFO, false, 0, 0);
+        assert!(check(r, 0, 0x100_0000, Caller::Root, &owns).is_ok());
+        assert_eq!(
+            check(r, 0, 0x100_0000, Caller::Guest, &owns),
+            Err(status::ACCESS_DENIED)
+        );
+        assert_eq!(
+            check(rcx(0x7E00, false, 0, 0), 0, 0, Caller::Root, &owns),
+            Err(status::INVALID_HYPERCALL_CODE)
+        );
+        assert_eq!(
+            check(1 << 63, 0, 0, Caller::Root, &owns),
+            Err(status::INVALID_HYPERCALL_INPUT)
+        );
+    }
+
+    #[test]
+    fn output_blocks_are_checked() {
+        let r = rcx(hypercall::GET_HOST_INFO, false, 0, 0);
+        assert_eq!(
+            check(r, 0, 0x100_0008, Caller::Root, &owns),
+            Err(status::INVALID_ALIGNMENT),
+            "a page-sized block must start a page"
+        );
+        assert_eq!(
+            check(r, 0, 0x100_0004, Caller::Root, &owns),
+            Err(status::INVALID_ALIGNMENT)
+        );
+        assert_eq!(
+            check(r, 0, 0x20_0000, Caller::Root, &owns),
+            Err(status::INVALID_PARAMETER),
+            "not the caller's memory"
+        );
+        assert_eq!(
+            check(r, 0, !0xFFF, Caller::Root, &owns),
+            Err(status::INVALID_PARAMETER)
+        );
+        assert_eq!(
+            check(
+                rcx(hypercall::GET_HOST_INFO, true, 0, 0),
+                0,
+                0,
+                Caller::Root,
+                &owns
+            ),
+            Err(status::INVALID_HYPERCALL_INPUT),
+            "fast"
+        );
+        assert_eq!(
+            check(
+                rcx(hypercall::GET_HOST_INFO, false, 3, 0),
+                0,
+                0x100_0000,
+                Caller::Root,
+                &owns
+            ),
+            Err(status::INVALID_HYPERCALL_INPUT),
+            "reps on a simple call"
+        );
+    }
+
+    #[test]
+    fn blocks_may_not_cross_pages_or_overlap() {
+        let c = |r, rdx, r8| check_in(FORMS, r, rdx, r8, Caller::Guest, &owns);
+        let mem = rcx(1, false, 0, 0);
+        let ok = c(mem, 0x100_0000, 0x100_0100).unwrap();
+        assert_eq!(
+            (ok.input_block, ok.output_block),
+            (Some((0x100_0000, 24)), Some((0x100_0100, 16)))
+        );
+        assert_eq!(
+            c(mem, 0x100_0FF0, 0x100_2000),
+            Err(status::INVALID_ALIGNMENT),
+            "input crosses a page"
+        );
+        assert_eq!(
+            c(mem, 0x100_0000, 0x100_0FF8),
+            Err(status::INVALID_ALIGNMENT),
+            "output crosses a page"
+        );
+        assert_eq!(
+            c(mem, 0x100_0000, 0x100_0010),
+            Err(status::INVALID_PARAMETER),
+            "overlap"
+        );
+        assert_eq!(
+            c(mem, 0x100_0003, 0x100_0100),
+            Err(status::INVALID_ALIGNMENT)
+        );
+        // Fast: registers only, at most 16 bytes in and nothing out.
+        assert_eq!(
+            c(rcx(1, true, 0, 0), 0, 0),
+            Err(status::INVALID_HYPERCALL_INPUT),
+            "24 bytes of input cannot go in registers"
+        );
+        assert_eq!(
+            check_in(FORMS, rcx(3, true, 0, 0), 0, 0, Caller::Root, &owns),
+            Err(status::INVALID_HYPERCALL_INPUT),
+            "not a fast call"
+        );
+        assert_eq!(
+            check_in(
+                FORMS,
+                rcx(3, false, 0, 0),
+                0x100_0000,
+                0,
+                Caller::Guest,
+                &owns
+            ),
+            Err(status::ACCESS_DENIED)
+        );
+    }
+
+    #[test]
+    fn rep_calls() {
+        let c = |r, rdx, r8| check_in(FORMS, r, rdx, r8, Caller::Guest, &owns);
+        let ok = c(rcx(2, false, 10, 0), 0x100_0000, 0x100_1000).unwrap();
+        assert_eq!(
+            (ok.input_block, ok.output_block),
+            (Some((0x100_0000, 16 + 80)), Some((0x100_1000, 80)))
+        );
+        assert_eq!(
+            c(rcx(2, false, 0, 0), 0x100_0000, 0x100_1000),
+            Err(status::INVALID_HYPERCALL_INPUT),
+            "no reps"
+        );
+        assert_eq!(
+            c(rcx(2, false, 10, 10), 0x100_0000, 0x100_1000),
+            Err(status::INVALID_HYPERCALL_INPUT),
+            "start past the count"
+        );
+        // 4095 reps of 8 bytes do not fit one page: the list would cross it.
+        assert_eq!(
+            c(rcx(2, false, 4095, 0), 0x100_0000, 0x100_2000),
+            Err(status::INVALID_ALIGNMENT)
+        );
+        assert_eq!(
+            c(rcx(2, true, 1, 0), 0, 0),
+            Err(status::INVALID_HYPERCALL_INPUT),
+            "rep calls are memory calls"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever registers a partition passes: no panic; success only for a
+        /// call in the table, allowed to the caller, with blocks it owns.
+        #[test]
+        fn any_registers(rcx in proptest::prelude::any::<u64>(), rdx in proptest::prelude::any::<u64>(), r8 in proptest::prelude::any::<u64>(), root in proptest::prelude::any::<bool>()) {
+            let caller = if root { Caller::Root } else { Caller::Guest };
+            let _ = check(rcx, rdx, r8, caller, &owns);
+            // The code field takes every form's code often enough: 0..4.
+            let rcx = (rcx & !0xFFFF) | (rcx & 3);
+            if let Ok(c) = check_in(FORMS, rcx, rdx, r8, caller, &owns) {
+                proptest::prop_assert!(FORMS.iter().any(|s| s.code == c.spec.code));
+                proptest::prop_assert!(c.spec.privilege == Privilege::Any || caller == Caller::Root);
+                for (gpa, len) in c.input_block.into_iter().chain(c.output_block) {
+                    proptest::prop_assert!(owns(gpa, len) && gpa % 8 == 0 && gpa % PAGE + len <= PAGE);
+                }
+            }
+        }
+    }
+}
