@@ -18,6 +18,7 @@ pub static OPTIONS_POWEROFF: core::sync::atomic::AtomicBool =
 
 mod boot;
 mod memory;
+mod partition_memory;
 mod percpu;
 mod platform;
 mod power;

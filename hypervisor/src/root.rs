@@ -5,6 +5,7 @@
 use crate::bootinfo::{BootInfo, RegionKind};
 use crate::frame_alloc::PAGE_SIZE;
 use crate::page_table::{Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, X86};
+use crate::partition_memory::PartitionMemory;
 use crate::vcpu::xstate::XState;
 use crate::vcpu::{Exit, StartState, Vcpu, GP, UD};
 use crate::virt::Caps;
@@ -94,36 +95,38 @@ pub fn find_image(bi: &BootInfo, max_vps: u64) -> Option<Result<RootImage, &'sta
 
 /// A bump allocator over the root's boot area (root memory the hypervisor
 /// fills before the root runs).
-struct BootArea {
+struct BootArea<'a> {
+    mem: PartitionMemory<'a>,
     next: u64,
     end: u64,
 }
 
-impl BootArea {
+impl BootArea<'_> {
+    /// `pages` zeroed pages of the boot area.
     fn take(&mut self, pages: u64) -> Option<u64> {
         let at = self.next;
         if at + pages * PAGE_SIZE > self.end {
             return None;
         }
         self.next += pages * PAGE_SIZE;
-        // SAFETY: the boot area is reserved root memory, identity-mapped in the
-        // hypervisor and not yet visible to the root.
-        unsafe { core::ptr::write_bytes(at as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
+        self.mem.zero(at, pages * PAGE_SIZE).ok()?;
         Some(at)
     }
 }
 
-impl TableMemory for BootArea {
+impl TableMemory for BootArea<'_> {
     fn alloc_table(&mut self) -> Option<u64> {
         self.take(1)
     }
+    // Tables come from `take` (root RAM); a failed access reads as an empty
+    // entry and writes nothing, which the builder then reports as unmapped.
     fn read(&self, table: u64, index: usize) -> u64 {
-        // SAFETY: `table` came from `take` (boot-area page); index < 512.
-        unsafe { core::ptr::read_volatile((table as *const u64).add(index & 511)) }
+        self.mem
+            .read_u64(table + 8 * (index & 511) as u64)
+            .unwrap_or(0)
     }
     fn write(&mut self, table: u64, index: usize, value: u64) {
-        // SAFETY: as in `read`.
-        unsafe { core::ptr::write_volatile((table as *mut u64).add(index & 511), value) };
+        let _ = self.mem.write_u64(table + 8 * (index & 511) as u64, value);
     }
 }
 
@@ -216,22 +219,21 @@ pub fn create(
     ram.sort_unstable();
     let top = bi.identity_top();
 
-    // 2. The image.
-    let len = (image.module.1 - image.module.0) as usize;
-    // SAFETY: the module is identity-mapped, reserved, read only here.
-    let bytes = unsafe { core::slice::from_raw_parts(image.module.0 as *const u8, len) };
-    // SAFETY: the image range was reserved for the root at boot and nothing
-    // else uses it; the root does not run yet.
-    let dest = unsafe {
-        core::slice::from_raw_parts_mut(
-            image.layout.start as *mut u8,
-            (image.layout.end - image.layout.start) as usize,
-        )
-    };
-    hypervisor::elf::copy_segments(bytes, image.layout.start, dest)?;
+    // 2. The image, built in the heap and copied in.
+    let mem = PartitionMemory::new(&ram);
+    let mut file = alloc::vec![0u8; (image.module.1 - image.module.0) as usize];
+    mem.read(image.module.0, &mut file)
+        .map_err(|_| "the root module is not root memory")?;
+    let mut loaded = alloc::vec![0u8; (image.layout.end - image.layout.start) as usize];
+    hypervisor::elf::copy_segments(&file, image.layout.start, &mut loaded)?;
+    drop(file);
+    mem.write(image.layout.start, &loaded)
+        .map_err(|_| "the root image range is not root memory")?;
+    drop(loaded);
 
     // 3. Boot area: the root's identity page tables, GDT and TSS.
     let mut area = BootArea {
+        mem,
         next: image.layout.end,
         end: image.reserved.1,
     };
@@ -256,22 +258,15 @@ pub fn create(
     .into_iter()
     .enumerate()
     {
-        // SAFETY: the GDT page was just taken from the boot area.
-        unsafe { core::ptr::write_volatile((gdt as *mut u64).add(i), d) };
+        mem.write_u64(gdt + 8 * i as u64, d)
+            .map_err(|_| "root GDT")?;
     }
     // An RSDP for the root (in the GDT page at 0x200): the loaders may have
     // handed the hypervisor only a copy.
     let rsdp = match bi.acpi {
         Some(acpi) => {
-            let bytes = crate::bootinfo::make_rsdp(acpi);
-            // SAFETY: the GDT page is boot-area memory taken above; 0x200 + 36 fits.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    (gdt + 0x200) as *mut u8,
-                    bytes.len(),
-                )
-            };
+            mem.write(gdt + 0x200, &crate::bootinfo::make_rsdp(acpi))
+                .map_err(|_| "root RSDP")?;
             gdt + 0x200
         }
         None => 0,
@@ -290,7 +285,8 @@ pub fn create(
         gdt,
         entry: image.layout.entry,
         vp_count,
-        ram,
+        // The boot area below still writes through `ram`; the root keeps a copy.
+        ram: ram.clone(),
         hypervisor_bytes: memory_total.saturating_sub(root_bytes),
         memory_total,
         guest_os_id: AtomicU64::new(0),
@@ -346,11 +342,13 @@ pub fn create(
         block.vp_index = vp;
         let page = area.take(1).ok_or("root boot area too small")?;
         let stack = area.take(STACK_PAGES).ok_or("root boot area too small")?;
-        // SAFETY: the page was just taken from the boot area.
-        let dest = unsafe { core::slice::from_raw_parts_mut(page as *mut u8, PAGE_SIZE as usize) };
+        let mut encoded = [0u8; root_boot::SIZE];
         block
-            .encode(dest)
-            .ok_or("root boot block does not fit a page")?;
+            .encode(&mut encoded)
+            .ok_or("root boot block encoding")?;
+        PartitionMemory::new(&root.ram)
+            .write(page, &encoded)
+            .map_err(|_| "root boot block")?;
         starts.push((page, stack + STACK_PAGES * PAGE_SIZE));
     }
     BOOT_SLOTS.call_once(|| starts);
@@ -395,12 +393,14 @@ impl RootPartition {
         })
     }
 
+    /// The root's RAM, for copies in and out.
+    pub fn memory(&self) -> PartitionMemory<'_> {
+        PartitionMemory::new(&self.ram)
+    }
+
     /// Whether `[gpa, gpa + len)` is RAM the root owns.
     pub fn owns(&self, gpa: u64, len: u64) -> bool {
-        let Some(end) = gpa.checked_add(len) else {
-            return false;
-        };
-        self.ram.iter().any(|&(s, e)| s <= gpa && end <= e)
+        self.memory().owns(gpa, len)
     }
 }
 
@@ -782,12 +782,9 @@ fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
                 if root.guest_os_id.load(Ordering::Relaxed) == 0 || !root.owns(gpa, PAGE_SIZE) {
                     return false;
                 }
-                let code = vcpu.hypercall_page();
-                // SAFETY: the page is root RAM (checked just above), identity-
-                // mapped in the hypervisor; the root asked for it to be overwritten.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(code.as_ptr(), gpa as *mut u8, code.len())
-                };
+                if root.memory().write(gpa, &vcpu.hypercall_page()).is_err() {
+                    return false;
+                }
             }
             root.hypercall_msr.store(v & !(0xFFE), Ordering::Relaxed);
             true
@@ -811,17 +808,16 @@ fn hypercall(root: &RootPartition, vcpu: &mut Vcpu) -> u16 {
     let Some((gpa, len)) = call.output_block else {
         return hypercall::status::INVALID_PARAMETER;
     };
-    // SAFETY: `check` confirmed the block lies in one page of the root's RAM,
-    // identity-mapped in the hypervisor; the root asked for it to be written.
-    let out = unsafe { core::slice::from_raw_parts_mut(gpa as *mut u8, len as usize) };
-    out.fill(0);
+    // The output is built in hypervisor memory, then copied to the root's page.
+    let mut page = [0u8; PAGE_SIZE as usize];
+    let out = &mut page[..len as usize];
     let written = match call.spec.code {
         hypercall::GET_HOST_INFO => crate::host_info(root).encode(out),
         hypercall::GET_HOST_STATS => hv_abi::HostStats::encode(&stats::snapshot(), out),
         _ => None,
     };
-    match written {
-        Some(()) => hypercall::status::SUCCESS,
-        None => hypercall::status::INVALID_PARAMETER,
+    match written.map(|()| root.memory().write(gpa, out)) {
+        Some(Ok(())) => hypercall::status::SUCCESS,
+        _ => hypercall::status::INVALID_PARAMETER,
     }
 }

@@ -1,0 +1,79 @@
+//! The hypervisor's access to a partition's memory: by copy, after checking
+//! that the range is the partition's. The one place that turns a partition's
+//! GPA into a pointer (the root's GPAs are SPAs, identity-mapped in the
+//! hypervisor). Nothing here hands out a reference into partition memory: the
+//! partition's own VPs may change it at any time.
+
+/// A partition's RAM: sorted, disjoint `[start, end)` ranges.
+#[derive(Clone, Copy)]
+pub struct PartitionMemory<'a> {
+    ranges: &'a [(u64, u64)],
+}
+
+/// The range is not (all) the partition's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotOwned;
+
+impl<'a> PartitionMemory<'a> {
+    pub fn new(ranges: &'a [(u64, u64)]) -> Self {
+        PartitionMemory { ranges }
+    }
+
+    /// Whether `[gpa, gpa + len)` lies in one of the partition's ranges.
+    pub fn owns(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        self.ranges.iter().any(|&(s, e)| s <= gpa && end <= e)
+    }
+
+    /// Copies `buf.len()` bytes from `gpa`.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), NotOwned> {
+        if !self.owns(gpa, buf.len() as u64) {
+            return Err(NotOwned);
+        }
+        // SAFETY: as in `write`; the destination is hypervisor memory.
+        unsafe { core::ptr::copy_nonoverlapping(gpa as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `bytes` to `gpa`.
+    pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), NotOwned> {
+        if !self.owns(gpa, bytes.len() as u64) {
+            return Err(NotOwned);
+        }
+        // SAFETY: the range is the partition's RAM (checked), which the
+        // hypervisor's identity map covers and never uses itself; no reference
+        // into it exists (the source is hypervisor memory).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), gpa as *mut u8, bytes.len()) };
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `gpa` to zero.
+    pub fn zero(&self, gpa: u64, len: u64) -> Result<(), NotOwned> {
+        if !self.owns(gpa, len) {
+            return Err(NotOwned);
+        }
+        // SAFETY: as in `write`.
+        unsafe { core::ptr::write_bytes(gpa as *mut u8, 0, len as usize) };
+        Ok(())
+    }
+
+    /// The aligned u64 at `gpa` (page-table entries the hypervisor builds).
+    pub fn read_u64(&self, gpa: u64) -> Result<u64, NotOwned> {
+        if !gpa.is_multiple_of(8) || !self.owns(gpa, 8) {
+            return Err(NotOwned);
+        }
+        // SAFETY: as in `write`; aligned, and read by value.
+        Ok(unsafe { core::ptr::read_volatile(gpa as *const u64) })
+    }
+
+    pub fn write_u64(&self, gpa: u64, value: u64) -> Result<(), NotOwned> {
+        if !gpa.is_multiple_of(8) || !self.owns(gpa, 8) {
+            return Err(NotOwned);
+        }
+        // SAFETY: as in `write`; aligned.
+        unsafe { core::ptr::write_volatile(gpa as *mut u64, value) };
+        Ok(())
+    }
+}
