@@ -4,7 +4,9 @@
 //! every VP of it runs through.
 use crate::bootinfo::{BootInfo, RegionKind};
 use crate::frame_alloc::PAGE_SIZE;
-use crate::page_table::{Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, X86};
+use crate::page_table::{
+    Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, SIZE_4K, X86,
+};
 use crate::partition_memory::PartitionMemory;
 use crate::vcpu::xstate::XState;
 use crate::vcpu::{Exit, StartState, Vcpu, GP, UD};
@@ -151,19 +153,15 @@ fn subtract(ranges: &mut Vec<(u64, u64)>, s: u64, e: u64) {
 /// Builds the second-level table of the root: its RAM and every non-RAM
 /// address (devices, firmware, ACPI) below `top`, except the local APIC page;
 /// the hypervisor's memory is absent.
-fn build_slat<F: Format>(bi: &BootInfo, ram: &[(u64, u64)], top: u64) -> Result<u64, &'static str> {
+fn build_slat<F: Format>(
+    bi: &BootInfo,
+    ram: &[(u64, u64)],
+    top: u64,
+    max_page: u64,
+) -> Result<u64, &'static str> {
     let err = |_| "building the root's second-level tables failed";
     memory::with_tables(|mem| {
-        let mut pt = PageTable::<F>::new(
-            mem,
-            SIZE_1G.min(if cpu::has_1g_pages() {
-                SIZE_1G
-            } else {
-                SIZE_2M
-            }),
-            false,
-        )
-        .map_err(err)?;
+        let mut pt = PageTable::<F>::new(mem, max_page, false).map_err(err)?;
         // Non-RAM: [0, top) minus every page-aligned usable region.
         let mut devices = alloc::vec![(0, top)];
         for r in bi.regions().iter().filter(|r| r.kind == RegionKind::Usable) {
@@ -273,8 +271,25 @@ pub fn create(
     };
 
     let (slat_root, vendor_slat) = match caps {
-        Caps::Vmx(_) => (build_slat::<Ept>(bi, &ram, top)?, "EPT"),
-        Caps::Svm(_) => (build_slat::<Npt>(bi, &ram, top)?, "NPT"),
+        // EPT large pages are their own capabilities; NPT uses the host's formats.
+        Caps::Vmx(v) => {
+            let max_page = if v.ept_1g {
+                SIZE_1G
+            } else if v.ept_2m {
+                SIZE_2M
+            } else {
+                SIZE_4K
+            };
+            (build_slat::<Ept>(bi, &ram, top, max_page)?, "EPT")
+        }
+        Caps::Svm(_) => {
+            let max_page = if cpu::has_1g_pages() {
+                SIZE_1G
+            } else {
+                SIZE_2M
+            };
+            (build_slat::<Npt>(bi, &ram, top, max_page)?, "NPT")
+        }
         Caps::None => return Err("no hardware virtualization"),
     };
     let root_bytes: u64 = ram.iter().map(|(s, e)| e - s).sum();
