@@ -399,8 +399,10 @@ impl VmxVcpu {
         // Machine checks exit; every other exception is the partition's own.
         vmwrite(field::EXCEPTION_BITMAP, 1 << 18)?;
         vmwrite(field::MSR_BITMAP, msr_bitmap()?)?;
-        // EPTP: write-back paging structures, 4-level walk (SDM 25.6.11).
-        vmwrite(field::EPT_POINTER, s.slat_root | (3 << 3) | 6)?;
+        // EPTP: 4-level walk; the paging structures' memory type is write-back
+        // where IA32_VMX_EPT_VPID_CAP[14] allows it, else uncached (SDM 25.6.11).
+        let structures_type = if caps.ept_wb { 6 } else { 0 };
+        vmwrite(field::EPT_POINTER, s.slat_root | (3 << 3) | structures_type)?;
         vmwrite(field::VPID, s.tlb_tag as u64)?;
         // The VP owns CR0 and CR4 except the bits VMX fixes; VMXE is hidden.
         let cr0_fixed = msr::read(IA32_VMX_CR0_FIXED0);
