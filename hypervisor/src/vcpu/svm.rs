@@ -17,6 +17,7 @@ mod vmcb {
     pub const INTERCEPT_EXCEPTIONS: u64 = 0x008;
     pub const INTERCEPT_MISC1: u64 = 0x00C;
     pub const INTERCEPT_MISC2: u64 = 0x010;
+    pub const IOPM_BASE: u64 = 0x040;
     pub const MSRPM_BASE: u64 = 0x048;
     pub const GUEST_ASID: u64 = 0x058;
     pub const INT_CONTROL: u64 = 0x060;
@@ -101,6 +102,19 @@ svm_enter:
 
 extern "C" {
     fn svm_enter(regs: *mut GuestRegs, vmcb: u64, host_save: u64);
+}
+
+/// The shared I/O permission map (12 KiB, one bit per port; all clear: the
+/// root owns every port). Guest partitions will get maps of their own.
+static IOPM: spin::Once<u64> = spin::Once::new();
+
+fn io_permission_map() -> Result<u64, &'static str> {
+    let base = *IOPM.call_once(|| memory::alloc_zeroed_pages(3).unwrap_or(0));
+    if base == 0 {
+        Err("no memory for the I/O permission map")
+    } else {
+        Ok(base)
+    }
 }
 
 /// The shared MSR permission map (8 KiB): two bits per MSR, read then write.
@@ -209,11 +223,13 @@ impl SvmVcpu {
         };
 
         // Intercepts: word 3 bits: 0 INTR (the host timer preempts the VP), 18
-        // CPUID, 24 HLT, 28 MSR_PROT, 31 SHUTDOWN.
+        // CPUID, 24 HLT, 27 IOIO_PROT (through the map: no port for the root),
+        // 28 MSR_PROT, 31 SHUTDOWN.
         v.write32(
             vmcb::INTERCEPT_MISC1,
-            1 | (1 << 18) | (1 << 24) | (1 << 28) | (1 << 31),
+            1 | (1 << 18) | (1 << 24) | (1 << 27) | (1 << 28) | (1 << 31),
         );
+        v.write(vmcb::IOPM_BASE, io_permission_map()?);
         // V_INTR_MASKING: physical interrupts follow the host's IF (set around
         // VMRUN), not the VP's; the VP's IF masks only virtual interrupts.
         v.write32(vmcb::INT_CONTROL, 1 << 24);
@@ -222,7 +238,9 @@ impl SvmVcpu {
         v.write32(vmcb::INTERCEPT_EXCEPTIONS, 1 << 18);
         v.write(vmcb::MSRPM_BASE, msr_permission_map()?);
         v.write32(vmcb::GUEST_ASID, s.tlb_tag as u32);
-        v.write32(vmcb::TLB_CONTROL, 1); // flush this ASID's TLB on the first run
+        // The first run starts from a clean TLB: this ASID's entries only where
+        // the processor can (flush-by-ASID), else everything.
+        v.write32(vmcb::TLB_CONTROL, if caps.flush_by_asid { 3 } else { 1 });
         v.write(vmcb::NP_ENABLE, 1);
         v.write(vmcb::NESTED_CR3, s.slat_root);
         v.write(vmcb::CLEAN_BITS, 0);

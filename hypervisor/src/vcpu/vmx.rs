@@ -20,6 +20,8 @@ mod field {
     pub const HOST_FS: u32 = 0x0C08;
     pub const HOST_GS: u32 = 0x0C0A;
     pub const HOST_TR: u32 = 0x0C0C;
+    pub const IO_BITMAP_A: u32 = 0x2000;
+    pub const IO_BITMAP_B: u32 = 0x2002;
     pub const MSR_BITMAP: u32 = 0x2004;
     pub const EPT_POINTER: u32 = 0x201A;
     pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
@@ -130,6 +132,44 @@ mod insn {
         vmptrld, "vmptrld"
     );
 
+    /// Drops cached EPT translations: `kind` 1 for the context of `eptp`, 2
+    /// for every context (Intel SDM vol. 3, INVEPT).
+    ///
+    /// # Safety
+    /// VMX operation is on; `kind` is one the capability MSR advertises.
+    pub unsafe fn invept(kind: u64, eptp: u64) -> Result<(), ()> {
+        let descriptor: [u64; 2] = [eptp, 0];
+        let failed: u8;
+        // SAFETY: the caller's contract; INVEPT only reads the 16-byte descriptor.
+        unsafe {
+            asm!("invept {0}, [{1}]", "setna {2}", in(reg) kind, in(reg) &descriptor, out(reg_byte) failed, options(nostack))
+        };
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// Drops cached translations tagged with `vpid`: `kind` 1 for that VPID,
+    /// 2 for every VPID (Intel SDM vol. 3, INVVPID).
+    ///
+    /// # Safety
+    /// As for `invept`.
+    pub unsafe fn invvpid(kind: u64, vpid: u16) -> Result<(), ()> {
+        let descriptor: [u64; 2] = [vpid as u64, 0];
+        let failed: u8;
+        // SAFETY: the caller's contract; INVVPID only reads the 16-byte descriptor.
+        unsafe {
+            asm!("invvpid {0}, [{1}]", "setna {2}", in(reg) kind, in(reg) &descriptor, out(reg_byte) failed, options(nostack))
+        };
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
     /// Reads a field of the current VMCS (0 if there is none or the field does not exist).
     pub fn vmread(field: u32) -> u64 {
         let value: u64;
@@ -239,6 +279,19 @@ fn vmwrite(field: u32, value: u64) -> Result<(), &'static str> {
     unsafe { insn::vmwrite(field, value) }.map_err(|_| "VMWRITE failed")
 }
 
+/// The shared I/O bitmaps A (ports 0-0x7FFF) and B (0x8000-0xFFFF): all
+/// clear, the root owns every port. Guest partitions will get their own.
+static IO_BITMAP_PAGES: spin::Once<u64> = spin::Once::new();
+
+fn io_bitmaps() -> Result<u64, &'static str> {
+    let base = *IO_BITMAP_PAGES.call_once(|| memory::alloc_zeroed_pages(2).unwrap_or(0));
+    if base == 0 {
+        Err("no memory for the I/O bitmaps")
+    } else {
+        Ok(base)
+    }
+}
+
 /// The shared MSR bitmap: which MSR accesses of the root exit.
 static MSR_BITMAP: spin::Once<u64> = spin::Once::new();
 
@@ -310,6 +363,21 @@ impl VmxVcpu {
             insn::vmptrld(vmcs).map_err(|_| "VMPTRLD failed")?;
         }
         let proc = Self::write_controls(caps, s)?;
+        // A recycled EPTP or VPID may still have translations cached: drop them
+        // (single context where the processor offers it, else all contexts).
+        let cap = msr::read(msr::IA32_VMX_EPT_VPID_CAP);
+        let eptp = insn::vmread(field::EPT_POINTER);
+        // SAFETY: VMX is on; each kind is one the capability MSR advertises.
+        unsafe {
+            if caps.invept {
+                insn::invept(if cap & (1 << 25) != 0 { 1 } else { 2 }, eptp)
+                    .map_err(|_| "INVEPT failed")?;
+            }
+            if caps.invvpid {
+                insn::invvpid(if cap & (1 << 41) != 0 { 1 } else { 2 }, s.tlb_tag)
+                    .map_err(|_| "INVVPID failed")?;
+            }
+        }
         Self::write_host_state()?;
         Self::write_guest_state(s)?;
         let timer_shift = msr::read(IA32_VMX_MISC) & 0x1F;
@@ -348,12 +416,13 @@ impl VmxVcpu {
             >> shift;
         vmwrite(field::PREEMPTION_TIMER, slice.clamp(1, u32::MAX as u64))?;
         const HLT_EXITING: u32 = 1 << 7;
+        const IO_BITMAPS: u32 = 1 << 25;
         const MSR_BITMAPS: u32 = 1 << 28;
         const SECONDARY: u32 = 1 << 31;
         let proc = hypervisor::vmx_controls::adjust(
             pick(msr::IA32_VMX_PROCBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS),
-            HLT_EXITING | MSR_BITMAPS | SECONDARY,
-            HLT_EXITING | MSR_BITMAPS | SECONDARY,
+            HLT_EXITING | IO_BITMAPS | MSR_BITMAPS | SECONDARY,
+            HLT_EXITING | IO_BITMAPS | MSR_BITMAPS | SECONDARY,
         )
         .map_err(err)?;
         const EPT: u32 = 1 << 1;
@@ -399,6 +468,9 @@ impl VmxVcpu {
         // Machine checks exit; every other exception is the partition's own.
         vmwrite(field::EXCEPTION_BITMAP, 1 << 18)?;
         vmwrite(field::MSR_BITMAP, msr_bitmap()?)?;
+        let io = io_bitmaps()?;
+        vmwrite(field::IO_BITMAP_A, io)?;
+        vmwrite(field::IO_BITMAP_B, io + 4096)?;
         // EPTP: 4-level walk; the paging structures' memory type is write-back
         // where IA32_VMX_EPT_VPID_CAP[14] allows it, else uncached (SDM 25.6.11).
         let structures_type = if caps.ept_wb { 6 } else { 0 };
