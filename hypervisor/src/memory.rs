@@ -191,6 +191,27 @@ pub fn alloc_zeroed_pages(pages: u64) -> Option<u64> {
     Some(pa)
 }
 
+/// Pages the hypervisor allocates once and shares (bitmaps, permission maps):
+/// zeroed, filled by `fill` the first time, the same base ever after.
+pub fn shared_pages(
+    cell: &'static spin::Once<u64>,
+    pages: u64,
+    fill: impl FnOnce(u64),
+) -> Result<u64, &'static str> {
+    let base = *cell.call_once(|| match alloc_zeroed_pages(pages) {
+        Some(base) => {
+            fill(base);
+            base
+        }
+        None => 0,
+    });
+    if base == 0 {
+        Err("out of memory for a shared bitmap")
+    } else {
+        Ok(base)
+    }
+}
+
 /// Builds page tables (a partition's EPT/NPT) in frames the hypervisor keeps.
 pub fn with_tables<R>(f: impl FnOnce(&mut dyn TableMemory) -> R) -> R {
     let mut fa = FRAMES.lock();

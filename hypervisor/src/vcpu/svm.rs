@@ -109,22 +109,14 @@ extern "C" {
 static IOPM: spin::Once<u64> = spin::Once::new();
 
 fn io_permission_map() -> Result<u64, &'static str> {
-    let base = *IOPM.call_once(|| memory::alloc_zeroed_pages(3).unwrap_or(0));
-    if base == 0 {
-        Err("no memory for the I/O permission map")
-    } else {
-        Ok(base)
-    }
+    memory::shared_pages(&IOPM, 3, |_| {})
 }
 
 /// The shared MSR permission map (8 KiB): two bits per MSR, read then write.
 static MSRPM: spin::Once<u64> = spin::Once::new();
 
 fn msr_permission_map() -> Result<u64, &'static str> {
-    let base = *MSRPM.call_once(|| {
-        let Some(base) = memory::alloc_zeroed_pages(2) else {
-            return 0;
-        };
+    memory::shared_pages(&MSRPM, 2, |base| {
         let intercept = |msr: u32, read: bool, write: bool| {
             let (offset, index) = match msr {
                 0..=0x1FFF => (0, msr),
@@ -147,13 +139,7 @@ fn msr_permission_map() -> Result<u64, &'static str> {
         for m in 0x800..=0x8FF {
             intercept(m, true, true);
         }
-        base
-    });
-    if base == 0 {
-        Err("no memory for the MSR permission map")
-    } else {
-        Ok(base)
-    }
+    })
 }
 
 pub struct SvmVcpu {

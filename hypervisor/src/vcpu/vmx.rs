@@ -132,43 +132,36 @@ mod insn {
         vmptrld, "vmptrld"
     );
 
-    /// Drops cached EPT translations: `kind` 1 for the context of `eptp`, 2
-    /// for every context (Intel SDM vol. 3, INVEPT).
-    ///
-    /// # Safety
-    /// VMX operation is on; `kind` is one the capability MSR advertises.
-    pub unsafe fn invept(kind: u64, eptp: u64) -> Result<(), ()> {
-        let descriptor: [u64; 2] = [eptp, 0];
-        let failed: u8;
-        // SAFETY: the caller's contract; INVEPT only reads the 16-byte descriptor.
-        unsafe {
-            asm!("invept {0}, [{1}]", "setna {2}", in(reg) kind, in(reg) &descriptor, out(reg_byte) failed, options(nostack))
+    /// A VMX invalidation instruction: a type in a register, a 16-byte
+    /// descriptor in memory.
+    macro_rules! vmx_invalidation {
+        ($(#[$doc:meta])* $name:ident, $mnemonic:literal) => {
+            $(#[$doc])*
+            pub unsafe fn $name(kind: u64, descriptor: [u64; 2]) -> Result<(), ()> {
+                let failed: u8;
+                // SAFETY: the caller's contract; the instruction only reads the descriptor.
+                unsafe { asm!(concat!($mnemonic, " {0}, [{1}]"), "setna {2}", in(reg) kind, in(reg) &descriptor, out(reg_byte) failed, options(nostack)) };
+                if failed == 0 { Ok(()) } else { Err(()) }
+            }
         };
-        if failed == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
     }
 
-    /// Drops cached translations tagged with `vpid`: `kind` 1 for that VPID,
-    /// 2 for every VPID (Intel SDM vol. 3, INVVPID).
-    ///
-    /// # Safety
-    /// As for `invept`.
-    pub unsafe fn invvpid(kind: u64, vpid: u16) -> Result<(), ()> {
-        let descriptor: [u64; 2] = [vpid as u64, 0];
-        let failed: u8;
-        // SAFETY: the caller's contract; INVVPID only reads the 16-byte descriptor.
-        unsafe {
-            asm!("invvpid {0}, [{1}]", "setna {2}", in(reg) kind, in(reg) &descriptor, out(reg_byte) failed, options(nostack))
-        };
-        if failed == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
+    vmx_invalidation!(
+        /// Drops cached EPT translations: `kind` 1 for the context of the EPTP in
+        /// the descriptor, 2 for every context (Intel SDM vol. 3, INVEPT).
+        ///
+        /// # Safety
+        /// VMX operation is on; `kind` is one the capability MSR advertises.
+        invept, "invept"
+    );
+    vmx_invalidation!(
+        /// Drops cached translations tagged with the descriptor's VPID: `kind` 1
+        /// for that VPID, 2 for every VPID (Intel SDM vol. 3, INVVPID).
+        ///
+        /// # Safety
+        /// As for `invept`.
+        invvpid, "invvpid"
+    );
 
     /// Reads a field of the current VMCS (0 if there is none or the field does not exist).
     pub fn vmread(field: u32) -> u64 {
@@ -284,22 +277,14 @@ fn vmwrite(field: u32, value: u64) -> Result<(), &'static str> {
 static IO_BITMAP_PAGES: spin::Once<u64> = spin::Once::new();
 
 fn io_bitmaps() -> Result<u64, &'static str> {
-    let base = *IO_BITMAP_PAGES.call_once(|| memory::alloc_zeroed_pages(2).unwrap_or(0));
-    if base == 0 {
-        Err("no memory for the I/O bitmaps")
-    } else {
-        Ok(base)
-    }
+    memory::shared_pages(&IO_BITMAP_PAGES, 2, |_| {})
 }
 
 /// The shared MSR bitmap: which MSR accesses of the root exit.
 static MSR_BITMAP: spin::Once<u64> = spin::Once::new();
 
 fn msr_bitmap() -> Result<u64, &'static str> {
-    let page = *MSR_BITMAP.call_once(|| {
-        let Some(page) = memory::alloc_zeroed_page() else {
-            return 0;
-        };
+    memory::shared_pages(&MSR_BITMAP, 1, |page| {
         // Layout: read-low 0x000, read-high 0x400, write-low 0x800, write-high 0xC00,
         // one bit per MSR (low: 0..0x1FFF, high: 0xC0000000..0xC0001FFF).
         let set = |offset: u64, msr: u32| {
@@ -317,13 +302,7 @@ fn msr_bitmap() -> Result<u64, &'static str> {
             set(0x000, m);
             set(0x800, m);
         }
-        page
-    });
-    if page == 0 {
-        Err("no memory for the MSR bitmap")
-    } else {
-        Ok(page)
-    }
+    })
 }
 
 impl VmxVcpu {
@@ -370,12 +349,15 @@ impl VmxVcpu {
         // SAFETY: VMX is on; each kind is one the capability MSR advertises.
         unsafe {
             if caps.invept {
-                insn::invept(if cap & (1 << 25) != 0 { 1 } else { 2 }, eptp)
+                insn::invept(if cap & (1 << 25) != 0 { 1 } else { 2 }, [eptp, 0])
                     .map_err(|_| "INVEPT failed")?;
             }
             if caps.invvpid {
-                insn::invvpid(if cap & (1 << 41) != 0 { 1 } else { 2 }, s.tlb_tag)
-                    .map_err(|_| "INVVPID failed")?;
+                insn::invvpid(
+                    if cap & (1 << 41) != 0 { 1 } else { 2 },
+                    [s.tlb_tag as u64, 0],
+                )
+                .map_err(|_| "INVVPID failed")?;
             }
         }
         Self::write_host_state()?;
