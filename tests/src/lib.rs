@@ -298,8 +298,14 @@ pub fn matrix() -> Vec<Case> {
     // Bochs's ryzen has NRIP save and flush-by-ASID, which QEMU's models lack:
     // the other half of the SVM backend.
     cases.push(root_case(
-        Machine::new(Emulator::Bochs, Boot::Grub, 2, 128).model("ryzen").cmdline(""),
-        Expect::RootShell { vendor: "amd", slat: "npt", must_show: ROOT_SHELL_SHOWS },
+        Machine::new(Emulator::Bochs, Boot::Grub, 2, 128)
+            .model("ryzen")
+            .cmdline(""),
+        Expect::RootShell {
+            vendor: "amd",
+            slat: "npt",
+            must_show: ROOT_SHELL_SHOWS,
+        },
         "-root",
         shell,
     ));
