@@ -62,17 +62,7 @@ pub struct GuestConfig {
 impl Default for GuestConfig {
     fn default() -> Self {
         Self {
-            // Linux 6.1's list, minus WIN8 (2.4) which this crate's host
-            // does not accept.
-            versions: alloc::vec![
-                VERSION_WIN10_V5_3,
-                VERSION_WIN10_V5_2,
-                VERSION_WIN10_V5_1,
-                VERSION_WIN10_V5,
-                VERSION_WIN10_V4_1,
-                VERSION_WIN10,
-                VERSION_WIN8_1,
-            ],
+            versions: SUPPORTED_VERSIONS.to_vec(),
             target_vcpu: 0,
             interrupt_page: 0,
             monitor_pages: (0, 0),

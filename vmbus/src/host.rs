@@ -62,16 +62,7 @@ pub struct HostConfig {
 impl Default for HostConfig {
     fn default() -> Self {
         Self {
-            // What Linux 6.1 proposes, from 5.3 down to 3.0.
-            versions: alloc::vec![
-                VERSION_WIN10_V5_3,
-                VERSION_WIN10_V5_2,
-                VERSION_WIN10_V5_1,
-                VERSION_WIN10_V5,
-                VERSION_WIN10_V4_1,
-                VERSION_WIN10,
-                VERSION_WIN8_1,
-            ],
+            versions: SUPPORTED_VERSIONS.to_vec(),
             max_relid: 255,
             max_gpadls: 1024,
             // Like Hyper-V/OpenVMM for VTL0: relid | SINT 2 << 12.

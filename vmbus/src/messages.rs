@@ -83,6 +83,18 @@ pub const VERSION_WIN10_V5_2: u32 = make_version(5, 2);
 /// 5.3 (Server 2022): adds MODIFY_CHANNEL_RESPONSE.
 pub const VERSION_WIN10_V5_3: u32 = make_version(5, 3);
 
+/// The versions this crate speaks, newest first: what Linux 6.1 proposes from
+/// 5.3 down to 3.0 (WIN8_1). Both sides' defaults negotiate from this list.
+pub const SUPPORTED_VERSIONS: [u32; 7] = [
+    VERSION_WIN10_V5_3,
+    VERSION_WIN10_V5_2,
+    VERSION_WIN10_V5_1,
+    VERSION_WIN10_V5,
+    VERSION_WIN10_V4_1,
+    VERSION_WIN10,
+    VERSION_WIN8_1,
+];
+
 /// Connection id for messages (all versions after negotiation; INITIATE_CONTACT below 5.0).
 pub const MESSAGE_CONNECTION_ID: u32 = 1;
 /// Connection id for INITIATE_CONTACT from 5.0 on.
