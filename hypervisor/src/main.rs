@@ -17,7 +17,10 @@ pub static OPTIONS_POWEROFF: core::sync::atomic::AtomicBool =
     core::sync::atomic::AtomicBool::new(false);
 
 mod boot;
+mod guest;
+mod lp;
 mod memory;
+mod partition;
 mod partition_memory;
 mod percpu;
 mod platform;
@@ -26,6 +29,7 @@ mod root;
 mod serial;
 mod smp;
 mod stats;
+mod synic;
 mod time;
 mod vcpu;
 mod virt;
@@ -252,7 +256,7 @@ extern "C" fn bsp_main(trampoline_page: u64) -> ! {
         Some(r) => r,
         None => fatal(format_args!("cannot create the root partition")),
     };
-    root::run_vp(root, &caps, 0)
+    lp::run(root, &caps, 0)
 }
 
 /// The hypervisor's version as (major, minor).
@@ -356,7 +360,7 @@ extern "C" fn ap_entry(percpu_addr: u64) -> ! {
         cpu::pause();
     };
     match (root, BSP_CAPS.get()) {
-        (Some(root), Some(caps)) => root::run_vp(root, caps, index),
+        (Some(root), Some(caps)) => lp::run(root, caps, index),
         _ => cpu::halt_forever(),
     }
 }

@@ -191,6 +191,16 @@ pub fn alloc_zeroed_pages(pages: u64) -> Option<u64> {
     Some(pa)
 }
 
+/// Returns `pages` pages from `pa` to the hypervisor's allocator.
+pub fn free_pages(pa: u64, pages: u64) {
+    let mut fa = FRAMES.lock();
+    for i in 0..pages {
+        if fa.free(pa + i * PAGE_SIZE).is_err() {
+            log::warn!("page {:#x} freed twice or not the hypervisor's", pa + i * PAGE_SIZE);
+        }
+    }
+}
+
 /// Pages the hypervisor allocates once and shares (bitmaps, permission maps):
 /// zeroed, filled by `fill` the first time, the same base ever after.
 pub fn shared_pages(

@@ -358,6 +358,44 @@ impl<F: Format> PageTable<F> {
         None
     }
 
+    /// Removes the 4 KiB mapping of `va`; returns the physical address it
+    /// had. `None` when `va` is not mapped by a 4 KiB leaf (absent, or inside
+    /// a large page, which this does not split).
+    pub fn unmap_4k(&mut self, mem: &mut dyn TableMemory, va: u64) -> Option<u64> {
+        let mut table = self.root;
+        for level in (2..=4u8).rev() {
+            let e = mem.read(table, index(va, level));
+            if !F::is_present(e) || (level <= 3 && F::is_large(e)) {
+                return None;
+            }
+            table = e & ADDR_MASK;
+        }
+        let i = index(va, 1);
+        let e = mem.read(table, i);
+        if !F::is_present(e) {
+            return None;
+        }
+        mem.write(table, i, 0);
+        Some(e & ADDR_MASK)
+    }
+
+    /// Calls `f` with every table of the hierarchy (the root last), for
+    /// freeing them; the tables are not changed.
+    pub fn tables(&self, mem: &dyn TableMemory, f: &mut dyn FnMut(u64)) {
+        fn walk<F: Format>(mem: &dyn TableMemory, table: u64, level: u8, f: &mut dyn FnMut(u64)) {
+            if level > 1 {
+                for i in 0..512 {
+                    let e = mem.read(table, i);
+                    if F::is_present(e) && !(level <= 3 && F::is_large(e)) {
+                        walk::<F>(mem, e & ADDR_MASK, level - 1, f);
+                    }
+                }
+            }
+            f(table);
+        }
+        walk::<F>(mem, self.root, 4, f);
+    }
+
     /// Calls `f` for every leaf mapping, in address order.
     pub fn leaves(&self, mem: &dyn TableMemory, f: &mut dyn FnMut(Leaf)) {
         fn walk<F: Format>(
@@ -445,6 +483,30 @@ pub mod tests {
             (SIZE_1G, SIZE_1G, SIZE_1G, Perms::RW)
         );
         assert_eq!(pt.translate(&m, 0), None);
+    }
+
+    #[test]
+    fn unmapping_4k_pages_and_listing_tables() {
+        let mut m = HostTables::default();
+        let mut pt = PageTable::<Ept>::new(&mut m, SIZE_4K, false).unwrap();
+        pt.map(&mut m, 0x20_0000, 0x900_0000, 3 * SIZE_4K, Perms::RWX)
+            .unwrap();
+        assert_eq!(pt.unmap_4k(&mut m, 0x20_1000), Some(0x900_1000));
+        assert_eq!(pt.unmap_4k(&mut m, 0x20_1000), None, "already gone");
+        assert_eq!(pt.unmap_4k(&mut m, 0x4000_0000), None, "never mapped");
+        assert_eq!(pt.translate(&m, 0x20_1000), None);
+        assert!(pt.translate(&m, 0x20_2000).is_some());
+        // Remapping the hole works; the tables are PML4, PDPT, PD, PT.
+        pt.map(&mut m, 0x20_1000, 0x800_0000, SIZE_4K, Perms::R)
+            .unwrap();
+        let mut tables = Vec::new();
+        pt.tables(&m, &mut |t| tables.push(t));
+        assert_eq!(tables.len(), 4);
+        assert_eq!(*tables.last().unwrap(), pt.root());
+        // A large page is not split.
+        let mut big = PageTable::<Ept>::new(&mut m, SIZE_2M, false).unwrap();
+        big.map(&mut m, 0, 0, SIZE_2M, Perms::RW).unwrap();
+        assert_eq!(big.unmap_4k(&mut m, 0x1000), None);
     }
 
     #[test]

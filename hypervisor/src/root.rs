@@ -8,7 +8,6 @@ use crate::page_table::{
     Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, SIZE_4K, X86,
 };
 use crate::partition_memory::PartitionMemory;
-use crate::vcpu::xstate::XState;
 use crate::vcpu::{Exit, StartState, Vcpu, GP, UD};
 use crate::virt::Caps;
 use crate::x86::{apic, cpu, idt, msr};
@@ -328,7 +327,24 @@ pub fn create(
         cmdline_len: 0,
         ranges: [(0, 0); root_boot::MAX_RANGES],
         range_count: free.len().min(root_boot::MAX_RANGES) as u32,
+        modules: [hv_abi::BootModule::default(); root_boot::MAX_MODULES],
+        module_count: 0,
     };
+    // The other modules (guest images), by name: the word after the file
+    // name when the loader passes one (QEMU), else the string's last path part.
+    for (i, m) in bi.modules().iter().enumerate() {
+        if i == image.module_index || block.module_count as usize >= root_boot::MAX_MODULES {
+            continue;
+        }
+        let mut words = m.name.as_str().split_whitespace();
+        let first = words.next().unwrap_or("");
+        let name = words
+            .next()
+            .unwrap_or_else(|| first.rsplit('/').next().unwrap_or(first));
+        block.modules[block.module_count as usize] =
+            hv_abi::BootModule::new(m.start, m.end, name);
+        block.module_count += 1;
+    }
     // The words after "root" in the module's string, and `poweroff` when the
     // hypervisor was given it: the root powers off once its shell is up.
     let mut cmdline = alloc::string::String::new();
@@ -420,46 +436,12 @@ impl RootPartition {
 }
 
 /// What the dispatcher decided.
-enum Next {
+pub enum Next {
     Resume,
     /// The VP halted: the LP idles until an interrupt for it is pending.
     Halted,
     /// The root cannot go on: report and power off.
     Stop(alloc::string::String),
-}
-
-/// Runs root VP `vp` on this logical processor, forever.
-pub fn run_vp(root: &RootPartition, caps: &Caps, vp: u32) -> ! {
-    let start = match root.start_state(vp) {
-        Some(s) => s,
-        None => stop(vp, "no start state"),
-    };
-    let mut vcpu = match Vcpu::new(caps, &start) {
-        Ok(v) => v,
-        Err(e) => stop(vp, e),
-    };
-    // The host timer preempts the VP (SVM) and wakes the LP while the VP halts.
-    apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, crate::vcpu::TIME_SLICE_US);
-    let mut vapic = VirtualApic::new(vp);
-    let xstate = XState::new().unwrap_or_else(|e| stop(vp, e));
-    let lp = stats::Lp::get(vp as usize);
-    let mut left_guest = cpu::rdtsc();
-    lp.start(left_guest);
-    loop {
-        deliver_interrupts(&mut vcpu, &mut vapic, vp);
-        let entered = cpu::rdtsc();
-        lp.add_hypervisor_time(entered - left_guest);
-        xstate.restore();
-        let exit = vcpu.run();
-        xstate.save();
-        left_guest = cpu::rdtsc();
-        lp.count(exit.reason());
-        match dispatch(root, &mut vcpu, &mut vapic, vp, exit) {
-            Next::Resume => {}
-            Next::Halted => wait_for_interrupt(&vcpu, &mut vapic, vp),
-            Next::Stop(why) => stop(vp, &why),
-        }
-    }
 }
 
 /// Interrupts other VPs sent to VP n, not yet taken into its APIC. `pending`
@@ -477,7 +459,7 @@ static MAILBOXES: [Mailbox; stats::MAX_LPS] = [const {
 }; stats::MAX_LPS];
 
 /// Moves VP `vp`'s mailbox into its APIC and advances its timer.
-fn collect(vapic: &mut VirtualApic, vp: u32) {
+pub fn collect(vapic: &mut VirtualApic, vp: u32) {
     let mailbox = &MAILBOXES[vp as usize];
     let words = if mailbox.pending.swap(false, Ordering::AcqRel) {
         &mailbox.vectors[..]
@@ -497,7 +479,7 @@ fn collect(vapic: &mut VirtualApic, vp: u32) {
 
 /// Before entry: inject the highest deliverable interrupt, or ask to be told
 /// when the VP can take it; shorten the slice to the virtual timer.
-fn deliver_interrupts(vcpu: &mut Vcpu, vapic: &mut VirtualApic, vp: u32) {
+pub fn deliver_interrupts(vcpu: &mut Vcpu, vapic: &mut VirtualApic, vp: u32) {
     collect(vapic, vp);
     match vapic.deliverable() {
         Some(v) if vcpu.interruptible() => {
@@ -511,28 +493,17 @@ fn deliver_interrupts(vcpu: &mut Vcpu, vapic: &mut VirtualApic, vp: u32) {
     vcpu.set_timer_deadline(vapic.deadline());
 }
 
-/// A halted VP with interrupts enabled waits, LP asleep, until an interrupt
-/// for it is deliverable (its timer, an IPI); the host timer and kicks wake the
-/// LP to look. With interrupts disabled it can never wake: the LP sleeps for good.
-fn wait_for_interrupt(vcpu: &Vcpu, vapic: &mut VirtualApic, vp: u32) {
-    if !vcpu.interrupts_enabled() {
-        cpu::halt_forever();
-    }
-    loop {
-        collect(vapic, vp);
-        if vapic.deliverable().is_some() {
-            return;
-        }
-        // A virtual timer due before the host's next tick: wait for it awake.
-        let soon = time::deadline_us(crate::vcpu::TIME_SLICE_US);
-        match vapic.deadline() {
-            Some(d) if d < soon => {
-                while cpu::rdtsc() < d {
-                    cpu::pause();
-                }
-            }
-            _ => cpu::sleep_until_interrupt(),
-        }
+/// Requests interrupt `vector` in root VP `vp` (from any LP): its mailbox,
+/// and a kick to its LP unless that is this one.
+pub fn raise_interrupt(vp: u32, vector: u8) {
+    let mailbox = &MAILBOXES[vp as usize % stats::MAX_LPS];
+    mailbox.vectors[vector as usize / 32].fetch_or(1 << (vector % 32), Ordering::AcqRel);
+    mailbox.pending.store(true, Ordering::Release);
+    if vp != crate::percpu::index() {
+        apic::send_fixed(
+            smp::LP_APIC_IDS[vp as usize % stats::MAX_LPS].load(Ordering::Relaxed),
+            idt::HOST_KICK_VECTOR as u8,
+        );
     }
 }
 
@@ -563,13 +534,14 @@ fn send_ipi(
     }
 }
 
-fn stop(vp: u32, why: &str) -> ! {
+pub fn stop(vp: u32, why: &str) -> ! {
     error!("root partition stopped (VP {vp}): {why}");
     power::fail()
 }
 
-fn dispatch(
+pub fn dispatch(
     root: &RootPartition,
+    caps: &Caps,
     vcpu: &mut Vcpu,
     vapic: &mut VirtualApic,
     vp: u32,
@@ -589,7 +561,7 @@ fn dispatch(
             let value = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
                 msr::IA32_APIC_BASE => Some(apic_base(vp)),
-                _ => read_msr(root, m),
+                _ => crate::synic::read_msr(vp, m).or_else(|| read_msr(root, m)),
             };
             match value {
                 Some(v) => {
@@ -623,7 +595,8 @@ fn dispatch(
                 }
                 // The APIC stays enabled in x2APIC mode at its base: only the BSP bit may differ.
                 msr::IA32_APIC_BASE => v & !(1 << 8) == apic_base(vp) & !(1 << 8),
-                _ => write_msr(root, vcpu, m, v),
+                _ => crate::synic::write_msr(root, vp, m, v)
+                    .unwrap_or_else(|| write_msr(root, vcpu, m, v)),
             };
             if done {
                 vcpu.skip_instruction();
@@ -633,9 +606,7 @@ fn dispatch(
             Next::Resume
         }
         Exit::Hypercall => {
-            let status = hypercall(root, vcpu);
-            vcpu.regs().rax = status as u64;
-            vcpu.skip_instruction();
+            hypercall(root, caps, vcpu);
             Next::Resume
         }
         Exit::Halt => {
@@ -705,7 +676,7 @@ fn dispatch(
             "unsupported control-register change at RIP {:#x}",
             vcpu.rip()
         )),
-        Exit::Io { port } => Next::Stop(format!("unexpected I/O exit for port {port:#x}")),
+        Exit::Io(io) => Next::Stop(format!("unexpected I/O exit for port {:#x}", io.port)),
         Exit::EntryFailed(code) => Next::Stop(format!(
             "the processor refused to enter the VP (code {code:#x})"
         )),
@@ -810,29 +781,78 @@ fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
 }
 
 /// The root's hypercalls: checked against the dispatch table
-/// (`hypervisor::hypercall`), then handled.
-fn hypercall(root: &RootPartition, vcpu: &mut Vcpu) -> u16 {
-    use hypervisor::hypercall::{check, Caller};
+/// (`hypervisor::hypercall`), then handled. The status goes to RAX (with the
+/// reps completed in bits 43:32); a rep call that is not finished, or must
+/// wait for a VP's LP, returns to the same instruction with its rep start
+/// index advanced (TLFS rep continuation).
+fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
+    use hypervisor::hypercall::{check, Caller, Form};
     let r = *vcpu.regs();
+    let finish = |vcpu: &mut Vcpu, status: u16, reps: u16| {
+        vcpu.regs().rax = status as u64 | (reps as u64) << 32;
+        vcpu.skip_instruction();
+    };
     let call = match check(r.rcx, r.rdx, r.r8, Caller::Root, &|gpa, len| {
         root.owns(gpa, len)
     }) {
         Ok(call) => call,
-        Err(status) => return status,
+        Err(status) => return finish(vcpu, status, 0),
     };
-    let Some((gpa, len)) = call.output_block else {
-        return hypercall::status::INVALID_PARAMETER;
+    // Input copied in (checked to be root memory, at most a page); the
+    // output built in hypervisor memory and copied out.
+    let mut input = [0u8; PAGE_SIZE as usize];
+    let in_len = match call.input_block {
+        Some((gpa, len)) => {
+            if root.memory().read(gpa, &mut input[..len as usize]).is_err() {
+                return finish(vcpu, hypercall::status::INVALID_PARAMETER, 0);
+            }
+            len as usize
+        }
+        None if call.input.fast => {
+            input[..8].copy_from_slice(&r.rdx.to_le_bytes());
+            input[8..16].copy_from_slice(&r.r8.to_le_bytes());
+            16
+        }
+        None => 0,
     };
-    // The output is built in hypervisor memory, then copied to the root's page.
-    let mut page = [0u8; PAGE_SIZE as usize];
-    let out = &mut page[..len as usize];
-    let written = match call.spec.code {
-        hypercall::GET_HOST_INFO => crate::host_info(root).encode(out),
-        hypercall::GET_HOST_STATS => hv_abi::HostStats::encode(&stats::snapshot(), out),
-        _ => None,
+    let mut out = [0u8; PAGE_SIZE as usize];
+    let (status, reps_done, written) = match call.spec.code {
+        hypercall::GET_HOST_INFO => {
+            let ok = crate::host_info(root).encode(&mut out).is_some();
+            (ok_status(ok), 0, hv_abi::HostInfo::SIZE)
+        }
+        hypercall::GET_HOST_STATS => {
+            let ok = hv_abi::HostStats::encode(&stats::snapshot(), &mut out).is_some();
+            (ok_status(ok), 0, PAGE_SIZE as usize)
+        }
+        code => {
+            let reps = (call.input.rep_start, call.input.rep_count);
+            let o = crate::partition::call(root, caps, code, reps, &input[..in_len], &mut out);
+            (o.status, o.reps_done, o.output_len)
+        }
     };
-    match written.map(|()| root.memory().write(gpa, out)) {
-        Some(Ok(())) => hypercall::status::SUCCESS,
-        _ => hypercall::status::INVALID_PARAMETER,
+    if let Some((gpa, len)) = call.output_block {
+        let n = written.min(len as usize);
+        if n > 0 && root.memory().write(gpa, &out[..n]).is_err() {
+            return finish(vcpu, hypercall::status::INVALID_PARAMETER, reps_done);
+        }
+    }
+    let is_rep = matches!(call.spec.form, Form::Rep { .. });
+    let unfinished = is_rep && status == hypercall::status::SUCCESS && reps_done < call.input.rep_count;
+    if status == crate::partition::RETRY || unfinished {
+        // Same instruction again, from the first rep not done.
+        let mut input = call.input;
+        input.rep_start = reps_done.max(call.input.rep_start);
+        vcpu.regs().rcx = input.encode();
+        return;
+    }
+    finish(vcpu, status, reps_done)
+}
+
+fn ok_status(ok: bool) -> u16 {
+    if ok {
+        hypercall::status::SUCCESS
+    } else {
+        hypercall::status::INVALID_PARAMETER
     }
 }

@@ -141,6 +141,8 @@ mod tests {
             cmdline_len: 0,
             ranges: [(0, 0); root_boot::MAX_RANGES],
             range_count: ranges.len() as u32,
+            modules: [hv_abi::BootModule::default(); root_boot::MAX_MODULES],
+            module_count: 0,
         };
         r.ranges[..ranges.len()].copy_from_slice(ranges);
         r

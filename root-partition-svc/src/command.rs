@@ -7,8 +7,10 @@
 use core::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
+pub enum Command<'a> {
     Help,
+    /// A `vm` command.
+    Vm(crate::vm_command::VmCommand<'a>),
     HostInfo,
     HostStats,
     Shutdown,
@@ -53,6 +55,7 @@ pub enum ParseError<'a> {
     BadAddress(&'a str),
     /// `bench exits` with a count that is not a number in 1..=BENCH_MAX_EXITS.
     BadCount(&'a str),
+    Vm(crate::vm_command::VmParseError<'a>),
 }
 
 /// Usage lines, also the `help` text.
@@ -98,6 +101,7 @@ impl fmt::Display for ParseError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ParseError::Empty => write!(f, "empty command; type help"),
+            ParseError::Vm(e) => write!(f, "{e}"),
             ParseError::Unknown(w) => {
                 write!(f, "unknown command \"{}\"; type help", w.escape_debug())
             }
@@ -157,13 +161,18 @@ pub fn parse_number(s: &str) -> Option<u64> {
     u64::from_str_radix(digits, radix).ok()
 }
 
-pub fn parse(line: &str) -> Result<Command, ParseError<'_>> {
+pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
     let mut words = line.split_ascii_whitespace();
     let Some(first) = words.next() else {
         return Err(ParseError::Empty);
     };
     let (command, name): (Command, &'static str) = match first {
         "help" => (Command::Help, "help"),
+        "vm" => {
+            return crate::vm_command::parse(words)
+                .map(Command::Vm)
+                .map_err(ParseError::Vm)
+        }
         "shutdown" => (Command::Shutdown, "shutdown"),
         "reboot" => (Command::Reboot, "reboot"),
         "host" => match words.next() {

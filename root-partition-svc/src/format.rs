@@ -76,7 +76,7 @@ pub fn hypercall_failed(w: &mut dyn Write, what: &str, call: &str, s: u16) -> fm
 ///
 /// ```text
 /// host info:
-///   hypervisor:          "Microsoft Hv", interface "Hv#1", version 0.1.0, ABI 1
+///   hypervisor:          "Microsoft Hv", interface "Hv#1", version 0.1.0, ABI 2
 ///   root privileges:     CreatePartitions CpuManagement
 ///   processor vendor:    Intel
 ///   SLAT:                EPT
@@ -373,7 +373,7 @@ mod tests {
             lines,
             [
                 "host info:",
-                "  hypervisor:          \"Microsoft Hv\", interface \"Hv#1\", version 0.1.0, ABI 1",
+                "  hypervisor:          \"Microsoft Hv\", interface \"Hv#1\", version 0.1.0, ABI 2",
                 "  root privileges:     CreatePartitions CpuManagement",
                 "  processor vendor:    Intel",
                 "  SLAT:                EPT",

@@ -11,6 +11,8 @@ pub mod command;
 pub mod format;
 pub mod fpu;
 pub mod line;
+pub mod vm_command;
+pub mod vmm;
 
 /// The shell's prompt.
 pub const PROMPT: &str = "root> ";

@@ -11,7 +11,10 @@
 #![forbid(unsafe_code)]
 
 /// Bumped on every incompatible change (docs/hypercalls.md keeps the log).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
+
+pub mod partition;
+pub mod synic;
 
 /// Hyper-V CPUID leaves (TLFS "Feature Discovery").
 pub mod cpuid {
@@ -100,6 +103,17 @@ pub mod hypercall {
         pub const INVALID_ALIGNMENT: u16 = 0x0004;
         pub const INVALID_PARAMETER: u16 = 0x0005;
         pub const ACCESS_DENIED: u16 = 0x0006;
+        pub const INVALID_PARTITION_STATE: u16 = 0x0007;
+        pub const OPERATION_DENIED: u16 = 0x0008;
+        pub const UNKNOWN_PROPERTY: u16 = 0x0009;
+        pub const PROPERTY_VALUE_OUT_OF_RANGE: u16 = 0x000A;
+        pub const INSUFFICIENT_MEMORY: u16 = 0x000B;
+        pub const INVALID_PARTITION_ID: u16 = 0x000D;
+        pub const INVALID_VP_INDEX: u16 = 0x000E;
+        pub const NOT_FOUND: u16 = 0x0010;
+        pub const INVALID_VP_STATE: u16 = 0x0015;
+        pub const OBJECT_IN_USE: u16 = 0x0019;
+        pub const INVALID_REGISTER_VALUE: u16 = 0x0050;
     }
 
     /// Root-only: fills the output page with [`crate::HostInfo`]. Slow call,
@@ -355,8 +369,55 @@ pub mod root_boot {
     pub const MAGIC: u64 = u64::from_le_bytes(*b"HVROOT01");
     pub const MAX_RANGES: usize = 64;
     pub const CMDLINE_MAX: usize = 256;
+    pub const MAX_MODULES: usize = 16;
+    pub const MODULE_NAME_MAX: usize = 48;
     /// Size of the encoded block.
-    pub const SIZE: usize = 8 + 4 * 4 + 8 * 3 + CMDLINE_MAX + 4 + MAX_RANGES * 16;
+    pub const SIZE: usize = 8
+        + 4 * 4
+        + 8 * 3
+        + CMDLINE_MAX
+        + 4
+        + MAX_RANGES * 16
+        + 4
+        + MAX_MODULES * (16 + MODULE_NAME_MAX);
+}
+
+/// A boot module the root may read (guest images): `[start, end)` in root
+/// memory and its name (the first word of the module's string, cut to
+/// `MODULE_NAME_MAX` bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootModule {
+    pub start: u64,
+    pub end: u64,
+    pub name: [u8; root_boot::MODULE_NAME_MAX],
+}
+
+impl Default for BootModule {
+    fn default() -> Self {
+        BootModule {
+            start: 0,
+            end: 0,
+            name: [0; root_boot::MODULE_NAME_MAX],
+        }
+    }
+}
+
+impl BootModule {
+    pub fn new(start: u64, end: u64, name: &str) -> Self {
+        let mut m = BootModule {
+            start,
+            end,
+            name: [0; root_boot::MODULE_NAME_MAX],
+        };
+        let n = name.len().min(root_boot::MODULE_NAME_MAX);
+        m.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        m
+    }
+
+    pub fn name(&self) -> &str {
+        let n = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        core::str::from_utf8(&self.name[..n]).unwrap_or("")
+    }
 }
 
 /// The block RDI points at when a root VP starts.
@@ -375,6 +436,9 @@ pub struct RootBoot {
     /// RAM the root owns, `[start, end)` pairs; the hypervisor's memory is absent.
     pub ranges: [(u64, u64); root_boot::MAX_RANGES],
     pub range_count: u32,
+    /// The boot modules other than the root's own image.
+    pub modules: [BootModule; root_boot::MAX_MODULES],
+    pub module_count: u32,
 }
 
 impl RootBoot {
@@ -393,6 +457,12 @@ impl RootBoot {
         for (s, e) in self.ranges {
             c.put(&s.to_le_bytes())?;
             c.put(&e.to_le_bytes())?;
+        }
+        c.put(&self.module_count.to_le_bytes())?;
+        for m in &self.modules {
+            c.put(&m.start.to_le_bytes())?;
+            c.put(&m.end.to_le_bytes())?;
+            c.put(&m.name)?;
         }
         Some(())
     }
@@ -425,6 +495,16 @@ impl RootBoot {
                 u64::from_le_bytes(get(b, &mut at)?),
             );
         }
+        let module_count = u32::from_le_bytes(get(b, &mut at)?);
+        if module_count as usize > root_boot::MAX_MODULES {
+            return None;
+        }
+        let mut modules = [BootModule::default(); root_boot::MAX_MODULES];
+        for m in &mut modules {
+            m.start = u64::from_le_bytes(get(b, &mut at)?);
+            m.end = u64::from_le_bytes(get(b, &mut at)?);
+            m.name = get(b, &mut at)?;
+        }
         Some(RootBoot {
             vp_index,
             vp_count,
@@ -435,6 +515,8 @@ impl RootBoot {
             cmdline_len,
             ranges,
             range_count,
+            modules,
+            module_count,
         })
     }
 
@@ -444,6 +526,10 @@ impl RootBoot {
 
     pub fn ranges(&self) -> &[(u64, u64)] {
         &self.ranges[..self.range_count as usize]
+    }
+
+    pub fn modules(&self) -> &[BootModule] {
+        &self.modules[..self.module_count as usize]
     }
 }
 
@@ -515,10 +601,13 @@ mod tests {
             cmdline_len: 5,
             ranges: [(0, 0); root_boot::MAX_RANGES],
             range_count: 2,
+            modules: [BootModule::default(); root_boot::MAX_MODULES],
+            module_count: 1,
         };
         r.cmdline[..5].copy_from_slice(b"quiet");
         r.ranges[0] = (0x1000, 0x9f000);
         r.ranges[1] = (0x40_0000, 0x800_0000);
+        r.modules[0] = BootModule::new(0x200_0000, 0x200_1000, "hello");
         let mut buf = [0u8; root_boot::SIZE];
         r.encode(&mut buf).unwrap();
         let d = RootBoot::decode(&buf).unwrap();

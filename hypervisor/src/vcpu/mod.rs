@@ -104,6 +104,8 @@ pub mod vmx;
 pub mod xstate;
 
 use crate::virt::Caps;
+use hv_abi::partition::VpContext;
+use hv_abi::synic::InterceptHeader;
 use hv_abi::ExitReason;
 
 /// The general registers of a VP while the hypervisor handles an exit. RSP
@@ -129,15 +131,28 @@ pub struct GuestRegs {
     pub r15: u64,
 }
 
+/// An intercepted IN or OUT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoAccess {
+    pub port: u16,
+    /// 1, 2 or 4 bytes.
+    pub size: u8,
+    /// OUT (else IN).
+    pub write: bool,
+    /// INS/OUTS.
+    pub string: bool,
+    pub rep: bool,
+    /// The instruction's length in bytes.
+    pub length: u8,
+}
+
 /// Why a VP stopped running, in terms common to both vendors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     Cpuid,
     MsrRead,
     MsrWrite,
-    Io {
-        port: u16,
-    },
+    Io(IoAccess),
     Halt,
     Hypercall,
     SlatViolation {
@@ -169,7 +184,7 @@ impl Exit {
             Exit::Cpuid => ExitReason::Cpuid,
             Exit::MsrRead => ExitReason::MsrRead,
             Exit::MsrWrite => ExitReason::MsrWrite,
-            Exit::Io { .. } => ExitReason::IoPort,
+            Exit::Io(_) => ExitReason::IoPort,
             Exit::Halt => ExitReason::Halt,
             Exit::Hypercall => ExitReason::Hypercall,
             Exit::SlatViolation { .. } => ExitReason::SlatViolation,
@@ -220,13 +235,133 @@ pub enum Vcpu {
     Svm(svm::SvmVcpu),
 }
 
+/// Enables VMX or SVM on this logical processor (once, before its first VP).
+pub fn enable(caps: &Caps) -> Result<(), &'static str> {
+    match caps {
+        Caps::Vmx(v) => vmx::enable(v),
+        Caps::Svm(s) => svm::enable(s),
+        Caps::None => Err("no hardware virtualization"),
+    }
+}
+
+/// The general registers in the TLFS's order (rax, rcx, rdx, rbx, rsp, rbp,
+/// rsi, rdi, r8..r15) from a context; RSP lives in the VMCS/VMCB.
+fn regs_from_context(c: &VpContext) -> GuestRegs {
+    let g = &c.gpr;
+    GuestRegs {
+        rax: g[0],
+        rcx: g[1],
+        rdx: g[2],
+        rbx: g[3],
+        rbp: g[5],
+        rsi: g[6],
+        rdi: g[7],
+        r8: g[8],
+        r9: g[9],
+        r10: g[10],
+        r11: g[11],
+        r12: g[12],
+        r13: g[13],
+        r14: g[14],
+        r15: g[15],
+    }
+}
+
+fn regs_to_context(r: &GuestRegs, rsp: u64, c: &mut VpContext) {
+    c.gpr = [
+        r.rax, r.rcx, r.rdx, r.rbx, rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ];
+}
+
 impl Vcpu {
-    /// Enables VMX or SVM on this logical processor and creates a VP in `start`.
+    /// Creates a root VP in `start` (after `enable` on this LP); it is the
+    /// LP's active VP.
     pub fn new(caps: &Caps, start: &StartState) -> Result<Self, &'static str> {
         match caps {
             Caps::Vmx(v) => vmx::VmxVcpu::new(v, start).map(Vcpu::Vmx),
             Caps::Svm(s) => svm::SvmVcpu::new(s, start).map(Vcpu::Svm),
             Caps::None => Err("no hardware virtualization"),
+        }
+    }
+
+    /// Creates a guest partition's VP in `ctx` on this LP; it becomes the
+    /// LP's active VP.
+    pub fn new_guest(
+        caps: &Caps,
+        ctx: &VpContext,
+        slat_root: u64,
+        tag: u16,
+    ) -> Result<Self, &'static str> {
+        match caps {
+            Caps::Vmx(v) => vmx::VmxVcpu::new_guest(v, ctx, slat_root, tag).map(Vcpu::Vmx),
+            Caps::Svm(s) => svm::SvmVcpu::new_guest(s, ctx, slat_root, tag).map(Vcpu::Svm),
+            Caps::None => Err("no hardware virtualization"),
+        }
+    }
+
+    /// Makes this VP the one the LP's virtualization instructions act on
+    /// (VMX: VMPTRLD; SVM needs nothing).
+    pub fn activate(&self) {
+        if let Vcpu::Vmx(v) = self {
+            v.activate();
+        }
+    }
+
+    /// Drops the VP's cached guest-physical translations before its next run.
+    pub fn flush(&self, caps: &Caps) {
+        match (self, caps) {
+            (Vcpu::Vmx(v), Caps::Vmx(c)) => v.flush(c),
+            (Vcpu::Svm(s), Caps::Svm(c)) => s.flush(c),
+            _ => {}
+        }
+    }
+
+    /// Frees the VP's hardware structures (on its own LP).
+    pub fn release(self) {
+        match self {
+            Vcpu::Vmx(v) => v.release(),
+            Vcpu::Svm(s) => s.release(),
+        }
+    }
+
+    /// Loads a guest VP's state (the VP is active).
+    pub fn load_context(&mut self, ctx: &VpContext) -> Result<(), &'static str> {
+        match self {
+            Vcpu::Vmx(v) => v.load_context(ctx),
+            Vcpu::Svm(s) => {
+                s.load_context(ctx);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn save_context(&self, ctx: &mut VpContext) {
+        match self {
+            Vcpu::Vmx(v) => v.save_context(ctx),
+            Vcpu::Svm(s) => s.save_context(ctx),
+        }
+    }
+
+    /// What an intercept message's header says about the VP now.
+    pub fn intercept_header(&self, vp_index: u32, length: u8, access: u8) -> InterceptHeader {
+        let (cs, rflags, (cr0, efer), cpl) = match self {
+            Vcpu::Vmx(v) => (v.cs(), v.rflags(), v.cr0_efer(), v.cpl()),
+            Vcpu::Svm(s) => (s.cs(), s.rflags(), s.cr0_efer(), s.cpl()),
+        };
+        // Execution state: CPL 1:0, CR0.PE 2, CR0.AM 3, EFER.LMA 4.
+        let state = cpl as u16
+            | ((cr0 & 1) as u16) << 2
+            | (((cr0 >> 18) & 1) as u16) << 3
+            | (((efer >> 10) & 1) as u16) << 4;
+        InterceptHeader {
+            vp_index,
+            instruction_length: length,
+            access,
+            execution_state: state,
+            cs,
+            rip: self.rip(),
+            rflags,
         }
     }
 
@@ -309,11 +444,20 @@ impl Vcpu {
         }
     }
 
-    /// A guest write of EFER that exited (SVM only: SVME must stay set).
+    /// A write of EFER that exited (the root on SVM: SVME must stay set;
+    /// guests on both).
     pub fn set_efer(&mut self, value: u64) -> bool {
         match self {
-            Vcpu::Vmx(_) => false,
+            Vcpu::Vmx(v) => v.write_efer(value),
             Vcpu::Svm(s) => s.set_efer(value),
+        }
+    }
+
+    /// EFER as the VP sees it.
+    pub fn efer(&self) -> u64 {
+        match self {
+            Vcpu::Vmx(v) => v.cr0_efer().1,
+            Vcpu::Svm(s) => s.cr0_efer().1,
         }
     }
 

@@ -47,6 +47,9 @@ mod vmcb {
     pub const RSP: u64 = 0x5D8;
     pub const RAX: u64 = 0x5F8;
     pub const G_PAT: u64 = 0x668;
+    pub const CR2: u64 = 0x640;
+    /// The dword holding CPL in its top byte (CPL is at 0x4CB).
+    pub const CPL_WORD: u64 = 0x4C8;
 }
 
 // With GIF clear, `sti` lets physical interrupts end the VP's run (INTR
@@ -149,6 +152,38 @@ pub struct SvmVcpu {
     nrip_save: bool,
 }
 
+/// Turns SVM on for this logical processor (once per LP, before any of its
+/// VPs is created): EFER.SVME and the host save area.
+pub fn enable(caps: &SvmCaps) -> Result<(), &'static str> {
+    if !caps.npt {
+        return Err("SVM without nested paging is not supported");
+    }
+    let efer = msr::read(msr::IA32_EFER);
+    let hsave = memory::alloc_zeroed_page().ok_or("no memory for the host save area")?;
+    // SAFETY: SVME only enables the SVM instructions; VM_HSAVE_PA names a
+    // page the hypervisor keeps for the processor's own use.
+    unsafe {
+        msr::write(msr::IA32_EFER, efer | EFER_SVME);
+        msr::write(VM_HSAVE_PA, hsave);
+    }
+    Ok(())
+}
+
+/// Guest partitions' I/O permission map: all set, every port exits.
+static GUEST_IOPM: spin::Once<u64> = spin::Once::new();
+/// Guest partitions' MSR permission map: every MSR access exits.
+static GUEST_MSRPM: spin::Once<u64> = spin::Once::new();
+
+/// VMX-style access rights (type 3:0, S, DPL, P, AVL 12, L 13, D/B 14, G 15)
+/// to the VMCB's 12-bit attribute field, and back.
+fn vmcb_attrib(ar: u16) -> u16 {
+    (ar & 0xFF) | ((ar >> 4) & 0xF00)
+}
+
+fn access_rights(attrib: u16) -> u16 {
+    (attrib & 0xFF) | ((attrib & 0xF00) << 4)
+}
+
 impl SvmVcpu {
     fn write(&self, offset: u64, value: u64) {
         // SAFETY: `vmcb` is this VP's VMCB page (4 KiB, ours alone, identity-
@@ -180,57 +215,79 @@ impl SvmVcpu {
         self.write(offset + 8, base);
     }
 
-    pub fn new(caps: &SvmCaps, s: &StartState) -> Result<Self, &'static str> {
-        if !caps.npt {
-            return Err("SVM without nested paging is not supported");
+    fn read_segment(&self, offset: u64) -> hv_abi::partition::Segment {
+        let w = self.read(offset);
+        hv_abi::partition::Segment {
+            selector: w as u16,
+            attributes: access_rights((w >> 16) as u16),
+            limit: (w >> 32) as u32,
+            base: self.read(offset + 8),
         }
-        let efer = msr::read(msr::IA32_EFER);
-        let hsave = memory::alloc_zeroed_page().ok_or("no memory for the host save area")?;
+    }
+
+    /// A VMCB and host-state page with the intercepts every VP has.
+    fn create(
+        caps: &SvmCaps,
+        slat_root: u64,
+        tag: u16,
+        regs: GuestRegs,
+        guest: bool,
+    ) -> Result<Self, &'static str> {
         let host_save = memory::alloc_zeroed_page().ok_or("no memory for the host state page")?;
         let vmcb = memory::alloc_zeroed_page().ok_or("no memory for the VMCB")?;
-        // SAFETY: SVME only enables the SVM instructions; VM_HSAVE_PA names a
-        // page the hypervisor keeps for the processor's own use.
-        unsafe {
-            msr::write(msr::IA32_EFER, efer | EFER_SVME);
-            msr::write(VM_HSAVE_PA, hsave);
-        }
-        crate::x86::apic::start_periodic_timer(
-            crate::x86::idt::HOST_TIMER_VECTOR as u8,
-            super::TIME_SLICE_US,
-        );
         let v = SvmVcpu {
-            regs: GuestRegs {
-                rdi: s.rdi,
-                ..Default::default()
-            },
+            regs,
             vmcb,
             host_save,
             nrip_save: caps.nrip_save,
         };
-
         // Intercepts: word 3 bits: 0 INTR (the host timer preempts the VP), 18
-        // CPUID, 24 HLT, 27 IOIO_PROT (through the map: no port for the root),
-        // 28 MSR_PROT, 31 SHUTDOWN.
+        // CPUID, 24 HLT, 27 IOIO_PROT (through the map), 28 MSR_PROT, 31 SHUTDOWN.
         v.write32(
             vmcb::INTERCEPT_MISC1,
             1 | (1 << 18) | (1 << 24) | (1 << 27) | (1 << 28) | (1 << 31),
         );
-        v.write(vmcb::IOPM_BASE, io_permission_map()?);
+        let (iopm, msrpm) = if guest {
+            (
+                memory::shared_pages(&GUEST_IOPM, 3, |page| {
+                    // SAFETY: the three zeroed pages were just allocated for the map.
+                    unsafe { core::ptr::write_bytes(page as *mut u8, 0xFF, 3 * 4096) }
+                })?,
+                memory::shared_pages(&GUEST_MSRPM, 2, |page| {
+                    // SAFETY: the two zeroed pages were just allocated for the map.
+                    unsafe { core::ptr::write_bytes(page as *mut u8, 0xFF, 2 * 4096) }
+                })?,
+            )
+        } else {
+            (io_permission_map()?, msr_permission_map()?)
+        };
+        v.write(vmcb::IOPM_BASE, iopm);
+        v.write(vmcb::MSRPM_BASE, msrpm);
         // V_INTR_MASKING: physical interrupts follow the host's IF (set around
         // VMRUN), not the VP's; the VP's IF masks only virtual interrupts.
         v.write32(vmcb::INT_CONTROL, 1 << 24);
         // Word 4: VMRUN (required), VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, XSETBV.
         v.write32(vmcb::INTERCEPT_MISC2, 0x7F | (1 << 13));
         v.write32(vmcb::INTERCEPT_EXCEPTIONS, 1 << 18);
-        v.write(vmcb::MSRPM_BASE, msr_permission_map()?);
-        v.write32(vmcb::GUEST_ASID, s.tlb_tag as u32);
+        v.write32(vmcb::GUEST_ASID, tag as u32);
         // The first run starts from a clean TLB: this ASID's entries only where
         // the processor can (flush-by-ASID), else everything.
         v.write32(vmcb::TLB_CONTROL, if caps.flush_by_asid { 3 } else { 1 });
         v.write(vmcb::NP_ENABLE, 1);
-        v.write(vmcb::NESTED_CR3, s.slat_root);
+        v.write(vmcb::NESTED_CR3, slat_root);
         v.write(vmcb::CLEAN_BITS, 0);
+        v.write(vmcb::DR6, 0xFFFF_0FF0);
+        v.write(vmcb::DR7, 0x400);
+        Ok(v)
+    }
 
+    /// A root VP in `s`.
+    pub fn new(caps: &SvmCaps, s: &StartState) -> Result<Self, &'static str> {
+        let regs = GuestRegs {
+            rdi: s.rdi,
+            ..Default::default()
+        };
+        let v = Self::create(caps, s.slat_root, s.tlb_tag, regs, false)?;
         // 64-bit code: type 0xB, S, P, L, G = attrib 0xA9B; data: 0xC93; busy TSS: 0x8B.
         for (i, sel) in [0x10u16, 0x08, 0x10, 0x10, 0x10, 0x10]
             .into_iter()
@@ -247,13 +304,113 @@ impl SvmVcpu {
         v.write(vmcb::CR0, START_CR0 | START_CR0_WP);
         v.write(vmcb::CR3, s.cr3);
         v.write(vmcb::CR4, START_CR4);
-        v.write(vmcb::DR6, 0xFFFF_0FF0);
-        v.write(vmcb::DR7, 0x400);
         v.write(vmcb::RFLAGS, 0x2);
         v.write(vmcb::RIP, s.rip);
         v.write(vmcb::RSP, s.rsp);
         v.write(vmcb::G_PAT, START_PAT);
         Ok(v)
+    }
+
+    /// A guest partition's VP in the state `ctx`.
+    pub fn new_guest(
+        caps: &SvmCaps,
+        ctx: &hv_abi::partition::VpContext,
+        slat_root: u64,
+        tag: u16,
+    ) -> Result<Self, &'static str> {
+        let mut v = Self::create(caps, slat_root, tag, GuestRegs::default(), true)?;
+        v.load_context(ctx);
+        Ok(v)
+    }
+
+    /// Drops the ASID's cached translations at the next entry.
+    pub fn flush(&self, caps: &SvmCaps) {
+        self.write32(vmcb::TLB_CONTROL, if caps.flush_by_asid { 3 } else { 1 });
+    }
+
+    /// Returns the VMCB and host-state pages (the VP is gone).
+    pub fn release(self) {
+        memory::free_pages(self.vmcb, 1);
+        memory::free_pages(self.host_save, 1);
+    }
+
+    pub fn load_context(&mut self, c: &hv_abi::partition::VpContext) {
+        // ES, CS, SS, DS, FS, GS at 0x400 + 16 i; LDTR 0x470, TR 0x490.
+        for (i, sg) in c.seg.iter().enumerate() {
+            let offset = match i {
+                0..=5 => vmcb::ES + 16 * i as u64,
+                6 => vmcb::LDTR,
+                _ => vmcb::TR,
+            };
+            self.segment(offset, sg.selector, vmcb_attrib(sg.attributes), sg.limit, sg.base);
+        }
+        self.segment(vmcb::GDTR, 0, 0, c.gdtr.limit as u32, c.gdtr.base);
+        self.segment(vmcb::IDTR, 0, 0, c.idtr.limit as u32, c.idtr.base);
+        // CPL: SS.DPL in protected mode, 0 in real mode.
+        let cpl = if c.cr0 & 1 != 0 {
+            (c.seg[2].attributes >> 5) & 3
+        } else {
+            0
+        };
+        let w = self.read32(vmcb::CPL_WORD) & 0x00FF_FFFF;
+        self.write32(vmcb::CPL_WORD, w | (cpl as u32) << 24);
+        self.write(vmcb::EFER, c.efer | EFER_SVME);
+        self.write(vmcb::CR0, c.cr0);
+        self.write(vmcb::CR2, c.cr2);
+        self.write(vmcb::CR3, c.cr3);
+        self.write(vmcb::CR4, c.cr4);
+        self.write(vmcb::RFLAGS, c.rflags);
+        self.write(vmcb::RIP, c.rip);
+        self.write(vmcb::RSP, c.gpr[4]);
+        self.write(vmcb::G_PAT, c.pat);
+        self.write(vmcb::EVENT_INJECTION, 0);
+        self.regs = super::regs_from_context(c);
+    }
+
+    pub fn save_context(&self, c: &mut hv_abi::partition::VpContext) {
+        for (i, sg) in c.seg.iter_mut().enumerate() {
+            let offset = match i {
+                0..=5 => vmcb::ES + 16 * i as u64,
+                6 => vmcb::LDTR,
+                _ => vmcb::TR,
+            };
+            *sg = self.read_segment(offset);
+        }
+        let g = self.read_segment(vmcb::GDTR);
+        c.gdtr = hv_abi::partition::Table {
+            limit: g.limit as u16,
+            base: g.base,
+        };
+        let i = self.read_segment(vmcb::IDTR);
+        c.idtr = hv_abi::partition::Table {
+            limit: i.limit as u16,
+            base: i.base,
+        };
+        c.efer = self.read(vmcb::EFER) & !EFER_SVME;
+        c.cr0 = self.read(vmcb::CR0);
+        c.cr2 = self.read(vmcb::CR2);
+        c.cr3 = self.read(vmcb::CR3);
+        c.cr4 = self.read(vmcb::CR4);
+        c.rflags = self.read(vmcb::RFLAGS);
+        c.rip = self.read(vmcb::RIP);
+        c.pat = self.read(vmcb::G_PAT);
+        super::regs_to_context(&self.regs, self.read(vmcb::RSP), c);
+    }
+
+    pub fn cs(&self) -> hv_abi::partition::Segment {
+        self.read_segment(vmcb::ES + 16)
+    }
+
+    pub fn rflags(&self) -> u64 {
+        self.read(vmcb::RFLAGS)
+    }
+
+    pub fn cr0_efer(&self) -> (u64, u64) {
+        (self.read(vmcb::CR0), self.read(vmcb::EFER) & !EFER_SVME)
+    }
+
+    pub fn cpl(&self) -> u8 {
+        (self.read32(vmcb::CPL_WORD) >> 24) as u8 & 3
     }
 
     pub fn run(&mut self) -> Exit {
@@ -274,9 +431,20 @@ impl SvmVcpu {
             0x61 => Exit::Nmi,
             0x72 => Exit::Cpuid,
             0x78 => Exit::Halt,
-            0x7B => Exit::Io {
+            // EXITINFO1: IN 0, string 2, REP 3, size one-hot 6:4, port 31:16;
+            // EXITINFO2: the next RIP.
+            0x7B => Exit::Io(super::IoAccess {
                 port: (info1 >> 16) as u16,
-            },
+                size: match (info1 >> 4) & 7 {
+                    1 => 1,
+                    2 => 2,
+                    _ => 4,
+                },
+                write: info1 & 1 == 0,
+                string: info1 & 4 != 0,
+                rep: info1 & 8 != 0,
+                length: self.read(vmcb::EXIT_INFO2).wrapping_sub(self.rip()).min(15) as u8,
+            }),
             0x7C if info1 == 0 => Exit::MsrRead,
             0x7C => Exit::MsrWrite,
             0x7F => Exit::TripleFault,

@@ -255,35 +255,62 @@ extern "C" {
 
 pub struct VmxVcpu {
     pub regs: GuestRegs,
+    /// This VP's VMCS (current on its LP while the LP runs it).
+    vmcs: u64,
     launched: bool,
     /// Primary processor-based controls (interrupt-window exiting toggles).
     proc: u32,
+    /// VM-entry controls (IA-32e mode guest follows the VP's EFER.LMA).
+    entry: u32,
+    /// CR0 bits the VP may not own (VMX's fixed bits, less PE and PG under
+    /// unrestricted guest).
+    cr0_fixed0: u64,
     /// Preemption-timer units: TSC >> shift.
     timer_shift: u64,
     /// The time slice in TSC ticks.
     slice: u64,
     timer_deadline: Option<u64>,
+    /// The VP's CR2, which VMX does not switch.
+    cr2: u64,
 }
 
 fn vmwrite(field: u32, value: u64) -> Result<(), &'static str> {
-    // SAFETY: called only while building this processor's VMCS, with the
-    // values the SDM's entry checks require (host state copied from the live
-    // registers, guest state for a fresh VP).
+    // SAFETY: called only while building or loading the current VMCS, with
+    // the values the SDM's entry checks require (host state copied from the
+    // live registers, guest state checked by the caller or by VM entry).
     unsafe { insn::vmwrite(field, value) }.map_err(|_| "VMWRITE failed")
 }
 
-/// The shared I/O bitmaps A (ports 0-0x7FFF) and B (0x8000-0xFFFF): all
-/// clear, the root owns every port. Guest partitions will get their own.
+/// The shared I/O bitmaps A (ports 0-0x7FFF) and B (0x8000-0xFFFF) of the
+/// root: all clear, the root owns every port.
 static IO_BITMAP_PAGES: spin::Once<u64> = spin::Once::new();
+/// Guest partitions' I/O bitmaps: all set, every port access exits (the
+/// root's VM worker emulates the devices).
+static GUEST_IO_BITMAP_PAGES: spin::Once<u64> = spin::Once::new();
 
-fn io_bitmaps() -> Result<u64, &'static str> {
-    memory::shared_pages(&IO_BITMAP_PAGES, 2, |_| {})
+fn io_bitmaps(guest: bool) -> Result<u64, &'static str> {
+    if guest {
+        memory::shared_pages(&GUEST_IO_BITMAP_PAGES, 2, |page| {
+            // SAFETY: the two zeroed pages were just allocated for the bitmaps.
+            unsafe { core::ptr::write_bytes(page as *mut u8, 0xFF, 8192) }
+        })
+    } else {
+        memory::shared_pages(&IO_BITMAP_PAGES, 2, |_| {})
+    }
 }
 
 /// The shared MSR bitmap: which MSR accesses of the root exit.
 static MSR_BITMAP: spin::Once<u64> = spin::Once::new();
+/// Guests: every MSR access exits (the hypervisor emulates the few they get).
+static GUEST_MSR_BITMAP: spin::Once<u64> = spin::Once::new();
 
-fn msr_bitmap() -> Result<u64, &'static str> {
+fn msr_bitmap(guest: bool) -> Result<u64, &'static str> {
+    if guest {
+        return memory::shared_pages(&GUEST_MSR_BITMAP, 1, |page| {
+            // SAFETY: the zeroed page was just allocated for the bitmap.
+            unsafe { core::ptr::write_bytes(page as *mut u8, 0xFF, 4096) }
+        });
+    }
     memory::shared_pages(&MSR_BITMAP, 1, |page| {
         // Layout: read-low 0x000, read-high 0x400, write-low 0x800, write-high 0xC00,
         // one bit per MSR (low: 0..0x1FFF, high: 0xC0000000..0xC0001FFF).
@@ -305,80 +332,291 @@ fn msr_bitmap() -> Result<u64, &'static str> {
     })
 }
 
-impl VmxVcpu {
-    pub fn new(caps: &VmxCaps, s: &StartState) -> Result<Self, &'static str> {
-        if !caps.ept || !caps.vpid {
-            return Err("VMX without EPT and VPID is not supported");
+/// Turns VMX operation on for this logical processor (once per LP, before
+/// any of its VPs is created).
+pub fn enable(caps: &VmxCaps) -> Result<(), &'static str> {
+    if !caps.ept || !caps.vpid {
+        return Err("VMX without EPT and VPID is not supported");
+    }
+    // Feature control: lock it with VMX on when the firmware left it open.
+    let fc = msr::read(msr::IA32_FEATURE_CONTROL);
+    if fc & 1 == 0 {
+        // SAFETY: sets "VMX outside SMX" and the lock bit, as the SDM's
+        // VMXON preconditions require; no memory effect.
+        unsafe { msr::write(msr::IA32_FEATURE_CONTROL, fc | 1 | 4) };
+    } else if fc & 4 == 0 {
+        return Err("VMX disabled by the firmware (IA32_FEATURE_CONTROL locked)");
+    }
+    // CR0 and CR4 must meet the fixed bits (NE, and VMXE itself).
+    let cr0 = (cpu::read_cr0() | msr::read(IA32_VMX_CR0_FIXED0)) & msr::read(IA32_VMX_CR0_FIXED1);
+    let cr4 = (cpu::read_cr4() | CR4_VMXE | msr::read(IA32_VMX_CR4_FIXED0))
+        & msr::read(IA32_VMX_CR4_FIXED1);
+    // SAFETY: the fixed bits only add NE (native FPU errors) and VMXE.
+    unsafe {
+        cpu::write_cr0(cr0);
+        cpu::write_cr4(cr4);
+    }
+    let vmxon = memory::alloc_zeroed_page().ok_or("no memory for the VMXON region")?;
+    // SAFETY: the page is fresh, ours, identity-mapped; its first 4 bytes
+    // hold the revision identifier (SDM 25.2).
+    unsafe {
+        *(vmxon as *mut u32) = revision();
+        insn::vmxon(vmxon).map_err(|_| "VMXON failed")?;
+    }
+    Ok(())
+}
+
+fn revision() -> u32 {
+    (msr::read(msr::IA32_VMX_BASIC) & 0x7FFF_FFFF) as u32
+}
+
+/// A fresh VMCS, cleared and made current on this LP.
+fn new_vmcs() -> Result<u64, &'static str> {
+    let vmcs = memory::alloc_zeroed_page().ok_or("no memory for the VMCS")?;
+    // SAFETY: the page is fresh, ours, identity-mapped, and holds the
+    // revision identifier; VMX operation is on (`enable`).
+    unsafe {
+        *(vmcs as *mut u32) = revision();
+        insn::vmclear(vmcs).map_err(|_| "VMCLEAR failed")?;
+        insn::vmptrld(vmcs).map_err(|_| "VMPTRLD failed")?;
+    }
+    Ok(vmcs)
+}
+
+/// Drops translations a recycled EPTP or VPID may still have cached (single
+/// context where the processor offers it, else all contexts).
+fn flush_tlb(caps: &VmxCaps, tag: u16) -> Result<(), &'static str> {
+    let cap = msr::read(msr::IA32_VMX_EPT_VPID_CAP);
+    let eptp = insn::vmread(field::EPT_POINTER);
+    // SAFETY: VMX is on; each kind is one the capability MSR advertises.
+    unsafe {
+        if caps.invept {
+            insn::invept(if cap & (1 << 25) != 0 { 1 } else { 2 }, [eptp, 0])
+                .map_err(|_| "INVEPT failed")?;
         }
-        // Feature control: lock it with VMX on when the firmware left it open.
-        let fc = msr::read(msr::IA32_FEATURE_CONTROL);
-        if fc & 1 == 0 {
-            // SAFETY: sets "VMX outside SMX" and the lock bit, as the SDM's
-            // VMXON preconditions require; no memory effect.
-            unsafe { msr::write(msr::IA32_FEATURE_CONTROL, fc | 1 | 4) };
-        } else if fc & 4 == 0 {
-            return Err("VMX disabled by the firmware (IA32_FEATURE_CONTROL locked)");
-        }
-        // CR0 and CR4 must meet the fixed bits (NE, and VMXE itself).
-        let cr0 =
-            (cpu::read_cr0() | msr::read(IA32_VMX_CR0_FIXED0)) & msr::read(IA32_VMX_CR0_FIXED1);
-        let cr4 = (cpu::read_cr4() | CR4_VMXE | msr::read(IA32_VMX_CR4_FIXED0))
-            & msr::read(IA32_VMX_CR4_FIXED1);
-        // SAFETY: the fixed bits only add NE (native FPU errors) and VMXE.
-        unsafe {
-            cpu::write_cr0(cr0);
-            cpu::write_cr4(cr4);
-        }
-        let revision = msr::read(msr::IA32_VMX_BASIC) & 0x7FFF_FFFF;
-        let vmxon = memory::alloc_zeroed_page().ok_or("no memory for the VMXON region")?;
-        let vmcs = memory::alloc_zeroed_page().ok_or("no memory for the VMCS")?;
-        // SAFETY: both pages are fresh, ours, identity-mapped; the first 4 bytes
-        // hold the revision identifier (SDM 25.2).
-        unsafe {
-            *(vmxon as *mut u32) = revision as u32;
-            *(vmcs as *mut u32) = revision as u32;
-            insn::vmxon(vmxon).map_err(|_| "VMXON failed")?;
-            insn::vmclear(vmcs).map_err(|_| "VMCLEAR failed")?;
-            insn::vmptrld(vmcs).map_err(|_| "VMPTRLD failed")?;
-        }
-        let proc = Self::write_controls(caps, s)?;
-        // A recycled EPTP or VPID may still have translations cached: drop them
-        // (single context where the processor offers it, else all contexts).
-        let cap = msr::read(msr::IA32_VMX_EPT_VPID_CAP);
-        let eptp = insn::vmread(field::EPT_POINTER);
-        // SAFETY: VMX is on; each kind is one the capability MSR advertises.
-        unsafe {
-            if caps.invept {
-                insn::invept(if cap & (1 << 25) != 0 { 1 } else { 2 }, [eptp, 0])
-                    .map_err(|_| "INVEPT failed")?;
-            }
-            if caps.invvpid {
-                insn::invvpid(
-                    if cap & (1 << 41) != 0 { 1 } else { 2 },
-                    [s.tlb_tag as u64, 0],
-                )
+        if caps.invvpid {
+            insn::invvpid(if cap & (1 << 41) != 0 { 1 } else { 2 }, [tag as u64, 0])
                 .map_err(|_| "INVVPID failed")?;
-            }
         }
+    }
+    Ok(())
+}
+
+impl VmxVcpu {
+    /// A root VP: the VMCS is created and left current.
+    pub fn new(caps: &VmxCaps, s: &StartState) -> Result<Self, &'static str> {
+        let vmcs = new_vmcs()?;
+        let (proc, entry, cr0_fixed0) =
+            Self::write_controls(caps, s.slat_root, s.tlb_tag, false)?;
+        flush_tlb(caps, s.tlb_tag)?;
         Self::write_host_state()?;
         Self::write_guest_state(s)?;
+        let regs = GuestRegs {
+            rdi: s.rdi,
+            ..Default::default()
+        };
+        Ok(Self::with(vmcs, proc, entry, cr0_fixed0, regs))
+    }
+
+    /// A guest partition's VP in the state `ctx`; its VMCS is left current.
+    pub fn new_guest(
+        caps: &VmxCaps,
+        ctx: &hv_abi::partition::VpContext,
+        slat_root: u64,
+        tag: u16,
+    ) -> Result<Self, &'static str> {
+        let vmcs = new_vmcs()?;
+        let (proc, entry, cr0_fixed0) = Self::write_controls(caps, slat_root, tag, true)?;
+        flush_tlb(caps, tag)?;
+        Self::write_host_state()?;
+        for (f, v) in [
+            (field::GUEST_DR7, 0x400),
+            (field::GUEST_PENDING_DEBUG, 0),
+            (field::GUEST_SYSENTER_CS, 0),
+            (field::GUEST_SYSENTER_ESP, 0),
+            (field::GUEST_SYSENTER_EIP, 0),
+            (field::GUEST_DEBUGCTL, 0),
+            (field::VMCS_LINK_POINTER, u64::MAX),
+            (field::GUEST_INTERRUPTIBILITY, 0),
+            (field::GUEST_ACTIVITY, 0),
+        ] {
+            vmwrite(f, v)?;
+        }
+        let mut v = Self::with(vmcs, proc, entry, cr0_fixed0, GuestRegs::default());
+        v.load_context(ctx)?;
+        Ok(v)
+    }
+
+    fn with(vmcs: u64, proc: u32, entry: u32, cr0_fixed0: u64, regs: GuestRegs) -> Self {
         let timer_shift = msr::read(IA32_VMX_MISC) & 0x1F;
         let slice =
             (crate::time::tsc_hz() as u128 * super::TIME_SLICE_US as u128 / 1_000_000) as u64;
-        Ok(VmxVcpu {
-            regs: GuestRegs {
-                rdi: s.rdi,
-                ..Default::default()
-            },
+        VmxVcpu {
+            regs,
+            vmcs,
             launched: false,
             proc,
+            entry,
+            cr0_fixed0,
             timer_shift,
             slice,
             timer_deadline: None,
-        })
+            cr2: 0,
+        }
     }
 
-    fn write_controls(caps: &VmxCaps, s: &StartState) -> Result<u32, &'static str> {
+    /// Makes this VP's VMCS the current one on this LP (its own LP: VPs do
+    /// not move between LPs).
+    pub fn activate(&self) {
+        // SAFETY: the VMCS is this VP's, launched (if at all) only on this LP.
+        let _ = unsafe { insn::vmptrld(self.vmcs) };
+    }
+
+    /// Flushes the VP's cached guest-physical translations (after its
+    /// partition's second-level table lost a mapping). The VMCS is current.
+    pub fn flush(&self, caps: &VmxCaps) {
+        let _ = flush_tlb(caps, insn::vmread(field::VPID) as u16);
+    }
+
+    /// Clears the VMCS and returns its page (the VP is gone; this runs on its LP).
+    pub fn release(self) {
+        // SAFETY: the VMCS is this VP's and is not used again.
+        let _ = unsafe { insn::vmclear(self.vmcs) };
+        memory::free_pages(self.vmcs, 1);
+    }
+
+    /// Loads a guest VP's architectural state into the current VMCS.
+    pub fn load_context(&mut self, c: &hv_abi::partition::VpContext) -> Result<(), &'static str> {
+        for (i, sg) in c.seg.iter().enumerate() {
+            let i = i as u32 * 2;
+            // A segment that is not present is "unusable" to VMX (bit 16).
+            let access = if sg.attributes & 0x80 == 0 {
+                1 << 16
+            } else {
+                (sg.attributes & 0xF0FF) as u64
+            };
+            vmwrite(field::GUEST_ES + i, sg.selector as u64)?;
+            vmwrite(field::GUEST_ES_LIMIT + i, sg.limit as u64)?;
+            vmwrite(field::GUEST_ES_ACCESS + i, access)?;
+            vmwrite(field::GUEST_ES_BASE + i, sg.base)?;
+        }
+        vmwrite(field::GUEST_GDTR_BASE, c.gdtr.base)?;
+        vmwrite(field::GUEST_GDTR_LIMIT, c.gdtr.limit as u64)?;
+        vmwrite(field::GUEST_IDTR_BASE, c.idtr.base)?;
+        vmwrite(field::GUEST_IDTR_LIMIT, c.idtr.limit as u64)?;
+        let fixed1 = msr::read(IA32_VMX_CR0_FIXED1);
+        vmwrite(field::GUEST_CR0, (c.cr0 | self.cr0_fixed0) & fixed1)?;
+        vmwrite(field::CR0_SHADOW, c.cr0)?;
+        let cr4 = (c.cr4 | msr::read(IA32_VMX_CR4_FIXED0)) & msr::read(IA32_VMX_CR4_FIXED1);
+        vmwrite(field::GUEST_CR4, cr4)?;
+        vmwrite(field::CR4_SHADOW, c.cr4)?;
+        vmwrite(field::GUEST_CR3, c.cr3)?;
+        vmwrite(field::GUEST_RSP, c.gpr[4])?;
+        vmwrite(field::GUEST_RIP, c.rip)?;
+        vmwrite(field::GUEST_RFLAGS, c.rflags)?;
+        vmwrite(field::GUEST_EFER, c.efer)?;
+        vmwrite(field::GUEST_PAT, c.pat)?;
+        const GUEST_64BIT: u32 = 1 << 9;
+        self.entry = if c.efer & (1 << 10) != 0 {
+            self.entry | GUEST_64BIT
+        } else {
+            self.entry & !GUEST_64BIT
+        };
+        vmwrite(field::ENTRY_CONTROLS, self.entry as u64)?;
+        vmwrite(field::ENTRY_INTERRUPTION_INFO, 0)?;
+        self.regs = super::regs_from_context(c);
+        self.cr2 = c.cr2;
+        Ok(())
+    }
+
+    /// Reads the VP's architectural state out of the current VMCS.
+    pub fn save_context(&self, c: &mut hv_abi::partition::VpContext) {
+        for (i, sg) in c.seg.iter_mut().enumerate() {
+            let i = i as u32 * 2;
+            let access = insn::vmread(field::GUEST_ES_ACCESS + i);
+            sg.selector = insn::vmread(field::GUEST_ES + i) as u16;
+            sg.limit = insn::vmread(field::GUEST_ES_LIMIT + i) as u32;
+            sg.base = insn::vmread(field::GUEST_ES_BASE + i);
+            sg.attributes = if access & (1 << 16) != 0 {
+                0
+            } else {
+                (access & 0xF0FF) as u16
+            };
+        }
+        c.gdtr.base = insn::vmread(field::GUEST_GDTR_BASE);
+        c.gdtr.limit = insn::vmread(field::GUEST_GDTR_LIMIT) as u16;
+        c.idtr.base = insn::vmread(field::GUEST_IDTR_BASE);
+        c.idtr.limit = insn::vmread(field::GUEST_IDTR_LIMIT) as u16;
+        let (cr0, efer) = self.cr0_efer();
+        c.cr0 = cr0;
+        let cr4_mask = insn::vmread(field::CR4_MASK);
+        c.cr4 = (insn::vmread(field::GUEST_CR4) & !cr4_mask)
+            | (insn::vmread(field::CR4_SHADOW) & cr4_mask);
+        c.cr3 = insn::vmread(field::GUEST_CR3);
+        c.rip = insn::vmread(field::GUEST_RIP);
+        c.rflags = insn::vmread(field::GUEST_RFLAGS);
+        c.efer = efer;
+        c.pat = insn::vmread(field::GUEST_PAT);
+        c.cr2 = self.cr2;
+        super::regs_to_context(&self.regs, insn::vmread(field::GUEST_RSP), c);
+    }
+
+    /// CS as the intercept messages report it.
+    pub fn cs(&self) -> hv_abi::partition::Segment {
+        let access = insn::vmread(field::GUEST_ES_ACCESS + 2);
+        hv_abi::partition::Segment {
+            selector: insn::vmread(field::GUEST_ES + 2) as u16,
+            limit: insn::vmread(field::GUEST_ES_LIMIT + 2) as u32,
+            base: insn::vmread(field::GUEST_ES_BASE + 2),
+            attributes: (access & 0xF0FF) as u16,
+        }
+    }
+
+    pub fn rflags(&self) -> u64 {
+        insn::vmread(field::GUEST_RFLAGS)
+    }
+
+    /// CR0 as the VP sees it, and EFER.
+    pub fn cr0_efer(&self) -> (u64, u64) {
+        let mask = insn::vmread(field::CR0_MASK);
+        let cr0 =
+            (insn::vmread(field::GUEST_CR0) & !mask) | (insn::vmread(field::CR0_SHADOW) & mask);
+        (cr0, insn::vmread(field::GUEST_EFER))
+    }
+
+    /// SS.DPL: the current privilege level.
+    pub fn cpl(&self) -> u8 {
+        ((insn::vmread(field::GUEST_ES_ACCESS + 4) >> 5) & 3) as u8
+    }
+
+    /// Length of the instruction that caused the last exit.
+    pub fn instruction_length(&self) -> u8 {
+        insn::vmread(field::EXIT_INSTRUCTION_LENGTH) as u8
+    }
+
+    /// Writes the VP's EFER (an intercepted WRMSR): LMA is the processor's,
+    /// it follows LME while paging is on; IA-32e mode follows it at entry.
+    pub fn write_efer(&mut self, value: u64) -> bool {
+        const ALLOWED: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 11);
+        if value & !ALLOWED != 0 {
+            return false;
+        }
+        let old = insn::vmread(field::GUEST_EFER);
+        let v = (value & !(1 << 10)) | (old & (1 << 10));
+        vmwrite(field::GUEST_EFER, v).is_ok()
+    }
+
+    /// Writes the control fields of the current VMCS; returns the primary
+    /// processor-based and entry controls and the CR0 bits the VP may not
+    /// own. `guest`: a guest partition's VP (every port and MSR exits; real
+    /// and protected mode without paging where the processor offers
+    /// unrestricted guest).
+    fn write_controls(
+        caps: &VmxCaps,
+        slat_root: u64,
+        tag: u16,
+        guest: bool,
+    ) -> Result<(u32, u32, u64), &'static str> {
         let true_ctls = caps.true_controls;
         let pick = |plain: u32, truer: u32| msr::read(if true_ctls { truer } else { plain });
         let err = |_| "a required VMX control is not supported";
@@ -412,9 +650,15 @@ impl VmxVcpu {
         const VPID: u32 = 1 << 5;
         const INVPCID: u32 = 1 << 12;
         const XSAVES: u32 = 1 << 20;
+        const UNRESTRICTED: u32 = 1 << 7;
+        let wanted2 = if guest {
+            EPT | VPID | UNRESTRICTED
+        } else {
+            EPT | VPID | RDTSCP | INVPCID | XSAVES
+        };
         let proc2 = hypervisor::vmx_controls::adjust(
             msr::read(msr::IA32_VMX_PROCBASED_CTLS2),
-            EPT | VPID | RDTSCP | INVPCID | XSAVES,
+            wanted2,
             EPT | VPID,
         )
         .map_err(err)?;
@@ -449,23 +693,27 @@ impl VmxVcpu {
         vmwrite(field::ENTRY_CONTROLS, entry as u64)?;
         // Machine checks exit; every other exception is the partition's own.
         vmwrite(field::EXCEPTION_BITMAP, 1 << 18)?;
-        vmwrite(field::MSR_BITMAP, msr_bitmap()?)?;
-        let io = io_bitmaps()?;
+        vmwrite(field::MSR_BITMAP, msr_bitmap(guest)?)?;
+        let io = io_bitmaps(guest)?;
         vmwrite(field::IO_BITMAP_A, io)?;
         vmwrite(field::IO_BITMAP_B, io + 4096)?;
         // EPTP: 4-level walk; the paging structures' memory type is write-back
         // where IA32_VMX_EPT_VPID_CAP[14] allows it, else uncached (SDM 25.6.11).
         let structures_type = if caps.ept_wb { 6 } else { 0 };
-        vmwrite(field::EPT_POINTER, s.slat_root | (3 << 3) | structures_type)?;
-        vmwrite(field::VPID, s.tlb_tag as u64)?;
+        vmwrite(field::EPT_POINTER, slat_root | (3 << 3) | structures_type)?;
+        vmwrite(field::VPID, tag as u64)?;
         // The VP owns CR0 and CR4 except the bits VMX fixes; VMXE is hidden.
-        let cr0_fixed = msr::read(IA32_VMX_CR0_FIXED0);
+        // Unrestricted guest lifts PE and PG from the fixed bits.
+        let mut cr0_fixed = msr::read(IA32_VMX_CR0_FIXED0);
+        if proc2 & UNRESTRICTED != 0 {
+            cr0_fixed &= !((1 << 31) | 1);
+        }
         let cr4_fixed = msr::read(IA32_VMX_CR4_FIXED0);
         vmwrite(field::CR0_MASK, cr0_fixed)?;
         vmwrite(field::CR4_MASK, cr4_fixed)?;
         vmwrite(field::CR0_SHADOW, START_CR0 | START_CR0_WP)?;
         vmwrite(field::CR4_SHADOW, START_CR4)?;
-        Ok(proc)
+        Ok((proc, entry, cr0_fixed))
     }
 
     fn write_host_state() -> Result<(), &'static str> {
@@ -563,11 +811,15 @@ impl VmxVcpu {
             field::PREEMPTION_TIMER,
             (ticks >> self.timer_shift).clamp(1, u32::MAX as u64),
         );
-        // SAFETY: this processor's VMCS is current (made so in `new`, never
-        // replaced); `regs` outlives the call; the host state in the VMCS
-        // returns to `vmx_exit` on this stack with every callee-saved register
-        // restored by the assembly.
+        if cpu::read_cr2() != self.cr2 {
+            cpu::write_cr2(self.cr2);
+        }
+        // SAFETY: this VP's VMCS is current (the LP's scheduler activates
+        // it before running the VP); `regs` outlives the call; the host state
+        // in the VMCS returns to `vmx_exit` on this stack with every
+        // callee-saved register restored by the assembly.
         let failed = unsafe { vmx_enter(&mut self.regs, self.launched as u64) };
+        self.cr2 = cpu::read_cr2();
         if failed != 0 {
             return Exit::EntryFailed(insn::vmread(field::VM_INSTRUCTION_ERROR));
         }
@@ -591,9 +843,15 @@ impl VmxVcpu {
             18 => Exit::Hypercall,
             19..=27 | 50 | 53 => Exit::VirtualizationInstruction,
             28 => Exit::ControlRegister,
-            30 => Exit::Io {
+            // Qualification: size - 1 in 2:0, IN 3, string 4, REP 5, port 31:16.
+            30 => Exit::Io(super::IoAccess {
                 port: (qualification >> 16) as u16,
-            },
+                size: (qualification & 7) as u8 + 1,
+                write: qualification & 8 == 0,
+                string: qualification & 16 != 0,
+                rep: qualification & 32 != 0,
+                length: self.instruction_length(),
+            }),
             31 => Exit::MsrRead,
             32 => Exit::MsrWrite,
             41 => Exit::MachineCheck,

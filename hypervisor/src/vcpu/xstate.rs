@@ -37,6 +37,35 @@ impl XState {
         Ok(s)
     }
 
+    /// An area holding the state after reset (x87 control word 0x37F, MXCSR
+    /// 0x1F80, every other component initial): a new guest VP's, so it
+    /// sees nothing of whatever ran on the LP before.
+    pub fn new_initial() -> Result<Self, &'static str> {
+        let s = Self::new()?;
+        let len = if s.xsave {
+            (cpu::cpuid(0xD, 0).ecx as u64).max(512 + 64)
+        } else {
+            512
+        };
+        // SAFETY: the area is ours, `len` bytes long (as allocated in `new`).
+        unsafe {
+            core::ptr::write_bytes(s.area as *mut u8, 0, len as usize);
+            *(s.area as *mut u16) = 0x37F;
+            *((s.area + 24) as *mut u32) = 0x1F80;
+        }
+        Ok(s)
+    }
+
+    /// Returns the area's pages.
+    pub fn release(self) {
+        let len = if self.xsave {
+            (cpu::cpuid(0xD, 0).ecx as u64).max(512 + 64)
+        } else {
+            512
+        };
+        memory::free_pages(self.area, len.div_ceil(4096));
+    }
+
     /// The components beyond x87 and SSE that XCR0 enables now.
     fn extended(&self) -> u64 {
         if self.xsave {

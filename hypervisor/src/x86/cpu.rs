@@ -25,6 +25,13 @@ pub fn read_cr2() -> u64 {
     v
 }
 
+/// Sets CR2 (a VP's last page-fault address, which VMX does not switch).
+pub fn write_cr2(v: u64) {
+    // SAFETY: CR2 only records the last page-fault address; nothing in the
+    // hypervisor reads it except to hand it back to the VP it belongs to.
+    unsafe { asm!("mov cr2, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
 pub fn read_cr3() -> u64 {
     let v;
     // SAFETY: as above.

@@ -1,0 +1,369 @@
+//! Guest partitions: the root's management calls (codes from the TLFS
+//! "Partition Management", "Virtual Processor Management", "Memory
+//! Management" chapters), their input layouts, VP register names and values,
+//! and partition properties. Layouts are this ABI's own where noted; every one
+//! is in docs/hypercalls.md.
+use crate::get;
+
+/// Partition-management call codes (TLFS).
+pub mod code {
+    pub const CREATE_PARTITION: u16 = 0x0040;
+    pub const INITIALIZE_PARTITION: u16 = 0x0041;
+    pub const FINALIZE_PARTITION: u16 = 0x0042;
+    pub const DELETE_PARTITION: u16 = 0x0043;
+    pub const GET_PARTITION_PROPERTY: u16 = 0x0044;
+    pub const SET_PARTITION_PROPERTY: u16 = 0x0045;
+    pub const MAP_GPA_PAGES: u16 = 0x004B;
+    pub const UNMAP_GPA_PAGES: u16 = 0x004C;
+    pub const CREATE_VP: u16 = 0x004E;
+    pub const DELETE_VP: u16 = 0x004F;
+    pub const GET_VP_REGISTERS: u16 = 0x0050;
+    pub const SET_VP_REGISTERS: u16 = 0x0051;
+    pub const START_VIRTUAL_PROCESSOR: u16 = 0x0099;
+}
+
+/// `HV_PARTITION_ID_SELF`: the calling partition.
+pub const PARTITION_SELF: u64 = u64::MAX;
+/// `HV_VP_INDEX_SELF`: the calling VP.
+pub const VP_SELF: u32 = 0xFFFF_FFFE;
+/// Most VPs one guest partition may have.
+pub const MAX_VPS: u32 = 64;
+/// Most guest partitions at once.
+pub const MAX_PARTITIONS: usize = 64;
+/// The highest guest physical address plus one (64 GiB).
+pub const MAX_GPA: u64 = 64 << 30;
+
+/// MapGpaPages access flags (TLFS `HV_MAP_GPA_*`).
+pub mod map_flags {
+    pub const READABLE: u32 = 1 << 0;
+    pub const WRITABLE: u32 = 1 << 1;
+    pub const KERNEL_EXECUTABLE: u32 = 1 << 2;
+    pub const USER_EXECUTABLE: u32 = 1 << 3;
+    pub const ALL: u32 = 0xF;
+}
+
+/// Partition properties (TLFS `HV_PARTITION_PROPERTY_CODE`; the statistics
+/// are this ABI's own, in the private range).
+pub mod property {
+    /// Percent of one logical processor guaranteed to each VP (0-100).
+    pub const CPU_RESERVE: u32 = 0x0001_0001;
+    /// Percent of one logical processor each VP may use at most (1-100).
+    pub const CPU_CAP: u32 = 0x0001_0002;
+    /// Relative weight when VPs compete (1-10000, default 100).
+    pub const CPU_WEIGHT: u32 = 0x0001_0003;
+    /// Read-only: time all VPs of the partition ran, in 100 ns units.
+    pub const RUN_TIME: u32 = 0x7F01_0001;
+    /// Read-only: exits of all VPs of the partition.
+    pub const EXITS: u32 = 0x7F01_0002;
+    /// Read-only: intercept messages sent to the root for the partition.
+    pub const INTERCEPTS: u32 = 0x7F01_0003;
+    /// Read-only: bytes of guest memory mapped.
+    pub const MAPPED_BYTES: u32 = 0x7F01_0004;
+    pub const DEFAULT_WEIGHT: u64 = 100;
+}
+
+/// Little-endian u64 at `at` of `b` (inputs are copied before they are read).
+pub fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    let mut at = at;
+    get::<8>(b, &mut at).map(u64::from_le_bytes)
+}
+
+pub fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    let mut at = at;
+    get::<4>(b, &mut at).map(u32::from_le_bytes)
+}
+
+/// Input sizes of the fixed-size calls, in bytes.
+pub mod size {
+    /// CreatePartition: flags u64, proximity u64, compatibility version u32,
+    /// reserved u32. Output: the partition id u64.
+    pub const CREATE_PARTITION: u64 = 24;
+    /// Initialize, Finalize, Delete: partition id u64.
+    pub const PARTITION_ID: u64 = 8;
+    /// GetPartitionProperty: partition id u64, property u32, reserved u32. Output: value u64.
+    pub const GET_PROPERTY: u64 = 16;
+    /// SetPartitionProperty: as Get, then value u64.
+    pub const SET_PROPERTY: u64 = 24;
+    /// Map/UnmapGpaPages header: partition id u64, target GPA page number u64,
+    /// flags u32, reserved u32. Map elements: source (root) GPA page numbers u64.
+    pub const MAP_HEADER: u64 = 24;
+    /// CreateVp: partition id u64, VP index u32, reserved u32, flags u64.
+    pub const CREATE_VP: u64 = 24;
+    /// DeleteVp, StartVirtualProcessor: partition id u64, VP index u32, reserved u32.
+    pub const VP: u64 = 16;
+    /// Get/SetVpRegisters header: partition id u64, VP index u32, VTL u8, reserved 3.
+    pub const VP_REGISTERS_HEADER: u64 = 16;
+    /// GetVpRegisters element in: name u32; out: value u128.
+    pub const REGISTER_NAME: u64 = 4;
+    pub const REGISTER_VALUE: u64 = 16;
+    /// SetVpRegisters element: name u32, reserved 12, value u128.
+    pub const REGISTER_ASSOC: u64 = 32;
+}
+
+/// VP register names (TLFS `HV_REGISTER_NAME`).
+pub mod reg {
+    pub const EXPLICIT_SUSPEND: u32 = 0x0000_0000;
+    pub const INTERCEPT_SUSPEND: u32 = 0x0000_0001;
+    pub const RAX: u32 = 0x0002_0000;
+    /// RAX..R15 in the order rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15.
+    pub const R15: u32 = 0x0002_000F;
+    pub const RSP: u32 = 0x0002_0004;
+    pub const RIP: u32 = 0x0002_0010;
+    pub const RFLAGS: u32 = 0x0002_0011;
+    pub const CR0: u32 = 0x0004_0000;
+    pub const CR2: u32 = 0x0004_0001;
+    pub const CR3: u32 = 0x0004_0002;
+    pub const CR4: u32 = 0x0004_0003;
+    /// ES, CS, SS, DS, FS, GS, LDTR, TR.
+    pub const ES: u32 = 0x0006_0000;
+    pub const CS: u32 = 0x0006_0001;
+    pub const SS: u32 = 0x0006_0002;
+    pub const DS: u32 = 0x0006_0003;
+    pub const FS: u32 = 0x0006_0004;
+    pub const GS: u32 = 0x0006_0005;
+    pub const LDTR: u32 = 0x0006_0006;
+    pub const TR: u32 = 0x0006_0007;
+    pub const IDTR: u32 = 0x0007_0000;
+    pub const GDTR: u32 = 0x0007_0001;
+    pub const EFER: u32 = 0x0008_0001;
+    pub const PAT: u32 = 0x0008_0004;
+}
+
+/// A segment register value (TLFS `HV_X64_SEGMENT_REGISTER`): base u64, limit
+/// u32, selector u16, attributes u16 (type 3:0, S 4, DPL 6:5, P 7, AVL 12,
+/// L 13, D/B 14, G 15: the VMX access-rights layout without "unusable").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub base: u64,
+    pub limit: u32,
+    pub selector: u16,
+    pub attributes: u16,
+}
+
+impl Segment {
+    pub fn to_value(self) -> u128 {
+        self.base as u128
+            | (self.limit as u128) << 64
+            | (self.selector as u128) << 96
+            | (self.attributes as u128) << 112
+    }
+
+    pub fn from_value(v: u128) -> Self {
+        Segment {
+            base: v as u64,
+            limit: (v >> 64) as u32,
+            selector: (v >> 96) as u16,
+            attributes: (v >> 112) as u16,
+        }
+    }
+}
+
+/// A descriptor-table register value (TLFS `HV_X64_TABLE_REGISTER`): 3
+/// reserved u16, limit u16, base u64.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    pub limit: u16,
+    pub base: u64,
+}
+
+impl Table {
+    pub fn to_value(self) -> u128 {
+        (self.limit as u128) << 48 | (self.base as u128) << 64
+    }
+
+    pub fn from_value(v: u128) -> Self {
+        Table {
+            limit: (v >> 48) as u16,
+            base: (v >> 64) as u64,
+        }
+    }
+}
+
+/// The architectural state of a guest VP, as the hypervisor keeps it while
+/// the VP is not running and as the register calls read and write it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VpContext {
+    /// rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15 (register-name order).
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub pat: u64,
+    /// ES, CS, SS, DS, FS, GS, LDTR, TR.
+    pub seg: [Segment; 8],
+    pub idtr: Table,
+    pub gdtr: Table,
+}
+
+/// Why a register access failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    /// Not a register this hypervisor keeps (HV_STATUS_INVALID_PARAMETER).
+    Unknown,
+    /// Known, but the value is not allowed (HV_STATUS_INVALID_REGISTER_VALUE).
+    BadValue,
+}
+
+impl VpContext {
+    /// The state at reset as the TLFS's register names see it: real mode at
+    /// F000:FFF0, as a processor after INIT.
+    pub fn reset() -> Self {
+        let data = Segment {
+            base: 0,
+            limit: 0xFFFF,
+            selector: 0,
+            attributes: 0x93,
+        };
+        let mut seg = [data; 8];
+        seg[1] = Segment {
+            base: 0xFFFF_0000,
+            limit: 0xFFFF,
+            selector: 0xF000,
+            attributes: 0x9B,
+        };
+        seg[6] = Segment {
+            attributes: 0x82,
+            ..Default::default()
+        };
+        seg[7] = Segment {
+            limit: 0xFFFF,
+            attributes: 0x8B,
+            ..Default::default()
+        };
+        VpContext {
+            rip: 0xFFF0,
+            rflags: 2,
+            cr0: 0x6000_0010,
+            pat: 0x0007_0406_0007_0406,
+            seg,
+            idtr: Table {
+                limit: 0xFFFF,
+                base: 0,
+            },
+            gdtr: Table {
+                limit: 0xFFFF,
+                base: 0,
+            },
+            ..Default::default()
+        }
+    }
+
+    pub fn get(&self, name: u32) -> Result<u128, RegisterError> {
+        Ok(match name {
+            reg::RAX..=reg::R15 => self.gpr[(name - reg::RAX) as usize] as u128,
+            reg::RIP => self.rip as u128,
+            reg::RFLAGS => self.rflags as u128,
+            reg::CR0 => self.cr0 as u128,
+            reg::CR2 => self.cr2 as u128,
+            reg::CR3 => self.cr3 as u128,
+            reg::CR4 => self.cr4 as u128,
+            reg::ES..=reg::TR => self.seg[(name - reg::ES) as usize].to_value(),
+            reg::IDTR => self.idtr.to_value(),
+            reg::GDTR => self.gdtr.to_value(),
+            reg::EFER => self.efer as u128,
+            reg::PAT => self.pat as u128,
+            _ => return Err(RegisterError::Unknown),
+        })
+    }
+
+    /// Sets one register. Values the processor would refuse at entry in a
+    /// way that cannot be reported later (reserved bits) are refused here.
+    pub fn set(&mut self, name: u32, value: u128) -> Result<(), RegisterError> {
+        let v = value as u64;
+        let fits = value >> 64 == 0;
+        let bad = Err(RegisterError::BadValue);
+        match name {
+            reg::RAX..=reg::R15 if fits => self.gpr[(name - reg::RAX) as usize] = v,
+            reg::RIP if fits => self.rip = v,
+            // Bit 1 is always set; VM (17) and the reserved bits are refused.
+            reg::RFLAGS if fits => {
+                if v & !0x003F_0FD7 & !2 != 0 || v & (1 << 17) != 0 {
+                    return bad;
+                }
+                self.rflags = v | 2;
+            }
+            reg::CR0 if fits => {
+                // PG without PE is invalid; reserved bits refused.
+                if v >> 32 != 0 || (v & (1 << 31) != 0 && v & 1 == 0) {
+                    return bad;
+                }
+                self.cr0 = v;
+            }
+            reg::CR2 if fits => self.cr2 = v,
+            reg::CR3 if fits => self.cr3 = v,
+            reg::CR4 if fits => {
+                // VMXE (13) and SMXE (14) are the hypervisor's; the rest of the
+                // bits above 24 are reserved.
+                if v & ((1 << 13) | (1 << 14)) != 0 || v >> 25 != 0 {
+                    return bad;
+                }
+                self.cr4 = v;
+            }
+            reg::ES..=reg::TR => self.seg[(name - reg::ES) as usize] = Segment::from_value(value),
+            reg::IDTR => self.idtr = Table::from_value(value),
+            reg::GDTR => self.gdtr = Table::from_value(value),
+            // SCE, LME, LMA, NXE only.
+            reg::EFER if fits => {
+                if v & !((1 << 0) | (1 << 8) | (1 << 10) | (1 << 11)) != 0 {
+                    return bad;
+                }
+                self.efer = v;
+            }
+            reg::PAT if fits => {
+                // Each byte a valid memory type (0, 1, 4, 5, 6, 7).
+                if v.to_le_bytes().iter().any(|&t| t > 7 || t == 2 || t == 3) {
+                    return bad;
+                }
+                self.pat = v;
+            }
+            reg::RAX..=reg::R15
+            | reg::RIP
+            | reg::RFLAGS
+            | reg::CR0
+            | reg::CR2
+            | reg::CR3
+            | reg::CR4
+            | reg::EFER
+            | reg::PAT => return bad,
+            _ => return Err(RegisterError::Unknown),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_round_trip_and_bad_values_are_refused() {
+        let mut c = VpContext::reset();
+        c.set(reg::RIP, 0x1234).unwrap();
+        c.set(reg::RAX + 7, 99).unwrap();
+        assert_eq!(c.gpr[7], 99);
+        let cs = Segment {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: 8,
+            attributes: 0xA09B,
+        };
+        c.set(reg::CS, cs.to_value()).unwrap();
+        assert_eq!(c.get(reg::CS), Ok(cs.to_value()));
+        let t = Table {
+            limit: 0x27,
+            base: 0x5000,
+        };
+        c.set(reg::GDTR, t.to_value()).unwrap();
+        assert_eq!(Table::from_value(c.get(reg::GDTR).unwrap()), t);
+        assert_eq!(c.set(reg::CR4, 1 << 13), Err(RegisterError::BadValue));
+        assert_eq!(c.set(reg::CR0, 1 << 31), Err(RegisterError::BadValue));
+        assert_eq!(c.set(reg::RIP, 1 << 64), Err(RegisterError::BadValue));
+        assert_eq!(c.set(reg::PAT, 0x02), Err(RegisterError::BadValue));
+        assert_eq!(c.set(0x1234_5678, 0), Err(RegisterError::Unknown));
+        assert_eq!(c.get(reg::EXPLICIT_SUSPEND), Err(RegisterError::Unknown));
+    }
+}

@@ -1,0 +1,317 @@
+//! The synthetic interrupt controller's message page and the intercept
+//! messages (TLFS "Inter-Partition Communication" and "Intercepts"): MSR
+//! numbers, the 256-byte message slot, and the X64 intercept payloads.
+use crate::partition::Segment;
+use crate::{get, Cursor};
+
+pub mod msr {
+    pub const SCONTROL: u32 = 0x4000_0080;
+    pub const SVERSION: u32 = 0x4000_0081;
+    pub const SIEFP: u32 = 0x4000_0082;
+    pub const SIMP: u32 = 0x4000_0083;
+    pub const EOM: u32 = 0x4000_0084;
+    pub const SINT0: u32 = 0x4000_0090;
+    pub const SINT15: u32 = 0x4000_009F;
+    /// SINTx: vector 7:0, masked 16, auto-EOI 17.
+    pub const SINT_MASKED: u64 = 1 << 16;
+    /// SIMP / SIEFP: enable bit 0, page GPA 63:12.
+    pub const PAGE_ENABLE: u64 = 1;
+}
+
+/// The SINT the hypervisor posts intercept messages on.
+pub const INTERCEPT_SINT: usize = 0;
+/// Bytes per message slot; slot n of the SIMP page belongs to SINT n.
+pub const SLOT_SIZE: usize = 256;
+pub const PAYLOAD_MAX: usize = 240;
+/// Message flags: bit 0, another message waits behind this one (write EOM).
+pub const MESSAGE_PENDING: u8 = 1;
+
+/// Message types (TLFS `HV_MESSAGE_TYPE`).
+pub mod kind {
+    pub const NONE: u32 = 0;
+    pub const UNMAPPED_GPA: u32 = 0x8000_0000;
+    pub const GPA_INTERCEPT: u32 = 0x8000_0001;
+    pub const UNRECOVERABLE_EXCEPTION: u32 = 0x8000_0021;
+    pub const IO_PORT_INTERCEPT: u32 = 0x8001_0000;
+    pub const HALT: u32 = 0x8001_0007;
+}
+
+/// A message as it sits in a slot: type u32, payload size u8, flags u8,
+/// reserved u16, sender (the partition id for intercepts) u64, payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub kind: u32,
+    pub flags: u8,
+    pub sender: u64,
+    pub size: u8,
+    pub payload: [u8; PAYLOAD_MAX],
+}
+
+impl Message {
+    pub fn encode(&self, out: &mut [u8; SLOT_SIZE]) {
+        out[0..4].copy_from_slice(&self.kind.to_le_bytes());
+        out[4] = self.size.min(PAYLOAD_MAX as u8);
+        out[5] = self.flags;
+        out[6..8].fill(0);
+        out[8..16].copy_from_slice(&self.sender.to_le_bytes());
+        out[16..].copy_from_slice(&self.payload);
+    }
+
+    pub fn decode(b: &[u8; SLOT_SIZE]) -> Self {
+        let mut payload = [0; PAYLOAD_MAX];
+        payload.copy_from_slice(&b[16..]);
+        Message {
+            kind: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            size: b[4].min(PAYLOAD_MAX as u8),
+            flags: b[5],
+            sender: u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])),
+            payload,
+        }
+    }
+}
+
+/// Access types in the intercept header.
+pub mod access {
+    pub const READ: u8 = 0;
+    pub const WRITE: u8 = 1;
+    pub const EXECUTE: u8 = 2;
+}
+
+/// `HV_X64_INTERCEPT_MESSAGE_HEADER` (40 bytes): VP index u32, instruction
+/// length u8 (low 4 bits), access type u8, execution state u16 (CPL 1:0,
+/// CR0.PE 2, CR0.AM 3, EFER.LMA 4, ...), CS (16 bytes, the segment register
+/// value layout), RIP u64, RFLAGS u64.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterceptHeader {
+    pub vp_index: u32,
+    pub instruction_length: u8,
+    pub access: u8,
+    pub execution_state: u16,
+    pub cs: Segment,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+impl InterceptHeader {
+    pub const SIZE: usize = 40;
+
+    fn put(&self, c: &mut Cursor) -> Option<()> {
+        c.put(&self.vp_index.to_le_bytes())?;
+        c.put(&[self.instruction_length & 0xF, self.access])?;
+        c.put(&self.execution_state.to_le_bytes())?;
+        c.put(&self.cs.to_value().to_le_bytes())?;
+        c.put(&self.rip.to_le_bytes())?;
+        c.put(&self.rflags.to_le_bytes())
+    }
+
+    fn take(b: &[u8], at: &mut usize) -> Option<Self> {
+        let vp_index = u32::from_le_bytes(get(b, at)?);
+        let [len, access] = get::<2>(b, at)?;
+        Some(InterceptHeader {
+            vp_index,
+            instruction_length: len & 0xF,
+            access,
+            execution_state: u16::from_le_bytes(get(b, at)?),
+            cs: Segment::from_value(u128::from_le_bytes(get(b, at)?)),
+            rip: u64::from_le_bytes(get(b, at)?),
+            rflags: u64::from_le_bytes(get(b, at)?),
+        })
+    }
+}
+
+/// `HV_X64_IO_PORT_INTERCEPT_MESSAGE`: header, port u16, access info u8
+/// (access size 2:0 in bytes, string 3, rep 4), instruction byte count u8,
+/// reserved u32, RAX u64, instruction bytes [16], DS, ES (16 each), RCX, RSI,
+/// RDI u64. This hypervisor fills the instruction bytes only where it read
+/// them (count 0 otherwise) and DS/ES with zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoPortIntercept {
+    pub header: InterceptHeader,
+    pub port: u16,
+    /// 1, 2 or 4.
+    pub size: u8,
+    pub string: bool,
+    pub rep: bool,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+}
+
+impl IoPortIntercept {
+    pub const SIZE: usize = InterceptHeader::SIZE + 2 + 1 + 1 + 4 + 8 + 16 + 32 + 24;
+
+    pub fn message(&self, partition: u64) -> Message {
+        let mut payload = [0; PAYLOAD_MAX];
+        let mut c = Cursor {
+            buf: &mut payload,
+            at: 0,
+        };
+        let _ = (|| {
+            self.header.put(&mut c)?;
+            c.put(&self.port.to_le_bytes())?;
+            let info = (self.size & 7) | (self.string as u8) << 3 | (self.rep as u8) << 4;
+            c.put(&[info, 0])?;
+            c.put(&[0; 4])?;
+            c.put(&self.rax.to_le_bytes())?;
+            c.put(&[0; 16 + 32])?;
+            c.put(&self.rcx.to_le_bytes())?;
+            c.put(&self.rsi.to_le_bytes())?;
+            c.put(&self.rdi.to_le_bytes())
+        })();
+        Message {
+            kind: kind::IO_PORT_INTERCEPT,
+            flags: 0,
+            sender: partition,
+            size: Self::SIZE as u8,
+            payload,
+        }
+    }
+
+    pub fn decode(p: &[u8]) -> Option<Self> {
+        let mut at = 0;
+        let header = InterceptHeader::take(p, &mut at)?;
+        let port = u16::from_le_bytes(get(p, &mut at)?);
+        let [info, _count] = get::<2>(p, &mut at)?;
+        get::<4>(p, &mut at)?;
+        let rax = u64::from_le_bytes(get(p, &mut at)?);
+        get::<48>(p, &mut at)?;
+        Some(IoPortIntercept {
+            header,
+            port,
+            size: info & 7,
+            string: info & 8 != 0,
+            rep: info & 16 != 0,
+            rax,
+            rcx: u64::from_le_bytes(get(p, &mut at)?),
+            rsi: u64::from_le_bytes(get(p, &mut at)?),
+            rdi: u64::from_le_bytes(get(p, &mut at)?),
+        })
+    }
+}
+
+/// `HV_X64_MEMORY_INTERCEPT_MESSAGE` (for UNMAPPED_GPA and GPA_INTERCEPT):
+/// header, cache type u32, instruction byte count u8, access info u8, TPR
+/// u8, reserved u8, GVA u64, GPA u64, instruction bytes [16].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryIntercept {
+    pub header: InterceptHeader,
+    pub gva: u64,
+    pub gpa: u64,
+}
+
+impl MemoryIntercept {
+    pub const SIZE: usize = InterceptHeader::SIZE + 8 + 16 + 16;
+
+    pub fn message(&self, kind: u32, partition: u64) -> Message {
+        let mut payload = [0; PAYLOAD_MAX];
+        let mut c = Cursor {
+            buf: &mut payload,
+            at: 0,
+        };
+        let _ = (|| {
+            self.header.put(&mut c)?;
+            c.put(&[0; 8])?;
+            c.put(&self.gva.to_le_bytes())?;
+            c.put(&self.gpa.to_le_bytes())
+        })();
+        Message {
+            kind,
+            flags: 0,
+            sender: partition,
+            size: Self::SIZE as u8,
+            payload,
+        }
+    }
+
+    pub fn decode(p: &[u8]) -> Option<Self> {
+        let mut at = 0;
+        let header = InterceptHeader::take(p, &mut at)?;
+        get::<8>(p, &mut at)?;
+        Some(MemoryIntercept {
+            header,
+            gva: u64::from_le_bytes(get(p, &mut at)?),
+            gpa: u64::from_le_bytes(get(p, &mut at)?),
+        })
+    }
+}
+
+/// HALT and UNRECOVERABLE_EXCEPTION carry the header only (the TLFS's
+/// `HV_X64_HALT_MESSAGE` / `HV_X64_UNRECOVERABLE_EXCEPTION_MESSAGE`); this
+/// hypervisor adds a reason code u32 after it for the latter.
+pub mod unrecoverable {
+    pub const TRIPLE_FAULT: u32 = 1;
+    pub const ENTRY_FAILED: u32 = 2;
+    pub const UNSUPPORTED: u32 = 3;
+}
+
+pub fn header_message(kind: u32, partition: u64, header: &InterceptHeader, reason: u32) -> Message {
+    let mut payload = [0; PAYLOAD_MAX];
+    let mut c = Cursor {
+        buf: &mut payload,
+        at: 0,
+    };
+    let _ = header.put(&mut c);
+    let _ = c.put(&reason.to_le_bytes());
+    Message {
+        kind,
+        flags: 0,
+        sender: partition,
+        size: (InterceptHeader::SIZE + 4) as u8,
+        payload,
+    }
+}
+
+/// The header and the reason code of a header-only message.
+pub fn decode_header(p: &[u8]) -> Option<(InterceptHeader, u32)> {
+    let mut at = 0;
+    let h = InterceptHeader::take(p, &mut at)?;
+    Some((h, u32::from_le_bytes(get(p, &mut at)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_intercepts_round_trip_through_a_slot() {
+        let io = IoPortIntercept {
+            header: InterceptHeader {
+                vp_index: 3,
+                instruction_length: 1,
+                access: access::WRITE,
+                execution_state: 0x13,
+                cs: Segment {
+                    base: 0,
+                    limit: 0xFFFF_FFFF,
+                    selector: 8,
+                    attributes: 0xA09B,
+                },
+                rip: 0x20_1000,
+                rflags: 0x202,
+            },
+            port: 0x3F8,
+            size: 1,
+            string: false,
+            rep: false,
+            rax: 0x41,
+            rcx: 5,
+            rsi: 6,
+            rdi: 7,
+        };
+        let mut slot = [0; SLOT_SIZE];
+        io.message(9).encode(&mut slot);
+        let m = Message::decode(&slot);
+        assert_eq!((m.kind, m.sender, m.size as usize), (kind::IO_PORT_INTERCEPT, 9, IoPortIntercept::SIZE));
+        assert_eq!(IoPortIntercept::decode(&m.payload), Some(io));
+        let mem = MemoryIntercept {
+            header: io.header,
+            gva: 1,
+            gpa: 0xDEAD_0000,
+        };
+        mem.message(kind::UNMAPPED_GPA, 2).encode(&mut slot);
+        let m = Message::decode(&slot);
+        assert_eq!(MemoryIntercept::decode(&m.payload), Some(mem));
+        assert!(IoPortIntercept::SIZE <= PAYLOAD_MAX);
+    }
+}

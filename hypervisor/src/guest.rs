@@ -1,0 +1,254 @@
+//! The exit dispatcher of guest VPs. The hypervisor answers what it can
+//! itself (CPUID, the synthetic MSRs and EFER, hypercalls, HLT with
+//! interrupts enabled); I/O ports, unmapped or protected GPAs, halts that can
+//! never end, triple faults and failed entries suspend the VP and become an
+//! intercept message to the root (TLFS "Intercepts"), whose VM worker
+//! decides and resumes the VP with SetVpRegisters.
+use crate::partition::{GuestVp, Partition};
+use crate::root::RootPartition;
+use crate::time;
+use crate::vcpu::{Exit, Vcpu, GP, UD};
+use crate::x86::cpu;
+use hv_abi::synic::{self, access, kind, unrecoverable, IoPortIntercept, MemoryIntercept, Message};
+use hv_abi::{cpuid, hypercall};
+
+/// What the LP does after a guest exit.
+pub enum Next {
+    Resume,
+    /// HLT with interrupts enabled: the VP waits for an interrupt.
+    Halted,
+    /// The VP is suspended; the message goes to the root.
+    Intercept(Message),
+}
+
+pub fn dispatch(
+    root: &RootPartition,
+    part: &Partition,
+    vp: &GuestVp,
+    vcpu: &mut Vcpu,
+    exit: Exit,
+) -> Next {
+    let header = |vcpu: &Vcpu, len: u8, acc: u8| vcpu.intercept_header(vp.index, len, acc);
+    let fatal = |vcpu: &Vcpu, reason: u32| {
+        Next::Intercept(synic::header_message(
+            kind::UNRECOVERABLE_EXCEPTION,
+            part.id,
+            &header(vcpu, 0, 0),
+            reason,
+        ))
+    };
+    match exit {
+        Exit::Cpuid => {
+            let r = vcpu.regs();
+            let (a, b, c, d) = cpuid_for_guest(r.rax as u32, r.rcx as u32, vp.index);
+            (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
+            vcpu.skip_instruction();
+            Next::Resume
+        }
+        Exit::MsrRead => {
+            let m = vcpu.regs().rcx as u32;
+            match read_msr(part, vcpu, vp, m) {
+                Some(v) => {
+                    let r = vcpu.regs();
+                    (r.rax, r.rdx) = (v & 0xFFFF_FFFF, v >> 32);
+                    vcpu.skip_instruction();
+                }
+                None => vcpu.inject_exception(GP, Some(0)),
+            }
+            Next::Resume
+        }
+        Exit::MsrWrite => {
+            let r = vcpu.regs();
+            let (m, v) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
+            if write_msr(root, part, vcpu, m, v) {
+                vcpu.skip_instruction();
+            } else {
+                vcpu.inject_exception(GP, Some(0));
+            }
+            Next::Resume
+        }
+        Exit::Hypercall => {
+            let status = guest_hypercall(part, vcpu);
+            vcpu.regs().rax = status as u64;
+            vcpu.skip_instruction();
+            Next::Resume
+        }
+        Exit::Halt => {
+            vcpu.skip_instruction();
+            if vcpu.interrupts_enabled() {
+                Next::Halted
+            } else {
+                // Nothing can wake it: the root decides.
+                Next::Intercept(synic::header_message(
+                    kind::HALT,
+                    part.id,
+                    &header(vcpu, 1, 0),
+                    0,
+                ))
+            }
+        }
+        Exit::Io(io) => {
+            let r = *vcpu.regs();
+            let msg = IoPortIntercept {
+                header: header(
+                    vcpu,
+                    io.length,
+                    if io.write { access::WRITE } else { access::READ },
+                ),
+                port: io.port,
+                size: io.size,
+                string: io.string,
+                rep: io.rep,
+                rax: r.rax,
+                rcx: r.rcx,
+                rsi: r.rsi,
+                rdi: r.rdi,
+            };
+            Next::Intercept(msg.message(part.id))
+        }
+        Exit::SlatViolation {
+            gpa,
+            write,
+            execute,
+        } => {
+            let acc = if execute {
+                access::EXECUTE
+            } else if write {
+                access::WRITE
+            } else {
+                access::READ
+            };
+            let k = if part.translate(gpa).is_some() {
+                kind::GPA_INTERCEPT
+            } else {
+                kind::UNMAPPED_GPA
+            };
+            let msg = MemoryIntercept {
+                header: header(vcpu, 0, acc),
+                gva: 0,
+                gpa,
+            };
+            Next::Intercept(msg.message(k, part.id))
+        }
+        Exit::TripleFault => fatal(vcpu, unrecoverable::TRIPLE_FAULT),
+        Exit::EntryFailed(_) => fatal(vcpu, unrecoverable::ENTRY_FAILED),
+        Exit::ControlRegister | Exit::MachineCheck | Exit::Other(_) => {
+            fatal(vcpu, unrecoverable::UNSUPPORTED)
+        }
+        // XSAVE is hidden (CPUID), so XSETBV is #UD as on a processor without it.
+        Exit::Xsetbv | Exit::VirtualizationInstruction => {
+            vcpu.inject_exception(UD, None);
+            Next::Resume
+        }
+        Exit::ExternalInterrupt => {
+            cpu::take_pending_interrupts();
+            Next::Resume
+        }
+        Exit::Preemption | Exit::InterruptWindow | Exit::Nmi => Next::Resume,
+    }
+}
+
+/// CPUID as a guest sees it: the processor's, with the hypervisor bit, the
+/// Hyper-V leaves with a guest's privileges (no partition management), and
+/// what the hypervisor does not virtualize for guests hidden (VMX, SVM,
+/// x2APIC, XSAVE, MONITOR).
+fn cpuid_for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
+    use cpuid::privilege::*;
+    match leaf {
+        cpuid::VENDOR_AND_MAX => (
+            cpuid::MAX_LEAF,
+            cpuid::VENDOR[0],
+            cpuid::VENDOR[1],
+            cpuid::VENDOR[2],
+        ),
+        cpuid::INTERFACE => (cpuid::INTERFACE_HV1, 0, 0, 0),
+        cpuid::VERSION => {
+            let (maj, min) = crate::version_numbers();
+            (0, (maj as u32) << 16 | min as u32, 0, 0)
+        }
+        cpuid::FEATURES => (
+            ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
+            0,
+            0,
+            0,
+        ),
+        cpuid::LIMITS => (hv_abi::partition::MAX_VPS, 0, 0, 0),
+        0x4000_0004..=0x4000_00FF => (0, 0, 0, 0),
+        0xD => (0, 0, 0, 0),
+        _ => {
+            let r = cpu::cpuid(leaf, sub);
+            let (mut a, mut b, mut c, mut d) = (r.eax, r.ebx, r.ecx, r.edx);
+            match leaf {
+                1 => {
+                    c |= cpuid::HYPERVISOR_PRESENT;
+                    // MONITOR, VMX, x2APIC, TSC deadline, XSAVE, OSXSAVE.
+                    c &= !((1 << 3) | (1 << 5) | (1 << 21) | (1 << 24) | (1 << 26) | (1 << 27));
+                    b = (b & 0x00FF_FFFF) | (vp << 24);
+                }
+                0xB | 0x1F => d = vp,
+                0x8000_0001 => c &= !(1 << 2),
+                0x8000_000A => (a, b, c, d) = (0, 0, 0, 0),
+                _ => {}
+            }
+            (a, b, c, d)
+        }
+    }
+}
+
+fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> {
+    use core::sync::atomic::Ordering::Relaxed;
+    match m {
+        hv_abi::msr::GUEST_OS_ID => Some(part.guest_os_id.load(Relaxed)),
+        hv_abi::msr::HYPERCALL => Some(part.hypercall_msr.load(Relaxed)),
+        hv_abi::msr::VP_INDEX => Some(vp.index as u64),
+        hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
+        crate::x86::msr::IA32_EFER => Some(vcpu.efer()),
+        _ => None,
+    }
+}
+
+fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    match m {
+        hv_abi::msr::GUEST_OS_ID => {
+            part.guest_os_id.store(v, Relaxed);
+            if v == 0 {
+                part.hypercall_msr
+                    .fetch_and(!hv_abi::msr::HYPERCALL_ENABLE, Relaxed);
+            }
+            true
+        }
+        hv_abi::msr::HYPERCALL => {
+            let gpa = v & !0xFFF;
+            if v & hv_abi::msr::HYPERCALL_ENABLE != 0
+                && (part.guest_os_id.load(Relaxed) == 0
+                    || !part.write(root, gpa, &vcpu.hypercall_page()))
+            {
+                return false;
+            }
+            part.hypercall_msr.store(v & !0xFFE, Relaxed);
+            true
+        }
+        crate::x86::msr::IA32_EFER => vcpu.set_efer(v),
+        _ => false,
+    }
+}
+
+/// A guest's hypercall: through the same dispatch table and checks as the
+/// root's. Every management call is the root's, so a guest gets its status
+/// from the checks (ACCESS_DENIED, or the input's own fault first).
+fn guest_hypercall(part: &Partition, vcpu: &mut Vcpu) -> u16 {
+    use hypervisor::hypercall::{check, Caller};
+    let r = *vcpu.regs();
+    // The guest's memory: every page of the block mapped.
+    let owns = |gpa: u64, len: u64| {
+        let end = gpa.saturating_add(len.max(1));
+        (gpa & !0xFFF..end)
+            .step_by(4096)
+            .all(|p| part.translate(p).is_some())
+    };
+    match check(r.rcx, r.rdx, r.r8, Caller::Guest, &owns) {
+        Ok(_) => hypercall::status::ACCESS_DENIED,
+        Err(status) => status,
+    }
+}

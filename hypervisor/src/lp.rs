@@ -1,0 +1,325 @@
+//! One logical processor's life: its root VP and the guest VPs placed on it,
+//! and the scheduler that shares it among them.
+//!
+//! Policy (docs/scheduler.md): each VP has a virtual runtime, its run time
+//! divided by its weight; the runnable VP with the least runs next, for at
+//! most one time slice. The root VP runs first whenever it has an interrupt
+//! to take, so the root always gets to run. Per 100 ms window, a guest VP
+//! that used its limit (percent of this LP) is not runnable until the next
+//! window, and one below its reserve runs before everyone but the root. A
+//! halted VP is not runnable; with nothing runnable the LP sleeps.
+use crate::guest;
+use crate::partition::{self, GuestVp, Partition};
+use crate::root::{self, RootPartition};
+use crate::stats;
+use crate::vcpu::xstate::XState;
+use crate::vcpu::{self, Vcpu};
+use crate::virt::Caps;
+use crate::x86::{apic, cpu, idt};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+use hv_abi::synic::INTERCEPT_SINT;
+use hypervisor::vapic::VirtualApic;
+
+/// The root VP's weight: against a default guest (100) it gets two thirds
+/// of a contended LP.
+const ROOT_WEIGHT: u64 = 200;
+const WINDOW_US: u64 = 100_000;
+
+struct Local {
+    part: Arc<Partition>,
+    vp: Arc<GuestVp>,
+    vcpu: Option<Vcpu>,
+    xstate: Option<XState>,
+    vruntime: u64,
+    /// TSC ticks run in the current window.
+    window_used: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Active {
+    None,
+    Root,
+    Guest(u64, u32),
+}
+
+enum Choice {
+    Root,
+    Guest(usize),
+    Idle,
+}
+
+/// Runs LP `lp` forever: its root VP `lp` and its guest VPs.
+pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
+    if let Err(e) = vcpu::enable(caps) {
+        root::stop(lp, e);
+    }
+    let start = match root.start_state(lp) {
+        Some(s) => s,
+        None => root::stop(lp, "no start state"),
+    };
+    let mut root_vcpu = Vcpu::new(caps, &start).unwrap_or_else(|e| root::stop(lp, e));
+    // The host timer ends time slices (SVM) and wakes the LP while it sleeps.
+    apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, vcpu::TIME_SLICE_US);
+    let mut vapic = VirtualApic::new(lp);
+    let root_xstate = XState::new().unwrap_or_else(|e| root::stop(lp, e));
+    let lp_stats = stats::Lp::get(lp as usize);
+    let tsc_hz = crate::time::tsc_hz().max(1);
+    let slice = tsc_hz * vcpu::TIME_SLICE_US / 1_000_000;
+    let window = tsc_hz * WINDOW_US / 1_000_000;
+    let mut guests: Vec<Local> = Vec::new();
+    let mut active = Active::Root;
+    let mut root_halted = false;
+    let mut root_vruntime = 0u64;
+    let mut floor = 0u64;
+    let mut window_start = cpu::rdtsc();
+    let mut left_guest = window_start;
+    lp_stats.start(left_guest);
+    loop {
+        take_new_vps(lp, &mut guests);
+        reap(&mut guests, &mut active);
+        serve_save_requests(&mut guests, &mut active);
+
+        let now = cpu::rdtsc();
+        if now - window_start >= window {
+            window_start = now;
+            for g in guests.iter_mut() {
+                g.window_used = 0;
+            }
+        }
+        root::collect(&mut vapic, lp);
+        let root_irq = root_vcpu.interrupts_enabled() && vapic.deliverable().is_some();
+        if root_halted && root_irq {
+            root_halted = false;
+        }
+        let root_runnable = !root_halted;
+        // Sleepers come back at the floor, not with credit for their sleep.
+        let low = floor.saturating_sub(slice);
+        if root_runnable {
+            root_vruntime = root_vruntime.max(low);
+        }
+        let mut best: Option<(bool, u64, usize)> = None;
+        for (i, g) in guests.iter_mut().enumerate() {
+            if !g.vp.shared.lock().may_run() {
+                continue;
+            }
+            let cap = g.part.cap_percent.load(Ordering::Relaxed) as u64;
+            if g.window_used >= window * cap / 100 {
+                continue;
+            }
+            g.vruntime = g.vruntime.max(low);
+            let reserve = g.part.reserve_percent.load(Ordering::Relaxed) as u64;
+            let starved = g.window_used < window * reserve / 100;
+            let key = (starved, g.vruntime, i);
+            best = match best {
+                Some((true, _, _)) if !starved => best,
+                Some((bs, bv, _)) if bs == starved && bv <= g.vruntime => best,
+                _ => Some(key),
+            };
+        }
+        let choice = match best {
+            _ if root_irq => Choice::Root,
+            Some((true, _, i)) => Choice::Guest(i),
+            Some((false, v, i)) if !root_runnable || v < root_vruntime => Choice::Guest(i),
+            _ if root_runnable => Choice::Root,
+            _ => Choice::Idle,
+        };
+
+        match choice {
+            Choice::Root => {
+                if active != Active::Root {
+                    root_vcpu.activate();
+                    active = Active::Root;
+                }
+                root::deliver_interrupts(&mut root_vcpu, &mut vapic, lp);
+                let entered = cpu::rdtsc();
+                lp_stats.add_hypervisor_time(entered - left_guest);
+                root_xstate.restore();
+                let exit = root_vcpu.run();
+                root_xstate.save();
+                left_guest = cpu::rdtsc();
+                root_vruntime += (left_guest - entered) * 100 / ROOT_WEIGHT;
+                floor = floor.max(root_vruntime);
+                lp_stats.count(exit.reason());
+                match root::dispatch(root, caps, &mut root_vcpu, &mut vapic, lp, exit) {
+                    root::Next::Resume => {}
+                    root::Next::Halted => root_halted = true,
+                    root::Next::Stop(why) => root::stop(lp, &why),
+                }
+            }
+            Choice::Guest(i) => {
+                let g = &mut guests[i];
+                let entered = cpu::rdtsc();
+                lp_stats.add_hypervisor_time(entered - left_guest);
+                let exit = match enter_guest(caps, g, &mut active, root_vcpu_deadline(&vapic)) {
+                    Some(exit) => exit,
+                    None => {
+                        left_guest = cpu::rdtsc();
+                        continue;
+                    }
+                };
+                left_guest = cpu::rdtsc();
+                let ran = left_guest - entered;
+                let weight = g.part.weight.load(Ordering::Relaxed).max(1) as u64;
+                g.vruntime += ran * 100 / weight;
+                floor = floor.max(g.vruntime);
+                g.window_used += ran;
+                g.part.run_tsc.fetch_add(ran, Ordering::Relaxed);
+                g.part.exits.fetch_add(1, Ordering::Relaxed);
+                lp_stats.count(exit.reason());
+                let Some(v) = g.vcpu.as_mut() else { continue };
+                let next = guest::dispatch(root, &g.part, &g.vp, v, exit);
+                let mut s = g.vp.shared.lock();
+                match next {
+                    guest::Next::Resume => {}
+                    guest::Next::Halted => s.halted = true,
+                    guest::Next::Intercept(_) => s.intercept_suspend = true,
+                }
+                if s.may_run() {
+                    s.stale = true;
+                } else {
+                    v.save_context(&mut s.ctx);
+                    s.stale = false;
+                }
+                drop(s);
+                g.vp.running.store(false, Ordering::Release);
+                if let guest::Next::Intercept(msg) = next {
+                    g.part.intercepts.fetch_add(1, Ordering::Relaxed);
+                    crate::synic::post(root, 0, INTERCEPT_SINT, msg);
+                }
+            }
+            Choice::Idle => {
+                // A root timer due before the host's next tick: wait awake.
+                match vapic.deadline() {
+                    Some(d) if root_vcpu.interrupts_enabled() && d < cpu::rdtsc() + slice => {
+                        while cpu::rdtsc() < d {
+                            cpu::pause();
+                        }
+                    }
+                    _ => cpu::sleep_until_interrupt(),
+                }
+            }
+        }
+    }
+}
+
+fn root_vcpu_deadline(vapic: &VirtualApic) -> Option<u64> {
+    vapic.deadline()
+}
+
+/// Makes guest VP `g` run once (creating its VMCS/VMCB the first time,
+/// loading a context the root changed). `None` if it may not run after all.
+fn enter_guest(
+    caps: &Caps,
+    g: &mut Local,
+    active: &mut Active,
+    root_deadline: Option<u64>,
+) -> Option<vcpu::Exit> {
+    {
+        let mut s = g.vp.shared.lock();
+        if !s.may_run() {
+            return None;
+        }
+        match g.vcpu.as_mut() {
+            None => {
+                let v = Vcpu::new_guest(caps, &s.ctx, g.part.slat_root(), g.part.tag);
+                *active = Active::Guest(g.part.id, g.vp.index);
+                match (v, XState::new_initial()) {
+                    (Ok(v), Ok(x)) => {
+                        g.vcpu = Some(v);
+                        g.xstate = Some(x);
+                    }
+                    (v, _) => {
+                        log::warn!(
+                            "partition {} VP {}: cannot create it: {}",
+                            g.part.id,
+                            g.vp.index,
+                            v.err().unwrap_or("no memory for its extended state")
+                        );
+                        s.deleted = true;
+                        return None;
+                    }
+                }
+            }
+            Some(v) => {
+                if *active != Active::Guest(g.part.id, g.vp.index) {
+                    v.activate();
+                    *active = Active::Guest(g.part.id, g.vp.index);
+                }
+                if s.dirty {
+                    if let Err(e) = v.load_context(&s.ctx) {
+                        log::warn!("partition {} VP {}: {e}", g.part.id, g.vp.index);
+                    }
+                }
+            }
+        }
+        s.dirty = false;
+        g.vp.running.store(true, Ordering::Release);
+    }
+    let v = g.vcpu.as_mut()?;
+    let generation = g.part.flush_generation.load(Ordering::Acquire);
+    if g.vp.flushed.swap(generation, Ordering::AcqRel) != generation {
+        v.flush(caps);
+    }
+    v.set_interrupt_window(false);
+    // The root's timer preempts the guest (VMX; SVM: the host tick).
+    v.set_timer_deadline(root_deadline);
+    let x = g.xstate.as_ref()?;
+    x.restore();
+    let exit = v.run();
+    x.save();
+    Some(exit)
+}
+
+fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
+    let mut inbox = partition::LP_INBOX[lp as usize % stats::MAX_LPS].lock();
+    for (part, vp) in inbox.drain(..) {
+        guests.push(Local {
+            part,
+            vp,
+            vcpu: None,
+            xstate: None,
+            vruntime: 0,
+            window_used: 0,
+        });
+    }
+}
+
+/// Frees the structures of deleted VPs (they never run again).
+fn reap(guests: &mut Vec<Local>, active: &mut Active) {
+    let mut i = 0;
+    while i < guests.len() {
+        if guests[i].vp.shared.lock().deleted {
+            let g = guests.swap_remove(i);
+            if *active == Active::Guest(g.part.id, g.vp.index) {
+                *active = Active::None;
+            }
+            if let Some(v) = g.vcpu {
+                v.release();
+            }
+            if let Some(x) = g.xstate {
+                x.release();
+            }
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Saves the context of VPs whose registers the root asked for.
+fn serve_save_requests(guests: &mut [Local], active: &mut Active) {
+    for g in guests.iter_mut() {
+        let mut s = g.vp.shared.lock();
+        if !s.save_request {
+            continue;
+        }
+        s.save_request = false;
+        if let (true, Some(v)) = (s.stale, g.vcpu.as_ref()) {
+            v.activate();
+            *active = Active::Guest(g.part.id, g.vp.index);
+            v.save_context(&mut s.ctx);
+        }
+        s.stale = false;
+    }
+}

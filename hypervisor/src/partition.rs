@@ -1,0 +1,788 @@
+//! Guest partitions: the table of them, their second-level tables (EPT/NPT)
+//! built from pages the root gives up, their VPs' shared state, and the
+//! root's management calls (create, initialize, finalize, delete, properties,
+//! map/unmap GPA pages, create/delete VP, get/set VP registers, start VP).
+//!
+//! A guest VP belongs to one LP for its life (`lp`); only that LP touches its
+//! VMCS/VMCB. Everyone else talks to it through `GuestVp::shared`: the
+//! register context (authoritative while the VP is suspended), the suspend
+//! flags, and `running`, which the owning LP sets, under the lock, only after
+//! it has checked that the VP may run.
+use crate::frame_alloc::PAGE_SIZE;
+use crate::page_table::{Ept, Npt, PageTable, Perms, SIZE_4K};
+use crate::root::RootPartition;
+use crate::virt::Caps;
+use crate::x86::{apic, cpu, idt};
+use crate::{memory, smp, stats};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use hv_abi::hypercall::status;
+use hv_abi::partition::{self as abi, map_flags, property, reg, size, VpContext};
+use spin::Mutex;
+
+/// A partition's second-level table, in its vendor's format.
+pub enum Slat {
+    Ept(PageTable<Ept>),
+    Npt(PageTable<Npt>),
+}
+
+impl Slat {
+    fn root(&self) -> u64 {
+        match self {
+            Slat::Ept(t) => t.root(),
+            Slat::Npt(t) => t.root(),
+        }
+    }
+
+    fn map(&mut self, gpa: u64, spa: u64, perms: Perms) -> bool {
+        memory::with_tables(|mem| match self {
+            Slat::Ept(t) => t.map(mem, gpa, spa, SIZE_4K, perms).is_ok(),
+            Slat::Npt(t) => t.map(mem, gpa, spa, SIZE_4K, perms).is_ok(),
+        })
+    }
+
+    fn unmap(&mut self, gpa: u64) -> Option<u64> {
+        memory::with_tables(|mem| match self {
+            Slat::Ept(t) => t.unmap_4k(mem, gpa),
+            Slat::Npt(t) => t.unmap_4k(mem, gpa),
+        })
+    }
+
+    pub fn translate(&self, gpa: u64) -> Option<(u64, Perms)> {
+        memory::with_tables(|mem| {
+            let leaf = match self {
+                Slat::Ept(t) => t.translate(mem, gpa),
+                Slat::Npt(t) => t.translate(mem, gpa),
+            }?;
+            Some((leaf.pa + (gpa - leaf.va), leaf.perms))
+        })
+    }
+
+    /// Every mapped (gpa, spa) page, then every table page: for teardown.
+    fn contents(&self) -> (Vec<(u64, u64)>, Vec<u64>) {
+        let (mut pages, mut tables) = (Vec::new(), Vec::new());
+        memory::with_tables(|mem| match self {
+            Slat::Ept(t) => {
+                t.leaves(mem, &mut |l| pages.push((l.va, l.pa)));
+                t.tables(mem, &mut |p| tables.push(p));
+            }
+            Slat::Npt(t) => {
+                t.leaves(mem, &mut |l| pages.push((l.va, l.pa)));
+                t.tables(mem, &mut |p| tables.push(p));
+            }
+        });
+        (pages, tables)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// Created: properties may be set.
+    Created,
+    /// Initialized: memory and VPs may be added.
+    Initialized,
+    /// Finalized: every VP stopped for good; only deletion remains.
+    Finalized,
+}
+
+struct Inner {
+    state: Lifecycle,
+    slat: Option<Slat>,
+    vps: Vec<Arc<GuestVp>>,
+    mapped_pages: u64,
+}
+
+pub struct Partition {
+    pub id: u64,
+    /// The TLB tag (VPID / ASID) of all its VPs.
+    pub tag: u16,
+    inner: Mutex<Inner>,
+    /// Bumped when a mapping goes: each VP flushes before it runs again.
+    pub flush_generation: AtomicU64,
+    pub weight: AtomicU32,
+    pub reserve_percent: AtomicU32,
+    pub cap_percent: AtomicU32,
+    pub run_tsc: AtomicU64,
+    pub exits: AtomicU64,
+    pub intercepts: AtomicU64,
+    pub guest_os_id: AtomicU64,
+    pub hypercall_msr: AtomicU64,
+    slat_root: AtomicU64,
+}
+
+impl Partition {
+    pub fn slat_root(&self) -> u64 {
+        self.slat_root.load(Ordering::Acquire)
+    }
+
+    /// The root-RAM address behind guest page `gpa` with its permissions.
+    pub fn translate(&self, gpa: u64) -> Option<(u64, Perms)> {
+        self.inner.lock().slat.as_ref()?.translate(gpa)
+    }
+
+    /// Copies guest memory (a range within mapped pages) into `buf`.
+    pub fn read(&self, root: &RootPartition, gpa: u64, buf: &mut [u8]) -> bool {
+        self.each_page(gpa, buf.len(), false, |spa, at, n| {
+            root.memory().read(spa, &mut buf[at..at + n]).is_ok()
+        })
+    }
+
+    pub fn write(&self, root: &RootPartition, gpa: u64, bytes: &[u8]) -> bool {
+        self.each_page(gpa, bytes.len(), true, |spa, at, n| {
+            root.memory().write(spa, &bytes[at..at + n]).is_ok()
+        })
+    }
+
+    fn each_page(
+        &self,
+        gpa: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(u64, usize, usize) -> bool,
+    ) -> bool {
+        let mut at = 0;
+        while at < len {
+            let g = gpa + at as u64;
+            let n = ((PAGE_SIZE - g % PAGE_SIZE) as usize).min(len - at);
+            match self.translate(g) {
+                Some((spa, perms)) if perms.write || !write => {
+                    if !f(spa, at, n) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+            at += n;
+        }
+        true
+    }
+
+    pub fn vp(&self, index: u32) -> Option<Arc<GuestVp>> {
+        self.inner
+            .lock()
+            .vps
+            .iter()
+            .find(|v| v.index == index)
+            .cloned()
+    }
+
+    pub fn vp_count(&self) -> u32 {
+        self.inner.lock().vps.len() as u32
+    }
+}
+
+/// What the hypervisor keeps of a guest VP outside its LP.
+pub struct VpShared {
+    pub ctx: VpContext,
+    /// `ctx` is newer than the VMCS/VMCB: load it before the next run.
+    pub dirty: bool,
+    pub explicit_suspend: bool,
+    pub intercept_suspend: bool,
+    /// Halted with interrupts enabled: waits for an interrupt.
+    pub halted: bool,
+    pub deleted: bool,
+    /// The VMCS/VMCB is newer than `ctx` (the VP ran since it was saved).
+    pub stale: bool,
+    /// Someone needs `ctx`: the owning LP saves it at its next look.
+    pub save_request: bool,
+}
+
+impl VpShared {
+    pub fn may_run(&self) -> bool {
+        !(self.explicit_suspend || self.intercept_suspend || self.halted || self.deleted)
+    }
+}
+
+pub struct GuestVp {
+    pub partition: u64,
+    pub index: u32,
+    pub lp: u32,
+    pub shared: Mutex<VpShared>,
+    /// Set by the owning LP while the VP is in guest mode (or about to be).
+    pub running: AtomicBool,
+    /// The flush generation this VP's TLB reflects.
+    pub flushed: AtomicU64,
+}
+
+/// Guest VPs waiting for their LP to take them.
+pub static LP_INBOX: [Mutex<Vec<(Arc<Partition>, Arc<GuestVp>)>>; stats::MAX_LPS] =
+    [const { Mutex::new(Vec::new()) }; stats::MAX_LPS];
+/// Guest VPs per LP (to spread new ones).
+static LP_LOAD: [AtomicU32; stats::MAX_LPS] = [const { AtomicU32::new(0) }; stats::MAX_LPS];
+
+static PARTITIONS: Mutex<[Option<Arc<Partition>>; abi::MAX_PARTITIONS]> =
+    Mutex::new([const { None }; abi::MAX_PARTITIONS]);
+
+/// Which root pages belong to a guest: one bit per 4 KiB page of root RAM.
+static OWNED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn owned_bit(owned: &mut Vec<u64>, spa: u64) -> (&mut u64, u64) {
+    let page = (spa / PAGE_SIZE) as usize;
+    if owned.len() <= page / 64 {
+        owned.resize(page / 64 + 1, 0);
+    }
+    (&mut owned[page / 64], 1 << (page % 64))
+}
+
+pub fn get(id: u64) -> Option<Arc<Partition>> {
+    let slot = (id as usize).checked_sub(1)?;
+    PARTITIONS.lock().get(slot)?.clone()
+}
+
+/// Interrupts LP `lp` so it looks at its VPs again (no-op for this LP).
+pub fn kick(lp: u32) {
+    if lp == crate::percpu::index() {
+        return;
+    }
+    apic::send_fixed(
+        smp::LP_APIC_IDS[lp as usize % stats::MAX_LPS].load(Ordering::Relaxed),
+        idt::HOST_KICK_VECTOR as u8,
+    );
+}
+
+/// Waits until `vp` is out of guest mode (its LP was kicked).
+fn quiesce(vp: &GuestVp) {
+    kick(vp.lp);
+    while vp.running.load(Ordering::Acquire) {
+        cpu::pause();
+    }
+}
+
+/// A root call's outcome: status and, for rep calls, elements completed.
+pub struct Outcome {
+    pub status: u16,
+    pub reps_done: u16,
+    /// Bytes of output written into the output buffer.
+    pub output_len: usize,
+}
+
+fn done(status: u16) -> Outcome {
+    Outcome {
+        status,
+        reps_done: 0,
+        output_len: 0,
+    }
+}
+
+fn partition_arg(input: &[u8]) -> Result<Arc<Partition>, u16> {
+    let id = abi::u64_at(input, 0).ok_or(status::INVALID_PARAMETER)?;
+    get(id).ok_or(status::INVALID_PARTITION_ID)
+}
+
+fn vp_arg(p: &Partition, input: &[u8]) -> Result<Arc<GuestVp>, u16> {
+    let index = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
+    p.vp(index).ok_or(status::INVALID_VP_INDEX)
+}
+
+/// Most rep elements handled per entry: a long call returns to the caller
+/// with its start index advanced and is re-entered (TLFS rep continuation).
+pub const REPS_PER_ENTRY: u16 = 128;
+
+/// Runs one management call from the root. `input` is a copy of the input
+/// block; `output` receives the output block.
+pub fn call(
+    root: &RootPartition,
+    caps: &Caps,
+    code: u16,
+    reps: (u16, u16),
+    input: &[u8],
+    output: &mut [u8],
+) -> Outcome {
+    use abi::code::*;
+    let r = match code {
+        CREATE_PARTITION => create(caps, output),
+        INITIALIZE_PARTITION => partition_arg(input).and_then(|p| initialize(&p, caps)),
+        FINALIZE_PARTITION => partition_arg(input).map(|p| finalize(&p)),
+        DELETE_PARTITION => partition_arg(input).map(|p| delete(&p, caps)),
+        GET_PARTITION_PROPERTY => get_property(input, output),
+        SET_PARTITION_PROPERTY => set_property(input),
+        MAP_GPA_PAGES => return map_pages(root, input, reps),
+        UNMAP_GPA_PAGES => return unmap_pages(input, reps),
+        CREATE_VP => create_vp(input),
+        DELETE_VP => delete_vp(input),
+        GET_VP_REGISTERS => return get_registers(input, output, reps),
+        SET_VP_REGISTERS => return set_registers(input, reps),
+        START_VIRTUAL_PROCESSOR => start_vp(input),
+        _ => Err(status::INVALID_HYPERCALL_CODE),
+    };
+    match r {
+        Ok(n) => Outcome {
+            status: status::SUCCESS,
+            reps_done: 0,
+            output_len: n,
+        },
+        Err(s) => done(s),
+    }
+}
+
+fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
+    let mut table = PARTITIONS.lock();
+    let slot = table
+        .iter()
+        .position(Option::is_none)
+        .ok_or(status::INSUFFICIENT_MEMORY)?;
+    if matches!(caps, Caps::None) {
+        return Err(status::OPERATION_DENIED);
+    }
+    let id = slot as u64 + 1;
+    table[slot] = Some(Arc::new(Partition {
+        id,
+        // Tag 1 is the root's.
+        tag: slot as u16 + 2,
+        inner: Mutex::new(Inner {
+            state: Lifecycle::Created,
+            slat: None,
+            vps: Vec::new(),
+            mapped_pages: 0,
+        }),
+        flush_generation: AtomicU64::new(0),
+        weight: AtomicU32::new(property::DEFAULT_WEIGHT as u32),
+        reserve_percent: AtomicU32::new(0),
+        cap_percent: AtomicU32::new(100),
+        run_tsc: AtomicU64::new(0),
+        exits: AtomicU64::new(0),
+        intercepts: AtomicU64::new(0),
+        guest_os_id: AtomicU64::new(0),
+        hypercall_msr: AtomicU64::new(0),
+        slat_root: AtomicU64::new(0),
+    }));
+    output
+        .get_mut(..8)
+        .ok_or(status::INVALID_PARAMETER)?
+        .copy_from_slice(&id.to_le_bytes());
+    Ok(8)
+}
+
+fn initialize(p: &Partition, caps: &Caps) -> Result<usize, u16> {
+    let mut inner = p.inner.lock();
+    if inner.state != Lifecycle::Created {
+        return Err(status::INVALID_PARTITION_STATE);
+    }
+    // 4 KiB leaves only: guest pages come one by one from anywhere in root RAM.
+    let slat = memory::with_tables(|mem| match caps {
+        Caps::Vmx(_) => PageTable::<Ept>::new(mem, SIZE_4K, false).ok().map(Slat::Ept),
+        Caps::Svm(_) => PageTable::<Npt>::new(mem, SIZE_4K, false).ok().map(Slat::Npt),
+        Caps::None => None,
+    })
+    .ok_or(status::INSUFFICIENT_MEMORY)?;
+    p.slat_root.store(slat.root(), Ordering::Release);
+    inner.slat = Some(slat);
+    inner.state = Lifecycle::Initialized;
+    Ok(0)
+}
+
+/// Stops every VP for good and waits until none is in guest mode.
+fn finalize(p: &Partition) -> usize {
+    let vps = {
+        let mut inner = p.inner.lock();
+        inner.state = Lifecycle::Finalized;
+        inner.vps.clone()
+    };
+    for vp in &vps {
+        vp.shared.lock().deleted = true;
+        quiesce(vp);
+    }
+    0
+}
+
+/// Finalizes, returns every page to the root and every table to the
+/// hypervisor, and frees the slot. The VPs' VMCS/VMCB go back when their LPs
+/// next look (they never run again).
+fn delete(p: &Arc<Partition>, _caps: &Caps) -> usize {
+    finalize(p);
+    let slat = {
+        let mut inner = p.inner.lock();
+        for vp in inner.vps.drain(..) {
+            LP_LOAD[vp.lp as usize % stats::MAX_LPS].fetch_sub(1, Ordering::Relaxed);
+        }
+        inner.mapped_pages = 0;
+        inner.slat.take()
+    };
+    if let Some(slat) = slat {
+        let (pages, tables) = slat.contents();
+        let mut owned = OWNED.lock();
+        for (_, spa) in pages {
+            let (word, bit) = owned_bit(&mut owned, spa);
+            *word &= !bit;
+        }
+        drop(owned);
+        for t in tables {
+            memory::free_pages(t, 1);
+        }
+    }
+    p.slat_root.store(0, Ordering::Release);
+    PARTITIONS.lock()[(p.id - 1) as usize] = None;
+    0
+}
+
+fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
+    let p = partition_arg(input)?;
+    let code = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
+    let v = match code {
+        property::CPU_RESERVE => p.reserve_percent.load(Ordering::Relaxed) as u64,
+        property::CPU_CAP => p.cap_percent.load(Ordering::Relaxed) as u64,
+        property::CPU_WEIGHT => p.weight.load(Ordering::Relaxed) as u64,
+        property::RUN_TIME => {
+            let hz = crate::time::tsc_hz().max(1) as u128;
+            (p.run_tsc.load(Ordering::Relaxed) as u128 * 10_000_000 / hz) as u64
+        }
+        property::EXITS => p.exits.load(Ordering::Relaxed),
+        property::INTERCEPTS => p.intercepts.load(Ordering::Relaxed),
+        property::MAPPED_BYTES => p.inner.lock().mapped_pages * PAGE_SIZE,
+        _ => return Err(status::UNKNOWN_PROPERTY),
+    };
+    output
+        .get_mut(..8)
+        .ok_or(status::INVALID_PARAMETER)?
+        .copy_from_slice(&v.to_le_bytes());
+    Ok(8)
+}
+
+fn set_property(input: &[u8]) -> Result<usize, u16> {
+    let p = partition_arg(input)?;
+    let code = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
+    let v = abi::u64_at(input, 16).ok_or(status::INVALID_PARAMETER)?;
+    let (cell, range) = match code {
+        property::CPU_RESERVE => (&p.reserve_percent, 0..=100),
+        property::CPU_CAP => (&p.cap_percent, 1..=100),
+        property::CPU_WEIGHT => (&p.weight, 1..=10_000),
+        property::RUN_TIME | property::EXITS | property::INTERCEPTS | property::MAPPED_BYTES => {
+            return Err(status::OPERATION_DENIED)
+        }
+        _ => return Err(status::UNKNOWN_PROPERTY),
+    };
+    if !range.contains(&v) {
+        return Err(status::PROPERTY_VALUE_OUT_OF_RANGE);
+    }
+    cell.store(v as u32, Ordering::Relaxed);
+    Ok(0)
+}
+
+fn perms(flags: u32) -> Option<Perms> {
+    if flags & !map_flags::ALL != 0 || flags & map_flags::READABLE == 0 {
+        return None;
+    }
+    Some(Perms {
+        write: flags & map_flags::WRITABLE != 0,
+        execute: flags & (map_flags::KERNEL_EXECUTABLE | map_flags::USER_EXECUTABLE) != 0,
+        uncached: false,
+    })
+}
+
+/// The reps of `[start, count)` this entry handles.
+fn rep_window(reps: (u16, u16)) -> core::ops::Range<u16> {
+    let (start, count) = reps;
+    start..count.min(start.saturating_add(REPS_PER_ENTRY))
+}
+
+fn rep_result(status: u16, done: u16) -> Outcome {
+    Outcome {
+        status,
+        reps_done: done,
+        output_len: 0,
+    }
+}
+
+fn map_pages(root: &RootPartition, input: &[u8], reps: (u16, u16)) -> Outcome {
+    let p = match partition_arg(input) {
+        Ok(p) => p,
+        Err(s) => return done(s),
+    };
+    let (Some(target), Some(flags)) = (abi::u64_at(input, 8), abi::u32_at(input, 16)) else {
+        return done(status::INVALID_PARAMETER);
+    };
+    let Some(perms) = perms(flags) else {
+        return done(status::INVALID_PARAMETER);
+    };
+    let mut inner = p.inner.lock();
+    if inner.state != Lifecycle::Initialized {
+        return rep_result(status::INVALID_PARTITION_STATE, reps.0);
+    }
+    let window = rep_window(reps);
+    let mut owned = OWNED.lock();
+    for i in window.clone() {
+        let at = size::MAP_HEADER as usize + 8 * i as usize;
+        let Some(source) = abi::u64_at(input, at) else {
+            return rep_result(status::INVALID_PARAMETER, i);
+        };
+        let gpa_page = target.checked_add(i as u64);
+        let (Some(spa), Some(gpa)) = (
+            source.checked_mul(PAGE_SIZE),
+            gpa_page.and_then(|g| g.checked_mul(PAGE_SIZE)),
+        ) else {
+            return rep_result(status::INVALID_PARAMETER, i);
+        };
+        if gpa >= abi::MAX_GPA || !root.owns(spa, PAGE_SIZE) {
+            return rep_result(status::INVALID_PARAMETER, i);
+        }
+        let (word, bit) = owned_bit(&mut owned, spa);
+        if *word & bit != 0 {
+            // Already another guest's (or this one's, at another GPA).
+            return rep_result(status::OBJECT_IN_USE, i);
+        }
+        let Some(slat) = inner.slat.as_mut() else {
+            return rep_result(status::INVALID_PARTITION_STATE, i);
+        };
+        if !slat.map(gpa, spa, perms) {
+            // Mapped already, or no memory for a table.
+            let s = if slat.translate(gpa).is_some() {
+                status::INVALID_PARAMETER
+            } else {
+                status::INSUFFICIENT_MEMORY
+            };
+            return rep_result(s, i);
+        }
+        let (word, bit) = owned_bit(&mut owned, spa);
+        *word |= bit;
+        inner.mapped_pages += 1;
+    }
+    rep_result(status::SUCCESS, window.end)
+}
+
+fn unmap_pages(input: &[u8], reps: (u16, u16)) -> Outcome {
+    let p = match partition_arg(input) {
+        Ok(p) => p,
+        Err(s) => return done(s),
+    };
+    let Some(target) = abi::u64_at(input, 8) else {
+        return done(status::INVALID_PARAMETER);
+    };
+    let window = rep_window(reps);
+    let vps = {
+        let mut inner = p.inner.lock();
+        let mut owned = OWNED.lock();
+        for i in window.clone() {
+            let Some(gpa) = target
+                .checked_add(i as u64)
+                .and_then(|g| g.checked_mul(PAGE_SIZE))
+                .filter(|&g| g < abi::MAX_GPA)
+            else {
+                return rep_result(status::INVALID_PARAMETER, i);
+            };
+            let Some(slat) = inner.slat.as_mut() else {
+                return rep_result(status::INVALID_PARTITION_STATE, i);
+            };
+            // Unmapping what is not mapped is not an error (TLFS).
+            if let Some(spa) = slat.unmap(gpa) {
+                let (word, bit) = owned_bit(&mut owned, spa);
+                *word &= !bit;
+                inner.mapped_pages -= 1;
+            }
+        }
+        inner.vps.clone()
+    };
+    // No VP may keep a stale translation: each flushes before it runs again,
+    // and those in guest mode now are made to leave it.
+    p.flush_generation.fetch_add(1, Ordering::AcqRel);
+    for vp in &vps {
+        quiesce(vp);
+    }
+    rep_result(status::SUCCESS, window.end)
+}
+
+fn create_vp(input: &[u8]) -> Result<usize, u16> {
+    let p = partition_arg(input)?;
+    let index = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
+    if index >= abi::MAX_VPS {
+        return Err(status::INVALID_VP_INDEX);
+    }
+    let mut inner = p.inner.lock();
+    if inner.state != Lifecycle::Initialized {
+        return Err(status::INVALID_PARTITION_STATE);
+    }
+    if inner.vps.iter().any(|v| v.index == index) {
+        return Err(status::INVALID_VP_INDEX);
+    }
+    // The LP with the fewest guest VPs.
+    let lps = smp::ONLINE.load(Ordering::Acquire).clamp(1, stats::MAX_LPS as u32);
+    let lp = (0..lps)
+        .min_by_key(|&l| (LP_LOAD[l as usize].load(Ordering::Relaxed), (l + index) % lps))
+        .unwrap_or(0);
+    LP_LOAD[lp as usize].fetch_add(1, Ordering::Relaxed);
+    let vp = Arc::new(GuestVp {
+        partition: p.id,
+        index,
+        lp,
+        shared: Mutex::new(VpShared {
+            ctx: VpContext::reset(),
+            dirty: true,
+            explicit_suspend: true,
+            intercept_suspend: false,
+            halted: false,
+            deleted: false,
+            stale: false,
+            save_request: false,
+        }),
+        running: AtomicBool::new(false),
+        flushed: AtomicU64::new(p.flush_generation.load(Ordering::Acquire)),
+    });
+    inner.vps.push(vp.clone());
+    drop(inner);
+    LP_INBOX[lp as usize].lock().push((p.clone(), vp));
+    kick(lp);
+    Ok(0)
+}
+
+fn delete_vp(input: &[u8]) -> Result<usize, u16> {
+    let p = partition_arg(input)?;
+    let vp = vp_arg(&p, input)?;
+    vp.shared.lock().deleted = true;
+    quiesce(&vp);
+    p.inner.lock().vps.retain(|v| v.index != vp.index);
+    LP_LOAD[vp.lp as usize % stats::MAX_LPS].fetch_sub(1, Ordering::Relaxed);
+    Ok(0)
+}
+
+fn start_vp(input: &[u8]) -> Result<usize, u16> {
+    let p = partition_arg(input)?;
+    let vp = vp_arg(&p, input)?;
+    let mut s = vp.shared.lock();
+    if !s.explicit_suspend || s.deleted {
+        return Err(status::INVALID_VP_STATE);
+    }
+    s.explicit_suspend = false;
+    drop(s);
+    kick(vp.lp);
+    Ok(0)
+}
+
+fn registers_target(input: &[u8]) -> Result<Arc<GuestVp>, u16> {
+    let p = partition_arg(input)?;
+    let vp = vp_arg(&p, input)?;
+    // VTL 0 only.
+    if input.get(12).copied() != Some(0) {
+        return Err(status::INVALID_PARAMETER);
+    }
+    Ok(vp)
+}
+
+/// Not a status: the call must be made again once the VP's LP has looked
+/// (the instruction is re-executed, with the rep start index advanced).
+pub const RETRY: u16 = 0xFFFF;
+
+/// The VP's context may be read or written: it is suspended, out of guest
+/// mode, and its context saved. Otherwise INVALID_VP_STATE, or RETRY while
+/// its LP saves the context.
+fn quiesced(vp: &GuestVp) -> Result<(), u16> {
+    let suspended = {
+        let s = vp.shared.lock();
+        s.explicit_suspend || s.intercept_suspend || s.deleted
+    };
+    if !suspended {
+        return Err(status::INVALID_VP_STATE);
+    }
+    quiesce(vp);
+    let mut s = vp.shared.lock();
+    if s.stale {
+        s.save_request = true;
+        drop(s);
+        kick(vp.lp);
+        return Err(RETRY);
+    }
+    Ok(())
+}
+
+fn get_registers(input: &[u8], output: &mut [u8], reps: (u16, u16)) -> Outcome {
+    let vp = match registers_target(input) {
+        Ok(v) => v,
+        Err(s) => return done(s),
+    };
+    let window = rep_window(reps);
+    let mut waited = false;
+    for i in window.clone() {
+        let at = size::VP_REGISTERS_HEADER as usize + 4 * i as usize;
+        let Some(name) = abi::u32_at(input, at) else {
+            return rep_result(status::INVALID_PARAMETER, i);
+        };
+        let value = match name {
+            reg::EXPLICIT_SUSPEND => vp.shared.lock().explicit_suspend as u128,
+            reg::INTERCEPT_SUSPEND => vp.shared.lock().intercept_suspend as u128,
+            _ => {
+                if !waited {
+                    if let Err(s) = quiesced(&vp) {
+                        return rep_result(s, i);
+                    }
+                    waited = true;
+                }
+                match vp.shared.lock().ctx.get(name) {
+                    Ok(v) => v,
+                    Err(_) => return rep_result(status::INVALID_PARAMETER, i),
+                }
+            }
+        };
+        let out = 16 * i as usize;
+        let Some(slot) = output.get_mut(out..out + 16) else {
+            return rep_result(status::INVALID_PARAMETER, i);
+        };
+        slot.copy_from_slice(&value.to_le_bytes());
+    }
+    Outcome {
+        status: status::SUCCESS,
+        reps_done: window.end,
+        output_len: 16 * window.end as usize,
+    }
+}
+
+fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
+    let vp = match registers_target(input) {
+        Ok(v) => v,
+        Err(s) => return done(s),
+    };
+    let window = rep_window(reps);
+    let mut waited = false;
+    let mut wake = false;
+    for i in window.clone() {
+        let at = size::VP_REGISTERS_HEADER as usize + 32 * i as usize;
+        let (Some(name), Some(lo), Some(hi)) = (
+            abi::u32_at(input, at),
+            abi::u64_at(input, at + 16),
+            abi::u64_at(input, at + 24),
+        ) else {
+            return rep_result(status::INVALID_PARAMETER, i);
+        };
+        let value = (hi as u128) << 64 | lo as u128;
+        match name {
+            reg::EXPLICIT_SUSPEND | reg::INTERCEPT_SUSPEND => {
+                if value > 1 {
+                    return rep_result(status::INVALID_REGISTER_VALUE, i);
+                }
+                let mut s = vp.shared.lock();
+                let on = value == 1;
+                if name == reg::EXPLICIT_SUSPEND {
+                    s.explicit_suspend = on;
+                } else {
+                    s.intercept_suspend = on;
+                }
+                wake |= !on;
+                drop(s);
+                if on {
+                    // Suspension takes effect at once: the VP leaves guest mode.
+                    quiesce(&vp);
+                }
+            }
+            _ => {
+                if !waited {
+                    if let Err(s) = quiesced(&vp) {
+                        return rep_result(s, i);
+                    }
+                    waited = true;
+                }
+                let mut s = vp.shared.lock();
+                match s.ctx.set(name, value) {
+                    Ok(()) => s.dirty = true,
+                    Err(abi::RegisterError::Unknown) => {
+                        return rep_result(status::INVALID_PARAMETER, i)
+                    }
+                    Err(abi::RegisterError::BadValue) => {
+                        return rep_result(status::INVALID_REGISTER_VALUE, i)
+                    }
+                }
+            }
+        }
+    }
+    if wake {
+        kick(vp.lp);
+    }
+    rep_result(status::SUCCESS, window.end)
+}

@@ -1,0 +1,335 @@
+//! The `vm` commands: noun-verb, as a Hyper-V or virsh user would guess them.
+use core::fmt;
+
+/// Longest VM name.
+pub const NAME_MAX: usize = 24;
+/// Guest memory bounds, MiB.
+pub const MEMORY_MIN_MIB: u64 = 2;
+pub const MEMORY_MAX_MIB: u64 = 4096;
+pub const DEFAULT_MEMORY_MIB: u64 = 64;
+/// Wait for `vm wait` without a time.
+pub const DEFAULT_WAIT_SECS: u64 = 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewVm<'a> {
+    pub name: &'a str,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub image: &'a str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CpuSettings {
+    pub reserve: Option<u32>,
+    pub limit: Option<u32>,
+    pub weight: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmCommand<'a> {
+    New(NewVm<'a>),
+    Start(&'a str),
+    Stop { name: &'a str, turn_off: bool },
+    List,
+    Show(&'a str),
+    Console(&'a str),
+    Cpu(&'a str, CpuSettings),
+    Delete(&'a str),
+    /// Wait until the VM is no longer running (at most this many seconds).
+    Wait(&'a str, u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmParseError<'a> {
+    MissingVerb,
+    UnknownVerb(&'a str),
+    MissingName(&'static str),
+    BadName(&'a str),
+    UnknownOption(&'static str, &'a str),
+    MissingValue(&'a str),
+    BadValue {
+        option: &'a str,
+        value: &'a str,
+        expected: &'static str,
+    },
+    MissingImage,
+    Extra(&'static str, &'a str),
+    NothingToSet,
+}
+
+pub const VM_USAGE: &[(&str, &str)] = &[
+    (
+        "vm new NAME --image MODULE [--memory 64M] [--vcpus 1]",
+        "create a guest partition (Off) from a boot module",
+    ),
+    ("vm start NAME", "load the image and run the VM"),
+    (
+        "vm stop NAME [--turn-off]",
+        "stop the VM (its VPs are suspended; memory kept)",
+    ),
+    (
+        "vm list",
+        "ID NAME STATE CPU% MEMORY(MiB) UPTIME VCPUS EXITS of every VM",
+    ),
+    ("vm show NAME", "everything about one VM"),
+    ("vm console NAME", "the VM's serial (COM1) output"),
+    (
+        "vm cpu NAME [--reserve P] [--limit P] [--weight W]",
+        "processor reserve and limit (percent of a processor per VP), weight (1-10000)",
+    ),
+    ("vm wait NAME [SECONDS]", "wait until the VM is no longer running (default 30 s)"),
+    ("vm delete NAME", "delete a VM that is not running; its memory returns to the root"),
+];
+
+impl fmt::Display for VmParseError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            VmParseError::MissingVerb => write!(
+                f,
+                "vm: missing verb; try vm new | start | stop | list | show | console | cpu | wait | delete"
+            ),
+            VmParseError::UnknownVerb(v) => write!(
+                f,
+                "vm: unknown verb \"{v}\"; try vm new | start | stop | list | show | console | cpu | wait | delete"
+            ),
+            VmParseError::MissingName(verb) => write!(f, "vm {verb}: missing the VM's name"),
+            VmParseError::BadName(n) => write!(
+                f,
+                "vm: \"{n}\" is not a valid name (1-{NAME_MAX} letters, digits, '-', '_', '.'; not starting with '-')"
+            ),
+            VmParseError::UnknownOption(verb, o) => write!(f, "vm {verb}: unknown option \"{o}\""),
+            VmParseError::MissingValue(o) => write!(f, "vm: option {o} needs a value"),
+            VmParseError::BadValue {
+                option,
+                value,
+                expected,
+            } => write!(f, "vm: {option} \"{value}\": expected {expected}"),
+            VmParseError::MissingImage => {
+                write!(f, "vm new: missing --image MODULE (a boot module's name)")
+            }
+            VmParseError::Extra(verb, a) => write!(f, "vm {verb}: unexpected argument \"{a}\""),
+            VmParseError::NothingToSet => {
+                write!(f, "vm cpu: give at least one of --reserve P, --limit P, --weight W")
+            }
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= NAME_MAX
+        && !n.starts_with('-')
+        && n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `64M`, `1G`, `512` (MiB) → MiB.
+pub fn parse_memory(s: &str) -> Option<u64> {
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'M' | b'm' => (&s[..s.len() - 1], 1),
+        b'G' | b'g' => (&s[..s.len() - 1], 1024),
+        _ => (s, 1),
+    };
+    let mib = digits.parse::<u64>().ok()?.checked_mul(unit)?;
+    (MEMORY_MIN_MIB..=MEMORY_MAX_MIB).contains(&mib).then_some(mib)
+}
+
+fn number(option: &'static str, v: &str, range: core::ops::RangeInclusive<u64>) -> Option<u64> {
+    let _ = option;
+    v.parse::<u64>().ok().filter(|n| range.contains(n))
+}
+
+/// Parses the words after `vm`.
+pub fn parse<'a>(mut words: impl Iterator<Item = &'a str>) -> Result<VmCommand<'a>, VmParseError<'a>> {
+    let verb = words.next().ok_or(VmParseError::MissingVerb)?;
+    let verb_name: &'static str = match verb {
+        "new" => "new",
+        "start" => "start",
+        "stop" => "stop",
+        "list" => "list",
+        "show" => "show",
+        "console" => "console",
+        "cpu" => "cpu",
+        "delete" => "delete",
+        "wait" => "wait",
+        other => return Err(VmParseError::UnknownVerb(other)),
+    };
+    if verb_name == "list" {
+        return match words.next() {
+            Some(a) => Err(VmParseError::Extra("list", a)),
+            None => Ok(VmCommand::List),
+        };
+    }
+    let name = words.next().ok_or(VmParseError::MissingName(verb_name))?;
+    if !valid_name(name) {
+        return Err(VmParseError::BadName(name));
+    }
+    let value = |words: &mut dyn Iterator<Item = &'a str>, o: &'a str| {
+        words.next().ok_or(VmParseError::MissingValue(o))
+    };
+    let cmd = match verb_name {
+        "new" => {
+            let mut memory_mib = DEFAULT_MEMORY_MIB;
+            let mut vcpus = 1;
+            let mut image = None;
+            while let Some(o) = words.next() {
+                let v = value(&mut words, o)?;
+                match o {
+                    "--memory" => {
+                        memory_mib = parse_memory(v).ok_or(VmParseError::BadValue {
+                            option: o,
+                            value: v,
+                            expected: "a size from 2M to 4G (e.g. 64M, 1G)",
+                        })?
+                    }
+                    "--vcpus" => {
+                        vcpus = number("--vcpus", v, 1..=64).ok_or(VmParseError::BadValue {
+                            option: o,
+                            value: v,
+                            expected: "a number from 1 to 64",
+                        })? as u32
+                    }
+                    "--image" => image = Some(v),
+                    _ => return Err(VmParseError::UnknownOption("new", o)),
+                }
+            }
+            VmCommand::New(NewVm {
+                name,
+                memory_mib,
+                vcpus,
+                image: image.ok_or(VmParseError::MissingImage)?,
+            })
+        }
+        "stop" => {
+            let turn_off = match words.next() {
+                None => false,
+                Some("--turn-off") => true,
+                Some(o) => return Err(VmParseError::UnknownOption("stop", o)),
+            };
+            VmCommand::Stop { name, turn_off }
+        }
+        "cpu" => {
+            let mut s = CpuSettings::default();
+            while let Some(o) = words.next() {
+                let v = value(&mut words, o)?;
+                let (slot, range, expected) = match o {
+                    "--reserve" => (&mut s.reserve, 0..=100, "a percent from 0 to 100"),
+                    "--limit" => (&mut s.limit, 1..=100, "a percent from 1 to 100"),
+                    "--weight" => (&mut s.weight, 1..=10_000, "a weight from 1 to 10000"),
+                    _ => return Err(VmParseError::UnknownOption("cpu", o)),
+                };
+                *slot = Some(number("", v, range).ok_or(VmParseError::BadValue {
+                    option: o,
+                    value: v,
+                    expected,
+                })? as u32);
+            }
+            if s == CpuSettings::default() {
+                return Err(VmParseError::NothingToSet);
+            }
+            VmCommand::Cpu(name, s)
+        }
+        "wait" => {
+            let secs = match words.next() {
+                None => DEFAULT_WAIT_SECS,
+                Some(v) => number("", v, 1..=3600).ok_or(VmParseError::BadValue {
+                    option: "SECONDS",
+                    value: v,
+                    expected: "a number of seconds from 1 to 3600",
+                })?,
+            };
+            VmCommand::Wait(name, secs)
+        }
+        "start" => VmCommand::Start(name),
+        "show" => VmCommand::Show(name),
+        "console" => VmCommand::Console(name),
+        _ => VmCommand::Delete(name),
+    };
+    match words.next() {
+        Some(a) => Err(VmParseError::Extra(verb_name, a)),
+        None => Ok(cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(line: &str) -> Result<VmCommand<'_>, VmParseError<'_>> {
+        parse(line.split_ascii_whitespace())
+    }
+
+    #[test]
+    fn the_commands_an_administrator_types() {
+        assert_eq!(
+            p("new web --memory 64M --vcpus 2 --image hello"),
+            Ok(VmCommand::New(NewVm {
+                name: "web",
+                memory_mib: 64,
+                vcpus: 2,
+                image: "hello"
+            }))
+        );
+        assert_eq!(
+            p("new a --image x"),
+            Ok(VmCommand::New(NewVm {
+                name: "a",
+                memory_mib: DEFAULT_MEMORY_MIB,
+                vcpus: 1,
+                image: "x"
+            }))
+        );
+        assert_eq!(p("start web"), Ok(VmCommand::Start("web")));
+        assert_eq!(
+            p("stop web --turn-off"),
+            Ok(VmCommand::Stop {
+                name: "web",
+                turn_off: true
+            })
+        );
+        assert_eq!(p("list"), Ok(VmCommand::List));
+        assert_eq!(
+            p("cpu web --limit 30 --weight 200"),
+            Ok(VmCommand::Cpu(
+                "web",
+                CpuSettings {
+                    reserve: None,
+                    limit: Some(30),
+                    weight: Some(200)
+                }
+            ))
+        );
+        assert_eq!(p("wait web"), Ok(VmCommand::Wait("web", DEFAULT_WAIT_SECS)));
+        assert_eq!(p("wait web 5"), Ok(VmCommand::Wait("web", 5)));
+        assert_eq!(p("delete web"), Ok(VmCommand::Delete("web")));
+        assert_eq!(parse_memory("1G"), Some(1024));
+        assert_eq!(parse_memory("512"), Some(512));
+    }
+
+    #[test]
+    fn mistakes_say_what_is_wrong() {
+        assert_eq!(p(""), Err(VmParseError::MissingVerb));
+        assert_eq!(p("launch x"), Err(VmParseError::UnknownVerb("launch")));
+        assert_eq!(p("start"), Err(VmParseError::MissingName("start")));
+        assert_eq!(p("new web"), Err(VmParseError::MissingImage));
+        assert!(matches!(
+            p("new web --memory 1M --image x"),
+            Err(VmParseError::BadValue { .. })
+        ));
+        assert!(matches!(
+            p("new web --vcpus 0 --image x"),
+            Err(VmParseError::BadValue { .. })
+        ));
+        assert_eq!(p("new web --image"), Err(VmParseError::MissingValue("--image")));
+        assert_eq!(p("new web --color red"), Err(VmParseError::UnknownOption("new", "--color")));
+        assert_eq!(p("start a/b"), Err(VmParseError::BadName("a/b")));
+        assert_eq!(p("cpu web"), Err(VmParseError::NothingToSet));
+        assert!(matches!(p("cpu web --limit 0"), Err(VmParseError::BadValue { .. })));
+        assert_eq!(p("list now"), Err(VmParseError::Extra("list", "now")));
+        assert_eq!(p("stop web --now"), Err(VmParseError::UnknownOption("stop", "--now")));
+        // Every error renders as one line.
+        let msg = std::format!("{}", VmParseError::MissingImage);
+        assert!(!msg.contains('\n'));
+    }
+}

@@ -1,0 +1,632 @@
+//! The VM worker's logic: where guest memory comes from, how an image is
+//! loaded and its VPs set up, and the devices the worker emulates (a 16550
+//! UART on COM1, the power-off and test-exit ports). Pure: the kernel gives
+//! it memory accessors and hypercalls.
+use hv_abi::partition::{reg, Segment, Table};
+
+pub const PAGE: u64 = 4096;
+
+/// Free root RAM the worker hands to guests: sorted, disjoint extents.
+pub struct MemoryPool<const N: usize> {
+    extents: [(u64, u64); N],
+    count: usize,
+}
+
+impl<const N: usize> Default for MemoryPool<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> MemoryPool<N> {
+    pub const fn new() -> Self {
+        MemoryPool {
+            extents: [(0, 0); N],
+            count: 0,
+        }
+    }
+
+    /// Adds `[start, end)` (page-aligned inward); merges with neighbours.
+    pub fn add(&mut self, start: u64, end: u64) -> bool {
+        let (s, e) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if e <= s {
+            return true;
+        }
+        let at = self.extents[..self.count].partition_point(|&(a, _)| a < s);
+        if at > 0 && self.extents[at - 1].1 > s || at < self.count && self.extents[at].0 < e {
+            return false; // overlaps: a double free
+        }
+        let joins_prev = at > 0 && self.extents[at - 1].1 == s;
+        let joins_next = at < self.count && self.extents[at].0 == e;
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                self.extents[at - 1].1 = self.extents[at].1;
+                self.extents.copy_within(at + 1..self.count, at);
+                self.count -= 1;
+            }
+            (true, false) => self.extents[at - 1].1 = e,
+            (false, true) => self.extents[at].0 = s,
+            (false, false) => {
+                if self.count == N {
+                    return false;
+                }
+                self.extents.copy_within(at..self.count, at + 1);
+                self.extents[at] = (s, e);
+                self.count += 1;
+            }
+        }
+        true
+    }
+
+    /// `bytes` (page multiple) of contiguous memory, from the highest extent
+    /// that has it (low memory stays for things that need it).
+    pub fn take(&mut self, bytes: u64) -> Option<u64> {
+        let bytes = bytes.div_ceil(PAGE) * PAGE;
+        let i = (0..self.count)
+            .rev()
+            .find(|&i| self.extents[i].1 - self.extents[i].0 >= bytes)?;
+        let (s, e) = self.extents[i];
+        let start = e - bytes;
+        if start == s {
+            self.extents.copy_within(i + 1..self.count, i);
+            self.count -= 1;
+        } else {
+            self.extents[i].1 = start;
+        }
+        Some(start)
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.extents[..self.count].iter().map(|(s, e)| e - s).sum()
+    }
+
+    pub fn largest(&self) -> u64 {
+        self.extents[..self.count]
+            .iter()
+            .map(|(s, e)| e - s)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// How a VP starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryMode {
+    /// ELF64: long mode, identity-mapped guest memory.
+    Long,
+    /// Multiboot v1 ELF32: 32-bit protected mode, paging off, EAX = magic,
+    /// EBX = the Multiboot information.
+    Protected32,
+    /// A flat image at 0x7C00: real mode, CS:IP = 0:7C00.
+    Real,
+}
+
+/// A loadable piece of an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment64 {
+    pub gpa: u64,
+    pub offset: u64,
+    pub file_bytes: u64,
+    pub mem_bytes: u64,
+}
+
+pub const MAX_SEGMENTS: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub mode: EntryMode,
+    pub entry: u64,
+    pub segments: [Segment64; MAX_SEGMENTS],
+    pub segment_count: usize,
+}
+
+/// The guest's low memory: GDT, page tables, Multiboot info, then 8 KiB
+/// stacks per VP. Images must load at or above `IMAGE_MIN`.
+pub mod layout {
+    pub const GDT: u64 = 0x1000;
+    pub const PML4: u64 = 0x2000;
+    pub const PDPT: u64 = 0x3000;
+    /// Four page directories: 4 GiB of 2 MiB pages.
+    pub const PD: u64 = 0x4000;
+    pub const MULTIBOOT_INFO: u64 = 0x9000;
+    pub const STACKS: u64 = 0x10000;
+    pub const STACK_BYTES: u64 = 0x2000;
+    pub const REAL_MODE_LOAD: u64 = 0x7C00;
+    pub const IMAGE_MIN: u64 = 0x10_0000;
+}
+
+const MULTIBOOT_MAGIC: u32 = 0x1BAD_B002;
+/// What a Multiboot kernel finds in EAX.
+pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2BAD_B002;
+
+fn le(b: &[u8], at: usize, n: usize) -> Option<u64> {
+    let s = b.get(at..at.checked_add(n)?)?;
+    let mut v = 0u64;
+    for (i, &x) in s.iter().enumerate() {
+        v |= (x as u64) << (8 * i);
+    }
+    Some(v)
+}
+
+/// Reads an image: ELF64 (x86-64), ELF32 (i386) with a Multiboot v1
+/// header in its first 8 KiB, or else a flat real-mode image (at most
+/// 0x7C00..0x80000). Segments must fit in `memory` bytes, at or above 1 MiB
+/// (ELF). Errors say what is wrong.
+pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
+    let mut img = Image {
+        mode: EntryMode::Real,
+        entry: layout::REAL_MODE_LOAD,
+        segments: [Segment64 {
+            gpa: 0,
+            offset: 0,
+            file_bytes: 0,
+            mem_bytes: 0,
+        }; MAX_SEGMENTS],
+        segment_count: 0,
+    };
+    if b.get(..4) != Some(b"\x7FELF") {
+        let len = b.len() as u64;
+        if len == 0 || layout::REAL_MODE_LOAD + len > 0x8_0000 {
+            return Err("not an ELF file, and too big for a real-mode image (0x7C00..0x80000)");
+        }
+        img.segments[0] = Segment64 {
+            gpa: layout::REAL_MODE_LOAD,
+            offset: 0,
+            file_bytes: len,
+            mem_bytes: len,
+        };
+        img.segment_count = 1;
+        return Ok(img);
+    }
+    let class = b.get(4).copied();
+    if b.get(5) != Some(&1) {
+        return Err("ELF: not little-endian");
+    }
+    let (is64, machine) = match (class, le(b, 18, 2)) {
+        (Some(2), Some(62)) => (true, 62),
+        (Some(1), Some(3)) => (false, 3),
+        _ => return Err("ELF: neither x86-64 ELF64 nor i386 ELF32"),
+    };
+    let _ = machine;
+    if !is64 {
+        let head = &b[..b.len().min(8192)];
+        let found = (0..head.len().saturating_sub(12)).step_by(4).any(|i| {
+            let (m, f, c) = (le(head, i, 4), le(head, i + 4, 4), le(head, i + 8, 4));
+            matches!((m, f, c), (Some(m), Some(f), Some(c))
+                if m == MULTIBOOT_MAGIC as u64 && (m + f + c) & 0xFFFF_FFFF == 0)
+        });
+        if !found {
+            return Err("ELF32 without a Multiboot v1 header: no way to start it");
+        }
+    }
+    img.mode = if is64 {
+        EntryMode::Long
+    } else {
+        EntryMode::Protected32
+    };
+    let (entry, phoff, phentsize, phnum) = if is64 {
+        (le(b, 24, 8), le(b, 32, 8), le(b, 54, 2), le(b, 56, 2))
+    } else {
+        (le(b, 24, 4), le(b, 28, 4), le(b, 42, 2), le(b, 44, 2))
+    };
+    let (Some(entry), Some(phoff), Some(phentsize), Some(phnum)) = (entry, phoff, phentsize, phnum)
+    else {
+        return Err("ELF: truncated header");
+    };
+    img.entry = entry;
+    for i in 0..phnum {
+        let at = phoff
+            .checked_add(i * phentsize)
+            .ok_or("ELF: program header out of range")? as usize;
+        let field = |o64: usize, o32: usize, n64: usize| {
+            if is64 {
+                le(b, at + o64, n64)
+            } else {
+                le(b, at + o32, 4)
+            }
+        };
+        let kind = le(b, at, 4).ok_or("ELF: truncated program header")?;
+        if kind != 1 {
+            continue; // PT_LOAD only
+        }
+        let (Some(offset), Some(paddr), Some(filesz), Some(memsz)) =
+            (field(8, 4, 8), field(24, 12, 8), field(32, 16, 8), field(40, 20, 8))
+        else {
+            return Err("ELF: truncated program header");
+        };
+        if filesz > memsz || offset.checked_add(filesz).is_none_or(|e| e > b.len() as u64) {
+            return Err("ELF: a segment lies outside the file");
+        }
+        if paddr < layout::IMAGE_MIN || paddr.checked_add(memsz).is_none_or(|e| e > memory) {
+            return Err("ELF: a segment lies outside the VM's memory (or below 1 MiB)");
+        }
+        if img.segment_count == MAX_SEGMENTS {
+            return Err("ELF: too many loadable segments");
+        }
+        img.segments[img.segment_count] = Segment64 {
+            gpa: paddr,
+            offset,
+            file_bytes: filesz,
+            mem_bytes: memsz,
+        };
+        img.segment_count += 1;
+    }
+    if img.segment_count == 0 {
+        return Err("ELF: nothing to load");
+    }
+    Ok(img)
+}
+
+/// The boot structures for `mode` in guest memory, as (gpa, u64) writes:
+/// the GDT, and for long mode the identity page tables (2 MiB pages over
+/// `memory`, at most 4 GiB).
+pub fn boot_tables(mode: EntryMode, memory: u64, out: &mut dyn FnMut(u64, u64)) {
+    let code = match mode {
+        EntryMode::Long => 0x00AF_9A00_0000_FFFF,
+        _ => 0x00CF_9A00_0000_FFFF,
+    };
+    for (i, d) in [0, code, 0x00CF_9200_0000_FFFFu64].into_iter().enumerate() {
+        out(layout::GDT + 8 * i as u64, d);
+    }
+    if mode == EntryMode::Long {
+        out(layout::PML4, layout::PDPT | 3);
+        let gib = memory.div_ceil(1 << 30).clamp(1, 4);
+        for g in 0..gib {
+            out(layout::PDPT + 8 * g, (layout::PD + g * PAGE) | 3);
+        }
+        let pages = memory.div_ceil(1 << 21).min(4 * 512);
+        for p in 0..pages {
+            // Present, writable, 2 MiB.
+            out(layout::PD + 8 * p, (p << 21) | 0x83);
+        }
+    }
+    if mode == EntryMode::Protected32 {
+        // Multiboot information: flags bit 0, mem_lower / mem_upper in KiB.
+        out(layout::MULTIBOOT_INFO, 1 | (640u64 << 32));
+        out(layout::MULTIBOOT_INFO + 8, (memory / 1024).saturating_sub(1024));
+    }
+}
+
+/// The registers VP `vp` of `vps` starts with: (name, value) pairs.
+/// Long mode: RDI = VP index, RSI = VP count, RDX = memory bytes.
+pub fn start_registers(
+    mode: EntryMode,
+    entry: u64,
+    vp: u32,
+    vps: u32,
+    memory: u64,
+) -> [(u32, u128); 24] {
+    let stack = layout::STACKS + (vp as u64 + 1) * layout::STACK_BYTES;
+    let flat = |sel: u16, attributes: u16| {
+        Segment {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: sel,
+            attributes,
+        }
+        .to_value()
+    };
+    let (cs, data, cr0, cr4, efer) = match mode {
+        EntryMode::Long => (flat(8, 0xA09B), flat(0x10, 0xC093), 0x8001_0033, 0x620, 0xD00),
+        EntryMode::Protected32 => (flat(8, 0xC09B), flat(0x10, 0xC093), 0x11, 0, 0),
+        EntryMode::Real => {
+            let real = |sel: u16, attributes| {
+                Segment {
+                    base: 0,
+                    limit: 0xFFFF,
+                    selector: sel,
+                    attributes,
+                }
+                .to_value()
+            };
+            (real(0, 0x9B), real(0, 0x93), 0x10, 0, 0)
+        }
+    };
+    let (rax, rbx) = match mode {
+        EntryMode::Protected32 => (MULTIBOOT_BOOTLOADER_MAGIC, layout::MULTIBOOT_INFO),
+        _ => (0, 0),
+    };
+    let tr = Segment {
+        base: 0,
+        limit: 0x67,
+        selector: 0,
+        attributes: 0x8B,
+    }
+    .to_value();
+    let gdtr = Table {
+        limit: 0x17,
+        base: layout::GDT,
+    }
+    .to_value();
+    [
+        (reg::CR0, cr0),
+        (reg::CR3, if mode == EntryMode::Long { layout::PML4 as u128 } else { 0 }),
+        (reg::CR4, cr4),
+        (reg::EFER, efer),
+        (reg::CS, cs),
+        (reg::DS, data),
+        (reg::ES, data),
+        (reg::SS, data),
+        (reg::FS, data),
+        (reg::GS, data),
+        (reg::TR, tr),
+        (reg::LDTR, 0),
+        (reg::GDTR, gdtr),
+        (reg::IDTR, 0),
+        (reg::RIP, entry as u128),
+        (reg::RSP, stack as u128),
+        (reg::RFLAGS, 2),
+        (reg::RAX, rax as u128),
+        (reg::RAX + 3, rbx as u128),            // rbx
+        (reg::RAX + 1, 0),                       // rcx
+        (reg::RAX + 2, memory as u128),          // rdx
+        (reg::RAX + 6, vps as u128),             // rsi
+        (reg::RAX + 7, vp as u128),              // rdi
+        (reg::CR2, 0),
+    ]
+}
+
+/// The guest's serial output, last `N` bytes.
+pub struct Console<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    head: usize,
+    pub total: u64,
+}
+
+impl<const N: usize> Default for Console<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Console<N> {
+    pub const fn new() -> Self {
+        Console {
+            buf: [0; N],
+            len: 0,
+            head: 0,
+            total: 0,
+        }
+    }
+
+    pub fn push(&mut self, b: u8) {
+        let at = (self.head + self.len) % N;
+        self.buf[at] = b;
+        if self.len == N {
+            self.head = (self.head + 1) % N;
+        } else {
+            self.len += 1;
+        }
+        self.total += 1;
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.head = 0;
+        self.total = 0;
+    }
+
+    /// The kept bytes, oldest first, as two slices.
+    pub fn contents(&self) -> (&[u8], &[u8]) {
+        let end = self.head + self.len;
+        if end <= N {
+            (&self.buf[self.head..end], &[])
+        } else {
+            (&self.buf[self.head..], &self.buf[..end - N])
+        }
+    }
+}
+
+/// A 16550 UART as a simple guest sees it: writes to THR are output; it
+/// is always ready to send and has nothing to receive; the other registers
+/// keep what is written (scratch, divisor, line and modem control).
+#[derive(Default)]
+pub struct Uart {
+    ier: u8,
+    lcr: u8,
+    mcr: u8,
+    scr: u8,
+    dll: u8,
+    dlm: u8,
+    fcr: u8,
+}
+
+pub const COM1: u16 = 0x3F8;
+
+impl Uart {
+    /// A write to register `offset` (0-7); returns the byte sent, if any.
+    pub fn write(&mut self, offset: u16, v: u8) -> Option<u8> {
+        let dlab = self.lcr & 0x80 != 0;
+        match (offset, dlab) {
+            (0, false) => return Some(v),
+            (0, true) => self.dll = v,
+            (1, true) => self.dlm = v,
+            (1, false) => self.ier = v & 0x0F,
+            (2, _) => self.fcr = v,
+            (3, _) => self.lcr = v,
+            (4, _) => self.mcr = v & 0x1F,
+            (7, _) => self.scr = v,
+            _ => {}
+        }
+        None
+    }
+
+    pub fn read(&self, offset: u16) -> u8 {
+        let dlab = self.lcr & 0x80 != 0;
+        match (offset, dlab) {
+            (0, true) => self.dll,
+            (1, true) => self.dlm,
+            (0, false) => 0,
+            (1, false) => self.ier,
+            // No interrupt pending; FIFOs reported enabled when FCR bit 0 is set.
+            (2, _) => 0x01 | if self.fcr & 1 != 0 { 0xC0 } else { 0 },
+            (3, _) => self.lcr,
+            (4, _) => self.mcr,
+            // Transmitter empty and holding register empty.
+            (5, _) => 0x60,
+            // Loopback echoes the control lines; otherwise CTS, DSR, DCD.
+            (6, _) => {
+                if self.mcr & 0x10 != 0 {
+                    (self.mcr & 0x0F) << 4
+                } else {
+                    0xB0
+                }
+            }
+            _ => self.scr,
+        }
+    }
+}
+
+/// Ports the worker gives meaning to besides COM1.
+pub mod port {
+    /// The test exit port (QEMU's isa-debug-exit convention): the value
+    /// written is the guest's exit code.
+    pub const TEST_EXIT: u16 = 0xF4;
+    /// ACPI PM1a control as QEMU's PIIX4 places it: writing SLP_EN | S5
+    /// (0x2000) powers the VM off.
+    pub const POWER_OFF: u16 = 0x604;
+    pub const POWER_OFF_VALUE: u64 = 0x2000;
+}
+
+/// What an I/O access did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEffect {
+    /// Handled; for IN, the value.
+    Done(u32),
+    /// Handled, and the byte is console output.
+    Output(u8),
+    /// The guest asked to end with this exit code.
+    Exit(u32),
+    PowerOff,
+    /// Not emulated: reads all ones, writes ignored.
+    Unhandled,
+}
+
+/// One IN or OUT of `size` bytes on `port` (value in the low bytes).
+pub fn emulate_io(uart: &mut Uart, port: u16, size: u8, write: bool, value: u32) -> IoEffect {
+    let ones = match size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        _ => 0xFFFF_FFFF,
+    };
+    match port {
+        COM1..=0x3FF => {
+            let offset = port - COM1;
+            if write {
+                match uart.write(offset, value as u8) {
+                    Some(b) => IoEffect::Output(b),
+                    None => IoEffect::Done(0),
+                }
+            } else {
+                IoEffect::Done(uart.read(offset) as u32)
+            }
+        }
+        port::TEST_EXIT if write => IoEffect::Exit(value & ones),
+        port::POWER_OFF if write && (value as u64) & 0x3C00 == port::POWER_OFF_VALUE => {
+            IoEffect::PowerOff
+        }
+        _ if write => IoEffect::Unhandled,
+        _ => {
+            let _ = ones;
+            IoEffect::Unhandled
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_hands_out_and_takes_back() {
+        let mut p = MemoryPool::<4>::new();
+        assert!(p.add(0x10_0000, 0x80_0000));
+        assert!(p.add(0x100_0000, 0x200_0000));
+        assert_eq!(p.free_bytes(), 0x70_0000 + 0x100_0000);
+        let a = p.take(0x40_0000).unwrap();
+        assert_eq!(a, 0x1C0_0000, "from the top of the highest extent");
+        let b = p.take(0x80_0000).unwrap();
+        assert_eq!(b, 0x140_0000, "the highest extent that has room");
+        assert_eq!(p.take(0x80_0000), None, "nothing that large is left");
+        assert!(p.add(b, b + 0x80_0000));
+        assert!(p.add(a, a + 0x40_0000));
+        assert_eq!(p.largest(), 0x100_0000, "merged back whole");
+        assert!(!p.add(a, a + 0x1000), "a double free is refused");
+    }
+
+    fn elf64(paddr: u64, filesz: u64, memsz: u64) -> std::vec::Vec<u8> {
+        let mut b = std::vec![0u8; 0x200];
+        b[..4].copy_from_slice(b"\x7FELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[18] = 62;
+        b[24..32].copy_from_slice(&(paddr + 0x10).to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[54] = 56;
+        b[56] = 1;
+        let ph = 64;
+        b[ph] = 1;
+        b[ph + 8..ph + 16].copy_from_slice(&0x100u64.to_le_bytes());
+        b[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+        b[ph + 32..ph + 40].copy_from_slice(&filesz.to_le_bytes());
+        b[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn images_are_checked_against_the_vm() {
+        let img = parse_image(&elf64(0x20_0000, 0x100, 0x2000), 4 << 20).unwrap();
+        assert_eq!(img.mode, EntryMode::Long);
+        assert_eq!(img.entry, 0x20_0010);
+        assert_eq!(img.segment_count, 1);
+        assert_eq!(img.segments[0].mem_bytes, 0x2000);
+        assert!(parse_image(&elf64(0x20_0000, 0x100, 0x2000), 2 << 20).is_err());
+        assert!(parse_image(&elf64(0x1000, 0x100, 0x100), 4 << 20).is_err());
+        assert!(parse_image(&elf64(0x20_0000, 0x1000, 0x100), 4 << 20).is_err());
+        let mut e32 = elf64(0x20_0000, 0x100, 0x100);
+        e32[4] = 1;
+        e32[18] = 3;
+        assert!(parse_image(&e32, 4 << 20).is_err(), "ELF32 needs a Multiboot header");
+        let flat = [0xF4u8; 16];
+        let img = parse_image(&flat, 4 << 20).unwrap();
+        assert_eq!((img.mode, img.entry), (EntryMode::Real, 0x7C00));
+    }
+
+    #[test]
+    fn long_mode_tables_map_all_memory() {
+        let mut writes = std::vec::Vec::new();
+        boot_tables(EntryMode::Long, 6 << 20, &mut |a, v| writes.push((a, v)));
+        assert!(writes.contains(&(layout::PML4, layout::PDPT | 3)));
+        assert!(writes.contains(&(layout::PD + 16, (2 << 21) | 0x83)));
+        assert!(!writes.iter().any(|&(a, _)| a == layout::PD + 24));
+        let regs = start_registers(EntryMode::Long, 0x20_0000, 1, 2, 6 << 20);
+        assert!(regs.contains(&(reg::RIP, 0x20_0000)));
+        assert!(regs.contains(&(reg::RSP, (layout::STACKS + 2 * layout::STACK_BYTES) as u128)));
+        assert!(regs.contains(&(reg::RAX + 7, 1)));
+    }
+
+    #[test]
+    fn the_uart_and_ports() {
+        let mut u = Uart::default();
+        assert_eq!(emulate_io(&mut u, 0x3F8, 1, true, b'h' as u32), IoEffect::Output(b'h'));
+        assert_eq!(emulate_io(&mut u, 0x3FD, 1, false, 0), IoEffect::Done(0x60));
+        // DLAB: the divisor, not output.
+        emulate_io(&mut u, 0x3FB, 1, true, 0x80);
+        assert_eq!(emulate_io(&mut u, 0x3F8, 1, true, 1), IoEffect::Done(0));
+        assert_eq!(emulate_io(&mut u, 0x3F8, 1, false, 0), IoEffect::Done(1));
+        emulate_io(&mut u, 0x3FB, 1, true, 0x03);
+        emulate_io(&mut u, 0x3FF, 1, true, 0x5A);
+        assert_eq!(emulate_io(&mut u, 0x3FF, 1, false, 0), IoEffect::Done(0x5A));
+        assert_eq!(emulate_io(&mut u, 0xF4, 1, true, 3), IoEffect::Exit(3));
+        assert_eq!(emulate_io(&mut u, 0x604, 2, true, 0x2000), IoEffect::PowerOff);
+        assert_eq!(emulate_io(&mut u, 0x70, 1, false, 0), IoEffect::Unhandled);
+        let mut c = Console::<4>::new();
+        for b in b"abcdef" {
+            c.push(*b);
+        }
+        let (a, b) = c.contents();
+        assert_eq!([a, b].concat(), b"cdef");
+        assert_eq!(c.total, 6);
+    }
+}
