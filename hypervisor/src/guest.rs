@@ -93,7 +93,11 @@ pub fn dispatch(
                 header: header(
                     vcpu,
                     io.length,
-                    if io.write { access::WRITE } else { access::READ },
+                    if io.write {
+                        access::WRITE
+                    } else {
+                        access::READ
+                    },
                 ),
                 port: io.port,
                 size: io.size,

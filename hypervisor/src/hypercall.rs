@@ -4,6 +4,7 @@
 //! and output blocks' GPAs. Pure: the hypervisor supplies the registers and a
 //! test of what memory the caller owns; handlers see only checked calls.
 use hv_abi::hypercall::{self, status, Input};
+use hv_abi::partition::{code, size};
 
 /// Who may make a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +43,109 @@ pub struct CallSpec {
     pub form: Form,
 }
 
+/// A root-only call with a fixed input and output (bytes), fast allowed
+/// when the input fits two registers and there is no output.
+const fn root_simple(code: u16, name: &'static str, input: u64, output: u64) -> CallSpec {
+    CallSpec {
+        code,
+        name,
+        privilege: Privilege::Root,
+        form: Form::Simple {
+            input,
+            output,
+            fast: input <= 16 && output == 0,
+        },
+    }
+}
+
+const fn root_rep(
+    code: u16,
+    name: &'static str,
+    header: u64,
+    element_in: u64,
+    element_out: u64,
+) -> CallSpec {
+    CallSpec {
+        code,
+        name,
+        privilege: Privilege::Root,
+        form: Form::Rep {
+            header,
+            element_in,
+            element_out,
+        },
+    }
+}
+
 /// Every call the hypervisor answers; anything else is INVALID_HYPERCALL_CODE.
+/// Layouts: hv_abi::partition::size and docs/hypercalls.md.
 pub const TABLE: &[CallSpec] = &[
+    root_simple(
+        code::CREATE_PARTITION,
+        "CreatePartition",
+        size::CREATE_PARTITION,
+        8,
+    ),
+    root_simple(
+        code::INITIALIZE_PARTITION,
+        "InitializePartition",
+        size::PARTITION_ID,
+        0,
+    ),
+    root_simple(
+        code::FINALIZE_PARTITION,
+        "FinalizePartition",
+        size::PARTITION_ID,
+        0,
+    ),
+    root_simple(
+        code::DELETE_PARTITION,
+        "DeletePartition",
+        size::PARTITION_ID,
+        0,
+    ),
+    root_simple(
+        code::GET_PARTITION_PROPERTY,
+        "GetPartitionProperty",
+        size::GET_PROPERTY,
+        8,
+    ),
+    root_simple(
+        code::SET_PARTITION_PROPERTY,
+        "SetPartitionProperty",
+        size::SET_PROPERTY,
+        0,
+    ),
+    root_rep(code::MAP_GPA_PAGES, "MapGpaPages", size::MAP_HEADER, 8, 0),
+    root_rep(
+        code::UNMAP_GPA_PAGES,
+        "UnmapGpaPages",
+        size::MAP_HEADER,
+        0,
+        0,
+    ),
+    root_simple(code::CREATE_VP, "CreateVp", size::CREATE_VP, 0),
+    root_simple(code::DELETE_VP, "DeleteVp", size::VP, 0),
+    root_rep(
+        code::GET_VP_REGISTERS,
+        "GetVpRegisters",
+        size::VP_REGISTERS_HEADER,
+        size::REGISTER_NAME,
+        size::REGISTER_VALUE,
+    ),
+    root_rep(
+        code::SET_VP_REGISTERS,
+        "SetVpRegisters",
+        size::VP_REGISTERS_HEADER,
+        size::REGISTER_ASSOC,
+        0,
+    ),
+    root_simple(
+        code::START_VIRTUAL_PROCESSOR,
+        "StartVirtualProcessor",
+        size::VP,
+        0,
+    ),
     CallSpec {
         code: hypercall::GET_HOST_INFO,
         name: "GetHostInfo",

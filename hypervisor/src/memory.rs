@@ -196,7 +196,10 @@ pub fn free_pages(pa: u64, pages: u64) {
     let mut fa = FRAMES.lock();
     for i in 0..pages {
         if fa.free(pa + i * PAGE_SIZE).is_err() {
-            log::warn!("page {:#x} freed twice or not the hypervisor's", pa + i * PAGE_SIZE);
+            log::warn!(
+                "page {:#x} freed twice or not the hypervisor's",
+                pa + i * PAGE_SIZE
+            );
         }
     }
 }

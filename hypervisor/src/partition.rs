@@ -361,8 +361,12 @@ fn initialize(p: &Partition, caps: &Caps) -> Result<usize, u16> {
     }
     // 4 KiB leaves only: guest pages come one by one from anywhere in root RAM.
     let slat = memory::with_tables(|mem| match caps {
-        Caps::Vmx(_) => PageTable::<Ept>::new(mem, SIZE_4K, false).ok().map(Slat::Ept),
-        Caps::Svm(_) => PageTable::<Npt>::new(mem, SIZE_4K, false).ok().map(Slat::Npt),
+        Caps::Vmx(_) => PageTable::<Ept>::new(mem, SIZE_4K, false)
+            .ok()
+            .map(Slat::Ept),
+        Caps::Svm(_) => PageTable::<Npt>::new(mem, SIZE_4K, false)
+            .ok()
+            .map(Slat::Npt),
         Caps::None => None,
     })
     .ok_or(status::INSUFFICIENT_MEMORY)?;
@@ -595,9 +599,16 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         return Err(status::INVALID_VP_INDEX);
     }
     // The LP with the fewest guest VPs.
-    let lps = smp::ONLINE.load(Ordering::Acquire).clamp(1, stats::MAX_LPS as u32);
+    let lps = smp::ONLINE
+        .load(Ordering::Acquire)
+        .clamp(1, stats::MAX_LPS as u32);
     let lp = (0..lps)
-        .min_by_key(|&l| (LP_LOAD[l as usize].load(Ordering::Relaxed), (l + index) % lps))
+        .min_by_key(|&l| {
+            (
+                LP_LOAD[l as usize].load(Ordering::Relaxed),
+                (l + index) % lps,
+            )
+        })
         .unwrap_or(0);
     LP_LOAD[lp as usize].fetch_add(1, Ordering::Relaxed);
     let vp = Arc::new(GuestVp {
@@ -770,7 +781,11 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
                 }
                 let mut s = vp.shared.lock();
                 match s.ctx.set(name, value) {
-                    Ok(()) => s.dirty = true,
+                    // New state: a VP that halted waits no longer.
+                    Ok(()) => {
+                        s.dirty = true;
+                        s.halted = false;
+                    }
                     Err(abi::RegisterError::Unknown) => {
                         return rep_result(status::INVALID_PARAMETER, i)
                     }

@@ -80,7 +80,12 @@ impl<'a> PartitionMemory<'a> {
     /// Atomically replaces the aligned u64 at `gpa` with `new` if it holds
     /// `current` (message slots the partition empties concurrently).
     /// `Err(Some(actual))` when it held something else.
-    pub fn compare_exchange_u64(&self, gpa: u64, current: u64, new: u64) -> Result<(), Option<u64>> {
+    pub fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<(), Option<u64>> {
         if !gpa.is_multiple_of(8) || !self.owns(gpa, 8) {
             return Err(None);
         }
@@ -88,8 +93,13 @@ impl<'a> PartitionMemory<'a> {
         // used only for this one operation (the partition's own accesses are
         // its business: an atomic RMW is sound against them).
         let cell = unsafe { core::sync::atomic::AtomicU64::from_ptr(gpa as *mut u64) };
-        cell.compare_exchange(current, new, core::sync::atomic::Ordering::AcqRel, core::sync::atomic::Ordering::Acquire)
-            .map(|_| ())
-            .map_err(Some)
+        cell.compare_exchange(
+            current,
+            new,
+            core::sync::atomic::Ordering::AcqRel,
+            core::sync::atomic::Ordering::Acquire,
+        )
+        .map(|_| ())
+        .map_err(Some)
     }
 }

@@ -341,8 +341,7 @@ pub fn create(
         let name = words
             .next()
             .unwrap_or_else(|| first.rsplit('/').next().unwrap_or(first));
-        block.modules[block.module_count as usize] =
-            hv_abi::BootModule::new(m.start, m.end, name);
+        block.modules[block.module_count as usize] = hv_abi::BootModule::new(m.start, m.end, name);
         block.module_count += 1;
     }
     // The words after "root" in the module's string, and `poweroff` when the
@@ -838,7 +837,8 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
         }
     }
     let is_rep = matches!(call.spec.form, Form::Rep { .. });
-    let unfinished = is_rep && status == hypercall::status::SUCCESS && reps_done < call.input.rep_count;
+    let unfinished =
+        is_rep && status == hypercall::status::SUCCESS && reps_done < call.input.rep_count;
     if status == crate::partition::RETRY || unfinished {
         // Same instruction again, from the first rep not done.
         let mut input = call.input;

@@ -105,10 +105,11 @@ fn try_place(root: &RootPartition, vp: u32, sint: usize, m: &Message) -> bool {
         return false;
     };
     let mem = root.memory();
-    match mem.read_u64(at) {
-        Ok(head) if head as u32 == abi::kind::NONE => {}
+    // An emptied slot has type 0; the rest of its header is stale.
+    let old = match mem.read_u64(at) {
+        Ok(head) if head as u32 == abi::kind::NONE => head,
         _ => return false,
-    }
+    };
     let mut bytes = [0u8; SLOT_SIZE];
     m.encode(&mut bytes);
     // The body first, the header (with the type) last: the root sees a
@@ -117,7 +118,7 @@ fn try_place(root: &RootPartition, vp: u32, sint: usize, m: &Message) -> bool {
         return false;
     }
     let head = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
-    if mem.compare_exchange_u64(at, 0, head).is_err() {
+    if mem.compare_exchange_u64(at, old, head).is_err() {
         return false;
     }
     let sint_reg = synic(vp).sint[sint].load(Ordering::Relaxed);

@@ -59,6 +59,17 @@ pub fn status_name(s: u16) -> &'static str {
         status::INVALID_ALIGNMENT => "invalid alignment",
         status::INVALID_PARAMETER => "invalid parameter",
         status::ACCESS_DENIED => "access denied",
+        status::INVALID_PARTITION_STATE => "invalid partition state",
+        status::OPERATION_DENIED => "operation denied",
+        status::UNKNOWN_PROPERTY => "unknown property",
+        status::PROPERTY_VALUE_OUT_OF_RANGE => "property value out of range",
+        status::INSUFFICIENT_MEMORY => "insufficient memory",
+        status::INVALID_PARTITION_ID => "invalid partition id",
+        status::INVALID_VP_INDEX => "invalid VP index",
+        status::NOT_FOUND => "not found",
+        status::INVALID_VP_STATE => "invalid VP state",
+        status::OBJECT_IN_USE => "object in use",
+        status::INVALID_REGISTER_VALUE => "invalid register value",
         _ => "unknown status",
     }
 }

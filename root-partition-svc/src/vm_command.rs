@@ -29,7 +29,10 @@ pub struct CpuSettings {
 pub enum VmCommand<'a> {
     New(NewVm<'a>),
     Start(&'a str),
-    Stop { name: &'a str, turn_off: bool },
+    Stop {
+        name: &'a str,
+        turn_off: bool,
+    },
     List,
     Show(&'a str),
     Console(&'a str),
@@ -77,8 +80,14 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "vm cpu NAME [--reserve P] [--limit P] [--weight W]",
         "processor reserve and limit (percent of a processor per VP), weight (1-10000)",
     ),
-    ("vm wait NAME [SECONDS]", "wait until the VM is no longer running (default 30 s)"),
-    ("vm delete NAME", "delete a VM that is not running; its memory returns to the root"),
+    (
+        "vm wait NAME [SECONDS]",
+        "wait until the VM is no longer running (default 30 s)",
+    ),
+    (
+        "vm delete NAME",
+        "delete a VM that is not running; its memory returns to the root",
+    ),
 ];
 
 impl fmt::Display for VmParseError<'_> {
@@ -119,8 +128,7 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= NAME_MAX
         && !n.starts_with('-')
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -132,7 +140,9 @@ pub fn parse_memory(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     let mib = digits.parse::<u64>().ok()?.checked_mul(unit)?;
-    (MEMORY_MIN_MIB..=MEMORY_MAX_MIB).contains(&mib).then_some(mib)
+    (MEMORY_MIN_MIB..=MEMORY_MAX_MIB)
+        .contains(&mib)
+        .then_some(mib)
 }
 
 fn number(option: &'static str, v: &str, range: core::ops::RangeInclusive<u64>) -> Option<u64> {
@@ -141,7 +151,9 @@ fn number(option: &'static str, v: &str, range: core::ops::RangeInclusive<u64>) 
 }
 
 /// Parses the words after `vm`.
-pub fn parse<'a>(mut words: impl Iterator<Item = &'a str>) -> Result<VmCommand<'a>, VmParseError<'a>> {
+pub fn parse<'a>(
+    mut words: impl Iterator<Item = &'a str>,
+) -> Result<VmCommand<'a>, VmParseError<'a>> {
     let verb = words.next().ok_or(VmParseError::MissingVerb)?;
     let verb_name: &'static str = match verb {
         "new" => "new",
@@ -321,13 +333,25 @@ mod tests {
             p("new web --vcpus 0 --image x"),
             Err(VmParseError::BadValue { .. })
         ));
-        assert_eq!(p("new web --image"), Err(VmParseError::MissingValue("--image")));
-        assert_eq!(p("new web --color red"), Err(VmParseError::UnknownOption("new", "--color")));
+        assert_eq!(
+            p("new web --image"),
+            Err(VmParseError::MissingValue("--image"))
+        );
+        assert_eq!(
+            p("new web --color red"),
+            Err(VmParseError::UnknownOption("new", "--color"))
+        );
         assert_eq!(p("start a/b"), Err(VmParseError::BadName("a/b")));
         assert_eq!(p("cpu web"), Err(VmParseError::NothingToSet));
-        assert!(matches!(p("cpu web --limit 0"), Err(VmParseError::BadValue { .. })));
+        assert!(matches!(
+            p("cpu web --limit 0"),
+            Err(VmParseError::BadValue { .. })
+        ));
         assert_eq!(p("list now"), Err(VmParseError::Extra("list", "now")));
-        assert_eq!(p("stop web --now"), Err(VmParseError::UnknownOption("stop", "--now")));
+        assert_eq!(
+            p("stop web --now"),
+            Err(VmParseError::UnknownOption("stop", "--now"))
+        );
         // Every error renders as one line.
         let msg = std::format!("{}", VmParseError::MissingImage);
         assert!(!msg.contains('\n'));

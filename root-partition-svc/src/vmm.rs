@@ -229,12 +229,19 @@ pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
         if kind != 1 {
             continue; // PT_LOAD only
         }
-        let (Some(offset), Some(paddr), Some(filesz), Some(memsz)) =
-            (field(8, 4, 8), field(24, 12, 8), field(32, 16, 8), field(40, 20, 8))
-        else {
+        let (Some(offset), Some(paddr), Some(filesz), Some(memsz)) = (
+            field(8, 4, 8),
+            field(24, 12, 8),
+            field(32, 16, 8),
+            field(40, 20, 8),
+        ) else {
             return Err("ELF: truncated program header");
         };
-        if filesz > memsz || offset.checked_add(filesz).is_none_or(|e| e > b.len() as u64) {
+        if filesz > memsz
+            || offset
+                .checked_add(filesz)
+                .is_none_or(|e| e > b.len() as u64)
+        {
             return Err("ELF: a segment lies outside the file");
         }
         if paddr < layout::IMAGE_MIN || paddr.checked_add(memsz).is_none_or(|e| e > memory) {
@@ -274,7 +281,9 @@ pub fn boot_tables(mode: EntryMode, memory: u64, out: &mut dyn FnMut(u64, u64)) 
         for g in 0..gib {
             out(layout::PDPT + 8 * g, (layout::PD + g * PAGE) | 3);
         }
-        let pages = memory.div_ceil(1 << 21).min(4 * 512);
+        // At least the first GiB, so that a guest can reach (and fault on)
+        // addresses past its RAM.
+        let pages = memory.max(1 << 30).div_ceil(1 << 21).min(4 * 512);
         for p in 0..pages {
             // Present, writable, 2 MiB.
             out(layout::PD + 8 * p, (p << 21) | 0x83);
@@ -283,7 +292,10 @@ pub fn boot_tables(mode: EntryMode, memory: u64, out: &mut dyn FnMut(u64, u64)) 
     if mode == EntryMode::Protected32 {
         // Multiboot information: flags bit 0, mem_lower / mem_upper in KiB.
         out(layout::MULTIBOOT_INFO, 1 | (640u64 << 32));
-        out(layout::MULTIBOOT_INFO + 8, (memory / 1024).saturating_sub(1024));
+        out(
+            layout::MULTIBOOT_INFO + 8,
+            (memory / 1024).saturating_sub(1024),
+        );
     }
 }
 
@@ -307,7 +319,13 @@ pub fn start_registers(
         .to_value()
     };
     let (cs, data, cr0, cr4, efer) = match mode {
-        EntryMode::Long => (flat(8, 0xA09B), flat(0x10, 0xC093), 0x8001_0033, 0x620, 0xD00),
+        EntryMode::Long => (
+            flat(8, 0xA09B),
+            flat(0x10, 0xC093),
+            0x8001_0033,
+            0x620,
+            0xD00,
+        ),
         EntryMode::Protected32 => (flat(8, 0xC09B), flat(0x10, 0xC093), 0x11, 0, 0),
         EntryMode::Real => {
             let real = |sel: u16, attributes| {
@@ -340,7 +358,14 @@ pub fn start_registers(
     .to_value();
     [
         (reg::CR0, cr0),
-        (reg::CR3, if mode == EntryMode::Long { layout::PML4 as u128 } else { 0 }),
+        (
+            reg::CR3,
+            if mode == EntryMode::Long {
+                layout::PML4 as u128
+            } else {
+                0
+            },
+        ),
         (reg::CR4, cr4),
         (reg::EFER, efer),
         (reg::CS, cs),
@@ -357,11 +382,11 @@ pub fn start_registers(
         (reg::RSP, stack as u128),
         (reg::RFLAGS, 2),
         (reg::RAX, rax as u128),
-        (reg::RAX + 3, rbx as u128),            // rbx
-        (reg::RAX + 1, 0),                       // rcx
-        (reg::RAX + 2, memory as u128),          // rdx
-        (reg::RAX + 6, vps as u128),             // rsi
-        (reg::RAX + 7, vp as u128),              // rdi
+        (reg::RAX + 3, rbx as u128),    // rbx
+        (reg::RAX + 1, 0),              // rcx
+        (reg::RAX + 2, memory as u128), // rdx
+        (reg::RAX + 6, vps as u128),    // rsi
+        (reg::RAX + 7, vp as u128),     // rdi
         (reg::CR2, 0),
     ]
 }
@@ -587,7 +612,10 @@ mod tests {
         let mut e32 = elf64(0x20_0000, 0x100, 0x100);
         e32[4] = 1;
         e32[18] = 3;
-        assert!(parse_image(&e32, 4 << 20).is_err(), "ELF32 needs a Multiboot header");
+        assert!(
+            parse_image(&e32, 4 << 20).is_err(),
+            "ELF32 needs a Multiboot header"
+        );
         let flat = [0xF4u8; 16];
         let img = parse_image(&flat, 4 << 20).unwrap();
         assert_eq!((img.mode, img.entry), (EntryMode::Real, 0x7C00));
@@ -599,7 +627,8 @@ mod tests {
         boot_tables(EntryMode::Long, 6 << 20, &mut |a, v| writes.push((a, v)));
         assert!(writes.contains(&(layout::PML4, layout::PDPT | 3)));
         assert!(writes.contains(&(layout::PD + 16, (2 << 21) | 0x83)));
-        assert!(!writes.iter().any(|&(a, _)| a == layout::PD + 24));
+        assert!(writes.contains(&(layout::PD + 8 * 511, (511 << 21) | 0x83)));
+        assert!(!writes.iter().any(|&(a, _)| a == layout::PD + 8 * 512));
         let regs = start_registers(EntryMode::Long, 0x20_0000, 1, 2, 6 << 20);
         assert!(regs.contains(&(reg::RIP, 0x20_0000)));
         assert!(regs.contains(&(reg::RSP, (layout::STACKS + 2 * layout::STACK_BYTES) as u128)));
@@ -609,7 +638,10 @@ mod tests {
     #[test]
     fn the_uart_and_ports() {
         let mut u = Uart::default();
-        assert_eq!(emulate_io(&mut u, 0x3F8, 1, true, b'h' as u32), IoEffect::Output(b'h'));
+        assert_eq!(
+            emulate_io(&mut u, 0x3F8, 1, true, b'h' as u32),
+            IoEffect::Output(b'h')
+        );
         assert_eq!(emulate_io(&mut u, 0x3FD, 1, false, 0), IoEffect::Done(0x60));
         // DLAB: the divisor, not output.
         emulate_io(&mut u, 0x3FB, 1, true, 0x80);
@@ -619,7 +651,10 @@ mod tests {
         emulate_io(&mut u, 0x3FF, 1, true, 0x5A);
         assert_eq!(emulate_io(&mut u, 0x3FF, 1, false, 0), IoEffect::Done(0x5A));
         assert_eq!(emulate_io(&mut u, 0xF4, 1, true, 3), IoEffect::Exit(3));
-        assert_eq!(emulate_io(&mut u, 0x604, 2, true, 0x2000), IoEffect::PowerOff);
+        assert_eq!(
+            emulate_io(&mut u, 0x604, 2, true, 0x2000),
+            IoEffect::PowerOff
+        );
         assert_eq!(emulate_io(&mut u, 0x70, 1, false, 0), IoEffect::Unhandled);
         let mut c = Console::<4>::new();
         for b in b"abcdef" {

@@ -130,6 +130,14 @@ pub enum Expect {
     /// The root touches memory that is not its own: the hypervisor stops it
     /// with a report naming `gpa`, and powers off with failure.
     RootStopped { gpa: u64 },
+    /// As `RootShell`, with guest partitions (the test guests are boot
+    /// modules): every `must_show` text appears, no `must_not_show` text does.
+    Guests {
+        vendor: &'static str,
+        slat: &'static str,
+        must_show: &'static [&'static str],
+        must_not_show: &'static [&'static str],
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +150,8 @@ pub struct Case {
     pub with_root: bool,
     /// Lines typed at the root shell, one per prompt.
     pub script: Vec<String>,
+    /// Load the test guests (`tests/guests`) as boot modules, named by their binaries.
+    pub with_guests: bool,
 }
 
 /// The root shell's prompt.
@@ -170,6 +180,7 @@ fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
         timeout_secs,
         with_root: false,
         script: Vec::new(),
+        with_guests: false,
     }
 }
 
@@ -188,6 +199,209 @@ fn model_tag(model: &str) -> String {
         .next()
         .unwrap_or(model)
         .to_ascii_lowercase()
+}
+
+/// A guest test: name suffix, processors, memory (MiB), the shell script,
+/// what must and must not show.
+type GuestTest = (
+    &'static str,
+    u32,
+    u64,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+/// What no guest test may show: a guest's own verdict of failure, a root
+/// that cannot answer.
+const GUEST_FAILURES: &[&str] = &["FAILED", "WRONG", "ROOT PANIC", "ROOT EXCEPTION"];
+
+const SIXTEEN_GUESTS: &[&str] = &[
+    "vm new g1 --memory 4M --image hello",
+    "vm new g2 --memory 4M --image hello",
+    "vm new g3 --memory 4M --image hello",
+    "vm new g4 --memory 4M --image hello",
+    "vm new g5 --memory 4M --image hello",
+    "vm new g6 --memory 4M --image hello",
+    "vm new g7 --memory 4M --image hello",
+    "vm new g8 --memory 4M --image hello",
+    "vm new g9 --memory 4M --image hello",
+    "vm new g10 --memory 4M --image hello",
+    "vm new g11 --memory 4M --image hello",
+    "vm new g12 --memory 4M --image hello",
+    "vm new g13 --memory 4M --image hello",
+    "vm new g14 --memory 4M --image hello",
+    "vm new g15 --memory 4M --image hello",
+    "vm new g16 --memory 4M --image hello",
+    "vm start g1",
+    "vm start g2",
+    "vm start g3",
+    "vm start g4",
+    "vm start g5",
+    "vm start g6",
+    "vm start g7",
+    "vm start g8",
+    "vm start g9",
+    "vm start g10",
+    "vm start g11",
+    "vm start g12",
+    "vm start g13",
+    "vm start g14",
+    "vm start g15",
+    "vm start g16",
+    "vm wait g1",
+    "vm wait g2",
+    "vm wait g3",
+    "vm wait g4",
+    "vm wait g5",
+    "vm wait g6",
+    "vm wait g7",
+    "vm wait g8",
+    "vm wait g9",
+    "vm wait g10",
+    "vm wait g11",
+    "vm wait g12",
+    "vm wait g13",
+    "vm wait g14",
+    "vm wait g15",
+    "vm wait g16",
+    "vm list",
+    "shutdown",
+];
+
+const SIXTEEN_DONE: &[&str] = &[
+    "vm wait: g1 is Off (exit code 0)",
+    "vm wait: g2 is Off (exit code 0)",
+    "vm wait: g3 is Off (exit code 0)",
+    "vm wait: g4 is Off (exit code 0)",
+    "vm wait: g5 is Off (exit code 0)",
+    "vm wait: g6 is Off (exit code 0)",
+    "vm wait: g7 is Off (exit code 0)",
+    "vm wait: g8 is Off (exit code 0)",
+    "vm wait: g9 is Off (exit code 0)",
+    "vm wait: g10 is Off (exit code 0)",
+    "vm wait: g11 is Off (exit code 0)",
+    "vm wait: g12 is Off (exit code 0)",
+    "vm wait: g13 is Off (exit code 0)",
+    "vm wait: g14 is Off (exit code 0)",
+    "vm wait: g15 is Off (exit code 0)",
+    "vm wait: g16 is Off (exit code 0)",
+];
+
+fn guest_tests() -> Vec<GuestTest> {
+    vec![
+        (
+            "-guest-hello",
+            2,
+            256,
+            &[
+                "vm new hello --memory 4M --vcpus 1 --image hello",
+                "vm start hello",
+                "vm wait hello",
+                "vm console hello",
+                "vm list",
+                "vm show hello",
+                "vm delete hello",
+                "vm list",
+                "shutdown",
+            ],
+            &[
+                "vm new: hello created",
+                "hello from a guest partition: VP 0 of 1, 4 MiB",
+                "vm wait: hello is Off (exit code 0)",
+                "ID  NAME",
+                "vm delete: hello deleted; 4 MiB returned to the root",
+            ],
+            GUEST_FAILURES,
+        ),
+        (
+            "-guest-smp",
+            2,
+            256,
+            &[
+                "vm new smp --memory 4M --vcpus 4 --image smp",
+                "vm start smp",
+                "vm wait smp",
+                "vm console smp",
+                "shutdown",
+            ],
+            &["smp: all 4 VPs ran", "vm wait: smp is Off (exit code 0)"],
+            GUEST_FAILURES,
+        ),
+        (
+            "-guest-isolation",
+            2,
+            256,
+            &[
+                "vm new victim --memory 8M --image victim",
+                "vm new bad --memory 4M --image isolation",
+                "vm start victim",
+                "vm start bad",
+                "vm wait bad",
+                "vm list",
+                "vm console victim",
+                "vm stop victim",
+                "vm console victim",
+                "shutdown",
+            ],
+            &[
+                "vm wait: bad is Failed (VP 0: write of unmapped GPA 0x401000",
+                "victim: pattern intact, round",
+                "vm stop: victim stopped",
+            ],
+            &[
+                "FAILED",
+                "WRONG",
+                "memory changed",
+                "ROOT PANIC",
+                "ROOT EXCEPTION",
+            ],
+        ),
+        (
+            "-guest-triple-fault",
+            1,
+            256,
+            &[
+                "vm new tf --memory 4M --image triple-fault",
+                "vm start tf",
+                "vm wait tf",
+                "vm new after --memory 4M --image hello",
+                "vm start after",
+                "vm wait after",
+                "shutdown",
+            ],
+            &[
+                "vm wait: tf is Failed (VP 0: triple fault at RIP",
+                "vm wait: after is Off (exit code 0)",
+            ],
+            GUEST_FAILURES,
+        ),
+        (
+            "-guest-hypercalls",
+            1,
+            256,
+            &[
+                "vm new hc --memory 4M --image hypercalls",
+                "vm start hc",
+                "vm wait hc",
+                "vm console hc",
+                "shutdown",
+            ],
+            &[
+                "hypercalls: all statuses as expected",
+                "vm wait: hc is Off (exit code 0)",
+            ],
+            GUEST_FAILURES,
+        ),
+        (
+            "-guest-sixteen",
+            2,
+            256,
+            SIXTEEN_GUESTS,
+            SIXTEEN_DONE,
+            GUEST_FAILURES,
+        ),
+    ]
 }
 
 /// Every case `cargo xtask test` runs.
@@ -319,6 +533,29 @@ pub fn matrix() -> Vec<Case> {
         "-root-poweroff",
         &[],
     ));
+    // Guest partitions (issue 4), on QEMU (AMD) and Bochs (Intel): each test
+    // guest proves one thing; see docs/testing.md.
+    for (emulator, boot, vendor, slat) in [
+        (Emulator::Qemu, Boot::Multiboot, "amd", "npt"),
+        (Emulator::Bochs, Boot::Grub, "intel", "ept"),
+    ] {
+        for (suffix, cpus, memory, script, must_show, must_not_show) in guest_tests() {
+            let mut c = root_case(
+                Machine::new(emulator, boot, cpus, memory).cmdline(""),
+                Expect::Guests {
+                    vendor,
+                    slat,
+                    must_show,
+                    must_not_show,
+                },
+                suffix,
+                script,
+            );
+            c.with_guests = true;
+            c.timeout_secs += 120;
+            cases.push(c);
+        }
+    }
     // The root touching the hypervisor's image (at 1 MiB) is stopped with a report.
     for (emulator, boot, memory) in [
         (Emulator::Qemu, Boot::Multiboot, 256),
@@ -486,6 +723,30 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
                 Some(true) => Err("powered off with success after an exception".into()),
                 None => Err("did not power off after the exception".into()),
             }
+        }
+        Expect::Guests {
+            vendor,
+            slat,
+            must_show,
+            must_not_show,
+        } => {
+            for text in *must_not_show {
+                if let Some(l) = log.lines().find(|l| l.contains(text)) {
+                    return Err(format!("the log shows \"{text}\": {}", l.trim()));
+                }
+            }
+            let shell = Expect::RootShell {
+                vendor,
+                slat,
+                must_show,
+            };
+            judge(
+                &Case {
+                    expect: shell,
+                    ..case.clone()
+                },
+                out,
+            )
         }
         Expect::RootShell {
             vendor,

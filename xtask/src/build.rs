@@ -7,7 +7,20 @@ pub struct Artifacts {
     pub hypervisor: PathBuf,
     pub uefi_loader: PathBuf,
     pub root_partition: PathBuf,
+    /// The test guests (`tests/guests`), with the module name each is loaded as.
+    pub guests: Vec<(PathBuf, String)>,
 }
+
+/// The test guests' binaries; each is a boot module of that name.
+pub const GUEST_NAMES: &[&str] = &[
+    "hello",
+    "smp",
+    "isolation",
+    "victim",
+    "triple-fault",
+    "hypercalls",
+    "hog",
+];
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,6 +69,7 @@ pub fn build() -> Result<Artifacts> {
         ]
         .concat(),
     )?;
+    cargo(&[&["build", "-p", "test-guests", "--bins"][..], &none].concat())?;
     cargo(&[
         "build",
         "--release",
@@ -69,5 +83,14 @@ pub fn build() -> Result<Artifacts> {
         hypervisor: target.join("x86_64-unknown-none/release/hypervisor"),
         uefi_loader: target.join("x86_64-unknown-uefi/release/bootloader.efi"),
         root_partition: target.join("x86_64-unknown-none/release/root-partition-svc"),
+        guests: GUEST_NAMES
+            .iter()
+            .map(|n| {
+                (
+                    target.join("x86_64-unknown-none/release").join(n),
+                    n.to_string(),
+                )
+            })
+            .collect(),
     })
 }

@@ -110,8 +110,11 @@ fn run_cmd(mut args: Args) -> Result<i32> {
         machine.cpu_model = m;
     }
     let dir = build::work_dir().join("run");
+    // The root, and the test guests as images for `vm new --image NAME`.
     let modules = if with_root {
-        vec![(art.root_partition.clone(), "root".to_string())]
+        let mut m = vec![(art.root_partition.clone(), "root".to_string())];
+        m.extend(art.guests.iter().cloned());
+        m
     } else {
         Vec::new()
     };

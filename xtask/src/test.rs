@@ -115,6 +115,9 @@ fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
     if case.with_root {
         modules.insert(0, (art.root_partition.clone(), "root".to_string()));
     }
+    if case.with_guests {
+        modules.extend(art.guests.iter().cloned());
+    }
     let media = image::make(
         case.machine.boot,
         art,

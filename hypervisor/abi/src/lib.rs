@@ -415,7 +415,11 @@ impl BootModule {
     }
 
     pub fn name(&self) -> &str {
-        let n = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        let n = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
         core::str::from_utf8(&self.name[..n]).unwrap_or("")
     }
 }

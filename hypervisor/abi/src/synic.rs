@@ -302,7 +302,10 @@ mod tests {
         let mut slot = [0; SLOT_SIZE];
         io.message(9).encode(&mut slot);
         let m = Message::decode(&slot);
-        assert_eq!((m.kind, m.sender, m.size as usize), (kind::IO_PORT_INTERCEPT, 9, IoPortIntercept::SIZE));
+        assert_eq!(
+            (m.kind, m.sender, m.size as usize),
+            (kind::IO_PORT_INTERCEPT, 9, IoPortIntercept::SIZE)
+        );
         assert_eq!(IoPortIntercept::decode(&m.payload), Some(io));
         let mem = MemoryIntercept {
             header: io.header,

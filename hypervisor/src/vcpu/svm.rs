@@ -342,7 +342,13 @@ impl SvmVcpu {
                 6 => vmcb::LDTR,
                 _ => vmcb::TR,
             };
-            self.segment(offset, sg.selector, vmcb_attrib(sg.attributes), sg.limit, sg.base);
+            self.segment(
+                offset,
+                sg.selector,
+                vmcb_attrib(sg.attributes),
+                sg.limit,
+                sg.base,
+            );
         }
         self.segment(vmcb::GDTR, 0, 0, c.gdtr.limit as u32, c.gdtr.base);
         self.segment(vmcb::IDTR, 0, 0, c.idtr.limit as u32, c.idtr.base);

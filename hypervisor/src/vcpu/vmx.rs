@@ -406,8 +406,7 @@ impl VmxVcpu {
     /// A root VP: the VMCS is created and left current.
     pub fn new(caps: &VmxCaps, s: &StartState) -> Result<Self, &'static str> {
         let vmcs = new_vmcs()?;
-        let (proc, entry, cr0_fixed0) =
-            Self::write_controls(caps, s.slat_root, s.tlb_tag, false)?;
+        let (proc, entry, cr0_fixed0) = Self::write_controls(caps, s.slat_root, s.tlb_tag, false)?;
         flush_tlb(caps, s.tlb_tag)?;
         Self::write_host_state()?;
         Self::write_guest_state(s)?;

@@ -108,3 +108,24 @@ pub fn halt_forever() -> ! {
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
 }
+
+/// Sleeps until the next interrupt (the idle timer, a SINT), then returns
+/// with interrupts off again.
+pub fn idle() {
+    // SAFETY: the IDT handles every vector the root enables (timer, IPI,
+    // SINT); STI's shadow covers HLT, so no wake-up is missed.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// Starts this VP's x2APIC timer, periodic every `us` microseconds on
+/// `vector`: it wakes the idle shell to poll the serial port.
+pub fn start_idle_timer(tsc_hz: u64, vector: u8, us: u64) {
+    // SAFETY: x2APIC registers of this VP's (virtual) APIC: enable (SVR),
+    // divide by 1, periodic on `vector`, initial count.
+    unsafe {
+        wrmsr(0x80F, 0x1FF);
+        wrmsr(0x83E, 0xB);
+        wrmsr(0x832, (1 << 17) | vector as u64);
+        wrmsr(0x838, (tsc_hz / 1_000_000 * us).clamp(1, u32::MAX as u64));
+    }
+}

@@ -91,3 +91,56 @@ pub fn call_with_output(code: u16) -> Result<[u8; 4096], u16> {
     };
     Ok(out)
 }
+
+/// What a call returned: its status and, for rep calls, the reps completed.
+#[derive(Clone, Copy, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub reps: u16,
+}
+
+/// A slow call: `input` (at most a page) goes to the input page, the output
+/// page comes back in `output` (its first `output.len()` bytes). A rep call
+/// that the hypervisor continues re-enters transparently (the hypervisor
+/// advances the rep start index and returns to the call instruction).
+pub fn call(code: u16, reps: u16, input: &[u8], output: &mut [u8]) -> Reply {
+    if !enabled() {
+        return Reply {
+            status: hv_abi::hypercall::status::INVALID_HYPERCALL_CODE,
+            reps: 0,
+        };
+    }
+    let n = input.len().min(4096);
+    // SAFETY: our own page; only VP 0 makes hypercalls, one at a time.
+    unsafe { core::ptr::copy_nonoverlapping(input.as_ptr(), INPUT.0.get() as *mut u8, n) };
+    let value = Input {
+        code,
+        fast: false,
+        variable_header_size: 0,
+        rep_count: reps,
+        rep_start: 0,
+    }
+    .encode();
+    let rax: u64;
+    // SAFETY: as in `call_with_output`.
+    unsafe {
+        core::arch::asm!(
+            "call {page}",
+            page = in(reg) CODE.0.get() as u64,
+            inout("rcx") value => _,
+            inout("rdx") INPUT.0.get() as u64 => _,
+            inout("r8") OUTPUT.0.get() as u64 => _,
+            lateout("rax") rax,
+            lateout("r9") _,
+            lateout("r10") _,
+            lateout("r11") _,
+        )
+    };
+    let m = output.len().min(4096);
+    // SAFETY: our own page, filled by the hypervisor (the asm may write memory).
+    unsafe { core::ptr::copy_nonoverlapping(OUTPUT.0.get() as *const u8, output.as_mut_ptr(), m) };
+    Reply {
+        status: rax as u16,
+        reps: ((rax >> 32) & 0xFFF) as u16,
+    }
+}

@@ -87,6 +87,7 @@ extern "C" {
     static root_isr_table: [u64; 32];
     fn root_irq_timer();
     fn root_irq_ipi();
+    fn root_irq_sint();
 }
 
 /// Interrupts from the virtual APIC's timer, counted by `root_irq_timer`.
@@ -95,6 +96,10 @@ pub static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
 pub static IPIS: AtomicU64 = AtomicU64::new(0);
 pub const TIMER_VECTOR: u8 = 0x40;
 pub const IPI_VECTOR: u8 = 0x41;
+/// The SynIC's intercept SINT: a message waits in the SIMP page.
+pub const SINT_VECTOR: u8 = 0x42;
+/// SINT interrupts taken.
+pub static SINTS: AtomicU64 = AtomicU64::new(0);
 /// Set once VP 0 has built the IDT: the other VPs then load it.
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -116,9 +121,17 @@ global_asm!(
     "    mov ecx, 0x80B", "xor eax, eax", "xor edx, edx", "wrmsr",
     "    pop rdx", "pop rcx", "pop rax",
     "    iretq",
+    ".global root_irq_sint",
+    "root_irq_sint:",
+    "    push rax", "push rcx", "push rdx",
+    "    lock inc qword ptr [rip + {sints}]",
+    "    mov ecx, 0x80B", "xor eax, eax", "xor edx, edx", "wrmsr",
+    "    pop rdx", "pop rcx", "pop rax",
+    "    iretq",
     ".text",
     ticks = sym TIMER_TICKS,
     ipis = sym IPIS,
+    sints = sym SINTS,
 );
 
 extern "C" fn root_exception(f: &mut Frame) {
@@ -217,6 +230,7 @@ pub fn init() {
     let irqs = [
         (TIMER_VECTOR as usize, root_irq_timer as *const () as u64),
         (IPI_VECTOR as usize, root_irq_ipi as *const () as u64),
+        (SINT_VECTOR as usize, root_irq_sint as *const () as u64),
     ];
     for (v, stub) in stubs.iter().copied().enumerate().chain(irqs) {
         let ist = if matches!(v, 2 | 8 | 18) { ist } else { 0 };

@@ -12,6 +12,8 @@ mod phys;
 mod power;
 mod serial;
 mod shell;
+mod synic;
+mod vm;
 
 use core::arch::global_asm;
 use hv_abi::{cpuid, root_boot, RootBoot};

@@ -1,6 +1,6 @@
 //! The shell on COM1: prompt, line editing, the commands.
 use crate::phys::Identity;
-use crate::{arch, fpu, hypercall, idt, power, print, println, serial};
+use crate::{arch, fpu, hypercall, idt, power, print, println, serial, vm};
 use core::sync::atomic::Ordering;
 use hv_abi::{hypercall as hc, HostInfo, HostStats, LpStats, RootBoot};
 use root_partition_svc::acpi::{self, Platform};
@@ -8,6 +8,9 @@ use root_partition_svc::boot::{self, HvIdentity};
 use root_partition_svc::command::{self, Command, ParseError, HELP};
 use root_partition_svc::line::{Event, LineEditor};
 use root_partition_svc::{format, PROMPT};
+
+/// The idle shell wakes this often to look at the serial port.
+const IDLE_TICK_US: u64 = 1000;
 
 /// TSC frequency assumed for delays when the hypervisor cannot be asked.
 const FALLBACK_TSC_HZ: u64 = 3_000_000_000;
@@ -63,18 +66,34 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
         shell.shutdown();
     }
 
-    let mut editor = LineEditor::<128>::new();
+    let vmm = vm::get();
+    vmm.init(&boot, shell.tsc_hz);
+    arch::start_idle_timer(shell.tsc_hz, idt::TIMER_VECTOR, IDLE_TICK_US);
+
+    let mut editor = LineEditor::<256>::new();
     print!("{PROMPT}");
+    let mut last_activity = arch::rdtsc();
     loop {
+        if vmm.poll() {
+            last_activity = arch::rdtsc();
+        }
         let Some(b) = serial::try_read() else {
-            core::hint::spin_loop();
+            // Busy for a while after input (a pasted line arrives faster
+            // than the idle tick), then asleep until the tick or a SINT.
+            if arch::rdtsc() - last_activity > shell.tsc_hz / 20 {
+                arch::idle();
+            } else {
+                core::hint::spin_loop();
+            }
             continue;
         };
+        last_activity = arch::rdtsc();
         match editor.feed(b, &mut |e| serial::write_bytes(e)) {
             Event::None => continue,
             Event::Line => {
                 shell.execute(editor.line());
                 editor.clear();
+                last_activity = arch::rdtsc();
             }
             Event::Overflow => println!(
                 "line too long (more than {} characters); ignored",
@@ -107,7 +126,11 @@ impl Shell {
                 for (usage, what) in HELP {
                     println!("  {usage:<18} {what}");
                 }
+                for (usage, what) in root_partition_svc::vm_command::VM_USAGE {
+                    println!("  {usage}\n      {what}");
+                }
             }
+            Command::Vm(c) => vm::get().execute(c),
             Command::HostInfo => self.host_info(),
             Command::HostStats => self.host_stats(),
             Command::Shutdown => self.shutdown(),
@@ -175,11 +198,8 @@ impl Shell {
         }
         let ticks = || idt::TIMER_TICKS.load(Ordering::Relaxed) - before;
         let ms = self.wait_for(true, || ticks() >= 10);
-        // SAFETY: masks the timer and stops it.
-        unsafe {
-            arch::wrmsr(0x832, 1 << 16);
-            arch::wrmsr(0x838, 0);
-        }
+        // Back to the idle tick.
+        arch::start_idle_timer(self.tsc_hz, idt::TIMER_VECTOR, IDLE_TICK_US);
         let n = ticks();
         let verdict = if n >= 10 { "ok" } else { "FAILED" };
         println!("timer: {verdict}, {n} interrupts in {ms} ms (period 1 ms)");

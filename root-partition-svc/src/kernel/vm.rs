@@ -1,0 +1,836 @@
+//! The VM worker: guest partitions from the shell's `vm` commands, their
+//! memory (taken from the root's free RAM), their images and start state,
+//! and the intercepts their VPs raise (serial output, the exit and
+//! power-off ports, faults), answered through SetVpRegisters.
+use crate::{hypercall, print, println, serial, synic};
+use core::cell::UnsafeCell;
+use core::fmt::Write;
+use hv_abi::hypercall::status;
+use hv_abi::partition::{code, map_flags, property, reg, size};
+use hv_abi::synic::{self as msg, kind, unrecoverable, IoPortIntercept, MemoryIntercept};
+use hv_abi::{BootModule, RootBoot};
+use root_partition_svc::format::{self, Percent, Size};
+use root_partition_svc::vm_command::{CpuSettings, NewVm, VmCommand, NAME_MAX};
+use root_partition_svc::vmm::{self, Console, EntryMode, IoEffect, MemoryPool, Uart};
+
+pub const MAX_VMS: usize = 16;
+const CONSOLE_BYTES: usize = 4096;
+const REASON_MAX: usize = 120;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum State {
+    Off,
+    Starting,
+    Running,
+    Stopping,
+    Failed,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Off => "Off",
+            State::Starting => "Starting",
+            State::Running => "Running",
+            State::Stopping => "Stopping",
+            State::Failed => "Failed",
+        }
+    }
+}
+
+pub struct Vm {
+    name: [u8; NAME_MAX],
+    name_len: usize,
+    partition: u64,
+    state: State,
+    /// Why it is Off or Failed ("exit code 0", "triple fault at RIP ...").
+    reason: [u8; REASON_MAX],
+    reason_len: usize,
+    memory_base: u64,
+    memory_bytes: u64,
+    vcpus: u32,
+    module: BootModule,
+    console: Console<CONSOLE_BYTES>,
+    uart: Uart,
+    started_tsc: u64,
+    stopped_tsc: u64,
+    /// VPs that halted for good or were stopped.
+    stopped_vps: u64,
+    reported_ports: [u16; 8],
+    reported: usize,
+    /// (run time in 100 ns, TSC) at the last `vm list`.
+    sample: (u64, u64),
+}
+
+impl Vm {
+    fn name(&self) -> &str {
+        core::str::from_utf8(&self.name[..self.name_len]).unwrap_or("?")
+    }
+
+    fn reason(&self) -> &str {
+        core::str::from_utf8(&self.reason[..self.reason_len]).unwrap_or("")
+    }
+
+    fn set_reason(&mut self, args: core::fmt::Arguments) {
+        let mut buf = [0u8; REASON_MAX];
+        let mut w = format::BufWriter::new(&mut buf);
+        let _ = w.write_fmt(args);
+        let n = w.as_str().len();
+        self.reason[..n].copy_from_slice(&buf[..n]);
+        self.reason_len = n;
+    }
+}
+
+pub struct Vmm {
+    vms: [Option<Vm>; MAX_VMS],
+    pool: MemoryPool<64>,
+    modules: [BootModule; hv_abi::root_boot::MAX_MODULES],
+    module_count: usize,
+    tsc_hz: u64,
+    lps: u32,
+}
+
+struct Global(UnsafeCell<Vmm>);
+// SAFETY: only VP 0 (the shell) uses the worker, never re-entrantly.
+unsafe impl Sync for Global {}
+
+static VMM: Global = Global(UnsafeCell::new(Vmm {
+    vms: [const { None }; MAX_VMS],
+    pool: MemoryPool::new(),
+    modules: [BootModule {
+        start: 0,
+        end: 0,
+        name: [0; hv_abi::root_boot::MODULE_NAME_MAX],
+    }; hv_abi::root_boot::MAX_MODULES],
+    module_count: 0,
+    tsc_hz: 1,
+    lps: 1,
+}));
+
+/// The worker (VP 0's shell only).
+pub fn get() -> &'static mut Vmm {
+    // SAFETY: see `Global`: one caller, the shell loop on VP 0, which holds
+    // the reference only for the duration of one command or poll.
+    unsafe { &mut *VMM.0.get() }
+}
+
+/// Memory below this stays with the root (firmware areas, the AP trampoline).
+const POOL_FLOOR: u64 = 0x10_0000;
+
+fn guest_write(base: u64, gpa: u64, bytes: &[u8]) {
+    // SAFETY: [base, base + memory) is root RAM this worker took from its
+    // pool for the VM (identity-mapped; the root keeps access to the pages
+    // it maps to guests); callers keep gpa + len within the VM's memory.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (base + gpa) as *mut u8, bytes.len()) };
+}
+
+fn guest_zero(base: u64, len: u64) {
+    // SAFETY: as in `guest_write`.
+    unsafe { core::ptr::write_bytes(base as *mut u8, 0, len as usize) };
+}
+
+fn module_bytes(m: &BootModule) -> &'static [u8] {
+    // SAFETY: boot modules are root RAM the hypervisor handed over with the
+    // image, identity-mapped and never written.
+    unsafe { core::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) }
+}
+
+fn status_line(what: &str, call: &str, s: u16) {
+    let _ = format::hypercall_failed(&mut serial::Com1, what, call, s);
+}
+
+fn partition_call(code: u16, input: &[u8], out: &mut [u8]) -> Result<(), u16> {
+    match hypercall::call(code, 0, input, out).status {
+        status::SUCCESS => Ok(()),
+        s => Err(s),
+    }
+}
+
+fn pid_input(id: u64) -> [u8; 8] {
+    id.to_le_bytes()
+}
+
+fn vp_input(id: u64, vp: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&id.to_le_bytes());
+    b[8..12].copy_from_slice(&vp.to_le_bytes());
+    b
+}
+
+/// SetVpRegisters with `regs` (name, value), in chunks that fit a page.
+fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
+    let mut input = [0u8; 4096];
+    for chunk in regs.chunks(100) {
+        input[..16].copy_from_slice(&vp_input(id, vp));
+        for (i, (name, value)) in chunk.iter().enumerate() {
+            let at = size::VP_REGISTERS_HEADER as usize + 32 * i;
+            input[at..at + 4].copy_from_slice(&name.to_le_bytes());
+            input[at + 4..at + 16].fill(0);
+            input[at + 16..at + 32].copy_from_slice(&value.to_le_bytes());
+        }
+        let len = size::VP_REGISTERS_HEADER as usize + 32 * chunk.len();
+        let r = hypercall::call(
+            code::SET_VP_REGISTERS,
+            chunk.len() as u16,
+            &input[..len],
+            &mut [],
+        );
+        if r.status != status::SUCCESS {
+            let (name, _) = chunk[(r.reps as usize).min(chunk.len() - 1)];
+            println!(
+                "vm: SetVpRegisters refused register {name:#x} of VP {vp}: status {:#x}",
+                r.status
+            );
+            return Err(r.status);
+        }
+    }
+    Ok(())
+}
+
+fn property(id: u64, prop: u32) -> Option<u64> {
+    let mut input = [0u8; 16];
+    input[..8].copy_from_slice(&id.to_le_bytes());
+    input[8..12].copy_from_slice(&prop.to_le_bytes());
+    let mut out = [0u8; 8];
+    partition_call(code::GET_PARTITION_PROPERTY, &input, &mut out).ok()?;
+    Some(u64::from_le_bytes(out))
+}
+
+fn set_property(id: u64, prop: u32, value: u64) -> Result<(), u16> {
+    let mut input = [0u8; 24];
+    input[..8].copy_from_slice(&id.to_le_bytes());
+    input[8..12].copy_from_slice(&prop.to_le_bytes());
+    input[16..24].copy_from_slice(&value.to_le_bytes());
+    partition_call(code::SET_PARTITION_PROPERTY, &input, &mut [])
+}
+
+impl Vmm {
+    pub fn init(&mut self, boot: &RootBoot, tsc_hz: u64) {
+        self.tsc_hz = tsc_hz.max(1);
+        self.lps = boot.vp_count.max(1);
+        for &(s, e) in boot.ranges() {
+            self.pool.add(s.max(POOL_FLOOR), e.max(POOL_FLOOR));
+        }
+        for m in boot.modules() {
+            self.modules[self.module_count] = *m;
+            self.module_count += 1;
+        }
+        if hypercall::enabled() {
+            synic::enable();
+        }
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        self.vms
+            .iter()
+            .position(|v| v.as_ref().is_some_and(|v| v.name() == name))
+    }
+
+    fn named(&mut self, name: &str) -> Option<&mut Vm> {
+        match self.find(name) {
+            Some(i) => self.vms[i].as_mut(),
+            None => {
+                println!("vm: no VM named \"{name}\"; vm list shows them");
+                None
+            }
+        }
+    }
+
+    pub fn execute(&mut self, cmd: VmCommand) {
+        if !hypercall::enabled() {
+            println!("vm: hypercalls are unavailable (no hypercall page)");
+            return;
+        }
+        match cmd {
+            VmCommand::New(n) => self.new_vm(n),
+            VmCommand::Start(name) => self.start(name),
+            VmCommand::Stop { name, turn_off } => self.stop(name, turn_off),
+            VmCommand::List => self.list(),
+            VmCommand::Show(name) => self.show(name),
+            VmCommand::Console(name) => {
+                if let Some(vm) = self.named(name) {
+                    let (a, b) = vm.console.contents();
+                    serial::write_bytes(a);
+                    serial::write_bytes(b);
+                    if vm.console.total > 0 && [a, b].concat_last() != Some(b'\n') {
+                        println!();
+                    }
+                    println!(
+                        "-- {} bytes of console output from {name}",
+                        vm.console.total
+                    );
+                }
+            }
+            VmCommand::Cpu(name, s) => self.cpu(name, s),
+            VmCommand::Wait(name, secs) => self.wait(name, secs),
+            VmCommand::Delete(name) => self.delete(name),
+        }
+    }
+
+    fn new_vm(&mut self, n: NewVm) {
+        if self.find(n.name).is_some() {
+            println!("vm new: a VM named \"{}\" exists", n.name);
+            return;
+        }
+        let Some(slot) = self.vms.iter().position(Option::is_none) else {
+            println!("vm new: {MAX_VMS} VMs exist already; delete one first");
+            return;
+        };
+        let Some(module) = self.modules[..self.module_count]
+            .iter()
+            .find(|m| m.name() == n.image)
+            .copied()
+        else {
+            print!("vm new: no boot module named \"{}\"; modules:", n.image);
+            for m in &self.modules[..self.module_count] {
+                print!(" {}", m.name());
+            }
+            println!();
+            return;
+        };
+        let memory = n.memory_mib << 20;
+        if let Err(e) = vmm::parse_image(module_bytes(&module), memory) {
+            println!("vm new: image \"{}\": {e}", n.image);
+            return;
+        }
+        let Some(base) = self.pool.take(memory) else {
+            println!(
+                "vm new: not enough free memory for {} MiB (largest free block {} MiB, {} MiB free)",
+                n.memory_mib,
+                self.pool.largest() >> 20,
+                self.pool.free_bytes() >> 20
+            );
+            return;
+        };
+        match create_partition(base, memory, n.vcpus) {
+            Ok(id) => {
+                let mut name = [0u8; NAME_MAX];
+                name[..n.name.len()].copy_from_slice(n.name.as_bytes());
+                self.vms[slot] = Some(Vm {
+                    name,
+                    name_len: n.name.len(),
+                    partition: id,
+                    state: State::Off,
+                    reason: [0; REASON_MAX],
+                    reason_len: 0,
+                    memory_base: base,
+                    memory_bytes: memory,
+                    vcpus: n.vcpus,
+                    module,
+                    console: Console::new(),
+                    uart: Uart::default(),
+                    started_tsc: 0,
+                    stopped_tsc: 0,
+                    stopped_vps: 0,
+                    reported_ports: [0; 8],
+                    reported: 0,
+                    sample: (0, 0),
+                });
+                println!(
+                    "vm new: {} created (partition {id}, {} MiB, {} VCPUs, image {}); vm start {} runs it",
+                    n.name, n.memory_mib, n.vcpus, n.image, n.name
+                );
+            }
+            Err((what, s)) => {
+                self.pool.add(base, base + memory);
+                status_line("vm new", what, s);
+            }
+        }
+    }
+
+    fn start(&mut self, name: &str) {
+        let Some(vm) = self.named(name) else { return };
+        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
+            println!("vm start: {name} is {}", vm.state.name());
+            return;
+        }
+        vm.state = State::Starting;
+        // A fresh boot: memory cleared, image loaded, every VP at its entry.
+        guest_zero(vm.memory_base, vm.memory_bytes);
+        let image = match vmm::parse_image(module_bytes(&vm.module), vm.memory_bytes) {
+            Ok(i) => i,
+            Err(e) => {
+                vm.state = State::Failed;
+                vm.set_reason(format_args!("image: {e}"));
+                println!("vm start: {name}: image: {e}");
+                return;
+            }
+        };
+        let file = module_bytes(&vm.module);
+        for s in &image.segments[..image.segment_count] {
+            let bytes = &file[s.offset as usize..(s.offset + s.file_bytes) as usize];
+            guest_write(vm.memory_base, s.gpa, bytes);
+        }
+        let base = vm.memory_base;
+        vmm::boot_tables(image.mode, vm.memory_bytes, &mut |gpa, v| {
+            guest_write(base, gpa, &v.to_le_bytes())
+        });
+        for vp in 0..vm.vcpus {
+            let regs = vmm::start_registers(image.mode, image.entry, vp, vm.vcpus, vm.memory_bytes);
+            let r = set_registers(vm.partition, vp, &regs)
+                .and_then(|()| set_registers(vm.partition, vp, &[(reg::INTERCEPT_SUSPEND, 0)]));
+            if let Err(s) = r {
+                vm.state = State::Failed;
+                vm.set_reason(format_args!(
+                    "SetVpRegisters of VP {vp} failed: status {s:#x}"
+                ));
+                status_line("vm start", "SetVpRegisters", s);
+                return;
+            }
+        }
+        vm.console.clear();
+        vm.uart = Uart::default();
+        vm.reported = 0;
+        vm.stopped_vps = 0;
+        vm.reason_len = 0;
+        vm.started_tsc = crate::arch::rdtsc();
+        vm.sample = (
+            property(vm.partition, property::RUN_TIME).unwrap_or(0),
+            vm.started_tsc,
+        );
+        for vp in 0..vm.vcpus {
+            if let Err(s) = partition_call(
+                code::START_VIRTUAL_PROCESSOR,
+                &vp_input(vm.partition, vp),
+                &mut [],
+            ) {
+                vm.state = State::Failed;
+                vm.set_reason(format_args!(
+                    "StartVirtualProcessor of VP {vp} failed: status {s:#x}"
+                ));
+                status_line("vm start", "StartVirtualProcessor", s);
+                return;
+            }
+        }
+        vm.state = State::Running;
+        let mode = match image.mode {
+            EntryMode::Long => "64-bit",
+            EntryMode::Protected32 => "32-bit protected mode (Multiboot)",
+            EntryMode::Real => "real mode",
+        };
+        println!(
+            "vm start: {name} running ({} VCPUs, {mode} entry at {:#x})",
+            vm.vcpus, image.entry
+        );
+    }
+
+    fn stop(&mut self, name: &str, turn_off: bool) {
+        let Some(vm) = self.named(name) else { return };
+        if !matches!(vm.state, State::Running | State::Starting) {
+            println!("vm stop: {name} is {}", vm.state.name());
+            return;
+        }
+        vm.state = State::Stopping;
+        suspend_all(vm);
+        vm.state = State::Off;
+        vm.stopped_tsc = crate::arch::rdtsc();
+        if turn_off {
+            vm.set_reason(format_args!("turned off"));
+            println!("vm stop: {name} turned off");
+        } else {
+            // No shutdown integration service yet: a stop is a turn-off.
+            vm.set_reason(format_args!("stopped"));
+            println!("vm stop: {name} stopped (no shutdown integration service in the guest: turned off)");
+        }
+    }
+
+    fn cpu(&mut self, name: &str, s: CpuSettings) {
+        let Some(vm) = self.named(name) else { return };
+        for (prop, value, what) in [
+            (property::CPU_RESERVE, s.reserve, "reserve"),
+            (property::CPU_CAP, s.limit, "limit"),
+            (property::CPU_WEIGHT, s.weight, "weight"),
+        ] {
+            if let Some(v) = value {
+                if let Err(st) = set_property(vm.partition, prop, v as u64) {
+                    status_line("vm cpu", what, st);
+                    return;
+                }
+            }
+        }
+        let get = |p| property(vm.partition, p).unwrap_or(0);
+        println!(
+            "vm cpu: {name}: reserve {}%, limit {}%, weight {}",
+            get(property::CPU_RESERVE),
+            get(property::CPU_CAP),
+            get(property::CPU_WEIGHT)
+        );
+    }
+
+    fn wait(&mut self, name: &str, secs: u64) {
+        if self.find(name).is_none() {
+            println!("vm: no VM named \"{name}\"; vm list shows them");
+            return;
+        }
+        let start = crate::arch::rdtsc();
+        let limit = secs * self.tsc_hz;
+        loop {
+            self.poll();
+            let i = self.find(name);
+            let state = i.and_then(|i| self.vms[i].as_ref()).map(|v| v.state);
+            if !matches!(
+                state,
+                Some(State::Running | State::Starting | State::Stopping)
+            ) {
+                break;
+            }
+            if crate::arch::rdtsc() - start > limit {
+                println!("vm wait: {name} still running after {secs} s");
+                return;
+            }
+            crate::arch::idle();
+        }
+        if let Some(vm) = self.find(name).and_then(|i| self.vms[i].as_ref()) {
+            println!("vm wait: {name} is {} ({})", vm.state.name(), vm.reason());
+        }
+    }
+
+    fn delete(&mut self, name: &str) {
+        let Some(i) = self.find(name) else {
+            println!("vm: no VM named \"{name}\"; vm list shows them");
+            return;
+        };
+        let Some(vm) = self.vms[i].as_ref() else {
+            return;
+        };
+        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
+            println!(
+                "vm delete: {name} is {}; vm stop {name} first",
+                vm.state.name()
+            );
+            return;
+        }
+        for vp in 0..vm.vcpus {
+            let _ = partition_call(code::DELETE_VP, &vp_input(vm.partition, vp), &mut []);
+        }
+        if let Err(s) = partition_call(code::DELETE_PARTITION, &pid_input(vm.partition), &mut []) {
+            status_line("vm delete", "DeletePartition", s);
+            return;
+        }
+        let (base, bytes) = (vm.memory_base, vm.memory_bytes);
+        self.pool.add(base, base + bytes);
+        self.vms[i] = None;
+        println!(
+            "vm delete: {name} deleted; {} MiB returned to the root",
+            bytes >> 20
+        );
+    }
+
+    fn uptime_secs(&self, vm: &Vm) -> u64 {
+        match vm.state {
+            State::Running | State::Starting | State::Stopping => {
+                (crate::arch::rdtsc() - vm.started_tsc) / self.tsc_hz
+            }
+            _ if vm.started_tsc != 0 => 0,
+            _ => 0,
+        }
+    }
+
+    fn list(&mut self) {
+        println!(
+            "{:<3} {:<16} {:<9} {:>7} {:>11} {:>8} {:>5} {:>10}",
+            "ID", "NAME", "STATE", "CPU%", "MEMORY(MiB)", "UPTIME", "VCPUS", "EXITS"
+        );
+        let now = crate::arch::rdtsc();
+        let (tsc_hz, lps) = (self.tsc_hz, self.lps as u64);
+        for i in 0..MAX_VMS {
+            let Some(vm) = self.vms[i].as_mut() else {
+                continue;
+            };
+            let run = property(vm.partition, property::RUN_TIME).unwrap_or(0);
+            let exits = property(vm.partition, property::EXITS).unwrap_or(0);
+            // CPU%: share of the whole host (all LPs) since the last list.
+            let (r0, t0) = vm.sample;
+            let wall_100ns = ((now - t0) as u128 * 10_000_000 / tsc_hz as u128) as u64;
+            let cpu = Percent(run.saturating_sub(r0), wall_100ns * lps);
+            vm.sample = (run, now);
+            let up = match vm.state {
+                State::Running | State::Starting | State::Stopping => {
+                    (now - vm.started_tsc) / tsc_hz
+                }
+                _ => 0,
+            };
+            let mut upbuf = [0u8; 16];
+            let mut w = format::BufWriter::new(&mut upbuf);
+            let _ = write!(w, "{}:{:02}:{:02}", up / 3600, up / 60 % 60, up % 60);
+            println!(
+                "{:<3} {:<16} {:<9} {:>7} {:>11} {:>8} {:>5} {:>10}",
+                vm.partition,
+                vm.name(),
+                vm.state.name(),
+                cpu,
+                vm.memory_bytes >> 20,
+                w.as_str(),
+                vm.vcpus,
+                exits
+            );
+        }
+    }
+
+    fn show(&mut self, name: &str) {
+        let Some(i) = self.find(name) else {
+            println!("vm: no VM named \"{name}\"; vm list shows them");
+            return;
+        };
+        let Some(vm) = self.vms[i].as_ref() else {
+            return;
+        };
+        let id = vm.partition;
+        let get = |p| property(id, p).unwrap_or(0);
+        println!("vm {}:", vm.name());
+        println!("  partition id:   {id}");
+        println!(
+            "  state:          {}{}{}",
+            vm.state.name(),
+            if vm.reason_len > 0 { ", " } else { "" },
+            vm.reason()
+        );
+        println!(
+            "  image:          {} ({} bytes)",
+            vm.module.name(),
+            vm.module.end - vm.module.start
+        );
+        println!(
+            "  memory:         {} MiB at root {:#x}, {} mapped",
+            vm.memory_bytes >> 20,
+            vm.memory_base,
+            Size(get(property::MAPPED_BYTES))
+        );
+        println!("  VCPUs:          {}", vm.vcpus);
+        println!(
+            "  processor:      reserve {}%, limit {}%, weight {}",
+            get(property::CPU_RESERVE),
+            get(property::CPU_CAP),
+            get(property::CPU_WEIGHT)
+        );
+        println!("  run time:       {} ms", get(property::RUN_TIME) / 10_000);
+        println!("  uptime:         {} s", self.uptime_secs(vm));
+        println!("  exits:          {}", get(property::EXITS));
+        println!("  intercepts:     {}", get(property::INTERCEPTS));
+        println!("  console:        {} bytes", vm.console.total);
+    }
+
+    /// Handles every waiting intercept message.
+    pub fn poll(&mut self) -> bool {
+        let mut any = false;
+        while let Some(m) = synic::take() {
+            any = true;
+            self.intercept(m);
+        }
+        any
+    }
+
+    fn intercept(&mut self, m: msg::Message) {
+        let Some(i) = self
+            .vms
+            .iter()
+            .position(|v| v.as_ref().is_some_and(|v| v.partition == m.sender))
+        else {
+            println!(
+                "vm: intercept {:#x} from unknown partition {}",
+                m.kind, m.sender
+            );
+            return;
+        };
+        let Some(vm) = self.vms[i].as_mut() else {
+            return;
+        };
+        // A VP's last message may arrive after the VM stopped: nothing to do.
+        if vm.state != State::Running {
+            return;
+        }
+        match m.kind {
+            kind::IO_PORT_INTERCEPT => match IoPortIntercept::decode(&m.payload) {
+                Some(io) => io_port(vm, &io),
+                None => fail(vm, format_args!("malformed I/O intercept message")),
+            },
+            kind::UNMAPPED_GPA | kind::GPA_INTERCEPT => match MemoryIntercept::decode(&m.payload) {
+                Some(mi) => {
+                    let what = match mi.header.access {
+                        msg::access::WRITE => "write",
+                        msg::access::EXECUTE => "execute",
+                        _ => "read",
+                    };
+                    let k = if m.kind == kind::UNMAPPED_GPA {
+                        "unmapped"
+                    } else {
+                        "protected"
+                    };
+                    fail(
+                        vm,
+                        format_args!(
+                            "VP {}: {what} of {k} GPA {:#x} at RIP {:#x}",
+                            mi.header.vp_index, mi.gpa, mi.header.rip
+                        ),
+                    )
+                }
+                None => fail(vm, format_args!("malformed memory intercept message")),
+            },
+            kind::UNRECOVERABLE_EXCEPTION => {
+                let (h, why) = msg::decode_header(&m.payload).unwrap_or_default();
+                let what = match why {
+                    unrecoverable::TRIPLE_FAULT => "triple fault",
+                    unrecoverable::ENTRY_FAILED => "the processor refused its state",
+                    _ => "an exit the hypervisor does not support",
+                };
+                fail(
+                    vm,
+                    format_args!("VP {}: {what} at RIP {:#x}", h.vp_index, h.rip),
+                )
+            }
+            kind::HALT => {
+                let (h, _) = msg::decode_header(&m.payload).unwrap_or_default();
+                vm.stopped_vps |= 1 << (h.vp_index % 64);
+                if vm.stopped_vps.count_ones() >= vm.vcpus && vm.state == State::Running {
+                    vm.state = State::Off;
+                    vm.stopped_tsc = crate::arch::rdtsc();
+                    vm.set_reason(format_args!("all VPs halted with interrupts off"));
+                }
+            }
+            other => println!("vm {}: unexpected message type {other:#x}", vm.name()),
+        }
+    }
+}
+
+trait ConcatLast {
+    fn concat_last(&self) -> Option<u8>;
+}
+
+impl ConcatLast for [&[u8]; 2] {
+    fn concat_last(&self) -> Option<u8> {
+        self[1].last().or(self[0].last()).copied()
+    }
+}
+
+fn create_partition(base: u64, memory: u64, vcpus: u32) -> Result<u64, (&'static str, u16)> {
+    let mut out = [0u8; 8];
+    partition_call(code::CREATE_PARTITION, &[0u8; 24], &mut out)
+        .map_err(|s| ("CreatePartition", s))?;
+    let id = u64::from_le_bytes(out);
+    let undo = |e| {
+        let _ = partition_call(code::DELETE_PARTITION, &pid_input(id), &mut []);
+        e
+    };
+    partition_call(code::INITIALIZE_PARTITION, &pid_input(id), &mut [])
+        .map_err(|s| undo(("InitializePartition", s)))?;
+    // GPA 0.. = the block at `base`, 500 pages per call.
+    let pages = memory / vmm::PAGE;
+    let mut input = [0u8; 4096];
+    let mut done = 0;
+    while done < pages {
+        let n = (pages - done).min(500);
+        input[..8].copy_from_slice(&id.to_le_bytes());
+        input[8..16].copy_from_slice(&done.to_le_bytes());
+        input[16..20].copy_from_slice(&map_flags::ALL.to_le_bytes());
+        input[20..24].fill(0);
+        for k in 0..n {
+            let at = size::MAP_HEADER as usize + 8 * k as usize;
+            let source = base / vmm::PAGE + done + k;
+            input[at..at + 8].copy_from_slice(&source.to_le_bytes());
+        }
+        let len = size::MAP_HEADER as usize + 8 * n as usize;
+        let r = hypercall::call(code::MAP_GPA_PAGES, n as u16, &input[..len], &mut []);
+        if r.status != status::SUCCESS {
+            return Err(undo(("MapGpaPages", r.status)));
+        }
+        done += n;
+    }
+    for vp in 0..vcpus {
+        let mut input = [0u8; 24];
+        input[..16].copy_from_slice(&vp_input(id, vp));
+        partition_call(code::CREATE_VP, &input, &mut []).map_err(|s| undo(("CreateVp", s)))?;
+    }
+    Ok(id)
+}
+
+/// Suspends every VP (ExplicitSuspend); the VM keeps its memory.
+fn suspend_all(vm: &mut Vm) {
+    for vp in 0..vm.vcpus {
+        let _ = set_registers(vm.partition, vp, &[(reg::EXPLICIT_SUSPEND, 1)]);
+    }
+}
+
+fn fail(vm: &mut Vm, why: core::fmt::Arguments) {
+    suspend_all(vm);
+    vm.state = State::Failed;
+    vm.stopped_tsc = crate::arch::rdtsc();
+    vm.set_reason(why);
+    println!("vm {}: failed: {}", vm.name(), vm.reason());
+}
+
+fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
+    let vp = io.header.vp_index;
+    if io.string || io.rep {
+        return fail(
+            vm,
+            format_args!(
+                "VP {vp}: string I/O (INS/OUTS) on port {:#x} at RIP {:#x} is not emulated",
+                io.port, io.header.rip
+            ),
+        );
+    }
+    let write = io.header.access == msg::access::WRITE;
+    let mask: u64 = match io.size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        _ => 0xFFFF_FFFF,
+    };
+    let effect = vmm::emulate_io(
+        &mut vm.uart,
+        io.port,
+        io.size,
+        write,
+        (io.rax & mask) as u32,
+    );
+    let mut rax = io.rax;
+    match effect {
+        IoEffect::Done(v) => {
+            if !write {
+                rax = (io.rax & !mask) | (v as u64 & mask);
+            }
+        }
+        IoEffect::Output(b) => vm.console.push(b),
+        IoEffect::Exit(code) => {
+            suspend_all(vm);
+            vm.state = State::Off;
+            vm.stopped_tsc = crate::arch::rdtsc();
+            vm.set_reason(format_args!("exit code {code}"));
+            return;
+        }
+        IoEffect::PowerOff => {
+            suspend_all(vm);
+            vm.state = State::Off;
+            vm.stopped_tsc = crate::arch::rdtsc();
+            vm.set_reason(format_args!("powered off by the guest"));
+            return;
+        }
+        IoEffect::Unhandled => {
+            if !write {
+                rax = io.rax | mask;
+            }
+            if !vm.reported_ports[..vm.reported].contains(&io.port) {
+                if vm.reported < vm.reported_ports.len() {
+                    vm.reported_ports[vm.reported] = io.port;
+                    vm.reported += 1;
+                }
+                println!(
+                    "vm {}: VP {vp} {} port {:#x} at RIP {:#x}: not emulated ({}); reported once",
+                    vm.name(),
+                    if write { "wrote" } else { "read" },
+                    io.port,
+                    io.header.rip,
+                    if write { "ignored" } else { "reads all ones" }
+                );
+            }
+        }
+    }
+    let next = io.header.rip + io.header.instruction_length as u64;
+    let regs = [
+        (reg::RAX, rax as u128),
+        (reg::RIP, next as u128),
+        (reg::INTERCEPT_SUSPEND, 0),
+    ];
+    if let Err(s) = set_registers(vm.partition, vp, &regs) {
+        fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
+    }
+}

@@ -1,0 +1,145 @@
+//! What every test guest shares: the entry point, COM1 output, the test
+//! exit port, and the hypercall page. Guests run in 64-bit mode with the
+//! root's identity map of their memory (root-partition-svc `vmm::layout`).
+#![no_std]
+
+use core::arch::asm;
+use core::fmt::{self, Write};
+
+/// Defines `_start`, which calls `$main(vp, vps, memory_bytes) -> !`.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        core::arch::global_asm!(
+            ".section .text._start, \"ax\"",
+            ".global _start",
+            "_start:",
+            "    cli",
+            "    and rsp, -16",
+            "    call {main}",
+            "2:  hlt",
+            "    jmp 2b",
+            ".text",
+            main = sym __guest_entry,
+        );
+        extern "C" fn __guest_entry(vp: u64, vps: u64, memory: u64) -> ! {
+            $main(vp, vps, memory)
+        }
+        #[panic_handler]
+        fn panic(info: &core::panic::PanicInfo) -> ! {
+            $crate::println!("guest panic: {}", info);
+            $crate::exit(99)
+        }
+    };
+}
+
+pub fn outb(port: u16, v: u8) {
+    // SAFETY: port output; the root's VM worker emulates the ports guests use.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
+}
+
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: port input, as above.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+const COM1: u16 = 0x3F8;
+
+pub fn write_byte(b: u8) {
+    while inb(COM1 + 5) & 0x20 == 0 {}
+    outb(COM1, b);
+}
+
+pub struct Com1;
+
+impl Write for Com1 {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            write_byte(b);
+        }
+        Ok(())
+    }
+}
+
+/// A spin lock so lines from several VPs do not interleave.
+static CONSOLE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn print(args: fmt::Arguments) {
+    use core::sync::atomic::Ordering;
+    while CONSOLE
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    let _ = Com1.write_fmt(args);
+    CONSOLE.store(false, Ordering::Release);
+}
+
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Ends the guest: the exit code on the test exit port (0xF4), after which
+/// the worker stops the VM; halts in case it does not.
+pub fn exit(code: u8) -> ! {
+    outb(0xF4, code);
+    halt()
+}
+
+pub fn halt() -> ! {
+    loop {
+        // SAFETY: halting with interrupts off; the root decides what follows.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+#[repr(C, align(4096))]
+pub struct Page(pub core::cell::UnsafeCell<[u8; 4096]>);
+// SAFETY: the guests use their pages from one VP at a time.
+unsafe impl Sync for Page {}
+
+pub static HYPERCALL_PAGE: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
+
+/// Sets the guest OS id and enables the hypercall page; false if refused.
+pub fn enable_hypercalls() -> bool {
+    let page = HYPERCALL_PAGE.0.get() as u64;
+    // SAFETY: the synthetic MSRs a guest is granted (CPUID 0x40000003).
+    unsafe {
+        wrmsr(hv_abi::msr::GUEST_OS_ID, 0x8100_0000_0000_0001);
+        wrmsr(hv_abi::msr::HYPERCALL, page | 1);
+    }
+    // SAFETY: our own page, written by the hypervisor.
+    let head = unsafe { core::ptr::read_volatile(page as *const [u8; 4]) };
+    head == hv_abi::hypercall::VMCALL_PAGE || head == hv_abi::hypercall::VMMCALL_PAGE
+}
+
+/// # Safety
+/// The MSR and value must be ones the hypervisor emulates for guests.
+pub unsafe fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack))
+    };
+}
+
+/// A hypercall through the page: RCX, RDX, R8 in; RAX out.
+pub fn hypercall(rcx: u64, rdx: u64, r8: u64) -> u64 {
+    let rax: u64;
+    // SAFETY: the page holds `vmcall; ret` or `vmmcall; ret` (checked by
+    // `enable_hypercalls`); the hypervisor changes only RAX (and memory at
+    // the output GPA).
+    unsafe {
+        asm!("call {p}", p = in(reg) HYPERCALL_PAGE.0.get() as u64,
+            inout("rcx") rcx => _, inout("rdx") rdx => _, inout("r8") r8 => _,
+            lateout("rax") rax, lateout("r9") _, lateout("r10") _, lateout("r11") _)
+    };
+    rax
+}
