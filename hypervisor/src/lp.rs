@@ -71,6 +71,9 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     let mut guests: Vec<Local> = Vec::new();
     let mut active = Active::Root;
     let mut root_halted = false;
+    // The root VP's RFLAGS.IF as of its last exit: on VMX its VMCS can be
+    // read only while current, and a guest's may be current now.
+    let mut root_if = false;
     let mut root_vruntime = 0u64;
     let mut floor = 0u64;
     let mut window_start = cpu::rdtsc();
@@ -89,7 +92,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             }
         }
         root::collect(&mut vapic, lp);
-        let root_irq = root_vcpu.interrupts_enabled() && vapic.deliverable().is_some();
+        let root_irq = root_if && vapic.deliverable().is_some();
         if root_halted && root_irq {
             root_halted = false;
         }
@@ -147,6 +150,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     root::Next::Halted => root_halted = true,
                     root::Next::Stop(why) => root::stop(lp, &why),
                 }
+                root_if = root_vcpu.interrupts_enabled();
             }
             Choice::Guest(i) => {
                 let g = &mut guests[i];
@@ -192,7 +196,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             Choice::Idle => {
                 // A root timer due before the host's next tick: wait awake.
                 match vapic.deadline() {
-                    Some(d) if root_vcpu.interrupts_enabled() && d < cpu::rdtsc() + slice => {
+                    Some(d) if root_if && d < cpu::rdtsc() + slice => {
                         while cpu::rdtsc() < d {
                             cpu::pause();
                         }

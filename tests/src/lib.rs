@@ -338,6 +338,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm start victim",
                 "vm start bad",
                 "vm wait bad",
+                "vm wait victim 3",
                 "vm list",
                 "vm console victim",
                 "vm stop victim",
