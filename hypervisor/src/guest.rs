@@ -9,8 +9,8 @@ use crate::root::RootPartition;
 use crate::time;
 use crate::vcpu::{Exit, Vcpu, GP, UD};
 use crate::x86::cpu;
+use hv_abi::cpuid;
 use hv_abi::synic::{self, access, kind, unrecoverable, IoPortIntercept, MemoryIntercept, Message};
-use hv_abi::{cpuid, hypercall};
 
 /// What the LP does after a guest exit.
 pub enum Next {
@@ -68,8 +68,8 @@ pub fn dispatch(
             Next::Resume
         }
         Exit::Hypercall => {
-            let status = guest_hypercall(part, vcpu);
-            vcpu.regs().rax = status as u64;
+            let rax = guest_hypercall(root, part, vp, vcpu);
+            vcpu.regs().rax = rax;
             vcpu.skip_instruction();
             Next::Resume
         }
@@ -239,9 +239,11 @@ fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v:
 }
 
 /// A guest's hypercall: through the same dispatch table and checks as the
-/// root's. Every management call is the root's, so a guest gets its status
-/// from the checks (ACCESS_DENIED, or the input's own fault first).
-fn guest_hypercall(part: &Partition, vcpu: &mut Vcpu) -> u16 {
+/// root's (a management call gets ACCESS_DENIED, after any fault of its
+/// input value). Returns RAX: the status, and the reps completed in 43:32.
+fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &mut Vcpu) -> u64 {
+    use hv_abi::hypercall::status;
+    use hv_abi::partition::{code, flush, size, PARTITION_SELF, VP_SELF};
     use hypervisor::hypercall::{check, Caller};
     let r = *vcpu.regs();
     // The guest's memory: every page of the block mapped.
@@ -251,8 +253,70 @@ fn guest_hypercall(part: &Partition, vcpu: &mut Vcpu) -> u16 {
             .step_by(4096)
             .all(|p| part.translate(p).is_some())
     };
-    match check(r.rcx, r.rdx, r.r8, Caller::Guest, &owns) {
-        Ok(_) => hypercall::status::ACCESS_DENIED,
-        Err(status) => status,
+    let call = match check(r.rcx, r.rdx, r.r8, Caller::Guest, &owns) {
+        Ok(call) => call,
+        Err(s) => return s as u64,
+    };
+    // Copied in before anything is read from it.
+    let mut input = [0u8; 4096];
+    if let Some((gpa, len)) = call.input_block {
+        if !part.read(root, gpa, &mut input[..len as usize]) {
+            return status::INVALID_PARAMETER as u64;
+        }
+    }
+    let reps = call.input.rep_count;
+    match call.spec.code {
+        code::FLUSH_VIRTUAL_ADDRESS_SPACE | code::FLUSH_VIRTUAL_ADDRESS_LIST => {
+            let flags = hv_abi::partition::u64_at(&input, 8).unwrap_or(u64::MAX);
+            if flags & !flush::VALID != 0 {
+                return status::INVALID_PARAMETER as u64;
+            }
+            // Every VP's whole TLB (the VPID / ASID): a superset of any
+            // address list and processor mask, which the TLFS allows.
+            crate::partition::flush_tlbs(part, &part.vps(), Some(vp));
+            let done = if call.spec.code == code::FLUSH_VIRTUAL_ADDRESS_LIST {
+                reps
+            } else {
+                0
+            };
+            status::SUCCESS as u64 | (done as u64) << 32
+        }
+        code::GET_VP_REGISTERS => {
+            let pid = hv_abi::partition::u64_at(&input, 0).unwrap_or(0);
+            let index = hv_abi::partition::u32_at(&input, 8).unwrap_or(0);
+            if pid != PARTITION_SELF && pid != part.id {
+                return status::ACCESS_DENIED as u64;
+            }
+            if index != VP_SELF && index != vp.index {
+                return status::ACCESS_DENIED as u64;
+            }
+            if input[12] != 0 {
+                return status::INVALID_PARAMETER as u64;
+            }
+            let mut ctx = hv_abi::partition::VpContext::default();
+            vcpu.save_context(&mut ctx);
+            let mut out = [0u8; 4096];
+            for i in call.input.rep_start..reps {
+                let at = size::VP_REGISTERS_HEADER as usize + 4 * i as usize;
+                let name = hv_abi::partition::u32_at(&input, at).unwrap_or(u32::MAX);
+                let value = match name {
+                    hv_abi::partition::reg::EXPLICIT_SUSPEND
+                    | hv_abi::partition::reg::INTERCEPT_SUSPEND => 0,
+                    _ => match ctx.get(name) {
+                        Ok(v) => v,
+                        Err(_) => return status::INVALID_PARAMETER as u64 | (i as u64) << 32,
+                    },
+                };
+                out[16 * i as usize..16 * i as usize + 16].copy_from_slice(&value.to_le_bytes());
+            }
+            if let Some((gpa, len)) = call.output_block {
+                if !part.write(root, gpa, &out[..len as usize]) {
+                    return status::INVALID_PARAMETER as u64;
+                }
+            }
+            status::SUCCESS as u64 | (reps as u64) << 32
+        }
+        // Every other call in the table is the root's.
+        _ => status::ACCESS_DENIED as u64,
     }
 }

@@ -126,13 +126,38 @@ pub const TABLE: &[CallSpec] = &[
     ),
     root_simple(code::CREATE_VP, "CreateVp", size::CREATE_VP, 0),
     root_simple(code::DELETE_VP, "DeleteVp", size::VP, 0),
-    root_rep(
-        code::GET_VP_REGISTERS,
-        "GetVpRegisters",
-        size::VP_REGISTERS_HEADER,
-        size::REGISTER_NAME,
-        size::REGISTER_VALUE,
-    ),
+    // Any partition: a guest may name only itself (HV_PARTITION_ID_SELF) and
+    // its own VP.
+    CallSpec {
+        code: code::GET_VP_REGISTERS,
+        name: "GetVpRegisters",
+        privilege: Privilege::Any,
+        form: Form::Rep {
+            header: size::VP_REGISTERS_HEADER,
+            element_in: size::REGISTER_NAME,
+            element_out: size::REGISTER_VALUE,
+        },
+    },
+    CallSpec {
+        code: code::FLUSH_VIRTUAL_ADDRESS_SPACE,
+        name: "FlushVirtualAddressSpace",
+        privilege: Privilege::Any,
+        form: Form::Simple {
+            input: size::FLUSH_HEADER,
+            output: 0,
+            fast: false,
+        },
+    },
+    CallSpec {
+        code: code::FLUSH_VIRTUAL_ADDRESS_LIST,
+        name: "FlushVirtualAddressList",
+        privilege: Privilege::Any,
+        form: Form::Rep {
+            header: size::FLUSH_HEADER,
+            element_in: size::FLUSH_ELEMENT,
+            element_out: 0,
+        },
+    },
     root_rep(
         code::SET_VP_REGISTERS,
         "SetVpRegisters",

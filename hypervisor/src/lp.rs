@@ -1,12 +1,12 @@
 //! One logical processor's life: its root VP and the guest VPs placed on it,
 //! and the scheduler that shares it among them.
 //!
-//! Policy (docs/scheduler.md): each VP has a virtual runtime, its run time
-//! divided by its weight; the runnable VP with the least runs next, for at
-//! most one time slice. The root VP runs first whenever it has an interrupt
-//! to take, so the root always gets to run. Per 100 ms window, a guest VP
-//! that used its limit (percent of this LP) is not runnable until the next
-//! window, and one below its reserve runs before everyone but the root. A
+//! Policy (docs/scheduler.md): the root VP runs whenever it is runnable (it
+//! sleeps when idle, and owns the devices: its latency is everyone's). A
+//! guest VP below its reserve for the current 100 ms window runs next; then
+//! the guest VP with the least virtual runtime (run time divided by its
+//! weight), for at most one time slice. A guest VP that used its limit
+//! (percent of this LP) in the window is not runnable until the next. A
 //! halted VP is not runnable; with nothing runnable the LP sleeps.
 use crate::guest;
 use crate::partition::{self, GuestVp, Partition};
@@ -22,9 +22,6 @@ use core::sync::atomic::Ordering;
 use hv_abi::synic::INTERCEPT_SINT;
 use hypervisor::vapic::VirtualApic;
 
-/// The root VP's weight: against a default guest (100) it gets two thirds
-/// of a contended LP.
-const ROOT_WEIGHT: u64 = 200;
 const WINDOW_US: u64 = 100_000;
 
 struct Local {
@@ -61,7 +58,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     };
     let mut root_vcpu = Vcpu::new(caps, &start).unwrap_or_else(|e| root::stop(lp, e));
     // The host timer ends time slices (SVM) and wakes the LP while it sleeps.
-    apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, vcpu::TIME_SLICE_US);
+    apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, vcpu::HOST_TICK_US);
     let mut vapic = VirtualApic::new(lp);
     let root_xstate = XState::new().unwrap_or_else(|e| root::stop(lp, e));
     let lp_stats = stats::Lp::get(lp as usize);
@@ -74,7 +71,6 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     // The root VP's RFLAGS.IF as of its last exit: on VMX its VMCS can be
     // read only while current, and a guest's may be current now.
     let mut root_if = false;
-    let mut root_vruntime = 0u64;
     let mut floor = 0u64;
     let mut window_start = cpu::rdtsc();
     let mut left_guest = window_start;
@@ -99,9 +95,6 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
         let root_runnable = !root_halted;
         // Sleepers come back at the floor, not with credit for their sleep.
         let low = floor.saturating_sub(slice);
-        if root_runnable {
-            root_vruntime = root_vruntime.max(low);
-        }
         let mut best: Option<(bool, u64, usize)> = None;
         for (i, g) in guests.iter_mut().enumerate() {
             if !g.vp.shared.lock().may_run() {
@@ -122,11 +115,9 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             };
         }
         let choice = match best {
-            _ if root_irq => Choice::Root,
-            Some((true, _, i)) => Choice::Guest(i),
-            Some((false, v, i)) if !root_runnable || v < root_vruntime => Choice::Guest(i),
             _ if root_runnable => Choice::Root,
-            _ => Choice::Idle,
+            Some((_, _, i)) => Choice::Guest(i),
+            None => Choice::Idle,
         };
 
         match choice {
@@ -142,8 +133,6 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 let exit = root_vcpu.run();
                 root_xstate.save();
                 left_guest = cpu::rdtsc();
-                root_vruntime += (left_guest - entered) * 100 / ROOT_WEIGHT;
-                floor = floor.max(root_vruntime);
                 lp_stats.count(exit.reason());
                 match root::dispatch(root, caps, &mut root_vcpu, &mut vapic, lp, exit) {
                     root::Next::Resume => {}
@@ -156,7 +145,16 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 let g = &mut guests[i];
                 let entered = cpu::rdtsc();
                 lp_stats.add_hypervisor_time(entered - left_guest);
-                let exit = match enter_guest(caps, g, &mut active, root_vcpu_deadline(&vapic)) {
+                // The slice ends at the root's next timer or when the VP's
+                // limit for this window is used up, whichever is first.
+                let cap = g.part.cap_percent.load(Ordering::Relaxed) as u64;
+                let allowance = (window * cap / 100).saturating_sub(g.window_used);
+                let deadline = match (vapic.deadline(), cap < 100) {
+                    (Some(d), true) => Some(d.min(entered + allowance)),
+                    (None, true) => Some(entered + allowance),
+                    (d, false) => d,
+                };
+                let exit = match enter_guest(caps, g, &mut active, deadline) {
                     Some(exit) => exit,
                     None => {
                         left_guest = cpu::rdtsc();
@@ -206,10 +204,6 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             }
         }
     }
-}
-
-fn root_vcpu_deadline(vapic: &VirtualApic) -> Option<u64> {
-    vapic.deadline()
 }
 
 /// Makes guest VP `g` run once (creating its VMCS/VMCB the first time,
@@ -262,16 +256,20 @@ fn enter_guest(
         g.vp.running.store(true, Ordering::Release);
     }
     let v = g.vcpu.as_mut()?;
-    let generation = g.part.flush_generation.load(Ordering::Acquire);
-    if g.vp.flushed.swap(generation, Ordering::AcqRel) != generation {
-        v.flush(caps);
-    }
     v.set_interrupt_window(false);
     // The root's timer preempts the guest (VMX; SVM: the host tick).
     v.set_timer_deadline(root_deadline);
     let x = g.xstate.as_ref()?;
     x.restore();
+    g.vp.in_guest.store(true, Ordering::SeqCst);
+    // A flush requested since the check above: take it now (the requester
+    // waits for `in_guest` to clear or the generation to be reached).
+    let generation = g.part.flush_generation.load(Ordering::Acquire);
+    if g.vp.flushed.swap(generation, Ordering::AcqRel) != generation {
+        v.flush(caps);
+    }
     let exit = v.run();
+    g.vp.in_guest.store(false, Ordering::Release);
     x.save();
     Some(exit)
 }

@@ -166,10 +166,6 @@ impl Partition {
             .find(|v| v.index == index)
             .cloned()
     }
-
-    pub fn vp_count(&self) -> u32 {
-        self.inner.lock().vps.len() as u32
-    }
 }
 
 /// What the hypervisor keeps of a guest VP outside its LP.
@@ -195,7 +191,6 @@ impl VpShared {
 }
 
 pub struct GuestVp {
-    pub partition: u64,
     pub index: u32,
     pub lp: u32,
     pub shared: Mutex<VpShared>,
@@ -203,6 +198,8 @@ pub struct GuestVp {
     pub running: AtomicBool,
     /// The flush generation this VP's TLB reflects.
     pub flushed: AtomicU64,
+    /// Set by the owning LP exactly while the VP executes in guest mode.
+    pub in_guest: AtomicBool,
 }
 
 /// Guest VPs waiting for their LP to take them.
@@ -246,6 +243,33 @@ fn quiesce(vp: &GuestVp) {
     kick(vp.lp);
     while vp.running.load(Ordering::Acquire) {
         cpu::pause();
+    }
+}
+
+/// Makes every VP of `p` drop its cached translations before it next
+/// executes guest code, and waits until none still runs with old ones (a VP
+/// in guest mode is kicked out; it flushes at its next entry). `caller`, a
+/// VP handling its own exit, is not waited for: it flushes at re-entry.
+pub fn flush_tlbs(p: &Partition, vps: &[Arc<GuestVp>], caller: Option<&GuestVp>) {
+    let generation = p.flush_generation.fetch_add(1, Ordering::AcqRel) + 1;
+    for vp in vps {
+        if caller.is_some_and(|c| core::ptr::eq(c, &**vp)) {
+            continue;
+        }
+        if vp.in_guest.load(Ordering::Acquire) {
+            kick(vp.lp);
+        }
+        while vp.in_guest.load(Ordering::Acquire) && vp.flushed.load(Ordering::Acquire) < generation
+        {
+            cpu::pause();
+        }
+    }
+}
+
+impl Partition {
+    /// The partition's VPs now.
+    pub fn vps(&self) -> Vec<Arc<GuestVp>> {
+        self.inner.lock().vps.clone()
     }
 }
 
@@ -304,6 +328,8 @@ pub fn call(
         GET_VP_REGISTERS => return get_registers(input, output, reps),
         SET_VP_REGISTERS => return set_registers(input, reps),
         START_VIRTUAL_PROCESSOR => start_vp(input),
+        // The root's VPs share one TLB tag and never ask: not offered to it.
+        FLUSH_VIRTUAL_ADDRESS_SPACE | FLUSH_VIRTUAL_ADDRESS_LIST => Err(status::ACCESS_DENIED),
         _ => Err(status::INVALID_HYPERCALL_CODE),
     };
     match r {
@@ -576,12 +602,7 @@ fn unmap_pages(input: &[u8], reps: (u16, u16)) -> Outcome {
         }
         inner.vps.clone()
     };
-    // No VP may keep a stale translation: each flushes before it runs again,
-    // and those in guest mode now are made to leave it.
-    p.flush_generation.fetch_add(1, Ordering::AcqRel);
-    for vp in &vps {
-        quiesce(vp);
-    }
+    flush_tlbs(&p, &vps, None);
     rep_result(status::SUCCESS, window.end)
 }
 
@@ -612,7 +633,6 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         .unwrap_or(0);
     LP_LOAD[lp as usize].fetch_add(1, Ordering::Relaxed);
     let vp = Arc::new(GuestVp {
-        partition: p.id,
         index,
         lp,
         shared: Mutex::new(VpShared {
@@ -627,6 +647,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         }),
         running: AtomicBool::new(false),
         flushed: AtomicU64::new(p.flush_generation.load(Ordering::Acquire)),
+        in_guest: AtomicBool::new(false),
     });
     inner.vps.push(vp.clone());
     drop(inner);

@@ -137,6 +137,8 @@ pub enum Expect {
         slat: &'static str,
         must_show: &'static [&'static str],
         must_not_show: &'static [&'static str],
+        /// A further judge of the serial log (measurements).
+        check: Option<fn(&str) -> Result<(), String>>,
     },
 }
 
@@ -202,7 +204,7 @@ fn model_tag(model: &str) -> String {
 }
 
 /// A guest test: name suffix, processors, memory (MiB), the shell script,
-/// what must and must not show.
+/// what must and must not show, a further check of the log.
 type GuestTest = (
     &'static str,
     u32,
@@ -210,7 +212,82 @@ type GuestTest = (
     &'static [&'static str],
     &'static [&'static str],
     &'static [&'static str],
+    Option<fn(&str) -> Result<(), String>>,
 );
+
+/// Two CPU hogs on one processor: weights 100 and 300, then a 20% limit,
+/// then a 60% reserve against weight 10000. Each `vm list` after a 6 s
+/// `vm wait` reports the share of those 6 s.
+const SCHEDULER: &[&str] = &[
+    "vm new a --memory 4M --image hog",
+    "vm new b --memory 4M --image hog",
+    "vm cpu b --weight 300",
+    "vm start a",
+    "vm start b",
+    "vm wait a 2",
+    "vm list",
+    "vm wait a 6",
+    "vm list",
+    "vm cpu a --limit 20",
+    "vm cpu b --weight 100",
+    "vm wait a 2",
+    "vm list",
+    "vm wait a 6",
+    "vm list",
+    "vm cpu a --limit 100 --reserve 60",
+    "vm cpu b --weight 10000",
+    "vm wait a 2",
+    "vm list",
+    "vm wait a 6",
+    "vm list",
+    "vm stop a",
+    "vm stop b",
+    "shutdown",
+];
+
+/// The CPU% column of `name` in each `vm list`, in order.
+pub fn cpu_shares(log: &str, name: &str) -> Vec<f64> {
+    log.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.len() == 8 && w[1] == name && w[0].parse::<u64>().is_ok() {
+                w[3].strip_suffix('%')?.parse().ok()
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Tolerances: the weighted shares within 25% of 1:3; the limit at most 3
+/// points over; the reserve at most 5 points under.
+pub fn scheduler_shares_hold(log: &str) -> Result<(), String> {
+    let (a, b) = (cpu_shares(log, "a"), cpu_shares(log, "b"));
+    if a.len() < 6 || b.len() < 6 {
+        return Err(format!(
+            "expected 6 vm list samples of a and b, got {} and {}",
+            a.len(),
+            b.len()
+        ));
+    }
+    let ratio = b[1] / a[1].max(0.01);
+    if !(2.25..=3.75).contains(&ratio) {
+        return Err(format!(
+            "weights 100:300 gave {:.2}% : {:.2}% (ratio {ratio:.2}, expected 3 ± 25%)",
+            a[1], b[1]
+        ));
+    }
+    if a[3] > 23.0 || b[3] < 50.0 {
+        return Err(format!("limit 20%: a got {:.2}%, b {:.2}%", a[3], b[3]));
+    }
+    if a[5] < 55.0 {
+        return Err(format!(
+            "reserve 60%: a got only {:.2}% (b {:.2}%)",
+            a[5], b[5]
+        ));
+    }
+    Ok(())
+}
 
 /// What no guest test may show: a guest's own verdict of failure, a root
 /// that cannot answer.
@@ -313,6 +390,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm delete: hello deleted; 4 MiB returned to the root",
             ],
             GUEST_FAILURES,
+            None,
         ),
         (
             "-guest-smp",
@@ -327,6 +405,7 @@ fn guest_tests() -> Vec<GuestTest> {
             ],
             &["smp: all 4 VPs ran", "vm wait: smp is Off (exit code 0)"],
             GUEST_FAILURES,
+            None,
         ),
         (
             "-guest-isolation",
@@ -357,6 +436,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "ROOT PANIC",
                 "ROOT EXCEPTION",
             ],
+            None,
         ),
         (
             "-guest-triple-fault",
@@ -376,6 +456,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm wait: after is Off (exit code 0)",
             ],
             GUEST_FAILURES,
+            None,
         ),
         (
             "-guest-hypercalls",
@@ -393,6 +474,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm wait: hc is Off (exit code 0)",
             ],
             GUEST_FAILURES,
+            None,
         ),
         (
             "-guest-sixteen",
@@ -401,6 +483,16 @@ fn guest_tests() -> Vec<GuestTest> {
             SIXTEEN_GUESTS,
             SIXTEEN_DONE,
             GUEST_FAILURES,
+            None,
+        ),
+        (
+            "-guest-scheduler",
+            1,
+            256,
+            SCHEDULER,
+            &["vm cpu: a: reserve 60%, limit 100%, weight 100"],
+            GUEST_FAILURES,
+            Some(scheduler_shares_hold),
         ),
     ]
 }
@@ -540,7 +632,7 @@ pub fn matrix() -> Vec<Case> {
         (Emulator::Qemu, Boot::Multiboot, "amd", "npt"),
         (Emulator::Bochs, Boot::Grub, "intel", "ept"),
     ] {
-        for (suffix, cpus, memory, script, must_show, must_not_show) in guest_tests() {
+        for (suffix, cpus, memory, script, must_show, must_not_show, check) in guest_tests() {
             let mut c = root_case(
                 Machine::new(emulator, boot, cpus, memory).cmdline(""),
                 Expect::Guests {
@@ -548,6 +640,7 @@ pub fn matrix() -> Vec<Case> {
                     slat,
                     must_show,
                     must_not_show,
+                    check,
                 },
                 suffix,
                 script,
@@ -730,7 +823,11 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
             slat,
             must_show,
             must_not_show,
+            check,
         } => {
+            if let Some(check) = check {
+                check(log)?;
+            }
             for text in *must_not_show {
                 if let Some(l) = log.lines().find(|l| l.contains(text)) {
                     return Err(format!("the log shows \"{text}\": {}", l.trim()));
@@ -1038,5 +1135,39 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), m.len(), "case names are unique");
+    }
+}
+
+#[cfg(test)]
+mod scheduler_judge_tests {
+    use super::*;
+
+    fn list(a: &str, b: &str) -> String {
+        format!(
+            "root> vm list\nID  NAME  STATE  CPU%  MEMORY(MiB)  UPTIME  VCPUS  EXITS\n\
+             1   a  Running  {a}%  4  0:00:08  1  100\n2   b  Running  {b}%  4  0:00:08  1  100\n"
+        )
+    }
+
+    #[test]
+    fn shares_are_read_from_vm_list_and_judged() {
+        let good: String = [
+            list("20.00", "70.00"),
+            list("24.50", "73.10"),
+            list("30.00", "60.00"),
+            list("20.90", "77.00"),
+            list("50.00", "40.00"),
+            list("60.20", "38.00"),
+        ]
+        .concat();
+        assert_eq!(cpu_shares(&good, "a").len(), 6);
+        assert_eq!(scheduler_shares_hold(&good), Ok(()));
+        let unfair = good.replace("73.10", "40.00");
+        assert!(scheduler_shares_hold(&unfair).unwrap_err().contains("weights"));
+        let over = good.replace("20.90", "30.00");
+        assert!(scheduler_shares_hold(&over).unwrap_err().contains("limit"));
+        let short = good.replace("60.20", "40.00");
+        assert!(scheduler_shares_hold(&short).unwrap_err().contains("reserve"));
+        assert!(scheduler_shares_hold("").is_err());
     }
 }

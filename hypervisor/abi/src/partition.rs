@@ -20,6 +20,17 @@ pub mod code {
     pub const GET_VP_REGISTERS: u16 = 0x0050;
     pub const SET_VP_REGISTERS: u16 = 0x0051;
     pub const START_VIRTUAL_PROCESSOR: u16 = 0x0099;
+    /// Guest calls (any partition): drop cached linear translations.
+    pub const FLUSH_VIRTUAL_ADDRESS_SPACE: u16 = 0x0002;
+    pub const FLUSH_VIRTUAL_ADDRESS_LIST: u16 = 0x0003;
+}
+
+/// Flush flags (TLFS `HV_FLUSH_*`).
+pub mod flush {
+    pub const ALL_PROCESSORS: u64 = 1 << 0;
+    pub const ALL_VIRTUAL_ADDRESS_SPACES: u64 = 1 << 1;
+    pub const NON_GLOBAL_MAPPINGS_ONLY: u64 = 1 << 2;
+    pub const VALID: u64 = 0b111;
 }
 
 /// `HV_PARTITION_ID_SELF`: the calling partition.
@@ -98,6 +109,11 @@ pub mod size {
     pub const REGISTER_VALUE: u64 = 16;
     /// SetVpRegisters element: name u32, reserved 12, value u128.
     pub const REGISTER_ASSOC: u64 = 32;
+    /// FlushVirtualAddressSpace: address space u64, flags u64, processor
+    /// mask u64 (VP n is bit n); the List form takes the same header and
+    /// GVA elements u64 (page number in 63:12, additional pages in 11:0).
+    pub const FLUSH_HEADER: u64 = 24;
+    pub const FLUSH_ELEMENT: u64 = 8;
 }
 
 /// VP register names (TLFS `HV_REGISTER_NAME`).

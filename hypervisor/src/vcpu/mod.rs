@@ -222,6 +222,9 @@ pub struct StartState {
 
 /// How long a VP runs before the hypervisor takes the processor back.
 pub const TIME_SLICE_US: u64 = 10_000;
+/// The host's periodic tick: it ends slices on SVM (which has no preemption
+/// timer) and bounds how far a VP can overrun its limit.
+pub const HOST_TICK_US: u64 = 2_000;
 
 /// Initial control registers of a 64-bit VP.
 pub const START_CR0: u64 = 0x8000_0033; // PG, NE, ET, MP, PE (+ WP below)

@@ -1,22 +1,37 @@
 //! A guest's hypercalls: the root's calls are denied, malformed inputs get
-//! their status. Prints each result; exit code 0 when all are as expected.
+//! their status, the calls a guest may make work. Prints each result; the
+//! exit code is the number of wrong answers.
 #![no_std]
 #![no_main]
 use hv_abi::hypercall::{status, Input};
-use hv_abi::partition::code;
+use hv_abi::partition::{code, reg, PARTITION_SELF, VP_SELF};
 use test_guests::{exit, hypercall, println};
 
 test_guests::entry!(main);
 
-fn input(code: u16, reps: u16) -> u64 {
+fn value(code: u16, fast: bool, reps: u16, start: u16) -> u64 {
     Input {
         code,
-        fast: false,
+        fast,
         variable_header_size: 0,
         rep_count: reps,
-        rep_start: 0,
+        rep_start: start,
     }
     .encode()
+}
+
+/// Input pages at 3 MiB (inside the 4 MiB guest, above the image).
+const IN: u64 = 0x30_0000;
+const OUT: u64 = 0x30_1000;
+
+fn put(at: u64, bytes: &[u8]) {
+    // SAFETY: [IN, OUT + 4 KiB) is this guest's RAM, used for nothing else.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len()) };
+}
+
+fn get_u64(at: u64) -> u64 {
+    // SAFETY: as in `put`.
+    unsafe { core::ptr::read_volatile(at as *const u64) }
 }
 
 fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
@@ -24,64 +39,169 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
         println!("hypercalls: FAILED, no hypercall page");
         exit(1);
     }
-    let page = 0x30_0000u64;
-    let checks: [(&str, u64, u64, u64, u16); 7] = [
+    // GetVpRegisters of this VP: RIP and RSP.
+    let mut header = [0u8; 24];
+    header[..8].copy_from_slice(&PARTITION_SELF.to_le_bytes());
+    header[8..12].copy_from_slice(&VP_SELF.to_le_bytes());
+    header[16..20].copy_from_slice(&reg::RIP.to_le_bytes());
+    header[20..24].copy_from_slice(&reg::RSP.to_le_bytes());
+    put(IN, &header);
+    // A second header naming partition 1 (not ours; we are not told our id,
+    // so ask for both 1 and 2 and expect at least one denial... the harness
+    // starts this guest alone, as partition 1: name 2).
+    let mut other = header;
+    other[..8].copy_from_slice(&2u64.to_le_bytes());
+    put(IN + 0x800, &other);
+    // FlushVirtualAddressSpace: address space 0, flags, processor mask.
+    let mut flush = [0u8; 24];
+    flush[8..16].copy_from_slice(&1u64.to_le_bytes());
+    flush[16..24].copy_from_slice(&1u64.to_le_bytes());
+    put(IN + 0x400, &flush);
+    let mut bad_flush = flush;
+    bad_flush[8..16].copy_from_slice(&0x100u64.to_le_bytes());
+    put(IN + 0x600, &bad_flush);
+
+    let gvr = code::GET_VP_REGISTERS;
+    let checks: [(&str, u64, u64, u64, u16); 17] = [
         (
-            "CreatePartition",
-            input(code::CREATE_PARTITION, 0),
-            page,
-            page + 0x1000,
+            "CreatePartition (root only)",
+            value(code::CREATE_PARTITION, false, 0, 0),
+            IN,
+            OUT,
             status::ACCESS_DENIED,
         ),
         (
-            "MapGpaPages",
-            input(code::MAP_GPA_PAGES, 1),
-            page,
+            "MapGpaPages (root only)",
+            value(code::MAP_GPA_PAGES, false, 1, 0),
+            IN,
             0,
             status::ACCESS_DENIED,
         ),
         (
-            "SetVpRegisters",
-            input(code::SET_VP_REGISTERS, 1),
-            page,
+            "SetVpRegisters (root only)",
+            value(code::SET_VP_REGISTERS, false, 1, 0),
+            IN,
             0,
             status::ACCESS_DENIED,
         ),
         (
-            "GetHostInfo",
-            input(hv_abi::hypercall::GET_HOST_INFO, 0),
+            "GetHostInfo (root only)",
+            value(hv_abi::hypercall::GET_HOST_INFO, false, 0, 0),
             0,
-            page,
+            OUT,
             status::ACCESS_DENIED,
         ),
         (
-            "reserved bits",
-            input(code::CREATE_PARTITION, 0) | 1 << 27,
-            page,
-            page + 0x1000,
+            "reserved input bits",
+            value(gvr, false, 2, 0) | 1 << 27,
+            IN,
+            OUT,
             status::INVALID_HYPERCALL_INPUT,
         ),
         (
-            "unknown code",
-            input(0x7E55, 0),
-            page,
-            page + 0x1000,
+            "unknown call code",
+            value(0x7E55, false, 0, 0),
+            IN,
+            OUT,
             status::INVALID_HYPERCALL_CODE,
         ),
         (
-            "input beyond memory",
-            input(code::CREATE_PARTITION, 0),
+            "rep call without reps",
+            value(gvr, false, 0, 0),
+            IN,
+            OUT,
+            status::INVALID_HYPERCALL_INPUT,
+        ),
+        (
+            "rep start past the count",
+            value(gvr, false, 2, 2),
+            IN,
+            OUT,
+            status::INVALID_HYPERCALL_INPUT,
+        ),
+        (
+            "fast form of a memory call",
+            value(gvr, true, 2, 0),
+            IN,
+            OUT,
+            status::INVALID_HYPERCALL_INPUT,
+        ),
+        (
+            "misaligned input GPA",
+            value(gvr, false, 2, 0),
+            IN + 4,
+            OUT,
+            status::INVALID_ALIGNMENT,
+        ),
+        (
+            "huge rep count (input crosses its page)",
+            value(gvr, false, 4095, 0),
+            IN,
+            OUT,
+            status::INVALID_ALIGNMENT,
+        ),
+        (
+            "input and output overlapping",
+            value(gvr, false, 2, 0),
+            IN,
+            IN + 8,
+            status::INVALID_PARAMETER,
+        ),
+        (
+            "input GPA outside my memory",
+            value(gvr, false, 2, 0),
             memory + 0x10_0000,
-            page,
+            OUT,
+            status::INVALID_PARAMETER,
+        ),
+        (
+            "another partition's VP",
+            value(gvr, false, 2, 0),
+            IN + 0x800,
+            OUT,
             status::ACCESS_DENIED,
         ),
+        (
+            "FlushVirtualAddressSpace, bad flags",
+            value(code::FLUSH_VIRTUAL_ADDRESS_SPACE, false, 0, 0),
+            IN + 0x600,
+            0,
+            status::INVALID_PARAMETER,
+        ),
+        (
+            "FlushVirtualAddressSpace",
+            value(code::FLUSH_VIRTUAL_ADDRESS_SPACE, false, 0, 0),
+            IN + 0x400,
+            0,
+            status::SUCCESS,
+        ),
+        (
+            "GetVpRegisters of my own VP",
+            value(gvr, false, 2, 0),
+            IN,
+            OUT,
+            status::SUCCESS,
+        ),
     ];
-    let mut failed = 0;
+    let mut failed = 0u8;
     for (what, rcx, rdx, r8, want) in checks {
-        let got = hypercall(rcx, rdx, r8) as u16;
-        let verdict = if got == want { "ok" } else { "WRONG" };
-        failed += (got != want) as u8;
-        println!("hypercalls: {what}: status {got:#06x} (expected {want:#06x}) {verdict}");
+        let rax = hypercall(rcx, rdx, r8);
+        let got = rax as u16;
+        let ok = got == want;
+        failed += !ok as u8;
+        println!(
+            "hypercalls: {what}: status {got:#06x} (expected {want:#06x}) {}",
+            if ok { "ok" } else { "WRONG" }
+        );
+        if what == "GetVpRegisters of my own VP" && ok {
+            let (reps, rip, rsp) = ((rax >> 32) & 0xFFF, get_u64(OUT), get_u64(OUT + 16));
+            let sane = reps == 2 && (0x20_0000..0x30_0000).contains(&rip) && rsp < 0x10_0000;
+            failed += !sane as u8;
+            println!(
+                "hypercalls: my RIP {rip:#x}, RSP {rsp:#x}, {reps} reps {}",
+                if sane { "ok" } else { "WRONG" }
+            );
+        }
     }
     if failed == 0 {
         println!("hypercalls: all statuses as expected");
