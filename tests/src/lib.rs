@@ -486,6 +486,32 @@ fn guest_tests() -> Vec<GuestTest> {
             None,
         ),
         (
+            "-guest-entry-modes",
+            2,
+            256,
+            &[
+                "vm new mb --memory 4M --image multiboot32",
+                "vm new rm --memory 4M --image realmode",
+                "vm start mb",
+                "vm start rm",
+                "vm wait mb",
+                "vm wait rm",
+                "vm console mb",
+                "vm console rm",
+                "shutdown",
+            ],
+            &[
+                "vm start: mb running (1 VCPUs, 32-bit protected mode (Multiboot) entry at 0x100070)",
+                "vm start: rm running (1 VCPUs, real mode entry at 0x7c00)",
+                "hello from a 32-bit Multiboot guest",
+                "hello from a real-mode guest",
+                "vm wait: mb is Off (exit code 0)",
+                "vm wait: rm is Off (exit code 0)",
+            ],
+            GUEST_FAILURES,
+            None,
+        ),
+        (
             "-guest-scheduler",
             1,
             256,
@@ -1163,11 +1189,15 @@ mod scheduler_judge_tests {
         assert_eq!(cpu_shares(&good, "a").len(), 6);
         assert_eq!(scheduler_shares_hold(&good), Ok(()));
         let unfair = good.replace("73.10", "40.00");
-        assert!(scheduler_shares_hold(&unfair).unwrap_err().contains("weights"));
+        assert!(scheduler_shares_hold(&unfair)
+            .unwrap_err()
+            .contains("weights"));
         let over = good.replace("20.90", "30.00");
         assert!(scheduler_shares_hold(&over).unwrap_err().contains("limit"));
         let short = good.replace("60.20", "40.00");
-        assert!(scheduler_shares_hold(&short).unwrap_err().contains("reserve"));
+        assert!(scheduler_shares_hold(&short)
+            .unwrap_err()
+            .contains("reserve"));
         assert!(scheduler_shares_hold("").is_err());
     }
 }

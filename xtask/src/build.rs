@@ -91,6 +91,23 @@ pub fn build() -> Result<Artifacts> {
                     n.to_string(),
                 )
             })
+            .chain(tiny_guests()?)
             .collect(),
     })
+}
+
+/// The hand-made guests (`tiny_guests`), written to the work directory.
+fn tiny_guests() -> Result<Vec<(PathBuf, String)>> {
+    let dir = work_dir().join("guests");
+    std::fs::create_dir_all(&dir)?;
+    let mut out = Vec::new();
+    for (name, bytes) in [
+        ("multiboot32", crate::tiny_guests::multiboot32()),
+        ("realmode", crate::tiny_guests::real_mode()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes)?;
+        out.push((path, name.to_string()));
+    }
+    Ok(out)
 }

@@ -13,6 +13,7 @@ mod emulator;
 mod image;
 mod prereq;
 mod test;
+mod tiny_guests;
 
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
