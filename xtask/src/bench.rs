@@ -177,6 +177,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
         );
     }
     exits(&art, runs)?;
+    io_intercepts(&art)?;
     println!("== VMBus ring throughput (cargo run -p vmbus --release --example ring_bench)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = std::process::Command::new(cargo)
@@ -262,6 +263,90 @@ fn exits(art: &build::Artifacts, runs: usize) -> Result<()> {
                 .collect::<Result<_>>()?;
             println!("  {:<24} {:>7.0} instructions per round trip (-icount shift=0: TSC = instructions)", "", median(per));
         }
+    }
+    Ok(())
+}
+
+/// The "world switches" total of each `host stats` table in a log.
+fn world_switch_totals(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.starts_with("world switches"))
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect()
+}
+
+/// An intercepted I/O port write's round trip (guest → hypervisor → root's
+/// VM worker → hypervisor → guest): world switches per write from the root's
+/// `host stats` around the run, TSC ticks per write from the guest itself
+/// (QEMU with -icount: instructions).
+fn io_intercepts(art: &build::Artifacts) -> Result<()> {
+    const WRITES: u64 = 20_000; // tests/guests/src/bin/iobench.rs
+    println!("== intercepted I/O port writes (guest iobench: {WRITES} OUTs handled by the root), 1 processor");
+    let script: Vec<String> = [
+        "vm new io --memory 4M --image iobench",
+        "host stats",
+        "vm start io",
+        "vm wait io",
+        "host stats",
+        "vm console io",
+        "shutdown",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
+    modules.extend(art.guests.iter().cloned());
+    for (label, mut m, icount) in [
+        (
+            "qemu (AMD SVM+NPT)",
+            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
+            false,
+        ),
+        (
+            "qemu -icount (instructions)",
+            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
+            true,
+        ),
+        (
+            "bochs (Intel VMX+EPT)",
+            Machine::new(Emulator::Bochs, Boot::Grub, 1, 256),
+            false,
+        ),
+    ] {
+        m.cmdline = String::new();
+        m.count_instructions = icount;
+        let dir = build::work_dir().join("bench-io");
+        let media = image::make(m.boot, art, &m.cmdline, &modules, &dir)?;
+        let opts = emulator::RunOptions {
+            timeout: Duration::from_secs(900),
+            echo: false,
+            input: emulator::Input::Script {
+                prompt: system_tests::ROOT_PROMPT,
+                lines: &script,
+            },
+            monitor_trigger: None,
+            monitor_commands: &[],
+        };
+        let run = emulator::run(&m, &media, &dir, &opts)?;
+        let log = &run.outcome.serial;
+        let totals = world_switch_totals(log);
+        let per_switch = match totals.as_slice() {
+            [before, after, ..] => (after - before) as f64 / WRITES as f64,
+            _ => bail!("{label}: no host stats in the log"),
+        };
+        let ticks: u64 = log
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("iobench: ")?
+                    .split(", ")
+                    .nth(1)?
+                    .strip_suffix(" ticks per round trip")?
+                    .parse()
+                    .ok()
+            })
+            .context("no iobench result")?;
+        let unit = if icount { "instructions" } else { "TSC ticks" };
+        println!("  {label:<28} {per_switch:>5.2} world switches, {ticks:>7} {unit} per intercepted write");
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ pub const GUEST_NAMES: &[&str] = &[
     "triple-fault",
     "hypercalls",
     "hog",
+    "iobench",
 ];
 
 pub fn root() -> PathBuf {
