@@ -166,6 +166,12 @@ pub const TABLE: &[CallSpec] = &[
         0,
     ),
     root_simple(
+        code::ASSERT_VIRTUAL_INTERRUPT,
+        "AssertVirtualInterrupt",
+        size::ASSERT_INTERRUPT,
+        0,
+    ),
+    root_simple(
         code::START_VIRTUAL_PROCESSOR,
         "StartVirtualProcessor",
         size::VP,

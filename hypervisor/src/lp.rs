@@ -254,9 +254,24 @@ fn enter_guest(
         }
         s.dirty = false;
         g.vp.running.store(true, Ordering::Release);
+        // An asserted interrupt: injected when the VP can take it, else an
+        // exit is asked for as soon as it can. Taking one ends a halt.
+        let v = g.vcpu.as_mut()?;
+        match s.next_interrupt() {
+            Some(vector) if v.interruptible() => {
+                v.inject_interrupt(vector);
+                s.pending[vector as usize / 64] &= !(1 << (vector % 64));
+                s.halted = false;
+                v.set_interrupt_window(false);
+            }
+            Some(_) => {
+                s.halted = false;
+                v.set_interrupt_window(true);
+            }
+            None => v.set_interrupt_window(false),
+        }
     }
     let v = g.vcpu.as_mut()?;
-    v.set_interrupt_window(false);
     // The root's timer preempts the guest (VMX; SVM: the host tick).
     v.set_timer_deadline(root_deadline);
     let x = g.xstate.as_ref()?;

@@ -182,11 +182,25 @@ pub struct VpShared {
     pub stale: bool,
     /// Someone needs `ctx`: the owning LP saves it at its next look.
     pub save_request: bool,
+    /// Fixed interrupts asserted by the root, not yet delivered (bit n:
+    /// vector n; edge-triggered, no interrupt controller in the guest).
+    pub pending: [u64; 4],
 }
 
 impl VpShared {
+    /// Runnable: not suspended or deleted, and not halted unless an
+    /// interrupt waits (it ends the halt).
     pub fn may_run(&self) -> bool {
-        !(self.explicit_suspend || self.intercept_suspend || self.halted || self.deleted)
+        let halted = self.halted && self.pending == [0; 4];
+        !(self.explicit_suspend || self.intercept_suspend || halted || self.deleted)
+    }
+
+    /// The highest pending vector.
+    pub fn next_interrupt(&self) -> Option<u8> {
+        (0..4)
+            .rev()
+            .find(|&w| self.pending[w] != 0)
+            .map(|w| (w * 64 + 63 - self.pending[w].leading_zeros() as usize) as u8)
     }
 }
 
@@ -328,6 +342,7 @@ pub fn call(
         GET_VP_REGISTERS => return get_registers(input, output, reps),
         SET_VP_REGISTERS => return set_registers(input, reps),
         START_VIRTUAL_PROCESSOR => start_vp(input),
+        ASSERT_VIRTUAL_INTERRUPT => assert_interrupt(input),
         // The root's VPs share one TLB tag and never ask: not offered to it.
         FLUSH_VIRTUAL_ADDRESS_SPACE | FLUSH_VIRTUAL_ADDRESS_LIST => Err(status::ACCESS_DENIED),
         _ => Err(status::INVALID_HYPERCALL_CODE),
@@ -644,6 +659,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             deleted: false,
             stale: false,
             save_request: false,
+            pending: [0; 4],
         }),
         running: AtomicBool::new(false),
         flushed: AtomicU64::new(p.flush_generation.load(Ordering::Acquire)),
@@ -674,6 +690,32 @@ fn start_vp(input: &[u8]) -> Result<usize, u16> {
         return Err(status::INVALID_VP_STATE);
     }
     s.explicit_suspend = false;
+    drop(s);
+    kick(vp.lp);
+    Ok(0)
+}
+
+/// A fixed, edge-triggered interrupt for one VP (physical destination =
+/// VP index): pending until the VP can take it; it ends a halt.
+fn assert_interrupt(input: &[u8]) -> Result<usize, u16> {
+    let p = partition_arg(input)?;
+    let control = abi::u64_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
+    let dest = abi::u64_at(input, 16).ok_or(status::INVALID_PARAMETER)?;
+    let vector = abi::u32_at(input, 24).ok_or(status::INVALID_PARAMETER)?;
+    let vtl = input.get(28).copied().ok_or(status::INVALID_PARAMETER)?;
+    // Fixed, edge, physical destination, VTL 0; vectors 0-15 are exceptions.
+    if control != 0 || vtl != 0 || !(16..=255).contains(&vector) {
+        return Err(status::INVALID_PARAMETER);
+    }
+    let vp = u32::try_from(dest)
+        .ok()
+        .and_then(|d| p.vp(d))
+        .ok_or(status::INVALID_VP_INDEX)?;
+    let mut s = vp.shared.lock();
+    if s.deleted {
+        return Err(status::INVALID_VP_STATE);
+    }
+    s.pending[vector as usize / 64] |= 1 << (vector % 64);
     drop(s);
     kick(vp.lp);
     Ok(0)

@@ -512,6 +512,9 @@ pub mod port {
     /// (0x2000) powers the VM off.
     pub const POWER_OFF: u16 = 0x604;
     pub const POWER_OFF_VALUE: u64 = 0x2000;
+    /// A test device: the vector written is asserted back into the writing
+    /// VP (AssertVirtualInterrupt: fixed, edge).
+    pub const TEST_INTERRUPT: u16 = 0xF5;
 }
 
 /// What an I/O access did.
@@ -524,6 +527,8 @@ pub enum IoEffect {
     /// The guest asked to end with this exit code.
     Exit(u32),
     PowerOff,
+    /// Assert this vector into the VP that wrote it.
+    Interrupt(u8),
     /// Not emulated: reads all ones, writes ignored.
     Unhandled,
 }
@@ -548,6 +553,7 @@ pub fn emulate_io(uart: &mut Uart, port: u16, size: u8, write: bool, value: u32)
             }
         }
         port::TEST_EXIT if write => IoEffect::Exit(value & ones),
+        port::TEST_INTERRUPT if write => IoEffect::Interrupt(value as u8),
         port::POWER_OFF if write && (value as u64) & 0x3C00 == port::POWER_OFF_VALUE => {
             IoEffect::PowerOff
         }
@@ -651,6 +657,10 @@ mod tests {
         emulate_io(&mut u, 0x3FF, 1, true, 0x5A);
         assert_eq!(emulate_io(&mut u, 0x3FF, 1, false, 0), IoEffect::Done(0x5A));
         assert_eq!(emulate_io(&mut u, 0xF4, 1, true, 3), IoEffect::Exit(3));
+        assert_eq!(
+            emulate_io(&mut u, 0xF5, 1, true, 0x30),
+            IoEffect::Interrupt(0x30)
+        );
         assert_eq!(
             emulate_io(&mut u, 0x604, 2, true, 0x2000),
             IoEffect::PowerOff

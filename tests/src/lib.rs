@@ -512,6 +512,25 @@ fn guest_tests() -> Vec<GuestTest> {
             None,
         ),
         (
+            "-guest-interrupts",
+            1,
+            256,
+            &[
+                "vm new irq --memory 4M --image interrupts",
+                "vm start irq",
+                "vm wait irq",
+                "vm console irq",
+                "shutdown",
+            ],
+            &[
+                "interrupts: vector 0x30 arrived and ended the halt",
+                "interrupts: the second waited for STI, then arrived",
+                "vm wait: irq is Off (exit code 0)",
+            ],
+            GUEST_FAILURES,
+            None,
+        ),
+        (
             "-guest-scheduler",
             1,
             256,

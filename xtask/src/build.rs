@@ -21,6 +21,7 @@ pub const GUEST_NAMES: &[&str] = &[
     "hypercalls",
     "hog",
     "iobench",
+    "interrupts",
 ];
 
 pub fn root() -> PathBuf {

@@ -20,6 +20,7 @@ pub mod code {
     pub const GET_VP_REGISTERS: u16 = 0x0050;
     pub const SET_VP_REGISTERS: u16 = 0x0051;
     pub const START_VIRTUAL_PROCESSOR: u16 = 0x0099;
+    pub const ASSERT_VIRTUAL_INTERRUPT: u16 = 0x0094;
     /// Guest calls (any partition): drop cached linear translations.
     pub const FLUSH_VIRTUAL_ADDRESS_SPACE: u16 = 0x0002;
     pub const FLUSH_VIRTUAL_ADDRESS_LIST: u16 = 0x0003;
@@ -113,6 +114,11 @@ pub mod size {
     /// mask u64 (VP n is bit n); the List form takes the same header and
     /// GVA elements u64 (page number in 63:12, additional pages in 11:0).
     pub const FLUSH_HEADER: u64 = 24;
+    /// AssertVirtualInterrupt: partition id u64, interrupt control u64
+    /// (type 31:0, 0 = fixed; level-triggered 32; logical destination 33),
+    /// destination u64 (the target's APIC id = its VP index), vector u32,
+    /// target VTL u8, reserved 3.
+    pub const ASSERT_INTERRUPT: u64 = 32;
     pub const FLUSH_ELEMENT: u64 = 8;
 }
 

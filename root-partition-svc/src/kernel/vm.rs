@@ -783,6 +783,7 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
         (io.rax & mask) as u32,
     );
     let mut rax = io.rax;
+    let mut interrupt = None;
     match effect {
         IoEffect::Done(v) => {
             if !write {
@@ -790,6 +791,7 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
             }
         }
         IoEffect::Output(b) => vm.console.push(b),
+        IoEffect::Interrupt(vector) => interrupt = Some(vector),
         IoEffect::Exit(code) => {
             suspend_all(vm);
             vm.state = State::Off;
@@ -831,6 +833,19 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
         (reg::INTERCEPT_SUSPEND, 0),
     ];
     if let Err(s) = set_registers(vm.partition, vp, &regs) {
-        fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
+        return fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
+    }
+    if let Some(vector) = interrupt {
+        let mut input = [0u8; 32];
+        input[..8].copy_from_slice(&vm.partition.to_le_bytes());
+        input[16..24].copy_from_slice(&(vp as u64).to_le_bytes());
+        input[24..28].copy_from_slice(&(vector as u32).to_le_bytes());
+        if let Err(s) = partition_call(code::ASSERT_VIRTUAL_INTERRUPT, &input, &mut []) {
+            println!(
+                "vm {}: VP {vp} asked for interrupt {vector:#x}: AssertVirtualInterrupt failed: status {s:#x} ({})",
+                vm.name(),
+                format::status_name(s)
+            );
+        }
     }
 }
