@@ -10,7 +10,10 @@ use crate::time;
 use crate::vcpu::{Exit, Vcpu, GP, UD};
 use crate::x86::cpu;
 use hv_abi::cpuid;
-use hv_abi::synic::{self, access, kind, unrecoverable, IoPortIntercept, MemoryIntercept, Message};
+use hv_abi::synic::{
+    self, access, kind, unrecoverable, ExceptionIntercept, IoPortIntercept, MemoryIntercept,
+    Message,
+};
 
 /// What the LP does after a guest exit.
 pub enum Next {
@@ -133,6 +136,19 @@ pub fn dispatch(
                 gpa,
             };
             Next::Intercept(msg.message(k, part.id))
+        }
+        Exit::Exception {
+            vector,
+            error_code,
+            parameter,
+        } => {
+            let msg = ExceptionIntercept {
+                header: header(vcpu, 0, 0),
+                vector: vector as u16,
+                error_code,
+                parameter,
+            };
+            Next::Intercept(msg.message(part.id))
         }
         Exit::TripleFault => fatal(vcpu, unrecoverable::TRIPLE_FAULT),
         Exit::EntryFailed(_) => fatal(vcpu, unrecoverable::ENTRY_FAILED),

@@ -166,6 +166,12 @@ pub const TABLE: &[CallSpec] = &[
         0,
     ),
     root_simple(
+        code::INSTALL_INTERCEPT,
+        "InstallIntercept",
+        size::INSTALL_INTERCEPT,
+        0,
+    ),
+    root_simple(
         code::ASSERT_VIRTUAL_INTERRUPT,
         "AssertVirtualInterrupt",
         size::ASSERT_INTERRUPT,

@@ -32,6 +32,8 @@ struct Local {
     vruntime: u64,
     /// TSC ticks run in the current window.
     window_used: u64,
+    /// The exception intercepts loaded into the VMCS/VMCB.
+    exceptions: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -274,6 +276,11 @@ fn enter_guest(
     let v = g.vcpu.as_mut()?;
     // The root's timer preempts the guest (VMX; SVM: the host tick).
     v.set_timer_deadline(root_deadline);
+    let exceptions = g.part.exception_intercepts.load(Ordering::Acquire);
+    if exceptions != g.exceptions {
+        v.set_exception_intercepts(exceptions);
+        g.exceptions = exceptions;
+    }
     let x = g.xstate.as_ref()?;
     x.restore();
     g.vp.in_guest.store(true, Ordering::SeqCst);
@@ -299,6 +306,7 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             xstate: None,
             vruntime: 0,
             window_used: 0,
+            exceptions: 0,
         });
     }
 }

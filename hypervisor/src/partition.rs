@@ -109,6 +109,8 @@ pub struct Partition {
     pub guest_os_id: AtomicU64,
     pub hypercall_msr: AtomicU64,
     slat_root: AtomicU64,
+    /// Exception vectors the root installed intercepts for (bit n: vector n).
+    pub exception_intercepts: AtomicU32,
 }
 
 impl Partition {
@@ -343,6 +345,7 @@ pub fn call(
         SET_VP_REGISTERS => return set_registers(input, reps),
         START_VIRTUAL_PROCESSOR => start_vp(input),
         ASSERT_VIRTUAL_INTERRUPT => assert_interrupt(input),
+        INSTALL_INTERCEPT => install_intercept(input),
         // The root's VPs share one TLB tag and never ask: not offered to it.
         FLUSH_VIRTUAL_ADDRESS_SPACE | FLUSH_VIRTUAL_ADDRESS_LIST => Err(status::ACCESS_DENIED),
         _ => Err(status::INVALID_HYPERCALL_CODE),
@@ -387,6 +390,7 @@ fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
         guest_os_id: AtomicU64::new(0),
         hypercall_msr: AtomicU64::new(0),
         slat_root: AtomicU64::new(0),
+        exception_intercepts: AtomicU32::new(0),
     }));
     output
         .get_mut(..8)
@@ -693,6 +697,34 @@ fn start_vp(input: &[u8]) -> Result<usize, u16> {
     drop(s);
     kick(vp.lp);
     Ok(0)
+}
+
+/// Routes an event of a guest to the root. I/O ports: every one is
+/// intercepted already (guests own no port), so this only checks the
+/// request. Exceptions: the vector exits and becomes an exception intercept
+/// message. MSR and CPUID intercepts are not offered yet.
+fn install_intercept(input: &[u8]) -> Result<usize, u16> {
+    use abi::intercept::*;
+    let p = partition_arg(input)?;
+    let access = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
+    let kind = abi::u32_at(input, 12).ok_or(status::INVALID_PARAMETER)?;
+    let parameter = abi::u64_at(input, 16).ok_or(status::INVALID_PARAMETER)?;
+    if access == 0 || access & !(ACCESS_READ | ACCESS_WRITE | ACCESS_EXECUTE) != 0 {
+        return Err(status::INVALID_PARAMETER);
+    }
+    match kind {
+        X64_IO_PORT if parameter <= 0xFFFF && access & ACCESS_EXECUTE == 0 => Ok(0),
+        // NMIs and machine checks stay the hypervisor's.
+        X64_EXCEPTION if parameter < 32 && parameter != 2 && parameter != 18 => {
+            p.exception_intercepts
+                .fetch_or(1 << parameter, Ordering::AcqRel);
+            for vp in p.vps() {
+                kick(vp.lp);
+            }
+            Ok(0)
+        }
+        _ => Err(status::INVALID_PARAMETER),
+    }
 }
 
 /// A fixed, edge-triggered interrupt for one VP (physical destination =

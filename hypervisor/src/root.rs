@@ -671,6 +671,10 @@ pub fn dispatch(
         }
         Exit::TripleFault => Next::Stop(format!("triple fault at RIP {:#x}", vcpu.rip())),
         Exit::MachineCheck => Next::Stop(format!("machine check at RIP {:#x}", vcpu.rip())),
+        Exit::Exception { vector, .. } => Next::Stop(format!(
+            "unexpected exception exit (vector {vector}) at RIP {:#x}",
+            vcpu.rip()
+        )),
         Exit::ControlRegister => Next::Stop(format!(
             "unsupported control-register change at RIP {:#x}",
             vcpu.rip()

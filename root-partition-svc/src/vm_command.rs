@@ -16,6 +16,9 @@ pub struct NewVm<'a> {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub image: &'a str,
+    /// Report the guest's exceptions (InstallIntercept): the first one
+    /// stops the VM with its vector, error code and RIP.
+    pub trap_exceptions: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -62,8 +65,8 @@ pub enum VmParseError<'a> {
 
 pub const VM_USAGE: &[(&str, &str)] = &[
     (
-        "vm new NAME --image MODULE [--memory 64M] [--vcpus 1]",
-        "create a guest partition (Off) from a boot module",
+        "vm new NAME --image MODULE [--memory 64M] [--vcpus 1] [--trap-exceptions]",
+        "create a guest partition (Off) from a boot module; --trap-exceptions stops it at its first exception, reporting it",
     ),
     ("vm start NAME", "load the image and run the VM"),
     (
@@ -185,7 +188,12 @@ pub fn parse<'a>(
             let mut memory_mib = DEFAULT_MEMORY_MIB;
             let mut vcpus = 1;
             let mut image = None;
+            let mut trap_exceptions = false;
             while let Some(o) = words.next() {
+                if o == "--trap-exceptions" {
+                    trap_exceptions = true;
+                    continue;
+                }
                 let v = value(&mut words, o)?;
                 match o {
                     "--memory" => {
@@ -211,6 +219,7 @@ pub fn parse<'a>(
                 memory_mib,
                 vcpus,
                 image: image.ok_or(VmParseError::MissingImage)?,
+                trap_exceptions,
             })
         }
         "stop" => {
@@ -280,7 +289,8 @@ mod tests {
                 name: "web",
                 memory_mib: 64,
                 vcpus: 2,
-                image: "hello"
+                image: "hello",
+                trap_exceptions: false,
             }))
         );
         assert_eq!(
@@ -289,7 +299,18 @@ mod tests {
                 name: "a",
                 memory_mib: DEFAULT_MEMORY_MIB,
                 vcpus: 1,
-                image: "x"
+                image: "x",
+                trap_exceptions: false,
+            }))
+        );
+        assert_eq!(
+            p("new a --trap-exceptions --image x"),
+            Ok(VmCommand::New(NewVm {
+                name: "a",
+                memory_mib: DEFAULT_MEMORY_MIB,
+                vcpus: 1,
+                image: "x",
+                trap_exceptions: true,
             }))
         );
         assert_eq!(p("start web"), Ok(VmCommand::Start("web")));

@@ -21,9 +21,23 @@ pub mod code {
     pub const SET_VP_REGISTERS: u16 = 0x0051;
     pub const START_VIRTUAL_PROCESSOR: u16 = 0x0099;
     pub const ASSERT_VIRTUAL_INTERRUPT: u16 = 0x0094;
+    pub const INSTALL_INTERCEPT: u16 = 0x004D;
     /// Guest calls (any partition): drop cached linear translations.
     pub const FLUSH_VIRTUAL_ADDRESS_SPACE: u16 = 0x0002;
     pub const FLUSH_VIRTUAL_ADDRESS_LIST: u16 = 0x0003;
+}
+
+/// InstallIntercept types (TLFS `HV_INTERCEPT_TYPE`).
+pub mod intercept {
+    /// Parameter: the port. Every port of a guest is intercepted already.
+    pub const X64_IO_PORT: u32 = 0;
+    pub const X64_MSR: u32 = 1;
+    pub const X64_CPUID: u32 = 2;
+    /// Parameter: the exception vector.
+    pub const X64_EXCEPTION: u32 = 3;
+    pub const ACCESS_READ: u32 = 1;
+    pub const ACCESS_WRITE: u32 = 2;
+    pub const ACCESS_EXECUTE: u32 = 4;
 }
 
 /// Flush flags (TLFS `HV_FLUSH_*`).
@@ -119,6 +133,9 @@ pub mod size {
     /// destination u64 (the target's APIC id = its VP index), vector u32,
     /// target VTL u8, reserved 3.
     pub const ASSERT_INTERRUPT: u64 = 32;
+    /// InstallIntercept: partition id u64, access type mask u32 (read 1,
+    /// write 2, execute 4), intercept type u32, parameter u64.
+    pub const INSTALL_INTERCEPT: u64 = 24;
     pub const FLUSH_ELEMENT: u64 = 8;
 }
 

@@ -33,6 +33,7 @@ pub mod kind {
     pub const GPA_INTERCEPT: u32 = 0x8000_0001;
     pub const UNRECOVERABLE_EXCEPTION: u32 = 0x8000_0021;
     pub const IO_PORT_INTERCEPT: u32 = 0x8001_0000;
+    pub const EXCEPTION_INTERCEPT: u32 = 0x8001_0003;
     pub const HALT: u32 = 0x8001_0007;
 }
 
@@ -236,6 +237,58 @@ impl MemoryIntercept {
     }
 }
 
+/// `HV_X64_EXCEPTION_INTERCEPT_MESSAGE`, the part this hypervisor fills:
+/// header, vector u16, exception info u8 (error code valid 0, software
+/// exception 1), instruction byte count u8 (0), error code u32, exception
+/// parameter u64 (#PF: the linear address).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExceptionIntercept {
+    pub header: InterceptHeader,
+    pub vector: u16,
+    pub error_code: Option<u32>,
+    pub parameter: u64,
+}
+
+impl ExceptionIntercept {
+    pub const SIZE: usize = InterceptHeader::SIZE + 16;
+
+    pub fn message(&self, partition: u64) -> Message {
+        let mut payload = [0; PAYLOAD_MAX];
+        let mut c = Cursor {
+            buf: &mut payload,
+            at: 0,
+        };
+        let _ = (|| {
+            self.header.put(&mut c)?;
+            c.put(&self.vector.to_le_bytes())?;
+            c.put(&[self.error_code.is_some() as u8, 0])?;
+            c.put(&self.error_code.unwrap_or(0).to_le_bytes())?;
+            c.put(&self.parameter.to_le_bytes())
+        })();
+        Message {
+            kind: kind::EXCEPTION_INTERCEPT,
+            flags: 0,
+            sender: partition,
+            size: Self::SIZE as u8,
+            payload,
+        }
+    }
+
+    pub fn decode(p: &[u8]) -> Option<Self> {
+        let mut at = 0;
+        let header = InterceptHeader::take(p, &mut at)?;
+        let vector = u16::from_le_bytes(get(p, &mut at)?);
+        let [info, _] = get::<2>(p, &mut at)?;
+        let code = u32::from_le_bytes(get(p, &mut at)?);
+        Some(ExceptionIntercept {
+            header,
+            vector,
+            error_code: (info & 1 != 0).then_some(code),
+            parameter: u64::from_le_bytes(get(p, &mut at)?),
+        })
+    }
+}
+
 /// HALT and UNRECOVERABLE_EXCEPTION carry the header only (the TLFS's
 /// `HV_X64_HALT_MESSAGE` / `HV_X64_UNRECOVERABLE_EXCEPTION_MESSAGE`); this
 /// hypervisor adds a reason code u32 after it for the latter.
@@ -316,5 +369,17 @@ mod tests {
         let m = Message::decode(&slot);
         assert_eq!(MemoryIntercept::decode(&m.payload), Some(mem));
         assert!(IoPortIntercept::SIZE <= PAYLOAD_MAX);
+        let ex = ExceptionIntercept {
+            header: io.header,
+            vector: 14,
+            error_code: Some(2),
+            parameter: 0xDEAD_0000,
+        };
+        ex.message(4).encode(&mut slot);
+        let m = Message::decode(&slot);
+        assert_eq!(
+            (m.kind, ExceptionIntercept::decode(&m.payload)),
+            (kind::EXCEPTION_INTERCEPT, Some(ex))
+        );
     }
 }

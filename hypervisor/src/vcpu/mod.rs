@@ -170,6 +170,13 @@ pub enum Exit {
     /// The VP can take an interrupt now (requested with `set_interrupt_window`).
     InterruptWindow,
     MachineCheck,
+    /// An exception the partition's exception intercepts name.
+    Exception {
+        vector: u8,
+        error_code: Option<u32>,
+        /// #PF: the faulting linear address.
+        parameter: u64,
+    },
     TripleFault,
     /// A virtualization instruction (VMX or SVM) the VP may not use.
     VirtualizationInstruction,
@@ -194,7 +201,7 @@ impl Exit {
             Exit::ExternalInterrupt => ExitReason::ExternalInterrupt,
             Exit::Preemption => ExitReason::Preemption,
             Exit::InterruptWindow => ExitReason::Other,
-            Exit::MachineCheck => ExitReason::Exception,
+            Exit::MachineCheck | Exit::Exception { .. } => ExitReason::Exception,
             Exit::TripleFault => ExitReason::TripleFault,
             Exit::VirtualizationInstruction | Exit::EntryFailed(_) | Exit::Other(_) => {
                 ExitReason::Other
@@ -453,6 +460,14 @@ impl Vcpu {
         match self {
             Vcpu::Vmx(v) => v.write_efer(value),
             Vcpu::Svm(s) => s.set_efer(value),
+        }
+    }
+
+    /// Which exception vectors exit (bit n: vector n); machine checks always do.
+    pub fn set_exception_intercepts(&mut self, mask: u32) {
+        match self {
+            Vcpu::Vmx(v) => v.set_exception_intercepts(mask | 1 << 18),
+            Vcpu::Svm(s) => s.set_exception_intercepts(mask | 1 << 18),
         }
     }
 

@@ -415,6 +415,10 @@ impl SvmVcpu {
         (self.read(vmcb::CR0), self.read(vmcb::EFER) & !EFER_SVME)
     }
 
+    pub fn set_exception_intercepts(&mut self, mask: u32) {
+        self.write32(vmcb::INTERCEPT_EXCEPTIONS, mask);
+    }
+
     pub fn cpl(&self) -> u8 {
         (self.read32(vmcb::CPL_WORD) >> 24) as u8 & 3
     }
@@ -432,6 +436,16 @@ impl SvmVcpu {
         let info1 = self.read(vmcb::EXIT_INFO1);
         match code {
             0x52 => Exit::MachineCheck,
+            // Exceptions 0x40 + vector; EXITINFO1 the error code, EXITINFO2 the #PF address.
+            0x40..=0x5F if code != 0x42 => {
+                let vector = (code - 0x40) as u8;
+                Exit::Exception {
+                    vector,
+                    error_code: matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+                        .then_some(info1 as u32),
+                    parameter: self.read(vmcb::EXIT_INFO2),
+                }
+            }
             0x60 => Exit::ExternalInterrupt,
             0x64 => Exit::InterruptWindow,
             0x61 => Exit::Nmi,

@@ -42,6 +42,7 @@ mod field {
     pub const VM_INSTRUCTION_ERROR: u32 = 0x4400;
     pub const EXIT_REASON: u32 = 0x4402;
     pub const EXIT_INTERRUPTION_INFO: u32 = 0x4404;
+    pub const EXIT_INTERRUPTION_ERROR_CODE: u32 = 0x4406;
     pub const EXIT_INSTRUCTION_LENGTH: u32 = 0x440C;
     pub const GUEST_ES_LIMIT: u32 = 0x4800;
     pub const GUEST_GDTR_LIMIT: u32 = 0x4810;
@@ -593,6 +594,10 @@ impl VmxVcpu {
         insn::vmread(field::EXIT_INSTRUCTION_LENGTH) as u8
     }
 
+    pub fn set_exception_intercepts(&mut self, mask: u32) {
+        let _ = vmwrite(field::EXCEPTION_BITMAP, mask as u64);
+    }
+
     /// Writes the VP's EFER (an intercepted WRMSR): LMA is the processor's,
     /// it follows LME while paging is on; IA-32e mode follows it at entry.
     pub fn write_efer(&mut self, value: u64) -> bool {
@@ -830,11 +835,20 @@ impl VmxVcpu {
         }
         let qualification = insn::vmread(field::EXIT_QUALIFICATION);
         match reason & 0xFFFF {
-            0 => match insn::vmread(field::EXIT_INTERRUPTION_INFO) & 0xFF {
-                2 => Exit::Nmi,
-                18 => Exit::MachineCheck,
-                v => Exit::Other(0x100 | v),
-            },
+            // Interruption information: vector 7:0, type 10:8, error code valid 11.
+            0 => {
+                let info = insn::vmread(field::EXIT_INTERRUPTION_INFO);
+                match info & 0xFF {
+                    2 => Exit::Nmi,
+                    18 => Exit::MachineCheck,
+                    v => Exit::Exception {
+                        vector: v as u8,
+                        error_code: (info & (1 << 11) != 0)
+                            .then(|| insn::vmread(field::EXIT_INTERRUPTION_ERROR_CODE) as u32),
+                        parameter: qualification,
+                    },
+                }
+            }
             1 => Exit::ExternalInterrupt,
             2 => Exit::TripleFault,
             10 => Exit::Cpuid,

@@ -6,8 +6,10 @@ use crate::{hypercall, print, println, serial, synic};
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use hv_abi::hypercall::status;
-use hv_abi::partition::{code, map_flags, property, reg, size};
-use hv_abi::synic::{self as msg, kind, unrecoverable, IoPortIntercept, MemoryIntercept};
+use hv_abi::partition::{code, intercept, map_flags, property, reg, size};
+use hv_abi::synic::{
+    self as msg, kind, unrecoverable, ExceptionIntercept, IoPortIntercept, MemoryIntercept,
+};
 use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
 use root_partition_svc::vm_command::{CpuSettings, NewVm, VmCommand, NAME_MAX};
@@ -302,7 +304,7 @@ impl Vmm {
             );
             return;
         };
-        match create_partition(base, memory, n.vcpus) {
+        match create_partition(base, memory, n.vcpus, n.trap_exceptions) {
             Ok(id) => {
                 let mut name = [0u8; NAME_MAX];
                 name[..n.name.len()].copy_from_slice(n.name.as_bytes());
@@ -678,6 +680,29 @@ impl Vmm {
                     format_args!("VP {}: {what} at RIP {:#x}", h.vp_index, h.rip),
                 )
             }
+            kind::EXCEPTION_INTERCEPT => match ExceptionIntercept::decode(&m.payload) {
+                Some(e) => {
+                    let name = hypervisor::exceptions::name(e.vector as u64);
+                    let mut detail = [0u8; 48];
+                    let mut w = format::BufWriter::new(&mut detail);
+                    if let Some(code) = e.error_code {
+                        let _ = write!(w, ", error code {code:#x}");
+                    }
+                    if e.vector == 14 {
+                        let _ = write!(w, ", address {:#x}", e.parameter);
+                    }
+                    fail(
+                        vm,
+                        format_args!(
+                            "VP {}: exception {name} at RIP {:#x}{}",
+                            e.header.vp_index,
+                            e.header.rip,
+                            w.as_str()
+                        ),
+                    )
+                }
+                None => fail(vm, format_args!("malformed exception intercept message")),
+            },
             kind::HALT => {
                 let (h, _) = msg::decode_header(&m.payload).unwrap_or_default();
                 vm.stopped_vps |= 1 << (h.vp_index % 64);
@@ -702,7 +727,12 @@ impl ConcatLast for [&[u8]; 2] {
     }
 }
 
-fn create_partition(base: u64, memory: u64, vcpus: u32) -> Result<u64, (&'static str, u16)> {
+fn create_partition(
+    base: u64,
+    memory: u64,
+    vcpus: u32,
+    trap_exceptions: bool,
+) -> Result<u64, (&'static str, u16)> {
     let mut out = [0u8; 8];
     partition_call(code::CREATE_PARTITION, &[0u8; 24], &mut out)
         .map_err(|s| ("CreatePartition", s))?;
@@ -713,6 +743,18 @@ fn create_partition(base: u64, memory: u64, vcpus: u32) -> Result<u64, (&'static
     };
     partition_call(code::INITIALIZE_PARTITION, &pid_input(id), &mut [])
         .map_err(|s| undo(("InitializePartition", s)))?;
+    if trap_exceptions {
+        // Every exception but NMI and machine check (the hypervisor's).
+        for vector in (0u64..32).filter(|v| *v != 2 && *v != 18) {
+            let mut input = [0u8; 24];
+            input[..8].copy_from_slice(&id.to_le_bytes());
+            input[8..12].copy_from_slice(&intercept::ACCESS_EXECUTE.to_le_bytes());
+            input[12..16].copy_from_slice(&intercept::X64_EXCEPTION.to_le_bytes());
+            input[16..24].copy_from_slice(&vector.to_le_bytes());
+            partition_call(code::INSTALL_INTERCEPT, &input, &mut [])
+                .map_err(|s| undo(("InstallIntercept", s)))?;
+        }
+    }
     // GPA 0.. = the block at `base`, 500 pages per call.
     let pages = memory / vmm::PAGE;
     let mut input = [0u8; 4096];
