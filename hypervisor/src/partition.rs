@@ -218,8 +218,11 @@ pub struct GuestVp {
     pub in_guest: AtomicBool,
 }
 
+/// A new guest VP, with its partition, on its way to its LP.
+pub type Placement = (Arc<Partition>, Arc<GuestVp>);
+
 /// Guest VPs waiting for their LP to take them.
-pub static LP_INBOX: [Mutex<Vec<(Arc<Partition>, Arc<GuestVp>)>>; stats::MAX_LPS] =
+pub static LP_INBOX: [Mutex<Vec<Placement>>; stats::MAX_LPS] =
     [const { Mutex::new(Vec::new()) }; stats::MAX_LPS];
 /// Guest VPs per LP (to spread new ones).
 static LP_LOAD: [AtomicU32; stats::MAX_LPS] = [const { AtomicU32::new(0) }; stats::MAX_LPS];

@@ -377,4 +377,16 @@ mod tests {
         let msg = std::format!("{}", VmParseError::MissingImage);
         assert!(!msg.contains('\n'));
     }
+
+    proptest::proptest! {
+        /// Any line: a command or a one-line error, never a panic.
+        #[test]
+        fn any_line(words in proptest::collection::vec("(new|start|--memory|--vcpus|--image|--limit|--weight|--reserve|[a-z0-9-]{0,6}|[0-9]{1,5}[MG]?)", 0..8)) {
+            let line = words.join(" ");
+            if let Err(e) = p(&line) {
+                let text = std::format!("{}", e);
+                proptest::prop_assert!(!text.contains('\n'));
+            }
+        }
+    }
 }

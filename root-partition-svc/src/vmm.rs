@@ -674,4 +674,46 @@ mod tests {
         assert_eq!([a, b].concat(), b"cdef");
         assert_eq!(c.total, 6);
     }
+
+    proptest::proptest! {
+        /// Any bytes as an image: refused or accepted, never a panic; what
+        /// is accepted lies inside the VM's memory and the file.
+        #[test]
+        fn any_image(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), elf in proptest::prelude::any::<bool>()) {
+            let mut b = bytes;
+            if elf && b.len() >= 20 {
+                b[..4].copy_from_slice(b"\x7FELF");
+                b[5] = 1;
+            }
+            let memory = 8 << 20;
+            if let Ok(img) = parse_image(&b, memory) {
+                for s in &img.segments[..img.segment_count] {
+                    proptest::prop_assert!(s.gpa + s.mem_bytes <= memory.max(0x8_0000));
+                    proptest::prop_assert!(s.offset + s.file_bytes <= b.len() as u64);
+                }
+            }
+        }
+
+        /// Random takes and gives back: the pool never hands out a byte twice
+        /// and ends whole.
+        #[test]
+        fn pool_takes_and_returns(sizes in proptest::collection::vec(1u64..64, 1..20)) {
+            let mut p = MemoryPool::<16>::new();
+            p.add(0x10_0000, 0x110_0000);
+            let total = p.free_bytes();
+            let mut taken: std::vec::Vec<(u64, u64)> = std::vec::Vec::new();
+            for s in sizes {
+                if let Some(at) = p.take(s * PAGE) {
+                    for &(a, n) in &taken {
+                        proptest::prop_assert!(at + s * PAGE <= a || a + n <= at);
+                    }
+                    taken.push((at, s * PAGE));
+                }
+            }
+            for (a, n) in taken {
+                proptest::prop_assert!(p.add(a, a + n));
+            }
+            proptest::prop_assert_eq!(p.free_bytes(), total);
+        }
+    }
 }

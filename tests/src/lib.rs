@@ -107,6 +107,9 @@ pub const ROOT_SHELL_SHOWS: &[&str] = &[
 pub const TEST_MODULE_NAME: &str = "test-module";
 pub const TEST_MODULE_SIZE: usize = 12_345;
 
+/// A judge of a serial log: `Err` says what is wrong.
+pub type LogCheck = fn(&str) -> Result<(), String>;
+
 #[derive(Clone, Debug)]
 pub enum Expect {
     /// Boots, every processor checks in, the summary line is right, and the
@@ -138,7 +141,7 @@ pub enum Expect {
         must_show: &'static [&'static str],
         must_not_show: &'static [&'static str],
         /// A further judge of the serial log (measurements).
-        check: Option<fn(&str) -> Result<(), String>>,
+        check: Option<LogCheck>,
     },
 }
 
@@ -212,7 +215,7 @@ type GuestTest = (
     &'static [&'static str],
     &'static [&'static str],
     &'static [&'static str],
-    Option<fn(&str) -> Result<(), String>>,
+    Option<LogCheck>,
 );
 
 /// Two CPU hogs on one processor: weights 100 and 300, then a 20% limit,

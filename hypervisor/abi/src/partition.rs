@@ -405,4 +405,23 @@ mod tests {
         assert_eq!(c.set(0x1234_5678, 0), Err(RegisterError::Unknown));
         assert_eq!(c.get(reg::EXPLICIT_SUSPEND), Err(RegisterError::Unknown));
     }
+
+    proptest::proptest! {
+        /// Any name and value: `set` either refuses or stores what `get`
+        /// then returns (the root's SetVpRegisters input is not trusted).
+        #[test]
+        fn any_register_write(name in 0u32..0x9_0000, lo in proptest::prelude::any::<u64>(), hi in proptest::prelude::any::<u64>()) {
+            let mut c = VpContext::reset();
+            let value = (hi as u128) << 64 | lo as u128;
+            if c.set(name, value).is_ok() {
+                let got = c.get(name).unwrap();
+                // Table registers keep only limit and base; RFLAGS gains bit 1.
+                match name {
+                    reg::IDTR | reg::GDTR => proptest::prop_assert_eq!(Table::from_value(got), Table::from_value(value)),
+                    reg::RFLAGS => proptest::prop_assert_eq!(got, value | 2),
+                    _ => proptest::prop_assert_eq!(got, value),
+                }
+            }
+        }
+    }
 }

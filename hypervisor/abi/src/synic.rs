@@ -382,4 +382,28 @@ mod tests {
             (kind::EXCEPTION_INTERCEPT, Some(ex))
         );
     }
+
+    proptest::proptest! {
+        /// The root decodes whatever sits in a slot: any bytes decode or
+        /// are refused, never a panic; a decoded message re-encodes alike.
+        #[test]
+        fn any_slot_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), SLOT_SIZE)) {
+            let slot: [u8; SLOT_SIZE] = bytes.try_into().unwrap();
+            let m = Message::decode(&slot);
+            let _ = IoPortIntercept::decode(&m.payload);
+            let _ = MemoryIntercept::decode(&m.payload);
+            let _ = ExceptionIntercept::decode(&m.payload);
+            let _ = decode_header(&m.payload);
+            let mut again = [0u8; SLOT_SIZE];
+            m.encode(&mut again);
+            proptest::prop_assert_eq!(Message::decode(&again), m);
+        }
+
+        #[test]
+        fn short_payloads_are_refused(n in 0usize..IoPortIntercept::SIZE) {
+            let p = [0u8; IoPortIntercept::SIZE];
+            let p = &p[..n];
+            proptest::prop_assert!(IoPortIntercept::decode(p).is_none());
+        }
+    }
 }

@@ -10,7 +10,7 @@ fn main(vp: u64, _vps: u64, _memory: u64) -> ! {
     let mut n = 0u64;
     loop {
         n = n.wrapping_add(1);
-        if n % (1 << 26) == 0 {
+        if n.is_multiple_of(1 << 26) {
             println!("hog: VP {vp} at {}M iterations", n >> 20);
         }
         core::hint::black_box(n);
