@@ -78,48 +78,32 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     let mut left_guest = window_start;
     lp_stats.start(left_guest);
     loop {
-        take_new_vps(lp, &mut guests);
-        reap(&mut guests, &mut active);
-        serve_save_requests(&mut guests, &mut active);
-
-        let now = cpu::rdtsc();
-        if now - window_start >= window {
-            window_start = now;
-            for g in guests.iter_mut() {
-                g.window_used = 0;
-            }
+        if partition::LP_INBOX_COUNT[lp as usize % stats::MAX_LPS].load(Ordering::Acquire) != 0 {
+            take_new_vps(lp, &mut guests);
         }
-        root::collect(&mut vapic, lp);
-        let root_irq = root_if && vapic.deliverable().is_some();
-        if root_halted && root_irq {
-            root_halted = false;
+        if !guests.is_empty() {
+            reap(&mut guests, &mut active);
+            serve_save_requests(&mut guests, &mut active);
         }
-        let root_runnable = !root_halted;
-        // Sleepers come back at the floor, not with credit for their sleep.
-        let low = floor.saturating_sub(slice);
-        let mut best: Option<(bool, u64, usize)> = None;
-        for (i, g) in guests.iter_mut().enumerate() {
-            if !g.vp.shared.lock().may_run() {
-                continue;
-            }
-            let cap = g.part.cap_percent.load(Ordering::Relaxed) as u64;
-            if g.window_used >= window * cap / 100 {
-                continue;
-            }
-            g.vruntime = g.vruntime.max(low);
-            let reserve = g.part.reserve_percent.load(Ordering::Relaxed) as u64;
-            let starved = g.window_used < window * reserve / 100;
-            let key = (starved, g.vruntime, i);
-            best = match best {
-                Some((true, _, _)) if !starved => best,
-                Some((bs, bv, _)) if bs == starved && bv <= g.vruntime => best,
-                _ => Some(key),
-            };
+        // A halted root VP runs again when an interrupt can reach it.
+        if root_halted && root_if {
+            root::collect(&mut vapic, lp);
+            root_halted = vapic.deliverable().is_none();
         }
-        let choice = match best {
-            _ if root_runnable => Choice::Root,
-            Some((_, _, i)) => Choice::Guest(i),
-            None => Choice::Idle,
+        let choice = if !root_halted {
+            // The root first, whenever it is runnable: the guests are not
+            // even looked at (the common path of the root's own exits).
+            Choice::Root
+        } else {
+            match pick_guest(
+                &mut guests,
+                &mut window_start,
+                window,
+                floor.saturating_sub(slice),
+            ) {
+                Some(i) => Choice::Guest(i),
+                None => Choice::Idle,
+            }
         };
 
         match choice {
@@ -296,8 +280,49 @@ fn enter_guest(
     Some(exit)
 }
 
+/// The guest VP to run: below its reserve first, then the least virtual
+/// runtime; those at their limit for the window, halted or suspended are
+/// skipped. `low`: the floor a sleeper's virtual runtime is raised to.
+fn pick_guest(
+    guests: &mut [Local],
+    window_start: &mut u64,
+    window: u64,
+    low: u64,
+) -> Option<usize> {
+    if guests.is_empty() {
+        return None;
+    }
+    let now = cpu::rdtsc();
+    if now - *window_start >= window {
+        *window_start = now;
+        for g in guests.iter_mut() {
+            g.window_used = 0;
+        }
+    }
+    let mut best: Option<(bool, u64, usize)> = None;
+    for (i, g) in guests.iter_mut().enumerate() {
+        if !g.vp.shared.lock().may_run() {
+            continue;
+        }
+        let cap = g.part.cap_percent.load(Ordering::Relaxed) as u64;
+        if g.window_used >= window * cap / 100 {
+            continue;
+        }
+        g.vruntime = g.vruntime.max(low);
+        let reserve = g.part.reserve_percent.load(Ordering::Relaxed) as u64;
+        let starved = g.window_used < window * reserve / 100;
+        best = match best {
+            Some((true, _, _)) if !starved => best,
+            Some((bs, bv, _)) if bs == starved && bv <= g.vruntime => best,
+            _ => Some((starved, g.vruntime, i)),
+        };
+    }
+    best.map(|(_, _, i)| i)
+}
+
 fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
     let mut inbox = partition::LP_INBOX[lp as usize % stats::MAX_LPS].lock();
+    partition::LP_INBOX_COUNT[lp as usize % stats::MAX_LPS].store(0, Ordering::Release);
     for (part, vp) in inbox.drain(..) {
         guests.push(Local {
             part,

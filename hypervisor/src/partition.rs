@@ -224,6 +224,9 @@ pub type Placement = (Arc<Partition>, Arc<GuestVp>);
 /// Guest VPs waiting for their LP to take them.
 pub static LP_INBOX: [Mutex<Vec<Placement>>; stats::MAX_LPS] =
     [const { Mutex::new(Vec::new()) }; stats::MAX_LPS];
+/// Whether an LP's inbox holds anything (checked without the lock).
+pub static LP_INBOX_COUNT: [AtomicU32; stats::MAX_LPS] =
+    [const { AtomicU32::new(0) }; stats::MAX_LPS];
 /// Guest VPs per LP (to spread new ones).
 static LP_LOAD: [AtomicU32; stats::MAX_LPS] = [const { AtomicU32::new(0) }; stats::MAX_LPS];
 
@@ -674,7 +677,10 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
     });
     inner.vps.push(vp.clone());
     drop(inner);
-    LP_INBOX[lp as usize].lock().push((p.clone(), vp));
+    let mut inbox = LP_INBOX[lp as usize].lock();
+    inbox.push((p.clone(), vp));
+    LP_INBOX_COUNT[lp as usize].store(inbox.len() as u32, Ordering::Release);
+    drop(inbox);
     kick(lp);
     Ok(0)
 }
