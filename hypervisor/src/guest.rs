@@ -176,45 +176,19 @@ pub fn dispatch(
 /// x2APIC, XSAVE, MONITOR).
 fn cpuid_for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;
-    match leaf {
-        cpuid::VENDOR_AND_MAX => (
-            cpuid::MAX_LEAF,
-            cpuid::VENDOR[0],
-            cpuid::VENDOR[1],
-            cpuid::VENDOR[2],
-        ),
-        cpuid::INTERFACE => (cpuid::INTERFACE_HV1, 0, 0, 0),
-        cpuid::VERSION => {
-            let (maj, min) = crate::version_numbers();
-            (0, (maj as u32) << 16 | min as u32, 0, 0)
-        }
-        cpuid::FEATURES => (
+    let view = crate::cpuid_view::View {
+        privileges: (
             ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
             0,
-            0,
-            0,
         ),
-        cpuid::LIMITS => (hv_abi::partition::MAX_VPS, 0, 0, 0),
-        0x4000_0004..=0x4000_00FF => (0, 0, 0, 0),
-        0xD => (0, 0, 0, 0),
-        _ => {
-            let r = cpu::cpuid(leaf, sub);
-            let (mut a, mut b, mut c, mut d) = (r.eax, r.ebx, r.ecx, r.edx);
-            match leaf {
-                1 => {
-                    c |= cpuid::HYPERVISOR_PRESENT;
-                    // MONITOR, VMX, x2APIC, TSC deadline, XSAVE, OSXSAVE.
-                    c &= !((1 << 3) | (1 << 5) | (1 << 21) | (1 << 24) | (1 << 26) | (1 << 27));
-                    b = (b & 0x00FF_FFFF) | (vp << 24);
-                }
-                0xB | 0x1F => d = vp,
-                0x8000_0001 => c &= !(1 << 2),
-                0x8000_000A => (a, b, c, d) = (0, 0, 0, 0),
-                _ => {}
-            }
-            (a, b, c, d)
-        }
-    }
+        spin_retries: 0,
+        limits: (hv_abi::partition::MAX_VPS, 0),
+        leaf1_set: 0,
+        // MONITOR, VMX, x2APIC, TSC deadline, XSAVE, OSXSAVE.
+        leaf1_clear: (1 << 3) | (1 << 5) | (1 << 21) | (1 << 24) | (1 << 26) | (1 << 27),
+        hide_xsave: true,
+    };
+    crate::cpuid_view::answer(&view, leaf, sub, vp)
 }
 
 fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> {

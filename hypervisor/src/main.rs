@@ -17,6 +17,7 @@ pub static OPTIONS_POWEROFF: core::sync::atomic::AtomicBool =
     core::sync::atomic::AtomicBool::new(false);
 
 mod boot;
+mod cpuid_view;
 mod guest;
 mod lp;
 mod memory;

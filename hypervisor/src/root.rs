@@ -693,46 +693,18 @@ pub fn dispatch(
 /// VMX and SVM hidden, and the Hyper-V leaves.
 fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;
-    match leaf {
-        cpuid::VENDOR_AND_MAX => (
-            cpuid::MAX_LEAF,
-            cpuid::VENDOR[0],
-            cpuid::VENDOR[1],
-            cpuid::VENDOR[2],
-        ),
-        cpuid::INTERFACE => (cpuid::INTERFACE_HV1, 0, 0, 0),
-        cpuid::VERSION => {
-            let (maj, min) = crate::version_numbers();
-            (0, (maj as u32) << 16 | min as u32, 0, 0)
-        }
-        cpuid::FEATURES => (
+    let view = crate::cpuid_view::View {
+        privileges: (
             ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
             CREATE_PARTITIONS | CPU_MANAGEMENT,
-            0,
-            0,
         ),
-        cpuid::RECOMMENDATIONS => (0, 0xFFFF_FFFF, 0, 0),
-        cpuid::LIMITS => (root.vp_count, root.vp_count, 0, 0),
-        cpuid::HARDWARE_FEATURES => (0, 0, 0, 0),
-        0x4000_0007..=0x4000_00FF => (0, 0, 0, 0),
-        _ => {
-            let r = cpu::cpuid(leaf, sub);
-            let (mut a, mut b, mut c, mut d) = (r.eax, r.ebx, r.ecx, r.edx);
-            match leaf {
-                1 => {
-                    c |= cpuid::HYPERVISOR_PRESENT | (1 << 21); // x2APIC (virtual)
-                    c &= !((1 << 5) | (1 << 24)); // VMX, TSC-deadline timer
-                    b = (b & 0x00FF_FFFF) | (vp << 24);
-                }
-                // x2APIC topology: the x2APIC ID is the VP index.
-                0xB | 0x1F => d = vp,
-                0x8000_0001 => c &= !(1 << 2), // SVM
-                0x8000_000A => (a, b, c, d) = (0, 0, 0, 0),
-                _ => {}
-            }
-            (a, b, c, d)
-        }
-    }
+        spin_retries: 0xFFFF_FFFF,
+        limits: (root.vp_count, root.vp_count),
+        leaf1_set: 1 << 21,                // x2APIC (virtual)
+        leaf1_clear: (1 << 5) | (1 << 24), // VMX, TSC-deadline timer
+        hide_xsave: false,
+    };
+    crate::cpuid_view::answer(&view, leaf, sub, vp)
 }
 
 /// The virtual APIC's base MSR: the architectural base, enabled, x2APIC mode,

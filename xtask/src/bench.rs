@@ -202,24 +202,36 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     Ok(if ok { 0 } else { 1 })
 }
 
-/// `bench exits N` in the root: CPUID round trips through the hypervisor.
-fn bench_exits(art: &build::Artifacts, m: &Machine, n: u64) -> Result<(f64, u64)> {
-    let dir = build::work_dir().join("bench-exits");
-    let modules = vec![(art.root_partition.clone(), "root".to_string())];
-    let media = image::make(m.boot, art, &m.cmdline, &modules, &dir)?;
-    let script = [format!("bench exits {n}"), "shutdown".to_string()];
+/// Boots `m` with `modules` and types `script` at the root's prompt.
+fn run_script(
+    art: &build::Artifacts,
+    m: &Machine,
+    modules: &[(std::path::PathBuf, String)],
+    dir: &str,
+    script: &[String],
+    timeout_secs: u64,
+) -> Result<emulator::Run> {
+    let dir = build::work_dir().join(dir);
+    let media = image::make(m.boot, art, &m.cmdline, modules, &dir)?;
     let opts = emulator::RunOptions {
-        timeout: Duration::from_secs(600),
+        timeout: Duration::from_secs(timeout_secs),
         echo: false,
         input: emulator::Input::Script {
             prompt: system_tests::ROOT_PROMPT,
-            lines: &script,
+            lines: script,
         },
         monitor_trigger: None,
         monitor_commands: &[],
     };
+    emulator::run(m, &media, &dir, &opts)
+}
+
+/// `bench exits N` in the root: CPUID round trips through the hypervisor.
+fn bench_exits(art: &build::Artifacts, m: &Machine, n: u64) -> Result<(f64, u64)> {
+    let modules = vec![(art.root_partition.clone(), "root".to_string())];
+    let script = [format!("bench exits {n}"), "shutdown".to_string()];
     let start = std::time::Instant::now();
-    let run = emulator::run(m, &media, &dir, &opts)?;
+    let run = run_script(art, m, &modules, "bench-exits", &script, 600)?;
     let wall = start.elapsed().as_secs_f64();
     let line = run
         .outcome
@@ -321,19 +333,7 @@ fn io_intercepts(art: &build::Artifacts) -> Result<()> {
     ] {
         m.cmdline = String::new();
         m.count_instructions = icount;
-        let dir = build::work_dir().join("bench-io");
-        let media = image::make(m.boot, art, &m.cmdline, &modules, &dir)?;
-        let opts = emulator::RunOptions {
-            timeout: Duration::from_secs(900),
-            echo: false,
-            input: emulator::Input::Script {
-                prompt: system_tests::ROOT_PROMPT,
-                lines: &script,
-            },
-            monitor_trigger: None,
-            monitor_commands: &[],
-        };
-        let run = emulator::run(&m, &media, &dir, &opts)?;
+        let run = run_script(art, &m, &modules, "bench-io", &script, 900)?;
         let log = &run.outcome.serial;
         let totals = world_switch_totals(log);
         let per_switch = match totals.as_slice() {

@@ -70,6 +70,17 @@ pub mod hypercall {
     }
 
     impl Input {
+        /// A slow (memory) call: `rep_count` elements from index 0.
+        pub fn slow(code: u16, rep_count: u16) -> Self {
+            Input {
+                code,
+                fast: false,
+                variable_header_size: 0,
+                rep_count,
+                rep_start: 0,
+            }
+        }
+
         /// Decodes RCX; `None` when reserved bits are set (the caller answers
         /// `INVALID_HYPERCALL_INPUT`).
         pub fn decode(rcx: u64) -> Option<Self> {

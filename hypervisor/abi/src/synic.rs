@@ -71,6 +71,28 @@ impl Message {
     }
 }
 
+/// A message of `kind` from `partition`, its payload written by `fill`
+/// (`size` bytes of it).
+fn build(
+    kind: u32,
+    partition: u64,
+    size: usize,
+    fill: impl FnOnce(&mut Cursor) -> Option<()>,
+) -> Message {
+    let mut payload = [0; PAYLOAD_MAX];
+    let _ = fill(&mut Cursor {
+        buf: &mut payload,
+        at: 0,
+    });
+    Message {
+        kind,
+        flags: 0,
+        sender: partition,
+        size: size.min(PAYLOAD_MAX) as u8,
+        payload,
+    }
+}
+
 /// Access types in the intercept header.
 pub mod access {
     pub const READ: u8 = 0;
@@ -143,13 +165,8 @@ impl IoPortIntercept {
     pub const SIZE: usize = InterceptHeader::SIZE + 2 + 1 + 1 + 4 + 8 + 16 + 32 + 24;
 
     pub fn message(&self, partition: u64) -> Message {
-        let mut payload = [0; PAYLOAD_MAX];
-        let mut c = Cursor {
-            buf: &mut payload,
-            at: 0,
-        };
-        let _ = (|| {
-            self.header.put(&mut c)?;
+        build(kind::IO_PORT_INTERCEPT, partition, Self::SIZE, |c| {
+            self.header.put(c)?;
             c.put(&self.port.to_le_bytes())?;
             let info = (self.size & 7) | (self.string as u8) << 3 | (self.rep as u8) << 4;
             c.put(&[info, 0])?;
@@ -159,14 +176,7 @@ impl IoPortIntercept {
             c.put(&self.rcx.to_le_bytes())?;
             c.put(&self.rsi.to_le_bytes())?;
             c.put(&self.rdi.to_le_bytes())
-        })();
-        Message {
-            kind: kind::IO_PORT_INTERCEPT,
-            flags: 0,
-            sender: partition,
-            size: Self::SIZE as u8,
-            payload,
-        }
+        })
     }
 
     pub fn decode(p: &[u8]) -> Option<Self> {
@@ -205,24 +215,12 @@ impl MemoryIntercept {
     pub const SIZE: usize = InterceptHeader::SIZE + 8 + 16 + 16;
 
     pub fn message(&self, kind: u32, partition: u64) -> Message {
-        let mut payload = [0; PAYLOAD_MAX];
-        let mut c = Cursor {
-            buf: &mut payload,
-            at: 0,
-        };
-        let _ = (|| {
-            self.header.put(&mut c)?;
+        build(kind, partition, Self::SIZE, |c| {
+            self.header.put(c)?;
             c.put(&[0; 8])?;
             c.put(&self.gva.to_le_bytes())?;
             c.put(&self.gpa.to_le_bytes())
-        })();
-        Message {
-            kind,
-            flags: 0,
-            sender: partition,
-            size: Self::SIZE as u8,
-            payload,
-        }
+        })
     }
 
     pub fn decode(p: &[u8]) -> Option<Self> {
@@ -253,25 +251,13 @@ impl ExceptionIntercept {
     pub const SIZE: usize = InterceptHeader::SIZE + 16;
 
     pub fn message(&self, partition: u64) -> Message {
-        let mut payload = [0; PAYLOAD_MAX];
-        let mut c = Cursor {
-            buf: &mut payload,
-            at: 0,
-        };
-        let _ = (|| {
-            self.header.put(&mut c)?;
+        build(kind::EXCEPTION_INTERCEPT, partition, Self::SIZE, |c| {
+            self.header.put(c)?;
             c.put(&self.vector.to_le_bytes())?;
             c.put(&[self.error_code.is_some() as u8, 0])?;
             c.put(&self.error_code.unwrap_or(0).to_le_bytes())?;
             c.put(&self.parameter.to_le_bytes())
-        })();
-        Message {
-            kind: kind::EXCEPTION_INTERCEPT,
-            flags: 0,
-            sender: partition,
-            size: Self::SIZE as u8,
-            payload,
-        }
+        })
     }
 
     pub fn decode(p: &[u8]) -> Option<Self> {
@@ -299,20 +285,10 @@ pub mod unrecoverable {
 }
 
 pub fn header_message(kind: u32, partition: u64, header: &InterceptHeader, reason: u32) -> Message {
-    let mut payload = [0; PAYLOAD_MAX];
-    let mut c = Cursor {
-        buf: &mut payload,
-        at: 0,
-    };
-    let _ = header.put(&mut c);
-    let _ = c.put(&reason.to_le_bytes());
-    Message {
-        kind,
-        flags: 0,
-        sender: partition,
-        size: (InterceptHeader::SIZE + 4) as u8,
-        payload,
-    }
+    build(kind, partition, InterceptHeader::SIZE + 4, |c| {
+        header.put(c)?;
+        c.put(&reason.to_le_bytes())
+    })
 }
 
 /// The header and the reason code of a header-only message.

@@ -49,47 +49,11 @@ pub fn enabled() -> bool {
 /// A slow call without input and with one output page; the page's contents
 /// on success, the HV_STATUS otherwise.
 pub fn call_with_output(code: u16) -> Result<[u8; 4096], u16> {
-    if !enabled() {
-        return Err(hv_abi::hypercall::status::INVALID_HYPERCALL_CODE);
-    }
-    let input = Input {
-        code,
-        fast: false,
-        variable_header_size: 0,
-        rep_count: 0,
-        rep_start: 0,
-    }
-    .encode();
-    let status: u64;
-    // SAFETY: the hypercall page holds `vmcall; ret` (checked in `enable`);
-    // the call uses the stack for its return address only; the hypervisor
-    // writes the output page (ours, GPA = address) and returns the status in
-    // RAX. Every register the TLFS lets it change is declared clobbered, and
-    // memory is not `nomem`, so the output page is re-read afterwards.
-    unsafe {
-        core::arch::asm!(
-            "call {page}",
-            page = in(reg) CODE.0.get() as u64,
-            inout("rcx") input => _,
-            inout("rdx") INPUT.0.get() as u64 => _,
-            inout("r8") OUTPUT.0.get() as u64 => _,
-            lateout("rax") status,
-            lateout("r9") _,
-            lateout("r10") _,
-            lateout("r11") _,
-        )
-    };
-    let status = status as u16;
-    if status != hv_abi::hypercall::status::SUCCESS {
-        return Err(status);
-    }
     let mut out = [0u8; 4096];
-    // SAFETY: our own page, just filled by the hypervisor; the asm block above
-    // may write memory, so the compiler does not reuse older contents.
-    unsafe {
-        core::ptr::copy_nonoverlapping(OUTPUT.0.get() as *const u8, out.as_mut_ptr(), out.len())
-    };
-    Ok(out)
+    match call(code, 0, &[], &mut out).status {
+        hv_abi::hypercall::status::SUCCESS => Ok(out),
+        s => Err(s),
+    }
 }
 
 /// What a call returned: its status and, for rep calls, the reps completed.
@@ -113,16 +77,13 @@ pub fn call(code: u16, reps: u16, input: &[u8], output: &mut [u8]) -> Reply {
     let n = input.len().min(4096);
     // SAFETY: our own page; only VP 0 makes hypercalls, one at a time.
     unsafe { core::ptr::copy_nonoverlapping(input.as_ptr(), INPUT.0.get() as *mut u8, n) };
-    let value = Input {
-        code,
-        fast: false,
-        variable_header_size: 0,
-        rep_count: reps,
-        rep_start: 0,
-    }
-    .encode();
+    let value = Input::slow(code, reps).encode();
     let rax: u64;
-    // SAFETY: as in `call_with_output`.
+    // SAFETY: the hypercall page holds `vmcall; ret` (checked in `enable`);
+    // the call uses the stack for its return address only; the hypervisor
+    // writes the output page (ours, GPA = address) and returns the status in
+    // RAX. Every register the TLFS lets it change is declared clobbered, and
+    // memory is not `nomem`, so the output page is re-read afterwards.
     unsafe {
         core::arch::asm!(
             "call {page}",

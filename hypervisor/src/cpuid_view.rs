@@ -1,0 +1,58 @@
+//! CPUID as a partition sees it: the Hyper-V leaves with the partition's
+//! privileges and limits, and the processor's own leaves with the
+//! hypervisor bit set and what the partition may not use hidden.
+use crate::x86::cpu;
+use hv_abi::cpuid;
+
+/// What differs between the root's view and a guest's.
+pub struct View {
+    /// Leaf 0x40000003 EAX and EBX (the partition's privileges).
+    pub privileges: (u32, u32),
+    /// Leaf 0x40000004 EBX (spinlock retries: all ones, never notify).
+    pub spin_retries: u32,
+    /// Leaf 0x40000005 EAX and EBX (VPs and LPs the partition may have).
+    pub limits: (u32, u32),
+    /// Leaf 1 ECX bits set and cleared (the hypervisor bit is always set).
+    pub leaf1_set: u32,
+    pub leaf1_clear: u32,
+    /// Leaf 0xD (XSAVE) reads as zero.
+    pub hide_xsave: bool,
+}
+
+/// The answer for `leaf`/`sub` on VP `vp` (whose APIC id is its index).
+pub fn answer(view: &View, leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
+    match leaf {
+        cpuid::VENDOR_AND_MAX => (
+            cpuid::MAX_LEAF,
+            cpuid::VENDOR[0],
+            cpuid::VENDOR[1],
+            cpuid::VENDOR[2],
+        ),
+        cpuid::INTERFACE => (cpuid::INTERFACE_HV1, 0, 0, 0),
+        cpuid::VERSION => {
+            let (maj, min) = crate::version_numbers();
+            (0, (maj as u32) << 16 | min as u32, 0, 0)
+        }
+        cpuid::FEATURES => (view.privileges.0, view.privileges.1, 0, 0),
+        cpuid::RECOMMENDATIONS => (0, view.spin_retries, 0, 0),
+        cpuid::LIMITS => (view.limits.0, view.limits.1, 0, 0),
+        cpuid::HARDWARE_FEATURES..=0x4000_00FF => (0, 0, 0, 0),
+        0xD if view.hide_xsave => (0, 0, 0, 0),
+        _ => {
+            let r = cpu::cpuid(leaf, sub);
+            let (mut a, mut b, mut c, mut d) = (r.eax, r.ebx, r.ecx, r.edx);
+            match leaf {
+                1 => {
+                    c = (c | cpuid::HYPERVISOR_PRESENT | view.leaf1_set) & !view.leaf1_clear;
+                    b = (b & 0x00FF_FFFF) | (vp << 24);
+                }
+                // x2APIC topology: the x2APIC ID is the VP index.
+                0xB | 0x1F => d = vp,
+                0x8000_0001 => c &= !(1 << 2), // SVM
+                0x8000_000A => (a, b, c, d) = (0, 0, 0, 0),
+                _ => {}
+            }
+            (a, b, c, d)
+        }
+    }
+}
