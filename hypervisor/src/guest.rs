@@ -250,9 +250,9 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
         Err(s) => return s as u64,
     };
     // Copied in before anything is read from it.
-    let mut input = [0u8; 4096];
-    if let Some((gpa, len)) = call.input_block {
-        if !part.read(root, gpa, &mut input[..len as usize]) {
+    let mut input = alloc::vec![0u8; call.input_block.map_or(0, |(_, len)| len as usize)];
+    if let Some((gpa, _)) = call.input_block {
+        if !part.read(root, gpa, &mut input) {
             return status::INVALID_PARAMETER as u64;
         }
     }
@@ -282,12 +282,12 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
             if index != VP_SELF && index != vp.index {
                 return status::ACCESS_DENIED as u64;
             }
-            if input[12] != 0 {
+            if input.get(12) != Some(&0) {
                 return status::INVALID_PARAMETER as u64;
             }
             let mut ctx = hv_abi::partition::VpContext::default();
             vcpu.save_context(&mut ctx);
-            let mut out = [0u8; 4096];
+            let mut out = alloc::vec![0u8; call.output_block.map_or(0, |(_, len)| len as usize)];
             for i in call.input.rep_start..reps {
                 let at = size::VP_REGISTERS_HEADER as usize + 4 * i as usize;
                 let name = hv_abi::partition::u32_at(&input, at).unwrap_or(u32::MAX);
@@ -299,10 +299,13 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
                         Err(_) => return status::INVALID_PARAMETER as u64 | (i as u64) << 32,
                     },
                 };
-                out[16 * i as usize..16 * i as usize + 16].copy_from_slice(&value.to_le_bytes());
+                let Some(slot) = out.get_mut(16 * i as usize..16 * i as usize + 16) else {
+                    return status::INVALID_PARAMETER as u64 | (i as u64) << 32;
+                };
+                slot.copy_from_slice(&value.to_le_bytes());
             }
-            if let Some((gpa, len)) = call.output_block {
-                if !part.write(root, gpa, &out[..len as usize]) {
+            if let Some((gpa, _)) = call.output_block {
+                if !part.write(root, gpa, &out) {
                     return status::INVALID_PARAMETER as u64;
                 }
             }

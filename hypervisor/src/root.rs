@@ -775,22 +775,27 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
     };
     // Input copied in (checked to be root memory, at most a page); the
     // output built in hypervisor memory and copied out.
-    let mut input = [0u8; PAGE_SIZE as usize];
+    // Exactly the blocks' sizes: zeroing whole pages would cost more than
+    // most calls.
     let in_len = match call.input_block {
-        Some((gpa, len)) => {
-            if root.memory().read(gpa, &mut input[..len as usize]).is_err() {
+        Some((_, len)) => len as usize,
+        None if call.input.fast => 16,
+        None => 0,
+    };
+    let mut input = alloc::vec![0u8; in_len];
+    match call.input_block {
+        Some((gpa, _)) => {
+            if root.memory().read(gpa, &mut input).is_err() {
                 return finish(vcpu, hypercall::status::INVALID_PARAMETER, 0);
             }
-            len as usize
         }
         None if call.input.fast => {
             input[..8].copy_from_slice(&r.rdx.to_le_bytes());
             input[8..16].copy_from_slice(&r.r8.to_le_bytes());
-            16
         }
-        None => 0,
-    };
-    let mut out = [0u8; PAGE_SIZE as usize];
+        None => {}
+    }
+    let mut out = alloc::vec![0u8; call.output_block.map_or(0, |(_, len)| len as usize)];
     let (status, reps_done, written) = match call.spec.code {
         hypercall::GET_HOST_INFO => {
             let ok = crate::host_info(root).encode(&mut out).is_some();
@@ -802,7 +807,7 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
         }
         code => {
             let reps = (call.input.rep_start, call.input.rep_count);
-            let o = crate::partition::call(root, caps, code, reps, &input[..in_len], &mut out);
+            let o = crate::partition::call(root, caps, code, reps, &input, &mut out);
             (o.status, o.reps_done, o.output_len)
         }
     };

@@ -161,8 +161,9 @@ fn vp_input(id: u64, vp: u32) -> [u8; 16] {
 
 /// SetVpRegisters with `regs` (name, value), in chunks that fit a page.
 fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
-    let mut input = [0u8; 4096];
-    for chunk in regs.chunks(100) {
+    const PER_CALL: usize = 24;
+    let mut input = [0u8; size::VP_REGISTERS_HEADER as usize + 32 * PER_CALL];
+    for chunk in regs.chunks(PER_CALL) {
         input[..16].copy_from_slice(&vp_input(id, vp));
         for (i, (name, value)) in chunk.iter().enumerate() {
             let at = size::VP_REGISTERS_HEADER as usize + 32 * i;
