@@ -14,6 +14,7 @@ use hv_abi::synic::{
     self, access, kind, unrecoverable, ExceptionIntercept, IoPortIntercept, MemoryIntercept,
     Message,
 };
+use hypervisor::vapic::{self, VirtualApic};
 
 /// What the LP does after a guest exit. (The message travels by value: a
 /// box would be an allocation on every intercept.)
@@ -31,6 +32,7 @@ pub fn dispatch(
     part: &Partition,
     vp: &GuestVp,
     vcpu: &mut Vcpu,
+    vapic: &mut VirtualApic,
     exit: Exit,
 ) -> Next {
     let header = |vcpu: &Vcpu, len: u8, acc: u8| vcpu.intercept_header(vp.index, len, acc);
@@ -52,7 +54,12 @@ pub fn dispatch(
         }
         Exit::MsrRead => {
             let m = vcpu.regs().rcx as u32;
-            match read_msr(part, vcpu, vp, m) {
+            let value = match m {
+                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
+                crate::x86::msr::IA32_APIC_BASE => Some(crate::root::apic_base(vp.index)),
+                _ => read_msr(part, vcpu, vp, m),
+            };
+            match value {
                 Some(v) => {
                     let r = vcpu.regs();
                     (r.rax, r.rdx) = (v & 0xFFFF_FFFF, v >> 32);
@@ -65,7 +72,27 @@ pub fn dispatch(
         Exit::MsrWrite => {
             let r = vcpu.regs();
             let (m, v) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
-            if write_msr(root, part, vcpu, m, v) {
+            let done = match m {
+                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
+                    match vapic.write(m, v, cpu::rdtsc()) {
+                        vapic::Write::Done => true,
+                        vapic::Write::Ipi { vector, dest } => {
+                            send_ipi(part, vp, vapic, vector, dest);
+                            true
+                        }
+                        // NMI, INIT, SIPI: not offered to guests (their VPs all
+                        // start at the image's entry); ignored like a lost IPI.
+                        vapic::Write::Unsupported(_) => true,
+                        vapic::Write::Fault => false,
+                    }
+                }
+                // x2APIC mode at the architectural base stays; only BSP may differ.
+                crate::x86::msr::IA32_APIC_BASE => {
+                    v & !(1 << 8) == crate::root::apic_base(vp.index) & !(1 << 8)
+                }
+                _ => write_msr(root, part, vcpu, m, v),
+            };
+            if done {
                 vcpu.skip_instruction();
             } else {
                 vcpu.inject_exception(GP, Some(0));
@@ -170,6 +197,29 @@ pub fn dispatch(
     }
 }
 
+/// A fixed IPI from guest VP `sender` to the VPs of its partition that
+/// `dest` names: into each target's pending interrupts (its LP moves them
+/// into its virtual APIC before it next enters it), with a kick.
+fn send_ipi(
+    part: &Partition,
+    sender: &GuestVp,
+    vapic: &mut VirtualApic,
+    vector: u8,
+    dest: vapic::Dest,
+) {
+    for target in part.vps() {
+        if !VirtualApic::new(target.index).accepts(dest, sender.index) {
+            continue;
+        }
+        if target.index == sender.index {
+            vapic.request(vector);
+            continue;
+        }
+        target.shared.lock().pending[vector as usize / 64] |= 1 << (vector % 64);
+        crate::partition::kick(target.lp);
+    }
+}
+
 /// CPUID as a guest sees it: the processor's, with the hypervisor bit, the
 /// Hyper-V leaves with a guest's privileges (no partition management), and
 /// what the hypervisor does not virtualize for guests hidden (VMX, SVM,
@@ -183,9 +233,10 @@ fn cpuid_for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
         ),
         spin_retries: 0,
         limits: (hv_abi::partition::MAX_VPS, 0),
-        leaf1_set: 0,
-        // MONITOR, VMX, x2APIC, TSC deadline, XSAVE, OSXSAVE.
-        leaf1_clear: (1 << 3) | (1 << 5) | (1 << 21) | (1 << 24) | (1 << 26) | (1 << 27),
+        // x2APIC (virtual, as the root's).
+        leaf1_set: 1 << 21,
+        // MONITOR, VMX, TSC deadline, XSAVE, OSXSAVE.
+        leaf1_clear: (1 << 3) | (1 << 5) | (1 << 24) | (1 << 26) | (1 << 27),
         hide_xsave: true,
     };
     crate::cpuid_view::answer(&view, leaf, sub, vp)

@@ -34,6 +34,25 @@ struct Local {
     window_used: u64,
     /// The exception intercepts loaded into the VMCS/VMCB.
     exceptions: u32,
+    /// The VP's x2APIC (its timer, IPIs, EOI), kept by its LP.
+    vapic: VirtualApic,
+}
+
+impl Local {
+    /// Whether the VP may run now: not suspended or deleted, and not halted
+    /// unless an interrupt for it waits (asserted, an IPI, its timer).
+    fn runnable(&mut self, now: u64) -> bool {
+        let s = self.vp.shared.lock();
+        if s.may_run() {
+            return true;
+        }
+        if !s.halted || s.explicit_suspend || s.intercept_suspend || s.deleted {
+            return false;
+        }
+        drop(s);
+        self.vapic.tick(now);
+        self.vapic.deliverable().is_some()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -157,7 +176,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 g.part.exits.fetch_add(1, Ordering::Relaxed);
                 lp_stats.count(exit.reason());
                 let Some(v) = g.vcpu.as_mut() else { continue };
-                let next = guest::dispatch(root, &g.part, &g.vp, v, exit);
+                let next = guest::dispatch(root, &g.part, &g.vp, v, &mut g.vapic, exit);
                 let mut s = g.vp.shared.lock();
                 match next {
                     guest::Next::Resume => {}
@@ -200,11 +219,11 @@ fn enter_guest(
     active: &mut Active,
     root_deadline: Option<u64>,
 ) -> Option<vcpu::Exit> {
+    if !g.runnable(cpu::rdtsc()) {
+        return None;
+    }
     {
         let mut s = g.vp.shared.lock();
-        if !s.may_run() {
-            return None;
-        }
         match g.vcpu.as_mut() {
             None => {
                 let v = Vcpu::new_guest(caps, &s.ctx, g.part.slat_root(), g.part.tag);
@@ -240,13 +259,19 @@ fn enter_guest(
         }
         s.dirty = false;
         g.vp.running.store(true, Ordering::Release);
-        // An asserted interrupt: injected when the VP can take it, else an
-        // exit is asked for as soon as it can. Taking one ends a halt.
+        // Interrupts others sent (asserted by the root, IPIs) go into the
+        // VP's APIC; the deliverable one is injected when the VP can take
+        // it, else an exit is asked for as soon as it can. One ends a halt.
+        while let Some(vector) = s.next_interrupt() {
+            s.pending[vector as usize / 64] &= !(1 << (vector % 64));
+            g.vapic.request(vector);
+        }
+        g.vapic.tick(cpu::rdtsc());
         let v = g.vcpu.as_mut()?;
-        match s.next_interrupt() {
+        match g.vapic.deliverable() {
             Some(vector) if v.interruptible() => {
                 v.inject_interrupt(vector);
-                s.pending[vector as usize / 64] &= !(1 << (vector % 64));
+                g.vapic.accept(vector);
                 s.halted = false;
                 v.set_interrupt_window(false);
             }
@@ -258,8 +283,12 @@ fn enter_guest(
         }
     }
     let v = g.vcpu.as_mut()?;
-    // The root's timer preempts the guest (VMX; SVM: the host tick).
-    v.set_timer_deadline(root_deadline);
+    // The root's timer and the VP's own preempt it (VMX; SVM: the host tick).
+    let deadline = match (root_deadline, g.vapic.deadline()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    v.set_timer_deadline(deadline);
     let exceptions = g.part.exception_intercepts.load(Ordering::Acquire);
     if exceptions != g.exceptions {
         v.set_exception_intercepts(exceptions);
@@ -301,7 +330,7 @@ fn pick_guest(
     }
     let mut best: Option<(bool, u64, usize)> = None;
     for (i, g) in guests.iter_mut().enumerate() {
-        if !g.vp.shared.lock().may_run() {
+        if !g.runnable(now) {
             continue;
         }
         let cap = g.part.cap_percent.load(Ordering::Relaxed) as u64;
@@ -324,6 +353,7 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
     let mut inbox = partition::LP_INBOX[lp as usize % stats::MAX_LPS].lock();
     partition::LP_INBOX_COUNT[lp as usize % stats::MAX_LPS].store(0, Ordering::Release);
     for (part, vp) in inbox.drain(..) {
+        let index = vp.index;
         guests.push(Local {
             part,
             vp,
@@ -332,6 +362,7 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             vruntime: 0,
             window_used: 0,
             exceptions: 0,
+            vapic: VirtualApic::new(index),
         });
     }
 }

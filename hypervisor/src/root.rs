@@ -708,8 +708,8 @@ fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition, vp: u32) -> (u32, u
 }
 
 /// The virtual APIC's base MSR: the architectural base, enabled, x2APIC mode,
-/// BSP on VP 0.
-fn apic_base(vp: u32) -> u64 {
+/// BSP on VP 0 (root and guest VPs alike).
+pub fn apic_base(vp: u32) -> u64 {
     LAPIC_PAGE | (1 << 11) | (1 << 10) | ((vp == 0) as u64) << 8
 }
 

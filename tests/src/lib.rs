@@ -406,7 +406,11 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm console smp",
                 "shutdown",
             ],
-            &["smp: all 4 VPs ran", "vm wait: smp is Off (exit code 0)"],
+            &[
+                "smp: all 4 VPs ran",
+                "smp: the IPI woke all 3 other VPs",
+                "vm wait: smp is Off (exit code 0)",
+            ],
             GUEST_FAILURES,
             None,
         ),
@@ -534,6 +538,7 @@ fn guest_tests() -> Vec<GuestTest> {
             &[
                 "interrupts: vector 0x30 arrived and ended the halt",
                 "interrupts: the second waited for STI, then arrived",
+                "interrupts: the x2APIC timer ticked 5 times while the VP halted",
                 "vm wait: irq is Off (exit code 0)",
             ],
             GUEST_FAILURES,

@@ -503,11 +503,35 @@ impl Vmm {
             );
             return;
         }
-        for vp in 0..vm.vcpus {
-            let _ = partition_call(code::DELETE_VP, &vp_input(vm.partition, vp), &mut []);
-        }
-        if let Err(s) = partition_call(code::DELETE_PARTITION, &pid_input(vm.partition), &mut []) {
-            status_line("vm delete", "DeletePartition", s);
+        // In the order of the TLFS lifecycle: stop the VPs for good, take
+        // the memory back (UnmapGpaPages returns only once no VP can reach
+        // it), remove the VPs, then the partition.
+        let id = vm.partition;
+        let steps = || -> Result<(), (&'static str, u16)> {
+            partition_call(code::FINALIZE_PARTITION, &pid_input(id), &mut [])
+                .map_err(|s| ("FinalizePartition", s))?;
+            let pages = vm.memory_bytes / vmm::PAGE;
+            let mut input = [0u8; size::MAP_HEADER as usize];
+            input[..8].copy_from_slice(&id.to_le_bytes());
+            let mut done = 0;
+            while done < pages {
+                let n = (pages - done).min(4095);
+                input[8..16].copy_from_slice(&done.to_le_bytes());
+                let r = hypercall::call(code::UNMAP_GPA_PAGES, n as u16, &input, &mut []);
+                if r.status != status::SUCCESS {
+                    return Err(("UnmapGpaPages", r.status));
+                }
+                done += n;
+            }
+            for vp in 0..vm.vcpus {
+                partition_call(code::DELETE_VP, &vp_input(id, vp), &mut [])
+                    .map_err(|s| ("DeleteVp", s))?;
+            }
+            partition_call(code::DELETE_PARTITION, &pid_input(id), &mut [])
+                .map_err(|s| ("DeletePartition", s))
+        };
+        if let Err((what, s)) = steps() {
+            status_line("vm delete", what, s);
             return;
         }
         let (base, bytes) = (vm.memory_base, vm.memory_bytes);

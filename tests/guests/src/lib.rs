@@ -143,3 +143,80 @@ pub fn hypercall(rcx: u64, rdx: u64, r8: u64) -> u64 {
     };
     rax
 }
+
+/// Defines `extern "C" fn $name()`, an interrupt handler that counts into
+/// the `AtomicU64` `$counter`, writes EOI to the x2APIC and returns.
+#[macro_export]
+macro_rules! counting_handler {
+    ($name:ident, $counter:path) => {
+        core::arch::global_asm!(
+            concat!(".global ", stringify!($name)),
+            concat!(stringify!($name), ":"),
+            "    push rax",
+            "    push rcx",
+            "    push rdx",
+            "    lock inc qword ptr [rip + {counter}]",
+            "    mov ecx, 0x80B",
+            "    xor eax, eax",
+            "    xor edx, edx",
+            "    wrmsr",
+            "    pop rdx",
+            "    pop rcx",
+            "    pop rax",
+            "    iretq",
+            counter = sym $counter,
+        );
+        extern "C" {
+            fn $name();
+        }
+    };
+}
+
+#[repr(C, align(16))]
+struct Idt(core::cell::UnsafeCell<[u64; 512]>);
+// SAFETY: entries are written before any VP loads the table (VP 0 builds it
+// before the others are asked to use it), then only read by the processor.
+unsafe impl Sync for Idt {}
+static IDT: Idt = Idt(core::cell::UnsafeCell::new([0; 512]));
+
+/// Points `vector` at `handler` (a 64-bit interrupt gate, selector 0x08:
+/// the loader's code segment).
+pub fn set_handler(vector: u8, handler: unsafe extern "C" fn()) {
+    let h = handler as *const () as u64;
+    let low = (h & 0xFFFF) | 0x08 << 16 | 0x8E << 40 | ((h >> 16) & 0xFFFF) << 48;
+    // SAFETY: see `Idt`.
+    unsafe {
+        (*IDT.0.get())[vector as usize * 2] = low;
+        (*IDT.0.get())[vector as usize * 2 + 1] = h >> 32;
+    }
+}
+
+/// Loads the IDT and software-enables this VP's x2APIC (spurious vector 0xFF).
+pub fn load_idt_and_enable_apic() {
+    let base = IDT.0.get() as u64;
+    let pointer: [u16; 5] = [
+        4095,
+        base as u16,
+        (base >> 16) as u16,
+        (base >> 32) as u16,
+        (base >> 48) as u16,
+    ];
+    // SAFETY: the IDT is static and its handlers are valid; SVR enables the
+    // (virtual) x2APIC the hypervisor offers in CPUID.
+    unsafe {
+        asm!("lidt [{}]", in(reg) &pointer, options(nostack));
+        wrmsr(0x80F, 0x1FF);
+    }
+}
+
+/// Sleeps with interrupts enabled until `done` or `tries` wake-ups passed.
+pub fn halt_until(tries: u32, done: impl Fn() -> bool) -> bool {
+    for _ in 0..tries {
+        if done() {
+            return true;
+        }
+        // SAFETY: the IDT handles the vectors this guest enabled; HLT waits.
+        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+    done()
+}
