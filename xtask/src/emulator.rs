@@ -26,12 +26,24 @@ pub enum Input<'a> {
     },
 }
 
-/// Sends script lines as prompts appear.
+/// Sends script lines as prompts appear, a few bytes at a time like a
+/// typist: the next piece goes once the machine has echoed the last (or
+/// after `ECHO_WAIT`, should other output cut into the echo). Emulated UARTs
+/// may take input faster than their line rate, and a 16-byte FIFO read by a
+/// shell that sleeps between ticks would overflow with a whole line.
 struct Feeder<'a> {
     prompt: &'a str,
     lines: &'a [String],
+    /// Lines sent completely.
     sent: usize,
+    /// Bytes of `lines[sent]` typed so far, and when the last piece went.
+    typed: usize,
+    last_piece: Option<Instant>,
 }
+
+/// Bytes typed at once: half the 16550's FIFO.
+const PIECE: usize = 8;
+const ECHO_WAIT: Duration = Duration::from_millis(300);
 
 impl Feeder<'_> {
     fn new<'a>(input: Input<'a>) -> Option<Feeder<'a>> {
@@ -40,17 +52,37 @@ impl Feeder<'_> {
                 prompt,
                 lines,
                 sent: 0,
+                typed: 0,
+                last_piece: None,
             }),
             _ => None,
         }
     }
 
     fn feed(&mut self, serial: &str, out: &mut dyn Write) {
-        let prompts = serial.matches(self.prompt).count();
-        while self.sent < prompts.min(self.lines.len()) {
-            let _ = out.write_all(format!("{}\n", self.lines[self.sent]).as_bytes());
+        while self.sent < self.lines.len() {
+            // Line n goes after the (n+1)th prompt; what follows that prompt
+            // is where its echo appears.
+            let Some(tail) = serial.split(self.prompt).nth(self.sent + 1) else {
+                return;
+            };
+            let line = format!("{}\n", self.lines[self.sent]);
+            let echoed = tail.contains(&line[..self.typed]);
+            let waited = self.last_piece.is_some_and(|t| t.elapsed() >= ECHO_WAIT);
+            if self.typed > 0 && !echoed && !waited {
+                return;
+            }
+            let end = (self.typed + PIECE).min(line.len());
+            let _ = out.write_all(&line.as_bytes()[self.typed..end]);
             let _ = out.flush();
-            self.sent += 1;
+            self.last_piece = Some(Instant::now());
+            if end == line.len() {
+                self.sent += 1;
+                self.typed = 0;
+            } else {
+                self.typed = end;
+                return;
+            }
         }
     }
 }
