@@ -7,7 +7,7 @@
 use crate::partition::{GuestVp, Partition};
 use crate::root::RootPartition;
 use crate::time;
-use crate::vcpu::{Exit, Vcpu, GP, UD};
+use crate::vcpu::{Exit, Vcpu, AC, DB, GP, UD};
 use crate::x86::cpu;
 use hv_abi::cpuid;
 use hv_abi::synic::{
@@ -105,6 +105,12 @@ pub fn dispatch(
             vcpu.skip_instruction();
             Next::Resume
         }
+        // Caches stay coherent without it: done as a no-op (WBINVD's effect
+        // without the flush), never natively.
+        Exit::Invd => {
+            vcpu.skip_instruction();
+            Next::Resume
+        }
         Exit::Halt => {
             vcpu.skip_instruction();
             if vcpu.interrupts_enabled() {
@@ -166,6 +172,20 @@ pub fn dispatch(
             };
             Next::Intercept(msg.message(k, part.id))
         }
+        // #DB and #AC exit always (vcpu::GUEST_EXCEPTIONS_ALWAYS); unless the
+        // root asked for them they go back to the guest, one exit each.
+        Exit::Exception {
+            vector, error_code, ..
+        } if (vector == DB || vector == AC)
+            && part
+                .exception_intercepts
+                .load(core::sync::atomic::Ordering::Relaxed)
+                & (1 << vector)
+                == 0 =>
+        {
+            vcpu.inject_exception(vector, error_code);
+            Next::Resume
+        }
         Exit::Exception {
             vector,
             error_code,
@@ -215,8 +235,17 @@ fn send_ipi(
             vapic.request(vector);
             continue;
         }
-        target.shared.lock().pending[vector as usize / 64] |= 1 << (vector % 64);
-        crate::partition::kick(target.lp);
+        let mut s = target.shared.lock();
+        let (word, bit) = (&mut s.pending[vector as usize / 64], 1u64 << (vector % 64));
+        let new = *word & bit == 0;
+        *word |= bit;
+        let halted = s.halted;
+        drop(s);
+        // Its LP looks at the pending vectors before every entry: a kick is
+        // needed only to cut a run short or end a sleep, once per vector.
+        if new && (halted || target.in_guest.load(core::sync::atomic::Ordering::Acquire)) {
+            crate::partition::kick(target.lp);
+        }
     }
 }
 
@@ -250,7 +279,7 @@ fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> 
         hv_abi::msr::VP_INDEX => Some(vp.index as u64),
         hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
         crate::x86::msr::IA32_EFER => Some(vcpu.efer()),
-        _ => None,
+        _ => vcpu.syscall_msr(m),
     }
 }
 
@@ -277,7 +306,7 @@ fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v:
             true
         }
         crate::x86::msr::IA32_EFER => vcpu.set_efer(v),
-        _ => false,
+        _ => vcpu.set_syscall_msr(m, v),
     }
 }
 

@@ -43,15 +43,19 @@ impl Local {
     /// unless an interrupt for it waits (asserted, an IPI, its timer).
     fn runnable(&mut self, now: u64) -> bool {
         let s = self.vp.shared.lock();
+        Self::may_run_with(&s, &mut self.vapic, now)
+    }
+
+    /// As `runnable`, with the VP's shared state already locked.
+    fn may_run_with(s: &partition::VpShared, vapic: &mut VirtualApic, now: u64) -> bool {
         if s.may_run() {
             return true;
         }
         if !s.halted || s.explicit_suspend || s.intercept_suspend || s.deleted {
             return false;
         }
-        drop(s);
-        self.vapic.tick(now);
-        self.vapic.deliverable().is_some()
+        vapic.tick(now);
+        vapic.deliverable().is_some()
     }
 }
 
@@ -190,11 +194,13 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     s.stale = false;
                 }
                 drop(s);
-                g.vp.running.store(false, Ordering::Release);
+                // Posted while still `running`: whoever stops the VP waits
+                // for it, so no message of a VP outlives its stop unseen.
                 if let guest::Next::Intercept(msg) = next {
                     g.part.intercepts.fetch_add(1, Ordering::Relaxed);
                     crate::synic::post(root, 0, INTERCEPT_SINT, msg);
                 }
+                g.vp.running.store(false, Ordering::Release);
             }
             Choice::Idle => {
                 // A root timer due before the host's next tick: wait awake.
@@ -219,11 +225,13 @@ fn enter_guest(
     active: &mut Active,
     root_deadline: Option<u64>,
 ) -> Option<vcpu::Exit> {
-    if !g.runnable(cpu::rdtsc()) {
-        return None;
-    }
     {
+        // Checked under the same lock that `running` is set under: a
+        // suspension or deletion the root asked for meanwhile is honoured.
         let mut s = g.vp.shared.lock();
+        if !Local::may_run_with(&s, &mut g.vapic, cpu::rdtsc()) {
+            return None;
+        }
         match g.vcpu.as_mut() {
             None => {
                 let v = Vcpu::new_guest(caps, &s.ctx, g.part.slat_root(), g.part.tag);
@@ -361,7 +369,8 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             xstate: None,
             vruntime: 0,
             window_used: 0,
-            exceptions: 0,
+            // Applied at the first entry (the base intercepts with it).
+            exceptions: u32::MAX,
             vapic: VirtualApic::new(index),
         });
     }

@@ -272,6 +272,8 @@ fn quiesce(vp: &GuestVp) {
 /// executes guest code, and waits until none still runs with old ones (a VP
 /// in guest mode is kicked out; it flushes at its next entry). `caller`, a
 /// VP handling its own exit, is not waited for: it flushes at re-entry.
+/// The root's calls (`caller` None) also wait for VPs in exit handling,
+/// which may be copying hypercall output into a page being unmapped.
 pub fn flush_tlbs(p: &Partition, vps: &[Arc<GuestVp>], caller: Option<&GuestVp>) {
     let generation = p.flush_generation.fetch_add(1, Ordering::AcqRel) + 1;
     for vp in vps {
@@ -281,8 +283,11 @@ pub fn flush_tlbs(p: &Partition, vps: &[Arc<GuestVp>], caller: Option<&GuestVp>)
         if vp.in_guest.load(Ordering::Acquire) {
             kick(vp.lp);
         }
-        while vp.in_guest.load(Ordering::Acquire) && vp.flushed.load(Ordering::Acquire) < generation
-        {
+        let busy = |vp: &GuestVp| {
+            vp.in_guest.load(Ordering::Acquire)
+                || (caller.is_none() && vp.running.load(Ordering::Acquire))
+        };
+        while busy(vp) && vp.flushed.load(Ordering::Acquire) < generation {
             cpu::pause();
         }
     }
@@ -846,62 +851,97 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
     };
     let window = rep_window(reps);
     let mut waited = false;
-    let mut wake = false;
-    for i in window.clone() {
-        let at = size::VP_REGISTERS_HEADER as usize + 32 * i as usize;
-        let (Some(name), Some(lo), Some(hi)) = (
-            abi::u32_at(input, at),
-            abi::u64_at(input, at + 16),
-            abi::u64_at(input, at + 24),
-        ) else {
-            return rep_result(status::INVALID_PARAMETER, i);
-        };
-        let value = (hi as u128) << 64 | lo as u128;
-        match name {
-            reg::EXPLICIT_SUSPEND | reg::INTERCEPT_SUSPEND => {
-                if value > 1 {
-                    return rep_result(status::INVALID_REGISTER_VALUE, i);
-                }
-                let mut s = vp.shared.lock();
-                let on = value == 1;
-                if name == reg::EXPLICIT_SUSPEND {
-                    s.explicit_suspend = on;
-                } else {
-                    s.intercept_suspend = on;
-                }
-                wake |= !on;
-                drop(s);
-                if on {
-                    // Suspension takes effect at once: the VP leaves guest mode.
-                    quiesce(&vp);
-                }
-            }
-            _ => {
-                if !waited {
-                    if let Err(s) = quiesced(&vp) {
-                        return rep_result(s, i);
+    // Suspend flags to clear, with their rep: cleared after the window, so
+    // that the registers written in the same call cannot race a VP that
+    // already runs again.
+    let mut clears: Vec<(u16, u32)> = Vec::new();
+    let mut outcome = rep_result(status::SUCCESS, window.end);
+    for i in window {
+        match set_register(&vp, input, i, &mut waited, &mut clears) {
+            Ok(()) => {}
+            Err(s) => {
+                // A retry starts again at the first deferred clear, so none
+                // is lost; after an error, the reps before it stand.
+                let resume_at = match (s, clears.first()) {
+                    (RETRY, Some(&(first, _))) => {
+                        clears.clear();
+                        first
                     }
-                    waited = true;
-                }
-                let mut s = vp.shared.lock();
-                match s.ctx.set(name, value) {
-                    // New state: a VP that halted waits no longer.
-                    Ok(()) => {
-                        s.dirty = true;
-                        s.halted = false;
-                    }
-                    Err(abi::RegisterError::Unknown) => {
-                        return rep_result(status::INVALID_PARAMETER, i)
-                    }
-                    Err(abi::RegisterError::BadValue) => {
-                        return rep_result(status::INVALID_REGISTER_VALUE, i)
-                    }
-                }
+                    _ => i,
+                };
+                outcome = rep_result(s, resume_at);
+                break;
             }
         }
     }
-    if wake {
+    if !clears.is_empty() {
+        let mut s = vp.shared.lock();
+        for &(_, name) in &clears {
+            if name == reg::EXPLICIT_SUSPEND {
+                s.explicit_suspend = false;
+            } else {
+                s.intercept_suspend = false;
+            }
+        }
+        drop(s);
         kick(vp.lp);
     }
-    rep_result(status::SUCCESS, window.end)
+    outcome
+}
+
+/// Rep `i` of a SetVpRegisters call.
+fn set_register(
+    vp: &GuestVp,
+    input: &[u8],
+    i: u16,
+    waited: &mut bool,
+    clears: &mut Vec<(u16, u32)>,
+) -> Result<(), u16> {
+    let at = size::VP_REGISTERS_HEADER as usize + 32 * i as usize;
+    let (Some(name), Some(lo), Some(hi)) = (
+        abi::u32_at(input, at),
+        abi::u64_at(input, at + 16),
+        abi::u64_at(input, at + 24),
+    ) else {
+        return Err(status::INVALID_PARAMETER);
+    };
+    let value = (hi as u128) << 64 | lo as u128;
+    match name {
+        reg::EXPLICIT_SUSPEND | reg::INTERCEPT_SUSPEND => {
+            if value > 1 {
+                return Err(status::INVALID_REGISTER_VALUE);
+            }
+            if value == 0 {
+                clears.push((i, name));
+                return Ok(());
+            }
+            let mut s = vp.shared.lock();
+            if name == reg::EXPLICIT_SUSPEND {
+                s.explicit_suspend = true;
+            } else {
+                s.intercept_suspend = true;
+            }
+            drop(s);
+            // Suspension takes effect at once: the VP leaves guest mode.
+            quiesce(vp);
+            Ok(())
+        }
+        _ => {
+            if !*waited {
+                quiesced(vp)?;
+                *waited = true;
+            }
+            let mut s = vp.shared.lock();
+            match s.ctx.set(name, value) {
+                // New state: a VP that halted waits no longer.
+                Ok(()) => {
+                    s.dirty = true;
+                    s.halted = false;
+                    Ok(())
+                }
+                Err(abi::RegisterError::Unknown) => Err(status::INVALID_PARAMETER),
+                Err(abi::RegisterError::BadValue) => Err(status::INVALID_REGISTER_VALUE),
+            }
+        }
+    }
 }

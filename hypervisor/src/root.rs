@@ -612,6 +612,12 @@ pub fn dispatch(
             vcpu.skip_instruction();
             Next::Halted
         }
+        // As for guests: never natively (it would discard the hypervisor's
+        // dirty cache lines); a no-op keeps memory coherent.
+        Exit::Invd => {
+            vcpu.skip_instruction();
+            Next::Resume
+        }
         Exit::Xsetbv => {
             let r = vcpu.regs();
             let (index, value) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
@@ -784,11 +790,10 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
     };
     let mut input = alloc::vec![0u8; in_len];
     match call.input_block {
-        Some((gpa, _)) => {
-            if root.memory().read(gpa, &mut input).is_err() {
-                return finish(vcpu, hypercall::status::INVALID_PARAMETER, 0);
-            }
+        Some((gpa, _)) if root.memory().read(gpa, &mut input).is_err() => {
+            return finish(vcpu, hypercall::status::INVALID_PARAMETER, 0);
         }
+        Some(_) => {}
         None if call.input.fast => {
             input[..8].copy_from_slice(&r.rdx.to_le_bytes());
             input[8..16].copy_from_slice(&r.r8.to_le_bytes());
@@ -812,8 +817,21 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
         }
     };
     if let Some((gpa, len)) = call.output_block {
-        let n = written.min(len as usize);
-        if n > 0 && root.memory().write(gpa, &out[..n]).is_err() {
+        // A rep call writes only the elements this entry did: earlier
+        // entries' stay as they were.
+        let from = match call.spec.form {
+            Form::Rep { element_out, .. } => {
+                (element_out as usize * call.input.rep_start as usize).min(len as usize)
+            }
+            Form::Simple { .. } => 0,
+        };
+        let to = written.min(len as usize);
+        if to > from
+            && root
+                .memory()
+                .write(gpa + from as u64, &out[from..to])
+                .is_err()
+        {
             return finish(vcpu, hypercall::status::INVALID_PARAMETER, reps_done);
         }
     }

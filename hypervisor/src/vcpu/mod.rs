@@ -161,6 +161,8 @@ pub enum Exit {
         execute: bool,
     },
     Xsetbv,
+    /// INVD: would discard dirty cache lines of every partition.
+    Invd,
     ControlRegister,
     Nmi,
     /// A physical interrupt arrived while the VP ran (SVM: the host timer).
@@ -196,6 +198,7 @@ impl Exit {
             Exit::Hypercall => ExitReason::Hypercall,
             Exit::SlatViolation { .. } => ExitReason::SlatViolation,
             Exit::Xsetbv => ExitReason::Xsetbv,
+            Exit::Invd => ExitReason::Other,
             Exit::ControlRegister => ExitReason::ControlRegister,
             Exit::Nmi => ExitReason::Nmi,
             Exit::ExternalInterrupt => ExitReason::ExternalInterrupt,
@@ -463,11 +466,33 @@ impl Vcpu {
         }
     }
 
-    /// Which exception vectors exit (bit n: vector n); machine checks always do.
+    /// Which exception vectors of a guest VP exit (bit n: vector n), besides
+    /// `GUEST_EXCEPTIONS_ALWAYS`.
     pub fn set_exception_intercepts(&mut self, mask: u32) {
+        let mask = mask | GUEST_EXCEPTIONS_ALWAYS;
         match self {
-            Vcpu::Vmx(v) => v.set_exception_intercepts(mask | 1 << 18),
-            Vcpu::Svm(s) => s.set_exception_intercepts(mask | 1 << 18),
+            Vcpu::Vmx(v) => v.set_exception_intercepts(mask),
+            Vcpu::Svm(s) => s.set_exception_intercepts(mask),
+        }
+    }
+
+    /// A guest VP's KERNEL_GS_BASE, STAR, LSTAR, CSTAR or SFMASK.
+    pub fn syscall_msr(&self, m: u32) -> Option<u64> {
+        match self {
+            Vcpu::Vmx(v) => v.syscall_msr(m),
+            Vcpu::Svm(s) => s.syscall_msr(m),
+        }
+    }
+
+    /// Sets one of them; a non-canonical address is refused (#GP).
+    pub fn set_syscall_msr(&mut self, m: u32, v: u64) -> bool {
+        let address = matches!(m, 0xC000_0082 | 0xC000_0083 | 0xC000_0102);
+        if address && !matches!(v >> 47, 0 | 0x1_FFFF) {
+            return false;
+        }
+        match self {
+            Vcpu::Vmx(x) => x.set_syscall_msr(m, v),
+            Vcpu::Svm(s) => s.set_syscall_msr(m, v),
         }
     }
 
@@ -493,3 +518,12 @@ const _: () = assert!(core::mem::size_of::<GuestRegs>() == 15 * 8);
 
 pub const GP: u8 = 13;
 pub const UD: u8 = 6;
+pub const DB: u8 = 1;
+pub const AC: u8 = 17;
+
+/// Exceptions a guest VP always exits on: machine checks (the hypervisor's),
+/// and #DB and #AC, which a guest can make recur during their own delivery
+/// forever inside the processor, where no interrupt ends it (the known
+/// "benign exception loop" attacks): intercepted, each delivery is an exit,
+/// and the hypervisor re-injects it.
+pub const GUEST_EXCEPTIONS_ALWAYS: u32 = 1 << DB | 1 << AC | 1 << 18;

@@ -242,10 +242,12 @@ impl SvmVcpu {
             nrip_save: caps.nrip_save,
         };
         // Intercepts: word 3 bits: 0 INTR (the host timer preempts the VP), 18
-        // CPUID, 24 HLT, 27 IOIO_PROT (through the map), 28 MSR_PROT, 31 SHUTDOWN.
+        // CPUID, 22 INVD (it would run natively and discard every partition's
+        // dirty cache lines), 24 HLT, 27 IOIO_PROT (through the map), 28
+        // MSR_PROT, 31 SHUTDOWN.
         v.write32(
             vmcb::INTERCEPT_MISC1,
-            1 | (1 << 18) | (1 << 24) | (1 << 27) | (1 << 28) | (1 << 31),
+            1 | (1 << 18) | (1 << 22) | (1 << 24) | (1 << 27) | (1 << 28) | (1 << 31),
         );
         let (iopm, msrpm) = if guest {
             (
@@ -419,6 +421,32 @@ impl SvmVcpu {
         self.write32(vmcb::INTERCEPT_EXCEPTIONS, mask);
     }
 
+    /// The VMCB slot of a syscall MSR (VMLOAD/VMSAVE switch them).
+    fn syscall_slot(m: u32) -> Option<u64> {
+        Some(match m {
+            0xC000_0081 => 0x600, // STAR
+            0xC000_0082 => 0x608, // LSTAR
+            0xC000_0083 => 0x610, // CSTAR
+            0xC000_0084 => 0x618, // SFMASK
+            0xC000_0102 => 0x620, // KERNEL_GS_BASE
+            _ => return None,
+        })
+    }
+
+    pub fn syscall_msr(&self, m: u32) -> Option<u64> {
+        Some(self.read(Self::syscall_slot(m)?))
+    }
+
+    pub fn set_syscall_msr(&mut self, m: u32, v: u64) -> bool {
+        match Self::syscall_slot(m) {
+            Some(at) => {
+                self.write(at, v);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn cpl(&self) -> u8 {
         (self.read32(vmcb::CPL_WORD) >> 24) as u8 & 3
     }
@@ -450,6 +478,7 @@ impl SvmVcpu {
             0x64 => Exit::InterruptWindow,
             0x61 => Exit::Nmi,
             0x72 => Exit::Cpuid,
+            0x76 => Exit::Invd,
             0x78 => Exit::Halt,
             // EXITINFO1: IN 0, string 2, REP 3, size one-hot 6:4, port 31:16;
             // EXITINFO2: the next RIP.
@@ -493,9 +522,9 @@ impl SvmVcpu {
             self.read(vmcb::NEXT_RIP)
         } else {
             let len = match self.read(vmcb::EXIT_CODE) {
-                0x72 | 0x7C => 2, // CPUID, RDMSR/WRMSR
-                0x78 => 1,        // HLT
-                0x81 | 0x8D => 3, // VMMCALL, XSETBV
+                0x72 | 0x7C | 0x76 => 2, // CPUID, RDMSR/WRMSR, INVD
+                0x78 => 1,               // HLT
+                0x81 | 0x8D => 3,        // VMMCALL, XSETBV
                 _ => 0,
             };
             self.rip() + len

@@ -273,6 +273,33 @@ pub struct VmxVcpu {
     timer_deadline: Option<u64>,
     /// The VP's CR2, which VMX does not switch.
     cr2: u64,
+    /// A guest VP's KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK: VMX does not
+    /// switch them either, and the root's must neither leak to a guest
+    /// (SWAPGS, SYSCALL run natively) nor be changed by one. `None`: the
+    /// root's VP, whose values simply stay live.
+    syscall_msrs: Option<[u64; 5]>,
+}
+
+/// KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK.
+pub const SYSCALL_MSRS: [u32; 5] = [
+    0xC000_0102,
+    0xC000_0081,
+    0xC000_0082,
+    0xC000_0083,
+    0xC000_0084,
+];
+
+fn read_syscall_msrs() -> [u64; 5] {
+    SYSCALL_MSRS.map(msr::read)
+}
+
+fn write_syscall_msrs(values: &[u64; 5]) {
+    for (m, v) in SYSCALL_MSRS.iter().zip(values) {
+        // SAFETY: these MSRs only take effect at SWAPGS/SYSCALL, which the
+        // hypervisor never executes; the values are a VP's own (a guest's
+        // are checked canonical when written, see `set_syscall_msr`).
+        unsafe { msr::write(*m, *v) };
+    }
 }
 
 fn vmwrite(field: u32, value: u64) -> Result<(), &'static str> {
@@ -443,6 +470,7 @@ impl VmxVcpu {
             vmwrite(f, v)?;
         }
         let mut v = Self::with(vmcs, proc, entry, cr0_fixed0, GuestRegs::default());
+        v.syscall_msrs = Some([0; 5]);
         v.load_context(ctx)?;
         Ok(v)
     }
@@ -462,6 +490,7 @@ impl VmxVcpu {
             slice,
             timer_deadline: None,
             cr2: 0,
+            syscall_msrs: None,
         }
     }
 
@@ -596,6 +625,25 @@ impl VmxVcpu {
 
     pub fn set_exception_intercepts(&mut self, mask: u32) {
         let _ = vmwrite(field::EXCEPTION_BITMAP, mask as u64);
+    }
+
+    /// A guest VP's copy of a syscall MSR (`SYSCALL_MSRS`).
+    pub fn syscall_msr(&self, m: u32) -> Option<u64> {
+        let i = SYSCALL_MSRS.iter().position(|&x| x == m)?;
+        Some(self.syscall_msrs?[i])
+    }
+
+    pub fn set_syscall_msr(&mut self, m: u32, v: u64) -> bool {
+        let Some(i) = SYSCALL_MSRS.iter().position(|&x| x == m) else {
+            return false;
+        };
+        match self.syscall_msrs.as_mut() {
+            Some(values) => {
+                values[i] = v;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Writes the VP's EFER (an intercepted WRMSR): LMA is the processor's,
@@ -818,12 +866,21 @@ impl VmxVcpu {
         if cpu::read_cr2() != self.cr2 {
             cpu::write_cr2(self.cr2);
         }
+        let host_syscall = self.syscall_msrs.map(|guest| {
+            let host = read_syscall_msrs();
+            write_syscall_msrs(&guest);
+            host
+        });
         // SAFETY: this VP's VMCS is current (the LP's scheduler activates
         // it before running the VP); `regs` outlives the call; the host state
         // in the VMCS returns to `vmx_exit` on this stack with every
         // callee-saved register restored by the assembly.
         let failed = unsafe { vmx_enter(&mut self.regs, self.launched as u64) };
         self.cr2 = cpu::read_cr2();
+        if let (Some(guest), Some(host)) = (self.syscall_msrs.as_mut(), host_syscall) {
+            *guest = read_syscall_msrs();
+            write_syscall_msrs(&host);
+        }
         if failed != 0 {
             return Exit::EntryFailed(insn::vmread(field::VM_INSTRUCTION_ERROR));
         }
@@ -852,6 +909,7 @@ impl VmxVcpu {
             1 => Exit::ExternalInterrupt,
             2 => Exit::TripleFault,
             10 => Exit::Cpuid,
+            13 => Exit::Invd,
             12 => Exit::Halt,
             18 => Exit::Hypercall,
             19..=27 | 50 | 53 => Exit::VirtualizationInstruction,

@@ -342,6 +342,19 @@ impl Vmm {
     }
 
     fn start(&mut self, name: &str) {
+        // Messages its VPs posted before they were stopped belong to the
+        // old run: served or dropped now, never applied to the new one.
+        if let Some(id) = self
+            .find(name)
+            .and_then(|i| self.vms[i].as_ref())
+            .map(|v| v.partition)
+        {
+            while let Some(m) = synic::take() {
+                if m.sender != id {
+                    self.intercept(m);
+                }
+            }
+        }
         let Some(vm) = self.named(name) else { return };
         if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
             println!("vm start: {name} is {}", vm.state.name());
@@ -877,11 +890,19 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
             if !write {
                 rax = io.rax | mask;
             }
-            if !vm.reported_ports[..vm.reported].contains(&io.port) {
-                if vm.reported < vm.reported_ports.len() {
-                    vm.reported_ports[vm.reported] = io.port;
-                    vm.reported += 1;
-                }
+            // Once per port, for the first few ports; then one line saying
+            // the rest go unreported (a guest must not flood the console).
+            let listed = vm.reported.min(vm.reported_ports.len());
+            let known = vm.reported_ports[..listed].contains(&io.port);
+            if !known && vm.reported == vm.reported_ports.len() {
+                vm.reported += 1;
+                println!(
+                    "vm {}: more ports not emulated; not reported any more",
+                    vm.name()
+                );
+            } else if !known && vm.reported < vm.reported_ports.len() {
+                vm.reported_ports[vm.reported] = io.port;
+                vm.reported += 1;
                 println!(
                     "vm {}: VP {vp} {} port {:#x} at RIP {:#x}: not emulated ({}); reported once",
                     vm.name(),

@@ -54,7 +54,10 @@ fn main(_vp: u64, _vps: u64, _memory: u64) -> ! {
         test_guests::wrmsr(0x838, 0);
     }
     if !ok {
-        println!("interrupts: FAILED, the timer ticked {} times", TICKS.load(Ordering::SeqCst));
+        println!(
+            "interrupts: FAILED, the timer ticked {} times",
+            TICKS.load(Ordering::SeqCst)
+        );
         exit(1);
     }
     println!("interrupts: the x2APIC timer ticked 5 times while the VP halted");

@@ -44,7 +44,10 @@ fn main(vp: u64, vps: u64, _memory: u64) -> ! {
     }
     let got = IPIS.load(Ordering::SeqCst);
     if got != vps - 1 {
-        println!("smp: FAILED, the IPI reached {got} of {} other VPs", vps - 1);
+        println!(
+            "smp: FAILED, the IPI reached {got} of {} other VPs",
+            vps - 1
+        );
         exit(1);
     }
     println!("smp: the IPI woke all {got} other VPs");
