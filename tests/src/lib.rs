@@ -539,6 +539,8 @@ fn guest_tests() -> Vec<GuestTest> {
                 "interrupts: vector 0x30 arrived and ended the halt",
                 "interrupts: the second waited for STI, then arrived",
                 "interrupts: the x2APIC timer ticked 5 times while the VP halted",
+                "interrupts: a single-step #DB reached the guest's handler once",
+                "interrupts: LSTAR is the guest's own across exits",
                 "vm wait: irq is Off (exit code 0)",
             ],
             GUEST_FAILURES,

@@ -130,6 +130,14 @@ pub unsafe fn wrmsr(msr: u32, v: u64) {
     };
 }
 
+pub fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reads an MSR the hypervisor emulates for guests (others #GP,
+    // which these guests do not do).
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (hi as u64) << 32 | lo as u64
+}
+
 /// A hypercall through the page: RCX, RDX, R8 in; RAX out.
 pub fn hypercall(rcx: u64, rdx: u64, r8: u64) -> u64 {
     let rax: u64;
