@@ -117,15 +117,29 @@ fn hypervisor_seconds(serial: &str) -> Option<f64> {
 
 pub fn main(args: Vec<String>) -> Result<i32> {
     let mut runs = 3;
+    let mut only: Option<String> = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().context("--runs needs a number")?.parse()?,
+            "--only" => only = Some(it.next().context("--only needs exits or io")?),
             other => bail!("unknown option \"{other}\" for bench"),
         }
     }
     prereq::ensure()?;
     let art = build::build()?;
+    match only.as_deref() {
+        None => {}
+        Some("exits") => {
+            exits(&art, runs)?;
+            return Ok(0);
+        }
+        Some("io") => {
+            io_intercepts(&art)?;
+            return Ok(0);
+        }
+        Some(other) => bail!("--only {other}: expected exits or io"),
+    }
     let elf = std::fs::read(&art.hypervisor)?;
     println!(
         "== size: {} ({} bytes on disk with symbols)",
