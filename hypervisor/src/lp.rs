@@ -86,6 +86,9 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, vcpu::HOST_TICK_US);
     let mut vapic = VirtualApic::new(lp);
     let root_xstate = XState::new().unwrap_or_else(|e| root::stop(lp, e));
+    // Whose extended state (x87/SSE/AVX) the registers hold: switched only
+    // when the LP changes VPs (the hypervisor itself never touches them).
+    let mut fpu_owner = Active::Root;
     let lp_stats = stats::Lp::get(lp as usize);
     let tsc_hz = crate::time::tsc_hz().max(1);
     let slice = tsc_hz * vcpu::TIME_SLICE_US / 1_000_000;
@@ -105,7 +108,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             take_new_vps(lp, &mut guests);
         }
         if !guests.is_empty() {
-            reap(&mut guests, &mut active);
+            reap(&mut guests, &mut active, &mut fpu_owner);
             serve_save_requests(&mut guests, &mut active);
         }
         // A halted root VP runs again when an interrupt can reach it.
@@ -136,11 +139,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     active = Active::Root;
                 }
                 root::deliver_interrupts(&mut root_vcpu, &mut vapic, lp);
+                switch_xstate(&mut fpu_owner, Active::Root, &root_xstate, &guests);
                 let entered = cpu::rdtsc();
                 lp_stats.add_hypervisor_time(entered - left_guest);
-                root_xstate.restore();
                 let exit = root_vcpu.run();
-                root_xstate.save();
                 left_guest = cpu::rdtsc();
                 lp_stats.count(exit.reason());
                 match root::dispatch(root, caps, &mut root_vcpu, &mut vapic, lp, exit) {
@@ -151,6 +153,22 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 root_if = root_vcpu.interrupts_enabled();
             }
             Choice::Guest(i) => {
+                if guests[i].xstate.is_none() {
+                    match XState::new_initial() {
+                        Ok(x) => guests[i].xstate = Some(x),
+                        Err(e) => {
+                            log::warn!(
+                                "partition {} VP {}: {e}",
+                                guests[i].part.id,
+                                guests[i].vp.index
+                            );
+                            guests[i].vp.shared.lock().deleted = true;
+                            continue;
+                        }
+                    }
+                }
+                let me = Active::Guest(guests[i].part.id, guests[i].vp.index);
+                switch_xstate(&mut fpu_owner, me, &root_xstate, &guests);
                 let g = &mut guests[i];
                 let entered = cpu::rdtsc();
                 lp_stats.add_hypervisor_time(entered - left_guest);
@@ -236,17 +254,13 @@ fn enter_guest(
             None => {
                 let v = Vcpu::new_guest(caps, &s.ctx, g.part.slat_root(), g.part.tag);
                 *active = Active::Guest(g.part.id, g.vp.index);
-                match (v, XState::new_initial()) {
-                    (Ok(v), Ok(x)) => {
-                        g.vcpu = Some(v);
-                        g.xstate = Some(x);
-                    }
-                    (v, _) => {
+                match v {
+                    Ok(v) => g.vcpu = Some(v),
+                    Err(e) => {
                         log::warn!(
-                            "partition {} VP {}: cannot create it: {}",
+                            "partition {} VP {}: cannot create it: {e}",
                             g.part.id,
-                            g.vp.index,
-                            v.err().unwrap_or("no memory for its extended state")
+                            g.vp.index
                         );
                         s.deleted = true;
                         return None;
@@ -302,8 +316,6 @@ fn enter_guest(
         v.set_exception_intercepts(exceptions);
         g.exceptions = exceptions;
     }
-    let x = g.xstate.as_ref()?;
-    x.restore();
     g.vp.in_guest.store(true, Ordering::SeqCst);
     // A flush requested since the check above: take it now (the requester
     // waits for `in_guest` to clear or the generation to be reached).
@@ -313,7 +325,6 @@ fn enter_guest(
     }
     let exit = v.run();
     g.vp.in_guest.store(false, Ordering::Release);
-    x.save();
     Some(exit)
 }
 
@@ -377,13 +388,43 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
 }
 
 /// Frees the structures of deleted VPs (they never run again).
-fn reap(guests: &mut Vec<Local>, active: &mut Active) {
+/// Makes the registers hold `to`'s extended state: the owner's is saved to
+/// its area first (a deleted owner's is dropped), then `to`'s restored.
+fn switch_xstate(owner: &mut Active, to: Active, root_xstate: &XState, guests: &[Local]) {
+    if *owner == to {
+        return;
+    }
+    let area = |who: Active| match who {
+        Active::Root => Some(root_xstate),
+        Active::Guest(pid, index) => guests
+            .iter()
+            .find(|g| g.part.id == pid && g.vp.index == index)
+            .and_then(|g| g.xstate.as_ref()),
+        Active::None => None,
+    };
+    if let Some(x) = area(*owner) {
+        x.save();
+    }
+    if let Some(x) = area(to) {
+        x.restore();
+    }
+    *owner = to;
+}
+
+/// `fpu_owner`: a deleted VP's extended state in the registers is dropped
+/// (a new VP may reuse its partition id and index: nothing of the old one
+/// may be saved into the new one's area).
+fn reap(guests: &mut Vec<Local>, active: &mut Active, fpu_owner: &mut Active) {
     let mut i = 0;
     while i < guests.len() {
         if guests[i].vp.shared.lock().deleted {
             let g = guests.swap_remove(i);
-            if *active == Active::Guest(g.part.id, g.vp.index) {
+            let id = Active::Guest(g.part.id, g.vp.index);
+            if *active == id {
                 *active = Active::None;
+            }
+            if *fpu_owner == id {
+                *fpu_owner = Active::None;
             }
             if let Some(v) = g.vcpu {
                 v.release();

@@ -22,6 +22,7 @@ pub const GUEST_NAMES: &[&str] = &[
     "hog",
     "iobench",
     "interrupts",
+    "fpu",
 ];
 
 pub fn root() -> PathBuf {
