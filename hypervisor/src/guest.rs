@@ -7,7 +7,7 @@
 use crate::partition::{GuestVp, Partition};
 use crate::root::RootPartition;
 use crate::time;
-use crate::vcpu::{Exit, Vcpu, AC, DB, GP, UD};
+use crate::vcpu::{Exit, Vcpu, AC, DB, UD};
 use crate::x86::cpu;
 use hv_abi::cpuid;
 use hv_abi::synic::{
@@ -59,19 +59,11 @@ pub fn dispatch(
                 crate::x86::msr::IA32_APIC_BASE => Some(crate::root::apic_base(vp.index)),
                 _ => read_msr(part, vcpu, vp, m),
             };
-            match value {
-                Some(v) => {
-                    let r = vcpu.regs();
-                    (r.rax, r.rdx) = (v & 0xFFFF_FFFF, v >> 32);
-                    vcpu.skip_instruction();
-                }
-                None => vcpu.inject_exception(GP, Some(0)),
-            }
+            vcpu.finish_rdmsr(value);
             Next::Resume
         }
         Exit::MsrWrite => {
-            let r = vcpu.regs();
-            let (m, v) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
+            let (m, v) = vcpu.wrmsr_operands();
             let done = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
                     match vapic.write(m, v, cpu::rdtsc()) {
@@ -92,11 +84,7 @@ pub fn dispatch(
                 }
                 _ => write_msr(root, part, vcpu, m, v),
             };
-            if done {
-                vcpu.skip_instruction();
-            } else {
-                vcpu.inject_exception(GP, Some(0));
-            }
+            vcpu.finish_wrmsr(done);
             Next::Resume
         }
         Exit::Hypercall => {

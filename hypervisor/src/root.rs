@@ -562,19 +562,11 @@ pub fn dispatch(
                 msr::IA32_APIC_BASE => Some(apic_base(vp)),
                 _ => crate::synic::read_msr(vp, m).or_else(|| read_msr(root, m)),
             };
-            match value {
-                Some(v) => {
-                    let r = vcpu.regs();
-                    (r.rax, r.rdx) = (v & 0xFFFF_FFFF, v >> 32);
-                    vcpu.skip_instruction();
-                }
-                None => vcpu.inject_exception(GP, Some(0)),
-            }
+            vcpu.finish_rdmsr(value);
             Next::Resume
         }
         Exit::MsrWrite => {
-            let r = vcpu.regs();
-            let (m, v) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
+            let (m, v) = vcpu.wrmsr_operands();
             let done = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
                     match vapic.write(m, v, cpu::rdtsc()) {
@@ -597,11 +589,7 @@ pub fn dispatch(
                 _ => crate::synic::write_msr(root, vp, m, v)
                     .unwrap_or_else(|| write_msr(root, vcpu, m, v)),
             };
-            if done {
-                vcpu.skip_instruction();
-            } else {
-                vcpu.inject_exception(GP, Some(0));
-            }
+            vcpu.finish_wrmsr(done);
             Next::Resume
         }
         Exit::Hypercall => {

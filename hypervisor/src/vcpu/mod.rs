@@ -408,6 +408,35 @@ impl Vcpu {
         }
     }
 
+    /// Finishes an intercepted RDMSR: the value in EDX:EAX and the VP past
+    /// the instruction, or #GP when the MSR is not the VP's to read.
+    pub fn finish_rdmsr(&mut self, value: Option<u64>) {
+        match value {
+            Some(v) => {
+                let r = self.regs();
+                (r.rax, r.rdx) = (v & 0xFFFF_FFFF, v >> 32);
+                self.skip_instruction();
+            }
+            None => self.inject_exception(GP, Some(0)),
+        }
+    }
+
+    /// The MSR (ECX) and value (EDX:EAX) of an intercepted WRMSR.
+    pub fn wrmsr_operands(&mut self) -> (u32, u64) {
+        let r = self.regs();
+        (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF))
+    }
+
+    /// Finishes an intercepted WRMSR: past the instruction when it was
+    /// taken, #GP otherwise.
+    pub fn finish_wrmsr(&mut self, done: bool) {
+        if done {
+            self.skip_instruction();
+        } else {
+            self.inject_exception(GP, Some(0));
+        }
+    }
+
     /// Raises an exception in the VP at its next entry.
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         match self {
