@@ -344,7 +344,7 @@ mod tests {
         mem.message(kind::UNMAPPED_GPA, 2).encode(&mut slot);
         let m = Message::decode(&slot);
         assert_eq!(MemoryIntercept::decode(&m.payload), Some(mem));
-        assert!(IoPortIntercept::SIZE <= PAYLOAD_MAX);
+        const { assert!(IoPortIntercept::SIZE <= PAYLOAD_MAX) };
         let ex = ExceptionIntercept {
             header: io.header,
             vector: 14,
