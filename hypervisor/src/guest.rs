@@ -1,6 +1,6 @@
 //! The exit dispatcher of guest VPs. The hypervisor answers what it can
-//! itself (CPUID, the synthetic MSRs and EFER, hypercalls, HLT with
-//! interrupts enabled); I/O ports, unmapped or protected GPAs, halts that can
+//! itself (CPUID, the synthetic MSRs, EFER and the syscall MSRs, the x2APIC,
+//! hypercalls, HLT with interrupts enabled, #DB/#AC re-injection, INVD); I/O ports, unmapped or protected GPAs, halts that can
 //! never end, triple faults and failed entries suspend the VP and become an
 //! intercept message to the root (TLFS "Intercepts"), whose VM worker
 //! decides and resumes the VP with SetVpRegisters.
@@ -47,9 +47,8 @@ pub fn dispatch(
     match exit {
         Exit::Cpuid => {
             let r = vcpu.regs();
-            let (a, b, c, d) = cpuid_for_guest(r.rax as u32, r.rcx as u32, vp.index);
-            (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
-            vcpu.skip_instruction();
+            let answer = cpuid_for_guest(r.rax as u32, r.rcx as u32, vp.index);
+            vcpu.finish_cpuid(answer);
             Next::Resume
         }
         Exit::MsrRead => {
@@ -206,8 +205,7 @@ pub fn dispatch(
 }
 
 /// A fixed IPI from guest VP `sender` to the VPs of its partition that
-/// `dest` names: into each target's pending interrupts (its LP moves them
-/// into its virtual APIC before it next enters it), with a kick.
+/// `dest` names: straight into its own APIC, the others' posted.
 fn send_ipi(
     part: &Partition,
     sender: &GuestVp,
@@ -221,26 +219,17 @@ fn send_ipi(
         }
         if target.index == sender.index {
             vapic.request(vector);
-            continue;
-        }
-        let mut s = target.shared.lock();
-        let (word, bit) = (&mut s.pending[vector as usize / 64], 1u64 << (vector % 64));
-        let new = *word & bit == 0;
-        *word |= bit;
-        let halted = s.halted;
-        drop(s);
-        // Its LP looks at the pending vectors before every entry: a kick is
-        // needed only to cut a run short or end a sleep, once per vector.
-        if new && (halted || target.in_guest.load(core::sync::atomic::Ordering::Acquire)) {
-            crate::partition::kick(target.lp);
+        } else {
+            // A deleted target takes nothing, as a missing APIC would.
+            let _ = target.post_interrupt(vector);
         }
     }
 }
 
-/// CPUID as a guest sees it: the processor's, with the hypervisor bit, the
-/// Hyper-V leaves with a guest's privileges (no partition management), and
-/// what the hypervisor does not virtualize for guests hidden (VMX, SVM,
-/// x2APIC, XSAVE, MONITOR).
+/// CPUID as a guest sees it: the processor's, with the hypervisor bit and
+/// the (virtual) x2APIC, the Hyper-V leaves with a guest's privileges (no
+/// partition management), and what the hypervisor does not virtualize for
+/// guests hidden (VMX, SVM, XSAVE, MONITOR, the TSC-deadline timer).
 fn cpuid_for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;
     let view = crate::cpuid_view::View {

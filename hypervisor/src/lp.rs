@@ -46,16 +46,14 @@ impl Local {
         Self::may_run_with(&s, &mut self.vapic, now)
     }
 
-    /// As `runnable`, with the VP's shared state already locked.
+    /// As `runnable`, with the VP's shared state already locked: a halted
+    /// VP also runs for an interrupt its own APIC has (its timer).
     fn may_run_with(s: &partition::VpShared, vapic: &mut VirtualApic, now: u64) -> bool {
-        if s.may_run() {
-            return true;
-        }
-        if !s.halted || s.explicit_suspend || s.intercept_suspend || s.deleted {
-            return false;
-        }
-        vapic.tick(now);
-        vapic.deliverable().is_some()
+        s.may_run()
+            || (!s.stopped() && {
+                vapic.tick(now);
+                vapic.deliverable().is_some()
+            })
     }
 }
 
@@ -176,11 +174,8 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 // limit for this window is used up, whichever is first.
                 let cap = g.part.cap_percent.load(Ordering::Relaxed) as u64;
                 let allowance = (window * cap / 100).saturating_sub(g.window_used);
-                let deadline = match (vapic.deadline(), cap < 100) {
-                    (Some(d), true) => Some(d.min(entered + allowance)),
-                    (None, true) => Some(entered + allowance),
-                    (d, false) => d,
-                };
+                let limit = (cap < 100).then_some(entered + allowance);
+                let deadline = earliest(vapic.deadline(), limit);
                 let exit = match enter_guest(caps, g, &mut active, deadline) {
                     Some(exit) => exit,
                     None => {
@@ -282,35 +277,23 @@ fn enter_guest(
         s.dirty = false;
         g.vp.running.store(true, Ordering::Release);
         // Interrupts others sent (asserted by the root, IPIs) go into the
-        // VP's APIC; the deliverable one is injected when the VP can take
-        // it, else an exit is asked for as soon as it can. One ends a halt.
-        while let Some(vector) = s.next_interrupt() {
-            s.pending[vector as usize / 64] &= !(1 << (vector % 64));
-            g.vapic.request(vector);
+        // VP's APIC; one it can deliver ends a halt.
+        for (word, mut bits) in s.take_pending().into_iter().enumerate() {
+            while bits != 0 {
+                g.vapic
+                    .request((word * 64) as u8 + bits.trailing_zeros() as u8);
+                bits &= bits - 1;
+            }
         }
         g.vapic.tick(cpu::rdtsc());
         let v = g.vcpu.as_mut()?;
-        match g.vapic.deliverable() {
-            Some(vector) if v.interruptible() => {
-                v.inject_interrupt(vector);
-                g.vapic.accept(vector);
-                s.halted = false;
-                v.set_interrupt_window(false);
-            }
-            Some(_) => {
-                s.halted = false;
-                v.set_interrupt_window(true);
-            }
-            None => v.set_interrupt_window(false),
+        if v.offer_interrupt(&mut g.vapic) {
+            s.halted = false;
         }
     }
     let v = g.vcpu.as_mut()?;
     // The root's timer and the VP's own preempt it (VMX; SVM: the host tick).
-    let deadline = match (root_deadline, g.vapic.deadline()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    v.set_timer_deadline(deadline);
+    v.set_timer_deadline(earliest(root_deadline, g.vapic.deadline()));
     let exceptions = g.part.exception_intercepts.load(Ordering::Acquire);
     if exceptions != g.exceptions {
         v.set_exception_intercepts(exceptions);
@@ -387,7 +370,14 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
     }
 }
 
-/// Frees the structures of deleted VPs (they never run again).
+/// The earlier of two optional TSC deadlines.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Makes the registers hold `to`'s extended state: the owner's is saved to
 /// its area first (a deleted owner's is dropped), then `to`'s restored.
 fn switch_xstate(owner: &mut Active, to: Active, root_xstate: &XState, guests: &[Local]) {
@@ -411,6 +401,7 @@ fn switch_xstate(owner: &mut Active, to: Active, root_xstate: &XState, guests: &
     *owner = to;
 }
 
+/// Frees the structures of deleted VPs (they never run again).
 /// `fpu_owner`: a deleted VP's extended state in the registers is dropped
 /// (a new VP may reuse its partition id and index: nothing of the old one
 /// may be saved into the new one's area).

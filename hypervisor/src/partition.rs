@@ -12,7 +12,7 @@ use crate::frame_alloc::PAGE_SIZE;
 use crate::page_table::{Ept, Npt, PageTable, Perms, SIZE_4K};
 use crate::root::RootPartition;
 use crate::virt::Caps;
-use crate::x86::{apic, cpu, idt};
+use crate::x86::cpu;
 use crate::{memory, smp, stats};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -160,6 +160,11 @@ impl Partition {
         true
     }
 
+    /// The partition's VPs now.
+    pub fn vps(&self) -> Vec<Arc<GuestVp>> {
+        self.inner.lock().vps.clone()
+    }
+
     pub fn vp(&self, index: u32) -> Option<Arc<GuestVp>> {
         self.inner
             .lock()
@@ -184,25 +189,28 @@ pub struct VpShared {
     pub stale: bool,
     /// Someone needs `ctx`: the owning LP saves it at its next look.
     pub save_request: bool,
-    /// Fixed interrupts asserted by the root, not yet delivered (bit n:
-    /// vector n; edge-triggered, no interrupt controller in the guest).
+    /// Interrupts sent to the VP (asserted by the root, IPIs from its
+    /// partition's VPs) that its LP has not yet moved into its virtual
+    /// APIC (bit n: vector n).
     pub pending: [u64; 4],
 }
 
 impl VpShared {
-    /// Runnable: not suspended or deleted, and not halted unless an
-    /// interrupt waits (it ends the halt).
-    pub fn may_run(&self) -> bool {
-        let halted = self.halted && self.pending == [0; 4];
-        !(self.explicit_suspend || self.intercept_suspend || halted || self.deleted)
+    /// Suspended (by the root or an intercept) or deleted: it may not run,
+    /// whatever else holds.
+    pub fn stopped(&self) -> bool {
+        self.explicit_suspend || self.intercept_suspend || self.deleted
     }
 
-    /// The highest pending vector.
-    pub fn next_interrupt(&self) -> Option<u8> {
-        (0..4)
-            .rev()
-            .find(|&w| self.pending[w] != 0)
-            .map(|w| (w * 64 + 63 - self.pending[w].leading_zeros() as usize) as u8)
+    /// Runnable: not stopped, and not halted unless an interrupt was sent
+    /// (it ends the halt).
+    pub fn may_run(&self) -> bool {
+        !self.stopped() && (!self.halted || self.pending != [0; 4])
+    }
+
+    /// The interrupts sent since the last call, taken out.
+    pub fn take_pending(&mut self) -> [u64; 4] {
+        core::mem::take(&mut self.pending)
     }
 }
 
@@ -216,6 +224,28 @@ pub struct GuestVp {
     pub flushed: AtomicU64,
     /// Set by the owning LP exactly while the VP executes in guest mode.
     pub in_guest: AtomicBool,
+}
+
+impl GuestVp {
+    /// Sends the VP interrupt `vector` (fixed, edge): its LP moves it into
+    /// the VP's APIC before the next entry. The LP is kicked only when that
+    /// is needed to cut a run short or end a sleep, and once per vector.
+    /// `false` if the VP is deleted.
+    pub fn post_interrupt(&self, vector: u8) -> bool {
+        let mut s = self.shared.lock();
+        if s.deleted {
+            return false;
+        }
+        let (word, bit) = (&mut s.pending[vector as usize / 64], 1u64 << (vector % 64));
+        let new = *word & bit == 0;
+        *word |= bit;
+        let halted = s.halted;
+        drop(s);
+        if new && (halted || self.in_guest.load(Ordering::Acquire)) {
+            kick(self.lp);
+        }
+        true
+    }
 }
 
 /// A new guest VP, with its partition, on its way to its LP.
@@ -249,16 +279,7 @@ pub fn get(id: u64) -> Option<Arc<Partition>> {
     PARTITIONS.lock().get(slot)?.clone()
 }
 
-/// Interrupts LP `lp` so it looks at its VPs again (no-op for this LP).
-pub fn kick(lp: u32) {
-    if lp == crate::percpu::index() {
-        return;
-    }
-    apic::send_fixed(
-        smp::LP_APIC_IDS[lp as usize % stats::MAX_LPS].load(Ordering::Relaxed),
-        idt::HOST_KICK_VECTOR as u8,
-    );
-}
+use crate::smp::kick;
 
 /// Waits until `vp` is out of guest mode (its LP was kicked).
 fn quiesce(vp: &GuestVp) {
@@ -293,13 +314,6 @@ pub fn flush_tlbs(p: &Partition, vps: &[Arc<GuestVp>], caller: Option<&GuestVp>)
     }
 }
 
-impl Partition {
-    /// The partition's VPs now.
-    pub fn vps(&self) -> Vec<Arc<GuestVp>> {
-        self.inner.lock().vps.clone()
-    }
-}
-
 /// A root call's outcome: status and, for rep calls, elements completed.
 pub struct Outcome {
     pub status: u16,
@@ -309,11 +323,7 @@ pub struct Outcome {
 }
 
 fn done(status: u16) -> Outcome {
-    Outcome {
-        status,
-        reps_done: 0,
-        output_len: 0,
-    }
+    rep_result(status, 0)
 }
 
 fn partition_arg(input: &[u8]) -> Result<Arc<Partition>, u16> {
@@ -345,7 +355,7 @@ pub fn call(
         CREATE_PARTITION => create(caps, output),
         INITIALIZE_PARTITION => partition_arg(input).and_then(|p| initialize(&p, caps)),
         FINALIZE_PARTITION => partition_arg(input).map(|p| finalize(&p)),
-        DELETE_PARTITION => partition_arg(input).map(|p| delete(&p, caps)),
+        DELETE_PARTITION => partition_arg(input).map(|p| delete(&p)),
         GET_PARTITION_PROPERTY => get_property(input, output),
         SET_PARTITION_PROPERTY => set_property(input),
         MAP_GPA_PAGES => return map_pages(root, input, reps),
@@ -449,7 +459,7 @@ fn finalize(p: &Partition) -> usize {
 /// Finalizes, returns every page to the root and every table to the
 /// hypervisor, and frees the slot. The VPs' VMCS/VMCB go back when their LPs
 /// next look (they never run again).
-fn delete(p: &Arc<Partition>, _caps: &Caps) -> usize {
+fn delete(p: &Arc<Partition>) -> usize {
     finalize(p);
     let slat = {
         let mut inner = p.inner.lock();
@@ -581,6 +591,7 @@ fn map_pages(root: &RootPartition, input: &[u8], reps: (u16, u16)) -> Outcome {
             // Already another guest's (or this one's, at another GPA).
             return rep_result(status::OBJECT_IN_USE, i);
         }
+        let owner_word = word;
         let Some(slat) = inner.slat.as_mut() else {
             return rep_result(status::INVALID_PARTITION_STATE, i);
         };
@@ -593,8 +604,7 @@ fn map_pages(root: &RootPartition, input: &[u8], reps: (u16, u16)) -> Outcome {
             };
             return rep_result(s, i);
         }
-        let (word, bit) = owned_bit(&mut owned, spa);
-        *word |= bit;
+        *owner_word |= bit;
         inner.mapped_pages += 1;
     }
     rep_result(status::SUCCESS, window.end)
@@ -757,13 +767,9 @@ fn assert_interrupt(input: &[u8]) -> Result<usize, u16> {
         .ok()
         .and_then(|d| p.vp(d))
         .ok_or(status::INVALID_VP_INDEX)?;
-    let mut s = vp.shared.lock();
-    if s.deleted {
+    if !vp.post_interrupt(vector as u8) {
         return Err(status::INVALID_VP_STATE);
     }
-    s.pending[vector as usize / 64] |= 1 << (vector % 64);
-    drop(s);
-    kick(vp.lp);
     Ok(0)
 }
 
@@ -785,11 +791,7 @@ pub const RETRY: u16 = 0xFFFF;
 /// mode, and its context saved. Otherwise INVALID_VP_STATE, or RETRY while
 /// its LP saves the context.
 fn quiesced(vp: &GuestVp) -> Result<(), u16> {
-    let suspended = {
-        let s = vp.shared.lock();
-        s.explicit_suspend || s.intercept_suspend || s.deleted
-    };
-    if !suspended {
+    if !vp.shared.lock().stopped() {
         return Err(status::INVALID_VP_STATE);
     }
     quiesce(vp);

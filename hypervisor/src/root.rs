@@ -10,7 +10,7 @@ use crate::page_table::{
 use crate::partition_memory::PartitionMemory;
 use crate::vcpu::{Exit, StartState, Vcpu, GP, UD};
 use crate::virt::Caps;
-use crate::x86::{apic, cpu, idt, msr};
+use crate::x86::{cpu, msr};
 use crate::{memory, power, smp, stats, time};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -480,15 +480,7 @@ pub fn collect(vapic: &mut VirtualApic, vp: u32) {
 /// when the VP can take it; shorten the slice to the virtual timer.
 pub fn deliver_interrupts(vcpu: &mut Vcpu, vapic: &mut VirtualApic, vp: u32) {
     collect(vapic, vp);
-    match vapic.deliverable() {
-        Some(v) if vcpu.interruptible() => {
-            vcpu.inject_interrupt(v);
-            vapic.accept(v);
-            vcpu.set_interrupt_window(false);
-        }
-        Some(_) => vcpu.set_interrupt_window(true),
-        None => vcpu.set_interrupt_window(false),
-    }
+    vcpu.offer_interrupt(vapic);
     vcpu.set_timer_deadline(vapic.deadline());
 }
 
@@ -498,12 +490,7 @@ pub fn raise_interrupt(vp: u32, vector: u8) {
     let mailbox = &MAILBOXES[vp as usize % stats::MAX_LPS];
     mailbox.vectors[vector as usize / 32].fetch_or(1 << (vector % 32), Ordering::AcqRel);
     mailbox.pending.store(true, Ordering::Release);
-    if vp != crate::percpu::index() {
-        apic::send_fixed(
-            smp::LP_APIC_IDS[vp as usize % stats::MAX_LPS].load(Ordering::Relaxed),
-            idt::HOST_KICK_VECTOR as u8,
-        );
-    }
+    smp::kick(vp);
 }
 
 /// A fixed IPI from VP `sender`: into each target's mailbox (or straight into
@@ -521,15 +508,9 @@ fn send_ipi(
         }
         if target == sender {
             vapic.request(vector);
-            continue;
+        } else {
+            raise_interrupt(target, vector);
         }
-        let mailbox = &MAILBOXES[target as usize];
-        mailbox.vectors[vector as usize / 32].fetch_or(1 << (vector % 32), Ordering::AcqRel);
-        mailbox.pending.store(true, Ordering::Release);
-        apic::send_fixed(
-            smp::LP_APIC_IDS[target as usize].load(Ordering::Relaxed),
-            idt::HOST_KICK_VECTOR as u8,
-        );
     }
 }
 
@@ -550,9 +531,8 @@ pub fn dispatch(
     match exit {
         Exit::Cpuid => {
             let r = vcpu.regs();
-            let (a, b, c, d) = cpuid_for_root(r.rax as u32, r.rcx as u32, root, vp);
-            (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
-            vcpu.skip_instruction();
+            let answer = cpuid_for_root(r.rax as u32, r.rcx as u32, root, vp);
+            vcpu.finish_cpuid(answer);
             Next::Resume
         }
         Exit::MsrRead => {

@@ -112,6 +112,18 @@ pub fn start_aps(apic_ids: &[u32], trampoline_page: u64) -> u32 {
     started
 }
 
+/// Interrupts LP `lp` (the kick vector) so that it looks again at what
+/// other LPs changed for it; nothing to do for the calling LP itself.
+pub fn kick(lp: u32) {
+    if lp == crate::percpu::index() {
+        return;
+    }
+    apic::send_fixed(
+        LP_APIC_IDS[lp as usize % crate::stats::MAX_LPS].load(Ordering::Relaxed),
+        crate::x86::idt::HOST_KICK_VECTOR as u8,
+    );
+}
+
 /// Called by an AP on its own stack: takes its per-CPU data (leaked by
 /// `start_aps`, owned by that AP alone from now on) and releases the boot
 /// processor to start the next.

@@ -470,6 +470,35 @@ impl Vcpu {
         }
     }
 
+    /// Before an entry: injects the highest interrupt `vapic` can deliver if
+    /// the VP can take it now, else asks for an exit as soon as it can.
+    /// Whether one was deliverable (it ends a halt).
+    pub fn offer_interrupt(&mut self, vapic: &mut hypervisor::vapic::VirtualApic) -> bool {
+        match vapic.deliverable() {
+            Some(v) if self.interruptible() => {
+                self.inject_interrupt(v);
+                vapic.accept(v);
+                self.set_interrupt_window(false);
+                true
+            }
+            Some(_) => {
+                self.set_interrupt_window(true);
+                true
+            }
+            None => {
+                self.set_interrupt_window(false);
+                false
+            }
+        }
+    }
+
+    /// Finishes an intercepted CPUID with its answer in EAX, EBX, ECX, EDX.
+    pub fn finish_cpuid(&mut self, (a, b, c, d): (u32, u32, u32, u32)) {
+        let r = self.regs();
+        (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
+        self.skip_instruction();
+    }
+
     /// Asks for an `InterruptWindow` exit as soon as the VP can take an interrupt.
     pub fn set_interrupt_window(&mut self, on: bool) {
         match self {
