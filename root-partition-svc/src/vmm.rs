@@ -533,13 +533,17 @@ pub enum IoEffect {
     Unhandled,
 }
 
-/// One IN or OUT of `size` bytes on `port` (value in the low bytes).
-pub fn emulate_io(uart: &mut Uart, port: u16, size: u8, write: bool, value: u32) -> IoEffect {
-    let ones = match size {
+/// The bits of RAX an I/O access of `size` bytes (1, 2 or 4) uses.
+pub fn access_mask(size: u8) -> u64 {
+    match size {
         1 => 0xFF,
         2 => 0xFFFF,
         _ => 0xFFFF_FFFF,
-    };
+    }
+}
+
+/// One IN or OUT of `size` bytes on `port` (value in the low bytes).
+pub fn emulate_io(uart: &mut Uart, port: u16, size: u8, write: bool, value: u32) -> IoEffect {
     match port {
         COM1..=0x3FF => {
             let offset = port - COM1;
@@ -552,16 +556,12 @@ pub fn emulate_io(uart: &mut Uart, port: u16, size: u8, write: bool, value: u32)
                 IoEffect::Done(uart.read(offset) as u32)
             }
         }
-        port::TEST_EXIT if write => IoEffect::Exit(value & ones),
+        port::TEST_EXIT if write => IoEffect::Exit(value & access_mask(size) as u32),
         port::TEST_INTERRUPT if write => IoEffect::Interrupt(value as u8),
         port::POWER_OFF if write && (value as u64) & 0x3C00 == port::POWER_OFF_VALUE => {
             IoEffect::PowerOff
         }
-        _ if write => IoEffect::Unhandled,
-        _ => {
-            let _ = ones;
-            IoEffect::Unhandled
-        }
+        _ => IoEffect::Unhandled,
     }
 }
 

@@ -55,7 +55,6 @@ pub struct Vm {
     console: Console<CONSOLE_BYTES>,
     uart: Uart,
     started_tsc: u64,
-    stopped_tsc: u64,
     /// VPs that halted for good or were stopped.
     stopped_vps: u64,
     reported_ports: [u16; 8],
@@ -323,7 +322,6 @@ impl Vmm {
                     console: Console::new(),
                     uart: Uart::default(),
                     started_tsc: 0,
-                    stopped_tsc: 0,
                     stopped_vps: 0,
                     reported_ports: [0; 8],
                     reported: 0,
@@ -437,15 +435,12 @@ impl Vmm {
             return;
         }
         vm.state = State::Stopping;
-        suspend_all(vm);
-        vm.state = State::Off;
-        vm.stopped_tsc = crate::arch::rdtsc();
         if turn_off {
-            vm.set_reason(format_args!("turned off"));
+            end(vm, State::Off, format_args!("turned off"));
             println!("vm stop: {name} turned off");
         } else {
             // No shutdown integration service yet: a stop is a turn-off.
-            vm.set_reason(format_args!("stopped"));
+            end(vm, State::Off, format_args!("stopped"));
             println!("vm stop: {name} stopped (no shutdown integration service in the guest: turned off)");
         }
     }
@@ -556,16 +551,6 @@ impl Vmm {
         );
     }
 
-    fn uptime_secs(&self, vm: &Vm) -> u64 {
-        match vm.state {
-            State::Running | State::Starting | State::Stopping => {
-                (crate::arch::rdtsc() - vm.started_tsc) / self.tsc_hz
-            }
-            _ if vm.started_tsc != 0 => 0,
-            _ => 0,
-        }
-    }
-
     fn list(&mut self) {
         println!(
             "{:<3} {:<16} {:<9} {:>7} {:>11} {:>8} {:>5} {:>10}",
@@ -584,12 +569,7 @@ impl Vmm {
             let wall_100ns = ((now - t0) as u128 * 10_000_000 / tsc_hz as u128) as u64;
             let cpu = Percent(run.saturating_sub(r0), wall_100ns * lps);
             vm.sample = (run, now);
-            let up = match vm.state {
-                State::Running | State::Starting | State::Stopping => {
-                    (now - vm.started_tsc) / tsc_hz
-                }
-                _ => 0,
-            };
+            let up = uptime(vm, now, tsc_hz);
             let mut upbuf = [0u8; 16];
             let mut w = format::BufWriter::new(&mut upbuf);
             let _ = write!(w, "{}:{:02}:{:02}", up / 3600, up / 60 % 60, up % 60);
@@ -644,7 +624,10 @@ impl Vmm {
             get(property::CPU_WEIGHT)
         );
         println!("  run time:       {} ms", get(property::RUN_TIME) / 10_000);
-        println!("  uptime:         {} s", self.uptime_secs(vm));
+        println!(
+            "  uptime:         {} s",
+            uptime(vm, crate::arch::rdtsc(), self.tsc_hz)
+        );
         println!("  exits:          {}", get(property::EXITS));
         println!("  intercepts:     {}", get(property::INTERCEPTS));
         println!("  console:        {} bytes", vm.console.total);
@@ -745,9 +728,11 @@ impl Vmm {
                 let (h, _) = msg::decode_header(&m.payload).unwrap_or_default();
                 vm.stopped_vps |= 1 << (h.vp_index % 64);
                 if vm.stopped_vps.count_ones() >= vm.vcpus && vm.state == State::Running {
-                    vm.state = State::Off;
-                    vm.stopped_tsc = crate::arch::rdtsc();
-                    vm.set_reason(format_args!("all VPs halted with interrupts off"));
+                    end(
+                        vm,
+                        State::Off,
+                        format_args!("all VPs halted with interrupts off"),
+                    );
                 }
             }
             other => println!("vm {}: unexpected message type {other:#x}", vm.name()),
@@ -830,11 +815,24 @@ fn suspend_all(vm: &mut Vm) {
     }
 }
 
-fn fail(vm: &mut Vm, why: core::fmt::Arguments) {
+/// Seconds since the VM started, while it runs; 0 otherwise.
+fn uptime(vm: &Vm, now: u64, tsc_hz: u64) -> u64 {
+    match vm.state {
+        State::Running | State::Starting | State::Stopping => (now - vm.started_tsc) / tsc_hz,
+        _ => 0,
+    }
+}
+
+/// Ends a run: every VP suspended (ExplicitSuspend, which `vm start`
+/// expects), the state and its reason set.
+fn end(vm: &mut Vm, state: State, why: core::fmt::Arguments) {
     suspend_all(vm);
-    vm.state = State::Failed;
-    vm.stopped_tsc = crate::arch::rdtsc();
+    vm.state = state;
     vm.set_reason(why);
+}
+
+fn fail(vm: &mut Vm, why: core::fmt::Arguments) {
+    end(vm, State::Failed, why);
     println!("vm {}: failed: {}", vm.name(), vm.reason());
 }
 
@@ -850,11 +848,7 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
         );
     }
     let write = io.header.access == msg::access::WRITE;
-    let mask: u64 = match io.size {
-        1 => 0xFF,
-        2 => 0xFFFF,
-        _ => 0xFFFF_FFFF,
-    };
+    let mask = vmm::access_mask(io.size);
     let effect = vmm::emulate_io(
         &mut vm.uart,
         io.port,
@@ -872,20 +866,8 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
         }
         IoEffect::Output(b) => vm.console.push(b),
         IoEffect::Interrupt(vector) => interrupt = Some(vector),
-        IoEffect::Exit(code) => {
-            suspend_all(vm);
-            vm.state = State::Off;
-            vm.stopped_tsc = crate::arch::rdtsc();
-            vm.set_reason(format_args!("exit code {code}"));
-            return;
-        }
-        IoEffect::PowerOff => {
-            suspend_all(vm);
-            vm.state = State::Off;
-            vm.stopped_tsc = crate::arch::rdtsc();
-            vm.set_reason(format_args!("powered off by the guest"));
-            return;
-        }
+        IoEffect::Exit(code) => return end(vm, State::Off, format_args!("exit code {code}")),
+        IoEffect::PowerOff => return end(vm, State::Off, format_args!("powered off by the guest")),
         IoEffect::Unhandled => {
             if !write {
                 rax = io.rax | mask;
