@@ -511,6 +511,14 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm wait rm",
                 "vm console mb",
                 "vm console rm",
+                // A run that ends with every VP halted, then the VM started
+                // again: its VPs must be ready for StartVirtualProcessor.
+                "vm new h --memory 2M --image halt",
+                "vm start h",
+                "vm wait h",
+                "vm start h",
+                "vm wait h",
+                "vm show h",
                 "shutdown",
             ],
             &[
@@ -520,8 +528,17 @@ fn guest_tests() -> Vec<GuestTest> {
                 "hello from a real-mode guest",
                 "vm wait: mb is Off (exit code 0)",
                 "vm wait: rm is Off (exit code 0)",
+                "vm wait: h is Off (all VPs halted with interrupts off)",
+                "state:          Off, all VPs halted with interrupts off",
             ],
-            GUEST_FAILURES,
+            &[
+                "FAILED",
+                "WRONG",
+                "ROOT PANIC",
+                "ROOT EXCEPTION",
+                "StartVirtualProcessor failed",
+                "vm h: failed",
+            ],
             None,
         ),
         (

@@ -107,6 +107,7 @@ fn tiny_guests() -> Result<Vec<(PathBuf, String)>> {
     for (name, bytes) in [
         ("multiboot32", crate::tiny_guests::multiboot32()),
         ("realmode", crate::tiny_guests::real_mode()),
+        ("halt", crate::tiny_guests::halt()),
     ] {
         let path = dir.join(name);
         std::fs::write(&path, bytes)?;

@@ -107,6 +107,12 @@ pub fn real_mode() -> Vec<u8> {
     b
 }
 
+/// A real-mode image that halts with interrupts off at once: its run ends
+/// with every VP halted.
+pub fn halt() -> Vec<u8> {
+    vec![0xFA, 0xF4] // cli; hlt
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
