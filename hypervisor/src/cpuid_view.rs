@@ -17,7 +17,23 @@ pub struct View {
     pub leaf1_clear: u32,
     /// Leaf 0xD (XSAVE) reads as zero.
     pub hide_xsave: bool,
+    /// A guest partition: what its VPs may not use is hidden too
+    /// (`GUEST_HIDDEN`), and there are no performance counters (leaf 0xA).
+    pub guest: bool,
 }
+
+/// Features a guest VP is not offered, as (leaf 7.0 EBX, ECX, EDX, leaf
+/// 0x80000001 ECX, EDX) bits: INVPCID (not enabled on VMX); PKU and OSPKE,
+/// LA57, CET (their CR4 bits are refused: the state is not switched per VP);
+/// WAITPKG (user-mode waits); RDPID and RDTSCP (TSC_AUX is the
+/// hypervisor's); PKS; MONITORX.
+const GUEST_HIDDEN: (u32, u32, u32, u32, u32) = (
+    1 << 10,
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 16) | (1 << 22) | (1 << 31),
+    1 << 20,
+    1 << 29,
+    1 << 27,
+);
 
 /// The answer for `leaf`/`sub` on VP `vp` (whose APIC id is its index).
 pub fn answer(view: &View, leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
@@ -38,6 +54,7 @@ pub fn answer(view: &View, leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32)
         cpuid::LIMITS => (view.limits.0, view.limits.1, 0, 0),
         cpuid::HARDWARE_FEATURES..=0x4000_00FF => (0, 0, 0, 0),
         0xD if view.hide_xsave => (0, 0, 0, 0),
+        0xA if view.guest => (0, 0, 0, 0),
         _ => {
             let r = cpu::cpuid(leaf, sub);
             let (mut a, mut b, mut c, mut d) = (r.eax, r.ebx, r.ecx, r.edx);
@@ -48,7 +65,18 @@ pub fn answer(view: &View, leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32)
                 }
                 // x2APIC topology: the x2APIC ID is the VP index.
                 0xB | 0x1F => d = vp,
-                0x8000_0001 => c &= !(1 << 2), // SVM
+                7 if view.guest && sub == 0 => {
+                    b &= !GUEST_HIDDEN.0;
+                    c &= !GUEST_HIDDEN.1;
+                    d &= !GUEST_HIDDEN.2;
+                }
+                0x8000_0001 => {
+                    c &= !(1 << 2); // SVM
+                    if view.guest {
+                        c &= !GUEST_HIDDEN.3;
+                        d &= !GUEST_HIDDEN.4;
+                    }
+                }
                 0x8000_000A => (a, b, c, d) = (0, 0, 0, 0),
                 _ => {}
             }

@@ -7,13 +7,15 @@
 use crate::partition::{GuestVp, Partition};
 use crate::root::RootPartition;
 use crate::time;
-use crate::vcpu::{Exit, Vcpu, AC, DB, UD};
+use crate::vcpu::{Exit, Vcpu, AC, DB, GP, UD};
+use crate::virt::Caps;
 use crate::x86::cpu;
 use hv_abi::cpuid;
 use hv_abi::synic::{
     self, access, kind, unrecoverable, ExceptionIntercept, IoPortIntercept, MemoryIntercept,
     Message,
 };
+use hypervisor::control_regs;
 use hypervisor::vapic::{self, VirtualApic};
 
 /// What the LP does after a guest exit. (The message travels by value: a
@@ -29,6 +31,7 @@ pub enum Next {
 
 pub fn dispatch(
     root: &RootPartition,
+    caps: &Caps,
     part: &Partition,
     vp: &GuestVp,
     vcpu: &mut Vcpu,
@@ -54,7 +57,10 @@ pub fn dispatch(
         Exit::MsrRead => {
             let m = vcpu.regs().rcx as u32;
             let value = match m {
-                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
+                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
+                    vcpu.pull_tpr(vapic);
+                    vapic.read(m, cpu::rdtsc())
+                }
                 crate::x86::msr::IA32_APIC_BASE => Some(crate::root::apic_base(vp.index)),
                 _ => read_msr(part, vcpu, vp, m),
             };
@@ -65,6 +71,7 @@ pub fn dispatch(
             let (m, v) = vcpu.wrmsr_operands();
             let done = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
+                    vcpu.pull_tpr(vapic);
                     match vapic.write(m, v, cpu::rdtsc()) {
                         vapic::Write::Done => true,
                         vapic::Write::Ipi { vector, dest } => {
@@ -84,6 +91,10 @@ pub fn dispatch(
                 _ => write_msr(root, part, vcpu, m, v),
             };
             vcpu.finish_wrmsr(done);
+            Next::Resume
+        }
+        Exit::Hypercall if !vcpu.hypercall_allowed() => {
+            vcpu.inject_exception(UD, None);
             Next::Resume
         }
         Exit::Hypercall => {
@@ -162,7 +173,10 @@ pub fn dispatch(
         // #DB and #AC exit always (vcpu::GUEST_EXCEPTIONS_ALWAYS); unless the
         // root asked for them they go back to the guest, one exit each.
         Exit::Exception {
-            vector, error_code, ..
+            vector,
+            error_code,
+            length,
+            ..
         } if (vector == DB || vector == AC)
             && part
                 .exception_intercepts
@@ -170,13 +184,14 @@ pub fn dispatch(
                 & (1 << vector)
                 == 0 =>
         {
-            vcpu.inject_exception(vector, error_code);
+            vcpu.reinject_exception(vector, error_code, length);
             Next::Resume
         }
         Exit::Exception {
             vector,
             error_code,
             parameter,
+            ..
         } => {
             let msg = ExceptionIntercept {
                 header: header(vcpu, 0, 0),
@@ -188,12 +203,34 @@ pub fn dispatch(
         }
         Exit::TripleFault => fatal(vcpu, unrecoverable::TRIPLE_FAULT),
         Exit::EntryFailed(_) => fatal(vcpu, unrecoverable::ENTRY_FAILED),
-        Exit::ControlRegister | Exit::MachineCheck | Exit::Other(_) => {
+        Exit::CrAccess {
+            cr: 8,
+            write,
+            gpr: Some(gpr),
+        } => {
+            if !vcpu.emulate_cr8(vapic, write, gpr) {
+                vcpu.inject_exception(GP, Some(0));
+            }
+            Next::Resume
+        }
+        Exit::CrAccess {
+            cr: 4,
+            write: true,
+            gpr,
+        } => {
+            write_cr4(root, caps, part, vcpu, gpr);
+            Next::Resume
+        }
+        Exit::CrAccess { .. } | Exit::MachineCheck | Exit::Other(_) => {
             fatal(vcpu, unrecoverable::UNSUPPORTED)
         }
         // XSAVE is hidden (CPUID), so XSETBV is #UD as on a processor without it.
-        Exit::Xsetbv | Exit::VirtualizationInstruction => {
+        Exit::Xsetbv | Exit::Undefined => {
             vcpu.inject_exception(UD, None);
+            Next::Resume
+        }
+        Exit::Rdpmc => {
+            vcpu.inject_exception(GP, Some(0));
             Next::Resume
         }
         Exit::ExternalInterrupt => {
@@ -202,6 +239,79 @@ pub fn dispatch(
         }
         Exit::Preemption | Exit::InterruptWindow | Exit::Nmi => Next::Resume,
     }
+}
+
+/// The CR4 bits a guest VP may own: those of the features its CPUID offers
+/// (`hypervisor::control_regs`). Computed once.
+pub fn cr4_allowed() -> u64 {
+    static ALLOWED: spin::Once<u64> = spin::Once::new();
+    *ALLOWED.call_once(|| {
+        let (_, _, leaf1_ecx, _) = cpuid_for_guest(1, 0, 0);
+        let max = cpuid_for_guest(0, 0, 0).0;
+        let (_, leaf7_ebx, leaf7_ecx, _) = if max >= 7 {
+            cpuid_for_guest(7, 0, 0)
+        } else {
+            (0, 0, 0, 0)
+        };
+        control_regs::Cr4Features::from_cpuid(leaf1_ecx, leaf7_ebx, leaf7_ecx).guest_allowed()
+    })
+}
+
+/// A guest's MOV to CR4 that exited: a bit it may not own, or (SVM) any.
+/// The source register is the processor's word, else the instruction is
+/// fetched through the guest's page tables and decoded; one that cannot be
+/// (another VP changed it) runs again.
+fn write_cr4(
+    root: &RootPartition,
+    caps: &Caps,
+    part: &Partition,
+    vcpu: &mut Vcpu,
+    gpr: Option<u8>,
+) {
+    let (gpr, length) = match gpr {
+        Some(g) => (g, None),
+        None => match fetch_mov_to_cr(root, part, vcpu) {
+            Some((4, g, len)) => (g, Some(len)),
+            _ => return,
+        },
+    };
+    let value = vcpu.gpr(gpr);
+    let (old, cr3) = vcpu.cr4_cr3();
+    let long_mode = vcpu.efer() & (1 << 10) != 0;
+    if !control_regs::guest_cr4_ok(value, cr4_allowed(), long_mode, old, cr3) {
+        vcpu.inject_exception(GP, Some(0));
+        return;
+    }
+    vcpu.set_cr4(caps, value);
+    match length {
+        Some(len) => vcpu.advance_rip(len),
+        None => vcpu.skip_instruction(),
+    }
+}
+
+/// Decodes the MOV to CR at the VP's RIP, read through its own page tables.
+fn fetch_mov_to_cr(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> Option<(u8, u8, u8)> {
+    let (paging, cr3, code64, cs_base) = vcpu.fetch_state();
+    let read = |gpa: u64, n: usize| {
+        let mut b = [0u8; 8];
+        part.read(root, gpa, &mut b[..n.min(8)])
+            .then(|| u64::from_le_bytes(b))
+    };
+    let la = cs_base.wrapping_add(vcpu.rip());
+    let mut bytes = [0u8; 15];
+    let first = (4096 - (la & 0xFFF) as usize).min(15);
+    let gpa = control_regs::translate(paging, cr3, la, &read)?;
+    if !part.read(root, gpa, &mut bytes[..first]) {
+        return None;
+    }
+    let mut len = first;
+    if first < 15 {
+        let next = control_regs::translate(paging, cr3, la.wrapping_add(first as u64), &read);
+        if next.is_some_and(|gpa| part.read(root, gpa, &mut bytes[first..])) {
+            len = 15;
+        }
+    }
+    control_regs::decode_mov_to_cr(&bytes[..len], code64)
 }
 
 /// A fixed IPI from guest VP `sender` to the VPs of its partition that
@@ -244,6 +354,7 @@ fn cpuid_for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
         // MONITOR, VMX, TSC deadline, XSAVE, OSXSAVE.
         leaf1_clear: (1 << 3) | (1 << 5) | (1 << 24) | (1 << 26) | (1 << 27),
         hide_xsave: true,
+        guest: true,
     };
     crate::cpuid_view::answer(&view, leaf, sub, vp)
 }

@@ -9,6 +9,7 @@ extern crate std;
 pub mod acpi_sleep;
 pub mod bootinfo;
 pub mod cmdline;
+pub mod control_regs;
 pub mod elf;
 pub mod exceptions;
 pub mod frame_alloc;

@@ -12,17 +12,49 @@ use crate::guest;
 use crate::partition::{self, GuestVp, Partition};
 use crate::root::{self, RootPartition};
 use crate::stats;
+use crate::vcpu::lazy::{Barriers, DebugState};
 use crate::vcpu::xstate::XState;
 use crate::vcpu::{self, Vcpu};
 use crate::virt::Caps;
 use crate::x86::{apic, cpu, idt};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use hv_abi::synic::INTERCEPT_SINT;
 use hypervisor::vapic::VirtualApic;
 
 const WINDOW_US: u64 = 100_000;
+
+/// The root VP's busy time on each LP (its guest mode and its exits), so the
+/// root's time serving a guest's intercepts can be charged to that guest.
+struct RootClock {
+    /// TSC ticks the root VP ran, up to its last exit's end.
+    busy: AtomicU64,
+    /// When its current run began.
+    entered: AtomicU64,
+    /// `busy` when it last resumed a guest VP.
+    mark: AtomicU64,
+}
+
+static ROOT_CLOCKS: [RootClock; stats::MAX_LPS] = [const {
+    RootClock {
+        busy: AtomicU64::new(0),
+        entered: AtomicU64::new(0),
+        mark: AtomicU64::new(0),
+    }
+}; stats::MAX_LPS];
+
+/// Called by a root VP (on its own LP) as it resumes a guest VP whose
+/// intercept was posted at `posted`: the root's busy time since it last
+/// resumed one, at most the time since `posted`, served this VP.
+pub fn root_service_since(posted: u64) -> u64 {
+    let c = &ROOT_CLOCKS[crate::percpu::index() as usize % stats::MAX_LPS];
+    let now = cpu::rdtsc();
+    let busy =
+        c.busy.load(Ordering::Relaxed) + now.saturating_sub(c.entered.load(Ordering::Relaxed));
+    let since = busy.saturating_sub(c.mark.swap(busy, Ordering::Relaxed));
+    since.min(now.saturating_sub(posted))
+}
 
 struct Local {
     part: Arc<Partition>,
@@ -36,6 +68,8 @@ struct Local {
     exceptions: u32,
     /// The VP's x2APIC (its timer, IPIs, EOI), kept by its LP.
     vapic: VirtualApic,
+    /// Its debug registers and TSC_AUX while other VPs use the LP.
+    debug: DebugState,
 }
 
 impl Local {
@@ -84,6 +118,9 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, vcpu::HOST_TICK_US);
     let mut vapic = VirtualApic::new(lp);
     let root_xstate = XState::new().unwrap_or_else(|e| root::stop(lp, e));
+    let mut root_debug = DebugState::initial(0);
+    let barriers = Barriers::detect(matches!(caps, Caps::Vmx(_)));
+    let clock = &ROOT_CLOCKS[lp as usize % stats::MAX_LPS];
     // Whose extended state (x87/SSE/AVX) the registers hold: switched only
     // when the LP changes VPs (the hypervisor itself never touches them).
     let mut fpu_owner = Active::Root;
@@ -137,9 +174,16 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     active = Active::Root;
                 }
                 root::deliver_interrupts(&mut root_vcpu, &mut vapic, lp);
-                switch_xstate(&mut fpu_owner, Active::Root, &root_xstate, &guests);
+                switch_vp(
+                    &mut fpu_owner,
+                    Active::Root,
+                    (&root_xstate, &mut root_debug),
+                    &mut guests,
+                    &barriers,
+                );
                 let entered = cpu::rdtsc();
                 lp_stats.add_hypervisor_time(entered - left_guest);
+                clock.entered.store(entered, Ordering::Relaxed);
                 let exit = root_vcpu.run();
                 left_guest = cpu::rdtsc();
                 lp_stats.count(exit.reason());
@@ -149,6 +193,9 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     root::Next::Stop(why) => root::stop(lp, &why),
                 }
                 root_if = root_vcpu.interrupts_enabled();
+                clock
+                    .busy
+                    .fetch_add(cpu::rdtsc() - entered, Ordering::Relaxed);
             }
             Choice::Guest(i) => {
                 if guests[i].xstate.is_none() {
@@ -166,7 +213,13 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     }
                 }
                 let me = Active::Guest(guests[i].part.id, guests[i].vp.index);
-                switch_xstate(&mut fpu_owner, me, &root_xstate, &guests);
+                switch_vp(
+                    &mut fpu_owner,
+                    me,
+                    (&root_xstate, &mut root_debug),
+                    &mut guests,
+                    &barriers,
+                );
                 let g = &mut guests[i];
                 let entered = cpu::rdtsc();
                 lp_stats.add_hypervisor_time(entered - left_guest);
@@ -184,21 +237,29 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     }
                 };
                 left_guest = cpu::rdtsc();
-                let ran = left_guest - entered;
+                g.part.exits.fetch_add(1, Ordering::Relaxed);
+                lp_stats.count(exit.reason());
+                let Some(v) = g.vcpu.as_mut() else { continue };
+                let next = guest::dispatch(root, caps, &g.part, &g.vp, v, &mut g.vapic, exit);
+                // Charged to the VP: its run, the hypervisor's handling of
+                // its exit, and the root's time serving its intercepts since
+                // its last run (weights, reserves and limits hold for VPs
+                // that mostly exit; an intercept storm uses up its own share).
+                let handled = cpu::rdtsc();
+                let ran = handled - entered + g.vp.served.swap(0, Ordering::Relaxed);
                 let weight = g.part.weight.load(Ordering::Relaxed).max(1) as u64;
                 g.vruntime += ran * 100 / weight;
                 floor = floor.max(g.vruntime);
                 g.window_used += ran;
                 g.part.run_tsc.fetch_add(ran, Ordering::Relaxed);
-                g.part.exits.fetch_add(1, Ordering::Relaxed);
-                lp_stats.count(exit.reason());
-                let Some(v) = g.vcpu.as_mut() else { continue };
-                let next = guest::dispatch(root, &g.part, &g.vp, v, &mut g.vapic, exit);
                 let mut s = g.vp.shared.lock();
                 match next {
                     guest::Next::Resume => {}
                     guest::Next::Halted => s.halted = true,
-                    guest::Next::Intercept(_) => s.intercept_suspend = true,
+                    guest::Next::Intercept(_) => {
+                        s.intercept_suspend = true;
+                        s.intercept_posted = handled;
+                    }
                 }
                 if s.may_run() {
                     s.stale = true;
@@ -366,6 +427,7 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             // Applied at the first entry (the base intercepts with it).
             exceptions: u32::MAX,
             vapic: VirtualApic::new(index),
+            debug: DebugState::initial(0),
         });
     }
 }
@@ -378,25 +440,63 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
-/// Makes the registers hold `to`'s extended state: the owner's is saved to
-/// its area first (a deleted owner's is dropped), then `to`'s restored.
-fn switch_xstate(owner: &mut Active, to: Active, root_xstate: &XState, guests: &[Local]) {
+/// Makes the registers hold `to`'s extended state, debug registers and
+/// TSC_AUX: the owner's are saved first (a deleted owner's are dropped),
+/// then `to`'s restored; between partitions, the barriers run.
+fn switch_vp(
+    owner: &mut Active,
+    to: Active,
+    root: (&XState, &mut DebugState),
+    guests: &mut [Local],
+    barriers: &Barriers,
+) {
     if *owner == to {
         return;
     }
-    let area = |who: Active| match who {
-        Active::Root => Some(root_xstate),
+    let (root_xstate, root_debug) = root;
+    let slot = |who: Active, guests: &[Local]| match who {
         Active::Guest(pid, index) => guests
             .iter()
-            .find(|g| g.part.id == pid && g.vp.index == index)
-            .and_then(|g| g.xstate.as_ref()),
+            .position(|g| g.part.id == pid && g.vp.index == index),
+        _ => None,
+    };
+    match *owner {
+        Active::Root => {
+            root_xstate.save();
+            root_debug.save(barriers);
+        }
+        Active::Guest(..) => {
+            if let Some(g) = slot(*owner, guests).map(|i| &mut guests[i]) {
+                if let Some(x) = g.xstate.as_ref() {
+                    x.save();
+                }
+                g.debug.save(barriers);
+            }
+        }
+        Active::None => {}
+    }
+    let partition = |who: Active| match who {
+        Active::Root => Some(0),
+        Active::Guest(pid, _) => Some(pid),
         Active::None => None,
     };
-    if let Some(x) = area(*owner) {
-        x.save();
+    if partition(*owner) != partition(to) {
+        barriers.between_partitions();
     }
-    if let Some(x) = area(to) {
-        x.restore();
+    match to {
+        Active::Root => {
+            root_xstate.restore();
+            root_debug.restore(barriers);
+        }
+        Active::Guest(..) => {
+            if let Some(g) = slot(to, guests).map(|i| &guests[i]) {
+                if let Some(x) = g.xstate.as_ref() {
+                    x.restore();
+                }
+                g.debug.restore(barriers);
+            }
+        }
+        Active::None => {}
     }
     *owner = to;
 }

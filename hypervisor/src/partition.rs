@@ -50,6 +50,11 @@ impl Slat {
     }
 
     pub fn translate(&self, gpa: u64) -> Option<(u64, Perms)> {
+        // The table walk uses GPA bits 47:12 only: a GPA with higher bits
+        // would alias a low one.
+        if gpa >= abi::MAX_GPA {
+            return None;
+        }
         memory::with_tables(|mem| {
             let leaf = match self {
                 Slat::Ept(t) => t.translate(mem, gpa),
@@ -193,6 +198,9 @@ pub struct VpShared {
     /// partition's VPs) that its LP has not yet moved into its virtual
     /// APIC (bit n: vector n).
     pub pending: [u64; 4],
+    /// When the VP's last intercept message was posted (TSC): the root's
+    /// time serving it is charged from then (`lp::root_service_since`).
+    pub intercept_posted: u64,
 }
 
 impl VpShared {
@@ -224,6 +232,9 @@ pub struct GuestVp {
     pub flushed: AtomicU64,
     /// Set by the owning LP exactly while the VP executes in guest mode.
     pub in_guest: AtomicBool,
+    /// Root time (TSC ticks) spent serving this VP's intercepts, not yet
+    /// charged to it: its LP adds it to the VP's run time at its next run.
+    pub served: AtomicU64,
 }
 
 impl GuestVp {
@@ -619,31 +630,40 @@ fn unmap_pages(input: &[u8], reps: (u16, u16)) -> Outcome {
         return done(status::INVALID_PARAMETER);
     };
     let window = rep_window(reps);
+    // The pages stay owned by this partition until no VP can reach them
+    // through a cached translation: only then may the root map them again.
+    let mut freed = Vec::new();
+    let mut outcome = rep_result(status::SUCCESS, window.end);
     let vps = {
         let mut inner = p.inner.lock();
-        let mut owned = OWNED.lock();
         for i in window.clone() {
             let Some(gpa) = target
                 .checked_add(i as u64)
                 .and_then(|g| g.checked_mul(PAGE_SIZE))
                 .filter(|&g| g < abi::MAX_GPA)
             else {
-                return rep_result(status::INVALID_PARAMETER, i);
+                outcome = rep_result(status::INVALID_PARAMETER, i);
+                break;
             };
             let Some(slat) = inner.slat.as_mut() else {
-                return rep_result(status::INVALID_PARTITION_STATE, i);
+                outcome = rep_result(status::INVALID_PARTITION_STATE, i);
+                break;
             };
             // Unmapping what is not mapped is not an error (TLFS).
             if let Some(spa) = slat.unmap(gpa) {
-                let (word, bit) = owned_bit(&mut owned, spa);
-                *word &= !bit;
+                freed.push(spa);
                 inner.mapped_pages -= 1;
             }
         }
         inner.vps.clone()
     };
     flush_tlbs(&p, &vps, None);
-    rep_result(status::SUCCESS, window.end)
+    let mut owned = OWNED.lock();
+    for spa in freed {
+        let (word, bit) = owned_bit(&mut owned, spa);
+        *word &= !bit;
+    }
+    outcome
 }
 
 fn create_vp(input: &[u8]) -> Result<usize, u16> {
@@ -685,10 +705,12 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             stale: false,
             save_request: false,
             pending: [0; 4],
+            intercept_posted: 0,
         }),
         running: AtomicBool::new(false),
         flushed: AtomicU64::new(p.flush_generation.load(Ordering::Acquire)),
         in_guest: AtomicBool::new(false),
+        served: AtomicU64::new(0),
     });
     inner.vps.push(vp.clone());
     drop(inner);
@@ -881,8 +903,12 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
         for &(_, name) in &clears {
             if name == reg::EXPLICIT_SUSPEND {
                 s.explicit_suspend = false;
-            } else {
+            } else if s.intercept_suspend {
                 s.intercept_suspend = false;
+                // The root's time since the intercept was posted (or since
+                // it last resumed a VP, whichever is later) served this one.
+                let served = crate::lp::root_service_since(s.intercept_posted);
+                vp.served.fetch_add(served, Ordering::Relaxed);
             }
         }
         drop(s);

@@ -538,7 +538,10 @@ pub fn dispatch(
         Exit::MsrRead => {
             let m = vcpu.regs().rcx as u32;
             let value = match m {
-                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
+                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
+                    vcpu.pull_tpr(vapic);
+                    vapic.read(m, cpu::rdtsc())
+                }
                 msr::IA32_APIC_BASE => Some(apic_base(vp)),
                 _ => crate::synic::read_msr(vp, m).or_else(|| read_msr(root, m)),
             };
@@ -549,6 +552,7 @@ pub fn dispatch(
             let (m, v) = vcpu.wrmsr_operands();
             let done = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
+                    vcpu.pull_tpr(vapic);
                     match vapic.write(m, v, cpu::rdtsc()) {
                         vapic::Write::Done => true,
                         vapic::Write::Ipi { vector, dest } => {
@@ -572,8 +576,23 @@ pub fn dispatch(
             vcpu.finish_wrmsr(done);
             Next::Resume
         }
+        // TLFS: #UD below CPL 0 or in real mode, for the root's user code too.
+        Exit::Hypercall if !vcpu.hypercall_allowed() => {
+            vcpu.inject_exception(UD, None);
+            Next::Resume
+        }
         Exit::Hypercall => {
             hypercall(root, caps, vcpu);
+            Next::Resume
+        }
+        Exit::CrAccess {
+            cr: 8,
+            write,
+            gpr: Some(gpr),
+        } => {
+            if !vcpu.emulate_cr8(vapic, write, gpr) {
+                vcpu.inject_exception(GP, Some(0));
+            }
             Next::Resume
         }
         Exit::Halt => {
@@ -608,8 +627,12 @@ pub fn dispatch(
             }
             Next::Resume
         }
-        Exit::VirtualizationInstruction => {
+        Exit::Undefined => {
             vcpu.inject_exception(UD, None);
+            Next::Resume
+        }
+        Exit::Rdpmc => {
+            vcpu.inject_exception(GP, Some(0));
             Next::Resume
         }
         Exit::ExternalInterrupt => {
@@ -649,7 +672,7 @@ pub fn dispatch(
             "unexpected exception exit (vector {vector}) at RIP {:#x}",
             vcpu.rip()
         )),
-        Exit::ControlRegister => Next::Stop(format!(
+        Exit::CrAccess { .. } => Next::Stop(format!(
             "unsupported control-register change at RIP {:#x}",
             vcpu.rip()
         )),
@@ -677,6 +700,7 @@ fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition, vp: u32) -> (u32, u
         leaf1_set: 1 << 21,                // x2APIC (virtual)
         leaf1_clear: (1 << 5) | (1 << 24), // VMX, TSC-deadline timer
         hide_xsave: false,
+        guest: false,
     };
     crate::cpuid_view::answer(&view, leaf, sub, vp)
 }

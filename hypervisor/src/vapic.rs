@@ -97,6 +97,16 @@ impl VirtualApic {
         self.id
     }
 
+    /// The task priority (TPR bits 7:0; CR8 is bits 7:4).
+    pub fn tpr(&self) -> u32 {
+        self.tpr
+    }
+
+    /// Sets the TPR (a MOV to CR8 writes bits 7:4 and clears 3:0).
+    pub fn set_tpr(&mut self, tpr: u32) {
+        self.tpr = tpr & 0xFF;
+    }
+
     /// x2APIC logical ID: cluster (ID bits 31:4) and one bit for ID bits 3:0.
     pub fn logical_id(&self) -> u32 {
         ((self.id >> 4) << 16) | (1 << (self.id & 0xF))

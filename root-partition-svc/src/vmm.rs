@@ -443,6 +443,27 @@ impl<const N: usize> Console<N> {
     }
 }
 
+/// A guest's console bytes made safe for the operator's terminal: printable
+/// ASCII, newline and tab pass; carriage returns are dropped (line ends);
+/// every other byte (escape sequences, other controls, non-ASCII) is shown
+/// as `\xNN`, so a guest can neither drive the terminal nor forge lines.
+pub fn sanitize_console(bytes: &[u8], out: &mut dyn FnMut(&[u8])) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let plain = matches!(b, b' '..=b'~' | b'\n' | b'\t');
+        if plain {
+            continue;
+        }
+        out(&bytes[start..i]);
+        if b != b'\r' {
+            out(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        }
+        start = i + 1;
+    }
+    out(&bytes[start..]);
+}
+
 /// A 16550 UART as a simple guest sees it: writes to THR are output; it
 /// is always ready to send and has nothing to receive; the other registers
 /// keep what is written (scratch, divisor, line and modem control).
@@ -567,6 +588,20 @@ pub fn emulate_io(uart: &mut Uart, port: u16, size: u8, write: bool, value: u32)
 
 #[cfg(test)]
 mod tests {
+
+    fn sanitized(bytes: &[u8]) -> std::vec::Vec<u8> {
+        let mut v = std::vec::Vec::new();
+        sanitize_console(bytes, &mut |b| v.extend_from_slice(b));
+        v
+    }
+
+    #[test]
+    fn console_bytes_cannot_drive_the_terminal() {
+        assert_eq!(sanitized(b"hello\r\n\tok"), b"hello\n\tok");
+        assert_eq!(sanitized(b"\x1b[2Jroot> "), b"\\x1b[2Jroot> ");
+        assert_eq!(sanitized(&[0xFF, b'a', 0x07]), b"\\xffa\\x07");
+        assert_eq!(sanitized(b""), b"");
+    }
     use super::*;
 
     #[test]

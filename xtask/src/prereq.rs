@@ -22,78 +22,107 @@ const NEEDS: &[(&str, &str)] = &[
     ("mcopy", "mtools"),
 ];
 
-fn present(what: &str) -> bool {
-    if what.starts_with('/') {
-        return Path::new(what).exists();
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(what).is_file()))
+/// What the prerequisite logic needs of a machine: a fake one in the tests.
+trait Machine {
+    fn present(&self, what: &str) -> bool;
+    fn is_root(&self) -> bool;
+    fn apt_update(&mut self) -> Result<()>;
+    fn apt_install(&mut self, packages: &[&str]) -> Result<()>;
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+struct ThisMachine;
+
+impl Machine for ThisMachine {
+    fn present(&self, what: &str) -> bool {
+        if what.starts_with('/') {
+            return Path::new(what).exists();
+        }
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(what).is_file()))
+    }
+
+    fn is_root(&self) -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    }
+
+    fn apt_update(&mut self) -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        if !status.success() {
+            bail!("apt-get update failed");
+        }
+        Ok(())
+    }
+
+    fn apt_install(&mut self, packages: &[&str]) -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        if !status.success() {
+            bail!("apt-get install {} failed", packages.join(" "));
+        }
+        Ok(())
+    }
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?;
-    if !status.success() {
-        bail!("apt-get install {} failed", packages.join(" "));
+/// The packages whose files are missing now, each once, in `NEEDS` order.
+fn missing(m: &dyn Machine) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for (what, package) in NEEDS {
+        if !m.present(what) && !out.contains(package) {
+            out.push(package);
+        }
     }
-    Ok(())
+    out
 }
 
 /// Makes sure every prerequisite exists.
 pub fn ensure() -> Result<()> {
-    let mut missing: Vec<&str> = NEEDS
-        .iter()
-        .filter(|(w, _)| !present(w))
-        .map(|(_, p)| *p)
-        .collect();
-    missing.dedup();
-    if missing.is_empty() {
+    ensure_on(&mut ThisMachine)
+}
+
+fn ensure_on(m: &mut dyn Machine) -> Result<()> {
+    let first = missing(m);
+    if first.is_empty() {
         return Ok(());
     }
-    let command = format!("sudo apt-get install -y {}", missing.join(" "));
-    if !is_root() {
+    let command = format!("sudo apt-get install -y {}", first.join(" "));
+    if !m.is_root() {
         bail!("missing prerequisites; install them with:\n    {command}");
     }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    let status = Command::new("apt-get")
-        .args(["update", "-q"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?;
-    if !status.success() {
-        bail!("apt-get update failed; then run: {command}");
+    eprintln!("xtask: installing {}", first.join(" "));
+    if let Err(e) = m.apt_update() {
+        bail!("{e}; then run: {command}");
     }
-    // qemu-system-x86 first, on its own: some machines carry a newer backported
-    // qemu-utils that conflicts with it in one transaction; afterwards the
-    // matching qemu-utils installs cleanly.
-    let (first, rest): (Vec<&str>, Vec<&str>) =
-        missing.iter().partition(|p| **p == "qemu-system-x86");
-    if !first.is_empty() {
-        apt_install(&first)?;
+    // qemu-system-x86 goes on its own first: a machine with a newer backported
+    // qemu-utils (Debian 12 images carry 10.0.x) has it replaced by the one
+    // matching qemu-system-x86, or removed. What is missing is therefore read
+    // again after each step, never carried over.
+    if first.contains(&"qemu-system-x86") {
+        m.apt_install(&["qemu-system-x86"])?;
     }
-    let rest: Vec<&str> = rest
-        .into_iter()
-        .filter(|p| *p != "qemu-utils" || !present("qemu-img"))
-        .collect();
+    let rest = missing(m);
     if !rest.is_empty() {
-        apt_install(&rest)?;
+        m.apt_install(&rest)?;
     }
     let still: Vec<&str> = NEEDS
         .iter()
-        .filter(|(w, _)| !present(w))
+        .filter(|(w, _)| !m.present(w))
         .map(|(w, _)| *w)
         .collect();
     if !still.is_empty() {
-        bail!("still missing after apt-get: {}", still.join(", "));
+        bail!(
+            "still missing after apt-get: {}; install with:\n    sudo apt-get install -y {}",
+            still.join(", "),
+            missing(m).join(" ")
+        );
     }
     Ok(())
 }
@@ -114,4 +143,99 @@ pub fn ensure_rust_targets() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// A Debian machine as apt sees it: installed packages, and the rule that
+    /// installing qemu-system-x86 removes a backported qemu-utils.
+    struct Fake {
+        installed: BTreeSet<&'static str>,
+        backported_qemu_utils: bool,
+        root: bool,
+        installs: Vec<Vec<String>>,
+    }
+
+    impl Fake {
+        fn new(installed: &[&'static str], backported_qemu_utils: bool) -> Self {
+            Fake {
+                installed: installed.iter().copied().collect(),
+                backported_qemu_utils,
+                root: true,
+                installs: Vec::new(),
+            }
+        }
+    }
+
+    impl Machine for Fake {
+        fn present(&self, what: &str) -> bool {
+            NEEDS
+                .iter()
+                .any(|(w, p)| *w == what && self.installed.contains(p))
+        }
+        fn is_root(&self) -> bool {
+            self.root
+        }
+        fn apt_update(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn apt_install(&mut self, packages: &[&str]) -> Result<()> {
+            self.installs
+                .push(packages.iter().map(|p| p.to_string()).collect());
+            if packages.contains(&"qemu-system-x86") && packages.contains(&"qemu-utils") {
+                if self.backported_qemu_utils {
+                    bail!("conflict: qemu-system-x86 and the backported qemu-utils");
+                }
+            }
+            for p in packages {
+                let p = NEEDS.iter().find(|(_, q)| q == p).unwrap().1;
+                if p == "qemu-system-x86" && self.backported_qemu_utils {
+                    self.installed.remove("qemu-utils");
+                    self.backported_qemu_utils = false;
+                }
+                self.installed.insert(p);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn fresh_machine_with_backported_qemu_utils_gets_everything_the_first_time() {
+        let mut m = Fake::new(&["qemu-utils"], true);
+        ensure_on(&mut m).unwrap();
+        assert!(missing(&m).is_empty());
+        assert_eq!(m.installs[0], ["qemu-system-x86"]);
+        assert!(m.installs[1].contains(&"qemu-utils".to_string()));
+    }
+
+    #[test]
+    fn bare_machine_gets_everything() {
+        let mut m = Fake::new(&[], false);
+        ensure_on(&mut m).unwrap();
+        assert!(missing(&m).is_empty());
+    }
+
+    #[test]
+    fn complete_machine_installs_nothing() {
+        let all: Vec<&'static str> = NEEDS.iter().map(|(_, p)| *p).collect();
+        let mut m = Fake::new(&all, false);
+        ensure_on(&mut m).unwrap();
+        assert!(m.installs.is_empty());
+    }
+
+    #[test]
+    fn non_root_gets_the_exact_command() {
+        let mut m = Fake::new(&["qemu-utils", "ovmf"], false);
+        m.root = false;
+        let e = ensure_on(&mut m).unwrap_err().to_string();
+        assert!(
+            e.contains("sudo apt-get install -y qemu-system-x86 bochs"),
+            "{e}"
+        );
+        assert!(!e.contains("ovmf"), "{e}");
+        assert!(m.installs.is_empty());
+    }
 }

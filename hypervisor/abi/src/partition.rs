@@ -236,6 +236,13 @@ pub struct VpContext {
     pub seg: [Segment; 8],
     pub idtr: Table,
     pub gdtr: Table,
+    /// An event the VP was delivering when it exited (an interrupt or
+    /// exception whose delivery itself exited, e.g. on an unmapped IDT or
+    /// stack page), delivered again at its next entry so none is lost.
+    /// The vendor's injection format: vector 7:0, type 10:8, error code valid
+    /// 11, instruction length 15:12 (software events), valid 31, error code
+    /// 63:32. Not a TLFS register: kept by the hypervisor across suspensions.
+    pub pending_event: u64,
 }
 
 /// Why a register access failed.

@@ -99,6 +99,7 @@ macro_rules! guest_gprs {
     };
 }
 
+pub mod lazy;
 pub mod svm;
 pub mod vmx;
 pub mod xstate;
@@ -161,9 +162,19 @@ pub enum Exit {
         execute: bool,
     },
     Xsetbv,
-    /// INVD: would discard dirty cache lines of every partition.
+    /// INVD (would discard dirty cache lines of every partition) or WBINVD
+    /// (a guest's: costly for everyone on the socket); both done as a no-op.
     Invd,
-    ControlRegister,
+    /// A MOV to or from a control register that exits: CR8 (the TPR, on VMX),
+    /// CR4 (a guest's write of a bit it does not own), CR0 fixed bits.
+    /// `gpr`: the general register (0 RAX .. 15 R15), when the processor says.
+    CrAccess {
+        cr: u8,
+        write: bool,
+        gpr: Option<u8>,
+    },
+    /// RDPMC by a guest: no performance counters are offered (#GP).
+    Rdpmc,
     Nmi,
     /// A physical interrupt arrived while the VP ran (SVM: the host timer).
     ExternalInterrupt,
@@ -178,10 +189,16 @@ pub enum Exit {
         error_code: Option<u32>,
         /// #PF: the faulting linear address.
         parameter: u64,
+        /// A software exception (ICEBP, INT3, INTO): the instruction's length,
+        /// which delivery skips; 0 for every other exception.
+        length: u8,
     },
     TripleFault,
-    /// A virtualization instruction (VMX or SVM) the VP may not use.
-    VirtualizationInstruction,
+    /// An instruction the VP may not use, #UD as on a processor without it:
+    /// VMX and SVM instructions; for guests also MONITOR/MWAIT (a guest must
+    /// not keep its LP in a deep C-state), RDTSCP (its TSC_AUX is the
+    /// hypervisor's to switch), INVLPGA.
+    Undefined,
     /// The processor refused to enter the VP; the vendor's detail code.
     EntryFailed(u64),
     Other(u64),
@@ -198,17 +215,15 @@ impl Exit {
             Exit::Hypercall => ExitReason::Hypercall,
             Exit::SlatViolation { .. } => ExitReason::SlatViolation,
             Exit::Xsetbv => ExitReason::Xsetbv,
-            Exit::Invd => ExitReason::Other,
-            Exit::ControlRegister => ExitReason::ControlRegister,
+            Exit::Invd | Exit::Rdpmc => ExitReason::Other,
+            Exit::CrAccess { .. } => ExitReason::ControlRegister,
             Exit::Nmi => ExitReason::Nmi,
             Exit::ExternalInterrupt => ExitReason::ExternalInterrupt,
             Exit::Preemption => ExitReason::Preemption,
             Exit::InterruptWindow => ExitReason::Other,
             Exit::MachineCheck | Exit::Exception { .. } => ExitReason::Exception,
             Exit::TripleFault => ExitReason::TripleFault,
-            Exit::VirtualizationInstruction | Exit::EntryFailed(_) | Exit::Other(_) => {
-                ExitReason::Other
-            }
+            Exit::Undefined | Exit::EntryFailed(_) | Exit::Other(_) => ExitReason::Other,
         }
     }
 }
@@ -400,6 +415,149 @@ impl Vcpu {
         }
     }
 
+    /// General register `n` in instruction-encoding order (0 RAX, 1 RCX, 2
+    /// RDX, 3 RBX, 4 RSP, 5 RBP, 6 RSI, 7 RDI, 8-15 R8-R15).
+    pub fn gpr(&mut self, n: u8) -> u64 {
+        if n & 15 == 4 {
+            return self.rsp();
+        }
+        *self.gpr_slot(n)
+    }
+
+    pub fn set_gpr(&mut self, n: u8, value: u64) {
+        if n & 15 == 4 {
+            return self.set_rsp(value);
+        }
+        *self.gpr_slot(n) = value;
+    }
+
+    fn gpr_slot(&mut self, n: u8) -> &mut u64 {
+        let r = self.regs();
+        match n & 15 {
+            0 => &mut r.rax,
+            1 => &mut r.rcx,
+            2 => &mut r.rdx,
+            3 => &mut r.rbx,
+            5 => &mut r.rbp,
+            6 => &mut r.rsi,
+            7 => &mut r.rdi,
+            8 => &mut r.r8,
+            9 => &mut r.r9,
+            10 => &mut r.r10,
+            11 => &mut r.r11,
+            12 => &mut r.r12,
+            13 => &mut r.r13,
+            14 => &mut r.r14,
+            _ => &mut r.r15,
+        }
+    }
+
+    fn rsp(&self) -> u64 {
+        match self {
+            Vcpu::Vmx(v) => v.rsp(),
+            Vcpu::Svm(s) => s.rsp(),
+        }
+    }
+
+    fn set_rsp(&mut self, value: u64) {
+        match self {
+            Vcpu::Vmx(v) => v.set_rsp(value),
+            Vcpu::Svm(s) => s.set_rsp(value),
+        }
+    }
+
+    /// Whether the VP may make a hypercall now: TLFS "Hypercall Interface":
+    /// only from CPL 0 in protected or long mode; otherwise #UD, so a guest's
+    /// user code can never reach its partition's hypercalls.
+    pub fn hypercall_allowed(&self) -> bool {
+        let (cpl, rflags, (cr0, _)) = match self {
+            Vcpu::Vmx(v) => (v.cpl(), v.rflags(), v.cr0_efer()),
+            Vcpu::Svm(s) => (s.cpl(), s.rflags(), s.cr0_efer()),
+        };
+        const VM: u64 = 1 << 17;
+        cpl == 0 && cr0 & 1 != 0 && rflags & VM == 0
+    }
+
+    /// The VP's CR4 and CR3, as it sees them.
+    pub fn cr4_cr3(&self) -> (u64, u64) {
+        match self {
+            Vcpu::Vmx(v) => v.cr4_cr3(),
+            Vcpu::Svm(s) => s.cr4_cr3(),
+        }
+    }
+
+    /// Sets the VP's CR4 (already checked by the caller) and drops its
+    /// cached translations when the change requires it.
+    pub fn set_cr4(&mut self, caps: &Caps, value: u64) {
+        let (old, _) = self.cr4_cr3();
+        match self {
+            Vcpu::Vmx(v) => v.set_cr4(value),
+            Vcpu::Svm(s) => s.set_cr4(value),
+        }
+        if hypervisor::control_regs::cr4_change_flushes(old, value) {
+            self.flush(caps);
+        }
+    }
+
+    /// The VP's paging mode and CR3, and whether it runs 64-bit code (to
+    /// fetch and decode the instruction at its RIP); CS's base.
+    pub fn fetch_state(&self) -> (hypervisor::control_regs::Paging, u64, bool, u64) {
+        let ((cr0, efer), (cr4, cr3), cs) = match self {
+            Vcpu::Vmx(v) => (v.cr0_efer(), v.cr4_cr3(), v.cs()),
+            Vcpu::Svm(s) => (s.cr0_efer(), s.cr4_cr3(), s.cs()),
+        };
+        let code64 = efer & (1 << 10) != 0 && cs.attributes & (1 << 13) != 0;
+        (
+            hypervisor::control_regs::Paging::of(cr0, cr4, efer),
+            cr3,
+            code64,
+            if code64 { 0 } else { cs.base },
+        )
+    }
+
+    /// The virtual APIC's TPR follows what the VP wrote to CR8 without an exit
+    /// (SVM: V_TPR in the VMCB, with V_INTR_MASKING CR8 never reaches the
+    /// physical TPR; VMX: CR8 accesses exit and are emulated).
+    pub fn pull_tpr(&self, vapic: &mut hypervisor::vapic::VirtualApic) {
+        if let Vcpu::Svm(s) = self {
+            if vapic.tpr() >> 4 != s.v_tpr() {
+                vapic.set_tpr(s.v_tpr() << 4);
+            }
+        }
+    }
+
+    /// A MOV to or from CR8: the virtual APIC's TPR (CR8 = TPR[7:4]); never
+    /// the physical one, which masks the hypervisor's own timer and kicks.
+    /// Returns false for a reserved value (#GP).
+    pub fn emulate_cr8(
+        &mut self,
+        vapic: &mut hypervisor::vapic::VirtualApic,
+        write: bool,
+        gpr: u8,
+    ) -> bool {
+        if write {
+            let v = self.gpr(gpr);
+            if v > 15 {
+                return false;
+            }
+            vapic.set_tpr((v as u32) << 4);
+        } else {
+            let v = (vapic.tpr() >> 4) as u64;
+            self.set_gpr(gpr, v);
+        }
+        self.skip_instruction();
+        true
+    }
+
+    /// Moves RIP past an instruction of `length` bytes that the hypervisor
+    /// decoded itself.
+    pub fn advance_rip(&mut self, length: u8) {
+        match self {
+            Vcpu::Vmx(v) => v.advance_rip(length),
+            Vcpu::Svm(s) => s.advance_rip(length),
+        }
+    }
+
     /// Moves past the instruction that caused the last exit.
     pub fn skip_instruction(&mut self) {
         match self {
@@ -439,9 +597,16 @@ impl Vcpu {
 
     /// Raises an exception in the VP at its next entry.
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.reinject_exception(vector, error_code, 0);
+    }
+
+    /// Delivers an intercepted exception as the processor would have: a
+    /// software exception (`length` > 0: ICEBP, INT3, INTO) once, past its
+    /// instruction; any other as a hardware exception.
+    pub fn reinject_exception(&mut self, vector: u8, error_code: Option<u32>, length: u8) {
         match self {
-            Vcpu::Vmx(v) => v.inject_exception(vector, error_code),
-            Vcpu::Svm(s) => s.inject_exception(vector, error_code),
+            Vcpu::Vmx(v) => v.inject_exception(vector, error_code, length),
+            Vcpu::Svm(s) => s.inject_exception(vector, error_code, length),
         }
     }
 
@@ -474,6 +639,9 @@ impl Vcpu {
     /// the VP can take it now, else asks for an exit as soon as it can.
     /// Whether one was deliverable (it ends a halt).
     pub fn offer_interrupt(&mut self, vapic: &mut hypervisor::vapic::VirtualApic) -> bool {
+        if let Vcpu::Svm(s) = self {
+            s.set_v_tpr(vapic.tpr() >> 4);
+        }
         match vapic.deliverable() {
             Some(v) if self.interruptible() => {
                 self.inject_interrupt(v);

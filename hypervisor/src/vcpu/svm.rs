@@ -14,6 +14,8 @@ const VM_HSAVE_PA: u32 = 0xC001_0117;
 
 /// VMCB offsets: control area, then the state-save area at 0x400.
 mod vmcb {
+    /// CR reads (bits 15:0) and writes (bits 31:16).
+    pub const INTERCEPT_CR: u64 = 0x000;
     pub const INTERCEPT_EXCEPTIONS: u64 = 0x008;
     pub const INTERCEPT_MISC1: u64 = 0x00C;
     pub const INTERCEPT_MISC2: u64 = 0x010;
@@ -26,6 +28,7 @@ mod vmcb {
     pub const EXIT_CODE: u64 = 0x070;
     pub const EXIT_INFO1: u64 = 0x078;
     pub const EXIT_INFO2: u64 = 0x080;
+    pub const EXIT_INT_INFO: u64 = 0x088;
     pub const NP_ENABLE: u64 = 0x090;
     pub const EVENT_INJECTION: u64 = 0x0A8;
     pub const NESTED_CR3: u64 = 0x0B0;
@@ -152,6 +155,14 @@ pub struct SvmVcpu {
     nrip_save: bool,
 }
 
+/// EVENTINJ / EXITINTINFO (APM vol. 2 section 15.20): vector 7:0, type 10:8,
+/// error code valid 11, valid 31, error code 63:32.
+const EVENT_VALID: u64 = 1 << 31;
+const EVENT_TYPE_EXCEPTION: u64 = 3;
+const EVENT_TYPE_SOFTWARE_INTERRUPT: u64 = 4;
+/// The bits EVENTINJ defines (the rest are reserved).
+const EVENT_BITS: u64 = 0xFFFF_FFFF_8000_0FFF;
+
 /// Turns SVM on for this logical processor (once per LP, before any of its
 /// VPs is created): EFER.SVME and the host save area.
 pub fn enable(caps: &SvmCaps) -> Result<(), &'static str> {
@@ -245,9 +256,16 @@ impl SvmVcpu {
         // CPUID, 22 INVD (it would run natively and discard every partition's
         // dirty cache lines), 24 HLT, 27 IOIO_PROT (through the map), 28
         // MSR_PROT, 31 SHUTDOWN.
+        // Guests also: 1 NMI (an NMI for the host never reaches a guest), 15
+        // RDPMC (no counters offered), 26 INVLPGA (their EFER.SVME is forced on).
+        let guest_misc1 = if guest {
+            (1 << 1) | (1 << 15) | (1 << 26)
+        } else {
+            0
+        };
         v.write32(
             vmcb::INTERCEPT_MISC1,
-            1 | (1 << 18) | (1 << 22) | (1 << 24) | (1 << 27) | (1 << 28) | (1 << 31),
+            1 | (1 << 18) | (1 << 22) | (1 << 24) | (1 << 27) | (1 << 28) | (1 << 31) | guest_misc1,
         );
         let (iopm, msrpm) = if guest {
             (
@@ -268,8 +286,17 @@ impl SvmVcpu {
         // V_INTR_MASKING: physical interrupts follow the host's IF (set around
         // VMRUN), not the VP's; the VP's IF masks only virtual interrupts.
         v.write32(vmcb::INT_CONTROL, 1 << 24);
-        // Word 4: VMRUN (required), VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, XSETBV.
-        v.write32(vmcb::INTERCEPT_MISC2, 0x7F | (1 << 13));
+        // Word 4: VMRUN (required), VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT,
+        // XSETBV; guests also 7 RDTSCP (TSC_AUX is switched, not offered), 8
+        // ICEBP (delivered once, as hardware does), 9 WBINVD, 10 MONITOR, 11
+        // MWAIT, 12 MWAIT armed (a guest must not keep its LP in a C-state).
+        let guest_misc2 = if guest { 0x3F << 7 } else { 0 };
+        v.write32(vmcb::INTERCEPT_MISC2, 0x7F | (1 << 13) | guest_misc2);
+        // A guest's writes of CR4 exit, to be checked (`guest::cr4_allowed`);
+        // CR8 needs no intercept: with V_INTR_MASKING it is V_TPR.
+        if guest {
+            v.write32(vmcb::INTERCEPT_CR, 1 << (16 + 4));
+        }
         v.write32(vmcb::INTERCEPT_EXCEPTIONS, 1 << 18);
         v.write32(vmcb::GUEST_ASID, tag as u32);
         // The first run starts from a clean TLB: this ASID's entries only where
@@ -371,7 +398,7 @@ impl SvmVcpu {
         self.write(vmcb::RIP, c.rip);
         self.write(vmcb::RSP, c.gpr[4]);
         self.write(vmcb::G_PAT, c.pat);
-        self.write(vmcb::EVENT_INJECTION, 0);
+        self.write(vmcb::EVENT_INJECTION, c.pending_event & EVENT_BITS);
         self.regs = super::regs_from_context(c);
     }
 
@@ -402,6 +429,7 @@ impl SvmVcpu {
         c.rflags = self.read(vmcb::RFLAGS);
         c.rip = self.read(vmcb::RIP);
         c.pat = self.read(vmcb::G_PAT);
+        c.pending_event = self.read(vmcb::EVENT_INJECTION);
         super::regs_to_context(&self.regs, self.read(vmcb::RSP), c);
     }
 
@@ -459,7 +487,20 @@ impl SvmVcpu {
         unsafe { svm_enter(&mut self.regs, self.vmcb, self.host_save) };
         self.regs.rax = self.read(vmcb::RAX);
         self.write32(vmcb::TLB_CONTROL, 0);
-        self.write(vmcb::EVENT_INJECTION, 0);
+        // An event whose delivery exited is delivered again at the next entry
+        // (APM vol. 2 section 15.7.2), unless the handler injects another. A
+        // software interrupt, INT3 or INTO is not: RIP is still at its
+        // instruction, which raises it again.
+        let pending = self.read(vmcb::EXIT_INT_INFO);
+        let kind = (pending >> 8) & 7;
+        let software = kind == EVENT_TYPE_SOFTWARE_INTERRUPT
+            || (kind == EVENT_TYPE_EXCEPTION && matches!(pending & 0xFF, 3 | 4));
+        let again = if pending & EVENT_VALID != 0 && !software {
+            pending & EVENT_BITS
+        } else {
+            0
+        };
+        self.write(vmcb::EVENT_INJECTION, again);
         let code = self.read(vmcb::EXIT_CODE);
         let info1 = self.read(vmcb::EXIT_INFO1);
         match code {
@@ -472,8 +513,26 @@ impl SvmVcpu {
                     error_code: matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
                         .then_some(info1 as u32),
                     parameter: self.read(vmcb::EXIT_INFO2),
+                    length: 0,
                 }
             }
+            // MOV to CR4; with decode assists EXITINFO1 bit 63 says the
+            // general register (3:0) is valid.
+            0x14 => Exit::CrAccess {
+                cr: 4,
+                write: true,
+                gpr: (info1 & (1 << 63) != 0).then_some((info1 & 0xF) as u8),
+            },
+            0x6F => Exit::Rdpmc,
+            0x7A | 0x87 | 0x8A..=0x8C => Exit::Undefined,
+            // ICEBP (INT1): a #DB delivered past the one-byte instruction.
+            0x88 => Exit::Exception {
+                vector: 1,
+                error_code: None,
+                parameter: 0,
+                length: 1,
+            },
+            0x89 => Exit::Invd,
             0x60 => Exit::ExternalInterrupt,
             0x64 => Exit::InterruptWindow,
             0x61 => Exit::Nmi,
@@ -497,7 +556,7 @@ impl SvmVcpu {
             0x7C if info1 == 0 => Exit::MsrRead,
             0x7C => Exit::MsrWrite,
             0x7F => Exit::TripleFault,
-            0x80 | 0x82..=0x86 => Exit::VirtualizationInstruction,
+            0x80 | 0x82..=0x86 => Exit::Undefined,
             0x81 => Exit::Hypercall,
             0x8D => Exit::Xsetbv,
             0x400 => Exit::SlatViolation {
@@ -525,6 +584,7 @@ impl SvmVcpu {
                 0x72 | 0x7C | 0x76 => 2, // CPUID, RDMSR/WRMSR, INVD
                 0x78 => 1,               // HLT
                 0x81 | 0x8D => 3,        // VMMCALL, XSETBV
+                0x89 => 2,               // WBINVD
                 _ => 0,
             };
             self.rip() + len
@@ -559,13 +619,52 @@ impl SvmVcpu {
         const V_IRQ_PENDING: u32 = (1 << 8) | (0xF << 16) | (1 << 20);
         const VINTR: u32 = 1 << 4;
         let misc1 = self.read32(vmcb::INTERCEPT_MISC1);
+        // V_TPR (3:0) is the VP's CR8: kept.
+        let tpr = self.read32(vmcb::INT_CONTROL) & 0xF;
         if on {
-            self.write32(vmcb::INT_CONTROL, V_INTR_MASKING | V_IRQ_PENDING);
+            self.write32(vmcb::INT_CONTROL, V_INTR_MASKING | V_IRQ_PENDING | tpr);
             self.write32(vmcb::INTERCEPT_MISC1, misc1 | VINTR);
         } else {
-            self.write32(vmcb::INT_CONTROL, V_INTR_MASKING);
+            self.write32(vmcb::INT_CONTROL, V_INTR_MASKING | tpr);
             self.write32(vmcb::INTERCEPT_MISC1, misc1 & !VINTR);
         }
+    }
+
+    /// V_TPR: the VP's CR8 (with V_INTR_MASKING, MOV CR8 reaches only this).
+    pub fn v_tpr(&self) -> u32 {
+        self.read32(vmcb::INT_CONTROL) & 0xF
+    }
+
+    pub fn set_v_tpr(&mut self, tpr: u32) {
+        let c = self.read32(vmcb::INT_CONTROL);
+        if c & 0xF != tpr & 0xF {
+            self.write32(vmcb::INT_CONTROL, (c & !0xF) | (tpr & 0xF));
+        }
+    }
+
+    pub fn rsp(&self) -> u64 {
+        self.read(vmcb::RSP)
+    }
+
+    pub fn set_rsp(&mut self, v: u64) {
+        self.write(vmcb::RSP, v);
+    }
+
+    pub fn cr4_cr3(&self) -> (u64, u64) {
+        (self.read(vmcb::CR4), self.read(vmcb::CR3))
+    }
+
+    pub fn set_cr4(&mut self, v: u64) {
+        self.write(vmcb::CR4, v);
+    }
+
+    /// Moves RIP `length` bytes on (an instruction the hypervisor decoded).
+    pub fn advance_rip(&mut self, length: u8) {
+        self.write(vmcb::RIP, self.rip() + length as u64);
+        self.write(
+            vmcb::INTERRUPT_SHADOW,
+            self.read(vmcb::INTERRUPT_SHADOW) & !1,
+        );
     }
 
     /// EFER writes exit (the MSR permission map says so): keep SVME, which
@@ -580,9 +679,13 @@ impl SvmVcpu {
         true
     }
 
-    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+    /// A software exception (`length` > 0) is delivered past its instruction.
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>, length: u8) {
+        if length > 0 {
+            self.advance_rip(length);
+        }
         // EVENTINJ: vector, type 3 (exception), error-code valid (bit 11), valid (bit 31).
-        let mut e = vector as u64 | (3 << 8) | (1 << 31);
+        let mut e = vector as u64 | (EVENT_TYPE_EXCEPTION << 8) | EVENT_VALID;
         if let Some(code) = error_code {
             e |= 1 << 11 | (code as u64) << 32;
         }

@@ -38,6 +38,9 @@ mod field {
     pub const ENTRY_CONTROLS: u32 = 0x4012;
     pub const ENTRY_INTERRUPTION_INFO: u32 = 0x4016;
     pub const ENTRY_EXCEPTION_ERROR_CODE: u32 = 0x4018;
+    pub const ENTRY_INSTRUCTION_LENGTH: u32 = 0x401A;
+    pub const IDT_VECTORING_INFO: u32 = 0x4408;
+    pub const IDT_VECTORING_ERROR_CODE: u32 = 0x440A;
     pub const PROC_CONTROLS2: u32 = 0x401E;
     pub const VM_INSTRUCTION_ERROR: u32 = 0x4400;
     pub const EXIT_REASON: u32 = 0x4402;
@@ -279,6 +282,14 @@ pub struct VmxVcpu {
     /// root's VP, whose values simply stay live.
     syscall_msrs: Option<[u64; 5]>,
 }
+
+/// Interruption-information type field (SDM vol. 3 section 24.8.3).
+const EVENT_TYPE_SHIFT: u64 = 8;
+const EVENT_VALID: u64 = 1 << 31;
+const EVENT_HAS_ERROR: u64 = 1 << 11;
+const TYPE_HARDWARE_EXCEPTION: u64 = 3;
+const TYPE_PRIVILEGED_SOFTWARE_EXCEPTION: u64 = 5;
+const TYPE_SOFTWARE_EXCEPTION: u64 = 6;
 
 /// KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK.
 pub const SYSCALL_MSRS: [u32; 5] = [
@@ -552,7 +563,7 @@ impl VmxVcpu {
             self.entry & !GUEST_64BIT
         };
         vmwrite(field::ENTRY_CONTROLS, self.entry as u64)?;
-        vmwrite(field::ENTRY_INTERRUPTION_INFO, 0)?;
+        self.set_pending_event(c.pending_event);
         self.regs = super::regs_from_context(c);
         self.cr2 = c.cr2;
         Ok(())
@@ -587,6 +598,7 @@ impl VmxVcpu {
         c.efer = efer;
         c.pat = insn::vmread(field::GUEST_PAT);
         c.cr2 = self.cr2;
+        c.pending_event = self.pending_event();
         super::regs_to_context(&self.regs, insn::vmread(field::GUEST_RSP), c);
     }
 
@@ -673,11 +685,15 @@ impl VmxVcpu {
         let pick = |plain: u32, truer: u32| msr::read(if true_ctls { truer } else { plain });
         let err = |_| "a required VMX control is not supported";
         const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
+        // A guest never receives an NMI meant for the host (the exit consumes it).
+        const NMI_EXITING: u32 = 1 << 3;
         const PREEMPTION_TIMER: u32 = 1 << 6;
+        let pin_needed =
+            PREEMPTION_TIMER | EXTERNAL_INTERRUPT_EXITING | if guest { NMI_EXITING } else { 0 };
         let pin = hypervisor::vmx_controls::adjust(
             pick(msr::IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS),
-            PREEMPTION_TIMER | EXTERNAL_INTERRUPT_EXITING,
-            PREEMPTION_TIMER | EXTERNAL_INTERRUPT_EXITING,
+            pin_needed,
+            pin_needed,
         )
         .map_err(|_| "VMX without the preemption timer is not supported")?;
         // The timer counts down at the TSC rate divided by 2^IA32_VMX_MISC[4:0];
@@ -688,13 +704,31 @@ impl VmxVcpu {
             >> shift;
         vmwrite(field::PREEMPTION_TIMER, slice.clamp(1, u32::MAX as u64))?;
         const HLT_EXITING: u32 = 1 << 7;
+        const MWAIT_EXITING: u32 = 1 << 10;
+        const RDPMC_EXITING: u32 = 1 << 11;
+        // CR8 is the VP's virtual TPR: the physical one would mask the
+        // hypervisor's timer and kicks on this LP.
+        const CR8_LOAD_EXITING: u32 = 1 << 19;
+        const CR8_STORE_EXITING: u32 = 1 << 20;
         const IO_BITMAPS: u32 = 1 << 25;
         const MSR_BITMAPS: u32 = 1 << 28;
+        const MONITOR_EXITING: u32 = 1 << 29;
         const SECONDARY: u32 = 1 << 31;
+        let proc_needed = HLT_EXITING
+            | IO_BITMAPS
+            | MSR_BITMAPS
+            | SECONDARY
+            | CR8_LOAD_EXITING
+            | CR8_STORE_EXITING
+            | if guest {
+                MWAIT_EXITING | RDPMC_EXITING | MONITOR_EXITING
+            } else {
+                0
+            };
         let proc = hypervisor::vmx_controls::adjust(
             pick(msr::IA32_VMX_PROCBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS),
-            HLT_EXITING | IO_BITMAPS | MSR_BITMAPS | SECONDARY,
-            HLT_EXITING | IO_BITMAPS | MSR_BITMAPS | SECONDARY,
+            proc_needed,
+            proc_needed,
         )
         .map_err(err)?;
         const EPT: u32 = 1 << 1;
@@ -703,8 +737,9 @@ impl VmxVcpu {
         const INVPCID: u32 = 1 << 12;
         const XSAVES: u32 = 1 << 20;
         const UNRESTRICTED: u32 = 1 << 7;
+        const WBINVD_EXITING: u32 = 1 << 6;
         let wanted2 = if guest {
-            EPT | VPID | UNRESTRICTED
+            EPT | VPID | UNRESTRICTED | WBINVD_EXITING
         } else {
             EPT | VPID | RDTSCP | INVPCID | XSAVES
         };
@@ -714,6 +749,9 @@ impl VmxVcpu {
             EPT | VPID,
         )
         .map_err(err)?;
+        // DR7 and DEBUGCTL are the VP's: saved at exit, loaded at entry (the
+        // exit leaves the host DR7 = 0x400, so no guest breakpoint fires here).
+        const SAVE_DEBUG: u32 = 1 << 2;
         const HOST_64BIT: u32 = 1 << 9;
         const SAVE_PAT: u32 = 1 << 18;
         const LOAD_PAT: u32 = 1 << 19;
@@ -721,17 +759,18 @@ impl VmxVcpu {
         const LOAD_EFER: u32 = 1 << 21;
         let exit = hypervisor::vmx_controls::adjust(
             pick(IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS),
-            HOST_64BIT | SAVE_PAT | LOAD_PAT | SAVE_EFER | LOAD_EFER,
-            HOST_64BIT | SAVE_EFER | LOAD_EFER,
+            SAVE_DEBUG | HOST_64BIT | SAVE_PAT | LOAD_PAT | SAVE_EFER | LOAD_EFER,
+            SAVE_DEBUG | HOST_64BIT | SAVE_EFER | LOAD_EFER,
         )
         .map_err(err)?;
+        const LOAD_DEBUG: u32 = 1 << 2;
         const GUEST_64BIT: u32 = 1 << 9;
         const ENTRY_LOAD_PAT: u32 = 1 << 14;
         const ENTRY_LOAD_EFER: u32 = 1 << 15;
         let entry = hypervisor::vmx_controls::adjust(
             pick(IA32_VMX_ENTRY_CTLS, IA32_VMX_TRUE_ENTRY_CTLS),
-            GUEST_64BIT | ENTRY_LOAD_PAT | ENTRY_LOAD_EFER,
-            GUEST_64BIT | ENTRY_LOAD_EFER,
+            LOAD_DEBUG | GUEST_64BIT | ENTRY_LOAD_PAT | ENTRY_LOAD_EFER,
+            LOAD_DEBUG | GUEST_64BIT | ENTRY_LOAD_EFER,
         )
         .map_err(err)?;
         log::debug!(
@@ -762,7 +801,14 @@ impl VmxVcpu {
         }
         let cr4_fixed = msr::read(IA32_VMX_CR4_FIXED0);
         vmwrite(field::CR0_MASK, cr0_fixed)?;
-        vmwrite(field::CR4_MASK, cr4_fixed)?;
+        // A guest owns only the CR4 bits it may set: writing any other exits
+        // (and is refused, `guest::cr4_allowed`).
+        let cr4_mask = if guest {
+            cr4_fixed | !crate::guest::cr4_allowed()
+        } else {
+            cr4_fixed
+        };
+        vmwrite(field::CR4_MASK, cr4_mask)?;
         vmwrite(field::CR0_SHADOW, START_CR0 | START_CR0_WP)?;
         vmwrite(field::CR4_SHADOW, START_CR4)?;
         Ok((proc, entry, cr0_fixed))
@@ -884,36 +930,74 @@ impl VmxVcpu {
         if failed != 0 {
             return Exit::EntryFailed(insn::vmread(field::VM_INSTRUCTION_ERROR));
         }
-        self.launched = true;
         let reason = insn::vmread(field::EXIT_REASON);
         if reason & (1 << 31) != 0 {
-            // VM-entry failure (invalid guest state: basic reason 33, and so on).
+            // VM-entry failure (invalid guest state: basic reason 33, and so
+            // on): the VMCS stays unlaunched (SDM vol. 3 section 26.8).
             return Exit::EntryFailed(reason);
+        }
+        self.launched = true;
+        // An event whose delivery exited is delivered again at the next entry
+        // (SDM vol. 3 section 28.2.4), unless the exit handler injects another.
+        let vectoring = insn::vmread(field::IDT_VECTORING_INFO);
+        if vectoring & EVENT_VALID != 0 {
+            let error = insn::vmread(field::IDT_VECTORING_ERROR_CODE);
+            let length = insn::vmread(field::EXIT_INSTRUCTION_LENGTH) & 0xF;
+            self.set_pending_event(vectoring & 0x8000_0FFF | length << 12 | error << 32);
         }
         let qualification = insn::vmread(field::EXIT_QUALIFICATION);
         match reason & 0xFFFF {
             // Interruption information: vector 7:0, type 10:8, error code valid 11.
             0 => {
                 let info = insn::vmread(field::EXIT_INTERRUPTION_INFO);
+                let kind = (info >> EVENT_TYPE_SHIFT) & 7;
                 match info & 0xFF {
-                    2 => Exit::Nmi,
+                    2 if kind == 2 => Exit::Nmi,
                     18 => Exit::MachineCheck,
-                    v => Exit::Exception {
-                        vector: v as u8,
-                        error_code: (info & (1 << 11) != 0)
-                            .then(|| insn::vmread(field::EXIT_INTERRUPTION_ERROR_CODE) as u32),
-                        parameter: qualification,
-                    },
+                    v => {
+                        let software = matches!(
+                            kind,
+                            TYPE_PRIVILEGED_SOFTWARE_EXCEPTION | TYPE_SOFTWARE_EXCEPTION
+                        );
+                        // A #DB exit leaves DR6 unchanged and reports its bits
+                        // (B0-B3, BD, BS) in the qualification instead (SDM
+                        // vol. 3 section 28.2.1): they go to DR6 for the VP.
+                        if v == 1 && kind == TYPE_HARDWARE_EXCEPTION {
+                            let bits = qualification & (0xF | 1 << 13 | 1 << 14);
+                            cpu::write_dr::<6>(cpu::read_dr::<6>() | bits);
+                        }
+                        Exit::Exception {
+                            vector: v as u8,
+                            error_code: (info & EVENT_HAS_ERROR != 0)
+                                .then(|| insn::vmread(field::EXIT_INTERRUPTION_ERROR_CODE) as u32),
+                            parameter: qualification,
+                            length: if software {
+                                self.instruction_length()
+                            } else {
+                                0
+                            },
+                        }
+                    }
                 }
             }
             1 => Exit::ExternalInterrupt,
             2 => Exit::TripleFault,
             10 => Exit::Cpuid,
-            13 => Exit::Invd,
+            13 | 54 => Exit::Invd,
             12 => Exit::Halt,
+            15 => Exit::Rdpmc,
             18 => Exit::Hypercall,
-            19..=27 | 50 | 53 => Exit::VirtualizationInstruction,
-            28 => Exit::ControlRegister,
+            19..=27 | 36 | 39 | 50 | 53 => Exit::Undefined,
+            // Qualification: CR 3:0, access type 5:4 (0 MOV to, 1 MOV from,
+            // 2 CLTS, 3 LMSW), general register 11:8.
+            28 => {
+                let kind = (qualification >> 4) & 3;
+                Exit::CrAccess {
+                    cr: (qualification & 0xF) as u8,
+                    write: kind != 1,
+                    gpr: (kind < 2).then_some(((qualification >> 8) & 0xF) as u8),
+                }
+            }
             // Qualification: size - 1 in 2:0, IN 3, string 4, REP 5, port 31:16.
             30 => Exit::Io(super::IoAccess {
                 port: (qualification >> 16) as u16,
@@ -954,6 +1038,15 @@ impl VmxVcpu {
         }
     }
 
+    /// Moves RIP `length` bytes on (an instruction the hypervisor decoded).
+    pub fn advance_rip(&mut self, length: u8) {
+        let _ = vmwrite(field::GUEST_RIP, self.rip() + length as u64);
+        let blocking = insn::vmread(field::GUEST_INTERRUPTIBILITY);
+        if blocking & 3 != 0 {
+            let _ = vmwrite(field::GUEST_INTERRUPTIBILITY, blocking & !3);
+        }
+    }
+
     pub fn interrupts_enabled(&self) -> bool {
         insn::vmread(field::GUEST_RFLAGS) & (1 << 9) != 0
     }
@@ -986,13 +1079,62 @@ impl VmxVcpu {
         self.timer_deadline = deadline;
     }
 
-    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
-        // Interruption information: vector, type 3 (hardware exception), valid.
-        let mut info = vector as u64 | (3 << 8) | (1 << 31);
+    /// Interruption information: the vector, its type (a software exception
+    /// when `length` > 0: ICEBP is privileged, INT3/INTO are not; delivery
+    /// then skips the instruction), valid.
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>, length: u8) {
+        let kind = match (length, vector) {
+            (0, _) => TYPE_HARDWARE_EXCEPTION,
+            (_, 1) => TYPE_PRIVILEGED_SOFTWARE_EXCEPTION,
+            _ => TYPE_SOFTWARE_EXCEPTION,
+        };
+        let mut info = vector as u64 | kind << EVENT_TYPE_SHIFT | EVENT_VALID;
         if let Some(code) = error_code {
-            info |= 1 << 11;
-            let _ = vmwrite(field::ENTRY_EXCEPTION_ERROR_CODE, code as u64);
+            info |= EVENT_HAS_ERROR | (code as u64) << 32;
         }
-        let _ = vmwrite(field::ENTRY_INTERRUPTION_INFO, info);
+        self.set_pending_event(info | (length as u64 & 0xF) << 12);
+    }
+
+    /// Injects an event in the `VpContext::pending_event` format at the next
+    /// entry (0: none).
+    fn set_pending_event(&mut self, event: u64) {
+        if event & EVENT_VALID != 0 {
+            let _ = vmwrite(field::ENTRY_EXCEPTION_ERROR_CODE, event >> 32);
+            let _ = vmwrite(field::ENTRY_INSTRUCTION_LENGTH, (event >> 12) & 0xF);
+        }
+        let _ = vmwrite(field::ENTRY_INTERRUPTION_INFO, event & 0x8000_0FFF);
+    }
+
+    fn pending_event(&self) -> u64 {
+        let info = insn::vmread(field::ENTRY_INTERRUPTION_INFO);
+        if info & EVENT_VALID == 0 {
+            return 0;
+        }
+        info & 0x8000_0FFF
+            | (insn::vmread(field::ENTRY_INSTRUCTION_LENGTH) & 0xF) << 12
+            | insn::vmread(field::ENTRY_EXCEPTION_ERROR_CODE) << 32
+    }
+
+    pub fn rsp(&self) -> u64 {
+        insn::vmread(field::GUEST_RSP)
+    }
+
+    pub fn set_rsp(&mut self, v: u64) {
+        let _ = vmwrite(field::GUEST_RSP, v);
+    }
+
+    /// CR4 as the VP sees it (the shadow for the bits it does not own), CR3.
+    pub fn cr4_cr3(&self) -> (u64, u64) {
+        let mask = insn::vmread(field::CR4_MASK);
+        let cr4 =
+            (insn::vmread(field::GUEST_CR4) & !mask) | (insn::vmread(field::CR4_SHADOW) & mask);
+        (cr4, insn::vmread(field::GUEST_CR3))
+    }
+
+    /// Sets CR4 as the VP sees it; the processor's has VMX's fixed bits too.
+    pub fn set_cr4(&mut self, v: u64) {
+        let real = (v | msr::read(IA32_VMX_CR4_FIXED0)) & msr::read(IA32_VMX_CR4_FIXED1);
+        let _ = vmwrite(field::GUEST_CR4, real);
+        let _ = vmwrite(field::CR4_SHADOW, v);
     }
 }

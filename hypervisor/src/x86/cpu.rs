@@ -151,3 +151,43 @@ pub fn apic_id() -> u32 {
     }
     cpuid(1, 0).ebx >> 24
 }
+
+/// Reads debug register DR`N` (0-3 or 6).
+pub fn read_dr<const N: u8>() -> u64 {
+    let v: u64;
+    // SAFETY: reading a debug register has no side effects at CPL 0.
+    unsafe {
+        match N {
+            0 => asm!("mov {}, dr0", out(reg) v, options(nomem, nostack, preserves_flags)),
+            1 => asm!("mov {}, dr1", out(reg) v, options(nomem, nostack, preserves_flags)),
+            2 => asm!("mov {}, dr2", out(reg) v, options(nomem, nostack, preserves_flags)),
+            3 => asm!("mov {}, dr3", out(reg) v, options(nomem, nostack, preserves_flags)),
+            _ => asm!("mov {}, dr6", out(reg) v, options(nomem, nostack, preserves_flags)),
+        }
+    }
+    v
+}
+
+/// Writes debug register DR`N` (0-3 or 6). Breakpoint addresses take effect
+/// only where DR7 enables them, and the hypervisor's DR7 is 0x400 (VM exits
+/// load it, VMX; the host save area holds it, SVM): no breakpoint fires in it.
+pub fn write_dr<const N: u8>(v: u64) {
+    // SAFETY: see above; DR6 is a status register.
+    unsafe {
+        match N {
+            0 => asm!("mov dr0, {}", in(reg) v, options(nomem, nostack, preserves_flags)),
+            1 => asm!("mov dr1, {}", in(reg) v, options(nomem, nostack, preserves_flags)),
+            2 => asm!("mov dr2, {}", in(reg) v, options(nomem, nostack, preserves_flags)),
+            3 => asm!("mov dr3, {}", in(reg) v, options(nomem, nostack, preserves_flags)),
+            _ => asm!("mov dr6, {}", in(reg) v, options(nomem, nostack, preserves_flags)),
+        }
+    }
+}
+
+/// VERW with a valid data selector: on processors that enumerate MD_CLEAR it
+/// also overwrites the CPU's internal buffers (MDS mitigation).
+pub fn clear_cpu_buffers() {
+    let selector: u16 = super::gdt::KERNEL_DATA;
+    // SAFETY: VERW only sets ZF from the selector's descriptor.
+    unsafe { asm!("verw word ptr [{}]", in(reg) &selector, options(nostack)) };
+}

@@ -13,6 +13,7 @@ pub const IST_DOUBLE_FAULT: u8 = 2;
 pub const IST_MACHINE_CHECK: u8 = 3;
 
 pub const KERNEL_CODE: u16 = 0x08;
+pub const KERNEL_DATA: u16 = 0x10;
 
 pub struct CpuTables {
     gdt: GlobalDescriptorTable,

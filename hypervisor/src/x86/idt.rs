@@ -64,6 +64,13 @@ exception_stubs:
     .set vec, vec + 1
 .endr
 
+/* An NMI in the hypervisor (one that arrived while a guest ran, held
+   until SVM's GIF was set again, or a platform NMI) is dropped: the
+   hypervisor sends none, and a guest must not be able to stop the host. */
+.global nmi_dropped
+nmi_dropped:
+    iretq
+
 exception_common:
     push rax
     push rbx
@@ -105,6 +112,7 @@ exception_common:
 
 extern "C" {
     static exception_stubs: u8;
+    static nmi_dropped: u8;
 }
 
 #[repr(C, align(16))]
@@ -134,7 +142,12 @@ pub fn init() {
             18 => IST_MACHINE_CHECK,
             _ => 0,
         };
-        let (lo, hi) = gate(stubs + 16 * v as u64, ist);
+        let handler = if v == 2 {
+            core::ptr::addr_of!(nmi_dropped) as u64
+        } else {
+            stubs + 16 * v as u64
+        };
+        let (lo, hi) = gate(handler, ist);
         idt.0[2 * v] = lo;
         idt.0[2 * v + 1] = hi;
     }

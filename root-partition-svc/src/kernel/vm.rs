@@ -59,6 +59,9 @@ pub struct Vm {
     stopped_vps: u64,
     reported_ports: [u16; 8],
     reported: usize,
+    /// Failed AssertVirtualInterrupt requests (port 0xF5) this run: the
+    /// first is reported, the rest only counted (`vm show`).
+    interrupt_failures: u64,
     /// (run time in 100 ns, TSC) at the last `vm list`.
     sample: (u64, u64),
 }
@@ -252,8 +255,8 @@ impl Vmm {
             VmCommand::Console(name) => {
                 if let Some(vm) = self.named(name) {
                     let (a, b) = vm.console.contents();
-                    serial::write_bytes(a);
-                    serial::write_bytes(b);
+                    vmm::sanitize_console(a, &mut serial::write_bytes);
+                    vmm::sanitize_console(b, &mut serial::write_bytes);
                     if vm.console.total > 0 && [a, b].concat_last() != Some(b'\n') {
                         println!();
                     }
@@ -325,6 +328,7 @@ impl Vmm {
                     stopped_vps: 0,
                     reported_ports: [0; 8],
                     reported: 0,
+                    interrupt_failures: 0,
                     sample: (0, 0),
                 });
                 println!(
@@ -395,6 +399,7 @@ impl Vmm {
         vm.console.clear();
         vm.uart = Uart::default();
         vm.reported = 0;
+        vm.interrupt_failures = 0;
         vm.stopped_vps = 0;
         vm.reason_len = 0;
         vm.started_tsc = crate::arch::rdtsc();
@@ -631,6 +636,9 @@ impl Vmm {
         println!("  exits:          {}", get(property::EXITS));
         println!("  intercepts:     {}", get(property::INTERCEPTS));
         println!("  console:        {} bytes", vm.console.total);
+        if vm.interrupt_failures > 0 {
+            println!("  failed interrupt requests: {}", vm.interrupt_failures);
+        }
     }
 
     /// Handles every waiting intercept message.
@@ -911,11 +919,15 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
         input[16..24].copy_from_slice(&(vp as u64).to_le_bytes());
         input[24..28].copy_from_slice(&(vector as u32).to_le_bytes());
         if let Err(s) = partition_call(code::ASSERT_VIRTUAL_INTERRUPT, &input, &mut []) {
-            println!(
-                "vm {}: VP {vp} asked for interrupt {vector:#x}: AssertVirtualInterrupt failed: status {s:#x} ({})",
-                vm.name(),
-                format::status_name(s)
-            );
+            // Reported once a run: a guest must not flood the console.
+            vm.interrupt_failures += 1;
+            if vm.interrupt_failures == 1 {
+                println!(
+                    "vm {}: VP {vp} asked for interrupt {vector:#x}: AssertVirtualInterrupt failed: status {s:#x} ({}); further failures are counted in vm show",
+                    vm.name(),
+                    format::status_name(s)
+                );
+            }
         }
     }
 }
