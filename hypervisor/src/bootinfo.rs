@@ -16,7 +16,7 @@ pub const MULTIBOOT1_BOOT_MAGIC: u32 = 0x2BAD_B002;
 pub const MULTIBOOT2_BOOT_MAGIC: u32 = 0x36D7_6289;
 
 pub const MAX_REGIONS: usize = 160;
-pub const MAX_MODULES: usize = 16;
+pub const MAX_MODULES: usize = 32;
 pub const MAX_CMDLINE: usize = 512;
 pub const MAX_NAME: usize = 96;
 /// A Multiboot 2 information structure larger than this is rejected as corrupt.

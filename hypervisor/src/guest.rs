@@ -57,10 +57,7 @@ pub fn dispatch(
         Exit::MsrRead => {
             let m = vcpu.regs().rcx as u32;
             let value = match m {
-                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
-                    vcpu.pull_tpr(vapic);
-                    vapic.read(m, cpu::rdtsc())
-                }
+                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
                 crate::x86::msr::IA32_APIC_BASE => Some(crate::root::apic_base(vp.index)),
                 _ => read_msr(part, vcpu, vp, m),
             };
@@ -71,7 +68,6 @@ pub fn dispatch(
             let (m, v) = vcpu.wrmsr_operands();
             let done = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
-                    vcpu.pull_tpr(vapic);
                     match vapic.write(m, v, cpu::rdtsc()) {
                         vapic::Write::Done => true,
                         vapic::Write::Ipi { vector, dest } => {
@@ -184,6 +180,13 @@ pub fn dispatch(
                 & (1 << vector)
                 == 0 =>
         {
+            // A software exception's instruction is skipped by its delivery,
+            // unless RIP is already past it (QEMU's SVM reports ICEBP so).
+            let length = if length > 0 && fetch_code(root, part, vcpu).first() != Some(&0xF1) {
+                0
+            } else {
+                length
+            };
             vcpu.reinject_exception(vector, error_code, length);
             Next::Resume
         }
@@ -205,20 +208,18 @@ pub fn dispatch(
         Exit::EntryFailed(_) => fatal(vcpu, unrecoverable::ENTRY_FAILED),
         Exit::CrAccess {
             cr: 8,
-            write,
+            write: false,
             gpr: Some(gpr),
         } => {
-            if !vcpu.emulate_cr8(vapic, write, gpr) {
-                vcpu.inject_exception(GP, Some(0));
-            }
+            vcpu.emulate_cr8(vapic, false, gpr);
             Next::Resume
         }
         Exit::CrAccess {
-            cr: 4,
+            cr: cr @ (4 | 8),
             write: true,
             gpr,
         } => {
-            write_cr4(root, caps, part, vcpu, gpr);
+            write_cr(root, caps, part, vcpu, vapic, cr, gpr);
             Next::Resume
         }
         Exit::CrAccess { .. } | Exit::MachineCheck | Exit::Other(_) => {
@@ -257,61 +258,79 @@ pub fn cr4_allowed() -> u64 {
     })
 }
 
-/// A guest's MOV to CR4 that exited: a bit it may not own, or (SVM) any.
-/// The source register is the processor's word, else the instruction is
-/// fetched through the guest's page tables and decoded; one that cannot be
-/// (another VP changed it) runs again.
-fn write_cr4(
+/// A guest's MOV to CR4 (a bit it may not own, or any on SVM) or CR8 (its
+/// virtual TPR) that exited. The source register is the processor's word,
+/// else the instruction is fetched through the guest's page tables and
+/// decoded; one that cannot be (another VP changed it) runs again.
+fn write_cr(
     root: &RootPartition,
     caps: &Caps,
     part: &Partition,
     vcpu: &mut Vcpu,
+    vapic: &mut VirtualApic,
+    cr: u8,
     gpr: Option<u8>,
 ) {
     let (gpr, length) = match gpr {
         Some(g) => (g, None),
         None => match fetch_mov_to_cr(root, part, vcpu) {
-            Some((4, g, len)) => (g, Some(len)),
+            Some((c, g, len)) if c == cr => (g, Some(len)),
             _ => return,
         },
     };
-    let value = vcpu.gpr(gpr);
-    let (old, cr3) = vcpu.cr4_cr3();
-    let long_mode = vcpu.efer() & (1 << 10) != 0;
-    if !control_regs::guest_cr4_ok(value, cr4_allowed(), long_mode, old, cr3) {
-        vcpu.inject_exception(GP, Some(0));
-        return;
-    }
-    vcpu.set_cr4(caps, value);
-    match length {
-        Some(len) => vcpu.advance_rip(len),
-        None => vcpu.skip_instruction(),
+    let done = if cr == 8 {
+        let value = vcpu.gpr(gpr);
+        value <= 15 && {
+            vapic.set_tpr((value as u32) << 4);
+            true
+        }
+    } else {
+        let value = vcpu.gpr(gpr);
+        let (old, cr3) = vcpu.cr4_cr3();
+        let long_mode = vcpu.efer() & (1 << 10) != 0;
+        control_regs::guest_cr4_ok(value, cr4_allowed(), long_mode, old, cr3) && {
+            vcpu.set_cr4(caps, value);
+            true
+        }
+    };
+    match (done, length) {
+        (false, _) => vcpu.inject_exception(GP, Some(0)),
+        (true, Some(len)) => vcpu.advance_rip(len),
+        (true, None) => vcpu.skip_instruction(),
     }
 }
 
-/// Decodes the MOV to CR at the VP's RIP, read through its own page tables.
+/// Decodes the MOV to CR at the VP's RIP.
 fn fetch_mov_to_cr(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> Option<(u8, u8, u8)> {
-    let (paging, cr3, code64, cs_base) = vcpu.fetch_state();
+    let code64 = vcpu.fetch_state().2;
+    control_regs::decode_mov_to_cr(&fetch_code(root, part, vcpu), code64)
+}
+
+/// Up to 15 bytes of code at the VP's CS:RIP, read through its own page
+/// tables (fewer where the second page is not mapped; none if the first is not).
+fn fetch_code(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> alloc::vec::Vec<u8> {
+    let (paging, cr3, _, cs_base) = vcpu.fetch_state();
     let read = |gpa: u64, n: usize| {
         let mut b = [0u8; 8];
         part.read(root, gpa, &mut b[..n.min(8)])
             .then(|| u64::from_le_bytes(b))
     };
     let la = cs_base.wrapping_add(vcpu.rip());
-    let mut bytes = [0u8; 15];
+    let mut bytes = alloc::vec![0u8; 15];
     let first = (4096 - (la & 0xFFF) as usize).min(15);
-    let gpa = control_regs::translate(paging, cr3, la, &read)?;
+    let Some(gpa) = control_regs::translate(paging, cr3, la, &read) else {
+        return alloc::vec::Vec::new();
+    };
     if !part.read(root, gpa, &mut bytes[..first]) {
-        return None;
+        return alloc::vec::Vec::new();
     }
-    let mut len = first;
-    if first < 15 {
-        let next = control_regs::translate(paging, cr3, la.wrapping_add(first as u64), &read);
-        if next.is_some_and(|gpa| part.read(root, gpa, &mut bytes[first..])) {
-            len = 15;
-        }
+    let next = (first < 15)
+        .then(|| control_regs::translate(paging, cr3, la.wrapping_add(first as u64), &read))
+        .flatten();
+    if !next.is_some_and(|gpa| part.read(root, gpa, &mut bytes[first..])) {
+        bytes.truncate(first);
     }
-    control_regs::decode_mov_to_cr(&bytes[..len], code64)
+    bytes
 }
 
 /// A fixed IPI from guest VP `sender` to the VPs of its partition that

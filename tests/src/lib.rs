@@ -292,6 +292,90 @@ pub fn scheduler_shares_hold(log: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Exit-heavy guests (`exit-loop`: CPUID, I/O, hypercalls) against a CPU hog
+/// on one processor: the CPUID looper at equal weight, the I/O looper limited
+/// to 5%, the hypercall looper at equal weight.
+const EXIT_HEAVY: &[&str] = &[
+    "vm new h --memory 4M --image hog",
+    "vm new c --memory 4M --image exit-loop",
+    "vm start h",
+    "vm start c",
+    "vm wait h 2",
+    "vm list",
+    "vm wait h 6",
+    "vm list",
+    "vm stop c",
+    "vm new i --memory 6M --image exit-loop",
+    "vm cpu i --limit 5",
+    "vm start i",
+    "vm wait h 2",
+    "vm list",
+    "vm wait h 6",
+    "vm list",
+    "vm stop i",
+    "vm new y --memory 8M --image exit-loop",
+    "vm start y",
+    "vm wait h 2",
+    "vm list",
+    "vm wait h 6",
+    "vm list",
+    "vm stop y",
+    "vm stop h",
+    "shutdown",
+];
+
+/// The scheduler's tolerances for guests that mostly exit: equal weights
+/// within 25% of 1:1; the 5% limit at most 3 points over, and the hog then
+/// keeps at least 85%.
+pub fn exit_heavy_shares_hold(log: &str) -> Result<(), String> {
+    let h = cpu_shares(log, "h");
+    let (c, i, y) = (
+        cpu_shares(log, "c"),
+        cpu_shares(log, "i"),
+        cpu_shares(log, "y"),
+    );
+    if h.len() < 6 || c.len() < 2 || i.len() < 2 || y.len() < 2 {
+        return Err(format!(
+            "expected 6 vm list samples of h and 2 of c, i, y; got {}, {}, {}, {}",
+            h.len(),
+            c.len(),
+            i.len(),
+            y.len()
+        ));
+    }
+    let equal = |what: &str, looper: f64, hog: f64| {
+        let ratio = looper / hog.max(0.01);
+        if (0.75..=1.0 / 0.75).contains(&ratio) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} looper {looper:.2}% against the hog's {hog:.2}% (ratio {ratio:.2}, expected 1 ± 25%)"
+            ))
+        }
+    };
+    equal("CPUID", c[1], h[1])?;
+    // c is stopped when i starts: its later samples are 0.
+    let (i_share, h_share) = (i[1], h[3]);
+    if i_share > 8.0 || h_share < 85.0 {
+        return Err(format!(
+            "I/O looper limited to 5%: it got {i_share:.2}%, the hog {h_share:.2}%"
+        ));
+    }
+    equal("hypercall", y[1], h[5])
+}
+
+/// A guest asking for a bad interrupt over and over is reported once a run.
+pub fn interrupt_failures_reported_once(log: &str) -> Result<(), String> {
+    let n = log.matches("AssertVirtualInterrupt failed").count();
+    if (1..=2).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected the failed interrupt requests of two runs reported once each, saw {n} reports"
+        ))
+    }
+}
+
 /// What no guest test may show: a guest's own verdict of failure, a root
 /// that cannot answer.
 const GUEST_FAILURES: &[&str] = &["FAILED", "WRONG", "ROOT PANIC", "ROOT EXCEPTION"];
@@ -591,6 +675,49 @@ fn guest_tests() -> Vec<GuestTest> {
             ],
             GUEST_FAILURES,
             None,
+        ),
+        (
+            "-guest-hostile",
+            1,
+            256,
+            &[
+                "vm new h1 --memory 4M --image hostile",
+                "vm start h1",
+                "vm wait h1",
+                "vm console h1",
+                "vm show h1",
+                "vm new h2 --memory 4M --image hostile",
+                "vm start h2",
+                "vm wait h2",
+                "vm console h2",
+                "debug timer",
+                "host info",
+                "shutdown",
+            ],
+            &[
+                "hostile: debug registers clean at start (DR0-3 0x0 0x0 0x0 0x0",
+                "hostile: a hypercall from user mode (CPL 3) is #UD at the hypercall page: ok",
+                "hostile: an interrupt below CR8 waits, then arrives when CR8 drops: ok",
+                "hostile: CR4.PKE refused with #GP: ok",
+                "hostile: DR7 kept across an exit: ok",
+                "hostile: escape \\x1b[2J end",
+                "failed interrupt requests: 300",
+                "hostile: all probes held",
+                "vm wait: h1 is Off (exit code 0)",
+                "vm wait: h2 is Off (exit code 0)",
+                "timer: ok",
+            ],
+            GUEST_FAILURES,
+            Some(interrupt_failures_reported_once),
+        ),
+        (
+            "-guest-exit-heavy",
+            1,
+            256,
+            EXIT_HEAVY,
+            &["exit-loop: VP 0 exiting by I/O"],
+            GUEST_FAILURES,
+            Some(exit_heavy_shares_hold),
         ),
         (
             "-guest-scheduler",

@@ -23,6 +23,8 @@ pub const GUEST_NAMES: &[&str] = &[
     "iobench",
     "interrupts",
     "fpu",
+    "hostile",
+    "exit-loop",
 ];
 
 pub fn root() -> PathBuf {

@@ -380,7 +380,7 @@ pub mod root_boot {
     pub const MAGIC: u64 = u64::from_le_bytes(*b"HVROOT01");
     pub const MAX_RANGES: usize = 64;
     pub const CMDLINE_MAX: usize = 256;
-    pub const MAX_MODULES: usize = 16;
+    pub const MAX_MODULES: usize = 32;
     pub const MODULE_NAME_MAX: usize = 48;
     /// Size of the encoded block.
     pub const SIZE: usize = 8

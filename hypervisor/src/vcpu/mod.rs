@@ -515,9 +515,10 @@ impl Vcpu {
         )
     }
 
-    /// The virtual APIC's TPR follows what the VP wrote to CR8 without an exit
-    /// (SVM: V_TPR in the VMCB, with V_INTR_MASKING CR8 never reaches the
-    /// physical TPR; VMX: CR8 accesses exit and are emulated).
+    /// The virtual APIC's TPR follows what the VP wrote to CR8 without an exit:
+    /// the root's VPs on SVM (V_TPR in the VMCB; with V_INTR_MASKING CR8 never
+    /// reaches the physical TPR). A guest's CR8 writes exit on both vendors,
+    /// and VMX's reads too; SVM's read V_TPR, kept equal by `offer_interrupt`.
     pub fn pull_tpr(&self, vapic: &mut hypervisor::vapic::VirtualApic) {
         if let Vcpu::Svm(s) = self {
             if vapic.tpr() >> 4 != s.v_tpr() {

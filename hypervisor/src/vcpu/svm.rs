@@ -292,10 +292,12 @@ impl SvmVcpu {
         // MWAIT, 12 MWAIT armed (a guest must not keep its LP in a C-state).
         let guest_misc2 = if guest { 0x3F << 7 } else { 0 };
         v.write32(vmcb::INTERCEPT_MISC2, 0x7F | (1 << 13) | guest_misc2);
-        // A guest's writes of CR4 exit, to be checked (`guest::cr4_allowed`);
-        // CR8 needs no intercept: with V_INTR_MASKING it is V_TPR.
+        // A guest's writes of CR4 exit, to be checked (`guest::cr4_allowed`),
+        // and of CR8, its virtual TPR: V_TPR alone would hold back nothing
+        // the hypervisor injects, and a lowered one would not be noticed.
+        // Its CR8 reads see V_TPR, kept equal to the TPR.
         if guest {
-            v.write32(vmcb::INTERCEPT_CR, 1 << (16 + 4));
+            v.write32(vmcb::INTERCEPT_CR, 1 << (16 + 4) | 1 << (16 + 8));
         }
         v.write32(vmcb::INTERCEPT_EXCEPTIONS, 1 << 18);
         v.write32(vmcb::GUEST_ASID, tag as u32);
@@ -516,10 +518,10 @@ impl SvmVcpu {
                     length: 0,
                 }
             }
-            // MOV to CR4; with decode assists EXITINFO1 bit 63 says the
-            // general register (3:0) is valid.
-            0x14 => Exit::CrAccess {
-                cr: 4,
+            // MOV to CR4 or CR8; with decode assists EXITINFO1 bit 63 says
+            // the general register (3:0) is valid.
+            0x14 | 0x18 => Exit::CrAccess {
+                cr: (code - 0x10) as u8,
                 write: true,
                 gpr: (info1 & (1 << 63) != 0).then_some((info1 & 0xF) as u8),
             },

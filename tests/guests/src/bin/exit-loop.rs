@@ -1,0 +1,48 @@
+//! Exits as fast as it can, for the scheduler tests: CPUID (handled in the
+//! hypervisor), an I/O port write (served by the root's VM worker) or a
+//! hypercall, chosen by its memory size: 4 MiB CPUID, 6 MiB I/O, 8 MiB
+//! hypercall. Its exit handling and the root's time serving it must be
+//! charged to it, so a CPU hog beside it keeps its share.
+#![no_std]
+#![no_main]
+use test_guests::{hypercall, println};
+
+test_guests::entry!(main);
+
+fn main(vp: u64, _vps: u64, memory: u64) -> ! {
+    let kind = match memory >> 20 {
+        0..=4 => "CPUID",
+        5..=6 => "I/O",
+        _ => "hypercall",
+    };
+    if kind == "hypercall" && !test_guests::enable_hypercalls() {
+        println!("exit-loop: FAILED to enable the hypercall page");
+        test_guests::exit(1);
+    }
+    // FlushVirtualAddressSpace (0x0002) of all VPs: its input block.
+    static INPUT: test_guests::Page = test_guests::Page(core::cell::UnsafeCell::new([0; 4096]));
+    let input = INPUT.0.get() as u64;
+    // SAFETY: our own page; flags 1 (all processors), mask 1.
+    unsafe {
+        core::ptr::write_volatile((input + 8) as *mut u64, 1);
+        core::ptr::write_volatile((input + 16) as *mut u64, 1);
+    }
+    println!("exit-loop: VP {vp} exiting by {kind}");
+    let mut n = 0u64;
+    loop {
+        match kind {
+            "CPUID" => {
+                core::hint::black_box(core::arch::x86_64::__cpuid(0));
+            }
+            // COM1's scratch register: the root's VM worker keeps it.
+            "I/O" => test_guests::outb(0x3FF, n as u8),
+            _ => {
+                core::hint::black_box(hypercall(0x0002, input, 0));
+            }
+        }
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(1 << 16) {
+            println!("exit-loop: VP {vp} at {} exits", n);
+        }
+    }
+}
