@@ -139,6 +139,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     let mut left_guest = window_start;
     lp_stats.start(left_guest);
     loop {
+        // Everything the LP does from here to the end of the iteration is
+        // charged to the VP it runs: scheduling, switching, entry, exit
+        // handling (an exit-heavy VP pays for the work it causes).
+        let top = cpu::rdtsc();
         if partition::LP_INBOX_COUNT[lp as usize % stats::MAX_LPS].load(Ordering::Acquire) != 0 {
             take_new_vps(lp, &mut guests);
         }
@@ -174,6 +178,9 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     active = Active::Root;
                 }
                 root::deliver_interrupts(&mut root_vcpu, &mut vapic, lp);
+                // The iteration counts as the root's time: it may be
+                // serving a guest.
+                clock.entered.store(top, Ordering::Relaxed);
                 switch_vp(
                     &mut fpu_owner,
                     Active::Root,
@@ -183,7 +190,6 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 );
                 let entered = cpu::rdtsc();
                 lp_stats.add_hypervisor_time(entered - left_guest);
-                clock.entered.store(entered, Ordering::Relaxed);
                 let exit = root_vcpu.run();
                 left_guest = cpu::rdtsc();
                 lp_stats.count(exit.reason());
@@ -193,9 +199,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     root::Next::Stop(why) => root::stop(lp, &why),
                 }
                 root_if = root_vcpu.interrupts_enabled();
+                let began = clock.entered.load(Ordering::Relaxed);
                 clock
                     .busy
-                    .fetch_add(cpu::rdtsc() - entered, Ordering::Relaxed);
+                    .fetch_add(cpu::rdtsc() - began, Ordering::Relaxed);
             }
             Choice::Guest(i) => {
                 if guests[i].xstate.is_none() {
@@ -246,7 +253,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 // its last run (weights, reserves and limits hold for VPs
                 // that mostly exit; an intercept storm uses up its own share).
                 let handled = cpu::rdtsc();
-                let ran = handled - entered + g.vp.served.swap(0, Ordering::Relaxed);
+                let ran = handled - top + g.vp.served.swap(0, Ordering::Relaxed);
                 let weight = g.part.weight.load(Ordering::Relaxed).max(1) as u64;
                 g.vruntime += ran * 100 / weight;
                 floor = floor.max(g.vruntime);
