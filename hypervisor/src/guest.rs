@@ -180,13 +180,6 @@ pub fn dispatch(
                 & (1 << vector)
                 == 0 =>
         {
-            // A software exception's instruction is skipped by its delivery,
-            // unless RIP is already past it (QEMU's SVM reports ICEBP so).
-            let length = if length > 0 && fetch_code(root, part, vcpu).first() != Some(&0xF1) {
-                0
-            } else {
-                length
-            };
             vcpu.reinject_exception(vector, error_code, length);
             Next::Resume
         }
@@ -278,14 +271,10 @@ fn write_cr(
             _ => return,
         },
     };
+    let value = vcpu.gpr(gpr);
     let done = if cr == 8 {
-        let value = vcpu.gpr(gpr);
-        value <= 15 && {
-            vapic.set_tpr((value as u32) << 4);
-            true
-        }
+        vapic.set_cr8(value)
     } else {
-        let value = vcpu.gpr(gpr);
         let (old, cr3) = vcpu.cr4_cr3();
         let long_mode = vcpu.efer() & (1 << 10) != 0;
         control_regs::guest_cr4_ok(value, cr4_allowed(), long_mode, old, cr3) && {
@@ -300,37 +289,31 @@ fn write_cr(
     }
 }
 
-/// Decodes the MOV to CR at the VP's RIP.
+/// Decodes the MOV to CR at the VP's CS:RIP, up to 15 bytes read through
+/// its own page tables (fewer where the second page is not mapped).
 fn fetch_mov_to_cr(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> Option<(u8, u8, u8)> {
-    let code64 = vcpu.fetch_state().2;
-    control_regs::decode_mov_to_cr(&fetch_code(root, part, vcpu), code64)
-}
-
-/// Up to 15 bytes of code at the VP's CS:RIP, read through its own page
-/// tables (fewer where the second page is not mapped; none if the first is not).
-fn fetch_code(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> alloc::vec::Vec<u8> {
-    let (paging, cr3, _, cs_base) = vcpu.fetch_state();
+    let (paging, cr3, code64, cs_base) = vcpu.fetch_state();
     let read = |gpa: u64, n: usize| {
         let mut b = [0u8; 8];
         part.read(root, gpa, &mut b[..n.min(8)])
             .then(|| u64::from_le_bytes(b))
     };
     let la = cs_base.wrapping_add(vcpu.rip());
-    let mut bytes = alloc::vec![0u8; 15];
+    let mut bytes = [0u8; 15];
     let first = (4096 - (la & 0xFFF) as usize).min(15);
-    let Some(gpa) = control_regs::translate(paging, cr3, la, &read) else {
-        return alloc::vec::Vec::new();
-    };
+    let gpa = control_regs::translate(paging, cr3, la, &read)?;
     if !part.read(root, gpa, &mut bytes[..first]) {
-        return alloc::vec::Vec::new();
+        return None;
     }
     let next = (first < 15)
         .then(|| control_regs::translate(paging, cr3, la.wrapping_add(first as u64), &read))
         .flatten();
-    if !next.is_some_and(|gpa| part.read(root, gpa, &mut bytes[first..])) {
-        bytes.truncate(first);
-    }
-    bytes
+    let len = if next.is_some_and(|gpa| part.read(root, gpa, &mut bytes[first..])) {
+        15
+    } else {
+        first
+    };
+    control_regs::decode_mov_to_cr(&bytes[..len], code64)
 }
 
 /// A fixed IPI from guest VP `sender` to the VPs of its partition that

@@ -199,10 +199,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     root::Next::Stop(why) => root::stop(lp, &why),
                 }
                 root_if = root_vcpu.interrupts_enabled();
-                let began = clock.entered.load(Ordering::Relaxed);
-                clock
-                    .busy
-                    .fetch_add(cpu::rdtsc() - began, Ordering::Relaxed);
+                clock.busy.fetch_add(cpu::rdtsc() - top, Ordering::Relaxed);
             }
             Choice::Guest(i) => {
                 if guests[i].xstate.is_none() {

@@ -97,14 +97,19 @@ impl VirtualApic {
         self.id
     }
 
-    /// The task priority (TPR bits 7:0; CR8 is bits 7:4).
-    pub fn tpr(&self) -> u32 {
-        self.tpr
+    /// CR8 as the VP reads it: TPR bits 7:4.
+    pub fn cr8(&self) -> u64 {
+        (self.tpr >> 4) as u64
     }
 
-    /// Sets the TPR (a MOV to CR8 writes bits 7:4 and clears 3:0).
-    pub fn set_tpr(&mut self, tpr: u32) {
-        self.tpr = tpr & 0xFF;
+    /// A MOV to CR8: TPR bits 7:4, bits 3:0 cleared. False for a value
+    /// above 15 (reserved bits set: #GP, the TPR unchanged).
+    pub fn set_cr8(&mut self, value: u64) -> bool {
+        if value > 15 {
+            return false;
+        }
+        self.tpr = (value as u32) << 4;
+        true
     }
 
     /// x2APIC logical ID: cluster (ID bits 31:4) and one bit for ID bits 3:0.
@@ -322,6 +327,19 @@ mod tests {
         let mut a = VirtualApic::new(id);
         assert_eq!(a.write(0x80F, 0x1FF, 0), Write::Done);
         a
+    }
+
+    #[test]
+    fn cr8_is_the_tpr_class() {
+        let mut a = enabled(0);
+        a.request(0x30);
+        assert!(a.set_cr8(3));
+        assert_eq!((a.cr8(), a.read(0x808, 0)), (3, Some(0x30)));
+        assert_eq!(a.deliverable(), None, "class 3 held back by CR8 3");
+        assert!(!a.set_cr8(16), "reserved bits");
+        assert_eq!(a.cr8(), 3);
+        assert!(a.set_cr8(2));
+        assert_eq!(a.deliverable(), Some(0x30));
     }
 
     #[test]

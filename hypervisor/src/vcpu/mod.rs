@@ -521,8 +521,8 @@ impl Vcpu {
     /// and VMX's reads too; SVM's read V_TPR, kept equal by `offer_interrupt`.
     pub fn pull_tpr(&self, vapic: &mut hypervisor::vapic::VirtualApic) {
         if let Vcpu::Svm(s) = self {
-            if vapic.tpr() >> 4 != s.v_tpr() {
-                vapic.set_tpr(s.v_tpr() << 4);
+            if vapic.cr8() != s.v_tpr() as u64 {
+                vapic.set_cr8(s.v_tpr() as u64);
             }
         }
     }
@@ -537,14 +537,11 @@ impl Vcpu {
         gpr: u8,
     ) -> bool {
         if write {
-            let v = self.gpr(gpr);
-            if v > 15 {
+            if !vapic.set_cr8(self.gpr(gpr)) {
                 return false;
             }
-            vapic.set_tpr((v as u32) << 4);
         } else {
-            let v = (vapic.tpr() >> 4) as u64;
-            self.set_gpr(gpr, v);
+            self.set_gpr(gpr, vapic.cr8());
         }
         self.skip_instruction();
         true
@@ -641,7 +638,7 @@ impl Vcpu {
     /// Whether one was deliverable (it ends a halt).
     pub fn offer_interrupt(&mut self, vapic: &mut hypervisor::vapic::VirtualApic) -> bool {
         if let Vcpu::Svm(s) = self {
-            s.set_v_tpr(vapic.tpr() >> 4);
+            s.set_v_tpr(vapic.cr8() as u32);
         }
         match vapic.deliverable() {
             Some(v) if self.interruptible() => {

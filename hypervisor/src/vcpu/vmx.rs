@@ -547,9 +547,7 @@ impl VmxVcpu {
         let fixed1 = msr::read(IA32_VMX_CR0_FIXED1);
         vmwrite(field::GUEST_CR0, (c.cr0 | self.cr0_fixed0) & fixed1)?;
         vmwrite(field::CR0_SHADOW, c.cr0)?;
-        let cr4 = (c.cr4 | msr::read(IA32_VMX_CR4_FIXED0)) & msr::read(IA32_VMX_CR4_FIXED1);
-        vmwrite(field::GUEST_CR4, cr4)?;
-        vmwrite(field::CR4_SHADOW, c.cr4)?;
+        self.write_cr4(c.cr4)?;
         vmwrite(field::GUEST_CR3, c.cr3)?;
         vmwrite(field::GUEST_RSP, c.gpr[4])?;
         vmwrite(field::GUEST_RIP, c.rip)?;
@@ -589,9 +587,7 @@ impl VmxVcpu {
         c.idtr.limit = insn::vmread(field::GUEST_IDTR_LIMIT) as u16;
         let (cr0, efer) = self.cr0_efer();
         c.cr0 = cr0;
-        let cr4_mask = insn::vmread(field::CR4_MASK);
-        c.cr4 = (insn::vmread(field::GUEST_CR4) & !cr4_mask)
-            | (insn::vmread(field::CR4_SHADOW) & cr4_mask);
+        c.cr4 = self.cr4_cr3().0;
         c.cr3 = insn::vmread(field::GUEST_CR3);
         c.rip = insn::vmread(field::GUEST_RIP);
         c.rflags = insn::vmread(field::GUEST_RFLAGS);
@@ -1133,8 +1129,12 @@ impl VmxVcpu {
 
     /// Sets CR4 as the VP sees it; the processor's has VMX's fixed bits too.
     pub fn set_cr4(&mut self, v: u64) {
+        let _ = self.write_cr4(v);
+    }
+
+    fn write_cr4(&self, v: u64) -> Result<(), &'static str> {
         let real = (v | msr::read(IA32_VMX_CR4_FIXED0)) & msr::read(IA32_VMX_CR4_FIXED1);
-        let _ = vmwrite(field::GUEST_CR4, real);
-        let _ = vmwrite(field::CR4_SHADOW, v);
+        vmwrite(field::GUEST_CR4, real)?;
+        vmwrite(field::CR4_SHADOW, v)
     }
 }

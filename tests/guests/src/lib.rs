@@ -199,16 +199,20 @@ pub fn set_handler(vector: u8, handler: unsafe extern "C" fn()) {
     }
 }
 
-/// Loads the IDT and software-enables this VP's x2APIC (spurious vector 0xFF).
-pub fn load_idt_and_enable_apic() {
-    let base = IDT.0.get() as u64;
-    let pointer: [u16; 5] = [
-        4095,
+/// The operand of LGDT/LIDT: limit, then the 64-bit base.
+pub fn table_pointer(limit: u16, base: u64) -> [u16; 5] {
+    [
+        limit,
         base as u16,
         (base >> 16) as u16,
         (base >> 32) as u16,
         (base >> 48) as u16,
-    ];
+    ]
+}
+
+/// Loads the IDT and software-enables this VP's x2APIC (spurious vector 0xFF).
+pub fn load_idt_and_enable_apic() {
+    let pointer = table_pointer(4095, IDT.0.get() as u64);
     // SAFETY: the IDT is static and its handlers are valid; SVR enables the
     // (virtual) x2APIC the hypervisor offers in CPUID.
     unsafe {

@@ -296,44 +296,28 @@ fn make_user_accessible() {
     let cr3: u64;
     // SAFETY: reading CR3.
     unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
-    const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
-    let table = |pa: u64| pa as *mut u64;
-    // SAFETY: the loader's tables are identity-mapped in this guest's memory.
-    unsafe {
-        for i in 0..512 {
-            let l4 = table(cr3 & ADDR).add(i);
-            if *l4 & 1 == 0 {
-                continue;
-            }
-            *l4 |= 4;
-            for j in 0..512 {
-                let l3 = table(*l4 & ADDR).add(j);
-                if *l3 & 1 == 0 {
-                    continue;
-                }
-                *l3 |= 4;
-                if *l3 & 0x80 != 0 {
-                    continue;
-                }
-                for k in 0..512 {
-                    let l2 = table(*l3 & ADDR).add(k);
-                    if *l2 & 1 == 0 {
-                        continue;
-                    }
-                    *l2 |= 4;
-                    if *l2 & 0x80 != 0 {
-                        continue;
-                    }
-                    for m in 0..512 {
-                        let l1 = table(*l2 & ADDR).add(m);
-                        if *l1 & 1 != 0 {
-                            *l1 |= 4;
-                        }
-                    }
-                }
-            }
+    set_user_bits(cr3 & ADDR, 4);
+    // SAFETY: reloading CR3 only flushes the TLB.
+    unsafe { asm!("mov cr3, {}", in(reg) cr3, options(nostack)) };
+}
+
+const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+
+/// The user bit in every present entry of the table at `table` (a level 4
+/// to 1 paging structure) and the tables below it; large pages end a walk.
+fn set_user_bits(table: u64, level: u8) {
+    for i in 0..512 {
+        let entry = (table + 8 * i) as *mut u64;
+        // SAFETY: the loader's tables are identity-mapped in this guest's memory.
+        let e = unsafe { *entry };
+        if e & 1 == 0 {
+            continue;
         }
-        asm!("mov cr3, {}", in(reg) cr3, options(nostack));
+        // SAFETY: as above.
+        unsafe { *entry = e | 4 };
+        if level > 1 && e & 0x80 == 0 {
+            set_user_bits(e & ADDR, level - 1);
+        }
     }
 }
 
@@ -355,14 +339,7 @@ fn user_mode_hypercall_is_ud() {
         g.0[4] = 0x00AF_FA00_0000_FFFF; // user code 64 (0x23)
         g.0[5] = 0x67 | (tss & 0xFF_FFFF) << 16 | 0x89 << 40 | ((tss >> 24) & 0xFF) << 56;
         g.0[6] = tss >> 32;
-        let base = core::ptr::addr_of!(GDT) as u64;
-        let pointer: [u16; 5] = [
-            55,
-            base as u16,
-            (base >> 16) as u16,
-            (base >> 32) as u16,
-            (base >> 48) as u16,
-        ];
+        let pointer = test_guests::table_pointer(55, core::ptr::addr_of!(GDT) as u64);
         asm!("lgdt [{}]", in(reg) &pointer, options(nostack));
         asm!("mov ax, 0x10", "mov ss, ax", "mov ax, 0x28", "ltr ax", out("ax") _, options(nostack));
         HC_PAGE.store(HYPERCALL_PAGE.0.get() as u64, SeqCst);
