@@ -71,10 +71,14 @@ pub fn dispatch(
                     match vapic.write(m, v, cpu::rdtsc()) {
                         vapic::Write::Done => true,
                         vapic::Write::Ipi { vector, dest } => {
-                            send_ipi(part, vp, vapic, vector, dest);
+                            send_ipi(part, vp, vapic, Some(vector), dest);
                             true
                         }
-                        // NMI, INIT, SIPI: not offered to guests (their VPs all
+                        vapic::Write::Nmi { dest } => {
+                            send_ipi(part, vp, vapic, None, dest);
+                            true
+                        }
+                        // SMI, INIT, SIPI: not offered to guests (their VPs all
                         // start at the image's entry); ignored like a lost IPI.
                         vapic::Write::Unsupported(_) => true,
                         vapic::Write::Fault => false,
@@ -316,24 +320,30 @@ fn fetch_mov_to_cr(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> Optio
     control_regs::decode_mov_to_cr(&bytes[..len], code64)
 }
 
-/// A fixed IPI from guest VP `sender` to the VPs of its partition that
-/// `dest` names: straight into its own APIC, the others' posted.
+/// An IPI from guest VP `sender` to the VPs of its partition that `dest`
+/// names, fixed (`vector`) or an NMI (`None`): straight into its own APIC,
+/// the others' posted.
 fn send_ipi(
     part: &Partition,
     sender: &GuestVp,
     vapic: &mut VirtualApic,
-    vector: u8,
+    vector: Option<u8>,
     dest: vapic::Dest,
 ) {
     for target in part.vps() {
         if !VirtualApic::new(target.index).accepts(dest, sender.index) {
             continue;
         }
-        if target.index == sender.index {
-            vapic.request(vector);
-        } else {
-            // A deleted target takes nothing, as a missing APIC would.
-            let _ = target.post_interrupt(vector);
+        // A deleted target takes nothing, as a missing APIC would.
+        match (target.index == sender.index, vector) {
+            (true, Some(v)) => vapic.request(v),
+            (true, None) => vapic.request_nmi(),
+            (false, Some(v)) => {
+                let _ = target.post_interrupt(v);
+            }
+            (false, None) => {
+                let _ = target.post_nmi();
+            }
         }
     }
 }

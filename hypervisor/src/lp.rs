@@ -86,7 +86,7 @@ impl Local {
         s.may_run()
             || (!s.stopped() && {
                 vapic.tick(now);
-                vapic.deliverable().is_some()
+                vapic.deliverable().is_some() || vapic.nmi_pending()
             })
     }
 }
@@ -349,6 +349,9 @@ fn enter_guest(
                     .request((word * 64) as u8 + bits.trailing_zeros() as u8);
                 bits &= bits - 1;
             }
+        }
+        if core::mem::take(&mut s.pending_nmi) {
+            g.vapic.request_nmi();
         }
         g.vapic.tick(cpu::rdtsc());
         let v = g.vcpu.as_mut()?;

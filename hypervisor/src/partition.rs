@@ -198,6 +198,9 @@ pub struct VpShared {
     /// partition's VPs) that its LP has not yet moved into its virtual
     /// APIC (bit n: vector n).
     pub pending: [u64; 4],
+    /// An NMI sent to the VP (an IPI from its partition's VPs), not yet in
+    /// its virtual APIC.
+    pub pending_nmi: bool,
     /// When the VP's last intercept message was posted (TSC): the root's
     /// time serving it is charged from then (`lp::root_service_since`).
     pub intercept_posted: u64,
@@ -213,7 +216,7 @@ impl VpShared {
     /// Runnable: not stopped, and not halted unless an interrupt was sent
     /// (it ends the halt).
     pub fn may_run(&self) -> bool {
-        !self.stopped() && (!self.halted || self.pending != [0; 4])
+        !self.stopped() && (!self.halted || self.pending != [0; 4] || self.pending_nmi)
     }
 
     /// The interrupts sent since the last call, taken out.
@@ -243,13 +246,27 @@ impl GuestVp {
     /// is needed to cut a run short or end a sleep, and once per vector.
     /// `false` if the VP is deleted.
     pub fn post_interrupt(&self, vector: u8) -> bool {
+        self.post(|s| {
+            let (word, bit) = (&mut s.pending[vector as usize / 64], 1u64 << (vector % 64));
+            let new = *word & bit == 0;
+            *word |= bit;
+            new
+        })
+    }
+
+    /// Sends the VP an NMI, as `post_interrupt` does a vector.
+    pub fn post_nmi(&self) -> bool {
+        self.post(|s| !core::mem::replace(&mut s.pending_nmi, true))
+    }
+
+    /// Records an interrupt with `add` (whether it was new) and kicks the
+    /// VP's LP if that is needed to deliver it soon.
+    fn post(&self, add: impl FnOnce(&mut VpShared) -> bool) -> bool {
         let mut s = self.shared.lock();
         if s.deleted {
             return false;
         }
-        let (word, bit) = (&mut s.pending[vector as usize / 64], 1u64 << (vector % 64));
-        let new = *word & bit == 0;
-        *word |= bit;
+        let new = add(&mut s);
         let halted = s.halted;
         drop(s);
         if new && (halted || self.in_guest.load(Ordering::Acquire)) {
@@ -705,6 +722,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             stale: false,
             save_request: false,
             pending: [0; 4],
+            pending_nmi: false,
             intercept_posted: 0,
         }),
         running: AtomicBool::new(false),

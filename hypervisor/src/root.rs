@@ -559,6 +559,12 @@ pub fn dispatch(
                             send_ipi(root, vapic, vp, vector, dest);
                             true
                         }
+                        // The root's VPs take host NMIs directly (no NMI
+                        // exiting): virtual NMIs are for guests only.
+                        vapic::Write::Nmi { .. } => {
+                            warn!("root VP {vp}: NMI IPIs are not supported; ignored");
+                            true
+                        }
                         vapic::Write::Unsupported(mode) => {
                             warn!(
                                 "root VP {vp}: IPI delivery mode {mode} is not supported; ignored"

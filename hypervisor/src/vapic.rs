@@ -35,7 +35,11 @@ pub enum Write {
         vector: u8,
         dest: Dest,
     },
-    /// A delivery mode this APIC does not offer (NMI, SMI, INIT, SIPI): ignored.
+    /// An NMI to other VPs (or this one).
+    Nmi {
+        dest: Dest,
+    },
+    /// A delivery mode this APIC does not offer (SMI, INIT, SIPI): ignored.
     Unsupported(u8),
     /// A read-only or unknown register, reserved bits, or an illegal vector: #GP.
     Fault,
@@ -60,6 +64,9 @@ pub struct VirtualApic {
     divide_config: u32,
     /// TSC of the next expiry, while the timer runs.
     deadline: Option<u64>,
+    /// An NMI waits for the VP (one is latched; more while it waits are lost,
+    /// as on hardware).
+    nmi: bool,
 }
 
 const LVT_CMCI: usize = 0;
@@ -90,6 +97,7 @@ impl VirtualApic {
             timer_initial: 0,
             divide_config: 0,
             deadline: None,
+            nmi: false,
         }
     }
 
@@ -169,6 +177,21 @@ impl VirtualApic {
         }
         self.irr[vector as usize / 32] |= 1 << (vector % 32);
         self.irr_top = self.irr_top.max(Some(vector));
+    }
+
+    /// An NMI for the VP. It is accepted even with the APIC software-disabled
+    /// (SDM vol. 3 section 11.4.7.2).
+    pub fn request_nmi(&mut self) {
+        self.nmi = true;
+    }
+
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi
+    }
+
+    /// The VP took the pending NMI.
+    pub fn accept_nmi(&mut self) {
+        self.nmi = false;
     }
 
     /// The vector to deliver now, if any: the highest requested one whose
@@ -305,9 +328,6 @@ impl VirtualApic {
         self.icr = icr;
         let vector = icr as u8;
         let mode = ((icr >> 8) & 7) as u8;
-        if mode != 0 {
-            return Write::Unsupported(mode);
-        }
         let dest = match (icr >> 18) & 3 {
             1 => Dest::SelfOnly,
             2 => Dest::AllIncludingSelf,
@@ -315,7 +335,12 @@ impl VirtualApic {
             _ if icr & (1 << 11) != 0 => Dest::Logical((icr >> 32) as u32),
             _ => Dest::Physical((icr >> 32) as u32),
         };
-        Write::Ipi { vector, dest }
+        match mode {
+            0 => Write::Ipi { vector, dest },
+            // NMI: the vector field is ignored.
+            4 => Write::Nmi { dest },
+            _ => Write::Unsupported(mode),
+        }
     }
 }
 
@@ -454,6 +479,13 @@ mod tests {
         );
         assert_eq!(a.write(0x830, 0x500, 0), Write::Unsupported(5), "INIT");
         assert_eq!(
+            a.write(0x830, (3 << 18) | 0x400 | 0x99, 0),
+            Write::Nmi {
+                dest: Dest::AllExcludingSelf
+            },
+            "NMI, vector ignored"
+        );
+        assert_eq!(
             a.write(0x830, 1 << 12, 0),
             Write::Fault,
             "delivery status is read-only"
@@ -466,6 +498,18 @@ mod tests {
             }
         );
         assert_eq!(a.write(0x83F, 0x145, 0), Write::Fault);
+    }
+
+    #[test]
+    fn one_nmi_is_latched_even_with_the_apic_disabled() {
+        let mut a = VirtualApic::new(1);
+        assert!(!a.nmi_pending());
+        a.request_nmi();
+        a.request_nmi();
+        assert!(a.nmi_pending(), "software-disabled APICs take NMIs");
+        assert_eq!(a.deliverable(), None, "an NMI is not a vector");
+        a.accept_nmi();
+        assert!(!a.nmi_pending(), "two requests while pending are one NMI");
     }
 
     #[test]

@@ -499,6 +499,8 @@ fn guest_tests() -> Vec<GuestTest> {
             &[
                 "smp: all 4 VPs ran",
                 "smp: the IPI woke all 3 other VPs",
+                "smp: the NMI woke all 3 other VPs",
+                "smp: NMIs are held until IRET and latched once",
                 "vm wait: smp is Off (exit code 0)",
             ],
             GUEST_FAILURES,

@@ -633,28 +633,62 @@ impl Vcpu {
         }
     }
 
-    /// Before an entry: injects the highest interrupt `vapic` can deliver if
-    /// the VP can take it now, else asks for an exit as soon as it can.
-    /// Whether one was deliverable (it ends a halt).
+    /// Before an entry: injects the NMI `vapic` holds, else the highest
+    /// interrupt it can deliver, if the VP can take it now; otherwise asks for
+    /// an exit as soon as it can. Whether one was waiting (it ends a halt).
     pub fn offer_interrupt(&mut self, vapic: &mut hypervisor::vapic::VirtualApic) -> bool {
         if let Vcpu::Svm(s) = self {
             s.set_v_tpr(vapic.cr8() as u32);
         }
-        match vapic.deliverable() {
+        let nmi = vapic.nmi_pending();
+        let mut nmi_window = false;
+        if nmi {
+            if self.nmi_allowed() {
+                self.inject_nmi();
+                vapic.accept_nmi();
+            } else {
+                nmi_window = true;
+            }
+        }
+        let irq = vapic.deliverable();
+        let irq_window = match irq {
             Some(v) if self.interruptible() => {
                 self.inject_interrupt(v);
                 vapic.accept(v);
-                self.set_interrupt_window(false);
-                true
-            }
-            Some(_) => {
-                self.set_interrupt_window(true);
-                true
-            }
-            None => {
-                self.set_interrupt_window(false);
                 false
             }
+            Some(_) => true,
+            None => false,
+        };
+        match self {
+            Vcpu::Vmx(v) => {
+                v.set_nmi_window(nmi_window);
+                v.set_interrupt_window(irq_window);
+            }
+            // SVM has no NMI window: the VP is unmasked when its NMI handler's
+            // IRET completes, which the interrupt window can show.
+            Vcpu::Svm(s) => {
+                let window = irq_window || (nmi_window && s.nmi_iret_window());
+                s.set_interrupt_window(window);
+            }
+        }
+        nmi || irq.is_some()
+    }
+
+    /// Whether an NMI can be injected at the next entry: none being handled
+    /// (virtual-NMI blocking until the handler's IRET), no interrupt shadow,
+    /// no other event being injected.
+    fn nmi_allowed(&self) -> bool {
+        match self {
+            Vcpu::Vmx(v) => v.nmi_allowed(),
+            Vcpu::Svm(s) => s.nmi_allowed(),
+        }
+    }
+
+    fn inject_nmi(&mut self) {
+        match self {
+            Vcpu::Vmx(v) => v.inject_nmi(),
+            Vcpu::Svm(s) => s.inject_nmi(),
         }
     }
 
@@ -663,14 +697,6 @@ impl Vcpu {
         let r = self.regs();
         (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
         self.skip_instruction();
-    }
-
-    /// Asks for an `InterruptWindow` exit as soon as the VP can take an interrupt.
-    pub fn set_interrupt_window(&mut self, on: bool) {
-        match self {
-            Vcpu::Vmx(v) => v.set_interrupt_window(on),
-            Vcpu::Svm(s) => s.set_interrupt_window(on),
-        }
     }
 
     /// The TSC at which the VP's virtual timer needs the hypervisor (VMX: the

@@ -153,13 +153,22 @@ pub struct SvmVcpu {
     vmcb: u64,
     host_save: u64,
     nrip_save: bool,
+    /// The VP handles an injected NMI: the next waits for its IRET (SVM does
+    /// not track this for injected NMIs; the IRET intercept shows it).
+    nmi_masked: bool,
+    /// The RIP of that IRET, once intercepted: NMIs are unmasked when the
+    /// VP is seen past it.
+    nmi_iret_rip: Option<u64>,
 }
 
 /// EVENTINJ / EXITINTINFO (APM vol. 2 section 15.20): vector 7:0, type 10:8,
 /// error code valid 11, valid 31, error code 63:32.
 const EVENT_VALID: u64 = 1 << 31;
+const EVENT_TYPE_NMI: u64 = 2;
 const EVENT_TYPE_EXCEPTION: u64 = 3;
 const EVENT_TYPE_SOFTWARE_INTERRUPT: u64 = 4;
+/// Intercept word 3 (`INTERCEPT_MISC1`) bit 20: IRET.
+const INTERCEPT_IRET: u32 = 1 << 20;
 /// The bits EVENTINJ defines (the rest are reserved).
 const EVENT_BITS: u64 = 0xFFFF_FFFF_8000_0FFF;
 
@@ -251,6 +260,8 @@ impl SvmVcpu {
             vmcb,
             host_save,
             nrip_save: caps.nrip_save,
+            nmi_masked: false,
+            nmi_iret_rip: None,
         };
         // Intercepts: word 3 bits: 0 INTR (the host timer preempts the VP), 18
         // CPUID, 22 INVD (it would run natively and discard every partition's
@@ -503,6 +514,10 @@ impl SvmVcpu {
             0
         };
         self.write(vmcb::EVENT_INJECTION, again);
+        if self.nmi_iret_rip.is_some_and(|rip| rip != self.rip()) {
+            self.nmi_masked = false;
+            self.nmi_iret_rip = None;
+        }
         let code = self.read(vmcb::EXIT_CODE);
         let info1 = self.read(vmcb::EXIT_INFO1);
         match code {
@@ -537,6 +552,15 @@ impl SvmVcpu {
             0x89 => Exit::Invd,
             0x60 => Exit::ExternalInterrupt,
             0x64 => Exit::InterruptWindow,
+            // The NMI handler's IRET, about to run: unmasked once it has.
+            0x74 => {
+                self.write32(
+                    vmcb::INTERCEPT_MISC1,
+                    self.read32(vmcb::INTERCEPT_MISC1) & !INTERCEPT_IRET,
+                );
+                self.nmi_iret_rip = Some(self.rip());
+                Exit::InterruptWindow
+            }
             0x61 => Exit::Nmi,
             0x72 => Exit::Cpuid,
             0x76 => Exit::Invd,
@@ -607,6 +631,30 @@ impl SvmVcpu {
         self.interrupts_enabled()
             && self.read(vmcb::INTERRUPT_SHADOW) & 1 == 0
             && self.read(vmcb::EVENT_INJECTION) & (1 << 31) == 0
+    }
+
+    pub fn nmi_allowed(&self) -> bool {
+        !self.nmi_masked
+            && self.read(vmcb::INTERRUPT_SHADOW) & 1 == 0
+            && self.read(vmcb::EVENT_INJECTION) & EVENT_VALID == 0
+    }
+
+    /// Injects an NMI, masked until the handler's IRET has run.
+    pub fn inject_nmi(&mut self) {
+        self.write(vmcb::EVENT_INJECTION, 2 | EVENT_TYPE_NMI << 8 | EVENT_VALID);
+        self.nmi_masked = true;
+        self.nmi_iret_rip = None;
+        self.write32(
+            vmcb::INTERCEPT_MISC1,
+            self.read32(vmcb::INTERCEPT_MISC1) | INTERCEPT_IRET,
+        );
+    }
+
+    /// Whether the interrupt window shows the end of the NMI handler's IRET:
+    /// only when the VP's IF is clear at it (an open window would exit
+    /// before the IRET, again and again).
+    pub fn nmi_iret_window(&self) -> bool {
+        self.nmi_iret_rip.is_some() && !self.interrupts_enabled()
     }
 
     pub fn inject_interrupt(&mut self, vector: u8) {

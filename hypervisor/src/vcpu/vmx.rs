@@ -287,9 +287,14 @@ pub struct VmxVcpu {
 const EVENT_TYPE_SHIFT: u64 = 8;
 const EVENT_VALID: u64 = 1 << 31;
 const EVENT_HAS_ERROR: u64 = 1 << 11;
+const TYPE_NMI: u64 = 2;
 const TYPE_HARDWARE_EXCEPTION: u64 = 3;
 const TYPE_PRIVILEGED_SOFTWARE_EXCEPTION: u64 = 5;
 const TYPE_SOFTWARE_EXCEPTION: u64 = 6;
+/// Guest interruptibility state: the STI and MOV SS shadows (bits 0, 1), and
+/// blocking by NMI (bit 3; with virtual NMIs, until the handler's IRET).
+const BLOCKING_BY_STI_MOV_SS: u64 = 3;
+const BLOCKING_BY_NMI: u64 = 1 << 3;
 
 /// KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK.
 pub const SYSCALL_MSRS: [u32; 5] = [
@@ -683,9 +688,13 @@ impl VmxVcpu {
         const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
         // A guest never receives an NMI meant for the host (the exit consumes it).
         const NMI_EXITING: u32 = 1 << 3;
+        // A guest's own NMIs (IPIs from its VPs) are injected; the processor
+        // blocks the next until the handler's IRET, as for a real NMI.
+        const VIRTUAL_NMIS: u32 = 1 << 5;
         const PREEMPTION_TIMER: u32 = 1 << 6;
-        let pin_needed =
-            PREEMPTION_TIMER | EXTERNAL_INTERRUPT_EXITING | if guest { NMI_EXITING } else { 0 };
+        let pin_needed = PREEMPTION_TIMER
+            | EXTERNAL_INTERRUPT_EXITING
+            | if guest { NMI_EXITING | VIRTUAL_NMIS } else { 0 };
         let pin = hypervisor::vmx_controls::adjust(
             pick(msr::IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS),
             pin_needed,
@@ -942,6 +951,7 @@ impl VmxVcpu {
             self.set_pending_event(vectoring & 0x8000_0FFF | length << 12 | error << 32);
         }
         let qualification = insn::vmread(field::EXIT_QUALIFICATION);
+        self.reblock_nmi_after_faulting_iret(reason & 0xFFFF, qualification, vectoring);
         match reason & 0xFFFF {
             // Interruption information: vector 7:0, type 10:8, error code valid 11.
             0 => {
@@ -1006,7 +1016,7 @@ impl VmxVcpu {
             31 => Exit::MsrRead,
             32 => Exit::MsrWrite,
             41 => Exit::MachineCheck,
-            7 => Exit::InterruptWindow,
+            7 | 8 => Exit::InterruptWindow,
             52 => Exit::Preemption,
             48 => Exit::SlatViolation {
                 gpa: insn::vmread(field::GUEST_PHYSICAL_ADDRESS),
@@ -1051,6 +1061,51 @@ impl VmxVcpu {
         self.interrupts_enabled()
             && insn::vmread(field::GUEST_INTERRUPTIBILITY) & 3 == 0
             && insn::vmread(field::ENTRY_INTERRUPTION_INFO) & (1 << 31) == 0
+    }
+
+    /// No virtual-NMI blocking, no STI or MOV SS shadow, nothing injected.
+    pub fn nmi_allowed(&self) -> bool {
+        insn::vmread(field::GUEST_INTERRUPTIBILITY) & (BLOCKING_BY_STI_MOV_SS | BLOCKING_BY_NMI)
+            == 0
+            && insn::vmread(field::ENTRY_INTERRUPTION_INFO) & EVENT_VALID == 0
+    }
+
+    pub fn inject_nmi(&mut self) {
+        let _ = vmwrite(
+            field::ENTRY_INTERRUPTION_INFO,
+            2 | TYPE_NMI << EVENT_TYPE_SHIFT | EVENT_VALID,
+        );
+    }
+
+    /// NMI-window exiting: an exit as soon as the VP could take an NMI.
+    pub fn set_nmi_window(&mut self, on: bool) {
+        const NMI_WINDOW_EXITING: u32 = 1 << 22;
+        let proc = if on {
+            self.proc | NMI_WINDOW_EXITING
+        } else {
+            self.proc & !NMI_WINDOW_EXITING
+        };
+        if proc != self.proc {
+            self.proc = proc;
+            let _ = vmwrite(field::PROC_CONTROLS, proc as u64);
+        }
+    }
+
+    /// An exception or EPT violation during an IRET that had unblocked NMIs
+    /// (bit 12 of the interruption information or qualification): the IRET
+    /// did not complete, so the blocking is restored (SDM vol. 3 section
+    /// 28.2.3), unless the exit interrupted an event's delivery.
+    fn reblock_nmi_after_faulting_iret(&mut self, reason: u64, qualification: u64, vectoring: u64) {
+        const NMI_UNBLOCKED_BY_IRET: u64 = 1 << 12;
+        let unblocked = match reason {
+            0 => insn::vmread(field::EXIT_INTERRUPTION_INFO) & NMI_UNBLOCKED_BY_IRET != 0,
+            48 => qualification & NMI_UNBLOCKED_BY_IRET != 0,
+            _ => false,
+        };
+        if unblocked && vectoring & EVENT_VALID == 0 {
+            let blocking = insn::vmread(field::GUEST_INTERRUPTIBILITY);
+            let _ = vmwrite(field::GUEST_INTERRUPTIBILITY, blocking | BLOCKING_BY_NMI);
+        }
     }
 
     pub fn inject_interrupt(&mut self, vector: u8) {
