@@ -30,6 +30,8 @@ fn u64_at(b: &[u8], o: usize) -> Option<u64> {
 }
 
 struct Segment {
+    /// p_flags: execute 1, write 2, read 4.
+    flags: u32,
     offset: u64,
     paddr: u64,
     filesz: u64,
@@ -52,6 +54,7 @@ fn segments(image: &[u8]) -> Result<impl Iterator<Item = Segment> + '_, &'static
             return None;
         }
         Some(Segment {
+            flags: u32_at(image, o + 4)?,
             offset: u64_at(image, o + 8)?,
             paddr: u64_at(image, o + 24)?,
             filesz: u64_at(image, o + 32)?,
@@ -85,6 +88,50 @@ pub fn layout(image: &[u8]) -> Result<Layout, &'static str> {
         return Err("ELF entry point outside the loaded image");
     }
     Ok(Layout { start, end, entry })
+}
+
+/// A loadable segment's pages and what its flags allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protection {
+    /// Page-aligned `[start, end)`.
+    pub start: u64,
+    pub end: u64,
+    pub write: bool,
+    pub execute: bool,
+}
+
+/// The pages of each loadable segment with its permissions, in file order.
+/// Refuses a segment both writable and executable, and two segments that
+/// share a page (their permissions would have to differ within it).
+pub fn protections(image: &[u8]) -> Result<impl Iterator<Item = Protection> + '_, &'static str> {
+    const X: u32 = 1;
+    const W: u32 = 2;
+    let page = |a: u64| a & !0xFFF;
+    let mut prev: Option<Protection> = None;
+    for s in segments(image)?.filter(|s| s.memsz > 0) {
+        let end = s.paddr.checked_add(s.memsz).ok_or("ELF segment wraps")?;
+        if s.flags & (X | W) == X | W {
+            return Err("an ELF segment is both writable and executable");
+        }
+        let p = Protection {
+            start: page(s.paddr),
+            end: page(end.checked_add(0xFFF).ok_or("ELF segment wraps")?),
+            write: false,
+            execute: false,
+        };
+        if prev.is_some_and(|q| p.start < q.end && q.start < p.end) {
+            return Err("two adjacent ELF segments share a page");
+        }
+        prev = Some(p);
+    }
+    Ok(segments(image)?
+        .filter(|s| s.memsz > 0)
+        .map(|s| Protection {
+            start: s.paddr & !0xFFF,
+            end: (s.paddr + s.memsz + 0xFFF) & !0xFFF,
+            write: s.flags & W != 0,
+            execute: s.flags & X != 0,
+        }))
 }
 
 /// Copies each segment's file bytes into `dest` (which starts at physical
@@ -127,6 +174,49 @@ mod tests {
         v[ph + 40..ph + 48].copy_from_slice(&(data.len() as u64 + bss).to_le_bytes());
         v.extend_from_slice(data);
         v
+    }
+
+    /// An ELF64 with PT_LOADs of (paddr, memsz, flags), no file bytes.
+    fn elf_segments(segs: &[(u64, u64, u32)]) -> Vec<u8> {
+        let mut v = std::vec![0u8; 0x40 + 56 * segs.len()];
+        v[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        v[0x18..0x20].copy_from_slice(&segs[0].0.to_le_bytes());
+        v[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        v[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        v[0x38..0x3A].copy_from_slice(&(segs.len() as u16).to_le_bytes());
+        for (i, &(paddr, memsz, flags)) in segs.iter().enumerate() {
+            let ph = 0x40 + 56 * i;
+            v[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
+            v[ph + 4..ph + 8].copy_from_slice(&flags.to_le_bytes());
+            v[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+            v[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn protections_follow_the_segment_flags() {
+        let image = elf_segments(&[(0x1000, 0x1800, 5), (0x3000, 0x10, 4), (0x4000, 0x2001, 6)]);
+        let p: Vec<Protection> = protections(&image).unwrap().collect();
+        let span = |start, end, write, execute| Protection {
+            start,
+            end,
+            write,
+            execute,
+        };
+        assert_eq!(
+            p,
+            [
+                span(0x1000, 0x3000, false, true),
+                span(0x3000, 0x4000, false, false),
+                span(0x4000, 0x7000, true, false),
+            ]
+        );
+        assert!(protections(&elf_segments(&[(0x1000, 0x10, 7)])).is_err());
+        assert!(
+            protections(&elf_segments(&[(0x1000, 0x10, 5), (0x1800, 0x10, 6)])).is_err(),
+            "a page both executable and writable"
+        );
     }
 
     #[test]

@@ -203,6 +203,16 @@ pub const TABLE: &[CallSpec] = &[
             fast: false,
         },
     },
+    CallSpec {
+        code: hypercall::GET_HOST_LOG,
+        name: "GetHostLog",
+        privilege: Privilege::Root,
+        form: Form::Simple {
+            input: 8,
+            output: 4096,
+            fast: false,
+        },
+    },
 ];
 
 /// A call that passed every check.
@@ -219,12 +229,14 @@ pub struct Checked {
 const PAGE: u64 = 4096;
 
 /// Checks one block: 8-byte aligned, within one page (INVALID_ALIGNMENT), and
-/// memory the caller owns (INVALID_PARAMETER).
+/// memory the caller owns (INVALID_PARAMETER). A block in the last page of the
+/// address space must end below 2^64 whatever `owns` says, so that block ends
+/// (and the overlap test below) never wrap.
 fn block(gpa: u64, len: u64, owns: &dyn Fn(u64, u64) -> bool) -> Result<(u64, u64), u16> {
     if !gpa.is_multiple_of(8) || gpa % PAGE + len > PAGE {
         return Err(status::INVALID_ALIGNMENT);
     }
-    if !owns(gpa, len) {
+    if gpa.checked_add(len).is_none() || !owns(gpa, len) {
         return Err(status::INVALID_PARAMETER);
     }
     Ok((gpa, len))
@@ -518,6 +530,41 @@ mod tests {
             Err(status::INVALID_HYPERCALL_INPUT),
             "rep calls are memory calls"
         );
+    }
+
+    /// Found by the hypercall_input fuzz target: with an `owns` that accepts
+    /// the last page of the address space, a block ending at 2^64 passed and
+    /// the overlap test of two such blocks overflowed.
+    #[test]
+    fn blocks_end_below_the_top_of_the_address_space() {
+        let everything = |_: u64, _: u64| true;
+        let top = u64::MAX - 4095;
+        let get_info = rcx(hypercall::GET_HOST_INFO, false, 0, 0);
+        assert_eq!(
+            check(get_info, 0, top, Caller::Root, &everything),
+            Err(status::INVALID_PARAMETER)
+        );
+        assert_eq!(
+            check_in(
+                FORMS,
+                rcx(1, false, 0, 0),
+                top,
+                u64::MAX - 15,
+                Caller::Root,
+                &everything
+            ),
+            Err(status::INVALID_PARAMETER)
+        );
+        let ok = check_in(
+            FORMS,
+            rcx(1, false, 0, 0),
+            top,
+            top + 24,
+            Caller::Root,
+            &everything,
+        )
+        .unwrap();
+        assert_eq!(ok.input_block, Some((top, 24)));
     }
 
     proptest::proptest! {

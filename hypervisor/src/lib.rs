@@ -14,6 +14,7 @@ pub mod elf;
 pub mod exceptions;
 pub mod frame_alloc;
 pub mod hypercall;
+pub mod log_ring;
 pub mod page_table;
 pub mod vapic;
 pub mod vmx_controls;

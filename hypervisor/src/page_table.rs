@@ -257,6 +257,16 @@ impl<F: Format> PageTable<F> {
         })
     }
 
+    /// A hierarchy someone else built, to read (`translate`, `leaves`).
+    pub fn existing(root: u64) -> Self {
+        Self {
+            root,
+            deny_wx: true,
+            max_page: SIZE_4K,
+            _format: core::marker::PhantomData,
+        }
+    }
+
     /// The physical address of the root table (for CR3, EPTP or nCR3).
     pub fn root(&self) -> u64 {
         self.root

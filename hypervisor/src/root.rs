@@ -18,9 +18,10 @@ use hv_abi::{cpuid, hypercall, root_boot, RootBoot};
 use hypervisor::vapic::{self, VirtualApic};
 use log::{error, info, warn};
 
-/// The root's boot area after its image: page tables, GDT+TSS, then per VP a
-/// boot block page and a 64 KiB stack.
+/// The root's boot area after its image: page tables, GDT+TSS, then per VP
+/// a slot of an unmapped guard page, a 64 KiB stack and the boot block page.
 const STACK_PAGES: u64 = 16;
+const VP_SLOT_PAGES: u64 = 1 + STACK_PAGES + 1;
 /// Memory the hypervisor keeps back for itself when it hands RAM to the root
 /// (VMCS/VMCB, SLAT tables of later partitions).
 const KEEP_BYTES: u64 = 8 << 20;
@@ -55,8 +56,14 @@ fn is_root_word(w: &str) -> bool {
     w == "root" || w.ends_with("/root")
 }
 
-fn boot_area_pages(identity_top: u64, vps: u64) -> u64 {
-    2 + identity_top / SIZE_1G + 1 + vps * (1 + STACK_PAGES)
+/// The boot area for an image of `image_pages`: the page tables (PML4, PDPT,
+/// a directory per GiB, and 4 KiB tables where permissions change within a
+/// 2 MiB page: over the image and the boot area, plus their two ends), the
+/// GDT page and the VPs' slots.
+fn boot_area_pages(identity_top: u64, vps: u64, image_pages: u64) -> u64 {
+    let slots = vps * VP_SLOT_PAGES;
+    let tables = 2 + identity_top / SIZE_1G + 1 + (image_pages + slots + 64) / 512 + 3;
+    tables + 1 + slots
 }
 
 /// Finds the root module (a word of its string is `root`, or ends in `/root`;
@@ -80,7 +87,9 @@ pub fn find_image(bi: &BootInfo, max_vps: u64) -> Option<Result<RootImage, &'sta
         let top = bi.identity_top();
         let reserved = (
             layout.start,
-            layout.end + boot_area_pages(top, max_vps) * PAGE_SIZE,
+            layout.end
+                + boot_area_pages(top, max_vps, (layout.end - layout.start) / PAGE_SIZE)
+                    * PAGE_SIZE,
         );
         if reserved.0 < m.end && m.start < reserved.1 {
             return Err("the root module was loaded where the root image must go");
@@ -223,21 +232,55 @@ pub fn create(
         .map_err(|_| "the root module is not root memory")?;
     let mut loaded = alloc::vec![0u8; (image.layout.end - image.layout.start) as usize];
     hypervisor::elf::copy_segments(&file, image.layout.start, &mut loaded)?;
-    drop(file);
     mem.write(image.layout.start, &loaded)
         .map_err(|_| "the root image range is not root memory")?;
     drop(loaded);
 
-    // 3. Boot area: the root's identity page tables, GDT and TSS.
+    // 3. Boot area: the root's identity page tables, GDT and TSS; the VPs'
+    // slots at its end. The identity map is W^X: the image's segments as
+    // their flags say, all else read/write and not executable; page 0 and
+    // each stack's guard page are not mapped.
+    let slots = image.reserved.1 - vp_count as u64 * VP_SLOT_PAGES * PAGE_SIZE;
     let mut area = BootArea {
         mem,
         next: image.layout.end,
-        end: image.reserved.1,
+        end: slots,
     };
-    let mut pt =
-        PageTable::<X86>::new(&mut area, SIZE_2M, false).map_err(|_| "root page tables")?;
-    pt.map(&mut area, 0, 0, top, Perms::RWX)
-        .map_err(|_| "root page tables")?;
+    let mut pt = PageTable::<X86>::new(&mut area, SIZE_2M, true).map_err(|_| "root page tables")?;
+    let mut map = |area: &mut BootArea, start: u64, end: u64, perms: Perms| {
+        if start < end {
+            pt.map(area, start, start, end - start, perms)
+                .map_err(|_| "root page tables")
+        } else {
+            Ok(())
+        }
+    };
+    map(&mut area, PAGE_SIZE, image.layout.start, Perms::RW)?;
+    for seg in hypervisor::elf::protections(&file)? {
+        let perms = match (seg.write, seg.execute) {
+            (_, true) => Perms::RX,
+            (true, false) => Perms::RW,
+            (false, false) => Perms::R,
+        };
+        map(&mut area, seg.start, seg.end, perms)?;
+    }
+    map(&mut area, image.layout.end, slots, Perms::RW)?;
+    for vp in 0..vp_count as u64 {
+        let slot = slots + vp * VP_SLOT_PAGES * PAGE_SIZE;
+        map(
+            &mut area,
+            slot + PAGE_SIZE,
+            slot + VP_SLOT_PAGES * PAGE_SIZE,
+            Perms::RW,
+        )?;
+    }
+    map(
+        &mut area,
+        image.reserved.1,
+        top.max(image.reserved.1),
+        Perms::RW,
+    )?;
+    drop(file);
     let gdt = area.take(1).ok_or("root boot area too small")?;
     let tss = gdt + 0x100;
     let tss_desc_low = 0x67
@@ -370,8 +413,10 @@ pub fn create(
     let mut starts = Vec::new();
     for vp in 0..vp_count {
         block.vp_index = vp;
-        let page = area.take(1).ok_or("root boot area too small")?;
-        let stack = area.take(STACK_PAGES).ok_or("root boot area too small")?;
+        // Guard page, stack (growing down towards the guard), boot block.
+        let slot = slots + vp as u64 * VP_SLOT_PAGES * PAGE_SIZE;
+        let stack = slot + PAGE_SIZE;
+        let page = stack + STACK_PAGES * PAGE_SIZE;
         let mut encoded = [0u8; root_boot::SIZE];
         block
             .encode(&mut encoded)
@@ -806,6 +851,14 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
         }
         hypercall::GET_HOST_STATS => {
             let ok = hv_abi::HostStats::encode(&stats::snapshot(), &mut out).is_some();
+            (ok_status(ok), 0, PAGE_SIZE as usize)
+        }
+        hypercall::GET_HOST_LOG => {
+            let from = input
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            let ok = crate::serial::read_log(from, &mut out);
             (ok_status(ok), 0, PAGE_SIZE as usize)
         }
         code => {

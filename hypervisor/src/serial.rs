@@ -1,14 +1,19 @@
-//! The serial console (COM1) and the `log` backend that writes to it.
+//! The hypervisor's log: COM2 and an in-memory ring the root reads with
+//! `GET_HOST_LOG` (`host log`). COM1 is the root's console; the hypervisor
+//! writes there only what the operator must see at once: errors, and the
+//! reports of an exception or panic that stops the machine.
 //!
 //! Each line carries a TSC timestamp since boot and the processor index:
 //! `[   0.012345] cpu1 INFO  message`.
 use crate::{percpu, time};
 use core::fmt::Write;
+use hypervisor::log_ring::LogRing;
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550};
 
 const COM1: u16 = 0x3F8;
+const COM2: u16 = 0x2F8;
 
 struct Serial(Uart16550<PioBackend>);
 
@@ -24,29 +29,80 @@ impl Write for Serial {
     }
 }
 
-fn com1() -> Serial {
-    // SAFETY: COM1's eight ports belong to the hypervisor's console.
+fn port(base: u16) -> Serial {
+    // SAFETY: UART registers only: COM2 is the hypervisor's (the root does not
+    // use it); COM1 is the root's console, which the hypervisor programs the
+    // same way and writes only whole lines for errors. Guests reach neither
+    // (every guest port access exits).
     Serial(
-        unsafe { Uart16550::new_port(COM1) }
-            .unwrap_or_else(|_| unreachable!("0x3F8 + 7 fits in a port number")),
+        unsafe { Uart16550::new_port(base) }
+            .unwrap_or_else(|_| unreachable!("the COM bases + 7 fit in a port number")),
     )
 }
 
+/// The log's destinations: COM2 (if the machine has one) and the ring.
+struct Log {
+    com2: Option<Serial>,
+    ring: LogRing<{ 64 * 1024 }>,
+}
+
+impl Write for Log {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.ring.push(s.as_bytes());
+        if let Some(out) = self.com2.as_mut() {
+            out.write_str(s)?;
+        }
+        Ok(())
+    }
+}
+
+static LOG: Mutex<Log> = Mutex::new(Log {
+    com2: None,
+    ring: LogRing::new(),
+});
+/// COM1 for the lines the operator must see (errors).
 static CONSOLE: Mutex<Option<Serial>> = Mutex::new(None);
 
-/// Programs COM1 (115200 8N1, FIFO on). A machine without COM1 still boots;
-/// its log is lost.
+/// Programs COM1 and COM2 (115200 8N1, FIFO on). A machine without COM2
+/// keeps the log in memory only; without COM1, errors are lost.
 pub fn init() {
-    let mut port = com1();
-    let _ = port.0.init(Config::default());
-    *CONSOLE.lock() = Some(port);
+    let mut com1 = port(COM1);
+    let _ = com1.0.init(Config::default());
+    *CONSOLE.lock() = Some(com1);
+    let mut com2 = port(COM2);
+    LOG.lock().com2 = com2.0.init(Config::default()).is_ok().then_some(com2);
+}
+
+/// Both ports at once.
+struct Both(Serial, Serial);
+
+impl Write for Both {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let _ = self.0.write_str(s);
+        self.1.write_str(s)
+    }
 }
 
 /// A writer that takes no lock, for the exception and panic reports: the
-/// failing processor may hold the console lock. Lines may interleave with
-/// another processor's; they are never lost to a deadlock.
+/// failing processor may hold a console lock. Lines may interleave with
+/// another processor's; they are never lost to a deadlock. Both ports: the
+/// machine stops, and the operator on COM1 must learn why.
 pub fn emergency() -> impl Write {
-    com1()
+    Both(port(COM2), port(COM1))
+}
+
+/// Copies the log from position `from` into a `HostLogChunk` page.
+pub fn read_log(from: u64, page: &mut [u8]) -> bool {
+    use hv_abi::HostLogChunk;
+    let Some(data) = page.get_mut(HostLogChunk::HEADER..) else {
+        return false;
+    };
+    let room = data.len().min(HostLogChunk::MAX_BYTES);
+    let log = LOG.lock();
+    let (start, len) = log.ring.read(from, &mut data[..room]);
+    let written = log.ring.written();
+    drop(log);
+    HostLogChunk::encode_header(start, written, len, page).is_some()
 }
 
 struct Logger;
@@ -61,8 +117,7 @@ impl log::Log for Logger {
             return;
         }
         let us = time::since_boot_us();
-        let mut guard = CONSOLE.lock();
-        if let Some(out) = guard.as_mut() {
+        let line = |out: &mut dyn Write| {
             let _ = writeln!(
                 out,
                 "[{:>4}.{:06}] cpu{} {:<5} {}",
@@ -72,6 +127,12 @@ impl log::Log for Logger {
                 record.level(),
                 record.args()
             );
+        };
+        line(&mut *LOG.lock());
+        if record.level() == log::Level::Error {
+            if let Some(out) = CONSOLE.lock().as_mut() {
+                line(out);
+            }
         }
     }
 
@@ -87,8 +148,7 @@ pub fn init_logger(level: log::LevelFilter) {
 
 /// Writes a line without prefix (the summary line tests look for).
 pub fn println(args: core::fmt::Arguments) {
-    if let Some(out) = CONSOLE.lock().as_mut() {
-        let _ = out.write_fmt(args);
-        let _ = out.write_str("\n");
-    }
+    let mut log = LOG.lock();
+    let _ = log.write_fmt(args);
+    let _ = log.write_str("\n");
 }

@@ -13,6 +13,11 @@ pub enum Command<'a> {
     Vm(crate::vm_command::VmCommand<'a>),
     HostInfo,
     HostStats,
+    /// The hypervisor's log (GET_HOST_LOG); `follow`: then new lines as
+    /// they come, until a key is pressed.
+    HostLog {
+        follow: bool,
+    },
     Shutdown,
     Reboot,
     /// Read the u64 at this physical address.
@@ -23,6 +28,11 @@ pub enum Command<'a> {
     DebugTimer,
     /// Send an IPI to every other VP and count the answers.
     DebugIpi,
+    /// Sum up the root's own page tables (W^X, page 0, guard pages).
+    DebugPageTables,
+    /// Recurse until the stack's guard page stops the root (a test of the
+    /// guard: the root reports a double fault and the machine stops).
+    DebugOverflow,
     /// Time this many CPUID round trips through the hypervisor.
     BenchExits(u64),
 }
@@ -70,6 +80,10 @@ pub const HELP: &[(&str, &str)] = &[
         "VM exits by reason and processor, world switches, hypervisor time (GET_HOST_STATS)",
     ),
     (
+        "host log [--follow]",
+        "the hypervisor's log, kept in memory (GET_HOST_LOG); --follow: new lines until a key is pressed",
+    ),
+    (
         "bench exits [N]",
         "time N CPUID exits (default 10000): TSC ticks per round trip",
     ),
@@ -91,9 +105,17 @@ pub const HELP: &[(&str, &str)] = &[
         "debug ipi",
         "send an IPI to every other VP and count the answers",
     ),
+    (
+        "debug pagetables",
+        "sum up the root's page tables: executable span, W^X, page 0, guard pages",
+    ),
+    (
+        "debug overflow",
+        "overflow the root's stack: its guard page stops the root (the machine stops)",
+    ),
 ];
 
-const HOST_USAGE: &str = "host info | host stats";
+const HOST_USAGE: &str = "host info | host stats | host log [--follow]";
 const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi";
 const BENCH_USAGE: &str = "bench exits [N]";
 
@@ -179,6 +201,16 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             None => return Err(ParseError::MissingSubcommand { command: "host" }),
             Some("info") => (Command::HostInfo, "host info"),
             Some("stats") => (Command::HostStats, "host stats"),
+            Some("log") => match words.next() {
+                None => (Command::HostLog { follow: false }, "host log"),
+                Some("--follow" | "-f") => (Command::HostLog { follow: true }, "host log"),
+                Some(arg) => {
+                    return Err(ParseError::ExtraArgument {
+                        command: "host log",
+                        arg,
+                    })
+                }
+            },
             Some(sub) => {
                 return Err(ParseError::UnknownSubcommand {
                     command: "host",
@@ -191,6 +223,8 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             Some("fpu") => (Command::DebugFpu, "debug fpu"),
             Some("timer") => (Command::DebugTimer, "debug timer"),
             Some("ipi") => (Command::DebugIpi, "debug ipi"),
+            Some("overflow") => (Command::DebugOverflow, "debug overflow"),
+            Some("pagetables") => (Command::DebugPageTables, "debug pagetables"),
             Some("read") => {
                 let a = words.next().ok_or(ParseError::MissingAddress)?;
                 let addr = parse_number(a).ok_or(ParseError::BadAddress(a))?;
@@ -240,6 +274,25 @@ mod tests {
         assert_eq!(parse("help"), Ok(Command::Help));
         assert_eq!(parse("  host   info \t"), Ok(Command::HostInfo));
         assert_eq!(parse("host stats"), Ok(Command::HostStats));
+        assert_eq!(parse("host log"), Ok(Command::HostLog { follow: false }));
+        assert_eq!(
+            parse("host log --follow"),
+            Ok(Command::HostLog { follow: true })
+        );
+        assert_eq!(
+            parse("host log --tail"),
+            Err(ParseError::ExtraArgument {
+                command: "host log",
+                arg: "--tail"
+            })
+        );
+        assert_eq!(
+            parse("host log --follow x"),
+            Err(ParseError::ExtraArgument {
+                command: "host log",
+                arg: "x"
+            })
+        );
         assert_eq!(parse("shutdown"), Ok(Command::Shutdown));
         assert_eq!(parse("reboot"), Ok(Command::Reboot));
         assert_eq!(parse("debug fpu"), Ok(Command::DebugFpu));
@@ -278,7 +331,7 @@ mod tests {
         );
         assert_eq!(
             parse("host").unwrap_err().to_string(),
-            "\"host\" needs a sub-command; usage: host info | host stats"
+            "\"host\" needs a sub-command; usage: host info | host stats | host log [--follow]"
         );
         assert_eq!(
             parse("debug").unwrap_err(),

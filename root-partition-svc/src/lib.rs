@@ -11,6 +11,7 @@ pub mod command;
 pub mod format;
 pub mod fpu;
 pub mod line;
+pub mod page_audit;
 pub mod vm_command;
 pub mod vmm;
 

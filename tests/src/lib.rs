@@ -92,13 +92,16 @@ impl Machine {
 }
 
 /// What the root shell must show for the script `host info`, `debug timer`,
-/// `debug ipi`, `host stats`, `debug fpu`, `bogus`, `shutdown` (formats in
-/// docs/root-partition.md): the virtual APIC's timer and IPIs reach the root.
+/// `debug ipi`, `host stats`, `debug fpu`, `debug pagetables`, `bogus`,
+/// `shutdown` (formats in docs/root-partition.md): the virtual APIC's timer
+/// and IPIs reach the root; its page tables are W^X, without page 0, with
+/// guard pages.
 pub const ROOT_SHELL_SHOWS: &[&str] = &[
     "Microsoft Hv",
     "timer: ok",
     "ipi: ok",
     "fpu: ok",
+    "writable and executable: 0; page 0: not mapped; guard pages: ",
     "unknown command",
 ];
 
@@ -133,6 +136,9 @@ pub enum Expect {
     /// The root touches memory that is not its own: the hypervisor stops it
     /// with a report naming `gpa`, and powers off with failure.
     RootStopped { gpa: u64 },
+    /// The root takes exception `vector`: it reports it and stops the
+    /// machine with failure.
+    RootException { vector: u8 },
     /// As `RootShell`, with guest partitions (the test guests are boot
     /// modules): every `must_show` text appears, no `must_not_show` text does.
     Guests {
@@ -161,6 +167,41 @@ pub struct Case {
 
 /// The root shell's prompt.
 pub const ROOT_PROMPT: &str = "root> ";
+/// Between COM1 (the root's console) and COM2 (the hypervisor's log) in a
+/// run's serial text.
+pub const HYPERVISOR_LOG_MARKER: &str = "==== hypervisor log (COM2) ====";
+
+/// The first of the hypervisor's log lines (other than errors) in `com1`.
+fn log_lines_on_console(com1: &str) -> Option<&str> {
+    com1.lines().find(|l| {
+        l.contains("] cpu")
+            && [" INFO  ", " WARN  ", " DEBUG ", " TRACE "]
+                .iter()
+                .any(|k| l.contains(k))
+    })
+}
+
+/// `host log` in the root shell shows the hypervisor's log (on COM1, where
+/// nothing of it appeared before).
+fn host_log_shows_the_hypervisor_log(log: &str) -> Result<(), String> {
+    let com1 = console_part(log);
+    let (_, shown) = com1
+        .split_once(&format!("{ROOT_PROMPT}host log"))
+        .ok_or("no host log command on the console")?;
+    for line in ["cpu0 INFO  hypervisor ", "root VP 0 starting"] {
+        if !shown.contains(line) {
+            return Err(format!("host log did not show \"{line}\""));
+        }
+    }
+    Ok(())
+}
+
+/// COM1 of a run's serial text: what the operator at the console saw.
+pub fn console_part(serial: &str) -> &str {
+    serial
+        .split_once(HYPERVISOR_LOG_MARKER)
+        .map_or(serial, |(com1, _)| com1)
+}
 
 fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
     let m = &machine;
@@ -473,6 +514,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm show hello",
                 "vm delete hello",
                 "vm list",
+                "host log",
                 "shutdown",
             ],
             &[
@@ -483,7 +525,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm delete: hello deleted; 4 MiB returned to the root",
             ],
             GUEST_FAILURES,
-            None,
+            Some(host_log_shows_the_hypervisor_log),
         ),
         (
             "-guest-smp",
@@ -817,6 +859,7 @@ pub fn matrix() -> Vec<Case> {
         "debug ipi",
         "host stats",
         "debug fpu",
+        "debug pagetables",
         "bogus",
         "shutdown",
     ];
@@ -891,6 +934,18 @@ pub fn matrix() -> Vec<Case> {
             c.timeout_secs += 120;
             cases.push(c);
         }
+    }
+    // The root's stack overflows into its guard page: a double fault, reported.
+    for (emulator, boot, memory) in [
+        (Emulator::Qemu, Boot::Multiboot, 256),
+        (Emulator::Bochs, Boot::Grub, 128),
+    ] {
+        cases.push(root_case(
+            Machine::new(emulator, boot, 1, memory).cmdline(""),
+            Expect::RootException { vector: 8 },
+            "-root-stack-overflow",
+            &["debug overflow"],
+        ));
     }
     // The root touching the hypervisor's image (at 1 MiB) is stopped with a report.
     for (emulator, boot, memory) in [
@@ -982,7 +1037,11 @@ fn count_lines(log: &str, needle: &str) -> usize {
 pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
     let log = &out.serial;
     let m = &case.machine;
-    if count_lines(log, "] cpu0 INFO  hypervisor ") > 1 {
+    // Counted in the hypervisor's own log: `host log` shows lines again on COM1.
+    let hv_log = log
+        .split_once(HYPERVISOR_LOG_MARKER)
+        .map_or(log.as_str(), |(_, com2)| com2);
+    if count_lines(hv_log, "] cpu0 INFO  hypervisor ") > 1 {
         return Err("the machine reset and booted again".into());
     }
     let check_boot = |log: &str| -> Result<Summary, String> {
@@ -1109,6 +1168,17 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
             if !log.contains(ROOT_PROMPT) {
                 return Err("no root shell prompt".into());
             }
+            let com1 = console_part(log);
+            let before_host_log = com1
+                .split(&format!("{ROOT_PROMPT}host log"))
+                .next()
+                .unwrap_or(com1);
+            if let Some(l) = log_lines_on_console(before_host_log) {
+                return Err(format!(
+                    "a hypervisor log line on the root's console: {}",
+                    l.trim()
+                ));
+            }
             for text in *must_show {
                 if !log.contains(text) {
                     return Err(format!("the root shell did not show \"{text}\""));
@@ -1141,6 +1211,20 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
                 Some(false) => Ok(()),
                 Some(true) => Err("powered off with success after stopping the root".into()),
                 None => Err("did not power off after stopping the root".into()),
+            }
+        }
+        Expect::RootException { vector } => {
+            let want = format!("ROOT EXCEPTION vector {vector} ");
+            if !log.contains(&want) {
+                return Err(format!("the root reported no exception {vector}"));
+            }
+            if !log.contains("root partition halted") {
+                return Err("the root did not say it halted".into());
+            }
+            match out.success {
+                Some(false) => Ok(()),
+                Some(true) => Err("powered off with success after a root exception".into()),
+                None => Err("did not stop after the root's exception".into()),
             }
         }
         Expect::PageTableAudit => {
@@ -1306,8 +1390,14 @@ mod tests {
             "",
             &[],
         );
-        let good = format!("{GOOD}[ 0.1] cpu0 INFO  root VP 0 starting\n[ 0.1] cpu1 INFO  root VP 1 starting\nroot> debug fpu\nfpu: ok\nroot> ");
+        let good = format!("root> debug fpu\nfpu: ok\nroot> \n{HYPERVISOR_LOG_MARKER}\n{GOOD}[ 0.1] cpu0 INFO  root VP 0 starting\n[ 0.1] cpu1 INFO  root VP 1 starting\n");
         assert_eq!(judge(&shell, &ok(&good)), Ok(()));
+        assert!(
+            judge(&shell, &ok(&format!("{GOOD}{good}")))
+                .unwrap_err()
+                .contains("log line on the root's console"),
+            "the hypervisor's log belongs on COM2"
+        );
         assert!(judge(&shell, &ok(&good.replace("fpu: ok", "fpu: CORRUPTED xmm3"))).is_err());
         assert!(judge(&shell, &ok(&good.replace("root VP 1", "root VP 9")))
             .unwrap_err()

@@ -182,6 +182,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
                 input: emulator::Input::Nothing,
                 monitor_trigger: None,
                 monitor_commands: &[],
+                echo_hypervisor_log: false,
             };
             let run = emulator::run(&m, &media, &dir, &opts)?;
             let Some(t) = run.summary_after else {
@@ -236,6 +237,7 @@ fn run_script(
         },
         monitor_trigger: None,
         monitor_commands: &[],
+        echo_hypervisor_log: false,
     };
     emulator::run(m, &media, &dir, &opts)
 }

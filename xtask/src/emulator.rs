@@ -96,6 +96,50 @@ pub struct RunOptions<'a> {
     /// `monitor_commands` to QEMU's monitor, then stop the machine.
     pub monitor_trigger: Option<&'a dyn Fn(&str) -> bool>,
     pub monitor_commands: &'a [&'a str],
+    /// Copy the hypervisor's log (COM2) to our stderr as it arrives.
+    pub echo_hypervisor_log: bool,
+}
+
+/// Where a run's COM2, the hypervisor's log, goes.
+pub fn hypervisor_log_path(dir: &Path) -> PathBuf {
+    dir.join("hypervisor.log")
+}
+
+/// The hypervisor's log file as it grows, echoed to stderr on request.
+struct HypervisorLog {
+    path: PathBuf,
+    echo: bool,
+    shown: std::cell::Cell<usize>,
+}
+
+impl HypervisorLog {
+    fn new(dir: &Path, echo: bool) -> Self {
+        let path = hypervisor_log_path(dir);
+        let _ = std::fs::remove_file(&path);
+        HypervisorLog {
+            path,
+            echo,
+            shown: std::cell::Cell::new(0),
+        }
+    }
+
+    /// What the machine's two serial ports have said: COM1 (the root's
+    /// console, or everything before the hypervisor), then
+    /// `system_tests::HYPERVISOR_LOG_MARKER` and COM2.
+    fn combine(&self, com1: &str) -> String {
+        let bytes = std::fs::read(&self.path).unwrap_or_default();
+        if self.echo && bytes.len() > self.shown.get() {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(&bytes[self.shown.get()..]);
+            let _ = e.flush();
+            self.shown.set(bytes.len());
+        }
+        format!(
+            "{com1}\n{}\n{}",
+            system_tests::HYPERVISOR_LOG_MARKER,
+            String::from_utf8_lossy(&bytes)
+        )
+    }
 }
 
 pub struct Run {
@@ -129,7 +173,10 @@ fn qemu_command(
         "-m",
         &format!("{}M", m.memory_mib),
     ]);
-    c.args(["-display", "none", "-serial", "stdio", "-no-reboot"]);
+    // COM1 on stdio, COM2 (the hypervisor's log) into a file.
+    c.args(["-display", "none", "-serial", "stdio", "-serial"]);
+    c.arg(format!("file:{}", hypervisor_log_path(dir).display()));
+    c.arg("-no-reboot");
     if m.count_instructions {
         c.args(["-icount", "shift=0"]);
     }
@@ -299,12 +346,13 @@ fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Re
         Input::Stdin => Stdio::inherit(),
         Input::Script { .. } => Stdio::piped(),
     });
+    let hv_log = HypervisorLog::new(dir, opts.echo_hypervisor_log);
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let serial = capture(child.stdout.take().expect("piped"), opts.echo);
     let stderr = capture(child.stderr.take().expect("piped"), false);
     let mut to_machine = child.stdin.take();
     let mut feeder = Feeder::new(opts.input);
-    let read = || serial.lock().unwrap().clone();
+    let read = || hv_log.combine(&serial.lock().unwrap());
     let mut monitor = String::new();
     let mut monitor_error = None;
     let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |text| {
@@ -391,7 +439,7 @@ fn open_pty() -> Result<Pty> {
     })
 }
 
-fn bochsrc(m: &Machine, iso: &Path, serial: &Path, log: &Path) -> String {
+fn bochsrc(m: &Machine, iso: &Path, serial: &Path, com2: &Path, log: &Path) -> String {
     format!(
         "megs: {mem}\n\
          romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n\
@@ -400,6 +448,7 @@ fn bochsrc(m: &Machine, iso: &Path, serial: &Path, log: &Path) -> String {
          ata0-master: type=cdrom, path={iso}, status=inserted\n\
          boot: cdrom\n\
          com1: enabled=1, mode=term, dev={serial}\n\
+         com2: enabled=1, mode=file, dev={com2}\n\
          display_library: rfb, options=\"timeout=0\"\n\
          clock: sync=none\n\
          panic: action=fatal\n\
@@ -414,6 +463,7 @@ fn bochsrc(m: &Machine, iso: &Path, serial: &Path, log: &Path) -> String {
         cpus = m.cpus,
         iso = iso.display(),
         serial = serial.display(),
+        com2 = com2.display(),
         log = log.display(),
     )
 }
@@ -440,7 +490,13 @@ fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> R
     std::fs::write(&rc, "c\nquit\n")?;
     std::fs::write(
         &conf,
-        bochsrc(m, iso, &pty.slave_path, &dir.join("bochs.log")),
+        bochsrc(
+            m,
+            iso,
+            &pty.slave_path,
+            &hypervisor_log_path(dir),
+            &dir.join("bochs.log"),
+        ),
     )?;
     let mut cmd = if can_unshare_net() {
         let mut c = Command::new("unshare");
@@ -454,9 +510,10 @@ fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> R
     cmd.stdin(Stdio::null());
     cmd.stdout(std::fs::File::create(dir.join("bochs.out"))?)
         .stderr(std::fs::File::create(dir.join("bochs.err"))?);
+    let hv_log = HypervisorLog::new(dir, opts.echo_hypervisor_log);
     let mut child = cmd.spawn().context("starting bochs")?;
     let serial = capture(pty.master.try_clone()?, opts.echo);
-    let read = || serial.lock().unwrap().clone();
+    let read = || hv_log.combine(&serial.lock().unwrap());
     let mut to_machine = pty.master.try_clone()?;
     if let Input::Stdin = opts.input {
         let mut w = pty.master.try_clone()?;

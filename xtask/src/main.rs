@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask build
 //! cargo xtask run [--emulator qemu|bochs] [--boot multiboot|uefi|grub] [--cpus N]
-//!                 [--memory SIZE] [--cpu-model NAME] [--timeout SECS] [--no-root] [-- HYPERVISOR_COMMAND_LINE]
+//!                 [--memory SIZE] [--cpu-model NAME] [--timeout SECS] [--no-root] [--hypervisor-log] [-- HYPERVISOR_COMMAND_LINE]
 //! cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--fuzz-seconds N]
 //! cargo xtask bench [--runs N]
 //! ```
@@ -23,7 +23,7 @@ fn usage() -> ! {
     eprintln!(
         "usage:\n  cargo xtask build\n  \
          cargo xtask run [--emulator qemu|bochs] [--boot multiboot|uefi|grub] [--cpus N] [--memory SIZE]\n                  \
-         [--cpu-model NAME] [--timeout SECS] [--no-root] [-- HYPERVISOR_COMMAND_LINE]\n  \
+         [--cpu-model NAME] [--timeout SECS] [--no-root] [--hypervisor-log] [-- HYPERVISOR_COMMAND_LINE]\n  \
          cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--fuzz-seconds N]\n  \
          cargo xtask bench [--runs N]"
     );
@@ -64,6 +64,7 @@ fn run_cmd(mut args: Args) -> Result<i32> {
     let mut model = None;
     let mut timeout = 1800;
     let mut with_root = true;
+    let mut show_log = false;
     let mut cmdline = String::new();
     while let Some(a) = args.0.next() {
         match a.as_str() {
@@ -87,6 +88,7 @@ fn run_cmd(mut args: Args) -> Result<i32> {
             "--cpu-model" => model = Some(args.value(&a)?),
             "--timeout" => timeout = args.value(&a)?.parse().context("--timeout takes seconds")?,
             "--no-root" => with_root = false,
+            "--hypervisor-log" => show_log = true,
             "--" => {
                 cmdline = args.0.by_ref().collect::<Vec<_>>().join(" ");
             }
@@ -124,6 +126,17 @@ fn run_cmd(mut args: Args) -> Result<i32> {
         "xtask: {emulator} {boot}, {cpus} CPUs ({}), {memory} MiB, time limit {timeout} s; serial console follows",
         machine.cpu_model
     );
+    // Without a root, the hypervisor's log is all there is to see.
+    let show_log = show_log || !with_root;
+    eprintln!(
+        "xtask: the hypervisor's log (COM2) goes to {}{}",
+        emulator::hypervisor_log_path(&dir).display(),
+        if show_log {
+            " and to stderr"
+        } else {
+            " (--hypervisor-log shows it here too; `host log` in the root shell)"
+        }
+    );
     // A terminal is passed straight through; piped input is typed one line per
     // root prompt, so nothing is lost before the root's console is ready.
     use std::io::{BufRead, IsTerminal};
@@ -152,6 +165,7 @@ fn run_cmd(mut args: Args) -> Result<i32> {
         input,
         monitor_trigger: None,
         monitor_commands: &[],
+        echo_hypervisor_log: show_log,
     };
     let run = emulator::run(&machine, &media, &dir, &opts)?;
     println!();

@@ -147,6 +147,7 @@ fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
         },
         monitor_trigger: if audit { Some(&trigger) } else { None },
         monitor_commands: &commands,
+        echo_hypervisor_log: false,
     };
     let run = emulator::run(&case.machine, &media, &dir, &opts)?;
     std::fs::write(dir.join("serial.log"), &run.outcome.serial)?;

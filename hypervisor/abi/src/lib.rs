@@ -132,6 +132,9 @@ pub mod hypercall {
     pub const GET_HOST_INFO: u16 = 0x7F00;
     /// Root-only: fills the output page with [`crate::HostStats`].
     pub const GET_HOST_STATS: u16 = 0x7F01;
+    /// Root-only: the hypervisor's log from a position on. Input: the
+    /// position (u64); output page: [`crate::HostLogChunk`].
+    pub const GET_HOST_LOG: u16 = 0x7F02;
 
     /// Bytes at the start of the hypercall page: `vmcall; ret` (Intel) or
     /// `vmmcall; ret` (AMD); the hypervisor writes the right one.
@@ -319,6 +322,51 @@ pub struct LpStats {
     pub hypervisor_tsc: u64,
     /// TSC ticks since the LP first entered a partition.
     pub total_tsc: u64,
+}
+
+/// What `GET_HOST_LOG` returns: bytes of the hypervisor's log from `start`
+/// on (`start` is past the position asked for when older bytes were
+/// overwritten), and how many bytes were ever written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostLogChunk<'a> {
+    pub start: u64,
+    pub written: u64,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> HostLogChunk<'a> {
+    /// Header: start (u64), written (u64), length (u32), reserved (u32).
+    pub const HEADER: usize = 24;
+    /// Log bytes that fit in the 4 KiB output page.
+    pub const MAX_BYTES: usize = 4096 - Self::HEADER;
+
+    /// Writes the header for `len` bytes already placed at `out[HEADER..]`.
+    pub fn encode_header(start: u64, written: u64, len: usize, out: &mut [u8]) -> Option<()> {
+        if len > Self::MAX_BYTES || out.len() < Self::HEADER + len {
+            return None;
+        }
+        let mut c = Cursor { buf: out, at: 0 };
+        c.put(&start.to_le_bytes())?;
+        c.put(&written.to_le_bytes())?;
+        c.put(&(len as u32).to_le_bytes())?;
+        c.put(&[0; 4])
+    }
+
+    /// Refuses a length beyond the page or a start past what was written.
+    pub fn decode(b: &'a [u8]) -> Option<Self> {
+        let mut at = 0;
+        let start = u64::from_le_bytes(get(b, &mut at)?);
+        let written = u64::from_le_bytes(get(b, &mut at)?);
+        let len = u32::from_le_bytes(get(b, &mut at)?) as usize;
+        if len > Self::MAX_BYTES || start.checked_add(len as u64)? > written {
+            return None;
+        }
+        Some(HostLogChunk {
+            start,
+            written,
+            bytes: b.get(Self::HEADER..Self::HEADER + len)?,
+        })
+    }
 }
 
 /// What `GET_HOST_STATS` returns: one `LpStats` per logical processor.
@@ -587,6 +635,27 @@ mod tests {
         assert!(h.encode(&mut [0u8; HostInfo::SIZE - 1]).is_none());
         page[10] = 9; // the vendor byte, after the ABI version and the three version numbers
         assert_eq!(HostInfo::decode(&page), None, "unknown vendor");
+    }
+
+    #[test]
+    fn host_log_chunk_round_trip_and_limits() {
+        let mut page = [0u8; 4096];
+        page[24..29].copy_from_slice(b"hello");
+        HostLogChunk::encode_header(10, 20, 5, &mut page).unwrap();
+        assert_eq!(
+            HostLogChunk::decode(&page),
+            Some(HostLogChunk {
+                start: 10,
+                written: 20,
+                bytes: b"hello"
+            })
+        );
+        assert!(HostLogChunk::encode_header(0, 9999, 4073, &mut page).is_none());
+        HostLogChunk::encode_header(18, 20, 5, &mut page).unwrap();
+        assert_eq!(HostLogChunk::decode(&page), None, "past what was written");
+        page[16..20].copy_from_slice(&5000u32.to_le_bytes());
+        assert_eq!(HostLogChunk::decode(&page), None, "longer than the page");
+        assert_eq!(HostLogChunk::decode(&page[..10]), None);
     }
 
     #[test]

@@ -85,6 +85,13 @@ pub fn rdtsc() -> u64 {
     (hi as u64) << 32 | lo as u64
 }
 
+pub fn cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effect (and causes no VM exit).
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
 pub fn cr2() -> u64 {
     let v: u64;
     // SAFETY: reading CR2 has no side effect (and causes no VM exit).

@@ -12,9 +12,25 @@ struct Page(UnsafeCell<[u8; 4096]>);
 // hypervisor on its behalf, never concurrently.
 unsafe impl Sync for Page {}
 
-/// The hypervisor writes `vmcall; ret` (or `vmmcall; ret`) here; it is
-/// executable because the root's page tables (built by the hypervisor) set no NX.
-static CODE: Page = Page(UnsafeCell::new([0; 4096]));
+// The hypercall page: the hypervisor writes `vmcall; ret` (or `vmmcall;
+// ret`) here, through the physical address. It lies in .text, executable and
+// read-only in the root's W^X page tables; until then it holds INT3s.
+core::arch::global_asm!(
+    ".pushsection .text.hypercall_page, \"ax\"",
+    ".balign 4096",
+    ".global hypercall_page",
+    "hypercall_page:",
+    ".fill 4096, 1, 0xCC",
+    ".popsection",
+);
+extern "C" {
+    static hypercall_page: [u8; 4096];
+}
+
+fn code_page() -> u64 {
+    core::ptr::addr_of!(hypercall_page) as u64
+}
+
 static INPUT: Page = Page(UnsafeCell::new([0; 4096]));
 static OUTPUT: Page = Page(UnsafeCell::new([0; 4096]));
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -23,7 +39,7 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// page's first bytes when the MSR writes were accepted but the page holds no
 /// hypercall code.
 pub fn enable() -> Result<(), [u8; 4]> {
-    let page = CODE.0.get() as u64;
+    let page = code_page();
     // SAFETY: the hypervisor emulates both MSRs (its CPUID grants
     // AccessHypercallMsrs, checked by the caller); the page it then
     // overwrites is this crate's own, used for nothing else.
@@ -87,7 +103,7 @@ pub fn call(code: u16, reps: u16, input: &[u8], output: &mut [u8]) -> Reply {
     unsafe {
         core::arch::asm!(
             "call {page}",
-            page = in(reg) CODE.0.get() as u64,
+            page = in(reg) code_page(),
             inout("rcx") value => _,
             inout("rdx") INPUT.0.get() as u64 => _,
             inout("r8") OUTPUT.0.get() as u64 => _,

@@ -1,12 +1,13 @@
 //! The root's IDT: every exception vector (0-31) reports
-//! `ROOT EXCEPTION vector N rip=... cr2=...` on COM1 and halts, so a root bug
-//! is visible instead of ending in a silent triple fault. NMIs are reported
+//! `ROOT EXCEPTION vector N rip=... cr2=...` on COM1 and stops the machine
+//! with failure (`power::fail`), so a root bug is visible instead of ending
+//! in a silent triple fault. NMIs are reported
 //! and resumed. Vectors 32-255 stay absent: interrupts are off, and a stray
 //! `int n` arrives as #NP (vector 11) and is reported.
 //!
 //! #DF, NMI and #MC run on their own stack (IST1, set in the TSS the
 //! hypervisor gave the root), so a stack overflow still gets a report.
-use crate::arch::{cr2, halt_forever};
+use crate::arch::cr2;
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -163,7 +164,7 @@ extern "C" fn root_exception(f: &mut Frame) {
         f.r15
     );
     crate::println!("root partition halted");
-    halt_forever()
+    crate::power::fail()
 }
 
 #[repr(C, align(16))]

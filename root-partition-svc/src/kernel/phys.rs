@@ -9,8 +9,10 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether `[addr, addr + len)` is mapped: below `top`, and not in page 0
+    /// (unmapped, so that null pointers fault).
     pub fn covers(&self, addr: u64, len: u64) -> bool {
-        addr.checked_add(len).is_some_and(|end| end <= self.top)
+        addr >= 4096 && addr.checked_add(len).is_some_and(|end| end <= self.top)
     }
 
     /// Reads the u64 at `addr` (any alignment) with one load. Memory the
@@ -43,9 +45,9 @@ impl Identity {
 
 impl PhysMem for Identity {
     fn bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        // Page 0 is mapped too (the EBDA pointer lives at 0x40E); only the
-        // null pointer itself is refused.
-        if addr == 0 || !self.covers(addr, len as u64) {
+        // Page 0 is not mapped: the EBDA pointer at 0x40E reads as absent
+        // (the hypervisor hands the root the RSDP it found).
+        if !self.covers(addr, len as u64) {
             return None;
         }
         // SAFETY: the range is identity-mapped (checked above) and outside

@@ -12,6 +12,20 @@ use root_partition_svc::acpi::{space, Platform, PowerOff};
 
 const QEMU_EXIT_PORT: u16 = 0xF4;
 const QEMU_EXIT_SUCCESS: u8 = 0x10;
+/// Any other value makes QEMU exit with failure.
+const QEMU_EXIT_FAILURE: u8 = 0x11;
+/// Bochs shuts down when "Shutdown" is written here.
+const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
+
+/// The root cannot go on (an exception in the root): stop the machine with
+/// failure where an emulator lets us (as the hypervisor does), else halt.
+pub fn fail() -> ! {
+    outb(QEMU_EXIT_PORT, QEMU_EXIT_FAILURE);
+    for b in b"Shutdown" {
+        outb(BOCHS_SHUTDOWN_PORT, *b);
+    }
+    halt_forever()
+}
 
 pub fn power_off(acpi: Option<&Platform>, tsc_hz: u64) -> ! {
     println!("root partition: powering off");

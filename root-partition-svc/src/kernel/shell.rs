@@ -2,7 +2,7 @@
 use crate::phys::Identity;
 use crate::{arch, fpu, hypercall, idt, power, print, println, serial, vm};
 use core::sync::atomic::Ordering;
-use hv_abi::{hypercall as hc, HostInfo, HostStats, LpStats, RootBoot};
+use hv_abi::{hypercall as hc, HostInfo, HostLogChunk, HostStats, LpStats, RootBoot};
 use root_partition_svc::acpi::{self, Platform};
 use root_partition_svc::boot::{self, HvIdentity};
 use root_partition_svc::command::{self, Command, ParseError, HELP};
@@ -105,6 +105,32 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
     }
 }
 
+/// Every leaf of the page tables the root runs on, in address order.
+fn page_table_leaves(mem: &Identity, f: &mut dyn FnMut(hypervisor::page_table::Leaf)) {
+    use hypervisor::page_table::{PageTable, TableMemory, X86};
+    /// The tables as the identity map shows them; read only.
+    struct Tables<'a>(&'a Identity);
+    impl TableMemory for Tables<'_> {
+        fn alloc_table(&mut self) -> Option<u64> {
+            None
+        }
+        fn read(&self, table: u64, index: usize) -> u64 {
+            self.0
+                .read_u64(table + 8 * (index & 511) as u64)
+                .unwrap_or(0)
+        }
+        fn write(&mut self, _: u64, _: usize, _: u64) {}
+    }
+    PageTable::<X86>::existing(arch::cr3() & !0xFFF).leaves(&Tables(mem), f);
+}
+
+/// Uses 4 KiB of stack per level, forever (on purpose: `debug overflow`).
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let buf = core::hint::black_box([depth; 512]);
+    recurse(depth + 1) + buf[depth as usize % 512]
+}
+
 fn host_info() -> Result<HostInfo, u16> {
     let page = hypercall::call_with_output(hc::GET_HOST_INFO)?;
     HostInfo::decode(&page).ok_or(hc::status::INVALID_PARAMETER)
@@ -133,6 +159,7 @@ impl Shell {
             Command::Vm(c) => vm::get().execute(c),
             Command::HostInfo => self.host_info(),
             Command::HostStats => self.host_stats(),
+            Command::HostLog { follow } => self.host_log(follow),
             Command::Shutdown => self.shutdown(),
             Command::Reboot => power::reboot(self.acpi.as_ref(), &self.mem, self.tsc_hz),
             Command::DebugRead(addr) => match self.mem.read_u64(addr) {
@@ -147,6 +174,17 @@ impl Shell {
             }
             Command::DebugTimer => self.debug_timer(),
             Command::DebugIpi => self.debug_ipi(),
+            Command::DebugPageTables => {
+                let audit = root_partition_svc::page_audit::Audit::of(
+                    |f| page_table_leaves(&self.mem, f),
+                    self.mem.top,
+                );
+                println!("{audit}");
+            }
+            Command::DebugOverflow => {
+                println!("debug overflow: recursing until the stack's guard page stops the root");
+                println!("debug overflow: returned {}", recurse(0));
+            }
             Command::BenchExits(n) => {
                 // Every CPUID exits to the hypervisor and back: the TSC span over
                 // n of them is n world-switch round trips plus the loop (a few
@@ -247,6 +285,63 @@ impl Shell {
             Err(s) => {
                 let _ =
                     format::hypercall_failed(&mut serial::Com1, "host info", "GET_HOST_INFO", s);
+            }
+        }
+    }
+
+    /// The hypervisor's log from the oldest byte it keeps; with `follow`,
+    /// then what it adds, until a key is pressed (VMs are served meanwhile).
+    fn host_log(&self, follow: bool) {
+        if self.unavailable("host log") {
+            return;
+        }
+        if follow {
+            println!("(following the hypervisor's log; press any key to stop)");
+        }
+        let mut at = 0u64;
+        let mut page = [0u8; 4096];
+        loop {
+            let reply = hypercall::call(hc::GET_HOST_LOG, 0, &at.to_le_bytes(), &mut page);
+            if reply.status != hc::status::SUCCESS {
+                let _ = format::hypercall_failed(
+                    &mut serial::Com1,
+                    "host log",
+                    "GET_HOST_LOG",
+                    reply.status,
+                );
+                return;
+            }
+            let Some(chunk) = HostLogChunk::decode(&page) else {
+                println!("host log: the hypervisor's answer is malformed");
+                return;
+            };
+            if chunk.start > at {
+                println!(
+                    "[{} bytes of the log were overwritten before they were shown]",
+                    chunk.start - at
+                );
+            }
+            for &b in chunk.bytes {
+                if b == b'\n' {
+                    serial::write_byte(b'\r');
+                }
+                serial::write_byte(b);
+            }
+            at = chunk.start + chunk.bytes.len() as u64;
+            if at < chunk.written {
+                continue;
+            }
+            if !follow {
+                return;
+            }
+            // Caught up: serve the VMs, stop on a key, look again every 50 ms.
+            let fetched = arch::rdtsc();
+            while arch::rdtsc() - fetched < self.tsc_hz / 20 {
+                vm::get().poll();
+                if serial::try_read().is_some() {
+                    return;
+                }
+                arch::idle();
             }
         }
     }
