@@ -84,3 +84,62 @@ pub fn answer(view: &View, leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32)
         }
     }
 }
+
+/// CPUID as a guest sees it: the processor's, with the hypervisor bit and
+/// the (virtual) x2APIC, the Hyper-V leaves with a guest's privileges (no
+/// partition management), and what the hypervisor does not virtualize for
+/// guests hidden (VMX, SVM, XSAVE, MONITOR, the TSC-deadline timer).
+pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
+    use cpuid::privilege::*;
+    let view = View {
+        privileges: (
+            ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
+            0,
+        ),
+        spin_retries: 0,
+        limits: (hv_abi::partition::MAX_VPS, 0),
+        // x2APIC (virtual, as the root's).
+        leaf1_set: 1 << 21,
+        // MONITOR, VMX, TSC deadline, XSAVE, OSXSAVE.
+        leaf1_clear: (1 << 3) | (1 << 5) | (1 << 24) | (1 << 26) | (1 << 27),
+        hide_xsave: true,
+        guest: true,
+    };
+    answer(&view, leaf, sub, vp)
+}
+
+/// The CR4 bits a guest VP may own: those of the features its CPUID offers
+/// (`hypervisor::control_regs`). Computed once.
+pub fn guest_cr4_allowed() -> u64 {
+    static ALLOWED: spin::Once<u64> = spin::Once::new();
+    *ALLOWED.call_once(|| {
+        let (_, _, leaf1_ecx, _) = for_guest(1, 0, 0);
+        let max = for_guest(0, 0, 0).0;
+        let (_, leaf7_ebx, leaf7_ecx, _) = if max >= 7 {
+            for_guest(7, 0, 0)
+        } else {
+            (0, 0, 0, 0)
+        };
+        hypervisor::control_regs::Cr4Features::from_cpuid(leaf1_ecx, leaf7_ebx, leaf7_ecx)
+            .guest_allowed()
+    })
+}
+
+/// CPUID as the root sees it: the processor's, with the hypervisor bit set,
+/// VMX and SVM hidden, and the Hyper-V leaves.
+pub fn for_root(leaf: u32, sub: u32, vp: u32, vp_count: u32) -> (u32, u32, u32, u32) {
+    use cpuid::privilege::*;
+    let view = View {
+        privileges: (
+            ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
+            CREATE_PARTITIONS | CPU_MANAGEMENT,
+        ),
+        spin_retries: 0xFFFF_FFFF,
+        limits: (vp_count, vp_count),
+        leaf1_set: 1 << 21,                // x2APIC (virtual)
+        leaf1_clear: (1 << 5) | (1 << 24), // VMX, TSC-deadline timer
+        hide_xsave: false,
+        guest: false,
+    };
+    answer(&view, leaf, sub, vp)
+}

@@ -102,7 +102,10 @@ pub struct Protection {
 
 /// The pages of each loadable segment with its permissions, in file order.
 /// Refuses a segment both writable and executable, and two segments that
-/// share a page (their permissions would have to differ within it).
+/// share a page (their permissions would have to differ within it): the
+/// segments with memory must ascend (gABI: PT_LOAD entries sorted by
+/// address), each starting on a page past the previous one's last, so that no
+/// page is in two of them without comparing every pair.
 pub fn protections(image: &[u8]) -> Result<impl Iterator<Item = Protection> + '_, &'static str> {
     const X: u32 = 1;
     const W: u32 = 2;
@@ -119,8 +122,8 @@ pub fn protections(image: &[u8]) -> Result<impl Iterator<Item = Protection> + '_
             write: false,
             execute: false,
         };
-        if prev.is_some_and(|q| p.start < q.end && q.start < p.end) {
-            return Err("two adjacent ELF segments share a page");
+        if prev.is_some_and(|q| p.start < q.end) {
+            return Err("ELF segments share a page or are out of address order");
         }
         prev = Some(p);
     }
@@ -217,6 +220,23 @@ mod tests {
             protections(&elf_segments(&[(0x1000, 0x10, 5), (0x1800, 0x10, 6)])).is_err(),
             "a page both executable and writable"
         );
+        // Found by the image_loader fuzz target: only neighbours in the file
+        // were compared, so the first and the third segment could share a page.
+        assert!(
+            protections(&elf_segments(&[
+                (0x1000, 0x5000, 4),
+                (0x8000, 0x1000, 6),
+                (0x2000, 0x10, 5)
+            ]))
+            .is_err(),
+            "a page in two segments that are not neighbours"
+        );
+        assert!(
+            protections(&elf_segments(&[(0x3000, 0x10, 4), (0x1000, 0x10, 5)])).is_err(),
+            "out of address order"
+        );
+        let empty_between = elf_segments(&[(0x1000, 0x10, 5), (0x1000, 0, 6), (0x2000, 0x10, 6)]);
+        assert_eq!(protections(&empty_between).unwrap().count(), 2);
     }
 
     #[test]

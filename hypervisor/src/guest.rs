@@ -10,7 +10,6 @@ use crate::time;
 use crate::vcpu::{Exit, Vcpu, AC, DB, GP, UD};
 use crate::virt::Caps;
 use crate::x86::cpu;
-use hv_abi::cpuid;
 use hv_abi::synic::{
     self, access, kind, unrecoverable, ExceptionIntercept, IoPortIntercept, MemoryIntercept,
     Message,
@@ -50,7 +49,7 @@ pub fn dispatch(
     match exit {
         Exit::Cpuid => {
             let r = vcpu.regs();
-            let answer = cpuid_for_guest(r.rax as u32, r.rcx as u32, vp.index);
+            let answer = crate::cpuid_view::for_guest(r.rax as u32, r.rcx as u32, vp.index);
             vcpu.finish_cpuid(answer);
             Next::Resume
         }
@@ -58,7 +57,7 @@ pub fn dispatch(
             let m = vcpu.regs().rcx as u32;
             let value = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
-                crate::x86::msr::IA32_APIC_BASE => Some(crate::root::apic_base(vp.index)),
+                crate::x86::msr::IA32_APIC_BASE => Some(vapic::apic_base(vp.index)),
                 _ => read_msr(part, vcpu, vp, m),
             };
             vcpu.finish_rdmsr(value);
@@ -84,10 +83,7 @@ pub fn dispatch(
                         vapic::Write::Fault => false,
                     }
                 }
-                // x2APIC mode at the architectural base stays; only BSP may differ.
-                crate::x86::msr::IA32_APIC_BASE => {
-                    v & !(1 << 8) == crate::root::apic_base(vp.index) & !(1 << 8)
-                }
+                crate::x86::msr::IA32_APIC_BASE => vapic::apic_base_write_ok(vp.index, v),
                 _ => write_msr(root, part, vcpu, m, v),
             };
             vcpu.finish_wrmsr(done);
@@ -239,22 +235,6 @@ pub fn dispatch(
     }
 }
 
-/// The CR4 bits a guest VP may own: those of the features its CPUID offers
-/// (`hypervisor::control_regs`). Computed once.
-pub fn cr4_allowed() -> u64 {
-    static ALLOWED: spin::Once<u64> = spin::Once::new();
-    *ALLOWED.call_once(|| {
-        let (_, _, leaf1_ecx, _) = cpuid_for_guest(1, 0, 0);
-        let max = cpuid_for_guest(0, 0, 0).0;
-        let (_, leaf7_ebx, leaf7_ecx, _) = if max >= 7 {
-            cpuid_for_guest(7, 0, 0)
-        } else {
-            (0, 0, 0, 0)
-        };
-        control_regs::Cr4Features::from_cpuid(leaf1_ecx, leaf7_ebx, leaf7_ecx).guest_allowed()
-    })
-}
-
 /// A guest's MOV to CR4 (a bit it may not own, or any on SVM) or CR8 (its
 /// virtual TPR) that exited. The source register is the processor's word,
 /// else the instruction is fetched through the guest's page tables and
@@ -281,7 +261,13 @@ fn write_cr(
     } else {
         let (old, cr3) = vcpu.cr4_cr3();
         let long_mode = vcpu.efer() & (1 << 10) != 0;
-        control_regs::guest_cr4_ok(value, cr4_allowed(), long_mode, old, cr3) && {
+        control_regs::guest_cr4_ok(
+            value,
+            crate::cpuid_view::guest_cr4_allowed(),
+            long_mode,
+            old,
+            cr3,
+        ) && {
             vcpu.set_cr4(caps, value);
             true
         }
@@ -331,7 +317,7 @@ fn send_ipi(
     dest: vapic::Dest,
 ) {
     for target in part.vps() {
-        if !VirtualApic::new(target.index).accepts(dest, sender.index) {
+        if !vapic::reaches(dest, sender.index, target.index) {
             continue;
         }
         // A deleted target takes nothing, as a missing APIC would.
@@ -348,34 +334,11 @@ fn send_ipi(
     }
 }
 
-/// CPUID as a guest sees it: the processor's, with the hypervisor bit and
-/// the (virtual) x2APIC, the Hyper-V leaves with a guest's privileges (no
-/// partition management), and what the hypervisor does not virtualize for
-/// guests hidden (VMX, SVM, XSAVE, MONITOR, the TSC-deadline timer).
-fn cpuid_for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
-    use cpuid::privilege::*;
-    let view = crate::cpuid_view::View {
-        privileges: (
-            ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
-            0,
-        ),
-        spin_retries: 0,
-        limits: (hv_abi::partition::MAX_VPS, 0),
-        // x2APIC (virtual, as the root's).
-        leaf1_set: 1 << 21,
-        // MONITOR, VMX, TSC deadline, XSAVE, OSXSAVE.
-        leaf1_clear: (1 << 3) | (1 << 5) | (1 << 24) | (1 << 26) | (1 << 27),
-        hide_xsave: true,
-        guest: true,
-    };
-    crate::cpuid_view::answer(&view, leaf, sub, vp)
-}
-
 fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> {
-    use core::sync::atomic::Ordering::Relaxed;
+    if let Some(v) = part.hypercall_msrs.read(m) {
+        return Some(v);
+    }
     match m {
-        hv_abi::msr::GUEST_OS_ID => Some(part.guest_os_id.load(Relaxed)),
-        hv_abi::msr::HYPERCALL => Some(part.hypercall_msr.load(Relaxed)),
         hv_abi::msr::VP_INDEX => Some(vp.index as u64),
         hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
         crate::x86::msr::IA32_EFER => Some(vcpu.efer()),
@@ -384,27 +347,14 @@ fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> 
 }
 
 fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
-    use core::sync::atomic::Ordering::Relaxed;
+    let page = vcpu.hypercall_page();
+    if let Some(done) = part
+        .hypercall_msrs
+        .write(m, v, |gpa| part.write(root, gpa, &page))
+    {
+        return done;
+    }
     match m {
-        hv_abi::msr::GUEST_OS_ID => {
-            part.guest_os_id.store(v, Relaxed);
-            if v == 0 {
-                part.hypercall_msr
-                    .fetch_and(!hv_abi::msr::HYPERCALL_ENABLE, Relaxed);
-            }
-            true
-        }
-        hv_abi::msr::HYPERCALL => {
-            let gpa = v & !0xFFF;
-            if v & hv_abi::msr::HYPERCALL_ENABLE != 0
-                && (part.guest_os_id.load(Relaxed) == 0
-                    || !part.write(root, gpa, &vcpu.hypercall_page()))
-            {
-                return false;
-            }
-            part.hypercall_msr.store(v & !0xFFE, Relaxed);
-            true
-        }
         crate::x86::msr::IA32_EFER => vcpu.set_efer(v),
         _ => vcpu.set_syscall_msr(m, v),
     }

@@ -9,9 +9,10 @@
 //! (percent of this LP) in the window is not runnable until the next. A
 //! halted VP is not runnable; with nothing runnable the LP sleeps.
 use crate::guest;
+use crate::lp_state;
 use crate::partition::{self, GuestVp, Partition};
 use crate::root::{self, RootPartition};
-use crate::stats;
+use crate::root_exits;
 use crate::vcpu::lazy::{Barriers, DebugState};
 use crate::vcpu::xstate::XState;
 use crate::vcpu::{self, Vcpu};
@@ -19,42 +20,11 @@ use crate::virt::Caps;
 use crate::x86::{apic, cpu, idt};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 use hv_abi::synic::INTERCEPT_SINT;
 use hypervisor::vapic::VirtualApic;
 
 const WINDOW_US: u64 = 100_000;
-
-/// The root VP's busy time on each LP (its guest mode and its exits), so the
-/// root's time serving a guest's intercepts can be charged to that guest.
-struct RootClock {
-    /// TSC ticks the root VP ran, up to its last exit's end.
-    busy: AtomicU64,
-    /// When its current run began.
-    entered: AtomicU64,
-    /// `busy` when it last resumed a guest VP.
-    mark: AtomicU64,
-}
-
-static ROOT_CLOCKS: [RootClock; stats::MAX_LPS] = [const {
-    RootClock {
-        busy: AtomicU64::new(0),
-        entered: AtomicU64::new(0),
-        mark: AtomicU64::new(0),
-    }
-}; stats::MAX_LPS];
-
-/// Called by a root VP (on its own LP) as it resumes a guest VP whose
-/// intercept was posted at `posted`: the root's busy time since it last
-/// resumed one, at most the time since `posted`, served this VP.
-pub fn root_service_since(posted: u64) -> u64 {
-    let c = &ROOT_CLOCKS[crate::percpu::index() as usize % stats::MAX_LPS];
-    let now = cpu::rdtsc();
-    let busy =
-        c.busy.load(Ordering::Relaxed) + now.saturating_sub(c.entered.load(Ordering::Relaxed));
-    let since = busy.saturating_sub(c.mark.swap(busy, Ordering::Relaxed));
-    since.min(now.saturating_sub(posted))
-}
 
 struct Local {
     part: Arc<Partition>,
@@ -120,11 +90,12 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     let root_xstate = XState::new().unwrap_or_else(|e| root::stop(lp, e));
     let mut root_debug = DebugState::initial(0);
     let barriers = Barriers::detect(matches!(caps, Caps::Vmx(_)));
-    let clock = &ROOT_CLOCKS[lp as usize % stats::MAX_LPS];
+    let state = lp_state::get(lp);
+    let clock = &state.root_clock;
     // Whose extended state (x87/SSE/AVX) the registers hold: switched only
     // when the LP changes VPs (the hypervisor itself never touches them).
     let mut fpu_owner = Active::Root;
-    let lp_stats = stats::Lp::get(lp as usize);
+    let lp_stats = &state.stats;
     let tsc_hz = crate::time::tsc_hz().max(1);
     let slice = tsc_hz * vcpu::TIME_SLICE_US / 1_000_000;
     let window = tsc_hz * WINDOW_US / 1_000_000;
@@ -143,7 +114,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
         // charged to the VP it runs: scheduling, switching, entry, exit
         // handling (an exit-heavy VP pays for the work it causes).
         let top = cpu::rdtsc();
-        if partition::LP_INBOX_COUNT[lp as usize % stats::MAX_LPS].load(Ordering::Acquire) != 0 {
+        if state.inbox_count.load(Ordering::Acquire) != 0 {
             take_new_vps(lp, &mut guests);
         }
         if !guests.is_empty() {
@@ -180,7 +151,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 root::deliver_interrupts(&mut root_vcpu, &mut vapic, lp);
                 // The iteration counts as the root's time: it may be
                 // serving a guest.
-                clock.entered.store(top, Ordering::Relaxed);
+                clock.enter(top);
                 switch_vp(
                     &mut fpu_owner,
                     Active::Root,
@@ -193,13 +164,13 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 let exit = root_vcpu.run();
                 left_guest = cpu::rdtsc();
                 lp_stats.count(exit.reason());
-                match root::dispatch(root, caps, &mut root_vcpu, &mut vapic, lp, exit) {
-                    root::Next::Resume => {}
-                    root::Next::Halted => root_halted = true,
-                    root::Next::Stop(why) => root::stop(lp, &why),
+                match root_exits::dispatch(root, caps, &mut root_vcpu, &mut vapic, lp, exit) {
+                    root_exits::Next::Resume => {}
+                    root_exits::Next::Halted => root_halted = true,
+                    root_exits::Next::Stop(why) => root::stop(lp, &why),
                 }
                 root_if = root_vcpu.interrupts_enabled();
-                clock.busy.fetch_add(cpu::rdtsc() - top, Ordering::Relaxed);
+                clock.add_busy(cpu::rdtsc() - top);
             }
             Choice::Guest(i) => {
                 if guests[i].xstate.is_none() {
@@ -343,16 +314,7 @@ fn enter_guest(
         g.vp.running.store(true, Ordering::Release);
         // Interrupts others sent (asserted by the root, IPIs) go into the
         // VP's APIC; one it can deliver ends a halt.
-        for (word, mut bits) in s.take_pending().into_iter().enumerate() {
-            while bits != 0 {
-                g.vapic
-                    .request((word * 64) as u8 + bits.trailing_zeros() as u8);
-                bits &= bits - 1;
-            }
-        }
-        if core::mem::take(&mut s.pending_nmi) {
-            g.vapic.request_nmi();
-        }
+        s.pending.take_into(&mut g.vapic);
         g.vapic.tick(cpu::rdtsc());
         let v = g.vcpu.as_mut()?;
         if v.offer_interrupt(&mut g.vapic) {
@@ -420,8 +382,8 @@ fn pick_guest(
 }
 
 fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
-    let mut inbox = partition::LP_INBOX[lp as usize % stats::MAX_LPS].lock();
-    partition::LP_INBOX_COUNT[lp as usize % stats::MAX_LPS].store(0, Ordering::Release);
+    let mut inbox = partition::LP_INBOX[lp as usize % lp_state::MAX_LPS].lock();
+    lp_state::get(lp).inbox_count.store(0, Ordering::Release);
     for (part, vp) in inbox.drain(..) {
         let index = vp.index;
         guests.push(Local {

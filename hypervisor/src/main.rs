@@ -20,6 +20,7 @@ mod boot;
 mod cpuid_view;
 mod guest;
 mod lp;
+mod lp_state;
 mod memory;
 mod partition;
 mod partition_memory;
@@ -27,6 +28,7 @@ mod percpu;
 mod platform;
 mod power;
 mod root;
+mod root_exits;
 mod serial;
 mod smp;
 mod stats;
@@ -120,7 +122,7 @@ extern "C" fn hypervisor_entry(magic: u32, info: u64) -> ! {
 
     OPTIONS_POWEROFF.store(opts.poweroff, Ordering::Relaxed);
     // The root image's place is reserved before anything is allocated.
-    let root_image = match root::find_image(bi, stats::MAX_LPS as u64) {
+    let root_image = match root::find_image(bi, lp_state::MAX_LPS as u64) {
         Some(Ok(image)) => Some(image),
         Some(Err(e)) => fatal(format_args!("root partition image: {e}")),
         None => None,
@@ -190,7 +192,9 @@ extern "C" fn bsp_main(trampoline_page: u64) -> ! {
     apic::select(mode);
     apic::enable();
     let caps = *BSP_CAPS.call_once(virt::detect);
-    smp::LP_APIC_IDS[0].store(apic::id(), Ordering::Relaxed);
+    lp_state::get(0)
+        .apic_id
+        .store(apic::id(), Ordering::Relaxed);
     info!(
         "cpu0 online: APIC ID {} ({:?}), {:?}",
         apic::id(),

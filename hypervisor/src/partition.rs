@@ -13,12 +13,13 @@ use crate::page_table::{Ept, Npt, PageTable, Perms, SIZE_4K};
 use crate::root::RootPartition;
 use crate::virt::Caps;
 use crate::x86::cpu;
-use crate::{memory, smp, stats};
+use crate::{lp_state, memory, smp};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hv_abi::hypercall::status;
 use hv_abi::partition::{self as abi, map_flags, property, reg, size, VpContext};
+use hypervisor::pending::PendingInterrupts;
 use spin::Mutex;
 
 /// A partition's second-level table, in its vendor's format.
@@ -111,8 +112,8 @@ pub struct Partition {
     pub run_tsc: AtomicU64,
     pub exits: AtomicU64,
     pub intercepts: AtomicU64,
-    pub guest_os_id: AtomicU64,
-    pub hypercall_msr: AtomicU64,
+    /// GUEST_OS_ID and HYPERCALL.
+    pub hypercall_msrs: hypervisor::hypercall_msrs::HypercallMsrs,
     slat_root: AtomicU64,
     /// Exception vectors the root installed intercepts for (bit n: vector n).
     pub exception_intercepts: AtomicU32,
@@ -194,15 +195,12 @@ pub struct VpShared {
     pub stale: bool,
     /// Someone needs `ctx`: the owning LP saves it at its next look.
     pub save_request: bool,
-    /// Interrupts sent to the VP (asserted by the root, IPIs from its
-    /// partition's VPs) that its LP has not yet moved into its virtual
-    /// APIC (bit n: vector n).
-    pub pending: [u64; 4],
-    /// An NMI sent to the VP (an IPI from its partition's VPs), not yet in
-    /// its virtual APIC.
-    pub pending_nmi: bool,
+    /// Interrupts sent to the VP (asserted by the root, IPIs and NMIs from
+    /// its partition's VPs) that its LP has not yet moved into its virtual
+    /// APIC.
+    pub pending: PendingInterrupts,
     /// When the VP's last intercept message was posted (TSC): the root's
-    /// time serving it is charged from then (`lp::root_service_since`).
+    /// time serving it is charged from then (`lp_state::root_service_since`).
     pub intercept_posted: u64,
 }
 
@@ -216,12 +214,7 @@ impl VpShared {
     /// Runnable: not stopped, and not halted unless an interrupt was sent
     /// (it ends the halt).
     pub fn may_run(&self) -> bool {
-        !self.stopped() && (!self.halted || self.pending != [0; 4] || self.pending_nmi)
-    }
-
-    /// The interrupts sent since the last call, taken out.
-    pub fn take_pending(&mut self) -> [u64; 4] {
-        core::mem::take(&mut self.pending)
+        !self.stopped() && (!self.halted || self.pending.any())
     }
 }
 
@@ -246,27 +239,22 @@ impl GuestVp {
     /// is needed to cut a run short or end a sleep, and once per vector.
     /// `false` if the VP is deleted.
     pub fn post_interrupt(&self, vector: u8) -> bool {
-        self.post(|s| {
-            let (word, bit) = (&mut s.pending[vector as usize / 64], 1u64 << (vector % 64));
-            let new = *word & bit == 0;
-            *word |= bit;
-            new
-        })
+        self.post(|s| s.pending.post(vector))
     }
 
     /// Sends the VP an NMI, as `post_interrupt` does a vector.
     pub fn post_nmi(&self) -> bool {
-        self.post(|s| !core::mem::replace(&mut s.pending_nmi, true))
+        self.post(|s| s.pending.post_nmi())
     }
 
     /// Records an interrupt with `add` (whether it was new) and kicks the
     /// VP's LP if that is needed to deliver it soon.
-    fn post(&self, add: impl FnOnce(&mut VpShared) -> bool) -> bool {
-        let mut s = self.shared.lock();
+    fn post(&self, add: impl FnOnce(&VpShared) -> bool) -> bool {
+        let s = self.shared.lock();
         if s.deleted {
             return false;
         }
-        let new = add(&mut s);
+        let new = add(&s);
         let halted = s.halted;
         drop(s);
         if new && (halted || self.in_guest.load(Ordering::Acquire)) {
@@ -280,13 +268,8 @@ impl GuestVp {
 pub type Placement = (Arc<Partition>, Arc<GuestVp>);
 
 /// Guest VPs waiting for their LP to take them.
-pub static LP_INBOX: [Mutex<Vec<Placement>>; stats::MAX_LPS] =
-    [const { Mutex::new(Vec::new()) }; stats::MAX_LPS];
-/// Whether an LP's inbox holds anything (checked without the lock).
-pub static LP_INBOX_COUNT: [AtomicU32; stats::MAX_LPS] =
-    [const { AtomicU32::new(0) }; stats::MAX_LPS];
-/// Guest VPs per LP (to spread new ones).
-static LP_LOAD: [AtomicU32; stats::MAX_LPS] = [const { AtomicU32::new(0) }; stats::MAX_LPS];
+pub static LP_INBOX: [Mutex<Vec<Placement>>; lp_state::MAX_LPS] =
+    [const { Mutex::new(Vec::new()) }; lp_state::MAX_LPS];
 
 static PARTITIONS: Mutex<[Option<Arc<Partition>>; abi::MAX_PARTITIONS]> =
     Mutex::new([const { None }; abi::MAX_PARTITIONS]);
@@ -436,8 +419,7 @@ fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
         run_tsc: AtomicU64::new(0),
         exits: AtomicU64::new(0),
         intercepts: AtomicU64::new(0),
-        guest_os_id: AtomicU64::new(0),
-        hypercall_msr: AtomicU64::new(0),
+        hypercall_msrs: hypervisor::hypercall_msrs::HypercallMsrs::new(),
         slat_root: AtomicU64::new(0),
         exception_intercepts: AtomicU32::new(0),
     }));
@@ -492,7 +474,9 @@ fn delete(p: &Arc<Partition>) -> usize {
     let slat = {
         let mut inner = p.inner.lock();
         for vp in inner.vps.drain(..) {
-            LP_LOAD[vp.lp as usize % stats::MAX_LPS].fetch_sub(1, Ordering::Relaxed);
+            lp_state::get(vp.lp)
+                .guest_vps
+                .fetch_sub(1, Ordering::Relaxed);
         }
         inner.mapped_pages = 0;
         inner.slat.take()
@@ -699,16 +683,16 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
     // The LP with the fewest guest VPs.
     let lps = smp::ONLINE
         .load(Ordering::Acquire)
-        .clamp(1, stats::MAX_LPS as u32);
+        .clamp(1, lp_state::MAX_LPS as u32);
     let lp = (0..lps)
         .min_by_key(|&l| {
             (
-                LP_LOAD[l as usize].load(Ordering::Relaxed),
+                lp_state::get(l).guest_vps.load(Ordering::Relaxed),
                 (l + index) % lps,
             )
         })
         .unwrap_or(0);
-    LP_LOAD[lp as usize].fetch_add(1, Ordering::Relaxed);
+    lp_state::get(lp).guest_vps.fetch_add(1, Ordering::Relaxed);
     let vp = Arc::new(GuestVp {
         index,
         lp,
@@ -721,8 +705,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             deleted: false,
             stale: false,
             save_request: false,
-            pending: [0; 4],
-            pending_nmi: false,
+            pending: PendingInterrupts::new(),
             intercept_posted: 0,
         }),
         running: AtomicBool::new(false),
@@ -734,7 +717,9 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
     drop(inner);
     let mut inbox = LP_INBOX[lp as usize].lock();
     inbox.push((p.clone(), vp));
-    LP_INBOX_COUNT[lp as usize].store(inbox.len() as u32, Ordering::Release);
+    lp_state::get(lp)
+        .inbox_count
+        .store(inbox.len() as u32, Ordering::Release);
     drop(inbox);
     kick(lp);
     Ok(0)
@@ -746,7 +731,9 @@ fn delete_vp(input: &[u8]) -> Result<usize, u16> {
     vp.shared.lock().deleted = true;
     quiesce(&vp);
     p.inner.lock().vps.retain(|v| v.index != vp.index);
-    LP_LOAD[vp.lp as usize % stats::MAX_LPS].fetch_sub(1, Ordering::Relaxed);
+    lp_state::get(vp.lp)
+        .guest_vps
+        .fetch_sub(1, Ordering::Relaxed);
     Ok(0)
 }
 
@@ -925,7 +912,7 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
                 s.intercept_suspend = false;
                 // The root's time since the intercept was posted (or since
                 // it last resumed a VP, whichever is later) served this one.
-                let served = crate::lp::root_service_since(s.intercept_posted);
+                let served = lp_state::root_service_since(s.intercept_posted);
                 vp.served.fetch_add(served, Ordering::Relaxed);
             }
         }

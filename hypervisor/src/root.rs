@@ -8,15 +8,16 @@ use crate::page_table::{
     Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, SIZE_4K, X86,
 };
 use crate::partition_memory::PartitionMemory;
-use crate::vcpu::{Exit, StartState, Vcpu, GP, UD};
+use crate::vcpu::{StartState, Vcpu};
 use crate::virt::Caps;
-use crate::x86::{cpu, msr};
-use crate::{memory, power, smp, stats, time};
+use crate::x86::cpu;
+use crate::{lp_state, memory, power, smp};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use hv_abi::{cpuid, hypercall, root_boot, RootBoot};
+use core::sync::atomic::Ordering;
+use hv_abi::{root_boot, RootBoot};
+use hypervisor::hypercall_msrs::HypercallMsrs;
 use hypervisor::vapic::{self, VirtualApic};
-use log::{error, info, warn};
+use log::{error, info};
 
 /// The root's boot area after its image: page tables, GDT+TSS, then per VP
 /// a slot of an unmapped guard page, a 64 KiB stack and the boot block page.
@@ -25,7 +26,6 @@ const VP_SLOT_PAGES: u64 = 1 + STACK_PAGES + 1;
 /// Memory the hypervisor keeps back for itself when it hands RAM to the root
 /// (VMCS/VMCB, SLAT tables of later partitions).
 const KEEP_BYTES: u64 = 8 << 20;
-const LAPIC_PAGE: u64 = 0xFEE0_0000;
 
 pub struct RootPartition {
     pub slat_root: u64,
@@ -37,8 +37,8 @@ pub struct RootPartition {
     pub ram: Vec<(u64, u64)>,
     pub hypervisor_bytes: u64,
     pub memory_total: u64,
-    guest_os_id: AtomicU64,
-    hypercall_msr: AtomicU64,
+    /// GUEST_OS_ID and HYPERCALL.
+    pub hypercall_msrs: HypercallMsrs,
 }
 
 /// Where the root image goes, decided before the frame allocator hands
@@ -186,7 +186,7 @@ fn build_slat<F: Format>(
         for &(s, e) in ram {
             subtract(&mut devices, s, e);
         }
-        subtract(&mut devices, LAPIC_PAGE, LAPIC_PAGE + PAGE_SIZE);
+        subtract(&mut devices, vapic::APIC_PAGE, vapic::APIC_PAGE + PAGE_SIZE);
         for (s, e) in devices {
             pt.map(mem, s, s, e - s, Perms::DEVICE).map_err(err)?;
         }
@@ -346,8 +346,7 @@ pub fn create(
         ram: ram.clone(),
         hypervisor_bytes: memory_total.saturating_sub(root_bytes),
         memory_total,
-        guest_os_id: AtomicU64::new(0),
-        hypercall_msr: AtomicU64::new(0),
+        hypercall_msrs: HypercallMsrs::new(),
     };
 
     // 4. One boot block and stack per VP.
@@ -479,45 +478,9 @@ impl RootPartition {
     }
 }
 
-/// What the dispatcher decided.
-pub enum Next {
-    Resume,
-    /// The VP halted: the LP idles until an interrupt for it is pending.
-    Halted,
-    /// The root cannot go on: report and power off.
-    Stop(alloc::string::String),
-}
-
-/// Interrupts other VPs sent to VP n, not yet taken into its APIC. `pending`
-/// is set after the bits, so the owner skips the words when nothing came.
-struct Mailbox {
-    pending: AtomicBool,
-    vectors: [AtomicU32; 8],
-}
-
-static MAILBOXES: [Mailbox; stats::MAX_LPS] = [const {
-    Mailbox {
-        pending: AtomicBool::new(false),
-        vectors: [const { AtomicU32::new(0) }; 8],
-    }
-}; stats::MAX_LPS];
-
-/// Moves VP `vp`'s mailbox into its APIC and advances its timer.
+/// Moves what was sent to root VP `vp` into its APIC and advances its timer.
 pub fn collect(vapic: &mut VirtualApic, vp: u32) {
-    let mailbox = &MAILBOXES[vp as usize];
-    let words = if mailbox.pending.swap(false, Ordering::AcqRel) {
-        &mailbox.vectors[..]
-    } else {
-        &[]
-    };
-    for (i, word) in words.iter().enumerate() {
-        let mut bits = word.swap(0, Ordering::AcqRel);
-        while bits != 0 {
-            let b = bits.trailing_zeros();
-            vapic.request((i as u32 * 32 + b) as u8);
-            bits &= bits - 1;
-        }
-    }
+    lp_state::get(vp).root_pending.take_into(vapic);
     vapic.tick(cpu::rdtsc());
 }
 
@@ -529,380 +492,14 @@ pub fn deliver_interrupts(vcpu: &mut Vcpu, vapic: &mut VirtualApic, vp: u32) {
     vcpu.set_timer_deadline(vapic.deadline());
 }
 
-/// Requests interrupt `vector` in root VP `vp` (from any LP): its mailbox,
-/// and a kick to its LP unless that is this one.
+/// Requests interrupt `vector` in root VP `vp` (from any LP), and kicks its
+/// LP unless that is this one.
 pub fn raise_interrupt(vp: u32, vector: u8) {
-    let mailbox = &MAILBOXES[vp as usize % stats::MAX_LPS];
-    mailbox.vectors[vector as usize / 32].fetch_or(1 << (vector % 32), Ordering::AcqRel);
-    mailbox.pending.store(true, Ordering::Release);
+    lp_state::get(vp).root_pending.post(vector);
     smp::kick(vp);
-}
-
-/// A fixed IPI from VP `sender`: into each target's mailbox (or straight into
-/// the sender's own APIC), and a kick to every other LP involved.
-fn send_ipi(
-    root: &RootPartition,
-    vapic: &mut VirtualApic,
-    sender: u32,
-    vector: u8,
-    dest: vapic::Dest,
-) {
-    for target in 0..root.vp_count {
-        if !VirtualApic::new(target).accepts(dest, sender) {
-            continue;
-        }
-        if target == sender {
-            vapic.request(vector);
-        } else {
-            raise_interrupt(target, vector);
-        }
-    }
 }
 
 pub fn stop(vp: u32, why: &str) -> ! {
     error!("root partition stopped (VP {vp}): {why}");
     power::fail()
-}
-
-pub fn dispatch(
-    root: &RootPartition,
-    caps: &Caps,
-    vcpu: &mut Vcpu,
-    vapic: &mut VirtualApic,
-    vp: u32,
-    exit: Exit,
-) -> Next {
-    use alloc::format;
-    match exit {
-        Exit::Cpuid => {
-            let r = vcpu.regs();
-            let answer = cpuid_for_root(r.rax as u32, r.rcx as u32, root, vp);
-            vcpu.finish_cpuid(answer);
-            Next::Resume
-        }
-        Exit::MsrRead => {
-            let m = vcpu.regs().rcx as u32;
-            let value = match m {
-                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
-                    vcpu.pull_tpr(vapic);
-                    vapic.read(m, cpu::rdtsc())
-                }
-                msr::IA32_APIC_BASE => Some(apic_base(vp)),
-                _ => crate::synic::read_msr(vp, m).or_else(|| read_msr(root, m)),
-            };
-            vcpu.finish_rdmsr(value);
-            Next::Resume
-        }
-        Exit::MsrWrite => {
-            let (m, v) = vcpu.wrmsr_operands();
-            let done = match m {
-                vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
-                    vcpu.pull_tpr(vapic);
-                    match vapic.write(m, v, cpu::rdtsc()) {
-                        vapic::Write::Done => true,
-                        vapic::Write::Ipi { vector, dest } => {
-                            send_ipi(root, vapic, vp, vector, dest);
-                            true
-                        }
-                        // The root's VPs take host NMIs directly (no NMI
-                        // exiting): virtual NMIs are for guests only.
-                        vapic::Write::Nmi { .. } => {
-                            warn!("root VP {vp}: NMI IPIs are not supported; ignored");
-                            true
-                        }
-                        vapic::Write::Unsupported(mode) => {
-                            warn!(
-                                "root VP {vp}: IPI delivery mode {mode} is not supported; ignored"
-                            );
-                            true
-                        }
-                        vapic::Write::Fault => false,
-                    }
-                }
-                // The APIC stays enabled in x2APIC mode at its base: only the BSP bit may differ.
-                msr::IA32_APIC_BASE => v & !(1 << 8) == apic_base(vp) & !(1 << 8),
-                _ => crate::synic::write_msr(root, vp, m, v)
-                    .unwrap_or_else(|| write_msr(root, vcpu, m, v)),
-            };
-            vcpu.finish_wrmsr(done);
-            Next::Resume
-        }
-        // TLFS: #UD below CPL 0 or in real mode, for the root's user code too.
-        Exit::Hypercall if !vcpu.hypercall_allowed() => {
-            vcpu.inject_exception(UD, None);
-            Next::Resume
-        }
-        Exit::Hypercall => {
-            hypercall(root, caps, vcpu);
-            Next::Resume
-        }
-        Exit::CrAccess {
-            cr: 8,
-            write,
-            gpr: Some(gpr),
-        } => {
-            if !vcpu.emulate_cr8(vapic, write, gpr) {
-                vcpu.inject_exception(GP, Some(0));
-            }
-            Next::Resume
-        }
-        Exit::Halt => {
-            vcpu.skip_instruction();
-            Next::Halted
-        }
-        // As for guests: never natively (it would discard the hypervisor's
-        // dirty cache lines); a no-op keeps memory coherent.
-        Exit::Invd => {
-            vcpu.skip_instruction();
-            Next::Resume
-        }
-        Exit::Xsetbv => {
-            let r = vcpu.regs();
-            let (index, value) = (r.rcx as u32, (r.rdx << 32) | (r.rax & 0xFFFF_FFFF));
-            // XCR0 must keep x87 and only name features the processor supports (CPUID 0xD).
-            let supported = {
-                let l = cpu::cpuid(0xD, 0);
-                (l.edx as u64) << 32 | l.eax as u64
-            };
-            if index != 0
-                || value & 1 == 0
-                || value & !supported != 0
-                || (value & 4 != 0 && value & 2 == 0)
-            {
-                vcpu.inject_exception(GP, Some(0));
-            } else {
-                // The root is the only partition on this LP and the hypervisor
-                // uses no extended state: the live XCR0 is the root's.
-                cpu::xsetbv(value);
-                vcpu.skip_instruction();
-            }
-            Next::Resume
-        }
-        Exit::Undefined => {
-            vcpu.inject_exception(UD, None);
-            Next::Resume
-        }
-        Exit::Rdpmc => {
-            vcpu.inject_exception(GP, Some(0));
-            Next::Resume
-        }
-        Exit::ExternalInterrupt => {
-            cpu::take_pending_interrupts();
-            Next::Resume
-        }
-        Exit::Preemption | Exit::InterruptWindow => Next::Resume,
-        Exit::Nmi => {
-            warn!("NMI while running the root; ignored");
-            Next::Resume
-        }
-        Exit::SlatViolation {
-            gpa,
-            write,
-            execute,
-        } => {
-            let kind = if execute {
-                "execute"
-            } else if write {
-                "write"
-            } else {
-                "read"
-            };
-            Next::Stop(format!(
-                "{kind} of GPA {gpa:#x} at RIP {:#x}: {} memory, not the root's",
-                vcpu.rip(),
-                if gpa == LAPIC_PAGE {
-                    "the local APIC (kept by the hypervisor)"
-                } else {
-                    "hypervisor"
-                }
-            ))
-        }
-        Exit::TripleFault => Next::Stop(format!("triple fault at RIP {:#x}", vcpu.rip())),
-        Exit::MachineCheck => Next::Stop(format!("machine check at RIP {:#x}", vcpu.rip())),
-        Exit::Exception { vector, .. } => Next::Stop(format!(
-            "unexpected exception exit (vector {vector}) at RIP {:#x}",
-            vcpu.rip()
-        )),
-        Exit::CrAccess { .. } => Next::Stop(format!(
-            "unsupported control-register change at RIP {:#x}",
-            vcpu.rip()
-        )),
-        Exit::Io(io) => Next::Stop(format!("unexpected I/O exit for port {:#x}", io.port)),
-        Exit::EntryFailed(code) => Next::Stop(format!(
-            "the processor refused to enter the VP (code {code:#x})"
-        )),
-        Exit::Other(code) => {
-            Next::Stop(format!("unhandled exit {code:#x} at RIP {:#x}", vcpu.rip()))
-        }
-    }
-}
-
-/// CPUID as the root sees it: the processor's, with the hypervisor bit set,
-/// VMX and SVM hidden, and the Hyper-V leaves.
-fn cpuid_for_root(leaf: u32, sub: u32, root: &RootPartition, vp: u32) -> (u32, u32, u32, u32) {
-    use cpuid::privilege::*;
-    let view = crate::cpuid_view::View {
-        privileges: (
-            ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
-            CREATE_PARTITIONS | CPU_MANAGEMENT,
-        ),
-        spin_retries: 0xFFFF_FFFF,
-        limits: (root.vp_count, root.vp_count),
-        leaf1_set: 1 << 21,                // x2APIC (virtual)
-        leaf1_clear: (1 << 5) | (1 << 24), // VMX, TSC-deadline timer
-        hide_xsave: false,
-        guest: false,
-    };
-    crate::cpuid_view::answer(&view, leaf, sub, vp)
-}
-
-/// The virtual APIC's base MSR: the architectural base, enabled, x2APIC mode,
-/// BSP on VP 0 (root and guest VPs alike).
-pub fn apic_base(vp: u32) -> u64 {
-    LAPIC_PAGE | (1 << 11) | (1 << 10) | ((vp == 0) as u64) << 8
-}
-
-fn read_msr(root: &RootPartition, m: u32) -> Option<u64> {
-    match m {
-        hv_abi::msr::GUEST_OS_ID => Some(root.guest_os_id.load(Ordering::Relaxed)),
-        hv_abi::msr::HYPERCALL => Some(root.hypercall_msr.load(Ordering::Relaxed)),
-        hv_abi::msr::VP_INDEX => Some(crate::percpu::index() as u64),
-        // 100 ns units since boot.
-        hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
-        // Locked, VMX off: the root may not use VMX.
-        msr::IA32_FEATURE_CONTROL => Some(1),
-        _ => None,
-    }
-}
-
-fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
-    match m {
-        hv_abi::msr::GUEST_OS_ID => {
-            root.guest_os_id.store(v, Ordering::Relaxed);
-            if v == 0 {
-                root.hypercall_msr
-                    .fetch_and(!hv_abi::msr::HYPERCALL_ENABLE, Ordering::Relaxed);
-            }
-            true
-        }
-        hv_abi::msr::HYPERCALL => {
-            // TLFS: the page can be enabled only once a guest OS id is set.
-            let gpa = v & !(PAGE_SIZE - 1);
-            if v & hv_abi::msr::HYPERCALL_ENABLE != 0 {
-                if root.guest_os_id.load(Ordering::Relaxed) == 0 || !root.owns(gpa, PAGE_SIZE) {
-                    return false;
-                }
-                if root.memory().write(gpa, &vcpu.hypercall_page()).is_err() {
-                    return false;
-                }
-            }
-            root.hypercall_msr.store(v & !(0xFFE), Ordering::Relaxed);
-            true
-        }
-        msr::IA32_EFER => vcpu.set_efer(v),
-        _ => false,
-    }
-}
-
-/// The root's hypercalls: checked against the dispatch table
-/// (`hypervisor::hypercall`), then handled. The status goes to RAX (with the
-/// reps completed in bits 43:32); a rep call that is not finished, or must
-/// wait for a VP's LP, returns to the same instruction with its rep start
-/// index advanced (TLFS rep continuation).
-fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
-    use hypervisor::hypercall::{check, Caller, Form};
-    let r = *vcpu.regs();
-    let finish = |vcpu: &mut Vcpu, status: u16, reps: u16| {
-        vcpu.regs().rax = status as u64 | (reps as u64) << 32;
-        vcpu.skip_instruction();
-    };
-    let call = match check(r.rcx, r.rdx, r.r8, Caller::Root, &|gpa, len| {
-        root.owns(gpa, len)
-    }) {
-        Ok(call) => call,
-        Err(status) => return finish(vcpu, status, 0),
-    };
-    // Input copied in (checked to be root memory, at most a page); the
-    // output built in hypervisor memory and copied out.
-    // Exactly the blocks' sizes: zeroing whole pages would cost more than
-    // most calls.
-    let in_len = match call.input_block {
-        Some((_, len)) => len as usize,
-        None if call.input.fast => 16,
-        None => 0,
-    };
-    let mut input = alloc::vec![0u8; in_len];
-    match call.input_block {
-        Some((gpa, _)) if root.memory().read(gpa, &mut input).is_err() => {
-            return finish(vcpu, hypercall::status::INVALID_PARAMETER, 0);
-        }
-        Some(_) => {}
-        None if call.input.fast => {
-            input[..8].copy_from_slice(&r.rdx.to_le_bytes());
-            input[8..16].copy_from_slice(&r.r8.to_le_bytes());
-        }
-        None => {}
-    }
-    let mut out = alloc::vec![0u8; call.output_block.map_or(0, |(_, len)| len as usize)];
-    let (status, reps_done, written) = match call.spec.code {
-        hypercall::GET_HOST_INFO => {
-            let ok = crate::host_info(root).encode(&mut out).is_some();
-            (ok_status(ok), 0, hv_abi::HostInfo::SIZE)
-        }
-        hypercall::GET_HOST_STATS => {
-            let ok = hv_abi::HostStats::encode(&stats::snapshot(), &mut out).is_some();
-            (ok_status(ok), 0, PAGE_SIZE as usize)
-        }
-        hypercall::GET_HOST_LOG => {
-            let from = input
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes);
-            let ok = crate::serial::read_log(from, &mut out);
-            (ok_status(ok), 0, PAGE_SIZE as usize)
-        }
-        code => {
-            let reps = (call.input.rep_start, call.input.rep_count);
-            let o = crate::partition::call(root, caps, code, reps, &input, &mut out);
-            (o.status, o.reps_done, o.output_len)
-        }
-    };
-    if let Some((gpa, len)) = call.output_block {
-        // A rep call writes only the elements this entry did: earlier
-        // entries' stay as they were.
-        let from = match call.spec.form {
-            Form::Rep { element_out, .. } => {
-                (element_out as usize * call.input.rep_start as usize).min(len as usize)
-            }
-            Form::Simple { .. } => 0,
-        };
-        let to = written.min(len as usize);
-        if to > from
-            && root
-                .memory()
-                .write(gpa + from as u64, &out[from..to])
-                .is_err()
-        {
-            return finish(vcpu, hypercall::status::INVALID_PARAMETER, reps_done);
-        }
-    }
-    let is_rep = matches!(call.spec.form, Form::Rep { .. });
-    let unfinished =
-        is_rep && status == hypercall::status::SUCCESS && reps_done < call.input.rep_count;
-    if status == crate::partition::RETRY || unfinished {
-        // Same instruction again, from the first rep not done.
-        let mut input = call.input;
-        input.rep_start = reps_done.max(call.input.rep_start);
-        vcpu.regs().rcx = input.encode();
-        return;
-    }
-    finish(vcpu, status, reps_done)
-}
-
-fn ok_status(ok: bool) -> u16 {
-    if ok {
-        hypercall::status::SUCCESS
-    } else {
-        hypercall::status::INVALID_PARAMETER
-    }
 }

@@ -4,7 +4,7 @@
 use crate::boot::{self, AP_LAUNCH};
 use crate::percpu::PerCpu;
 use crate::x86::apic;
-use crate::{memory, time};
+use crate::{lp_state, memory, time};
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -12,10 +12,6 @@ pub const STACK_PAGES: u64 = 16;
 pub const IST_STACK_PAGES: u64 = 4;
 /// How long one processor may take from INIT to check-in.
 const CHECK_IN_TIMEOUT_US: u64 = 2_000_000;
-
-/// The APIC ID of each logical processor, by LP index (for kicks).
-pub static LP_APIC_IDS: [AtomicU32; crate::stats::MAX_LPS] =
-    [const { AtomicU32::new(0) }; crate::stats::MAX_LPS];
 
 /// Processors running hypervisor code, the boot processor included.
 pub static ONLINE: AtomicU32 = AtomicU32::new(1);
@@ -59,16 +55,18 @@ pub fn start_aps(apic_ids: &[u32], trampoline_page: u64) -> u32 {
     let mut started = 0;
     let others: alloc::vec::Vec<u32> = apic_ids.iter().copied().filter(|&id| id != bsp).collect();
     // Per-LP structures (counters, the root's boot area) are sized for MAX_LPS.
-    if others.len() >= crate::stats::MAX_LPS {
+    if others.len() >= lp_state::MAX_LPS {
         log::warn!(
             "{} processors: starting the first {} only",
             others.len() + 1,
-            crate::stats::MAX_LPS
+            lp_state::MAX_LPS
         );
     }
-    for &apic_id in others.iter().take(crate::stats::MAX_LPS - 1) {
+    for &apic_id in others.iter().take(lp_state::MAX_LPS - 1) {
         let index = started + 1;
-        LP_APIC_IDS[index as usize].store(apic_id, Ordering::Relaxed);
+        lp_state::get(index)
+            .apic_id
+            .store(apic_id, Ordering::Relaxed);
         let prepared = (|| -> Result<(u64, u64), &'static str> {
             let mut cpu = Box::new(PerCpu::new(index, apic_id));
             give_ist_stacks(&mut cpu)?;
@@ -119,7 +117,7 @@ pub fn kick(lp: u32) {
         return;
     }
     apic::send_fixed(
-        LP_APIC_IDS[lp as usize % crate::stats::MAX_LPS].load(Ordering::Relaxed),
+        lp_state::get(lp).apic_id.load(Ordering::Relaxed),
         crate::x86::idt::HOST_KICK_VECTOR as u8,
     );
 }

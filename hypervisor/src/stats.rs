@@ -5,8 +5,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use hv_abi::{ExitReason, LpStats};
 
-pub const MAX_LPS: usize = 64;
-
 pub struct Lp {
     exits: [AtomicU64; ExitReason::COUNT],
     world_switches: AtomicU64,
@@ -14,20 +12,14 @@ pub struct Lp {
     started_tsc: AtomicU64,
 }
 
-#[allow(clippy::declare_interior_mutable_const)] // used only to initialise the array
-const NEW_LP: Lp = Lp {
-    exits: [const { AtomicU64::new(0) }; ExitReason::COUNT],
-    world_switches: AtomicU64::new(0),
-    hypervisor_tsc: AtomicU64::new(0),
-    started_tsc: AtomicU64::new(0),
-};
-
-static LPS: [Lp; MAX_LPS] = [NEW_LP; MAX_LPS];
-
 impl Lp {
-    /// The counters of LP `index` (LPs beyond `MAX_LPS` share the last slot).
-    pub fn get(index: usize) -> &'static Lp {
-        &LPS[index.min(MAX_LPS - 1)]
+    pub const fn new() -> Self {
+        Lp {
+            exits: [const { AtomicU64::new(0) }; ExitReason::COUNT],
+            world_switches: AtomicU64::new(0),
+            hypervisor_tsc: AtomicU64::new(0),
+            started_tsc: AtomicU64::new(0),
+        }
     }
 
     pub fn start(&self, tsc: u64) {
@@ -45,11 +37,10 @@ impl Lp {
     }
 }
 
-/// The counters of every LP that has started a VP, in LP order.
-pub fn snapshot() -> Vec<LpStats> {
+/// The counters of every LP that has started a VP, from `lps` in LP order.
+pub fn snapshot<'a>(lps: impl Iterator<Item = &'a Lp>) -> Vec<LpStats> {
     let now = cpu::rdtsc();
-    LPS.iter()
-        .take_while(|lp| lp.started_tsc.load(Relaxed) != 0)
+    lps.take_while(|lp| lp.started_tsc.load(Relaxed) != 0)
         .map(|lp| {
             let mut s = LpStats::default();
             for (out, c) in s.exits.iter_mut().zip(lp.exits.iter()) {

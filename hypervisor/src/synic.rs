@@ -4,8 +4,8 @@
 //! slot when the slot is empty (type 0) and the SINT's vector is raised;
 //! otherwise it waits in a queue and the slot's MessagePending flag asks the
 //! root to write EOM once it has emptied the slot, which delivers the next.
+use crate::lp_state;
 use crate::root::{self, RootPartition};
-use crate::stats;
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_abi::synic::{self as abi, msr, Message, MESSAGE_PENDING, SLOT_SIZE};
@@ -20,7 +20,7 @@ pub struct SynIc {
     queue: Mutex<VecDeque<(usize, Message)>>,
 }
 
-static ROOT_SYNICS: [SynIc; stats::MAX_LPS] = [const {
+static ROOT_SYNICS: [SynIc; lp_state::MAX_LPS] = [const {
     SynIc {
         scontrol: AtomicU64::new(0),
         simp: AtomicU64::new(0),
@@ -28,10 +28,10 @@ static ROOT_SYNICS: [SynIc; stats::MAX_LPS] = [const {
         sint: [const { AtomicU64::new(msr::SINT_MASKED) }; 16],
         queue: Mutex::new(VecDeque::new()),
     }
-}; stats::MAX_LPS];
+}; lp_state::MAX_LPS];
 
 fn synic(vp: u32) -> &'static SynIc {
-    &ROOT_SYNICS[(vp as usize).min(stats::MAX_LPS - 1)]
+    &ROOT_SYNICS[vp as usize % lp_state::MAX_LPS]
 }
 
 /// RDMSR of a SynIC register by root VP `vp`; `None` if `m` is not one.

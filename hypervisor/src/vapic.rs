@@ -8,6 +8,35 @@
 
 pub const X2APIC_MSR_FIRST: u32 = 0x800;
 pub const X2APIC_MSR_LAST: u32 = 0x8FF;
+/// The local APIC's architectural base (its page stays the hypervisor's).
+pub const APIC_PAGE: u64 = 0xFEE0_0000;
+
+/// IA32_APIC_BASE of VP `vp` (root and guest VPs alike): the architectural
+/// base, enabled, x2APIC mode, BSP on VP 0.
+pub fn apic_base(vp: u32) -> u64 {
+    APIC_PAGE | (1 << 11) | (1 << 10) | ((vp == 0) as u64) << 8
+}
+
+/// A write of IA32_APIC_BASE is accepted only as a no-op: the APIC stays
+/// enabled in x2APIC mode at its base (the BSP bit is ignored).
+pub fn apic_base_write_ok(vp: u32, value: u64) -> bool {
+    value & !(1 << 8) == apic_base(vp) & !(1 << 8)
+}
+
+/// Whether an IPI from VP `sender` to `dest` reaches VP `target` (x2APIC
+/// ID = VP index).
+pub fn reaches(dest: Dest, sender: u32, target: u32) -> bool {
+    VirtualApic::new(target).accepts(dest, sender)
+}
+
+/// The VPs among `vps` that an IPI from VP `sender` to `dest` reaches.
+pub fn ipi_targets(
+    vps: impl Iterator<Item = u32>,
+    sender: u32,
+    dest: Dest,
+) -> impl Iterator<Item = u32> {
+    vps.filter(move |&t| reaches(dest, sender, t))
+}
 
 /// Version register: version 0x14, six LVT entries (max LVT index 5).
 const VERSION: u64 = 0x0005_0014;
@@ -510,6 +539,24 @@ mod tests {
         assert_eq!(a.deliverable(), None, "an NMI is not a vector");
         a.accept_nmi();
         assert!(!a.nmi_pending(), "two requests while pending are one NMI");
+    }
+
+    #[test]
+    fn ipi_targets_and_the_base_msr() {
+        let all: std::vec::Vec<u32> = ipi_targets(0..4, 1, Dest::AllExcludingSelf).collect();
+        assert_eq!(all, [0, 2, 3]);
+        let me: std::vec::Vec<u32> = ipi_targets(0..4, 1, Dest::SelfOnly).collect();
+        assert_eq!(me, [1]);
+        assert_eq!(ipi_targets(0..4, 1, Dest::Physical(7)).count(), 0);
+        assert!(reaches(Dest::Physical(7), 0, 7));
+        assert_eq!(apic_base(0), 0xFEE0_0D00);
+        assert_eq!(apic_base(3), 0xFEE0_0C00);
+        assert!(apic_base_write_ok(3, 0xFEE0_0D00), "the BSP bit is ignored");
+        assert!(
+            !apic_base_write_ok(0, 0xFEE0_0900),
+            "xAPIC mode is not offered"
+        );
+        assert!(!apic_base_write_ok(0, 0xFEC0_0D00), "the base stays");
     }
 
     #[test]

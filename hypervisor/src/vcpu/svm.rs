@@ -303,7 +303,7 @@ impl SvmVcpu {
         // MWAIT, 12 MWAIT armed (a guest must not keep its LP in a C-state).
         let guest_misc2 = if guest { 0x3F << 7 } else { 0 };
         v.write32(vmcb::INTERCEPT_MISC2, 0x7F | (1 << 13) | guest_misc2);
-        // A guest's writes of CR4 exit, to be checked (`guest::cr4_allowed`),
+        // A guest's writes of CR4 exit, to be checked (`cpuid_view::guest_cr4_allowed`),
         // and of CR8, its virtual TPR: V_TPR alone would hold back nothing
         // the hypervisor injects, and a lowered one would not be noticed.
         // Its CR8 reads see V_TPR, kept equal to the TPR.

@@ -807,9 +807,9 @@ impl VmxVcpu {
         let cr4_fixed = msr::read(IA32_VMX_CR4_FIXED0);
         vmwrite(field::CR0_MASK, cr0_fixed)?;
         // A guest owns only the CR4 bits it may set: writing any other exits
-        // (and is refused, `guest::cr4_allowed`).
+        // (and is refused, `cpuid_view::guest_cr4_allowed`).
         let cr4_mask = if guest {
-            cr4_fixed | !crate::guest::cr4_allowed()
+            cr4_fixed | !crate::cpuid_view::guest_cr4_allowed()
         } else {
             cr4_fixed
         };
