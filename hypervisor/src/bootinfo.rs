@@ -181,20 +181,25 @@ impl BootInfo {
         &self.modules[..self.module_count]
     }
 
-    /// Bytes of memory the firmware calls usable.
+    /// Bytes of memory the firmware calls usable (saturating: a corrupt map
+    /// may name more than 2^64 bytes).
     pub fn usable_bytes(&self) -> u64 {
         self.regions()
             .iter()
             .filter(|r| r.kind == RegionKind::Usable)
-            .map(|r| r.end - r.start)
-            .sum()
+            .fold(0u64, |sum, r| sum.saturating_add(r.end - r.start))
     }
 
     /// Where identity maps of this machine end: all RAM and at least the
-    /// 32-bit space (APIC, I/O APIC, firmware, PCI holes), in whole GiB.
+    /// 32-bit space (APIC, I/O APIC, firmware, PCI holes), in whole GiB. A
+    /// usable region reaching the last GiB of the address space (a corrupt
+    /// map) gives the highest GiB boundary, not a wrapped-around small one.
     pub fn identity_top(&self) -> u64 {
         const GIB: u64 = 1 << 30;
-        (self.usable_top().max(4 * GIB) + GIB - 1) & !(GIB - 1)
+        self.usable_top()
+            .max(4 * GIB)
+            .checked_add(GIB - 1)
+            .map_or(!(GIB - 1), |t| t & !(GIB - 1))
     }
 
     /// The highest address any usable region reaches.
@@ -606,6 +611,20 @@ mod tests {
         assert_eq!(bi.usable_bytes(), 0x9fc00 + 0x7ee_0000);
         assert_eq!(bi.usable_top(), 0x7fe_0000);
         assert_eq!(bi.identity_top(), 4 << 30);
+    }
+
+    /// Found by the boot_info fuzz target: a usable region ending in the last
+    /// GiB of the address space wrapped the identity map's top around to 0, and
+    /// usable regions of more than 2^64 bytes in all overflowed the sum.
+    #[test]
+    fn regions_at_the_top_of_the_address_space_do_not_wrap() {
+        let mut bi = BootInfo::empty(Protocol::Multiboot2);
+        bi.push_region(0x10_0000, 0x1000, RegionKind::Usable);
+        bi.push_region(u64::MAX - 0x2000_0000, u64::MAX, RegionKind::Usable);
+        bi.push_region(0, u64::MAX, RegionKind::Usable);
+        assert_eq!(bi.usable_top(), u64::MAX);
+        assert_eq!(bi.identity_top(), !((1 << 30) - 1));
+        assert_eq!(bi.usable_bytes(), u64::MAX);
     }
 
     #[test]

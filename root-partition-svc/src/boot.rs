@@ -8,9 +8,11 @@ use hv_abi::RootBoot;
 pub const GUEST_OS_ID: u64 = 0x8100_0000_0100_0000;
 
 /// Bytes of RAM the boot block hands to the root (the free ranges; the root
-/// image and its boot area are not counted).
+/// image and its boot area are not counted). Saturating, like the ranges.
 pub fn ram_bytes(ranges: &[(u64, u64)]) -> u64 {
-    ranges.iter().map(|&(s, e)| e.saturating_sub(s)).sum()
+    ranges
+        .iter()
+        .fold(0u64, |sum, &(s, e)| sum.saturating_add(e.saturating_sub(s)))
 }
 
 /// Whether `word` is one of the whitespace-separated words of `cmdline`.
@@ -156,6 +158,9 @@ mod tests {
         let b = block(&[(0x1_0000_0000, 0x1_4000_0001)]);
         assert_eq!(identity_top(&b), 6 << 30);
         assert_eq!(ram_bytes(&[(5, 3)]), 0, "an inverted range counts nothing");
+        // Found by the abi_decode fuzz target: ranges of more than 2^64 bytes
+        // in all overflowed the sum.
+        assert_eq!(ram_bytes(&[(0, u64::MAX), (0, 2)]), u64::MAX);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! cargo xtask build
 //! cargo xtask run [--emulator qemu|bochs] [--boot multiboot|uefi|grub] [--cpus N]
 //!                 [--memory SIZE] [--cpu-model NAME] [--timeout SECS] [--no-root] [--hypervisor-log] [-- HYPERVISOR_COMMAND_LINE]
-//! cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--fuzz-seconds N]
+//! cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--no-gates] [--fuzz-seconds N]
 //! cargo xtask bench [--runs N]
 //! ```
 mod bench;
@@ -24,7 +24,7 @@ fn usage() -> ! {
         "usage:\n  cargo xtask build\n  \
          cargo xtask run [--emulator qemu|bochs] [--boot multiboot|uefi|grub] [--cpus N] [--memory SIZE]\n                  \
          [--cpu-model NAME] [--timeout SECS] [--no-root] [--hypervisor-log] [-- HYPERVISOR_COMMAND_LINE]\n  \
-         cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--fuzz-seconds N]\n  \
+         cargo xtask test [--filter TEXT] [--jobs N] [--no-host-tests] [--no-gates] [--fuzz-seconds N]\n  \
          cargo xtask bench [--runs N]"
     );
     std::process::exit(2)

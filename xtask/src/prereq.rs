@@ -145,6 +145,39 @@ pub fn ensure_rust_targets() -> Result<()> {
     Ok(())
 }
 
+/// Adds rustfmt and clippy (the gates of `cargo xtask test`) when the
+/// toolchain lacks them; rust-toolchain.toml lists them, but a toolchain
+/// installed before they were listed does not get them by itself.
+pub fn ensure_rust_components() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let present = |tool: &str| {
+        Command::new(&cargo)
+            .args([tool, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(tool, _)| !present(tool))
+        .map(|(_, component)| component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the Rust components {}", missing.join(" "));
+    let status = Command::new("rustup")
+        .args(["component", "add"])
+        .args(&missing)
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        bail!(
+            "missing Rust components; install them with:\n    rustup component add {}",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,10 +218,11 @@ mod tests {
         fn apt_install(&mut self, packages: &[&str]) -> Result<()> {
             self.installs
                 .push(packages.iter().map(|p| p.to_string()).collect());
-            if packages.contains(&"qemu-system-x86") && packages.contains(&"qemu-utils") {
-                if self.backported_qemu_utils {
-                    bail!("conflict: qemu-system-x86 and the backported qemu-utils");
-                }
+            if packages.contains(&"qemu-system-x86")
+                && packages.contains(&"qemu-utils")
+                && self.backported_qemu_utils
+            {
+                bail!("conflict: qemu-system-x86 and the backported qemu-utils");
             }
             for p in packages {
                 let p = NEEDS.iter().find(|(_, q)| q == p).unwrap().1;

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: host unit tests, then the boot matrix.
+//! `cargo xtask test`: the gates (rustfmt, clippy), host unit tests, fuzzing,
+//! then the boot matrix.
 use crate::{build, emulator, image, prereq};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
@@ -11,6 +12,8 @@ struct Options {
     filter: Option<String>,
     jobs: usize,
     host_tests: bool,
+    /// rustfmt and clippy before the host unit tests (when those run).
+    gates: bool,
     /// Seconds per fuzz target (0: no fuzzing).
     fuzz_seconds: u64,
 }
@@ -20,6 +23,7 @@ fn parse(args: Vec<String>) -> Result<Options> {
         filter: None,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
         host_tests: true,
+        gates: true,
         fuzz_seconds: 30,
     };
     let mut it = args.into_iter();
@@ -28,6 +32,7 @@ fn parse(args: Vec<String>) -> Result<Options> {
             "--filter" => o.filter = Some(it.next().context("--filter needs text")?),
             "--jobs" => o.jobs = it.next().context("--jobs needs a number")?.parse()?,
             "--no-host-tests" => o.host_tests = false,
+            "--no-gates" => o.gates = false,
             "--fuzz-seconds" => {
                 o.fuzz_seconds = it
                     .next()
@@ -50,6 +55,59 @@ fn cargo(args: &[&str]) -> Result<bool> {
         .success())
 }
 
+/// What every change must pass before a test runs: the formatting of every
+/// crate (the fuzz crates are workspaces of their own), and clippy with
+/// warnings denied for each crate on each target it is built for (host, the
+/// bare-metal binaries as `build` builds them, the UEFI loader). The workspace
+/// lints deny undocumented unsafe blocks and unsafe operations outside an
+/// `unsafe` block in an `unsafe fn`: these gates are what enforces them.
+const GATES: &[(&str, &str)] = &[
+    ("rustfmt workspace", "fmt --all --check"),
+    (
+        "rustfmt vmbus/fuzz",
+        "fmt --check --manifest-path vmbus/fuzz/Cargo.toml",
+    ),
+    (
+        "rustfmt hypervisor/fuzz",
+        "fmt --check --manifest-path hypervisor/fuzz/Cargo.toml",
+    ),
+    // The host members, as `host_tests` tests them.
+    (
+        "clippy host workspace",
+        "clippy --quiet --workspace --exclude hypervisor --exclude bootloader \
+         --exclude test-guests --all-targets -- -D warnings",
+    ),
+    (
+        "clippy hypervisor lib (host)",
+        "clippy --quiet -p hypervisor --lib --tests -- -D warnings",
+    ),
+    // As `build::build` builds them (.cargo/config.toml adds the target's flags).
+    (
+        "clippy x86_64-unknown-none",
+        "clippy --quiet -p hypervisor -p test-guests -p root-partition-svc \
+         --target x86_64-unknown-none -- -D warnings",
+    ),
+    (
+        "clippy x86_64-unknown-uefi",
+        "clippy --quiet -p bootloader --target x86_64-unknown-uefi -- -D warnings",
+    ),
+];
+
+fn gates() -> Result<Vec<(String, bool)>> {
+    println!("== gates");
+    prereq::ensure_rust_components()?;
+    prereq::ensure_rust_targets()?;
+    let mut results = Vec::new();
+    for (name, args) in GATES {
+        let start = Instant::now();
+        let ok = cargo(&args.split_whitespace().collect::<Vec<_>>())?;
+        let secs = start.elapsed().as_secs_f64();
+        println!("{} {name} ({secs:.1} s)", if ok { "PASS" } else { "FAIL" });
+        results.push((name.to_string(), ok));
+    }
+    Ok(results)
+}
+
 /// Unit and property tests of every crate that has host-side logic.
 fn host_tests() -> Result<bool> {
     println!("== host unit tests");
@@ -69,11 +127,16 @@ fn host_tests() -> Result<bool> {
     Ok(ok)
 }
 
-/// The fuzz targets of everything that parses what a guest controls, each for
-/// a bounded time (cargo-fuzz on stable: `-s none`, no sanitizer).
+/// The fuzz targets of everything that parses what a guest, the root or a
+/// loader controls, each for a bounded time (cargo-fuzz on stable: `-s none`,
+/// no sanitizer; debug assertions and overflow checks on).
 const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("vmbus/fuzz", "ring_reader"),
     ("vmbus/fuzz", "channel_message"),
+    ("hypervisor/fuzz", "hypercall_input"),
+    ("hypervisor/fuzz", "abi_decode"),
+    ("hypervisor/fuzz", "image_loader"),
+    ("hypervisor/fuzz", "boot_info"),
 ];
 
 fn fuzz(seconds: u64) -> Result<Vec<(String, bool)>> {
@@ -94,19 +157,28 @@ fn fuzz(seconds: u64) -> Result<Vec<(String, bool)>> {
     }
     let mut results = Vec::new();
     for (dir, target) in FUZZ_TARGETS {
-        let status = Command::new(&cargo)
-            .args([
-                "fuzz",
-                "run",
-                "-s",
-                "none",
-                target,
-                "--",
-                &format!("-max_total_time={seconds}"),
-            ])
-            .current_dir(build::root().join(dir))
+        let dir = build::root().join(dir);
+        // New inputs go to corpus/<target>; the kept seeds in
+        // regressions/<target> run first, and stay as they are.
+        let corpus = dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let seeds = dir.join("regressions").join(target);
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["fuzz", "run", "-s", "none", target])
+            .arg(&corpus)
+            .args(seeds.is_dir().then_some(&seeds))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"));
+        let status = cmd
+            .current_dir(&dir)
             .stderr(std::process::Stdio::null())
             .status()?;
+        if !status.success() {
+            println!(
+                "     {target} failed; the input is in {}",
+                dir.join("artifacts").join(target).display()
+            );
+        }
         results.push((format!("fuzz {target} ({seconds} s)"), status.success()));
     }
     Ok(results)
@@ -160,6 +232,16 @@ fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
 pub fn main(args: Vec<String>) -> Result<i32> {
     let opts = parse(args)?;
     let mut failed_host = false;
+    let (mut gates_passed, mut gates_failed) = (Vec::new(), Vec::new());
+    if opts.host_tests && opts.gates {
+        for (name, ok) in gates()? {
+            if ok {
+                gates_passed.push(name);
+            } else {
+                gates_failed.push(name);
+            }
+        }
+    }
     if opts.host_tests {
         failed_host = !host_tests()?;
         println!(
@@ -226,8 +308,13 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     });
     let results = results.into_inner().unwrap();
     let booted = results.iter().filter(|ok| **ok).count();
-    let passed = booted + usize::from(opts.host_tests && !failed_host) + fuzz_passed;
-    let failed = results.len() - booted + usize::from(failed_host) + fuzz_failed;
+    let passed =
+        booted + usize::from(opts.host_tests && !failed_host) + fuzz_passed + gates_passed.len();
+    let failed =
+        results.len() - booted + usize::from(failed_host) + fuzz_failed + gates_failed.len();
+    if !gates_failed.is_empty() {
+        println!("FAIL gates: {}", gates_failed.join(", "));
+    }
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
 }

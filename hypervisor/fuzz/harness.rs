@@ -1,0 +1,1231 @@
+//! Fuzz harnesses of what a partition or a loader hands the hypervisor, and
+//! of the root's image loader, one per cargo-fuzz target (fuzz_targets/).
+//! `cargo xtask test` runs each with regressions/<target>/ as a second corpus
+//! (its seeds run first); the bugs they found are unit tests in their crates.
+//!
+//! Each harness asserts what the code promises, not only that it returns:
+//! - `hypercall_input`: the checks every hypercall passes (RCX, RDX, R8 and
+//!   the caller's memory) against an independent reading of the dispatch
+//!   table, and that the handlers' reads of the copied input stay inside it.
+//! - `abi_decode`: every hv-abi decoder of partition-provided bytes or
+//!   registers (and of the hypervisor's answers the root reads), with its
+//!   round trip.
+//! - `image_loader`: the hypervisor's ELF reader (`hypervisor::elf`, used for
+//!   the hypervisor image and the root's) and the root's guest-image reader
+//!   (`root_partition_svc::vmm`), against a reference reading of the file.
+//! - `boot_info`: Multiboot 1/2 information (`hypervisor::bootinfo`), what the
+//!   hypervisor derives from it (frame allocator, identity map) and the
+//!   command line (`hypervisor::cmdline`).
+
+use hv_abi::hypercall::{self, status, Input};
+use hv_abi::partition::{self as abi, reg, RegisterError, Segment, Table, VpContext};
+use hv_abi::synic::{self, ExceptionIntercept, IoPortIntercept, MemoryIntercept, Message};
+use hv_abi::{HostInfo, HostLogChunk, HostStats, LpStats, RootBoot};
+use hypervisor::bootinfo::{self, AcpiRoot, BootInfo, InlineStr, PhysRead, Protocol, RegionKind};
+use hypervisor::cmdline::{LogLevel, Options, SelfTest};
+use hypervisor::elf;
+use hypervisor::frame_alloc::{FrameAllocator, PAGE_SIZE};
+use hypervisor::hypercall::{check, CallSpec, Caller, Form, Privilege, TABLE};
+use hypervisor::log_ring::LogRing;
+use root_partition_svc::vmm::{self, EntryMode};
+
+/// The fuzzer's bytes, read front to back; zeros past the end.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+    fn le(&mut self, n: usize) -> u128 {
+        self.take(n)
+            .iter()
+            .rev()
+            .fold(0u128, |v, &b| v << 8 | u128::from(b))
+    }
+    fn u8(&mut self) -> u8 {
+        self.le(1) as u8
+    }
+    fn u16(&mut self) -> u16 {
+        self.le(2) as u16
+    }
+    fn u32(&mut self) -> u32 {
+        self.le(4) as u32
+    }
+    fn u64(&mut self) -> u64 {
+        self.le(8) as u64
+    }
+    fn u128(&mut self) -> u128 {
+        self.le(16)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        self.take(usize::MAX)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hypercalls
+
+/// RCX bits the TLFS reserves (hv_abi::hypercall::Input::decode refuses them).
+const RESERVED_RCX: u64 = (0x1F << 27) | (0xF << 44) | (0xF << 60);
+const PAGE: u64 = 4096;
+
+/// Memory a caller owns, as the hypervisor's `owns(gpa, len)` test sees it.
+enum Owned {
+    Ranges(Vec<(u64, u64)>),
+    /// A test that trusts every block: the checks must stay sound anyway.
+    Everything,
+    Nothing,
+}
+
+impl Owned {
+    fn owns(&self, gpa: u64, len: u64) -> bool {
+        match self {
+            Owned::Ranges(r) => gpa
+                .checked_add(len)
+                .is_some_and(|end| r.iter().any(|&(s, e)| s <= gpa && end <= e)),
+            Owned::Everything => true,
+            Owned::Nothing => false,
+        }
+    }
+}
+
+/// The register names `VpContext` keeps.
+const REGISTERS: &[u32] = &[
+    reg::RAX,
+    reg::RAX + 1,
+    reg::RAX + 2,
+    reg::RAX + 3,
+    reg::RSP,
+    reg::RAX + 5,
+    reg::RAX + 6,
+    reg::RAX + 7,
+    reg::RAX + 8,
+    reg::RAX + 9,
+    reg::RAX + 10,
+    reg::RAX + 11,
+    reg::RAX + 12,
+    reg::RAX + 13,
+    reg::RAX + 14,
+    reg::R15,
+    reg::RIP,
+    reg::RFLAGS,
+    reg::CR0,
+    reg::CR2,
+    reg::CR3,
+    reg::CR4,
+    reg::ES,
+    reg::CS,
+    reg::SS,
+    reg::DS,
+    reg::FS,
+    reg::GS,
+    reg::LDTR,
+    reg::TR,
+    reg::IDTR,
+    reg::GDTR,
+    reg::EFER,
+    reg::PAT,
+];
+
+/// One SetVpRegisters element applied to a VP's context: refused without a
+/// trace, or stored so that GetVpRegisters reads it back, touching nothing else.
+fn register_write(ctx: &mut VpContext, name: u32, value: u128) {
+    let before = *ctx;
+    let known = ctx.get(name).is_ok();
+    match ctx.set(name, value) {
+        Ok(()) => {
+            assert!(known, "{name:#x} set but not readable");
+            let got = ctx.get(name).unwrap();
+            match name {
+                // Table registers keep only limit and base; RFLAGS gains bit 1.
+                reg::IDTR | reg::GDTR => {
+                    assert_eq!(Table::from_value(got), Table::from_value(value))
+                }
+                reg::RFLAGS => assert_eq!(got, value | 2),
+                _ => assert_eq!(got, value, "{name:#x}"),
+            }
+            for &other in REGISTERS.iter().filter(|&&n| n != name) {
+                assert_eq!(
+                    ctx.get(other),
+                    before.get(other),
+                    "{name:#x} changed {other:#x}"
+                );
+            }
+            assert_eq!(ctx.pending_event, before.pending_event);
+        }
+        Err(RegisterError::Unknown) => {
+            assert!(!known, "{name:#x} readable but refused as unknown");
+            assert_eq!(*ctx, before);
+        }
+        Err(RegisterError::BadValue) => {
+            assert!(known, "{name:#x} unknown but refused as a bad value");
+            assert_eq!(*ctx, before, "a refused value was stored");
+        }
+    }
+}
+
+/// Input and output block sizes of a checked call, read independently of
+/// `hypervisor::hypercall::check_in` from its table entry and RCX.
+fn block_sizes(spec: &CallSpec, input: &Input) -> (u64, u64) {
+    let var = u64::from(input.variable_header_size) * 8;
+    match spec.form {
+        Form::Simple {
+            input: i,
+            output: o,
+            fast,
+        } => {
+            assert_eq!(
+                (input.rep_count, input.rep_start),
+                (0, 0),
+                "reps on a simple call"
+            );
+            assert!(!input.fast || fast, "fast form of a memory-only call");
+            (i + var, o)
+        }
+        Form::Rep {
+            header,
+            element_in,
+            element_out,
+        } => {
+            assert!(!input.fast, "fast rep call");
+            assert!(input.rep_start < input.rep_count, "rep window empty");
+            let reps = u64::from(input.rep_count);
+            (header + var + reps * element_in, reps * element_out)
+        }
+    }
+}
+
+/// Input: flags u8 (bit 0 root caller, bit 1 aim the code at a table entry,
+/// bit 2 clear RCX's reserved bits, bits 4:3 the caller's memory: ranges,
+/// everything, nothing, ranges; bit 5 put both blocks in the first range),
+/// RCX, RDX, R8 (u64 each), range count u8, then ranges `u64 start, u16
+/// pages`, a continuation index u16, then the input block's contents.
+pub fn hypercall_input(data: &[u8]) {
+    let codes: Vec<u16> = TABLE.iter().map(|s| s.code).collect();
+    assert!(
+        codes
+            .iter()
+            .enumerate()
+            .all(|(i, c)| !codes[..i].contains(c)),
+        "a code twice in the dispatch table"
+    );
+
+    let mut b = Bytes(data);
+    let flags = b.u8();
+    let (mut rcx, mut rdx, mut r8) = (b.u64(), b.u64(), b.u64());
+    let caller = if flags & 1 != 0 {
+        Caller::Root
+    } else {
+        Caller::Guest
+    };
+    if flags & 2 != 0 {
+        let spec = &TABLE[usize::from(rcx as u16) % TABLE.len()];
+        rcx = (rcx & !0xFFFF) | u64::from(spec.code);
+    }
+    if flags & 4 != 0 {
+        rcx &= !RESERVED_RCX;
+    }
+    let ranges: Vec<(u64, u64)> = (0..b.u8() % 4)
+        .map(|_| {
+            let start = b.u64();
+            (start, start.saturating_add(u64::from(b.u16()) * PAGE))
+        })
+        .collect();
+    if flags & 0x20 != 0 {
+        if let Some(&(s, _)) = ranges.first() {
+            rdx = s.wrapping_add(rdx & 0x1FF8);
+            r8 = s.wrapping_add(r8 & 0x1FF8);
+        }
+    }
+    let owned = match (flags >> 3) & 3 {
+        1 => Owned::Everything,
+        2 => Owned::Nothing,
+        _ => Owned::Ranges(ranges),
+    };
+    let owns = |gpa: u64, len: u64| owned.owns(gpa, len);
+    let next_start = b.u16();
+    let contents = b.rest();
+
+    let result = check(rcx, rdx, r8, caller, &owns);
+    let decoded = Input::decode(rcx);
+    let spec = decoded.and_then(|i| TABLE.iter().find(|s| s.code == i.code));
+    // The order of the refusals: the input value, the code, the caller.
+    match (decoded, spec) {
+        (None, _) => assert_eq!(result, Err(status::INVALID_HYPERCALL_INPUT)),
+        (Some(_), None) => assert_eq!(result, Err(status::INVALID_HYPERCALL_CODE)),
+        (Some(_), Some(s)) if s.privilege == Privilege::Root && caller != Caller::Root => {
+            assert_eq!(result, Err(status::ACCESS_DENIED))
+        }
+        _ => {}
+    }
+    let call = match result {
+        Ok(call) => call,
+        Err(s) => {
+            assert!(
+                [
+                    status::INVALID_HYPERCALL_INPUT,
+                    status::INVALID_HYPERCALL_CODE,
+                    status::ACCESS_DENIED,
+                    status::INVALID_ALIGNMENT,
+                    status::INVALID_PARAMETER,
+                ]
+                .contains(&s),
+                "status {s:#x}"
+            );
+            return;
+        }
+    };
+    let (input, spec) = (decoded.unwrap(), spec.unwrap());
+    assert_eq!(call.input, input);
+    assert_eq!(call.spec, spec);
+    let (in_len, out_len) = block_sizes(spec, &input);
+    if input.fast {
+        // Register calls: two quadwords in, nothing out, no memory.
+        assert!(in_len <= 16 && out_len == 0);
+        assert_eq!((call.input_block, call.output_block), (None, None));
+    } else {
+        assert_eq!(call.input_block, (in_len > 0).then_some((rdx, in_len)));
+        assert_eq!(call.output_block, (out_len > 0).then_some((r8, out_len)));
+        for (gpa, len) in call.input_block.into_iter().chain(call.output_block) {
+            assert!(
+                gpa % 8 == 0 && gpa % PAGE + len <= PAGE,
+                "block {gpa:#x}+{len:#x}"
+            );
+            assert!(
+                owned.owns(gpa, len),
+                "block {gpa:#x}+{len:#x} not the caller's"
+            );
+            assert!(gpa.checked_add(len).is_some());
+        }
+        if let (Some((i, il)), Some((o, ol))) = (call.input_block, call.output_block) {
+            let (i, il, o, ol) = (i as u128, il as u128, o as u128, ol as u128);
+            assert!(
+                i + il <= o || o + ol <= i,
+                "input and output blocks overlap"
+            );
+        }
+    }
+
+    // The handlers (partition.rs, guest.rs) read the input as copied in, or
+    // the two registers of a fast call: every rep element they read lies in
+    // it, and every output element in the output block.
+    let mut block = vec![0u8; in_len as usize];
+    if input.fast {
+        block = [rdx.to_le_bytes(), r8.to_le_bytes()].concat();
+    }
+    let n = contents.len().min(block.len());
+    block[..n].copy_from_slice(&contents[..n]);
+    if spec.code == hypercall::GET_HOST_LOG {
+        host_log(abi::u64_at(&block, 0).unwrap(), contents, out_len as usize);
+    }
+    let mut ctx = VpContext::reset();
+    if let Form::Rep {
+        header,
+        element_in,
+        element_out,
+    } = spec.form
+    {
+        for i in input.rep_start..input.rep_count {
+            let at = (header + element_in * u64::from(i)) as usize;
+            let element = block
+                .get(at..at + element_in as usize)
+                .expect("rep element outside the input block");
+            assert!(element_out * (u64::from(i) + 1) <= out_len);
+            match spec.code {
+                abi::code::GET_VP_REGISTERS => {
+                    // GetVpRegisters reads exactly the registers SetVpRegisters writes.
+                    let name = abi::u32_at(element, 0).unwrap();
+                    assert_eq!(
+                        ctx.get(name).is_ok(),
+                        REGISTERS.contains(&name),
+                        "{name:#x}"
+                    );
+                }
+                abi::code::SET_VP_REGISTERS => {
+                    let name = abi::u32_at(element, 0).unwrap();
+                    let lo = abi::u64_at(element, 16).unwrap();
+                    let hi = abi::u64_at(element, 24).unwrap();
+                    register_write(&mut ctx, name, u128::from(hi) << 64 | u128::from(lo));
+                }
+                _ => {}
+            }
+        }
+        // A rep call not finished in one entry returns with its start index
+        // advanced (root.rs) and passes the same checks again on re-entry,
+        // with the same blocks.
+        let span = input.rep_count - input.rep_start;
+        for k in [1, span - 1, next_start % span] {
+            let mut next = input;
+            next.rep_start = input.rep_start + k;
+            if next.rep_start >= input.rep_count {
+                continue;
+            }
+            let again = check(next.encode(), rdx, r8, caller, &owns)
+                .unwrap_or_else(|s| panic!("continuation at {} refused: {s:#x}", next.rep_start));
+            assert_eq!(again.input, next);
+            assert_eq!(
+                (again.input_block, again.output_block),
+                (call.input_block, call.output_block)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// hv-abi decoders
+
+/// Input: a selector byte, then what the chosen decoder reads.
+pub fn abi_decode(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    match sel % 7 {
+        0 => input_value(rest),
+        1 => registers(rest),
+        2 => host_info(rest),
+        3 => host_stats(rest),
+        4 => root_boot(rest, sel & 0x80 != 0),
+        5 => synic_slot(rest),
+        _ => host_log_chunk(rest),
+    }
+}
+
+/// RCX: decodes to fields that encode back to the same bits, or is refused
+/// for a reserved bit; any fields encode to a value that decodes to them
+/// (cut to their widths).
+fn input_value(data: &[u8]) {
+    let mut b = Bytes(data);
+    let rcx = b.u64();
+    match Input::decode(rcx) {
+        Some(i) => {
+            assert_eq!(i.encode(), rcx);
+            assert!(
+                i.variable_header_size < 1 << 10 && i.rep_count < 1 << 12 && i.rep_start < 1 << 12
+            );
+        }
+        None => assert_ne!(rcx & RESERVED_RCX, 0),
+    }
+    let i = Input {
+        code: b.u16(),
+        fast: b.u8() & 1 != 0,
+        variable_header_size: b.u16(),
+        rep_count: b.u16(),
+        rep_start: b.u16(),
+    };
+    let cut = Input {
+        variable_header_size: i.variable_header_size & 0x3FF,
+        rep_count: i.rep_count & 0xFFF,
+        rep_start: i.rep_start & 0xFFF,
+        ..i
+    };
+    assert_eq!(Input::decode(i.encode()), Some(cut));
+    assert_eq!(i.encode() & RESERVED_RCX, 0);
+}
+
+/// A sequence of register writes `u8 pick, u32 name, u128 value` on a VP
+/// at reset (pick bit 0: the name is one `VpContext` keeps).
+fn registers(data: &[u8]) {
+    let mut b = Bytes(data);
+    let mut ctx = VpContext::reset();
+    while !b.0.is_empty() {
+        let pick = b.u8();
+        let raw = b.u32();
+        let name = if pick & 1 != 0 {
+            REGISTERS[raw as usize % REGISTERS.len()]
+        } else {
+            raw
+        };
+        let value = b.u128();
+        assert_eq!(Segment::from_value(value).to_value(), value);
+        assert_eq!(
+            Table::from_value(value).to_value(),
+            value & !((1u128 << 48) - 1)
+        );
+        register_write(&mut ctx, name, value);
+    }
+}
+
+fn host_info(data: &[u8]) {
+    let Some(h) = HostInfo::decode(data) else {
+        return;
+    };
+    let mut page = [0u8; HostInfo::SIZE];
+    h.encode(&mut page).unwrap();
+    assert_eq!(HostInfo::decode(&page), Some(h));
+    // Every byte but the reserved ones (20..24, 56..64) as it was.
+    assert_eq!(page[..20], data[..20]);
+    assert_eq!(page[24..56], data[24..56]);
+}
+
+fn host_stats(data: &[u8]) {
+    let Some((&room, data)) = data.split_first() else {
+        return;
+    };
+    let mut out = vec![LpStats::default(); usize::from(room) % (HostStats::MAX_LPS + 4)];
+    let Some(n) = HostStats::decode(data, &mut out) else {
+        return;
+    };
+    let count = abi::u32_at(data, 0).unwrap() as usize;
+    assert!(count <= HostStats::MAX_LPS);
+    assert_eq!(n, count.min(out.len()));
+    let mut page = vec![0u8; 4096];
+    HostStats::encode(&out[..n], &mut page).unwrap();
+    let mut again = vec![LpStats::default(); n];
+    assert_eq!(HostStats::decode(&page, &mut again), Some(n));
+    assert_eq!(again, out[..n]);
+    if n == count {
+        let len = 8 + n * HostStats::LP_SIZE;
+        assert_eq!(page[8..len], data[8..len]);
+    }
+}
+
+/// A GET_HOST_LOG answer as the root reads it: a chunk that decodes lies
+/// within what was written and the page, and encodes back to the same header.
+fn host_log_chunk(data: &[u8]) {
+    let Some(c) = HostLogChunk::decode(data) else {
+        return;
+    };
+    assert!(c.bytes.len() <= HostLogChunk::MAX_BYTES);
+    assert!(c.start + c.bytes.len() as u64 <= c.written);
+    assert_eq!(
+        c.bytes,
+        &data[HostLogChunk::HEADER..HostLogChunk::HEADER + c.bytes.len()]
+    );
+    let mut page = vec![0u8; 4096];
+    page[HostLogChunk::HEADER..][..c.bytes.len()].copy_from_slice(c.bytes);
+    HostLogChunk::encode_header(c.start, c.written, c.bytes.len(), &mut page).unwrap();
+    assert_eq!(HostLogChunk::decode(&page), Some(c));
+    assert_eq!(page[..20], data[..20]);
+}
+
+/// The GET_HOST_LOG handler (serial::read_log) on a log of `text`, asked
+/// from any position the root passes: its answer decodes in the root, to
+/// the kept bytes from that position (or the oldest kept) on.
+fn host_log(from: u64, text: &[u8], out_len: usize) {
+    const N: usize = 512;
+    let mut ring = LogRing::<N>::new();
+    for piece in text.chunks(37) {
+        ring.push(piece);
+    }
+    let mut page = vec![0u8; out_len];
+    let data = &mut page[HostLogChunk::HEADER..];
+    let room = data.len().min(HostLogChunk::MAX_BYTES);
+    let (start, len) = ring.read(from, &mut data[..room]);
+    HostLogChunk::encode_header(start, ring.written(), len, &mut page).expect("header refused");
+    let c = HostLogChunk::decode(&page).expect("the root cannot read the answer");
+    let written = text.len() as u64;
+    let kept = written.saturating_sub(N as u64);
+    assert_eq!((c.start, c.written), (from.clamp(kept, written), written));
+    let at = c.start as usize;
+    assert_eq!(c.bytes, &text[at..at + c.bytes.len()]);
+    assert_eq!(
+        c.bytes.len(),
+        (text.len() - at).min(HostLogChunk::MAX_BYTES)
+    );
+}
+
+/// The root's boot block (written by the hypervisor, read by the root):
+/// a block that decodes encodes back to the same bytes.
+fn root_boot(data: &[u8], stamp: bool) {
+    let mut bytes = data.to_vec();
+    if stamp && bytes.len() >= 12 {
+        // The fuzzer rarely guesses the magic and version.
+        bytes[..8].copy_from_slice(&hv_abi::root_boot::MAGIC.to_le_bytes());
+        bytes[8..12].copy_from_slice(&hv_abi::ABI_VERSION.to_le_bytes());
+    }
+    let Some(r) = RootBoot::decode(&bytes) else {
+        return;
+    };
+    let mut out = vec![0u8; hv_abi::root_boot::SIZE];
+    r.encode(&mut out).unwrap();
+    assert_eq!(out, bytes[..hv_abi::root_boot::SIZE]);
+    let _ = r.cmdline();
+    assert!(r.ranges().len() <= hv_abi::root_boot::MAX_RANGES);
+    for m in r.modules() {
+        let _ = m.name();
+    }
+    let top = root_partition_svc::boot::identity_top(&r);
+    assert!(top >= 4 << 30 && top % (1 << 30) == 0);
+    let _ = root_partition_svc::boot::ram_bytes(r.ranges());
+}
+
+/// A SynIC message slot and the intercept payloads in it: decoded values
+/// re-encode to messages that decode alike.
+fn synic_slot(data: &[u8]) {
+    let mut slot = [0u8; synic::SLOT_SIZE];
+    let n = data.len().min(slot.len());
+    slot[..n].copy_from_slice(&data[..n]);
+    let m = Message::decode(&slot);
+    assert!(usize::from(m.size) <= synic::PAYLOAD_MAX);
+    let mut again = [0u8; synic::SLOT_SIZE];
+    m.encode(&mut again);
+    assert_eq!(Message::decode(&again), m);
+    for p in [&m.payload[..], &m.payload[..usize::from(m.size)]] {
+        if let Some(io) = IoPortIntercept::decode(p) {
+            assert!(p.len() >= IoPortIntercept::SIZE);
+            assert_eq!(
+                IoPortIntercept::decode(&io.message(m.sender).payload),
+                Some(io)
+            );
+        }
+        if let Some(mem) = MemoryIntercept::decode(p) {
+            let back = mem.message(m.kind, m.sender);
+            assert_eq!(
+                (back.kind, MemoryIntercept::decode(&back.payload)),
+                (m.kind, Some(mem))
+            );
+        }
+        if let Some(ex) = ExceptionIntercept::decode(p) {
+            assert_eq!(
+                ExceptionIntercept::decode(&ex.message(m.sender).payload),
+                Some(ex)
+            );
+        }
+        if let Some((h, reason)) = synic::decode_header(p) {
+            let back = synic::header_message(m.kind, m.sender, &h, reason);
+            assert_eq!(synic::decode_header(&back.payload), Some((h, reason)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Image loaders
+
+/// A PT_LOAD program header as a reference reader sees it.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    offset: u64,
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+fn le_at(b: &[u8], at: usize, n: usize) -> Option<u64> {
+    let s = b.get(at..at.checked_add(n)?)?;
+    Some(s.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)))
+}
+
+/// The PT_LOAD headers of an ELF64 file the hypervisor's reader uses: those
+/// whose fields up to p_memsz lie in the file.
+fn reference_loads(image: &[u8]) -> Vec<Load> {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (
+        le_at(image, 0x20, 8),
+        le_at(image, 0x36, 2),
+        le_at(image, 0x38, 2),
+    ) else {
+        return Vec::new();
+    };
+    (0..phnum)
+        .filter_map(|i| {
+            let o = usize::try_from(phoff.checked_add(i * phentsize)?).ok()?;
+            if le_at(image, o, 4)? != 1 || o.checked_add(48)? > image.len() {
+                return None;
+            }
+            Some(Load {
+                offset: le_at(image, o + 8, 8)?,
+                paddr: le_at(image, o + 24, 8)?,
+                filesz: le_at(image, o + 32, 8)?,
+                memsz: le_at(image, o + 40, 8)?,
+            })
+        })
+        .collect()
+}
+
+/// Builds an ELF file from the fuzzer's bytes, so that most inputs get past
+/// the identification and the program headers: flags bit 1 ELF32 (i386,
+/// with a Multiboot header when bit 2), bit 3 raw field values.
+fn build_elf(b: &mut Bytes, flags: u8) -> Vec<u8> {
+    let is64 = flags & 2 == 0;
+    let raw = flags & 8 != 0;
+    let (ehsize, phentsize) = if is64 { (64, 56) } else { (52, 32) };
+    let phnum = usize::from(b.u8() % 6);
+    let entry_pick = b.u64();
+    let base = match b.u8() % 4 {
+        0 => 0x10_0000,
+        1 => 0x20_0000,
+        2 => 0xFFFF_0000,
+        _ => b.u64(),
+    };
+    let mut headers = Vec::new();
+    for _ in 0..phnum {
+        let kind = if b.u8() % 4 == 0 { b.u32() } else { 1 };
+        let pflags = u32::from(b.u8() & 7);
+        headers.push((kind, pflags, b.u16(), b.u16(), b.u16(), b.u16()));
+    }
+    let mut body = b.rest().to_vec();
+    if !is64 && flags & 4 != 0 {
+        let magic: u32 = 0x1BAD_B002;
+        let mb_flags = 3u32;
+        let header = [
+            magic,
+            mb_flags,
+            0u32.wrapping_sub(magic).wrapping_sub(mb_flags),
+        ];
+        body.splice(0..0, header.iter().flat_map(|w| w.to_le_bytes()));
+    }
+    let data_at = (ehsize + phnum * phentsize) as u64;
+    let body_len = body.len() as u64;
+    let mut v = vec![0u8; ehsize + phnum * phentsize];
+    v[..6].copy_from_slice(b"\x7FELF\x00\x01");
+    v[4] = if is64 { 2 } else { 1 };
+    v[18..20].copy_from_slice(&(if is64 { 62u16 } else { 3 }).to_le_bytes());
+    let mut first = None;
+    for (i, &(kind, pflags, off, addr, file, mem)) in headers.iter().enumerate() {
+        let (offset, paddr, filesz, memsz) = if raw {
+            (
+                u64::from(off),
+                base.wrapping_add(u64::from(addr) << 12),
+                u64::from(file),
+                u64::from(mem),
+            )
+        } else {
+            let offset = u64::from(off) % (body_len + 1);
+            let filesz = u64::from(file) % (body_len - offset + 1);
+            (
+                data_at + offset,
+                base.wrapping_add(u64::from(addr) << 4),
+                filesz,
+                filesz + u64::from(mem),
+            )
+        };
+        first.get_or_insert(paddr);
+        let o = ehsize + i * phentsize;
+        let p = &mut v[o..o + phentsize];
+        p[..4].copy_from_slice(&kind.to_le_bytes());
+        if is64 {
+            p[4..8].copy_from_slice(&pflags.to_le_bytes());
+            p[8..16].copy_from_slice(&offset.to_le_bytes());
+            p[16..24].copy_from_slice(&paddr.to_le_bytes());
+            p[24..32].copy_from_slice(&paddr.to_le_bytes());
+            p[32..40].copy_from_slice(&filesz.to_le_bytes());
+            p[40..48].copy_from_slice(&memsz.to_le_bytes());
+        } else {
+            p[4..8].copy_from_slice(&(offset as u32).to_le_bytes());
+            p[8..12].copy_from_slice(&(paddr as u32).to_le_bytes());
+            p[12..16].copy_from_slice(&(paddr as u32).to_le_bytes());
+            p[16..20].copy_from_slice(&(filesz as u32).to_le_bytes());
+            p[20..24].copy_from_slice(&(memsz as u32).to_le_bytes());
+            p[24..28].copy_from_slice(&pflags.to_le_bytes());
+        }
+    }
+    let entry = if raw {
+        entry_pick
+    } else {
+        first.unwrap_or(base).wrapping_add(entry_pick % 0x2000)
+    };
+    if is64 {
+        v[24..32].copy_from_slice(&entry.to_le_bytes());
+        v[32..40].copy_from_slice(&(ehsize as u64).to_le_bytes());
+        v[54..56].copy_from_slice(&(phentsize as u16).to_le_bytes());
+        v[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
+    } else {
+        v[24..28].copy_from_slice(&(entry as u32).to_le_bytes());
+        v[28..32].copy_from_slice(&(ehsize as u32).to_le_bytes());
+        v[42..44].copy_from_slice(&(phentsize as u16).to_le_bytes());
+        v[44..46].copy_from_slice(&(phnum as u16).to_le_bytes());
+    }
+    v.extend_from_slice(&body);
+    v
+}
+
+/// The hypervisor's ELF reader: an accepted layout is the page-rounded hull
+/// of the PT_LOAD segments, below 4 GiB, holding the entry; every segment lies
+/// in the file; copying fills exactly the segments' file bytes, zeroes the rest.
+fn hypervisor_elf(image: &[u8]) {
+    protections(image);
+    let Ok(l) = elf::layout(image) else {
+        let mut dest = vec![0u8; 0x4000];
+        let _ = elf::copy_segments(image, 0x10_0000, &mut dest);
+        return;
+    };
+    assert!(l.start % 4096 == 0 && l.end % 4096 == 0, "{l:?}");
+    assert!(l.start < l.end && l.end <= 1 << 32, "{l:?}");
+    assert!((l.start..l.end).contains(&l.entry), "{l:?}");
+    let loads = reference_loads(image);
+    assert!(!loads.is_empty());
+    for s in &loads {
+        assert!(s.filesz <= s.memsz, "{s:?}");
+        assert!(s.offset + s.filesz <= image.len() as u64, "{s:?}");
+        assert!(
+            l.start <= s.paddr && s.paddr + s.memsz <= l.end,
+            "{s:?} outside {l:?}"
+        );
+    }
+    let low = loads.iter().map(|s| s.paddr).min().unwrap();
+    let high = loads.iter().map(|s| s.paddr + s.memsz).max().unwrap();
+    assert_eq!((l.start, l.end), (low & !0xFFF, (high + 0xFFF) & !0xFFF));
+    let span = (l.end - l.start) as usize;
+    if span > 8 << 20 {
+        return;
+    }
+    let mut dest = vec![0xA5u8; span];
+    elf::copy_segments(image, l.start, &mut dest).expect("an accepted image must load");
+    let mut want = vec![0u8; span];
+    for s in &loads {
+        let at = (s.paddr - l.start) as usize;
+        let file = &image[s.offset as usize..(s.offset + s.filesz) as usize];
+        want[at..at + file.len()].copy_from_slice(file);
+    }
+    assert!(dest == want, "loaded bytes differ from the segments");
+    // A destination too small is refused or filled, never overrun.
+    let _ = elf::copy_segments(image, l.start, &mut dest[..span / 2]);
+}
+
+/// The pages and permissions the hypervisor maps the root's image with: whole
+/// pages, never writable and executable, no page in two segments (they
+/// would need two permissions), every segment with memory covered.
+fn protections(image: &[u8]) {
+    let Ok(it) = elf::protections(image) else {
+        return;
+    };
+    let prots: Vec<elf::Protection> = it.collect();
+    for (i, p) in prots.iter().enumerate() {
+        assert!(
+            p.start % 4096 == 0 && p.end % 4096 == 0 && p.start < p.end,
+            "{p:?}"
+        );
+        assert!(!(p.write && p.execute), "{p:?}");
+        for q in &prots[..i] {
+            assert!(
+                p.end <= q.start || q.end <= p.start,
+                "{p:?} shares a page with {q:?}"
+            );
+        }
+    }
+    if let Ok(l) = elf::layout(image) {
+        for p in &prots {
+            assert!(l.start <= p.start && p.end <= l.end, "{p:?} outside {l:?}");
+        }
+    }
+    let loads: Vec<Load> = reference_loads(image)
+        .into_iter()
+        .filter(|s| s.memsz > 0)
+        .collect();
+    assert_eq!(loads.len(), prots.len());
+    for (s, p) in loads.iter().zip(&prots) {
+        assert!(
+            p.start <= s.paddr && s.paddr + s.memsz <= p.end,
+            "{s:?} not in {p:?}"
+        );
+    }
+}
+
+/// The root's guest-image reader: accepted segments lie in the file and in
+/// the VM's memory above the boot structures; the boot structures and start
+/// registers it derives are what the hypervisor accepts.
+fn root_image(image: &[u8], memory: u64, vp: u32, vps: u32) {
+    let Ok(img) = vmm::parse_image(image, memory) else {
+        return;
+    };
+    let segments = &img.segments[..img.segment_count];
+    assert!((1..=vmm::MAX_SEGMENTS).contains(&segments.len()));
+    let len = image.len() as u64;
+    match img.mode {
+        EntryMode::Real => {
+            assert!(!image.starts_with(b"\x7FELF"));
+            let at = vmm::layout::REAL_MODE_LOAD;
+            assert_eq!(img.entry, at);
+            assert_eq!(segments.len(), 1);
+            let s = segments[0];
+            assert_eq!(
+                (s.gpa, s.offset, s.file_bytes, s.mem_bytes),
+                (at, 0, len, len)
+            );
+            assert!(len > 0 && at + len <= 0x8_0000);
+        }
+        EntryMode::Long | EntryMode::Protected32 => {
+            let class = if img.mode == EntryMode::Long { 2 } else { 1 };
+            assert!(image.starts_with(b"\x7FELF") && image[4] == class);
+            for s in segments {
+                assert!(s.file_bytes <= s.mem_bytes, "{s:?}");
+                assert!(
+                    s.offset.checked_add(s.file_bytes).is_some_and(|e| e <= len),
+                    "{s:?}"
+                );
+                assert!(s.gpa >= vmm::layout::IMAGE_MIN, "{s:?}");
+                assert!(
+                    s.gpa.checked_add(s.mem_bytes).is_some_and(|e| e <= memory),
+                    "{s:?}"
+                );
+            }
+        }
+    }
+    let mut writes = Vec::new();
+    vmm::boot_tables(img.mode, memory, &mut |gpa, v| writes.push((gpa, v)));
+    for &(gpa, _) in &writes {
+        assert!(
+            gpa % 8 == 0 && gpa + 8 <= vmm::layout::STACKS,
+            "boot write at {gpa:#x}"
+        );
+        for s in segments {
+            assert!(
+                gpa + 8 <= s.gpa || s.gpa + s.mem_bytes <= gpa,
+                "boot write at {gpa:#x} in {s:?}"
+            );
+        }
+    }
+    let vps = 1 + vps % abi::MAX_VPS;
+    let regs = vmm::start_registers(img.mode, img.entry, vp % vps, vps, memory);
+    let mut ctx = VpContext::reset();
+    for (name, value) in regs {
+        assert_eq!(
+            ctx.set(name, value),
+            Ok(()),
+            "start register {name:#x} = {value:#x}"
+        );
+    }
+    assert!(
+        ctx.gpr[4] <= vmm::layout::IMAGE_MIN,
+        "stack above the image floor"
+    );
+}
+
+/// Input: flags u8 (bit 0 build an ELF from the rest, see `build_elf`; bits
+/// 7:5 the VM's memory size), VP u8, VP count u8, [memory u64 when bits 7:5
+/// are 7], then the image or the builder's bytes.
+pub fn image_loader(data: &[u8]) {
+    let mut b = Bytes(data);
+    let flags = b.u8();
+    let (vp, vps) = (u32::from(b.u8()), u32::from(b.u8()));
+    let memory = match flags >> 5 {
+        0 => 1 << 20,
+        1 => 2 << 20,
+        2 => 8 << 20,
+        3 => 64 << 20,
+        4 => 1 << 30,
+        5 => 4 << 30,
+        6 => abi::MAX_GPA,
+        _ => b.u64(),
+    };
+    let image = if flags & 1 != 0 {
+        build_elf(&mut b, flags)
+    } else {
+        b.rest().to_vec()
+    };
+    hypervisor_elf(&image);
+    root_image(&image, memory, vp, vps);
+}
+
+// ---------------------------------------------------------------------------
+// Boot information
+
+/// Loader memory: bytes at a physical address.
+struct Mem {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl PhysRead for Mem {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let Some(o) = addr
+            .checked_sub(self.base)
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            return false;
+        };
+        match o.checked_add(buf.len()).and_then(|e| self.bytes.get(o..e)) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn put(v: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+    if v.len() < at + bytes.len() {
+        v.resize(at + bytes.len(), 0);
+    }
+    v[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+/// A Multiboot2 information structure from records `u8 type, u8 len, [len]`
+/// (type picks 1, 2, 3, 6, 14, 15, 0 or a raw type): tag sizes, padding and
+/// the total are right unless flags bit 6 asks for a raw total.
+fn build_mb2(b: &mut Bytes, flags: u8) -> Vec<u8> {
+    let raw_total = b.u32();
+    let mut v = vec![0u8; 8];
+    while !b.0.is_empty() {
+        let pick = b.u8();
+        let kind = match pick % 8 {
+            0 => 1,
+            1 => 2,
+            2 => 3,
+            3 => 6,
+            4 => 14,
+            5 => 15,
+            6 => 0,
+            _ => u32::from(pick),
+        };
+        let len = usize::from(b.u8());
+        let mut payload = b.take(len).to_vec();
+        if kind == 6 && pick & 0x80 != 0 && payload.len() >= 8 {
+            // A memory map with 24-byte entries.
+            payload[..4].copy_from_slice(&24u32.to_le_bytes());
+        }
+        if (kind == 14 || kind == 15) && pick & 0x80 != 0 && payload.len() >= 20 {
+            // An RSDP with its signature and checksums right.
+            payload[..8].copy_from_slice(b"RSD PTR ");
+            let sum = |b: &[u8]| b.iter().fold(0u8, |a, x| a.wrapping_add(*x));
+            payload[8] = 0;
+            payload[8] = 0u8.wrapping_sub(sum(&payload[..20]));
+            if payload.len() >= 36 {
+                payload[32] = 0;
+                payload[32] = 0u8.wrapping_sub(sum(&payload[..36]));
+            }
+        }
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(&((payload.len() + 8) as u32).to_le_bytes());
+        v.extend_from_slice(&payload);
+        while v.len() % 8 != 0 {
+            v.push(0);
+        }
+    }
+    v.extend_from_slice(&[0, 0, 0, 0, 8, 0, 0, 0]);
+    let total = if flags & 0x40 != 0 {
+        raw_total
+    } else {
+        v.len() as u32
+    };
+    v[..4].copy_from_slice(&total.to_le_bytes());
+    v
+}
+
+/// A Multiboot 1 information structure at `base`: flags u32, then a command
+/// line, a loader name, `count % 5` modules and map entries from the rest.
+fn build_mb1(b: &mut Bytes, base: u64) -> Vec<u8> {
+    let flags = b.u32() | (1 << 6);
+    let mut v = vec![0u8; 0x58];
+    let string = |v: &mut Vec<u8>, s: &[u8]| -> u32 {
+        let at = v.len();
+        put(v, at, s);
+        v.push(0);
+        (base + at as u64) as u32
+    };
+    let n = usize::from(b.u8());
+    let cmdline = b.take(n);
+    let p = string(&mut v, cmdline);
+    put(&mut v, 16, &p.to_le_bytes());
+    let n = usize::from(b.u8() % 64);
+    let name = b.take(n);
+    let p = string(&mut v, name);
+    put(&mut v, 64, &p.to_le_bytes());
+    let count = b.u8() % 5;
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        let (start, end) = (b.u32(), b.u32());
+        let n = usize::from(b.u8() % 32);
+        let p = string(&mut v, b.take(n));
+        entries.push([start, end, p, 0]);
+    }
+    let at = v.len();
+    for (i, e) in entries.iter().enumerate() {
+        for (j, w) in e.iter().enumerate() {
+            put(&mut v, at + 16 * i + 4 * j, &w.to_le_bytes());
+        }
+    }
+    put(&mut v, 20, &u32::from(count).to_le_bytes());
+    put(&mut v, 24, &((base + at as u64) as u32).to_le_bytes());
+    let map = v.len();
+    let mut length = 0u32;
+    while b.0.len() >= 21 {
+        let size = if b.u8() & 7 == 0 { b.u32() } else { 20 };
+        let entry = [&size.to_le_bytes()[..], b.take(20)].concat();
+        put(&mut v, map + length as usize, &entry);
+        length += 24;
+    }
+    put(&mut v, 0, &flags.to_le_bytes());
+    put(&mut v, 44, &length.to_le_bytes());
+    put(&mut v, 48, &((base + map as u64) as u32).to_le_bytes());
+    v
+}
+
+/// What `Options::parse` must find in a command line (read independently).
+fn command_line(s: &str) {
+    let o = Options::parse(s);
+    let mut words: Vec<&str> = s.split_ascii_whitespace().collect();
+    if words
+        .first()
+        .is_some_and(|w| w.contains('/') && !w.contains('='))
+    {
+        words.remove(0);
+    }
+    let (mut log, mut poweroff, mut xapic, mut selftest, mut unknown) =
+        (LogLevel::Info, false, false, None, None);
+    for w in words {
+        let known = match w {
+            "poweroff" => {
+                poweroff = true;
+                true
+            }
+            "log=error" | "log=warn" | "log=info" | "log=debug" | "log=trace" => {
+                log = match &w[4..] {
+                    "error" => LogLevel::Error,
+                    "warn" => LogLevel::Warn,
+                    "info" => LogLevel::Info,
+                    "debug" => LogLevel::Debug,
+                    _ => LogLevel::Trace,
+                };
+                true
+            }
+            "apic=xapic" => {
+                xapic = true;
+                true
+            }
+            "apic=x2apic" => true,
+            "selftest=page-fault" => {
+                selftest = Some(SelfTest::PageFault);
+                true
+            }
+            "selftest=stack-overflow" => {
+                selftest = Some(SelfTest::StackOverflow);
+                true
+            }
+            _ => false,
+        };
+        if !known && unknown.is_none() {
+            unknown = Some(w);
+        }
+    }
+    assert_eq!(
+        (
+            o.log_level,
+            o.poweroff,
+            o.force_xapic,
+            o.selftest,
+            o.unknown
+        ),
+        (log, poweroff, xapic, selftest, unknown),
+        "{s:?}"
+    );
+}
+
+/// What the hypervisor does with a parsed map: the frame allocator hands out
+/// only pages a usable region names whole, that no other region, module or
+/// page 0 touches, each once.
+fn frames(bi: &BootInfo, pick: u8) {
+    let mut fa = FrameAllocator::from_memory_map(bi.regions());
+    fa.reserve(0, PAGE_SIZE);
+    for m in bi.modules() {
+        fa.reserve(m.start, m.end);
+    }
+    let mut taken: Vec<(u64, u64)> = Vec::new();
+    if let Some(p) = fa.alloc_contiguous(1, 1, 0x10_0000) {
+        assert!(p + PAGE_SIZE <= 0x10_0000);
+        taken.push((p, p + PAGE_SIZE));
+    }
+    let pages = 1 + u64::from(pick % 16);
+    let align = 1 << ((pick >> 4) & 7);
+    if let Some(p) = fa.alloc_contiguous(pages, align, u64::MAX) {
+        assert_eq!(p % (align * PAGE_SIZE), 0);
+        taken.push((p, p + pages * PAGE_SIZE));
+    }
+    for _ in 0..32 {
+        let Some(p) = fa.alloc() else { break };
+        taken.push((p, p + PAGE_SIZE));
+    }
+    let touches = |s: u64, e: u64, a: u64, b: u64| s < b && a < e;
+    for (i, &(s, e)) in taken.iter().enumerate() {
+        assert!(s % PAGE_SIZE == 0 && s > 0, "{s:#x}");
+        for p in (s..e).step_by(PAGE_SIZE as usize) {
+            assert!(
+                bi.regions().iter().any(|r| r.kind == RegionKind::Usable
+                    && r.start <= p
+                    && p + PAGE_SIZE <= r.end),
+                "page {p:#x} in no usable region"
+            );
+        }
+        for r in bi.regions().iter().filter(|r| r.kind != RegionKind::Usable) {
+            assert!(!touches(s, e, r.start, r.end), "{s:#x}..{e:#x} in {r:?}");
+        }
+        for m in bi.modules() {
+            assert!(
+                !touches(s, e, m.start, m.end),
+                "{s:#x}..{e:#x} in module {m:?}"
+            );
+        }
+        for &(s2, e2) in &taken[..i] {
+            assert!(!touches(s, e, s2, e2), "{s:#x}..{e:#x} handed out twice");
+        }
+    }
+}
+
+/// Input: flags u8 (bits 1:0 Multiboot 1, Multiboot 2 (twice) or a command
+/// line alone; bit 2 build the structure from the rest (see `build_mb1`,
+/// `build_mb2`), else the rest is memory as the loader left it), the
+/// structure's offset u16 and the memory's page u16 (below 4 GiB, as every
+/// loader leaves it), a pick u8 for the frame allocator, then the rest.
+pub fn boot_info(data: &[u8]) {
+    let mut b = Bytes(data);
+    let flags = b.u8();
+    let offset = u64::from(b.u16() & !7);
+    let base = u64::from(b.u16()) << 12;
+    let pick = b.u8();
+    let magic = match flags & 3 {
+        0 => bootinfo::MULTIBOOT1_BOOT_MAGIC,
+        1 | 2 => bootinfo::MULTIBOOT2_BOOT_MAGIC,
+        _ => {
+            let text = b.rest();
+            command_line(&String::from_utf8_lossy(text));
+            let s = InlineStr::<{ bootinfo::MAX_CMDLINE }>::from_bytes(text);
+            assert!(s.as_str().len() <= bootinfo::MAX_CMDLINE);
+            assert!(text.starts_with(s.as_str().as_bytes()));
+            return;
+        }
+    };
+    let (info, bytes) = if flags & 4 != 0 {
+        let v = if magic == bootinfo::MULTIBOOT1_BOOT_MAGIC {
+            build_mb1(&mut b, base)
+        } else {
+            build_mb2(&mut b, flags)
+        };
+        (base, v)
+    } else {
+        (
+            base + offset,
+            [&vec![0u8; offset as usize][..], b.rest()].concat(),
+        )
+    };
+    let mem = Mem { base, bytes };
+    let Ok(bi) = bootinfo::parse(magic, info, &mem) else {
+        return;
+    };
+    let protocol = if magic == bootinfo::MULTIBOOT1_BOOT_MAGIC {
+        Protocol::Multiboot1
+    } else {
+        Protocol::Multiboot2
+    };
+    assert_eq!(bi.protocol, protocol);
+    assert!(bi.regions().len() <= bootinfo::MAX_REGIONS);
+    assert!(bi.regions_dropped == 0 || bi.regions().len() == bootinfo::MAX_REGIONS);
+    for r in bi.regions() {
+        assert!(r.start < r.end, "{r:?}");
+    }
+    assert!(bi.modules().len() <= bootinfo::MAX_MODULES);
+    for m in bi.modules() {
+        assert!(m.start <= m.end && m.name.as_str().len() <= bootinfo::MAX_NAME);
+    }
+    assert!(bi.cmdline.as_str().len() <= bootinfo::MAX_CMDLINE);
+    assert!(bi.loader_name.as_str().len() <= bootinfo::MAX_NAME);
+    if let Some(root) = bi.acpi {
+        // What the root partition is given: an RSDP naming the same tables.
+        assert_ne!(root.table_address, 0);
+        assert!(root.revision == 0 || root.revision >= 2, "{root:?}");
+        let revision = if root.revision >= 2 { 2 } else { 0 };
+        assert_eq!(
+            bootinfo::parse_rsdp(&bootinfo::make_rsdp(root)),
+            Some(AcpiRoot { revision, ..root })
+        );
+    }
+    // The numbers the hypervisor sizes its identity map and heap with.
+    let _ = bi.usable_bytes();
+    let top = bi.identity_top();
+    const GIB: u64 = 1 << 30;
+    assert!(top >= 4 * GIB && top % GIB == 0, "{top:#x}");
+    assert!(top >= bi.usable_top().min(!(GIB - 1)), "{top:#x}");
+    frames(&bi, pick);
+    command_line(bi.cmdline.as_str());
+}
