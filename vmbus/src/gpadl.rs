@@ -2,8 +2,9 @@
 //! describes once and then names by a 32-bit id (ring buffers, netvsc
 //! receive/send buffers).
 //!
-//! The range list is a stream of u64 words: per range one word
-//! `byte_count | byte_offset << 32`, then `pages_spanned` PFNs. It is too
+//! The range list is a stream of u64 words: per range one word holding the
+//! [`wire::GpaRange`] head (`byte_count | byte_offset << 32`), then
+//! `pages_spanned` PFNs. It is too
 //! long for one 240-byte message, so the guest sends a GPADL_HEADER with the
 //! first 27 words and GPADL_BODY messages with up to 28 more each. The host
 //! assembles them ([`GpadlBuilder`]) and only then validates the ranges.
@@ -15,6 +16,7 @@ use crate::messages::{
     GPADL_HEADER_MAX_WORDS,
 };
 use crate::packet::pages_spanned;
+use crate::wire;
 use crate::PAGE_SIZE;
 
 /// Linux numbers its GPADLs from here.
@@ -75,8 +77,8 @@ impl Gpadl {
         };
         let mut at = 0usize;
         for _ in 0..range_count {
-            let head = *g.words.get(at).ok_or(GpadlError::BadRanges)?;
-            let (count, offset) = (head as u32, (head >> 32) as u32);
+            let head = wire::GpaRange::from_word(*g.words.get(at).ok_or(GpadlError::BadRanges)?);
+            let (count, offset) = (head.byte_count.get(), head.byte_offset.get());
             if count == 0 || offset as usize >= PAGE_SIZE {
                 return Err(GpadlError::BadRange);
             }
@@ -104,7 +106,8 @@ impl Gpadl {
         let mut rest: &[u64] = &self.words;
         (0..self.range_count).map_while(move |_| {
             let (&head, tail) = rest.split_first()?;
-            let (count, offset) = (head as u32, (head >> 32) as u32);
+            let head = wire::GpaRange::from_word(head);
+            let (count, offset) = (head.byte_count.get(), head.byte_offset.get());
             let n = pages_spanned(offset, count) as usize;
             let pfns = tail.get(..n)?;
             rest = tail.get(n..)?;
@@ -142,7 +145,7 @@ fn range_words(ranges: &[GpadlRange<'_>]) -> Result<Vec<u64>, GpadlError> {
         if r.pfns.len() as u64 != pages_spanned(r.byte_offset, r.byte_count) {
             return Err(GpadlError::BadRange);
         }
-        words.push(u64::from(r.byte_count) | u64::from(r.byte_offset) << 32);
+        words.push(wire::GpaRange::new(r.byte_count, r.byte_offset).to_word());
         words.extend_from_slice(r.pfns);
     }
     Ok(words)

@@ -14,6 +14,9 @@
 //!   by the [`host::HostPort`] / [`guest::GuestPort`] traits.
 //! - [`guid`]: GUIDs in Hyper-V byte order and the device class GUIDs.
 //! - [`sim`]: an in-process SynIC/guest-memory simulation for tests.
+//! - [`wire`]: the wire structs (Linux's `hyperv.h` layouts) as `zerocopy`
+//!   types, with their sizes checked at compile time; [`messages`] and
+//!   [`packet`] parse and build through them.
 //!
 //! Everything that reads peer-controlled data is safe Rust, copies before it
 //! validates and returns an error instead of panicking.
@@ -38,6 +41,7 @@ pub mod ring;
 #[allow(unsafe_code)]
 pub mod shared_mem;
 pub mod sim;
+pub mod wire;
 
 pub use guid::Guid;
 

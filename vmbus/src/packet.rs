@@ -2,16 +2,25 @@
 //! and the packet types a device protocol uses (in-band, completion,
 //! GPA-direct, transfer pages).
 //!
-//! Parsing works on a private copy made by the ring reader, so a packet
-//! cannot change while it is checked. Sending builds the descriptor and the
+//! The layouts are the [`wire`] structs (`vmpacket_descriptor`,
+//! `vmdata_gpa_direct`, `vmtransfer_page_packet_header`, `gpa_range`,
+//! `vmtransfer_page_range`). Parsing works on a private copy made by the
+//! ring reader, so a packet cannot change while it is checked; fixed headers
+//! are copied out of it with `read_from_prefix`, variable-length arrays are
+//! viewed as typed slices of it. Sending builds the descriptor and the
 //! type-specific header; the ring writer adds padding and the trailer.
 
 use alloc::vec::Vec;
+use core::mem::size_of;
 
+use zerocopy::byteorder::little_endian::U64;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::wire;
 use crate::PAGE_SIZE;
 
 /// Size of the packet descriptor (`struct vmpacket_descriptor`).
-pub const DESCRIPTOR_SIZE: usize = 16;
+pub const DESCRIPTOR_SIZE: usize = size_of::<wire::PacketDescriptor>();
 
 /// `VM_PKT_DATA_INBAND`: payload inline in the ring.
 pub const TYPE_DATA_INBAND: u16 = 6;
@@ -29,7 +38,8 @@ pub const FLAG_COMPLETION_REQUESTED: u16 = 1;
 /// describe.
 pub const MAX_PACKET_LEN: usize = u16::MAX as usize * 8;
 
-/// The 16-byte descriptor at the start of every ring packet.
+/// The 16-byte descriptor at the start of every ring packet, in host order
+/// ([`wire::PacketDescriptor`] is its wire image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Descriptor {
     /// Packet type (`TYPE_*`).
@@ -47,26 +57,37 @@ pub struct Descriptor {
 impl Descriptor {
     /// Decodes the wire bytes (no validation).
     pub fn from_bytes(b: &[u8; DESCRIPTOR_SIZE]) -> Self {
-        Self {
-            packet_type: u16::from_le_bytes([b[0], b[1]]),
-            offset8: u16::from_le_bytes([b[2], b[3]]),
-            len8: u16::from_le_bytes([b[4], b[5]]),
-            flags: u16::from_le_bytes([b[6], b[7]]),
-            transaction_id: u64::from_le_bytes([
-                b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15],
-            ]),
-        }
+        let d: wire::PacketDescriptor = zerocopy::transmute!(*b);
+        d.into()
     }
 
     /// Encodes to wire bytes.
     pub fn to_bytes(&self) -> [u8; DESCRIPTOR_SIZE] {
-        let mut b = [0u8; DESCRIPTOR_SIZE];
-        b[0..2].copy_from_slice(&self.packet_type.to_le_bytes());
-        b[2..4].copy_from_slice(&self.offset8.to_le_bytes());
-        b[4..6].copy_from_slice(&self.len8.to_le_bytes());
-        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
-        b[8..16].copy_from_slice(&self.transaction_id.to_le_bytes());
-        b
+        zerocopy::transmute!(wire::PacketDescriptor::from(*self))
+    }
+}
+
+impl From<wire::PacketDescriptor> for Descriptor {
+    fn from(d: wire::PacketDescriptor) -> Self {
+        Self {
+            packet_type: d.type_.get(),
+            offset8: d.offset8.get(),
+            len8: d.len8.get(),
+            flags: d.flags.get(),
+            transaction_id: d.trans_id.get(),
+        }
+    }
+}
+
+impl From<Descriptor> for wire::PacketDescriptor {
+    fn from(d: Descriptor) -> Self {
+        Self {
+            type_: d.packet_type.into(),
+            offset8: d.offset8.into(),
+            len8: d.len8.into(),
+            flags: d.flags.into(),
+            trans_id: d.transaction_id.into(),
+        }
     }
 }
 
@@ -94,22 +115,18 @@ pub struct GpaRange<'a> {
     pub byte_count: u32,
     /// Offset into the first page (below 4096).
     pub byte_offset: u32,
-    pfns: &'a [u8],
+    pfns: &'a [U64],
 }
 
 impl<'a> GpaRange<'a> {
     /// The page frame numbers, in order.
     pub fn pfns(&self) -> impl ExactSizeIterator<Item = u64> + 'a {
-        self.pfns
-            .as_chunks::<8>()
-            .0
-            .iter()
-            .map(|c| u64::from_le_bytes(*c))
+        self.pfns.iter().map(|p| p.get())
     }
 
     /// Number of pages.
     pub fn pfn_count(&self) -> usize {
-        self.pfns.len() / 8
+        self.pfns.len()
     }
 }
 
@@ -125,28 +142,30 @@ pub struct GpaRanges<'a> {
     count: u32,
 }
 
+/// Splits one `gpa_range` off the front of `bytes`: its head and its PFNs.
+/// `None` if the head or the PFNs it implies do not fit.
+fn split_range(bytes: &[u8]) -> Option<(wire::GpaRange, &[U64], &[u8])> {
+    let (head, rest) = wire::GpaRange::read_from_prefix(bytes).ok()?;
+    let pages =
+        usize::try_from(pages_spanned(head.byte_offset.get(), head.byte_count.get())).ok()?;
+    let (pfns, rest) = <[U64]>::ref_from_prefix_with_elems(rest, pages).ok()?;
+    Some((head, pfns, rest))
+}
+
 impl<'a> GpaRanges<'a> {
     /// Checks `count` records in `bytes`; trailing bytes are allowed (header
-    /// padding). Each record is `u32 byte_count; u32 byte_offset;
-    /// u64 pfn[pages_spanned]`.
+    /// padding). Each record is a [`wire::GpaRange`] head (`u32 byte_count;
+    /// u32 byte_offset`) and `u64 pfn[pages_spanned]`.
     pub fn parse(bytes: &'a [u8], count: u32) -> Result<(Self, usize), PacketError> {
-        let mut at = 0usize;
+        let mut rest = bytes;
         for _ in 0..count {
-            let (byte_count, byte_offset) = read_range_head(bytes, at)?;
-            if byte_offset as usize >= PAGE_SIZE {
+            let (head, _, tail) = split_range(rest).ok_or(PacketError::BadRanges)?;
+            if head.byte_offset.get() as usize >= PAGE_SIZE {
                 return Err(PacketError::BadRanges);
             }
-            let pages = pages_spanned(byte_offset, byte_count);
-            let len = usize::try_from(pages)
-                .ok()
-                .and_then(|p| p.checked_mul(8))
-                .and_then(|l| l.checked_add(8))
-                .ok_or(PacketError::BadRanges)?;
-            at = at.checked_add(len).ok_or(PacketError::BadRanges)?;
-            if at > bytes.len() {
-                return Err(PacketError::BadRanges);
-            }
+            rest = tail;
         }
+        let at = bytes.len() - rest.len();
         Ok((
             Self {
                 bytes: &bytes[..at],
@@ -175,17 +194,6 @@ impl<'a> GpaRanges<'a> {
     }
 }
 
-fn read_range_head(bytes: &[u8], at: usize) -> Result<(u32, u32), PacketError> {
-    let head = bytes
-        .get(at..)
-        .and_then(|b| b.first_chunk::<8>())
-        .ok_or(PacketError::BadRanges)?;
-    Ok((
-        u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
-        u32::from_le_bytes([head[4], head[5], head[6], head[7]]),
-    ))
-}
-
 /// Iterator over [`GpaRanges`].
 pub struct GpaRangeIter<'a> {
     bytes: &'a [u8],
@@ -199,15 +207,12 @@ impl<'a> Iterator for GpaRangeIter<'a> {
             return None;
         }
         // Validated by GpaRanges::parse; `?` only guards the invariant.
-        let (byte_count, byte_offset) = read_range_head(self.bytes, 0).ok()?;
-        let pages = pages_spanned(byte_offset, byte_count) as usize;
-        let end = 8 + pages * 8;
-        let pfns = self.bytes.get(8..end)?;
-        self.bytes = self.bytes.get(end..)?;
+        let (head, pfns, rest) = split_range(self.bytes)?;
+        self.bytes = rest;
         self.left -= 1;
         Some(GpaRange {
-            byte_count,
-            byte_offset,
+            byte_count: head.byte_count.get(),
+            byte_offset: head.byte_offset.get(),
             pfns,
         })
     }
@@ -220,6 +225,24 @@ pub struct TransferRange {
     pub byte_count: u32,
     /// Offset into the transfer page set.
     pub byte_offset: u32,
+}
+
+impl From<&wire::TransferPageRange> for TransferRange {
+    fn from(r: &wire::TransferPageRange) -> Self {
+        Self {
+            byte_count: r.byte_count.get(),
+            byte_offset: r.byte_offset.get(),
+        }
+    }
+}
+
+impl From<&TransferRange> for wire::TransferPageRange {
+    fn from(r: &TransferRange) -> Self {
+        Self {
+            byte_count: r.byte_count.into(),
+            byte_offset: r.byte_offset.into(),
+        }
+    }
 }
 
 /// The type-specific part of a received packet.
@@ -237,22 +260,20 @@ pub enum PacketKind<'a> {
         pageset_id: u16,
         /// The sender keeps ownership of the set.
         sender_owns: bool,
-        /// Raw range records; see [`PacketKind::transfer_ranges`].
-        ranges: &'a [u8],
+        /// The range records (`range_cnt` of them); see also
+        /// [`PacketKind::transfer_ranges`].
+        ranges: &'a [wire::TransferPageRange],
     },
 }
 
 impl<'a> PacketKind<'a> {
     /// The ranges of a transfer-pages packet (empty for other kinds).
     pub fn transfer_ranges(&self) -> impl Iterator<Item = TransferRange> + 'a {
-        let ranges: &'a [u8] = match self {
+        let ranges: &'a [wire::TransferPageRange] = match self {
             PacketKind::TransferPages { ranges, .. } => ranges,
             _ => &[],
         };
-        ranges.as_chunks::<8>().0.iter().map(|c| TransferRange {
-            byte_count: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-            byte_offset: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-        })
+        ranges.iter().map(TransferRange::from)
     }
 }
 
@@ -279,36 +300,38 @@ impl<'a> Packet<'a> {
     /// Parses a packet copied out of a ring (`bytes.len() == len8 * 8`, or
     /// more; extra bytes are ignored).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, PacketError> {
-        let desc = Descriptor::from_bytes(bytes.first_chunk().ok_or(PacketError::Truncated)?);
+        let (desc, _) =
+            wire::PacketDescriptor::read_from_prefix(bytes).map_err(|_| PacketError::Truncated)?;
+        let desc = Descriptor::from(desc);
         let len = usize::from(desc.len8) * 8;
         let offset = usize::from(desc.offset8) * 8;
         if offset < DESCRIPTOR_SIZE || offset > len {
             return Err(PacketError::BadOffset);
         }
         let bytes = bytes.get(..len).ok_or(PacketError::Truncated)?;
-        let header = &bytes[DESCRIPTOR_SIZE..offset];
-        let payload = &bytes[offset..];
+        // Descriptor and type-specific header: the fixed headers below
+        // start with the descriptor, as Linux's do.
+        let (header, payload) = bytes.split_at(offset);
         let kind = match desc.packet_type {
             TYPE_DATA_INBAND => PacketKind::InBand,
             TYPE_COMPLETION => PacketKind::Completion,
             TYPE_DATA_GPA_DIRECT => {
-                // u32 reserved; u32 range_count; ranges...
-                let h = header.first_chunk::<8>().ok_or(PacketError::BadRanges)?;
-                let count = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-                let (ranges, _) = GpaRanges::parse(&header[8..], count)?;
+                let (h, ranges) = wire::GpaDirectHeader::read_from_prefix(header)
+                    .map_err(|_| PacketError::BadRanges)?;
+                let (ranges, _) = GpaRanges::parse(ranges, h.range_cnt.get())?;
                 PacketKind::GpaDirect(ranges)
             }
             TYPE_DATA_TRANSFER_PAGES => {
-                // u16 pageset_id; u8 sender_owns; u8 reserved; u32 range_count
-                let h = header.first_chunk::<8>().ok_or(PacketError::BadRanges)?;
-                let count = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-                let ranges = count
-                    .checked_mul(8)
-                    .and_then(|n| header.get(8..8 + n))
-                    .ok_or(PacketError::BadRanges)?;
+                let (h, rest) = wire::TransferPageHeader::read_from_prefix(header)
+                    .map_err(|_| PacketError::BadRanges)?;
+                let count =
+                    usize::try_from(h.range_cnt.get()).map_err(|_| PacketError::BadRanges)?;
+                let (ranges, _) =
+                    <[wire::TransferPageRange]>::ref_from_prefix_with_elems(rest, count)
+                        .map_err(|_| PacketError::BadRanges)?;
                 PacketKind::TransferPages {
-                    pageset_id: u16::from_le_bytes([h[0], h[1]]),
-                    sender_owns: h[2] != 0,
+                    pageset_id: h.xfer_pageset_id.get(),
+                    sender_owns: h.sender_owns_set != 0,
                     ranges,
                 }
             }
@@ -394,26 +417,35 @@ impl<'a> OutgoingPacket<'a> {
 
     /// Builds the descriptor and type-specific header.
     pub fn encode_header(&self) -> Result<HeaderBytes, PacketError> {
-        let mut extra: Vec<u8> = Vec::new();
+        // Descriptor-led headers (`vmdata_gpa_direct`,
+        // `vmtransfer_page_packet_header`) are built with a zero descriptor,
+        // which is filled in once the header's length is known.
+        let zero_desc = wire::PacketDescriptor::new_zeroed();
+        let mut long: Vec<u8> = Vec::new();
         let packet_type = match self.kind {
             OutgoingKind::InBand => TYPE_DATA_INBAND,
             OutgoingKind::Completion => TYPE_COMPLETION,
             OutgoingKind::GpaDirect(ranges) => {
                 let count = u32::try_from(ranges.len()).map_err(|_| PacketError::TooLarge)?;
-                extra.extend_from_slice(&0u32.to_le_bytes());
-                extra.extend_from_slice(&count.to_le_bytes());
+                let head = wire::GpaDirectHeader {
+                    d: zero_desc,
+                    reserved: 0.into(),
+                    range_cnt: count.into(),
+                };
+                long.extend_from_slice(head.as_bytes());
                 for r in ranges {
                     if r.byte_offset as usize >= PAGE_SIZE
                         || r.pfns.len() as u64 != pages_spanned(r.byte_offset, r.byte_count)
                     {
                         return Err(PacketError::BadRanges);
                     }
-                    extra.extend_from_slice(&r.byte_count.to_le_bytes());
-                    extra.extend_from_slice(&r.byte_offset.to_le_bytes());
+                    long.extend_from_slice(
+                        wire::GpaRange::new(r.byte_count, r.byte_offset).as_bytes(),
+                    );
                     for pfn in r.pfns {
-                        extra.extend_from_slice(&pfn.to_le_bytes());
+                        long.extend_from_slice(U64::new(*pfn).as_bytes());
                     }
-                    if extra.len() > MAX_PACKET_LEN {
+                    if long.len() - DESCRIPTOR_SIZE > MAX_PACKET_LEN {
                         return Err(PacketError::TooLarge);
                     }
                 }
@@ -425,21 +457,24 @@ impl<'a> OutgoingPacket<'a> {
                 ranges,
             } => {
                 let count = u32::try_from(ranges.len()).map_err(|_| PacketError::TooLarge)?;
-                if ranges.len() > MAX_PACKET_LEN / 8 {
+                if ranges.len() > MAX_PACKET_LEN / size_of::<wire::TransferPageRange>() {
                     return Err(PacketError::TooLarge);
                 }
-                extra.extend_from_slice(&pageset_id.to_le_bytes());
-                extra.push(u8::from(sender_owns));
-                extra.push(0);
-                extra.extend_from_slice(&count.to_le_bytes());
+                let head = wire::TransferPageHeader {
+                    d: zero_desc,
+                    xfer_pageset_id: pageset_id.into(),
+                    sender_owns_set: u8::from(sender_owns),
+                    reserved: 0,
+                    range_cnt: count.into(),
+                };
+                long.extend_from_slice(head.as_bytes());
                 for r in ranges {
-                    extra.extend_from_slice(&r.byte_count.to_le_bytes());
-                    extra.extend_from_slice(&r.byte_offset.to_le_bytes());
+                    long.extend_from_slice(wire::TransferPageRange::from(r).as_bytes());
                 }
                 TYPE_DATA_TRANSFER_PAGES
             }
         };
-        let header_len = DESCRIPTOR_SIZE + extra.len();
+        let header_len = long.len().max(DESCRIPTOR_SIZE);
         let payload_len = self
             .payload
             .iter()
@@ -461,12 +496,10 @@ impl<'a> OutgoingPacket<'a> {
             },
             transaction_id: self.transaction_id,
         };
-        Ok(if extra.is_empty() {
+        Ok(if long.is_empty() {
             HeaderBytes::Short(desc.to_bytes())
         } else {
-            let mut long = Vec::with_capacity(header_len);
-            long.extend_from_slice(&desc.to_bytes());
-            long.extend_from_slice(&extra);
+            long[..DESCRIPTOR_SIZE].copy_from_slice(&desc.to_bytes());
             HeaderBytes::Long(long)
         })
     }
@@ -644,5 +677,124 @@ mod tests {
             payload: &[],
         };
         assert_eq!(p.encode_header(), Err(PacketError::BadRanges));
+    }
+
+    /// The encoded headers are Linux's structs: they read back as the
+    /// `wire` types, with the ranges right after them.
+    #[test]
+    fn headers_are_the_wire_structs() {
+        let pfns = [0x1_0000_0001u64, 2];
+        let ranges = [GpaRangeSpec {
+            byte_count: 4096,
+            byte_offset: 10,
+            pfns: &pfns,
+        }];
+        let bytes = encode(&OutgoingPacket {
+            kind: OutgoingKind::GpaDirect(&ranges),
+            transaction_id: 0x55,
+            completion_requested: true,
+            payload: &[&[1; 8]],
+        });
+        let (h, rest) = wire::GpaDirectHeader::read_from_prefix(&bytes).unwrap();
+        assert_eq!(h.d.type_.get(), TYPE_DATA_GPA_DIRECT);
+        assert_eq!(h.d.offset8.get(), (24 + 8 + 16) / 8);
+        assert_eq!(h.d.len8.get(), (24 + 8 + 16 + 8) / 8);
+        assert_eq!(h.d.flags.get(), FLAG_COMPLETION_REQUESTED);
+        assert_eq!(h.d.trans_id.get(), 0x55);
+        assert_eq!(h.range_cnt.get(), 1);
+        let (r, rest) = wire::GpaRange::read_from_prefix(rest).unwrap();
+        assert_eq!(r, wire::GpaRange::new(4096, 10));
+        let (p, _) = <[U64]>::ref_from_prefix_with_elems(rest, 2).unwrap();
+        assert_eq!([p[0].get(), p[1].get()], pfns);
+        assert_eq!(
+            Descriptor::from(h.d),
+            Descriptor::from_bytes(bytes.first_chunk().unwrap())
+        );
+
+        let xfer = [TransferRange {
+            byte_count: 1,
+            byte_offset: 2,
+        }];
+        let bytes = encode(&OutgoingPacket {
+            kind: OutgoingKind::TransferPages {
+                pageset_id: 0xCAFE,
+                sender_owns: false,
+                ranges: &xfer,
+            },
+            transaction_id: 1,
+            completion_requested: false,
+            payload: &[],
+        });
+        let (h, rest) = wire::TransferPageHeader::read_from_prefix(&bytes).unwrap();
+        assert_eq!(h.d.type_.get(), TYPE_DATA_TRANSFER_PAGES);
+        assert_eq!(h.d.offset8.get(), 4);
+        assert_eq!(h.xfer_pageset_id.get(), 0xCAFE);
+        assert_eq!(h.sender_owns_set, 0);
+        assert_eq!(h.range_cnt.get(), 1);
+        let (r, _) = wire::TransferPageRange::read_from_prefix(rest).unwrap();
+        assert_eq!(TransferRange::from(&r), xfer[0]);
+    }
+
+    #[test]
+    fn descriptor_bytes_round_trip() {
+        let d = Descriptor {
+            packet_type: 0xB,
+            offset8: 2,
+            len8: 0x1234,
+            flags: 1,
+            transaction_id: u64::MAX - 3,
+        };
+        let b = d.to_bytes();
+        assert_eq!(&b[..8], &[0xB, 0, 2, 0, 0x34, 0x12, 1, 0]);
+        assert_eq!(&b[8..], &(u64::MAX - 3).to_le_bytes());
+        assert_eq!(Descriptor::from_bytes(&b), d);
+        assert_eq!(wire::PacketDescriptor::from(d).as_bytes(), &b);
+    }
+
+    #[test]
+    fn transfer_range_count_is_bounded_by_the_header() {
+        let mut bytes = encode(&OutgoingPacket {
+            kind: OutgoingKind::TransferPages {
+                pageset_id: 1,
+                sender_owns: true,
+                ranges: &[TransferRange {
+                    byte_count: 1,
+                    byte_offset: 0,
+                }],
+            },
+            transaction_id: 0,
+            completion_requested: false,
+            payload: &[&[0; 16]],
+        });
+        // range_cnt 2 would run into the payload's bytes, which are not
+        // part of the header.
+        bytes[20] = 2;
+        assert_eq!(Packet::parse(&bytes), Err(PacketError::BadRanges));
+        bytes[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Packet::parse(&bytes), Err(PacketError::BadRanges));
+        // offset8 too small for the fixed header.
+        bytes[20] = 1;
+        bytes[21..24].fill(0);
+        bytes[2] = 2;
+        assert_eq!(Packet::parse(&bytes), Err(PacketError::BadRanges));
+        bytes[2] = 4;
+        assert!(Packet::parse(&bytes).is_ok());
+    }
+
+    #[test]
+    fn gpa_ranges_allow_trailing_bytes_only() {
+        let mut b = Vec::new();
+        b.extend_from_slice(wire::GpaRange::new(2, 4095).as_bytes()); // two pages
+        b.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]);
+        b.extend_from_slice(&[0xEE; 5]);
+        let (r, used) = GpaRanges::parse(&b, 1).unwrap();
+        assert_eq!(used, 24);
+        let got: Vec<_> = r
+            .iter()
+            .flat_map(|g| g.pfns().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(got, vec![7, 8]);
+        assert_eq!(GpaRanges::parse(&b[..23], 1), Err(PacketError::BadRanges));
+        assert_eq!(GpaRanges::parse(&b, 2), Err(PacketError::BadRanges));
     }
 }
