@@ -18,6 +18,7 @@
 //!   command line (`hypervisor::cmdline`).
 
 use hv_abi::hypercall::{self, status, Input};
+use hv_abi::layout::{self, FromBytes};
 use hv_abi::partition::{self as abi, reg, RegisterError, Segment, Table, VpContext};
 use hv_abi::synic::{self, ExceptionIntercept, IoPortIntercept, MemoryIntercept, Message};
 use hv_abi::{HostInfo, HostLogChunk, HostStats, LpStats, RootBoot};
@@ -197,6 +198,39 @@ fn block_sizes(spec: &CallSpec, input: &Input) -> (u64, u64) {
     }
 }
 
+/// Whether `block` (a checked call's input as its handler sees it: the copied
+/// block, or RDX and R8 of a fast call) holds the fixed layout the handler
+/// reads first, so that the handlers' INVALID_PARAMETER for a short block
+/// is never reached.
+fn fixed_layout_fits(code: u16, block: &[u8]) -> bool {
+    use abi::code::*;
+    fn fits<T: FromBytes>(block: &[u8]) -> bool {
+        layout::header::<T>(block).is_some()
+    }
+    match code {
+        CREATE_PARTITION => fits::<layout::CreatePartition>(block),
+        INITIALIZE_PARTITION | FINALIZE_PARTITION | DELETE_PARTITION => {
+            fits::<layout::PartitionId>(block)
+        }
+        GET_PARTITION_PROPERTY => fits::<layout::GetPartitionProperty>(block),
+        SET_PARTITION_PROPERTY => fits::<layout::SetPartitionProperty>(block),
+        MAP_GPA_PAGES => fits::<layout::MapGpaPages>(block),
+        UNMAP_GPA_PAGES => fits::<layout::UnmapGpaPages>(block),
+        CREATE_VP => fits::<layout::CreateVp>(block),
+        DELETE_VP | START_VIRTUAL_PROCESSOR => fits::<layout::PartitionVp>(block),
+        GET_VP_REGISTERS | SET_VP_REGISTERS => fits::<layout::VpRegisters>(block),
+        INSTALL_INTERCEPT => fits::<layout::InstallIntercept>(block),
+        ASSERT_VIRTUAL_INTERRUPT => fits::<layout::AssertVirtualInterrupt>(block),
+        FLUSH_VIRTUAL_ADDRESS_SPACE | FLUSH_VIRTUAL_ADDRESS_LIST => {
+            fits::<layout::FlushVirtualAddressSpace>(block)
+        }
+        hypercall::GET_HOST_LOG => fits::<layout::GetHostLog>(block),
+        // No input.
+        hypercall::GET_HOST_INFO | hypercall::GET_HOST_STATS => true,
+        _ => panic!("{code:#x}: a call in the table without a layout here"),
+    }
+}
+
 /// Input: flags u8 (bit 0 root caller, bit 1 aim the code at a table entry,
 /// bit 2 clear RCX's reserved bits, bits 4:3 the caller's memory: ranges,
 /// everything, nothing, ranges; bit 5 put both blocks in the first range),
@@ -317,8 +351,14 @@ pub fn hypercall_input(data: &[u8]) {
     }
     let n = contents.len().min(block.len());
     block[..n].copy_from_slice(&contents[..n]);
+    assert!(
+        fixed_layout_fits(spec.code, &block),
+        "the input block of {} is shorter than its layout",
+        spec.name
+    );
     if spec.code == hypercall::GET_HOST_LOG {
-        host_log(abi::u64_at(&block, 0).unwrap(), contents, out_len as usize);
+        let at = layout::header::<layout::GetHostLog>(&block).unwrap();
+        host_log(at.position, contents, out_len as usize);
     }
     let mut ctx = VpContext::reset();
     if let Form::Rep {
@@ -336,7 +376,14 @@ pub fn hypercall_input(data: &[u8]) {
             match spec.code {
                 abi::code::GET_VP_REGISTERS => {
                     // GetVpRegisters reads exactly the registers SetVpRegisters writes.
-                    let name = abi::u32_at(element, 0).unwrap();
+                    let layout::RegisterName { name } =
+                        layout::RegisterName::read_from_bytes(element).unwrap();
+                    assert_eq!(
+                        layout::element::<layout::GetVpRegisters, layout::RegisterName>(&block, i)
+                            .map(|e| e.name),
+                        Some(name),
+                        "the handler's element {i}"
+                    );
                     assert_eq!(
                         ctx.get(name).is_ok(),
                         REGISTERS.contains(&name),
@@ -344,10 +391,29 @@ pub fn hypercall_input(data: &[u8]) {
                     );
                 }
                 abi::code::SET_VP_REGISTERS => {
-                    let name = abi::u32_at(element, 0).unwrap();
-                    let lo = abi::u64_at(element, 16).unwrap();
-                    let hi = abi::u64_at(element, 24).unwrap();
-                    register_write(&mut ctx, name, u128::from(hi) << 64 | u128::from(lo));
+                    let e = layout::RegisterAssoc::read_from_bytes(element).unwrap();
+                    assert_eq!(
+                        layout::element::<layout::SetVpRegisters, layout::RegisterAssoc>(&block, i),
+                        Some(e),
+                        "the handler's element {i}"
+                    );
+                    // The value is bytes 16..32 of the element, little-endian.
+                    let value = element[16..32]
+                        .iter()
+                        .rev()
+                        .fold(0u128, |v, &b| v << 8 | u128::from(b));
+                    assert_eq!(e.value, value);
+                    register_write(&mut ctx, e.name, e.value);
+                }
+                abi::code::MAP_GPA_PAGES => {
+                    let e = layout::MapGpaPagesElement::read_from_bytes(element).unwrap();
+                    assert_eq!(
+                        layout::element::<layout::MapGpaPages, layout::MapGpaPagesElement>(
+                            &block, i
+                        ),
+                        Some(e),
+                        "the handler's element {i}"
+                    );
                 }
                 _ => {}
             }
@@ -394,10 +460,21 @@ pub fn abi_decode(data: &[u8]) {
 
 /// RCX: decodes to fields that encode back to the same bits, or is refused
 /// for a reserved bit; any fields encode to a value that decodes to them
-/// (cut to their widths).
+/// (cut to their widths). Then the rest as an input block: every typed
+/// layout reads it and writes back the same bytes.
 fn input_value(data: &[u8]) {
     let mut b = Bytes(data);
     let rcx = b.u64();
+    let control = hypercall::Control::from_bits(rcx);
+    assert_eq!(control.reserved(), rcx & RESERVED_RCX != 0);
+    assert_eq!(
+        (control.code(), control.rep_count(), control.rep_start()),
+        (
+            rcx as u16,
+            (rcx >> 32) as u16 & 0xFFF,
+            (rcx >> 48) as u16 & 0xFFF
+        )
+    );
     match Input::decode(rcx) {
         Some(i) => {
             assert_eq!(i.encode(), rcx);
@@ -422,6 +499,63 @@ fn input_value(data: &[u8]) {
     };
     assert_eq!(Input::decode(i.encode()), Some(cut));
     assert_eq!(i.encode() & RESERVED_RCX, 0);
+    input_blocks(b.rest());
+}
+
+/// Every layout read from `block` writes back exactly the bytes it was read
+/// from (no field lost, none invented), and the bit fields see the TLFS's
+/// bits.
+fn input_blocks(block: &[u8]) {
+    use hv_abi::layout::*;
+    use hv_abi::partition::map_flags;
+    fn round_trip<T: FromBytes + IntoBytes + Immutable>(block: &[u8]) {
+        match header::<T>(block) {
+            Some(t) => assert_eq!(t.as_bytes(), &block[..size_of::<T>()]),
+            None => assert!(block.len() < size_of::<T>()),
+        }
+    }
+    round_trip::<CreatePartition>(block);
+    round_trip::<PartitionId>(block);
+    round_trip::<GetPartitionProperty>(block);
+    round_trip::<SetPartitionProperty>(block);
+    round_trip::<MapGpaPages>(block);
+    round_trip::<UnmapGpaPages>(block);
+    round_trip::<CreateVp>(block);
+    round_trip::<PartitionVp>(block);
+    round_trip::<VpRegisters>(block);
+    round_trip::<RegisterAssoc>(block);
+    round_trip::<InstallIntercept>(block);
+    round_trip::<AssertVirtualInterrupt>(block);
+    round_trip::<FlushVirtualAddressSpace>(block);
+    round_trip::<GvaRange>(block);
+    round_trip::<GetHostLog>(block);
+    if let Some(m) = header::<MapGpaPages>(block) {
+        let flags = Bytes(&block[16..]).u32();
+        assert_eq!(m.map_flags.into_bits(), flags);
+        assert_eq!(m.map_flags.reserved() != 0, flags & !map_flags::ALL != 0);
+        assert_eq!(m.map_flags.readable(), flags & map_flags::READABLE != 0);
+    }
+    if let Some(a) = header::<AssertVirtualInterrupt>(block) {
+        let control = Bytes(&block[8..]).u64();
+        let offered = a.control.interrupt_type() == 0
+            && !a.control.level_triggered()
+            && !a.control.logical_destination()
+            && a.control.reserved() == 0;
+        assert_eq!(offered, control == 0);
+        assert_eq!(
+            (a.vector, a.target_vtl),
+            (Bytes(&block[24..]).u32(), block[28])
+        );
+    }
+    // Rep elements after a header: inside the block or refused.
+    for i in [0u16, 1, 2, u16::MAX] {
+        let e = element::<VpRegisters, RegisterName>(block, i);
+        let at = 16 + 4 * usize::from(i);
+        assert_eq!(e.is_some(), block.len() >= at + 4);
+        if let Some(e) = e {
+            assert_eq!(e.name, Bytes(&block[at..]).u32());
+        }
+    }
 }
 
 /// A sequence of register writes `u8 pick, u32 name, u128 value` on a VP
@@ -467,7 +601,7 @@ fn host_stats(data: &[u8]) {
     let Some(n) = HostStats::decode(data, &mut out) else {
         return;
     };
-    let count = abi::u32_at(data, 0).unwrap() as usize;
+    let count = Bytes(data).u32() as usize;
     assert!(count <= HostStats::MAX_LPS);
     assert_eq!(n, count.min(out.len()));
     let mut page = vec![0u8; 4096];

@@ -365,7 +365,10 @@ fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v:
 /// input value). Returns RAX: the status, and the reps completed in 43:32.
 fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &mut Vcpu) -> u64 {
     use hv_abi::hypercall::status;
-    use hv_abi::partition::{code, flush, size, PARTITION_SELF, VP_SELF};
+    use hv_abi::layout::{
+        self, FlushVirtualAddressSpace, GetVpRegisters, RegisterName, RegisterValue,
+    };
+    use hv_abi::partition::{code, flush, reg, PARTITION_SELF, VP_SELF};
     use hypervisor::hypercall::{check, Caller};
     let r = *vcpu.regs();
     // The guest's memory: every page of the block mapped.
@@ -389,7 +392,9 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
     let reps = call.input.rep_count;
     match call.spec.code {
         code::FLUSH_VIRTUAL_ADDRESS_SPACE | code::FLUSH_VIRTUAL_ADDRESS_LIST => {
-            let flags = hv_abi::partition::u64_at(&input, 8).unwrap_or(u64::MAX);
+            // The same header for the List form; its GVA ranges are not read.
+            let flags =
+                layout::header::<FlushVirtualAddressSpace>(&input).map_or(u64::MAX, |h| h.flags);
             if flags & !flush::VALID != 0 {
                 return status::INVALID_PARAMETER as u64;
             }
@@ -404,35 +409,35 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
             status::SUCCESS as u64 | (done as u64) << 32
         }
         code::GET_VP_REGISTERS => {
-            let pid = hv_abi::partition::u64_at(&input, 0).unwrap_or(0);
-            let index = hv_abi::partition::u32_at(&input, 8).unwrap_or(0);
-            if pid != PARTITION_SELF && pid != part.id {
+            // The dispatch table sized the block: the header is there.
+            let Some(h) = layout::header::<GetVpRegisters>(&input) else {
+                return status::INVALID_PARAMETER as u64;
+            };
+            if h.partition_id != PARTITION_SELF && h.partition_id != part.id {
                 return status::ACCESS_DENIED as u64;
             }
-            if index != VP_SELF && index != vp.index {
+            if h.vp_index != VP_SELF && h.vp_index != vp.index {
                 return status::ACCESS_DENIED as u64;
             }
-            if input.get(12) != Some(&0) {
+            if h.input_vtl != 0 {
                 return status::INVALID_PARAMETER as u64;
             }
             let mut ctx = hv_abi::partition::VpContext::default();
             vcpu.save_context(&mut ctx);
             let mut out = alloc::vec![0u8; call.output_block.map_or(0, |(_, len)| len as usize)];
             for i in call.input.rep_start..reps {
-                let at = size::VP_REGISTERS_HEADER as usize + 4 * i as usize;
-                let name = hv_abi::partition::u32_at(&input, at).unwrap_or(u32::MAX);
+                let name = layout::element::<GetVpRegisters, RegisterName>(&input, i)
+                    .map_or(u32::MAX, |e| e.name);
                 let value = match name {
-                    hv_abi::partition::reg::EXPLICIT_SUSPEND
-                    | hv_abi::partition::reg::INTERCEPT_SUSPEND => 0,
+                    reg::EXPLICIT_SUSPEND | reg::INTERCEPT_SUSPEND => 0,
                     _ => match ctx.get(name) {
                         Ok(v) => v,
                         Err(_) => return status::INVALID_PARAMETER as u64 | (i as u64) << 32,
                     },
                 };
-                let Some(slot) = out.get_mut(16 * i as usize..16 * i as usize + 16) else {
+                if layout::write_element(&mut out, i, &RegisterValue { value }).is_none() {
                     return status::INVALID_PARAMETER as u64 | (i as u64) << 32;
-                };
-                slot.copy_from_slice(&value.to_le_bytes());
+                }
             }
             if let Some((gpa, _)) = call.output_block {
                 if !part.write(root, gpa, &out) {

@@ -78,13 +78,14 @@ const fn root_rep(
 }
 
 /// Every call the hypervisor answers; anything else is INVALID_HYPERCALL_CODE.
-/// Layouts: hv_abi::partition::size and docs/hypercalls.md.
+/// Sizes: hv_abi::partition::size, each the size of its typed layout in
+/// hv_abi::layout (docs/hypercalls.md).
 pub const TABLE: &[CallSpec] = &[
     root_simple(
         code::CREATE_PARTITION,
         "CreatePartition",
         size::CREATE_PARTITION,
-        8,
+        size::PARTITION_ID,
     ),
     root_simple(
         code::INITIALIZE_PARTITION,
@@ -108,7 +109,7 @@ pub const TABLE: &[CallSpec] = &[
         code::GET_PARTITION_PROPERTY,
         "GetPartitionProperty",
         size::GET_PROPERTY,
-        8,
+        size::PROPERTY_VALUE,
     ),
     root_simple(
         code::SET_PARTITION_PROPERTY,
@@ -116,7 +117,13 @@ pub const TABLE: &[CallSpec] = &[
         size::SET_PROPERTY,
         0,
     ),
-    root_rep(code::MAP_GPA_PAGES, "MapGpaPages", size::MAP_HEADER, 8, 0),
+    root_rep(
+        code::MAP_GPA_PAGES,
+        "MapGpaPages",
+        size::MAP_HEADER,
+        size::MAP_ELEMENT,
+        0,
+    ),
     root_rep(
         code::UNMAP_GPA_PAGES,
         "UnmapGpaPages",
@@ -208,7 +215,7 @@ pub const TABLE: &[CallSpec] = &[
         name: "GetHostLog",
         privilege: Privilege::Root,
         form: Form::Simple {
-            input: 8,
+            input: size::HOST_LOG_INPUT,
             output: 4096,
             fast: false,
         },

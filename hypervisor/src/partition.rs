@@ -18,7 +18,13 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hv_abi::hypercall::status;
-use hv_abi::partition::{self as abi, map_flags, property, reg, size, VpContext};
+use hv_abi::layout::{
+    self, AssertVirtualInterrupt, CreatePartitionOutput, CreateVp, FromBytes, GetPartitionProperty,
+    GetPartitionPropertyOutput, GetVpRegisters, InstallIntercept, IntoBytes, MapFlags, MapGpaPages,
+    MapGpaPagesElement, PartitionId, PartitionVp, RegisterAssoc, RegisterName, RegisterValue,
+    SetPartitionProperty, SetVpRegisters, UnmapGpaPages, VpRegisters,
+};
+use hv_abi::partition::{self as abi, property, reg, VpContext};
 use hypervisor::pending::PendingInterrupts;
 use spin::Mutex;
 
@@ -337,14 +343,31 @@ fn done(status: u16) -> Outcome {
     rep_result(status, 0)
 }
 
-fn partition_arg(input: &[u8]) -> Result<Arc<Partition>, u16> {
-    let id = abi::u64_at(input, 0).ok_or(status::INVALID_PARAMETER)?;
+/// The call's input block as its typed layout (a copy of the hypervisor's
+/// copy). INVALID_PARAMETER when the block is shorter, which a checked call's
+/// never is: the dispatch table gives each block its layout's size.
+fn input_as<H: FromBytes>(input: &[u8]) -> Result<H, u16> {
+    layout::header(input).ok_or(status::INVALID_PARAMETER)
+}
+
+fn partition_arg(id: u64) -> Result<Arc<Partition>, u16> {
     get(id).ok_or(status::INVALID_PARTITION_ID)
 }
 
-fn vp_arg(p: &Partition, input: &[u8]) -> Result<Arc<GuestVp>, u16> {
-    let index = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
+fn vp_arg(p: &Partition, index: u32) -> Result<Arc<GuestVp>, u16> {
     p.vp(index).ok_or(status::INVALID_VP_INDEX)
+}
+
+/// The partition named by a call whose input is a [`PartitionId`].
+fn partition_id_arg(input: &[u8]) -> Result<Arc<Partition>, u16> {
+    partition_arg(input_as::<PartitionId>(input)?.partition_id)
+}
+
+/// Writes a call's output block; its length.
+fn output_as<T: IntoBytes + layout::Immutable>(output: &mut [u8], t: &T) -> Result<usize, u16> {
+    t.write_to_prefix(output)
+        .map_err(|_| status::INVALID_PARAMETER)?;
+    Ok(size_of::<T>())
 }
 
 /// Most rep elements handled per entry: a long call returns to the caller
@@ -364,9 +387,9 @@ pub fn call(
     use abi::code::*;
     let r = match code {
         CREATE_PARTITION => create(caps, output),
-        INITIALIZE_PARTITION => partition_arg(input).and_then(|p| initialize(&p, caps)),
-        FINALIZE_PARTITION => partition_arg(input).map(|p| finalize(&p)),
-        DELETE_PARTITION => partition_arg(input).map(|p| delete(&p)),
+        INITIALIZE_PARTITION => partition_id_arg(input).and_then(|p| initialize(&p, caps)),
+        FINALIZE_PARTITION => partition_id_arg(input).map(|p| finalize(&p)),
+        DELETE_PARTITION => partition_id_arg(input).map(|p| delete(&p)),
         GET_PARTITION_PROPERTY => get_property(input, output),
         SET_PARTITION_PROPERTY => set_property(input),
         MAP_GPA_PAGES => return map_pages(root, input, reps),
@@ -423,11 +446,7 @@ fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
         slat_root: AtomicU64::new(0),
         exception_intercepts: AtomicU32::new(0),
     }));
-    output
-        .get_mut(..8)
-        .ok_or(status::INVALID_PARAMETER)?
-        .copy_from_slice(&id.to_le_bytes());
-    Ok(8)
+    output_as(output, &CreatePartitionOutput { partition_id: id })
 }
 
 fn initialize(p: &Partition, caps: &Caps) -> Result<usize, u16> {
@@ -499,9 +518,9 @@ fn delete(p: &Arc<Partition>) -> usize {
 }
 
 fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
-    let p = partition_arg(input)?;
-    let code = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
-    let v = match code {
+    let h: GetPartitionProperty = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let v = match h.property_code {
         property::CPU_RESERVE => p.reserve_percent.load(Ordering::Relaxed) as u64,
         property::CPU_CAP => p.cap_percent.load(Ordering::Relaxed) as u64,
         property::CPU_WEIGHT => p.weight.load(Ordering::Relaxed) as u64,
@@ -514,18 +533,14 @@ fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
         property::MAPPED_BYTES => p.inner.lock().mapped_pages * PAGE_SIZE,
         _ => return Err(status::UNKNOWN_PROPERTY),
     };
-    output
-        .get_mut(..8)
-        .ok_or(status::INVALID_PARAMETER)?
-        .copy_from_slice(&v.to_le_bytes());
-    Ok(8)
+    output_as(output, &GetPartitionPropertyOutput { property_value: v })
 }
 
 fn set_property(input: &[u8]) -> Result<usize, u16> {
-    let p = partition_arg(input)?;
-    let code = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
-    let v = abi::u64_at(input, 16).ok_or(status::INVALID_PARAMETER)?;
-    let (cell, range) = match code {
+    let h: SetPartitionProperty = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let v = h.property_value;
+    let (cell, range) = match h.property_code {
         property::CPU_RESERVE => (&p.reserve_percent, 0..=100),
         property::CPU_CAP => (&p.cap_percent, 1..=100),
         property::CPU_WEIGHT => (&p.weight, 1..=10_000),
@@ -541,13 +556,13 @@ fn set_property(input: &[u8]) -> Result<usize, u16> {
     Ok(0)
 }
 
-fn perms(flags: u32) -> Option<Perms> {
-    if flags & !map_flags::ALL != 0 || flags & map_flags::READABLE == 0 {
+fn perms(flags: MapFlags) -> Option<Perms> {
+    if flags.reserved() != 0 || !flags.readable() {
         return None;
     }
     Some(Perms {
-        write: flags & map_flags::WRITABLE != 0,
-        execute: flags & (map_flags::KERNEL_EXECUTABLE | map_flags::USER_EXECUTABLE) != 0,
+        write: flags.writable(),
+        execute: flags.kernel_executable() || flags.user_executable(),
         uncached: false,
     })
 }
@@ -567,14 +582,16 @@ fn rep_result(status: u16, done: u16) -> Outcome {
 }
 
 fn map_pages(root: &RootPartition, input: &[u8], reps: (u16, u16)) -> Outcome {
-    let p = match partition_arg(input) {
+    let h = match input_as::<MapGpaPages>(input) {
+        Ok(h) => h,
+        Err(s) => return done(s),
+    };
+    let p = match partition_arg(h.partition_id) {
         Ok(p) => p,
         Err(s) => return done(s),
     };
-    let (Some(target), Some(flags)) = (abi::u64_at(input, 8), abi::u32_at(input, 16)) else {
-        return done(status::INVALID_PARAMETER);
-    };
-    let Some(perms) = perms(flags) else {
+    let target = h.target_gpa_page;
+    let Some(perms) = perms(h.map_flags) else {
         return done(status::INVALID_PARAMETER);
     };
     let mut inner = p.inner.lock();
@@ -584,10 +601,10 @@ fn map_pages(root: &RootPartition, input: &[u8], reps: (u16, u16)) -> Outcome {
     let window = rep_window(reps);
     let mut owned = OWNED.lock();
     for i in window.clone() {
-        let at = size::MAP_HEADER as usize + 8 * i as usize;
-        let Some(source) = abi::u64_at(input, at) else {
+        let Some(element) = layout::element::<MapGpaPages, MapGpaPagesElement>(input, i) else {
             return rep_result(status::INVALID_PARAMETER, i);
         };
+        let source = element.source_gpa_page;
         let gpa_page = target.checked_add(i as u64);
         let (Some(spa), Some(gpa)) = (
             source.checked_mul(PAGE_SIZE),
@@ -623,13 +640,15 @@ fn map_pages(root: &RootPartition, input: &[u8], reps: (u16, u16)) -> Outcome {
 }
 
 fn unmap_pages(input: &[u8], reps: (u16, u16)) -> Outcome {
-    let p = match partition_arg(input) {
+    let h = match input_as::<UnmapGpaPages>(input) {
+        Ok(h) => h,
+        Err(s) => return done(s),
+    };
+    let p = match partition_arg(h.partition_id) {
         Ok(p) => p,
         Err(s) => return done(s),
     };
-    let Some(target) = abi::u64_at(input, 8) else {
-        return done(status::INVALID_PARAMETER);
-    };
+    let target = h.target_gpa_page;
     let window = rep_window(reps);
     // The pages stay owned by this partition until no VP can reach them
     // through a cached translation: only then may the root map them again.
@@ -668,8 +687,9 @@ fn unmap_pages(input: &[u8], reps: (u16, u16)) -> Outcome {
 }
 
 fn create_vp(input: &[u8]) -> Result<usize, u16> {
-    let p = partition_arg(input)?;
-    let index = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
+    let h: CreateVp = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let index = h.vp_index;
     if index >= abi::MAX_VPS {
         return Err(status::INVALID_VP_INDEX);
     }
@@ -726,8 +746,9 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
 }
 
 fn delete_vp(input: &[u8]) -> Result<usize, u16> {
-    let p = partition_arg(input)?;
-    let vp = vp_arg(&p, input)?;
+    let h: PartitionVp = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let vp = vp_arg(&p, h.vp_index)?;
     vp.shared.lock().deleted = true;
     quiesce(&vp);
     p.inner.lock().vps.retain(|v| v.index != vp.index);
@@ -738,8 +759,9 @@ fn delete_vp(input: &[u8]) -> Result<usize, u16> {
 }
 
 fn start_vp(input: &[u8]) -> Result<usize, u16> {
-    let p = partition_arg(input)?;
-    let vp = vp_arg(&p, input)?;
+    let h: PartitionVp = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let vp = vp_arg(&p, h.vp_index)?;
     let mut s = vp.shared.lock();
     if !s.explicit_suspend || s.deleted {
         return Err(status::INVALID_VP_STATE);
@@ -756,10 +778,9 @@ fn start_vp(input: &[u8]) -> Result<usize, u16> {
 /// message. MSR and CPUID intercepts are not offered yet.
 fn install_intercept(input: &[u8]) -> Result<usize, u16> {
     use abi::intercept::*;
-    let p = partition_arg(input)?;
-    let access = abi::u32_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
-    let kind = abi::u32_at(input, 12).ok_or(status::INVALID_PARAMETER)?;
-    let parameter = abi::u64_at(input, 16).ok_or(status::INVALID_PARAMETER)?;
+    let h: InstallIntercept = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let (access, kind, parameter) = (h.access_type_mask, h.intercept_type, h.intercept_parameter);
     if access == 0 || access & !(ACCESS_READ | ACCESS_WRITE | ACCESS_EXECUTE) != 0 {
         return Err(status::INVALID_PARAMETER);
     }
@@ -781,16 +802,19 @@ fn install_intercept(input: &[u8]) -> Result<usize, u16> {
 /// A fixed, edge-triggered interrupt for one VP (physical destination =
 /// VP index): pending until the VP can take it; it ends a halt.
 fn assert_interrupt(input: &[u8]) -> Result<usize, u16> {
-    let p = partition_arg(input)?;
-    let control = abi::u64_at(input, 8).ok_or(status::INVALID_PARAMETER)?;
-    let dest = abi::u64_at(input, 16).ok_or(status::INVALID_PARAMETER)?;
-    let vector = abi::u32_at(input, 24).ok_or(status::INVALID_PARAMETER)?;
-    let vtl = input.get(28).copied().ok_or(status::INVALID_PARAMETER)?;
-    // Fixed, edge, physical destination, VTL 0; vectors 0-15 are exceptions.
-    if control != 0 || vtl != 0 || !(16..=255).contains(&vector) {
+    let h: AssertVirtualInterrupt = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let (control, vector) = (h.control, h.vector);
+    // Fixed, edge, physical destination, no reserved bit, VTL 0; vectors
+    // 0-15 are exceptions.
+    let offered = control.interrupt_type() == 0
+        && !control.level_triggered()
+        && !control.logical_destination()
+        && control.reserved() == 0;
+    if !offered || h.target_vtl != 0 || !(16..=255).contains(&vector) {
         return Err(status::INVALID_PARAMETER);
     }
-    let vp = u32::try_from(dest)
+    let vp = u32::try_from(h.destination)
         .ok()
         .and_then(|d| p.vp(d))
         .ok_or(status::INVALID_VP_INDEX)?;
@@ -801,10 +825,11 @@ fn assert_interrupt(input: &[u8]) -> Result<usize, u16> {
 }
 
 fn registers_target(input: &[u8]) -> Result<Arc<GuestVp>, u16> {
-    let p = partition_arg(input)?;
-    let vp = vp_arg(&p, input)?;
+    let h: VpRegisters = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let vp = vp_arg(&p, h.vp_index)?;
     // VTL 0 only.
-    if input.get(12).copied() != Some(0) {
+    if h.input_vtl != 0 {
         return Err(status::INVALID_PARAMETER);
     }
     Ok(vp)
@@ -840,8 +865,7 @@ fn get_registers(input: &[u8], output: &mut [u8], reps: (u16, u16)) -> Outcome {
     let window = rep_window(reps);
     let mut waited = false;
     for i in window.clone() {
-        let at = size::VP_REGISTERS_HEADER as usize + 4 * i as usize;
-        let Some(name) = abi::u32_at(input, at) else {
+        let Some(RegisterName { name }) = layout::element::<GetVpRegisters, _>(input, i) else {
             return rep_result(status::INVALID_PARAMETER, i);
         };
         let value = match name {
@@ -860,16 +884,14 @@ fn get_registers(input: &[u8], output: &mut [u8], reps: (u16, u16)) -> Outcome {
                 }
             }
         };
-        let out = 16 * i as usize;
-        let Some(slot) = output.get_mut(out..out + 16) else {
+        if layout::write_element(output, i, &RegisterValue { value }).is_none() {
             return rep_result(status::INVALID_PARAMETER, i);
-        };
-        slot.copy_from_slice(&value.to_le_bytes());
+        }
     }
     Outcome {
         status: status::SUCCESS,
         reps_done: window.end,
-        output_len: 16 * window.end as usize,
+        output_len: size_of::<RegisterValue>() * window.end as usize,
     }
 }
 
@@ -930,15 +952,8 @@ fn set_register(
     waited: &mut bool,
     clears: &mut Vec<(u16, u32)>,
 ) -> Result<(), u16> {
-    let at = size::VP_REGISTERS_HEADER as usize + 32 * i as usize;
-    let (Some(name), Some(lo), Some(hi)) = (
-        abi::u32_at(input, at),
-        abi::u64_at(input, at + 16),
-        abi::u64_at(input, at + 24),
-    ) else {
-        return Err(status::INVALID_PARAMETER);
-    };
-    let value = (hi as u128) << 64 | lo as u128;
+    let RegisterAssoc { name, value, .. } =
+        layout::element::<SetVpRegisters, _>(input, i).ok_or(status::INVALID_PARAMETER)?;
     match name {
         reg::EXPLICIT_SUSPEND | reg::INTERCEPT_SUSPEND => {
             if value > 1 {

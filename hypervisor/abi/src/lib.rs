@@ -5,14 +5,17 @@
 //! status codes) follow the Hyper-V Top-Level Functional Specification (TLFS).
 //! Calls in the private range `0x7F00..=0x7FFF` are this project's own and are
 //! documented in docs/hypercalls.md. Structures cross the boundary as
-//! little-endian bytes through explicit `encode`/`decode` functions: no layout
-//! is trusted, no reference into partition memory is held.
+//! little-endian bytes: hypercall blocks as the typed `#[repr(C)]` layouts of
+//! [`layout`] (read by copy from the hypervisor's own copy of the block), the
+//! other structures through explicit `encode`/`decode` functions. No
+//! reference into partition memory is held.
 #![no_std]
 #![forbid(unsafe_code)]
 
 /// Bumped on every incompatible change (docs/hypercalls.md keeps the log).
 pub const ABI_VERSION: u32 = 2;
 
+pub mod layout;
 pub mod partition;
 pub mod synic;
 
@@ -60,6 +63,37 @@ pub mod msr {
 
 /// The hypercall input value (RCX) and status (RAX), TLFS "Hypercall Interface".
 pub mod hypercall {
+    use bitfield_struct::bitfield;
+
+    /// The input value in RCX as the TLFS lays it out (`HV_HYPERCALL_INPUT`);
+    /// [`Input`] is its checked, decoded form.
+    #[bitfield(u64)]
+    #[derive(PartialEq, Eq)]
+    pub struct Control {
+        pub code: u16,
+        pub fast: bool,
+        /// In 8-byte units.
+        #[bits(10)]
+        pub variable_header_size: u16,
+        #[bits(5)]
+        pub reserved0: u8,
+        #[bits(12)]
+        pub rep_count: u16,
+        #[bits(4)]
+        pub reserved1: u8,
+        #[bits(12)]
+        pub rep_start: u16,
+        #[bits(4)]
+        pub reserved2: u8,
+    }
+
+    impl Control {
+        /// Some reserved bit is set.
+        pub const fn reserved(&self) -> bool {
+            self.reserved0() != 0 || self.reserved1() != 0 || self.reserved2() != 0
+        }
+    }
+
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Input {
         pub code: u16,
@@ -71,7 +105,7 @@ pub mod hypercall {
 
     impl Input {
         /// A slow (memory) call: `rep_count` elements from index 0.
-        pub fn slow(code: u16, rep_count: u16) -> Self {
+        pub const fn slow(code: u16, rep_count: u16) -> Self {
             Input {
                 code,
                 fast: false,
@@ -83,26 +117,30 @@ pub mod hypercall {
 
         /// Decodes RCX; `None` when reserved bits are set (the caller answers
         /// `INVALID_HYPERCALL_INPUT`).
-        pub fn decode(rcx: u64) -> Option<Self> {
-            const RESERVED: u64 = (0x1F << 27) | (0xF << 44) | (0xF << 60);
-            if rcx & RESERVED != 0 {
+        pub const fn decode(rcx: u64) -> Option<Self> {
+            let c = Control::from_bits(rcx);
+            if c.reserved() {
                 return None;
             }
             Some(Input {
-                code: rcx as u16,
-                fast: rcx & (1 << 16) != 0,
-                variable_header_size: ((rcx >> 17) & 0x3FF) as u16,
-                rep_count: ((rcx >> 32) & 0xFFF) as u16,
-                rep_start: ((rcx >> 48) & 0xFFF) as u16,
+                code: c.code(),
+                fast: c.fast(),
+                variable_header_size: c.variable_header_size(),
+                rep_count: c.rep_count(),
+                rep_start: c.rep_start(),
             })
         }
 
-        pub fn encode(&self) -> u64 {
-            self.code as u64
-                | (self.fast as u64) << 16
-                | ((self.variable_header_size as u64) & 0x3FF) << 17
-                | ((self.rep_count as u64) & 0xFFF) << 32
-                | ((self.rep_start as u64) & 0xFFF) << 48
+        /// The RCX value; fields wider than theirs in [`Control`] are cut to
+        /// their widths.
+        pub const fn encode(&self) -> u64 {
+            Control::new()
+                .with_code(self.code)
+                .with_fast(self.fast)
+                .with_variable_header_size(self.variable_header_size & 0x3FF)
+                .with_rep_count(self.rep_count & 0xFFF)
+                .with_rep_start(self.rep_start & 0xFFF)
+                .into_bits()
         }
     }
 

@@ -1,9 +1,8 @@
 //! Guest partitions: the root's management calls (codes from the TLFS
 //! "Partition Management", "Virtual Processor Management", "Memory
-//! Management" chapters), their input layouts, VP register names and values,
-//! and partition properties. Layouts are this ABI's own where noted; every one
-//! is in docs/hypercalls.md.
-use crate::get;
+//! Management" chapters), their block sizes (the layouts are
+//! [`crate::layout`]'s), VP register names and values, and partition
+//! properties. Every layout is in docs/hypercalls.md.
 
 /// Partition-management call codes (TLFS).
 pub mod code {
@@ -88,55 +87,49 @@ pub mod property {
     pub const DEFAULT_WEIGHT: u64 = 100;
 }
 
-/// Little-endian u64 at `at` of `b` (inputs are copied before they are read).
-pub fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    let mut at = at;
-    get::<8>(b, &mut at).map(u64::from_le_bytes)
-}
-
-pub fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    let mut at = at;
-    get::<4>(b, &mut at).map(u32::from_le_bytes)
-}
-
-/// Input sizes of the fixed-size calls, in bytes.
+/// Block sizes of the calls, in bytes: the dispatch table's
+/// (`hypervisor/src/hypercall.rs`). Each is the size of its typed layout in
+/// [`crate::layout`], checked at compile time.
 pub mod size {
-    /// CreatePartition: flags u64, proximity u64, compatibility version u32,
-    /// reserved u32. Output: the partition id u64.
+    /// CreatePartition input: [`crate::layout::CreatePartition`].
     pub const CREATE_PARTITION: u64 = 24;
-    /// Initialize, Finalize, Delete: partition id u64.
+    /// Initialize, Finalize, Delete input and CreatePartition output:
+    /// [`crate::layout::PartitionId`].
     pub const PARTITION_ID: u64 = 8;
-    /// GetPartitionProperty: partition id u64, property u32, reserved u32. Output: value u64.
+    /// GetPartitionProperty input: [`crate::layout::GetPartitionProperty`].
     pub const GET_PROPERTY: u64 = 16;
-    /// SetPartitionProperty: as Get, then value u64.
+    /// GetPartitionProperty output: [`crate::layout::GetPartitionPropertyOutput`].
+    pub const PROPERTY_VALUE: u64 = 8;
+    /// SetPartitionProperty input: [`crate::layout::SetPartitionProperty`].
     pub const SET_PROPERTY: u64 = 24;
-    /// Map/UnmapGpaPages header: partition id u64, target GPA page number u64,
-    /// flags u32, reserved u32. Map elements: source (root) GPA page numbers u64.
+    /// Map/UnmapGpaPages header: [`crate::layout::MapGpaPages`],
+    /// [`crate::layout::UnmapGpaPages`].
     pub const MAP_HEADER: u64 = 24;
-    /// CreateVp: partition id u64, VP index u32, reserved u32, flags u64.
+    /// MapGpaPages element: [`crate::layout::MapGpaPagesElement`].
+    pub const MAP_ELEMENT: u64 = 8;
+    /// CreateVp input: [`crate::layout::CreateVp`].
     pub const CREATE_VP: u64 = 24;
-    /// DeleteVp, StartVirtualProcessor: partition id u64, VP index u32, reserved u32.
+    /// DeleteVp, StartVirtualProcessor input: [`crate::layout::PartitionVp`].
     pub const VP: u64 = 16;
-    /// Get/SetVpRegisters header: partition id u64, VP index u32, VTL u8, reserved 3.
+    /// Get/SetVpRegisters header: [`crate::layout::VpRegisters`].
     pub const VP_REGISTERS_HEADER: u64 = 16;
-    /// GetVpRegisters element in: name u32; out: value u128.
+    /// GetVpRegisters element in: [`crate::layout::RegisterName`]; out:
+    /// [`crate::layout::RegisterValue`].
     pub const REGISTER_NAME: u64 = 4;
     pub const REGISTER_VALUE: u64 = 16;
-    /// SetVpRegisters element: name u32, reserved 12, value u128.
+    /// SetVpRegisters element: [`crate::layout::RegisterAssoc`].
     pub const REGISTER_ASSOC: u64 = 32;
-    /// FlushVirtualAddressSpace: address space u64, flags u64, processor
-    /// mask u64 (VP n is bit n); the List form takes the same header and
-    /// GVA elements u64 (page number in 63:12, additional pages in 11:0).
+    /// FlushVirtualAddressSpace input, FlushVirtualAddressList header:
+    /// [`crate::layout::FlushVirtualAddressSpace`].
     pub const FLUSH_HEADER: u64 = 24;
-    /// AssertVirtualInterrupt: partition id u64, interrupt control u64
-    /// (type 31:0, 0 = fixed; level-triggered 32; logical destination 33),
-    /// destination u64 (the target's APIC id = its VP index), vector u32,
-    /// target VTL u8, reserved 3.
-    pub const ASSERT_INTERRUPT: u64 = 32;
-    /// InstallIntercept: partition id u64, access type mask u32 (read 1,
-    /// write 2, execute 4), intercept type u32, parameter u64.
-    pub const INSTALL_INTERCEPT: u64 = 24;
+    /// FlushVirtualAddressList element: [`crate::layout::GvaRange`].
     pub const FLUSH_ELEMENT: u64 = 8;
+    /// AssertVirtualInterrupt input: [`crate::layout::AssertVirtualInterrupt`].
+    pub const ASSERT_INTERRUPT: u64 = 32;
+    /// InstallIntercept input: [`crate::layout::InstallIntercept`].
+    pub const INSTALL_INTERCEPT: u64 = 24;
+    /// GET_HOST_LOG input: [`crate::layout::GetHostLog`].
+    pub const HOST_LOG_INPUT: u64 = 8;
 }
 
 /// VP register names (TLFS `HV_REGISTER_NAME`).
@@ -413,22 +406,75 @@ mod tests {
         assert_eq!(c.get(reg::EXPLICIT_SUSPEND), Err(RegisterError::Unknown));
     }
 
-    proptest::proptest! {
-        /// Any name and value: `set` either refuses or stores what `get`
-        /// then returns (the root's SetVpRegisters input is not trusted).
-        #[test]
-        fn any_register_write(name in 0u32..0x9_0000, lo in proptest::prelude::any::<u64>(), hi in proptest::prelude::any::<u64>()) {
-            let mut c = VpContext::reset();
-            let value = (hi as u128) << 64 | lo as u128;
-            if c.set(name, value).is_ok() {
-                let got = c.get(name).unwrap();
-                // Table registers keep only limit and base; RFLAGS gains bit 1.
-                match name {
-                    reg::IDTR | reg::GDTR => proptest::prop_assert_eq!(Table::from_value(got), Table::from_value(value)),
-                    reg::RFLAGS => proptest::prop_assert_eq!(got, value | 2),
-                    _ => proptest::prop_assert_eq!(got, value),
+    /// Any name and value: `set` either refuses or stores what `get` then
+    /// returns (the root's SetVpRegisters input is not trusted). Names are
+    /// mostly ones `VpContext` keeps and values mostly fit their register
+    /// (the upper 64 bits clear, the low ones under a mask of a register's
+    /// defined bits), so that most writes are accepted and the read-back is
+    /// checked; any name and any 128 bits still come up.
+    #[test]
+    fn any_register_write() {
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        use proptest::test_runner::{Config, TestRunner};
+        const OTHERS: &[u32] = &[
+            reg::RIP,
+            reg::RFLAGS,
+            reg::CR0,
+            reg::CR2,
+            reg::CR3,
+            reg::CR4,
+            reg::IDTR,
+            reg::GDTR,
+            reg::EFER,
+            reg::PAT,
+        ];
+        let name = prop_oneof![
+            2 => reg::RAX..=reg::R15,
+            2 => reg::ES..=reg::TR,
+            4 => select(OTHERS),
+            2 => 0u32..0x9_0000,
+        ];
+        let hi = prop_oneof![3 => Just(0u64), 1 => any::<u64>()];
+        // All bits; 32 bits (CR0); RFLAGS less VM; CR4 less VMXE/SMXE;
+        // EFER's SCE, LME, LMA, NXE; PAT-sized types.
+        let mask = select(
+            &[
+                u64::MAX,
+                0xFFFF_FFFF,
+                0x003D_0FD7,
+                0x01FF_9FFF,
+                0x0D01,
+                0x0707_0707_0707_0707,
+            ][..],
+        );
+        let cases = Config::default().cases;
+        let accepted = core::cell::Cell::new(0u32);
+        TestRunner::new(Config::default())
+            .run(&(name, hi, any::<u64>(), mask), |(name, hi, lo, mask)| {
+                let mut c = VpContext::reset();
+                let value = (hi as u128) << 64 | (lo & mask) as u128;
+                if c.set(name, value).is_ok() {
+                    accepted.set(accepted.get() + 1);
+                    let got = c.get(name).unwrap();
+                    // Table registers keep only limit and base; RFLAGS gains bit 1.
+                    match name {
+                        reg::IDTR | reg::GDTR => {
+                            prop_assert_eq!(Table::from_value(got), Table::from_value(value))
+                        }
+                        reg::RFLAGS => prop_assert_eq!(got, value | 2),
+                        _ => prop_assert_eq!(got, value),
+                    }
                 }
-            }
-        }
+                Ok(())
+            })
+            .unwrap();
+        // The read-back above ran for a good share of the cases (about
+        // half are expected), not for none of them.
+        assert!(
+            accepted.get() >= cases / 4,
+            "only {} of {cases} writes accepted",
+            accepted.get()
+        );
     }
 }

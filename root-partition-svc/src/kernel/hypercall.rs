@@ -4,6 +4,7 @@ use crate::arch::wrmsr;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hv_abi::hypercall::{Input, VMCALL_PAGE, VMMCALL_PAGE};
+use hv_abi::layout::{self, Immutable, IntoBytes};
 use hv_abi::msr;
 
 #[repr(C, align(4096))]
@@ -77,6 +78,25 @@ pub fn call_with_output(code: u16) -> Result<[u8; 4096], u16> {
 pub struct Reply {
     pub status: u16,
     pub reps: u16,
+}
+
+/// A rep call: its input block is `header`, then `elements`, one per rep
+/// (hv_abi's typed layouts); as [`call`] otherwise. A block larger than the
+/// input page is not sent: INVALID_PARAMETER.
+pub fn call_rep<H: IntoBytes + Immutable, E: IntoBytes + Immutable>(
+    code: u16,
+    header: &H,
+    elements: &[E],
+    output: &mut [u8],
+) -> Reply {
+    let mut block = [0u8; 4096];
+    let Some(len) = layout::encode_rep(header, elements, &mut block) else {
+        return Reply {
+            status: hv_abi::hypercall::status::INVALID_PARAMETER,
+            reps: 0,
+        };
+    };
+    call(code, elements.len() as u16, &block[..len], output)
 }
 
 /// A slow call: `input` (at most a page) goes to the input page, the output

@@ -2,6 +2,7 @@
 use crate::phys::Identity;
 use crate::{arch, fpu, hypercall, idt, power, print, println, serial, vm};
 use core::sync::atomic::Ordering;
+use hv_abi::layout::{GetHostLog, IntoBytes};
 use hv_abi::{hypercall as hc, HostInfo, HostLogChunk, HostStats, LpStats, RootBoot};
 use root_partition_svc::acpi::{self, Platform};
 use root_partition_svc::boot::{self, HvIdentity};
@@ -301,7 +302,12 @@ impl Shell {
         let mut at = 0u64;
         let mut page = [0u8; 4096];
         loop {
-            let reply = hypercall::call(hc::GET_HOST_LOG, 0, &at.to_le_bytes(), &mut page);
+            let reply = hypercall::call(
+                hc::GET_HOST_LOG,
+                0,
+                GetHostLog { position: at }.as_bytes(),
+                &mut page,
+            );
             if reply.status != hc::status::SUCCESS {
                 let _ = format::hypercall_failed(
                     &mut serial::Com1,

@@ -6,7 +6,13 @@ use crate::{hypercall, print, println, serial, synic};
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use hv_abi::hypercall::status;
-use hv_abi::partition::{code, intercept, map_flags, property, reg, size};
+use hv_abi::layout::{
+    AssertVirtualInterrupt, CreatePartition, CreatePartitionOutput, CreateVp, GetPartitionProperty,
+    GetPartitionPropertyOutput, Immutable, InstallIntercept, IntoBytes, MapFlags, MapGpaPages,
+    MapGpaPagesElement, PartitionId, PartitionVp, RegisterAssoc, SetPartitionProperty,
+    SetVpRegisters, UnmapGpaPages,
+};
+use hv_abi::partition::{code, intercept, property, reg};
 use hv_abi::synic::{
     self as msg, kind, unrecoverable, ExceptionIntercept, IoPortIntercept, MemoryIntercept,
 };
@@ -143,41 +149,52 @@ fn status_line(what: &str, call: &str, s: u16) {
     let _ = format::hypercall_failed(&mut serial::Com1, what, call, s);
 }
 
-fn partition_call(code: u16, input: &[u8], out: &mut [u8]) -> Result<(), u16> {
-    match hypercall::call(code, 0, input, out).status {
+/// A simple call with `input` (one of hv_abi's typed layouts) and an
+/// output block (`out`, e.g. a layout's `as_mut_bytes`).
+fn partition_call<I: IntoBytes + Immutable>(
+    code: u16,
+    input: &I,
+    out: &mut [u8],
+) -> Result<(), u16> {
+    match hypercall::call(code, 0, input.as_bytes(), out).status {
         status::SUCCESS => Ok(()),
         s => Err(s),
     }
 }
 
-fn pid_input(id: u64) -> [u8; 8] {
-    id.to_le_bytes()
+fn pid_input(id: u64) -> PartitionId {
+    PartitionId { partition_id: id }
 }
 
-fn vp_input(id: u64, vp: u32) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&id.to_le_bytes());
-    b[8..12].copy_from_slice(&vp.to_le_bytes());
-    b
+fn vp_input(id: u64, vp: u32) -> PartitionVp {
+    PartitionVp {
+        partition_id: id,
+        vp_index: vp,
+        reserved: 0,
+    }
 }
 
 /// SetVpRegisters with `regs` (name, value), in chunks that fit a page.
 fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
     const PER_CALL: usize = 24;
-    let mut input = [0u8; size::VP_REGISTERS_HEADER as usize + 32 * PER_CALL];
+    let header = SetVpRegisters {
+        partition_id: id,
+        vp_index: vp,
+        ..Default::default()
+    };
+    let mut elements = [RegisterAssoc::default(); PER_CALL];
     for chunk in regs.chunks(PER_CALL) {
-        input[..16].copy_from_slice(&vp_input(id, vp));
-        for (i, (name, value)) in chunk.iter().enumerate() {
-            let at = size::VP_REGISTERS_HEADER as usize + 32 * i;
-            input[at..at + 4].copy_from_slice(&name.to_le_bytes());
-            input[at + 4..at + 16].fill(0);
-            input[at + 16..at + 32].copy_from_slice(&value.to_le_bytes());
+        for (e, &(name, value)) in elements.iter_mut().zip(chunk) {
+            *e = RegisterAssoc {
+                name,
+                value,
+                ..Default::default()
+            };
         }
-        let len = size::VP_REGISTERS_HEADER as usize + 32 * chunk.len();
-        let r = hypercall::call(
+        let r = hypercall::call_rep(
             code::SET_VP_REGISTERS,
-            chunk.len() as u16,
-            &input[..len],
+            &header,
+            &elements[..chunk.len()],
             &mut [],
         );
         if r.status != status::SUCCESS {
@@ -193,19 +210,23 @@ fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
 }
 
 fn property(id: u64, prop: u32) -> Option<u64> {
-    let mut input = [0u8; 16];
-    input[..8].copy_from_slice(&id.to_le_bytes());
-    input[8..12].copy_from_slice(&prop.to_le_bytes());
-    let mut out = [0u8; 8];
-    partition_call(code::GET_PARTITION_PROPERTY, &input, &mut out).ok()?;
-    Some(u64::from_le_bytes(out))
+    let input = GetPartitionProperty {
+        partition_id: id,
+        property_code: prop,
+        reserved: 0,
+    };
+    let mut out = GetPartitionPropertyOutput::default();
+    partition_call(code::GET_PARTITION_PROPERTY, &input, out.as_mut_bytes()).ok()?;
+    Some(out.property_value)
 }
 
 fn set_property(id: u64, prop: u32, value: u64) -> Result<(), u16> {
-    let mut input = [0u8; 24];
-    input[..8].copy_from_slice(&id.to_le_bytes());
-    input[8..12].copy_from_slice(&prop.to_le_bytes());
-    input[16..24].copy_from_slice(&value.to_le_bytes());
+    let input = SetPartitionProperty {
+        partition_id: id,
+        property_code: prop,
+        reserved: 0,
+        property_value: value,
+    };
     partition_call(code::SET_PARTITION_PROPERTY, &input, &mut [])
 }
 
@@ -524,13 +545,16 @@ impl Vmm {
             partition_call(code::FINALIZE_PARTITION, &pid_input(id), &mut [])
                 .map_err(|s| ("FinalizePartition", s))?;
             let pages = vm.memory_bytes / vmm::PAGE;
-            let mut input = [0u8; size::MAP_HEADER as usize];
-            input[..8].copy_from_slice(&id.to_le_bytes());
             let mut done = 0;
             while done < pages {
                 let n = (pages - done).min(4095);
-                input[8..16].copy_from_slice(&done.to_le_bytes());
-                let r = hypercall::call(code::UNMAP_GPA_PAGES, n as u16, &input, &mut []);
+                // No elements: the rep count is the page count.
+                let input = UnmapGpaPages {
+                    partition_id: id,
+                    target_gpa_page: done,
+                    ..Default::default()
+                };
+                let r = hypercall::call(code::UNMAP_GPA_PAGES, n as u16, input.as_bytes(), &mut []);
                 if r.status != status::SUCCESS {
                     return Err(("UnmapGpaPages", r.status));
                 }
@@ -764,10 +788,14 @@ fn create_partition(
     vcpus: u32,
     trap_exceptions: bool,
 ) -> Result<u64, (&'static str, u16)> {
-    let mut out = [0u8; 8];
-    partition_call(code::CREATE_PARTITION, &[0u8; 24], &mut out)
-        .map_err(|s| ("CreatePartition", s))?;
-    let id = u64::from_le_bytes(out);
+    let mut out = CreatePartitionOutput::default();
+    partition_call(
+        code::CREATE_PARTITION,
+        &CreatePartition::default(),
+        out.as_mut_bytes(),
+    )
+    .map_err(|s| ("CreatePartition", s))?;
+    let id = out.partition_id;
     let undo = |e| {
         let _ = partition_call(code::DELETE_PARTITION, &pid_input(id), &mut []);
         e
@@ -777,40 +805,49 @@ fn create_partition(
     if trap_exceptions {
         // Every exception but NMI and machine check (the hypervisor's).
         for vector in (0u64..32).filter(|v| *v != 2 && *v != 18) {
-            let mut input = [0u8; 24];
-            input[..8].copy_from_slice(&id.to_le_bytes());
-            input[8..12].copy_from_slice(&intercept::ACCESS_EXECUTE.to_le_bytes());
-            input[12..16].copy_from_slice(&intercept::X64_EXCEPTION.to_le_bytes());
-            input[16..24].copy_from_slice(&vector.to_le_bytes());
+            let input = InstallIntercept {
+                partition_id: id,
+                access_type_mask: intercept::ACCESS_EXECUTE,
+                intercept_type: intercept::X64_EXCEPTION,
+                intercept_parameter: vector,
+            };
             partition_call(code::INSTALL_INTERCEPT, &input, &mut [])
                 .map_err(|s| undo(("InstallIntercept", s)))?;
         }
     }
     // GPA 0.. = the block at `base`, 500 pages per call.
+    const PER_CALL: u64 = 500;
     let pages = memory / vmm::PAGE;
-    let mut input = [0u8; 4096];
+    let mut elements = [MapGpaPagesElement::default(); PER_CALL as usize];
     let mut done = 0;
     while done < pages {
-        let n = (pages - done).min(500);
-        input[..8].copy_from_slice(&id.to_le_bytes());
-        input[8..16].copy_from_slice(&done.to_le_bytes());
-        input[16..20].copy_from_slice(&map_flags::ALL.to_le_bytes());
-        input[20..24].fill(0);
-        for k in 0..n {
-            let at = size::MAP_HEADER as usize + 8 * k as usize;
-            let source = base / vmm::PAGE + done + k;
-            input[at..at + 8].copy_from_slice(&source.to_le_bytes());
+        let n = (pages - done).min(PER_CALL);
+        let header = MapGpaPages {
+            partition_id: id,
+            target_gpa_page: done,
+            map_flags: MapFlags::ALL,
+            reserved: 0,
+        };
+        for (k, e) in (0..n).zip(elements.iter_mut()) {
+            e.source_gpa_page = base / vmm::PAGE + done + k;
         }
-        let len = size::MAP_HEADER as usize + 8 * n as usize;
-        let r = hypercall::call(code::MAP_GPA_PAGES, n as u16, &input[..len], &mut []);
+        let r = hypercall::call_rep(
+            code::MAP_GPA_PAGES,
+            &header,
+            &elements[..n as usize],
+            &mut [],
+        );
         if r.status != status::SUCCESS {
             return Err(undo(("MapGpaPages", r.status)));
         }
         done += n;
     }
     for vp in 0..vcpus {
-        let mut input = [0u8; 24];
-        input[..16].copy_from_slice(&vp_input(id, vp));
+        let input = CreateVp {
+            partition_id: id,
+            vp_index: vp,
+            ..Default::default()
+        };
         partition_call(code::CREATE_VP, &input, &mut []).map_err(|s| undo(("CreateVp", s)))?;
     }
     Ok(id)
@@ -914,10 +951,13 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
         return fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
     }
     if let Some(vector) = interrupt {
-        let mut input = [0u8; 32];
-        input[..8].copy_from_slice(&vm.partition.to_le_bytes());
-        input[16..24].copy_from_slice(&(vp as u64).to_le_bytes());
-        input[24..28].copy_from_slice(&(vector as u32).to_le_bytes());
+        // Fixed, edge, physical destination (the VP index), VTL 0.
+        let input = AssertVirtualInterrupt {
+            partition_id: vm.partition,
+            destination: vp as u64,
+            vector: vector as u32,
+            ..Default::default()
+        };
         if let Err(s) = partition_call(code::ASSERT_VIRTUAL_INTERRUPT, &input, &mut []) {
             // Reported once a run: a guest must not flood the console.
             vm.interrupt_failures += 1;

@@ -5,6 +5,9 @@
 //! charged to it, so a CPU hog beside it keeps its share.
 #![no_std]
 #![no_main]
+use hv_abi::hypercall::Input;
+use hv_abi::layout::FlushVirtualAddressSpace;
+use hv_abi::partition::{code, flush};
 use test_guests::{hypercall, println};
 
 test_guests::entry!(main);
@@ -19,14 +22,17 @@ fn main(vp: u64, _vps: u64, memory: u64) -> ! {
         println!("exit-loop: FAILED to enable the hypercall page");
         test_guests::exit(1);
     }
-    // FlushVirtualAddressSpace (0x0002) of all VPs: its input block.
+    // FlushVirtualAddressSpace of all VPs: its input block.
     static INPUT: test_guests::Page = test_guests::Page(core::cell::UnsafeCell::new([0; 4096]));
     let input = INPUT.0.get() as u64;
-    // SAFETY: our own page; flags 1 (all processors), mask 1.
-    unsafe {
-        core::ptr::write_volatile((input + 8) as *mut u64, 1);
-        core::ptr::write_volatile((input + 16) as *mut u64, 1);
-    }
+    let flush = FlushVirtualAddressSpace {
+        address_space: 0,
+        flags: flush::ALL_PROCESSORS,
+        processor_mask: 1,
+    };
+    // SAFETY: our own page, page-aligned (so aligned for the block).
+    unsafe { core::ptr::write_volatile(input as *mut FlushVirtualAddressSpace, flush) };
+    let value = Input::slow(code::FLUSH_VIRTUAL_ADDRESS_SPACE, 0).encode();
     println!("exit-loop: VP {vp} exiting by {kind}");
     let mut n = 0u64;
     loop {
@@ -37,7 +43,7 @@ fn main(vp: u64, _vps: u64, memory: u64) -> ! {
             // COM1's scratch register: the root's VM worker keeps it.
             "I/O" => test_guests::outb(0x3FF, n as u8),
             _ => {
-                core::hint::black_box(hypercall(0x0002, input, 0));
+                core::hint::black_box(hypercall(value, input, 0));
             }
         }
         n = n.wrapping_add(1);

@@ -101,7 +101,7 @@ global_asm!(
     // Ring 3: GetVpRegisters through the hypercall page.
     ".global user_probe",
     "user_probe:",
-    "    mov rcx, 0x100000050",
+    "    mov rcx, {get_vp_registers}",
     "    xor edx, edx",
     "    xor r8d, r8d",
     "    call [rip + {page}]",
@@ -115,6 +115,8 @@ global_asm!(
     db_rip = sym DB_RIP,
     db_dr6 = sym DB_DR6,
     page = sym HC_PAGE,
+    // One rep, from memory: the hypervisor must refuse it before reading.
+    get_vp_registers = const hv_abi::hypercall::Input::slow(hv_abi::partition::code::GET_VP_REGISTERS, 1).encode(),
     returned = sym RETURNED,
 );
 

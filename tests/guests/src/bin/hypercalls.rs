@@ -4,7 +4,11 @@
 #![no_std]
 #![no_main]
 use hv_abi::hypercall::{status, Input};
-use hv_abi::partition::{code, reg, PARTITION_SELF, VP_SELF};
+use hv_abi::layout::{
+    self, FlushVirtualAddressSpace, GetVpRegisters, Immutable, IntoBytes, RegisterName,
+    RegisterValue,
+};
+use hv_abi::partition::{code, flush, reg, PARTITION_SELF, VP_SELF};
 use test_guests::{exit, hypercall, println};
 
 test_guests::entry!(main);
@@ -29,9 +33,22 @@ fn put(at: u64, bytes: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len()) };
 }
 
-fn get_u64(at: u64) -> u64 {
-    // SAFETY: as in `put`.
-    unsafe { core::ptr::read_volatile(at as *const u64) }
+/// A rep call's input block (`header`, then `elements`) at `at`.
+fn put_rep<H: IntoBytes + Immutable, E: IntoBytes + Immutable>(
+    at: u64,
+    header: &H,
+    elements: &[E],
+) {
+    let mut block = [0u8; 256];
+    let len = layout::encode_rep(header, elements, &mut block).expect("a small block");
+    put(at, &block[..len]);
+}
+
+/// GetVpRegisters output element `i` at OUT.
+fn register_value(i: u64) -> u128 {
+    // SAFETY: as in `put`; OUT is page-aligned, so every element is aligned.
+    let e = unsafe { core::ptr::read_volatile((OUT as *const RegisterValue).add(i as usize)) };
+    e.value
 }
 
 fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
@@ -40,26 +57,35 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
         exit(1);
     }
     // GetVpRegisters of this VP: RIP and RSP.
-    let mut header = [0u8; 24];
-    header[..8].copy_from_slice(&PARTITION_SELF.to_le_bytes());
-    header[8..12].copy_from_slice(&VP_SELF.to_le_bytes());
-    header[16..20].copy_from_slice(&reg::RIP.to_le_bytes());
-    header[20..24].copy_from_slice(&reg::RSP.to_le_bytes());
-    put(IN, &header);
-    // A second header naming partition 1 (not ours; we are not told our id,
-    // so ask for both 1 and 2 and expect at least one denial... the harness
-    // starts this guest alone, as partition 1: name 2).
-    let mut other = header;
-    other[..8].copy_from_slice(&2u64.to_le_bytes());
-    put(IN + 0x800, &other);
-    // FlushVirtualAddressSpace: address space 0, flags, processor mask.
-    let mut flush = [0u8; 24];
-    flush[8..16].copy_from_slice(&1u64.to_le_bytes());
-    flush[16..24].copy_from_slice(&1u64.to_le_bytes());
-    put(IN + 0x400, &flush);
-    let mut bad_flush = flush;
-    bad_flush[8..16].copy_from_slice(&0x100u64.to_le_bytes());
-    put(IN + 0x600, &bad_flush);
+    let header = GetVpRegisters {
+        partition_id: PARTITION_SELF,
+        vp_index: VP_SELF,
+        ..Default::default()
+    };
+    let names = [
+        RegisterName { name: reg::RIP },
+        RegisterName { name: reg::RSP },
+    ];
+    put_rep(IN, &header, &names);
+    // A second header naming another partition (we are not told our id;
+    // the harness starts this guest alone, as partition 1: name 2).
+    let other = GetVpRegisters {
+        partition_id: 2,
+        ..header
+    };
+    put_rep(IN + 0x800, &other, &names);
+    // FlushVirtualAddressSpace: address space 0, all processors, mask VP 0.
+    let flush = FlushVirtualAddressSpace {
+        address_space: 0,
+        flags: flush::ALL_PROCESSORS,
+        processor_mask: 1,
+    };
+    put(IN + 0x400, flush.as_bytes());
+    let bad_flush = FlushVirtualAddressSpace {
+        flags: 0x100,
+        ..flush
+    };
+    put(IN + 0x600, bad_flush.as_bytes());
 
     let gvr = code::GET_VP_REGISTERS;
     let checks: [(&str, u64, u64, u64, u16); 17] = [
@@ -194,7 +220,7 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
             if ok { "ok" } else { "WRONG" }
         );
         if what == "GetVpRegisters of my own VP" && ok {
-            let (reps, rip, rsp) = ((rax >> 32) & 0xFFF, get_u64(OUT), get_u64(OUT + 16));
+            let (reps, rip, rsp) = ((rax >> 32) & 0xFFF, register_value(0), register_value(1));
             let sane = reps == 2 && (0x20_0000..0x30_0000).contains(&rip) && rsp < 0x10_0000;
             failed += !sane as u8;
             println!(
