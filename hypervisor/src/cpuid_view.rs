@@ -85,6 +85,41 @@ pub fn answer(view: &View, leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32)
     }
 }
 
+/// The answers of one VP's leaves that depend on nothing but the VP, for
+/// sub-leaf 0: the basic leaves but XSAVE's (0xD follows XCR0), the Hyper-V
+/// leaves and the extended leaves up to 0x80000008. Computed once, so the
+/// common exits do not execute CPUID in the hypervisor (on hardware the
+/// costliest part of answering one).
+pub struct CpuidCache {
+    basic: [(u32, u32, u32, u32); 0x20],
+    hyperv: [(u32, u32, u32, u32); 7],
+    extended: [(u32, u32, u32, u32); 9],
+}
+
+impl CpuidCache {
+    pub fn new(answer: impl Fn(u32) -> (u32, u32, u32, u32)) -> Self {
+        CpuidCache {
+            basic: core::array::from_fn(|i| answer(i as u32)),
+            hyperv: core::array::from_fn(|i| answer(0x4000_0000 + i as u32)),
+            extended: core::array::from_fn(|i| answer(0x8000_0000 + i as u32)),
+        }
+    }
+
+    /// The answer for `leaf`/`sub` if it is cached.
+    pub fn get(&self, leaf: u32, sub: u32) -> Option<(u32, u32, u32, u32)> {
+        if sub != 0 {
+            return None;
+        }
+        match leaf {
+            0xD => None,
+            0..=0x1F => Some(self.basic[leaf as usize]),
+            0x4000_0000..=0x4000_0006 => Some(self.hyperv[(leaf - 0x4000_0000) as usize]),
+            0x8000_0000..=0x8000_0008 => Some(self.extended[(leaf - 0x8000_0000) as usize]),
+            _ => None,
+        }
+    }
+}
+
 /// CPUID as a guest sees it: the processor's, with the hypervisor bit and
 /// the (virtual) x2APIC, the Hyper-V leaves with a guest's privileges (no
 /// partition management), and what the hypervisor does not virtualize for

@@ -91,6 +91,11 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     let mut root_debug = DebugState::initial(0);
     let barriers = Barriers::detect(matches!(caps, Caps::Vmx(_)));
     let state = lp_state::get(lp);
+    let mut root_buffers = root_exits::HypercallBuffers::default();
+    // Root VP n runs on LP n: its CPUID answers, once.
+    let root_cpuid = crate::cpuid_view::CpuidCache::new(|leaf| {
+        crate::cpuid_view::for_root(leaf, 0, lp, root.vp_count)
+    });
     let clock = &state.root_clock;
     // Whose extended state (x87/SSE/AVX) the registers hold: switched only
     // when the LP changes VPs (the hypervisor itself never touches them).
@@ -117,7 +122,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
         if state.inbox_count.load(Ordering::Acquire) != 0 {
             take_new_vps(lp, &mut guests);
         }
-        if !guests.is_empty() {
+        if state.chores.swap(false, Ordering::AcqRel) {
             reap(&mut guests, &mut active, &mut fpu_owner);
             serve_save_requests(&mut guests, &mut active);
         }
@@ -159,15 +164,40 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     &mut guests,
                     &barriers,
                 );
-                let entered = cpu::rdtsc();
-                lp_stats.add_hypervisor_time(entered - left_guest);
-                let exit = root_vcpu.run();
-                left_guest = cpu::rdtsc();
-                lp_stats.count(exit.reason());
-                match root_exits::dispatch(root, caps, &mut root_vcpu, &mut vapic, lp, exit) {
-                    root_exits::Next::Resume => {}
-                    root_exits::Next::Halted => root_halted = true,
-                    root_exits::Next::Stop(why) => root::stop(lp, &why),
+                // Exits that change nothing but the VP's registers (CPUID)
+                // re-enter at once, until one needs the loop: another
+                // exit, an interrupt sent to the root, its timer due.
+                let exit = loop {
+                    lp_stats.add_hypervisor_time(cpu::rdtsc() - left_guest);
+                    let exit = root_vcpu.run();
+                    left_guest = cpu::rdtsc();
+                    match root_exits::handle_fast(&mut root_vcpu, &exit, &root_cpuid) {
+                        Some(reason) => lp_stats.count(reason),
+                        None => {
+                            lp_stats.count(exit.reason());
+                            break Some(exit);
+                        }
+                    }
+                    if state.root_pending.any() || vapic.deadline().is_some_and(|d| d <= left_guest)
+                    {
+                        break None;
+                    }
+                };
+                let next = exit.map(|exit| {
+                    root_exits::dispatch(
+                        root,
+                        caps,
+                        &mut root_vcpu,
+                        &mut vapic,
+                        lp,
+                        exit,
+                        &mut root_buffers,
+                    )
+                });
+                match next {
+                    None | Some(root_exits::Next::Resume) => {}
+                    Some(root_exits::Next::Halted) => root_halted = true,
+                    Some(root_exits::Next::Stop(why)) => root::stop(lp, &why),
                 }
                 root_if = root_vcpu.interrupts_enabled();
                 clock.add_busy(cpu::rdtsc() - top);
@@ -183,6 +213,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                                 guests[i].vp.index
                             );
                             guests[i].vp.shared.lock().deleted = true;
+                            state.add_chore();
                             continue;
                         }
                     }
@@ -294,6 +325,7 @@ fn enter_guest(
                             g.vp.index
                         );
                         s.deleted = true;
+                        lp_state::get(g.vp.lp).add_chore();
                         return None;
                     }
                 }
@@ -506,7 +538,7 @@ fn serve_save_requests(guests: &mut [Local], active: &mut Active) {
             continue;
         }
         s.save_request = false;
-        if let (true, Some(v)) = (s.stale, g.vcpu.as_ref()) {
+        if let (true, Some(v)) = (s.stale, g.vcpu.as_mut()) {
             v.activate();
             *active = Active::Guest(g.part.id, g.vp.index);
             v.save_context(&mut s.ctx);

@@ -5,7 +5,7 @@
 //! (`synic.rs`) and the inbox of guest VPs placed on the LP (`partition.rs`).
 use crate::stats;
 use crate::x86::cpu;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypervisor::pending::PendingInterrupts;
 
 /// LPs the hypervisor runs on; more are left offline.
@@ -24,6 +24,16 @@ pub struct LpState {
     pub guest_vps: AtomicU32,
     /// How many guest VPs wait in this LP's inbox (read without its lock).
     pub inbox_count: AtomicU32,
+    /// A VP here was deleted or its context asked for: the LP looks at its
+    /// VPs (set after the VP's own flag; one load per loop otherwise).
+    pub chores: AtomicBool,
+}
+
+impl LpState {
+    /// Something for `chores`: the LP sees it at its next look.
+    pub fn add_chore(&self) {
+        self.chores.store(true, Ordering::Release);
+    }
 }
 
 static LPS: [LpState; MAX_LPS] = [const {
@@ -34,6 +44,7 @@ static LPS: [LpState; MAX_LPS] = [const {
         root_clock: RootClock::new(),
         guest_vps: AtomicU32::new(0),
         inbox_count: AtomicU32::new(0),
+        chores: AtomicBool::new(false),
     }
 }; MAX_LPS];
 

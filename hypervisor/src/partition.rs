@@ -480,6 +480,7 @@ fn finalize(p: &Partition) -> usize {
     };
     for vp in &vps {
         vp.shared.lock().deleted = true;
+        lp_state::get(vp.lp).add_chore();
         quiesce(vp);
     }
     0
@@ -750,6 +751,7 @@ fn delete_vp(input: &[u8]) -> Result<usize, u16> {
     let p = partition_arg(h.partition_id)?;
     let vp = vp_arg(&p, h.vp_index)?;
     vp.shared.lock().deleted = true;
+    lp_state::get(vp.lp).add_chore();
     quiesce(&vp);
     p.inner.lock().vps.retain(|v| v.index != vp.index);
     lp_state::get(vp.lp)
@@ -851,6 +853,7 @@ fn quiesced(vp: &GuestVp) -> Result<(), u16> {
     if s.stale {
         s.save_request = true;
         drop(s);
+        lp_state::get(vp.lp).add_chore();
         kick(vp.lp);
         return Err(RETRY);
     }
@@ -905,7 +908,7 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
     // Suspend flags to clear, with their rep: cleared after the window, so
     // that the registers written in the same call cannot race a VP that
     // already runs again.
-    let mut clears: Vec<(u16, u32)> = Vec::new();
+    let mut clears = Clears::default();
     let mut outcome = rep_result(status::SUCCESS, window.end);
     for i in window {
         match set_register(&vp, input, i, &mut waited, &mut clears) {
@@ -913,9 +916,9 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
             Err(s) => {
                 // A retry starts again at the first deferred clear, so none
                 // is lost; after an error, the reps before it stand.
-                let resume_at = match (s, clears.first()) {
-                    (RETRY, Some(&(first, _))) => {
-                        clears.clear();
+                let resume_at = match (s, clears.first) {
+                    (RETRY, Some(first)) => {
+                        clears = Clears::default();
                         first
                     }
                     _ => i,
@@ -925,23 +928,31 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
             }
         }
     }
-    if !clears.is_empty() {
+    if clears.first.is_some() {
         let mut s = vp.shared.lock();
-        for &(_, name) in &clears {
-            if name == reg::EXPLICIT_SUSPEND {
-                s.explicit_suspend = false;
-            } else if s.intercept_suspend {
-                s.intercept_suspend = false;
-                // The root's time since the intercept was posted (or since
-                // it last resumed a VP, whichever is later) served this one.
-                let served = lp_state::root_service_since(s.intercept_posted);
-                vp.served.fetch_add(served, Ordering::Relaxed);
-            }
+        if clears.explicit {
+            s.explicit_suspend = false;
+        }
+        if clears.intercept && s.intercept_suspend {
+            s.intercept_suspend = false;
+            // The root's time since the intercept was posted (or since it
+            // last resumed a VP, whichever is later) served this one.
+            let served = lp_state::root_service_since(s.intercept_posted);
+            vp.served.fetch_add(served, Ordering::Relaxed);
         }
         drop(s);
         kick(vp.lp);
     }
     outcome
+}
+
+/// The suspend flags a SetVpRegisters call clears, after its window; the
+/// first rep that asked for one.
+#[derive(Default)]
+struct Clears {
+    first: Option<u16>,
+    explicit: bool,
+    intercept: bool,
 }
 
 /// Rep `i` of a SetVpRegisters call.
@@ -950,7 +961,7 @@ fn set_register(
     input: &[u8],
     i: u16,
     waited: &mut bool,
-    clears: &mut Vec<(u16, u32)>,
+    clears: &mut Clears,
 ) -> Result<(), u16> {
     let RegisterAssoc { name, value, .. } =
         layout::element::<SetVpRegisters, _>(input, i).ok_or(status::INVALID_PARAMETER)?;
@@ -960,7 +971,12 @@ fn set_register(
                 return Err(status::INVALID_REGISTER_VALUE);
             }
             if value == 0 {
-                clears.push((i, name));
+                clears.first.get_or_insert(i);
+                if name == reg::EXPLICIT_SUSPEND {
+                    clears.explicit = true;
+                } else {
+                    clears.intercept = true;
+                }
                 return Ok(());
             }
             let mut s = vp.shared.lock();

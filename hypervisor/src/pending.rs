@@ -35,7 +35,9 @@ impl PendingInterrupts {
         new
     }
 
-    /// Whether anything was posted and not yet taken.
+    /// Whether anything was posted and not yet taken (checked on every
+    /// fast exit: inlined across the crate boundary).
+    #[inline]
     pub fn any(&self) -> bool {
         self.any.load(Ordering::Acquire)
     }

@@ -22,6 +22,26 @@ pub enum Next {
     Stop(alloc::string::String),
 }
 
+/// The root's exits answered without the LP loop's bookkeeping: they change
+/// nothing but the VP's registers (no interrupt, no other VP, no scheduling
+/// decision), so the VP can be entered again at once. The exit's reason
+/// for the counters; `None`: `dispatch` must handle it.
+pub fn handle_fast(
+    vcpu: &mut Vcpu,
+    exit: &Exit,
+    cpuid: &crate::cpuid_view::CpuidCache,
+) -> Option<hv_abi::ExitReason> {
+    match exit {
+        Exit::Cpuid => {
+            let r = vcpu.regs();
+            let answer = cpuid.get(r.rax as u32, r.rcx as u32)?;
+            vcpu.finish_cpuid(answer);
+            Some(hv_abi::ExitReason::Cpuid)
+        }
+        _ => None,
+    }
+}
+
 pub fn dispatch(
     root: &RootPartition,
     caps: &Caps,
@@ -29,6 +49,7 @@ pub fn dispatch(
     vapic: &mut VirtualApic,
     vp: u32,
     exit: Exit,
+    buffers: &mut HypercallBuffers,
 ) -> Next {
     use alloc::format;
     match exit {
@@ -90,7 +111,7 @@ pub fn dispatch(
             Next::Resume
         }
         Exit::Hypercall => {
-            hypercall(root, caps, vcpu);
+            hypercall(root, caps, vcpu, buffers);
             Next::Resume
         }
         Exit::CrAccess {
@@ -243,7 +264,7 @@ fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
 /// reps completed in bits 43:32); a rep call that is not finished, or must
 /// wait for a VP's LP, returns to the same instruction with its rep start
 /// index advanced (TLFS rep continuation).
-fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
+fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut HypercallBuffers) {
     use hypervisor::hypercall::{check, Caller, Form};
     let r = *vcpu.regs();
     let finish = |vcpu: &mut Vcpu, status: u16, reps: u16| {
@@ -265,9 +286,10 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
         None if call.input.fast => 16,
         None => 0,
     };
-    let mut input = alloc::vec![0u8; in_len];
+    let out_len = call.output_block.map_or(0, |(_, len)| len as usize);
+    let (input, out) = buffers.take(in_len, out_len);
     match call.input_block {
-        Some((gpa, _)) if root.memory().read(gpa, &mut input).is_err() => {
+        Some((gpa, _)) if root.memory().read(gpa, input).is_err() => {
             return finish(vcpu, hypercall::status::INVALID_PARAMETER, 0);
         }
         Some(_) => {}
@@ -277,16 +299,15 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
         }
         None => {}
     }
-    let mut out = alloc::vec![0u8; call.output_block.map_or(0, |(_, len)| len as usize)];
     let (status, reps_done, written) = match call.spec.code {
         hypercall::GET_HOST_INFO => {
-            let ok = crate::host_info(root).encode(&mut out).is_some();
+            let ok = crate::host_info(root).encode(out).is_some();
             (ok_status(ok), 0, hv_abi::HostInfo::SIZE)
         }
         hypercall::GET_HOST_STATS => {
             let ok = hv_abi::HostStats::encode(
                 &stats::snapshot(lp_state::all().map(|lp| &lp.stats)),
-                &mut out,
+                out,
             )
             .is_some();
             (ok_status(ok), 0, PAGE_SIZE as usize)
@@ -296,12 +317,12 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u64::from_le_bytes);
-            let ok = crate::serial::read_log(from, &mut out);
+            let ok = crate::serial::read_log(from, out);
             (ok_status(ok), 0, PAGE_SIZE as usize)
         }
         code => {
             let reps = (call.input.rep_start, call.input.rep_count);
-            let o = crate::partition::call(root, caps, code, reps, &input, &mut out);
+            let o = crate::partition::call(root, caps, code, reps, input, out);
             (o.status, o.reps_done, o.output_len)
         }
     };
@@ -335,6 +356,25 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu) {
         return;
     }
     finish(vcpu, status, reps_done)
+}
+
+/// The root's hypercall input and output, copied in and out; kept from call
+/// to call (an allocation per call would cost more than most calls).
+#[derive(Default)]
+pub struct HypercallBuffers {
+    input: alloc::vec::Vec<u8>,
+    output: alloc::vec::Vec<u8>,
+}
+
+impl HypercallBuffers {
+    /// Zeroed buffers of exactly these sizes.
+    fn take(&mut self, input: usize, output: usize) -> (&mut [u8], &mut [u8]) {
+        self.input.clear();
+        self.input.resize(input, 0);
+        self.output.clear();
+        self.output.resize(output, 0);
+        (&mut self.input, &mut self.output)
+    }
 }
 
 fn ok_status(ok: bool) -> u16 {

@@ -7,7 +7,6 @@ use hv_abi::{ExitReason, LpStats};
 
 pub struct Lp {
     exits: [AtomicU64; ExitReason::COUNT],
-    world_switches: AtomicU64,
     hypervisor_tsc: AtomicU64,
     started_tsc: AtomicU64,
 }
@@ -16,7 +15,6 @@ impl Lp {
     pub const fn new() -> Self {
         Lp {
             exits: [const { AtomicU64::new(0) }; ExitReason::COUNT],
-            world_switches: AtomicU64::new(0),
             hypervisor_tsc: AtomicU64::new(0),
             started_tsc: AtomicU64::new(0),
         }
@@ -29,7 +27,6 @@ impl Lp {
     /// One exit, and so one round trip of the world switch.
     pub fn count(&self, reason: ExitReason) {
         self.exits[reason as usize].fetch_add(1, Relaxed);
-        self.world_switches.fetch_add(1, Relaxed);
     }
 
     pub fn add_hypervisor_time(&self, ticks: u64) {
@@ -46,7 +43,8 @@ pub fn snapshot<'a>(lps: impl Iterator<Item = &'a Lp>) -> Vec<LpStats> {
             for (out, c) in s.exits.iter_mut().zip(lp.exits.iter()) {
                 *out = c.load(Relaxed);
             }
-            s.world_switches = lp.world_switches.load(Relaxed);
+            // Every exit ends one world switch round trip.
+            s.world_switches = s.exits.iter().sum();
             s.hypervisor_tsc = lp.hypervisor_tsc.load(Relaxed);
             s.total_tsc = now.saturating_sub(lp.started_tsc.load(Relaxed));
             s

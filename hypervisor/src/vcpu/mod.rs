@@ -330,7 +330,7 @@ impl Vcpu {
 
     /// Makes this VP the one the LP's virtualization instructions act on
     /// (VMX: VMPTRLD; SVM needs nothing).
-    pub fn activate(&self) {
+    pub fn activate(&mut self) {
         if let Vcpu::Vmx(v) = self {
             v.activate();
         }
@@ -696,7 +696,11 @@ impl Vcpu {
     pub fn finish_cpuid(&mut self, (a, b, c, d): (u32, u32, u32, u32)) {
         let r = self.regs();
         (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
-        self.skip_instruction();
+        // CPUID is 0F A2: no need to look the length up.
+        match self {
+            Vcpu::Vmx(v) => v.skip_known(2),
+            Vcpu::Svm(s) => s.skip_known(2),
+        }
     }
 
     /// The TSC at which the VP's virtual timer needs the hypervisor (VMX: the

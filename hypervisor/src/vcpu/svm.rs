@@ -505,13 +505,17 @@ impl SvmVcpu {
         // software interrupt, INT3 or INTO is not: RIP is still at its
         // instruction, which raises it again.
         let pending = self.read(vmcb::EXIT_INT_INFO);
-        let kind = (pending >> 8) & 7;
-        let software = kind == EVENT_TYPE_SOFTWARE_INTERRUPT
-            || (kind == EVENT_TYPE_EXCEPTION && matches!(pending & 0xFF, 3 | 4));
-        let again = if pending & EVENT_VALID != 0 && !software {
-            pending & EVENT_BITS
-        } else {
+        let again = if pending & EVENT_VALID == 0 {
             0
+        } else {
+            let kind = (pending >> 8) & 7;
+            let software = kind == EVENT_TYPE_SOFTWARE_INTERRUPT
+                || (kind == EVENT_TYPE_EXCEPTION && matches!(pending & 0xFF, 3 | 4));
+            if software {
+                0
+            } else {
+                pending & EVENT_BITS
+            }
         };
         self.write(vmcb::EVENT_INJECTION, again);
         if self.nmi_iret_rip.is_some_and(|rip| rip != self.rip()) {
@@ -621,6 +625,21 @@ impl SvmVcpu {
             vmcb::INTERRUPT_SHADOW,
             self.read(vmcb::INTERRUPT_SHADOW) & !1,
         );
+    }
+
+    /// As `skip_instruction`, for an instruction whose length the caller
+    /// knows (NRIP save, where the processor offers it, says the same).
+    pub fn skip_known(&mut self, length: u64) {
+        let next = if self.nrip_save {
+            self.read(vmcb::NEXT_RIP)
+        } else {
+            self.rip() + length
+        };
+        self.write(vmcb::RIP, next);
+        let shadow = self.read(vmcb::INTERRUPT_SHADOW);
+        if shadow & 1 != 0 {
+            self.write(vmcb::INTERRUPT_SHADOW, shadow & !1);
+        }
     }
 
     pub fn interrupts_enabled(&self) -> bool {

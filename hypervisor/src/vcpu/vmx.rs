@@ -274,8 +274,16 @@ pub struct VmxVcpu {
     /// The time slice in TSC ticks.
     slice: u64,
     timer_deadline: Option<u64>,
+    /// The preemption timer must be set at the next entry (a new deadline
+    /// or slice). Where the processor saves the timer's value at exits, it
+    /// counts on across re-entries in between; elsewhere it is set always.
+    timer_dirty: bool,
+    timer_saved: bool,
     /// The VP's CR2, which VMX does not switch.
     cr2: u64,
+    /// The processor's CR2 is `cr2` (it ran last on this LP, and the
+    /// hypervisor takes no page faults): nothing to load before an entry.
+    cr2_live: bool,
     /// A guest VP's KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK: VMX does not
     /// switch them either, and the root's must neither leak to a guest
     /// (SWAPGS, SYSCALL run natively) nor be changed by one. `None`: the
@@ -288,6 +296,8 @@ const EVENT_TYPE_SHIFT: u64 = 8;
 const EVENT_VALID: u64 = 1 << 31;
 const EVENT_HAS_ERROR: u64 = 1 << 11;
 const TYPE_NMI: u64 = 2;
+/// VM-exit control 22: the preemption timer's value is saved at exits.
+const SAVE_PREEMPTION_TIMER: u32 = 1 << 22;
 const TYPE_HARDWARE_EXCEPTION: u64 = 3;
 const TYPE_PRIVILEGED_SOFTWARE_EXCEPTION: u64 = 5;
 const TYPE_SOFTWARE_EXCEPTION: u64 = 6;
@@ -505,16 +515,21 @@ impl VmxVcpu {
             timer_shift,
             slice,
             timer_deadline: None,
+            timer_dirty: true,
+            timer_saved: insn::vmread(field::EXIT_CONTROLS) & SAVE_PREEMPTION_TIMER as u64 != 0,
             cr2: 0,
+            cr2_live: false,
             syscall_msrs: None,
         }
     }
 
     /// Makes this VP's VMCS the current one on this LP (its own LP: VPs do
     /// not move between LPs).
-    pub fn activate(&self) {
+    pub fn activate(&mut self) {
         // SAFETY: the VMCS is this VP's, launched (if at all) only on this LP.
         let _ = unsafe { insn::vmptrld(self.vmcs) };
+        // Another VP may have run here since: CR2 is set at the next entry.
+        self.cr2_live = false;
     }
 
     /// Flushes the VP's cached guest-physical translations (after its
@@ -569,6 +584,7 @@ impl VmxVcpu {
         self.set_pending_event(c.pending_event);
         self.regs = super::regs_from_context(c);
         self.cr2 = c.cr2;
+        self.cr2_live = false;
         Ok(())
     }
 
@@ -764,7 +780,13 @@ impl VmxVcpu {
         const LOAD_EFER: u32 = 1 << 21;
         let exit = hypervisor::vmx_controls::adjust(
             pick(IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS),
-            SAVE_DEBUG | HOST_64BIT | SAVE_PAT | LOAD_PAT | SAVE_EFER | LOAD_EFER,
+            SAVE_DEBUG
+                | HOST_64BIT
+                | SAVE_PAT
+                | LOAD_PAT
+                | SAVE_EFER
+                | LOAD_EFER
+                | SAVE_PREEMPTION_TIMER,
             SAVE_DEBUG | HOST_64BIT | SAVE_EFER | LOAD_EFER,
         )
         .map_err(err)?;
@@ -905,16 +927,19 @@ impl VmxVcpu {
     }
 
     pub fn run(&mut self) -> Exit {
-        // The slice, cut short by the VP's virtual timer.
-        let ticks = match self.timer_deadline {
-            Some(d) => d.saturating_sub(cpu::rdtsc()).min(self.slice),
-            None => self.slice,
-        };
-        let _ = vmwrite(
-            field::PREEMPTION_TIMER,
-            (ticks >> self.timer_shift).clamp(1, u32::MAX as u64),
-        );
-        if cpu::read_cr2() != self.cr2 {
+        if self.timer_dirty || !self.timer_saved {
+            // The slice, cut short by the VP's virtual timer.
+            let ticks = match self.timer_deadline {
+                Some(d) => d.saturating_sub(cpu::rdtsc()).min(self.slice),
+                None => self.slice,
+            };
+            let _ = vmwrite(
+                field::PREEMPTION_TIMER,
+                (ticks >> self.timer_shift).clamp(1, u32::MAX as u64),
+            );
+            self.timer_dirty = false;
+        }
+        if !self.cr2_live {
             cpu::write_cr2(self.cr2);
         }
         let host_syscall = self.syscall_msrs.map(|guest| {
@@ -928,6 +953,7 @@ impl VmxVcpu {
         // callee-saved register restored by the assembly.
         let failed = unsafe { vmx_enter(&mut self.regs, self.launched as u64) };
         self.cr2 = cpu::read_cr2();
+        self.cr2_live = true;
         if let (Some(guest), Some(host)) = (self.syscall_msrs.as_mut(), host_syscall) {
             *guest = read_syscall_msrs();
             write_syscall_msrs(&host);
@@ -942,6 +968,18 @@ impl VmxVcpu {
             return Exit::EntryFailed(reason);
         }
         self.launched = true;
+        let basic = reason & 0xFFFF;
+        // The exits of instructions the VP executed: never during an event's
+        // delivery, no IDT-vectoring information (SDM vol. 3 section
+        // 28.2.4). The commonest exits, answered without further VMREADs.
+        match basic {
+            10 => return Exit::Cpuid,
+            31 => return Exit::MsrRead,
+            32 => return Exit::MsrWrite,
+            18 => return Exit::Hypercall,
+            12 => return Exit::Halt,
+            _ => {}
+        }
         // An event whose delivery exited is delivered again at the next entry
         // (SDM vol. 3 section 28.2.4), unless the exit handler injects another.
         let vectoring = insn::vmread(field::IDT_VECTORING_INFO);
@@ -951,8 +989,8 @@ impl VmxVcpu {
             self.set_pending_event(vectoring & 0x8000_0FFF | length << 12 | error << 32);
         }
         let qualification = insn::vmread(field::EXIT_QUALIFICATION);
-        self.reblock_nmi_after_faulting_iret(reason & 0xFFFF, qualification, vectoring);
-        match reason & 0xFFFF {
+        self.reblock_nmi_after_faulting_iret(basic, qualification, vectoring);
+        match basic {
             // Interruption information: vector 7:0, type 10:8, error code valid 11.
             0 => {
                 let info = insn::vmread(field::EXIT_INTERRUPTION_INFO);
@@ -988,11 +1026,8 @@ impl VmxVcpu {
             }
             1 => Exit::ExternalInterrupt,
             2 => Exit::TripleFault,
-            10 => Exit::Cpuid,
             13 | 54 => Exit::Invd,
-            12 => Exit::Halt,
             15 => Exit::Rdpmc,
-            18 => Exit::Hypercall,
             19..=27 | 36 | 39 | 50 | 53 => Exit::Undefined,
             // Qualification: CR 3:0, access type 5:4 (0 MOV to, 1 MOV from,
             // 2 CLTS, 3 LMSW), general register 11:8.
@@ -1013,8 +1048,6 @@ impl VmxVcpu {
                 rep: qualification & 32 != 0,
                 length: self.instruction_length(),
             }),
-            31 => Exit::MsrRead,
-            32 => Exit::MsrWrite,
             41 => Exit::MachineCheck,
             7 | 8 => Exit::InterruptWindow,
             52 => Exit::Preemption,
@@ -1038,6 +1071,15 @@ impl VmxVcpu {
     pub fn skip_instruction(&mut self) {
         let len = insn::vmread(field::EXIT_INSTRUCTION_LENGTH);
         let _ = vmwrite(field::GUEST_RIP, self.rip() + len);
+        let blocking = insn::vmread(field::GUEST_INTERRUPTIBILITY);
+        if blocking & 3 != 0 {
+            let _ = vmwrite(field::GUEST_INTERRUPTIBILITY, blocking & !3);
+        }
+    }
+
+    /// As `skip_instruction`, for an instruction whose length the caller knows.
+    pub fn skip_known(&mut self, length: u64) {
+        let _ = vmwrite(field::GUEST_RIP, self.rip() + length);
         let blocking = insn::vmread(field::GUEST_INTERRUPTIBILITY);
         if blocking & 3 != 0 {
             let _ = vmwrite(field::GUEST_INTERRUPTIBILITY, blocking & !3);
@@ -1128,6 +1170,7 @@ impl VmxVcpu {
 
     pub fn set_timer_deadline(&mut self, deadline: Option<u64>) {
         self.timer_deadline = deadline;
+        self.timer_dirty = true;
     }
 
     /// Interruption information: the vector, its type (a software exception

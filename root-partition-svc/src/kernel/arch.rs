@@ -44,6 +44,31 @@ pub fn outl(port: u16, v: u32) {
 }
 
 /// (EAX, EBX, ECX, EDX) of CPUID `leaf`/`sub` (a VM exit under the hypervisor).
+/// CPUID leaf 0, `n` times (at least once), in a loop of four more
+/// instructions: what `bench exits` times.
+pub fn cpuid_loop(n: u64) {
+    // SAFETY: CPUID only writes EAX, EBX, ECX, EDX; RBX (reserved by LLVM) is
+    // kept in a scratch register around the loop.
+    unsafe {
+        asm!(
+            "mov {save}, rbx",
+            "2:",
+            "xor eax, eax",
+            "xor ecx, ecx",
+            "cpuid",
+            "dec {n}",
+            "jnz 2b",
+            "mov rbx, {save}",
+            save = out(reg) _,
+            n = inout(reg) n.max(1) => _,
+            out("eax") _,
+            out("ecx") _,
+            out("edx") _,
+            options(nostack, nomem)
+        )
+    };
+}
+
 pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
     let (a, b, c, d): (u32, u32, u32, u32);
     // SAFETY: CPUID only writes the four registers; RBX is reserved by LLVM,

@@ -89,14 +89,24 @@ pub fn call_rep<H: IntoBytes + Immutable, E: IntoBytes + Immutable>(
     elements: &[E],
     output: &mut [u8],
 ) -> Reply {
-    let mut block = [0u8; 4096];
-    let Some(len) = layout::encode_rep(header, elements, &mut block) else {
+    if !enabled() {
+        return Reply {
+            status: hv_abi::hypercall::status::INVALID_HYPERCALL_CODE,
+            reps: 0,
+        };
+    }
+    // Straight into the input page: no page-sized buffer to clear and copy
+    // on every call (the VM worker resumes VPs with this).
+    // SAFETY: our own page; only VP 0 makes hypercalls, one at a time, and
+    // no reference to it outlives this statement.
+    let page = unsafe { &mut *INPUT.0.get() };
+    if layout::encode_rep(header, elements, page).is_none() {
         return Reply {
             status: hv_abi::hypercall::status::INVALID_PARAMETER,
             reps: 0,
         };
-    };
-    call(code, elements.len() as u16, &block[..len], output)
+    }
+    call_prepared(code, elements.len() as u16, output)
 }
 
 /// A slow call: `input` (at most a page) goes to the input page, the output
@@ -113,6 +123,11 @@ pub fn call(code: u16, reps: u16, input: &[u8], output: &mut [u8]) -> Reply {
     let n = input.len().min(4096);
     // SAFETY: our own page; only VP 0 makes hypercalls, one at a time.
     unsafe { core::ptr::copy_nonoverlapping(input.as_ptr(), INPUT.0.get() as *mut u8, n) };
+    call_prepared(code, reps, output)
+}
+
+/// The call, its input already in the input page.
+fn call_prepared(code: u16, reps: u16, output: &mut [u8]) -> Reply {
     let value = Input::slow(code, reps).encode();
     let rax: u64;
     // SAFETY: the hypercall page holds `vmcall; ret` (checked in `enable`);

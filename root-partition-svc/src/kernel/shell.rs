@@ -188,13 +188,11 @@ impl Shell {
             }
             Command::BenchExits(n) => {
                 // Every CPUID exits to the hypervisor and back: the TSC span over
-                // n of them is n world-switch round trips plus the loop (a few
-                // instructions each). Under QEMU -icount shift=0 the TSC counts
+                // n of them is n world-switch round trips plus the loop's four
+                // instructions each. Under QEMU -icount shift=0 the TSC counts
                 // instructions.
                 let start = arch::rdtsc();
-                for _ in 0..n {
-                    core::hint::black_box(arch::cpuid(0, 0));
-                }
+                arch::cpuid_loop(n);
                 let ticks = arch::rdtsc() - start;
                 let rate = if ticks == 0 {
                     0

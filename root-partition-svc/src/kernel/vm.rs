@@ -182,8 +182,17 @@ fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
         vp_index: vp,
         ..Default::default()
     };
-    let mut elements = [RegisterAssoc::default(); PER_CALL];
     for chunk in regs.chunks(PER_CALL) {
+        // A resume writes three registers: a small array then, rather than
+        // clearing a page's worth of elements on every intercept.
+        let mut small = [RegisterAssoc::default(); 4];
+        let mut big;
+        let elements: &mut [RegisterAssoc] = if chunk.len() <= small.len() {
+            &mut small[..chunk.len()]
+        } else {
+            big = [RegisterAssoc::default(); PER_CALL];
+            &mut big[..chunk.len()]
+        };
         for (e, &(name, value)) in elements.iter_mut().zip(chunk) {
             *e = RegisterAssoc {
                 name,
@@ -191,12 +200,7 @@ fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
                 ..Default::default()
             };
         }
-        let r = hypercall::call_rep(
-            code::SET_VP_REGISTERS,
-            &header,
-            &elements[..chunk.len()],
-            &mut [],
-        );
+        let r = hypercall::call_rep(code::SET_VP_REGISTERS, &header, elements, &mut []);
         if r.status != status::SUCCESS {
             let (name, _) = chunk[(r.reps as usize).min(chunk.len() - 1)];
             println!(
