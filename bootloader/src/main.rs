@@ -19,7 +19,7 @@ extern crate alloc;
 
 mod multiboot2;
 
-use hypervisor::elf;
+use hypervisor_core::elf;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;

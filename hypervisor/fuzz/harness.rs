@@ -10,24 +10,26 @@
 //! - `abi_decode`: every hv-abi decoder of partition-provided bytes or
 //!   registers (and of the hypervisor's answers the root reads), with its
 //!   round trip.
-//! - `image_loader`: the hypervisor's ELF reader (`hypervisor::elf`, used for
+//! - `image_loader`: the hypervisor's ELF reader (`hypervisor_core::elf`, used for
 //!   the hypervisor image and the root's) and the root's guest-image reader
 //!   (`root_partition_svc::vmm`), against a reference reading of the file.
-//! - `boot_info`: Multiboot 1/2 information (`hypervisor::bootinfo`), what the
+//! - `boot_info`: Multiboot 1/2 information (`hypervisor_core::bootinfo`), what the
 //!   hypervisor derives from it (frame allocator, identity map) and the
-//!   command line (`hypervisor::cmdline`).
+//!   command line (`hypervisor_core::cmdline`).
 
 use hv_abi::hypercall::{self, status, Input};
 use hv_abi::layout::{self, FromBytes};
 use hv_abi::partition::{self as abi, reg, RegisterError, Segment, Table, VpContext};
 use hv_abi::synic::{self, ExceptionIntercept, IoPortIntercept, MemoryIntercept, Message};
 use hv_abi::{HostInfo, HostLogChunk, HostStats, LpStats, RootBoot};
-use hypervisor::bootinfo::{self, AcpiRoot, BootInfo, InlineStr, PhysRead, Protocol, RegionKind};
-use hypervisor::cmdline::{LogLevel, Options, SelfTest};
-use hypervisor::elf;
-use hypervisor::frame_alloc::{FrameAllocator, PAGE_SIZE};
-use hypervisor::hypercall::{check, CallSpec, Caller, Form, Privilege, TABLE};
-use hypervisor::log_ring::LogRing;
+use hypervisor_core::bootinfo::{
+    self, AcpiRoot, BootInfo, InlineStr, PhysRead, Protocol, RegionKind,
+};
+use hypervisor_core::cmdline::{LogLevel, Options, SelfTest};
+use hypervisor_core::elf;
+use hypervisor_core::frame_alloc::{FrameAllocator, PAGE_SIZE};
+use hypervisor_core::hypercall::{check, CallSpec, Caller, Form, Privilege, TABLE};
+use hypervisor_core::log_ring::LogRing;
 use root_partition_svc::vmm::{self, EntryMode};
 
 /// The fuzzer's bytes, read front to back; zeros past the end.
@@ -168,7 +170,7 @@ fn register_write(ctx: &mut VpContext, name: u32, value: u128) {
 }
 
 /// Input and output block sizes of a checked call, read independently of
-/// `hypervisor::hypercall::check_in` from its table entry and RCX.
+/// `hypervisor_core::hypercall::check_in` from its table entry and RCX.
 fn block_sizes(spec: &CallSpec, input: &Input) -> (u64, u64) {
     let var = u64::from(input.variable_header_size) * 8;
     match spec.form {

@@ -144,7 +144,7 @@ pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
 }
 
 /// The CR4 bits a guest VP may own: those of the features its CPUID offers
-/// (`hypervisor::control_regs`). Computed once.
+/// (`hypervisor_core::control_regs`). Computed once.
 pub fn guest_cr4_allowed() -> u64 {
     static ALLOWED: spin::Once<u64> = spin::Once::new();
     *ALLOWED.call_once(|| {
@@ -155,7 +155,7 @@ pub fn guest_cr4_allowed() -> u64 {
         } else {
             (0, 0, 0, 0)
         };
-        hypervisor::control_regs::Cr4Features::from_cpuid(leaf1_ecx, leaf7_ebx, leaf7_ecx)
+        hypervisor_core::control_regs::Cr4Features::from_cpuid(leaf1_ecx, leaf7_ebx, leaf7_ecx)
             .guest_allowed()
     })
 }

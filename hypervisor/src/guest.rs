@@ -14,8 +14,8 @@ use hv_abi::synic::{
     self, access, kind, unrecoverable, ExceptionIntercept, IoPortIntercept, MemoryIntercept,
     Message,
 };
-use hypervisor::control_regs;
-use hypervisor::vapic::{self, VirtualApic};
+use hypervisor_core::control_regs;
+use hypervisor_core::vapic::{self, VirtualApic};
 
 /// What the LP does after a guest exit. (The message travels by value: a
 /// box would be an allocation on every intercept.)
@@ -369,7 +369,7 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
         self, FlushVirtualAddressSpace, GetVpRegisters, RegisterName, RegisterValue,
     };
     use hv_abi::partition::{code, flush, reg, PARTITION_SELF, VP_SELF};
-    use hypervisor::hypercall::{check, Caller};
+    use hypervisor_core::hypercall::{check, Caller};
     let r = *vcpu.regs();
     // The guest's memory: every page of the block mapped.
     let owns = |gpa: u64, len: u64| {

@@ -22,7 +22,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hv_abi::synic::INTERCEPT_SINT;
-use hypervisor::vapic::VirtualApic;
+use hypervisor_core::vapic::VirtualApic;
 
 const WINDOW_US: u64 = 100_000;
 

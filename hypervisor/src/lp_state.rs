@@ -6,7 +6,7 @@
 use crate::stats;
 use crate::x86::cpu;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use hypervisor::pending::PendingInterrupts;
+use hypervisor_core::pending::PendingInterrupts;
 
 /// LPs the hypervisor runs on; more are left offline.
 pub const MAX_LPS: usize = 64;

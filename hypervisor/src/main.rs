@@ -10,7 +10,7 @@
 
 extern crate alloc;
 
-pub use hypervisor::{bootinfo, cmdline, frame_alloc, page_table};
+pub use hypervisor_core::{bootinfo, cmdline, frame_alloc, page_table};
 
 /// `poweroff` was on the command line (passed on to the root partition when there is one).
 pub static OPTIONS_POWEROFF: core::sync::atomic::AtomicBool =
@@ -399,7 +399,7 @@ fn exception_report(f: &idt::TrapFrame) -> ! {
          rsi={:#018x} rdi={:#018x} rbp={:#018x} r8 ={:#018x}\n  r9 ={:#018x} r10={:#018x} r11={:#018x} r12={:#018x}\n  \
          r13={:#018x} r14={:#018x} r15={:#018x}\ncpu{cpu} stopped; powering off with failure status",
         f.vector,
-        hypervisor::exceptions::name(f.vector),
+        hypervisor_core::exceptions::name(f.vector),
         f.error_code,
         f.rip,
         f.cs,

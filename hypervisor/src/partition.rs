@@ -25,7 +25,7 @@ use hv_abi::layout::{
     SetPartitionProperty, SetVpRegisters, UnmapGpaPages, VpRegisters,
 };
 use hv_abi::partition::{self as abi, property, reg, VpContext};
-use hypervisor::pending::PendingInterrupts;
+use hypervisor_core::pending::PendingInterrupts;
 use spin::Mutex;
 
 /// A partition's second-level table, in its vendor's format.
@@ -119,7 +119,7 @@ pub struct Partition {
     pub exits: AtomicU64,
     pub intercepts: AtomicU64,
     /// GUEST_OS_ID and HYPERCALL.
-    pub hypercall_msrs: hypervisor::hypercall_msrs::HypercallMsrs,
+    pub hypercall_msrs: hypervisor_core::hypercall_msrs::HypercallMsrs,
     slat_root: AtomicU64,
     /// Exception vectors the root installed intercepts for (bit n: vector n).
     pub exception_intercepts: AtomicU32,
@@ -442,7 +442,7 @@ fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
         run_tsc: AtomicU64::new(0),
         exits: AtomicU64::new(0),
         intercepts: AtomicU64::new(0),
-        hypercall_msrs: hypervisor::hypercall_msrs::HypercallMsrs::new(),
+        hypercall_msrs: hypervisor_core::hypercall_msrs::HypercallMsrs::new(),
         slat_root: AtomicU64::new(0),
         exception_intercepts: AtomicU32::new(0),
     }));

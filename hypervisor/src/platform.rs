@@ -96,7 +96,7 @@ pub fn read(root: AcpiRoot) -> Result<PlatformInfo, acpi::AcpiError> {
         if !phys.read(dsdt.address as u64, &mut aml) {
             return None;
         }
-        let s5 = hypervisor::acpi_sleep::s5_sleep_types(&aml)?;
+        let s5 = hypervisor_core::acpi_sleep::s5_sleep_types(&aml)?;
         Some(AcpiPower {
             pm1a_control: pm1a,
             pm1b_control: pm1b,
@@ -126,7 +126,7 @@ pub fn find_rsdp_bios(mem: &dyn PhysRead) -> Option<AcpiRoot> {
         while addr + 36 <= end {
             let mut buf = [0u8; 36];
             if mem.read(addr, &mut buf) && &buf[..8] == b"RSD PTR " {
-                if let Some(root) = hypervisor::bootinfo::parse_rsdp(&buf) {
+                if let Some(root) = hypervisor_core::bootinfo::parse_rsdp(&buf) {
                     return Some(root);
                 }
             }

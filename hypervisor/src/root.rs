@@ -15,8 +15,8 @@ use crate::{lp_state, memory, power, smp};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hv_abi::{root_boot, RootBoot};
-use hypervisor::hypercall_msrs::HypercallMsrs;
-use hypervisor::vapic::{self, VirtualApic};
+use hypervisor_core::hypercall_msrs::HypercallMsrs;
+use hypervisor_core::vapic::{self, VirtualApic};
 use log::{error, info};
 
 /// The root's boot area after its image: page tables, GDT+TSS, then per VP
@@ -45,7 +45,7 @@ pub struct RootPartition {
 /// anything out (the range is reserved from the start).
 pub struct RootImage {
     pub module: (u64, u64),
-    pub layout: hypervisor::elf::Layout,
+    pub layout: hypervisor_core::elf::Layout,
     /// Image plus the boot area behind it.
     pub reserved: (u64, u64),
     /// Which boot module holds the image.
@@ -80,7 +80,7 @@ pub fn find_image(bi: &BootInfo, max_vps: u64) -> Option<Result<RootImage, &'sta
     // the boot tables' identity map, and nothing writes it; it is only read.
     let bytes = unsafe { core::slice::from_raw_parts(m.start as *const u8, len) };
     Some((|| {
-        let layout = hypervisor::elf::layout(bytes)?;
+        let layout = hypervisor_core::elf::layout(bytes)?;
         if layout.start != root_boot::ROOT_IMAGE_BASE {
             return Err("the root image is not linked at ROOT_IMAGE_BASE");
         }
@@ -231,7 +231,7 @@ pub fn create(
     mem.read(image.module.0, &mut file)
         .map_err(|_| "the root module is not root memory")?;
     let mut loaded = alloc::vec![0u8; (image.layout.end - image.layout.start) as usize];
-    hypervisor::elf::copy_segments(&file, image.layout.start, &mut loaded)?;
+    hypervisor_core::elf::copy_segments(&file, image.layout.start, &mut loaded)?;
     mem.write(image.layout.start, &loaded)
         .map_err(|_| "the root image range is not root memory")?;
     drop(loaded);
@@ -256,7 +256,7 @@ pub fn create(
         }
     };
     map(&mut area, PAGE_SIZE, image.layout.start, Perms::RW)?;
-    for seg in hypervisor::elf::protections(&file)? {
+    for seg in hypervisor_core::elf::protections(&file)? {
         let perms = match (seg.write, seg.execute) {
             (_, true) => Perms::RX,
             (true, false) => Perms::RW,

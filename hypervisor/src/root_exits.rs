@@ -10,7 +10,7 @@ use crate::virt::Caps;
 use crate::x86::{cpu, msr};
 use crate::{lp_state, stats, time};
 use hv_abi::hypercall;
-use hypervisor::vapic::{self, VirtualApic};
+use hypervisor_core::vapic::{self, VirtualApic};
 use log::warn;
 
 /// What the dispatcher decided.
@@ -260,12 +260,12 @@ fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
 }
 
 /// The root's hypercalls: checked against the dispatch table
-/// (`hypervisor::hypercall`), then handled. The status goes to RAX (with the
+/// (`hypervisor_core::hypercall`), then handled. The status goes to RAX (with the
 /// reps completed in bits 43:32); a rep call that is not finished, or must
 /// wait for a VP's LP, returns to the same instruction with its rep start
 /// index advanced (TLFS rep continuation).
 fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut HypercallBuffers) {
-    use hypervisor::hypercall::{check, Caller, Form};
+    use hypervisor_core::hypercall::{check, Caller, Form};
     let r = *vcpu.regs();
     let finish = |vcpu: &mut Vcpu, status: u16, reps: u16| {
         vcpu.regs().rax = status as u64 | (reps as u64) << 32;

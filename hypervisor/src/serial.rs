@@ -7,7 +7,7 @@
 //! `[   0.012345] cpu1 INFO  message`.
 use crate::{percpu, time};
 use core::fmt::Write;
-use hypervisor::log_ring::LogRing;
+use hypervisor_core::log_ring::LogRing;
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550};

@@ -1,13 +1,13 @@
 //! Reading what power-off and reset need from the ACPI tables: the FADT's PM1
 //! control blocks and reset register, and `\_S5` from the DSDT (parsed by
-//! `hypervisor::acpi_sleep::s5_sleep_types`). The RSDP is validated by
-//! `hypervisor::bootinfo::parse_rsdp`.
+//! `hypervisor_core::acpi_sleep::s5_sleep_types`). The RSDP is validated by
+//! `hypervisor_core::bootinfo::parse_rsdp`.
 //!
 //! Tables are reached through [`PhysMem`] (the kernel's identity map, a fake
 //! memory in tests). Only signatures and lengths are checked, not checksums:
 //! firmware with a wrong checksum still powers off.
 
-use hypervisor::bootinfo::parse_rsdp;
+use hypervisor_core::bootinfo::parse_rsdp;
 
 /// Physical memory as the root sees it.
 pub trait PhysMem {
@@ -200,7 +200,7 @@ pub fn find_rsdp_bios(mem: &dyn PhysMem) -> Option<u64> {
     None
 }
 
-fn rsdp(mem: &dyn PhysMem, addr: u64) -> Option<hypervisor::bootinfo::AcpiRoot> {
+fn rsdp(mem: &dyn PhysMem, addr: u64) -> Option<hypervisor_core::bootinfo::AcpiRoot> {
     // Revision 0 RSDPs are 20 bytes (and may end right before memory the
     // root must not read), revision 2 ones 36.
     let short = mem.bytes(addr, 20)?;
@@ -254,7 +254,7 @@ pub fn read_platform(mem: &dyn PhysMem, rsdp_addr: u64) -> Result<Platform, Acpi
     let power_off = match (pm1a, dsdt) {
         (Some(pm1a_control), d) if d != 0 => {
             let aml = table(mem, d, "DSDT")?;
-            hypervisor::acpi_sleep::s5_sleep_types(&aml[HEADER..]).map(|s5| PowerOff {
+            hypervisor_core::acpi_sleep::s5_sleep_types(&aml[HEADER..]).map(|s5| PowerOff {
                 pm1a_control,
                 pm1b_control: pm1b,
                 s5,

@@ -2,7 +2,7 @@
 //! the checks that its identity map is W^X, leaves page 0 unmapped and has
 //! the stacks' guard pages.
 use core::fmt;
-use hypervisor::page_table::Leaf;
+use hypervisor_core::page_table::Leaf;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Audit {
@@ -81,7 +81,7 @@ impl fmt::Display for Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hypervisor::page_table::Perms;
+    use hypervisor_core::page_table::Perms;
     use std::string::ToString;
 
     fn leaf(va: u64, size: u64, perms: Perms) -> Leaf {

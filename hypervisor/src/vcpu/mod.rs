@@ -494,21 +494,21 @@ impl Vcpu {
             Vcpu::Vmx(v) => v.set_cr4(value),
             Vcpu::Svm(s) => s.set_cr4(value),
         }
-        if hypervisor::control_regs::cr4_change_flushes(old, value) {
+        if hypervisor_core::control_regs::cr4_change_flushes(old, value) {
             self.flush(caps);
         }
     }
 
     /// The VP's paging mode and CR3, and whether it runs 64-bit code (to
     /// fetch and decode the instruction at its RIP); CS's base.
-    pub fn fetch_state(&self) -> (hypervisor::control_regs::Paging, u64, bool, u64) {
+    pub fn fetch_state(&self) -> (hypervisor_core::control_regs::Paging, u64, bool, u64) {
         let ((cr0, efer), (cr4, cr3), cs) = match self {
             Vcpu::Vmx(v) => (v.cr0_efer(), v.cr4_cr3(), v.cs()),
             Vcpu::Svm(s) => (s.cr0_efer(), s.cr4_cr3(), s.cs()),
         };
         let code64 = efer & (1 << 10) != 0 && cs.attributes & (1 << 13) != 0;
         (
-            hypervisor::control_regs::Paging::of(cr0, cr4, efer),
+            hypervisor_core::control_regs::Paging::of(cr0, cr4, efer),
             cr3,
             code64,
             if code64 { 0 } else { cs.base },
@@ -519,7 +519,7 @@ impl Vcpu {
     /// the root's VPs on SVM (V_TPR in the VMCB; with V_INTR_MASKING CR8 never
     /// reaches the physical TPR). A guest's CR8 writes exit on both vendors,
     /// and VMX's reads too; SVM's read V_TPR, kept equal by `offer_interrupt`.
-    pub fn pull_tpr(&self, vapic: &mut hypervisor::vapic::VirtualApic) {
+    pub fn pull_tpr(&self, vapic: &mut hypervisor_core::vapic::VirtualApic) {
         if let Vcpu::Svm(s) = self {
             if vapic.cr8() != s.v_tpr() as u64 {
                 vapic.set_cr8(s.v_tpr() as u64);
@@ -532,7 +532,7 @@ impl Vcpu {
     /// Returns false for a reserved value (#GP).
     pub fn emulate_cr8(
         &mut self,
-        vapic: &mut hypervisor::vapic::VirtualApic,
+        vapic: &mut hypervisor_core::vapic::VirtualApic,
         write: bool,
         gpr: u8,
     ) -> bool {
@@ -636,7 +636,7 @@ impl Vcpu {
     /// Before an entry: injects the NMI `vapic` holds, else the highest
     /// interrupt it can deliver, if the VP can take it now; otherwise asks for
     /// an exit as soon as it can. Whether one was waiting (it ends a halt).
-    pub fn offer_interrupt(&mut self, vapic: &mut hypervisor::vapic::VirtualApic) -> bool {
+    pub fn offer_interrupt(&mut self, vapic: &mut hypervisor_core::vapic::VirtualApic) -> bool {
         if let Vcpu::Svm(s) = self {
             s.set_v_tpr(vapic.cr8() as u32);
         }

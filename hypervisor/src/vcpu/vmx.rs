@@ -711,7 +711,7 @@ impl VmxVcpu {
         let pin_needed = PREEMPTION_TIMER
             | EXTERNAL_INTERRUPT_EXITING
             | if guest { NMI_EXITING | VIRTUAL_NMIS } else { 0 };
-        let pin = hypervisor::vmx_controls::adjust(
+        let pin = hypervisor_core::vmx_controls::adjust(
             pick(msr::IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS),
             pin_needed,
             pin_needed,
@@ -746,7 +746,7 @@ impl VmxVcpu {
             } else {
                 0
             };
-        let proc = hypervisor::vmx_controls::adjust(
+        let proc = hypervisor_core::vmx_controls::adjust(
             pick(msr::IA32_VMX_PROCBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS),
             proc_needed,
             proc_needed,
@@ -764,7 +764,7 @@ impl VmxVcpu {
         } else {
             EPT | VPID | RDTSCP | INVPCID | XSAVES
         };
-        let proc2 = hypervisor::vmx_controls::adjust(
+        let proc2 = hypervisor_core::vmx_controls::adjust(
             msr::read(msr::IA32_VMX_PROCBASED_CTLS2),
             wanted2,
             EPT | VPID,
@@ -778,7 +778,7 @@ impl VmxVcpu {
         const LOAD_PAT: u32 = 1 << 19;
         const SAVE_EFER: u32 = 1 << 20;
         const LOAD_EFER: u32 = 1 << 21;
-        let exit = hypervisor::vmx_controls::adjust(
+        let exit = hypervisor_core::vmx_controls::adjust(
             pick(IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS),
             SAVE_DEBUG
                 | HOST_64BIT
@@ -794,7 +794,7 @@ impl VmxVcpu {
         const GUEST_64BIT: u32 = 1 << 9;
         const ENTRY_LOAD_PAT: u32 = 1 << 14;
         const ENTRY_LOAD_EFER: u32 = 1 << 15;
-        let entry = hypervisor::vmx_controls::adjust(
+        let entry = hypervisor_core::vmx_controls::adjust(
             pick(IA32_VMX_ENTRY_CTLS, IA32_VMX_TRUE_ENTRY_CTLS),
             LOAD_DEBUG | GUEST_64BIT | ENTRY_LOAD_PAT | ENTRY_LOAD_EFER,
             LOAD_DEBUG | GUEST_64BIT | ENTRY_LOAD_EFER,

@@ -146,7 +146,7 @@ extern "C" fn root_exception(f: &mut Frame) {
         f.rip,
         cr2(),
         f.error,
-        hypervisor::exceptions::name(v as u64)
+        hypervisor_core::exceptions::name(v as u64)
     );
     crate::println!(
         "  rsp={:#x} rflags={:#x} cs={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x}",

@@ -107,8 +107,8 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
 }
 
 /// Every leaf of the page tables the root runs on, in address order.
-fn page_table_leaves(mem: &Identity, f: &mut dyn FnMut(hypervisor::page_table::Leaf)) {
-    use hypervisor::page_table::{PageTable, TableMemory, X86};
+fn page_table_leaves(mem: &Identity, f: &mut dyn FnMut(hypervisor_core::page_table::Leaf)) {
+    use hypervisor_core::page_table::{PageTable, TableMemory, X86};
     /// The tables as the identity map shows them; read only.
     struct Tables<'a>(&'a Identity);
     impl TableMemory for Tables<'_> {

@@ -739,7 +739,7 @@ impl Vmm {
             }
             kind::EXCEPTION_INTERCEPT => match ExceptionIntercept::decode(&m.payload) {
                 Some(e) => {
-                    let name = hypervisor::exceptions::name(e.vector as u64);
+                    let name = hypervisor_core::exceptions::name(e.vector as u64);
                     let mut detail = [0u8; 48];
                     let mut w = format::BufWriter::new(&mut detail);
                     if let Some(code) = e.error_code {
