@@ -22,6 +22,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hv_abi::synic::INTERCEPT_SINT;
+use hypervisor_core::sched;
 use hypervisor_core::vapic::VirtualApic;
 
 const WINDOW_US: u64 = 100_000;
@@ -31,9 +32,8 @@ struct Local {
     vp: Arc<GuestVp>,
     vcpu: Option<Vcpu>,
     xstate: Option<XState>,
-    vruntime: u64,
-    /// TSC ticks run in the current window.
-    window_used: u64,
+    /// Its standing with the scheduler (virtual runtime, use of the window).
+    account: sched::Account,
     /// The exception intercepts loaded into the VMCS/VMCB.
     exceptions: u32,
     /// The VP's x2APIC (its timer, IPIs, EOI), kept by its LP.
@@ -42,14 +42,24 @@ struct Local {
     debug: DebugState,
 }
 
-impl Local {
-    /// Whether the VP may run now: not suspended or deleted, and not halted
-    /// unless an interrupt for it waits (asserted, an IPI, its timer).
+impl sched::Candidate for Local {
+    fn account(&mut self) -> &mut sched::Account {
+        &mut self.account
+    }
+
+    fn controls(&self) -> sched::Controls {
+        self.part.controls()
+    }
+
+    /// Not suspended or deleted, and not halted unless an interrupt for it
+    /// waits (asserted, an IPI, its timer).
     fn runnable(&mut self, now: u64) -> bool {
         let s = self.vp.shared.lock();
         Self::may_run_with(&s, &mut self.vapic, now)
     }
+}
 
+impl Local {
     /// As `runnable`, with the VP's shared state already locked: a halted
     /// VP also runs for an interrupt its own APIC has (its timer).
     fn may_run_with(s: &partition::VpShared, vapic: &mut VirtualApic, now: u64) -> bool {
@@ -110,9 +120,8 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     // The root VP's RFLAGS.IF as of its last exit: on VMX its VMCS can be
     // read only while current, and a guest's may be current now.
     let mut root_if = false;
-    let mut floor = 0u64;
-    let mut window_start = cpu::rdtsc();
-    let mut left_guest = window_start;
+    let mut left_guest = cpu::rdtsc();
+    let mut scheduler = sched::Scheduler::new(window, slice, left_guest);
     lp_stats.start(left_guest);
     loop {
         // Everything the LP does from here to the end of the iteration is
@@ -136,12 +145,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             // even looked at (the common path of the root's own exits).
             Choice::Root
         } else {
-            match pick_guest(
-                &mut guests,
-                &mut window_start,
-                window,
-                floor.saturating_sub(slice),
-            ) {
+            match scheduler.pick(cpu::rdtsc(), &mut guests) {
                 Some(i) => Choice::Guest(i),
                 None => Choice::Idle,
             }
@@ -231,9 +235,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 lp_stats.add_hypervisor_time(entered - left_guest);
                 // The slice ends at the root's next timer or when the VP's
                 // limit for this window is used up, whichever is first.
-                let cap = g.part.cap_percent.load(Ordering::Relaxed) as u64;
-                let allowance = (window * cap / 100).saturating_sub(g.window_used);
-                let limit = (cap < 100).then_some(entered + allowance);
+                let controls = g.part.controls();
+                let limit = scheduler
+                    .allowance(&g.account, controls)
+                    .map(|allowed| entered + allowed);
                 let deadline = earliest(vapic.deadline(), limit);
                 let exit = match enter_guest(caps, g, &mut active, deadline) {
                     Some(exit) => exit,
@@ -253,10 +258,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 // that mostly exit; an intercept storm uses up its own share).
                 let handled = cpu::rdtsc();
                 let ran = handled - top + g.vp.served.swap(0, Ordering::Relaxed);
-                let weight = g.part.weight.load(Ordering::Relaxed).max(1) as u64;
-                g.vruntime += ran * 100 / weight;
-                floor = floor.max(g.vruntime);
-                g.window_used += ran;
+                scheduler.charge(&mut g.account, controls, ran);
                 g.part.run_tsc.fetch_add(ran, Ordering::Relaxed);
                 let mut s = g.vp.shared.lock();
                 match next {
@@ -373,46 +375,6 @@ fn enter_guest(
     Some(exit)
 }
 
-/// The guest VP to run: below its reserve first, then the least virtual
-/// runtime; those at their limit for the window, halted or suspended are
-/// skipped. `low`: the floor a sleeper's virtual runtime is raised to.
-fn pick_guest(
-    guests: &mut [Local],
-    window_start: &mut u64,
-    window: u64,
-    low: u64,
-) -> Option<usize> {
-    if guests.is_empty() {
-        return None;
-    }
-    let now = cpu::rdtsc();
-    if now - *window_start >= window {
-        *window_start = now;
-        for g in guests.iter_mut() {
-            g.window_used = 0;
-        }
-    }
-    let mut best: Option<(bool, u64, usize)> = None;
-    for (i, g) in guests.iter_mut().enumerate() {
-        if !g.runnable(now) {
-            continue;
-        }
-        let cap = g.part.cap_percent.load(Ordering::Relaxed) as u64;
-        if g.window_used >= window * cap / 100 {
-            continue;
-        }
-        g.vruntime = g.vruntime.max(low);
-        let reserve = g.part.reserve_percent.load(Ordering::Relaxed) as u64;
-        let starved = g.window_used < window * reserve / 100;
-        best = match best {
-            Some((true, _, _)) if !starved => best,
-            Some((bs, bv, _)) if bs == starved && bv <= g.vruntime => best,
-            _ => Some((starved, g.vruntime, i)),
-        };
-    }
-    best.map(|(_, _, i)| i)
-}
-
 fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
     let mut inbox = partition::LP_INBOX[lp as usize % lp_state::MAX_LPS].lock();
     lp_state::get(lp).inbox_count.store(0, Ordering::Release);
@@ -423,8 +385,7 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             vp,
             vcpu: None,
             xstate: None,
-            vruntime: 0,
-            window_used: 0,
+            account: sched::Account::default(),
             // Applied at the first entry (the base intercepts with it).
             exceptions: u32::MAX,
             vapic: VirtualApic::new(index),

@@ -173,6 +173,15 @@ impl Partition {
     }
 
     /// The partition's VPs now.
+    /// Its CPU controls, for the scheduler.
+    pub fn controls(&self) -> hypervisor_core::sched::Controls {
+        hypervisor_core::sched::Controls {
+            reserve: self.reserve_percent.load(Ordering::Relaxed) as u64,
+            limit: self.cap_percent.load(Ordering::Relaxed) as u64,
+            weight: self.weight.load(Ordering::Relaxed).max(1) as u64,
+        }
+    }
+
     pub fn vps(&self) -> Vec<Arc<GuestVp>> {
         self.inner.lock().vps.clone()
     }

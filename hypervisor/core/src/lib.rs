@@ -18,5 +18,6 @@ pub mod hypercall_msrs;
 pub mod log_ring;
 pub mod page_table;
 pub mod pending;
+pub mod sched;
 pub mod vapic;
 pub mod vmx_controls;
