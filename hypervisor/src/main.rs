@@ -30,6 +30,7 @@ mod power;
 mod root;
 mod root_exits;
 mod serial;
+mod slat;
 mod smp;
 mod stats;
 mod synic;

@@ -9,8 +9,9 @@
 //! flags, and `running`, which the owning LP sets, under the lock, only after
 //! it has checked that the VP may run.
 use crate::frame_alloc::PAGE_SIZE;
-use crate::page_table::{Ept, Npt, PageTable, Perms, SIZE_4K};
+use crate::page_table::{Perms, SIZE_4K};
 use crate::root::RootPartition;
+use crate::slat::Slat;
 use crate::virt::Caps;
 use crate::x86::cpu;
 use crate::{lp_state, memory, smp};
@@ -27,66 +28,6 @@ use hv_abi::layout::{
 use hv_abi::partition::{self as abi, property, reg, VpContext};
 use hypervisor_core::pending::PendingInterrupts;
 use spin::Mutex;
-
-/// A partition's second-level table, in its vendor's format.
-pub enum Slat {
-    Ept(PageTable<Ept>),
-    Npt(PageTable<Npt>),
-}
-
-impl Slat {
-    fn root(&self) -> u64 {
-        match self {
-            Slat::Ept(t) => t.root(),
-            Slat::Npt(t) => t.root(),
-        }
-    }
-
-    fn map(&mut self, gpa: u64, spa: u64, perms: Perms) -> bool {
-        memory::with_tables(|mem| match self {
-            Slat::Ept(t) => t.map(mem, gpa, spa, SIZE_4K, perms).is_ok(),
-            Slat::Npt(t) => t.map(mem, gpa, spa, SIZE_4K, perms).is_ok(),
-        })
-    }
-
-    fn unmap(&mut self, gpa: u64) -> Option<u64> {
-        memory::with_tables(|mem| match self {
-            Slat::Ept(t) => t.unmap_4k(mem, gpa),
-            Slat::Npt(t) => t.unmap_4k(mem, gpa),
-        })
-    }
-
-    pub fn translate(&self, gpa: u64) -> Option<(u64, Perms)> {
-        // The table walk uses GPA bits 47:12 only: a GPA with higher bits
-        // would alias a low one.
-        if gpa >= abi::MAX_GPA {
-            return None;
-        }
-        memory::with_tables(|mem| {
-            let leaf = match self {
-                Slat::Ept(t) => t.translate(mem, gpa),
-                Slat::Npt(t) => t.translate(mem, gpa),
-            }?;
-            Some((leaf.pa + (gpa - leaf.va), leaf.perms))
-        })
-    }
-
-    /// Every mapped (gpa, spa) page, then every table page: for teardown.
-    fn contents(&self) -> (Vec<(u64, u64)>, Vec<u64>) {
-        let (mut pages, mut tables) = (Vec::new(), Vec::new());
-        memory::with_tables(|mem| match self {
-            Slat::Ept(t) => {
-                t.leaves(mem, &mut |l| pages.push((l.va, l.pa)));
-                t.tables(mem, &mut |p| tables.push(p));
-            }
-            Slat::Npt(t) => {
-                t.leaves(mem, &mut |l| pages.push((l.va, l.pa)));
-                t.tables(mem, &mut |p| tables.push(p));
-            }
-        });
-        (pages, tables)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lifecycle {
@@ -464,16 +405,7 @@ fn initialize(p: &Partition, caps: &Caps) -> Result<usize, u16> {
         return Err(status::INVALID_PARTITION_STATE);
     }
     // 4 KiB leaves only: guest pages come one by one from anywhere in root RAM.
-    let slat = memory::with_tables(|mem| match caps {
-        Caps::Vmx(_) => PageTable::<Ept>::new(mem, SIZE_4K, false)
-            .ok()
-            .map(Slat::Ept),
-        Caps::Svm(_) => PageTable::<Npt>::new(mem, SIZE_4K, false)
-            .ok()
-            .map(Slat::Npt),
-        Caps::None => None,
-    })
-    .ok_or(status::INSUFFICIENT_MEMORY)?;
+    let slat = Slat::new(caps, SIZE_4K).ok_or(status::INSUFFICIENT_MEMORY)?;
     p.slat_root.store(slat.root(), Ordering::Release);
     inner.slat = Some(slat);
     inner.state = Lifecycle::Initialized;

@@ -4,10 +4,9 @@
 //! every VP of it runs through.
 use crate::bootinfo::{BootInfo, RegionKind};
 use crate::frame_alloc::PAGE_SIZE;
-use crate::page_table::{
-    Ept, Format, Npt, PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, SIZE_4K, X86,
-};
+use crate::page_table::{PageTable, Perms, TableMemory, SIZE_1G, SIZE_2M, X86};
 use crate::partition_memory::PartitionMemory;
+use crate::slat::Slat;
 use crate::vcpu::{StartState, Vcpu};
 use crate::virt::Caps;
 use crate::x86::cpu;
@@ -161,40 +160,45 @@ fn subtract(ranges: &mut Vec<(u64, u64)>, s: u64, e: u64) {
 /// Builds the second-level table of the root: its RAM and every non-RAM
 /// address (devices, firmware, ACPI) below `top`, except the local APIC page;
 /// the hypervisor's memory is absent.
-fn build_slat<F: Format>(
+/// The root's second-level table: its RAM write-back and executable, every
+/// other address below `top` (devices, firmware, ACPI) uncached, except the
+/// local APIC page; GPA = SPA, in the largest leaves the processor offers.
+fn build_slat(
+    caps: &Caps,
     bi: &BootInfo,
     ram: &[(u64, u64)],
     top: u64,
-    max_page: u64,
-) -> Result<u64, &'static str> {
-    let err = |_| "building the root's second-level tables failed";
-    memory::with_tables(|mem| {
-        let mut pt = PageTable::<F>::new(mem, max_page, false).map_err(err)?;
-        // Non-RAM: [0, top) minus every page-aligned usable region.
-        let mut devices = alloc::vec![(0, top)];
-        for r in bi.regions().iter().filter(|r| r.kind == RegionKind::Usable) {
-            let (s, e) = (
-                (r.start + PAGE_SIZE - 1) & !(PAGE_SIZE - 1),
-                r.end & !(PAGE_SIZE - 1),
-            );
-            if e > s {
-                subtract(&mut devices, s, e);
-            }
-        }
-        // Root RAM may lie in regions the map does not call usable (our UEFI
-        // loader's modules are loader data): it is mapped as RAM, once.
-        for &(s, e) in ram {
+) -> Result<Slat, &'static str> {
+    let err = "building the root's second-level tables failed";
+    let mut slat = Slat::new(caps, Slat::max_page(caps)).ok_or(err)?;
+    // Non-RAM: [0, top) minus every page-aligned usable region.
+    let mut devices = alloc::vec![(0, top)];
+    for r in bi.regions().iter().filter(|r| r.kind == RegionKind::Usable) {
+        let (s, e) = (
+            (r.start + PAGE_SIZE - 1) & !(PAGE_SIZE - 1),
+            r.end & !(PAGE_SIZE - 1),
+        );
+        if e > s {
             subtract(&mut devices, s, e);
         }
-        subtract(&mut devices, vapic::APIC_PAGE, vapic::APIC_PAGE + PAGE_SIZE);
-        for (s, e) in devices {
-            pt.map(mem, s, s, e - s, Perms::DEVICE).map_err(err)?;
+    }
+    // Root RAM may lie in regions the map does not call usable (our UEFI
+    // loader's modules are loader data): it is mapped as RAM, once.
+    for &(s, e) in ram {
+        subtract(&mut devices, s, e);
+    }
+    subtract(&mut devices, vapic::APIC_PAGE, vapic::APIC_PAGE + PAGE_SIZE);
+    for (s, e) in devices {
+        if !slat.map_range(s, s, e - s, Perms::DEVICE) {
+            return Err(err);
         }
-        for &(s, e) in ram {
-            pt.map(mem, s, s, e - s, Perms::RWX).map_err(err)?;
+    }
+    for &(s, e) in ram {
+        if !slat.map_range(s, s, e - s, Perms::RWX) {
+            return Err(err);
         }
-        Ok(pt.root())
-    })
+    }
+    Ok(slat)
 }
 
 pub fn create(
@@ -312,28 +316,8 @@ pub fn create(
         None => 0,
     };
 
-    let (slat_root, vendor_slat) = match caps {
-        // EPT large pages are their own capabilities; NPT uses the host's formats.
-        Caps::Vmx(v) => {
-            let max_page = if v.ept_1g {
-                SIZE_1G
-            } else if v.ept_2m {
-                SIZE_2M
-            } else {
-                SIZE_4K
-            };
-            (build_slat::<Ept>(bi, &ram, top, max_page)?, "EPT")
-        }
-        Caps::Svm(_) => {
-            let max_page = if cpu::has_1g_pages() {
-                SIZE_1G
-            } else {
-                SIZE_2M
-            };
-            (build_slat::<Npt>(bi, &ram, top, max_page)?, "NPT")
-        }
-        Caps::None => return Err("no hardware virtualization"),
-    };
+    let slat = build_slat(caps, bi, &ram, top)?;
+    let (slat_root, vendor_slat) = (slat.root(), slat.name());
     let root_bytes: u64 = ram.iter().map(|(s, e)| e - s).sum();
     let memory_total = bi.usable_bytes();
     let root = RootPartition {
