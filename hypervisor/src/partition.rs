@@ -26,18 +26,9 @@ use hv_abi::layout::{
     SetPartitionProperty, SetVpRegisters, UnmapGpaPages, VpRegisters,
 };
 use hv_abi::partition::{self as abi, property, reg, VpContext};
+use hypervisor_core::lifecycle::{Lifecycle, RunState, Step};
 use hypervisor_core::pending::PendingInterrupts;
 use spin::Mutex;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lifecycle {
-    /// Created: properties may be set.
-    Created,
-    /// Initialized: memory and VPs may be added.
-    Initialized,
-    /// Finalized: every VP stopped for good; only deletion remains.
-    Finalized,
-}
 
 struct Inner {
     state: Lifecycle,
@@ -164,13 +155,23 @@ impl VpShared {
     /// Suspended (by the root or an intercept) or deleted: it may not run,
     /// whatever else holds.
     pub fn stopped(&self) -> bool {
-        self.explicit_suspend || self.intercept_suspend || self.deleted
+        self.run_state().stopped()
     }
 
     /// Runnable: not stopped, and not halted unless an interrupt was sent
     /// (it ends the halt).
     pub fn may_run(&self) -> bool {
-        !self.stopped() && (!self.halted || self.pending.any())
+        self.run_state().may_run(self.pending.any())
+    }
+
+    /// The flags the rules (`hypervisor_core::lifecycle::RunState`) read.
+    fn run_state(&self) -> RunState {
+        RunState {
+            explicit_suspend: self.explicit_suspend,
+            intercept_suspend: self.intercept_suspend,
+            halted: self.halted,
+            deleted: self.deleted,
+        }
     }
 }
 
@@ -401,14 +402,12 @@ fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
 
 fn initialize(p: &Partition, caps: &Caps) -> Result<usize, u16> {
     let mut inner = p.inner.lock();
-    if inner.state != Lifecycle::Created {
-        return Err(status::INVALID_PARTITION_STATE);
-    }
+    let next = inner.state.after(Step::Initialize)?;
     // 4 KiB leaves only: guest pages come one by one from anywhere in root RAM.
     let slat = Slat::new(caps, SIZE_4K).ok_or(status::INSUFFICIENT_MEMORY)?;
     p.slat_root.store(slat.root(), Ordering::Release);
     inner.slat = Some(slat);
-    inner.state = Lifecycle::Initialized;
+    inner.state = next;
     Ok(0)
 }
 
@@ -416,7 +415,10 @@ fn initialize(p: &Partition, caps: &Caps) -> Result<usize, u16> {
 fn finalize(p: &Partition) -> usize {
     let vps = {
         let mut inner = p.inner.lock();
-        inner.state = Lifecycle::Finalized;
+        inner.state = inner
+            .state
+            .after(Step::Finalize)
+            .unwrap_or(Lifecycle::Finalized);
         inner.vps.clone()
     };
     for vp in &vps {
@@ -537,8 +539,8 @@ fn map_pages(root: &RootPartition, input: &[u8], reps: (u16, u16)) -> Outcome {
         return done(status::INVALID_PARAMETER);
     };
     let mut inner = p.inner.lock();
-    if inner.state != Lifecycle::Initialized {
-        return rep_result(status::INVALID_PARTITION_STATE, reps.0);
+    if let Err(s) = inner.state.after(Step::AddResources) {
+        return rep_result(s, reps.0);
     }
     let window = rep_window(reps);
     let mut owned = OWNED.lock();
@@ -636,9 +638,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         return Err(status::INVALID_VP_INDEX);
     }
     let mut inner = p.inner.lock();
-    if inner.state != Lifecycle::Initialized {
-        return Err(status::INVALID_PARTITION_STATE);
-    }
+    inner.state.after(Step::AddResources)?;
     if inner.vps.iter().any(|v| v.index == index) {
         return Err(status::INVALID_VP_INDEX);
     }

@@ -15,6 +15,7 @@ pub mod exceptions;
 pub mod frame_alloc;
 pub mod hypercall;
 pub mod hypercall_msrs;
+pub mod lifecycle;
 pub mod log_ring;
 pub mod page_table;
 pub mod pending;
