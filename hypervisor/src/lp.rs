@@ -337,7 +337,9 @@ fn enter_guest(
                     v.activate();
                     *active = Active::Guest(g.part.id, g.vp.index);
                 }
-                if s.dirty {
+                if s.dirty && !s.dirty_beyond_registers {
+                    v.load_registers(&s.ctx);
+                } else if s.dirty {
                     if let Err(e) = v.load_context(&s.ctx) {
                         log::warn!("partition {} VP {}: {e}", g.part.id, g.vp.index);
                     }
@@ -345,6 +347,7 @@ fn enter_guest(
             }
         }
         s.dirty = false;
+        s.dirty_beyond_registers = false;
         g.vp.running.store(true, Ordering::Release);
         // Interrupts others sent (asserted by the root, IPIs) go into the
         // VP's APIC; one it can deliver ends a halt.

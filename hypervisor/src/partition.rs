@@ -133,6 +133,10 @@ pub struct VpShared {
     pub ctx: VpContext,
     /// `ctx` is newer than the VMCS/VMCB: load it before the next run.
     pub dirty: bool,
+    /// More of it than the general registers, RIP and RFLAGS changed (a
+    /// resume after an intercept changes only those: the rest stays as the
+    /// VMCS/VMCB has it).
+    pub dirty_beyond_registers: bool,
     pub explicit_suspend: bool,
     pub intercept_suspend: bool,
     /// Halted with interrupts enabled: waits for an interrupt.
@@ -661,6 +665,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         shared: Mutex::new(VpShared {
             ctx: VpContext::reset(),
             dirty: true,
+            dirty_beyond_registers: true,
             explicit_suspend: true,
             intercept_suspend: false,
             halted: false,
@@ -941,6 +946,9 @@ fn set_register(
                 // New state: a VP that halted waits no longer.
                 Ok(()) => {
                     s.dirty = true;
+                    if !matches!(name, reg::RAX..=reg::R15 | reg::RIP | reg::RFLAGS) {
+                        s.dirty_beyond_registers = true;
+                    }
                     s.halted = false;
                     Ok(())
                 }

@@ -364,6 +364,15 @@ impl Vcpu {
         }
     }
 
+    /// Loads only the general registers, RIP and RFLAGS of `ctx` (all that a
+    /// resume after an intercept changes).
+    pub fn load_registers(&mut self, ctx: &VpContext) {
+        match self {
+            Vcpu::Vmx(v) => v.load_registers(ctx),
+            Vcpu::Svm(s) => s.load_registers(ctx),
+        }
+    }
+
     pub fn save_context(&self, ctx: &mut VpContext) {
         match self {
             Vcpu::Vmx(v) => v.save_context(ctx),

@@ -415,6 +415,13 @@ impl SvmVcpu {
         self.regs = super::regs_from_context(c);
     }
 
+    pub fn load_registers(&mut self, c: &hv_abi::partition::VpContext) {
+        self.write(vmcb::RFLAGS, c.rflags);
+        self.write(vmcb::RIP, c.rip);
+        self.write(vmcb::RSP, c.gpr[4]);
+        self.regs = super::regs_from_context(c);
+    }
+
     pub fn save_context(&self, c: &mut hv_abi::partition::VpContext) {
         for (i, sg) in c.seg.iter_mut().enumerate() {
             let offset = match i {

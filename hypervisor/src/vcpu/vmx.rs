@@ -588,6 +588,14 @@ impl VmxVcpu {
         Ok(())
     }
 
+    /// The general registers, RIP and RFLAGS of `c` (the VMCS is current).
+    pub fn load_registers(&mut self, c: &hv_abi::partition::VpContext) {
+        let _ = vmwrite(field::GUEST_RSP, c.gpr[4]);
+        let _ = vmwrite(field::GUEST_RIP, c.rip);
+        let _ = vmwrite(field::GUEST_RFLAGS, c.rflags);
+        self.regs = super::regs_from_context(c);
+    }
+
     /// Reads the VP's architectural state out of the current VMCS.
     pub fn save_context(&self, c: &mut hv_abi::partition::VpContext) {
         for (i, sg) in c.seg.iter_mut().enumerate() {
