@@ -10,9 +10,9 @@
 //! - `abi_decode`: every hv-abi decoder of partition-provided bytes or
 //!   registers (and of the hypervisor's answers the root reads), with its
 //!   round trip.
-//! - `image_loader`: the hypervisor's ELF reader (`hypervisor_core::elf`, used for
-//!   the hypervisor image and the root's) and the root's guest-image reader
-//!   (`root_partition_svc::vmm`), against a reference reading of the file.
+//! - `image_loader`: the one ELF reader (`hypervisor_core::elf`, used for the
+//!   hypervisor image, the root's, and under the root's guest-image reader
+//!   `root_partition_svc::vmm`), against a reference reading of the file.
 //! - `boot_info`: Multiboot 1/2 information (`hypervisor_core::bootinfo`), what the
 //!   hypervisor derives from it (frame allocator, identity map) and the
 //!   command line (`hypervisor_core::cmdline`).

@@ -80,7 +80,8 @@ extern "C" fn hypervisor_entry(magic: u32, info: u64) -> ! {
         )),
     };
     if bi.acpi.is_none() {
-        bi.acpi = platform::find_rsdp_bios(&phys);
+        // The boot tables map page 0: the EBDA is searched too.
+        bi.acpi = bootinfo::find_rsdp_bios(&phys).map(|(_, root)| root);
     }
     let bi = BOOT_INFO.call_once(|| bi);
     let opts = Options::parse(bi.cmdline.as_str());

@@ -1,6 +1,8 @@
 //! The platform as ACPI describes it: the processors and I/O APICs (MADT)
 //! and how to power off (FADT PM1 control blocks, `\_S5` in the DSDT).
-//! Tables are parsed by the `acpi` crate through the identity map.
+//! Tables are parsed by the `acpi` crate through the identity map. The RSDP
+//! comes from the loader or, on BIOS machines, from
+//! `hypervisor_core::bootinfo::find_rsdp_bios` (shared with the root partition).
 use crate::bootinfo::{AcpiRoot, PhysRead};
 use crate::power::AcpiPower;
 use acpi::address::AddressSpace;
@@ -108,30 +110,4 @@ pub fn read(root: AcpiRoot) -> Result<PlatformInfo, acpi::AcpiError> {
         io_apics,
         power,
     })
-}
-
-/// Looks for the RSDP where BIOS machines keep it: the first KiB of the EBDA
-/// and 0xE0000..0x100000, on 16-byte boundaries (ACPI 6.5 section 5.2.5.1).
-/// Runs on the boot tables (the EBDA pointer sits in page 0).
-pub fn find_rsdp_bios(mem: &dyn PhysRead) -> Option<AcpiRoot> {
-    let mut seg = [0u8; 2];
-    let ebda = if mem.read(0x40E, &mut seg) {
-        (u16::from_le_bytes(seg) as u64) << 4
-    } else {
-        0
-    };
-    let areas = [(ebda, ebda + 1024), (0xE0000, 0x100000)];
-    for (start, end) in areas.into_iter().filter(|(s, _)| *s != 0) {
-        let mut addr = start;
-        while addr + 36 <= end {
-            let mut buf = [0u8; 36];
-            if mem.read(addr, &mut buf) && &buf[..8] == b"RSD PTR " {
-                if let Some(root) = hypervisor_core::bootinfo::parse_rsdp(&buf) {
-                    return Some(root);
-                }
-            }
-            addr += 16;
-        }
-    }
-    None
 }

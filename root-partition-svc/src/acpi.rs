@@ -1,13 +1,15 @@
 //! Reading what power-off and reset need from the ACPI tables: the FADT's PM1
 //! control blocks and reset register, and `\_S5` from the DSDT (parsed by
-//! `hypervisor_core::acpi_sleep::s5_sleep_types`). The RSDP is validated by
-//! `hypervisor_core::bootinfo::parse_rsdp`.
+//! `hypervisor_core::acpi_sleep::s5_sleep_types`). The RSDP is read and
+//! validated, and on BIOS machines found, by `hypervisor_core::bootinfo`
+//! (`read_rsdp`, `find_rsdp_bios`: the same code the hypervisor runs), through
+//! [`Reader`].
 //!
 //! Tables are reached through [`PhysMem`] (the kernel's identity map, a fake
 //! memory in tests). Only signatures and lengths are checked, not checksums:
 //! firmware with a wrong checksum still powers off.
 
-use hypervisor_core::bootinfo::parse_rsdp;
+use hypervisor_core::bootinfo::{self, PhysRead};
 
 /// Physical memory as the root sees it.
 pub trait PhysMem {
@@ -179,42 +181,34 @@ pub fn find_table(
     Ok(None)
 }
 
-/// Looks for the RSDP where BIOS machines keep it: the first KiB of the EBDA
-/// and 0xE0000..0x100000, on 16-byte boundaries (ACPI 6.5 section 5.2.5.1).
-pub fn find_rsdp_bios(mem: &dyn PhysMem) -> Option<u64> {
-    let ebda = mem
-        .bytes(0x40E, 2)
-        .map_or(0, |s| (u16::from_le_bytes([s[0], s[1]]) as u64) << 4);
-    let areas = [(ebda, ebda + 1024), (0xE0000, 0x10_0000)];
-    for (start, end) in areas.into_iter().filter(|(s, _)| *s != 0) {
-        let mut addr = start;
-        while addr + 20 <= end {
-            if let Some(b) = mem.bytes(addr, 20) {
-                if &b[..8] == b"RSD PTR " && rsdp(mem, addr).is_some() {
-                    return Some(addr);
-                }
+/// [`PhysMem`] as the `PhysRead` that `hypervisor_core::bootinfo`'s readers
+/// take: copies the bytes `PhysMem` lends, `false` where it has none.
+pub struct Reader<'m>(pub &'m dyn PhysMem);
+
+impl PhysRead for Reader<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        match self.0.bytes(addr, buf.len()) {
+            Some(bytes) if bytes.len() == buf.len() => {
+                buf.copy_from_slice(bytes);
+                true
             }
-            addr += 16;
+            _ => false,
         }
     }
-    None
 }
 
-fn rsdp(mem: &dyn PhysMem, addr: u64) -> Option<hypervisor_core::bootinfo::AcpiRoot> {
-    // Revision 0 RSDPs are 20 bytes (and may end right before memory the
-    // root must not read), revision 2 ones 36.
-    let short = mem.bytes(addr, 20)?;
-    if short.get(15).is_some_and(|&r| r >= 2) {
-        if let Some(long) = mem.bytes(addr, 36) {
-            return parse_rsdp(long);
-        }
-    }
-    parse_rsdp(short)
+/// The RSDP's address, found where BIOS machines keep it by the search the
+/// hypervisor uses too (`hypervisor_core::bootinfo::find_rsdp_bios`: the
+/// EBDA's first KiB, then 0xE0000..0x100000). The kernel's identity map
+/// leaves page 0 unmapped, so the EBDA pointer at 0x40E reads as absent
+/// there and only the BIOS area is searched.
+pub fn find_rsdp_bios(mem: &dyn PhysMem) -> Option<u64> {
+    bootinfo::find_rsdp_bios(&Reader(mem)).map(|(addr, _)| addr)
 }
 
 /// Reads the FADT and the DSDT's `\_S5` through the RSDP at `rsdp_addr`.
 pub fn read_platform(mem: &dyn PhysMem, rsdp_addr: u64) -> Result<Platform, AcpiError> {
-    let root = rsdp(mem, rsdp_addr).ok_or(AcpiError::BadRsdp)?;
+    let root = bootinfo::read_rsdp(&Reader(mem), rsdp_addr).ok_or(AcpiError::BadRsdp)?;
     let fadt_addr =
         find_table(mem, root.revision, root.table_address, "FACP")?.ok_or(AcpiError::NoFadt)?;
     let fadt = table(mem, fadt_addr, "FACP")?;

@@ -3,6 +3,7 @@
 //! UART on COM1, the power-off and test-exit ports). Pure: the kernel gives
 //! it memory accessors and hypercalls.
 use hv_abi::partition::{reg, Segment, Table};
+use hypervisor_core::elf;
 
 pub const PAGE: u64 = 4096;
 
@@ -136,6 +137,7 @@ pub mod layout {
 }
 
 const MULTIBOOT_MAGIC: u32 = 0x1BAD_B002;
+const NOT_X86: &str = "ELF: neither x86-64 ELF64 nor i386 ELF32";
 /// What a Multiboot kernel finds in EAX.
 pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2BAD_B002;
 
@@ -150,8 +152,9 @@ fn le(b: &[u8], at: usize, n: usize) -> Option<u64> {
 
 /// Reads an image: ELF64 (x86-64), ELF32 (i386) with a Multiboot v1
 /// header in its first 8 KiB, or else a flat real-mode image (at most
-/// 0x7C00..0x80000). Segments must fit in `memory` bytes, at or above 1 MiB
-/// (ELF). Errors say what is wrong.
+/// 0x7C00..0x80000). ELF headers and program headers are read by
+/// `hypervisor_core::elf` (both classes). Segments must fit in `memory`
+/// bytes, at or above 1 MiB (ELF). Errors say what is wrong.
 pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
     let mut img = Image {
         mode: EntryMode::Real,
@@ -178,16 +181,18 @@ pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
         img.segment_count = 1;
         return Ok(img);
     }
-    let class = b.get(4).copied();
-    if b.get(5) != Some(&1) {
-        return Err("ELF: not little-endian");
-    }
-    let (is64, machine) = match (class, le(b, 18, 2)) {
-        (Some(2), Some(62)) => (true, 62),
-        (Some(1), Some(3)) => (false, 3),
-        _ => return Err("ELF: neither x86-64 ELF64 nor i386 ELF32"),
+    // The headers are read by the one ELF reader (`hypervisor_core::elf`);
+    // what a guest image may be, and where it may go, is checked here.
+    let ident = match elf::identify(b) {
+        Ok(ident) => ident,
+        Err(elf::Error::NotLittleEndian) => return Err("ELF: not little-endian"),
+        Err(_) => return Err(NOT_X86),
     };
-    let _ = machine;
+    let is64 = match (ident.class, ident.machine) {
+        (elf::Class::Elf64, elf::EM_X86_64) => true,
+        (elf::Class::Elf32, elf::EM_386) => false,
+        _ => return Err(NOT_X86),
+    };
     if !is64 {
         let head = &b[..b.len().min(8192)];
         let found = (0..head.len().saturating_sub(12)).step_by(4).any(|i| {
@@ -204,57 +209,34 @@ pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
     } else {
         EntryMode::Protected32
     };
-    let (entry, phoff, phentsize, phnum) = if is64 {
-        (le(b, 24, 8), le(b, 32, 8), le(b, 54, 2), le(b, 56, 2))
-    } else {
-        (le(b, 24, 4), le(b, 28, 4), le(b, 42, 2), le(b, 44, 2))
+    let message = |e| match e {
+        elf::Error::BadProgramHeaderSize => "ELF: bad program header size",
+        elf::Error::ProgramHeaderOutOfRange => "ELF: program header out of range",
+        elf::Error::TruncatedProgramHeader => "ELF: truncated program header",
+        elf::Error::TruncatedHeader => "ELF: truncated header",
+        // Identification passed above.
+        elf::Error::NotElf | elf::Error::NotLittleEndian | elf::Error::UnknownClass => NOT_X86,
     };
-    let (Some(entry), Some(phoff), Some(phentsize), Some(phnum)) = (entry, phoff, phentsize, phnum)
-    else {
-        return Err("ELF: truncated header");
-    };
-    img.entry = entry;
-    for i in 0..phnum {
-        let at = phoff
-            .checked_add(i * phentsize)
-            .ok_or("ELF: program header out of range")? as usize;
-        let field = |o64: usize, o32: usize, n64: usize| {
-            if is64 {
-                le(b, at + o64, n64)
-            } else {
-                le(b, at + o32, 4)
-            }
-        };
-        let kind = le(b, at, 4).ok_or("ELF: truncated program header")?;
-        if kind != 1 {
-            continue; // PT_LOAD only
-        }
-        let (Some(offset), Some(paddr), Some(filesz), Some(memsz)) = (
-            field(8, 4, 8),
-            field(24, 12, 8),
-            field(32, 16, 8),
-            field(40, 20, 8),
-        ) else {
-            return Err("ELF: truncated program header");
-        };
-        if filesz > memsz
-            || offset
-                .checked_add(filesz)
+    img.entry = elf::header(b).map_err(message)?.entry;
+    for s in elf::segments(b).map_err(message)? {
+        if s.filesz > s.memsz
+            || s.offset
+                .checked_add(s.filesz)
                 .is_none_or(|e| e > b.len() as u64)
         {
             return Err("ELF: a segment lies outside the file");
         }
-        if paddr < layout::IMAGE_MIN || paddr.checked_add(memsz).is_none_or(|e| e > memory) {
+        if s.paddr < layout::IMAGE_MIN || s.paddr.checked_add(s.memsz).is_none_or(|e| e > memory) {
             return Err("ELF: a segment lies outside the VM's memory (or below 1 MiB)");
         }
         if img.segment_count == MAX_SEGMENTS {
             return Err("ELF: too many loadable segments");
         }
         img.segments[img.segment_count] = Segment64 {
-            gpa: paddr,
-            offset,
-            file_bytes: filesz,
-            mem_bytes: memsz,
+            gpa: s.paddr,
+            offset: s.offset,
+            file_bytes: s.filesz,
+            mem_bytes: s.memsz,
         };
         img.segment_count += 1;
     }
@@ -660,6 +642,75 @@ mod tests {
         let flat = [0xF4u8; 16];
         let img = parse_image(&flat, 4 << 20).unwrap();
         assert_eq!((img.mode, img.entry), (EntryMode::Real, 0x7C00));
+    }
+
+    /// An i386 ELF32 with one PT_LOAD of the whole file at `paddr` and,
+    /// when asked, a Multiboot v1 header after the program header.
+    fn elf32(paddr: u32, multiboot: bool) -> std::vec::Vec<u8> {
+        let mut b = std::vec![0u8; 0x100];
+        b[..7].copy_from_slice(b"\x7FELF\x01\x01\x01");
+        b[18] = 3;
+        b[24..28].copy_from_slice(&(paddr + 0x60).to_le_bytes());
+        b[28..32].copy_from_slice(&52u32.to_le_bytes());
+        b[42] = 32;
+        b[44] = 1;
+        let len = b.len() as u32;
+        for (o, v) in [
+            (0, 1),
+            (4, 0),
+            (8, paddr),
+            (12, paddr),
+            (16, len),
+            (20, 0x3000),
+            (24, 5),
+        ] {
+            b[52 + o..56 + o].copy_from_slice(&v.to_le_bytes());
+        }
+        if multiboot {
+            let magic = MULTIBOOT_MAGIC;
+            for (i, w) in [magic, 0, 0u32.wrapping_sub(magic)].into_iter().enumerate() {
+                b[0x54 + 4 * i..0x58 + 4 * i].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn multiboot_elf32_images() {
+        let img = parse_image(&elf32(0x10_0000, true), 4 << 20).unwrap();
+        assert_eq!(img.mode, EntryMode::Protected32);
+        assert_eq!(img.entry, 0x10_0060);
+        assert_eq!(img.segment_count, 1);
+        assert_eq!(
+            img.segments[0],
+            Segment64 {
+                gpa: 0x10_0000,
+                offset: 0,
+                file_bytes: 0x100,
+                mem_bytes: 0x3000
+            }
+        );
+        assert_eq!(
+            parse_image(&elf32(0x10_0000, false), 4 << 20).unwrap_err(),
+            "ELF32 without a Multiboot v1 header: no way to start it"
+        );
+        assert_eq!(
+            parse_image(&elf32(0xF_0000, true), 4 << 20).unwrap_err(),
+            "ELF: a segment lies outside the VM's memory (or below 1 MiB)"
+        );
+        let mut wrong_machine = elf32(0x10_0000, true);
+        wrong_machine[18] = 62;
+        assert_eq!(
+            parse_image(&wrong_machine, 4 << 20).unwrap_err(),
+            "ELF: neither x86-64 ELF64 nor i386 ELF32"
+        );
+        let mut truncated = elf32(0x10_0000, true);
+        truncated[44] = 8;
+        assert_eq!(
+            parse_image(&truncated, 4 << 20).unwrap_err(),
+            "ELF: truncated program header",
+            "the eighth program header lies past the end of the file"
+        );
     }
 
     #[test]

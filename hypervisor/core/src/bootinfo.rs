@@ -448,6 +448,49 @@ pub fn parse_rsdp(bytes: &[u8]) -> Option<AcpiRoot> {
     })
 }
 
+/// The RSDP at `addr`, validated by [`parse_rsdp`]: its 20 ACPI 1.0 bytes,
+/// or all 36 when its revision is 2 or more and they can be read (a
+/// revision 0 RSDP may end right before memory the reader must not touch).
+pub fn read_rsdp(mem: &dyn PhysRead, addr: u64) -> Option<AcpiRoot> {
+    let mut rsdp = [0u8; 36];
+    if !mem.read(addr, &mut rsdp[..20]) {
+        return None;
+    }
+    if rsdp[15] >= 2 && mem.read(addr, &mut rsdp) {
+        return parse_rsdp(&rsdp);
+    }
+    parse_rsdp(&rsdp[..20])
+}
+
+/// Looks for the RSDP where BIOS machines keep it (ACPI 6.5 section
+/// 5.2.5.1): the first KiB of the EBDA (its segment is the u16 at 0x40E),
+/// then 0xE0000..0x100000, on 16-byte boundaries; an RSDP whose checksum
+/// fails is passed over. When the EBDA pointer cannot be read (a reader that
+/// leaves page 0 unmapped) or is 0, only the BIOS area is searched. Returns
+/// the RSDP's address and the tables it names. Used by the hypervisor (when
+/// no loader reported ACPI) and by the root partition (when the hypervisor
+/// handed it no RSDP).
+pub fn find_rsdp_bios(mem: &dyn PhysRead) -> Option<(u64, AcpiRoot)> {
+    let mut segment = [0u8; 2];
+    let ebda = if mem.read(0x40E, &mut segment) {
+        u64::from(u16::from_le_bytes(segment)) << 4
+    } else {
+        0
+    };
+    let areas = [(ebda, ebda + 1024), (0xE0000, 0x10_0000)];
+    for (start, end) in areas.into_iter().filter(|&(start, _)| start != 0) {
+        for addr in (start..end.saturating_sub(19)).step_by(16) {
+            let mut signature = [0u8; 8];
+            if mem.read(addr, &mut signature) && &signature == b"RSD PTR " {
+                if let Some(root) = read_rsdp(mem, addr) {
+                    return Some((addr, root));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// An RSDP naming `root`'s tables, checksummed (ACPI 6.5 section 5.2.5.3):
 /// what the root partition gets, whichever way the loader reported ACPI.
 pub fn make_rsdp(root: AcpiRoot) -> [u8; 36] {
@@ -567,6 +610,118 @@ mod tests {
         bad[9] ^= 1;
         assert_eq!(parse_rsdp(&bad), None);
         assert_eq!(parse_rsdp(b"RSD PTX 0123456789ab"), None);
+    }
+
+    fn rsdp_v0(rsdt: u32) -> [u8; 20] {
+        let mut r = [0u8; 20];
+        r[..8].copy_from_slice(b"RSD PTR ");
+        r[16..20].copy_from_slice(&rsdt.to_le_bytes());
+        r[8] = 0u8.wrapping_sub(r.iter().fold(0u8, |a, x| a.wrapping_add(*x)));
+        r
+    }
+
+    /// The first MiB of a BIOS machine, its EBDA at 0x9FC00.
+    fn low_memory() -> FakeMem {
+        let mut m = FakeMem::new(0, 0x10_0000);
+        m.put(0x40E, &(0x9FC00u32 >> 4).to_le_bytes()[..2]);
+        m
+    }
+
+    /// Leaves page 0 unmapped, as the root partition's identity map does.
+    struct NoPageZero(FakeMem);
+
+    impl PhysRead for NoPageZero {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            addr >= 4096 && self.0.read(addr, buf)
+        }
+    }
+
+    #[test]
+    fn rsdp_search_in_the_ebda_and_the_bios_area() {
+        let xsdt = AcpiRoot {
+            revision: 2,
+            table_address: 0x7FE_0000,
+        };
+        let rsdt = AcpiRoot {
+            revision: 0,
+            table_address: 0x7FD_0000,
+        };
+        // In the EBDA's first KiB: found before one in the BIOS area.
+        let mut m = low_memory();
+        m.put(0x9FC00 + 0x30, &rsdp_v2(0x7FE_0000));
+        m.put(0xF5A40, &rsdp_v0(0x7FD_0000));
+        assert_eq!(find_rsdp_bios(&m), Some((0x9FC30, xsdt)));
+        // Past the EBDA's first KiB it is not looked for there.
+        let mut m = low_memory();
+        m.put(0x9FC00 + 1024, &rsdp_v2(0x7FE_0000));
+        m.put(0xF5A40, &rsdp_v0(0x7FD_0000));
+        assert_eq!(find_rsdp_bios(&m), Some((0xF5A40, rsdt)));
+        // A bad checksum is passed over; a signature off the 16-byte grid is
+        // not seen.
+        let mut m = low_memory();
+        let mut bad = rsdp_v0(0x1000);
+        bad[9] ^= 1;
+        m.put(0xE0000, &bad);
+        m.put(0xE0018, &rsdp_v0(0x2000));
+        m.put(0xFFFE0, &rsdp_v0(0x7FD_0000));
+        assert_eq!(find_rsdp_bios(&m), Some((0xFFFE0, rsdt)));
+        // A revision 2 RSDP with a bad extended checksum falls back to its RSDT.
+        let mut m = low_memory();
+        let mut v2 = rsdp_v2(0x7FE_0000);
+        v2[32] ^= 1;
+        m.put(0xE4000, &v2);
+        assert_eq!(
+            find_rsdp_bios(&m),
+            Some((
+                0xE4000,
+                AcpiRoot {
+                    revision: 0,
+                    table_address: 0x1234
+                }
+            ))
+        );
+        // Nothing there.
+        assert_eq!(find_rsdp_bios(&low_memory()), None);
+        assert_eq!(find_rsdp_bios(&FakeMem::new(0, 0x1000)), None);
+    }
+
+    #[test]
+    fn rsdp_search_without_page_zero_reads_the_bios_area_only() {
+        let mut m = low_memory();
+        m.put(0x9FC00, &rsdp_v2(0x7FE_0000));
+        assert_eq!(find_rsdp_bios(&m).map(|(a, _)| a), Some(0x9FC00));
+        assert_eq!(find_rsdp_bios(&NoPageZero(m)), None, "the EBDA is unknown");
+        let mut m = low_memory();
+        m.put(0x9FC00, &rsdp_v2(0x7FE_0000));
+        m.put(0xE0010, &rsdp_v0(0x7FD_0000));
+        assert_eq!(
+            find_rsdp_bios(&NoPageZero(m)),
+            Some((
+                0xE0010,
+                AcpiRoot {
+                    revision: 0,
+                    table_address: 0x7FD_0000
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn read_rsdp_reads_what_the_revision_needs() {
+        // A revision 0 RSDP in the last 20 readable bytes.
+        let mut m = FakeMem::new(0x1000, 0x40);
+        m.put(0x102C, &rsdp_v0(0x5000));
+        assert_eq!(
+            read_rsdp(&m, 0x102C),
+            Some(AcpiRoot {
+                revision: 0,
+                table_address: 0x5000
+            })
+        );
+        m.put(0x1000, &rsdp_v2(0x9000));
+        assert_eq!(read_rsdp(&m, 0x1000).map(|r| r.table_address), Some(0x9000));
+        assert_eq!(read_rsdp(&m, 0x1010), None);
+        assert_eq!(read_rsdp(&m, 0x2000), None, "unreadable");
     }
 
     fn multiboot1_fixture() -> FakeMem {
