@@ -40,25 +40,26 @@ fn port(base: u16) -> Serial {
     )
 }
 
-/// The log's destinations: COM2 (if the machine has one) and the ring.
+/// The log's destinations: the ring and COM2 (if the machine has one).
+/// All zeros at first, so the 64 KiB ring is `.bss`, not image bytes.
 struct Log {
-    com2: Option<Serial>,
     ring: LogRing<{ 64 * 1024 }>,
+    com2: bool,
 }
 
 impl Write for Log {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         self.ring.push(s.as_bytes());
-        if let Some(out) = self.com2.as_mut() {
-            out.write_str(s)?;
+        if self.com2 {
+            port(COM2).write_str(s)?;
         }
         Ok(())
     }
 }
 
 static LOG: Mutex<Log> = Mutex::new(Log {
-    com2: None,
     ring: LogRing::new(),
+    com2: false,
 });
 /// COM1 for the lines the operator must see (errors).
 static CONSOLE: Mutex<Option<Serial>> = Mutex::new(None);
@@ -69,8 +70,7 @@ pub fn init() {
     let mut com1 = port(COM1);
     let _ = com1.0.init(Config::default());
     *CONSOLE.lock() = Some(com1);
-    let mut com2 = port(COM2);
-    LOG.lock().com2 = com2.0.init(Config::default()).is_ok().then_some(com2);
+    LOG.lock().com2 = port(COM2).0.init(Config::default()).is_ok();
 }
 
 /// Both ports at once.
