@@ -383,6 +383,10 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
     lp_state::get(lp).inbox_count.store(0, Ordering::Release);
     for (part, vp) in inbox.drain(..) {
         let index = vp.index;
+        // Deleted before it arrived: its chore may have been taken already.
+        if vp.shared.lock().deleted {
+            lp_state::get(lp).add_chore();
+        }
         guests.push(Local {
             part,
             vp,

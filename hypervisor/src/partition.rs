@@ -104,7 +104,6 @@ impl Partition {
         true
     }
 
-    /// The partition's VPs now.
     /// Its CPU controls, for the scheduler.
     pub fn controls(&self) -> hypervisor_core::sched::Controls {
         hypervisor_core::sched::Controls {
@@ -114,6 +113,7 @@ impl Partition {
         }
     }
 
+    /// The partition's VPs now.
     pub fn vps(&self) -> Vec<Arc<GuestVp>> {
         self.inner.lock().vps.clone()
     }
@@ -419,10 +419,10 @@ fn initialize(p: &Partition, caps: &Caps) -> Result<usize, u16> {
 fn finalize(p: &Partition) -> usize {
     let vps = {
         let mut inner = p.inner.lock();
-        inner.state = inner
-            .state
-            .after(Step::Finalize)
-            .unwrap_or(Lifecycle::Finalized);
+        // Allowed from every stage.
+        if let Ok(next) = inner.state.after(Step::Finalize) {
+            inner.state = next;
+        }
         inner.vps.clone()
     };
     for vp in &vps {

@@ -157,12 +157,10 @@ fn subtract(ranges: &mut Vec<(u64, u64)>, s: u64, e: u64) {
     *ranges = out;
 }
 
-/// Builds the second-level table of the root: its RAM and every non-RAM
-/// address (devices, firmware, ACPI) below `top`, except the local APIC page;
-/// the hypervisor's memory is absent.
 /// The root's second-level table: its RAM write-back and executable, every
 /// other address below `top` (devices, firmware, ACPI) uncached, except the
 /// local APIC page; GPA = SPA, in the largest leaves the processor offers.
+/// The hypervisor's memory is absent.
 fn build_slat(
     caps: &Caps,
     bi: &BootInfo,

@@ -40,27 +40,29 @@ fn port(base: u16) -> Serial {
     )
 }
 
-/// The log's destinations: the ring and COM2 (if the machine has one).
-/// All zeros at first, so the 64 KiB ring is `.bss`, not image bytes.
-struct Log {
-    ring: LogRing<{ 64 * 1024 }>,
-    com2: bool,
-}
+/// The log kept in memory (zeros at first: `.bss`, not image bytes).
+struct Ring(LogRing<{ 64 * 1024 }>);
 
-impl Write for Log {
+impl Write for Ring {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.ring.push(s.as_bytes());
-        if self.com2 {
-            port(COM2).write_str(s)?;
-        }
+        self.0.push(s.as_bytes());
         Ok(())
     }
 }
 
-static LOG: Mutex<Log> = Mutex::new(Log {
-    ring: LogRing::new(),
-    com2: false,
-});
+static RING: Mutex<Ring> = Mutex::new(Ring(LogRing::new()));
+/// COM2, if the machine has one: its own lock, so that readers of the ring
+/// (GET_HOST_LOG) and other loggers do not wait for the UART's pace.
+static COM2_OUT: Mutex<bool> = Mutex::new(false);
+
+/// Writes one piece of the log (formatted twice: into the ring, then out).
+fn log_write(args: core::fmt::Arguments) {
+    let _ = RING.lock().write_fmt(args);
+    let com2 = COM2_OUT.lock();
+    if *com2 {
+        let _ = port(COM2).write_fmt(args);
+    }
+}
 /// COM1 for the lines the operator must see (errors).
 static CONSOLE: Mutex<Option<Serial>> = Mutex::new(None);
 
@@ -70,7 +72,7 @@ pub fn init() {
     let mut com1 = port(COM1);
     let _ = com1.0.init(Config::default());
     *CONSOLE.lock() = Some(com1);
-    LOG.lock().com2 = port(COM2).0.init(Config::default()).is_ok();
+    *COM2_OUT.lock() = port(COM2).0.init(Config::default()).is_ok();
 }
 
 /// Both ports at once.
@@ -98,10 +100,10 @@ pub fn read_log(from: u64, page: &mut [u8]) -> bool {
         return false;
     };
     let room = data.len().min(HostLogChunk::MAX_BYTES);
-    let log = LOG.lock();
-    let (start, len) = log.ring.read(from, &mut data[..room]);
-    let written = log.ring.written();
-    drop(log);
+    let ring = RING.lock();
+    let (start, len) = ring.0.read(from, &mut data[..room]);
+    let written = ring.0.written();
+    drop(ring);
     HostLogChunk::encode_header(start, written, len, page).is_some()
 }
 
@@ -117,21 +119,18 @@ impl log::Log for Logger {
             return;
         }
         let us = time::since_boot_us();
-        let line = |out: &mut dyn Write| {
-            let _ = writeln!(
-                out,
-                "[{:>4}.{:06}] cpu{} {:<5} {}",
-                us / 1_000_000,
-                us % 1_000_000,
-                percpu::index(),
-                record.level(),
-                record.args()
-            );
-        };
-        line(&mut *LOG.lock());
+        let line = format_args!(
+            "[{:>4}.{:06}] cpu{} {:<5} {}\n",
+            us / 1_000_000,
+            us % 1_000_000,
+            percpu::index(),
+            record.level(),
+            record.args()
+        );
+        log_write(line);
         if record.level() == log::Level::Error {
             if let Some(out) = CONSOLE.lock().as_mut() {
-                line(out);
+                let _ = out.write_fmt(line);
             }
         }
     }
@@ -148,7 +147,5 @@ pub fn init_logger(level: log::LevelFilter) {
 
 /// Writes a line without prefix (the summary line tests look for).
 pub fn println(args: core::fmt::Arguments) {
-    let mut log = LOG.lock();
-    let _ = log.write_fmt(args);
-    let _ = log.write_str("\n");
+    log_write(format_args!("{args}\n"));
 }

@@ -5,8 +5,8 @@
 //! Fair share by weight (virtual runtime: time run × 100 / weight; the least
 //! runs next), a reserve (a VP below its reserve in the current window runs
 //! before any that is not), a limit (a VP that used its limit in the window
-//! waits for the next). A VP that slept comes back with the least virtual
-//! runtime of the others less one slice: it gets no credit for sleeping.
+//! waits for the next). A VP that slept comes back at the floor, the highest
+//! virtual runtime charged so far less one slice: no credit for sleeping.
 
 /// A partition's CPU controls, as `vm cpu` sets them (percent of one LP;
 /// weight relative to the others', at least 1).

@@ -674,10 +674,11 @@ impl Vcpu {
                 v.set_nmi_window(nmi_window);
                 v.set_interrupt_window(irq_window);
             }
-            // SVM has no NMI window: the VP is unmasked when its NMI handler's
-            // IRET completes, which the interrupt window can show.
+            // SVM has no NMI window: the interrupt window stands in (it
+            // shows the end of a shadow, or of the NMI handler's IRET),
+            // except where it would exit before that IRET again and again.
             Vcpu::Svm(s) => {
-                let window = irq_window || (nmi_window && s.nmi_iret_window());
+                let window = (irq_window || nmi_window) && s.window_usable();
                 s.set_interrupt_window(window);
             }
         }
@@ -705,15 +706,17 @@ impl Vcpu {
     pub fn finish_cpuid(&mut self, (a, b, c, d): (u32, u32, u32, u32)) {
         let r = self.regs();
         (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
-        // CPUID is 0F A2: no need to look the length up.
         match self {
-            Vcpu::Vmx(v) => v.skip_known(2),
+            // Prefixes may make it longer than 0F A2: the exit says how long.
+            Vcpu::Vmx(v) => v.skip_instruction(),
+            // NRIP save says where the next instruction is; without it (QEMU's
+            // models) the length is taken as 2, as `skip_instruction` does.
             Vcpu::Svm(s) => s.skip_known(2),
         }
     }
 
     /// The TSC at which the VP's virtual timer needs the hypervisor (VMX: the
-    /// preemption timer is shortened to it; SVM: the host timer's 10 ms ticks).
+    /// preemption timer is shortened to it; SVM: the host timer's ticks, `HOST_TICK_US`).
     pub fn set_timer_deadline(&mut self, deadline: Option<u64>) {
         if let Vcpu::Vmx(v) = self {
             v.set_timer_deadline(deadline);

@@ -653,8 +653,12 @@ impl SvmVcpu {
         self.read(vmcb::RFLAGS) & (1 << 9) != 0
     }
 
+    /// Also not while the NMI handler's IRET has not been seen to complete:
+    /// an interrupt taken at it would run inside the NMI handler, and the
+    /// first exit in that interrupt's handler would unmask NMIs too early.
     pub fn interruptible(&self) -> bool {
         self.interrupts_enabled()
+            && self.nmi_iret_rip.is_none()
             && self.read(vmcb::INTERRUPT_SHADOW) & 1 == 0
             && self.read(vmcb::EVENT_INJECTION) & (1 << 31) == 0
     }
@@ -676,11 +680,12 @@ impl SvmVcpu {
         );
     }
 
-    /// Whether the interrupt window shows the end of the NMI handler's IRET:
-    /// only when the VP's IF is clear at it (an open window would exit
-    /// before the IRET, again and again).
-    pub fn nmi_iret_window(&self) -> bool {
-        self.nmi_iret_rip.is_some() && !self.interrupts_enabled()
+    /// Whether the interrupt window may be asked for: not while waiting for
+    /// the NMI handler's IRET with the VP's IF set (the window is open at the
+    /// IRET itself and would exit before it, again and again; the next exit
+    /// shows it done). With IF clear, the window shows exactly the IRET's end.
+    pub fn window_usable(&self) -> bool {
+        self.nmi_iret_rip.is_none() || !self.interrupts_enabled()
     }
 
     pub fn inject_interrupt(&mut self, vector: u8) {

@@ -1085,15 +1085,6 @@ impl VmxVcpu {
         }
     }
 
-    /// As `skip_instruction`, for an instruction whose length the caller knows.
-    pub fn skip_known(&mut self, length: u64) {
-        let _ = vmwrite(field::GUEST_RIP, self.rip() + length);
-        let blocking = insn::vmread(field::GUEST_INTERRUPTIBILITY);
-        if blocking & 3 != 0 {
-            let _ = vmwrite(field::GUEST_INTERRUPTIBILITY, blocking & !3);
-        }
-    }
-
     /// Moves RIP `length` bytes on (an instruction the hypervisor decoded).
     pub fn advance_rip(&mut self, length: u8) {
         let _ = vmwrite(field::GUEST_RIP, self.rip() + length as u64);

@@ -91,7 +91,13 @@ pub fn id() -> u32 {
 fn send_ipi(dest: u32, icr_low: u64) {
     match mode() {
         // In x2APIC mode the ICR is one 64-bit MSR; the destination is bits 63:32.
-        Mode::X2Apic => write(REG_ICR_LOW, (dest as u64) << 32 | icr_low),
+        // That WRMSR does not serialize: the fence keeps the stores the IPI
+        // announces (a pending interrupt, a chore) ahead of it (SDM vol. 3
+        // section 11.12.3).
+        Mode::X2Apic => {
+            cpu::store_fence_for_ipi();
+            write(REG_ICR_LOW, (dest as u64) << 32 | icr_low)
+        }
         Mode::XApic => {
             write(REG_ICR_HIGH, (dest as u64) << 24);
             write(REG_ICR_LOW, icr_low);

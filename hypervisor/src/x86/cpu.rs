@@ -117,6 +117,13 @@ pub fn pause() {
     core::hint::spin_loop();
 }
 
+/// MFENCE; LFENCE: earlier stores are globally visible before a following
+/// x2APIC ICR write (a WRMSR that does not serialize) sends the IPI.
+pub fn store_fence_for_ipi() {
+    // SAFETY: fences only order this processor's memory accesses.
+    unsafe { asm!("mfence", "lfence", options(nostack, preserves_flags)) };
+}
+
 /// The processor vendor, from CPUID leaf 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Vendor {

@@ -43,7 +43,6 @@ pub fn outl(port: u16, v: u32) {
     };
 }
 
-/// (EAX, EBX, ECX, EDX) of CPUID `leaf`/`sub` (a VM exit under the hypervisor).
 /// CPUID leaf 0, `n` times (at least once), in a loop of four more
 /// instructions: what `bench exits` times.
 pub fn cpuid_loop(n: u64) {
@@ -69,6 +68,7 @@ pub fn cpuid_loop(n: u64) {
     };
 }
 
+/// (EAX, EBX, ECX, EDX) of CPUID `leaf`/`sub` (a VM exit under the hypervisor).
 pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
     let (a, b, c, d): (u32, u32, u32, u32);
     // SAFETY: CPUID only writes the four registers; RBX is reserved by LLVM,
