@@ -518,6 +518,11 @@ pub mod port {
     /// A test device: the vector written is asserted back into the writing
     /// VP (AssertVirtualInterrupt: fixed, edge).
     pub const TEST_INTERRUPT: u16 = 0xF5;
+    /// A test device: the guest page whose address is written (32 bits) is
+    /// unmapped; the VP's next access to it has the root map it back and
+    /// resume the VP where it was (what an event whose delivery faulted
+    /// needs: `redeliver` test guest).
+    pub const TEST_UNMAP: u16 = 0xF6;
 }
 
 /// What an I/O access did.
@@ -532,6 +537,8 @@ pub enum IoEffect {
     PowerOff,
     /// Assert this vector into the VP that wrote it.
     Interrupt(u8),
+    /// Unmap the guest page at this GPA until the VM touches it.
+    UnmapPage(u64),
     /// Not emulated: reads all ones, writes ignored.
     Unhandled,
 }
@@ -561,6 +568,7 @@ pub fn emulate_io(uart: &mut Uart, port: u16, size: u8, write: bool, value: u32)
         }
         port::TEST_EXIT if write => IoEffect::Exit(value & access_mask(size) as u32),
         port::TEST_INTERRUPT if write => IoEffect::Interrupt(value as u8),
+        port::TEST_UNMAP if write && size == 4 => IoEffect::UnmapPage(value as u64 & !(PAGE - 1)),
         port::POWER_OFF if write && (value as u64) & 0x3C00 == port::POWER_OFF_VALUE => {
             IoEffect::PowerOff
         }
@@ -752,6 +760,15 @@ mod tests {
             IoEffect::PowerOff
         );
         assert_eq!(emulate_io(&mut u, 0x70, 1, false, 0), IoEffect::Unhandled);
+        assert_eq!(
+            emulate_io(&mut u, 0xF6, 4, true, 0x12_3456),
+            IoEffect::UnmapPage(0x12_3000)
+        );
+        assert_eq!(
+            emulate_io(&mut u, 0xF6, 1, true, 0x12_3456),
+            IoEffect::Unhandled,
+            "a 32-bit write only"
+        );
         let mut c = Console::<4>::new();
         for b in b"abcdef" {
             c.push(*b);

@@ -528,6 +528,24 @@ fn guest_tests() -> Vec<GuestTest> {
             Some(host_log_shows_the_hypervisor_log),
         ),
         (
+            "-guest-redeliver",
+            1,
+            256,
+            &[
+                "vm new rd --memory 4M --image redeliver",
+                "vm start rd",
+                "vm wait rd",
+                "vm console rd",
+                "shutdown",
+            ],
+            &[
+                "redeliver: events interrupted mid-delivery arrive once",
+                "vm wait: rd is Off (exit code 0)",
+            ],
+            GUEST_FAILURES,
+            None,
+        ),
+        (
             "-guest-smp",
             2,
             256,

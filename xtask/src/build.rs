@@ -14,6 +14,7 @@ pub struct Artifacts {
 /// The test guests' binaries; each is a boot module of that name.
 pub const GUEST_NAMES: &[&str] = &[
     "hello",
+    "redeliver",
     "smp",
     "isolation",
     "victim",

@@ -68,6 +68,9 @@ pub struct Vm {
     /// Failed AssertVirtualInterrupt requests (port 0xF5) this run: the
     /// first is reported, the rest only counted (`vm show`).
     interrupt_failures: u64,
+    /// The guest page the test device (port 0xF6) unmapped, mapped back at
+    /// the VM's first access to it.
+    unmapped: Option<u64>,
     /// (run time in 100 ns, TSC) at the last `vm list`.
     sample: (u64, u64),
 }
@@ -354,6 +357,7 @@ impl Vmm {
                     reported_ports: [0; 8],
                     reported: 0,
                     interrupt_failures: 0,
+                    unmapped: None,
                     sample: (0, 0),
                 });
                 println!(
@@ -425,6 +429,7 @@ impl Vmm {
         vm.uart = Uart::default();
         vm.reported = 0;
         vm.interrupt_failures = 0;
+        vm.unmapped = None;
         vm.stopped_vps = 0;
         vm.reason_len = 0;
         vm.started_tsc = crate::arch::rdtsc();
@@ -704,6 +709,24 @@ impl Vmm {
                 None => fail(vm, format_args!("malformed I/O intercept message")),
             },
             kind::UNMAPPED_GPA | kind::GPA_INTERCEPT => match MemoryIntercept::decode(&m.payload) {
+                // The page the test device unmapped: back in, and the VP goes
+                // on where it was (an event being delivered is delivered again).
+                Some(mi)
+                    if m.kind == kind::UNMAPPED_GPA
+                        && vm.unmapped == Some(mi.gpa & !(vmm::PAGE - 1)) =>
+                {
+                    let (gpa, vp) = (mi.gpa & !(vmm::PAGE - 1), mi.header.vp_index);
+                    let spa = vm.memory_base + gpa;
+                    let resumed = map_page(vm.partition, gpa, Some(spa)).and_then(|()| {
+                        set_registers(vm.partition, vp, &[(reg::INTERCEPT_SUSPEND, 0)])
+                    });
+                    match resumed {
+                        Ok(()) => vm.unmapped = None,
+                        Err(s) => {
+                            fail(vm, format_args!("mapping GPA {gpa:#x} back: status {s:#x}"))
+                        }
+                    }
+                }
                 Some(mi) => {
                     let what = match mi.header.access {
                         msg::access::WRITE => "write",
@@ -857,6 +880,41 @@ fn create_partition(
     Ok(id)
 }
 
+/// Maps one guest page to root page `spa` (read, write, execute), or
+/// unmaps it (`None`; the page stays the VM's, in the root's pool).
+fn map_page(id: u64, gpa: u64, spa: Option<u64>) -> Result<(), u16> {
+    let r = match spa {
+        Some(spa) => hypercall::call_rep(
+            code::MAP_GPA_PAGES,
+            &MapGpaPages {
+                partition_id: id,
+                target_gpa_page: gpa / vmm::PAGE,
+                map_flags: MapFlags::ALL,
+                reserved: 0,
+            },
+            &[MapGpaPagesElement {
+                source_gpa_page: spa / vmm::PAGE,
+            }],
+            &mut [],
+        ),
+        None => hypercall::call(
+            code::UNMAP_GPA_PAGES,
+            1,
+            UnmapGpaPages {
+                partition_id: id,
+                target_gpa_page: gpa / vmm::PAGE,
+                ..Default::default()
+            }
+            .as_bytes(),
+            &mut [],
+        ),
+    };
+    match r.status {
+        status::SUCCESS => Ok(()),
+        s => Err(s),
+    }
+}
+
 /// Suspends every VP (ExplicitSuspend); the VM keeps its memory.
 fn suspend_all(vm: &mut Vm) {
     for vp in 0..vm.vcpus {
@@ -915,6 +973,18 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
         }
         IoEffect::Output(b) => vm.console.push(b),
         IoEffect::Interrupt(vector) => interrupt = Some(vector),
+        IoEffect::UnmapPage(gpa) => {
+            if gpa >= vm.memory_bytes || vm.unmapped.is_some() {
+                return fail(
+                    vm,
+                    format_args!("VP {vp}: the test device cannot unmap GPA {gpa:#x}"),
+                );
+            }
+            if let Err(s) = map_page(vm.partition, gpa, None) {
+                return fail(vm, format_args!("UnmapGpaPages {gpa:#x}: status {s:#x}"));
+            }
+            vm.unmapped = Some(gpa);
+        }
         IoEffect::Exit(code) => return end(vm, State::Off, format_args!("exit code {code}")),
         IoEffect::PowerOff => return end(vm, State::Off, format_args!("powered off by the guest")),
         IoEffect::Unhandled => {
