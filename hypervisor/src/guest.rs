@@ -219,19 +219,19 @@ pub fn dispatch(
             fatal(vcpu, unrecoverable::UNSUPPORTED)
         }
         // XSAVE is hidden (CPUID), so XSETBV is #UD as on a processor without it.
-        Exit::Xsetbv | Exit::Undefined => {
+        Exit::Xsetbv => {
             vcpu.inject_exception(UD, None);
             Next::Resume
         }
-        Exit::Rdpmc => {
-            vcpu.inject_exception(GP, Some(0));
+        Exit::Nmi => Next::Resume,
+        Exit::Undefined
+        | Exit::Rdpmc
+        | Exit::ExternalInterrupt
+        | Exit::Preemption
+        | Exit::InterruptWindow => {
+            vcpu.handle_common(&exit);
             Next::Resume
         }
-        Exit::ExternalInterrupt => {
-            cpu::take_pending_interrupts();
-            Next::Resume
-        }
-        Exit::Preemption | Exit::InterruptWindow | Exit::Nmi => Next::Resume,
     }
 }
 

@@ -156,19 +156,14 @@ pub fn dispatch(
             }
             Next::Resume
         }
-        Exit::Undefined => {
-            vcpu.inject_exception(UD, None);
+        Exit::Undefined
+        | Exit::Rdpmc
+        | Exit::ExternalInterrupt
+        | Exit::Preemption
+        | Exit::InterruptWindow => {
+            vcpu.handle_common(&exit);
             Next::Resume
         }
-        Exit::Rdpmc => {
-            vcpu.inject_exception(GP, Some(0));
-            Next::Resume
-        }
-        Exit::ExternalInterrupt => {
-            cpu::take_pending_interrupts();
-            Next::Resume
-        }
-        Exit::Preemption | Exit::InterruptWindow => Next::Resume,
         Exit::Nmi => {
             warn!("NMI while running the root; ignored");
             Next::Resume

@@ -190,36 +190,14 @@ pub const TABLE: &[CallSpec] = &[
         size::VP,
         0,
     ),
-    CallSpec {
-        code: hypercall::GET_HOST_INFO,
-        name: "GetHostInfo",
-        privilege: Privilege::Root,
-        form: Form::Simple {
-            input: 0,
-            output: 4096,
-            fast: false,
-        },
-    },
-    CallSpec {
-        code: hypercall::GET_HOST_STATS,
-        name: "GetHostStats",
-        privilege: Privilege::Root,
-        form: Form::Simple {
-            input: 0,
-            output: 4096,
-            fast: false,
-        },
-    },
-    CallSpec {
-        code: hypercall::GET_HOST_LOG,
-        name: "GetHostLog",
-        privilege: Privilege::Root,
-        form: Form::Simple {
-            input: size::HOST_LOG_INPUT,
-            output: 4096,
-            fast: false,
-        },
-    },
+    root_simple(hypercall::GET_HOST_INFO, "GetHostInfo", 0, 4096),
+    root_simple(hypercall::GET_HOST_STATS, "GetHostStats", 0, 4096),
+    root_simple(
+        hypercall::GET_HOST_LOG,
+        "GetHostLog",
+        size::HOST_LOG_INPUT,
+        4096,
+    ),
 ];
 
 /// A call that passed every check.

@@ -702,6 +702,22 @@ impl Vcpu {
         }
     }
 
+    /// The exits the root's and guests' dispatchers answer alike: an
+    /// instruction the VP is not offered (#UD), RDPMC (#GP: no counters
+    /// offered), a host interrupt that ended the run (taken here), the
+    /// preemption timer and the interrupt window (nothing more to do).
+    /// Whether `exit` was one of them (the VP then simply resumes).
+    pub fn handle_common(&mut self, exit: &Exit) -> bool {
+        match exit {
+            Exit::Undefined => self.inject_exception(UD, None),
+            Exit::Rdpmc => self.inject_exception(GP, Some(0)),
+            Exit::ExternalInterrupt => crate::x86::cpu::take_pending_interrupts(),
+            Exit::Preemption | Exit::InterruptWindow => {}
+            _ => return false,
+        }
+        true
+    }
+
     /// Finishes an intercepted CPUID with its answer in EAX, EBX, ECX, EDX.
     pub fn finish_cpuid(&mut self, (a, b, c, d): (u32, u32, u32, u32)) {
         let r = self.regs();
