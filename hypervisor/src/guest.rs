@@ -365,9 +365,7 @@ fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v:
 /// input value). Returns RAX: the status, and the reps completed in 43:32.
 fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &mut Vcpu) -> u64 {
     use hv_abi::hypercall::status;
-    use hv_abi::layout::{
-        self, FlushVirtualAddressSpace, GetVpRegisters, RegisterName, RegisterValue,
-    };
+    use hv_abi::layout::{self, FlushVirtualAddressSpace, GetVpRegisters};
     use hv_abi::partition::{code, flush, reg, PARTITION_SELF, VP_SELF};
     use hypervisor_core::hypercall::{check, Caller};
     let r = *vcpu.regs();
@@ -425,19 +423,16 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
             let mut ctx = hv_abi::partition::VpContext::default();
             vcpu.save_context(&mut ctx);
             let mut out = alloc::vec![0u8; call.output_block.map_or(0, |(_, len)| len as usize)];
-            for i in call.input.rep_start..reps {
-                let name = layout::element::<GetVpRegisters, RegisterName>(&input, i)
-                    .map_or(u32::MAX, |e| e.name);
-                let value = match name {
-                    reg::EXPLICIT_SUSPEND | reg::INTERCEPT_SUSPEND => 0,
-                    _ => match ctx.get(name) {
-                        Ok(v) => v,
-                        Err(_) => return status::INVALID_PARAMETER as u64 | (i as u64) << 32,
-                    },
-                };
-                if layout::write_element(&mut out, i, &RegisterValue { value }).is_none() {
-                    return status::INVALID_PARAMETER as u64 | (i as u64) << 32;
-                }
+            // A running VP is suspended neither way.
+            let value = |name| match name {
+                reg::EXPLICIT_SUSPEND | reg::INTERCEPT_SUSPEND => Ok(0),
+                _ => ctx.get(name).map_err(|_| status::INVALID_PARAMETER),
+            };
+            let window = call.input.rep_start..reps;
+            if let Err((s, i)) =
+                hypervisor_core::hypercall::get_vp_registers(&input, &mut out, window, value)
+            {
+                return s as u64 | (i as u64) << 32;
             }
             if let Some((gpa, _)) = call.output_block {
                 if !part.write(root, gpa, &out) {

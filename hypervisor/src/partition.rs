@@ -21,8 +21,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hv_abi::hypercall::status;
 use hv_abi::layout::{
     self, AssertVirtualInterrupt, CreatePartitionOutput, CreateVp, FromBytes, GetPartitionProperty,
-    GetPartitionPropertyOutput, GetVpRegisters, InstallIntercept, IntoBytes, MapFlags, MapGpaPages,
-    MapGpaPagesElement, PartitionId, PartitionVp, RegisterAssoc, RegisterName, RegisterValue,
+    GetPartitionPropertyOutput, InstallIntercept, IntoBytes, MapFlags, MapGpaPages,
+    MapGpaPagesElement, PartitionId, PartitionVp, RegisterAssoc, RegisterValue,
     SetPartitionProperty, SetVpRegisters, UnmapGpaPages, VpRegisters,
 };
 use hv_abi::partition::{self as abi, property, reg, VpContext};
@@ -813,29 +813,25 @@ fn get_registers(input: &[u8], output: &mut [u8], reps: (u16, u16)) -> Outcome {
     };
     let window = rep_window(reps);
     let mut waited = false;
-    for i in window.clone() {
-        let Some(RegisterName { name }) = layout::element::<GetVpRegisters, _>(input, i) else {
-            return rep_result(status::INVALID_PARAMETER, i);
-        };
-        let value = match name {
-            reg::EXPLICIT_SUSPEND => vp.shared.lock().explicit_suspend as u128,
-            reg::INTERCEPT_SUSPEND => vp.shared.lock().intercept_suspend as u128,
-            _ => {
-                if !waited {
-                    if let Err(s) = quiesced(&vp) {
-                        return rep_result(s, i);
-                    }
-                    waited = true;
-                }
-                match vp.shared.lock().ctx.get(name) {
-                    Ok(v) => v,
-                    Err(_) => return rep_result(status::INVALID_PARAMETER, i),
-                }
+    let value = |name| match name {
+        reg::EXPLICIT_SUSPEND => Ok(vp.shared.lock().explicit_suspend as u128),
+        reg::INTERCEPT_SUSPEND => Ok(vp.shared.lock().intercept_suspend as u128),
+        _ => {
+            if !waited {
+                quiesced(&vp)?;
+                waited = true;
             }
-        };
-        if layout::write_element(output, i, &RegisterValue { value }).is_none() {
-            return rep_result(status::INVALID_PARAMETER, i);
+            vp.shared
+                .lock()
+                .ctx
+                .get(name)
+                .map_err(|_| status::INVALID_PARAMETER)
         }
+    };
+    if let Err((s, i)) =
+        hypervisor_core::hypercall::get_vp_registers(input, output, window.clone(), value)
+    {
+        return rep_result(s, i);
     }
     Outcome {
         status: status::SUCCESS,

@@ -318,9 +318,67 @@ pub fn check_in(
     })
 }
 
+/// GetVpRegisters' elements `reps` of `input`, each register's value from
+/// `value` (an error status stops there), written to `output`. The root's
+/// call for any VP and a guest's for itself share this. `Err((status, rep))`
+/// names the rep that failed; the ones before it are written.
+pub fn get_vp_registers(
+    input: &[u8],
+    output: &mut [u8],
+    reps: core::ops::Range<u16>,
+    mut value: impl FnMut(u32) -> Result<u128, u16>,
+) -> Result<(), (u16, u16)> {
+    use hv_abi::layout::{self, GetVpRegisters, RegisterName, RegisterValue};
+    for i in reps {
+        let Some(RegisterName { name }) = layout::element::<GetVpRegisters, _>(input, i) else {
+            return Err((status::INVALID_PARAMETER, i));
+        };
+        let value = value(name).map_err(|s| (s, i))?;
+        if layout::write_element(output, i, &RegisterValue { value }).is_none() {
+            return Err((status::INVALID_PARAMETER, i));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_vp_registers_reads_each_element_and_stops_at_a_bad_one() {
+        use hv_abi::layout::{encode_rep, GetVpRegisters, RegisterName};
+        let names = [
+            RegisterName { name: 1 },
+            RegisterName { name: 7 },
+            RegisterName { name: 2 },
+        ];
+        let mut input = [0u8; 64];
+        let len = encode_rep(&GetVpRegisters::default(), &names, &mut input).unwrap();
+        let mut out = [0u8; 48];
+        let value = |n: u32| {
+            if n == 7 {
+                Err(status::INVALID_PARAMETER)
+            } else {
+                Ok(n as u128 * 10)
+            }
+        };
+        assert_eq!(
+            get_vp_registers(&input[..len], &mut out, 0..3, value),
+            Err((status::INVALID_PARAMETER, 1))
+        );
+        assert_eq!(u128::from_le_bytes(out[..16].try_into().unwrap()), 10);
+        assert_eq!(
+            get_vp_registers(&input[..len], &mut out, 2..3, value),
+            Ok(())
+        );
+        assert_eq!(u128::from_le_bytes(out[32..48].try_into().unwrap()), 20);
+        assert_eq!(
+            get_vp_registers(&input[..len], &mut out, 3..4, value),
+            Err((status::INVALID_PARAMETER, 3)),
+            "past the block"
+        );
+    }
 
     /// Calls of every form, for the rules `TABLE` does not exercise yet.
     const FORMS: &[CallSpec] = &[
