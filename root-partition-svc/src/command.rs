@@ -33,6 +33,9 @@ pub enum Command<'a> {
     /// Recurse until the stack's guard page stops the root (a test of the
     /// guard: the root reports a double fault and the machine stops).
     DebugOverflow,
+    /// Start a VM with a state no processor accepts (long mode without
+    /// PAE): its first entry fails; a `vm start` after it must work.
+    DebugBadStart(&'a str),
     /// Time this many CPUID round trips through the hypervisor.
     BenchExits(u64),
 }
@@ -62,6 +65,8 @@ pub enum ParseError<'a> {
     },
     /// `debug read` without an address.
     MissingAddress,
+    /// `debug bad-start` without a VM name.
+    MissingName,
     BadAddress(&'a str),
     /// `bench exits` with a count that is not a number in 1..=BENCH_MAX_EXITS.
     BadCount(&'a str),
@@ -110,13 +115,17 @@ pub const HELP: &[(&str, &str)] = &[
         "sum up the root's page tables: executable span, W^X, page 0, guard pages",
     ),
     (
+        "debug bad-start NAME",
+        "start VM NAME in long mode without PAE: its first entry fails (a test of entry failures)",
+    ),
+    (
         "debug overflow",
         "overflow the root's stack: its guard page stops the root (the machine stops)",
     ),
 ];
 
 const HOST_USAGE: &str = "host info | host stats | host log [--follow]";
-const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi";
+const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi | debug pagetables | debug overflow | debug bad-start NAME";
 const BENCH_USAGE: &str = "bench exits [N]";
 
 impl fmt::Display for ParseError<'_> {
@@ -126,6 +135,12 @@ impl fmt::Display for ParseError<'_> {
             ParseError::Vm(e) => write!(f, "{e}"),
             ParseError::Unknown(w) => {
                 write!(f, "unknown command \"{}\"; type help", w.escape_debug())
+            }
+            ParseError::MissingName => {
+                write!(
+                    f,
+                    "debug bad-start needs a VM name; usage: debug bad-start NAME"
+                )
             }
             ParseError::MissingSubcommand { command } => {
                 write!(
@@ -225,6 +240,10 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             Some("ipi") => (Command::DebugIpi, "debug ipi"),
             Some("overflow") => (Command::DebugOverflow, "debug overflow"),
             Some("pagetables") => (Command::DebugPageTables, "debug pagetables"),
+            Some("bad-start") => match words.next() {
+                Some(name) => (Command::DebugBadStart(name), "debug bad-start"),
+                None => return Err(ParseError::MissingName),
+            },
             Some("read") => {
                 let a = words.next().ok_or(ParseError::MissingAddress)?;
                 let addr = parse_number(a).ok_or(ParseError::BadAddress(a))?;
@@ -275,6 +294,11 @@ mod tests {
         assert_eq!(parse("  host   info \t"), Ok(Command::HostInfo));
         assert_eq!(parse("host stats"), Ok(Command::HostStats));
         assert_eq!(parse("host log"), Ok(Command::HostLog { follow: false }));
+        assert_eq!(
+            parse("debug bad-start web"),
+            Ok(Command::DebugBadStart("web"))
+        );
+        assert_eq!(parse("debug bad-start"), Err(ParseError::MissingName));
         assert_eq!(
             parse("host log --follow"),
             Ok(Command::HostLog { follow: true })
@@ -339,7 +363,7 @@ mod tests {
         );
         assert_eq!(
             parse("debug write 1").unwrap_err().to_string(),
-            "unknown debug command \"write\"; usage: debug read ADDR | debug fpu | debug timer | debug ipi"
+            "unknown debug command \"write\"; usage: debug read ADDR | debug fpu | debug timer | debug ipi | debug pagetables | debug overflow | debug bad-start NAME"
         );
         // Control characters are shown escaped, the message stays one line.
         let msg = parse("a\u{1b}b").unwrap_err().to_string();

@@ -528,6 +528,27 @@ fn guest_tests() -> Vec<GuestTest> {
             Some(host_log_shows_the_hypervisor_log),
         ),
         (
+            "-guest-entry-failure",
+            1,
+            256,
+            &[
+                "vm new ef --memory 4M --image hello",
+                "debug bad-start ef",
+                "vm wait ef",
+                "vm start ef",
+                "vm wait ef",
+                "vm console ef",
+                "shutdown",
+            ],
+            &[
+                "vm wait: ef is Failed (VP 0: the processor refused its state",
+                "hello from a guest partition: VP 0 of 1, 4 MiB",
+                "vm wait: ef is Off (exit code 0)",
+            ],
+            GUEST_FAILURES,
+            None,
+        ),
+        (
             "-guest-redeliver",
             1,
             256,

@@ -182,6 +182,7 @@ impl Shell {
                 );
                 println!("{audit}");
             }
+            Command::DebugBadStart(name) => vm::get().start_with(name, true),
             Command::DebugOverflow => {
                 println!("debug overflow: recursing until the stack's guard page stops the root");
                 println!("debug overflow: returned {}", recurse(0));

@@ -373,6 +373,12 @@ impl Vmm {
     }
 
     fn start(&mut self, name: &str) {
+        self.start_with(name, false)
+    }
+
+    /// `vm start`; with `bad_state`, CR4.PAE is cleared in every VP's start
+    /// state (long mode without it: the processor refuses the entry).
+    pub fn start_with(&mut self, name: &str, bad_state: bool) {
         // Messages its VPs posted before they were stopped belong to the
         // old run: served or dropped now, never applied to the new one.
         if let Some(id) = self
@@ -413,7 +419,15 @@ impl Vmm {
             guest_write(base, gpa, &v.to_le_bytes())
         });
         for vp in 0..vm.vcpus {
-            let regs = vmm::start_registers(image.mode, image.entry, vp, vm.vcpus, vm.memory_bytes);
+            let mut regs =
+                vmm::start_registers(image.mode, image.entry, vp, vm.vcpus, vm.memory_bytes);
+            if bad_state {
+                for (name, value) in regs.iter_mut() {
+                    if *name == reg::CR4 {
+                        *value &= !(1 << 5);
+                    }
+                }
+            }
             let r = set_registers(vm.partition, vp, &regs)
                 .and_then(|()| set_registers(vm.partition, vp, &[(reg::INTERCEPT_SUSPEND, 0)]));
             if let Err(s) = r {
