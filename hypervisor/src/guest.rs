@@ -342,7 +342,11 @@ fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> 
         hv_abi::msr::VP_INDEX => Some(vp.index as u64),
         hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
         crate::x86::msr::IA32_EFER => Some(vcpu.efer()),
-        _ => vcpu.syscall_msr(m),
+        // IA32_TIME_STAMP_COUNTER: the TSC as RDTSC reads it (not offset).
+        0x10 => Some(cpu::rdtsc()),
+        // IA32_MISC_ENABLE (Intel only): fast strings, nothing else.
+        0x1A0 if matches!(vcpu, Vcpu::Vmx(_)) => Some(1),
+        _ => vcpu.state_msr(m).or_else(|| vcpu.syscall_msr(m)),
     }
 }
 
@@ -356,7 +360,11 @@ fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v:
     }
     match m {
         crate::x86::msr::IA32_EFER => vcpu.set_efer(v),
-        _ => vcpu.set_syscall_msr(m, v),
+        // MISC_ENABLE: its value may be written back unchanged, nothing more.
+        0x1A0 if matches!(vcpu, Vcpu::Vmx(_)) => v == 1,
+        _ => vcpu
+            .set_state_msr(m, v)
+            .unwrap_or_else(|| vcpu.set_syscall_msr(m, v)),
     }
 }
 

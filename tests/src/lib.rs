@@ -549,6 +549,24 @@ fn guest_tests() -> Vec<GuestTest> {
             None,
         ),
         (
+            "-guest-msrs",
+            1,
+            256,
+            &[
+                "vm new ms --memory 4M --image msrs",
+                "vm start ms",
+                "vm wait ms",
+                "vm console ms",
+                "shutdown",
+            ],
+            &[
+                "msrs: the architectural MSRs work",
+                "vm wait: ms is Off (exit code 0)",
+            ],
+            GUEST_FAILURES,
+            None,
+        ),
+        (
             "-guest-redeliver",
             1,
             256,

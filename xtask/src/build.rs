@@ -15,6 +15,7 @@ pub struct Artifacts {
 pub const GUEST_NAMES: &[&str] = &[
     "hello",
     "redeliver",
+    "msrs",
     "smp",
     "isolation",
     "victim",

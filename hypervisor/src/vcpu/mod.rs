@@ -766,6 +766,41 @@ impl Vcpu {
         }
     }
 
+    /// The architectural MSRs whose values the VMCS/VMCB holds for the VP:
+    /// FS_BASE, GS_BASE, SYSENTER_CS/ESP/EIP, PAT. `None` for any other MSR.
+    pub fn state_msr(&self, m: u32) -> Option<u64> {
+        let m = StateMsr::of(m)?;
+        Some(match self {
+            Vcpu::Vmx(v) => v.state_msr(m),
+            Vcpu::Svm(s) => s.state_msr(m),
+        })
+    }
+
+    /// Sets one of them (`None`: not one); `Some(false)` means #GP: a
+    /// non-canonical address, or a PAT entry of a reserved memory type.
+    pub fn set_state_msr(&mut self, m: u32, v: u64) -> Option<bool> {
+        let m = StateMsr::of(m)?;
+        let ok = match m {
+            StateMsr::FsBase | StateMsr::GsBase | StateMsr::SysenterEsp | StateMsr::SysenterEip => {
+                matches!(v >> 47, 0 | 0x1_FFFF)
+            }
+            StateMsr::SysenterCs => v >> 32 == 0,
+            // Types 0 (UC), 1 (WC), 4 (WT), 5 (WP), 6 (WB), 7 (UC-) in bits 2:0
+            // of each byte, the rest zero (SDM vol. 3 section 13.12.2).
+            StateMsr::Pat => v
+                .to_le_bytes()
+                .iter()
+                .all(|&b| b & !7 == 0 && !matches!(b, 2 | 3)),
+        };
+        if ok {
+            match self {
+                Vcpu::Vmx(x) => x.set_state_msr(m, v),
+                Vcpu::Svm(s) => s.set_state_msr(m, v),
+            }
+        }
+        Some(ok)
+    }
+
     /// Sets one of them; a non-canonical address is refused (#GP).
     pub fn set_syscall_msr(&mut self, m: u32, v: u64) -> bool {
         let address = matches!(m, 0xC000_0082 | 0xC000_0083 | 0xC000_0102);
@@ -797,6 +832,31 @@ impl Vcpu {
 
 // The world-switch assembly addresses `GuestRegs` fields by offset.
 const _: () = assert!(core::mem::size_of::<GuestRegs>() == 15 * 8);
+
+/// The architectural MSRs kept in the VMCS/VMCB (`Vcpu::state_msr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateMsr {
+    FsBase,
+    GsBase,
+    SysenterCs,
+    SysenterEsp,
+    SysenterEip,
+    Pat,
+}
+
+impl StateMsr {
+    fn of(m: u32) -> Option<StateMsr> {
+        Some(match m {
+            0xC000_0100 => StateMsr::FsBase,
+            0xC000_0101 => StateMsr::GsBase,
+            0x174 => StateMsr::SysenterCs,
+            0x175 => StateMsr::SysenterEsp,
+            0x176 => StateMsr::SysenterEip,
+            0x277 => StateMsr::Pat,
+            _ => return None,
+        })
+    }
+}
 
 pub const GP: u8 = 13;
 pub const UD: u8 = 6;

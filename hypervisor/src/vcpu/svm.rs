@@ -481,6 +481,28 @@ impl SvmVcpu {
         })
     }
 
+    /// VMCB offsets of the state MSRs (FS and GS bases in their segments;
+    /// the rest in the state-save area, which VMLOAD/VMSAVE also carry).
+    fn state_slot(m: super::StateMsr) -> u64 {
+        use super::StateMsr::*;
+        match m {
+            FsBase => vmcb::ES + 16 * 4 + 8,
+            GsBase => vmcb::ES + 16 * 5 + 8,
+            SysenterCs => 0x628,
+            SysenterEsp => 0x630,
+            SysenterEip => 0x638,
+            Pat => vmcb::G_PAT,
+        }
+    }
+
+    pub fn state_msr(&self, m: super::StateMsr) -> u64 {
+        self.read(Self::state_slot(m))
+    }
+
+    pub fn set_state_msr(&mut self, m: super::StateMsr, v: u64) {
+        self.write(Self::state_slot(m), v);
+    }
+
     pub fn syscall_msr(&self, m: u32) -> Option<u64> {
         Some(self.read(Self::syscall_slot(m)?))
     }

@@ -664,6 +664,27 @@ impl VmxVcpu {
         let _ = vmwrite(field::EXCEPTION_BITMAP, mask as u64);
     }
 
+    fn state_field(m: super::StateMsr) -> u32 {
+        use super::StateMsr::*;
+        match m {
+            FsBase => field::GUEST_ES_BASE + 2 * 4,
+            GsBase => field::GUEST_ES_BASE + 2 * 5,
+            SysenterCs => field::GUEST_SYSENTER_CS,
+            SysenterEsp => field::GUEST_SYSENTER_ESP,
+            SysenterEip => field::GUEST_SYSENTER_EIP,
+            Pat => field::GUEST_PAT,
+        }
+    }
+
+    /// The VMCS is current.
+    pub fn state_msr(&self, m: super::StateMsr) -> u64 {
+        insn::vmread(Self::state_field(m))
+    }
+
+    pub fn set_state_msr(&mut self, m: super::StateMsr, v: u64) {
+        let _ = vmwrite(Self::state_field(m), v);
+    }
+
     /// A guest VP's copy of a syscall MSR (`SYSCALL_MSRS`).
     pub fn syscall_msr(&self, m: u32) -> Option<u64> {
         let i = SYSCALL_MSRS.iter().position(|&x| x == m)?;
