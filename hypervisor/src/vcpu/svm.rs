@@ -636,35 +636,35 @@ impl SvmVcpu {
     /// Next RIP from the processor where it saves one (NRIP save); otherwise
     /// from the length of the instructions this hypervisor intercepts.
     pub fn skip_instruction(&mut self) {
-        let next = if self.nrip_save {
-            self.read(vmcb::NEXT_RIP)
+        let len = if self.nrip_save {
+            0 // unused: NEXT_RIP says
         } else {
-            let len = match self.read(vmcb::EXIT_CODE) {
+            match self.read(vmcb::EXIT_CODE) {
                 0x72 | 0x7C | 0x76 => 2, // CPUID, RDMSR/WRMSR, INVD
                 0x78 => 1,               // HLT
                 0x81 | 0x8D => 3,        // VMMCALL, XSETBV
                 0x89 => 2,               // WBINVD
                 _ => 0,
-            };
-            self.rip() + len
+            }
         };
-        self.write(vmcb::RIP, next);
-        // The interrupt shadow covered the instruction just skipped: it is over.
-        self.write(
-            vmcb::INTERRUPT_SHADOW,
-            self.read(vmcb::INTERRUPT_SHADOW) & !1,
-        );
+        self.skip_known(len);
     }
 
     /// As `skip_instruction`, for an instruction whose length the caller
     /// knows (NRIP save, where the processor offers it, says the same).
-    pub fn skip_known(&mut self, length: u64) {
-        let next = if self.nrip_save {
-            self.read(vmcb::NEXT_RIP)
+    pub fn skip_known(&mut self, length: u8) {
+        if self.nrip_save {
+            let next = self.read(vmcb::NEXT_RIP);
+            self.set_rip_past_shadow(next);
         } else {
-            self.rip() + length
-        };
-        self.write(vmcb::RIP, next);
+            self.advance_rip(length);
+        }
+    }
+
+    /// RIP moves on past an instruction: the interrupt shadow that covered it
+    /// is over.
+    fn set_rip_past_shadow(&mut self, rip: u64) {
+        self.write(vmcb::RIP, rip);
         let shadow = self.read(vmcb::INTERRUPT_SHADOW);
         if shadow & 1 != 0 {
             self.write(vmcb::INTERRUPT_SHADOW, shadow & !1);
@@ -763,11 +763,7 @@ impl SvmVcpu {
 
     /// Moves RIP `length` bytes on (an instruction the hypervisor decoded).
     pub fn advance_rip(&mut self, length: u8) {
-        self.write(vmcb::RIP, self.rip() + length as u64);
-        self.write(
-            vmcb::INTERRUPT_SHADOW,
-            self.read(vmcb::INTERRUPT_SHADOW) & !1,
-        );
+        self.set_rip_past_shadow(self.rip() + length as u64);
     }
 
     /// EFER writes exit (the MSR permission map says so): keep SVME, which

@@ -1098,12 +1098,7 @@ impl VmxVcpu {
     /// with it (it was the instruction the shadow covered), as it would have
     /// on hardware: clear it, or it would cover the next instruction too.
     pub fn skip_instruction(&mut self) {
-        let len = insn::vmread(field::EXIT_INSTRUCTION_LENGTH);
-        let _ = vmwrite(field::GUEST_RIP, self.rip() + len);
-        let blocking = insn::vmread(field::GUEST_INTERRUPTIBILITY);
-        if blocking & 3 != 0 {
-            let _ = vmwrite(field::GUEST_INTERRUPTIBILITY, blocking & !3);
-        }
+        self.advance_rip(insn::vmread(field::EXIT_INSTRUCTION_LENGTH) as u8);
     }
 
     /// Moves RIP `length` bytes on (an instruction the hypervisor decoded).
