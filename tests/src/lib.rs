@@ -163,6 +163,9 @@ pub struct Case {
     pub script: Vec<String>,
     /// Load the test guests (`tests/guests`) as boot modules, named by their binaries.
     pub with_guests: bool,
+    /// Load the Linux test kit (Debian's kernel as module `linux`, the
+    /// initramfs as `linux-initrd`) as boot modules.
+    pub with_linux: bool,
 }
 
 /// The root shell's prompt.
@@ -227,6 +230,7 @@ fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
         with_root: false,
         script: Vec::new(),
         with_guests: false,
+        with_linux: false,
     }
 }
 
