@@ -6,34 +6,19 @@ use hv_abi::cpuid;
 
 /// What differs between the root's view and a guest's.
 pub struct View {
-    /// Leaf 0x40000003 EAX and EBX (the partition's privileges).
-    pub privileges: (u32, u32),
-    /// Leaf 0x40000004 EBX (spinlock retries: all ones, never notify).
-    pub spin_retries: u32,
+    /// Leaf 0x40000003 EAX, EBX and EDX (the partition's privileges and
+    /// the optional features it may use).
+    pub privileges: (u32, u32, u32),
+    /// Leaf 0x40000004 EAX (recommendations) and EBX (spinlock retries:
+    /// all ones, never notify).
+    pub hints: (u32, u32),
     /// Leaf 0x40000005 EAX and EBX (VPs and LPs the partition may have).
     pub limits: (u32, u32),
-    /// Leaf 1 ECX bits set and cleared (the hypervisor bit is always set).
-    pub leaf1_set: u32,
-    pub leaf1_clear: u32,
-    /// Leaf 0xD (XSAVE) reads as zero.
-    pub hide_xsave: bool,
-    /// A guest partition: what its VPs may not use is hidden too
-    /// (`GUEST_HIDDEN`), and there are no performance counters (leaf 0xA).
+    /// A guest partition: the processor's leaves go through
+    /// `hypervisor_core::cpuid_policy` (a list we choose). The root sees the
+    /// processor's own, less VMX, SVM and the TSC-deadline timer.
     pub guest: bool,
 }
-
-/// Features a guest VP is not offered, as (leaf 7.0 EBX, ECX, EDX, leaf
-/// 0x80000001 ECX, EDX) bits: INVPCID (not enabled on VMX); PKU and OSPKE,
-/// LA57, CET (their CR4 bits are refused: the state is not switched per VP);
-/// WAITPKG (user-mode waits); RDPID and RDTSCP (TSC_AUX is the
-/// hypervisor's); PKS; MONITORX.
-const GUEST_HIDDEN: (u32, u32, u32, u32, u32) = (
-    1 << 10,
-    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 16) | (1 << 22) | (1 << 31),
-    1 << 20,
-    1 << 29,
-    1 << 27,
-);
 
 /// The answer for `leaf`/`sub` on VP `vp` (whose APIC id is its index).
 pub fn answer(view: &View, leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
@@ -49,34 +34,27 @@ pub fn answer(view: &View, leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32)
             let (maj, min) = crate::version_numbers();
             (0, (maj as u32) << 16 | min as u32, 0, 0)
         }
-        cpuid::FEATURES => (view.privileges.0, view.privileges.1, 0, 0),
-        cpuid::RECOMMENDATIONS => (0, view.spin_retries, 0, 0),
+        cpuid::FEATURES => (view.privileges.0, view.privileges.1, 0, view.privileges.2),
+        cpuid::RECOMMENDATIONS => (view.hints.0, view.hints.1, 0, 0),
         cpuid::LIMITS => (view.limits.0, view.limits.1, 0, 0),
         cpuid::HARDWARE_FEATURES..=0x4000_00FF => (0, 0, 0, 0),
-        0xD if view.hide_xsave => (0, 0, 0, 0),
-        0xA if view.guest => (0, 0, 0, 0),
+        _ if view.guest => {
+            let r = cpu::cpuid(leaf, sub);
+            hypervisor_core::cpuid_policy::guest_leaf(leaf, sub, (r.eax, r.ebx, r.ecx, r.edx), vp)
+        }
         _ => {
             let r = cpu::cpuid(leaf, sub);
             let (mut a, mut b, mut c, mut d) = (r.eax, r.ebx, r.ecx, r.edx);
             match leaf {
                 1 => {
-                    c = (c | cpuid::HYPERVISOR_PRESENT | view.leaf1_set) & !view.leaf1_clear;
+                    // x2APIC (virtual) and the hypervisor bit; VMX and the
+                    // TSC-deadline timer hidden.
+                    c = (c | cpuid::HYPERVISOR_PRESENT | 1 << 21) & !((1 << 5) | (1 << 24));
                     b = (b & 0x00FF_FFFF) | (vp << 24);
                 }
                 // x2APIC topology: the x2APIC ID is the VP index.
                 0xB | 0x1F => d = vp,
-                7 if view.guest && sub == 0 => {
-                    b &= !GUEST_HIDDEN.0;
-                    c &= !GUEST_HIDDEN.1;
-                    d &= !GUEST_HIDDEN.2;
-                }
-                0x8000_0001 => {
-                    c &= !(1 << 2); // SVM
-                    if view.guest {
-                        c &= !GUEST_HIDDEN.3;
-                        d &= !GUEST_HIDDEN.4;
-                    }
-                }
+                0x8000_0001 => c &= !(1 << 2), // SVM
                 0x8000_000A => (a, b, c, d) = (0, 0, 0, 0),
                 _ => {}
             }
@@ -120,24 +98,26 @@ impl CpuidCache {
     }
 }
 
-/// CPUID as a guest sees it: the processor's, with the hypervisor bit and
-/// the (virtual) x2APIC, the Hyper-V leaves with a guest's privileges (no
-/// partition management), and what the hypervisor does not virtualize for
-/// guests hidden (VMX, SVM, XSAVE, MONITOR, the TSC-deadline timer).
+/// CPUID as a guest sees it: the processor's leaves as
+/// `hypervisor_core::cpuid_policy` lists them, and the Hyper-V leaves with
+/// a guest's privileges (no partition management) and the enlightenments
+/// that work for guests: the reference counter and reference TSC page, the
+/// frequency MSRs, the hypercall and VP-index MSRs; the recommendation not
+/// to use AutoEOI (hint bit 9: the guest EOIs its SynIC interrupts).
 pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;
     let view = View {
         privileges: (
-            ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
+            ACCESS_PARTITION_REFERENCE_COUNTER
+                | ACCESS_HYPERCALL_MSRS
+                | ACCESS_VP_INDEX
+                | ACCESS_PARTITION_REFERENCE_TSC
+                | ACCESS_FREQUENCY_MSRS,
             0,
+            cpuid::features_edx::FREQUENCY_MSRS_AVAILABLE,
         ),
-        spin_retries: 0,
+        hints: (cpuid::hints::DEPRECATE_AUTO_EOI, 0),
         limits: (hv_abi::partition::MAX_VPS, 0),
-        // x2APIC (virtual, as the root's).
-        leaf1_set: 1 << 21,
-        // MONITOR, VMX, TSC deadline, XSAVE, OSXSAVE.
-        leaf1_clear: (1 << 3) | (1 << 5) | (1 << 24) | (1 << 26) | (1 << 27),
-        hide_xsave: true,
         guest: true,
     };
     answer(&view, leaf, sub, vp)
@@ -168,12 +148,10 @@ pub fn for_root(leaf: u32, sub: u32, vp: u32, vp_count: u32) -> (u32, u32, u32, 
         privileges: (
             ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
             CREATE_PARTITIONS | CPU_MANAGEMENT,
+            0,
         ),
-        spin_retries: 0xFFFF_FFFF,
+        hints: (0, 0xFFFF_FFFF),
         limits: (vp_count, vp_count),
-        leaf1_set: 1 << 21,                // x2APIC (virtual)
-        leaf1_clear: (1 << 5) | (1 << 24), // VMX, TSC-deadline timer
-        hide_xsave: false,
         guest: false,
     };
     answer(&view, leaf, sub, vp)

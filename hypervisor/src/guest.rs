@@ -10,6 +10,7 @@ use crate::time;
 use crate::vcpu::{Exit, Vcpu, AC, DB, GP, UD};
 use crate::virt::Caps;
 use crate::x86::cpu;
+use core::sync::atomic::Ordering;
 use hv_abi::synic::{
     self, access, kind, unrecoverable, ExceptionIntercept, IoPortIntercept, MemoryIntercept,
     Message,
@@ -84,7 +85,7 @@ pub fn dispatch(
                     }
                 }
                 crate::x86::msr::IA32_APIC_BASE => vapic::apic_base_write_ok(vp.index, v),
-                _ => write_msr(root, part, vcpu, m, v),
+                _ => write_msr(root, part, vcpu, vp, m, v),
             };
             vcpu.finish_wrmsr(done);
             Next::Resume
@@ -335,22 +336,52 @@ fn send_ipi(
 }
 
 fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> {
+    use hv_abi::msr;
     if let Some(v) = part.hypercall_msrs.read(m) {
         return Some(v);
     }
-    match m {
-        hv_abi::msr::VP_INDEX => Some(vp.index as u64),
-        hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
+    let value = match m {
+        msr::VP_INDEX => Some(vp.index as u64),
+        msr::TIME_REF_COUNT => Some(time::reference().at(cpu::rdtsc())),
+        msr::REFERENCE_TSC => Some(part.reference_tsc.load(Ordering::Relaxed)),
+        // The virtual APIC's timer counts at the TSC's rate.
+        msr::TSC_FREQUENCY | msr::APIC_FREQUENCY => Some(time::tsc_hz()),
+        msr::VP_ASSIST_PAGE => Some(vp.vp_assist.load(Ordering::Relaxed)),
         crate::x86::msr::IA32_EFER => Some(vcpu.efer()),
         // IA32_TIME_STAMP_COUNTER: the TSC as RDTSC reads it (not offset).
         0x10 => Some(cpu::rdtsc()),
         // IA32_MISC_ENABLE (Intel only): fast strings, nothing else.
         0x1A0 if matches!(vcpu, Vcpu::Vmx(_)) => Some(1),
         _ => vcpu.state_msr(m).or_else(|| vcpu.syscall_msr(m)),
+    };
+    if value.is_none() {
+        refused(part, vp, m, false);
+    }
+    value
+}
+
+/// An MSR access answered with #GP: kept for the root's report (`vm show`),
+/// logged the first time per partition.
+fn refused(part: &Partition, vp: &GuestVp, m: u32, write: bool) {
+    if part.gp_msrs.record(m, write) {
+        log::info!(
+            "partition {} VP {}: {} of MSR {m:#x} refused (#GP)",
+            part.id,
+            vp.index,
+            if write { "WRMSR" } else { "RDMSR" }
+        );
     }
 }
 
-fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
+fn write_msr(
+    root: &RootPartition,
+    part: &Partition,
+    vcpu: &mut Vcpu,
+    vp: &GuestVp,
+    m: u32,
+    v: u64,
+) -> bool {
+    use hv_abi::msr;
     let page = vcpu.hypercall_page();
     if let Some(done) = part
         .hypercall_msrs
@@ -358,14 +389,36 @@ fn write_msr(root: &RootPartition, part: &Partition, vcpu: &mut Vcpu, m: u32, v:
     {
         return done;
     }
-    match m {
+    let done = match m {
         crate::x86::msr::IA32_EFER => vcpu.set_efer(v),
         // MISC_ENABLE: its value may be written back unchanged, nothing more.
         0x1A0 if matches!(vcpu, Vcpu::Vmx(_)) => v == 1,
+        // Bits 11:1 reserved. Enabling fills the page: sequence 1, and the
+        // scale and offset that give the reference counter's value.
+        msr::REFERENCE_TSC => {
+            let gpa = v & !0xFFF;
+            let ok =
+                v & 0xFFE == 0 && (v & 1 == 0 || part.write(root, gpa, &time::reference().page(1)));
+            if ok {
+                part.reference_tsc.store(v, Ordering::Relaxed);
+            }
+            ok
+        }
+        msr::VP_ASSIST_PAGE => {
+            let ok = v & 0xFFE == 0 && (v & 1 == 0 || part.translate(v & !0xFFF).is_some());
+            if ok {
+                vp.vp_assist.store(v, Ordering::Relaxed);
+            }
+            ok
+        }
         _ => vcpu
             .set_state_msr(m, v)
             .unwrap_or_else(|| vcpu.set_syscall_msr(m, v)),
+    };
+    if !done {
+        refused(part, vp, m, true);
     }
+    done
 }
 
 /// A guest's hypercall: through the same dispatch table and checks as the

@@ -55,6 +55,10 @@ pub struct Partition {
     slat_root: AtomicU64,
     /// Exception vectors the root installed intercepts for (bit n: vector n).
     pub exception_intercepts: AtomicU32,
+    /// The REFERENCE_TSC MSR (the reference TSC page's GPA and enable bit).
+    pub reference_tsc: AtomicU64,
+    /// MSRs its VPs were refused (#GP), for the root to report.
+    pub gp_msrs: hypervisor_core::msr_report::GpMsrs,
 }
 
 impl Partition {
@@ -192,6 +196,8 @@ pub struct GuestVp {
     /// Root time (TSC ticks) spent serving this VP's intercepts, not yet
     /// charged to it: its LP adds it to the VP's run time at its next run.
     pub served: AtomicU64,
+    /// The VP_ASSIST_PAGE MSR (kept; the page's contents are not used).
+    pub vp_assist: AtomicU64,
 }
 
 impl GuestVp {
@@ -400,6 +406,8 @@ fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
         hypercall_msrs: hypervisor_core::hypercall_msrs::HypercallMsrs::new(),
         slat_root: AtomicU64::new(0),
         exception_intercepts: AtomicU32::new(0),
+        reference_tsc: AtomicU64::new(0),
+        gp_msrs: hypervisor_core::msr_report::GpMsrs::new(),
     }));
     output_as(output, &CreatePartitionOutput { partition_id: id })
 }
@@ -479,6 +487,9 @@ fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
         property::EXITS => p.exits.load(Ordering::Relaxed),
         property::INTERCEPTS => p.intercepts.load(Ordering::Relaxed),
         property::MAPPED_BYTES => p.inner.lock().mapped_pages * PAGE_SIZE,
+        c if (property::GP_MSRS..property::GP_MSRS + property::GP_MSRS_KEPT).contains(&c) => {
+            p.gp_msrs.raw((c - property::GP_MSRS) as usize)
+        }
         _ => return Err(status::UNKNOWN_PROPERTY),
     };
     output_as(output, &GetPartitionPropertyOutput { property_value: v })
@@ -493,6 +504,9 @@ fn set_property(input: &[u8]) -> Result<usize, u16> {
         property::CPU_CAP => (&p.cap_percent, 1..=100),
         property::CPU_WEIGHT => (&p.weight, 1..=10_000),
         property::RUN_TIME | property::EXITS | property::INTERCEPTS | property::MAPPED_BYTES => {
+            return Err(status::OPERATION_DENIED)
+        }
+        c if (property::GP_MSRS..property::GP_MSRS + property::GP_MSRS_KEPT).contains(&c) => {
             return Err(status::OPERATION_DENIED)
         }
         _ => return Err(status::UNKNOWN_PROPERTY),
@@ -679,6 +693,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         flushed: AtomicU64::new(p.flush_generation.load(Ordering::Acquire)),
         in_guest: AtomicBool::new(false),
         served: AtomicU64::new(0),
+        vp_assist: AtomicU64::new(0),
     });
     inner.vps.push(vp.clone());
     drop(inner);

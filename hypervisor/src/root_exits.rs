@@ -235,7 +235,7 @@ fn read_msr(root: &RootPartition, m: u32) -> Option<u64> {
     match m {
         hv_abi::msr::VP_INDEX => Some(crate::percpu::index() as u64),
         // 100 ns units since boot.
-        hv_abi::msr::TIME_REF_COUNT => Some(time::since_boot_us() * 10),
+        hv_abi::msr::TIME_REF_COUNT => Some(time::reference().at(cpu::rdtsc())),
         // Locked, VMX off: the root may not use VMX.
         msr::IA32_FEATURE_CONTROL => Some(1),
         _ => None,

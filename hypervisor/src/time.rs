@@ -48,6 +48,12 @@ pub fn since_boot_us() -> u64 {
     (ticks as u128 * 1_000_000 / hz as u128) as u64
 }
 
+/// The partition reference time (100 ns units since boot) as every
+/// partition reads it, through TIME_REF_COUNT or its reference TSC page.
+pub fn reference() -> hypervisor_core::ref_time::RefTime {
+    hypervisor_core::ref_time::RefTime::new(tsc_hz(), TSC_AT_BOOT.load(Ordering::Relaxed))
+}
+
 /// The TSC value `us` microseconds from now.
 pub fn deadline_us(us: u64) -> u64 {
     cpu::rdtsc() + (tsc_hz() as u128 * us as u128 / 1_000_000) as u64

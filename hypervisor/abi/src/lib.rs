@@ -37,6 +37,20 @@ pub mod cpuid {
     /// CPUID.1:ECX bit 31: a hypervisor is present.
     pub const HYPERVISOR_PRESENT: u32 = 1 << 31;
 
+    /// Leaf 0x40000003 EDX: optional features.
+    pub mod features_edx {
+        /// Bit 8: the frequency MSRs can be read.
+        pub const FREQUENCY_MSRS_AVAILABLE: u32 = 1 << 8;
+        /// Bit 10: the guest crash MSRs (0x40000100-0x40000105).
+        pub const GUEST_CRASH_MSRS: u32 = 1 << 10;
+    }
+
+    /// Leaf 0x40000004 EAX: implementation recommendations.
+    pub mod hints {
+        /// Bit 9: do not use AutoEOI; end SynIC interrupts with an EOI.
+        pub const DEPRECATE_AUTO_EOI: u32 = 1 << 9;
+    }
+
     /// Partition privilege mask, low half (leaf 0x40000003 EAX).
     pub mod privilege {
         pub const ACCESS_VP_RUNTIME: u32 = 1 << 0;
@@ -44,6 +58,10 @@ pub mod cpuid {
         pub const ACCESS_SYNIC_REGS: u32 = 1 << 2;
         pub const ACCESS_HYPERCALL_MSRS: u32 = 1 << 5;
         pub const ACCESS_VP_INDEX: u32 = 1 << 6;
+        /// The reference TSC page (MSR 0x40000021).
+        pub const ACCESS_PARTITION_REFERENCE_TSC: u32 = 1 << 9;
+        /// The TSC and APIC frequency MSRs (0x40000022, 0x40000023).
+        pub const ACCESS_FREQUENCY_MSRS: u32 = 1 << 11;
         /// High half (leaf 0x40000003 EBX), bit 32+0: CreatePartitions.
         pub const CREATE_PARTITIONS: u32 = 1 << 0;
         /// High half bit 32+12: CpuManagement (marks the root partition).
@@ -57,6 +75,17 @@ pub mod msr {
     pub const HYPERCALL: u32 = 0x4000_0001;
     pub const VP_INDEX: u32 = 0x4000_0002;
     pub const TIME_REF_COUNT: u32 = 0x4000_0020;
+    /// The reference TSC page: bit 0 enables, bits 63:12 are its GPA.
+    pub const REFERENCE_TSC: u32 = 0x4000_0021;
+    /// Read-only: the TSC's and the APIC timer's frequencies in Hz.
+    pub const TSC_FREQUENCY: u32 = 0x4000_0022;
+    pub const APIC_FREQUENCY: u32 = 0x4000_0023;
+    /// The VP assist page: bit 0 enables, bits 63:12 are its GPA.
+    pub const VP_ASSIST_PAGE: u32 = 0x4000_0073;
+    /// Guest crash parameters P0-P4 and the control register (bit 63:
+    /// CrashNotify, the guest has crashed).
+    pub const CRASH_P0: u32 = 0x4000_0100;
+    pub const CRASH_CTL: u32 = 0x4000_0105;
     /// HYPERCALL MSR: bit 0 enables the page, bits 63:12 are its GPA.
     pub const HYPERCALL_ENABLE: u64 = 1;
 }
@@ -462,7 +491,10 @@ impl HostStats {
 /// at [`ROOT_IMAGE_BASE`] and loaded there (GPA = SPA) from the boot module
 /// whose name ends with `root`.
 pub mod root_boot {
-    pub const ROOT_IMAGE_BASE: u64 = 0x0100_0000;
+    /// 64 MiB: above where boot loaders put modules after the hypervisor
+    /// (QEMU and GRUB pack them from about 1 MiB up; a Linux kernel and its
+    /// initrd take over 10 MiB), below the top of a 128 MiB machine.
+    pub const ROOT_IMAGE_BASE: u64 = 0x0400_0000;
     pub const MAGIC: u64 = u64::from_le_bytes(*b"HVROOT01");
     pub const MAX_RANGES: usize = 64;
     pub const CMDLINE_MAX: usize = 256;

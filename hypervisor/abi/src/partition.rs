@@ -84,6 +84,11 @@ pub mod property {
     pub const INTERCEPTS: u32 = 0x7F01_0003;
     /// Read-only: bytes of guest memory mapped.
     pub const MAPPED_BYTES: u32 = 0x7F01_0004;
+    /// Read-only, `GP_MSRS_KEPT` of them: the MSRs the partition's VPs were
+    /// refused with #GP, the first distinct ones: MSR in bits 31:0, bit 32
+    /// a write, the count from bit 33; 0 when unused.
+    pub const GP_MSRS: u32 = 0x7F01_0010;
+    pub const GP_MSRS_KEPT: u32 = 16;
     pub const DEFAULT_WEIGHT: u64 = 100;
 }
 
