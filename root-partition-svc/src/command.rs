@@ -13,6 +13,8 @@ pub enum Command<'a> {
     Vm(crate::vm_command::VmCommand<'a>),
     HostInfo,
     HostStats,
+    /// The boot modules the root was given.
+    HostModules,
     /// The hypervisor's log (GET_HOST_LOG); `follow`: then new lines as
     /// they come, until a key is pressed.
     HostLog {
@@ -85,6 +87,10 @@ pub const HELP: &[(&str, &str)] = &[
         "VM exits by reason and processor, world switches, hypervisor time (GET_HOST_STATS)",
     ),
     (
+        "host modules",
+        "the boot modules the root was given (images for vm new)",
+    ),
+    (
         "host log [--follow]",
         "the hypervisor's log, kept in memory (GET_HOST_LOG); --follow: new lines until a key is pressed",
     ),
@@ -124,7 +130,7 @@ pub const HELP: &[(&str, &str)] = &[
     ),
 ];
 
-const HOST_USAGE: &str = "host info | host stats | host log [--follow]";
+const HOST_USAGE: &str = "host info | host stats | host modules | host log [--follow]";
 const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi | debug pagetables | debug overflow | debug bad-start NAME";
 const BENCH_USAGE: &str = "bench exits [N]";
 
@@ -198,8 +204,33 @@ pub fn parse_number(s: &str) -> Option<u64> {
     u64::from_str_radix(digits, radix).ok()
 }
 
+/// The words of a line: separated by spaces; a word in double quotes may
+/// hold spaces (the quotes are not part of it; an unclosed quote runs to
+/// the end of the line).
+pub fn words(line: &str) -> impl Iterator<Item = &str> {
+    let mut rest = line;
+    core::iter::from_fn(move || {
+        rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        if rest.is_empty() {
+            return None;
+        }
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            let word = &quoted[..end];
+            rest = quoted.get(end + 1..).unwrap_or("");
+            return Some(word);
+        }
+        let end = rest
+            .find(|c: char| c.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        let word = &rest[..end];
+        rest = &rest[end..];
+        Some(word)
+    })
+}
+
 pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
-    let mut words = line.split_ascii_whitespace();
+    let mut words = words(line);
     let Some(first) = words.next() else {
         return Err(ParseError::Empty);
     };
@@ -216,6 +247,7 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             None => return Err(ParseError::MissingSubcommand { command: "host" }),
             Some("info") => (Command::HostInfo, "host info"),
             Some("stats") => (Command::HostStats, "host stats"),
+            Some("modules") => (Command::HostModules, "host modules"),
             Some("log") => match words.next() {
                 None => (Command::HostLog { follow: false }, "host log"),
                 Some("--follow" | "-f") => (Command::HostLog { follow: true }, "host log"),
@@ -285,6 +317,25 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quoted_words_keep_their_spaces() {
+        let w: std::vec::Vec<&str> =
+            super::words(r#"vm new a --cmdline "console=ttyS0 quiet"  --x "" "open"#).collect();
+        assert_eq!(
+            w,
+            [
+                "vm",
+                "new",
+                "a",
+                "--cmdline",
+                "console=ttyS0 quiet",
+                "--x",
+                "",
+                "open"
+            ]
+        );
+    }
+
     use super::*;
     use std::string::ToString;
 
@@ -355,7 +406,7 @@ mod tests {
         );
         assert_eq!(
             parse("host").unwrap_err().to_string(),
-            "\"host\" needs a sub-command; usage: host info | host stats | host log [--follow]"
+            "\"host\" needs a sub-command; usage: host info | host stats | host modules | host log [--follow]"
         );
         assert_eq!(
             parse("debug").unwrap_err(),

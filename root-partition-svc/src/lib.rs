@@ -7,10 +7,13 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod cmos;
 pub mod command;
 pub mod format;
 pub mod fpu;
+pub mod guest_acpi;
 pub mod line;
+pub mod linux_boot;
 pub mod page_audit;
 pub mod vm_command;
 pub mod vmm;

@@ -7,6 +7,8 @@ pub const NAME_MAX: usize = 24;
 pub const MEMORY_MIN_MIB: u64 = 2;
 pub const MEMORY_MAX_MIB: u64 = 4096;
 pub const DEFAULT_MEMORY_MIB: u64 = 64;
+/// Longest kernel command line kept for a VM (with its NUL).
+pub const CMDLINE_MAX: usize = 1024;
 /// Wait for `vm wait` without a time.
 pub const DEFAULT_WAIT_SECS: u64 = 30;
 
@@ -16,6 +18,10 @@ pub struct NewVm<'a> {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub image: &'a str,
+    /// A Linux initrd (boot module), for a bzImage.
+    pub initrd: Option<&'a str>,
+    /// The kernel command line, for a bzImage.
+    pub cmdline: Option<&'a str>,
     /// Report the guest's exceptions (InstallIntercept): the first one
     /// stops the VM with its vector, error code and RIP.
     pub trap_exceptions: bool,
@@ -68,6 +74,10 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "vm new NAME --image MODULE [--memory 64M] [--vcpus 1] [--trap-exceptions]",
         "create a guest partition (Off) from a boot module; --trap-exceptions stops it at its first exception, reporting it",
     ),
+    (
+        "vm new NAME --kernel MODULE [--initrd MODULE] [--cmdline \"...\"] [--memory 256M] [--vcpus N]",
+        "a Linux guest: a bzImage (64-bit boot protocol), its initrd and command line",
+    ),
     ("vm start NAME", "load the image and run the VM"),
     (
         "vm stop NAME [--turn-off]",
@@ -117,7 +127,10 @@ impl fmt::Display for VmParseError<'_> {
                 expected,
             } => write!(f, "vm: {option} \"{value}\": expected {expected}"),
             VmParseError::MissingImage => {
-                write!(f, "vm new: missing --image MODULE (a boot module's name)")
+                write!(
+                    f,
+                    "vm new: missing --image MODULE or --kernel MODULE (a boot module's name)"
+                )
             }
             VmParseError::Extra(verb, a) => write!(f, "vm {verb}: unexpected argument \"{a}\""),
             VmParseError::NothingToSet => {
@@ -188,6 +201,7 @@ pub fn parse<'a>(
             let mut memory_mib = DEFAULT_MEMORY_MIB;
             let mut vcpus = 1;
             let mut image = None;
+            let (mut initrd, mut cmdline) = (None, None);
             let mut trap_exceptions = false;
             while let Some(o) = words.next() {
                 if o == "--trap-exceptions" {
@@ -210,7 +224,16 @@ pub fn parse<'a>(
                             expected: "a number from 1 to 64",
                         })? as u32
                     }
-                    "--image" => image = Some(v),
+                    "--image" | "--kernel" => image = Some(v),
+                    "--initrd" => initrd = Some(v),
+                    "--cmdline" if v.len() < CMDLINE_MAX => cmdline = Some(v),
+                    "--cmdline" => {
+                        return Err(VmParseError::BadValue {
+                            option: o,
+                            value: "...",
+                            expected: "at most 1023 characters",
+                        })
+                    }
                     _ => return Err(VmParseError::UnknownOption("new", o)),
                 }
             }
@@ -219,6 +242,8 @@ pub fn parse<'a>(
                 memory_mib,
                 vcpus,
                 image: image.ok_or(VmParseError::MissingImage)?,
+                initrd,
+                cmdline,
                 trap_exceptions,
             })
         }
@@ -275,6 +300,21 @@ pub fn parse<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_linux_vm() {
+        let line =
+            r#"new lx --kernel linux --initrd rd --cmdline "console=ttyS0 nokaslr" --memory 256M"#;
+        match parse(crate::command::words(line)) {
+            Ok(VmCommand::New(n)) => {
+                assert_eq!(n.image, "linux");
+                assert_eq!(n.initrd, Some("rd"));
+                assert_eq!(n.cmdline, Some("console=ttyS0 nokaslr"));
+                assert_eq!(n.memory_mib, 256);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     use super::*;
 
     fn p(line: &str) -> Result<VmCommand<'_>, VmParseError<'_>> {
@@ -290,6 +330,8 @@ mod tests {
                 memory_mib: 64,
                 vcpus: 2,
                 image: "hello",
+                initrd: None,
+                cmdline: None,
                 trap_exceptions: false,
             }))
         );
@@ -300,6 +342,8 @@ mod tests {
                 memory_mib: DEFAULT_MEMORY_MIB,
                 vcpus: 1,
                 image: "x",
+                initrd: None,
+                cmdline: None,
                 trap_exceptions: false,
             }))
         );
@@ -310,6 +354,8 @@ mod tests {
                 memory_mib: DEFAULT_MEMORY_MIB,
                 vcpus: 1,
                 image: "x",
+                initrd: None,
+                cmdline: None,
                 trap_exceptions: true,
             }))
         );

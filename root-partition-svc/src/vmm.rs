@@ -100,6 +100,9 @@ pub enum EntryMode {
     Protected32,
     /// A flat image at 0x7C00: real mode, CS:IP = 0:7C00.
     Real,
+    /// A Linux bzImage: the 64-bit boot protocol (`linux_boot`): long mode,
+    /// CS = 0x10, DS = 0x18, RSI = the zero page; only VP 0 starts.
+    Linux,
 }
 
 /// A loadable piece of an image.
@@ -167,6 +170,18 @@ pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
         }; MAX_SEGMENTS],
         segment_count: 0,
     };
+    if let Some(k) = crate::linux_boot::parse(b, memory)? {
+        img.mode = EntryMode::Linux;
+        img.entry = k.load + crate::linux_boot::ENTRY_OFFSET;
+        img.segments[0] = Segment64 {
+            gpa: k.load,
+            offset: k.code_offset,
+            file_bytes: k.code_bytes,
+            mem_bytes: k.code_bytes,
+        };
+        img.segment_count = 1;
+        return Ok(img);
+    }
     if b.get(..4) != Some(b"\x7FELF") {
         let len = b.len() as u64;
         if len == 0 || layout::REAL_MODE_LOAD + len > 0x8_0000 {
@@ -251,13 +266,19 @@ pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
 /// `memory`, at most 4 GiB).
 pub fn boot_tables(mode: EntryMode, memory: u64, out: &mut dyn FnMut(u64, u64)) {
     let code = match mode {
-        EntryMode::Long => 0x00AF_9A00_0000_FFFF,
+        EntryMode::Long | EntryMode::Linux => 0x00AF_9A00_0000_FFFF,
         _ => 0x00CF_9A00_0000_FFFF,
     };
-    for (i, d) in [0, code, 0x00CF_9200_0000_FFFFu64].into_iter().enumerate() {
+    let data = 0x00CF_9200_0000_FFFFu64;
+    // Linux's boot protocol wants __BOOT_CS 0x10 and __BOOT_DS 0x18.
+    let gdt = match mode {
+        EntryMode::Linux => [0, 0, code, data],
+        _ => [0, code, data, 0],
+    };
+    for (i, d) in gdt.into_iter().enumerate() {
         out(layout::GDT + 8 * i as u64, d);
     }
-    if mode == EntryMode::Long {
+    if matches!(mode, EntryMode::Long | EntryMode::Linux) {
         out(layout::PML4, layout::PDPT | 3);
         let gib = memory.div_ceil(1 << 30).clamp(1, 4);
         for g in 0..gib {
@@ -308,6 +329,13 @@ pub fn start_registers(
             0x620,
             0xD00,
         ),
+        EntryMode::Linux => (
+            flat(0x10, 0xA09B),
+            flat(0x18, 0xC093),
+            0x8001_0033,
+            0x620,
+            0xD00,
+        ),
         EntryMode::Protected32 => (flat(8, 0xC09B), flat(0x10, 0xC093), 0x11, 0, 0),
         EntryMode::Real => {
             let real = |sel: u16, attributes| {
@@ -326,6 +354,11 @@ pub fn start_registers(
         EntryMode::Protected32 => (MULTIBOOT_BOOTLOADER_MAGIC, layout::MULTIBOOT_INFO),
         _ => (0, 0),
     };
+    // Linux: RSI is the zero page (interrupts are off: RFLAGS 2).
+    let (rdx, rsi, rdi) = match mode {
+        EntryMode::Linux => (0, crate::linux_boot::layout::ZERO_PAGE, 0),
+        _ => (memory, vps as u64, vp as u64),
+    };
     let tr = Segment {
         base: 0,
         limit: 0x67,
@@ -334,7 +367,7 @@ pub fn start_registers(
     }
     .to_value();
     let gdtr = Table {
-        limit: 0x17,
+        limit: 0x1F,
         base: layout::GDT,
     }
     .to_value();
@@ -342,7 +375,7 @@ pub fn start_registers(
         (reg::CR0, cr0),
         (
             reg::CR3,
-            if mode == EntryMode::Long {
+            if matches!(mode, EntryMode::Long | EntryMode::Linux) {
                 layout::PML4 as u128
             } else {
                 0
@@ -364,11 +397,11 @@ pub fn start_registers(
         (reg::RSP, stack as u128),
         (reg::RFLAGS, 2),
         (reg::RAX, rax as u128),
-        (reg::RAX + 3, rbx as u128),    // rbx
-        (reg::RAX + 1, 0),              // rcx
-        (reg::RAX + 2, memory as u128), // rdx
-        (reg::RAX + 6, vps as u128),    // rsi
-        (reg::RAX + 7, vp as u128),     // rdi
+        (reg::RAX + 3, rbx as u128), // rbx
+        (reg::RAX + 1, 0),           // rcx
+        (reg::RAX + 2, rdx as u128), // rdx
+        (reg::RAX + 6, rsi as u128), // rsi
+        (reg::RAX + 7, rdi as u128), // rdi
         (reg::CR2, 0),
     ]
 }
@@ -448,9 +481,14 @@ pub fn sanitize_console(bytes: &[u8], out: &mut dyn FnMut(&[u8])) {
 
 /// A 16550 UART as a simple guest sees it: writes to THR are output; it
 /// is always ready to send and has nothing to receive; the other registers
-/// keep what is written (scratch, divisor, line and modem control).
+/// keep what is written (scratch, divisor, line and modem control). With
+/// the THR-empty interrupt enabled (IER bit 1) the interrupt identification
+/// register shows it pending after each write and when it is enabled, until
+/// IIR is read, as on the chip: a driver that polls IIR for lack of an IRQ
+/// line (Linux's 8250 with irq 0) then keeps sending.
 #[derive(Default)]
 pub struct Uart {
+    thre_pending: bool,
     ier: u8,
     lcr: u8,
     mcr: u8,
@@ -467,10 +505,18 @@ impl Uart {
     pub fn write(&mut self, offset: u16, v: u8) -> Option<u8> {
         let dlab = self.lcr & 0x80 != 0;
         match (offset, dlab) {
-            (0, false) => return Some(v),
+            (0, false) => {
+                self.thre_pending = true;
+                return Some(v);
+            }
             (0, true) => self.dll = v,
             (1, true) => self.dlm = v,
-            (1, false) => self.ier = v & 0x0F,
+            (1, false) => {
+                if v & 2 != 0 && self.ier & 2 == 0 {
+                    self.thre_pending = true;
+                }
+                self.ier = v & 0x0F;
+            }
             (2, _) => self.fcr = v,
             (3, _) => self.lcr = v,
             (4, _) => self.mcr = v & 0x1F,
@@ -480,15 +526,23 @@ impl Uart {
         None
     }
 
-    pub fn read(&self, offset: u16) -> u8 {
+    pub fn read(&mut self, offset: u16) -> u8 {
         let dlab = self.lcr & 0x80 != 0;
         match (offset, dlab) {
             (0, true) => self.dll,
             (1, true) => self.dlm,
             (0, false) => 0,
             (1, false) => self.ier,
-            // No interrupt pending; FIFOs reported enabled when FCR bit 0 is set.
-            (2, _) => 0x01 | if self.fcr & 1 != 0 { 0xC0 } else { 0 },
+            // THR empty pending (0x02, cleared by this read) or none (0x01);
+            // FIFOs reported enabled when FCR bit 0 is set.
+            (2, _) => {
+                let fifo = if self.fcr & 1 != 0 { 0xC0 } else { 0 };
+                if self.ier & 2 != 0 && core::mem::take(&mut self.thre_pending) {
+                    0x02 | fifo
+                } else {
+                    0x01 | fifo
+                }
+            }
             (3, _) => self.lcr,
             (4, _) => self.mcr,
             // Transmitter empty and holding register empty.
@@ -523,6 +577,25 @@ pub mod port {
     /// resume the VP where it was (what an event whose delivery faulted
     /// needs: `redeliver` test guest).
     pub const TEST_UNMAP: u16 = 0xF6;
+    /// The FADT's sleep control register (hardware-reduced ACPI): SLP_EN
+    /// (bit 5) with SLP_TYP (bits 4:2) 5, the DSDT's \_S5, powers off.
+    pub const SLEEP_CONTROL: u16 = 0x600;
+    pub const SLEEP_STATUS: u16 = 0x601;
+    /// The FADT's reset register (and a PC's reset control): bit 2 resets.
+    pub const RESET_CONTROL: u16 = 0xCF9;
+    /// System control port A: bit 0 is a fast reset.
+    pub const SYSTEM_CONTROL_A: u16 = 0x92;
+    /// The keyboard controller's command port: 0xFE pulses the reset line.
+    pub const KBC_COMMAND: u16 = 0x64;
+    /// POST codes: written by firmware and Linux's I/O delay; ignored.
+    pub const POST: u16 = 0x80;
+}
+
+/// The devices a VM's worker emulates.
+#[derive(Default)]
+pub struct Devices {
+    pub uart: Uart,
+    pub cmos: crate::cmos::Cmos,
 }
 
 /// What an I/O access did.
@@ -535,6 +608,8 @@ pub enum IoEffect {
     /// The guest asked to end with this exit code.
     Exit(u32),
     PowerOff,
+    /// The guest reset the machine: the VM restarts.
+    Reset,
     /// Assert this vector into the VP that wrote it.
     Interrupt(u8),
     /// Unmap the guest page at this GPA until the VM touches it.
@@ -552,26 +627,50 @@ pub fn access_mask(size: u8) -> u64 {
     }
 }
 
-/// One IN or OUT of `size` bytes on `port` (value in the low bytes).
-pub fn emulate_io(uart: &mut Uart, port: u16, size: u8, write: bool, value: u32) -> IoEffect {
+/// One IN or OUT of `size` bytes on `port` (value in the low bytes), at
+/// Unix time `now` (the clock the CMOS shows).
+pub fn emulate_io(
+    dev: &mut Devices,
+    port: u16,
+    size: u8,
+    write: bool,
+    value: u32,
+    now: u64,
+) -> IoEffect {
+    use crate::cmos;
     match port {
         COM1..=0x3FF => {
             let offset = port - COM1;
             if write {
-                match uart.write(offset, value as u8) {
+                match dev.uart.write(offset, value as u8) {
                     Some(b) => IoEffect::Output(b),
                     None => IoEffect::Done(0),
                 }
             } else {
-                IoEffect::Done(uart.read(offset) as u32)
+                IoEffect::Done(dev.uart.read(offset) as u32)
             }
         }
+        cmos::INDEX_PORT | cmos::DATA_PORT if size == 1 => {
+            if write {
+                dev.cmos.write(port, value as u8);
+                IoEffect::Done(0)
+            } else {
+                IoEffect::Done(dev.cmos.read(port, now) as u32)
+            }
+        }
+        port::POST if write => IoEffect::Done(0),
         port::TEST_EXIT if write => IoEffect::Exit(value & access_mask(size) as u32),
         port::TEST_INTERRUPT if write => IoEffect::Interrupt(value as u8),
         port::TEST_UNMAP if write && size == 4 => IoEffect::UnmapPage(value as u64 & !(PAGE - 1)),
         port::POWER_OFF if write && (value as u64) & 0x3C00 == port::POWER_OFF_VALUE => {
             IoEffect::PowerOff
         }
+        port::SLEEP_CONTROL if write && value & 0x3C == (1 << 5) | (5 << 2) => IoEffect::PowerOff,
+        port::SLEEP_CONTROL | port::SLEEP_STATUS if write => IoEffect::Done(0),
+        port::SLEEP_CONTROL | port::SLEEP_STATUS => IoEffect::Done(0),
+        port::RESET_CONTROL if write && value & 4 != 0 => IoEffect::Reset,
+        port::SYSTEM_CONTROL_A if write && value & 1 != 0 => IoEffect::Reset,
+        port::KBC_COMMAND if write && value as u8 == 0xFE => IoEffect::Reset,
         _ => IoEffect::Unhandled,
     }
 }
@@ -737,35 +836,44 @@ mod tests {
 
     #[test]
     fn the_uart_and_ports() {
-        let mut u = Uart::default();
+        let mut u = Devices::default();
         assert_eq!(
-            emulate_io(&mut u, 0x3F8, 1, true, b'h' as u32),
+            emulate_io(&mut u, 0x3F8, 1, true, b'h' as u32, 0),
             IoEffect::Output(b'h')
         );
-        assert_eq!(emulate_io(&mut u, 0x3FD, 1, false, 0), IoEffect::Done(0x60));
-        // DLAB: the divisor, not output.
-        emulate_io(&mut u, 0x3FB, 1, true, 0x80);
-        assert_eq!(emulate_io(&mut u, 0x3F8, 1, true, 1), IoEffect::Done(0));
-        assert_eq!(emulate_io(&mut u, 0x3F8, 1, false, 0), IoEffect::Done(1));
-        emulate_io(&mut u, 0x3FB, 1, true, 0x03);
-        emulate_io(&mut u, 0x3FF, 1, true, 0x5A);
-        assert_eq!(emulate_io(&mut u, 0x3FF, 1, false, 0), IoEffect::Done(0x5A));
-        assert_eq!(emulate_io(&mut u, 0xF4, 1, true, 3), IoEffect::Exit(3));
         assert_eq!(
-            emulate_io(&mut u, 0xF5, 1, true, 0x30),
+            emulate_io(&mut u, 0x3FD, 1, false, 0, 0),
+            IoEffect::Done(0x60)
+        );
+        // DLAB: the divisor, not output.
+        emulate_io(&mut u, 0x3FB, 1, true, 0x80, 0);
+        assert_eq!(emulate_io(&mut u, 0x3F8, 1, true, 1, 0), IoEffect::Done(0));
+        assert_eq!(emulate_io(&mut u, 0x3F8, 1, false, 0, 0), IoEffect::Done(1));
+        emulate_io(&mut u, 0x3FB, 1, true, 0x03, 0);
+        emulate_io(&mut u, 0x3FF, 1, true, 0x5A, 0);
+        assert_eq!(
+            emulate_io(&mut u, 0x3FF, 1, false, 0, 0),
+            IoEffect::Done(0x5A)
+        );
+        assert_eq!(emulate_io(&mut u, 0xF4, 1, true, 3, 0), IoEffect::Exit(3));
+        assert_eq!(
+            emulate_io(&mut u, 0xF5, 1, true, 0x30, 0),
             IoEffect::Interrupt(0x30)
         );
         assert_eq!(
-            emulate_io(&mut u, 0x604, 2, true, 0x2000),
+            emulate_io(&mut u, 0x604, 2, true, 0x2000, 0),
             IoEffect::PowerOff
         );
-        assert_eq!(emulate_io(&mut u, 0x70, 1, false, 0), IoEffect::Unhandled);
         assert_eq!(
-            emulate_io(&mut u, 0xF6, 4, true, 0x12_3456),
+            emulate_io(&mut u, 0x2F8, 1, false, 0, 0),
+            IoEffect::Unhandled
+        );
+        assert_eq!(
+            emulate_io(&mut u, 0xF6, 4, true, 0x12_3456, 0),
             IoEffect::UnmapPage(0x12_3000)
         );
         assert_eq!(
-            emulate_io(&mut u, 0xF6, 1, true, 0x12_3456),
+            emulate_io(&mut u, 0xF6, 1, true, 0x12_3456, 0),
             IoEffect::Unhandled,
             "a 32-bit write only"
         );
@@ -776,6 +884,48 @@ mod tests {
         let (a, b) = c.contents();
         assert_eq!([a, b].concat(), b"cdef");
         assert_eq!(c.total, 6);
+        // THR-empty interrupt: pending once enabled and after each byte,
+        // cleared by reading IIR.
+        emulate_io(&mut u, 0x3F9, 1, true, 0x02, 0);
+        assert_eq!(
+            emulate_io(&mut u, 0x3FA, 1, false, 0, 0),
+            IoEffect::Done(0x02)
+        );
+        assert_eq!(
+            emulate_io(&mut u, 0x3FA, 1, false, 0, 0),
+            IoEffect::Done(0x01)
+        );
+        emulate_io(&mut u, 0x3F8, 1, true, b'x' as u32, 0);
+        assert_eq!(
+            emulate_io(&mut u, 0x3FA, 1, false, 0, 0),
+            IoEffect::Done(0x02)
+        );
+        emulate_io(&mut u, 0x3F9, 1, true, 0, 0);
+        // Hardware-reduced ACPI sleep to S5, and the reset paths.
+        assert_eq!(
+            emulate_io(&mut u, 0x600, 1, true, 0x34, 0),
+            IoEffect::PowerOff
+        );
+        assert_eq!(
+            emulate_io(&mut u, 0x600, 1, true, 0x14, 0),
+            IoEffect::Done(0)
+        );
+        assert_eq!(emulate_io(&mut u, 0xCF9, 1, true, 0x06, 0), IoEffect::Reset);
+        assert_eq!(
+            emulate_io(&mut u, 0xCF9, 1, true, 0x02, 0),
+            IoEffect::Unhandled
+        );
+        assert_eq!(emulate_io(&mut u, 0x92, 1, true, 0x01, 0), IoEffect::Reset);
+        assert_eq!(emulate_io(&mut u, 0x64, 1, true, 0xFE, 0), IoEffect::Reset);
+        assert_eq!(
+            emulate_io(&mut u, 0x80, 1, true, 0x12, 0),
+            IoEffect::Done(0)
+        );
+        emulate_io(&mut u, 0x70, 1, true, 0x09, 0);
+        assert_eq!(
+            emulate_io(&mut u, 0x71, 1, false, 0, 1_796_020_116),
+            IoEffect::Done(0x26)
+        );
     }
 
     proptest::proptest! {

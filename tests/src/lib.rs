@@ -503,6 +503,43 @@ const SIXTEEN_DONE: &[&str] = &[
     "vm wait: g16 is Off (exit code 0)",
 ];
 
+/// The command line of the Linux test guests (the kit's /init acts on
+/// `linuxtest=`; docs/linux-guest.md).
+macro_rules! linux_vm {
+    ($name:literal, $vcpus:literal, $test:literal) => {
+        concat!(
+            "vm new ", $name, " --kernel linux --initrd linux-initrd --memory 256M --vcpus ", $vcpus,
+            " --cmdline \"console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr pci=off io_delay=none linuxtest=",
+            $test, "\""
+        )
+    };
+}
+
+/// Linux guest cases: (suffix, processors, MiB, script, must show, must not
+/// show, check), as `guest_tests`.
+fn linux_tests() -> Vec<GuestTest> {
+    vec![(
+        "-linux-boot",
+        2,
+        1024,
+        &[
+            linux_vm!("linux", "1", "poweroff"),
+            "vm start linux",
+            "vm wait linux 1200",
+            "vm console linux",
+            "vm show linux",
+            "shutdown",
+        ],
+        &[
+            "LINUX-INIT: reached init",
+            "LINUX-INIT: done",
+            "vm wait: linux is Off (powered off by the guest)",
+        ],
+        GUEST_FAILURES,
+        None,
+    )]
+}
+
 fn guest_tests() -> Vec<GuestTest> {
     vec![
         (
@@ -993,6 +1030,32 @@ pub fn matrix() -> Vec<Case> {
             );
             c.with_guests = true;
             c.timeout_secs += 120;
+            cases.push(c);
+        }
+    }
+    // Debian's own kernel as a guest (issue 11), on both vendors.
+    for (emulator, boot, vendor, slat) in [
+        (Emulator::Qemu, Boot::Multiboot, "amd", "npt"),
+        (Emulator::Bochs, Boot::Grub, "intel", "ept"),
+    ] {
+        for (suffix, cpus, memory, script, must_show, must_not_show, check) in linux_tests() {
+            let mut c = root_case(
+                Machine::new(emulator, boot, cpus, memory).cmdline(""),
+                Expect::Guests {
+                    vendor,
+                    slat,
+                    must_show,
+                    must_not_show,
+                    check,
+                },
+                suffix,
+                script,
+            );
+            c.with_linux = true;
+            c.timeout_secs += match emulator {
+                Emulator::Qemu => 300,
+                Emulator::Bochs => 1500,
+            };
             cases.push(c);
         }
     }

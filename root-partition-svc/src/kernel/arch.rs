@@ -161,3 +161,27 @@ pub fn start_idle_timer(tsc_hz: u64, vector: u8, us: u64) {
         wrmsr(0x838, (tsc_hz / 1_000_000 * us).clamp(1, u32::MAX as u64));
     }
 }
+
+/// The host's real-time clock (CMOS at ports 0x70/0x71), Unix seconds (the
+/// RTC holds UTC, as QEMU and Bochs keep it by default). Read outside an
+/// update (status A bit 7), twice until two reads agree.
+pub fn read_rtc() -> u64 {
+    use root_partition_svc::cmos::{reg, DateTime, DATA_PORT, INDEX_PORT};
+    let read = |i: u8| {
+        outb(INDEX_PORT, i);
+        inb(DATA_PORT)
+    };
+    let mut last = 0;
+    for _ in 0..5 {
+        let mut spins = 0;
+        while read(reg::STATUS_A) & 0x80 != 0 && spins < 1_000_000 {
+            spins += 1;
+        }
+        let t = DateTime::from_registers(read).to_unix();
+        if t == last {
+            break;
+        }
+        last = t;
+    }
+    last
+}

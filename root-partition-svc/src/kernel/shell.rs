@@ -69,9 +69,26 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
 
     let vmm = vm::get();
     vmm.init(&boot, shell.tsc_hz);
+    // A boot module named `startup`: shell lines run before the first
+    // prompt (`cargo xtask run --guest linux` defines its VM this way).
+    if let Some(m) = boot.modules().iter().find(|m| m.name() == "startup") {
+        let bytes = vm::module_bytes(m);
+        for line in bytes.split(|&b| b == b'\n') {
+            let Ok(line) = core::str::from_utf8(line) else {
+                println!("startup: a line is not UTF-8; skipped");
+                continue;
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            println!("{PROMPT}{line}");
+            shell.execute(line);
+        }
+    }
     arch::start_idle_timer(shell.tsc_hz, idt::TIMER_VECTOR, IDLE_TICK_US);
 
-    let mut editor = LineEditor::<256>::new();
+    let mut editor = LineEditor::<1024>::new();
     print!("{PROMPT}");
     let mut last_activity = arch::rdtsc();
     loop {
@@ -160,6 +177,11 @@ impl Shell {
             Command::Vm(c) => vm::get().execute(c),
             Command::HostInfo => self.host_info(),
             Command::HostStats => self.host_stats(),
+            Command::HostModules => {
+                for m in vm::get().modules() {
+                    println!("{:>10} bytes  {}", m.end - m.start, m.name());
+                }
+            }
             Command::HostLog { follow } => self.host_log(follow),
             Command::Shutdown => self.shutdown(),
             Command::Reboot => power::reboot(self.acpi.as_ref(), &self.mem, self.tsc_hz),

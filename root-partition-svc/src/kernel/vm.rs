@@ -18,11 +18,13 @@ use hv_abi::synic::{
 };
 use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
-use root_partition_svc::vm_command::{CpuSettings, NewVm, VmCommand, NAME_MAX};
-use root_partition_svc::vmm::{self, Console, EntryMode, IoEffect, MemoryPool, Uart};
+use root_partition_svc::linux_boot;
+use root_partition_svc::vm_command::{CpuSettings, NewVm, VmCommand, CMDLINE_MAX, NAME_MAX};
+use root_partition_svc::vmm::{self, Console, Devices, EntryMode, IoEffect, MemoryPool};
 
 pub const MAX_VMS: usize = 16;
-const CONSOLE_BYTES: usize = 4096;
+/// Console output kept per VM (a Linux boot log fits).
+const CONSOLE_BYTES: usize = 64 * 1024;
 const REASON_MAX: usize = 120;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,8 +60,14 @@ pub struct Vm {
     memory_bytes: u64,
     vcpus: u32,
     module: BootModule,
+    /// A Linux guest's initrd and command line.
+    initrd: Option<BootModule>,
+    cmdline: [u8; CMDLINE_MAX],
+    cmdline_len: usize,
     console: Console<CONSOLE_BYTES>,
-    uart: Uart,
+    devices: Devices,
+    /// The guest reset itself: the VM restarts once its intercept is done.
+    reset_requested: bool,
     started_tsc: u64,
     /// VPs that halted for good or were stopped.
     stopped_vps: u64,
@@ -101,6 +109,8 @@ pub struct Vmm {
     module_count: usize,
     tsc_hz: u64,
     lps: u32,
+    /// The host's clock: (Unix seconds, TSC) when the root read its RTC.
+    host_time: (u64, u64),
 }
 
 struct Global(UnsafeCell<Vmm>);
@@ -118,6 +128,7 @@ static VMM: Global = Global(UnsafeCell::new(Vmm {
     module_count: 0,
     tsc_hz: 1,
     lps: 1,
+    host_time: (0, 0),
 }));
 
 /// The worker (VP 0's shell only).
@@ -142,7 +153,7 @@ fn guest_zero(base: u64, len: u64) {
     unsafe { core::ptr::write_bytes(base as *mut u8, 0, len as usize) };
 }
 
-fn module_bytes(m: &BootModule) -> &'static [u8] {
+pub fn module_bytes(m: &BootModule) -> &'static [u8] {
     // SAFETY: boot modules are root RAM the hypervisor handed over with the
     // image, identity-mapped and never written.
     unsafe { core::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) }
@@ -241,6 +252,7 @@ impl Vmm {
     pub fn init(&mut self, boot: &RootBoot, tsc_hz: u64) {
         self.tsc_hz = tsc_hz.max(1);
         self.lps = boot.vp_count.max(1);
+        self.host_time = (crate::arch::read_rtc(), crate::arch::rdtsc());
         for &(s, e) in boot.ranges() {
             self.pool.add(s.max(POOL_FLOOR), e.max(POOL_FLOOR));
         }
@@ -251,6 +263,17 @@ impl Vmm {
         if hypercall::enabled() {
             synic::enable();
         }
+    }
+
+    /// The host's time now, Unix seconds.
+    fn now(&self) -> u64 {
+        let (t, tsc) = self.host_time;
+        t + (crate::arch::rdtsc() - tsc) / self.tsc_hz
+    }
+
+    /// The boot modules (`host modules`).
+    pub fn modules(&self) -> &[BootModule] {
+        &self.modules[..self.module_count]
     }
 
     fn find(&self, name: &str) -> Option<usize> {
@@ -322,10 +345,36 @@ impl Vmm {
             return;
         };
         let memory = n.memory_mib << 20;
-        if let Err(e) = vmm::parse_image(module_bytes(&module), memory) {
-            println!("vm new: image \"{}\": {e}", n.image);
+        let image = match vmm::parse_image(module_bytes(&module), memory) {
+            Ok(image) => image,
+            Err(e) => {
+                println!("vm new: image \"{}\": {e}", n.image);
+                return;
+            }
+        };
+        if image.mode != EntryMode::Linux && (n.initrd.is_some() || n.cmdline.is_some()) {
+            println!(
+                "vm new: --initrd and --cmdline are for a Linux kernel (bzImage); \"{}\" is not one",
+                n.image
+            );
             return;
         }
+        let initrd = match n.initrd {
+            None => None,
+            Some(name) => match self.modules[..self.module_count]
+                .iter()
+                .find(|m| m.name() == name)
+            {
+                Some(m) => Some(*m),
+                None => {
+                    println!("vm new: no boot module named \"{name}\" (for --initrd)");
+                    return;
+                }
+            },
+        };
+        let mut cmdline = [0u8; CMDLINE_MAX];
+        let cmd = n.cmdline.unwrap_or("");
+        cmdline[..cmd.len()].copy_from_slice(cmd.as_bytes());
         let Some(base) = self.pool.take(memory) else {
             println!(
                 "vm new: not enough free memory for {} MiB (largest free block {} MiB, {} MiB free)",
@@ -350,8 +399,12 @@ impl Vmm {
                     memory_bytes: memory,
                     vcpus: n.vcpus,
                     module,
+                    initrd,
+                    cmdline,
+                    cmdline_len: cmd.len(),
                     console: Console::new(),
-                    uart: Uart::default(),
+                    devices: Devices::default(),
+                    reset_requested: false,
                     started_tsc: 0,
                     stopped_vps: 0,
                     reported_ports: [0; 8],
@@ -418,7 +471,21 @@ impl Vmm {
         vmm::boot_tables(image.mode, vm.memory_bytes, &mut |gpa, v| {
             guest_write(base, gpa, &v.to_le_bytes())
         });
-        for vp in 0..vm.vcpus {
+        if image.mode == EntryMode::Linux {
+            if let Err(e) = load_linux(vm, file) {
+                vm.state = State::Failed;
+                vm.set_reason(format_args!("{e}"));
+                println!("vm start: {name}: {e}");
+                return;
+            }
+        }
+        // A Linux guest starts on VP 0 alone; the others wait for its SIPI.
+        let starting = if image.mode == EntryMode::Linux {
+            1
+        } else {
+            vm.vcpus
+        };
+        for vp in 0..starting {
             let mut regs =
                 vmm::start_registers(image.mode, image.entry, vp, vm.vcpus, vm.memory_bytes);
             if bad_state {
@@ -440,7 +507,8 @@ impl Vmm {
             }
         }
         vm.console.clear();
-        vm.uart = Uart::default();
+        vm.devices = Devices::default();
+        vm.reset_requested = false;
         vm.reported = 0;
         vm.interrupt_failures = 0;
         vm.unmapped = None;
@@ -451,7 +519,7 @@ impl Vmm {
             property(vm.partition, property::RUN_TIME).unwrap_or(0),
             vm.started_tsc,
         );
-        for vp in 0..vm.vcpus {
+        for vp in 0..starting {
             if let Err(s) = partition_call(
                 code::START_VIRTUAL_PROCESSOR,
                 &vp_input(vm.partition, vp),
@@ -470,6 +538,7 @@ impl Vmm {
             EntryMode::Long => "64-bit",
             EntryMode::Protected32 => "32-bit protected mode (Multiboot)",
             EntryMode::Real => "real mode",
+            EntryMode::Linux => "Linux 64-bit boot protocol",
         };
         println!(
             "vm start: {name} running ({} VCPUs, {mode} entry at {:#x})",
@@ -668,6 +737,19 @@ impl Vmm {
             vm.memory_base,
             Size(get(property::MAPPED_BYTES))
         );
+        if let Some(rd) = &vm.initrd {
+            println!(
+                "  initrd:         {} ({} bytes)",
+                rd.name(),
+                rd.end - rd.start
+            );
+        }
+        if vm.cmdline_len > 0 {
+            println!(
+                "  command line:   {}",
+                core::str::from_utf8(&vm.cmdline[..vm.cmdline_len]).unwrap_or("?")
+            );
+        }
         println!("  VCPUs:          {}", vm.vcpus);
         println!(
             "  processor:      reserve {}%, limit {}%, weight {}",
@@ -686,6 +768,21 @@ impl Vmm {
         if vm.interrupt_failures > 0 {
             println!("  failed interrupt requests: {}", vm.interrupt_failures);
         }
+        let refused = (0..property::GP_MSRS_KEPT)
+            .map(|i| get(property::GP_MSRS + i))
+            .take_while(|&v| v != 0);
+        for (i, v) in refused.enumerate() {
+            if i == 0 {
+                println!("  MSRs refused (#GP):");
+            }
+            println!(
+                "    {} {:#x}: {} time{}",
+                if v & 1 << 32 != 0 { "WRMSR" } else { "RDMSR" },
+                v as u32,
+                v >> 33,
+                if v >> 33 == 1 { "" } else { "s" }
+            );
+        }
     }
 
     /// Handles every waiting intercept message.
@@ -698,7 +795,30 @@ impl Vmm {
         any
     }
 
+    /// One intercept message; a VM its guest reset starts again.
     fn intercept(&mut self, m: msg::Message) {
+        let sender = m.sender;
+        self.handle_intercept(m);
+        let Some(vm) = self
+            .vms
+            .iter_mut()
+            .flatten()
+            .find(|v| v.partition == sender && v.reset_requested)
+        else {
+            return;
+        };
+        vm.reset_requested = false;
+        let mut name = [0u8; NAME_MAX];
+        let len = vm.name_len;
+        name[..len].copy_from_slice(&vm.name[..len]);
+        if let Ok(name) = core::str::from_utf8(&name[..len]) {
+            println!("vm {name}: reset by the guest; starting it again");
+            self.start(name);
+        }
+    }
+
+    fn handle_intercept(&mut self, m: msg::Message) {
+        let now = self.now();
         let Some(i) = self
             .vms
             .iter()
@@ -719,7 +839,7 @@ impl Vmm {
         }
         match m.kind {
             kind::IO_PORT_INTERCEPT => match IoPortIntercept::decode(&m.payload) {
-                Some(io) => io_port(vm, &io),
+                Some(io) => io_port(vm, &io, now),
                 None => fail(vm, format_args!("malformed I/O intercept message")),
             },
             kind::UNMAPPED_GPA | kind::GPA_INTERCEPT => match MemoryIntercept::decode(&m.payload) {
@@ -821,6 +941,37 @@ impl ConcatLast for [&[u8]; 2] {
     fn concat_last(&self) -> Option<u8> {
         self[1].last().or(self[0].last()).copied()
     }
+}
+
+/// Puts a Linux guest's boot data in its memory (the kernel is loaded):
+/// initrd, command line, firmware (ACPI) tables and the zero page.
+fn load_linux(vm: &Vm, file: &[u8]) -> Result<(), &'static str> {
+    use linux_boot::layout;
+    let k = linux_boot::parse(file, vm.memory_bytes)?.ok_or("not a bzImage")?;
+    let initrd = match &vm.initrd {
+        None => None,
+        Some(m) => {
+            let bytes = module_bytes(m);
+            let len = bytes.len() as u64;
+            let at = linux_boot::initrd_place(&k, vm.memory_bytes, len)
+                .ok_or("initrd: no room for it above the kernel; give the VM more memory")?;
+            guest_write(vm.memory_base, at, bytes);
+            Some((at, len))
+        }
+    };
+    let cmd = &vm.cmdline[..vm.cmdline_len];
+    if cmd.len() as u64 >= k.cmdline_size.clamp(255, layout::CMDLINE_MAX as u64) {
+        return Err("the command line is longer than this kernel takes");
+    }
+    guest_write(vm.memory_base, layout::CMDLINE, cmd);
+    guest_write(vm.memory_base, layout::CMDLINE + cmd.len() as u64, &[0]);
+    let mut tables = [0u8; 8192];
+    let platform = root_partition_svc::guest_acpi::Platform { vps: vm.vcpus };
+    let rsdp = root_partition_svc::guest_acpi::build(&platform, layout::ACPI, &mut tables)?;
+    guest_write(vm.memory_base, layout::ACPI, &tables);
+    let zp = linux_boot::zero_page(file, &k, vm.memory_bytes, initrd, layout::CMDLINE, rsdp);
+    guest_write(vm.memory_base, layout::ZERO_PAGE, &zp);
+    Ok(())
 }
 
 fn create_partition(
@@ -957,7 +1108,7 @@ fn fail(vm: &mut Vm, why: core::fmt::Arguments) {
     println!("vm {}: failed: {}", vm.name(), vm.reason());
 }
 
-fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
+fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
     let vp = io.header.vp_index;
     if io.string || io.rep {
         return fail(
@@ -971,11 +1122,12 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
     let write = io.header.access == msg::access::WRITE;
     let mask = vmm::access_mask(io.size);
     let effect = vmm::emulate_io(
-        &mut vm.uart,
+        &mut vm.devices,
         io.port,
         io.size,
         write,
         (io.rax & mask) as u32,
+        now,
     );
     let mut rax = io.rax;
     let mut interrupt = None;
@@ -1001,6 +1153,10 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept) {
         }
         IoEffect::Exit(code) => return end(vm, State::Off, format_args!("exit code {code}")),
         IoEffect::PowerOff => return end(vm, State::Off, format_args!("powered off by the guest")),
+        IoEffect::Reset => {
+            vm.reset_requested = true;
+            return end(vm, State::Off, format_args!("reset by the guest"));
+        }
         IoEffect::Unhandled => {
             if !write {
                 rax = io.rax | mask;
