@@ -78,8 +78,16 @@ pub fn dispatch(
                             send_ipi(part, vp, vapic, None, dest);
                             true
                         }
-                        // SMI, INIT, SIPI: not offered to guests (their VPs all
-                        // start at the image's entry); ignored like a lost IPI.
+                        vapic::Write::Init { dest } => {
+                            start_up(part, vp, dest, None);
+                            true
+                        }
+                        vapic::Write::Startup { vector, dest } => {
+                            start_up(part, vp, dest, Some(vector));
+                            true
+                        }
+                        // SMI, lowest priority: not offered; ignored like a
+                        // lost IPI.
                         vapic::Write::Unsupported(_) => true,
                         vapic::Write::Fault => false,
                     }
@@ -331,6 +339,43 @@ fn send_ipi(
             (false, None) => {
                 let _ = target.post_nmi();
             }
+        }
+    }
+}
+
+/// INIT (`None`) or a start-up IPI (`Some(vector)`) from `sender` to the
+/// VPs `dest` names. As on a PC booting its application processors: a VP
+/// the root has not started (explicitly suspended) waits for a start-up IPI
+/// after an INIT; the start-up IPI starts it in real mode at CS:IP =
+/// (vector << 8):0, the rest of its state as after INIT (SDM vol. 3 section
+/// 9.4, "Multiple-Processor Initialization"). A running VP ignores both (an
+/// INIT that resets a running VP is not modelled).
+fn start_up(part: &Partition, sender: &GuestVp, dest: vapic::Dest, vector: Option<u8>) {
+    for target in part.vps() {
+        if target.index == sender.index || !vapic::reaches(dest, sender.index, target.index) {
+            continue;
+        }
+        let mut s = target.shared.lock();
+        if s.deleted || !s.explicit_suspend {
+            continue;
+        }
+        match vector {
+            None => s.wait_for_sipi = true,
+            Some(v) if s.wait_for_sipi => {
+                let mut ctx = hv_abi::partition::VpContext::reset();
+                ctx.seg[1].selector = (v as u16) << 8;
+                ctx.seg[1].base = (v as u64) << 12;
+                ctx.rip = 0;
+                s.ctx = ctx;
+                s.dirty = true;
+                s.dirty_beyond_registers = true;
+                s.stale = false;
+                s.wait_for_sipi = false;
+                s.explicit_suspend = false;
+                drop(s);
+                crate::smp::kick(target.lp);
+            }
+            Some(_) => {}
         }
     }
 }

@@ -142,6 +142,9 @@ pub struct VpShared {
     /// VMCS/VMCB has it).
     pub dirty_beyond_registers: bool,
     pub explicit_suspend: bool,
+    /// Not started, and sent an INIT by another VP of its partition: a
+    /// start-up IPI starts it (`guest::start_up`).
+    pub wait_for_sipi: bool,
     pub intercept_suspend: bool,
     /// Halted with interrupts enabled: waits for an interrupt.
     pub halted: bool,
@@ -681,6 +684,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             dirty: true,
             dirty_beyond_registers: true,
             explicit_suspend: true,
+            wait_for_sipi: false,
             intercept_suspend: false,
             halted: false,
             deleted: false,

@@ -95,6 +95,13 @@ pub fn dispatch(
                             );
                             true
                         }
+                        // The root's VPs all start at its entry.
+                        vapic::Write::Init { .. } | vapic::Write::Startup { .. } => {
+                            warn!(
+                                "root VP {vp}: INIT and start-up IPIs are not supported; ignored"
+                            );
+                            true
+                        }
                         vapic::Write::Fault => false,
                     }
                 }

@@ -109,7 +109,7 @@ impl DateTime {
 }
 
 fn bcd(x: u32) -> u8 {
-    ((x / 10 % 10) << 4 | x % 10) as u8
+    (((x / 10 % 10) << 4) | (x % 10)) as u8
 }
 
 /// One VM's CMOS: the selected index and 128 bytes of RAM; the clock

@@ -409,7 +409,7 @@ impl Resource {
     }
 }
 
-/// End Tag (section 6.4.2.9): small item 0xF, length 1, then a checksum.
+/// End Tag (section 6.4.2.9): small item 0xF, length 1; a checksum byte follows.
 const END_TAG: u8 = 0x79;
 
 /// PkgLength (section 20.2.4) for a package whose contents after the PkgLength
@@ -607,13 +607,15 @@ impl<'b> Aml<'b> {
 
     /// `ResourceTemplate () { ... }`: DefBuffer := BufferOp PkgLength
     /// BufferSize ByteList (section 20.2.5.4) holding the descriptors and an
-    /// End Tag whose checksum makes the descriptor bytes sum to 0.
+    /// End Tag. Its checksum byte is 0, which means "treat the checksum as
+    /// correct" (section 6.4.2.9): what iasl emits for the same ASL and what
+    /// ACPICA writes when it encodes resources. (A computed checksum is valid
+    /// too, but ACPICA's acpiexec then reports a mismatch on re-encoding.)
     fn resource_template(&mut self, items: &[Resource]) -> AmlResult {
         let size = items.iter().map(Resource::len).sum::<usize>() + 2;
         self.raw(&[op::BUFFER])?;
         self.package_length(|a| {
             a.integer(size as u64)?;
-            let start = a.pos;
             for item in items {
                 match *item {
                     Resource::Io16 {
@@ -630,9 +632,7 @@ impl<'b> Aml<'b> {
                     }
                 }
             }
-            a.raw(&[END_TAG])?;
-            let checksum = 0u8.wrapping_sub(sum(&a.buf[start..a.pos]));
-            a.raw(&[checksum])
+            a.raw(&[END_TAG, 0])
         })
     }
 }
@@ -774,17 +774,28 @@ mod tests {
     fn dsdt_aml_bytes() {
         let (out, rsdp) = built(1, BASE);
         let [.., dsdt] = check(&out, BASE, rsdp, 1);
+        #[rustfmt::skip]
         let expected: &[u8] = &[
-            0x10, 0x45, 0x05, b'\\', b'_', b'S', b'B', b'_', // Scope (\_SB), PkgLength 85
-            0x5B, 0x82, 0x22, b'V', b'M', b'B', b'S', // Device (VMBS), PkgLength 34
-            0x08, b'_', b'H', b'I', b'D', 0x0D, b'V', b'M', b'B', b'U', b'S', 0x00, 0x08, b'_',
-            b'U', b'I', b'D', 0x00, // Name (_UID, Zero)
-            0x08, b'_', b'C', b'R', b'S', 0x11, 0x05, 0x0A, 0x02, 0x79, 0x87, 0x5B, 0x82, 0x28,
-            b'C', b'O', b'M', b'1', // Device (COM1), PkgLength 40
-            0x08, b'_', b'H', b'I', b'D', 0x0C, 0x41, 0xD0, 0x05, 0x01, // EisaId
-            0x08, b'_', b'U', b'I', b'D', 0x00, //
-            0x08, b'_', b'C', b'R', b'S', 0x11, 0x0D, 0x0A, 0x0A, // Buffer (10)
-            0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, 0x79, 0x40, // IO, End Tag
+            // Scope (\_SB), PkgLength 85 (2 bytes)
+            0x10, 0x45, 0x05, b'\\', b'_', b'S', b'B', b'_',
+            // Device (VMBS), PkgLength 34
+            0x5B, 0x82, 0x22, b'V', b'M', b'B', b'S',
+            // Name (_HID, "VMBUS")
+            0x08, b'_', b'H', b'I', b'D', 0x0D, b'V', b'M', b'B', b'U', b'S', 0x00,
+            // Name (_UID, Zero)
+            0x08, b'_', b'U', b'I', b'D', 0x00,
+            // Name (_CRS, Buffer (0x02) { End Tag })
+            0x08, b'_', b'C', b'R', b'S', 0x11, 0x05, 0x0A, 0x02, 0x79, 0x00,
+            // Device (COM1), PkgLength 40
+            0x5B, 0x82, 0x28, b'C', b'O', b'M', b'1',
+            // Name (_HID, EisaId ("PNP0501"))
+            0x08, b'_', b'H', b'I', b'D', 0x0C, 0x41, 0xD0, 0x05, 0x01,
+            // Name (_UID, Zero)
+            0x08, b'_', b'U', b'I', b'D', 0x00,
+            // Name (_CRS, Buffer (0x0A) { IO (Decode16, 0x3F8, 0x3F8, 1, 8), End Tag })
+            0x08, b'_', b'C', b'R', b'S', 0x11, 0x0D, 0x0A, 0x0A,
+            0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, 0x79, 0x00,
+            // Name (\_S5, Package (0x02) { 0x05, Zero })
             0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0A, 0x05, 0x00,
         ];
         assert_eq!(&dsdt[36..], expected);
@@ -1057,8 +1068,9 @@ mod tests {
         ] {
             assert!(dsl.contains(want), "DSDT: no {want:?} in\n{dsl}");
         }
-        // iasl shows an empty ResourceTemplate as the Buffer it is.
+        // iasl shows an empty ResourceTemplate (End Tag only) as the Buffer it is.
         assert!(dsl.contains("Name (_CRS, Buffer (0x02)"), "{dsl}");
+        assert!(dsl.contains("0x79, 0x00"), "{dsl}");
 
         let dsl = disassemble(&dir, "facp.dat", &fadt);
         assert!(field(&dsl, "Signature").starts_with("\"FACP\""));

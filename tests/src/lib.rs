@@ -518,26 +518,99 @@ macro_rules! linux_vm {
 /// Linux guest cases: (suffix, processors, MiB, script, must show, must not
 /// show, check), as `guest_tests`.
 fn linux_tests() -> Vec<GuestTest> {
-    vec![(
-        "-linux-boot",
-        2,
-        1024,
-        &[
-            linux_vm!("linux", "1", "poweroff"),
-            "vm start linux",
-            "vm wait linux 1200",
-            "vm console linux",
-            "vm show linux",
-            "shutdown",
-        ],
-        &[
-            "LINUX-INIT: reached init",
-            "LINUX-INIT: done",
-            "vm wait: linux is Off (powered off by the guest)",
-        ],
-        GUEST_FAILURES,
-        None,
-    )]
+    vec![
+        (
+            "-linux-boot",
+            2,
+            1024,
+            &[
+                linux_vm!("linux", "1", "poweroff"),
+                "vm start linux",
+                "vm wait linux 1200",
+                "host info",
+                "vm console linux",
+                "vm show linux",
+                "shutdown",
+            ],
+            &[
+                "Hypervisor detected: Microsoft Hyper-V",
+                "clocksource: Switched to clocksource hyperv_clocksource_tsc_page",
+                "LINUX-INIT: reached init",
+                "LINUX-INIT: cpus 1",
+                "LINUX-INIT: clocksource hyperv_clocksource_tsc_page",
+                "LINUX-INIT: done",
+                "vm wait: linux is Off (powered off by the guest)",
+            ],
+            LINUX_FAILURES,
+            Some(linux_date_matches_the_host_clock),
+        ),
+        (
+            "-linux-smp",
+            2,
+            1024,
+            &[
+                linux_vm!("linux", "2", "poweroff"),
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm console linux",
+                "shutdown",
+            ],
+            &[
+                "smpboot: Total of 2 processors activated",
+                "LINUX-INIT: cpus 2",
+                "LINUX-INIT: done",
+                "vm wait: linux is Off (powered off by the guest)",
+            ],
+            LINUX_FAILURES,
+            None,
+        ),
+    ]
+}
+
+/// A Linux guest's console must not show these (a kernel that hit a bug or
+/// oops, or lost a CPU), nor what `GUEST_FAILURES` lists.
+const LINUX_FAILURES: &[&str] = &[
+    "FAILED",
+    "WRONG",
+    "ROOT PANIC",
+    "ROOT EXCEPTION",
+    "Kernel panic",
+    "BUG:",
+    "Oops",
+    "failed to boot",
+    "WARNING:",
+];
+
+/// The guest's `date` (the kit prints `LINUX-INIT: date <seconds>`) is
+/// within 10 s of the clock the root gave it (`host info`, run just after).
+fn linux_date_matches_the_host_clock(log: &str) -> Result<(), String> {
+    let number_after = |marker: &str| {
+        log.lines().find_map(|l| {
+            let rest = &l[l.find(marker)? + marker.len()..];
+            let digits: String = rest
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<i64>().ok()
+        })
+    };
+    let guest = number_after("LINUX-INIT: date").ok_or("no LINUX-INIT: date line")?;
+    let host = log
+        .lines()
+        .find(|l| l.starts_with("host clock: "))
+        .and_then(|l| {
+            let inner = &l[l.find('(')? + 1..];
+            inner.split_whitespace().next()?.parse::<i64>().ok()
+        })
+        .ok_or("no host clock line from host info")?;
+    if (host - guest).abs() > 10 {
+        return Err(format!(
+            "the guest's date {guest} is {} s from the host clock {host}",
+            host - guest
+        ));
+    }
+    Ok(())
 }
 
 fn guest_tests() -> Vec<GuestTest> {

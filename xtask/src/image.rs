@@ -95,6 +95,15 @@ fn grub_iso(
     Ok(iso)
 }
 
+/// Bytes of an EFI system partition holding `payload` bytes of files: at
+/// least 64 MiB (FAT32 wants 32 MiB or more), with room for the FAT, the
+/// directories and cluster slack (the Linux kit alone is ~14 MB).
+fn esp_size(payload: u64) -> u64 {
+    (payload + payload / 8 + (16 << 20))
+        .next_multiple_of(1 << 20)
+        .max(64 << 20)
+}
+
 fn esp_image(
     art: &Artifacts,
     cmdline: &str,
@@ -103,7 +112,16 @@ fn esp_image(
 ) -> Result<PathBuf> {
     let img = dir.join("esp.img");
     let _ = std::fs::remove_file(&img);
-    std::fs::File::create(&img)?.set_len(64 << 20)?;
+    let mut payload = 0;
+    for path in [&art.uefi_loader, &art.hypervisor]
+        .into_iter()
+        .chain(modules.iter().map(|(p, _)| p))
+    {
+        payload += std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+    }
+    std::fs::File::create(&img)?.set_len(esp_size(payload))?;
     let i = img.to_str().context("image path is not UTF-8")?;
     run(Command::new("mformat").args(["-i", i, "-F", "-v", "HVESP", "::"]))?;
     run(Command::new("mmd").args(["-i", i, "::/EFI", "::/EFI/BOOT", "::/boot"]))?;
@@ -125,4 +143,18 @@ fn esp_image(
     std::fs::write(&cfg_path, cfg)?;
     copy(&cfg_path, "/boot/hv.cfg")?;
     Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::esp_size;
+
+    #[test]
+    fn the_esp_grows_with_what_it_holds() {
+        assert_eq!(esp_size(0), 64 << 20);
+        assert_eq!(esp_size(20 << 20), 64 << 20);
+        let big = 100 << 20;
+        assert!(esp_size(big) >= big + (16 << 20));
+        assert_eq!(esp_size(big) % (1 << 20), 0);
+    }
 }

@@ -22,6 +22,11 @@ const NEEDS: &[(&str, &str)] = &[
     ("mcopy", "mtools"),
 ];
 
+/// What `cargo xtask test` needs besides `NEEDS`: `iasl`, for the host tests
+/// that compile and disassemble ACPI tables. (The Linux test kit needs only
+/// `apt-get` and `dpkg-deb`, which every Debian system has.)
+const TEST_NEEDS: &[(&str, &str)] = &[("iasl", "acpica-tools")];
+
 /// What the prerequisite logic needs of a machine: a fake one in the tests.
 trait Machine {
     fn present(&self, what: &str) -> bool;
@@ -72,10 +77,10 @@ impl Machine for ThisMachine {
     }
 }
 
-/// The packages whose files are missing now, each once, in `NEEDS` order.
-fn missing(m: &dyn Machine) -> Vec<&'static str> {
+/// The packages whose files are missing now, each once, in `needs` order.
+fn missing(m: &dyn Machine, needs: &[(&str, &'static str)]) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
-    for (what, package) in NEEDS {
+    for (what, package) in needs {
         if !m.present(what) && !out.contains(package) {
             out.push(package);
         }
@@ -83,13 +88,18 @@ fn missing(m: &dyn Machine) -> Vec<&'static str> {
     out
 }
 
-/// Makes sure every prerequisite exists.
+/// Makes sure every prerequisite of `run` and `bench` exists.
 pub fn ensure() -> Result<()> {
-    ensure_on(&mut ThisMachine)
+    ensure_on(&mut ThisMachine, NEEDS)
 }
 
-fn ensure_on(m: &mut dyn Machine) -> Result<()> {
-    let first = missing(m);
+/// Makes sure every prerequisite of `test` exists: those of `run` and `TEST_NEEDS`.
+pub fn ensure_for_tests() -> Result<()> {
+    ensure_on(&mut ThisMachine, &[NEEDS, TEST_NEEDS].concat())
+}
+
+fn ensure_on(m: &mut dyn Machine, needs: &[(&str, &'static str)]) -> Result<()> {
+    let first = missing(m, needs);
     if first.is_empty() {
         return Ok(());
     }
@@ -108,11 +118,11 @@ fn ensure_on(m: &mut dyn Machine) -> Result<()> {
     if first.contains(&"qemu-system-x86") {
         m.apt_install(&["qemu-system-x86"])?;
     }
-    let rest = missing(m);
+    let rest = missing(m, needs);
     if !rest.is_empty() {
         m.apt_install(&rest)?;
     }
-    let still: Vec<&str> = NEEDS
+    let still: Vec<&str> = needs
         .iter()
         .filter(|(w, _)| !m.present(w))
         .map(|(w, _)| *w)
@@ -121,7 +131,7 @@ fn ensure_on(m: &mut dyn Machine) -> Result<()> {
         bail!(
             "still missing after apt-get: {}; install with:\n    sudo apt-get install -y {}",
             still.join(", "),
-            missing(m).join(" ")
+            missing(m, needs).join(" ")
         );
     }
     Ok(())
@@ -207,6 +217,7 @@ mod tests {
         fn present(&self, what: &str) -> bool {
             NEEDS
                 .iter()
+                .chain(TEST_NEEDS)
                 .any(|(w, p)| *w == what && self.installed.contains(p))
         }
         fn is_root(&self) -> bool {
@@ -225,7 +236,12 @@ mod tests {
                 bail!("conflict: qemu-system-x86 and the backported qemu-utils");
             }
             for p in packages {
-                let p = NEEDS.iter().find(|(_, q)| q == p).unwrap().1;
+                let p = NEEDS
+                    .iter()
+                    .chain(TEST_NEEDS)
+                    .find(|(_, q)| q == p)
+                    .unwrap()
+                    .1;
                 if p == "qemu-system-x86" && self.backported_qemu_utils {
                     self.installed.remove("qemu-utils");
                     self.backported_qemu_utils = false;
@@ -239,8 +255,8 @@ mod tests {
     #[test]
     fn fresh_machine_with_backported_qemu_utils_gets_everything_the_first_time() {
         let mut m = Fake::new(&["qemu-utils"], true);
-        ensure_on(&mut m).unwrap();
-        assert!(missing(&m).is_empty());
+        ensure_on(&mut m, NEEDS).unwrap();
+        assert!(missing(&m, NEEDS).is_empty());
         assert_eq!(m.installs[0], ["qemu-system-x86"]);
         assert!(m.installs[1].contains(&"qemu-utils".to_string()));
     }
@@ -248,15 +264,15 @@ mod tests {
     #[test]
     fn bare_machine_gets_everything() {
         let mut m = Fake::new(&[], false);
-        ensure_on(&mut m).unwrap();
-        assert!(missing(&m).is_empty());
+        ensure_on(&mut m, NEEDS).unwrap();
+        assert!(missing(&m, NEEDS).is_empty());
     }
 
     #[test]
     fn complete_machine_installs_nothing() {
         let all: Vec<&'static str> = NEEDS.iter().map(|(_, p)| *p).collect();
         let mut m = Fake::new(&all, false);
-        ensure_on(&mut m).unwrap();
+        ensure_on(&mut m, NEEDS).unwrap();
         assert!(m.installs.is_empty());
     }
 
@@ -264,12 +280,23 @@ mod tests {
     fn non_root_gets_the_exact_command() {
         let mut m = Fake::new(&["qemu-utils", "ovmf"], false);
         m.root = false;
-        let e = ensure_on(&mut m).unwrap_err().to_string();
+        let e = ensure_on(&mut m, NEEDS).unwrap_err().to_string();
         assert!(
             e.contains("sudo apt-get install -y qemu-system-x86 bochs"),
             "{e}"
         );
         assert!(!e.contains("ovmf"), "{e}");
         assert!(m.installs.is_empty());
+    }
+
+    #[test]
+    fn tests_also_get_iasl_and_run_does_not() {
+        let all: Vec<&'static str> = NEEDS.iter().map(|(_, p)| *p).collect();
+        let mut m = Fake::new(&all, false);
+        ensure_on(&mut m, NEEDS).unwrap();
+        assert!(m.installs.is_empty());
+        ensure_on(&mut m, &[NEEDS, TEST_NEEDS].concat()).unwrap();
+        assert_eq!(m.installs, [["acpica-tools"]]);
+        assert!(m.installed.contains("acpica-tools"));
     }
 }

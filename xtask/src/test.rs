@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the gates (rustfmt, clippy), host unit tests, fuzzing,
 //! then the boot matrix.
-use crate::{build, emulator, image, prereq};
+use crate::{build, emulator, image, linux_kit, prereq};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,9 +47,14 @@ fn parse(args: Vec<String>) -> Result<Options> {
 }
 
 fn cargo(args: &[&str]) -> Result<bool> {
+    cargo_with_env(args, &[])
+}
+
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<bool> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     Ok(Command::new(cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(build::root())
         .status()?
         .success())
@@ -105,21 +110,26 @@ fn gates() -> Result<Vec<(String, bool)>> {
 }
 
 /// Unit and property tests of every crate that has host-side logic (the
-/// hypervisor's own, `hypervisor-core`, among them).
+/// hypervisor's own, `hypervisor-core`, among them). `XTASK_REQUIRE_IASL=1`:
+/// the tests that compile ACPI tables with `iasl` (installed by
+/// `prereq::ensure_for_tests`) fail rather than skip when it is missing.
 fn host_tests() -> Result<bool> {
     println!("== host unit tests");
-    cargo(&[
-        "test",
-        "--quiet",
-        "--workspace",
-        "--exclude",
-        "hypervisor",
-        "--exclude",
-        "bootloader",
-        // Bare-metal guests: built for x86_64-unknown-none by `build`.
-        "--exclude",
-        "test-guests",
-    ])
+    cargo_with_env(
+        &[
+            "test",
+            "--quiet",
+            "--workspace",
+            "--exclude",
+            "hypervisor",
+            "--exclude",
+            "bootloader",
+            // Bare-metal guests: built for x86_64-unknown-none by `build`.
+            "--exclude",
+            "test-guests",
+        ],
+        &[("XTASK_REQUIRE_IASL", "1")],
+    )
 }
 
 /// The fuzz targets of everything that parses what a guest, the root or a
@@ -179,7 +189,11 @@ fn fuzz(seconds: u64) -> Result<Vec<(String, bool)>> {
     Ok(results)
 }
 
-fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
+fn run_case(
+    case: &Case,
+    art: &build::Artifacts,
+    kit: Option<&Result<linux_kit::Kit, String>>,
+) -> Result<Result<(), String>> {
     let dir = emulator::case_dir(&case.name);
     let mut modules = image::standard_modules()?;
     if case.with_root {
@@ -187,6 +201,13 @@ fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
     }
     if case.with_guests {
         modules.extend(art.guests.iter().cloned());
+    }
+    if case.with_linux {
+        match kit {
+            Some(Ok(kit)) => modules.extend(kit.modules()),
+            Some(Err(e)) => bail!("the Linux test kit: {e}"),
+            None => bail!("the Linux test kit was not built"),
+        }
     }
     let media = image::make(
         case.machine.boot,
@@ -226,6 +247,8 @@ fn run_case(case: &Case, art: &build::Artifacts) -> Result<Result<(), String>> {
 
 pub fn main(args: Vec<String>) -> Result<i32> {
     let opts = parse(args)?;
+    // First, so the host tests find iasl.
+    prereq::ensure_for_tests()?;
     let mut failed_host = false;
     let (mut gates_passed, mut gates_failed) = (Vec::new(), Vec::new());
     if opts.host_tests && opts.gates {
@@ -260,7 +283,6 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             }
         }
     }
-    prereq::ensure()?;
     let art = build::build()?;
     let cases: Vec<Case> = matrix()
         .into_iter()
@@ -270,6 +292,12 @@ pub fn main(args: Vec<String>) -> Result<i32> {
                 .is_none_or(|f| c.name.contains(f.as_str()))
         })
         .collect();
+    // The Linux test kit, once for every case that boots it; should it fail,
+    // those cases fail with its error and the others run.
+    let kit = cases
+        .iter()
+        .any(|c| c.with_linux)
+        .then(|| linux_kit::build().map_err(|e| format!("{e:#}")));
     println!(
         "== boot matrix: {} cases, {} at a time",
         cases.len(),
@@ -283,8 +311,8 @@ pub fn main(args: Vec<String>) -> Result<i32> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(case) = cases.get(i) else { break };
                 let start = Instant::now();
-                let verdict =
-                    run_case(case, &art).unwrap_or_else(|e| Err(format!("harness error: {e:#}")));
+                let verdict = run_case(case, &art, kit.as_ref())
+                    .unwrap_or_else(|e| Err(format!("harness error: {e:#}")));
                 let secs = start.elapsed().as_secs_f64();
                 match &verdict {
                     Ok(()) => println!("PASS {} ({secs:.1} s)", case.name),

@@ -68,7 +68,18 @@ pub enum Write {
     Nmi {
         dest: Dest,
     },
-    /// A delivery mode this APIC does not offer (SMI, INIT, SIPI): ignored.
+    /// INIT (asserted): the targets wait for a start-up IPI.
+    Init {
+        dest: Dest,
+    },
+    /// Start-up IPI: targets waiting for one start in real mode at
+    /// `vector << 12`.
+    Startup {
+        vector: u8,
+        dest: Dest,
+    },
+    /// A delivery mode this APIC does not offer (SMI, lowest priority and
+    /// the reserved ones): ignored.
     Unsupported(u8),
     /// A read-only or unknown register, reserved bits, or an illegal vector: #GP.
     Fault,
@@ -368,6 +379,11 @@ impl VirtualApic {
             0 => Write::Ipi { vector, dest },
             // NMI: the vector field is ignored.
             4 => Write::Nmi { dest },
+            // INIT level de-assert (level 0, trigger level): no effect, as
+            // on every processor since the Pentium 4.
+            5 if icr & (1 << 14) == 0 && icr & (1 << 15) != 0 => Write::Done,
+            5 => Write::Init { dest },
+            6 => Write::Startup { vector, dest },
             _ => Write::Unsupported(mode),
         }
     }
@@ -506,7 +522,27 @@ mod tests {
                 dest: Dest::Logical(0x1_0004)
             }
         );
-        assert_eq!(a.write(0x830, 0x500, 0), Write::Unsupported(5), "INIT");
+        assert_eq!(
+            a.write(0x830, (1 << 32) | 0x4500, 0),
+            Write::Init {
+                dest: Dest::Physical(1)
+            },
+            "INIT assert"
+        );
+        assert_eq!(
+            a.write(0x830, (1 << 32) | 0x8500, 0),
+            Write::Done,
+            "INIT de-assert"
+        );
+        assert_eq!(
+            a.write(0x830, (1 << 32) | 0x69A, 0),
+            Write::Startup {
+                vector: 0x9A,
+                dest: Dest::Physical(1)
+            },
+            "SIPI"
+        );
+        assert_eq!(a.write(0x830, 0x200, 0), Write::Unsupported(2), "SMI");
         assert_eq!(
             a.write(0x830, (3 << 18) | 0x400 | 0x99, 0),
             Write::Nmi {

@@ -303,6 +303,12 @@ impl Shell {
         match host_info() {
             Ok(info) => {
                 let _ = format::host_info(&mut serial::Com1, &info, &self.hv);
+                let now = vm::get().now();
+                let t = root_partition_svc::cmos::DateTime::from_unix(now);
+                println!(
+                    "host clock: {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC ({now} s since 1970; what the VMs' clocks show)",
+                    t.year, t.month, t.day, t.hour, t.minute, t.second
+                );
             }
             Err(s) => {
                 let _ =

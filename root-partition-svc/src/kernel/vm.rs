@@ -266,7 +266,7 @@ impl Vmm {
     }
 
     /// The host's time now, Unix seconds.
-    fn now(&self) -> u64 {
+    pub fn now(&self) -> u64 {
         let (t, tsc) = self.host_time;
         t + (crate::arch::rdtsc() - tsc) / self.tsc_hz
     }
