@@ -111,8 +111,13 @@ pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
             ACCESS_PARTITION_REFERENCE_COUNTER
                 | ACCESS_HYPERCALL_MSRS
                 | ACCESS_VP_INDEX
-                | ACCESS_PARTITION_REFERENCE_TSC
-                | ACCESS_FREQUENCY_MSRS,
+                | ACCESS_FREQUENCY_MSRS
+                // Only where a page can describe the TSC (above 10 MHz).
+                | if crate::time::reference().page_usable() {
+                    ACCESS_PARTITION_REFERENCE_TSC
+                } else {
+                    0
+                },
             0,
             cpuid::features_edx::FREQUENCY_MSRS_AVAILABLE,
         ),

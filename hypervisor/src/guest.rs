@@ -388,7 +388,9 @@ fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> 
     let value = match m {
         msr::VP_INDEX => Some(vp.index as u64),
         msr::TIME_REF_COUNT => Some(time::reference().at(cpu::rdtsc())),
-        msr::REFERENCE_TSC => Some(part.reference_tsc.load(Ordering::Relaxed)),
+        msr::REFERENCE_TSC if time::reference().page_usable() => {
+            Some(part.reference_tsc.load(Ordering::Relaxed))
+        }
         // The virtual APIC's timer counts at the TSC's rate.
         msr::TSC_FREQUENCY | msr::APIC_FREQUENCY => Some(time::tsc_hz()),
         msr::VP_ASSIST_PAGE => Some(vp.vp_assist.load(Ordering::Relaxed)),
@@ -440,10 +442,11 @@ fn write_msr(
         0x1A0 if matches!(vcpu, Vcpu::Vmx(_)) => v == 1,
         // Bits 11:1 reserved. Enabling fills the page: sequence 1, and the
         // scale and offset that give the reference counter's value.
-        msr::REFERENCE_TSC => {
+        // Offered only where a page can describe the TSC (CPUID).
+        msr::REFERENCE_TSC if time::reference().page_usable() => {
             let gpa = v & !0xFFF;
-            let ok =
-                v & 0xFFE == 0 && (v & 1 == 0 || part.write(root, gpa, &time::reference().page(1)));
+            let page = time::reference().page(1).unwrap_or_default();
+            let ok = v & 0xFFE == 0 && (v & 1 == 0 || part.write(root, gpa, &page));
             if ok {
                 part.reference_tsc.store(v, Ordering::Relaxed);
             }

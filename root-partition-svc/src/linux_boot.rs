@@ -18,6 +18,14 @@ pub mod layout {
     pub const HIGH_RAM: u64 = 0x10_0000;
 }
 
+/// Where a processor starts after reset (F000:FFF0), which Linux jumps to
+/// when it reboots "through the BIOS" (its default on a machine without
+/// DMI tables). There is no BIOS: the code there asks for a reset at the
+/// reset control port (0xCF9, full reset), which restarts the VM.
+pub const RESET_VECTOR: u64 = 0xF_FFF0;
+/// `mov dx, 0xCF9; mov al, 6; out dx, al; hlt; jmp $-1` (16-bit code).
+pub const RESET_VECTOR_CODE: [u8; 9] = [0xBA, 0xF9, 0x0C, 0xB0, 0x06, 0xEE, 0xF4, 0xEB, 0xFD];
+
 /// The entry is this far into the protected-mode code (`startup_64`).
 pub const ENTRY_OFFSET: u64 = 0x200;
 

@@ -58,6 +58,8 @@ pub struct Machine {
     pub cmdline: String,
     /// QEMU `-icount shift=0`: the guest's TSC counts instructions (benchmarks).
     pub count_instructions: bool,
+    /// Bochs: instructions per emulated second (its TSC's rate, about).
+    pub bochs_ips: u64,
 }
 
 impl Machine {
@@ -77,6 +79,7 @@ impl Machine {
             cpu_model: Self::default_cpu_model(emulator).to_string(),
             cmdline: "poweroff".to_string(),
             count_instructions: false,
+            bochs_ips: 10_000_000,
         }
     }
 
@@ -524,7 +527,7 @@ fn linux_tests() -> Vec<GuestTest> {
             2,
             1024,
             &[
-                linux_vm!("linux", "1", "poweroff"),
+                linux_vm!("linux", "1", "vmcall"),
                 "vm start linux",
                 "vm wait linux 1200",
                 "host info",
@@ -538,11 +541,64 @@ fn linux_tests() -> Vec<GuestTest> {
                 "LINUX-INIT: reached init",
                 "LINUX-INIT: cpus 1",
                 "LINUX-INIT: clocksource hyperv_clocksource_tsc_page",
+                // User code cannot reach hypercalls: SIGILL (128 + 4).
+                "LINUX-INIT: vmcall status 132",
+                "LINUX-INIT: vmmcall status 132",
                 "LINUX-INIT: done",
                 "vm wait: linux is Off (powered off by the guest)",
             ],
             LINUX_FAILURES,
             Some(linux_date_matches_the_host_clock),
+        ),
+        (
+            "-linux-reboot",
+            2,
+            1024,
+            &[
+                linux_vm!("linux", "1", "reboot"),
+                "vm start linux",
+                "vm wait linux 25",
+                "vm show linux",
+                "host stats",
+                "vm stop linux --turn-off",
+                "vm console linux",
+                "shutdown",
+            ],
+            &[
+                "LINUX-INIT: rebooting",
+                "vm linux: reset by the guest; starting it again",
+            ],
+            LINUX_FAILURES,
+            Some(linux_booted_twice),
+        ),
+        (
+            "-linux-two-and-a-test-kernel",
+            2,
+            1024,
+            &[
+                linux_vm!("one", "1", "poweroff"),
+                linux_vm!("two", "1", "poweroff"),
+                "vm new hello --memory 4M --image hello",
+                "vm start one",
+                "vm start two",
+                "vm start hello",
+                "vm list",
+                "host info",
+                "vm wait hello",
+                "vm list",
+                "vm wait one 1200",
+                "vm wait two 1200",
+                "vm console two",
+                "shutdown",
+            ],
+            &[
+                "vm wait: hello is Off (exit code 0)",
+                "vm wait: one is Off (powered off by the guest)",
+                "vm wait: two is Off (powered off by the guest)",
+                "LINUX-INIT: done",
+            ],
+            LINUX_FAILURES,
+            None,
         ),
         (
             "-linux-smp",
@@ -580,6 +636,15 @@ const LINUX_FAILURES: &[&str] = &[
     "failed to boot",
     "WARNING:",
 ];
+
+/// A guest that reboots itself boots again: two kernels reached /init.
+fn linux_booted_twice(log: &str) -> Result<(), String> {
+    let n = log.matches("LINUX-INIT: reached init").count();
+    if n < 2 {
+        return Err(format!("/init reached {n} time(s), not twice or more"));
+    }
+    Ok(())
+}
 
 /// The guest's `date` (the kit prints `LINUX-INIT: date <seconds>`) is
 /// within 10 s of the clock the root gave it (`host info`, run just after).
@@ -1125,6 +1190,10 @@ pub fn matrix() -> Vec<Case> {
                 script,
             );
             c.with_linux = true;
+            c.with_guests = true;
+            // A TSC above 10 MHz, which a reference TSC page can describe
+            // (and fewer timer ticks per instruction while Linux boots).
+            c.machine.bochs_ips = 50_000_000;
             c.timeout_secs += match emulator {
                 Emulator::Qemu => 300,
                 Emulator::Bochs => 1500,

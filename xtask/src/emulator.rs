@@ -444,7 +444,7 @@ fn bochsrc(m: &Machine, iso: &Path, serial: &Path, com2: &Path, log: &Path) -> S
         "megs: {mem}\n\
          romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n\
          vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest\n\
-         cpu: model={model}, count={cpus}, ips=10000000, reset_on_triple_fault=0\n\
+         cpu: model={model}, count={cpus}, ips={ips}, reset_on_triple_fault=0\n\
          ata0-master: type=cdrom, path={iso}, status=inserted\n\
          boot: cdrom\n\
          com1: enabled=1, mode=term, dev={serial}\n\
@@ -459,6 +459,7 @@ fn bochsrc(m: &Machine, iso: &Path, serial: &Path, com2: &Path, log: &Path) -> S
          sound: driver=dummy\n\
          speaker: enabled=0\n",
         mem = m.memory_mib,
+        ips = m.bochs_ips,
         model = m.cpu_model,
         cpus = m.cpus,
         iso = iso.display(),

@@ -58,6 +58,9 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 /bin/busybox --install -s 2>/dev/null
+# Only emergencies from the kernel on the console from here on: its
+# messages would cut into ours (they are all in dmesg).
+dmesg -n 1
 echo "LINUX-INIT: reached init"
 echo "LINUX-INIT: cpus $(grep -c ^processor /proc/cpuinfo)"
 echo "LINUX-INIT: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"

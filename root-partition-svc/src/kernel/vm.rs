@@ -66,12 +66,14 @@ pub struct Vm {
     cmdline_len: usize,
     console: Console<CONSOLE_BYTES>,
     devices: Devices,
-    /// The guest reset itself: the VM restarts once its intercept is done.
+    /// The guest reset itself: the VM restarts once its intercept is done,
+    /// keeping its console output (the administrator sees both boots).
     reset_requested: bool,
+    keep_console: bool,
     started_tsc: u64,
     /// VPs that halted for good or were stopped.
     stopped_vps: u64,
-    reported_ports: [u16; 8],
+    reported_ports: [u16; 32],
     reported: usize,
     /// Failed AssertVirtualInterrupt requests (port 0xF5) this run: the
     /// first is reported, the rest only counted (`vm show`).
@@ -223,6 +225,34 @@ fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
             );
             return Err(r.status);
         }
+    }
+    Ok(())
+}
+
+/// GetVpRegisters of up to 8 registers: their values (low 64 bits).
+fn get_registers(id: u64, vp: u32, names: &[u32], out: &mut [u64]) -> Result<(), u16> {
+    let header = hv_abi::layout::GetVpRegisters {
+        partition_id: id,
+        vp_index: vp,
+        ..Default::default()
+    };
+    let mut elements = [hv_abi::layout::RegisterName::default(); 8];
+    let n = names.len().min(8);
+    for (e, &name) in elements.iter_mut().zip(names) {
+        e.name = name;
+    }
+    let mut values = [0u8; 8 * 16];
+    let r = hypercall::call_rep(
+        code::GET_VP_REGISTERS,
+        &header,
+        &elements[..n],
+        &mut values[..n * 16],
+    );
+    if r.status != status::SUCCESS {
+        return Err(r.status);
+    }
+    for (i, o) in out.iter_mut().enumerate().take(n) {
+        *o = u64::from_le_bytes(values[i * 16..i * 16 + 8].try_into().unwrap_or_default());
     }
     Ok(())
 }
@@ -405,9 +435,10 @@ impl Vmm {
                     console: Console::new(),
                     devices: Devices::default(),
                     reset_requested: false,
+                    keep_console: false,
                     started_tsc: 0,
                     stopped_vps: 0,
-                    reported_ports: [0; 8],
+                    reported_ports: [0; 32],
                     reported: 0,
                     interrupt_failures: 0,
                     unmapped: None,
@@ -506,7 +537,9 @@ impl Vmm {
                 return;
             }
         }
-        vm.console.clear();
+        if !core::mem::take(&mut vm.keep_console) {
+            vm.console.clear();
+        }
         vm.devices = Devices::default();
         vm.reset_requested = false;
         vm.reported = 0;
@@ -751,6 +784,39 @@ impl Vmm {
             );
         }
         println!("  VCPUs:          {}", vm.vcpus);
+        if vm.state == State::Running {
+            for vp in 0..vm.vcpus {
+                let mut v = [0u64; 5];
+                let names = [
+                    reg::RIP,
+                    reg::RFLAGS,
+                    reg::CR0,
+                    reg::CS,
+                    reg::EXPLICIT_SUSPEND,
+                ];
+                // A running VP is read while suspended for the moment.
+                let got = match get_registers(id, vp, &names, &mut v) {
+                    Err(status::INVALID_VP_STATE) => {
+                        let _ = set_registers(id, vp, &[(reg::EXPLICIT_SUSPEND, 1)]);
+                        let r = get_registers(id, vp, &names[..4], &mut v);
+                        let _ = set_registers(id, vp, &[(reg::EXPLICIT_SUSPEND, 0)]);
+                        r
+                    }
+                    r => r,
+                };
+                match got {
+                    Ok(()) => println!(
+                        "    VP {vp}: RIP {:#x}, RFLAGS {:#x}, CR0 {:#x}, CS base {:#x}{}",
+                        v[0],
+                        v[1],
+                        v[2],
+                        v[3],
+                        if v[4] != 0 { ", not started" } else { "" }
+                    ),
+                    Err(s) => println!("    VP {vp}: GetVpRegisters: status {s:#x}"),
+                }
+            }
+        }
         println!(
             "  processor:      reserve {}%, limit {}%, weight {}",
             get(property::CPU_RESERVE),
@@ -808,6 +874,7 @@ impl Vmm {
             return;
         };
         vm.reset_requested = false;
+        vm.keep_console = true;
         let mut name = [0u8; NAME_MAX];
         let len = vm.name_len;
         name[..len].copy_from_slice(&vm.name[..len]);
@@ -971,6 +1038,11 @@ fn load_linux(vm: &Vm, file: &[u8]) -> Result<(), &'static str> {
     guest_write(vm.memory_base, layout::ACPI, &tables);
     let zp = linux_boot::zero_page(file, &k, vm.memory_bytes, initrd, layout::CMDLINE, rsdp);
     guest_write(vm.memory_base, layout::ZERO_PAGE, &zp);
+    guest_write(
+        vm.memory_base,
+        linux_boot::RESET_VECTOR,
+        &linux_boot::RESET_VECTOR_CODE,
+    );
     Ok(())
 }
 
