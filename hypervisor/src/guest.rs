@@ -217,7 +217,7 @@ pub fn dispatch(
             Next::Resume
         }
         Exit::CrAccess {
-            cr: cr @ (4 | 8),
+            cr: cr @ (0 | 4 | 8),
             write: true,
             gpr,
         } => {
@@ -267,6 +267,8 @@ fn write_cr(
     let value = vcpu.gpr(gpr);
     let done = if cr == 8 {
         vapic.set_cr8(value)
+    } else if cr == 0 {
+        vcpu.set_cr0(caps, value)
     } else {
         let (old, cr3) = vcpu.cr4_cr3();
         let long_mode = vcpu.efer() & (1 << 10) != 0;

@@ -44,7 +44,11 @@ pub enum VmCommand<'a> {
     },
     List,
     Show(&'a str),
-    Console(&'a str),
+    /// Attach to the VM's COM1 both ways (`log`: print what was kept).
+    Console {
+        name: &'a str,
+        log: bool,
+    },
     Cpu(&'a str, CpuSettings),
     Delete(&'a str),
     /// Wait until the VM is no longer running (at most this many seconds).
@@ -88,7 +92,10 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "ID NAME STATE CPU% MEMORY(MiB) UPTIME VCPUS EXITS of every VM",
     ),
     ("vm show NAME", "everything about one VM"),
-    ("vm console NAME", "the VM's serial (COM1) output"),
+    (
+        "vm console NAME [--log]",
+        "attach to the VM's serial port (COM1): what you type goes to the guest, Ctrl-] detaches; --log prints the output kept (64 KiB, control bytes escaped)",
+    ),
     (
         "vm cpu NAME [--reserve P] [--limit P] [--weight W]",
         "processor reserve and limit (percent of a processor per VP), weight (1-10000)",
@@ -289,7 +296,14 @@ pub fn parse<'a>(
         }
         "start" => VmCommand::Start(name),
         "show" => VmCommand::Show(name),
-        "console" => VmCommand::Console(name),
+        "console" => {
+            let log = match words.next() {
+                None => false,
+                Some("--log") => true,
+                Some(o) => return Err(VmParseError::UnknownOption("console", o)),
+            };
+            VmCommand::Console { name, log }
+        }
         _ => VmCommand::Delete(name),
     };
     match words.next() {

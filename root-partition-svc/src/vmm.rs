@@ -485,10 +485,18 @@ pub fn sanitize_console(bytes: &[u8], out: &mut dyn FnMut(&[u8])) {
 /// the THR-empty interrupt enabled (IER bit 1) the interrupt identification
 /// register shows it pending after each write and when it is enabled, until
 /// IIR is read, as on the chip: a driver that polls IIR for lack of an IRQ
-/// line (Linux's 8250 with irq 0) then keeps sending.
+/// line (Linux's 8250 with irq 0) then keeps sending. Received bytes (what
+/// the administrator types at `vm console`) wait in a 16-byte FIFO: LSR
+/// bit 0 says data is ready, IIR shows it (0x04) when IER bit 0 enables
+/// it, RBR takes the oldest; a byte arriving at a full FIFO is lost and
+/// counted as an overrun (LSR bit 1), as on the chip.
 #[derive(Default)]
 pub struct Uart {
     thre_pending: bool,
+    rx: [u8; RX_FIFO],
+    rx_head: usize,
+    rx_len: usize,
+    overrun: bool,
     ier: u8,
     lcr: u8,
     mcr: u8,
@@ -499,8 +507,25 @@ pub struct Uart {
 }
 
 pub const COM1: u16 = 0x3F8;
+const RX_FIFO: usize = 16;
 
 impl Uart {
+    /// A byte arrives on the receive line; `false` if the FIFO was full.
+    pub fn receive(&mut self, b: u8) -> bool {
+        if self.rx_len == RX_FIFO {
+            self.overrun = true;
+            return false;
+        }
+        self.rx[(self.rx_head + self.rx_len) % RX_FIFO] = b;
+        self.rx_len += 1;
+        true
+    }
+
+    /// Room for this many more received bytes.
+    pub fn rx_room(&self) -> usize {
+        RX_FIFO - self.rx_len
+    }
+
     /// A write to register `offset` (0-7); returns the byte sent, if any.
     pub fn write(&mut self, offset: u16, v: u8) -> Option<u8> {
         let dlab = self.lcr & 0x80 != 0;
@@ -531,13 +556,23 @@ impl Uart {
         match (offset, dlab) {
             (0, true) => self.dll,
             (1, true) => self.dlm,
-            (0, false) => 0,
+            (0, false) => {
+                if self.rx_len == 0 {
+                    return 0;
+                }
+                let b = self.rx[self.rx_head];
+                self.rx_head = (self.rx_head + 1) % RX_FIFO;
+                self.rx_len -= 1;
+                b
+            }
             (1, false) => self.ier,
             // THR empty pending (0x02, cleared by this read) or none (0x01);
             // FIFOs reported enabled when FCR bit 0 is set.
             (2, _) => {
                 let fifo = if self.fcr & 1 != 0 { 0xC0 } else { 0 };
-                if self.ier & 2 != 0 && core::mem::take(&mut self.thre_pending) {
+                if self.ier & 1 != 0 && self.rx_len > 0 {
+                    0x04 | fifo
+                } else if self.ier & 2 != 0 && core::mem::take(&mut self.thre_pending) {
                     0x02 | fifo
                 } else {
                     0x01 | fifo
@@ -545,8 +580,11 @@ impl Uart {
             }
             (3, _) => self.lcr,
             (4, _) => self.mcr,
-            // Transmitter empty and holding register empty.
-            (5, _) => 0x60,
+            // Transmitter empty and holding register empty; data ready;
+            // an overrun since the last read.
+            (5, _) => {
+                0x60 | (self.rx_len > 0) as u8 | (core::mem::take(&mut self.overrun) as u8) << 1
+            }
             // Loopback echoes the control lines; otherwise CTS, DSR, DCD.
             (6, _) => {
                 if self.mcr & 0x10 != 0 {
@@ -900,6 +938,42 @@ mod tests {
             emulate_io(&mut u, 0x3FA, 1, false, 0, 0),
             IoEffect::Done(0x02)
         );
+        emulate_io(&mut u, 0x3F9, 1, true, 0, 0);
+        // Received bytes: data ready, the RX interrupt before THRE, in order.
+        emulate_io(&mut u, 0x3F9, 1, true, 0x03, 0);
+        assert!(u.uart.receive(b'a') && u.uart.receive(b'b'));
+        assert_eq!(
+            emulate_io(&mut u, 0x3FD, 1, false, 0, 0),
+            IoEffect::Done(0x61)
+        );
+        assert_eq!(
+            emulate_io(&mut u, 0x3FA, 1, false, 0, 0),
+            IoEffect::Done(0x04)
+        );
+        assert_eq!(
+            emulate_io(&mut u, 0x3F8, 1, false, 0, 0),
+            IoEffect::Done(b'a' as u32)
+        );
+        assert_eq!(
+            emulate_io(&mut u, 0x3F8, 1, false, 0, 0),
+            IoEffect::Done(b'b' as u32)
+        );
+        assert_eq!(
+            emulate_io(&mut u, 0x3FD, 1, false, 0, 0),
+            IoEffect::Done(0x60)
+        );
+        for i in 0..16 {
+            assert!(u.uart.receive(i));
+        }
+        assert!(!u.uart.receive(99), "full: lost");
+        assert_eq!(
+            emulate_io(&mut u, 0x3FD, 1, false, 0, 0),
+            IoEffect::Done(0x63),
+            "overrun"
+        );
+        for i in 0..16 {
+            assert_eq!(emulate_io(&mut u, 0x3F8, 1, false, 0, 0), IoEffect::Done(i));
+        }
         emulate_io(&mut u, 0x3F9, 1, true, 0, 0);
         // Hardware-reduced ACPI sleep to S5, and the reset paths.
         assert_eq!(

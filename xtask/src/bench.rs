@@ -314,7 +314,7 @@ fn io_intercepts(art: &build::Artifacts) -> Result<()> {
         "vm start io",
         "vm wait io",
         "host stats",
-        "vm console io",
+        "vm console io --log",
         "shutdown",
     ]
     .iter()

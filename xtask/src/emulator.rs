@@ -60,6 +60,12 @@ impl Feeder<'_> {
     }
 
     fn feed(&mut self, serial: &str, out: &mut dyn Write) {
+        // A guest's shell prompt (seen through `vm console`) counts as a
+        // prompt too: the next line goes to the guest.
+        let serial = system_tests::GUEST_PROMPTS
+            .iter()
+            .fold(serial.to_string(), |s, p| s.replace(p, self.prompt));
+        let serial = serial.as_str();
         while self.sent < self.lines.len() {
             // Line n goes after the (n+1)th prompt; what follows that prompt
             // is where its echo appears.

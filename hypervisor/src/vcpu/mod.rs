@@ -497,6 +497,23 @@ impl Vcpu {
 
     /// Sets the VP's CR4 (already checked by the caller) and drops its
     /// cached translations when the change requires it.
+    /// A guest's MOV to CR0 (`false`: #GP). Paging changes flush the VP's
+    /// TLB, as the processor's own CR0 write would.
+    pub fn set_cr0(&mut self, caps: &Caps, value: u64) -> bool {
+        let (old, _) = match self {
+            Vcpu::Vmx(v) => v.cr0_efer(),
+            Vcpu::Svm(s) => s.cr0_efer(),
+        };
+        let done = match self {
+            Vcpu::Vmx(v) => v.write_cr0(value),
+            Vcpu::Svm(s) => s.write_cr0(value),
+        };
+        if done && (old ^ value) & ((1 << 31) | (1 << 16) | 1) != 0 {
+            self.flush(caps);
+        }
+        done
+    }
+
     pub fn set_cr4(&mut self, caps: &Caps, value: u64) {
         let (old, _) = self.cr4_cr3();
         match self {

@@ -761,6 +761,17 @@ impl SvmVcpu {
         self.write(vmcb::CR4, v);
     }
 
+    /// A MOV to CR0 the hypervisor emulates. Guests' CR0 writes do not exit
+    /// on SVM (the processor switches modes itself); kept for the common
+    /// interface: the checks of the SDM/APM, then the value.
+    pub fn write_cr0(&mut self, v: u64) -> bool {
+        if v >> 32 != 0 || (v >> 31 & 1 != 0 && v & 1 == 0) {
+            return false;
+        }
+        self.write(vmcb::CR0, v);
+        true
+    }
+
     /// Moves RIP `length` bytes on (an instruction the hypervisor decoded).
     pub fn advance_rip(&mut self, length: u8) {
         self.set_rip_past_shadow(self.rip() + length as u64);

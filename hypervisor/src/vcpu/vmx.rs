@@ -856,7 +856,15 @@ impl VmxVcpu {
             cr0_fixed &= !((1 << 31) | 1);
         }
         let cr4_fixed = msr::read(IA32_VMX_CR4_FIXED0);
-        vmwrite(field::CR0_MASK, cr0_fixed)?;
+        // A guest's PE and PG writes exit too: a mode switch (an AP started
+        // in real mode going to long mode) is emulated in one place
+        // (`write_cr0`), which keeps EFER.LMA and the IA-32e entry control.
+        let cr0_mask = if guest {
+            cr0_fixed | (1 << 31) | 1
+        } else {
+            cr0_fixed
+        };
+        vmwrite(field::CR0_MASK, cr0_mask)?;
         // A guest owns only the CR4 bits it may set: writing any other exits
         // (and is refused, `cpuid_view::guest_cr4_allowed`).
         let cr4_mask = if guest {
@@ -1243,6 +1251,44 @@ impl VmxVcpu {
     /// Sets CR4 as the VP sees it; the processor's has VMX's fixed bits too.
     pub fn set_cr4(&mut self, v: u64) {
         let _ = self.write_cr4(v);
+    }
+
+    /// A guest's MOV to CR0 that exited (a bit it may not own changed):
+    /// the new value as the VP sees it, with the checks of the SDM's MOV to
+    /// CR0 (#GP: bits 63:32, PG without PE, NW without CD, long-mode paging
+    /// without PAE); PG set with EFER.LME enters IA-32e mode (LMA and the
+    /// entry control), PG cleared leaves it. `false`: #GP.
+    pub fn write_cr0(&mut self, v: u64) -> bool {
+        const PE: u64 = 1;
+        const NW: u64 = 1 << 29;
+        const CD: u64 = 1 << 30;
+        const PG: u64 = 1 << 31;
+        const LME: u64 = 1 << 8;
+        const LMA: u64 = 1 << 10;
+        const GUEST_64BIT: u32 = 1 << 9;
+        let (old, mut efer) = self.cr0_efer();
+        if v >> 32 != 0 || (v & PG != 0 && v & PE == 0) || (v & NW != 0 && v & CD == 0) {
+            return false;
+        }
+        let (cr4, _) = self.cr4_cr3();
+        if v & PG != 0 && old & PG == 0 && efer & LME != 0 {
+            if cr4 & (1 << 5) == 0 {
+                return false;
+            }
+            efer |= LMA;
+        } else if v & PG == 0 && old & PG != 0 {
+            efer &= !LMA;
+        }
+        self.entry = if efer & LMA != 0 {
+            self.entry | GUEST_64BIT
+        } else {
+            self.entry & !GUEST_64BIT
+        };
+        let fixed1 = msr::read(IA32_VMX_CR0_FIXED1);
+        vmwrite(field::GUEST_CR0, (v | self.cr0_fixed0) & fixed1).is_ok()
+            && vmwrite(field::CR0_SHADOW, v).is_ok()
+            && vmwrite(field::GUEST_EFER, efer).is_ok()
+            && vmwrite(field::ENTRY_CONTROLS, self.entry as u64).is_ok()
     }
 
     fn write_cr4(&self, v: u64) -> Result<(), &'static str> {

@@ -70,6 +70,8 @@ pub struct Vm {
     /// keeping its console output (the administrator sees both boots).
     reset_requested: bool,
     keep_console: bool,
+    /// `vm console` is attached: output goes to the operator as it comes.
+    attached: bool,
     started_tsc: u64,
     /// VPs that halted for good or were stopped.
     stopped_vps: u64,
@@ -333,24 +335,75 @@ impl Vmm {
             VmCommand::Stop { name, turn_off } => self.stop(name, turn_off),
             VmCommand::List => self.list(),
             VmCommand::Show(name) => self.show(name),
-            VmCommand::Console(name) => {
-                if let Some(vm) = self.named(name) {
-                    let (a, b) = vm.console.contents();
-                    vmm::sanitize_console(a, &mut serial::write_bytes);
-                    vmm::sanitize_console(b, &mut serial::write_bytes);
-                    if vm.console.total > 0 && [a, b].concat_last() != Some(b'\n') {
-                        println!();
+            VmCommand::Console { name, log } => {
+                let running = self.named(name).map(|vm| vm.state == State::Running);
+                match running {
+                    None => {}
+                    Some(true) if !log => self.attach(name),
+                    Some(running) => {
+                        if let Some(vm) = self.named(name) {
+                            print_console_log(vm);
+                            if !running && !log {
+                                println!("-- {name} is not running: nothing to attach to");
+                            }
+                        }
                     }
-                    println!(
-                        "-- {} bytes of console output from {name}",
-                        vm.console.total
-                    );
                 }
             }
             VmCommand::Cpu(name, s) => self.cpu(name, s),
             VmCommand::Wait(name, secs) => self.wait(name, secs),
             VmCommand::Delete(name) => self.delete(name),
         }
+    }
+
+    /// `vm console NAME` on a running VM: the kept output's tail, then the
+    /// guest's COM1 both ways until Ctrl-] (or the VM stops). VMs are
+    /// served meanwhile.
+    fn attach(&mut self, name: &str) {
+        const DETACH: u8 = 0x1D; // Ctrl-]
+        let Some(i) = self.find(name) else { return };
+        println!("-- attached to {name}'s COM1; Ctrl-] detaches");
+        if let Some(vm) = self.vms[i].as_mut() {
+            // The last lines, so the guest's prompt is on the screen.
+            let (a, b) = vm.console.contents();
+            let (a, b) = tail(a, b, 1024);
+            serial::write_bytes(a);
+            serial::write_bytes(b);
+            vm.attached = true;
+        }
+        let mut idle_since = crate::arch::rdtsc();
+        loop {
+            let busy = self.poll();
+            let Some(vm) = self.vms[i].as_mut() else {
+                break;
+            };
+            if vm.state != State::Running {
+                println!(
+                    "\n-- {name} is {} ({}); detached",
+                    vm.state.name(),
+                    vm.reason()
+                );
+                vm.attached = false;
+                return;
+            }
+            match serial::try_read() {
+                Some(DETACH) => break,
+                Some(b) => {
+                    idle_since = crate::arch::rdtsc();
+                    // A full FIFO drops the byte, as the chip would; the
+                    // operator types slower than a guest reads it.
+                    let _ = vm.devices.uart.receive(b);
+                }
+                None if !busy && crate::arch::rdtsc() - idle_since > self.tsc_hz / 20 => {
+                    crate::arch::idle()
+                }
+                None => core::hint::spin_loop(),
+            }
+        }
+        if let Some(vm) = self.vms[i].as_mut() {
+            vm.attached = false;
+        }
+        println!("\n-- detached from {name}");
     }
 
     fn new_vm(&mut self, n: NewVm) {
@@ -436,6 +489,7 @@ impl Vmm {
                     devices: Devices::default(),
                     reset_requested: false,
                     keep_console: false,
+                    attached: false,
                     started_tsc: 0,
                     stopped_vps: 0,
                     reported_ports: [0; 32],
@@ -1000,6 +1054,28 @@ impl Vmm {
     }
 }
 
+/// `vm console NAME --log`: what the VM's COM1 output kept, escaped.
+fn print_console_log(vm: &Vm) {
+    let (a, b) = vm.console.contents();
+    vmm::sanitize_console(a, &mut serial::write_bytes);
+    vmm::sanitize_console(b, &mut serial::write_bytes);
+    if vm.console.total > 0 && [a, b].concat_last() != Some(b'\n') {
+        println!();
+    }
+    println!(
+        "-- {} bytes of console output from {}",
+        vm.console.total,
+        vm.name()
+    );
+}
+
+/// The last `n` bytes of `a` then `b` taken as one: (from `a`, from `b`).
+fn tail<'a>(a: &'a [u8], b: &'a [u8], n: usize) -> (&'a [u8], &'a [u8]) {
+    let from_b = b.len().min(n);
+    let from_a = a.len().min(n - from_b);
+    (&a[a.len() - from_a..], &b[b.len() - from_b..])
+}
+
 trait ConcatLast {
     fn concat_last(&self) -> Option<u8>;
 }
@@ -1209,7 +1285,12 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
                 rax = (io.rax & !mask) | (v as u64 & mask);
             }
         }
-        IoEffect::Output(b) => vm.console.push(b),
+        IoEffect::Output(b) => {
+            vm.console.push(b);
+            if vm.attached {
+                serial::write_byte(b);
+            }
+        }
         IoEffect::Interrupt(vector) => interrupt = Some(vector),
         IoEffect::UnmapPage(gpa) => {
             if gpa >= vm.memory_bytes || vm.unmapped.is_some() {
