@@ -971,6 +971,21 @@ fn root_image(image: &[u8], memory: u64, vp: u32, vps: u32) {
             );
             assert!(len > 0 && at + len <= 0x8_0000);
         }
+        EntryMode::Linux => {
+            // A bzImage: one segment, its protected-mode code, at the
+            // kernel's load address (2 MiB aligned, from 1 MiB), entered
+            // 0x200 in, inside the VM's memory with its init_size.
+            assert_eq!(image.get(0x202..0x206), Some(&b"HdrS"[..]));
+            assert_eq!(segments.len(), 1);
+            let s = segments[0];
+            assert!(
+                s.gpa >= vmm::layout::IMAGE_MIN && s.gpa % 0x20_0000 == 0,
+                "{s:?}"
+            );
+            assert_eq!(img.entry, s.gpa + 0x200);
+            assert!(s.offset + s.file_bytes == len, "{s:?}");
+            assert!(s.gpa + s.mem_bytes <= memory, "{s:?}");
+        }
         EntryMode::Long | EntryMode::Protected32 => {
             let class = if img.mode == EntryMode::Long { 2 } else { 1 };
             assert!(image.starts_with(b"\x7FELF") && image[4] == class);

@@ -168,10 +168,17 @@ pub fn dispatch(
             } else {
                 kind::UNMAPPED_GPA
             };
+            let (instruction, instruction_len) = if k == kind::UNMAPPED_GPA {
+                fetch_instruction(root, part, vcpu)
+            } else {
+                ([0; 16], 0)
+            };
             let msg = MemoryIntercept {
                 header: header(vcpu, 0, acc),
                 gva: 0,
                 gpa,
+                instruction_len,
+                instruction,
             };
             Next::Intercept(msg.message(k, part.id))
         }
@@ -290,31 +297,40 @@ fn write_cr(
     }
 }
 
-/// Decodes the MOV to CR at the VP's CS:RIP, up to 15 bytes read through
-/// its own page tables (fewer where the second page is not mapped).
+/// Decodes the MOV to CR at the VP's CS:RIP.
 fn fetch_mov_to_cr(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> Option<(u8, u8, u8)> {
-    let (paging, cr3, code64, cs_base) = vcpu.fetch_state();
+    let (bytes, len) = fetch_instruction(root, part, vcpu);
+    let (_, _, code64, _) = vcpu.fetch_state();
+    control_regs::decode_mov_to_cr(&bytes[..len as usize], code64)
+}
+
+/// The bytes at the VP's CS:RIP, up to 15 read through its own page tables
+/// (fewer where the second page is not mapped; none if the first is not).
+fn fetch_instruction(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> ([u8; 16], u8) {
+    let (paging, cr3, _, cs_base) = vcpu.fetch_state();
     let read = |gpa: u64, n: usize| {
         let mut b = [0u8; 8];
         part.read(root, gpa, &mut b[..n.min(8)])
             .then(|| u64::from_le_bytes(b))
     };
     let la = cs_base.wrapping_add(vcpu.rip());
-    let mut bytes = [0u8; 15];
+    let mut bytes = [0u8; 16];
     let first = (4096 - (la & 0xFFF) as usize).min(15);
-    let gpa = control_regs::translate(paging, cr3, la, &read)?;
+    let Some(gpa) = control_regs::translate(paging, cr3, la, &read) else {
+        return (bytes, 0);
+    };
     if !part.read(root, gpa, &mut bytes[..first]) {
-        return None;
+        return (bytes, 0);
     }
     let next = (first < 15)
         .then(|| control_regs::translate(paging, cr3, la.wrapping_add(first as u64), &read))
         .flatten();
-    let len = if next.is_some_and(|gpa| part.read(root, gpa, &mut bytes[first..])) {
+    let len = if next.is_some_and(|gpa| part.read(root, gpa, &mut bytes[first..15])) {
         15
     } else {
         first
     };
-    control_regs::decode_mov_to_cr(&bytes[..len], code64)
+    (bytes, len as u8)
 }
 
 /// An IPI from guest VP `sender` to the VPs of its partition that `dest`

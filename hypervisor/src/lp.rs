@@ -249,6 +249,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 };
                 left_guest = cpu::rdtsc();
                 g.part.exits.fetch_add(1, Ordering::Relaxed);
+                g.part.exits_by_reason[exit.reason() as usize].fetch_add(1, Ordering::Relaxed);
                 lp_stats.count(exit.reason());
                 let Some(v) = g.vcpu.as_mut() else { continue };
                 let next = guest::dispatch(root, caps, &g.part, &g.vp, v, &mut g.vapic, exit);

@@ -49,6 +49,8 @@ pub struct Partition {
     pub cap_percent: AtomicU32,
     pub run_tsc: AtomicU64,
     pub exits: AtomicU64,
+    /// Its VPs' exits by `hv_abi::ExitReason`.
+    pub exits_by_reason: [AtomicU64; hv_abi::ExitReason::COUNT],
     pub intercepts: AtomicU64,
     /// GUEST_OS_ID and HYPERCALL.
     pub hypercall_msrs: hypervisor_core::hypercall_msrs::HypercallMsrs,
@@ -405,6 +407,7 @@ fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
         cap_percent: AtomicU32::new(100),
         run_tsc: AtomicU64::new(0),
         exits: AtomicU64::new(0),
+        exits_by_reason: [const { AtomicU64::new(0) }; hv_abi::ExitReason::COUNT],
         intercepts: AtomicU64::new(0),
         hypercall_msrs: hypervisor_core::hypercall_msrs::HypercallMsrs::new(),
         slat_root: AtomicU64::new(0),
@@ -493,6 +496,12 @@ fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
         c if (property::GP_MSRS..property::GP_MSRS + property::GP_MSRS_KEPT).contains(&c) => {
             p.gp_msrs.raw((c - property::GP_MSRS) as usize)
         }
+        c if (property::EXITS_BY_REASON
+            ..property::EXITS_BY_REASON + hv_abi::ExitReason::COUNT as u32)
+            .contains(&c) =>
+        {
+            p.exits_by_reason[(c - property::EXITS_BY_REASON) as usize].load(Ordering::Relaxed)
+        }
         _ => return Err(status::UNKNOWN_PROPERTY),
     };
     output_as(output, &GetPartitionPropertyOutput { property_value: v })
@@ -509,7 +518,11 @@ fn set_property(input: &[u8]) -> Result<usize, u16> {
         property::RUN_TIME | property::EXITS | property::INTERCEPTS | property::MAPPED_BYTES => {
             return Err(status::OPERATION_DENIED)
         }
-        c if (property::GP_MSRS..property::GP_MSRS + property::GP_MSRS_KEPT).contains(&c) => {
+        c if (property::GP_MSRS..property::GP_MSRS + property::GP_MSRS_KEPT).contains(&c)
+            || (property::EXITS_BY_REASON
+                ..property::EXITS_BY_REASON + hv_abi::ExitReason::COUNT as u32)
+                .contains(&c) =>
+        {
             return Err(status::OPERATION_DENIED)
         }
         _ => return Err(status::UNKNOWN_PROPERTY),

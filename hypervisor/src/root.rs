@@ -65,6 +65,15 @@ fn boot_area_pages(identity_top: u64, vps: u64, image_pages: u64) -> u64 {
     tables + 1 + slots
 }
 
+/// A boot module's bytes.
+fn module_bytes(start: u64, end: u64) -> &'static [u8] {
+    // SAFETY: modules lie below 4 GiB (all our loaders put them there), in
+    // the boot tables' identity map and in the hypervisor's own (which maps
+    // all memory below `identity_top`), and nothing writes them; they are
+    // only read.
+    unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
+}
+
 /// Finds the root module (a word of its string is `root`, or ends in `/root`;
 /// the words after it are the root's command line) and checks its image.
 pub fn find_image(bi: &BootInfo, max_vps: u64) -> Option<Result<RootImage, &'static str>> {
@@ -74,10 +83,7 @@ pub fn find_image(bi: &BootInfo, max_vps: u64) -> Option<Result<RootImage, &'sta
         .iter()
         .position(|m| m.name.as_str().split_whitespace().any(is_root_word))?;
     let m = &bi.modules()[module_index];
-    let len = (m.end - m.start) as usize;
-    // SAFETY: the module lies below 4 GiB (all our loaders put it there) in
-    // the boot tables' identity map, and nothing writes it; it is only read.
-    let bytes = unsafe { core::slice::from_raw_parts(m.start as *const u8, len) };
+    let bytes = module_bytes(m.start, m.end);
     Some((|| {
         let layout = hypervisor_core::elf::layout(bytes)?;
         if layout.start != root_boot::ROOT_IMAGE_BASE {
@@ -227,16 +233,22 @@ pub fn create(
     ram.sort_unstable();
     let top = bi.identity_top();
 
-    // 2. The image, built in the heap and copied in.
+    // 2. The image, copied segment by segment from the module (no heap:
+    //    the root's image, debug information and .bss are megabytes).
     let mem = PartitionMemory::new(&ram);
-    let mut file = alloc::vec![0u8; (image.module.1 - image.module.0) as usize];
-    mem.read(image.module.0, &mut file)
-        .map_err(|_| "the root module is not root memory")?;
-    let mut loaded = alloc::vec![0u8; (image.layout.end - image.layout.start) as usize];
-    hypervisor_core::elf::copy_segments(&file, image.layout.start, &mut loaded)?;
-    mem.write(image.layout.start, &loaded)
-        .map_err(|_| "the root image range is not root memory")?;
-    drop(loaded);
+    let file = module_bytes(image.module.0, image.module.1);
+    let not_root = |_| "the root image range is not root memory";
+    mem.zero(image.layout.start, image.layout.end - image.layout.start)
+        .map_err(not_root)?;
+    for s in hypervisor_core::elf::segments(file).map_err(|_| "the root image's ELF headers")? {
+        let bytes = file
+            .get(s.offset as usize..s.offset.saturating_add(s.filesz) as usize)
+            .ok_or("ELF segment runs past the end of the file")?;
+        if s.paddr < image.layout.start || s.paddr.saturating_add(s.memsz) > image.layout.end {
+            return Err("ELF segment outside its layout");
+        }
+        mem.write(s.paddr, bytes).map_err(not_root)?;
+    }
 
     // 3. Boot area: the root's identity page tables, GDT and TSS; the VPs'
     // slots at its end. The identity map is W^X: the image's segments as

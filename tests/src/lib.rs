@@ -856,7 +856,9 @@ fn guest_tests() -> Vec<GuestTest> {
                 "shutdown",
             ],
             &[
-                "vm wait: bad is Failed (VP 0: write of unmapped GPA 0x401000",
+                "vm bad: VP 0 wrote absent MMIO at GPA 0x401000",
+                "vm bad: VP 0 wrote absent MMIO at GPA 0x3ffff000",
+                "vm wait: bad is Off (exit code 0)",
                 "victim: pattern intact, round",
                 "vm stop: victim stopped",
             ],

@@ -114,7 +114,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().context("--runs needs a number")?.parse()?,
-            "--only" => only = Some(it.next().context("--only needs exits or io")?),
+            "--only" => only = Some(it.next().context("--only needs exits, io or linux")?),
             other => bail!("unknown option \"{other}\" for bench"),
         }
     }
@@ -130,7 +130,11 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             io_intercepts(&art)?;
             return Ok(0);
         }
-        Some(other) => bail!("--only {other}: expected exits or io"),
+        Some("linux") => {
+            linux(&art)?;
+            return Ok(0);
+        }
+        Some(other) => bail!("--only {other}: expected exits, io or linux"),
     }
     let elf = std::fs::read(&art.hypervisor)?;
     println!(
@@ -191,6 +195,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     }
     exits(&art, runs)?;
     io_intercepts(&art)?;
+    linux(&art)?;
     println!("== VMBus ring throughput (cargo run -p vmbus --release --example ring_bench)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = std::process::Command::new(cargo)
@@ -299,6 +304,138 @@ fn world_switch_totals(log: &str) -> Vec<u64> {
         .filter(|l| l.starts_with("world switches"))
         .filter_map(|l| l.split_whitespace().last()?.parse().ok())
         .collect()
+}
+
+/// The guest kernel's clock when its /init ran (`LINUX-INIT: uptime S`).
+fn linux_uptime(log: &str) -> Option<f64> {
+    log.lines()
+        .find_map(|l| l.split("LINUX-INIT: uptime ").nth(1)?.trim().parse().ok())
+}
+
+/// The exits by reason of the last `vm show` in `log`.
+fn exits_by_reason(log: &str) -> Vec<(String, u64)> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.trim_start().strip_prefix("by reason:"))
+        .map(|l| {
+            l.split(", ")
+                .filter_map(|p| {
+                    let (name, n) = p.trim().rsplit_once(' ')?;
+                    Some((name.to_string(), n.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Debian's kernel as a guest (QEMU with -icount, one processor, so the
+/// TSC counts every instruction the machine executes):
+/// - the kernel's clock at /init under our hypervisor ÷ the same kernel and
+///   initramfs on plain QEMU: instructions from the kernel's clock start to
+///   its init, ours included (the XZ decompressor before it runs alike in
+///   both and is not counted);
+/// - exits by reason for that boot;
+/// - exits per second, by reason, of the guest idle at its shell prompt.
+fn linux(art: &build::Artifacts) -> Result<()> {
+    let kit = crate::linux_kit::build()?;
+    let cmdline = |test: &str| {
+        format!("console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr pci=off io_delay=none linuxtest={test}")
+    };
+    println!(
+        "== Linux guest (Debian {}), QEMU -icount, 1 processor",
+        kit.kernel_release
+    );
+    // Plain QEMU: the same kernel and initramfs, no hypervisor.
+    let plain = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+            "-icount",
+            "shift=0",
+        ])
+        .arg("-kernel")
+        .arg(&kit.kernel)
+        .arg("-initrd")
+        .arg(&kit.initrd)
+        .args(["-append", &cmdline("poweroff")])
+        .output()
+        .context("qemu-system-x86_64")?;
+    let plain_log = String::from_utf8_lossy(&plain.stdout);
+    let plain_up = linux_uptime(&plain_log).context("plain QEMU: no LINUX-INIT: uptime")?;
+    let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
+    modules.push((kit.kernel.clone(), "linux".to_string()));
+    modules.push((kit.initrd.clone(), "linux-initrd".to_string()));
+    let mut m = Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 1024);
+    m.cmdline = String::new();
+    m.count_instructions = true;
+    let new = |test: &str| {
+        format!(
+            "vm new linux --kernel linux --initrd linux-initrd --memory 256M --vcpus 1 --cmdline \"{}\"",
+            cmdline(test)
+        )
+    };
+    // One boot to power-off.
+    let script: Vec<String> = vec![
+        new("poweroff"),
+        "vm start linux".into(),
+        "vm wait linux 600".into(),
+        "vm show linux".into(),
+        "vm console linux --log".into(),
+        "shutdown".into(),
+    ];
+    let run = run_script(art, &m, &modules, "bench-linux", &script, 1200)?;
+    let log = &run.outcome.serial;
+    let ours = linux_uptime(log).context("under the hypervisor: no LINUX-INIT: uptime")?;
+    println!(
+        "  kernel clock at /init: {ours:.3} s under the hypervisor, {plain_up:.3} s on plain QEMU: ratio {:.2} (goal <= 1.10)",
+        ours / plain_up
+    );
+    let boot = exits_by_reason(log);
+    let total: u64 = boot.iter().map(|(_, n)| n).sum();
+    print!("  exits for one boot to power-off: {total}:");
+    for (name, n) in &boot {
+        print!(" {name} {n}");
+    }
+    println!();
+    // Idle at the shell: exits over 10 emulated seconds.
+    let script: Vec<String> = vec![
+        new("idle"),
+        "vm start linux".into(),
+        "vm wait linux 20".into(),
+        "vm show linux".into(),
+        "vm wait linux 10".into(),
+        "vm show linux".into(),
+        "vm stop linux --turn-off".into(),
+        "shutdown".into(),
+    ];
+    let run = run_script(art, &m, &modules, "bench-linux", &script, 1200)?;
+    let log = &run.outcome.serial;
+    let shows: Vec<&str> = log.split("root> vm show linux").skip(1).collect();
+    if shows.len() < 2 {
+        bail!("idle Linux: two vm show outputs expected");
+    }
+    let (before, after) = (exits_by_reason(shows[0]), exits_by_reason(shows[1]));
+    let count =
+        |v: &[(String, u64)], name: &str| v.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    let mut per_second = Vec::new();
+    for (name, n) in &after {
+        let d = n - count(&before, name);
+        if d > 0 {
+            per_second.push(format!("{name} {:.1}", d as f64 / 10.0));
+        }
+    }
+    let all: u64 =
+        after.iter().map(|(_, n)| n).sum::<u64>() - before.iter().map(|(_, n)| n).sum::<u64>();
+    println!(
+        "  idle guest: {:.1} exits per second (goal <= 20): {}",
+        all as f64 / 10.0,
+        per_second.join(", ")
+    );
+    Ok(())
 }
 
 /// An intercepted I/O port write's round trip (guest → hypervisor → root's

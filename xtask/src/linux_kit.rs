@@ -62,6 +62,7 @@ mount -t devpts devpts /dev/pts
 # messages would cut into ours (they are all in dmesg).
 dmesg -n 1
 echo "LINUX-INIT: reached init"
+echo "LINUX-INIT: uptime $(cut -d' ' -f1 /proc/uptime)"
 echo "LINUX-INIT: cpus $(grep -c ^processor /proc/cpuinfo)"
 echo "LINUX-INIT: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 echo "LINUX-INIT: date $(date +%s)"
@@ -88,6 +89,14 @@ panic)
     echo "LINUX-INIT: panicking"
     drain
     echo c > /proc/sysrq-trigger
+    ;;
+idle)
+    # An idle guest for the benchmarks: nothing runs for 30 s.
+    echo "LINUX-INIT: idle"
+    sleep 30
+    echo "LINUX-INIT: done"
+    drain
+    poweroff -f
     ;;
 vmcall)
     /bin/vmcall

@@ -89,6 +89,9 @@ pub mod property {
     /// a write, the count from bit 33; 0 when unused.
     pub const GP_MSRS: u32 = 0x7F01_0010;
     pub const GP_MSRS_KEPT: u32 = 16;
+    /// Read-only, one per `crate::ExitReason` (this plus its index): the
+    /// partition's VP exits for that reason.
+    pub const EXITS_BY_REASON: u32 = 0x7F01_0030;
     pub const DEFAULT_WEIGHT: u64 = 100;
 }
 

@@ -209,6 +209,11 @@ pub struct MemoryIntercept {
     pub header: InterceptHeader,
     pub gva: u64,
     pub gpa: u64,
+    /// The instruction at RIP as the hypervisor fetched it through the
+    /// VP's page tables (InstructionByteCount and InstructionBytes): the
+    /// root decodes it to emulate the access.
+    pub instruction_len: u8,
+    pub instruction: [u8; 16],
 }
 
 impl MemoryIntercept {
@@ -217,20 +222,27 @@ impl MemoryIntercept {
     pub fn message(&self, kind: u32, partition: u64) -> Message {
         build(kind, partition, Self::SIZE, |c| {
             self.header.put(c)?;
-            c.put(&[0; 8])?;
+            // CacheType, InstructionByteCount, MemoryAccessInfo, reserved.
+            c.put(&[0; 4])?;
+            c.put(&[self.instruction_len.min(16), 0, 0, 0])?;
             c.put(&self.gva.to_le_bytes())?;
-            c.put(&self.gpa.to_le_bytes())
+            c.put(&self.gpa.to_le_bytes())?;
+            c.put(&self.instruction)
         })
     }
 
     pub fn decode(p: &[u8]) -> Option<Self> {
         let mut at = 0;
         let header = InterceptHeader::take(p, &mut at)?;
-        get::<8>(p, &mut at)?;
+        get::<4>(p, &mut at)?;
+        let [count, ..] = get::<4>(p, &mut at)?;
         Some(MemoryIntercept {
             header,
             gva: u64::from_le_bytes(get(p, &mut at)?),
             gpa: u64::from_le_bytes(get(p, &mut at)?),
+            // Never more than the bytes there are.
+            instruction_len: count.min(16),
+            instruction: get(p, &mut at)?,
         })
     }
 }
@@ -340,6 +352,8 @@ mod tests {
             header: io.header,
             gva: 1,
             gpa: 0xDEAD_0000,
+            instruction_len: 3,
+            instruction: [0x8B, 0x47, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         };
         mem.message(kind::UNMAPPED_GPA, 2).encode(&mut slot);
         let m = Message::decode(&slot);

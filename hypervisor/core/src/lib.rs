@@ -18,6 +18,7 @@ pub mod hypercall;
 pub mod hypercall_msrs;
 pub mod lifecycle;
 pub mod log_ring;
+pub mod mmio;
 pub mod msr_report;
 pub mod page_table;
 pub mod pending;

@@ -77,6 +77,10 @@ pub struct Vm {
     stopped_vps: u64,
     reported_ports: [u16; 32],
     reported: usize,
+    /// Absent MMIO pages the guest touched, reported once each (the first
+    /// few; `reported_mmio_count` counts them all).
+    reported_mmio: [u64; 8],
+    reported_mmio_count: usize,
     /// Failed AssertVirtualInterrupt requests (port 0xF5) this run: the
     /// first is reported, the rest only counted (`vm show`).
     interrupt_failures: u64,
@@ -494,6 +498,8 @@ impl Vmm {
                     stopped_vps: 0,
                     reported_ports: [0; 32],
                     reported: 0,
+                    reported_mmio: [0; 8],
+                    reported_mmio_count: 0,
                     interrupt_failures: 0,
                     unmapped: None,
                     sample: (0, 0),
@@ -597,6 +603,7 @@ impl Vmm {
         vm.devices = Devices::default();
         vm.reset_requested = false;
         vm.reported = 0;
+        vm.reported_mmio_count = 0;
         vm.interrupt_failures = 0;
         vm.unmapped = None;
         vm.stopped_vps = 0;
@@ -883,6 +890,22 @@ impl Vmm {
             uptime(vm, crate::arch::rdtsc(), self.tsc_hz)
         );
         println!("  exits:          {}", get(property::EXITS));
+        let mut first = true;
+        for reason in hv_abi::ExitReason::ALL {
+            let n = get(property::EXITS_BY_REASON + reason as u32);
+            if n == 0 {
+                continue;
+            }
+            print!(
+                "{}{} {n}",
+                if first { "    by reason:    " } else { ", " },
+                reason.name()
+            );
+            first = false;
+        }
+        if !first {
+            println!();
+        }
         println!("  intercepts:     {}", get(property::INTERCEPTS));
         println!("  console:        {} bytes", vm.console.total);
         if vm.interrupt_failures > 0 {
@@ -982,6 +1005,9 @@ impl Vmm {
                         }
                     }
                 }
+                // Nothing at that address: an absent device, as on a PC
+                // (reads all ones, writes go nowhere).
+                Some(mi) if m.kind == kind::UNMAPPED_GPA && absent_mmio(vm, &mi) => {}
                 Some(mi) => {
                     let what = match mi.header.access {
                         msg::access::WRITE => "write",
@@ -1084,6 +1110,59 @@ impl ConcatLast for [&[u8]; 2] {
     fn concat_last(&self) -> Option<u8> {
         self[1].last().or(self[0].last()).copied()
     }
+}
+
+/// An access to a GPA where nothing is: the instruction (fetched by the
+/// hypervisor) is decoded and completed as an absent device would: a read
+/// gives all ones, a write is dropped; reported once per page. `false`:
+/// not an instruction the worker emulates (the caller fails the VM).
+fn absent_mmio(vm: &mut Vm, mi: &MemoryIntercept) -> bool {
+    use hypervisor_core::mmio;
+    let vp = mi.header.vp_index;
+    // 64-bit code: CS.L (attributes bit 13).
+    let long = mi.header.cs.attributes & (1 << 13) != 0;
+    let bytes = &mi.instruction[..mi.instruction_len as usize];
+    let Some(access) = mmio::decode(bytes, long) else {
+        return false;
+    };
+    let mut regs = [(0u32, 0u128); 3];
+    let mut n = 0;
+    if let (false, mmio::Operand::Register { index, .. }) = (access.write, access.operand) {
+        let name = reg::RAX + index as u32;
+        let mut old = [0u64];
+        if get_registers(vm.partition, vp, &[name], &mut old).is_err() {
+            return false;
+        }
+        regs[n] = (name, mmio::merge_read(old[0], u64::MAX, &access) as u128);
+        n += 1;
+    }
+    regs[n] = (reg::RIP, (mi.header.rip + access.length as u64) as u128);
+    regs[n + 1] = (reg::INTERCEPT_SUSPEND, 0);
+    n += 2;
+    let page = mi.gpa & !(vmm::PAGE - 1);
+    if !vm.reported_mmio[..vm.reported_mmio_count.min(8)].contains(&page) {
+        if vm.reported_mmio_count < vm.reported_mmio.len() {
+            vm.reported_mmio[vm.reported_mmio_count] = page;
+            println!(
+                "vm {}: VP {vp} {} absent MMIO at GPA {:#x} (RIP {:#x}): nothing there ({}); reported once per page",
+                vm.name(),
+                if access.write { "wrote" } else { "read" },
+                mi.gpa,
+                mi.header.rip,
+                if access.write { "ignored" } else { "reads all ones" }
+            );
+        } else if vm.reported_mmio_count == vm.reported_mmio.len() {
+            println!(
+                "vm {}: more absent MMIO pages; not reported any more",
+                vm.name()
+            );
+        }
+        vm.reported_mmio_count += 1;
+    }
+    if let Err(s) = set_registers(vm.partition, vp, &regs[..n]) {
+        fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
+    }
+    true
 }
 
 /// Puts a Linux guest's boot data in its memory (the kernel is loaded):
