@@ -449,14 +449,40 @@ pub fn abi_decode(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    match sel % 7 {
+    match sel % 8 {
         0 => input_value(rest),
         1 => registers(rest),
         2 => host_info(rest),
         3 => host_stats(rest),
         4 => root_boot(rest, sel & 0x80 != 0),
         5 => synic_slot(rest),
+        6 => mmio_instruction(rest, sel & 0x80 != 0),
         _ => host_log_chunk(rest),
+    }
+}
+
+/// The instruction bytes a guest's absent-MMIO access carries (decoded by
+/// the root): a decoded access lies within the bytes, has a size the
+/// processor has, and a read merged into a register changes only the bytes
+/// the access names (or clears bits 63:32 for a 32-bit destination).
+fn mmio_instruction(data: &[u8], long: bool) {
+    use hypervisor_core::mmio;
+    let Some(a) = mmio::decode(data, long) else {
+        return;
+    };
+    assert!(a.length as usize <= data.len().min(15));
+    assert!(matches!(a.size, 1 | 2 | 4 | 8));
+    if let mmio::Operand::Register { index, high_byte } = a.operand {
+        assert!(index < 16 && (!high_byte || (4..8).contains(&index)));
+    }
+    let old = 0x0123_4567_89AB_CDEF;
+    let new = mmio::merge_read(old, u64::MAX, &a);
+    if !a.write {
+        let dest = a.extend_to.unwrap_or(a.size);
+        match dest {
+            4 | 8 => assert_eq!(new, mmio::mask(a.size)),
+            _ => assert_eq!(new & !0xFFFF, old & !0xFFFF),
+        }
     }
 }
 

@@ -119,7 +119,7 @@ pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
                     0
                 },
             0,
-            cpuid::features_edx::FREQUENCY_MSRS_AVAILABLE,
+            cpuid::features_edx::FREQUENCY_MSRS_AVAILABLE | cpuid::features_edx::GUEST_CRASH_MSRS,
         ),
         hints: (cpuid::hints::DEPRECATE_AUTO_EOI, 0),
         limits: (hv_abi::partition::MAX_VPS, 0),

@@ -96,6 +96,11 @@ pub fn dispatch(
                 _ => write_msr(root, part, vcpu, vp, m, v),
             };
             vcpu.finish_wrmsr(done);
+            // The guest says it crashed: the root learns why (its crash
+            // properties) and ends the VM; this VP stops here.
+            if done && m == hv_abi::msr::CRASH_CTL && v & hv_abi::msr::CRASH_NOTIFY != 0 {
+                return fatal(vcpu, unrecoverable::GUEST_CRASH);
+            }
             Next::Resume
         }
         Exit::Hypercall if !vcpu.hypercall_allowed() => {
@@ -412,6 +417,11 @@ fn read_msr(part: &Partition, vcpu: &Vcpu, vp: &GuestVp, m: u32) -> Option<u64> 
         // The virtual APIC's timer counts at the TSC's rate.
         msr::TSC_FREQUENCY | msr::APIC_FREQUENCY => Some(time::tsc_hz()),
         msr::VP_ASSIST_PAGE => Some(vp.vp_assist.load(Ordering::Relaxed)),
+        msr::CRASH_P0..=msr::CRASH_CTL if m != msr::CRASH_CTL => {
+            Some(part.crash[(m - msr::CRASH_P0) as usize].load(Ordering::Relaxed))
+        }
+        // What the guest may tell: that it crashed, with a message.
+        msr::CRASH_CTL => Some(msr::CRASH_NOTIFY | msr::CRASH_MESSAGE),
         crate::x86::msr::IA32_EFER => Some(vcpu.efer()),
         // IA32_TIME_STAMP_COUNTER: the TSC as RDTSC reads it (not offset).
         0x10 => Some(cpu::rdtsc()),
@@ -469,6 +479,10 @@ fn write_msr(
                 part.reference_tsc.store(v, Ordering::Relaxed);
             }
             ok
+        }
+        msr::CRASH_P0..=msr::CRASH_CTL => {
+            part.crash[(m - msr::CRASH_P0) as usize].store(v, Ordering::Relaxed);
+            true
         }
         msr::VP_ASSIST_PAGE => {
             let ok = v & 0xFFE == 0 && (v & 1 == 0 || part.translate(v & !0xFFF).is_some());

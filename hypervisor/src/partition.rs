@@ -59,6 +59,8 @@ pub struct Partition {
     pub exception_intercepts: AtomicU32,
     /// The REFERENCE_TSC MSR (the reference TSC page's GPA and enable bit).
     pub reference_tsc: AtomicU64,
+    /// The guest crash MSRs P0-P4 and CTL.
+    pub crash: [AtomicU64; 6],
     /// MSRs its VPs were refused (#GP), for the root to report.
     pub gp_msrs: hypervisor_core::msr_report::GpMsrs,
 }
@@ -413,6 +415,7 @@ fn create(caps: &Caps, output: &mut [u8]) -> Result<usize, u16> {
         slat_root: AtomicU64::new(0),
         exception_intercepts: AtomicU32::new(0),
         reference_tsc: AtomicU64::new(0),
+        crash: [const { AtomicU64::new(0) }; 6],
         gp_msrs: hypervisor_core::msr_report::GpMsrs::new(),
     }));
     output_as(output, &CreatePartitionOutput { partition_id: id })
@@ -502,6 +505,9 @@ fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
         {
             p.exits_by_reason[(c - property::EXITS_BY_REASON) as usize].load(Ordering::Relaxed)
         }
+        c if (property::GUEST_CRASH..property::GUEST_CRASH + 6).contains(&c) => {
+            p.crash[(c - property::GUEST_CRASH) as usize].load(Ordering::Relaxed)
+        }
         _ => return Err(status::UNKNOWN_PROPERTY),
     };
     output_as(output, &GetPartitionPropertyOutput { property_value: v })
@@ -521,7 +527,8 @@ fn set_property(input: &[u8]) -> Result<usize, u16> {
         c if (property::GP_MSRS..property::GP_MSRS + property::GP_MSRS_KEPT).contains(&c)
             || (property::EXITS_BY_REASON
                 ..property::EXITS_BY_REASON + hv_abi::ExitReason::COUNT as u32)
-                .contains(&c) =>
+                .contains(&c)
+            || (property::GUEST_CRASH..property::GUEST_CRASH + 6).contains(&c) =>
         {
             return Err(status::OPERATION_DENIED)
         }

@@ -294,7 +294,6 @@ pub fn create(
         top.max(image.reserved.1),
         Perms::RW,
     )?;
-    drop(file);
     let gdt = area.take(1).ok_or("root boot area too small")?;
     let tss = gdt + 0x100;
     let tss_desc_low = 0x67

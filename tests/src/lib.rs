@@ -527,9 +527,9 @@ const REBOOT_WAIT: &str = "vm wait linux 25";
 /// Linux guest cases: (suffix, processors, MiB, script, must show, must not
 /// show, check), as `guest_tests`, and whether Bochs runs it too (a Linux
 /// boot takes minutes there: Bochs runs the SMP case, which checks what the
-/// one-processor boot does, and the reboot case).
+/// one-processor boot does, the reboot and the panic cases).
 fn linux_tests() -> Vec<(GuestTest, bool)> {
-    let on_bochs = |name: &str| matches!(name, "-linux-smp" | "-linux-reboot");
+    let on_bochs = |name: &str| matches!(name, "-linux-smp" | "-linux-reboot" | "-linux-panic");
     let cases: Vec<GuestTest> = vec![
         (
             "-linux-boot",
@@ -579,6 +579,23 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             ],
             LINUX_FAILURES,
             Some(linux_booted_twice),
+        ),
+        (
+            "-linux-panic",
+            2,
+            1024,
+            &[
+                linux_vm!("linux", "1", "panic"),
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm show linux",
+                "shutdown",
+            ],
+            &[
+                "vm wait: linux is Failed (the guest crashed: Kernel panic - not syncing: sysrq triggered crash)",
+            ],
+            &["ROOT PANIC", "ROOT EXCEPTION"],
+            None,
         ),
         (
             "-linux-two-and-a-test-kernel",
@@ -779,6 +796,24 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm wait: ef is Off (exit code 0)",
             ],
             GUEST_FAILURES,
+            None,
+        ),
+        (
+            "-guest-crash",
+            1,
+            256,
+            &[
+                "vm new cr --memory 4M --image crash",
+                "vm start cr",
+                "vm wait cr",
+                "vm console cr --log",
+                "shutdown",
+            ],
+            &[
+                "crash: reporting a crash",
+                "vm wait: cr is Failed (the guest crashed: Kernel panic - not syncing: crash test guest)",
+            ],
+            &["crash: FAILED", "ROOT PANIC", "ROOT EXCEPTION"],
             None,
         ),
         (

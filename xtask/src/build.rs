@@ -16,6 +16,7 @@ pub const GUEST_NAMES: &[&str] = &[
     "hello",
     "redeliver",
     "msrs",
+    "crash",
     "smp",
     "isolation",
     "victim",

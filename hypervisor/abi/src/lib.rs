@@ -86,6 +86,10 @@ pub mod msr {
     /// CrashNotify, the guest has crashed).
     pub const CRASH_P0: u32 = 0x4000_0100;
     pub const CRASH_CTL: u32 = 0x4000_0105;
+    /// CRASH_CTL bit 63: the guest has crashed (P0-P4 say how).
+    pub const CRASH_NOTIFY: u64 = 1 << 63;
+    /// CRASH_CTL bit 62: P3 is the GPA of a message, P4 its length.
+    pub const CRASH_MESSAGE: u64 = 1 << 62;
     /// HYPERCALL MSR: bit 0 enables the page, bits 63:12 are its GPA.
     pub const HYPERCALL_ENABLE: u64 = 1;
 }

@@ -92,6 +92,9 @@ pub mod property {
     /// Read-only, one per `crate::ExitReason` (this plus its index): the
     /// partition's VP exits for that reason.
     pub const EXITS_BY_REASON: u32 = 0x7F01_0030;
+    /// Read-only: the guest crash MSRs P0-P4 and CTL (this plus 0-5), as
+    /// the guest last wrote them.
+    pub const GUEST_CRASH: u32 = 0x7F01_0020;
     pub const DEFAULT_WEIGHT: u64 = 100;
 }
 

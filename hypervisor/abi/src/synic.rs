@@ -294,6 +294,9 @@ pub mod unrecoverable {
     pub const TRIPLE_FAULT: u32 = 1;
     pub const ENTRY_FAILED: u32 = 2;
     pub const UNSUPPORTED: u32 = 3;
+    /// The guest said it crashed (CRASH_CTL bit 63): its crash parameters
+    /// are in the partition's GuestCrash properties.
+    pub const GUEST_CRASH: u32 = 4;
 }
 
 pub fn header_message(kind: u32, partition: u64, header: &InterceptHeader, reason: u32) -> Message {

@@ -156,6 +156,15 @@ fn guest_write(base: u64, gpa: u64, bytes: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (base + gpa) as *mut u8, bytes.len()) };
 }
 
+fn guest_read(base: u64, gpa: u64, buf: &mut [u8]) {
+    // SAFETY: as in `guest_write` (callers keep gpa + len within the VM's
+    // memory); the guest may change the bytes meanwhile: they are copied
+    // once, then only the copy is read.
+    unsafe {
+        core::ptr::copy_nonoverlapping((base + gpa) as *const u8, buf.as_mut_ptr(), buf.len())
+    };
+}
+
 fn guest_zero(base: u64, len: u64) {
     // SAFETY: as in `guest_write`.
     unsafe { core::ptr::write_bytes(base as *mut u8, 0, len as usize) };
@@ -1029,6 +1038,12 @@ impl Vmm {
                 }
                 None => fail(vm, format_args!("malformed memory intercept message")),
             },
+            kind::UNRECOVERABLE_EXCEPTION
+                if msg::decode_header(&m.payload).map(|(_, why)| why)
+                    == Some(unrecoverable::GUEST_CRASH) =>
+            {
+                guest_crashed(vm)
+            }
             kind::UNRECOVERABLE_EXCEPTION => {
                 let (h, why) = msg::decode_header(&m.payload).unwrap_or_default();
                 let what = match why {
@@ -1110,6 +1125,58 @@ impl ConcatLast for [&[u8]; 2] {
     fn concat_last(&self) -> Option<u8> {
         self[1].last().or(self[0].last()).copied()
     }
+}
+
+/// The guest said it crashed (the crash MSRs, as Hyper-V's guests use
+/// them): Failed, with its message's line that says why (Linux: `Kernel
+/// panic - not syncing: ...`) when it gave one (CRASH_CTL bit 62: P3 the
+/// message's GPA, P4 its length), else the five parameters.
+fn guest_crashed(vm: &mut Vm) {
+    let p: [u64; 6] = core::array::from_fn(|i| {
+        property(vm.partition, property::GUEST_CRASH + i as u32).unwrap_or(0)
+    });
+    let mut text = [0u8; 4096];
+    let len = (p[4] as usize).min(text.len());
+    let has_message = p[5] & hv_abi::msr::CRASH_MESSAGE != 0
+        && len > 0
+        && p[3]
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= vm.memory_bytes);
+    if has_message {
+        guest_read(vm.memory_base, p[3], &mut text[..len]);
+        let text = &text[..len];
+        // The panic line, else the last line with something on it.
+        let line = text
+            .split(|&b| b == b'\n')
+            .find(|l| l.windows(12).any(|w| w == b"Kernel panic"))
+            .or_else(|| {
+                text.split(|&b| b == b'\n')
+                    .rev()
+                    .find(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+            })
+            .unwrap_or(b"");
+        // Without the kernel's timestamp before it.
+        let line = line
+            .windows(12)
+            .position(|w| w == b"Kernel panic")
+            .map_or(line, |at| &line[at..]);
+        let mut shown = [0u8; 96];
+        let mut n = 0;
+        vmm::sanitize_console(line, &mut |piece: &[u8]| {
+            let take = piece.len().min(shown.len() - n);
+            shown[n..n + take].copy_from_slice(&piece[..take]);
+            n += take;
+        });
+        let shown = core::str::from_utf8(&shown[..n]).unwrap_or("?");
+        return fail(vm, format_args!("the guest crashed: {}", shown.trim()));
+    }
+    fail(
+        vm,
+        format_args!(
+            "the guest crashed (P0 {:#x}, P1 {:#x}, P2 {:#x}, P3 {:#x}, P4 {:#x})",
+            p[0], p[1], p[2], p[3], p[4]
+        ),
+    )
 }
 
 /// An access to a GPA where nothing is: the instruction (fetched by the
