@@ -509,6 +509,31 @@ const SIXTEEN_DONE: &[&str] = &[
     "vm wait: g16 is Off (exit code 0)",
 ];
 
+/// A case of the root shell running `test`'s script with the test guests
+/// loaded, on `emulator` booted through `boot`.
+fn guest_case(
+    emulator: Emulator,
+    boot: Boot,
+    vendor: &'static str,
+    slat: &'static str,
+    (suffix, cpus, memory, script, must_show, must_not_show, check): GuestTest,
+) -> Case {
+    let mut c = root_case(
+        Machine::new(emulator, boot, cpus, memory).cmdline(""),
+        Expect::Guests {
+            vendor,
+            slat,
+            must_show,
+            must_not_show,
+            check,
+        },
+        suffix,
+        script,
+    );
+    c.with_guests = true;
+    c
+}
+
 /// The command line of the Linux test guests (the kit's /init acts on
 /// `linuxtest=`; docs/linux-guest.md).
 macro_rules! linux_vm {
@@ -1244,20 +1269,8 @@ pub fn matrix() -> Vec<Case> {
         (Emulator::Qemu, Boot::Multiboot, "amd", "npt"),
         (Emulator::Bochs, Boot::Grub, "intel", "ept"),
     ] {
-        for (suffix, cpus, memory, script, must_show, must_not_show, check) in guest_tests() {
-            let mut c = root_case(
-                Machine::new(emulator, boot, cpus, memory).cmdline(""),
-                Expect::Guests {
-                    vendor,
-                    slat,
-                    must_show,
-                    must_not_show,
-                    check,
-                },
-                suffix,
-                script,
-            );
-            c.with_guests = true;
+        for test in guest_tests() {
+            let mut c = guest_case(emulator, boot, vendor, slat, test);
             c.timeout_secs += 120;
             cases.push(c);
         }
@@ -1267,26 +1280,12 @@ pub fn matrix() -> Vec<Case> {
         (Emulator::Qemu, Boot::Multiboot, "amd", "npt"),
         (Emulator::Bochs, Boot::Grub, "intel", "ept"),
     ] {
-        for ((suffix, cpus, memory, script, must_show, must_not_show, check), on_bochs) in
-            linux_tests()
-        {
+        for (test, on_bochs) in linux_tests() {
             if emulator == Emulator::Bochs && !on_bochs {
                 continue;
             }
-            let mut c = root_case(
-                Machine::new(emulator, boot, cpus, memory).cmdline(""),
-                Expect::Guests {
-                    vendor,
-                    slat,
-                    must_show,
-                    must_not_show,
-                    check,
-                },
-                suffix,
-                script,
-            );
+            let mut c = guest_case(emulator, boot, vendor, slat, test);
             c.with_linux = true;
-            c.with_guests = true;
             // Bochs takes about 140 emulated seconds to Linux's /init (100
             // of them in the kernel's XZ decompressor; QEMU about 5): the
             // reboot case waits for the second kernel accordingly.
