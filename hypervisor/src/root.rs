@@ -270,7 +270,7 @@ pub fn create(
         }
     };
     map(&mut area, PAGE_SIZE, image.layout.start, Perms::RW)?;
-    for seg in hypervisor_core::elf::protections(&file)? {
+    for seg in hypervisor_core::elf::protections(file)? {
         let perms = match (seg.write, seg.execute) {
             (_, true) => Perms::RX,
             (true, false) => Perms::RW,
