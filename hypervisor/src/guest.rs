@@ -174,7 +174,7 @@ pub fn dispatch(
                 kind::UNMAPPED_GPA
             };
             let (instruction, instruction_len) = if k == kind::UNMAPPED_GPA {
-                fetch_instruction(root, part, vcpu)
+                fetch_instruction(root, part, vcpu, vcpu.fetch_state())
             } else {
                 ([0; 16], 0)
             };
@@ -304,15 +304,21 @@ fn write_cr(
 
 /// Decodes the MOV to CR at the VP's CS:RIP.
 fn fetch_mov_to_cr(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> Option<(u8, u8, u8)> {
-    let (bytes, len) = fetch_instruction(root, part, vcpu);
-    let (_, _, code64, _) = vcpu.fetch_state();
-    control_regs::decode_mov_to_cr(&bytes[..len as usize], code64)
+    let state = vcpu.fetch_state();
+    let (bytes, len) = fetch_instruction(root, part, vcpu, state);
+    control_regs::decode_mov_to_cr(&bytes[..len as usize], state.2)
 }
 
 /// The bytes at the VP's CS:RIP, up to 15 read through its own page tables
 /// (fewer where the second page is not mapped; none if the first is not).
-fn fetch_instruction(root: &RootPartition, part: &Partition, vcpu: &Vcpu) -> ([u8; 16], u8) {
-    let (paging, cr3, _, cs_base) = vcpu.fetch_state();
+/// `state`: the VP's `Vcpu::fetch_state`.
+fn fetch_instruction(
+    root: &RootPartition,
+    part: &Partition,
+    vcpu: &Vcpu,
+    state: (control_regs::Paging, u64, bool, u64),
+) -> ([u8; 16], u8) {
+    let (paging, cr3, _, cs_base) = state;
     let read = |gpa: u64, n: usize| {
         let mut b = [0u8; 8];
         part.read(root, gpa, &mut b[..n.min(8)])

@@ -50,8 +50,13 @@ pub fn since_boot_us() -> u64 {
 
 /// The partition reference time (100 ns units since boot) as every
 /// partition reads it, through TIME_REF_COUNT or its reference TSC page.
-pub fn reference() -> hypervisor_core::ref_time::RefTime {
-    hypervisor_core::ref_time::RefTime::new(tsc_hz(), TSC_AT_BOOT.load(Ordering::Relaxed))
+/// Computed once (the first partition asks after `calibrate`): it is on
+/// the CPUID and MSR exit paths.
+pub fn reference() -> &'static hypervisor_core::ref_time::RefTime {
+    static REFERENCE: spin::Once<hypervisor_core::ref_time::RefTime> = spin::Once::new();
+    REFERENCE.call_once(|| {
+        hypervisor_core::ref_time::RefTime::new(tsc_hz(), TSC_AT_BOOT.load(Ordering::Relaxed))
+    })
 }
 
 /// The TSC value `us` microseconds from now.
