@@ -482,13 +482,11 @@ fn delete(p: &Arc<Partition>) -> usize {
     0
 }
 
-fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
-    let h: GetPartitionProperty = input_as(input)?;
-    let p = partition_arg(h.partition_id)?;
-    let v = match h.property_code {
-        property::CPU_RESERVE => p.reserve_percent.load(Ordering::Relaxed) as u64,
-        property::CPU_CAP => p.cap_percent.load(Ordering::Relaxed) as u64,
-        property::CPU_WEIGHT => p.weight.load(Ordering::Relaxed) as u64,
+/// The read-only properties: what the hypervisor counts and keeps for the
+/// partition. `None`: not one of them.
+fn read_only_property(p: &Partition, code: u32) -> Option<u64> {
+    let at = |base: u32, n: usize| (code.wrapping_sub(base) as usize) < n;
+    Some(match code {
         property::RUN_TIME => {
             let hz = crate::time::tsc_hz().max(1) as u128;
             (p.run_tsc.load(Ordering::Relaxed) as u128 * 10_000_000 / hz) as u64
@@ -496,19 +494,27 @@ fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
         property::EXITS => p.exits.load(Ordering::Relaxed),
         property::INTERCEPTS => p.intercepts.load(Ordering::Relaxed),
         property::MAPPED_BYTES => p.inner.lock().mapped_pages * PAGE_SIZE,
-        c if (property::GP_MSRS..property::GP_MSRS + property::GP_MSRS_KEPT).contains(&c) => {
+        c if at(property::GP_MSRS, property::GP_MSRS_KEPT as usize) => {
             p.gp_msrs.raw((c - property::GP_MSRS) as usize)
         }
-        c if (property::EXITS_BY_REASON
-            ..property::EXITS_BY_REASON + hv_abi::ExitReason::COUNT as u32)
-            .contains(&c) =>
-        {
+        c if at(property::EXITS_BY_REASON, p.exits_by_reason.len()) => {
             p.exits_by_reason[(c - property::EXITS_BY_REASON) as usize].load(Ordering::Relaxed)
         }
-        c if (property::GUEST_CRASH..property::GUEST_CRASH + 6).contains(&c) => {
+        c if at(property::GUEST_CRASH, p.crash.len()) => {
             p.crash[(c - property::GUEST_CRASH) as usize].load(Ordering::Relaxed)
         }
-        _ => return Err(status::UNKNOWN_PROPERTY),
+        _ => return None,
+    })
+}
+
+fn get_property(input: &[u8], output: &mut [u8]) -> Result<usize, u16> {
+    let h: GetPartitionProperty = input_as(input)?;
+    let p = partition_arg(h.partition_id)?;
+    let v = match h.property_code {
+        property::CPU_RESERVE => p.reserve_percent.load(Ordering::Relaxed) as u64,
+        property::CPU_CAP => p.cap_percent.load(Ordering::Relaxed) as u64,
+        property::CPU_WEIGHT => p.weight.load(Ordering::Relaxed) as u64,
+        c => read_only_property(&p, c).ok_or(status::UNKNOWN_PROPERTY)?,
     };
     output_as(output, &GetPartitionPropertyOutput { property_value: v })
 }
@@ -521,17 +527,7 @@ fn set_property(input: &[u8]) -> Result<usize, u16> {
         property::CPU_RESERVE => (&p.reserve_percent, 0..=100),
         property::CPU_CAP => (&p.cap_percent, 1..=100),
         property::CPU_WEIGHT => (&p.weight, 1..=10_000),
-        property::RUN_TIME | property::EXITS | property::INTERCEPTS | property::MAPPED_BYTES => {
-            return Err(status::OPERATION_DENIED)
-        }
-        c if (property::GP_MSRS..property::GP_MSRS + property::GP_MSRS_KEPT).contains(&c)
-            || (property::EXITS_BY_REASON
-                ..property::EXITS_BY_REASON + hv_abi::ExitReason::COUNT as u32)
-                .contains(&c)
-            || (property::GUEST_CRASH..property::GUEST_CRASH + 6).contains(&c) =>
-        {
-            return Err(status::OPERATION_DENIED)
-        }
+        c if read_only_property(&p, c).is_some() => return Err(status::OPERATION_DENIED),
         _ => return Err(status::UNKNOWN_PROPERTY),
     };
     if !range.contains(&v) {
