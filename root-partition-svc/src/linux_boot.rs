@@ -50,10 +50,20 @@ pub struct BzImage {
     pub header_end: usize,
 }
 
-fn le(b: &[u8], at: usize, n: usize) -> u64 {
-    b.get(at..at + n).map_or(0, |s| {
-        s.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64)
-    })
+/// The little-endian value of `n` (at most 8) bytes at `at`, if `b` has
+/// them (also `vmm`'s reader of image headers).
+pub fn le(b: &[u8], at: usize, n: usize) -> Option<u64> {
+    let s = b.get(at..at.checked_add(n)?)?;
+    let mut v = 0u64;
+    for (i, &x) in s.iter().enumerate() {
+        v |= (x as u64) << (8 * i);
+    }
+    Some(v)
+}
+
+/// A setup-header field: 0 where the file is shorter.
+fn field(b: &[u8], at: usize, n: usize) -> u64 {
+    le(b, at, n).unwrap_or(0)
 }
 
 /// `Ok(None)`: not a bzImage. `Err`: a bzImage this loader cannot boot.
@@ -61,14 +71,14 @@ pub fn parse(b: &[u8], memory: u64) -> Result<Option<BzImage>, &'static str> {
     if b.get(0x202..0x206) != Some(HDRS) {
         return Ok(None);
     }
-    let version = le(b, 0x206, 2);
+    let version = field(b, 0x206, 2);
     if version < 0x20C {
         return Err("bzImage: boot protocol older than 2.12 (no 64-bit entry)");
     }
-    if le(b, 0x236, 2) as u16 & XLF_KERNEL_64 == 0 {
+    if field(b, 0x236, 2) as u16 & XLF_KERNEL_64 == 0 {
         return Err("bzImage: no 64-bit entry (XLF_KERNEL_64)");
     }
-    let setup_sects = match le(b, 0x1F1, 1) {
+    let setup_sects = match field(b, 0x1F1, 1) {
         0 => 4,
         n => n,
     };
@@ -76,18 +86,18 @@ pub fn parse(b: &[u8], memory: u64) -> Result<Option<BzImage>, &'static str> {
     if code_offset >= b.len() as u64 {
         return Err("bzImage: truncated (no protected-mode code)");
     }
-    let header_end = 0x202 + le(b, 0x201, 1) as usize;
+    let header_end = 0x202 + field(b, 0x201, 1) as usize;
     if header_end > b.len() || header_end > 0x290 {
         return Err("bzImage: bad setup header length");
     }
-    let align = le(b, 0x230, 4).max(0x20_0000);
+    let align = field(b, 0x230, 4).max(0x20_0000);
     if !align.is_power_of_two() {
         return Err("bzImage: kernel_alignment is not a power of two");
     }
-    let pref = le(b, 0x258, 8);
+    let pref = field(b, 0x258, 8);
     let load = pref.max(layout::HIGH_RAM).next_multiple_of(align);
     let code_bytes = b.len() as u64 - code_offset;
-    let init_size = le(b, 0x260, 4).max(code_bytes);
+    let init_size = field(b, 0x260, 4).max(code_bytes);
     if load + init_size > memory {
         return Err("bzImage: the VM's memory is too small for this kernel (it needs its init_size from 16 MiB; give it at least 128M)");
     }
@@ -96,8 +106,8 @@ pub fn parse(b: &[u8], memory: u64) -> Result<Option<BzImage>, &'static str> {
         code_bytes,
         load,
         init_size,
-        initrd_addr_max: le(b, 0x22C, 4),
-        cmdline_size: le(b, 0x238, 4),
+        initrd_addr_max: field(b, 0x22C, 4),
+        cmdline_size: field(b, 0x238, 4),
         header_end,
     }))
 }
@@ -222,18 +232,18 @@ mod tests {
         let k = parse(&b, 256 << 20).unwrap().unwrap();
         let zp = zero_page(&b, &k, 256 << 20, Some((0xF00_0000, 1234)), 0xB000, 0xE0000);
         assert_eq!(&zp[0x202..0x206], b"HdrS");
-        assert_eq!(le(&zp, 0x1FA, 2), 0xFFFF);
+        assert_eq!(field(&zp, 0x1FA, 2), 0xFFFF);
         assert_eq!(zp[0x210], 0xFF);
-        assert_eq!(le(&zp, 0x218, 4), 0xF00_0000);
-        assert_eq!(le(&zp, 0x21C, 4), 1234);
-        assert_eq!(le(&zp, 0x228, 4), 0xB000);
-        assert_eq!(le(&zp, 0x070, 8), 0xE0000);
+        assert_eq!(field(&zp, 0x218, 4), 0xF00_0000);
+        assert_eq!(field(&zp, 0x21C, 4), 1234);
+        assert_eq!(field(&zp, 0x228, 4), 0xB000);
+        assert_eq!(field(&zp, 0x070, 8), 0xE0000);
         assert_eq!(zp[0x1E8], 3);
         assert_eq!(zp[0x1EF], 0, "sentinel");
         // The third entry: RAM from 1 MiB to the end.
-        assert_eq!(le(&zp, 0x2D0 + 40, 8), 0x10_0000);
-        assert_eq!(le(&zp, 0x2D0 + 48, 8), (256 << 20) - 0x10_0000);
-        assert_eq!(le(&zp, 0x2D0 + 56, 4), 1);
+        assert_eq!(field(&zp, 0x2D0 + 40, 8), 0x10_0000);
+        assert_eq!(field(&zp, 0x2D0 + 48, 8), (256 << 20) - 0x10_0000);
+        assert_eq!(field(&zp, 0x2D0 + 56, 4), 1);
     }
 
     proptest::proptest! {

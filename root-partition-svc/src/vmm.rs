@@ -2,6 +2,7 @@
 //! loaded and its VPs set up, and the devices the worker emulates (a 16550
 //! UART on COM1, the power-off and test-exit ports). Pure: the kernel gives
 //! it memory accessors and hypercalls.
+use crate::linux_boot::le;
 use hv_abi::partition::{reg, Segment, Table};
 use hypervisor_core::elf;
 
@@ -143,15 +144,6 @@ const MULTIBOOT_MAGIC: u32 = 0x1BAD_B002;
 const NOT_X86: &str = "ELF: neither x86-64 ELF64 nor i386 ELF32";
 /// What a Multiboot kernel finds in EAX.
 pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2BAD_B002;
-
-fn le(b: &[u8], at: usize, n: usize) -> Option<u64> {
-    let s = b.get(at..at.checked_add(n)?)?;
-    let mut v = 0u64;
-    for (i, &x) in s.iter().enumerate() {
-        v |= (x as u64) << (8 * i);
-    }
-    Some(v)
-}
 
 /// Reads an image: ELF64 (x86-64), ELF32 (i386) with a Multiboot v1
 /// header in its first 8 KiB, or else a flat real-mode image (at most
@@ -598,6 +590,56 @@ impl Uart {
     }
 }
 
+/// What a guest touched that is not there (a port, an MMIO page): each of
+/// the first `N` distinct keys is reported once, then one line says the
+/// rest go unreported, so a guest cannot flood the operator's console.
+pub struct ReportOnce<const N: usize> {
+    keys: [u64; N],
+    count: usize,
+    overflowed: bool,
+}
+
+/// What to say about one access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// A key not seen before: report it.
+    New,
+    /// The first key that did not fit: say that no more are reported.
+    Overflow,
+    /// Reported before, or after the overflow: nothing.
+    Quiet,
+}
+
+impl<const N: usize> Default for ReportOnce<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> ReportOnce<N> {
+    pub const fn new() -> Self {
+        ReportOnce {
+            keys: [0; N],
+            count: 0,
+            overflowed: false,
+        }
+    }
+
+    pub fn note(&mut self, key: u64) -> Report {
+        if self.keys[..self.count].contains(&key) {
+            Report::Quiet
+        } else if self.count < N {
+            self.keys[self.count] = key;
+            self.count += 1;
+            Report::New
+        } else if !core::mem::replace(&mut self.overflowed, true) {
+            Report::Overflow
+        } else {
+            Report::Quiet
+        }
+    }
+}
+
 /// Ports the worker gives meaning to besides COM1.
 pub mod port {
     /// The test exit port (QEMU's isa-debug-exit convention): the value
@@ -870,6 +912,17 @@ mod tests {
         assert!(regs.contains(&(reg::RIP, 0x20_0000)));
         assert!(regs.contains(&(reg::RSP, (layout::STACKS + 2 * layout::STACK_BYTES) as u128)));
         assert!(regs.contains(&(reg::RAX + 7, 1)));
+    }
+
+    #[test]
+    fn each_absent_thing_is_reported_once_then_no_more() {
+        let mut r = ReportOnce::<2>::new();
+        assert_eq!(r.note(0x61), Report::New);
+        assert_eq!(r.note(0x61), Report::Quiet);
+        assert_eq!(r.note(0x62), Report::New);
+        assert_eq!(r.note(0x63), Report::Overflow);
+        assert_eq!(r.note(0x64), Report::Quiet);
+        assert_eq!(r.note(0x61), Report::Quiet);
     }
 
     #[test]

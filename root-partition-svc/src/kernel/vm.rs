@@ -20,7 +20,9 @@ use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
 use root_partition_svc::linux_boot;
 use root_partition_svc::vm_command::{CpuSettings, NewVm, VmCommand, CMDLINE_MAX, NAME_MAX};
-use root_partition_svc::vmm::{self, Console, Devices, EntryMode, IoEffect, MemoryPool};
+use root_partition_svc::vmm::{
+    self, Console, Devices, EntryMode, IoEffect, MemoryPool, Report, ReportOnce,
+};
 
 pub const MAX_VMS: usize = 16;
 /// Console output kept per VM (a Linux boot log fits).
@@ -75,12 +77,10 @@ pub struct Vm {
     started_tsc: u64,
     /// VPs that halted for good or were stopped.
     stopped_vps: u64,
-    reported_ports: [u16; 32],
-    reported: usize,
-    /// Absent MMIO pages the guest touched, reported once each (the first
-    /// few; `reported_mmio_count` counts them all).
-    reported_mmio: [u64; 8],
-    reported_mmio_count: usize,
+    /// Ports not emulated and absent MMIO pages the guest touched, each
+    /// reported once (the first few).
+    reported_ports: ReportOnce<32>,
+    reported_mmio: ReportOnce<8>,
     /// Failed AssertVirtualInterrupt requests (port 0xF5) this run: the
     /// first is reported, the rest only counted (`vm show`).
     interrupt_failures: u64,
@@ -505,10 +505,8 @@ impl Vmm {
                     attached: false,
                     started_tsc: 0,
                     stopped_vps: 0,
-                    reported_ports: [0; 32],
-                    reported: 0,
-                    reported_mmio: [0; 8],
-                    reported_mmio_count: 0,
+                    reported_ports: ReportOnce::new(),
+                    reported_mmio: ReportOnce::new(),
                     interrupt_failures: 0,
                     unmapped: None,
                     sample: (0, 0),
@@ -611,8 +609,8 @@ impl Vmm {
         }
         vm.devices = Devices::default();
         vm.reset_requested = false;
-        vm.reported = 0;
-        vm.reported_mmio_count = 0;
+        vm.reported_ports = ReportOnce::new();
+        vm.reported_mmio = ReportOnce::new();
         vm.interrupt_failures = 0;
         vm.unmapped = None;
         vm.stopped_vps = 0;
@@ -1196,8 +1194,11 @@ fn absent_mmio(vm: &mut Vm, mi: &MemoryIntercept) -> bool {
     let mut n = 0;
     if let (false, mmio::Operand::Register { index, .. }) = (access.write, access.operand) {
         let name = reg::RAX + index as u32;
+        // A 1- or 2-byte destination keeps the register's other bytes.
         let mut old = [0u64];
-        if get_registers(vm.partition, vp, &[name], &mut old).is_err() {
+        if access.extend_to.unwrap_or(access.size) < 4
+            && get_registers(vm.partition, vp, &[name], &mut old).is_err()
+        {
             return false;
         }
         regs[n] = (name, mmio::merge_read(old[0], u64::MAX, &access) as u128);
@@ -1207,24 +1208,20 @@ fn absent_mmio(vm: &mut Vm, mi: &MemoryIntercept) -> bool {
     regs[n + 1] = (reg::INTERCEPT_SUSPEND, 0);
     n += 2;
     let page = mi.gpa & !(vmm::PAGE - 1);
-    if !vm.reported_mmio[..vm.reported_mmio_count.min(8)].contains(&page) {
-        if vm.reported_mmio_count < vm.reported_mmio.len() {
-            vm.reported_mmio[vm.reported_mmio_count] = page;
-            println!(
-                "vm {}: VP {vp} {} absent MMIO at GPA {:#x} (RIP {:#x}): nothing there ({}); reported once per page",
-                vm.name(),
-                if access.write { "wrote" } else { "read" },
-                mi.gpa,
-                mi.header.rip,
-                if access.write { "ignored" } else { "reads all ones" }
-            );
-        } else if vm.reported_mmio_count == vm.reported_mmio.len() {
-            println!(
-                "vm {}: more absent MMIO pages; not reported any more",
-                vm.name()
-            );
-        }
-        vm.reported_mmio_count += 1;
+    match vm.reported_mmio.note(page) {
+        Report::New => println!(
+            "vm {}: VP {vp} {} absent MMIO at GPA {:#x} (RIP {:#x}): nothing there ({}); reported once per page",
+            vm.name(),
+            if access.write { "wrote" } else { "read" },
+            mi.gpa,
+            mi.header.rip,
+            if access.write { "ignored" } else { "reads all ones" }
+        ),
+        Report::Overflow => println!(
+            "vm {}: more absent MMIO pages; not reported any more",
+            vm.name()
+        ),
+        Report::Quiet => {}
     }
     if let Err(s) = set_registers(vm.partition, vp, &regs[..n]) {
         fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
@@ -1460,27 +1457,20 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
             if !write {
                 rax = io.rax | mask;
             }
-            // Once per port, for the first few ports; then one line saying
-            // the rest go unreported (a guest must not flood the console).
-            let listed = vm.reported.min(vm.reported_ports.len());
-            let known = vm.reported_ports[..listed].contains(&io.port);
-            if !known && vm.reported == vm.reported_ports.len() {
-                vm.reported += 1;
-                println!(
-                    "vm {}: more ports not emulated; not reported any more",
-                    vm.name()
-                );
-            } else if !known && vm.reported < vm.reported_ports.len() {
-                vm.reported_ports[vm.reported] = io.port;
-                vm.reported += 1;
-                println!(
+            match vm.reported_ports.note(io.port as u64) {
+                Report::New => println!(
                     "vm {}: VP {vp} {} port {:#x} at RIP {:#x}: not emulated ({}); reported once",
                     vm.name(),
                     if write { "wrote" } else { "read" },
                     io.port,
                     io.header.rip,
                     if write { "ignored" } else { "reads all ones" }
-                );
+                ),
+                Report::Overflow => println!(
+                    "vm {}: more ports not emulated; not reported any more",
+                    vm.name()
+                ),
+                Report::Quiet => {}
             }
         }
     }
