@@ -100,7 +100,11 @@ pub fn ring_reader(data: &[u8]) {
             }
             None => {
                 // No more mutations: the ring must drain to empty or error.
-                let mut left = size / 24 + 2;
+                // The reader may still finish a hint loaded before the last
+                // mutation (a peer that rewinds write_index cannot take back
+                // what it published), then one fresh load: at most two
+                // rings' worth of 24-byte packets.
+                let mut left = 2 * (size / 24) + 2;
                 while let Ok(true) = reader.read(&mut buf) {
                     left -= 1;
                     assert!(left > 0, "reader did not terminate");
