@@ -102,13 +102,15 @@ impl CpuidCache {
 /// `hypervisor_core::cpuid_policy` lists them, and the Hyper-V leaves with
 /// a guest's privileges (no partition management) and the enlightenments
 /// that work for guests: the reference counter and reference TSC page, the
-/// frequency MSRs, the hypercall and VP-index MSRs; the recommendation not
-/// to use AutoEOI (hint bit 9: the guest EOIs its SynIC interrupts).
+/// frequency MSRs, the hypercall and VP-index MSRs, the SynIC with
+/// HvPostMessage and HvSignalEvent; the recommendation not to use AutoEOI
+/// (hint bit 9: the guest EOIs its SynIC interrupts).
 pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;
     let view = View {
         privileges: (
             ACCESS_PARTITION_REFERENCE_COUNTER
+                | ACCESS_SYNIC_REGS
                 | ACCESS_HYPERCALL_MSRS
                 | ACCESS_VP_INDEX
                 | ACCESS_FREQUENCY_MSRS
@@ -118,7 +120,7 @@ pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
                 } else {
                     0
                 },
-            0,
+            POST_MESSAGES | SIGNAL_EVENTS,
             cpuid::features_edx::FREQUENCY_MSRS_AVAILABLE | cpuid::features_edx::GUEST_CRASH_MSRS,
         ),
         hints: (cpuid::hints::DEPRECATE_AUTO_EOI, 0),
@@ -151,8 +153,16 @@ pub fn for_root(leaf: u32, sub: u32, vp: u32, vp_count: u32) -> (u32, u32, u32, 
     use cpuid::privilege::*;
     let view = View {
         privileges: (
-            ACCESS_PARTITION_REFERENCE_COUNTER | ACCESS_HYPERCALL_MSRS | ACCESS_VP_INDEX,
-            CREATE_PARTITIONS | CPU_MANAGEMENT,
+            ACCESS_PARTITION_REFERENCE_COUNTER
+                | ACCESS_SYNIC_REGS
+                | ACCESS_HYPERCALL_MSRS
+                | ACCESS_VP_INDEX,
+            CREATE_PARTITIONS
+                | CPU_MANAGEMENT
+                | POST_MESSAGES
+                | SIGNAL_EVENTS
+                | CREATE_PORT
+                | CONNECT_PORT,
             0,
         ),
         hints: (0, 0xFFFF_FFFF),

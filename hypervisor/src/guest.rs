@@ -6,6 +6,7 @@
 //! decides and resumes the VP with SetVpRegisters.
 use crate::partition::{GuestVp, Partition};
 use crate::root::RootPartition;
+use crate::synic::GuestVpOwner;
 use crate::time;
 use crate::vcpu::{Exit, Vcpu, AC, DB, GP, UD};
 use crate::virt::Caps;
@@ -59,7 +60,10 @@ pub fn dispatch(
             let value = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
                 crate::x86::msr::IA32_APIC_BASE => Some(vapic::apic_base(vp.index)),
-                _ => read_msr(part, vcpu, vp, m),
+                _ => vp
+                    .synic
+                    .read_msr(m)
+                    .or_else(|| read_msr(part, vcpu, vp, m)),
             };
             vcpu.finish_rdmsr(value);
             Next::Resume
@@ -93,7 +97,10 @@ pub fn dispatch(
                     }
                 }
                 crate::x86::msr::IA32_APIC_BASE => vapic::apic_base_write_ok(vp.index, v),
-                _ => write_msr(root, part, vcpu, vp, m, v),
+                _ => vp
+                    .synic
+                    .write_msr(&GuestVpOwner(root, part, vp), m, v, false)
+                    .unwrap_or_else(|| write_msr(root, part, vcpu, vp, m, v)),
             };
             vcpu.finish_wrmsr(done);
             // The guest says it crashed: the root learns why (its crash
@@ -527,12 +534,19 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
         Ok(call) => call,
         Err(s) => return s as u64,
     };
-    // Copied in before anything is read from it.
+    // Copied in before anything is read from it (a fast call's from RDX
+    // and R8).
     let mut input = alloc::vec![0u8; call.input_block.map_or(0, |(_, len)| len as usize)];
-    if let Some((gpa, _)) = call.input_block {
-        if !part.read(root, gpa, &mut input) {
+    match call.input_block {
+        Some((gpa, _)) if !part.read(root, gpa, &mut input) => {
             return status::INVALID_PARAMETER as u64;
         }
+        Some(_) => {}
+        None if call.input.fast => {
+            input.extend_from_slice(&r.rdx.to_le_bytes());
+            input.extend_from_slice(&r.r8.to_le_bytes());
+        }
+        None => {}
     }
     let reps = call.input.rep_count;
     match call.spec.code {
@@ -588,6 +602,8 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
             }
             status::SUCCESS as u64 | (reps as u64) << 32
         }
+        code::POST_MESSAGE => crate::ports::post_message(root, part.id, &input) as u64,
+        code::SIGNAL_EVENT => crate::ports::signal_event(root, part.id, &input) as u64,
         // Every other call in the table is the root's.
         _ => status::ACCESS_DENIED as u64,
     }

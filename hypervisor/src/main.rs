@@ -26,6 +26,7 @@ mod partition;
 mod partition_memory;
 mod percpu;
 mod platform;
+mod ports;
 mod power;
 mod root;
 mod root_exits;

@@ -205,6 +205,8 @@ pub struct GuestVp {
     pub served: AtomicU64,
     /// The VP_ASSIST_PAGE MSR (kept; the page's contents are not used).
     pub vp_assist: AtomicU64,
+    /// Its synthetic interrupt controller.
+    pub synic: crate::synic::SynIc,
 }
 
 impl GuestVp {
@@ -369,6 +371,20 @@ pub fn call(
         START_VIRTUAL_PROCESSOR => start_vp(input),
         ASSERT_VIRTUAL_INTERRUPT => assert_interrupt(input),
         INSTALL_INTERCEPT => install_intercept(input),
+        CREATE_PORT => crate::ports::create_port(root, input),
+        DELETE_PORT => crate::ports::delete_port(input),
+        CONNECT_PORT => crate::ports::connect_port(input),
+        DISCONNECT_PORT => crate::ports::disconnect_port(input),
+        POST_MESSAGE => match crate::ports::post_message(root, crate::ports::ROOT, input) {
+            status::SUCCESS => Ok(0),
+            s => Err(s),
+        },
+        SIGNAL_EVENT => match crate::ports::signal_event(root, crate::ports::ROOT, input) {
+            status::SUCCESS => Ok(0),
+            s => Err(s),
+        },
+        POST_MESSAGE_DIRECT => crate::ports::post_message_direct(root, input),
+        SIGNAL_EVENT_DIRECT => crate::ports::signal_event_direct(root, input, output),
         // The root's VPs share one TLB tag and never ask: not offered to it.
         FLUSH_VIRTUAL_ADDRESS_SPACE | FLUSH_VIRTUAL_ADDRESS_LIST => Err(status::ACCESS_DENIED),
         _ => Err(status::INVALID_HYPERCALL_CODE),
@@ -478,6 +494,7 @@ fn delete(p: &Arc<Partition>) -> usize {
         }
     }
     p.slat_root.store(0, Ordering::Release);
+    crate::ports::forget(p.id);
     PARTITIONS.lock()[(p.id - 1) as usize] = None;
     0
 }
@@ -714,6 +731,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         in_guest: AtomicBool::new(false),
         served: AtomicU64::new(0),
         vp_assist: AtomicU64::new(0),
+        synic: crate::synic::SynIc::new(),
     });
     inner.vps.push(vp.clone());
     drop(inner);
@@ -965,6 +983,14 @@ fn set_register(
             drop(s);
             // Suspension takes effect at once: the VP leaves guest mode.
             quiesce(vp);
+            Ok(())
+        }
+        // The root (re)starting the VP: its SynIC as after a reset.
+        reg::SCONTROL => {
+            if value != 0 {
+                return Err(status::INVALID_REGISTER_VALUE);
+            }
+            vp.synic.reset();
             Ok(())
         }
         _ => {

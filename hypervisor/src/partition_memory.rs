@@ -102,4 +102,15 @@ impl<'a> PartitionMemory<'a> {
         .map(|_| ())
         .map_err(Some)
     }
+
+    /// Atomically ORs `bits` into the aligned u64 at `gpa` (event flags the
+    /// partition clears concurrently); the old value.
+    pub fn fetch_or_u64(&self, gpa: u64, bits: u64) -> Result<u64, NotOwned> {
+        if !gpa.is_multiple_of(8) || !self.owns(gpa, 8) {
+            return Err(NotOwned);
+        }
+        // SAFETY: as in `compare_exchange_u64`.
+        let cell = unsafe { core::sync::atomic::AtomicU64::from_ptr(gpa as *mut u64) };
+        Ok(cell.fetch_or(bits, core::sync::atomic::Ordering::AcqRel))
+    }
 }

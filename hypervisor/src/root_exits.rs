@@ -67,7 +67,9 @@ pub fn dispatch(
                     vapic.read(m, cpu::rdtsc())
                 }
                 msr::IA32_APIC_BASE => Some(vapic::apic_base(vp)),
-                _ => crate::synic::read_msr(vp, m).or_else(|| read_msr(root, m)),
+                _ => crate::synic::root_synic(vp)
+                    .read_msr(m)
+                    .or_else(|| read_msr(root, m)),
             };
             vcpu.finish_rdmsr(value);
             Next::Resume
@@ -106,7 +108,8 @@ pub fn dispatch(
                     }
                 }
                 msr::IA32_APIC_BASE => vapic::apic_base_write_ok(vp, v),
-                _ => crate::synic::write_msr(root, vp, m, v)
+                _ => crate::synic::root_synic(vp)
+                    .write_msr(&crate::synic::RootVp(root, vp), m, v, true)
                     .unwrap_or_else(|| write_msr(root, vcpu, m, v)),
             };
             vcpu.finish_wrmsr(done);

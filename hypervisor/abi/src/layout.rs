@@ -342,6 +342,146 @@ pub struct GvaRange {
 const _: () = assert!(size_of::<GvaRange>() as u64 == size::FLUSH_ELEMENT);
 
 // ---------------------------------------------------------------------------
+// Ports, connections, messages and events
+
+layout! {
+    /// `HV_PORT_INFO`: the port's type ([`crate::partition::port_type`]) and
+    /// where what arrives on it goes: SINT `target_sint` of VP `target_vp`
+    /// of the port's partition; an event port owns flags `base_flag_number`
+    /// up to `base_flag_number + flag_count` of that SINT's event flags.
+    pub struct PortInfo {
+        pub port_type: u32,
+        pub reserved: u32,
+        pub target_sint: u32,
+        pub target_vp: u32,
+        pub base_flag_number: u16,
+        pub flag_count: u16,
+        pub reserved2: u32,
+    }
+    size = 24;
+}
+
+layout! {
+    /// CreatePort input: a port in `port_partition` that
+    /// `connection_partition` may connect to.
+    pub struct CreatePort {
+        pub port_partition: u64,
+        pub port_id: u32,
+        pub port_vtl: u8,
+        pub min_connection_vtl: u8,
+        pub reserved: u16,
+        pub connection_partition: u64,
+        pub port_info: PortInfo,
+        pub proximity_domain: u64,
+    }
+    size = size::CREATE_PORT;
+}
+
+layout! {
+    /// DeletePort input.
+    pub struct DeletePort {
+        pub port_partition: u64,
+        pub port_id: u32,
+        pub reserved: u32,
+    }
+    size = size::DELETE_PORT;
+}
+
+layout! {
+    /// `HV_CONNECTION_INFO`: the type of the port connected to (the rest is
+    /// for monitor and doorbell connections, not offered).
+    pub struct ConnectionInfo {
+        pub port_type: u32,
+        pub reserved: u32,
+        pub reserved2: [u64; 3],
+    }
+    size = 32;
+}
+
+layout! {
+    /// ConnectPort input: connection `connection_id` of
+    /// `connection_partition` leads to port `port_id` of `port_partition`.
+    pub struct ConnectPort {
+        pub connection_partition: u64,
+        pub connection_id: u32,
+        pub connection_vtl: u8,
+        pub reserved: [u8; 3],
+        pub port_partition: u64,
+        pub port_id: u32,
+        pub reserved2: u32,
+        pub connection_info: ConnectionInfo,
+        pub proximity_domain: u64,
+    }
+    size = size::CONNECT_PORT;
+}
+
+layout! {
+    /// DisconnectPort input.
+    pub struct DisconnectPort {
+        pub connection_partition: u64,
+        pub connection_id: u32,
+        pub reserved: u32,
+    }
+    size = size::DISCONNECT_PORT;
+}
+
+layout! {
+    /// PostMessage input, less its 240-byte payload, which follows it.
+    pub struct PostMessage {
+        pub connection_id: u32,
+        pub reserved: u32,
+        pub message_type: u32,
+        pub payload_size: u32,
+    }
+    size = 16;
+}
+
+layout! {
+    /// SignalEvent input (a fast call passes it in RDX).
+    pub struct SignalEvent {
+        pub connection_id: u32,
+        pub flag_number: u16,
+        pub reserved: u16,
+    }
+    size = size::SIGNAL_EVENT;
+}
+
+/// PostMessageDirect input, less the message: the 256-byte `HV_MESSAGE`
+/// (header and payload) follows it, then 4 reserved bytes. Packed, as the
+/// TLFS block is: the message starts at byte 20.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct PostMessageDirect {
+    pub partition_id: u64,
+    pub vp_index: u32,
+    pub vtl: u8,
+    pub reserved: [u8; 3],
+    pub sint: u32,
+}
+const _: () = assert!(size_of::<PostMessageDirect>() == 20);
+
+layout! {
+    /// SignalEventDirect input.
+    pub struct SignalEventDirect {
+        pub partition_id: u64,
+        pub vp_index: u32,
+        pub vtl: u8,
+        pub sint: u8,
+        pub flag_number: u16,
+    }
+    size = size::SIGNAL_EVENT_DIRECT;
+}
+
+layout! {
+    /// SignalEventDirect output: whether the flag was clear before.
+    pub struct SignalEventDirectOutput {
+        pub newly_signaled: u8,
+        pub reserved: [u8; 7],
+    }
+    size = size::SIGNAL_EVENT_DIRECT_OUTPUT;
+}
+
+// ---------------------------------------------------------------------------
 // This ABI's own calls (outputs: `HostInfo`, `HostStats`, `HostLogChunk`)
 
 layout! {

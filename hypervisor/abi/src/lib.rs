@@ -66,6 +66,13 @@ pub mod cpuid {
         pub const CREATE_PARTITIONS: u32 = 1 << 0;
         /// High half bit 32+12: CpuManagement (marks the root partition).
         pub const CPU_MANAGEMENT: u32 = 1 << 12;
+        /// EBX: HvPostMessage and HvSignalEvent.
+        pub const POST_MESSAGES: u32 = 1 << 4;
+        pub const SIGNAL_EVENTS: u32 = 1 << 5;
+        /// EBX: HvCreatePort and HvConnectPort (and their Delete and
+        /// Disconnect).
+        pub const CREATE_PORT: u32 = 1 << 6;
+        pub const CONNECT_PORT: u32 = 1 << 7;
     }
 }
 
@@ -193,7 +200,11 @@ pub mod hypercall {
         pub const INVALID_PARTITION_ID: u16 = 0x000D;
         pub const INVALID_VP_INDEX: u16 = 0x000E;
         pub const NOT_FOUND: u16 = 0x0010;
+        pub const INVALID_PORT_ID: u16 = 0x0011;
+        pub const INVALID_CONNECTION_ID: u16 = 0x0012;
+        pub const INSUFFICIENT_BUFFERS: u16 = 0x0013;
         pub const INVALID_VP_STATE: u16 = 0x0015;
+        pub const INVALID_SYNIC_STATE: u16 = 0x0018;
         pub const OBJECT_IN_USE: u16 = 0x0019;
         pub const INVALID_REGISTER_VALUE: u16 = 0x0050;
     }

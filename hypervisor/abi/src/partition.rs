@@ -24,6 +24,24 @@ pub mod code {
     /// Guest calls (any partition): drop cached linear translations.
     pub const FLUSH_VIRTUAL_ADDRESS_SPACE: u16 = 0x0002;
     pub const FLUSH_VIRTUAL_ADDRESS_LIST: u16 = 0x0003;
+    /// Ports and connections (TLFS "Inter-Partition Communication"): the
+    /// root makes them; a guest posts and signals on its connections.
+    pub const CREATE_PORT: u16 = 0x0095;
+    pub const DELETE_PORT: u16 = 0x0058;
+    pub const CONNECT_PORT: u16 = 0x0096;
+    pub const DISCONNECT_PORT: u16 = 0x005B;
+    pub const POST_MESSAGE: u16 = 0x005C;
+    pub const SIGNAL_EVENT: u16 = 0x005D;
+    /// Root-only: a message or event straight to a guest VP's SINT.
+    pub const SIGNAL_EVENT_DIRECT: u16 = 0x00C0;
+    pub const POST_MESSAGE_DIRECT: u16 = 0x00C1;
+}
+
+/// Port types (TLFS `HV_PORT_TYPE`). Monitor and doorbell ports are not
+/// offered.
+pub mod port_type {
+    pub const MESSAGE: u32 = 1;
+    pub const EVENT: u32 = 2;
 }
 
 /// InstallIntercept types (TLFS `HV_INTERCEPT_TYPE`).
@@ -141,6 +159,24 @@ pub mod size {
     pub const INSTALL_INTERCEPT: u64 = 24;
     /// GET_HOST_LOG input: [`crate::layout::GetHostLog`].
     pub const HOST_LOG_INPUT: u64 = 8;
+    /// CreatePort input: [`crate::layout::CreatePort`].
+    pub const CREATE_PORT: u64 = 56;
+    /// DeletePort input: [`crate::layout::DeletePort`].
+    pub const DELETE_PORT: u64 = 16;
+    /// ConnectPort input: [`crate::layout::ConnectPort`].
+    pub const CONNECT_PORT: u64 = 72;
+    /// DisconnectPort input: [`crate::layout::DisconnectPort`].
+    pub const DISCONNECT_PORT: u64 = 16;
+    /// PostMessage input: [`crate::layout::PostMessage`].
+    pub const POST_MESSAGE: u64 = 256;
+    /// SignalEvent input (fast: RDX): [`crate::layout::SignalEvent`].
+    pub const SIGNAL_EVENT: u64 = 8;
+    /// PostMessageDirect input: [`crate::layout::PostMessageDirect`].
+    pub const POST_MESSAGE_DIRECT: u64 = 280;
+    /// SignalEventDirect input and output: [`crate::layout::SignalEventDirect`],
+    /// [`crate::layout::SignalEventDirectOutput`].
+    pub const SIGNAL_EVENT_DIRECT: u64 = 16;
+    pub const SIGNAL_EVENT_DIRECT_OUTPUT: u64 = 8;
 }
 
 /// VP register names (TLFS `HV_REGISTER_NAME`).
@@ -170,6 +206,9 @@ pub mod reg {
     pub const GDTR: u32 = 0x0007_0001;
     pub const EFER: u32 = 0x0008_0001;
     pub const PAT: u32 = 0x0008_0004;
+    /// `HvRegisterScontrol`: SetVpRegisters writes only 0, which resets the
+    /// VP's whole SynIC (registers off and masked, queued messages dropped).
+    pub const SCONTROL: u32 = 0x000A_0010;
 }
 
 /// A segment register value (TLFS `HV_X64_SEGMENT_REGISTER`): base u64, limit

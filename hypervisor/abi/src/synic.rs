@@ -23,6 +23,12 @@ pub const INTERCEPT_SINT: usize = 0;
 /// Bytes per message slot; slot n of the SIMP page belongs to SINT n.
 pub const SLOT_SIZE: usize = 256;
 pub const PAYLOAD_MAX: usize = 240;
+/// Bytes of event flags per SINT in the SIEFP page: flag n of SINT s is bit
+/// n % 8 of byte s * 256 + n / 8.
+pub const EVENT_FLAGS_BYTES: usize = 256;
+pub const EVENT_FLAGS_PER_SINT: u32 = EVENT_FLAGS_BYTES as u32 * 8;
+/// The SINT VMBus uses (Linux `VMBUS_MESSAGE_SINT`).
+pub const VMBUS_SINT: usize = 2;
 /// Message flags: bit 0, another message waits behind this one (write EOM).
 pub const MESSAGE_PENDING: u8 = 1;
 

@@ -190,6 +190,48 @@ pub const TABLE: &[CallSpec] = &[
         size::VP,
         0,
     ),
+    root_simple(code::CREATE_PORT, "CreatePort", size::CREATE_PORT, 0),
+    root_simple(code::DELETE_PORT, "DeletePort", size::DELETE_PORT, 0),
+    root_simple(code::CONNECT_PORT, "ConnectPort", size::CONNECT_PORT, 0),
+    root_simple(
+        code::DISCONNECT_PORT,
+        "DisconnectPort",
+        size::DISCONNECT_PORT,
+        0,
+    ),
+    root_simple(
+        code::POST_MESSAGE_DIRECT,
+        "PostMessageDirect",
+        size::POST_MESSAGE_DIRECT,
+        0,
+    ),
+    root_simple(
+        code::SIGNAL_EVENT_DIRECT,
+        "SignalEventDirect",
+        size::SIGNAL_EVENT_DIRECT,
+        size::SIGNAL_EVENT_DIRECT_OUTPUT,
+    ),
+    // Any partition, on its own connections.
+    CallSpec {
+        code: code::POST_MESSAGE,
+        name: "PostMessage",
+        privilege: Privilege::Any,
+        form: Form::Simple {
+            input: size::POST_MESSAGE,
+            output: 0,
+            fast: false,
+        },
+    },
+    CallSpec {
+        code: code::SIGNAL_EVENT,
+        name: "SignalEvent",
+        privilege: Privilege::Any,
+        form: Form::Simple {
+            input: size::SIGNAL_EVENT,
+            output: 0,
+            fast: true,
+        },
+    },
     root_simple(hypercall::GET_HOST_INFO, "GetHostInfo", 0, 4096),
     root_simple(hypercall::GET_HOST_STATS, "GetHostStats", 0, 4096),
     root_simple(
