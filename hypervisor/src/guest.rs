@@ -60,10 +60,7 @@ pub fn dispatch(
             let value = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
                 crate::x86::msr::IA32_APIC_BASE => Some(vapic::apic_base(vp.index)),
-                _ => vp
-                    .synic
-                    .read_msr(m)
-                    .or_else(|| read_msr(part, vcpu, vp, m)),
+                _ => vp.synic.read_msr(m).or_else(|| read_msr(part, vcpu, vp, m)),
             };
             vcpu.finish_rdmsr(value);
             Next::Resume

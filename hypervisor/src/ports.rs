@@ -35,7 +35,10 @@ pub const MAX_CONNECTIONS: usize = 4096;
 enum Kind {
     Message,
     /// Flags `base .. base + count` of the SINT's event flags.
-    Event { base: u32, count: u32 },
+    Event {
+        base: u32,
+        count: u32,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -86,7 +89,10 @@ pub fn create_port(root: &RootPartition, bytes: &[u8]) -> Result<usize, u16> {
     } else {
         MAX_VPS
     };
-    if c.port_vtl != 0 || c.min_connection_vtl != 0 || info.target_sint >= 16 || info.target_vp >= vps
+    if c.port_vtl != 0
+        || c.min_connection_vtl != 0
+        || info.target_sint >= 16
+        || info.target_vp >= vps
     {
         return Err(status::INVALID_PARAMETER);
     }
@@ -102,7 +108,10 @@ pub fn create_port(root: &RootPartition, bytes: &[u8]) -> Result<usize, u16> {
         _ => return Err(status::INVALID_PARAMETER),
     };
     let mut ports = PORTS.lock();
-    if ports.iter().any(|p| p.partition == partition && p.id == c.port_id) {
+    if ports
+        .iter()
+        .any(|p| p.partition == partition && p.id == c.port_id)
+    {
         return Err(status::INVALID_PORT_ID);
     }
     if ports.len() >= MAX_PORTS {
@@ -271,9 +280,7 @@ pub fn post_message(root: &RootPartition, from: u64, bytes: &[u8]) -> u16 {
             return Err(status::INVALID_PARAMETER);
         }
         let at = core::mem::size_of::<PostMessage>();
-        let payload = bytes
-            .get(at..at + size)
-            .ok_or(status::INVALID_PARAMETER)?;
+        let payload = bytes.get(at..at + size).ok_or(status::INVALID_PARAMETER)?;
         let port = through(from, p.connection_id)?;
         // TLFS: a port message names the port it arrived on, which tells
         // the receiver who sent it (only the connected partition can).

@@ -126,7 +126,9 @@ impl SynIc {
             msr::SIEFP => self.siefp.load(Ordering::Relaxed),
             msr::SIMP => self.simp.load(Ordering::Relaxed),
             msr::EOM => 0,
-            msr::SINT0..=msr::SINT15 => self.sint[(m - msr::SINT0) as usize].load(Ordering::Relaxed),
+            msr::SINT0..=msr::SINT15 => {
+                self.sint[(m - msr::SINT0) as usize].load(Ordering::Relaxed)
+            }
             _ => return None,
         })
     }

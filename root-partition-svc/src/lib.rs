@@ -1,6 +1,6 @@
 //! The root partition's logic that needs no hardware: the shell's command
-//! parser and line editor, the formats of its output, and reading the ACPI
-//! tables. Unit-tested on the host, linked into the bare-metal kernel
+//! parser and line editor, the formats of its output, reading the ACPI
+//! tables, the integration services' messages. Unit-tested on the host, linked into the bare-metal kernel
 //! (`src/kernel/main.rs`) unchanged.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -12,6 +12,7 @@ pub mod command;
 pub mod format;
 pub mod fpu;
 pub mod guest_acpi;
+pub mod ic;
 pub mod line;
 pub mod linux_boot;
 pub mod page_audit;

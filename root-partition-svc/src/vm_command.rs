@@ -9,6 +9,15 @@ pub const MEMORY_MAX_MIB: u64 = 4096;
 pub const DEFAULT_MEMORY_MIB: u64 = 64;
 /// Longest kernel command line kept for a VM (with its NUL).
 pub const CMDLINE_MAX: usize = 1024;
+/// What `vm wait --for` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    /// The guest answers heartbeats.
+    Heartbeat,
+    /// Every integration service is negotiated and in use.
+    Services,
+}
+
 /// Wait for `vm wait` without a time.
 pub const DEFAULT_WAIT_SECS: u64 = 30;
 
@@ -53,6 +62,10 @@ pub enum VmCommand<'a> {
     Delete(&'a str),
     /// Wait until the VM is no longer running (at most this many seconds).
     Wait(&'a str, u64),
+    /// Wait until the guest's heartbeat answers (Hyper-V's `Wait-VM -For
+    /// Heartbeat`), or every integration service is in use, at most this
+    /// many seconds.
+    WaitFor(&'a str, WaitFor, u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,8 +114,8 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "processor reserve and limit (percent of a processor per VP), weight (1-10000)",
     ),
     (
-        "vm wait NAME [SECONDS]",
-        "wait until the VM is no longer running (default 30 s)",
+        "vm wait NAME [--for heartbeat|services] [SECONDS]",
+        "wait until the VM is no longer running; --for heartbeat: until its guest answers heartbeats; --for services: until every integration service is in use (default 30 s)",
     ),
     (
         "vm delete NAME",
@@ -284,7 +297,23 @@ pub fn parse<'a>(
             VmCommand::Cpu(name, s)
         }
         "wait" => {
-            let secs = match words.next() {
+            let mut next = words.next();
+            let mut what = None;
+            if next == Some("--for") {
+                what = Some(match words.next() {
+                    Some("heartbeat") => WaitFor::Heartbeat,
+                    Some("services") => WaitFor::Services,
+                    v => {
+                        return Err(VmParseError::BadValue {
+                            option: "--for",
+                            value: v.unwrap_or(""),
+                            expected: "heartbeat or services",
+                        })
+                    }
+                });
+                next = words.next();
+            }
+            let secs = match next {
                 None => DEFAULT_WAIT_SECS,
                 Some(v) => number("", v, 1..=3600).ok_or(VmParseError::BadValue {
                     option: "SECONDS",
@@ -292,7 +321,10 @@ pub fn parse<'a>(
                     expected: "a number of seconds from 1 to 3600",
                 })?,
             };
-            VmCommand::Wait(name, secs)
+            match what {
+                Some(w) => VmCommand::WaitFor(name, w, secs),
+                None => VmCommand::Wait(name, secs),
+            }
         }
         "start" => VmCommand::Start(name),
         "show" => VmCommand::Show(name),
@@ -395,6 +427,23 @@ mod tests {
         );
         assert_eq!(p("wait web"), Ok(VmCommand::Wait("web", DEFAULT_WAIT_SECS)));
         assert_eq!(p("wait web 5"), Ok(VmCommand::Wait("web", 5)));
+        assert_eq!(
+            p("wait web --for heartbeat 60"),
+            Ok(VmCommand::WaitFor("web", WaitFor::Heartbeat, 60))
+        );
+        assert_eq!(
+            p("wait web --for heartbeat"),
+            Ok(VmCommand::WaitFor(
+                "web",
+                WaitFor::Heartbeat,
+                DEFAULT_WAIT_SECS
+            ))
+        );
+        assert_eq!(
+            p("wait web --for services 9"),
+            Ok(VmCommand::WaitFor("web", WaitFor::Services, 9))
+        );
+        assert!(p("wait web --for ip").is_err());
         assert_eq!(p("delete web"), Ok(VmCommand::Delete("web")));
         assert_eq!(parse_memory("1G"), Some(1024));
         assert_eq!(parse_memory("512"), Some(512));

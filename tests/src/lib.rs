@@ -554,7 +554,12 @@ const REBOOT_WAIT: &str = "vm wait linux 25";
 /// boot takes minutes there: Bochs runs the SMP case, which checks what the
 /// one-processor boot does, the reboot and the panic cases).
 fn linux_tests() -> Vec<(GuestTest, bool)> {
-    let on_bochs = |name: &str| matches!(name, "-linux-smp" | "-linux-reboot" | "-linux-panic");
+    let on_bochs = |name: &str| {
+        matches!(
+            name,
+            "-linux-smp" | "-linux-reboot" | "-linux-panic" | "-linux-vmbus"
+        )
+    };
     let cases: Vec<GuestTest> = vec![
         (
             "-linux-boot",
@@ -604,6 +609,42 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             ],
             LINUX_FAILURES,
             Some(linux_booted_twice),
+        ),
+        (
+            "-linux-vmbus",
+            2,
+            1024,
+            &[
+                linux_vm!("linux", "2", "vmbus"),
+                "vm start linux",
+                "vm wait linux --for heartbeat 1200",
+                "vm wait linux --for services 600",
+                "vm list",
+                "vm show linux",
+                "vm stop linux",
+                "vm wait linux 300",
+                "vm console linux --log",
+                "shutdown",
+            ],
+            &[
+                "LINUX-INIT: Vmbus version:5.3",
+                "LINUX-INIT: hv_utils: Heartbeat IC version 3.0",
+                "LINUX-INIT: hv_utils: Shutdown IC version 3.0",
+                "LINUX-INIT: hv_utils: TimeSync IC version 4.0",
+                "LINUX-INIT: vmbus ready",
+                "vm wait: linux's heartbeat answers (Operating normally)",
+                "vm wait: linux's integration services are all in use",
+                "Operating normally",
+                "VMBus:          version 5.3",
+                "Heartbeat              OK (version 3.0)",
+                "Shutdown               OK (version 3.0)",
+                "Time Synchronization   OK (version 4.0)",
+                "vm stop: asked linux to shut down",
+                "LINUX-INIT: the host asked for a shutdown; powering off",
+                "vm wait: linux is Off (shut down by the guest)",
+            ],
+            LINUX_FAILURES,
+            None,
         ),
         (
             "-linux-panic",

@@ -67,6 +67,17 @@ echo "LINUX-INIT: cpus $(grep -c ^processor /proc/cpuinfo)"
 echo "LINUX-INIT: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 echo "LINUX-INIT: date $(date +%s)"
 echo "LINUX-INIT: kernel $(uname -r)"
+# A shutdown the host asks for (hv_utils' orderly_poweroff) runs this; it
+# has no terminal, so it writes to the console itself.
+cat > /bin/host-poweroff <<'EOS'
+#!/bin/sh
+echo "LINUX-INIT: the host asked for a shutdown; powering off" > /dev/console
+sync
+sleep 1
+poweroff -f
+EOS
+chmod +x /bin/host-poweroff
+echo /bin/host-poweroff > /proc/sys/kernel/poweroff_cmd
 # Console output from user space drains through the UART's transmit
 # interrupt (polled without an IRQ line): give it time before the machine
 # goes away.
@@ -97,6 +108,24 @@ idle)
     echo "LINUX-INIT: done"
     drain
     poweroff -f
+    ;;
+vmbus)
+    # The Hyper-V drivers, then what VMBus brought: the protocol version,
+    # the devices offered, the integration services negotiated. Then wait
+    # for the host (vm stop asks for a shutdown).
+    /load-hv-modules > /dev/null
+    echo "LINUX-INIT: $(dmesg | grep -o 'Vmbus version:[0-9.]*' || echo 'no VMBus version')"
+    for d in /sys/bus/vmbus/devices/*; do
+        [ -e "$d/class_id" ] && echo "LINUX-INIT: vmbus device $(cat $d/class_id)"
+    done
+    i=0
+    while [ "$(dmesg | grep -c 'IC version')" -lt 3 ] && [ $i -lt 30 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    dmesg | grep 'IC version' | sed 's/^\[[^]]*\] /LINUX-INIT: /'
+    echo "LINUX-INIT: vmbus ready"
+    while true; do sleep 1; done
     ;;
 vmcall)
     /bin/vmcall

@@ -450,7 +450,9 @@ layout! {
 /// (header and payload) follows it, then 4 reserved bytes. Packed, as the
 /// TLFS block is: the message starts at byte 20.
 #[repr(C, packed)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct PostMessageDirect {
     pub partition_id: u64,
     pub vp_index: u32,

@@ -101,6 +101,20 @@ pub unsafe fn wrmsr(msr: u32, v: u64) {
     };
 }
 
+/// RDMSR.
+///
+/// # Safety
+/// The MSR must exist (the synthetic ones the hypervisor grants do); one it
+/// does not know raises #GP.
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller vouches for the MSR.
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (hi as u64) << 32 | lo as u64
+}
+
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC only reads the time-stamp counter.

@@ -6,6 +6,8 @@
 
 mod arch;
 mod fpu;
+mod guest_ring;
+mod heap;
 mod hypercall;
 mod idt;
 mod phys;
@@ -14,6 +16,9 @@ mod serial;
 mod shell;
 mod synic;
 mod vm;
+mod vmbus_server;
+
+extern crate alloc;
 
 use core::arch::global_asm;
 use hv_abi::{cpuid, root_boot, RootBoot};

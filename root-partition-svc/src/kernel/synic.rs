@@ -1,9 +1,13 @@
 //! The root's side of the SynIC (TLFS "Inter-Partition Communication"): the
-//! message page, the intercept SINT, and taking messages out of their slot.
+//! message and event-flag pages, the intercept SINT and the VMBus SINT,
+//! taking messages out of their slot and event flags out of their page.
 use crate::arch::wrmsr;
 use crate::idt::SINT_VECTOR;
 use core::cell::UnsafeCell;
-use hv_abi::synic::{msr, Message, INTERCEPT_SINT, MESSAGE_PENDING, SLOT_SIZE};
+use core::sync::atomic::{AtomicU64, Ordering};
+use hv_abi::synic::{
+    msr, Message, EVENT_FLAGS_BYTES, INTERCEPT_SINT, MESSAGE_PENDING, SLOT_SIZE, VMBUS_SINT,
+};
 
 #[repr(C, align(4096))]
 struct Page(UnsafeCell<[u8; 4096]>);
@@ -12,14 +16,20 @@ struct Page(UnsafeCell<[u8; 4096]>);
 unsafe impl Sync for Page {}
 
 static SIMP: Page = Page(UnsafeCell::new([0; 4096]));
+/// Event flags: the hypervisor sets bits atomically, VP 0 takes them with
+/// atomic swaps.
+static SIEFP: Page = Page(UnsafeCell::new([0; 4096]));
 
-/// Enables the message page and the intercept SINT (unmasked, SINT_VECTOR).
+/// Enables the message and event-flag pages, the intercept SINT and the
+/// VMBus SINT (unmasked, both SINT_VECTOR: the shell loop polls both).
 pub fn enable() {
-    // SAFETY: the SynIC MSRs the hypervisor emulates for the root; the page
-    // is this crate's own, used for nothing else.
+    // SAFETY: the SynIC MSRs the hypervisor emulates for the root; the pages
+    // are this crate's own, used for nothing else.
     unsafe {
         wrmsr(msr::SIMP, SIMP.0.get() as u64 | msr::PAGE_ENABLE);
+        wrmsr(msr::SIEFP, SIEFP.0.get() as u64 | msr::PAGE_ENABLE);
         wrmsr(msr::SINT0 + INTERCEPT_SINT as u32, SINT_VECTOR as u64);
+        wrmsr(msr::SINT0 + VMBUS_SINT as u32, SINT_VECTOR as u64);
         wrmsr(msr::SCONTROL, 1);
     }
 }
@@ -27,7 +37,36 @@ pub fn enable() {
 /// The message in the intercept slot, if any; the slot is emptied (and EOM
 /// written when another message waits behind it).
 pub fn take() -> Option<Message> {
-    let slot = SIMP.0.get() as u64 + (INTERCEPT_SINT * SLOT_SIZE) as u64;
+    take_from(INTERCEPT_SINT)
+}
+
+/// The next message guests posted to the root's VMBus ports.
+pub fn take_vmbus() -> Option<Message> {
+    take_from(VMBUS_SINT)
+}
+
+/// Takes the VMBus SINT's event flags that are set (clearing them); calls
+/// `f` with each flag number.
+pub fn take_vmbus_events(mut f: impl FnMut(u32)) {
+    let base = SIEFP.0.get() as usize + VMBUS_SINT * EVENT_FLAGS_BYTES;
+    for word in 0..EVENT_FLAGS_BYTES / 8 {
+        // SAFETY: an aligned u64 inside our own page, which the hypervisor
+        // only ever changes with atomic ORs; every access here is atomic.
+        let cell = unsafe { AtomicU64::from_ptr((base + word * 8) as *mut u64) };
+        if cell.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let mut bits = cell.swap(0, Ordering::AcqRel);
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            f(word as u32 * 64 + bit);
+        }
+    }
+}
+
+fn take_from(sint: usize) -> Option<Message> {
+    let slot = SIMP.0.get() as u64 + (sint * SLOT_SIZE) as u64;
     // SAFETY: the slot lies in our page; the header is read with one aligned
     // volatile load, so a message being written shows as empty or complete.
     let head = unsafe { core::ptr::read_volatile(slot as *const u64) };

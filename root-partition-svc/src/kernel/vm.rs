@@ -2,7 +2,8 @@
 //! memory (taken from the root's free RAM), their images and start state,
 //! and the intercepts their VPs raise (serial output, the exit and
 //! power-off ports, faults), answered through SetVpRegisters.
-use crate::{hypercall, print, println, serial, synic};
+use crate::vmbus_server::{self, IcStage, VmBus};
+use crate::{heap, hypercall, print, println, serial, synic};
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use hv_abi::hypercall::status;
@@ -19,7 +20,9 @@ use hv_abi::synic::{
 use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
 use root_partition_svc::linux_boot;
-use root_partition_svc::vm_command::{CpuSettings, NewVm, VmCommand, CMDLINE_MAX, NAME_MAX};
+use root_partition_svc::vm_command::{
+    CpuSettings, NewVm, VmCommand, WaitFor, CMDLINE_MAX, NAME_MAX,
+};
 use root_partition_svc::vmm::{
     self, Console, Devices, EntryMode, IoEffect, MemoryPool, Report, ReportOnce,
 };
@@ -28,6 +31,8 @@ pub const MAX_VMS: usize = 16;
 /// Console output kept per VM (a Linux boot log fits).
 const CONSOLE_BYTES: usize = 64 * 1024;
 const REASON_MAX: usize = 120;
+/// How long `vm stop` waits for a guest it asked to shut down.
+const SHUTDOWN_TIMEOUT_S: u64 = 60;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum State {
@@ -89,6 +94,11 @@ pub struct Vm {
     unmapped: Option<u64>,
     /// (run time in 100 ns, TSC) at the last `vm list`.
     sample: (u64, u64),
+    /// Its VMBus server while it runs.
+    vmbus: Option<VmBus>,
+    /// `vm stop` asked the guest to shut down: the TSC by which it must be
+    /// off, or it is turned off.
+    shutdown_deadline: Option<u64>,
 }
 
 impl Vm {
@@ -301,6 +311,13 @@ impl Vmm {
         for &(s, e) in boot.ranges() {
             self.pool.add(s.max(POOL_FLOOR), e.max(POOL_FLOOR));
         }
+        match self.pool.take(heap::HEAP_BYTES) {
+            Some(start) => heap::init(start),
+            None => println!(
+                "vm: no {} MiB for the root's heap; VMBus is unavailable",
+                heap::HEAP_BYTES >> 20
+            ),
+        }
         for m in boot.modules() {
             self.modules[self.module_count] = *m;
             self.module_count += 1;
@@ -365,6 +382,7 @@ impl Vmm {
             }
             VmCommand::Cpu(name, s) => self.cpu(name, s),
             VmCommand::Wait(name, secs) => self.wait(name, secs),
+            VmCommand::WaitFor(name, what, secs) => self.wait_for(name, what, secs),
             VmCommand::Delete(name) => self.delete(name),
         }
     }
@@ -510,6 +528,8 @@ impl Vmm {
                     interrupt_failures: 0,
                     unmapped: None,
                     sample: (0, 0),
+                    vmbus: None,
+                    shutdown_deadline: None,
                 });
                 println!(
                     "vm new: {} created (partition {id}, {} MiB, {} VCPUs, image {}); vm start {} runs it",
@@ -543,7 +563,13 @@ impl Vmm {
                 }
             }
         }
-        let Some(vm) = self.named(name) else { return };
+        let Some(slot) = self.find(name) else {
+            println!("vm: no VM named \"{name}\"; vm list shows them");
+            return;
+        };
+        let Some(vm) = self.vms[slot].as_mut() else {
+            return;
+        };
         if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
             println!("vm start: {name} is {}", vm.state.name());
             return;
@@ -575,6 +601,26 @@ impl Vmm {
                 vm.set_reason(format_args!("{e}"));
                 println!("vm start: {name}: {e}");
                 return;
+            }
+        }
+        // Every VP's SynIC as after a reset, then the VMBus server (its
+        // ports) before any VP runs.
+        for vp in 0..vm.vcpus {
+            if let Err(s) = set_registers(vm.partition, vp, &[(reg::SCONTROL, 0)]) {
+                vm.state = State::Failed;
+                vm.set_reason(format_args!(
+                    "resetting the SynIC of VP {vp} failed: status {s:#x}"
+                ));
+                status_line("vm start", "SetVpRegisters", s);
+                return;
+            }
+        }
+        vm.vmbus = None;
+        vm.shutdown_deadline = None;
+        if heap::ready() {
+            match VmBus::new(vm.partition, slot, vm.memory_base, vm.memory_bytes) {
+                Ok(bus) => vm.vmbus = Some(bus),
+                Err(s) => status_line("vm start", "VMBus ports (CreatePort/ConnectPort)", s),
             }
         }
         // A Linux guest starts on VP 0 alone; the others wait for its SIPI.
@@ -648,19 +694,26 @@ impl Vmm {
     }
 
     fn stop(&mut self, name: &str, turn_off: bool) {
+        let tsc_hz = self.tsc_hz;
         let Some(vm) = self.named(name) else { return };
         if !matches!(vm.state, State::Running | State::Starting) {
             println!("vm stop: {name} is {}", vm.state.name());
             return;
         }
-        vm.state = State::Stopping;
         if turn_off {
             end(vm, State::Off, format_args!("turned off"));
             println!("vm stop: {name} turned off");
+        } else if vm.vmbus.as_mut().is_some_and(|b| b.request_shutdown()) {
+            vm.state = State::Stopping;
+            vm.shutdown_deadline = Some(crate::arch::rdtsc() + SHUTDOWN_TIMEOUT_S * tsc_hz);
+            println!("vm stop: asked {name} to shut down (turned off if it still runs in {SHUTDOWN_TIMEOUT_S} s; vm stop {name} --turn-off does it now)");
         } else {
-            // No shutdown integration service yet: a stop is a turn-off.
-            end(vm, State::Off, format_args!("stopped"));
-            println!("vm stop: {name} stopped (no shutdown integration service in the guest: turned off)");
+            end(
+                vm,
+                State::Off,
+                format_args!("turned off: the guest has no VMBus connection"),
+            );
+            println!("vm stop: {name} has no VMBus connection to ask it to shut down: turned off");
         }
     }
 
@@ -712,6 +765,51 @@ impl Vmm {
         }
         if let Some(vm) = self.find(name).and_then(|i| self.vms[i].as_ref()) {
             println!("vm wait: {name} is {} ({})", vm.state.name(), vm.reason());
+        }
+    }
+
+    fn wait_for(&mut self, name: &str, what: WaitFor, secs: u64) {
+        if self.find(name).is_none() {
+            println!("vm: no VM named \"{name}\"; vm list shows them");
+            return;
+        }
+        let start = crate::arch::rdtsc();
+        let limit = secs * self.tsc_hz;
+        loop {
+            self.poll();
+            let now = crate::arch::rdtsc();
+            let tsc_hz = self.tsc_hz;
+            let Some(vm) = self.find(name).and_then(|i| self.vms[i].as_ref()) else {
+                return;
+            };
+            if !matches!(vm.state, State::Running | State::Starting) {
+                println!("vm wait: {name} is {} ({})", vm.state.name(), vm.reason());
+                return;
+            }
+            let status = vm.vmbus.as_ref().map(|b| b.status(now, tsc_hz));
+            let done = match what {
+                WaitFor::Heartbeat => status == Some("Operating normally"),
+                WaitFor::Services => vm.vmbus.as_ref().is_some_and(|b| b.all_in_use()),
+            };
+            if done {
+                match what {
+                    WaitFor::Heartbeat => {
+                        println!("vm wait: {name}'s heartbeat answers (Operating normally)")
+                    }
+                    WaitFor::Services => {
+                        println!("vm wait: {name}'s integration services are all in use")
+                    }
+                }
+                return;
+            }
+            if now - start > limit {
+                println!(
+                    "vm wait: {name} not there after {secs} s ({})",
+                    status.unwrap_or("no VMBus server")
+                );
+                return;
+            }
+            crate::arch::idle();
         }
     }
 
@@ -775,7 +873,7 @@ impl Vmm {
 
     fn list(&mut self) {
         println!(
-            "{:<3} {:<16} {:<9} {:>7} {:>11} {:>8} {:>5} {:>10}",
+            "{:<3} {:<16} {:<9} {:>7} {:>11} {:>8} {:>5} {:>10}  STATUS",
             "ID", "NAME", "STATE", "CPU%", "MEMORY(MiB)", "UPTIME", "VCPUS", "EXITS"
         );
         let now = crate::arch::rdtsc();
@@ -795,8 +893,12 @@ impl Vmm {
             let mut upbuf = [0u8; 16];
             let mut w = format::BufWriter::new(&mut upbuf);
             let _ = write!(w, "{}:{:02}:{:02}", up / 3600, up / 60 % 60, up % 60);
+            let status = match vm.vmbus.as_ref() {
+                Some(bus) => bus.status(now, tsc_hz),
+                None => "",
+            };
             println!(
-                "{:<3} {:<16} {:<9} {:>7} {:>11} {:>8} {:>5} {:>10}",
+                "{:<3} {:<16} {:<9} {:>7} {:>11} {:>8} {:>5} {:>10}  {}",
                 vm.partition,
                 vm.name(),
                 vm.state.name(),
@@ -804,7 +906,8 @@ impl Vmm {
                 vm.memory_bytes >> 20,
                 w.as_str(),
                 vm.vcpus,
-                exits
+                exits,
+                status
             );
         }
     }
@@ -933,14 +1036,68 @@ impl Vmm {
                 if v >> 33 == 1 { "" } else { "s" }
             );
         }
+        if let Some(bus) = vm.vmbus.as_ref() {
+            show_vmbus(bus, self.tsc_hz);
+        }
     }
 
-    /// Handles every waiting intercept message.
+    /// Handles every waiting intercept message, then the VMBus servers'
+    /// messages, channel signals and periodic work.
     pub fn poll(&mut self) -> bool {
         let mut any = false;
         while let Some(m) = synic::take() {
             any = true;
             self.intercept(m);
+        }
+        any |= self.poll_vmbus();
+        any
+    }
+
+    fn poll_vmbus(&mut self) -> bool {
+        let mut any = false;
+        let now = crate::arch::rdtsc();
+        let clock = (self.tsc_hz, self.host_time);
+        while let Some(m) = synic::take_vmbus() {
+            any = true;
+            let (partition, connection) = vmbus_server::port_owner(m.sender);
+            let size = usize::from(m.size).min(m.payload.len());
+            if let Some(bus) = self
+                .vms
+                .iter_mut()
+                .flatten()
+                .find(|v| v.partition == partition)
+                .and_then(|v| v.vmbus.as_mut())
+            {
+                bus.message(connection, &m.payload[..size]);
+            }
+        }
+        let vms = &mut self.vms;
+        synic::take_vmbus_events(|flag| {
+            any = true;
+            let (slot, relid) = vmbus_server::flag_owner(flag);
+            if let Some(bus) = vms
+                .get_mut(slot)
+                .and_then(|v| v.as_mut())
+                .and_then(|v| v.vmbus.as_mut())
+            {
+                bus.channel_signalled(relid, now, clock);
+            }
+        });
+        for vm in self.vms.iter_mut().flatten() {
+            if let Some(bus) = vm.vmbus.as_mut() {
+                bus.tick(now, self.tsc_hz, self.host_time);
+            }
+            if vm.shutdown_deadline.is_some_and(|d| now >= d) {
+                end(
+                    vm,
+                    State::Off,
+                    format_args!("turned off: the guest did not shut down in time"),
+                );
+                println!(
+                    "vm {}: did not shut down within {SHUTDOWN_TIMEOUT_S} s; turned off",
+                    vm.name()
+                );
+            }
         }
         any
     }
@@ -985,7 +1142,8 @@ impl Vmm {
             return;
         };
         // A VP's last message may arrive after the VM stopped: nothing to do.
-        if vm.state != State::Running {
+        // A VM asked to shut down runs on until it has.
+        if !matches!(vm.state, State::Running | State::Stopping) {
             return;
         }
         match m.kind {
@@ -1080,7 +1238,7 @@ impl Vmm {
             kind::HALT => {
                 let (h, _) = msg::decode_header(&m.payload).unwrap_or_default();
                 vm.stopped_vps |= 1 << (h.vp_index % 64);
-                if vm.stopped_vps.count_ones() >= vm.vcpus && vm.state == State::Running {
+                if vm.stopped_vps.count_ones() >= vm.vcpus {
                     end(
                         vm,
                         State::Off,
@@ -1386,10 +1544,53 @@ fn uptime(vm: &Vm, now: u64, tsc_hz: u64) -> u64 {
     }
 }
 
+/// `vm show`'s VMBus lines: the protocol version, then each integration
+/// service and its state, as Get-VMIntegrationService lists them.
+fn show_vmbus(bus: &VmBus, tsc_hz: u64) {
+    let now = crate::arch::rdtsc();
+    match bus.version {
+        Some(v) => println!("  VMBus:          version {}.{}", v >> 16, v & 0xFFFF),
+        None => println!("  VMBus:          not connected"),
+    }
+    println!("  status:         {}", bus.status(now, tsc_hz));
+    if bus.refused > 0 || bus.dropped > 0 {
+        println!(
+            "  VMBus messages refused: {} from the guest; dropped: {} to it",
+            bus.refused, bus.dropped
+        );
+    }
+    println!("  integration services:");
+    for ic in &bus.integrations {
+        let state = match ic.stage {
+            IcStage::Offered => "offered; the guest has not opened it",
+            IcStage::Negotiating => "negotiating",
+            IcStage::Ready(_) => "OK",
+            IcStage::Failed(_) => "failed: the guest's answers made no sense",
+        };
+        print!("    {:<22} {}", ic.service.name(), state);
+        if let IcStage::Ready(v) = ic.stage {
+            print!(" (version {}.{})", v.0, v.1);
+        }
+        match (ic.service, ic.last_answer) {
+            (root_partition_svc::ic::Service::Heartbeat, Some(t)) => {
+                print!(", last answer {} ms ago", (now - t) * 1000 / tsc_hz.max(1))
+            }
+            (root_partition_svc::ic::Service::Shutdown, _) if ic.accepted => {
+                print!(", a shutdown request was accepted")
+            }
+            _ => {}
+        }
+        println!();
+    }
+}
+
 /// Ends a run: every VP suspended (ExplicitSuspend, which `vm start`
 /// expects), the state and its reason set.
 fn end(vm: &mut Vm, state: State, why: core::fmt::Arguments) {
     suspend_all(vm);
+    // Its rings are in the guest's memory: gone before the memory is reused.
+    vm.vmbus = None;
+    vm.shutdown_deadline = None;
     vm.state = state;
     vm.set_reason(why);
 }
@@ -1448,6 +1649,9 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
             vm.unmapped = Some(gpa);
         }
         IoEffect::Exit(code) => return end(vm, State::Off, format_args!("exit code {code}")),
+        IoEffect::PowerOff if vm.shutdown_deadline.is_some() => {
+            return end(vm, State::Off, format_args!("shut down by the guest"))
+        }
         IoEffect::PowerOff => return end(vm, State::Off, format_args!("powered off by the guest")),
         IoEffect::Reset => {
             vm.reset_requested = true;

@@ -1,0 +1,64 @@
+//! A VMBus ring in a guest's memory, as the root reaches it: the guest's
+//! RAM is one block of root RAM (`base` up to `base + bytes`), so a GPADL's
+//! page numbers become root addresses by adding `base`, after a check that
+//! each page lies inside the block. The one place that turns guest pages
+//! into references; every access through them is atomic (the guest writes
+//! the same words at any time).
+use alloc::vec::Vec;
+use core::sync::atomic::AtomicU64;
+use vmbus::shared_mem::{RingHeader, RingMemory};
+
+const PAGE: u64 = 4096;
+const WORDS_PER_PAGE: usize = 512;
+
+pub struct GuestRing {
+    header: *const RingHeader,
+    /// The data pages, in ring order.
+    pages: Vec<*const AtomicU64>,
+}
+
+impl GuestRing {
+    /// The ring on guest pages `pfns` (header page first) of the guest RAM
+    /// block at `base`, `bytes` long; `None` if a page lies outside it.
+    ///
+    /// The caller keeps the block the guest's, and its memory allocated,
+    /// for as long as the ring lives (the VM's VMBus state, which owns the
+    /// rings, is dropped before its memory goes back to the pool).
+    pub fn new(base: u64, bytes: u64, pfns: &[u64]) -> Option<Self> {
+        let inside = |pfn: u64| pfn.checked_mul(PAGE).is_some_and(|gpa| gpa < bytes);
+        let (&header, data) = pfns.split_first()?;
+        if data.is_empty() || !pfns.iter().all(|&p| inside(p)) {
+            return None;
+        }
+        Some(GuestRing {
+            header: (base + header * PAGE) as *const RingHeader,
+            pages: data
+                .iter()
+                .map(|&p| (base + p * PAGE) as *const AtomicU64)
+                .collect(),
+        })
+    }
+}
+
+impl RingMemory for GuestRing {
+    fn header(&self) -> &RingHeader {
+        // SAFETY: a page of the guest's block (checked in `new`), 4 KiB
+        // aligned, identity-mapped and allocated while the ring lives (the
+        // constructor's contract); RingHeader is atomics only.
+        unsafe { &*self.header }
+    }
+
+    fn data_words(&self) -> usize {
+        self.pages.len() * WORDS_PER_PAGE
+    }
+
+    fn data_run(&self, start: usize) -> &[AtomicU64] {
+        let Some(&page) = self.pages.get(start / WORDS_PER_PAGE) else {
+            return &[];
+        };
+        let at = start % WORDS_PER_PAGE;
+        // SAFETY: as in `header`: a whole aligned page of the guest's block,
+        // viewed as atomics from word `at` to its end.
+        unsafe { core::slice::from_raw_parts(page.add(at), WORDS_PER_PAGE - at) }
+    }
+}

@@ -1,0 +1,592 @@
+//! The root's VMBus server, one per running VM, built on the `vmbus`
+//! crate's [`Host`]: the guest's control messages arrive through two message
+//! ports in the root (the guest's connections 1 and 4), its channel kicks
+//! through one event port per channel (connection 0x2000 + relid); the
+//! server answers with PostMessageDirect to the VP the guest named and
+//! signals channels with SignalEventDirect. On it run the integration
+//! services (heartbeat, shutdown, time synchronization) that Linux's
+//! hv_utils drives.
+//!
+//! Port ids in the root: `partition << 8 | connection` for messages,
+//! `partition << 8 | 0x80 | relid` for events; a VM's channel with relid r
+//! sets flag `slot * 128 + r` of the root's VMBus SINT (slot: the VM's
+//! index in the worker's table).
+use crate::guest_ring::GuestRing;
+use crate::hypercall;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use hv_abi::hypercall::status;
+use hv_abi::layout::{
+    ConnectPort, ConnectionInfo, CreatePort, IntoBytes, PortInfo, PostMessageDirect,
+    SignalEventDirect, SignalEventDirectOutput,
+};
+use hv_abi::partition::{code, port_type, PARTITION_SELF};
+use hv_abi::synic::{Message, PAYLOAD_MAX, SLOT_SIZE, VMBUS_SINT};
+use root_partition_svc::ic::{self, IcError, Service, Version};
+use vmbus::channel::{Channel, Notify};
+use vmbus::guid::class;
+use vmbus::host::{Host, HostConfig, HostEvent, HostPort, OfferParams};
+use vmbus::packet::{OutgoingPacket, PacketKind};
+use vmbus::Guid;
+
+/// Relids per VM: 1 to 127 (flag numbers `slot * 128 + relid` fill the
+/// 2048 flags of the root's VMBus SINT for 16 VMs).
+pub const RELIDS_PER_VM: u32 = 128;
+/// HvPostMessage message type of VMBus messages.
+const VMBUS_MESSAGE_TYPE: u32 = 1;
+/// The message connections a guest posts on (protocol 5.0 and later use 4
+/// for INITIATE_CONTACT, then the `msg_conn_id` the host returns: 1).
+const MESSAGE_CONNECTIONS: [u32; 2] = [1, 4];
+/// `HostConfig::connection_id_base`: channel connection ids are this plus
+/// the relid.
+const CHANNEL_CONNECTION_BASE: u32 = 0x2000;
+/// Host messages waiting for the guest's queue to take them, at most.
+const OUTBOX_MAX: usize = 256;
+
+fn message_port(partition: u64, connection: u32) -> u32 {
+    (partition as u32) << 8 | connection
+}
+
+fn event_port(partition: u64, relid: u32) -> u32 {
+    (partition as u32) << 8 | 0x80 | relid
+}
+
+/// The VM slot and relid of a flag of the root's VMBus SINT.
+pub fn flag_owner(flag: u32) -> (usize, u32) {
+    ((flag / RELIDS_PER_VM) as usize, flag % RELIDS_PER_VM)
+}
+
+/// The partition and connection a message port id names.
+pub fn port_owner(port: u64) -> (u64, u32) {
+    (port >> 8, (port & 0xFF) as u32)
+}
+
+fn ok_or_exists(s: u16, exists: u16) -> Result<(), u16> {
+    match s {
+        status::SUCCESS => Ok(()),
+        s if s == exists => Ok(()),
+        s => Err(s),
+    }
+}
+
+/// A port in the root that `partition` reaches through its connection
+/// `connection`. Both exist after the first call; later calls change
+/// nothing.
+fn root_port(partition: u64, port_id: u32, info: PortInfo, connection: u32) -> Result<(), u16> {
+    let create = CreatePort {
+        port_partition: PARTITION_SELF,
+        port_id,
+        connection_partition: partition,
+        port_info: info,
+        ..Default::default()
+    };
+    let s = hypercall::call(code::CREATE_PORT, 0, create.as_bytes(), &mut []).status;
+    ok_or_exists(s, status::INVALID_PORT_ID)?;
+    let connect = ConnectPort {
+        connection_partition: partition,
+        connection_id: connection,
+        port_partition: PARTITION_SELF,
+        port_id,
+        connection_info: ConnectionInfo {
+            port_type: info.port_type,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let s = hypercall::call(code::CONNECT_PORT, 0, connect.as_bytes(), &mut []).status;
+    ok_or_exists(s, status::INVALID_CONNECTION_ID)
+}
+
+/// What the `Host` state machine needs from the root.
+pub struct RootPort {
+    partition: u64,
+    memory_base: u64,
+    memory_bytes: u64,
+    /// Messages for the guest its SynIC queue has not taken yet (VP, SINT,
+    /// bytes), in order.
+    outbox: VecDeque<(u32, u8, Vec<u8>)>,
+    /// Messages dropped: the guest's SynIC was off, or the outbox full.
+    pub dropped: u64,
+}
+
+impl RootPort {
+    /// Posts what waits, in order, until the guest's queue is full.
+    fn flush(&mut self) {
+        while let Some((vp, sint, bytes)) = self.outbox.front() {
+            match post_direct(self.partition, *vp, *sint, bytes) {
+                status::INSUFFICIENT_BUFFERS => return,
+                status::SUCCESS => {}
+                _ => self.dropped += 1,
+            }
+            self.outbox.pop_front();
+        }
+    }
+}
+
+/// PostMessageDirect of a VMBus message to SINT `sint` of guest VP `vp`.
+fn post_direct(partition: u64, vp: u32, sint: u8, bytes: &[u8]) -> u16 {
+    let header = PostMessageDirect {
+        partition_id: partition,
+        vp_index: vp,
+        vtl: 0,
+        reserved: [0; 3],
+        sint: u32::from(sint),
+    };
+    let mut payload = [0u8; PAYLOAD_MAX];
+    let n = bytes.len().min(PAYLOAD_MAX);
+    payload[..n].copy_from_slice(&bytes[..n]);
+    let message = Message {
+        kind: VMBUS_MESSAGE_TYPE,
+        flags: 0,
+        sender: 0,
+        size: n as u8,
+        payload,
+    };
+    let mut input = [0u8; 20 + SLOT_SIZE + 4];
+    input[..20].copy_from_slice(header.as_bytes());
+    let mut slot = [0u8; SLOT_SIZE];
+    message.encode(&mut slot);
+    input[20..20 + SLOT_SIZE].copy_from_slice(&slot);
+    hypercall::call(code::POST_MESSAGE_DIRECT, 0, &input, &mut []).status
+}
+
+impl HostPort for RootPort {
+    type Ring = GuestRing;
+    type Notifier = EventNotifier;
+
+    fn post_message(&mut self, target_vp: u32, sint: u8, message: &[u8]) {
+        if self.outbox.len() >= OUTBOX_MAX {
+            self.dropped += 1;
+            return;
+        }
+        self.outbox.push_back((target_vp, sint, message.to_vec()));
+        self.flush();
+    }
+
+    fn map_ring(&mut self, pfns: &[u64]) -> Option<GuestRing> {
+        GuestRing::new(self.memory_base, self.memory_bytes, pfns)
+    }
+
+    fn notifier(&mut self, target_vp: u32, sint: u8, relid: u32) -> EventNotifier {
+        EventNotifier {
+            partition: self.partition,
+            vp: target_vp,
+            sint,
+            flag: relid as u16,
+        }
+    }
+}
+
+/// Signals a channel to the guest: its flag in the guest VP's SIEF page.
+pub struct EventNotifier {
+    partition: u64,
+    vp: u32,
+    sint: u8,
+    flag: u16,
+}
+
+impl Notify for EventNotifier {
+    fn notify(&mut self) {
+        let input = SignalEventDirect {
+            partition_id: self.partition,
+            vp_index: self.vp,
+            vtl: 0,
+            sint: self.sint,
+            flag_number: self.flag,
+        };
+        let mut out = SignalEventDirectOutput::default();
+        // A guest that turned its SynIC off misses the kick, as it would
+        // on Hyper-V; it finds the data when it looks.
+        let _ = hypercall::call(
+            code::SIGNAL_EVENT_DIRECT,
+            0,
+            input.as_bytes(),
+            out.as_mut_bytes(),
+        );
+    }
+}
+
+/// Where an integration service is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcStage {
+    /// Offered; the guest has not opened it.
+    Offered,
+    /// Open; versions being negotiated.
+    Negotiating,
+    /// Negotiated: in use.
+    Ready(Version),
+    /// The guest's answers made no sense (the channel is left alone).
+    Failed(IcError),
+}
+
+pub struct Integration {
+    pub service: Service,
+    pub relid: u32,
+    pub stage: IcStage,
+    channel: Option<Channel<GuestRing, EventNotifier>>,
+    transaction: u8,
+    /// Heartbeat: the last sequence number sent, and when the guest last
+    /// answered (TSC).
+    seq: u64,
+    pub last_answer: Option<u64>,
+    last_sent: u64,
+    /// Shutdown: the guest accepted a request.
+    pub accepted: bool,
+}
+
+impl Integration {
+    fn new(service: Service, relid: u32) -> Self {
+        Integration {
+            service,
+            relid,
+            stage: IcStage::Offered,
+            channel: None,
+            transaction: 0,
+            seq: 0,
+            last_answer: None,
+            last_sent: 0,
+            accepted: false,
+        }
+    }
+
+    fn send(&mut self, build: impl FnOnce(&mut [u8], u8) -> Option<usize>) -> bool {
+        let Some(channel) = self.channel.as_mut() else {
+            return false;
+        };
+        self.transaction = self.transaction.wrapping_add(1);
+        let mut buf = [0u8; ic::MAX_MESSAGE];
+        let Some(n) = build(&mut buf, self.transaction) else {
+            return false;
+        };
+        let payload: [&[u8]; 1] = [&buf[..n]];
+        let packet = OutgoingPacket::in_band(u64::from(self.transaction), false, &payload);
+        matches!(channel.send(&packet), Ok(vmbus::channel::SendResult::Sent))
+    }
+}
+
+/// How often the server asks for a heartbeat, and how long without an
+/// answer it still calls the guest healthy, in seconds.
+const HEARTBEAT_PERIOD_S: u64 = 1;
+const HEARTBEAT_GRACE_S: u64 = 5;
+/// How often a time sample goes to the guest.
+const TIMESYNC_PERIOD_S: u64 = 5;
+
+pub struct VmBus {
+    host: Host<RootPort>,
+    pub version: Option<u32>,
+    pub integrations: Vec<Integration>,
+    /// Guest messages and packets refused (malformed or out of protocol).
+    pub refused: u64,
+    /// Host messages dropped (the guest's SynIC off, or its queue full for
+    /// too long), as of the last tick.
+    pub dropped: u64,
+    last_timesync: u64,
+    /// `vm stop` asked for a shutdown the guest has not been sent yet.
+    shutdown_wanted: bool,
+}
+
+/// The instance GUIDs of the services (one device of each per VM).
+fn instance(service: Service) -> Guid {
+    match service {
+        Service::Heartbeat => Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0b01),
+        Service::Shutdown => Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0b02),
+        Service::TimeSync => Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0b03),
+    }
+}
+
+fn class_of(service: Service) -> Guid {
+    match service {
+        Service::Heartbeat => class::HEARTBEAT,
+        Service::Shutdown => class::SHUTDOWN,
+        Service::TimeSync => class::TIME_SYNC,
+    }
+}
+
+impl VmBus {
+    /// A server for the VM in `slot` (partition `partition`, RAM at
+    /// `memory_base`, `memory_bytes` long) offering the integration
+    /// services; its ports are made (once per partition) and connected.
+    pub fn new(
+        partition: u64,
+        slot: usize,
+        memory_base: u64,
+        memory_bytes: u64,
+    ) -> Result<Self, u16> {
+        for connection in MESSAGE_CONNECTIONS {
+            let info = PortInfo {
+                port_type: port_type::MESSAGE,
+                target_sint: VMBUS_SINT as u32,
+                target_vp: 0,
+                ..Default::default()
+            };
+            root_port(
+                partition,
+                message_port(partition, connection),
+                info,
+                connection,
+            )?;
+        }
+        let config = HostConfig {
+            max_relid: RELIDS_PER_VM - 1,
+            connection_id_base: CHANNEL_CONNECTION_BASE,
+            ..HostConfig::default()
+        };
+        let port = RootPort {
+            partition,
+            memory_base,
+            memory_bytes,
+            outbox: VecDeque::new(),
+            dropped: 0,
+        };
+        let mut host = Host::new(port, config);
+        let mut integrations = Vec::new();
+        for service in Service::ALL {
+            let relid = host
+                .add_offer(OfferParams::new(class_of(service), instance(service)))
+                .map_err(|_| status::INSUFFICIENT_MEMORY)?;
+            let info = PortInfo {
+                port_type: port_type::EVENT,
+                target_sint: VMBUS_SINT as u32,
+                target_vp: 0,
+                base_flag_number: (slot as u32 * RELIDS_PER_VM + relid) as u16,
+                flag_count: 1,
+                ..Default::default()
+            };
+            root_port(
+                partition,
+                event_port(partition, relid),
+                info,
+                CHANNEL_CONNECTION_BASE + relid,
+            )?;
+            integrations.push(Integration::new(service, relid));
+        }
+        Ok(VmBus {
+            host,
+            version: None,
+            integrations,
+            refused: 0,
+            dropped: 0,
+            last_timesync: 0,
+            shutdown_wanted: false,
+        })
+    }
+
+    /// A control message the guest posted on `connection`.
+    pub fn message(&mut self, connection: u32, bytes: &[u8]) {
+        match self.host.handle_message(connection, bytes) {
+            Ok(Some(event)) => self.event(event),
+            Ok(None) => {}
+            Err(_) => self.refused += 1,
+        }
+        self.host.port().flush();
+    }
+
+    fn event(&mut self, event: HostEvent<GuestRing, EventNotifier>) {
+        match event {
+            HostEvent::Connected { version } => self.version = Some(version),
+            HostEvent::ChannelOpened { relid, channel, .. } => {
+                if let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) {
+                    ic.channel = Some(channel);
+                    ic.stage = IcStage::Negotiating;
+                    let service = ic.service;
+                    ic.send(|b, t| ic::negotiate_request(b, service, t));
+                }
+            }
+            HostEvent::ChannelClosed { relid } => {
+                if let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) {
+                    *ic = Integration::new(ic.service, relid);
+                }
+            }
+            HostEvent::ChannelModified {
+                relid, notifier, ..
+            } => {
+                if let Some(ch) = self
+                    .integrations
+                    .iter_mut()
+                    .find(|i| i.relid == relid)
+                    .and_then(|i| i.channel.as_mut())
+                {
+                    ch.set_notifier(notifier);
+                }
+            }
+            HostEvent::Unloaded { .. } => {
+                self.version = None;
+                for ic in &mut self.integrations {
+                    *ic = Integration::new(ic.service, ic.relid);
+                }
+            }
+            HostEvent::GpadlCreated { .. }
+            | HostEvent::GpadlTornDown { .. }
+            | HostEvent::RelidReleased { .. } => {}
+        }
+    }
+
+    /// The guest signalled channel `relid`: read what it sent.
+    pub fn channel_signalled(&mut self, relid: u32, now: u64, clock: (u64, (u64, u64))) {
+        let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) else {
+            return;
+        };
+        // Bounded: a guest that refills the ring as fast as we read it gets
+        // its next turn at the next poll.
+        for _ in 0..16 {
+            let Some(channel) = ic.channel.as_mut() else {
+                return;
+            };
+            let mut reply = [0u8; ic::MAX_MESSAGE];
+            let len = match channel.recv() {
+                Ok(Some(Ok(p))) if matches!(p.kind, PacketKind::InBand) => {
+                    let n = p.payload.len().min(reply.len());
+                    reply[..n].copy_from_slice(&p.payload[..n]);
+                    n
+                }
+                Ok(Some(_)) => {
+                    self.refused += 1;
+                    continue;
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    // A corrupt ring: the channel is unusable.
+                    ic.channel = None;
+                    ic.stage = IcStage::Failed(IcError::Truncated);
+                    self.refused += 1;
+                    return;
+                }
+            };
+            match ic::parse_reply(&reply[..len]) {
+                Ok(r) => answer(ic, &r, now, clock),
+                Err(_) => self.refused += 1,
+            }
+        }
+    }
+
+    /// Periodic work: heartbeats and time samples, and posting what the
+    /// guest's queue could not take before.
+    pub fn tick(&mut self, now: u64, tsc_hz: u64, host_time: (u64, u64)) {
+        self.host.port().flush();
+        self.dropped = self.host.port().dropped;
+        self.send_shutdown();
+        for ic in &mut self.integrations {
+            let IcStage::Ready(version) = ic.stage else {
+                continue;
+            };
+            if ic.service == Service::Heartbeat
+                && now.wrapping_sub(ic.last_sent) >= HEARTBEAT_PERIOD_S * tsc_hz
+            {
+                ic.last_sent = now;
+                ic.seq += 1;
+                let seq = ic.seq;
+                ic.send(|b, t| ic::heartbeat_request(b, version, seq, t));
+            }
+            if ic.service == Service::TimeSync
+                && now.wrapping_sub(self.last_timesync) >= TIMESYNC_PERIOD_S * tsc_hz
+            {
+                self.last_timesync = now;
+                send_time(ic, version, now, tsc_hz, host_time, ic::TIMESYNC_SAMPLE);
+            }
+        }
+    }
+
+    /// Asks the guest to shut down: at once if its shutdown service is in
+    /// use, else as soon as it is (a guest still booting). False if the
+    /// guest never connected to VMBus: nothing will ever carry the request.
+    pub fn request_shutdown(&mut self) -> bool {
+        if self.version.is_none() {
+            return false;
+        }
+        self.shutdown_wanted = true;
+        self.send_shutdown();
+        true
+    }
+
+    fn send_shutdown(&mut self) {
+        let Some(ic) = self
+            .integrations
+            .iter_mut()
+            .find(|i| i.service == Service::Shutdown)
+        else {
+            return;
+        };
+        if let IcStage::Ready(version) = ic.stage {
+            if self.shutdown_wanted && ic.send(|b, t| ic::shutdown_request(b, version, 0, t)) {
+                self.shutdown_wanted = false;
+            }
+        }
+    }
+
+    /// Whether every integration service is negotiated and in use.
+    pub fn all_in_use(&self) -> bool {
+        self.integrations
+            .iter()
+            .all(|i| matches!(i.stage, IcStage::Ready(_)))
+    }
+
+    /// The heartbeat's verdict, in Hyper-V's words.
+    pub fn status(&self, now: u64, tsc_hz: u64) -> &'static str {
+        let Some(hb) = self
+            .integrations
+            .iter()
+            .find(|i| i.service == Service::Heartbeat)
+        else {
+            return "No contact";
+        };
+        match (hb.stage, hb.last_answer) {
+            (IcStage::Ready(_), Some(t)) if now.wrapping_sub(t) <= HEARTBEAT_GRACE_S * tsc_hz => {
+                "Operating normally"
+            }
+            (_, Some(_)) => "Lost communication",
+            _ => "No contact",
+        }
+    }
+}
+
+/// A time sample: the host's time now (FILETIME) with the reference
+/// counter's reading at the same moment.
+fn send_time(
+    ic: &mut Integration,
+    version: Version,
+    now: u64,
+    tsc_hz: u64,
+    host_time: (u64, u64),
+    flags: u8,
+) {
+    let (seconds_then, tsc_then) = host_time;
+    let elapsed = now.wrapping_sub(tsc_then);
+    let secs = seconds_then + elapsed / tsc_hz;
+    let frac = ((elapsed % tsc_hz) as u128 * 10_000_000 / tsc_hz as u128) as u64;
+    // SAFETY: TIME_REF_COUNT, which the hypervisor grants the root.
+    let reference = unsafe { crate::arch::rdmsr(hv_abi::msr::TIME_REF_COUNT) };
+    let parent = ic::filetime(secs, frac);
+    ic.send(|b, t| ic::timesync_request(b, version, parent, reference, flags, t));
+}
+
+/// The guest's answer on an integration service's channel.
+/// `clock`: the TSC rate and the host's time (Unix seconds, TSC then).
+fn answer(ic: &mut Integration, r: &ic::Reply<'_>, now: u64, clock: (u64, (u64, u64))) {
+    match ic.stage {
+        IcStage::Negotiating => match ic::negotiated(ic.service, r) {
+            Ok((_, message)) => {
+                ic.stage = IcStage::Ready(message);
+                if ic.service == Service::TimeSync {
+                    // The first sample steps the guest's clock.
+                    let (tsc_hz, host_time) = clock;
+                    send_time(ic, message, now, tsc_hz, host_time, ic::TIMESYNC_SYNC);
+                }
+            }
+            Err(e) => ic.stage = IcStage::Failed(e),
+        },
+        IcStage::Ready(_) => match ic.service {
+            Service::Heartbeat => {
+                if ic::heartbeat_reply(r) == Ok(ic.seq + 1) {
+                    ic.last_answer = Some(now);
+                }
+            }
+            Service::Shutdown => {
+                if r.kind == ic::kind::SHUTDOWN && r.status == ic::S_OK {
+                    ic.accepted = true;
+                }
+            }
+            Service::TimeSync => {}
+        },
+        IcStage::Offered | IcStage::Failed(_) => {}
+    }
+}
