@@ -99,6 +99,9 @@ pub struct Vm {
     /// `vm stop` asked the guest to shut down: the TSC by which it must be
     /// off, or it is turned off.
     shutdown_deadline: Option<u64>,
+    /// VMBus messages the server refused from the guest and dropped to it,
+    /// in the last run (kept when the server goes with the run).
+    vmbus_refused: (u64, u64),
 }
 
 impl Vm {
@@ -530,6 +533,7 @@ impl Vmm {
                     sample: (0, 0),
                     vmbus: None,
                     shutdown_deadline: None,
+                    vmbus_refused: (0, 0),
                 });
                 println!(
                     "vm new: {} created (partition {id}, {} MiB, {} VCPUs, image {}); vm start {} runs it",
@@ -616,6 +620,7 @@ impl Vmm {
             }
         }
         vm.vmbus = None;
+        vm.vmbus_refused = (0, 0);
         vm.shutdown_deadline = None;
         if heap::ready() {
             match VmBus::new(vm.partition, slot, vm.memory_base, vm.memory_bytes) {
@@ -1036,8 +1041,13 @@ impl Vmm {
                 if v >> 33 == 1 { "" } else { "s" }
             );
         }
-        if let Some(bus) = vm.vmbus.as_ref() {
-            show_vmbus(bus, self.tsc_hz);
+        match vm.vmbus.as_ref() {
+            Some(bus) => show_vmbus(bus, self.tsc_hz),
+            None if vm.vmbus_refused != (0, 0) => println!(
+                "  VMBus messages refused: {} from the guest; dropped: {} to it (last run)",
+                vm.vmbus_refused.0, vm.vmbus_refused.1
+            ),
+            None => {}
         }
     }
 
@@ -1589,7 +1599,9 @@ fn show_vmbus(bus: &VmBus, tsc_hz: u64) {
 fn end(vm: &mut Vm, state: State, why: core::fmt::Arguments) {
     suspend_all(vm);
     // Its rings are in the guest's memory: gone before the memory is reused.
-    vm.vmbus = None;
+    if let Some(bus) = vm.vmbus.take() {
+        vm.vmbus_refused = (bus.refused, bus.dropped);
+    }
     vm.shutdown_deadline = None;
     vm.state = state;
     vm.set_reason(why);

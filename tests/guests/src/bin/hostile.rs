@@ -185,6 +185,7 @@ fn main(_vp: u64, _vps: u64, _memory: u64) -> ! {
     icebp_once();
     instructions_not_offered();
     console_cannot_be_flooded();
+    vmbus_ports_hold();
 
     // Leave state behind for the next VM on this LP to find.
     write_dr!(0, 0x1111_1111);
@@ -483,4 +484,83 @@ fn console_cannot_be_flooded() {
         test_guests::outb(0xF5, 5);
     }
     println!("hostile: escape \x1b[2J end");
+}
+
+/// A page for hypercall inputs, at 3 MiB (inside the 4 MiB guest, above the
+/// image).
+const INPUT: u64 = 0x30_0000;
+
+/// HvPostMessage on `connection`: type, payload size as given, payload
+/// bytes `fill`.
+fn post_message(connection: u32, kind: u32, size: u32, fill: u8) -> u16 {
+    let mut block = [fill; 256];
+    block[0..4].copy_from_slice(&connection.to_le_bytes());
+    block[4..8].fill(0);
+    block[8..12].copy_from_slice(&kind.to_le_bytes());
+    block[12..16].copy_from_slice(&size.to_le_bytes());
+    // SAFETY: [INPUT, INPUT + 4 KiB) is this guest's RAM, used for nothing
+    // else.
+    unsafe { core::ptr::copy_nonoverlapping(block.as_ptr(), INPUT as *mut u8, block.len()) };
+    let rcx = hv_abi::hypercall::Input::slow(hv_abi::partition::code::POST_MESSAGE, 0).encode();
+    test_guests::hypercall(rcx, INPUT, 0) as u16
+}
+
+/// HvSignalEvent (fast) on `connection`, flag `flag`.
+fn signal_event(connection: u32, flag: u16) -> u16 {
+    let mut input = hv_abi::hypercall::Input::slow(hv_abi::partition::code::SIGNAL_EVENT, 0);
+    input.fast = true;
+    test_guests::hypercall(
+        input.encode(),
+        u64::from(connection) | u64::from(flag) << 32,
+        0,
+    ) as u16
+}
+
+/// The root's VMBus server listens on this VM's connections 1 and 4 and on
+/// 0x2000 + relid; every other id, bad sizes and types, and floods get a
+/// status and leave the root to answer its shell.
+fn vmbus_ports_hold() {
+    use hv_abi::hypercall::status::*;
+    check(
+        "HvPostMessage on an unknown connection: INVALID_CONNECTION_ID",
+        post_message(0x1234, 1, 8, 0) == INVALID_CONNECTION_ID,
+    );
+    check(
+        "HvPostMessage with 241 payload bytes: INVALID_PARAMETER",
+        post_message(1, 1, 241, 0) == INVALID_PARAMETER,
+    );
+    check(
+        "HvPostMessage of a hypervisor message type: INVALID_PARAMETER",
+        post_message(1, 0x8000_0010, 8, 0) == INVALID_PARAMETER,
+    );
+    check(
+        "HvSignalEvent on an unknown connection: INVALID_CONNECTION_ID",
+        signal_event(0x1234, 0) == INVALID_CONNECTION_ID,
+    );
+    check(
+        "HvSignalEvent of a flag beyond its port: INVALID_PARAMETER",
+        signal_event(0x2001, 1) == INVALID_PARAMETER,
+    );
+    // Junk for the VMBus server, as fast as the VP can post it: every call
+    // is taken or refused for want of buffers, none is lost silently.
+    let (mut taken, mut full, mut other) = (0u32, 0u32, 0u32);
+    for i in 0..2000u32 {
+        match post_message(1 + (i & 1) * 3, 1, 16, 0xFF) {
+            SUCCESS => taken += 1,
+            INSUFFICIENT_BUFFERS => full += 1,
+            _ => other += 1,
+        }
+    }
+    println!("hostile: 2000 junk VMBus messages: {taken} taken, {full} refused for want of buffers, {other} otherwise");
+    check(
+        "a flood of junk VMBus messages is taken or refused with INSUFFICIENT_BUFFERS",
+        other == 0 && taken > 0,
+    );
+    let signals = (0..2000)
+        .filter(|_| signal_event(0x2001, 0) == SUCCESS)
+        .count();
+    check(
+        "2000 HvSignalEvents on a channel connection succeed",
+        signals == 2000,
+    );
 }
