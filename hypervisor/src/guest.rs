@@ -5,8 +5,8 @@
 //! intercept message to the root (TLFS "Intercepts"), whose VM worker
 //! decides and resumes the VP with SetVpRegisters.
 use crate::partition::{GuestVp, Partition};
+use crate::ports::GuestVpOwner;
 use crate::root::RootPartition;
-use crate::synic::GuestVpOwner;
 use crate::time;
 use crate::vcpu::{Exit, Vcpu, AC, DB, GP, UD};
 use crate::virt::Caps;

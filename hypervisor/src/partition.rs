@@ -371,20 +371,6 @@ pub fn call(
         START_VIRTUAL_PROCESSOR => start_vp(input),
         ASSERT_VIRTUAL_INTERRUPT => assert_interrupt(input),
         INSTALL_INTERCEPT => install_intercept(input),
-        CREATE_PORT => crate::ports::create_port(root, input),
-        DELETE_PORT => crate::ports::delete_port(input),
-        CONNECT_PORT => crate::ports::connect_port(input),
-        DISCONNECT_PORT => crate::ports::disconnect_port(input),
-        POST_MESSAGE => match crate::ports::post_message(root, crate::ports::ROOT, input) {
-            status::SUCCESS => Ok(0),
-            s => Err(s),
-        },
-        SIGNAL_EVENT => match crate::ports::signal_event(root, crate::ports::ROOT, input) {
-            status::SUCCESS => Ok(0),
-            s => Err(s),
-        },
-        POST_MESSAGE_DIRECT => crate::ports::post_message_direct(root, input),
-        SIGNAL_EVENT_DIRECT => crate::ports::signal_event_direct(root, input, output),
         // The root's VPs share one TLB tag and never ask: not offered to it.
         FLUSH_VIRTUAL_ADDRESS_SPACE | FLUSH_VIRTUAL_ADDRESS_LIST => Err(status::ACCESS_DENIED),
         _ => Err(status::INVALID_HYPERCALL_CODE),
@@ -494,7 +480,6 @@ fn delete(p: &Arc<Partition>) -> usize {
         }
     }
     p.slat_root.store(0, Ordering::Release);
-    crate::ports::forget(p.id);
     PARTITIONS.lock()[(p.id - 1) as usize] = None;
     0
 }

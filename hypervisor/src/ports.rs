@@ -12,9 +12,10 @@
 //! In the tables the root is partition 0. A message that came through a
 //! port carries the port's id as its origin (TLFS `HV_MESSAGE` header);
 //! one the root sent directly carries 0.
-use crate::partition::{self, Partition};
+use crate::partition::{self, GuestVp, Partition};
+use crate::partition_memory::PartitionMemory;
 use crate::root::RootPartition;
-use crate::synic::{self, GuestVpOwner, Refused, RootVp, QUEUE_PER_SENDER};
+use crate::synic::{self, Refused, RootVp, QUEUE_PER_SENDER};
 use alloc::vec::Vec;
 use hv_abi::hypercall::status;
 use hv_abi::layout::{
@@ -60,8 +61,51 @@ struct Connection {
     port_id: u32,
 }
 
+/// A guest VP: its pages through its partition's second-level tables.
+pub struct GuestVpOwner<'a>(pub &'a RootPartition, pub &'a Partition, pub &'a GuestVp);
+
+impl synic::Owner for GuestVpOwner<'_> {
+    fn page(&self, gpa: u64) -> Option<u64> {
+        match self.1.translate(gpa) {
+            Some((spa, perms)) if perms.write => Some(spa),
+            _ => None,
+        }
+    }
+    fn memory(&self) -> PartitionMemory<'_> {
+        self.0.memory()
+    }
+    fn raise(&self, vector: u8) {
+        let _ = self.2.post_interrupt(vector);
+    }
+}
+
 static PORTS: Mutex<Vec<Port>> = Mutex::new(Vec::new());
 static CONNECTIONS: Mutex<Vec<Connection>> = Mutex::new(Vec::new());
+
+/// The root's port calls; `None` if `code` is not one.
+pub fn call(
+    root: &RootPartition,
+    code: u16,
+    input: &[u8],
+    output: &mut [u8],
+) -> Option<Result<usize, u16>> {
+    use hv_abi::partition::code::*;
+    let status_only = |s| match s {
+        status::SUCCESS => Ok(0),
+        s => Err(s),
+    };
+    Some(match code {
+        CREATE_PORT => create_port(root, input),
+        DELETE_PORT => delete_port(input),
+        CONNECT_PORT => connect_port(input),
+        DISCONNECT_PORT => disconnect_port(input),
+        POST_MESSAGE => status_only(post_message(root, ROOT, input)),
+        SIGNAL_EVENT => status_only(signal_event(root, ROOT, input)),
+        POST_MESSAGE_DIRECT => post_message_direct(root, input),
+        SIGNAL_EVENT_DIRECT => signal_event_direct(root, input, output),
+        _ => return None,
+    })
+}
 
 fn input<H: layout::FromBytes>(input: &[u8]) -> Result<H, u16> {
     layout::header(input).ok_or(status::INVALID_PARAMETER)

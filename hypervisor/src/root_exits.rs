@@ -325,11 +325,23 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut H
             let ok = crate::serial::read_log(from, out);
             (ok_status(ok), 0, PAGE_SIZE as usize)
         }
-        code => {
-            let reps = (call.input.rep_start, call.input.rep_count);
-            let o = crate::partition::call(root, caps, code, reps, input, out);
-            (o.status, o.reps_done, o.output_len)
-        }
+        code => match crate::ports::call(root, code, input, out) {
+            Some(Ok(n)) => (hypercall::status::SUCCESS, 0, n),
+            Some(Err(s)) => (s, 0, 0),
+            None => {
+                let reps = (call.input.rep_start, call.input.rep_count);
+                let o = crate::partition::call(root, caps, code, reps, input, out);
+                // A deleted partition's ports and connections go with it.
+                if code == hv_abi::partition::code::DELETE_PARTITION
+                    && o.status == hypercall::status::SUCCESS
+                {
+                    if let Some(p) = hv_abi::layout::header::<hv_abi::layout::PartitionId>(input) {
+                        crate::ports::forget(p.partition_id);
+                    }
+                }
+                (o.status, o.reps_done, o.output_len)
+            }
+        },
     };
     if let Some((gpa, len)) = call.output_block {
         // A rep call writes only the elements this entry did: earlier

@@ -10,7 +10,6 @@
 //! The pages are partition memory: reached only through [`Owner`], which
 //! turns a partition address into root RAM the partition may write.
 use crate::lp_state;
-use crate::partition::{GuestVp, Partition};
 use crate::partition_memory::PartitionMemory;
 use crate::root::{self, RootPartition};
 use alloc::collections::VecDeque;
@@ -49,24 +48,6 @@ impl Owner for RootVp<'_> {
     }
     fn raise(&self, vector: u8) {
         root::raise_interrupt(self.1, vector);
-    }
-}
-
-/// A guest VP: its pages through its partition's second-level tables.
-pub struct GuestVpOwner<'a>(pub &'a RootPartition, pub &'a Partition, pub &'a GuestVp);
-
-impl Owner for GuestVpOwner<'_> {
-    fn page(&self, gpa: u64) -> Option<u64> {
-        match self.1.translate(gpa) {
-            Some((spa, perms)) if perms.write => Some(spa),
-            _ => None,
-        }
-    }
-    fn memory(&self) -> PartitionMemory<'_> {
-        self.0.memory()
-    }
-    fn raise(&self, vector: u8) {
-        let _ = self.2.post_interrupt(vector);
     }
 }
 

@@ -384,8 +384,8 @@ impl Vmm {
                 }
             }
             VmCommand::Cpu(name, s) => self.cpu(name, s),
-            VmCommand::Wait(name, secs) => self.wait(name, secs),
-            VmCommand::WaitFor(name, what, secs) => self.wait_for(name, what, secs),
+            VmCommand::Wait(name, secs) => self.wait(name, None, secs),
+            VmCommand::WaitFor(name, what, secs) => self.wait(name, Some(what), secs),
             VmCommand::Delete(name) => self.delete(name),
         }
     }
@@ -745,35 +745,9 @@ impl Vmm {
         );
     }
 
-    fn wait(&mut self, name: &str, secs: u64) {
-        if self.find(name).is_none() {
-            println!("vm: no VM named \"{name}\"; vm list shows them");
-            return;
-        }
-        let start = crate::arch::rdtsc();
-        let limit = secs * self.tsc_hz;
-        loop {
-            self.poll();
-            let i = self.find(name);
-            let state = i.and_then(|i| self.vms[i].as_ref()).map(|v| v.state);
-            if !matches!(
-                state,
-                Some(State::Running | State::Starting | State::Stopping)
-            ) {
-                break;
-            }
-            if crate::arch::rdtsc() - start > limit {
-                println!("vm wait: {name} still running after {secs} s");
-                return;
-            }
-            crate::arch::idle();
-        }
-        if let Some(vm) = self.find(name).and_then(|i| self.vms[i].as_ref()) {
-            println!("vm wait: {name} is {} ({})", vm.state.name(), vm.reason());
-        }
-    }
-
-    fn wait_for(&mut self, name: &str, what: WaitFor, secs: u64) {
+    /// `vm wait`: until the VM is not running, or (`what`) until its guest
+    /// answers heartbeats or uses every integration service.
+    fn wait(&mut self, name: &str, what: Option<WaitFor>, secs: u64) {
         if self.find(name).is_none() {
             println!("vm: no VM named \"{name}\"; vm list shows them");
             return;
@@ -787,31 +761,37 @@ impl Vmm {
             let Some(vm) = self.find(name).and_then(|i| self.vms[i].as_ref()) else {
                 return;
             };
-            if !matches!(vm.state, State::Running | State::Starting) {
+            // Waiting for the guest ends when it is asked to stop, too.
+            let running = matches!(
+                (what, vm.state),
+                (None, State::Running | State::Starting | State::Stopping)
+                    | (Some(_), State::Running | State::Starting)
+            );
+            if !running {
                 println!("vm wait: {name} is {} ({})", vm.state.name(), vm.reason());
                 return;
             }
             let status = vm.vmbus.as_ref().map(|b| b.status(now, tsc_hz));
-            let done = match what {
-                WaitFor::Heartbeat => status == Some("Operating normally"),
-                WaitFor::Services => vm.vmbus.as_ref().is_some_and(|b| b.all_in_use()),
-            };
-            if done {
-                match what {
-                    WaitFor::Heartbeat => {
-                        println!("vm wait: {name}'s heartbeat answers (Operating normally)")
-                    }
-                    WaitFor::Services => {
-                        println!("vm wait: {name}'s integration services are all in use")
-                    }
+            match what {
+                Some(WaitFor::Heartbeat) if status == Some("Operating normally") => {
+                    println!("vm wait: {name}'s heartbeat answers (Operating normally)");
+                    return;
                 }
-                return;
+                Some(WaitFor::Services) if vm.vmbus.as_ref().is_some_and(|b| b.all_in_use()) => {
+                    println!("vm wait: {name}'s integration services are all in use");
+                    return;
+                }
+                _ => {}
             }
             if now - start > limit {
-                println!(
-                    "vm wait: {name} not there after {secs} s ({})",
-                    status.unwrap_or("no VMBus server")
-                );
+                match what {
+                    None => println!("vm wait: {name} still running after {secs} s"),
+                    Some(_) => println!(
+                        "vm wait: not there after {secs} s: {name} is {} ({})",
+                        vm.state.name(),
+                        status.unwrap_or("no VMBus server")
+                    ),
+                }
                 return;
             }
             crate::arch::idle();
