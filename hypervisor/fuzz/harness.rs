@@ -227,6 +227,16 @@ fn fixed_layout_fits(code: u16, block: &[u8]) -> bool {
             fits::<layout::FlushVirtualAddressSpace>(block)
         }
         hypercall::GET_HOST_LOG => fits::<layout::GetHostLog>(block),
+        CREATE_PORT => fits::<layout::CreatePort>(block),
+        DELETE_PORT => fits::<layout::DeletePort>(block),
+        CONNECT_PORT => fits::<layout::ConnectPort>(block),
+        DISCONNECT_PORT => fits::<layout::DisconnectPort>(block),
+        // The header, then the 240-byte payload.
+        POST_MESSAGE => fits::<layout::PostMessage>(block) && block.len() >= 16 + 240,
+        SIGNAL_EVENT => fits::<layout::SignalEvent>(block),
+        // The header, then a whole message slot.
+        POST_MESSAGE_DIRECT => fits::<layout::PostMessageDirect>(block) && block.len() >= 20 + 256,
+        SIGNAL_EVENT_DIRECT => fits::<layout::SignalEventDirect>(block),
         // No input.
         hypercall::GET_HOST_INFO | hypercall::GET_HOST_STATS => true,
         _ => panic!("{code:#x}: a call in the table without a layout here"),
