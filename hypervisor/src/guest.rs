@@ -599,8 +599,14 @@ fn guest_hypercall(root: &RootPartition, part: &Partition, vp: &GuestVp, vcpu: &
             }
             status::SUCCESS as u64 | (reps as u64) << 32
         }
-        code::POST_MESSAGE => crate::ports::post_message(root, part.id, &input) as u64,
-        code::SIGNAL_EVENT => crate::ports::signal_event(root, part.id, &input) as u64,
+        code::POST_MESSAGE => {
+            let r = crate::ports::post_message(root, part.id, &input);
+            r.err().unwrap_or(status::SUCCESS) as u64
+        }
+        code::SIGNAL_EVENT => {
+            let r = crate::ports::signal_event(root, part.id, &input);
+            r.err().unwrap_or(status::SUCCESS) as u64
+        }
         // Every other call in the table is the root's.
         _ => status::ACCESS_DENIED as u64,
     }

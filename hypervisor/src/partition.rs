@@ -316,15 +316,15 @@ fn done(status: u16) -> Outcome {
 /// The call's input block as its typed layout (a copy of the hypervisor's
 /// copy). INVALID_PARAMETER when the block is shorter, which a checked call's
 /// never is: the dispatch table gives each block its layout's size.
-fn input_as<H: FromBytes>(input: &[u8]) -> Result<H, u16> {
+pub fn input_as<H: FromBytes>(input: &[u8]) -> Result<H, u16> {
     layout::header(input).ok_or(status::INVALID_PARAMETER)
 }
 
-fn partition_arg(id: u64) -> Result<Arc<Partition>, u16> {
+pub fn partition_arg(id: u64) -> Result<Arc<Partition>, u16> {
     get(id).ok_or(status::INVALID_PARTITION_ID)
 }
 
-fn vp_arg(p: &Partition, index: u32) -> Result<Arc<GuestVp>, u16> {
+pub fn vp_arg(p: &Partition, index: u32) -> Result<Arc<GuestVp>, u16> {
     p.vp(index).ok_or(status::INVALID_VP_INDEX)
 }
 

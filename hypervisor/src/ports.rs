@@ -12,15 +12,15 @@
 //! In the tables the root is partition 0. A message that came through a
 //! port carries the port's id as its origin (TLFS `HV_MESSAGE` header);
 //! one the root sent directly carries 0.
-use crate::partition::{self, GuestVp, Partition};
+use crate::partition::{input_as as input, partition_arg, vp_arg, GuestVp, Partition};
 use crate::partition_memory::PartitionMemory;
 use crate::root::RootPartition;
 use crate::synic::{self, Refused, RootVp, QUEUE_PER_SENDER};
 use alloc::vec::Vec;
 use hv_abi::hypercall::status;
 use hv_abi::layout::{
-    self, ConnectPort, CreatePort, DeletePort, DisconnectPort, IntoBytes, PostMessage,
-    PostMessageDirect, SignalEvent, SignalEventDirect, SignalEventDirectOutput,
+    ConnectPort, CreatePort, DeletePort, DisconnectPort, IntoBytes, PostMessage, PostMessageDirect,
+    SignalEvent, SignalEventDirect, SignalEventDirectOutput,
 };
 use hv_abi::partition::{port_type, MAX_VPS, PARTITION_SELF};
 use hv_abi::synic::{Message, EVENT_FLAGS_PER_SINT, PAYLOAD_MAX, SLOT_SIZE};
@@ -90,25 +90,46 @@ pub fn call(
     output: &mut [u8],
 ) -> Option<Result<usize, u16>> {
     use hv_abi::partition::code::*;
-    let status_only = |s| match s {
-        status::SUCCESS => Ok(0),
-        s => Err(s),
-    };
     Some(match code {
         CREATE_PORT => create_port(root, input),
         DELETE_PORT => delete_port(input),
         CONNECT_PORT => connect_port(input),
         DISCONNECT_PORT => disconnect_port(input),
-        POST_MESSAGE => status_only(post_message(root, ROOT, input)),
-        SIGNAL_EVENT => status_only(signal_event(root, ROOT, input)),
+        POST_MESSAGE => post_message(root, ROOT, input),
+        SIGNAL_EVENT => signal_event(root, ROOT, input),
         POST_MESSAGE_DIRECT => post_message_direct(root, input),
         SIGNAL_EVENT_DIRECT => signal_event_direct(root, input, output),
         _ => return None,
     })
 }
 
-fn input<H: layout::FromBytes>(input: &[u8]) -> Result<H, u16> {
-    layout::header(input).ok_or(status::INVALID_PARAMETER)
+/// Adds `item` to `table` unless an entry `taken` holds for is there
+/// (`in_use`) or the table is full.
+fn add<T>(
+    table: &mut Vec<T>,
+    max: usize,
+    taken: impl Fn(&T) -> bool,
+    in_use: u16,
+    item: T,
+) -> Result<usize, u16> {
+    if table.iter().any(taken) {
+        return Err(in_use);
+    }
+    if table.len() >= max {
+        return Err(status::INSUFFICIENT_MEMORY);
+    }
+    table.push(item);
+    Ok(0)
+}
+
+/// Removes the entries `gone` holds for; `missing` if there was none.
+fn remove<T>(table: &mut Vec<T>, gone: impl Fn(&T) -> bool, missing: u16) -> Result<usize, u16> {
+    let before = table.len();
+    table.retain(|t| !gone(t));
+    if table.len() == before {
+        return Err(missing);
+    }
+    Ok(0)
 }
 
 /// A partition id from the root's input: HV_PARTITION_ID_SELF is the root;
@@ -116,9 +137,7 @@ fn input<H: layout::FromBytes>(input: &[u8]) -> Result<H, u16> {
 fn partition_id(id: u64) -> Result<u64, u16> {
     match id {
         PARTITION_SELF | ROOT => Ok(ROOT),
-        id => partition::get(id)
-            .map(|p| p.id)
-            .ok_or(status::INVALID_PARTITION_ID),
+        id => partition_arg(id).map(|p| p.id),
     }
 }
 
@@ -151,38 +170,31 @@ pub fn create_port(root: &RootPartition, bytes: &[u8]) -> Result<usize, u16> {
         }
         _ => return Err(status::INVALID_PARAMETER),
     };
-    let mut ports = PORTS.lock();
-    if ports
-        .iter()
-        .any(|p| p.partition == partition && p.id == c.port_id)
-    {
-        return Err(status::INVALID_PORT_ID);
-    }
-    if ports.len() >= MAX_PORTS {
-        return Err(status::INSUFFICIENT_MEMORY);
-    }
-    ports.push(Port {
-        partition,
-        id: c.port_id,
-        connector,
-        sint: info.target_sint as usize,
-        vp: info.target_vp,
-        kind,
-    });
-    Ok(0)
+    add(
+        &mut PORTS.lock(),
+        MAX_PORTS,
+        |p| p.partition == partition && p.id == c.port_id,
+        status::INVALID_PORT_ID,
+        Port {
+            partition,
+            id: c.port_id,
+            connector,
+            sint: info.target_sint as usize,
+            vp: info.target_vp,
+            kind,
+        },
+    )
 }
 
 /// HvDeletePort: the port and every connection to it go.
 pub fn delete_port(bytes: &[u8]) -> Result<usize, u16> {
     let d: DeletePort = input(bytes)?;
     let partition = partition_id(d.port_partition)?;
-    let mut ports = PORTS.lock();
-    let before = ports.len();
-    ports.retain(|p| !(p.partition == partition && p.id == d.port_id));
-    if ports.len() == before {
-        return Err(status::INVALID_PORT_ID);
-    }
-    drop(ports);
+    remove(
+        &mut PORTS.lock(),
+        |p| p.partition == partition && p.id == d.port_id,
+        status::INVALID_PORT_ID,
+    )?;
     CONNECTIONS
         .lock()
         .retain(|c| !(c.port_partition == partition && c.port_id == d.port_id));
@@ -208,36 +220,29 @@ pub fn connect_port(bytes: &[u8]) -> Result<usize, u16> {
     if c.connection_info.port_type != expected {
         return Err(status::INVALID_PARAMETER);
     }
-    let mut connections = CONNECTIONS.lock();
-    if connections
-        .iter()
-        .any(|x| x.partition == partition && x.id == c.connection_id)
-    {
-        return Err(status::INVALID_CONNECTION_ID);
-    }
-    if connections.len() >= MAX_CONNECTIONS {
-        return Err(status::INSUFFICIENT_MEMORY);
-    }
-    connections.push(Connection {
-        partition,
-        id: c.connection_id,
-        port_partition,
-        port_id: c.port_id,
-    });
-    Ok(0)
+    add(
+        &mut CONNECTIONS.lock(),
+        MAX_CONNECTIONS,
+        |x| x.partition == partition && x.id == c.connection_id,
+        status::INVALID_CONNECTION_ID,
+        Connection {
+            partition,
+            id: c.connection_id,
+            port_partition,
+            port_id: c.port_id,
+        },
+    )
 }
 
 /// HvDisconnectPort.
 pub fn disconnect_port(bytes: &[u8]) -> Result<usize, u16> {
     let d: DisconnectPort = input(bytes)?;
     let partition = partition_id(d.connection_partition)?;
-    let mut connections = CONNECTIONS.lock();
-    let before = connections.len();
-    connections.retain(|c| !(c.partition == partition && c.id == d.connection_id));
-    if connections.len() == before {
-        return Err(status::INVALID_CONNECTION_ID);
-    }
-    Ok(0)
+    remove(
+        &mut CONNECTIONS.lock(),
+        |c| c.partition == partition && c.id == d.connection_id,
+        status::INVALID_CONNECTION_ID,
+    )
 }
 
 /// A deleted partition's ports and connections, and the connections to its
@@ -292,9 +297,8 @@ fn with_synic<T>(
         }
         return f(synic::root_synic(vp), &RootVp(root, vp)).map_err(refused);
     }
-    let part: alloc::sync::Arc<Partition> =
-        partition::get(partition).ok_or(status::INVALID_PARTITION_ID)?;
-    let target = part.vp(vp).ok_or(status::INVALID_VP_INDEX)?;
+    let part = partition_arg(partition)?;
+    let target = vp_arg(&part, vp)?;
     f(&target.synic, &GuestVpOwner(root, &part, &target)).map_err(refused)
 }
 
@@ -316,47 +320,43 @@ fn message(origin: u64, kind: u32, payload: &[u8]) -> Result<Message, u16> {
 }
 
 /// HvPostMessage from partition `from` (input: the 256-byte block).
-pub fn post_message(root: &RootPartition, from: u64, bytes: &[u8]) -> u16 {
-    let r = (|| {
-        let p: PostMessage = input(bytes)?;
-        let size = p.payload_size as usize;
-        if size > PAYLOAD_MAX {
-            return Err(status::INVALID_PARAMETER);
-        }
-        let at = core::mem::size_of::<PostMessage>();
-        let payload = bytes.get(at..at + size).ok_or(status::INVALID_PARAMETER)?;
-        let port = through(from, p.connection_id)?;
-        // TLFS: a port message names the port it arrived on, which tells
-        // the receiver who sent it (only the connected partition can).
-        let m = message(u64::from(port.id), p.message_type, payload)?;
-        if port.kind != Kind::Message {
-            return Err(status::INVALID_CONNECTION_ID);
-        }
-        with_synic(root, port.partition, port.vp, |s, o| {
-            s.post(o, port.sint, m, Some(QUEUE_PER_SENDER))
-        })
-    })();
-    r.err().unwrap_or(status::SUCCESS)
+pub fn post_message(root: &RootPartition, from: u64, bytes: &[u8]) -> Result<usize, u16> {
+    let p: PostMessage = input(bytes)?;
+    let size = p.payload_size as usize;
+    if size > PAYLOAD_MAX {
+        return Err(status::INVALID_PARAMETER);
+    }
+    let at = core::mem::size_of::<PostMessage>();
+    let payload = bytes.get(at..at + size).ok_or(status::INVALID_PARAMETER)?;
+    let port = through(from, p.connection_id)?;
+    // TLFS: a port message names the port it arrived on, which tells the
+    // receiver who sent it (only the connected partition can).
+    let m = message(u64::from(port.id), p.message_type, payload)?;
+    if port.kind != Kind::Message {
+        return Err(status::INVALID_CONNECTION_ID);
+    }
+    with_synic(root, port.partition, port.vp, |s, o| {
+        s.post(o, port.sint, m, Some(QUEUE_PER_SENDER))
+    })?;
+    Ok(0)
 }
 
 /// HvSignalEvent from partition `from` (input: connection id and flag,
 /// from memory or RDX).
-pub fn signal_event(root: &RootPartition, from: u64, bytes: &[u8]) -> u16 {
-    let r = (|| {
-        let e: SignalEvent = input(bytes)?;
-        let port = through(from, e.connection_id)?;
-        let Kind::Event { base, count } = port.kind else {
-            return Err(status::INVALID_CONNECTION_ID);
-        };
-        let flag = u32::from(e.flag_number);
-        if flag >= count {
-            return Err(status::INVALID_PARAMETER);
-        }
-        with_synic(root, port.partition, port.vp, |s, o| {
-            s.signal(o, port.sint, base + flag)
-        })
-    })();
-    r.err().unwrap_or(status::SUCCESS)
+pub fn signal_event(root: &RootPartition, from: u64, bytes: &[u8]) -> Result<usize, u16> {
+    let e: SignalEvent = input(bytes)?;
+    let port = through(from, e.connection_id)?;
+    let Kind::Event { base, count } = port.kind else {
+        return Err(status::INVALID_CONNECTION_ID);
+    };
+    let flag = u32::from(e.flag_number);
+    if flag >= count {
+        return Err(status::INVALID_PARAMETER);
+    }
+    with_synic(root, port.partition, port.vp, |s, o| {
+        s.signal(o, port.sint, base + flag)
+    })?;
+    Ok(0)
 }
 
 /// HvPostMessageDirect from the root: the whole `HV_MESSAGE` into SINT

@@ -275,6 +275,11 @@ impl<P: HostPort> Host<P> {
         &mut self.port
     }
 
+    /// The environment, to read (e.g. its counters).
+    pub fn port_ref(&self) -> &P {
+        &self.port
+    }
+
     /// Negotiated version, if connected.
     pub fn version(&self) -> Option<u32> {
         self.connection.map(|c| c.version)

@@ -1543,10 +1543,11 @@ fn show_vmbus(bus: &VmBus, tsc_hz: u64) {
         None => println!("  VMBus:          not connected"),
     }
     println!("  status:         {}", bus.status(now, tsc_hz));
-    if bus.refused > 0 || bus.dropped > 0 {
+    if bus.refused > 0 || bus.dropped() > 0 {
         println!(
             "  VMBus messages refused: {} from the guest; dropped: {} to it",
-            bus.refused, bus.dropped
+            bus.refused,
+            bus.dropped()
         );
     }
     println!("  integration services:");
@@ -1580,7 +1581,7 @@ fn end(vm: &mut Vm, state: State, why: core::fmt::Arguments) {
     suspend_all(vm);
     // Its rings are in the guest's memory: gone before the memory is reused.
     if let Some(bus) = vm.vmbus.take() {
-        vm.vmbus_refused = (bus.refused, bus.dropped);
+        vm.vmbus_refused = (bus.refused, bus.dropped());
     }
     vm.shutdown_deadline = None;
     vm.state = state;

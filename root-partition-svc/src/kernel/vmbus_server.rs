@@ -229,6 +229,7 @@ pub struct Integration {
     /// answered (TSC).
     seq: u64,
     pub last_answer: Option<u64>,
+    /// When the last periodic request (heartbeat, time sample) went (TSC).
     last_sent: u64,
     /// Shutdown: the guest accepted a request.
     pub accepted: bool,
@@ -277,10 +278,7 @@ pub struct VmBus {
     pub integrations: Vec<Integration>,
     /// Guest messages and packets refused (malformed or out of protocol).
     pub refused: u64,
-    /// Host messages dropped (the guest's SynIC off, or its queue full for
-    /// too long), as of the last tick.
-    pub dropped: u64,
-    last_timesync: u64,
+
     /// `vm stop` asked for a shutdown the guest has not been sent yet.
     shutdown_wanted: bool,
 }
@@ -365,8 +363,7 @@ impl VmBus {
             version: None,
             integrations,
             refused: 0,
-            dropped: 0,
-            last_timesync: 0,
+
             shutdown_wanted: false,
         })
     }
@@ -463,24 +460,25 @@ impl VmBus {
     /// guest's queue could not take before.
     pub fn tick(&mut self, now: u64, tsc_hz: u64, host_time: (u64, u64)) {
         self.host.port().flush();
-        self.dropped = self.host.port().dropped;
         self.send_shutdown();
         for ic in &mut self.integrations {
             let IcStage::Ready(version) = ic.stage else {
                 continue;
             };
-            if ic.service == Service::Heartbeat
-                && now.wrapping_sub(ic.last_sent) >= HEARTBEAT_PERIOD_S * tsc_hz
-            {
+            let period = match ic.service {
+                Service::Heartbeat => HEARTBEAT_PERIOD_S,
+                Service::TimeSync => TIMESYNC_PERIOD_S,
+                Service::Shutdown => continue,
+            };
+            if now.wrapping_sub(ic.last_sent) < period * tsc_hz {
+                continue;
+            }
+            if ic.service == Service::Heartbeat {
                 ic.last_sent = now;
                 ic.seq += 1;
                 let seq = ic.seq;
                 ic.send(|b, t| ic::heartbeat_request(b, version, seq, t));
-            }
-            if ic.service == Service::TimeSync
-                && now.wrapping_sub(self.last_timesync) >= TIMESYNC_PERIOD_S * tsc_hz
-            {
-                self.last_timesync = now;
+            } else {
                 send_time(ic, version, now, tsc_hz, host_time, ic::TIMESYNC_SAMPLE);
             }
         }
@@ -511,6 +509,12 @@ impl VmBus {
                 self.shutdown_wanted = false;
             }
         }
+    }
+
+    /// Host messages dropped: the guest's SynIC was off, or its queue full
+    /// for too long.
+    pub fn dropped(&self) -> u64 {
+        self.host.port_ref().dropped
     }
 
     /// Whether every integration service is negotiated and in use.
@@ -556,6 +560,7 @@ fn send_time(
     // SAFETY: TIME_REF_COUNT, which the hypervisor grants the root.
     let reference = unsafe { crate::arch::rdmsr(hv_abi::msr::TIME_REF_COUNT) };
     let parent = ic::filetime(secs, frac);
+    ic.last_sent = now;
     ic.send(|b, t| ic::timesync_request(b, version, parent, reference, flags, t));
 }
 
