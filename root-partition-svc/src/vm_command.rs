@@ -11,12 +11,24 @@ pub const DEFAULT_MEMORY_MIB: u64 = 64;
 pub const CMDLINE_MAX: usize = 1024;
 /// What `vm wait --for` waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WaitFor {
+pub enum WaitFor<'a> {
     /// The guest answers heartbeats.
     Heartbeat,
     /// Every integration service is negotiated and in use.
     Services,
+    /// The guest's serial console shows this text.
+    Text(&'a str),
 }
+
+/// A VMBus device the administrator adds to or removes from a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The echo device (a diagnostic channel: `vmbus::echo`).
+    Echo,
+}
+
+/// Longest `vm stop --timeout`, seconds.
+pub const STOP_TIMEOUT_MAX_S: u64 = 3600;
 
 /// Wait for `vm wait` without a time.
 pub const DEFAULT_WAIT_SECS: u64 = 30;
@@ -50,7 +62,13 @@ pub enum VmCommand<'a> {
     Stop {
         name: &'a str,
         turn_off: bool,
+        /// Seconds the guest has to shut down before it is turned off.
+        timeout: Option<u64>,
     },
+    /// Offer a VMBus device to the VM (at once if it runs).
+    DeviceAdd(&'a str, DeviceKind),
+    /// Remove it (a running guest sees the offer rescinded).
+    DeviceRemove(&'a str, DeviceKind),
     List,
     Show(&'a str),
     /// Attach to the VM's COM1 both ways (`log`: print what was kept).
@@ -65,7 +83,7 @@ pub enum VmCommand<'a> {
     /// Wait until the guest's heartbeat answers (Hyper-V's `Wait-VM -For
     /// Heartbeat`), or every integration service is in use, at most this
     /// many seconds.
-    WaitFor(&'a str, WaitFor, u64),
+    WaitFor(&'a str, WaitFor<'a>, u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,8 +115,8 @@ pub const VM_USAGE: &[(&str, &str)] = &[
     ),
     ("vm start NAME", "load the image and run the VM"),
     (
-        "vm stop NAME [--turn-off]",
-        "stop the VM (its VPs are suspended; memory kept)",
+        "vm stop NAME [--turn-off] [--timeout S]",
+        "ask the guest to shut down (integration services), turned off if it still runs after S seconds (default 60); --turn-off: at once",
     ),
     (
         "vm list",
@@ -114,8 +132,12 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "processor reserve and limit (percent of a processor per VP), weight (1-10000)",
     ),
     (
-        "vm wait NAME [--for heartbeat|services] [SECONDS]",
-        "wait until the VM is no longer running; --for heartbeat: until its guest answers heartbeats; --for services: until every integration service is in use (default 30 s)",
+        "vm wait NAME [--for heartbeat|services|text \"...\"] [SECONDS]",
+        "wait until the VM is no longer running; --for heartbeat: until its guest answers heartbeats; --for services: until every integration service is in use; --for text: until its console shows the text (default 30 s)",
+    ),
+    (
+        "vm device add|remove NAME echo",
+        "offer a VMBus device to the VM, or take it away (a running guest sees it rescinded); echo: the diagnostic echo channel",
     ),
     (
         "vm delete NAME",
@@ -128,11 +150,11 @@ impl fmt::Display for VmParseError<'_> {
         match *self {
             VmParseError::MissingVerb => write!(
                 f,
-                "vm: missing verb; try vm new | start | stop | list | show | console | cpu | wait | delete"
+                "vm: missing verb; try vm new | start | stop | list | show | console | cpu | wait | device | delete"
             ),
             VmParseError::UnknownVerb(v) => write!(
                 f,
-                "vm: unknown verb \"{v}\"; try vm new | start | stop | list | show | console | cpu | wait | delete"
+                "vm: unknown verb \"{v}\"; try vm new | start | stop | list | show | console | cpu | wait | device | delete"
             ),
             VmParseError::MissingName(verb) => write!(f, "vm {verb}: missing the VM's name"),
             VmParseError::BadName(n) => write!(
@@ -186,6 +208,45 @@ fn number(option: &'static str, v: &str, range: core::ops::RangeInclusive<u64>) 
     v.parse::<u64>().ok().filter(|n| range.contains(n))
 }
 
+/// `vm device add|remove NAME KIND`.
+fn parse_device<'a>(
+    mut words: impl Iterator<Item = &'a str>,
+) -> Result<VmCommand<'a>, VmParseError<'a>> {
+    let add = match words.next() {
+        Some("add") => true,
+        Some("remove") => false,
+        v => {
+            return Err(VmParseError::BadValue {
+                option: "device",
+                value: v.unwrap_or(""),
+                expected: "add or remove",
+            })
+        }
+    };
+    let name = words.next().ok_or(VmParseError::MissingName("device"))?;
+    if !valid_name(name) {
+        return Err(VmParseError::BadName(name));
+    }
+    let kind = match words.next() {
+        Some("echo") => DeviceKind::Echo,
+        v => {
+            return Err(VmParseError::BadValue {
+                option: "device",
+                value: v.unwrap_or(""),
+                expected: "a device kind: echo",
+            })
+        }
+    };
+    if let Some(a) = words.next() {
+        return Err(VmParseError::Extra("device", a));
+    }
+    Ok(if add {
+        VmCommand::DeviceAdd(name, kind)
+    } else {
+        VmCommand::DeviceRemove(name, kind)
+    })
+}
+
 /// Parses the words after `vm`.
 pub fn parse<'a>(
     mut words: impl Iterator<Item = &'a str>,
@@ -201,8 +262,12 @@ pub fn parse<'a>(
         "cpu" => "cpu",
         "delete" => "delete",
         "wait" => "wait",
+        "device" => "device",
         other => return Err(VmParseError::UnknownVerb(other)),
     };
+    if verb_name == "device" {
+        return parse_device(words);
+    }
     if verb_name == "list" {
         return match words.next() {
             Some(a) => Err(VmParseError::Extra("list", a)),
@@ -268,12 +333,28 @@ pub fn parse<'a>(
             })
         }
         "stop" => {
-            let turn_off = match words.next() {
-                None => false,
-                Some("--turn-off") => true,
-                Some(o) => return Err(VmParseError::UnknownOption("stop", o)),
-            };
-            VmCommand::Stop { name, turn_off }
+            let (mut turn_off, mut timeout) = (false, None);
+            while let Some(o) = words.next() {
+                match o {
+                    "--turn-off" => turn_off = true,
+                    "--timeout" => {
+                        let v = value(&mut words, o)?;
+                        timeout = Some(number("", v, 1..=STOP_TIMEOUT_MAX_S).ok_or(
+                            VmParseError::BadValue {
+                                option: o,
+                                value: v,
+                                expected: "a number of seconds from 1 to 3600",
+                            },
+                        )?);
+                    }
+                    _ => return Err(VmParseError::UnknownOption("stop", o)),
+                }
+            }
+            VmCommand::Stop {
+                name,
+                turn_off,
+                timeout,
+            }
         }
         "cpu" => {
             let mut s = CpuSettings::default();
@@ -303,11 +384,15 @@ pub fn parse<'a>(
                 what = Some(match words.next() {
                     Some("heartbeat") => WaitFor::Heartbeat,
                     Some("services") => WaitFor::Services,
+                    Some("text") => match words.next() {
+                        Some(t) if !t.is_empty() => WaitFor::Text(t),
+                        _ => return Err(VmParseError::MissingValue("--for text")),
+                    },
                     v => {
                         return Err(VmParseError::BadValue {
                             option: "--for",
                             value: v.unwrap_or(""),
-                            expected: "heartbeat or services",
+                            expected: "heartbeat, services or text \"...\"",
                         })
                     }
                 });
@@ -410,9 +495,32 @@ mod tests {
             p("stop web --turn-off"),
             Ok(VmCommand::Stop {
                 name: "web",
-                turn_off: true
+                turn_off: true,
+                timeout: None,
             })
         );
+        assert_eq!(
+            p("stop web --timeout 5"),
+            Ok(VmCommand::Stop {
+                name: "web",
+                turn_off: false,
+                timeout: Some(5),
+            })
+        );
+        assert!(p("stop web --timeout 0").is_err());
+        assert!(p("stop web --timeout").is_err());
+        assert_eq!(
+            p("device add web echo"),
+            Ok(VmCommand::DeviceAdd("web", DeviceKind::Echo))
+        );
+        assert_eq!(
+            p("device remove web echo"),
+            Ok(VmCommand::DeviceRemove("web", DeviceKind::Echo))
+        );
+        assert!(p("device add web disk").is_err());
+        assert!(p("device attach web echo").is_err());
+        assert!(p("device add web echo extra").is_err());
+        assert!(p("device add").is_err());
         assert_eq!(p("list"), Ok(VmCommand::List));
         assert_eq!(
             p("cpu web --limit 30 --weight 200"),
@@ -444,6 +552,11 @@ mod tests {
             Ok(VmCommand::WaitFor("web", WaitFor::Services, 9))
         );
         assert!(p("wait web --for ip").is_err());
+        assert_eq!(
+            parse(crate::command::words(r#"wait web --for text "login: " 20"#)),
+            Ok(VmCommand::WaitFor("web", WaitFor::Text("login: "), 20))
+        );
+        assert!(p("wait web --for text").is_err());
         assert_eq!(p("delete web"), Ok(VmCommand::Delete("web")));
         assert_eq!(parse_memory("1G"), Some(1024));
         assert_eq!(parse_memory("512"), Some(512));

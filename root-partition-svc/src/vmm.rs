@@ -448,6 +448,26 @@ impl<const N: usize> Console<N> {
             (&self.buf[self.head..], &self.buf[..end - N])
         }
     }
+
+    /// Whether the kept bytes contain `text` (also across the ring's wrap).
+    pub fn contains(&self, text: &[u8]) -> bool {
+        self.contains_since(text, 0)
+    }
+
+    /// Whether `text` ends among the bytes pushed after the first `since`
+    /// (`total` then): a poller looks only at what is new.
+    pub fn contains_since(&self, text: &[u8], since: u64) -> bool {
+        if text.is_empty() {
+            return true;
+        }
+        let (a, b) = self.contents();
+        let at = |i: usize| if i < a.len() { a[i] } else { b[i - a.len()] };
+        let len = a.len() + b.len();
+        let new = usize::try_from(self.total.saturating_sub(since)).unwrap_or(usize::MAX);
+        let first = len.saturating_sub(new.saturating_add(text.len() - 1));
+        (first..(len + 1).saturating_sub(text.len()))
+            .any(|start| text.iter().enumerate().all(|(k, &t)| at(start + k) == t))
+    }
 }
 
 /// A guest's console bytes made safe for the operator's terminal: printable
@@ -975,6 +995,12 @@ mod tests {
         let (a, b) = c.contents();
         assert_eq!([a, b].concat(), b"cdef");
         assert_eq!(c.total, 6);
+        // "cdef" is kept across the wrap ("ef" | "cd").
+        assert!(c.contains(b"cdef") && c.contains(b"de") && c.contains(b""));
+        assert!(!c.contains(b"bc") && !c.contains(b"cdefg") && !c.contains(b"fc"));
+        // After 4 bytes were seen, "ef" (pushed later) is new, "cd" not.
+        assert!(c.contains_since(b"ef", 4) && c.contains_since(b"de", 4));
+        assert!(!c.contains_since(b"cd", 4) && !c.contains_since(b"ef", 6));
         // THR-empty interrupt: pending once enabled and after each byte,
         // cleared by reading IIR.
         emulate_io(&mut u, 0x3F9, 1, true, 0x02, 0);

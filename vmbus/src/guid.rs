@@ -107,6 +107,9 @@ pub mod class {
     pub const KEYBOARD: Guid = Guid::from_u128(0xf912ad6d_2b17_48ea_bd65_f927a61c7684);
     /// Synthetic mouse (hid_hyperv).
     pub const MOUSE: Guid = Guid::from_u128(0xcfa8b69e_5b4a_4cc0_b98b_8ba1a1f3f95a);
+    /// This project's echo device ([`crate::echo`]; no Hyper-V driver
+    /// matches it).
+    pub const ECHO: Guid = Guid::from_u128(0x6c0b_e2a4_3f51_4c8e_a1d7_52e9_0f3b_7c11);
     /// PCI pass-through (pci-hyperv).
     pub const PCI: Guid = Guid::from_u128(0x44c4f61d_4444_4400_9d52_802e27ede19f);
 }

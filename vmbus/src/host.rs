@@ -44,6 +44,9 @@ pub trait HostPort {
     /// A notifier that sets event flag `relid` of SINT `sint` on `target_vp`
     /// and raises the SINT.
     fn notifier(&mut self, target_vp: u32, sint: u8, relid: u32) -> Self::Notifier;
+    /// Whether page `pfn` is the guest's own RAM: a GPADL naming any other
+    /// page is refused when it is created, before anything uses it.
+    fn is_guest_page(&self, pfn: u64) -> bool;
 }
 
 /// Host configuration.
@@ -205,6 +208,8 @@ pub enum HostError {
     Gpadl(GpadlError),
     /// Too many GPADLs.
     TooManyGpadls,
+    /// A GPADL names a page that is not the guest's RAM (failure posted).
+    OutsideGuest(u32),
     /// OPENCHANNEL with an unusable ring layout (failure result posted).
     BadRingLayout,
     /// A ring's indices were invalid at open (failure result posted).
@@ -546,6 +551,10 @@ impl<P: HostPort> Host<P> {
             return Ok(None);
         }
         match builder.finish() {
+            Ok(g) if !g.ranges().all(|r| r.pfns.iter().all(|&p| self.port.is_guest_page(p))) => {
+                self.gpadl_failed(relid, id);
+                Err(HostError::OutsideGuest(id))
+            }
             Ok(g) => {
                 self.gpadls.insert(id, GpadlState::Ready(g));
                 self.post(&ChannelMessage::GpadlCreated {

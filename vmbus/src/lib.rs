@@ -29,6 +29,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod channel;
+pub mod echo;
 pub mod gpadl;
 pub mod guest;
 pub mod guid;

@@ -111,6 +111,10 @@ impl HostPort for SimHostPort {
         PagedRing::new(self.0.borrow().ram.clone(), pfns).ok()
     }
 
+    fn is_guest_page(&self, pfn: u64) -> bool {
+        pfn < self.0.borrow().ram.pages() as u64
+    }
+
     fn notifier(&mut self, _target_vp: u32, _sint: u8, relid: u32) -> SimNotifier {
         SimNotifier(SimBus::counter(
             &mut self.0.borrow_mut().guest_events,

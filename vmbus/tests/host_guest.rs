@@ -578,6 +578,28 @@ fn host_refuses_lying_gpadls_and_opens() {
             ..
         }]
     ));
+    // Pages beyond the guest's RAM (64 pages), alone or among its own.
+    for (gpadl, pfns) in [(10u32, [64u64, 65]), (11, [20, 1u64 << 40])] {
+        let outside = ChannelMessage::GpadlHeader(GpadlHeader {
+            child_relid: relid,
+            gpadl,
+            range_buflen: 24,
+            range_count: 1,
+            data: GpadlWords::new(&[4096 * 2, pfns[0], pfns[1]]).unwrap(),
+        });
+        assert_eq!(
+            send(&mut host, outside).err(),
+            Some(HostError::OutsideGuest(gpadl))
+        );
+        assert!(matches!(
+            replies(&bus)[..],
+            [ChannelMessage::GpadlCreated {
+                status: STATUS_UNSUCCESSFUL,
+                ..
+            }]
+        ));
+        assert!(host.gpadl(gpadl).is_none());
+    }
     // A body for a GPADL nobody started.
     let stray = ChannelMessage::GpadlBody(GpadlBody {
         msg_number: 0,

@@ -2,7 +2,7 @@
 //! memory (taken from the root's free RAM), their images and start state,
 //! and the intercepts their VPs raise (serial output, the exit and
 //! power-off ports, faults), answered through SetVpRegisters.
-use crate::vmbus_server::{self, IcStage, VmBus};
+use crate::vmbus_server::{self, DeviceStage, IcStage, VmBus};
 use crate::{heap, hypercall, print, println, serial, synic};
 use core::cell::UnsafeCell;
 use core::fmt::Write;
@@ -21,7 +21,7 @@ use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
 use root_partition_svc::linux_boot;
 use root_partition_svc::vm_command::{
-    CpuSettings, NewVm, VmCommand, WaitFor, CMDLINE_MAX, NAME_MAX,
+    CpuSettings, DeviceKind, NewVm, VmCommand, WaitFor, CMDLINE_MAX, NAME_MAX,
 };
 use root_partition_svc::vmm::{
     self, Console, Devices, EntryMode, IoEffect, MemoryPool, Report, ReportOnce,
@@ -98,7 +98,11 @@ pub struct Vm {
     vmbus: Option<VmBus>,
     /// `vm stop` asked the guest to shut down: the TSC by which it must be
     /// off, or it is turned off.
-    shutdown_deadline: Option<u64>,
+    /// `vm stop` asked the guest to shut down: when it is turned off
+    /// (TSC) unless it did, and the seconds that gave it.
+    shutdown_deadline: Option<(u64, u64)>,
+    /// The administrator added the echo device (offered at every start).
+    echo: bool,
     /// VMBus messages the server refused from the guest and dropped to it,
     /// in the last run (kept when the server goes with the run).
     vmbus_refused: (u64, u64),
@@ -365,7 +369,13 @@ impl Vmm {
         match cmd {
             VmCommand::New(n) => self.new_vm(n),
             VmCommand::Start(name) => self.start(name),
-            VmCommand::Stop { name, turn_off } => self.stop(name, turn_off),
+            VmCommand::Stop {
+                name,
+                turn_off,
+                timeout,
+            } => self.stop(name, turn_off, timeout.unwrap_or(SHUTDOWN_TIMEOUT_S)),
+            VmCommand::DeviceAdd(name, DeviceKind::Echo) => self.echo_device(name, true),
+            VmCommand::DeviceRemove(name, DeviceKind::Echo) => self.echo_device(name, false),
             VmCommand::List => self.list(),
             VmCommand::Show(name) => self.show(name),
             VmCommand::Console { name, log } => {
@@ -533,6 +543,7 @@ impl Vmm {
                     sample: (0, 0),
                     vmbus: None,
                     shutdown_deadline: None,
+                    echo: false,
                     vmbus_refused: (0, 0),
                 });
                 println!(
@@ -623,7 +634,7 @@ impl Vmm {
         vm.vmbus_refused = (0, 0);
         vm.shutdown_deadline = None;
         if heap::ready() {
-            match VmBus::new(vm.partition, slot, vm.memory_base, vm.memory_bytes) {
+            match VmBus::new(vm.partition, slot, vm.memory_base, vm.memory_bytes, vm.echo) {
                 Ok(bus) => vm.vmbus = Some(bus),
                 Err(s) => status_line("vm start", "VMBus ports (CreatePort/ConnectPort)", s),
             }
@@ -698,7 +709,7 @@ impl Vmm {
         );
     }
 
-    fn stop(&mut self, name: &str, turn_off: bool) {
+    fn stop(&mut self, name: &str, turn_off: bool, timeout_s: u64) {
         let tsc_hz = self.tsc_hz;
         let Some(vm) = self.named(name) else { return };
         if !matches!(vm.state, State::Running | State::Starting) {
@@ -710,8 +721,8 @@ impl Vmm {
             println!("vm stop: {name} turned off");
         } else if vm.vmbus.as_mut().is_some_and(|b| b.request_shutdown()) {
             vm.state = State::Stopping;
-            vm.shutdown_deadline = Some(crate::arch::rdtsc() + SHUTDOWN_TIMEOUT_S * tsc_hz);
-            println!("vm stop: asked {name} to shut down (turned off if it still runs in {SHUTDOWN_TIMEOUT_S} s; vm stop {name} --turn-off does it now)");
+            vm.shutdown_deadline = Some((crate::arch::rdtsc() + timeout_s * tsc_hz, timeout_s));
+            println!("vm stop: asked {name} to shut down (turned off if it still runs in {timeout_s} s; vm stop {name} --turn-off does it now)");
         } else {
             end(
                 vm,
@@ -719,6 +730,35 @@ impl Vmm {
                 format_args!("turned off: the guest has no VMBus connection"),
             );
             println!("vm stop: {name} has no VMBus connection to ask it to shut down: turned off");
+        }
+    }
+
+    /// `vm device add|remove NAME echo`: kept for later starts; a running
+    /// VM's guest is offered the device at once, or sees it rescinded.
+    fn echo_device(&mut self, name: &str, add: bool) {
+        let Some(vm) = self.named(name) else { return };
+        if vm.echo == add {
+            let has = if add { "has" } else { "has no" };
+            println!("vm device: {name} {has} an echo device already");
+            return;
+        }
+        vm.echo = add;
+        let Some(bus) = vm.vmbus.as_mut() else {
+            let what = if add { "offered" } else { "no longer offered" };
+            println!("vm device: {name}'s echo device {what} from its next start");
+            return;
+        };
+        if !add {
+            bus.remove_echo();
+            println!("vm device: {name}'s echo device removed (rescinded)");
+            return;
+        }
+        match bus.add_echo() {
+            Ok(()) => println!("vm device: echo device offered to {name}"),
+            Err(s) => {
+                vm.echo = false;
+                status_line("vm device", "CreatePort/ConnectPort", s);
+            }
         }
     }
 
@@ -746,7 +786,8 @@ impl Vmm {
     }
 
     /// `vm wait`: until the VM is not running, or (`what`) until its guest
-    /// answers heartbeats or uses every integration service.
+    /// answers heartbeats, uses every integration service, or its console
+    /// shows a text.
     fn wait(&mut self, name: &str, what: Option<WaitFor>, secs: u64) {
         if self.find(name).is_none() {
             println!("vm: no VM named \"{name}\"; vm list shows them");
@@ -754,6 +795,8 @@ impl Vmm {
         }
         let start = crate::arch::rdtsc();
         let limit = secs * self.tsc_hz;
+        // Console bytes already searched (the text may be there already).
+        let mut seen = 0;
         loop {
             self.poll();
             let now = crate::arch::rdtsc();
@@ -761,6 +804,13 @@ impl Vmm {
             let Some(vm) = self.find(name).and_then(|i| self.vms[i].as_ref()) else {
                 return;
             };
+            if let Some(WaitFor::Text(t)) = what {
+                if vm.console.contains_since(t.as_bytes(), seen) {
+                    println!("vm wait: {name}'s console shows \"{t}\"");
+                    return;
+                }
+                seen = vm.console.total;
+            }
             // Waiting for the guest ends when it is asked to stop, too.
             let running = matches!(
                 (what, vm.state),
@@ -933,6 +983,9 @@ impl Vmm {
                 rd.end - rd.start
             );
         }
+        if vm.echo {
+            println!("  VMBus devices:  echo (vm device remove {} echo)", vm.name());
+        }
         if vm.cmdline_len > 0 {
             println!(
                 "  command line:   {}",
@@ -1077,14 +1130,14 @@ impl Vmm {
             if let Some(bus) = vm.vmbus.as_mut() {
                 bus.tick(now, self.tsc_hz, self.host_time);
             }
-            if vm.shutdown_deadline.is_some_and(|d| now >= d) {
+            if let Some((_, secs)) = vm.shutdown_deadline.filter(|&(d, _)| now >= d) {
                 end(
                     vm,
                     State::Off,
                     format_args!("turned off: the guest did not shut down in time"),
                 );
                 println!(
-                    "vm {}: did not shut down within {SHUTDOWN_TIMEOUT_S} s; turned off",
+                    "vm {}: did not shut down within {secs} s; turned off",
                     vm.name()
                 );
             }
@@ -1572,6 +1625,18 @@ fn show_vmbus(bus: &VmBus, tsc_hz: u64) {
             _ => {}
         }
         println!();
+    }
+    if let Some(dev) = &bus.echo {
+        let state = match dev.stage {
+            DeviceStage::Offered => "offered; the guest has not opened it",
+            DeviceStage::Open => "open",
+            DeviceStage::Broken => "closed: the guest broke its ring",
+            DeviceStage::Rescinded => "rescinded; the guest has not released it",
+        };
+        println!(
+            "  devices:\n    echo (relid {})        {state}; {} packets answered, {} refused",
+            dev.relid, dev.server.answered, dev.server.refused
+        );
     }
 }
 

@@ -5,7 +5,8 @@
 //! server answers with PostMessageDirect to the VP the guest named and
 //! signals channels with SignalEventDirect. On it run the integration
 //! services (heartbeat, shutdown, time synchronization) that Linux's
-//! hv_utils drives.
+//! hv_utils drives, and, when the administrator adds it, the echo device
+//! (`vmbus::echo`) the tests and benchmarks use.
 //!
 //! Port ids in the root: `partition << 8 | connection` for messages,
 //! `partition << 8 | 0x80 | relid` for events; a VM's channel with relid r
@@ -24,6 +25,7 @@ use hv_abi::partition::{code, port_type, PARTITION_SELF};
 use hv_abi::synic::{Message, PAYLOAD_MAX, SLOT_SIZE, VMBUS_SINT};
 use root_partition_svc::ic::{self, IcError, Service, Version};
 use vmbus::channel::{Channel, Notify};
+use vmbus::echo::{self, EchoServer};
 use vmbus::guid::class;
 use vmbus::host::{Host, HostConfig, HostEvent, HostPort, OfferParams};
 use vmbus::packet::{OutgoingPacket, PacketKind};
@@ -167,6 +169,11 @@ impl HostPort for RootPort {
         GuestRing::new(self.memory_base, self.memory_bytes, pfns)
     }
 
+    fn is_guest_page(&self, pfn: u64) -> bool {
+        pfn.checked_mul(4096)
+            .is_some_and(|gpa| gpa < self.memory_bytes)
+    }
+
     fn notifier(&mut self, target_vp: u32, sint: u8, relid: u32) -> EventNotifier {
         EventNotifier {
             partition: self.partition,
@@ -272,10 +279,39 @@ const HEARTBEAT_GRACE_S: u64 = 5;
 /// How often a time sample goes to the guest.
 const TIMESYNC_PERIOD_S: u64 = 5;
 
+/// Where the echo device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceStage {
+    /// Offered; the guest has not opened it.
+    Offered,
+    /// Open and served.
+    Open,
+    /// The guest broke its ring (a corrupt index or an oversized packet):
+    /// the channel is no longer served.
+    Broken,
+    /// Removed by the administrator: rescinded, waiting for the guest to
+    /// release it.
+    Rescinded,
+}
+
+pub struct EchoDevice {
+    pub relid: u32,
+    pub stage: DeviceStage,
+    channel: Option<Channel<GuestRing, EventNotifier>>,
+    pub server: EchoServer,
+}
+
+/// Longest packet an integration service's channel reads: a longer one
+/// breaks that channel, never the root's heap.
+const IC_MAX_PACKET: u32 = ic::MAX_MESSAGE as u32 + 64;
+
 pub struct VmBus {
     host: Host<RootPort>,
+    partition: u64,
+    slot: usize,
     pub version: Option<u32>,
     pub integrations: Vec<Integration>,
+    pub echo: Option<EchoDevice>,
     /// Guest messages and packets refused (malformed or out of protocol).
     pub refused: u64,
 
@@ -290,6 +326,19 @@ fn instance(service: Service) -> Guid {
         Service::Shutdown => Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0b02),
         Service::TimeSync => Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0b03),
     }
+}
+
+const ECHO_INSTANCE: Guid = Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0e01);
+
+/// The world switches of every logical processor so far (the echo device's
+/// counter); 0 if the hypervisor does not say.
+fn world_switches() -> u64 {
+    let Ok(page) = hypercall::call_with_output(hv_abi::hypercall::GET_HOST_STATS) else {
+        return 0;
+    };
+    let mut lps = [hv_abi::LpStats::default(); hv_abi::HostStats::MAX_LPS];
+    let n = hv_abi::HostStats::decode(&page, &mut lps).unwrap_or(0);
+    lps[..n].iter().map(|lp| lp.world_switches).sum()
 }
 
 fn class_of(service: Service) -> Guid {
@@ -309,6 +358,7 @@ impl VmBus {
         slot: usize,
         memory_base: u64,
         memory_bytes: u64,
+        echo: bool,
     ) -> Result<Self, u16> {
         for connection in MESSAGE_CONNECTIONS {
             let info = PortInfo {
@@ -336,36 +386,87 @@ impl VmBus {
             outbox: VecDeque::new(),
             dropped: 0,
         };
-        let mut host = Host::new(port, config);
-        let mut integrations = Vec::new();
-        for service in Service::ALL {
-            let relid = host
-                .add_offer(OfferParams::new(class_of(service), instance(service)))
-                .map_err(|_| status::INSUFFICIENT_MEMORY)?;
-            let info = PortInfo {
-                port_type: port_type::EVENT,
-                target_sint: VMBUS_SINT as u32,
-                target_vp: 0,
-                base_flag_number: (slot as u32 * RELIDS_PER_VM + relid) as u16,
-                flag_count: 1,
-                ..Default::default()
-            };
-            root_port(
-                partition,
-                event_port(partition, relid),
-                info,
-                CHANNEL_CONNECTION_BASE + relid,
-            )?;
-            integrations.push(Integration::new(service, relid));
-        }
-        Ok(VmBus {
-            host,
+        let mut bus = VmBus {
+            host: Host::new(port, config),
+            partition,
+            slot,
             version: None,
-            integrations,
+            integrations: Vec::new(),
+            echo: None,
             refused: 0,
 
             shutdown_wanted: false,
-        })
+        };
+        for service in Service::ALL {
+            let relid = bus.offer(class_of(service), instance(service))?;
+            bus.integrations.push(Integration::new(service, relid));
+        }
+        if echo {
+            bus.add_echo()?;
+        }
+        Ok(bus)
+    }
+
+    /// Offers a device and makes the event port its channel signals; the
+    /// relid.
+    fn offer(&mut self, class: Guid, instance: Guid) -> Result<u32, u16> {
+        let relid = self
+            .host
+            .add_offer(OfferParams::new(class, instance))
+            .map_err(|_| status::INSUFFICIENT_MEMORY)?;
+        let info = PortInfo {
+            port_type: port_type::EVENT,
+            target_sint: VMBUS_SINT as u32,
+            target_vp: 0,
+            base_flag_number: (self.slot as u32 * RELIDS_PER_VM + relid) as u16,
+            flag_count: 1,
+            ..Default::default()
+        };
+        let made = root_port(
+            self.partition,
+            event_port(self.partition, relid),
+            info,
+            CHANNEL_CONNECTION_BASE + relid,
+        );
+        if made.is_err() {
+            let _ = self.host.rescind(relid);
+        }
+        made.map(|()| relid)
+    }
+
+    /// Offers the echo device (at once if the guest is connected); an
+    /// error status if the hypervisor refused its port.
+    pub fn add_echo(&mut self) -> Result<(), u16> {
+        if self.echo.is_some() {
+            return Ok(());
+        }
+        let relid = self.offer(class::ECHO, ECHO_INSTANCE)?;
+        self.echo = Some(EchoDevice {
+            relid,
+            stage: DeviceStage::Offered,
+            channel: None,
+            server: EchoServer::default(),
+        });
+        Ok(())
+    }
+
+    /// Removes the echo device: its channel is no longer served and the
+    /// offer is rescinded (the guest sees the device go away and releases
+    /// it; an offer the guest never saw just disappears).
+    pub fn remove_echo(&mut self) {
+        let Some(dev) = self.echo.as_mut() else {
+            return;
+        };
+        if dev.stage == DeviceStage::Rescinded {
+            return;
+        }
+        dev.channel = None;
+        let _ = self.host.rescind(dev.relid);
+        if self.host.offer(dev.relid).is_some() {
+            dev.stage = DeviceStage::Rescinded;
+        } else {
+            self.echo = None;
+        }
     }
 
     /// A control message the guest posted on `connection`.
@@ -381,8 +482,16 @@ impl VmBus {
     fn event(&mut self, event: HostEvent<GuestRing, EventNotifier>) {
         match event {
             HostEvent::Connected { version } => self.version = Some(version),
-            HostEvent::ChannelOpened { relid, channel, .. } => {
-                if let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) {
+            HostEvent::ChannelOpened {
+                relid, mut channel, ..
+            } => {
+                if let Some(dev) = self.echo.as_mut().filter(|d| d.relid == relid) {
+                    channel.reader().set_max_packet(echo::MAX_PACKET);
+                    dev.channel = Some(channel);
+                    dev.stage = DeviceStage::Open;
+                    dev.server = EchoServer::default();
+                } else if let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) {
+                    channel.reader().set_max_packet(IC_MAX_PACKET);
                     ic.channel = Some(channel);
                     ic.stage = IcStage::Negotiating;
                     let service = ic.service;
@@ -390,6 +499,10 @@ impl VmBus {
                 }
             }
             HostEvent::ChannelClosed { relid } => {
+                if let Some(dev) = self.echo.as_mut().filter(|d| d.relid == relid) {
+                    dev.channel = None;
+                    dev.stage = DeviceStage::Offered;
+                }
                 if let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) {
                     *ic = Integration::new(ic.service, relid);
                 }
@@ -397,12 +510,17 @@ impl VmBus {
             HostEvent::ChannelModified {
                 relid, notifier, ..
             } => {
-                if let Some(ch) = self
+                let ic = self
                     .integrations
                     .iter_mut()
                     .find(|i| i.relid == relid)
-                    .and_then(|i| i.channel.as_mut())
-                {
+                    .and_then(|i| i.channel.as_mut());
+                let echo = self
+                    .echo
+                    .as_mut()
+                    .filter(|d| d.relid == relid)
+                    .and_then(|d| d.channel.as_mut());
+                if let Some(ch) = ic.or(echo) {
                     ch.set_notifier(notifier);
                 }
             }
@@ -411,15 +529,30 @@ impl VmBus {
                 for ic in &mut self.integrations {
                     *ic = Integration::new(ic.service, ic.relid);
                 }
+                // A rescinded device is gone with the connection; the
+                // others are offered again when the guest reconnects.
+                if self.echo.as_ref().is_some_and(|d| d.stage == DeviceStage::Rescinded) {
+                    self.echo = None;
+                } else if let Some(dev) = self.echo.as_mut() {
+                    dev.channel = None;
+                    dev.stage = DeviceStage::Offered;
+                }
             }
-            HostEvent::GpadlCreated { .. }
-            | HostEvent::GpadlTornDown { .. }
-            | HostEvent::RelidReleased { .. } => {}
+            HostEvent::RelidReleased { relid } => {
+                if self.echo.as_ref().is_some_and(|d| d.relid == relid) {
+                    self.echo = None;
+                }
+            }
+            HostEvent::GpadlCreated { .. } | HostEvent::GpadlTornDown { .. } => {}
         }
     }
 
     /// The guest signalled channel `relid`: read what it sent.
     pub fn channel_signalled(&mut self, relid: u32, now: u64, clock: (u64, (u64, u64))) {
+        if self.echo.as_ref().is_some_and(|d| d.relid == relid) {
+            self.serve_echo();
+            return;
+        }
         let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) else {
             return;
         };
@@ -461,6 +594,7 @@ impl VmBus {
     pub fn tick(&mut self, now: u64, tsc_hz: u64, host_time: (u64, u64)) {
         self.host.port().flush();
         self.send_shutdown();
+        self.serve_echo();
         for ic in &mut self.integrations {
             let IcStage::Ready(version) = ic.stage else {
                 continue;
@@ -481,6 +615,22 @@ impl VmBus {
             } else {
                 send_time(ic, version, now, tsc_hz, host_time, ic::TIMESYNC_SAMPLE);
             }
+        }
+    }
+
+    /// Answers the echo device's packets (after a signal, and at every tick:
+    /// a guest that kept its ring full gets served without signalling).
+    fn serve_echo(&mut self) {
+        let Some(dev) = self.echo.as_mut() else {
+            return;
+        };
+        let Some(channel) = dev.channel.as_mut() else {
+            return;
+        };
+        if dev.server.serve(channel, world_switches).is_err() {
+            dev.channel = None;
+            dev.stage = DeviceStage::Broken;
+            self.refused += 1;
         }
     }
 
