@@ -28,6 +28,7 @@ pub const GUEST_NAMES: &[&str] = &[
     "fpu",
     "hostile",
     "exit-loop",
+    "vmbus-echo",
 ];
 
 pub fn root() -> PathBuf {

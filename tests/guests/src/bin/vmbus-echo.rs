@@ -1,0 +1,505 @@
+//! A VMBus client of our own, on the `vmbus` crate's guest side: it connects
+//! to the root's VMBus server, finds the echo device among the offers, has a
+//! GPADL naming pages outside its memory refused, opens the channel and
+//! checks 200 packets of varying sizes come back intact, then measures
+//! (TSC ticks, and world switches from the device's counter):
+//! - a ping-pong round trip (one packet each way),
+//! - packets in batches of 32 (the ring's interrupt rules at work),
+//! - a control-message round trip (MODIFYCHANNEL and its response),
+//! - a signalled event (HvSignalEvent on the channel's connection).
+//!
+//! It then breaks its ring with an oversized packet (the root stops
+//! serving the channel), waits for the administrator to remove the device
+//! (the offer is rescinded; it closes and releases it), unloads and
+//! connects again, and finally stays connected without ever opening the
+//! shutdown service: `vm stop` must turn it off after its timeout.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use hv_abi::hypercall::{status, Input};
+use hv_abi::layout::{IntoBytes, PostMessage};
+use hv_abi::partition::code;
+use hv_abi::synic::{msr, EVENT_FLAGS_BYTES, MESSAGE_PENDING, SLOT_SIZE, VMBUS_SINT};
+use linked_list_allocator::LockedHeap;
+use test_guests::{exit, println, rdmsr, wrmsr, Page};
+use vmbus::channel::{Channel, Notify, SendResult};
+use vmbus::echo::{OP_COUNTER, OP_ECHO};
+use vmbus::gpadl::GpadlRange;
+use vmbus::guest::{Guest, GuestConfig, GuestEvent, GuestPort, OpenParams, PostError};
+use vmbus::guid::class;
+use vmbus::messages::USER_DEFINED_SIZE;
+use vmbus::packet::OutgoingPacket;
+use vmbus::shared_mem::{RawRing, RingHeader};
+
+test_guests::entry!(main);
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+/// Guest memory: the image at 2 MiB, the heap at [4, 6) MiB, ring pages
+/// from 6 MiB to the end of memory (8 MiB VMs).
+const HEAP_AT: u64 = 0x40_0000;
+const HEAP_BYTES: usize = 0x20_0000;
+const PAGES_AT: u64 = 0x60_0000;
+const PAGE: u64 = 4096;
+/// The SINT vector (Linux's, for the VMBus SINT).
+const VMBUS_VECTOR: u8 = 0xF3;
+
+static SIMP: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
+static SIEFP: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
+static INPUT: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
+static SINTS: AtomicU64 = AtomicU64::new(0);
+test_guests::counting_handler!(sint_handler, SINTS);
+
+fn check(what: &str, ok: bool) {
+    if ok {
+        println!("vmbus-echo: {what}: ok");
+    } else {
+        println!("vmbus-echo: {what}: FAILED");
+        exit(1);
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Sleeps until an interrupt (checked with interrupts off first by the
+/// caller, so none is missed: STI's shadow covers HLT).
+fn sleep() {
+    // SAFETY: the IDT handles the SINT vector; HLT waits for it.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// HvPostMessage: message type 1 (VMBus) on `connection`.
+fn post_message(connection: u32, bytes: &[u8]) -> u16 {
+    let header = PostMessage {
+        connection_id: connection,
+        reserved: 0,
+        message_type: 1,
+        payload_size: bytes.len() as u32,
+    };
+    let page = INPUT.0.get() as *mut u8;
+    // SAFETY: our own page, used for hypercall inputs alone, from this one VP.
+    unsafe {
+        core::ptr::copy_nonoverlapping(header.as_bytes().as_ptr(), page, 16);
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), page.add(16), bytes.len().min(240));
+    }
+    let rcx = Input::slow(code::POST_MESSAGE, 0).encode();
+    test_guests::hypercall(rcx, page as u64, 0) as u16
+}
+
+/// HvSignalEvent (fast) of flag 0 on `connection`.
+fn signal_event(connection: u32) -> u16 {
+    let mut input = Input::slow(code::SIGNAL_EVENT, 0);
+    input.fast = true;
+    test_guests::hypercall(input.encode(), u64::from(connection), 0) as u16
+}
+
+/// The next VMBus message in our SINT slot, if any (the slot is emptied,
+/// EOM written if another waits).
+fn take_message() -> Option<([u8; SLOT_SIZE], usize)> {
+    let slot = SIMP.0.get() as u64 + (VMBUS_SINT * SLOT_SIZE) as u64;
+    // SAFETY: our SIMP page; the hypervisor writes the body, then the header.
+    let head = unsafe { core::ptr::read_volatile(slot as *const u64) };
+    if head as u32 == 0 {
+        return None;
+    }
+    let mut bytes = [0u8; SLOT_SIZE];
+    // SAFETY: as above; a full slot is not touched by the hypervisor.
+    unsafe { core::ptr::copy_nonoverlapping(slot as *const u8, bytes.as_mut_ptr(), SLOT_SIZE) };
+    // SAFETY: emptying the slot, then reading whether another waits.
+    let pending = unsafe {
+        core::ptr::write_volatile(slot as *mut u32, 0);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        core::ptr::read_volatile((slot + 5) as *const u8) & MESSAGE_PENDING != 0
+    };
+    if pending {
+        // SAFETY: EOM asks for the next queued message.
+        unsafe { wrmsr(msr::EOM, 0) };
+    }
+    Some((bytes, usize::from(bytes[4]).min(240)))
+}
+
+/// Takes channel `relid`'s event flag (so the next signal raises the SINT).
+fn take_flag(relid: u32) -> bool {
+    let word = SIEFP.0.get() as usize + VMBUS_SINT * EVENT_FLAGS_BYTES + (relid / 64) as usize * 8;
+    // SAFETY: an aligned u64 of our SIEFP page, which the hypervisor changes
+    // only with atomic ORs.
+    let cell = unsafe { AtomicU64::from_ptr(word as *mut u64) };
+    cell.fetch_and(!(1 << (relid % 64)), Ordering::AcqRel) & 1 << (relid % 64) != 0
+}
+
+/// What the `vmbus` crate needs from this guest: HvPostMessage, pages from
+/// a bump allocator (identity-mapped, so contiguous pages make a ring) and
+/// HvSignalEvent.
+struct Port {
+    next: u64,
+    end: u64,
+    /// HvPostMessage retries for want of buffers.
+    retries: u64,
+}
+
+struct Signal(u32);
+
+impl Notify for Signal {
+    fn notify(&mut self) {
+        let _ = signal_event(self.0);
+    }
+}
+
+impl GuestPort for Port {
+    type Ring = RawRing;
+    type Notifier = Signal;
+
+    fn post_message(&mut self, connection_id: u32, message: &[u8]) -> Result<(), PostError> {
+        // The root's queue for us holds 16: wait for it to drain.
+        for _ in 0..100_000 {
+            match post_message(connection_id, message) {
+                status::SUCCESS => return Ok(()),
+                status::INSUFFICIENT_BUFFERS => {
+                    self.retries += 1;
+                    core::hint::spin_loop();
+                }
+                _ => return Err(PostError),
+            }
+        }
+        Err(PostError)
+    }
+
+    fn alloc_pages(&mut self, count: usize) -> Option<Vec<u64>> {
+        let bytes = count as u64 * PAGE;
+        if self.next + bytes > self.end {
+            return None;
+        }
+        let at = self.next;
+        self.next += bytes;
+        // SAFETY: free guest RAM above the heap, identity-mapped, handed out
+        // once (the bump pointer moved past it).
+        unsafe { core::ptr::write_bytes(at as *mut u8, 0, bytes as usize) };
+        Some((0..count as u64).map(|i| at / PAGE + i).collect())
+    }
+
+    /// Pages are not reused (a test guest allocates little).
+    fn free_pages(&mut self, _pfns: &[u64]) {}
+
+    fn map_ring(&mut self, pfns: &[u64]) -> Option<RawRing> {
+        let (&first, rest) = pfns.split_first()?;
+        let contiguous = rest.iter().enumerate().all(|(i, &p)| p == first + 1 + i as u64);
+        if rest.is_empty() || !contiguous || first * PAGE < PAGES_AT || (first + 1) * PAGE + rest.len() as u64 * PAGE > self.end {
+            return None;
+        }
+        let header = core::ptr::NonNull::new((first * PAGE) as *mut RingHeader)?;
+        let data = core::ptr::NonNull::new(((first + 1) * PAGE) as *mut AtomicU64)?;
+        // SAFETY: pages from `alloc_pages` (checked above: contiguous, ours,
+        // identity-mapped), shared only with the root, accessed atomically.
+        Some(unsafe { RawRing::new(header, data, rest.len() * 512) })
+    }
+
+    fn notifier(&mut self, connection_id: u32) -> Signal {
+        Signal(connection_id)
+    }
+}
+
+type Bus = Guest<Port>;
+type Chan = Channel<RawRing, Signal>;
+type Event = GuestEvent<RawRing, Signal>;
+
+/// The next event of the bus state machine (sleeping while none).
+fn next_event(bus: &mut Bus) -> Event {
+    loop {
+        let Some((bytes, size)) = take_message() else {
+            sleep();
+            continue;
+        };
+        match bus.handle_message(&bytes[16..16 + size]) {
+            Ok(Some(e)) => return e,
+            Ok(None) => {}
+            Err(e) => {
+                println!("vmbus-echo: the host's message was refused: {e:?}");
+                exit(1)
+            }
+        }
+    }
+}
+
+/// The next packet on the channel (sleeping until the root signals):
+/// transaction id and payload bytes copied into `out`.
+fn recv(ch: &mut Chan, relid: u32, out: &mut Vec<u8>) -> u64 {
+    loop {
+        take_flag(relid);
+        match ch.recv() {
+            Ok(Some(Ok(p))) => {
+                out.clear();
+                out.extend_from_slice(p.payload);
+                return p.transaction_id;
+            }
+            Ok(Some(Err(e))) => {
+                println!("vmbus-echo: a malformed packet from the root: {e:?}");
+                exit(1)
+            }
+            Ok(None) => sleep(),
+            Err(e) => {
+                println!("vmbus-echo: the channel broke: {e:?}");
+                exit(1)
+            }
+        }
+    }
+}
+
+fn send(ch: &mut Chan, id: u64, payload: &[u8]) -> bool {
+    let parts: [&[u8]; 1] = [payload];
+    matches!(
+        ch.send(&OutgoingPacket::in_band(id, false, &parts)),
+        Ok(SendResult::Sent)
+    )
+}
+
+/// The root's world switches so far (the echo device's counter).
+fn world_switches(ch: &mut Chan, relid: u32) -> u64 {
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&OP_COUNTER.to_le_bytes());
+    while !send(ch, u64::MAX, &request) {
+        sleep();
+    }
+    let mut reply = Vec::new();
+    loop {
+        if recv(ch, relid, &mut reply) == u64::MAX && reply.len() >= 16 {
+            return u64::from_le_bytes(reply[8..16].try_into().unwrap_or([0; 8]));
+        }
+    }
+}
+
+fn echo_payload(i: u32) -> Vec<u8> {
+    let len = 8 + (i as usize * 37) % 1500;
+    let mut p: Vec<u8> = (0..len).map(|k| (k as u32 * 7 + i) as u8).collect();
+    p[..4].copy_from_slice(&OP_ECHO.to_le_bytes());
+    p[4..8].copy_from_slice(&i.to_le_bytes());
+    p
+}
+
+/// One line of figures: per operation, TSC ticks and world switches.
+fn report(what: &str, n: u64, ticks: u64, switches: u64) {
+    println!(
+        "vmbus-echo: bench {what}: {n} in {ticks} TSC ticks, {} ticks and {}.{:02} world switches each",
+        ticks / n,
+        switches / n,
+        switches * 100 / n % 100
+    );
+}
+
+fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
+    // SAFETY: [HEAP_AT, HEAP_AT + HEAP_BYTES) is our RAM, used for nothing
+    // else (the image ends below 4 MiB), handed over once.
+    unsafe { HEAP.lock().init(HEAP_AT as *mut u8, HEAP_BYTES) };
+    check("hypercall page enabled", test_guests::enable_hypercalls());
+    test_guests::set_handler(VMBUS_VECTOR, sint_handler);
+    test_guests::load_idt_and_enable_apic();
+    // SAFETY: the SynIC MSRs the hypervisor gives guests; the pages are ours.
+    unsafe {
+        wrmsr(msr::SIMP, SIMP.0.get() as u64 | msr::PAGE_ENABLE);
+        wrmsr(msr::SIEFP, SIEFP.0.get() as u64 | msr::PAGE_ENABLE);
+        wrmsr(msr::SINT0 + VMBUS_SINT as u32, u64::from(VMBUS_VECTOR));
+        wrmsr(msr::SCONTROL, 1);
+    }
+    check("SynIC enabled", rdmsr(msr::SCONTROL) & 1 == 1);
+    let port = Port {
+        next: PAGES_AT,
+        end: memory,
+        retries: 0,
+    };
+    let mut bus = Guest::new(port, GuestConfig::default());
+    let echo_relid = connect(&mut bus);
+
+    // A GPADL naming pages beyond our memory: refused by the root.
+    let outside = [memory / PAGE + 16, memory / PAGE + 17];
+    let range = GpadlRange {
+        byte_count: 2 * PAGE as u32,
+        byte_offset: 0,
+        pfns: &outside,
+    };
+    let _ = bus.create_gpadl(echo_relid, &[range]);
+    let refused = matches!(next_event(&mut bus), GuestEvent::GpadlCreated { status, .. } if status != 0);
+    check("a GPADL naming pages outside the guest is refused", refused);
+
+    let params = OpenParams {
+        send_ring_pages: 8,
+        recv_ring_pages: 8,
+        target_vp: 0,
+        user_data: [0; USER_DEFINED_SIZE],
+    };
+    if bus.open_channel(echo_relid, params).is_err() {
+        check("the echo channel opens", false);
+    }
+    let mut ch = loop {
+        match next_event(&mut bus) {
+            GuestEvent::GpadlCreated { status: 0, .. } => {}
+            GuestEvent::Opened { channel, .. } => break channel,
+            e => {
+                println!("vmbus-echo: opening the echo channel: {e:?}");
+                exit(1)
+            }
+        }
+    };
+    println!("vmbus-echo: echo channel open (relid {echo_relid})");
+
+    // Deterministic packets: each comes back whole, in order.
+    let mut reply = Vec::new();
+    let mut intact = 0;
+    for i in 0..200u32 {
+        let p = echo_payload(i);
+        while !send(&mut ch, u64::from(i), &p) {
+            sleep();
+        }
+        let id = recv(&mut ch, echo_relid, &mut reply);
+        if id == u64::from(i) && reply.len() >= p.len() && reply[..p.len()] == p[..] {
+            intact += 1;
+        }
+    }
+    check("200 packets of 8 to 1500 bytes echoed intact, in order", intact == 200);
+
+    bench(&mut bus, &mut ch, echo_relid);
+
+    // A packet longer than the device reads: the root stops serving the
+    // channel (and says so in vm show), nothing else happens.
+    let mut big = alloc::vec![0u8; 8192];
+    big[..4].copy_from_slice(&OP_ECHO.to_le_bytes());
+    check("an 8 KiB packet is sent", send(&mut ch, 1, &big));
+
+    println!("vmbus-echo: waiting for the device to be removed");
+    loop {
+        match next_event(&mut bus) {
+            GuestEvent::Rescinded { relid } if relid == echo_relid => break,
+            e => println!("vmbus-echo: (while waiting: {e:?})"),
+        }
+    }
+    drop(ch);
+    // As Linux does: close, wait for the ring's GPADL to be torn down, then
+    // release the relid.
+    let closed = bus.close_channel(echo_relid).is_ok();
+    let torn_down = matches!(next_event(&mut bus), GuestEvent::GpadlTornDown { .. });
+    let released = bus.release_relid(echo_relid).is_ok();
+    check(
+        "the echo device was rescinded; closed, its ring torn down, released",
+        closed && torn_down && released,
+    );
+
+    // Unload and connect again, as a rebooting guest does: the offers come
+    // back, the echo device no longer among them.
+    check("unload sent", bus.unload().is_ok());
+    check("unloaded", matches!(next_event(&mut bus), GuestEvent::Unloaded));
+    let again = connect_offers(&mut bus);
+    check("connected again; the removed device is not offered", again.is_none());
+    println!("vmbus-echo: done; ignoring the shutdown service");
+    loop {
+        sleep();
+    }
+}
+
+/// Connects and collects the offers; the echo device's relid.
+fn connect(bus: &mut Bus) -> u32 {
+    match connect_offers(bus) {
+        Some(relid) => relid,
+        None => {
+            check("the echo device is offered", false);
+            exit(1)
+        }
+    }
+}
+
+fn connect_offers(bus: &mut Bus) -> Option<u32> {
+    check("INITIATE_CONTACT sent", bus.connect().is_ok());
+    match next_event(bus) {
+        GuestEvent::Connected { version } => {
+            println!("vmbus-echo: connected, version {}.{}", version >> 16, version & 0xFFFF)
+        }
+        e => {
+            println!("vmbus-echo: connecting: {e:?}");
+            exit(1)
+        }
+    }
+    check("REQUESTOFFERS sent", bus.request_offers().is_ok());
+    let (mut offers, mut echo) = (0, None);
+    loop {
+        match next_event(bus) {
+            GuestEvent::Offer(o) => {
+                offers += 1;
+                if o.interface_type == class::ECHO {
+                    echo = Some(o.child_relid);
+                }
+            }
+            GuestEvent::AllOffersDelivered => break,
+            e => println!("vmbus-echo: (while collecting offers: {e:?})"),
+        }
+    }
+    println!("vmbus-echo: {offers} offers, echo device {}", if echo.is_some() { "among them" } else { "absent" });
+    echo
+}
+
+/// The figures `cargo xtask bench` reads.
+fn bench(bus: &mut Bus, ch: &mut Chan, relid: u32) {
+    const ROUND_TRIPS: u64 = 500;
+    const BATCH: u64 = 32;
+    const BATCHES: u64 = 32;
+    const MODIFIES: u64 = 100;
+    const EVENTS: u64 = 1000;
+    let mut reply = Vec::new();
+    let mut packet = [0u8; 64];
+    packet[..4].copy_from_slice(&OP_ECHO.to_le_bytes());
+
+    let (s0, t0) = (world_switches(ch, relid), rdtsc());
+    for i in 0..ROUND_TRIPS {
+        while !send(ch, i, &packet) {
+            sleep();
+        }
+        recv(ch, relid, &mut reply);
+    }
+    let (t1, s1) = (rdtsc(), world_switches(ch, relid));
+    report("ping-pong round trip", ROUND_TRIPS, t1 - t0, s1 - s0);
+
+    let (s0, t0) = (world_switches(ch, relid), rdtsc());
+    for b in 0..BATCHES {
+        let mut sent = 0;
+        while sent < BATCH {
+            if send(ch, b * BATCH + sent, &packet) {
+                sent += 1;
+            } else {
+                sleep();
+            }
+        }
+        for _ in 0..BATCH {
+            recv(ch, relid, &mut reply);
+        }
+    }
+    let (t1, s1) = (rdtsc(), world_switches(ch, relid));
+    report("batch of 32 packets each way", BATCHES, t1 - t0, s1 - s0);
+
+    let (s0, t0) = (world_switches(ch, relid), rdtsc());
+    for _ in 0..MODIFIES {
+        if bus.modify_channel(relid, 0).is_err() {
+            check("MODIFYCHANNEL sent", false);
+        }
+        match next_event(bus) {
+            GuestEvent::Modified { status: 0, .. } => {}
+            e => {
+                println!("vmbus-echo: MODIFYCHANNEL answered {e:?}");
+                exit(1)
+            }
+        }
+    }
+    let (t1, s1) = (rdtsc(), world_switches(ch, relid));
+    report("control message round trip", MODIFIES, t1 - t0, s1 - s0);
+
+    let (s0, t0) = (world_switches(ch, relid), rdtsc());
+    let connection = bus.offer(relid).map_or(0, |o| o.connection_id);
+    let ok = (0..EVENTS).filter(|_| signal_event(connection) == status::SUCCESS).count();
+    let (t1, s1) = (rdtsc(), world_switches(ch, relid));
+    check("HvSignalEvent on the channel's connection", ok as u64 == EVENTS);
+    report("signalled event", EVENTS, t1 - t0, s1 - s0);
+    println!("vmbus-echo: {} HvPostMessage retries for want of buffers", bus.port().retries);
+}
