@@ -56,6 +56,8 @@ pub struct Channel<R: RingMemory, N: Notify> {
     outbound: RingWriter<R>,
     notifier: N,
     buf: Vec<u8>,
+    /// A [`Channel::send_quiet`] owes the peer a signal.
+    owed: bool,
 }
 
 impl<R: RingMemory, N: Notify> Channel<R, N> {
@@ -66,6 +68,7 @@ impl<R: RingMemory, N: Notify> Channel<R, N> {
             outbound,
             notifier,
             buf: Vec::new(),
+            owed: false,
         }
     }
 
@@ -95,7 +98,8 @@ impl<R: RingMemory, N: Notify> Channel<R, N> {
             match self.outbound.write(header.as_slice(), packet.payload)? {
                 WriteResult::Written { signal } => {
                     self.outbound.clear_pending_send();
-                    if signal {
+                    // A signal a quiet send still owes goes now too.
+                    if signal || core::mem::take(&mut self.owed) {
                         self.notifier.notify();
                     }
                     return Ok(SendResult::Sent);
@@ -108,6 +112,38 @@ impl<R: RingMemory, N: Notify> Channel<R, N> {
             }
         }
         Ok(SendResult::Full { needed: 0 })
+    }
+
+    /// Sends a packet like [`Channel::send`] but keeps the signal the ring
+    /// rules ask for until [`Channel::flush`]: a batch of packets costs the
+    /// peer one signal. A full ring signals what is owed at once (the
+    /// reader must wake to make room).
+    pub fn send_quiet(&mut self, packet: &OutgoingPacket<'_>) -> Result<SendResult, ChannelError> {
+        let header = packet.encode_header().map_err(ChannelError::Packet)?;
+        // At most one retry, as in `send`.
+        for attempt in 0..2 {
+            match self.outbound.write(header.as_slice(), packet.payload)? {
+                WriteResult::Written { signal } => {
+                    self.outbound.clear_pending_send();
+                    self.owed |= signal;
+                    return Ok(SendResult::Sent);
+                }
+                WriteResult::Full { needed } => {
+                    self.flush();
+                    if attempt > 0 || !self.outbound.request_space(needed)? {
+                        return Ok(SendResult::Full { needed });
+                    }
+                }
+            }
+        }
+        Ok(SendResult::Full { needed: 0 })
+    }
+
+    /// Signals the peer if a [`Channel::send_quiet`] owes it.
+    pub fn flush(&mut self) {
+        if core::mem::take(&mut self.owed) {
+            self.notifier.notify();
+        }
     }
 
     /// Receives one packet: copies it out, hands the space back (signalling
@@ -205,6 +241,32 @@ mod tests {
         assert_eq!((p.kind, p.transaction_id), (PacketKind::Completion, 77));
         assert_eq!(&p.payload[..4], b"pong");
         assert!(a.recv().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_quiet_batch_signals_once() {
+        let (mut a, mut b, sig_b, _sig_a) = pair(8192);
+        for i in 0..10 {
+            assert_eq!(
+                a.send_quiet(&OutgoingPacket::in_band(i, false, &[b"batch"])),
+                Ok(SendResult::Sent)
+            );
+        }
+        assert_eq!(sig_b.load(Ordering::Relaxed), 0, "nothing before the flush");
+        a.flush();
+        a.flush();
+        assert_eq!(sig_b.load(Ordering::Relaxed), 1, "one signal for the batch");
+        assert_eq!(b.recv_batch(usize::MAX, |p| assert!(p.is_ok())), Ok(10));
+        // A full ring pays what it owes before it waits.
+        let payload = [7u8; 200];
+        let full = loop {
+            match a.send_quiet(&OutgoingPacket::in_band(0, false, &[&payload])) {
+                Ok(SendResult::Sent) => {}
+                other => break other,
+            }
+        };
+        assert!(matches!(full, Ok(SendResult::Full { .. })));
+        assert_eq!(sig_b.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -57,11 +57,22 @@ impl EchoServer {
         channel: &mut Channel<R, N>,
         mut counter: impl FnMut() -> u64,
     ) -> Result<(), ChannelError> {
+        // Replies go quietly; the guest gets one signal for all of them.
+        let served = self.serve_quietly(channel, &mut counter);
+        channel.flush();
+        served
+    }
+
+    fn serve_quietly<R: RingMemory, N: Notify>(
+        &mut self,
+        channel: &mut Channel<R, N>,
+        counter: &mut impl FnMut() -> u64,
+    ) -> Result<(), ChannelError> {
         let mut read = 0;
         loop {
             while let Some((id, payload)) = self.waiting.front() {
                 let parts: [&[u8]; 1] = [payload];
-                match channel.send(&OutgoingPacket::in_band(*id, false, &parts))? {
+                match channel.send_quiet(&OutgoingPacket::in_band(*id, false, &parts))? {
                     SendResult::Sent => {
                         self.answered += 1;
                         self.waiting.pop_front();
@@ -76,7 +87,7 @@ impl EchoServer {
             let (waiting, refused) = (&mut self.waiting, &mut self.refused);
             let n = channel.recv_batch(QUEUE, |p| match p {
                 Ok(p) if matches!(p.kind, PacketKind::InBand) => {
-                    match answer(p.payload, &mut counter) {
+                    match answer(p.payload, counter) {
                         Some(reply) => waiting.push_back((p.transaction_id, reply)),
                         None => *refused += 1,
                     }
