@@ -114,7 +114,10 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().context("--runs needs a number")?.parse()?,
-            "--only" => only = Some(it.next().context("--only needs exits, io or linux")?),
+            "--only" => only = Some(
+                it.next()
+                    .context("--only needs exits, io, vmbus or linux")?,
+            ),
             other => bail!("unknown option \"{other}\" for bench"),
         }
     }
@@ -134,7 +137,11 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             linux(&art)?;
             return Ok(0);
         }
-        Some(other) => bail!("--only {other}: expected exits, io or linux"),
+        Some("vmbus") => {
+            vmbus_echo(&art)?;
+            return Ok(0);
+        }
+        Some(other) => bail!("--only {other}: expected exits, io, vmbus or linux"),
     }
     let elf = std::fs::read(&art.hypervisor)?;
     println!(
@@ -195,6 +202,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     }
     exits(&art, runs)?;
     io_intercepts(&art)?;
+    vmbus_echo(&art)?;
     linux(&art)?;
     println!("== VMBus ring throughput (cargo run -p vmbus --release --example ring_bench)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -437,6 +445,74 @@ fn linux(art: &build::Artifacts) -> Result<()> {
         all as f64 / 10.0,
         per_second.join(", ")
     );
+    Ok(())
+}
+
+/// VMBus between a guest and the root: the `vmbus-echo` guest's own
+/// figures (TSC ticks, and world switches of all processors from the echo
+/// device's counter) per ping-pong round trip, per batch of 32 packets each
+/// way, per control-message round trip and per signalled event.
+fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
+    println!("== VMBus (guest vmbus-echo and the root's echo device), 1 processor");
+    let script: Vec<String> = [
+        "vm new e --memory 8M --image vmbus-echo",
+        "vm device add e echo",
+        "vm start e",
+        "vm wait e --for text \"waiting for the device to be removed\" 600",
+        "vm console e --log",
+        "vm stop e --turn-off",
+        "shutdown",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
+    modules.extend(art.guests.iter().cloned());
+    for (label, mut m, icount) in [
+        (
+            "qemu (AMD SVM+NPT)",
+            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
+            false,
+        ),
+        (
+            "qemu -icount (instructions)",
+            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
+            true,
+        ),
+        (
+            "bochs (Intel VMX+EPT)",
+            Machine::new(Emulator::Bochs, Boot::Grub, 1, 256),
+            false,
+        ),
+    ] {
+        m.cmdline = String::new();
+        m.count_instructions = icount;
+        let run = run_script(art, &m, &modules, "bench-vmbus", &script, 900)?;
+        let unit = if icount { "instructions" } else { "TSC ticks" };
+        println!("  {label}:");
+        for what in [
+            "ping-pong round trip",
+            "batch of 32 packets each way",
+            "control message round trip",
+            "signalled event",
+        ] {
+            let line = run
+                .outcome
+                .serial
+                .lines()
+                .find_map(|l| l.split(&format!("vmbus-echo: bench {what}: ")).nth(1))
+                .with_context(|| format!("{label}: no figures for {what}"))?;
+            let ticks: u64 = line
+                .split(", ")
+                .nth(1)
+                .and_then(|t| t.split(" ticks").next())
+                .and_then(|t| t.parse().ok())
+                .with_context(|| format!("{label}: unreadable line {line}"))?;
+            let switches = system_tests::echo_bench_switches(&run.outcome.serial, what)
+                .with_context(|| format!("{label}: unreadable line {line}"))?;
+            println!("    {what:<30} {switches:>7.2} world switches, {ticks:>8} {unit}");
+        }
+    }
     Ok(())
 }
 
