@@ -441,7 +441,10 @@ pub fn echo_bench_switches(log: &str, what: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.split(&format!("vmbus-echo: bench {what}: ")).nth(1))?;
     let (_, tail) = line.split_once(" ticks and ")?;
-    tail.strip_suffix(" world switches each")?.trim().parse().ok()
+    tail.strip_suffix(" world switches each")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The echo guest's figures are there, and the ring's interrupt rules

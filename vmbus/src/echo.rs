@@ -86,12 +86,10 @@ impl EchoServer {
             }
             let (waiting, refused) = (&mut self.waiting, &mut self.refused);
             let n = channel.recv_batch(QUEUE, |p| match p {
-                Ok(p) if matches!(p.kind, PacketKind::InBand) => {
-                    match answer(p.payload, counter) {
-                        Some(reply) => waiting.push_back((p.transaction_id, reply)),
-                        None => *refused += 1,
-                    }
-                }
+                Ok(p) if matches!(p.kind, PacketKind::InBand) => match answer(p.payload, counter) {
+                    Some(reply) => waiting.push_back((p.transaction_id, reply)),
+                    None => *refused += 1,
+                },
                 _ => *refused += 1,
             })?;
             if n == 0 {
@@ -156,7 +154,8 @@ mod tests {
 
     fn send(ch: &mut Ch, id: u64, payload: &[u8]) -> SendResult {
         let parts: [&[u8]; 1] = [payload];
-        ch.send(&OutgoingPacket::in_band(id, false, &parts)).unwrap()
+        ch.send(&OutgoingPacket::in_band(id, false, &parts))
+            .unwrap()
     }
 
     fn recv(ch: &mut Ch) -> Option<(u64, Vec<u8>)> {

@@ -551,7 +551,11 @@ impl<P: HostPort> Host<P> {
             return Ok(None);
         }
         match builder.finish() {
-            Ok(g) if !g.ranges().all(|r| r.pfns.iter().all(|&p| self.port.is_guest_page(p))) => {
+            Ok(g)
+                if !g
+                    .ranges()
+                    .all(|r| r.pfns.iter().all(|&p| self.port.is_guest_page(p))) =>
+            {
                 self.gpadl_failed(relid, id);
                 Err(HostError::OutsideGuest(id))
             }

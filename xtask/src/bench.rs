@@ -114,10 +114,12 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().context("--runs needs a number")?.parse()?,
-            "--only" => only = Some(
-                it.next()
-                    .context("--only needs exits, io, vmbus or linux")?,
-            ),
+            "--only" => {
+                only = Some(
+                    it.next()
+                        .context("--only needs exits, io, vmbus or linux")?,
+                )
+            }
             other => bail!("unknown option \"{other}\" for bench"),
         }
     }

@@ -984,7 +984,10 @@ impl Vmm {
             );
         }
         if vm.echo {
-            println!("  VMBus devices:  echo (vm device remove {} echo)", vm.name());
+            println!(
+                "  VMBus devices:  echo (vm device remove {} echo)",
+                vm.name()
+            );
         }
         if vm.cmdline_len > 0 {
             println!(

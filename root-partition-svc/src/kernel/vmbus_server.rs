@@ -531,7 +531,11 @@ impl VmBus {
                 }
                 // A rescinded device is gone with the connection; the
                 // others are offered again when the guest reconnects.
-                if self.echo.as_ref().is_some_and(|d| d.stage == DeviceStage::Rescinded) {
+                if self
+                    .echo
+                    .as_ref()
+                    .is_some_and(|d| d.stage == DeviceStage::Rescinded)
+                {
                     self.echo = None;
                 } else if let Some(dev) = self.echo.as_mut() {
                     dev.channel = None;

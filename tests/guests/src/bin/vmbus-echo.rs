@@ -190,8 +190,15 @@ impl GuestPort for Port {
 
     fn map_ring(&mut self, pfns: &[u64]) -> Option<RawRing> {
         let (&first, rest) = pfns.split_first()?;
-        let contiguous = rest.iter().enumerate().all(|(i, &p)| p == first + 1 + i as u64);
-        if rest.is_empty() || !contiguous || first * PAGE < PAGES_AT || (first + 1) * PAGE + rest.len() as u64 * PAGE > self.end {
+        let contiguous = rest
+            .iter()
+            .enumerate()
+            .all(|(i, &p)| p == first + 1 + i as u64);
+        if rest.is_empty()
+            || !contiguous
+            || first * PAGE < PAGES_AT
+            || (first + 1) * PAGE + rest.len() as u64 * PAGE > self.end
+        {
             return None;
         }
         let header = core::ptr::NonNull::new((first * PAGE) as *mut RingHeader)?;
@@ -324,7 +331,8 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
         pfns: &outside,
     };
     let _ = bus.create_gpadl(echo_relid, &[range]);
-    let refused = matches!(next_event(&mut bus), GuestEvent::GpadlCreated { status, .. } if status != 0);
+    let refused =
+        matches!(next_event(&mut bus), GuestEvent::GpadlCreated { status, .. } if status != 0);
     check("a GPADL naming pages outside the guest is refused", refused);
 
     let params = OpenParams {
@@ -361,7 +369,10 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
             intact += 1;
         }
     }
-    check("200 packets of 8 to 1500 bytes echoed intact, in order", intact == 200);
+    check(
+        "200 packets of 8 to 1500 bytes echoed intact, in order",
+        intact == 200,
+    );
 
     bench(&mut bus, &mut ch, echo_relid);
 
@@ -392,9 +403,15 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
     // Unload and connect again, as a rebooting guest does: the offers come
     // back, the echo device no longer among them.
     check("unload sent", bus.unload().is_ok());
-    check("unloaded", matches!(next_event(&mut bus), GuestEvent::Unloaded));
+    check(
+        "unloaded",
+        matches!(next_event(&mut bus), GuestEvent::Unloaded),
+    );
     let again = connect_offers(&mut bus);
-    check("connected again; the removed device is not offered", again.is_none());
+    check(
+        "connected again; the removed device is not offered",
+        again.is_none(),
+    );
     println!("vmbus-echo: done; ignoring the shutdown service");
     loop {
         sleep();
@@ -416,7 +433,11 @@ fn connect_offers(bus: &mut Bus) -> Option<u32> {
     check("INITIATE_CONTACT sent", bus.connect().is_ok());
     match next_event(bus) {
         GuestEvent::Connected { version } => {
-            println!("vmbus-echo: connected, version {}.{}", version >> 16, version & 0xFFFF)
+            println!(
+                "vmbus-echo: connected, version {}.{}",
+                version >> 16,
+                version & 0xFFFF
+            )
         }
         e => {
             println!("vmbus-echo: connecting: {e:?}");
@@ -437,7 +458,14 @@ fn connect_offers(bus: &mut Bus) -> Option<u32> {
             e => println!("vmbus-echo: (while collecting offers: {e:?})"),
         }
     }
-    println!("vmbus-echo: {offers} offers, echo device {}", if echo.is_some() { "among them" } else { "absent" });
+    println!(
+        "vmbus-echo: {offers} offers, echo device {}",
+        if echo.is_some() {
+            "among them"
+        } else {
+            "absent"
+        }
+    );
     echo
 }
 
@@ -501,9 +529,17 @@ fn bench(bus: &mut Bus, ch: &mut Chan, relid: u32) {
 
     let (s0, t0) = (world_switches(ch, relid), rdtsc());
     let connection = bus.offer(relid).map_or(0, |o| o.connection_id);
-    let ok = (0..EVENTS).filter(|_| signal_event(connection) == status::SUCCESS).count();
+    let ok = (0..EVENTS)
+        .filter(|_| signal_event(connection) == status::SUCCESS)
+        .count();
     let (t1, s1) = (rdtsc(), world_switches(ch, relid));
-    check("HvSignalEvent on the channel's connection", ok as u64 == EVENTS);
+    check(
+        "HvSignalEvent on the channel's connection",
+        ok as u64 == EVENTS,
+    );
     report("signalled event", EVENTS, t1 - t0, s1 - s0);
-    println!("vmbus-echo: {} HvPostMessage retries for want of buffers", bus.port().retries);
+    println!(
+        "vmbus-echo: {} HvPostMessage retries for want of buffers",
+        bus.port().retries
+    );
 }
