@@ -103,7 +103,8 @@ impl CpuidCache {
 /// a guest's privileges (no partition management) and the enlightenments
 /// that work for guests: the reference counter and reference TSC page, the
 /// frequency MSRs, the hypercall and VP-index MSRs, the SynIC with
-/// HvPostMessage and HvSignalEvent; the recommendation not to use AutoEOI
+/// HvPostMessage and HvSignalEvent (not the synthetic timers yet: see
+/// docs/hypercalls.md); the recommendation not to use AutoEOI
 /// (hint bit 9: the guest EOIs its SynIC interrupts).
 pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;

@@ -17,6 +17,7 @@ use hv_abi::synic::{
     Message,
 };
 use hypervisor_core::control_regs;
+use hypervisor_core::stimer::SynTimers;
 use hypervisor_core::vapic::{self, VirtualApic};
 
 /// What the LP does after a guest exit. (The message travels by value: a
@@ -60,6 +61,7 @@ pub fn dispatch(
             let value = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
                 crate::x86::msr::IA32_APIC_BASE => Some(vapic::apic_base(vp.index)),
+                m if SynTimers::owns(m) => vp.stimers.lock().read(m),
                 _ => vp.synic.read_msr(m).or_else(|| read_msr(part, vcpu, vp, m)),
             };
             vcpu.finish_rdmsr(value);
@@ -94,6 +96,10 @@ pub fn dispatch(
                     }
                 }
                 crate::x86::msr::IA32_APIC_BASE => vapic::apic_base_write_ok(vp.index, v),
+                m if SynTimers::owns(m) => {
+                    let now = time::reference().at(cpu::rdtsc());
+                    vp.stimers.lock().write(m, v, now).is_ok()
+                }
                 _ => vp
                     .synic
                     .write_msr(&GuestVpOwner(root, part, vp), m, v, false)

@@ -22,8 +22,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hv_abi::synic::INTERCEPT_SINT;
-use hypervisor_core::sched;
 use hypervisor_core::vapic::VirtualApic;
+use hypervisor_core::{sched, stimer};
 
 const WINDOW_US: u64 = 100_000;
 
@@ -60,6 +60,51 @@ impl sched::Candidate for Local {
 }
 
 impl Local {
+    /// Expires the VP's synthetic timers that are due: a direct-mode
+    /// vector goes into its APIC, a message into its SynIC (whose SINT
+    /// interrupt then reaches the VP as any other).
+    fn expire_timers(&mut self, root: &RootPartition) {
+        let now = crate::time::reference().at(cpu::rdtsc());
+        let mut due = [None; stimer::TIMERS];
+        {
+            let mut timers = self.vp.stimers.lock();
+            if timers.next_due().is_none_or(|d| d > now) {
+                return;
+            }
+            let mut n = 0;
+            timers.tick(now, |e| {
+                if let Some(slot) = due.get_mut(n) {
+                    *slot = Some(e);
+                    n += 1;
+                }
+            });
+        }
+        for expiry in due.into_iter().flatten() {
+            match expiry {
+                stimer::Expiry::Vector(v) => self.vapic.request(v),
+                stimer::Expiry::Message {
+                    sint,
+                    index,
+                    expiration,
+                    delivery,
+                } => crate::ports::post_timer_expired(
+                    root,
+                    &self.part,
+                    &self.vp,
+                    sint,
+                    index,
+                    (expiration, delivery),
+                ),
+            }
+        }
+    }
+
+    /// When the VP's next synthetic timer is due (TSC).
+    fn timer_deadline(&self) -> Option<u64> {
+        let due = self.vp.stimers.lock().next_due()?;
+        Some(crate::time::reference().tsc_at(due))
+    }
+
     /// As `runnable`, with the VP's shared state already locked: a halted
     /// VP also runs for an interrupt its own APIC has (its timer).
     fn may_run_with(s: &partition::VpShared, vapic: &mut VirtualApic, now: u64) -> bool {
@@ -145,6 +190,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             // even looked at (the common path of the root's own exits).
             Choice::Root
         } else {
+            // Synthetic timers due end a halt like the APIC's own.
+            for g in guests.iter_mut() {
+                g.expire_timers(root);
+            }
             match scheduler.pick(cpu::rdtsc(), &mut guests) {
                 Some(i) => Choice::Guest(i),
                 None => Choice::Idle,
@@ -240,7 +289,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     .allowance(&g.account, controls)
                     .map(|allowed| entered + allowed);
                 let deadline = earliest(vapic.deadline(), limit);
-                let exit = match enter_guest(caps, g, &mut active, deadline) {
+                let exit = match enter_guest(root, caps, g, &mut active, deadline) {
                     Some(exit) => exit,
                     None => {
                         left_guest = cpu::rdtsc();
@@ -303,11 +352,13 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
 /// Makes guest VP `g` run once (creating its VMCS/VMCB the first time,
 /// loading a context the root changed). `None` if it may not run after all.
 fn enter_guest(
+    root: &RootPartition,
     caps: &Caps,
     g: &mut Local,
     active: &mut Active,
     root_deadline: Option<u64>,
 ) -> Option<vcpu::Exit> {
+    g.expire_timers(root);
     {
         // Checked under the same lock that `running` is set under: a
         // suspension or deletion the root asked for meanwhile is honoured.
@@ -359,9 +410,10 @@ fn enter_guest(
             s.halted = false;
         }
     }
-    let v = g.vcpu.as_mut()?;
     // The root's timer and the VP's own preempt it (VMX; SVM: the host tick).
-    v.set_timer_deadline(earliest(root_deadline, g.vapic.deadline()));
+    let own = earliest(g.vapic.deadline(), g.timer_deadline());
+    let v = g.vcpu.as_mut()?;
+    v.set_timer_deadline(earliest(root_deadline, own));
     let exceptions = g.part.exception_intercepts.load(Ordering::Acquire);
     if exceptions != g.exceptions {
         v.set_exception_intercepts(exceptions);

@@ -207,6 +207,8 @@ pub struct GuestVp {
     pub vp_assist: AtomicU64,
     /// Its synthetic interrupt controller.
     pub synic: crate::synic::SynIc,
+    /// Its synthetic timers (MSRs 0x400000B0-B7), expired by its LP.
+    pub stimers: Mutex<hypervisor_core::stimer::SynTimers>,
 }
 
 impl GuestVp {
@@ -717,6 +719,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         served: AtomicU64::new(0),
         vp_assist: AtomicU64::new(0),
         synic: crate::synic::SynIc::new(),
+        stimers: Mutex::new(hypervisor_core::stimer::SynTimers::default()),
     });
     inner.vps.push(vp.clone());
     drop(inner);
@@ -976,6 +979,7 @@ fn set_register(
                 return Err(status::INVALID_REGISTER_VALUE);
             }
             vp.synic.reset();
+            vp.stimers.lock().reset();
             Ok(())
         }
         _ => {

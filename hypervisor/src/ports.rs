@@ -319,6 +319,36 @@ fn message(origin: u64, kind: u32, payload: &[u8]) -> Result<Message, u16> {
     Ok(m)
 }
 
+/// Origins of synthetic timer messages: one per timer, so the per-sender
+/// queue limit keeps at most one expiry of each waiting.
+const TIMER_ORIGIN: u64 = u64::MAX - 16;
+
+/// A synthetic timer's TimerExpired message into SINT `sint` of a guest VP.
+/// A guest that does not keep up loses expiries (one of each timer waits),
+/// never hypervisor memory; a masked SINT gets nothing.
+pub fn post_timer_expired(
+    root: &RootPartition,
+    part: &Partition,
+    vp: &GuestVp,
+    sint: u8,
+    index: u32,
+    times: (u64, u64),
+) {
+    use hypervisor_core::stimer::{Expiry, TIMER_EXPIRED};
+    let payload = Expiry::payload(index, times.0, times.1);
+    let mut m = Message {
+        kind: TIMER_EXPIRED,
+        flags: 0,
+        sender: TIMER_ORIGIN + u64::from(index),
+        size: payload.len() as u8,
+        payload: [0; PAYLOAD_MAX],
+    };
+    m.payload[..payload.len()].copy_from_slice(&payload);
+    let _ = vp
+        .synic
+        .post(&GuestVpOwner(root, part, vp), usize::from(sint), m, Some(1));
+}
+
 /// HvPostMessage from partition `from` (input: the 256-byte block).
 pub fn post_message(root: &RootPartition, from: u64, bytes: &[u8]) -> Result<usize, u16> {
     let p: PostMessage = input(bytes)?;

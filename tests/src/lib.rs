@@ -1215,6 +1215,9 @@ fn guest_tests() -> Vec<GuestTest> {
             ],
             &[
                 "vm device: e's echo device offered from its next start",
+                "vmbus-echo: CPUID does not offer synthetic timers yet: ok",
+                "vmbus-echo: a one-shot direct-mode timer fires its vector, not before its time, then is off: ok",
+                "vmbus-echo: a periodic timer posts TimerExpired messages to its SINT, a period apart: ok",
                 "vmbus-echo: connected, version 5.3",
                 "vmbus-echo: 4 offers, echo device among them",
                 "vmbus-echo: a GPADL naming pages outside the guest is refused: ok",

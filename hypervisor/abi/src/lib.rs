@@ -43,6 +43,8 @@ pub mod cpuid {
         pub const FREQUENCY_MSRS_AVAILABLE: u32 = 1 << 8;
         /// Bit 10: the guest crash MSRs (0x40000100-0x40000105).
         pub const GUEST_CRASH_MSRS: u32 = 1 << 10;
+        /// Bit 19: synthetic timers in direct mode (a vector, no message).
+        pub const DIRECT_SYNTHETIC_TIMERS: u32 = 1 << 19;
     }
 
     /// Leaf 0x40000004 EAX: implementation recommendations.
@@ -56,6 +58,8 @@ pub mod cpuid {
         pub const ACCESS_VP_RUNTIME: u32 = 1 << 0;
         pub const ACCESS_PARTITION_REFERENCE_COUNTER: u32 = 1 << 1;
         pub const ACCESS_SYNIC_REGS: u32 = 1 << 2;
+        /// The synthetic timer MSRs (0x400000B0-B7).
+        pub const ACCESS_SYNTHETIC_TIMER_REGS: u32 = 1 << 3;
         pub const ACCESS_HYPERCALL_MSRS: u32 = 1 << 5;
         pub const ACCESS_VP_INDEX: u32 = 1 << 6;
         /// The reference TSC page (MSR 0x40000021).

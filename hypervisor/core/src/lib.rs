@@ -24,5 +24,6 @@ pub mod page_table;
 pub mod pending;
 pub mod ref_time;
 pub mod sched;
+pub mod stimer;
 pub mod vapic;
 pub mod vmx_controls;

@@ -49,6 +49,15 @@ impl RefTime {
         scaled.wrapping_add(self.offset as u64)
     }
 
+    /// The first TSC value at which the reference time is `time` or later
+    /// (within a tick): when a timer due at `time` may fire.
+    pub fn tsc_at(&self, time: u64) -> u64 {
+        let ticks = (time as u128 * self.tsc_hz as u128).div_ceil(10_000_000);
+        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
+        // A margin of two TSC ticks covers the page formula's rounding.
+        self.boot_tsc.saturating_add(ticks).saturating_add(2)
+    }
+
     /// The first bytes of a reference TSC page: TscSequence (non-zero:
     /// valid), reserved, TscScale, TscOffset; the rest of the page is zero.
     pub fn page(&self, sequence: u32) -> Option<[u8; 24]> {
@@ -74,6 +83,23 @@ mod tests {
         // One second later: 10^7 units, within rounding.
         let one = t.at(7_000_000_000);
         assert!((9_999_990..=10_000_001).contains(&one), "{one}");
+    }
+
+    #[test]
+    fn tsc_at_is_when_the_time_has_come() {
+        for hz in [5_000_000u64, 2_000_000_000, 2_603_000_000] {
+            let t = RefTime::new(hz, 123_456_789);
+            for time in [0u64, 1, 10_000, 10_000_000, 123_456_789_012] {
+                let tsc = t.tsc_at(time);
+                assert!(t.at(tsc) >= time, "{hz} Hz: {time}");
+                // Two TSC ticks of margin, one of rounding.
+                let slack = 1 + 3 * 10_000_000u64.div_ceil(hz);
+                assert!(
+                    t.at(tsc) <= time + slack,
+                    "{hz} Hz: {time}: not later than needed"
+                );
+            }
+        }
     }
 
     #[test]
