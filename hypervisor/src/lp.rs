@@ -62,23 +62,25 @@ impl sched::Candidate for Local {
 impl Local {
     /// Expires the VP's synthetic timers that are due: a direct-mode
     /// vector goes into its APIC, a message into its SynIC (whose SINT
-    /// interrupt then reaches the VP as any other).
-    fn expire_timers(&mut self, root: &RootPartition) {
-        let now = crate::time::reference().at(cpu::rdtsc());
+    /// interrupt then reaches the VP as any other). Returns when the next
+    /// one is due (TSC), if one is armed.
+    fn expire_timers(&mut self, root: &RootPartition) -> Option<u64> {
+        let reference = crate::time::reference();
+        let now = reference.at(cpu::rdtsc());
         let mut due = [None; stimer::TIMERS];
-        {
+        let next = {
             let mut timers = self.vp.stimers.lock();
-            if timers.next_due().is_none_or(|d| d > now) {
-                return;
+            if timers.next_due().is_some_and(|d| d <= now) {
+                let mut n = 0;
+                timers.tick(now, |e| {
+                    if let Some(slot) = due.get_mut(n) {
+                        *slot = Some(e);
+                        n += 1;
+                    }
+                });
             }
-            let mut n = 0;
-            timers.tick(now, |e| {
-                if let Some(slot) = due.get_mut(n) {
-                    *slot = Some(e);
-                    n += 1;
-                }
-            });
-        }
+            timers.next_due()
+        };
         for expiry in due.into_iter().flatten() {
             match expiry {
                 stimer::Expiry::Vector(v) => self.vapic.request(v),
@@ -97,12 +99,7 @@ impl Local {
                 ),
             }
         }
-    }
-
-    /// When the VP's next synthetic timer is due (TSC).
-    fn timer_deadline(&self) -> Option<u64> {
-        let due = self.vp.stimers.lock().next_due()?;
-        Some(crate::time::reference().tsc_at(due))
+        next.map(|d| reference.tsc_at(d))
     }
 
     /// As `runnable`, with the VP's shared state already locked: a halted
@@ -358,7 +355,7 @@ fn enter_guest(
     active: &mut Active,
     root_deadline: Option<u64>,
 ) -> Option<vcpu::Exit> {
-    g.expire_timers(root);
+    let timer_deadline = g.expire_timers(root);
     {
         // Checked under the same lock that `running` is set under: a
         // suspension or deletion the root asked for meanwhile is honoured.
@@ -411,7 +408,7 @@ fn enter_guest(
         }
     }
     // The root's timer and the VP's own preempt it (VMX; SVM: the host tick).
-    let own = earliest(g.vapic.deadline(), g.timer_deadline());
+    let own = earliest(g.vapic.deadline(), timer_deadline);
     let v = g.vcpu.as_mut()?;
     v.set_timer_deadline(earliest(root_deadline, own));
     let exceptions = g.part.exception_intercepts.load(Ordering::Acquire);

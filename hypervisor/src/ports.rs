@@ -308,6 +308,12 @@ fn message(origin: u64, kind: u32, payload: &[u8]) -> Result<Message, u16> {
     if kind == 0 || kind >= 0x8000_0000 || payload.len() > PAYLOAD_MAX {
         return Err(status::INVALID_PARAMETER);
     }
+    Ok(slot_message(origin, kind, payload))
+}
+
+/// A message as it goes into a slot, of any type; `payload` is at most 240
+/// bytes (the callers' checks or their fixed layouts).
+fn slot_message(origin: u64, kind: u32, payload: &[u8]) -> Message {
     let mut m = Message {
         kind,
         flags: 0,
@@ -316,7 +322,7 @@ fn message(origin: u64, kind: u32, payload: &[u8]) -> Result<Message, u16> {
         payload: [0; PAYLOAD_MAX],
     };
     m.payload[..payload.len()].copy_from_slice(payload);
-    Ok(m)
+    m
 }
 
 /// Origins of synthetic timer messages: one per timer, so the per-sender
@@ -336,14 +342,7 @@ pub fn post_timer_expired(
 ) {
     use hypervisor_core::stimer::{Expiry, TIMER_EXPIRED};
     let payload = Expiry::payload(index, times.0, times.1);
-    let mut m = Message {
-        kind: TIMER_EXPIRED,
-        flags: 0,
-        sender: TIMER_ORIGIN + u64::from(index),
-        size: payload.len() as u8,
-        payload: [0; PAYLOAD_MAX],
-    };
-    m.payload[..payload.len()].copy_from_slice(&payload);
+    let m = slot_message(TIMER_ORIGIN + u64::from(index), TIMER_EXPIRED, &payload);
     let _ = vp
         .synic
         .post(&GuestVpOwner(root, part, vp), usize::from(sint), m, Some(1));

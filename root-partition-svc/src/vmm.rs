@@ -449,13 +449,9 @@ impl<const N: usize> Console<N> {
         }
     }
 
-    /// Whether the kept bytes contain `text` (also across the ring's wrap).
-    pub fn contains(&self, text: &[u8]) -> bool {
-        self.contains_since(text, 0)
-    }
-
     /// Whether `text` ends among the bytes pushed after the first `since`
-    /// (`total` then): a poller looks only at what is new.
+    /// (`total` then), also across the ring's wrap: a poller looks only at
+    /// what is new; `since` 0 searches everything kept.
     pub fn contains_since(&self, text: &[u8], since: u64) -> bool {
         if text.is_empty() {
             return true;
@@ -996,8 +992,9 @@ mod tests {
         assert_eq!([a, b].concat(), b"cdef");
         assert_eq!(c.total, 6);
         // "cdef" is kept across the wrap ("ef" | "cd").
-        assert!(c.contains(b"cdef") && c.contains(b"de") && c.contains(b""));
-        assert!(!c.contains(b"bc") && !c.contains(b"cdefg") && !c.contains(b"fc"));
+        let has = |t: &[u8]| c.contains_since(t, 0);
+        assert!(has(b"cdef") && has(b"de") && has(b""));
+        assert!(!has(b"bc") && !has(b"cdefg") && !has(b"fc"));
         // After 4 bytes were seen, "ef" (pushed later) is new, "cd" not.
         assert!(c.contains_since(b"ef", 4) && c.contains_since(b"de", 4));
         assert!(!c.contains_since(b"cd", 4) && !c.contains_since(b"ef", 6));

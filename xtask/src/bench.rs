@@ -450,26 +450,18 @@ fn linux(art: &build::Artifacts) -> Result<()> {
     Ok(())
 }
 
-/// VMBus between a guest and the root: the `vmbus-echo` guest's own
-/// figures (TSC ticks, and world switches of all processors from the echo
-/// device's counter) per ping-pong round trip, per batch of 32 packets each
-/// way, per control-message round trip and per signalled event.
-fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
-    println!("== VMBus (guest vmbus-echo and the root's echo device), 1 processor");
-    let script: Vec<String> = [
-        "vm new e --memory 8M --image vmbus-echo",
-        "vm device add e echo",
-        "vm start e",
-        "vm wait e --for text \"waiting for the device to be removed\" 600",
-        "vm console e --log",
-        "vm stop e --turn-off",
-        "shutdown",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+/// Runs a root-shell script with the test guests as modules on one
+/// processor of each emulated machine: plain QEMU (AMD), QEMU with
+/// `-icount` (the TSC counts instructions) and Bochs (Intel). Each run with
+/// its label and whether it counted instructions.
+fn guest_runs(
+    art: &build::Artifacts,
+    dir: &str,
+    script: &[String],
+) -> Result<Vec<(&'static str, emulator::Run, bool)>> {
     let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
     modules.extend(art.guests.iter().cloned());
+    let mut runs = Vec::new();
     for (label, mut m, icount) in [
         (
             "qemu (AMD SVM+NPT)",
@@ -489,7 +481,34 @@ fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
     ] {
         m.cmdline = String::new();
         m.count_instructions = icount;
-        let run = run_script(art, &m, &modules, "bench-vmbus", &script, 900)?;
+        runs.push((
+            label,
+            run_script(art, &m, &modules, dir, script, 900)?,
+            icount,
+        ));
+    }
+    Ok(runs)
+}
+
+/// VMBus between a guest and the root: the `vmbus-echo` guest's own
+/// figures (TSC ticks, and world switches of all processors from the echo
+/// device's counter) per ping-pong round trip, per batch of 32 packets each
+/// way, per control-message round trip and per signalled event.
+fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
+    println!("== VMBus (guest vmbus-echo and the root's echo device), 1 processor");
+    let script: Vec<String> = [
+        "vm new e --memory 8M --image vmbus-echo",
+        "vm device add e echo",
+        "vm start e",
+        "vm wait e --for text \"waiting for the device to be removed\" 600",
+        "vm console e --log",
+        "vm stop e --turn-off",
+        "shutdown",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (label, run, icount) in guest_runs(art, "bench-vmbus", &script)? {
         let unit = if icount { "instructions" } else { "TSC ticks" };
         println!("  {label}:");
         for what in [
@@ -537,28 +556,7 @@ fn io_intercepts(art: &build::Artifacts) -> Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
-    modules.extend(art.guests.iter().cloned());
-    for (label, mut m, icount) in [
-        (
-            "qemu (AMD SVM+NPT)",
-            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
-            false,
-        ),
-        (
-            "qemu -icount (instructions)",
-            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
-            true,
-        ),
-        (
-            "bochs (Intel VMX+EPT)",
-            Machine::new(Emulator::Bochs, Boot::Grub, 1, 256),
-            false,
-        ),
-    ] {
-        m.cmdline = String::new();
-        m.count_instructions = icount;
-        let run = run_script(art, &m, &modules, "bench-io", &script, 900)?;
+    for (label, run, icount) in guest_runs(art, "bench-io", &script)? {
         let log = &run.outcome.serial;
         let totals = world_switch_totals(log);
         let per_switch = match totals.as_slice() {
