@@ -1626,13 +1626,14 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
             must_not_show,
             check,
         } => {
-            if let Some(check) = check {
-                check(log)?;
-            }
+            // A guest's own verdict first: it says what went wrong.
             for text in *must_not_show {
                 if let Some(l) = log.lines().find(|l| l.contains(text)) {
                     return Err(format!("the log shows \"{text}\": {}", l.trim()));
                 }
+            }
+            if let Some(check) = check {
+                check(log)?;
             }
             let shell = Expect::RootShell {
                 vendor,
