@@ -103,8 +103,8 @@ impl CpuidCache {
 /// a guest's privileges (no partition management) and the enlightenments
 /// that work for guests: the reference counter and reference TSC page, the
 /// frequency MSRs, the hypercall and VP-index MSRs, the SynIC with
-/// HvPostMessage and HvSignalEvent (not the synthetic timers yet: see
-/// docs/hypercalls.md); the recommendation not to use AutoEOI
+/// HvPostMessage and HvSignalEvent, the synthetic timers with their
+/// direct mode (docs/hypercalls.md); the recommendation not to use AutoEOI
 /// (hint bit 9: the guest EOIs its SynIC interrupts).
 pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;
@@ -115,6 +115,7 @@ pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
                 | ACCESS_HYPERCALL_MSRS
                 | ACCESS_VP_INDEX
                 | ACCESS_FREQUENCY_MSRS
+                | ACCESS_SYNTHETIC_TIMER_REGS
                 // Only where a page can describe the TSC (above 10 MHz).
                 | if crate::time::reference().page_usable() {
                     ACCESS_PARTITION_REFERENCE_TSC
@@ -122,7 +123,9 @@ pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
                     0
                 },
             POST_MESSAGES | SIGNAL_EVENTS,
-            cpuid::features_edx::FREQUENCY_MSRS_AVAILABLE | cpuid::features_edx::GUEST_CRASH_MSRS,
+            cpuid::features_edx::FREQUENCY_MSRS_AVAILABLE
+                | cpuid::features_edx::GUEST_CRASH_MSRS
+                | cpuid::features_edx::DIRECT_SYNTHETIC_TIMERS,
         ),
         hints: (cpuid::hints::DEPRECATE_AUTO_EOI, 0),
         limits: (hv_abi::partition::MAX_VPS, 0),

@@ -399,7 +399,10 @@ fn start_up(part: &Partition, sender: &GuestVp, dest: vapic::Dest, vector: Optio
             continue;
         }
         match vector {
-            None => s.wait_for_sipi = true,
+            None => {
+                s.wait_for_sipi = true;
+                s.apic_reset = true;
+            }
             Some(v) if s.wait_for_sipi => {
                 let mut ctx = hv_abi::partition::VpContext::reset();
                 ctx.seg[1].selector = (v as u16) << 8;

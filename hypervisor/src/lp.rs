@@ -54,8 +54,8 @@ impl sched::Candidate for Local {
     /// Not suspended or deleted, and not halted unless an interrupt for it
     /// waits (asserted, an IPI, its timer).
     fn runnable(&mut self, now: u64) -> bool {
-        let s = self.vp.shared.lock();
-        Self::may_run_with(&s, &mut self.vapic, now)
+        let mut s = self.vp.shared.lock();
+        Self::may_run_with(&mut s, &mut self.vapic, now)
     }
 }
 
@@ -103,8 +103,15 @@ impl Local {
     }
 
     /// As `runnable`, with the VP's shared state already locked: a halted
-    /// VP also runs for an interrupt its own APIC has (its timer).
-    fn may_run_with(s: &partition::VpShared, vapic: &mut VirtualApic, now: u64) -> bool {
+    /// VP also runs for an interrupt its own APIC has (its timer). A reset
+    /// VP's APIC is reset first.
+    fn may_run_with(s: &mut partition::VpShared, vapic: &mut VirtualApic, now: u64) -> bool {
+        if s.apic_reset {
+            s.apic_reset = false;
+            // What was sent to the previous boot goes with its APIC.
+            s.pending.take_into(vapic);
+            *vapic = VirtualApic::new(vapic.id());
+        }
         s.may_run()
             || (!s.stopped() && {
                 vapic.tick(now);
@@ -360,7 +367,7 @@ fn enter_guest(
         // Checked under the same lock that `running` is set under: a
         // suspension or deletion the root asked for meanwhile is honoured.
         let mut s = g.vp.shared.lock();
-        if !Local::may_run_with(&s, &mut g.vapic, cpu::rdtsc()) {
+        if !Local::may_run_with(&mut s, &mut g.vapic, cpu::rdtsc()) {
             return None;
         }
         match g.vcpu.as_mut() {

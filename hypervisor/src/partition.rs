@@ -149,6 +149,11 @@ pub struct VpShared {
     /// Not started, and sent an INIT by another VP of its partition: a
     /// start-up IPI starts it (`guest::start_up`).
     pub wait_for_sipi: bool,
+    /// The VP was reset (the root restarting it, an INIT): its LP puts its
+    /// virtual APIC in the state after reset before it looks at it again,
+    /// so nothing of the previous boot (a vector in IRR or ISR, an armed
+    /// timer) reaches the next.
+    pub apic_reset: bool,
     pub intercept_suspend: bool,
     /// Halted with interrupts enabled: waits for an interrupt.
     pub halted: bool,
@@ -705,6 +710,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             dirty_beyond_registers: true,
             explicit_suspend: true,
             wait_for_sipi: false,
+            apic_reset: false,
             intercept_suspend: false,
             halted: false,
             deleted: false,
@@ -973,13 +979,15 @@ fn set_register(
             quiesce(vp);
             Ok(())
         }
-        // The root (re)starting the VP: its SynIC as after a reset.
+        // The root (re)starting the VP: its SynIC, synthetic timers and APIC
+        // as after a reset.
         reg::SCONTROL => {
             if value != 0 {
                 return Err(status::INVALID_REGISTER_VALUE);
             }
             vp.synic.reset();
             vp.stimers.lock().reset();
+            vp.shared.lock().apic_reset = true;
             Ok(())
         }
         _ => {

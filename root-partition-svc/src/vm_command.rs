@@ -27,6 +27,32 @@ pub enum DeviceKind {
     Echo,
 }
 
+/// Where a disk's blocks are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A new zeroed disk in the root's RAM of this many MiB (`ram:SIZE`),
+    /// kept until it is detached.
+    Ram { mib: u64 },
+}
+
+/// RAM disk bounds, MiB.
+pub const RAM_DISK_MIN_MIB: u64 = 1;
+pub const RAM_DISK_MAX_MIB: u64 = 4096;
+
+/// `ram:64M` → a RAM disk of 64 MiB.
+pub fn parse_disk_source(s: &str) -> Option<DiskSource> {
+    let size = s.strip_prefix("ram:")?;
+    let (digits, unit) = match size.as_bytes().last()? {
+        b'M' | b'm' => (&size[..size.len() - 1], 1),
+        b'G' | b'g' => (&size[..size.len() - 1], 1024),
+        _ => (size, 1),
+    };
+    let mib = digits.parse::<u64>().ok()?.checked_mul(unit)?;
+    (RAM_DISK_MIN_MIB..=RAM_DISK_MAX_MIB)
+        .contains(&mib)
+        .then_some(DiskSource::Ram { mib })
+}
+
 /// Longest `vm stop --timeout`, seconds.
 pub const STOP_TIMEOUT_MAX_S: u64 = 3600;
 
@@ -69,6 +95,17 @@ pub enum VmCommand<'a> {
     DeviceAdd(&'a str, DeviceKind),
     /// Remove it (a running guest sees the offer rescinded).
     DeviceRemove(&'a str, DeviceKind),
+    /// Attach a disk to the VM's SCSI controller (the VM is off).
+    DiskAttach {
+        name: &'a str,
+        source: DiskSource,
+        read_only: bool,
+    },
+    /// Detach the VM's disk (the VM is off); a RAM disk's memory returns
+    /// to the root.
+    DiskDetach(&'a str),
+    /// The VM's disks.
+    DiskList(&'a str),
     List,
     Show(&'a str),
     /// Attach to the VM's COM1 both ways (`log`: print what was kept).
@@ -140,6 +177,14 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "offer a VMBus device to the VM, or take it away (a running guest sees it rescinded); echo: the diagnostic echo channel",
     ),
     (
+        "vm disk attach NAME ram:SIZE [--read-only]",
+        "attach a disk to the VM's synthetic SCSI controller (the VM off): ram:SIZE is a new zeroed disk in the root's memory (1M-4G), kept until detached",
+    ),
+    (
+        "vm disk detach|list NAME",
+        "detach the VM's disk (the VM off), or list its disks",
+    ),
+    (
         "vm delete NAME",
         "delete a VM that is not running; its memory returns to the root",
     ),
@@ -150,11 +195,11 @@ impl fmt::Display for VmParseError<'_> {
         match *self {
             VmParseError::MissingVerb => write!(
                 f,
-                "vm: missing verb; try vm new | start | stop | list | show | console | cpu | wait | device | delete"
+                "vm: missing verb; try vm new | start | stop | list | show | console | cpu | wait | device | disk | delete"
             ),
             VmParseError::UnknownVerb(v) => write!(
                 f,
-                "vm: unknown verb \"{v}\"; try vm new | start | stop | list | show | console | cpu | wait | device | delete"
+                "vm: unknown verb \"{v}\"; try vm new | start | stop | list | show | console | cpu | wait | device | disk | delete"
             ),
             VmParseError::MissingName(verb) => write!(f, "vm {verb}: missing the VM's name"),
             VmParseError::BadName(n) => write!(
@@ -247,6 +292,52 @@ fn parse_device<'a>(
     })
 }
 
+/// `vm disk attach NAME SOURCE [--read-only]`, `vm disk detach|list NAME`.
+fn parse_disk<'a>(
+    mut words: impl Iterator<Item = &'a str>,
+) -> Result<VmCommand<'a>, VmParseError<'a>> {
+    let verb = words.next();
+    if !matches!(verb, Some("attach" | "detach" | "list")) {
+        return Err(VmParseError::BadValue {
+            option: "disk",
+            value: verb.unwrap_or(""),
+            expected: "attach, detach or list",
+        });
+    }
+    let name = words.next().ok_or(VmParseError::MissingName("disk"))?;
+    if !valid_name(name) {
+        return Err(VmParseError::BadName(name));
+    }
+    let cmd = match verb {
+        Some("attach") => {
+            let v = words
+                .next()
+                .ok_or(VmParseError::MissingValue("disk attach"))?;
+            let source = parse_disk_source(v).ok_or(VmParseError::BadValue {
+                option: "disk attach",
+                value: v,
+                expected: "ram:SIZE (a RAM disk from 1M to 4G, e.g. ram:64M)",
+            })?;
+            let read_only = match words.next() {
+                None => false,
+                Some("--read-only") => true,
+                Some(o) => return Err(VmParseError::UnknownOption("disk attach", o)),
+            };
+            VmCommand::DiskAttach {
+                name,
+                source,
+                read_only,
+            }
+        }
+        Some("detach") => VmCommand::DiskDetach(name),
+        _ => VmCommand::DiskList(name),
+    };
+    if let Some(a) = words.next() {
+        return Err(VmParseError::Extra("disk", a));
+    }
+    Ok(cmd)
+}
+
 /// Parses the words after `vm`.
 pub fn parse<'a>(
     mut words: impl Iterator<Item = &'a str>,
@@ -263,10 +354,14 @@ pub fn parse<'a>(
         "delete" => "delete",
         "wait" => "wait",
         "device" => "device",
+        "disk" => "disk",
         other => return Err(VmParseError::UnknownVerb(other)),
     };
     if verb_name == "device" {
         return parse_device(words);
+    }
+    if verb_name == "disk" {
+        return parse_disk(words);
     }
     if verb_name == "list" {
         return match words.next() {
@@ -521,6 +616,36 @@ mod tests {
         assert!(p("device attach web echo").is_err());
         assert!(p("device add web echo extra").is_err());
         assert!(p("device add").is_err());
+        assert_eq!(
+            p("disk attach web ram:64M"),
+            Ok(VmCommand::DiskAttach {
+                name: "web",
+                source: DiskSource::Ram { mib: 64 },
+                read_only: false
+            })
+        );
+        assert_eq!(
+            p("disk attach web ram:1G --read-only"),
+            Ok(VmCommand::DiskAttach {
+                name: "web",
+                source: DiskSource::Ram { mib: 1024 },
+                read_only: true
+            })
+        );
+        assert_eq!(p("disk detach web"), Ok(VmCommand::DiskDetach("web")));
+        assert_eq!(p("disk list web"), Ok(VmCommand::DiskList("web")));
+        for bad in [
+            "disk attach web",
+            "disk attach web ram:0M",
+            "disk attach web ram:5G",
+            "disk attach web /disk.vhdx",
+            "disk attach web ram:8M --rw",
+            "disk list web extra",
+            "disk remove web",
+            "disk",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
         assert_eq!(p("list"), Ok(VmCommand::List));
         assert_eq!(
             p("cpu web --limit 30 --weight 200"),

@@ -615,6 +615,8 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "LINUX-INIT: reached init",
                 "LINUX-INIT: cpus 1",
                 "LINUX-INIT: clocksource hyperv_clocksource_tsc_page",
+                // Synthetic timer 0 in direct mode.
+                "LINUX-INIT: clockevent Hyper-V clockevent",
                 // User code cannot reach hypercalls: SIGILL (128 + 4).
                 "LINUX-INIT: vmcall status 132",
                 "LINUX-INIT: vmmcall status 132",
@@ -677,6 +679,33 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "vm stop: asked linux to shut down",
                 "LINUX-INIT: the host asked for a shutdown; powering off",
                 "vm wait: linux is Off (shut down by the guest)",
+            ],
+            LINUX_FAILURES,
+            None,
+        ),
+        (
+            "-linux-disk",
+            2,
+            1024,
+            &[
+                linux_vm!("linux", "1", "disk"),
+                "vm disk attach linux ram:16M",
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm show linux",
+                "vm console linux --log",
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm disk list linux",
+                "vm console linux --log",
+                "shutdown",
+            ],
+            &[
+                "vm disk: a 16 MiB RAM disk attached to linux's SCSI controller (LUN 0, read-write)",
+                "LINUX-INIT: disk sda, 32768 sectors",
+                "LINUX-INIT: disk wrote 4 MiB and read them back: same checksum",
+                "LINUX-INIT: disk kept its 4 MiB from the last boot: same checksum",
+                "vm disk: linux: SCSI 0:0:0 ram:16M (read-write)",
             ],
             LINUX_FAILURES,
             None,
@@ -771,6 +800,7 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "clocksource: Switched to clocksource hyperv_clocksource_tsc_page",
                 "LINUX-INIT: cpus 2",
                 "LINUX-INIT: clocksource hyperv_clocksource_tsc_page",
+                "LINUX-INIT: clockevent Hyper-V clockevent",
                 "LINUX-INIT: vmcall status 132",
                 "LINUX-INIT: vmmcall status 132",
                 "LINUX-INIT: done",
@@ -814,6 +844,11 @@ fn linux_booted_twice(log: &str) -> Result<(), String> {
         .ok_or("the guest never asked for a reboot")?;
     if !after.contains("Linux version") {
         return Err("no second kernel after the guest's reboot".to_string());
+    }
+    // Both boots on the synthetic timer (the second inherits nothing of
+    // the first's APIC or timers).
+    if !after.contains("LINUX-INIT: clockevent Hyper-V clockevent") {
+        return Err("the second boot did not reach init on the Hyper-V clockevent".to_string());
     }
     Ok(())
 }
@@ -1112,6 +1147,10 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm start irq",
                 "vm wait irq",
                 "vm console irq --log",
+                "vm new rst --memory 4M --image reset",
+                "vm start rst",
+                "vm wait rst 60",
+                "vm console rst --log",
                 "shutdown",
             ],
             &[
@@ -1121,6 +1160,11 @@ fn guest_tests() -> Vec<GuestTest> {
                 "interrupts: a single-step #DB reached the guest's handler once",
                 "interrupts: LSTAR is the guest's own across exits",
                 "vm wait: irq is Off (exit code 0)",
+                "reset: first boot: a self IPI pending, the APIC timer armed; resetting",
+                "vm rst: reset by the guest; starting it again",
+                "reset: second boot",
+                "reset: the APIC is as after reset, and no interrupt of the first boot arrives: ok",
+                "vm wait: rst is Off (exit code 0)",
             ],
             GUEST_FAILURES,
             None,
@@ -1215,7 +1259,7 @@ fn guest_tests() -> Vec<GuestTest> {
             ],
             &[
                 "vm device: e's echo device offered from its next start",
-                "vmbus-echo: CPUID does not offer synthetic timers yet: ok",
+                "vmbus-echo: CPUID offers synthetic timers and their direct mode: ok",
                 "vmbus-echo: a one-shot direct-mode timer fires its vector, not before its time, then is off: ok",
                 "vmbus-echo: a periodic timer posts TimerExpired messages to its SINT, a period apart: ok",
                 "vmbus-echo: connected, version 5.3",

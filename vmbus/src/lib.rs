@@ -13,6 +13,8 @@
 //! - [`host`] and [`guest`]: the two state machines, driven by messages and
 //!   by the [`host::HostPort`] / [`guest::GuestPort`] traits.
 //! - [`guid`]: GUIDs in Hyper-V byte order and the device class GUIDs.
+//! - [`scsi`] and [`storvsp`]: a SCSI disk over a block device, and the
+//!   synthetic SCSI controller's protocol (Linux's `hv_storvsc`) serving it.
 //! - [`sim`]: an in-process SynIC/guest-memory simulation for tests.
 //! - [`wire`]: the wire structs (Linux's `hyperv.h` layouts) as `zerocopy`
 //!   types, with their sizes checked at compile time; [`messages`] and
@@ -37,11 +39,13 @@ pub mod host;
 pub mod messages;
 pub mod packet;
 pub mod ring;
+pub mod scsi;
 // Views of memory shared with the peer (raw ring pages, guest RAM) cannot be
 // built without raw pointers; each unsafe block there says why it is sound.
 #[allow(unsafe_code)]
 pub mod shared_mem;
 pub mod sim;
+pub mod storvsp;
 pub mod wire;
 
 pub use guid::Guid;

@@ -21,6 +21,7 @@ pub const GUEST_NAMES: &[&str] = &[
     "isolation",
     "victim",
     "triple-fault",
+    "reset",
     "hypercalls",
     "hog",
     "iobench",

@@ -31,6 +31,7 @@ pub const HV_MODULES: &[&str] = &[
     "scsi_transport_fc",
     "hv_vmbus",
     "hv_storvsc",
+    "sd_mod",
     "hv_netvsc",
     "hv_utils",
 ];
@@ -44,7 +45,7 @@ const APPLETS: &[&str] = &[
     "test", "[", "printf", "wc", "cp", "mv", "rm", "ln", "chmod", "hexdump", "od", "dd", "tr",
     "cut", "sed", "awk", "find", "xargs", "env", "stty", "clear", "vi", "less", "watch", "time",
     "nproc", "expr", "seq", "basename", "dirname", "readlink", "id", "hostname", "df", "du",
-    "mknod", "top", "pidof", "killall", "ifconfig", "ip", "route",
+    "mknod", "top", "pidof", "killall", "ifconfig", "ip", "route", "md5sum", "mke2fs", "cmp",
 ];
 
 /// The `/init` script. Its markers and `linuxtest=` values are the contract
@@ -65,6 +66,7 @@ echo "LINUX-INIT: reached init"
 echo "LINUX-INIT: uptime $(cut -d' ' -f1 /proc/uptime)"
 echo "LINUX-INIT: cpus $(grep -c ^processor /proc/cpuinfo)"
 echo "LINUX-INIT: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+echo "LINUX-INIT: clockevent $(cat /sys/devices/system/clockevents/clockevent0/current_device)"
 echo "LINUX-INIT: date $(date +%s)"
 echo "LINUX-INIT: kernel $(uname -r)"
 # A shutdown the host asks for (hv_utils' orderly_poweroff) runs this; it
@@ -126,6 +128,48 @@ vmbus)
     dmesg | grep 'IC version' | sed 's/^\[[^]]*\] /LINUX-INIT: /'
     echo "LINUX-INIT: vmbus ready"
     while true; do sleep 1; done
+    ;;
+disk)
+    # The first SCSI disk, served by the root over VMBus: 4 MiB of random
+    # bytes written at 1 MiB and their checksum in sector 0, read back
+    # past the page cache; a later boot finds them there.
+    /load-hv-modules | grep failed
+    i=0
+    while [ ! -b /dev/sda ] && [ $i -lt 30 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    if [ ! -b /dev/sda ]; then
+        echo "LINUX-INIT: no disk"
+        dmesg | grep -i -E 'storvsc|scsi|sd ' | tail -30 | sed 's/^/LINUX-INIT: /'
+        sleep 2
+    else
+        echo "LINUX-INIT: disk sda, $(cat /sys/block/sda/size) sectors"
+        set -- $(dd if=/dev/sda bs=512 count=1 2>/dev/null | head -c 48)
+        if [ "$1" = "hvtest-disk" ]; then
+            back=$(dd if=/dev/sda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+            if [ "$back" = "$2" ]; then
+                echo "LINUX-INIT: disk kept its 4 MiB from the last boot: same checksum"
+            else
+                echo "LINUX-INIT: disk WRONG after the restart: $back, not $2"
+            fi
+        else
+            dd if=/dev/urandom of=/tmp/pattern bs=64k count=64 2>/dev/null
+            sum=$(md5sum /tmp/pattern | cut -d' ' -f1)
+            dd if=/tmp/pattern of=/dev/sda bs=64k seek=16 conv=fsync 2>/dev/null
+            echo "hvtest-disk $sum" | dd of=/dev/sda conv=fsync 2>/dev/null
+            echo 3 > /proc/sys/vm/drop_caches
+            back=$(dd if=/dev/sda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+            if [ "$back" = "$sum" ]; then
+                echo "LINUX-INIT: disk wrote 4 MiB and read them back: same checksum"
+            else
+                echo "LINUX-INIT: disk WRONG: wrote $sum, read $back"
+            fi
+        fi
+    fi
+    echo "LINUX-INIT: done"
+    drain
+    poweroff -f
     ;;
 vmcall)
     /bin/vmcall
@@ -208,8 +252,11 @@ pub fn build() -> Result<Kit> {
     let mut updated = false;
     let (kernel, busybox, kernel_dir, busybox_dir) = loop {
         let resolved = resolve().and_then(|(k, b)| {
-            let kd = unpacked(&dir, &k, unpack_kernel)?;
-            let bd = unpacked(&dir, &b, unpack_busybox)?;
+            // The kernel's unpacked tree holds `HV_MODULES`: another list
+            // is another tree.
+            let kernel_tree = format!("{}_m{:08x}", k.key(), modules_fingerprint());
+            let kd = unpacked(&dir, &k, &kernel_tree, unpack_kernel)?;
+            let bd = unpacked(&dir, &b, &b.key(), unpack_busybox)?;
             Ok((k, b, kd, bd))
         });
         match resolved {
@@ -425,9 +472,10 @@ fn deb(dir: &Path, p: &Package) -> Result<PathBuf> {
 fn unpacked(
     dir: &Path,
     p: &Package,
+    name: &str,
     extract: fn(tree: &Path, out: &Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let out = dir.join(p.key());
+    let out = dir.join(name);
     if out.is_dir() {
         return Ok(out);
     }
@@ -453,6 +501,16 @@ fn unpacked(
         let _ = std::fs::remove_dir_all(&partial);
     }
     Ok(out)
+}
+
+/// A short hash of `HV_MODULES` (FNV-1a), naming the kernel's tree.
+fn modules_fingerprint() -> u32 {
+    HV_MODULES
+        .iter()
+        .flat_map(|m| m.bytes().chain([0]))
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
 }
 
 fn unpack_busybox(tree: &Path, out: &Path) -> Result<()> {

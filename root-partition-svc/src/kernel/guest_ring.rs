@@ -3,10 +3,12 @@
 //! page numbers become root addresses by adding `base`, after a check that
 //! each page lies inside the block. The one place that turns guest pages
 //! into references; every access through them is atomic (the guest writes
-//! the same words at any time).
+//! the same words at any time). Also the devices' copies to and from the
+//! pages a request names ([`GuestMemoryBlock`]).
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
 use vmbus::shared_mem::{RingHeader, RingMemory};
+use vmbus::storvsp::{GuestMemory, OutsideGuest};
 
 const PAGE: u64 = 4096;
 const WORDS_PER_PAGE: usize = 512;
@@ -60,5 +62,49 @@ impl RingMemory for GuestRing {
         // SAFETY: as in `header`: a whole aligned page of the guest's block,
         // viewed as atomics from word `at` to its end.
         unsafe { core::slice::from_raw_parts(page.add(at), WORDS_PER_PAGE - at) }
+    }
+}
+
+/// A guest's whole RAM block, as a device reaches the pages a request
+/// names (`vmbus::storvsp::GuestMemory`): every access is checked to lie
+/// inside the block and copied once; the guest may change the bytes at any
+/// time, so only the copies are looked at.
+pub struct GuestMemoryBlock {
+    base: u64,
+    bytes: u64,
+}
+
+impl GuestMemoryBlock {
+    /// The guest RAM block at `base`, `bytes` long. The caller keeps it
+    /// the guest's, and allocated, while this lives (as for [`GuestRing`]).
+    pub fn new(base: u64, bytes: u64) -> Self {
+        GuestMemoryBlock { base, bytes }
+    }
+
+    /// The root address of `len` bytes at `gpa`, if all inside the block.
+    fn at(&self, gpa: u64, len: usize) -> Result<u64, OutsideGuest> {
+        let end = gpa.checked_add(len as u64).ok_or(OutsideGuest)?;
+        if end > self.bytes {
+            return Err(OutsideGuest);
+        }
+        Ok(self.base + gpa)
+    }
+}
+
+impl GuestMemory for GuestMemoryBlock {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), OutsideGuest> {
+        let at = self.at(gpa, buf.len())?;
+        // SAFETY: inside the guest's block (checked above), identity-mapped
+        // root RAM allocated while this lives (the constructor's contract);
+        // plain bytes, copied once.
+        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), OutsideGuest> {
+        let at = self.at(gpa, data.len())?;
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) };
+        Ok(())
     }
 }

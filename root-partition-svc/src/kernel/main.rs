@@ -12,6 +12,7 @@ mod hypercall;
 mod idt;
 mod phys;
 mod power;
+mod ram_disk;
 mod serial;
 mod shell;
 mod synic;

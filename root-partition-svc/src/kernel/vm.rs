@@ -2,6 +2,7 @@
 //! memory (taken from the root's free RAM), their images and start state,
 //! and the intercepts their VPs raise (serial output, the exit and
 //! power-off ports, faults), answered through SetVpRegisters.
+use crate::ram_disk::RamDisk;
 use crate::vmbus_server::{self, DeviceStage, IcStage, VmBus};
 use crate::{heap, hypercall, print, println, serial, synic};
 use core::cell::UnsafeCell;
@@ -21,11 +22,12 @@ use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
 use root_partition_svc::linux_boot;
 use root_partition_svc::vm_command::{
-    CpuSettings, DeviceKind, NewVm, VmCommand, WaitFor, CMDLINE_MAX, NAME_MAX,
+    CpuSettings, DeviceKind, DiskSource, NewVm, VmCommand, WaitFor, CMDLINE_MAX, NAME_MAX,
 };
 use root_partition_svc::vmm::{
     self, Console, Devices, EntryMode, IoEffect, MemoryPool, Report, ReportOnce,
 };
+use vmbus::scsi::{BlockDevice, Identity};
 
 pub const MAX_VMS: usize = 16;
 /// Console output kept per VM (a Linux boot log fits).
@@ -76,7 +78,9 @@ pub struct Vm {
     /// The guest reset itself: the VM restarts once its intercept is done,
     /// keeping its console output (the administrator sees both boots).
     reset_requested: bool,
-    keep_console: bool,
+    /// The start under way follows the guest's own reset: its console
+    /// output and CMOS RAM (battery-backed on a PC) are kept.
+    after_guest_reset: bool,
     /// `vm console` is attached: output goes to the operator as it comes.
     attached: bool,
     started_tsc: u64,
@@ -103,6 +107,8 @@ pub struct Vm {
     shutdown_deadline: Option<(u64, u64)>,
     /// The administrator added the echo device (offered at every start).
     echo: bool,
+    /// The disk on its SCSI controller (LUN 0), served at every start.
+    disk: Option<(RamDisk, Identity)>,
     /// VMBus messages the server refused from the guest and dropped to it,
     /// in the last run (kept when the server goes with the run).
     vmbus_refused: (u64, u64),
@@ -376,6 +382,28 @@ impl Vmm {
             } => self.stop(name, turn_off, timeout.unwrap_or(SHUTDOWN_TIMEOUT_S)),
             VmCommand::DeviceAdd(name, DeviceKind::Echo) => self.echo_device(name, true),
             VmCommand::DeviceRemove(name, DeviceKind::Echo) => self.echo_device(name, false),
+            VmCommand::DiskAttach {
+                name,
+                source: DiskSource::Ram { mib },
+                read_only,
+            } => self.attach_ram_disk(name, mib, read_only),
+            VmCommand::DiskDetach(name) => self.detach_disk(name),
+            VmCommand::DiskList(name) => {
+                if let Some(vm) = self.named(name) {
+                    match &vm.disk {
+                        Some((d, _)) => println!(
+                            "vm disk: {name}: SCSI 0:0:0 ram:{}M ({})",
+                            d.bytes() >> 20,
+                            if d.read_only() {
+                                "read-only"
+                            } else {
+                                "read-write"
+                            }
+                        ),
+                        None => println!("vm disk: {name} has no disk"),
+                    }
+                }
+            }
             VmCommand::List => self.list(),
             VmCommand::Show(name) => self.show(name),
             VmCommand::Console { name, log } => {
@@ -532,7 +560,7 @@ impl Vmm {
                     console: Console::new(),
                     devices: Devices::default(),
                     reset_requested: false,
-                    keep_console: false,
+                    after_guest_reset: false,
                     attached: false,
                     started_tsc: 0,
                     stopped_vps: 0,
@@ -544,6 +572,7 @@ impl Vmm {
                     vmbus: None,
                     shutdown_deadline: None,
                     echo: false,
+                    disk: None,
                     vmbus_refused: (0, 0),
                 });
                 println!(
@@ -590,6 +619,19 @@ impl Vmm {
             return;
         }
         vm.state = State::Starting;
+        // Every VP's SynIC, synthetic timers and APIC as after a reset
+        // first: nothing of the previous boot (a timer's message into its
+        // SIMP page) may land in the memory loaded below.
+        for vp in 0..vm.vcpus {
+            if let Err(s) = set_registers(vm.partition, vp, &[(reg::SCONTROL, 0)]) {
+                vm.state = State::Failed;
+                vm.set_reason(format_args!(
+                    "resetting the SynIC of VP {vp} failed: status {s:#x}"
+                ));
+                status_line("vm start", "SetVpRegisters", s);
+                return;
+            }
+        }
         // A fresh boot: memory cleared, image loaded, every VP at its entry.
         guest_zero(vm.memory_base, vm.memory_bytes);
         let image = match vmm::parse_image(module_bytes(&vm.module), vm.memory_bytes) {
@@ -618,23 +660,19 @@ impl Vmm {
                 return;
             }
         }
-        // Every VP's SynIC as after a reset, then the VMBus server (its
-        // ports) before any VP runs.
-        for vp in 0..vm.vcpus {
-            if let Err(s) = set_registers(vm.partition, vp, &[(reg::SCONTROL, 0)]) {
-                vm.state = State::Failed;
-                vm.set_reason(format_args!(
-                    "resetting the SynIC of VP {vp} failed: status {s:#x}"
-                ));
-                status_line("vm start", "SetVpRegisters", s);
-                return;
-            }
-        }
+        // The VMBus server (its ports) before any VP runs.
         vm.vmbus = None;
         vm.vmbus_refused = (0, 0);
         vm.shutdown_deadline = None;
         if heap::ready() {
-            match VmBus::new(vm.partition, slot, vm.memory_base, vm.memory_bytes, vm.echo) {
+            match VmBus::new(
+                vm.partition,
+                slot,
+                vm.memory_base,
+                vm.memory_bytes,
+                vm.echo,
+                vm.disk,
+            ) {
                 Ok(bus) => vm.vmbus = Some(bus),
                 Err(s) => status_line("vm start", "VMBus ports (CreatePort/ConnectPort)", s),
             }
@@ -666,10 +704,13 @@ impl Vmm {
                 return;
             }
         }
-        if !core::mem::take(&mut vm.keep_console) {
+        let cmos = core::mem::take(&mut vm.devices.cmos);
+        vm.devices = Devices::default();
+        if core::mem::take(&mut vm.after_guest_reset) {
+            vm.devices.cmos = cmos;
+        } else {
             vm.console.clear();
         }
-        vm.devices = Devices::default();
         vm.reset_requested = false;
         vm.reported_ports = ReportOnce::new();
         vm.reported_mmio = ReportOnce::new();
@@ -760,6 +801,73 @@ impl Vmm {
                 status_line("vm device", "CreatePort/ConnectPort", s);
             }
         }
+    }
+
+    fn attach_ram_disk(&mut self, name: &str, mib: u64, read_only: bool) {
+        let Some(i) = self.find(name) else {
+            println!("vm: no VM named \"{name}\"; vm list shows them");
+            return;
+        };
+        let Some(vm) = self.vms[i].as_ref() else {
+            return;
+        };
+        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
+            println!(
+                "vm disk attach: {name} is {}; attach disks to a VM that is off",
+                vm.state.name()
+            );
+            return;
+        }
+        if vm.disk.is_some() {
+            println!(
+                "vm disk attach: {name} has a disk already (LUN 0); vm disk detach {name} first"
+            );
+            return;
+        }
+        let bytes = mib << 20;
+        let Some(base) = self.pool.take(bytes) else {
+            println!(
+                "vm disk attach: not enough free memory for a {mib} MiB RAM disk (largest free block {} MiB)",
+                self.pool.largest() >> 20
+            );
+            return;
+        };
+        guest_zero(base, bytes);
+        let id = crate::arch::rdtsc() ^ (i as u64) << 56;
+        let mut serial = [0u8; 16];
+        for (k, b) in serial.iter_mut().enumerate() {
+            *b = b"0123456789ABCDEF"[(id >> (60 - 4 * k) & 0xF) as usize];
+        }
+        if let Some(vm) = self.vms[i].as_mut() {
+            vm.disk = Some((
+                RamDisk::new(base, bytes, read_only),
+                Identity { serial, id },
+            ));
+        }
+        println!(
+            "vm disk: a {mib} MiB RAM disk attached to {name}'s SCSI controller (LUN 0, {}), kept until detached",
+            if read_only { "read-only" } else { "read-write" }
+        );
+    }
+
+    fn detach_disk(&mut self, name: &str) {
+        let Some(vm) = self.named(name) else { return };
+        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
+            println!(
+                "vm disk detach: {name} is {}; detach disks from a VM that is off",
+                vm.state.name()
+            );
+            return;
+        }
+        let Some((disk, _)) = vm.disk.take() else {
+            println!("vm disk detach: {name} has no disk");
+            return;
+        };
+        self.pool.add(disk.base(), disk.base() + disk.bytes());
+        println!(
+            "vm disk: {name}'s RAM disk detached; {} MiB returned to the root",
+            disk.bytes() >> 20
+        );
     }
 
     fn cpu(&mut self, name: &str, s: CpuSettings) {
@@ -899,6 +1007,9 @@ impl Vmm {
         }
         let (base, bytes) = (vm.memory_base, vm.memory_bytes);
         self.pool.add(base, base + bytes);
+        if let Some((disk, _)) = vm.disk {
+            self.pool.add(disk.base(), disk.base() + disk.bytes());
+        }
         self.vms[i] = None;
         println!(
             "vm delete: {name} deleted; {} MiB returned to the root",
@@ -987,6 +1098,17 @@ impl Vmm {
             println!(
                 "  VMBus devices:  echo (vm device remove {} echo)",
                 vm.name()
+            );
+        }
+        if let Some((d, _)) = &vm.disk {
+            println!(
+                "  disks:          SCSI 0:0:0 ram:{}M ({})",
+                d.bytes() >> 20,
+                if d.read_only() {
+                    "read-only"
+                } else {
+                    "read-write"
+                }
             );
         }
         if vm.cmdline_len > 0 {
@@ -1161,7 +1283,7 @@ impl Vmm {
             return;
         };
         vm.reset_requested = false;
-        vm.keep_console = true;
+        vm.after_guest_reset = true;
         let mut name = [0u8; NAME_MAX];
         let len = vm.name_len;
         name[..len].copy_from_slice(&vm.name[..len]);
@@ -1629,6 +1751,28 @@ fn show_vmbus(bus: &VmBus, tsc_hz: u64) {
         }
         println!();
     }
+    if let Some(dev) = &bus.storage {
+        let state = match dev.stage {
+            DeviceStage::Offered => "offered; the guest has not opened it",
+            DeviceStage::Open => "open",
+            DeviceStage::Broken => "closed: the guest broke its ring",
+            DeviceStage::Rescinded => "rescinded",
+        };
+        let s = &dev.server;
+        println!(
+            "  SCSI controller (relid {}): {state}; protocol {}; {} requests, {} read, {} written, {} SCSI errors, {} refused",
+            dev.relid,
+            match s.version() {
+                Some(v) => storage_version(v),
+                None => "not negotiated",
+            },
+            s.completed,
+            Size(s.bytes_read),
+            Size(s.bytes_written),
+            s.scsi_errors,
+            s.refused
+        );
+    }
     if let Some(dev) = &bus.echo {
         let state = match dev.stage {
             DeviceStage::Offered => "offered; the guest has not opened it",
@@ -1640,6 +1784,16 @@ fn show_vmbus(bus: &VmBus, tsc_hz: u64) {
             "  devices:\n    echo (relid {})        {state}; {} packets answered, {} refused",
             dev.relid, dev.server.answered, dev.server.refused
         );
+    }
+}
+
+/// A storage protocol version as Hyper-V names it.
+fn storage_version(v: u16) -> &'static str {
+    match v {
+        0x0602 => "6.2 (Windows 10)",
+        0x0600 => "6.0 (Windows 8.1)",
+        0x0501 => "5.1 (Windows 8)",
+        _ => "?",
     }
 }
 

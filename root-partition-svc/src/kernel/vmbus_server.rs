@@ -5,15 +5,17 @@
 //! server answers with PostMessageDirect to the VP the guest named and
 //! signals channels with SignalEventDirect. On it run the integration
 //! services (heartbeat, shutdown, time synchronization) that Linux's
-//! hv_utils drives, and, when the administrator adds it, the echo device
+//! hv_utils drives, the synthetic SCSI controller (`vmbus::storvsp`) when
+//! the VM has a disk, and, when the administrator adds it, the echo device
 //! (`vmbus::echo`) the tests and benchmarks use.
 //!
 //! Port ids in the root: `partition << 8 | connection` for messages,
 //! `partition << 8 | 0x80 | relid` for events; a VM's channel with relid r
 //! sets flag `slot * 128 + r` of the root's VMBus SINT (slot: the VM's
 //! index in the worker's table).
-use crate::guest_ring::GuestRing;
+use crate::guest_ring::{GuestMemoryBlock, GuestRing};
 use crate::hypercall;
+use crate::ram_disk::RamDisk;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use hv_abi::hypercall::status;
@@ -29,6 +31,8 @@ use vmbus::echo::{self, EchoServer};
 use vmbus::guid::class;
 use vmbus::host::{Host, HostConfig, HostEvent, HostPort, OfferParams};
 use vmbus::packet::{OutgoingPacket, PacketKind};
+use vmbus::scsi::{Identity, ScsiDisk};
+use vmbus::storvsp::{self, StorageServer};
 use vmbus::Guid;
 
 /// Relids per VM: 1 to 127 (flag numbers `slot * 128 + relid` fill the
@@ -301,6 +305,15 @@ pub struct EchoDevice {
     pub server: EchoServer,
 }
 
+/// The synthetic SCSI controller with its one disk.
+pub struct StorageDevice {
+    pub relid: u32,
+    pub stage: DeviceStage,
+    channel: Option<Channel<GuestRing, EventNotifier>>,
+    pub server: StorageServer,
+    pub disk: ScsiDisk<RamDisk>,
+}
+
 /// Longest packet an integration service's channel reads: a longer one
 /// breaks that channel, never the root's heap.
 const IC_MAX_PACKET: u32 = ic::MAX_MESSAGE as u32 + 64;
@@ -312,6 +325,8 @@ pub struct VmBus {
     pub version: Option<u32>,
     pub integrations: Vec<Integration>,
     pub echo: Option<EchoDevice>,
+    pub storage: Option<StorageDevice>,
+    memory: (u64, u64),
     /// Guest messages and packets refused (malformed or out of protocol).
     pub refused: u64,
 
@@ -329,6 +344,11 @@ fn instance(service: Service) -> Guid {
 }
 
 const ECHO_INSTANCE: Guid = Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0e01);
+/// The SCSI controller's instance GUID: the last bytes name the VM's slot,
+/// so two VMs' controllers differ (Linux names a disk by it).
+fn scsi_instance(slot: usize) -> Guid {
+    Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_5c00 | slot as u128)
+}
 
 /// The world switches of every logical processor so far (the echo device's
 /// counter); 0 if the hypervisor does not say.
@@ -359,6 +379,7 @@ impl VmBus {
         memory_base: u64,
         memory_bytes: u64,
         echo: bool,
+        disk: Option<(RamDisk, Identity)>,
     ) -> Result<Self, u16> {
         for connection in MESSAGE_CONNECTIONS {
             let info = PortInfo {
@@ -393,6 +414,8 @@ impl VmBus {
             version: None,
             integrations: Vec::new(),
             echo: None,
+            storage: None,
+            memory: (memory_base, memory_bytes),
             refused: 0,
 
             shutdown_wanted: false,
@@ -400,6 +423,16 @@ impl VmBus {
         for service in Service::ALL {
             let relid = bus.offer(class_of(service), instance(service))?;
             bus.integrations.push(Integration::new(service, relid));
+        }
+        if let Some((disk, identity)) = disk {
+            let relid = bus.offer(class::SCSI, scsi_instance(slot))?;
+            bus.storage = Some(StorageDevice {
+                relid,
+                stage: DeviceStage::Offered,
+                channel: None,
+                server: StorageServer::default(),
+                disk: ScsiDisk::new(disk, identity),
+            });
         }
         if echo {
             bus.add_echo()?;
@@ -490,6 +523,11 @@ impl VmBus {
                     dev.channel = Some(channel);
                     dev.stage = DeviceStage::Open;
                     dev.server = EchoServer::default();
+                } else if let Some(dev) = self.storage.as_mut().filter(|d| d.relid == relid) {
+                    channel.reader().set_max_packet(storvsp::MAX_PACKET);
+                    dev.channel = Some(channel);
+                    dev.stage = DeviceStage::Open;
+                    dev.server = StorageServer::default();
                 } else if let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) {
                     channel.reader().set_max_packet(IC_MAX_PACKET);
                     ic.channel = Some(channel);
@@ -500,6 +538,10 @@ impl VmBus {
             }
             HostEvent::ChannelClosed { relid } => {
                 if let Some(dev) = self.echo.as_mut().filter(|d| d.relid == relid) {
+                    dev.channel = None;
+                    dev.stage = DeviceStage::Offered;
+                }
+                if let Some(dev) = self.storage.as_mut().filter(|d| d.relid == relid) {
                     dev.channel = None;
                     dev.stage = DeviceStage::Offered;
                 }
@@ -520,7 +562,12 @@ impl VmBus {
                     .as_mut()
                     .filter(|d| d.relid == relid)
                     .and_then(|d| d.channel.as_mut());
-                if let Some(ch) = ic.or(echo) {
+                let storage = self
+                    .storage
+                    .as_mut()
+                    .filter(|d| d.relid == relid)
+                    .and_then(|d| d.channel.as_mut());
+                if let Some(ch) = ic.or(echo).or(storage) {
                     ch.set_notifier(notifier);
                 }
             }
@@ -541,6 +588,10 @@ impl VmBus {
                     dev.channel = None;
                     dev.stage = DeviceStage::Offered;
                 }
+                if let Some(dev) = self.storage.as_mut() {
+                    dev.channel = None;
+                    dev.stage = DeviceStage::Offered;
+                }
             }
             HostEvent::RelidReleased { relid } => {
                 if self.echo.as_ref().is_some_and(|d| d.relid == relid) {
@@ -555,6 +606,10 @@ impl VmBus {
     pub fn channel_signalled(&mut self, relid: u32, now: u64, clock: (u64, (u64, u64))) {
         if self.echo.as_ref().is_some_and(|d| d.relid == relid) {
             self.serve_echo();
+            return;
+        }
+        if self.storage.as_ref().is_some_and(|d| d.relid == relid) {
+            self.serve_storage();
             return;
         }
         let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) else {
@@ -599,6 +654,7 @@ impl VmBus {
         self.host.port().flush();
         self.send_shutdown();
         self.serve_echo();
+        self.serve_storage();
         for ic in &mut self.integrations {
             let IcStage::Ready(version) = ic.stage else {
                 continue;
@@ -632,6 +688,27 @@ impl VmBus {
             return;
         };
         if dev.server.serve(channel, world_switches).is_err() {
+            dev.channel = None;
+            dev.stage = DeviceStage::Broken;
+            self.refused += 1;
+        }
+    }
+
+    /// Serves the SCSI controller's requests (after a signal, and at every
+    /// tick, as the echo device).
+    fn serve_storage(&mut self) {
+        let Some(dev) = self.storage.as_mut() else {
+            return;
+        };
+        let Some(channel) = dev.channel.as_mut() else {
+            return;
+        };
+        let mut memory = GuestMemoryBlock::new(self.memory.0, self.memory.1);
+        if dev
+            .server
+            .serve(channel, &mut dev.disk, &mut memory)
+            .is_err()
+        {
             dev.channel = None;
             dev.stage = DeviceStage::Broken;
             self.refused += 1;

@@ -436,12 +436,11 @@ fn time_ref() -> u64 {
 /// STIMER0 as a one-shot in direct mode, STIMER1 periodic in message mode.
 fn synthetic_timers() {
     use stimer_bits::*;
-    // Not offered in CPUID yet (docs/hypercalls.md: Linux's second boot
-    // after a reboot hangs with them); the MSRs work.
+    // CPUID offers them (privilege bit 3) and their direct mode (EDX bit 19).
     let leaf = core::arch::x86_64::__cpuid(0x4000_0003);
     check(
-        "CPUID does not offer synthetic timers yet",
-        leaf.eax & 1 << 3 == 0 && leaf.edx & 1 << 19 == 0,
+        "CPUID offers synthetic timers and their direct mode",
+        leaf.eax & 1 << 3 != 0 && leaf.edx & 1 << 19 != 0,
     );
     test_guests::set_handler(DIRECT_VECTOR, direct_handler);
     test_guests::set_handler(TIMER_VECTOR, timer_sint_handler);

@@ -1,0 +1,76 @@
+//! A disk in the root's RAM: a block taken from the worker's memory pool,
+//! attached to a VM's SCSI controller (`vm disk attach NAME ram:SIZE`). It
+//! keeps its blocks across the VM's restarts, not across a host reboot.
+use vmbus::scsi::{BlockDevice, IoError, BLOCK_SIZE};
+
+/// A handle on the block: the worker owns the memory (it returns to the
+/// pool when the disk is detached), the VM's storage device copies the
+/// handle while the VM runs.
+#[derive(Clone, Copy, Debug)]
+pub struct RamDisk {
+    base: u64,
+    bytes: u64,
+    read_only: bool,
+}
+
+impl RamDisk {
+    /// The disk on `[base, base + bytes)`, root RAM taken from the pool
+    /// for it alone and zeroed by the caller; it stays allocated while any
+    /// copy of the handle is used.
+    pub fn new(base: u64, bytes: u64, read_only: bool) -> Self {
+        RamDisk {
+            base,
+            bytes,
+            read_only,
+        }
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The root address of `len` bytes at block `lba`, if inside the disk.
+    fn at(&self, lba: u64, len: usize) -> Result<u64, IoError> {
+        let start = lba.checked_mul(BLOCK_SIZE as u64).ok_or(IoError)?;
+        let end = start.checked_add(len as u64).ok_or(IoError)?;
+        if end > self.bytes {
+            return Err(IoError);
+        }
+        Ok(self.base + start)
+    }
+}
+
+impl BlockDevice for RamDisk {
+    fn blocks(&self) -> u64 {
+        self.bytes / BLOCK_SIZE as u64
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let at = self.at(lba, buf.len())?;
+        // SAFETY: inside the disk's block (checked above): identity-mapped
+        // root RAM the pool gave to this disk alone, allocated while the
+        // handle is used (the constructor's contract).
+        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        let at = self.at(lba, buf.len())?;
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), at as *mut u8, buf.len()) };
+        Ok(())
+    }
+
+    /// RAM keeps every write at once.
+    fn flush(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
+}
