@@ -220,3 +220,171 @@ pub fn channel_message(data: &[u8]) {
         pump(&bus, &mut host, &mut guest);
     }
 }
+
+/// Guest memory for the storage harness: 16 pages from GPA 0.
+struct StorageMemory(Vec<u8>);
+
+impl vmbus::storvsp::GuestMemory for StorageMemory {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), vmbus::storvsp::OutsideGuest> {
+        let at = usize::try_from(gpa).map_err(|_| vmbus::storvsp::OutsideGuest)?;
+        let src = self
+            .0
+            .get(at..at.saturating_add(buf.len()))
+            .ok_or(vmbus::storvsp::OutsideGuest)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), vmbus::storvsp::OutsideGuest> {
+        let at = usize::try_from(gpa).map_err(|_| vmbus::storvsp::OutsideGuest)?;
+        let dst = self
+            .0
+            .get_mut(at..at.saturating_add(data.len()))
+            .ok_or(vmbus::storvsp::OutsideGuest)?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+struct NoSignal;
+impl vmbus::channel::Notify for NoSignal {
+    fn notify(&mut self) {}
+}
+
+/// Input: `u8 setup` (bit 0: the init sequence first, so requests reach
+/// the SCSI disk), then records of one request each: `u8 kind` (bit 0:
+/// GPA direct), `u8 pages` (0-3), `u16 offset`, `u16 short` (how far the
+/// range ends before its last page's end), a `u8` per page (a page of the
+/// 16-page guest, or far outside it when 0xFF), `u8 len`, then `len` bytes
+/// of the request (operation = first byte mod 11, zero-padded to 64).
+/// Every request gets exactly one completion, with its transaction id, in
+/// order; nothing panics.
+pub fn storvsp_requests(data: &[u8]) {
+    use std::sync::Arc;
+    use vmbus::channel::{Channel, SendResult};
+    use vmbus::packet::{GpaRangeSpec, OutgoingKind, OutgoingPacket, PacketKind};
+    use vmbus::ring::init_ring_header;
+    use vmbus::scsi::{Identity, MemoryDisk, ScsiDisk};
+    use vmbus::storvsp::{op, StorageServer, MAX_PACKET};
+
+    let Some((&setup, mut rest)) = data.split_first() else {
+        return;
+    };
+    let to_host = Arc::new(HeapRing::new(16384));
+    let to_guest = Arc::new(HeapRing::new(16384));
+    init_ring_header(to_host.header());
+    init_ring_header(to_guest.header());
+    let mut guest = Channel::new(
+        RingReader::new(to_guest.clone()).unwrap(),
+        RingWriter::new(to_host.clone()).unwrap(),
+        NoSignal,
+    );
+    let mut host = Channel::new(
+        RingReader::new(to_host).unwrap(),
+        RingWriter::new(to_guest).unwrap(),
+        NoSignal,
+    );
+    host.reader().set_max_packet(MAX_PACKET);
+    let mut server = StorageServer::default();
+    let mut disk = ScsiDisk::new(
+        MemoryDisk::new(64, false),
+        Identity {
+            serial: *b"fuzz-disk-000001",
+            id: 7,
+        },
+    );
+    let mut memory = StorageMemory(vec![0; 16 * 4096]);
+    let mut requests: Vec<Vec<u8>> = Vec::new();
+    if setup & 1 != 0 {
+        for (operation, body) in [
+            (op::BEGIN_INITIALIZATION, [0u8; 2]),
+            (op::QUERY_PROTOCOL_VERSION, [0x02, 0x06]),
+            (op::QUERY_PROPERTIES, [0; 2]),
+            (op::END_INITIALIZATION, [0; 2]),
+        ] {
+            let mut p = vec![0u8; 64];
+            p[..4].copy_from_slice(&operation.to_le_bytes());
+            p[12..14].copy_from_slice(&body);
+            requests.push(p);
+        }
+    }
+    let mut ranges: Vec<Option<(u32, u32, Vec<u64>)>> = vec![None; requests.len()];
+    while rest.len() >= 6 {
+        let (kind, pages) = (rest[0], usize::from(rest[1] % 4));
+        let offset = u32::from(u16_at(rest, 2)) % 4096;
+        let short = u32::from(u16_at(rest, 4)) % 4096;
+        rest = &rest[6..];
+        if rest.len() < pages + 1 {
+            break;
+        }
+        let pfns: Vec<u64> = rest[..pages]
+            .iter()
+            .map(|&b| {
+                if b == 0xFF {
+                    1 << 40
+                } else {
+                    u64::from(b % 16)
+                }
+            })
+            .collect();
+        let len = usize::from(rest[pages]);
+        rest = &rest[pages + 1..];
+        let body = &rest[..len.min(rest.len())];
+        rest = &rest[body.len()..];
+        let mut p = body.to_vec();
+        p.resize(64, 0);
+        let operation = u32::from(p[0] % 11);
+        p[..4].copy_from_slice(&operation.to_le_bytes());
+        requests.push(p);
+        // A range spanning exactly its pages: it ends inside the last one.
+        ranges.push((kind & 1 != 0 && pages > 0).then(|| {
+            let span = pages as u32 * 4096 - offset;
+            let short = short.min(span - 1).min(4095);
+            let count = if pages == 1 {
+                span - short.min(span - 1)
+            } else {
+                span - short
+            };
+            (count.max(1), offset, pfns)
+        }));
+    }
+    for (i, (payload, range)) in requests.iter().zip(&ranges).enumerate() {
+        let id = i as u64 + 1;
+        let parts: [&[u8]; 1] = [payload];
+        let spec = range.as_ref().map(|(count, offset, pfns)| {
+            [GpaRangeSpec {
+                byte_count: *count,
+                byte_offset: *offset,
+                pfns,
+            }]
+        });
+        let kind = match &spec {
+            Some(s) => OutgoingKind::GpaDirect(s),
+            None => OutgoingKind::InBand,
+        };
+        let packet = OutgoingPacket {
+            kind,
+            transaction_id: id,
+            completion_requested: true,
+            payload: &parts,
+        };
+        let sent = match guest.send(&packet) {
+            Ok(SendResult::Sent) => true,
+            // A range the encoder refuses (pages not spanned exactly) is not
+            // a request the guest can make.
+            Err(_) => false,
+            Ok(SendResult::Full { .. }) => panic!("the device left the ring full"),
+        };
+        server.serve(&mut host, &mut disk, &mut memory).unwrap();
+        if !sent {
+            continue;
+        }
+        let p = guest.recv().unwrap().expect("a completion").unwrap();
+        assert_eq!(p.transaction_id, id);
+        assert!(matches!(p.kind, PacketKind::Completion));
+        assert!(p.payload.len() >= 64);
+        assert!(
+            guest.recv().unwrap().is_none(),
+            "one completion per request"
+        );
+    }
+}

@@ -38,6 +38,11 @@ fn channel_message_seeds() {
     assert!(replay("channel_message", harness::channel_message) > 0);
 }
 
+#[test]
+fn storvsp_requests_seeds() {
+    assert!(replay("storvsp_requests", harness::storvsp_requests) > 0);
+}
+
 /// A record stream for the channel-message harness built from valid
 /// messages with small fields, so random runs reach open channels.
 fn records() -> impl Strategy<Value = Vec<u8>> {
@@ -74,6 +79,11 @@ proptest! {
         d.extend(&body);
         d.extend(&script);
         harness::ring_reader(&d);
+    }
+
+    #[test]
+    fn storvsp_requests_random(data in prop::collection::vec(any::<u8>(), 0..400)) {
+        harness::storvsp_requests(&data);
     }
 
     #[test]

@@ -84,6 +84,33 @@ echo /bin/host-poweroff > /proc/sys/kernel/poweroff_cmd
 # interrupt (polled without an IRQ line): give it time before the machine
 # goes away.
 drain() { sleep 1; }
+# The first SCSI disk: 4 MiB of random bytes written at 1 MiB and their
+# checksum in sector 0, read back past the page cache; a later boot finds
+# them there.
+disk_check() {
+    echo "LINUX-INIT: disk sda, $(cat /sys/block/sda/size) sectors"
+    set -- $(dd if=/dev/sda bs=512 count=1 2>/dev/null | head -c 48)
+    if [ "$1" = "hvtest-disk" ]; then
+        back=$(dd if=/dev/sda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        if [ "$back" = "$2" ]; then
+            echo "LINUX-INIT: disk kept its 4 MiB from the last boot: same checksum"
+        else
+            echo "LINUX-INIT: disk WRONG after the restart: $back, not $2"
+        fi
+        return
+    fi
+    dd if=/dev/urandom of=/tmp/pattern bs=64k count=64 2>/dev/null
+    sum=$(md5sum /tmp/pattern | cut -d' ' -f1)
+    dd if=/tmp/pattern of=/dev/sda bs=64k seek=16 conv=fsync 2>/dev/null
+    echo "hvtest-disk $sum" | dd of=/dev/sda conv=fsync 2>/dev/null
+    echo 3 > /proc/sys/vm/drop_caches
+    back=$(dd if=/dev/sda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+    if [ "$back" = "$sum" ]; then
+        echo "LINUX-INIT: disk wrote 4 MiB and read them back: same checksum"
+    else
+        echo "LINUX-INIT: disk WRONG: wrote $sum, read $back"
+    fi
+}
 # hv_vmbus is not loaded here: without a VMBus host it waits for one. Run
 # /load-hv-modules for that.
 case "$linuxtest" in
@@ -126,46 +153,24 @@ vmbus)
         i=$((i + 1))
     done
     dmesg | grep 'IC version' | sed 's/^\[[^]]*\] /LINUX-INIT: /'
+    # A disk, if the VM has one.
+    [ -b /dev/sda ] && disk_check
     echo "LINUX-INIT: vmbus ready"
     while true; do sleep 1; done
     ;;
 disk)
-    # The first SCSI disk, served by the root over VMBus: 4 MiB of random
-    # bytes written at 1 MiB and their checksum in sector 0, read back
-    # past the page cache; a later boot finds them there.
+    # The first SCSI disk, served by the root over VMBus (disk_check).
     /load-hv-modules | grep failed
     i=0
     while [ ! -b /dev/sda ] && [ $i -lt 30 ]; do
         sleep 1
         i=$((i + 1))
     done
-    if [ ! -b /dev/sda ]; then
+    if [ -b /dev/sda ]; then
+        disk_check
+    else
         echo "LINUX-INIT: no disk"
         dmesg | grep -i -E 'storvsc|scsi|sd ' | tail -30 | sed 's/^/LINUX-INIT: /'
-        sleep 2
-    else
-        echo "LINUX-INIT: disk sda, $(cat /sys/block/sda/size) sectors"
-        set -- $(dd if=/dev/sda bs=512 count=1 2>/dev/null | head -c 48)
-        if [ "$1" = "hvtest-disk" ]; then
-            back=$(dd if=/dev/sda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
-            if [ "$back" = "$2" ]; then
-                echo "LINUX-INIT: disk kept its 4 MiB from the last boot: same checksum"
-            else
-                echo "LINUX-INIT: disk WRONG after the restart: $back, not $2"
-            fi
-        else
-            dd if=/dev/urandom of=/tmp/pattern bs=64k count=64 2>/dev/null
-            sum=$(md5sum /tmp/pattern | cut -d' ' -f1)
-            dd if=/tmp/pattern of=/dev/sda bs=64k seek=16 conv=fsync 2>/dev/null
-            echo "hvtest-disk $sum" | dd of=/dev/sda conv=fsync 2>/dev/null
-            echo 3 > /proc/sys/vm/drop_caches
-            back=$(dd if=/dev/sda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
-            if [ "$back" = "$sum" ]; then
-                echo "LINUX-INIT: disk wrote 4 MiB and read them back: same checksum"
-            else
-                echo "LINUX-INIT: disk WRONG: wrote $sum, read $back"
-            fi
-        fi
     fi
     echo "LINUX-INIT: done"
     drain

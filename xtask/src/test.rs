@@ -138,6 +138,7 @@ fn host_tests() -> Result<bool> {
 const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("vmbus/fuzz", "ring_reader"),
     ("vmbus/fuzz", "channel_message"),
+    ("vmbus/fuzz", "storvsp_requests"),
     ("hypervisor/fuzz", "hypercall_input"),
     ("hypervisor/fuzz", "abi_decode"),
     ("hypervisor/fuzz", "image_loader"),
