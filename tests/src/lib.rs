@@ -708,8 +708,8 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             &[
                 "vm disk: a 16 MiB RAM disk attached to linux's SCSI controller (LUN 0, read-write)",
                 "LINUX-INIT: disk sda, 32768 sectors",
-                "LINUX-INIT: disk wrote 4 MiB and read them back: same checksum",
-                "LINUX-INIT: disk kept its 4 MiB from the last boot: same checksum",
+                "LINUX-INIT: disk formatted (ext2), a 2 MiB file written",
+                "LINUX-INIT: disk's file system kept its file from the last boot: same checksum",
                 "vm disk: linux: SCSI 0:0:0 ram:16M (read-write)",
             ],
             LINUX_FAILURES,

@@ -32,6 +32,8 @@ pub const HV_MODULES: &[&str] = &[
     "hv_vmbus",
     "hv_storvsc",
     "sd_mod",
+    "crc32c_generic",
+    "ext4",
     "hv_netvsc",
     "hv_utils",
 ];
@@ -111,6 +113,33 @@ disk_check() {
         echo "LINUX-INIT: disk WRONG: wrote $sum, read $back"
     fi
 }
+# An ext2 file system on the first SCSI disk: made on the first boot, with
+# a 2 MiB file and its checksum; a later boot mounts it and checks the file.
+fs_check() {
+    echo "LINUX-INIT: disk sda, $(cat /sys/block/sda/size) sectors"
+    mkdir -p /mnt
+    if mount -t ext4 /dev/sda /mnt 2>/dev/null; then
+        if [ "$(md5sum /mnt/data | cut -d' ' -f1)" = "$(cat /mnt/sum)" ]; then
+            echo "LINUX-INIT: disk's file system kept its file from the last boot: same checksum"
+        else
+            echo "LINUX-INIT: disk's file WRONG after the restart"
+        fi
+        umount /mnt
+        return
+    fi
+    mke2fs /dev/sda > /dev/null 2>&1 || echo "LINUX-INIT: mke2fs FAILED"
+    mount -t ext4 /dev/sda /mnt || {
+        echo "LINUX-INIT: mount FAILED"
+        grep ext /proc/filesystems | sed 's/^/LINUX-INIT: /'
+        ls -la /mnt /dev/sda | sed 's/^/LINUX-INIT: /'
+        dmesg | tail -8 | sed 's/^/LINUX-INIT: /'
+    }
+    dd if=/dev/urandom of=/mnt/data bs=64k count=32 2>/dev/null
+    md5sum /mnt/data | cut -d' ' -f1 > /mnt/sum
+    sync
+    umount /mnt
+    echo "LINUX-INIT: disk formatted (ext2), a 2 MiB file written"
+}
 # hv_vmbus is not loaded here: without a VMBus host it waits for one. Run
 # /load-hv-modules for that.
 case "$linuxtest" in
@@ -167,7 +196,7 @@ disk)
         i=$((i + 1))
     done
     if [ -b /dev/sda ]; then
-        disk_check
+        fs_check
     else
         echo "LINUX-INIT: no disk"
         dmesg | grep -i -E 'storvsc|scsi|sd ' | tail -30 | sed 's/^/LINUX-INIT: /'
@@ -653,6 +682,9 @@ mod tests {
             ),
             ("hv_netvsc", &["hv_vmbus"][..]),
             ("hv_utils", &["hv_vmbus"][..]),
+            ("sd_mod", &["scsi_mod"][..]),
+            ("crc32c_generic", &[][..]),
+            ("ext4", &[][..]),
         ]
         .into_iter()
         .collect();
