@@ -34,7 +34,7 @@ use vmbus::gpadl::GpadlRange;
 use vmbus::guest::{Guest, GuestConfig, GuestEvent, GuestPort, OpenParams, PostError};
 use vmbus::guid::class;
 use vmbus::messages::USER_DEFINED_SIZE;
-use vmbus::packet::OutgoingPacket;
+use vmbus::packet::{GpaRangeSpec, OutgoingKind, OutgoingPacket};
 use vmbus::shared_mem::{RawRing, RingHeader};
 
 test_guests::entry!(main);
@@ -56,6 +56,11 @@ static SIEFP: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
 static INPUT: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
 static SINTS: AtomicU64 = AtomicU64::new(0);
 test_guests::counting_handler!(sint_handler, SINTS);
+/// The SCSI controller's relid, if the VM has a disk (0: none).
+static SCSI_RELID: AtomicU64 = AtomicU64::new(0);
+/// Pages a storage request reads into and writes from.
+static DATA_OUT: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
+static DATA_IN: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
 static DIRECT: AtomicU64 = AtomicU64::new(0);
 test_guests::counting_handler!(direct_handler, DIRECT);
 static TIMER_SINT: AtomicU64 = AtomicU64::new(0);
@@ -386,6 +391,10 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
     );
 
     bench(&mut bus, &mut ch, echo_relid);
+    match SCSI_RELID.load(Ordering::Relaxed) {
+        0 => println!("vmbus-echo: no SCSI controller (the VM has no disk)"),
+        relid => storage(&mut bus, relid as u32, memory),
+    }
 
     // A packet longer than the device reads: the root stops serving the
     // channel (and says so in vm show), nothing else happens.
@@ -594,6 +603,9 @@ fn connect_offers(bus: &mut Bus) -> Option<u32> {
                 if o.interface_type == class::ECHO {
                     echo = Some(o.child_relid);
                 }
+                if o.interface_type == class::SCSI {
+                    SCSI_RELID.store(u64::from(o.child_relid), Ordering::Relaxed);
+                }
             }
             GuestEvent::AllOffersDelivered => break,
             e => println!("vmbus-echo: (while collecting offers: {e:?})"),
@@ -683,4 +695,235 @@ fn bench(bus: &mut Bus, ch: &mut Chan, relid: u32) {
         "vmbus-echo: {} HvPostMessage retries for want of buffers",
         bus.port().retries
     );
+}
+
+/// A `vstor_packet` (64 bytes): operation, flags (completion requested),
+/// status 0, then `body` at 12.
+fn vstor(operation: u32, body: &[u8]) -> [u8; 64] {
+    let mut p = [0u8; 64];
+    p[..4].copy_from_slice(&operation.to_le_bytes());
+    p[4] = 1;
+    p[12..12 + body.len()].copy_from_slice(body);
+    p
+}
+
+/// An EXECUTE_SRB request for path 0, target 0, LUN 0.
+fn srb(cdb: &[u8], data_in: u8, length: u32) -> [u8; 64] {
+    let mut p = vstor(3, &[]);
+    p[12..14].copy_from_slice(&52u16.to_le_bytes());
+    p[20] = cdb.len() as u8;
+    p[22] = data_in;
+    p[24..28].copy_from_slice(&length.to_le_bytes());
+    p[28..28 + cdb.len()].copy_from_slice(cdb);
+    p
+}
+
+fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// Sends one storage request (its data in the pages `range` names, if
+/// any) and waits for its completion: the 64 bytes of the answer.
+fn storage_call(
+    ch: &mut Chan,
+    relid: u32,
+    id: u64,
+    packet: &[u8],
+    range: Option<(u32, &[u64])>,
+) -> [u8; 64] {
+    let parts: [&[u8]; 1] = [packet];
+    let spec = range.map(|(count, pfns)| {
+        [GpaRangeSpec {
+            byte_count: count,
+            byte_offset: 0,
+            pfns,
+        }]
+    });
+    let kind = match &spec {
+        Some(s) => OutgoingKind::GpaDirect(s),
+        None => OutgoingKind::InBand,
+    };
+    let out = OutgoingPacket {
+        kind,
+        transaction_id: id,
+        completion_requested: true,
+        payload: &parts,
+    };
+    while !matches!(ch.send(&out), Ok(SendResult::Sent)) {
+        sleep();
+    }
+    let mut reply = Vec::new();
+    loop {
+        if recv(ch, relid, &mut reply) == id {
+            let mut answer = [0u8; 64];
+            let n = reply.len().min(64);
+            answer[..n].copy_from_slice(&reply[..n]);
+            return answer;
+        }
+    }
+}
+
+fn status_of(answer: &[u8; 64]) -> u32 {
+    u32::from_le_bytes(answer[8..12].try_into().unwrap_or([0; 4]))
+}
+
+/// The root's synthetic SCSI controller, used as Linux does and abused:
+/// requests naming pages outside the guest, transfers longer than their
+/// pages, unknown and short requests, reads past the end, a flood; each
+/// gets an error status, the disk is untouched, and it still works.
+fn storage(bus: &mut Bus, relid: u32, memory: u64) {
+    let params = OpenParams {
+        send_ring_pages: 8,
+        recv_ring_pages: 8,
+        target_vp: 0,
+        user_data: [0; USER_DEFINED_SIZE],
+    };
+    if bus.open_channel(relid, params).is_err() {
+        check("the SCSI controller's channel opens", false);
+    }
+    let mut ch = loop {
+        match next_event(bus) {
+            GuestEvent::GpadlCreated { status: 0, .. } => {}
+            GuestEvent::Opened { channel, .. } => break channel,
+            e => {
+                println!("vmbus-echo: opening the SCSI controller: {e:?}");
+                exit(1)
+            }
+        }
+    };
+    let mut id = 100;
+    let mut call = |ch: &mut Chan, packet: &[u8], range: Option<(u32, &[u64])>| {
+        id += 1;
+        storage_call(ch, relid, id, packet, range)
+    };
+    let init = [
+        call(&mut ch, &vstor(7, &[]), None),
+        call(&mut ch, &vstor(9, &[0x02, 0x06]), None),
+        call(&mut ch, &vstor(10, &[]), None),
+        call(&mut ch, &vstor(8, &[]), None),
+    ];
+    check(
+        "the SCSI controller initializes (protocol 6.2)",
+        init.iter().all(|a| status_of(a) == 0),
+    );
+    let out_pfn = DATA_OUT.0.get() as u64 / PAGE;
+    let in_pfn = DATA_IN.0.get() as u64 / PAGE;
+    // SAFETY: our static page, not shared until the request names it.
+    let pattern = unsafe { &mut *DATA_OUT.0.get() };
+    for (i, b) in pattern.iter_mut().enumerate() {
+        *b = (i * 13 + 5) as u8;
+    }
+    let w = call(
+        &mut ch,
+        &srb(&rw10(0x2A, 8, 1), 0, 512),
+        Some((512, &[out_pfn])),
+    );
+    let r = call(
+        &mut ch,
+        &srb(&rw10(0x28, 8, 1), 1, 512),
+        Some((512, &[in_pfn])),
+    );
+    // SAFETY: the device wrote the page before it completed the request.
+    let read = unsafe { &*DATA_IN.0.get() };
+    check(
+        "a block written from one page reads back into another",
+        w[14] == 1 && r[14] == 1 && read[..512] == pattern[..512],
+    );
+    // Pages outside our memory: refused, the disk untouched.
+    let outside = [memory / PAGE + 64];
+    let bad_read = call(
+        &mut ch,
+        &srb(&rw10(0x28, 8, 1), 1, 512),
+        Some((512, &outside)),
+    );
+    let bad_write = call(
+        &mut ch,
+        &srb(&rw10(0x2A, 8, 1), 0, 512),
+        Some((512, &outside)),
+    );
+    // SAFETY: as above.
+    unsafe { (*DATA_IN.0.get()).fill(0) };
+    let again = call(
+        &mut ch,
+        &srb(&rw10(0x28, 8, 1), 1, 512),
+        Some((512, &[in_pfn])),
+    );
+    // SAFETY: as above.
+    let read = unsafe { &*DATA_IN.0.get() };
+    check(
+        "requests naming pages outside the guest are refused, the disk untouched",
+        bad_read[14] == 0x06
+            && bad_write[14] == 0x06
+            && again[14] == 1
+            && read[..512] == pattern[..512],
+    );
+    let long = call(
+        &mut ch,
+        &srb(&rw10(0x28, 0, 16), 1, 8192),
+        Some((512, &[in_pfn])),
+    );
+    let unknown = call(&mut ch, &vstor(99, &[]), None);
+    let short = call(&mut ch, &[3, 0, 0, 0, 1, 0, 0, 0], None);
+    check(
+        "a transfer longer than its pages, an unknown and a short request get error statuses",
+        long[14] == 0x06 && status_of(&unknown) == 0xC000_0010 && status_of(&short) == 0xC000_000D,
+    );
+    // READ CAPACITY(10), then a read one block past the end.
+    let cap = call(
+        &mut ch,
+        &srb(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 1, 8),
+        Some((8, &[in_pfn])),
+    );
+    // SAFETY: as above.
+    let page = unsafe { &*DATA_IN.0.get() };
+    let last = u32::from_be_bytes(page[..4].try_into().unwrap_or([0; 4]));
+    let past = call(
+        &mut ch,
+        &srb(&rw10(0x28, last + 1, 1), 1, 512),
+        Some((512, &[in_pfn])),
+    );
+    check(
+        "a read past the end gets CHECK CONDITION, LBA out of range",
+        cap[14] == 1
+            && last > 0
+            && past[15] == 2
+            && past[14] == 0x84
+            && past[30] == 5
+            && past[40] == 0x21,
+    );
+    // A flood: requests sent until the ring is full, every one answered.
+    let tur = srb(&[0, 0, 0, 0, 0, 0], 2, 0);
+    let mut sent = 0u64;
+    while sent < 1000 {
+        let parts: [&[u8]; 1] = [&tur];
+        let p = OutgoingPacket::in_band(10_000 + sent, true, &parts);
+        if !matches!(ch.send(&p), Ok(SendResult::Sent)) {
+            break;
+        }
+        sent += 1;
+    }
+    let mut answered = 0;
+    let mut reply = Vec::new();
+    while answered < sent {
+        if recv(&mut ch, relid, &mut reply) >= 10_000 {
+            answered += 1;
+        }
+    }
+    println!(
+        "vmbus-echo: storage: {sent} requests sent until the ring was full, {answered} answered"
+    );
+    let ok = call(
+        &mut ch,
+        &srb(&rw10(0x28, 8, 1), 1, 512),
+        Some((512, &[in_pfn])),
+    );
+    check("after all that the disk still reads", ok[14] == 1);
+    drop(ch);
+    let closed = bus.close_channel(relid).is_ok();
+    let torn_down = matches!(next_event(bus), GuestEvent::GpadlTornDown { .. });
+    check("the SCSI controller's channel closes", closed && torn_down);
 }
