@@ -186,6 +186,44 @@ impl<R: RingMemory, N: Notify> Channel<R, N> {
     }
 }
 
+/// A connected pair of channels on heap rings of `size` bytes each way,
+/// neither signalling (the device tests drive both ends by hand).
+#[cfg(test)]
+pub(crate) fn quiet_pair(
+    size: usize,
+) -> (
+    Channel<alloc::sync::Arc<crate::shared_mem::HeapRing>, Quiet>,
+    Channel<alloc::sync::Arc<crate::shared_mem::HeapRing>, Quiet>,
+) {
+    use crate::ring::init_ring_header;
+    use crate::shared_mem::HeapRing;
+    use alloc::sync::Arc;
+    let a_to_b = Arc::new(HeapRing::new(size));
+    let b_to_a = Arc::new(HeapRing::new(size));
+    init_ring_header(a_to_b.header());
+    init_ring_header(b_to_a.header());
+    let a = Channel::new(
+        RingReader::new(b_to_a.clone()).unwrap(),
+        RingWriter::new(a_to_b.clone()).unwrap(),
+        Quiet,
+    );
+    let b = Channel::new(
+        RingReader::new(a_to_b).unwrap(),
+        RingWriter::new(b_to_a).unwrap(),
+        Quiet,
+    );
+    (a, b)
+}
+
+/// A notifier that does nothing (tests).
+#[cfg(test)]
+pub(crate) struct Quiet;
+
+#[cfg(test)]
+impl Notify for Quiet {
+    fn notify(&mut self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,34 +122,15 @@ fn answer(payload: &[u8], counter: &mut impl FnMut() -> u64) -> Option<Vec<u8>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::Notify;
-    use crate::ring::{init_ring_header, RingReader, RingWriter};
+    use crate::channel::{quiet_pair, Quiet};
     use crate::shared_mem::HeapRing;
     use alloc::sync::Arc;
     use alloc::vec;
 
-    struct Quiet;
-    impl Notify for Quiet {
-        fn notify(&mut self) {}
-    }
     type Ch = Channel<Arc<HeapRing>, Quiet>;
 
     fn pair(size: usize) -> (Ch, Ch) {
-        let a_to_b = Arc::new(HeapRing::new(size));
-        let b_to_a = Arc::new(HeapRing::new(size));
-        init_ring_header(a_to_b.header());
-        init_ring_header(b_to_a.header());
-        let guest = Channel::new(
-            RingReader::new(b_to_a.clone()).unwrap(),
-            RingWriter::new(a_to_b.clone()).unwrap(),
-            Quiet,
-        );
-        let host = Channel::new(
-            RingReader::new(a_to_b).unwrap(),
-            RingWriter::new(b_to_a).unwrap(),
-            Quiet,
-        );
-        (guest, host)
+        quiet_pair(size)
     }
 
     fn send(ch: &mut Ch, id: u64, payload: &[u8]) -> SendResult {

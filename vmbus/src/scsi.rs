@@ -373,6 +373,20 @@ impl<D: BlockDevice> ScsiDisk<D> {
     }
 }
 
+/// Operation codes an initiator builds with [`rw10`].
+pub const READ_10: u8 = 0x28;
+pub const WRITE_10: u8 = 0x2A;
+
+/// The CDB of READ(10) or WRITE(10) (`op`): `blocks` blocks from `lba`
+/// (an initiator's side: tests and test guests).
+pub fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
 /// The LBA and block count of READ/WRITE(6), (10) or (16).
 fn rw_range(cdb: &[u8]) -> Result<(u64, u32), Sense> {
     let be = |r: core::ops::Range<usize>| -> Result<u64, Sense> {
@@ -407,11 +421,7 @@ mod tests {
     }
 
     fn read10(lba: u32, n: u16) -> [u8; 10] {
-        let mut c = [0u8; 10];
-        c[0] = 0x28;
-        c[2..6].copy_from_slice(&lba.to_be_bytes());
-        c[7..9].copy_from_slice(&n.to_be_bytes());
-        c
+        rw10(READ_10, lba, n)
     }
 
     fn write16(lba: u64, n: u32) -> [u8; 16] {

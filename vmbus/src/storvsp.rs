@@ -520,35 +520,18 @@ fn scatter<M: GuestMemory>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::{quiet_pair, Quiet};
     use crate::packet::{GpaRangeSpec, OutgoingKind};
-    use crate::ring::{init_ring_header, RingReader, RingWriter};
-    use crate::scsi::{Identity, MemoryDisk};
+    use crate::scsi::{rw10, Identity, MemoryDisk};
     use crate::shared_mem::HeapRing;
     use alloc::sync::Arc;
     use alloc::vec::Vec;
     use proptest::prelude::*;
 
-    struct Quiet;
-    impl Notify for Quiet {
-        fn notify(&mut self) {}
-    }
     type Ch = Channel<Arc<HeapRing>, Quiet>;
 
     fn pair() -> (Ch, Ch) {
-        let a_to_b = Arc::new(HeapRing::new(65536));
-        let b_to_a = Arc::new(HeapRing::new(65536));
-        init_ring_header(a_to_b.header());
-        init_ring_header(b_to_a.header());
-        let guest = Channel::new(
-            RingReader::new(b_to_a.clone()).unwrap(),
-            RingWriter::new(a_to_b.clone()).unwrap(),
-            Quiet,
-        );
-        let mut host = Channel::new(
-            RingReader::new(a_to_b).unwrap(),
-            RingWriter::new(b_to_a).unwrap(),
-            Quiet,
-        );
+        let (guest, mut host) = quiet_pair(65536);
         host.reader().set_max_packet(MAX_PACKET);
         (guest, host)
     }
@@ -669,14 +652,6 @@ mod tests {
             p.body.data_transfer_length = length.into();
             self.call(id, p.as_bytes(), range)
         }
-    }
-
-    fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
-        let mut c = [0u8; 10];
-        c[0] = op;
-        c[2..6].copy_from_slice(&lba.to_be_bytes());
-        c[7..9].copy_from_slice(&blocks.to_be_bytes());
-        c
     }
 
     #[test]

@@ -803,21 +803,29 @@ impl Vmm {
         }
     }
 
-    fn attach_ram_disk(&mut self, name: &str, mib: u64, read_only: bool) {
+    /// The slot of VM `name` if it is not running; otherwise says why not
+    /// (`what` is the command, `advice` what to do).
+    fn not_running(&self, name: &str, what: &str, advice: &str) -> Option<usize> {
         let Some(i) = self.find(name) else {
             println!("vm: no VM named \"{name}\"; vm list shows them");
+            return None;
+        };
+        let vm = self.vms[i].as_ref()?;
+        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
+            println!("{what}: {name} is {}; {advice}", vm.state.name());
+            return None;
+        }
+        Some(i)
+    }
+
+    fn attach_ram_disk(&mut self, name: &str, mib: u64, read_only: bool) {
+        let Some(i) = self.not_running(name, "vm disk attach", "attach disks to a VM that is off")
+        else {
             return;
         };
         let Some(vm) = self.vms[i].as_ref() else {
             return;
         };
-        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
-            println!(
-                "vm disk attach: {name} is {}; attach disks to a VM that is off",
-                vm.state.name()
-            );
-            return;
-        }
         if vm.disk.is_some() {
             println!(
                 "vm disk attach: {name} has a disk already (LUN 0); vm disk detach {name} first"
@@ -851,14 +859,14 @@ impl Vmm {
     }
 
     fn detach_disk(&mut self, name: &str) {
-        let Some(vm) = self.named(name) else { return };
-        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
-            println!(
-                "vm disk detach: {name} is {}; detach disks from a VM that is off",
-                vm.state.name()
-            );
+        let Some(i) =
+            self.not_running(name, "vm disk detach", "detach disks from a VM that is off")
+        else {
             return;
-        }
+        };
+        let Some(vm) = self.vms[i].as_mut() else {
+            return;
+        };
         let Some((disk, _)) = vm.disk.take() else {
             println!("vm disk detach: {name} has no disk");
             return;
@@ -957,20 +965,15 @@ impl Vmm {
     }
 
     fn delete(&mut self, name: &str) {
-        let Some(i) = self.find(name) else {
-            println!("vm: no VM named \"{name}\"; vm list shows them");
+        let mut buf = [0u8; NAME_MAX + 16];
+        let mut advice = format::BufWriter::new(&mut buf);
+        let _ = write!(advice, "vm stop {name} first");
+        let Some(i) = self.not_running(name, "vm delete", advice.as_str()) else {
             return;
         };
         let Some(vm) = self.vms[i].as_ref() else {
             return;
         };
-        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
-            println!(
-                "vm delete: {name} is {}; vm stop {name} first",
-                vm.state.name()
-            );
-            return;
-        }
         // In the order of the TLFS lifecycle: stop the VPs for good, take
         // the memory back (UnmapGpaPages returns only once no VP can reach
         // it), remove the VPs, then the partition.

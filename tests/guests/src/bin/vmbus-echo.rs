@@ -35,6 +35,7 @@ use vmbus::guest::{Guest, GuestConfig, GuestEvent, GuestPort, OpenParams, PostEr
 use vmbus::guid::class;
 use vmbus::messages::USER_DEFINED_SIZE;
 use vmbus::packet::{GpaRangeSpec, OutgoingKind, OutgoingPacket};
+use vmbus::scsi::rw10;
 use vmbus::shared_mem::{RawRing, RingHeader};
 
 test_guests::entry!(main);
@@ -716,14 +717,6 @@ fn srb(cdb: &[u8], data_in: u8, length: u32) -> [u8; 64] {
     p[24..28].copy_from_slice(&length.to_le_bytes());
     p[28..28 + cdb.len()].copy_from_slice(cdb);
     p
-}
-
-fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = op;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
 }
 
 /// Sends one storage request (its data in the pages `range` names, if
