@@ -5,6 +5,8 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod acpi;
 pub mod boot;
 pub mod cmos;
@@ -16,6 +18,7 @@ pub mod ic;
 pub mod line;
 pub mod linux_boot;
 pub mod page_audit;
+pub mod vhd;
 pub mod vm_command;
 pub mod vmm;
 

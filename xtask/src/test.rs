@@ -128,7 +128,7 @@ fn host_tests() -> Result<bool> {
             "--exclude",
             "test-guests",
         ],
-        &[("XTASK_REQUIRE_IASL", "1")],
+        &[("XTASK_REQUIRE_IASL", "1"), ("XTASK_REQUIRE_QEMU_IMG", "1")],
     )
 }
 
