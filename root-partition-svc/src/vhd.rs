@@ -171,7 +171,10 @@ impl Footer {
             unique_id: b[68..84].try_into().unwrap_or([0; 16]),
             geometry: (u16::from_be_bytes([b[56], b[57]]), b[58], b[59]),
         };
-        if f.current_size == 0 || !f.current_size.is_multiple_of(SECTOR) || f.current_size > MAX_SIZE {
+        if f.current_size == 0
+            || !f.current_size.is_multiple_of(SECTOR)
+            || f.current_size > MAX_SIZE
+        {
             return Err(VhdError::BadFooter("size"));
         }
         Ok(f)
