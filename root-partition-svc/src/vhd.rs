@@ -24,9 +24,11 @@ use alloc::vec::Vec;
 pub const SECTOR: u64 = 512;
 /// The default block size of a dynamic disk.
 pub const DEFAULT_BLOCK_SIZE: u32 = 2 << 20;
-/// The largest disk: 2040 GiB (the specification's limit for its CHS
-/// geometry is a little less; the size is what counts here).
+/// The largest disk: 2040 GiB. (The CHS geometry stops at about 127 GiB;
+/// past that the footer's size is what tools read.)
 pub const MAX_SIZE: u64 = 2040 << 30;
+/// The largest CHS geometry, in sectors.
+const MAX_CHS_SECTORS: u64 = 65535 * 16 * 255;
 const FOOTER_COOKIE: &[u8; 8] = b"conectix";
 const HEADER_COOKIE: &[u8; 8] = b"cxsparse";
 const UNALLOCATED: u32 = 0xFFFF_FFFF;
@@ -114,7 +116,7 @@ fn checksum(bytes: &[u8], field: usize) -> u32 {
 /// The specification's CHS geometry for a disk of `sectors` sectors
 /// (cylinders, heads, sectors per track).
 pub fn geometry(sectors: u64) -> (u16, u8, u8) {
-    let total = sectors.min(65535 * 16 * 255);
+    let total = sectors.min(MAX_CHS_SECTORS);
     let (spt, heads, cth) = if total >= 65535 * 16 * 63 {
         (255, 16, total / 255)
     } else {
@@ -240,7 +242,13 @@ pub enum Kind {
 /// not one they trust the footer's size from).
 pub fn usable_size(size: u64) -> u64 {
     let (c, h, s) = geometry(size / SECTOR);
-    u64::from(c) * u64::from(h) * u64::from(s) * SECTOR
+    let chs = u64::from(c) * u64::from(h) * u64::from(s);
+    if chs == MAX_CHS_SECTORS {
+        // The geometry is saturated: tools (QEMU among them) read the
+        // footer's size, whole sectors.
+        return size.min(MAX_SIZE) / SECTOR * SECTOR;
+    }
+    chs * SECTOR
 }
 
 impl<S: Storage> Vhd<S> {
@@ -330,19 +338,21 @@ impl<S: Storage> Vhd<S> {
         }
         let mut b = [0u8; 512];
         storage.read_at(len - 512, &mut b)?;
-        let footer = match Footer::parse(&b) {
-            Ok(f) => f,
+        // Where the data may end: before the footer at the end, or (that
+        // footer cut) the end of the file.
+        let (footer, data_end) = match Footer::parse(&b) {
+            Ok(f) => (f, len - 512),
             Err(e) => {
                 storage.read_at(0, &mut b)?;
                 match Footer::parse(&b) {
-                    Ok(f) if f.disk_type == DYNAMIC => f,
+                    Ok(f) if f.disk_type == DYNAMIC => (f, len),
                     _ => return Err(e),
                 }
             }
         };
         match footer.disk_type {
             FIXED => {
-                if footer.current_size > len - 512 {
+                if footer.current_size > data_end {
                     return Err(VhdError::BadFooter("size past the end of the file"));
                 }
                 Ok(Vhd {
@@ -352,7 +362,7 @@ impl<S: Storage> Vhd<S> {
                 })
             }
             DYNAMIC => {
-                let dynamic = Self::read_dynamic(&mut storage, &footer, len)?;
+                let dynamic = Self::read_dynamic(&mut storage, &footer, data_end)?;
                 Ok(Vhd {
                     storage,
                     footer,
@@ -364,6 +374,8 @@ impl<S: Storage> Vhd<S> {
         }
     }
 
+    /// The header and BAT of a dynamic image whose data (blocks) must end
+    /// by `len`.
     fn read_dynamic(storage: &mut S, footer: &Footer, len: u64) -> Result<Dynamic, VhdError> {
         let at = footer.data_offset;
         if at.checked_add(1024).is_none_or(|end| end > len) {
@@ -531,10 +543,12 @@ impl<S: Storage> Vhd<S> {
         }
         self.storage.write_at(end, &footer)?;
         self.storage.flush()?;
+        // The space is taken from here on, even if the entry's write fails
+        // (it may have reached the disk all the same).
+        d.next_free = end;
         self.storage
             .write_at(d.bat_offset + index as u64 * 4, &sector.to_be_bytes())?;
         d.bat[index] = sector;
-        d.next_free = end;
         Ok(sector)
     }
 
@@ -621,8 +635,10 @@ mod tests {
         // 16 MiB: 17 sectors per track, 4 heads.
         assert_eq!(geometry(32768), (481, 4, 17));
         assert_eq!(usable_size(16 * MIB), 481 * 4 * 17 * 512);
-        // The largest geometry.
+        // The largest geometry; past it the size is kept (whole sectors).
         assert_eq!(geometry(u64::MAX / 512), (65535, 16, 255));
+        assert_eq!(usable_size(1 << 40), 1 << 40);
+        assert_eq!(usable_size(u64::MAX), MAX_SIZE);
     }
 
     #[test]

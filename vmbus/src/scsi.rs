@@ -158,7 +158,7 @@ pub struct Identity {
     /// Unit serial number (VPD 0x80), ASCII.
     pub serial: [u8; 16],
     /// A 64-bit identifier, unique per disk (VPD 0x83, NAA IEEE
-    /// registered-extended form, the top nibble forced to 6).
+    /// Registered form: the top nibble forced to 5).
     pub id: u64,
 }
 
@@ -215,11 +215,11 @@ impl<D: BlockDevice> ScsiDisk<D> {
             }
             0x1A => {
                 need(6)?;
-                Ok(self.mode_sense(cdb[2] & 0x3F, false))
+                self.mode_sense(cdb[2], false)
             }
             0x5A => {
                 need(10)?;
-                Ok(self.mode_sense(cdb[2] & 0x3F, true))
+                self.mode_sense(cdb[2], true)
             }
             0x25 => {
                 need(10)?;
@@ -316,9 +316,9 @@ impl<D: BlockDevice> ScsiDisk<D> {
             0x80 => self.identity.serial.to_vec(),
             0x83 => {
                 // One designator: NAA (type 3), binary, associated with the
-                // logical unit.
+                // logical unit; NAA 5 (IEEE Registered), 8 bytes.
                 let mut d = vec![0x01, 0x03, 0x00, 0x08];
-                let naa = (self.identity.id & 0x0FFF_FFFF_FFFF_FFFF) | 0x6000_0000_0000_0000;
+                let naa = (self.identity.id & 0x0FFF_FFFF_FFFF_FFFF) | 0x5000_0000_0000_0000;
                 d.extend_from_slice(&naa.to_be_bytes());
                 d
             }
@@ -345,19 +345,24 @@ impl<D: BlockDevice> ScsiDisk<D> {
         Ok(d)
     }
 
-    /// MODE SENSE(6) or (10): the header (write protection), no block
-    /// descriptor, the caching page (write cache enabled: the initiator
-    /// sends SYNCHRONIZE CACHE to make its writes durable) when asked for
-    /// it or for all pages.
-    fn mode_sense(&self, page: u8, ten: bool) -> Vec<u8> {
-        let mut pages = Vec::new();
-        if page == 0x08 || page == 0x3F {
-            let mut caching = vec![0u8; 20];
-            caching[0] = 0x08;
-            caching[1] = 0x12;
-            caching[2] = 0x04; // WCE
-            pages.extend_from_slice(&caching);
+    /// MODE SENSE(6) or (10) (`control`: the page control and code byte):
+    /// the header (write protection), no block descriptor, the caching
+    /// page (write cache enabled: the initiator sends SYNCHRONIZE CACHE to
+    /// make its writes durable) when asked for it or for all pages. Other
+    /// pages are refused; the changeable values are all zero (no MODE
+    /// SELECT); saved values are not supported.
+    fn mode_sense(&self, control: u8, ten: bool) -> Result<Vec<u8>, Sense> {
+        let (pc, page) = (control >> 6, control & 0x3F);
+        if !matches!(page, 0x08 | 0x3F) || pc == 3 {
+            return Err(Sense::INVALID_FIELD_IN_CDB);
         }
+        let mut caching = vec![0u8; 20];
+        caching[0] = 0x08;
+        caching[1] = 0x12;
+        if pc != 1 {
+            caching[2] = 0x04; // WCE
+        }
+        let pages = caching;
         let wp = if self.disk.read_only() { 0x80 } else { 0 };
         let mut d = if ten {
             let len = (6 + pages.len()) as u16;
@@ -369,7 +374,7 @@ impl<D: BlockDevice> ScsiDisk<D> {
             vec![(3 + pages.len()) as u8, 0, wp, 0]
         };
         d.extend_from_slice(&pages);
-        d
+        Ok(d)
     }
 }
 
@@ -508,6 +513,15 @@ mod tests {
         assert_eq!(m[2] & 0x80, 0x80, "write protected in the header");
         assert_eq!(m[4], 0x08, "the caching page");
         assert_eq!(usize::from(m[0]) + 1, m.len());
+        // A page not supported; the changeable values (nothing changes).
+        assert_eq!(
+            ro.execute(&[0x1A, 0, 0x0A, 0, 255, 0], &[], 255),
+            Outcome::Check(Sense::INVALID_FIELD_IN_CDB)
+        );
+        let Outcome::Good(m) = ro.execute(&[0x5A, 0, 0x48, 0, 0, 0, 0, 0, 255, 0], &[], 255) else {
+            panic!()
+        };
+        assert_eq!((m[8], m[10]), (0x08, 0), "caching page, WCE not changeable");
         let s = Sense::LBA_OUT_OF_RANGE.fixed();
         assert_eq!((s[0], s[2], s[12]), (0x70, 5, 0x21));
     }

@@ -379,7 +379,13 @@ impl StorageServer {
         range: Option<GpaRange<'_>>,
         memory: &mut M,
     ) -> VstorPacket {
+        let vpd_header;
         let data: &[u8] = match cdb.first() {
+            // A VPD page: its header with peripheral qualifier 3.
+            Some(0x12) if cdb.get(1).is_some_and(|b| b & 1 != 0) => {
+                vpd_header = [0x7F, cdb.get(2).copied().unwrap_or(0), 0, 0];
+                &vpd_header
+            }
             Some(0x12) => &ABSENT_INQUIRY,
             Some(0xA0) => &[0; 8],
             _ if (request.path_id, request.target_id) == (0, 0) => {

@@ -696,10 +696,13 @@ impl Vmm {
             let r = set_registers(vm.partition, vp, &regs)
                 .and_then(|()| set_registers(vm.partition, vp, &[(reg::INTERCEPT_SUSPEND, 0)]));
             if let Err(s) = r {
-                vm.state = State::Failed;
-                vm.set_reason(format_args!(
-                    "SetVpRegisters of VP {vp} failed: status {s:#x}"
-                ));
+                // Through `end`: its VPs suspended, its VMBus server (which
+                // reaches its memory and disk) gone.
+                end(
+                    vm,
+                    State::Failed,
+                    format_args!("SetVpRegisters of VP {vp} failed: status {s:#x}"),
+                );
                 status_line("vm start", "SetVpRegisters", s);
                 return;
             }
@@ -729,10 +732,11 @@ impl Vmm {
                 &vp_input(vm.partition, vp),
                 &mut [],
             ) {
-                vm.state = State::Failed;
-                vm.set_reason(format_args!(
-                    "StartVirtualProcessor of VP {vp} failed: status {s:#x}"
-                ));
+                end(
+                    vm,
+                    State::Failed,
+                    format_args!("StartVirtualProcessor of VP {vp} failed: status {s:#x}"),
+                );
                 status_line("vm start", "StartVirtualProcessor", s);
                 return;
             }
@@ -811,7 +815,10 @@ impl Vmm {
             return None;
         };
         let vm = self.vms[i].as_ref()?;
-        if matches!(vm.state, State::Running | State::Starting | State::Stopping) {
+        // A VMBus server left alive would still reach its memory and disk.
+        if matches!(vm.state, State::Running | State::Starting | State::Stopping)
+            || vm.vmbus.is_some()
+        {
             println!("{what}: {name} is {}; {advice}", vm.state.name());
             return None;
         }
