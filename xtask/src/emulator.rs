@@ -162,6 +162,9 @@ pub fn run(machine: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) 
     }
 }
 
+/// The longest boot module string (path and name) the hypervisor keeps.
+const MODULE_STRING_MAX: usize = 96;
+
 fn qemu_command(
     m: &Machine,
     media: &BootMedia,
@@ -207,6 +210,13 @@ fn qemu_command(
                     .iter()
                     .map(|(p, name)| format!("{} {name}", p.display()))
                     .collect();
+                // The hypervisor keeps 96 bytes of a module's string
+                // (`bootinfo::MAX_NAME`); the name is its last word.
+                if let Some(long) = list.iter().find(|m| m.len() > MODULE_STRING_MAX) {
+                    anyhow::bail!(
+                        "boot module string over {MODULE_STRING_MAX} bytes (its name would be cut): {long}; use a shorter checkout path"
+                    );
+                }
                 c.arg("-initrd").arg(list.join(","));
             }
         }

@@ -287,10 +287,10 @@ pub fn build() -> Result<Kit> {
     let (kernel, busybox, kernel_dir, busybox_dir) = loop {
         let resolved = resolve().and_then(|(k, b)| {
             // The kernel's unpacked tree holds `HV_MODULES`: another list
-            // is another tree.
-            let kernel_tree = format!("{}_m{:08x}", k.key(), modules_fingerprint());
-            let kd = unpacked(&dir, &k, &kernel_tree, unpack_kernel)?;
-            let bd = unpacked(&dir, &b, &b.key(), unpack_busybox)?;
+            // is unpacked again.
+            let kernel_stamp = format!("modules {:08x}", modules_fingerprint());
+            let kd = unpacked(&dir, &k, &kernel_stamp, unpack_kernel)?;
+            let bd = unpacked(&dir, &b, "", unpack_busybox)?;
             Ok((k, b, kd, bd))
         });
         match resolved {
@@ -503,15 +503,24 @@ fn deb(dir: &Path, p: &Package) -> Result<PathBuf> {
 
 /// `dir/<name>_<version>/`: what `extract` takes from the package's tree.
 /// Written under a temporary name and renamed, so it exists only complete.
+/// The package unpacked under `dir/KEY` by `extract`, once: the tree keeps
+/// `stamp` (what `extract` depended on, e.g. the module list) in a file of
+/// that name, and a tree with another stamp is unpacked again. (The path
+/// stays short: a boot module's string, path and name, must fit 96 bytes.)
 fn unpacked(
     dir: &Path,
     p: &Package,
-    name: &str,
+    stamp: &str,
     extract: fn(tree: &Path, out: &Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let out = dir.join(name);
+    let out = dir.join(p.key());
+    let stamp_file = |d: &Path| d.join("stamp");
     if out.is_dir() {
-        return Ok(out);
+        if std::fs::read_to_string(stamp_file(&out)).unwrap_or_default() == stamp {
+            return Ok(out);
+        }
+        std::fs::remove_dir_all(&out)
+            .with_context(|| format!("removing the stale {}", out.display()))?;
     }
     let deb = deb(dir, p)?;
     let tree = dir.join(format!("tree.tmp{}", std::process::id()));
@@ -522,6 +531,7 @@ fn unpacked(
     std::fs::create_dir_all(&partial)?;
     let result = run_output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))
         .and_then(|_| extract(&tree, &partial))
+        .and_then(|()| Ok(std::fs::write(stamp_file(&partial), stamp)?))
         .with_context(|| format!("unpacking {}", deb.display()));
     let _ = std::fs::remove_dir_all(&tree);
     if let Err(e) = result {
