@@ -1587,7 +1587,12 @@ fn load_linux(vm: &Vm, file: &[u8]) -> Result<(), &'static str> {
     }
     guest_write(vm.memory_base, layout::CMDLINE, cmd);
     guest_write(vm.memory_base, layout::CMDLINE + cmd.len() as u64, &[0]);
-    let mut tables = [0u8; 8192];
+    // On the heap: a guest's reset starts it again from deep in the worker's
+    // stack (shell, vm wait, intercept, start), which 64 KiB must hold.
+    if !heap::ready() {
+        return Err("the root has no heap for the guest's ACPI tables");
+    }
+    let mut tables = alloc::vec![0u8; 8192];
     let platform = root_partition_svc::guest_acpi::Platform { vps: vm.vcpus };
     let rsdp = root_partition_svc::guest_acpi::build(&platform, layout::ACPI, &mut tables)?;
     guest_write(vm.memory_base, layout::ACPI, &tables);
