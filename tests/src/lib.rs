@@ -1284,6 +1284,8 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vmbus-echo: a read past the end gets CHECK CONDITION, LBA out of range: ok",
                 "requests sent until the ring was full",
                 "vmbus-echo: after all that the disk still reads: ok",
+                "vmbus-echo: bench storage read of 64 KiB: 64 in",
+                "vmbus-echo: bench storage write of 64 KiB: 64 in",
                 "vmbus-echo: the SCSI controller's channel closes: ok",
                 "vmbus-echo: an 8 KiB packet is sent: ok",
                 "closed: the guest broke its ring; 1",

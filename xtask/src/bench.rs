@@ -495,10 +495,11 @@ fn guest_runs(
 /// device's counter) per ping-pong round trip, per batch of 32 packets each
 /// way, per control-message round trip and per signalled event.
 fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
-    println!("== VMBus (guest vmbus-echo and the root's echo device), 1 processor");
+    println!("== VMBus (guest vmbus-echo, the root's echo device and SCSI controller on a RAM disk), 1 processor");
     let script: Vec<String> = [
         "vm new e --memory 8M --image vmbus-echo",
         "vm device add e echo",
+        "vm disk attach e ram:1M",
         "vm start e",
         "vm wait e --for text \"waiting for the device to be removed\" 600",
         "vm console e --log",
@@ -516,6 +517,9 @@ fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
             "batch of 32 packets each way",
             "control message round trip",
             "signalled event",
+            "storage read of 64 KiB",
+            "storage write of 64 KiB",
+            "memory copy of 64 KiB",
         ] {
             let line = run
                 .outcome
