@@ -246,6 +246,9 @@ impl Shell {
 
     /// The x2APIC timer, periodic at 1 ms (TSC rate, divide by 1), until it
     /// has interrupted 10 times.
+    // Not inlined: its buffers stay off the stack of the commands that
+    // run deep (vm wait serving guests, a guest's reset restarting it).
+    #[inline(never)]
     fn debug_timer(&self) {
         let before = idt::TIMER_TICKS.load(Ordering::Relaxed);
         // SAFETY: x2APIC registers of this VP's (virtual) APIC: enable, divide
@@ -267,6 +270,9 @@ impl Shell {
 
     /// A fixed IPI to every other VP (x2APIC ICR, shorthand all-but-self);
     /// each answers by counting it.
+    // Not inlined: its buffers stay off the stack of the commands that
+    // run deep (vm wait serving guests, a guest's reset restarting it).
+    #[inline(never)]
     fn debug_ipi(&self) {
         let others = self.vp_count.saturating_sub(1) as u64;
         let before = idt::IPIS.load(Ordering::Relaxed);
@@ -296,6 +302,9 @@ impl Shell {
         true
     }
 
+    // Not inlined: its buffers stay off the stack of the commands that
+    // run deep (vm wait serving guests, a guest's reset restarting it).
+    #[inline(never)]
     fn host_info(&self) {
         if self.unavailable("host info") {
             return;
@@ -319,6 +328,9 @@ impl Shell {
 
     /// The hypervisor's log from the oldest byte it keeps; with `follow`,
     /// then what it adds, until a key is pressed (VMs are served meanwhile).
+    // Not inlined: its buffers stay off the stack of the commands that
+    // run deep (vm wait serving guests, a guest's reset restarting it).
+    #[inline(never)]
     fn host_log(&self, follow: bool) {
         if self.unavailable("host log") {
             return;
@@ -379,6 +391,9 @@ impl Shell {
         }
     }
 
+    // Not inlined: its buffers stay off the stack of the commands that
+    // run deep (vm wait serving guests, a guest's reset restarting it).
+    #[inline(never)]
     fn host_stats(&self) {
         if self.unavailable("host stats") {
             return;
