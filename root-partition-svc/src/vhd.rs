@@ -871,6 +871,20 @@ mod tests {
         temp_dir().join(name)
     }
 
+    /// The disk in the VHD at `image` as qemu-img converts it to raw.
+    fn qemu_raw(image: &std::path::Path, raw: &std::path::Path) -> Vec<u8> {
+        run(&[
+            "convert",
+            "-f",
+            "vpc",
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ]);
+        std::fs::read(raw).unwrap()
+    }
+
     fn run(args: &[&str]) {
         let out = std::process::Command::new("qemu-img")
             .args(args)
@@ -911,16 +925,7 @@ mod tests {
             let size = v.size();
             std::fs::write(&path, &v.into_storage().0).unwrap();
             let raw = temp(&format!("theirs-{subformat}.raw"));
-            run(&[
-                "convert",
-                "-f",
-                "vpc",
-                "-O",
-                "raw",
-                p,
-                raw.to_str().unwrap(),
-            ]);
-            let bytes = std::fs::read(&raw).unwrap();
+            let bytes = qemu_raw(&path, &raw);
             assert_eq!(
                 bytes.len() as u64,
                 size,
@@ -938,16 +943,7 @@ mod tests {
             let size = v.size();
             let ours = temp(&format!("ours-{subformat}.vhd"));
             std::fs::write(&ours, &v.into_storage().0).unwrap();
-            run(&[
-                "convert",
-                "-f",
-                "vpc",
-                "-O",
-                "raw",
-                ours.to_str().unwrap(),
-                raw.to_str().unwrap(),
-            ]);
-            let bytes = std::fs::read(&raw).unwrap();
+            let bytes = qemu_raw(&ours, &raw);
             assert_eq!(
                 bytes.len() as u64,
                 size,

@@ -261,7 +261,7 @@ impl vmbus::channel::Notify for NoSignal {
 pub fn storvsp_requests(data: &[u8]) {
     use std::sync::Arc;
     use vmbus::channel::{Channel, SendResult};
-    use vmbus::packet::{GpaRangeSpec, OutgoingKind, OutgoingPacket, PacketKind};
+    use vmbus::packet::{GpaRangeSpec, OutgoingPacket, PacketKind};
     use vmbus::ring::init_ring_header;
     use vmbus::scsi::{Identity, MemoryDisk, ScsiDisk};
     use vmbus::storvsp::{op, StorageServer, MAX_PACKET};
@@ -350,23 +350,12 @@ pub fn storvsp_requests(data: &[u8]) {
     for (i, (payload, range)) in requests.iter().zip(&ranges).enumerate() {
         let id = i as u64 + 1;
         let parts: [&[u8]; 1] = [payload];
-        let spec = range.as_ref().map(|(count, offset, pfns)| {
-            [GpaRangeSpec {
-                byte_count: *count,
-                byte_offset: *offset,
-                pfns,
-            }]
+        let spec = range.as_ref().map(|(count, offset, pfns)| GpaRangeSpec {
+            byte_count: *count,
+            byte_offset: *offset,
+            pfns,
         });
-        let kind = match &spec {
-            Some(s) => OutgoingKind::GpaDirect(s),
-            None => OutgoingKind::InBand,
-        };
-        let packet = OutgoingPacket {
-            kind,
-            transaction_id: id,
-            completion_requested: true,
-            payload: &parts,
-        };
+        let packet = OutgoingPacket::request(id, spec.as_slice(), &parts);
         let sent = match guest.send(&packet) {
             Ok(SendResult::Sent) => true,
             // A range the encoder refuses (pages not spanned exactly) is not

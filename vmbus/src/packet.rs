@@ -405,6 +405,25 @@ impl<'a> OutgoingPacket<'a> {
         }
     }
 
+    /// A request that asks for a completion: in band, or with its data in
+    /// the guest pages `ranges` name (GPA direct) when there are any.
+    pub fn request(
+        transaction_id: u64,
+        ranges: &'a [GpaRangeSpec<'a>],
+        payload: &'a [&'a [u8]],
+    ) -> Self {
+        Self {
+            kind: if ranges.is_empty() {
+                OutgoingKind::InBand
+            } else {
+                OutgoingKind::GpaDirect(ranges)
+            },
+            transaction_id,
+            completion_requested: true,
+            payload,
+        }
+    }
+
     /// A completion packet.
     pub fn completion(transaction_id: u64, payload: &'a [&'a [u8]]) -> Self {
         Self {

@@ -135,6 +135,31 @@ pub struct VstorPacket {
 }
 const _: () = assert!(core::mem::size_of::<VstorPacket>() == 64);
 
+impl VstorPacket {
+    /// A request for `operation` asking for its completion, its body zero
+    /// (an initiator's side: tests and test guests).
+    pub fn request(operation: u32) -> Self {
+        let mut p = Self::new_zeroed();
+        p.operation = operation.into();
+        p.flags = 1.into();
+        p
+    }
+
+    /// An EXECUTE_SRB request for path 0, target 0, LUN 0: `cdb` (at most
+    /// 16 bytes), the direction (`data_in`: 0 out, 1 in, 2 none) and the
+    /// transfer length.
+    pub fn execute_srb(cdb: &[u8], data_in: u8, length: u32) -> Self {
+        let mut p = Self::request(op::EXECUTE_SRB);
+        let n = cdb.len().min(16);
+        p.body.length = (core::mem::size_of::<ScsiRequest>() as u16).into();
+        p.body.cdb_length = n as u8;
+        p.body.cdb_or_sense[..n].copy_from_slice(&cdb[..n]);
+        p.body.data_in = data_in;
+        p.body.data_transfer_length = length.into();
+        p
+    }
+}
+
 /// `struct vmstorage_channel_properties` (24 bytes), in the body.
 #[repr(C)]
 #[derive(
@@ -527,7 +552,7 @@ fn scatter<M: GuestMemory>(
 mod tests {
     use super::*;
     use crate::channel::{quiet_pair, Quiet};
-    use crate::packet::{GpaRangeSpec, OutgoingKind};
+    use crate::packet::GpaRangeSpec;
     use crate::scsi::{rw10, Identity, MemoryDisk};
     use crate::shared_mem::HeapRing;
     use alloc::sync::Arc;
@@ -589,17 +614,11 @@ mod tests {
         /// returns the completion.
         fn call(&mut self, id: u64, packet: &[u8], range: Option<GpaRangeSpec<'_>>) -> VstorPacket {
             let parts: [&[u8]; 1] = [packet];
-            let ranges = range.map(|r| [r]);
-            let kind = match &ranges {
-                Some(r) => OutgoingKind::GpaDirect(r),
-                None => OutgoingKind::InBand,
+            let ranges: &[GpaRangeSpec<'_>] = match &range {
+                Some(r) => core::slice::from_ref(r),
+                None => &[],
             };
-            let out = OutgoingPacket {
-                kind,
-                transaction_id: id,
-                completion_requested: true,
-                payload: &parts,
-            };
+            let out = OutgoingPacket::request(id, ranges, &parts);
             assert_eq!(self.guest.send(&out).unwrap(), SendResult::Sent);
             self.server
                 .serve(&mut self.host, &mut self.disk, &mut self.memory)
@@ -611,9 +630,7 @@ mod tests {
         }
 
         fn op(&mut self, operation: u32, body: &[u8]) -> VstorPacket {
-            let mut p = completion(0);
-            p.operation = operation.into();
-            p.flags = 1.into();
+            let mut p = VstorPacket::request(operation);
             p.body.as_mut_bytes()[..body.len()].copy_from_slice(body);
             self.call(0xFFFF_FFFF_FFFF_FFFE, p.as_bytes(), None)
         }
@@ -648,14 +665,7 @@ mod tests {
             length: u32,
             range: Option<GpaRangeSpec<'_>>,
         ) -> VstorPacket {
-            let mut p = completion(0);
-            p.operation = op::EXECUTE_SRB.into();
-            p.flags = 1.into();
-            p.body.length = 52.into();
-            p.body.cdb_length = cdb.len() as u8;
-            p.body.cdb_or_sense[..cdb.len()].copy_from_slice(cdb);
-            p.body.data_in = data_in;
-            p.body.data_transfer_length = length.into();
+            let p = VstorPacket::execute_srb(cdb, data_in, length);
             self.call(id, p.as_bytes(), range)
         }
     }
@@ -751,13 +761,8 @@ mod tests {
         let r = rig.srb(5, &rw10(0x28, 0, 2), 1, MAX_TRANSFER_BYTES + 512, None);
         assert_eq!(r.body.srb_status, srb::INVALID_REQUEST);
         // Another LUN: INQUIRY says nobody is there, READ gets INVALID_LUN.
-        let mut p = completion(0);
-        p.operation = op::EXECUTE_SRB.into();
+        let mut p = VstorPacket::execute_srb(&[0x12, 0, 0, 0, 36, 0], 1, 36);
         p.body.lun = 1;
-        p.body.cdb_length = 6;
-        p.body.cdb_or_sense[..6].copy_from_slice(&[0x12, 0, 0, 0, 36, 0]);
-        p.body.data_in = 1;
-        p.body.data_transfer_length = 36.into();
         let r = rig.call(6, p.as_bytes(), Some(small));
         assert_eq!(r.body.srb_status, srb::SUCCESS);
         assert_eq!(rig.memory.0[PAGE_SIZE], 0x7F);

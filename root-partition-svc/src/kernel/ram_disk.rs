@@ -44,6 +44,18 @@ impl RamDisk {
     }
 }
 
+/// As `vm disk list` and `vm show` give it: `ram:SIZE (read-write)`.
+impl core::fmt::Display for RamDisk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let access = if self.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        };
+        write!(f, "ram:{}M ({access})", self.bytes >> 20)
+    }
+}
+
 impl BlockDevice for RamDisk {
     fn blocks(&self) -> u64 {
         self.bytes / BLOCK_SIZE as u64

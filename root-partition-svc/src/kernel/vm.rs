@@ -27,7 +27,7 @@ use root_partition_svc::vm_command::{
 use root_partition_svc::vmm::{
     self, Console, Devices, EntryMode, IoEffect, MemoryPool, Report, ReportOnce,
 };
-use vmbus::scsi::{BlockDevice, Identity};
+use vmbus::scsi::Identity;
 
 pub const MAX_VMS: usize = 16;
 /// Console output kept per VM (a Linux boot log fits).
@@ -391,15 +391,7 @@ impl Vmm {
             VmCommand::DiskList(name) => {
                 if let Some(vm) = self.named(name) {
                     match &vm.disk {
-                        Some((d, _)) => println!(
-                            "vm disk: {name}: SCSI 0:0:0 ram:{}M ({})",
-                            d.bytes() >> 20,
-                            if d.read_only() {
-                                "read-only"
-                            } else {
-                                "read-write"
-                            }
-                        ),
+                        Some((d, _)) => println!("vm disk: {name}: SCSI 0:0:0 {d}"),
                         None => println!("vm disk: {name} has no disk"),
                     }
                 }
@@ -1111,15 +1103,7 @@ impl Vmm {
             );
         }
         if let Some((d, _)) = &vm.disk {
-            println!(
-                "  disks:          SCSI 0:0:0 ram:{}M ({})",
-                d.bytes() >> 20,
-                if d.read_only() {
-                    "read-only"
-                } else {
-                    "read-write"
-                }
-            );
+            println!("  disks:          SCSI 0:0:0 {d}");
         }
         if vm.cmdline_len > 0 {
             println!(

@@ -34,9 +34,10 @@ use vmbus::gpadl::GpadlRange;
 use vmbus::guest::{Guest, GuestConfig, GuestEvent, GuestPort, OpenParams, PostError};
 use vmbus::guid::class;
 use vmbus::messages::USER_DEFINED_SIZE;
-use vmbus::packet::{GpaRangeSpec, OutgoingKind, OutgoingPacket};
+use vmbus::packet::{GpaRangeSpec, OutgoingPacket};
 use vmbus::scsi::rw10;
 use vmbus::shared_mem::{RawRing, RingHeader};
+use vmbus::storvsp::VstorPacket;
 
 test_guests::entry!(main);
 
@@ -352,25 +353,7 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
         matches!(next_event(&mut bus), GuestEvent::GpadlCreated { status, .. } if status != 0);
     check("a GPADL naming pages outside the guest is refused", refused);
 
-    let params = OpenParams {
-        send_ring_pages: 8,
-        recv_ring_pages: 8,
-        target_vp: 0,
-        user_data: [0; USER_DEFINED_SIZE],
-    };
-    if bus.open_channel(echo_relid, params).is_err() {
-        check("the echo channel opens", false);
-    }
-    let mut ch = loop {
-        match next_event(&mut bus) {
-            GuestEvent::GpadlCreated { status: 0, .. } => {}
-            GuestEvent::Opened { channel, .. } => break channel,
-            e => {
-                println!("vmbus-echo: opening the echo channel: {e:?}");
-                exit(1)
-            }
-        }
-    };
+    let mut ch = open(&mut bus, echo_relid, "the echo channel");
     println!("vmbus-echo: echo channel open (relid {echo_relid})");
 
     // Deterministic packets: each comes back whole, in order.
@@ -569,6 +552,30 @@ mod stimer_bits {
     pub const DIRECT_MODE: u64 = 1 << 12;
 }
 
+/// Opens channel `relid` (8-page rings each way) and waits until it is
+/// open; `what` names it if that fails.
+fn open(bus: &mut Bus, relid: u32, what: &str) -> Chan {
+    let params = OpenParams {
+        send_ring_pages: 8,
+        recv_ring_pages: 8,
+        target_vp: 0,
+        user_data: [0; USER_DEFINED_SIZE],
+    };
+    if bus.open_channel(relid, params).is_err() {
+        check(&alloc::format!("{what} opens"), false);
+    }
+    loop {
+        match next_event(bus) {
+            GuestEvent::GpadlCreated { status: 0, .. } => {}
+            GuestEvent::Opened { channel, .. } => return channel,
+            e => {
+                println!("vmbus-echo: opening {what}: {e:?}");
+                exit(1)
+            }
+        }
+    }
+}
+
 /// Connects and collects the offers; the echo device's relid.
 fn connect(bus: &mut Bus) -> u32 {
     match connect_offers(bus) {
@@ -698,25 +705,23 @@ fn bench(bus: &mut Bus, ch: &mut Chan, relid: u32) {
     );
 }
 
-/// A `vstor_packet` (64 bytes): operation, flags (completion requested),
-/// status 0, then `body` at 12.
+/// A `vstor_packet` (64 bytes) asking for its completion: `operation`,
+/// then `body` at 12.
 fn vstor(operation: u32, body: &[u8]) -> [u8; 64] {
-    let mut p = [0u8; 64];
-    p[..4].copy_from_slice(&operation.to_le_bytes());
-    p[4] = 1;
-    p[12..12 + body.len()].copy_from_slice(body);
-    p
+    let mut p = VstorPacket::request(operation);
+    p.body.as_mut_bytes()[..body.len()].copy_from_slice(body);
+    bytes_of(&p)
 }
 
 /// An EXECUTE_SRB request for path 0, target 0, LUN 0.
 fn srb(cdb: &[u8], data_in: u8, length: u32) -> [u8; 64] {
-    let mut p = vstor(3, &[]);
-    p[12..14].copy_from_slice(&52u16.to_le_bytes());
-    p[20] = cdb.len() as u8;
-    p[22] = data_in;
-    p[24..28].copy_from_slice(&length.to_le_bytes());
-    p[28..28 + cdb.len()].copy_from_slice(cdb);
-    p
+    bytes_of(&VstorPacket::execute_srb(cdb, data_in, length))
+}
+
+fn bytes_of(p: &VstorPacket) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b.copy_from_slice(p.as_bytes());
+    b
 }
 
 /// Sends one storage request (its data in the pages `range` names, if
@@ -729,23 +734,12 @@ fn storage_call(
     range: Option<(u32, &[u64])>,
 ) -> [u8; 64] {
     let parts: [&[u8]; 1] = [packet];
-    let spec = range.map(|(count, pfns)| {
-        [GpaRangeSpec {
-            byte_count: count,
-            byte_offset: 0,
-            pfns,
-        }]
+    let spec = range.map(|(count, pfns)| GpaRangeSpec {
+        byte_count: count,
+        byte_offset: 0,
+        pfns,
     });
-    let kind = match &spec {
-        Some(s) => OutgoingKind::GpaDirect(s),
-        None => OutgoingKind::InBand,
-    };
-    let out = OutgoingPacket {
-        kind,
-        transaction_id: id,
-        completion_requested: true,
-        payload: &parts,
-    };
+    let out = OutgoingPacket::request(id, spec.as_slice(), &parts);
     while !matches!(ch.send(&out), Ok(SendResult::Sent)) {
         sleep();
     }
@@ -769,25 +763,7 @@ fn status_of(answer: &[u8; 64]) -> u32 {
 /// pages, unknown and short requests, reads past the end, a flood; each
 /// gets an error status, the disk is untouched, and it still works.
 fn storage(bus: &mut Bus, relid: u32, memory: u64, echo: (&mut Chan, u32)) {
-    let params = OpenParams {
-        send_ring_pages: 8,
-        recv_ring_pages: 8,
-        target_vp: 0,
-        user_data: [0; USER_DEFINED_SIZE],
-    };
-    if bus.open_channel(relid, params).is_err() {
-        check("the SCSI controller's channel opens", false);
-    }
-    let mut ch = loop {
-        match next_event(bus) {
-            GuestEvent::GpadlCreated { status: 0, .. } => {}
-            GuestEvent::Opened { channel, .. } => break channel,
-            e => {
-                println!("vmbus-echo: opening the SCSI controller: {e:?}");
-                exit(1)
-            }
-        }
-    };
+    let mut ch = open(bus, relid, "the SCSI controller's channel");
     let mut id = 100;
     let mut call = |ch: &mut Chan, packet: &[u8], range: Option<(u32, &[u64])>| {
         id += 1;
