@@ -11,8 +11,12 @@ pub enum Command<'a> {
     Help,
     /// A `vm` command.
     Vm(crate::vm_command::VmCommand<'a>),
+    /// A `vhd` command.
+    Vhd(crate::vhd_command::VhdCommand<'a>),
     HostInfo,
     HostStats,
+    /// The root's own disk: device, file system, files.
+    HostDisk,
     /// The boot modules the root was given.
     HostModules,
     /// The hypervisor's log (GET_HOST_LOG); `follow`: then new lines as
@@ -73,6 +77,7 @@ pub enum ParseError<'a> {
     /// `bench exits` with a count that is not a number in 1..=BENCH_MAX_EXITS.
     BadCount(&'a str),
     Vm(crate::vm_command::VmParseError<'a>),
+    Vhd(crate::vhd_command::VhdParseError<'a>),
 }
 
 /// Usage lines, also the `help` text.
@@ -85,6 +90,18 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "host stats",
         "VM exits by reason and processor, world switches, hypervisor time (GET_HOST_STATS)",
+    ),
+    (
+        "host disk",
+        "the root's own disk: its device, its FAT32 file system and the files on it",
+    ),
+    (
+        "vhd new PATH --size SIZE [--type dynamic|fixed]",
+        "make a VHD file on the root's disk (dynamic by default; e.g. vhd new web.vhd --size 8G)",
+    ),
+    (
+        "vhd show PATH",
+        "a VHD file's format, type, sizes, blocks in use and the VM it is attached to",
     ),
     (
         "host modules",
@@ -130,7 +147,7 @@ pub const HELP: &[(&str, &str)] = &[
     ),
 ];
 
-const HOST_USAGE: &str = "host info | host stats | host modules | host log [--follow]";
+const HOST_USAGE: &str = "host info | host stats | host disk | host modules | host log [--follow]";
 const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi | debug pagetables | debug overflow | debug bad-start NAME";
 const BENCH_USAGE: &str = "bench exits [N]";
 
@@ -139,6 +156,7 @@ impl fmt::Display for ParseError<'_> {
         match *self {
             ParseError::Empty => write!(f, "empty command; type help"),
             ParseError::Vm(e) => write!(f, "{e}"),
+            ParseError::Vhd(e) => write!(f, "{e}"),
             ParseError::Unknown(w) => {
                 write!(f, "unknown command \"{}\"; type help", w.escape_debug())
             }
@@ -241,6 +259,11 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
                 .map(Command::Vm)
                 .map_err(ParseError::Vm)
         }
+        "vhd" => {
+            return crate::vhd_command::parse(words)
+                .map(Command::Vhd)
+                .map_err(ParseError::Vhd)
+        }
         "shutdown" => (Command::Shutdown, "shutdown"),
         "reboot" => (Command::Reboot, "reboot"),
         "host" => match words.next() {
@@ -248,6 +271,7 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             Some("info") => (Command::HostInfo, "host info"),
             Some("stats") => (Command::HostStats, "host stats"),
             Some("modules") => (Command::HostModules, "host modules"),
+            Some("disk") => (Command::HostDisk, "host disk"),
             Some("log") => match words.next() {
                 None => (Command::HostLog { follow: false }, "host log"),
                 Some("--follow" | "-f") => (Command::HostLog { follow: true }, "host log"),
@@ -406,7 +430,7 @@ mod tests {
         );
         assert_eq!(
             parse("host").unwrap_err().to_string(),
-            "\"host\" needs a sub-command; usage: host info | host stats | host modules | host log [--follow]"
+            "\"host\" needs a sub-command; usage: host info | host stats | host disk | host modules | host log [--follow]"
         );
         assert_eq!(
             parse("debug").unwrap_err(),

@@ -11,6 +11,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cmos;
 pub mod command;
+pub mod fat;
 pub mod format;
 pub mod fpu;
 pub mod guest_acpi;
@@ -19,6 +20,7 @@ pub mod line;
 pub mod linux_boot;
 pub mod page_audit;
 pub mod vhd;
+pub mod vhd_command;
 pub mod vm_command;
 pub mod vmm;
 

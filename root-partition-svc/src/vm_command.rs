@@ -29,19 +29,24 @@ pub enum DeviceKind {
 
 /// Where a disk's blocks are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DiskSource {
+pub enum DiskSource<'a> {
     /// A new zeroed disk in the root's RAM of this many MiB (`ram:SIZE`),
     /// kept until it is detached.
     Ram { mib: u64 },
+    /// A VHD file on the root's disk.
+    File(&'a str),
 }
 
 /// RAM disk bounds, MiB.
 pub const RAM_DISK_MIN_MIB: u64 = 1;
 pub const RAM_DISK_MAX_MIB: u64 = 4096;
 
-/// `ram:64M` → a RAM disk of 64 MiB.
-pub fn parse_disk_source(s: &str) -> Option<DiskSource> {
-    let size = s.strip_prefix("ram:")?;
+/// `ram:64M` → a RAM disk of 64 MiB; anything else not starting with `-`
+/// names a VHD file on the root's disk.
+pub fn parse_disk_source(s: &str) -> Option<DiskSource<'_>> {
+    let Some(size) = s.strip_prefix("ram:") else {
+        return (!s.is_empty() && !s.starts_with('-')).then_some(DiskSource::File(s));
+    };
     let (digits, unit) = match size.as_bytes().last()? {
         b'M' | b'm' => (&size[..size.len() - 1], 1),
         b'G' | b'g' => (&size[..size.len() - 1], 1024),
@@ -98,7 +103,7 @@ pub enum VmCommand<'a> {
     /// Attach a disk to the VM's SCSI controller (the VM is off).
     DiskAttach {
         name: &'a str,
-        source: DiskSource,
+        source: DiskSource<'a>,
         read_only: bool,
     },
     /// Detach the VM's disk (the VM is off); a RAM disk's memory returns
@@ -316,7 +321,7 @@ fn parse_disk<'a>(
             let source = parse_disk_source(v).ok_or(VmParseError::BadValue {
                 option: "disk attach",
                 value: v,
-                expected: "ram:SIZE (a RAM disk from 1M to 4G, e.g. ram:64M)",
+                expected: "PATH (a VHD file on the root's disk) or ram:SIZE (a RAM disk from 1M to 4G, e.g. ram:64M)",
             })?;
             let read_only = match words.next() {
                 None => false,
@@ -329,7 +334,12 @@ fn parse_disk<'a>(
                 read_only,
             }
         }
-        Some("detach") => VmCommand::DiskDetach(name),
+        Some("detach") => {
+            // The VM has one disk: its path may follow, as Hyper-V's
+            // Remove-VMHardDiskDrive names it.
+            let _path = words.next();
+            VmCommand::DiskDetach(name)
+        }
         _ => VmCommand::DiskList(name),
     };
     if let Some(a) = words.next() {
@@ -633,13 +643,25 @@ mod tests {
             })
         );
         assert_eq!(p("disk detach web"), Ok(VmCommand::DiskDetach("web")));
+        assert_eq!(
+            p("disk detach web /web.vhd"),
+            Ok(VmCommand::DiskDetach("web"))
+        );
+        assert_eq!(
+            p("disk attach web /web.vhd --read-only"),
+            Ok(VmCommand::DiskAttach {
+                name: "web",
+                source: DiskSource::File("/web.vhd"),
+                read_only: true
+            })
+        );
         assert_eq!(p("disk list web"), Ok(VmCommand::DiskList("web")));
         for bad in [
             "disk attach web",
             "disk attach web ram:0M",
             "disk attach web ram:5G",
-            "disk attach web /disk.vhdx",
             "disk attach web ram:8M --rw",
+            "disk attach web --read-only",
             "disk list web extra",
             "disk remove web",
             "disk",

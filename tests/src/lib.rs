@@ -60,6 +60,8 @@ pub struct Machine {
     pub count_instructions: bool,
     /// Bochs: instructions per emulated second (its TSC's rate, about).
     pub bochs_ips: u64,
+    /// A raw disk image the root gets as a virtio-blk device (QEMU).
+    pub disk_image: Option<String>,
 }
 
 impl Machine {
@@ -80,6 +82,7 @@ impl Machine {
             cmdline: "poweroff".to_string(),
             count_instructions: false,
             bochs_ips: 10_000_000,
+            disk_image: None,
         }
     }
 
@@ -169,6 +172,30 @@ pub struct Case {
     /// Load the Linux test kit (Debian's kernel as module `linux`, the
     /// initramfs as `linux-initrd`) as boot modules.
     pub with_linux: bool,
+    /// A disk for the root, made fresh for the case (QEMU).
+    pub host_disk: Option<HostDisk>,
+}
+
+/// The root's own disk in a case: a new FAT32 image, VHD files qemu-img
+/// made on it, boots after the first on the same disk, and what qemu-img
+/// must find in the VHD files after the last boot.
+#[derive(Clone, Debug)]
+pub struct HostDisk {
+    /// Made by `qemu-img create -f vpc` before the first boot: (file name,
+    /// subformat, size).
+    pub qemu_vhds: &'static [(&'static str, &'static str, &'static str)],
+    /// The shell scripts of the boots after the first.
+    pub later_boots: Vec<Vec<String>>,
+    /// After the last boot, on the build host: qemu-img opens each file
+    /// and its disk, converted to raw, holds the text.
+    pub vhds_hold: &'static [(&'static str, &'static str)],
+}
+
+const BOOT_MARKER_PREFIX: &str = "==== boot ";
+
+/// Between two boots' serial text in a case's log.
+pub fn next_boot_marker(n: usize) -> String {
+    format!("{BOOT_MARKER_PREFIX}{n} on the same host disk ====")
 }
 
 /// The root shell's prompt.
@@ -237,6 +264,7 @@ fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
         script: Vec::new(),
         with_guests: false,
         with_linux: false,
+        host_disk: None,
     }
 }
 
@@ -581,6 +609,10 @@ macro_rules! linux_vm {
     };
 }
 
+/// What the Linux kit's disk test writes into a file on the file system it
+/// makes (`fs_check`): found in the raw disk.
+pub const LINUX_DISK_NOTE: &str = "HVTEST-NOTE: written by the guest on its own file system";
+
 /// How long the reboot case lets a guest reboot (QEMU; Bochs waits longer).
 const REBOOT_WAIT: &str = "vm wait linux 25";
 
@@ -716,6 +748,54 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             None,
         ),
         (
+            "-linux-vhd",
+            2,
+            1024,
+            &[
+                "host disk",
+                "vhd new web.vhd --size 64M",
+                "vhd new web.vhd --size 64M",
+                "vhd show web.vhd",
+                linux_vm!("linux", "1", "disk"),
+                "vm disk attach linux web.vhd",
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm console linux --log",
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm console linux --log",
+                "vm new other --memory 4M --image hello",
+                "vm disk attach other web.vhd",
+                "vm disk detach linux web.vhd",
+                "vm disk attach linux qemu.vhd",
+                "vm disk list linux",
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm console linux --log",
+                "vhd show web.vhd",
+                "vhd show qemu.vhd",
+                "host disk",
+                "shutdown",
+            ],
+            &[
+                "host disk: virtio-blk at PCI 00:",
+                "FAT32 \"HVTEST\"",
+                "qemu.vhd",
+                "vhd new: web.vhd: dynamic VHD of 63 MiB",
+                "vhd new: web.vhd: the file exists already",
+                "  format:        VHD dynamic, 2 MiB blocks",
+                "vm disk: web.vhd (VHD dynamic, 63 MiB, read-write) attached to linux's SCSI controller (LUN 0)",
+                "LINUX-INIT: disk formatted (ext2), a 2 MiB file written",
+                "LINUX-INIT: disk's file system kept its file from the last boot: same checksum",
+                "vm disk attach: web.vhd: web.vhd is attached to linux (read-write); a file is attached read-write to one VM at a time",
+                "vm disk: linux's web.vhd detached",
+                "vm disk: linux: SCSI 0:0:0 qemu.vhd (VHD dynamic, 32 MiB, read-write)",
+                "  attached to:   linux (read-write)",
+            ],
+            LINUX_FAILURES,
+            Some(vhd_kept_across_host_reboots),
+        ),
+        (
             "-linux-panic",
             2,
             1024,
@@ -838,6 +918,27 @@ const LINUX_FAILURES: &[&str] = &[
     // A WARN_ON's report (not the vulnerability notices, "X: WARNING: ...").
     "WARNING: CPU:",
 ];
+
+/// The second boot of the host, on the same disk, finds the guest's files
+/// on the VHD it made in the first.
+fn vhd_kept_across_host_reboots(log: &str) -> Result<(), String> {
+    let (first, second) = log
+        .split_once(&next_boot_marker(2))
+        .ok_or("the host did not boot a second time")?;
+    // The VM's own restart, in the first boot.
+    if !first.contains("LINUX-INIT: disk's file system kept its file from the last boot") {
+        return Err("the VM's restart did not find its file on the VHD".into());
+    }
+    for want in [
+        "vm disk: web.vhd (VHD dynamic, 63 MiB, read-write) attached",
+        "LINUX-INIT: disk's file system kept its file from the last boot: same checksum",
+    ] {
+        if !second.contains(want) {
+            return Err(format!("the second host boot did not show \"{want}\""));
+        }
+    }
+    Ok(())
+}
 
 /// A guest that reboots itself boots again: the kept console (which a
 /// guest's reset keeps) shows a second kernel started after /init asked for
@@ -1475,6 +1576,23 @@ pub fn matrix() -> Vec<Case> {
             }
             let mut c = guest_case(emulator, boot, vendor, slat, test);
             c.with_linux = true;
+            if c.name.ends_with("-linux-vhd") {
+                c.host_disk = Some(HostDisk {
+                    qemu_vhds: &[("qemu.vhd", "dynamic", "32M")],
+                    later_boots: vec![[
+                        linux_vm!("linux", "1", "disk"),
+                        "vm disk attach linux web.vhd",
+                        "vm start linux",
+                        "vm wait linux 1200",
+                        "vm console linux --log",
+                        "host disk",
+                        "shutdown",
+                    ]
+                    .map(String::from)
+                    .to_vec()],
+                    vhds_hold: &[("web.vhd", LINUX_DISK_NOTE), ("qemu.vhd", LINUX_DISK_NOTE)],
+                });
+            }
             // Bochs takes about 140 emulated seconds to Linux's /init (100
             // of them in the kernel's XZ decompressor; QEMU about 5): the
             // reboot case waits for the second kernel accordingly.
@@ -1597,11 +1715,15 @@ fn count_lines(log: &str, needle: &str) -> usize {
 pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
     let log = &out.serial;
     let m = &case.machine;
-    // Counted in the hypervisor's own log: `host log` shows lines again on COM1.
-    let hv_log = log
-        .split_once(HYPERVISOR_LOG_MARKER)
-        .map_or(log.as_str(), |(_, com2)| com2);
-    if count_lines(hv_log, "] cpu0 INFO  hypervisor ") > 1 {
+    // Counted in the hypervisor's own log: `host log` shows lines again on
+    // COM1. A case that boots again on its disk does so after a marker.
+    let resets = log.split(BOOT_MARKER_PREFIX).any(|boot| {
+        let hv_log = boot
+            .split_once(HYPERVISOR_LOG_MARKER)
+            .map_or(boot, |(_, com2)| com2);
+        count_lines(hv_log, "] cpu0 INFO  hypervisor ") > 1
+    });
+    if resets {
         return Err("the machine reset and booted again".into());
     }
     let check_boot = |log: &str| -> Result<Summary, String> {

@@ -190,6 +190,12 @@ fn qemu_command(
         c.args(["-icount", "shift=0"]);
     }
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    if let Some(disk) = &m.disk_image {
+        // The root's own disk, a virtio-blk PCI device.
+        c.arg("-drive")
+            .arg(format!("file={disk},format=raw,if=none,id=hostdisk"));
+        c.args(["-device", "virtio-blk-pci,drive=hostdisk"]);
+    }
     match monitor {
         Some(p) => c.args([
             "-monitor",

@@ -31,6 +31,41 @@ pub fn standard_modules() -> Result<Vec<(PathBuf, String)>> {
     Ok(vec![(test_module()?, TEST_MODULE_NAME.to_string())])
 }
 
+/// A new raw disk image of `mib` MiB (sparse) with a FAT32 file system on
+/// the whole disk, labelled `label`: the root partition's own disk, which
+/// mtools reads and writes (`mdir -i PATH ::`).
+pub fn host_disk(path: &Path, mib: u64, label: &str) -> Result<()> {
+    let sectors = mib * 2048;
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(mib << 20)?;
+    drop(f);
+    run(Command::new("mformat")
+        .args(["-i"])
+        .arg(path)
+        .args(["-F", "-c", "8", "-h", "64", "-s", "32", "-T"])
+        .arg(sectors.to_string())
+        .args(["-v", label, "::"]))
+}
+
+/// Copies `file` onto the FAT32 disk `disk` as `name`.
+pub fn copy_to_disk(disk: &Path, file: &Path, name: &str) -> Result<()> {
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(disk)
+        .arg(file)
+        .arg(format!("::{name}")))
+}
+
+/// Copies `name` off the FAT32 disk `disk` to `to`.
+pub fn copy_from_disk(disk: &Path, name: &str, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(to);
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(disk)
+        .arg(format!("::{name}"))
+        .arg(to))
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {

@@ -135,6 +135,7 @@ fs_check() {
         dmesg | tail -8 | sed 's/^/LINUX-INIT: /'
     }
     dd if=/dev/urandom of=/mnt/data bs=64k count=32 2>/dev/null
+    echo "HVTEST-NOTE: written by the guest on its own file system" > /mnt/note
     md5sum /mnt/data | cut -d' ' -f1 > /mnt/sum
     sync
     umount /mnt

@@ -180,6 +180,25 @@ fn run_cmd(mut args: Args) -> Result<i32> {
     }
     let mut machine = Machine::new(emulator, boot, cpus, memory);
     machine.cmdline = cmdline;
+    if emulator == Emulator::Qemu {
+        // The root's own disk, kept between runs: its FAT32 holds the VHD
+        // files (`vhd new`, `vm disk attach NAME FILE`).
+        let disk = build::work_dir().join("host-disk.img");
+        if !disk.exists() {
+            image::host_disk(&disk, HOST_DISK_MIB, "ROOTDISK")?;
+            eprintln!(
+                "xtask: made the root's disk {} ({HOST_DISK_MIB} MiB, FAT32; mtools reads it: mdir -i {} ::)",
+                disk.display(),
+                disk.display()
+            );
+        } else {
+            eprintln!(
+                "xtask: the root's disk is {} (kept between runs)",
+                disk.display()
+            );
+        }
+        machine.disk_image = Some(disk.display().to_string());
+    }
     if let Some(m) = model {
         machine.cpu_model = m;
     }
@@ -254,6 +273,9 @@ fn run_cmd(mut args: Args) -> Result<i32> {
         _ => 1,
     })
 }
+
+/// The size of the root's disk that `cargo xtask run` makes.
+const HOST_DISK_MIB: u64 = 4096;
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();

@@ -23,9 +23,29 @@ const NEEDS: &[(&str, &str)] = &[
 ];
 
 /// What `cargo xtask test` needs besides `NEEDS`: `iasl`, for the host tests
-/// that compile and disassemble ACPI tables. (The Linux test kit needs only
+/// that compile and disassemble ACPI tables; `fsck.fat`, for the host tests
+/// of the root's FAT32 code. (The Linux test kit needs only
 /// `apt-get` and `dpkg-deb`, which every Debian system has.)
-const TEST_NEEDS: &[(&str, &str)] = &[("iasl", "acpica-tools")];
+const TEST_NEEDS: &[(&str, &str)] = &[("iasl", "acpica-tools"), ("fsck.fat", "dosfstools")];
+
+/// Runs `tool` with `args`, then `paths`, then `tail`; its stderr in the
+/// error if it fails.
+pub fn run_tool(tool: &str, args: &[&str], paths: &[&Path], tail: &[&str]) -> Result<()> {
+    let out = Command::new(tool)
+        .args(args)
+        .args(paths)
+        .args(tail)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {tool}: {e}"))?;
+    if !out.status.success() {
+        bail!(
+            "{tool} {args:?} {paths:?} {tail:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
 
 /// What the prerequisite logic needs of a machine: a fake one in the tests.
 trait Machine {

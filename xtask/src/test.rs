@@ -80,7 +80,13 @@ const GATES: &[(&str, &str)] = &[
     (
         "clippy host workspace",
         "clippy --quiet --workspace --exclude hypervisor --exclude bootloader \
-         --exclude test-guests --all-targets -- -D warnings",
+         --exclude test-guests --exclude root-partition-svc --all-targets -- -D warnings",
+    ),
+    // The root's library and its tests on the host; its kernel (which
+    // cannot link against the std the host tests pull in) below.
+    (
+        "clippy host root-partition-svc library",
+        "clippy --quiet -p root-partition-svc --lib --tests -- -D warnings",
     ),
     // As `build::build` builds them (.cargo/config.toml adds the target's flags).
     (
@@ -128,7 +134,11 @@ fn host_tests() -> Result<bool> {
             "--exclude",
             "test-guests",
         ],
-        &[("XTASK_REQUIRE_IASL", "1"), ("XTASK_REQUIRE_QEMU_IMG", "1")],
+        &[
+            ("XTASK_REQUIRE_IASL", "1"),
+            ("XTASK_REQUIRE_QEMU_IMG", "1"),
+            ("XTASK_REQUIRE_MTOOLS", "1"),
+        ],
     )
 }
 
@@ -238,12 +248,90 @@ fn run_case(
         monitor_commands: &commands,
         echo_hypervisor_log: false,
     };
-    let run = emulator::run(&case.machine, &media, &dir, &opts)?;
-    std::fs::write(dir.join("serial.log"), &run.outcome.serial)?;
-    if audit {
-        std::fs::write(dir.join("monitor.log"), &run.outcome.monitor)?;
+    let Some(disk) = &case.host_disk else {
+        let run = emulator::run(&case.machine, &media, &dir, &opts)?;
+        std::fs::write(dir.join("serial.log"), &run.outcome.serial)?;
+        if audit {
+            std::fs::write(dir.join("monitor.log"), &run.outcome.monitor)?;
+        }
+        return Ok(judge(case, &run.outcome));
+    };
+    // A fresh disk for the root, with qemu-img's VHD files on it; boots on
+    // it one after another; their serial text judged as one; then the VHD
+    // files checked by qemu-img.
+    let image = dir.join("host-disk.img");
+    image::host_disk(&image, 512, "HVTEST")?;
+    for (name, subformat, size) in disk.qemu_vhds {
+        let vhd = dir.join(name);
+        let _ = std::fs::remove_file(&vhd);
+        crate::prereq::run_tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "vpc",
+                "-o",
+                &format!("subformat={subformat}"),
+            ],
+            &[&vhd],
+            &[size],
+        )?;
+        image::copy_to_disk(&image, &vhd, name)?;
     }
-    Ok(judge(case, &run.outcome))
+    let mut machine = case.machine.clone();
+    machine.disk_image = Some(image.display().to_string());
+    let mut outcome = emulator::run(&machine, &media, &dir, &opts)?.outcome;
+    for (i, script) in disk.later_boots.iter().enumerate() {
+        let opts = emulator::RunOptions {
+            input: emulator::Input::Script {
+                prompt: ROOT_PROMPT,
+                lines: script,
+            },
+            ..opts
+        };
+        let next = emulator::run(&machine, &media, &dir, &opts)?.outcome;
+        outcome
+            .serial
+            .push_str(&format!("\n{}\n", system_tests::next_boot_marker(i + 2)));
+        outcome.serial.push_str(&next.serial);
+        if outcome.success != Some(false) && !outcome.timed_out {
+            outcome.success = next.success;
+            outcome.timed_out = next.timed_out;
+        }
+    }
+    std::fs::write(dir.join("serial.log"), &outcome.serial)?;
+    let mut verdict = judge(case, &outcome);
+    if verdict.is_ok() {
+        for (name, text) in disk.vhds_hold {
+            if let Err(e) = vhd_holds(&image, &dir, name, text) {
+                verdict = Err(format!("{name} on the root's disk: {e:#}"));
+                break;
+            }
+        }
+    }
+    Ok(verdict)
+}
+
+/// `name`, copied off the root's disk: qemu-img opens it (`info`; it has
+/// no `check` for VHD) and its disk, converted to raw, holds `text`.
+fn vhd_holds(image: &std::path::Path, dir: &std::path::Path, name: &str, text: &str) -> Result<()> {
+    let vhd = dir.join(format!("out-{name}"));
+    image::copy_from_disk(image, name, &vhd)?;
+    crate::prereq::run_tool("qemu-img", &["info", "-f", "vpc"], &[&vhd], &[])?;
+    let raw = dir.join(format!("out-{name}.raw"));
+    crate::prereq::run_tool(
+        "qemu-img",
+        &["convert", "-f", "vpc", "-O", "raw"],
+        &[&vhd, &raw],
+        &[],
+    )?;
+    let bytes = std::fs::read(&raw)?;
+    let _ = std::fs::remove_file(&raw);
+    if !bytes.windows(text.len()).any(|w| w == text.as_bytes()) {
+        bail!("qemu-img's raw conversion does not hold \"{text}\"");
+    }
+    Ok(())
 }
 
 pub fn main(args: Vec<String>) -> Result<i32> {

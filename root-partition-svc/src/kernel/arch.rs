@@ -43,6 +43,15 @@ pub fn outl(port: u16, v: u32) {
     };
 }
 
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
 /// CPUID leaf 0, `n` times (at least once), in a loop of four more
 /// instructions: what `bench exits` times.
 pub fn cpuid_loop(n: u64) {

@@ -8,6 +8,7 @@ mod arch;
 mod fpu;
 mod guest_ring;
 mod heap;
+mod host_disk;
 mod hypercall;
 mod idt;
 mod phys;
@@ -16,6 +17,7 @@ mod ram_disk;
 mod serial;
 mod shell;
 mod synic;
+mod virtio_disk;
 mod vm;
 mod vmbus_server;
 

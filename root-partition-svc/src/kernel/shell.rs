@@ -8,6 +8,7 @@ use root_partition_svc::acpi::{self, Platform};
 use root_partition_svc::boot::{self, HvIdentity};
 use root_partition_svc::command::{self, Command, ParseError, HELP};
 use root_partition_svc::line::{Event, LineEditor};
+use root_partition_svc::vhd_command::VhdCommand;
 use root_partition_svc::{format, PROMPT};
 
 /// The idle shell wakes this often to look at the serial port.
@@ -69,6 +70,7 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
 
     let vmm = vm::get();
     vmm.init(&boot, shell.tsc_hz);
+    crate::host_disk::init(shell.mem.top);
     // A boot module named `startup`: shell lines run before the first
     // prompt (`cargo xtask run --guest linux` defines its VM this way).
     if let Some(m) = boot.modules().iter().find(|m| m.name() == "startup") {
@@ -177,6 +179,11 @@ impl Shell {
             Command::Vm(c) => vm::get().execute(c),
             Command::HostInfo => self.host_info(),
             Command::HostStats => self.host_stats(),
+            Command::HostDisk => crate::host_disk::show(),
+            Command::Vhd(VhdCommand::New { path, size, kind }) => {
+                crate::host_disk::vhd_new(path, size, kind, vm::get().now())
+            }
+            Command::Vhd(VhdCommand::Show(path)) => crate::host_disk::vhd_show(path),
             Command::HostModules => {
                 for m in vm::get().modules() {
                     println!("{:>10} bytes  {}", m.end - m.start, m.name());

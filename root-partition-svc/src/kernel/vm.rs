@@ -2,9 +2,12 @@
 //! memory (taken from the root's free RAM), their images and start state,
 //! and the intercepts their VPs raise (serial output, the exit and
 //! power-off ports, faults), answered through SetVpRegisters.
+use crate::host_disk::{self, VmDisk};
 use crate::ram_disk::RamDisk;
 use crate::vmbus_server::{self, DeviceStage, IcStage, VmBus};
 use crate::{heap, hypercall, print, println, serial, synic};
+use alloc::format;
+use alloc::string::String;
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use hv_abi::hypercall::status;
@@ -27,6 +30,7 @@ use root_partition_svc::vm_command::{
 use root_partition_svc::vmm::{
     self, Console, Devices, EntryMode, IoEffect, MemoryPool, Report, ReportOnce,
 };
+use vmbus::scsi::BlockDevice;
 use vmbus::scsi::Identity;
 
 pub const MAX_VMS: usize = 16;
@@ -108,7 +112,7 @@ pub struct Vm {
     /// The administrator added the echo device (offered at every start).
     echo: bool,
     /// The disk on its SCSI controller (LUN 0), served at every start.
-    disk: Option<(RamDisk, Identity)>,
+    disk: Option<(VmDisk, Identity)>,
     /// VMBus messages the server refused from the guest and dropped to it,
     /// in the last run (kept when the server goes with the run).
     vmbus_refused: (u64, u64),
@@ -384,9 +388,9 @@ impl Vmm {
             VmCommand::DeviceRemove(name, DeviceKind::Echo) => self.echo_device(name, false),
             VmCommand::DiskAttach {
                 name,
-                source: DiskSource::Ram { mib },
+                source,
                 read_only,
-            } => self.attach_ram_disk(name, mib, read_only),
+            } => self.attach_disk(name, source, read_only),
             VmCommand::DiskDetach(name) => self.detach_disk(name),
             VmCommand::DiskList(name) => {
                 if let Some(vm) = self.named(name) {
@@ -817,7 +821,7 @@ impl Vmm {
         Some(i)
     }
 
-    fn attach_ram_disk(&mut self, name: &str, mib: u64, read_only: bool) {
+    fn attach_disk(&mut self, name: &str, source: DiskSource, read_only: bool) {
         let Some(i) = self.not_running(name, "vm disk attach", "attach disks to a VM that is off")
         else {
             return;
@@ -831,30 +835,58 @@ impl Vmm {
             );
             return;
         }
-        let bytes = mib << 20;
-        let Some(base) = self.pool.take(bytes) else {
-            println!(
-                "vm disk attach: not enough free memory for a {mib} MiB RAM disk (largest free block {} MiB)",
-                self.pool.largest() >> 20
-            );
-            return;
+        let disk = match source {
+            DiskSource::Ram { mib } => {
+                let bytes = mib << 20;
+                let Some(base) = self.pool.take(bytes) else {
+                    println!(
+                        "vm disk attach: not enough free memory for a {mib} MiB RAM disk (largest free block {} MiB)",
+                        self.pool.largest() >> 20
+                    );
+                    return;
+                };
+                guest_zero(base, bytes);
+                VmDisk::Ram(RamDisk::new(base, bytes, read_only))
+            }
+            DiskSource::File(path) => match host_disk::attach(path, read_only, name) {
+                Ok(d) => VmDisk::File(d),
+                Err(e) => {
+                    println!("vm disk attach: {path}: {e}");
+                    return;
+                }
+            },
         };
-        guest_zero(base, bytes);
         let id = crate::arch::rdtsc() ^ (i as u64) << 56;
         let mut serial = [0u8; 16];
         for (k, b) in serial.iter_mut().enumerate() {
             *b = b"0123456789ABCDEF"[(id >> (60 - 4 * k) & 0xF) as usize];
         }
         if let Some(vm) = self.vms[i].as_mut() {
-            vm.disk = Some((
-                RamDisk::new(base, bytes, read_only),
-                Identity { serial, id },
-            ));
+            vm.disk = Some((disk, Identity { serial, id }));
         }
-        println!(
-            "vm disk: a {mib} MiB RAM disk attached to {name}'s SCSI controller (LUN 0, {}), kept until detached",
-            if read_only { "read-only" } else { "read-write" }
-        );
+        match disk {
+            VmDisk::Ram(_) => println!(
+                "vm disk: a {} MiB RAM disk attached to {name}'s SCSI controller (LUN 0, {}), kept until detached",
+                disk.blocks() >> 11,
+                if read_only { "read-only" } else { "read-write" }
+            ),
+            VmDisk::File(_) => println!("vm disk: {disk} attached to {name}'s SCSI controller (LUN 0)"),
+        }
+    }
+
+    /// Gives back what a detached disk held: a RAM disk's memory, a file's
+    /// handle (its writes flushed).
+    fn release_disk(&mut self, disk: VmDisk) -> String {
+        match disk {
+            VmDisk::Ram(d) => {
+                self.pool.add(d.base(), d.base() + d.bytes());
+                format!(
+                    "RAM disk detached; {} MiB returned to the root",
+                    d.bytes() >> 20
+                )
+            }
+            VmDisk::File(f) => format!("{} detached", host_disk::detach(f)),
+        }
     }
 
     fn detach_disk(&mut self, name: &str) {
@@ -870,11 +902,8 @@ impl Vmm {
             println!("vm disk detach: {name} has no disk");
             return;
         };
-        self.pool.add(disk.base(), disk.base() + disk.bytes());
-        println!(
-            "vm disk: {name}'s RAM disk detached; {} MiB returned to the root",
-            disk.bytes() >> 20
-        );
+        let what = self.release_disk(disk);
+        println!("vm disk: {name}'s {what}");
     }
 
     fn cpu(&mut self, name: &str, s: CpuSettings) {
@@ -1010,7 +1039,7 @@ impl Vmm {
         let (base, bytes) = (vm.memory_base, vm.memory_bytes);
         self.pool.add(base, base + bytes);
         if let Some((disk, _)) = vm.disk {
-            self.pool.add(disk.base(), disk.base() + disk.bytes());
+            self.release_disk(disk);
         }
         self.vms[i] = None;
         println!(

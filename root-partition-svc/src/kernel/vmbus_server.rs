@@ -14,8 +14,8 @@
 //! sets flag `slot * 128 + r` of the root's VMBus SINT (slot: the VM's
 //! index in the worker's table).
 use crate::guest_ring::{GuestMemoryBlock, GuestRing};
+use crate::host_disk::VmDisk;
 use crate::hypercall;
-use crate::ram_disk::RamDisk;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use hv_abi::hypercall::status;
@@ -311,7 +311,7 @@ pub struct StorageDevice {
     pub stage: DeviceStage,
     channel: Option<Channel<GuestRing, EventNotifier>>,
     pub server: StorageServer,
-    pub disk: ScsiDisk<RamDisk>,
+    pub disk: ScsiDisk<VmDisk>,
 }
 
 /// Longest packet an integration service's channel reads: a longer one
@@ -379,7 +379,7 @@ impl VmBus {
         memory_base: u64,
         memory_bytes: u64,
         echo: bool,
-        disk: Option<(RamDisk, Identity)>,
+        disk: Option<(VmDisk, Identity)>,
     ) -> Result<Self, u16> {
         for connection in MESSAGE_CONNECTIONS {
             let info = PortInfo {

@@ -1,0 +1,1268 @@
+//! FAT32, as Microsoft's "FAT: General Overview of On-Disk Format" (1.03)
+//! lays it out: the root partition's own disk keeps the administrator's VHD
+//! files in it, so that standard tools (mtools, Linux, Windows) copy them in
+//! and out.
+//!
+//! What is supported, and its limits (docs/storage.md): a FAT32 volume on
+//! the whole disk or in the first FAT32 partition of an MBR; 512-byte
+//! sectors; files in the root directory only; new files get 8.3 names
+//! (long names made by other tools are read and matched); a file holds at
+//! most 4 GiB - 1 byte, as FAT32 itself; files grow, and are never shrunk
+//! or deleted here.
+//!
+//! Every value read from the disk is checked before it is used (the boot
+//! sector's fields, every cluster number, chains that loop) and errors are
+//! values. A file grows in an order that survives a crash at any point: its
+//! new clusters are chained and marked in every FAT copy, then linked to the
+//! file, then the data written, and its size in the directory entry last;
+//! a cut before the size leaves lost clusters (what fsck frees), never a
+//! file that reads what was not written.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use vmbus::scsi::{BlockDevice, BLOCK_SIZE};
+
+const SECTOR: u64 = BLOCK_SIZE as u64;
+const ENTRY: usize = 32;
+const FREE: u32 = 0;
+const END_OF_CHAIN: u32 = 0x0FFF_FFFF;
+/// Entries at or above this end a chain.
+const END_MIN: u32 = 0x0FFF_FFF8;
+const MASK: u32 = 0x0FFF_FFFF;
+const ATTR_LONG_NAME: u8 = 0x0F;
+const ATTR_DIRECTORY: u8 = 0x10;
+const ATTR_VOLUME_ID: u8 = 0x08;
+const ATTR_ARCHIVE: u8 = 0x20;
+/// NTRes bits: the base name, the extension, shown in lower case.
+const LOWER_BASE: u8 = 0x08;
+const LOWER_EXT: u8 = 0x10;
+/// The largest file FAT32 records.
+pub const MAX_FILE: u64 = u32::MAX as u64;
+/// The most bytes one device request moves.
+const IO_CHUNK: usize = 64 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FatError {
+    /// The disk failed a read or write.
+    Io,
+    /// Not a FAT32 volume: what is wrong.
+    NotFat32(&'static str),
+    /// The volume's metadata contradicts itself: what is wrong.
+    Damaged(&'static str),
+    /// Not a valid 8.3 name for a new file.
+    BadName,
+    NotFound,
+    Exists,
+    /// No free cluster left.
+    Full,
+    /// Past FAT32's 4 GiB - 1 file size.
+    TooLarge,
+    /// Read past the end of the file.
+    PastEnd,
+}
+
+impl core::fmt::Display for FatError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FatError::Io => f.write_str("the disk failed a read or write"),
+            FatError::NotFat32(why) => write!(f, "not a FAT32 volume ({why})"),
+            FatError::Damaged(why) => write!(f, "the file system is damaged ({why})"),
+            FatError::BadName => f.write_str(
+                "not an 8.3 file name (up to 8 letters, digits or _-~!#$%&'()@^{} , a dot, up to 3 more)",
+            ),
+            FatError::NotFound => f.write_str("no such file"),
+            FatError::Exists => f.write_str("the file exists already"),
+            FatError::Full => f.write_str("the disk is full"),
+            FatError::TooLarge => f.write_str("a FAT32 file holds at most 4 GiB - 1 byte"),
+            FatError::PastEnd => f.write_str("read past the end of the file"),
+        }
+    }
+}
+
+impl From<vmbus::scsi::IoError> for FatError {
+    fn from(_: vmbus::scsi::IoError) -> Self {
+        FatError::Io
+    }
+}
+
+/// A file's place on the disk: its directory entry and its clusters, as
+/// runs of consecutive clusters (usually one: files copied to a fresh
+/// volume are contiguous).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    /// As a directory listing shows it: the long name if there is one.
+    pub name: String,
+    /// Byte offset of its 32-byte short entry from the volume's start.
+    entry: u64,
+    size: u64,
+    runs: Vec<(u32, u32)>,
+}
+
+impl File {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn clusters(&self) -> u64 {
+        self.runs.iter().map(|&(_, n)| u64::from(n)).sum()
+    }
+
+    fn last_cluster(&self) -> Option<u32> {
+        self.runs.last().map(|&(s, n)| s + n - 1)
+    }
+}
+
+/// A line of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub size: u64,
+    pub directory: bool,
+}
+
+/// A mounted FAT32 volume on `disk`.
+pub struct Volume<D: BlockDevice> {
+    disk: D,
+    /// The volume's first sector on the disk.
+    start: u64,
+    cluster_bytes: u64,
+    sectors_per_cluster: u64,
+    /// First sector of the first FAT, relative to `start`.
+    fat_start: u64,
+    fat_sectors: u64,
+    fats: u64,
+    /// Sector of cluster 2, relative to `start`.
+    data_start: u64,
+    /// Valid cluster numbers are `2..clusters + 2`.
+    clusters: u32,
+    root_cluster: u32,
+    fsinfo: Option<u64>,
+    free: u32,
+    next_free: u32,
+    label: [u8; 11],
+    /// One FAT sector (of the first FAT), written to every copy when dirty.
+    cache: Option<(u64, [u8; 512], bool)>,
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The 11-byte short name and its NTRes case bits for `name`, if it is a
+/// valid 8.3 name (a name of one case: mixed case has no short form).
+pub fn short_name(name: &str) -> Option<([u8; 11], u8)> {
+    let name = name.strip_prefix('/').unwrap_or(name);
+    let (base, ext) = match name.rsplit_once('.') {
+        Some((b, e)) => (b, e),
+        None => (name, ""),
+    };
+    if base.is_empty() || base.len() > 8 || ext.len() > 3 {
+        return None;
+    }
+    let valid = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-~!#$%&'()@^{}".contains(&c))
+    };
+    if !valid(base) || !valid(ext) {
+        return None;
+    }
+    let case = |s: &str, bit: u8| -> Option<u8> {
+        let lower = s.bytes().any(|c| c.is_ascii_lowercase());
+        let upper = s.bytes().any(|c| c.is_ascii_uppercase());
+        match (lower, upper) {
+            (true, true) => None,
+            (true, false) => Some(bit),
+            _ => Some(0),
+        }
+    };
+    let bits = case(base, LOWER_BASE)? | case(ext, LOWER_EXT)?;
+    let mut out = [b' '; 11];
+    for (o, c) in out.iter_mut().zip(base.bytes()) {
+        *o = c.to_ascii_uppercase();
+    }
+    for (o, c) in out[8..].iter_mut().zip(ext.bytes()) {
+        *o = c.to_ascii_uppercase();
+    }
+    Some((out, bits))
+}
+
+/// How a listing shows a short entry: `NAME.EXT`, lower case where NTRes says.
+fn display_short(raw: &[u8], nt: u8) -> String {
+    let part = |b: &[u8], lower: bool| -> String {
+        let s = b.iter().rev().skip_while(|&&c| c == b' ').count();
+        b[..s]
+            .iter()
+            .map(|&c| {
+                let c = if c == 0x05 { 0xE5 } else { c };
+                let c = if c.is_ascii() { c as char } else { '?' };
+                if lower {
+                    c.to_ascii_lowercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
+    };
+    let mut s = part(&raw[..8], nt & LOWER_BASE != 0);
+    let ext = part(&raw[8..11], nt & LOWER_EXT != 0);
+    if !ext.is_empty() {
+        s.push('.');
+        s.push_str(&ext);
+    }
+    s
+}
+
+/// The checksum of a short name that its long-name entries carry.
+fn short_checksum(raw: &[u8]) -> u8 {
+    raw[..11]
+        .iter()
+        .fold(0u8, |sum, &c| sum.rotate_right(1).wrapping_add(c))
+}
+
+/// Collects the long name spread over the entries before a short entry.
+#[derive(Default)]
+struct LongName {
+    /// UTF-16 units by entry ordinal (1-based).
+    parts: Vec<(u8, [u16; 13])>,
+    checksum: u8,
+}
+
+impl LongName {
+    fn add(&mut self, e: &[u8]) {
+        let ord = e[0];
+        if ord & 0x40 != 0 {
+            self.parts.clear();
+        }
+        let mut units = [0u16; 13];
+        let offsets = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+        for (u, &o) in units.iter_mut().zip(offsets.iter()) {
+            *u = le16(e, o);
+        }
+        self.checksum = e[13];
+        self.parts.push((ord & 0x3F, units));
+    }
+
+    /// The long name, if these parts belong to the short entry `raw`.
+    fn take(&mut self, raw: &[u8]) -> Option<String> {
+        let parts = core::mem::take(&mut self.parts);
+        if parts.is_empty() || self.checksum != short_checksum(raw) {
+            return None;
+        }
+        let mut ordered = parts;
+        ordered.sort_by_key(|p| p.0);
+        let units: Vec<u16> = ordered
+            .iter()
+            .flat_map(|p| p.1.iter().copied())
+            .take_while(|&u| u != 0)
+            .collect();
+        Some(
+            char::decode_utf16(units)
+                .map(|c| c.unwrap_or('?'))
+                .collect(),
+        )
+    }
+}
+
+impl<D: BlockDevice> Volume<D> {
+    /// Mounts the FAT32 volume on `disk` (whole disk, or the first FAT32
+    /// partition of its MBR) and counts its free clusters.
+    pub fn open(mut disk: D) -> Result<Self, FatError> {
+        let mut s0 = [0u8; 512];
+        if disk.blocks() == 0 {
+            return Err(FatError::NotFat32("the disk is empty"));
+        }
+        disk.read(0, &mut s0)?;
+        let mut start = 0;
+        if !looks_like_fat(&s0) && s0[510..] == [0x55, 0xAA] {
+            // An MBR: the first partition of a FAT32 type (0x0B, 0x0C).
+            let found = (0..4).find_map(|i| {
+                let p = &s0[446 + 16 * i..462 + 16 * i];
+                matches!(p[4], 0x0B | 0x0C).then(|| u64::from(le32(p, 8)))
+            });
+            let Some(lba) = found else {
+                return Err(FatError::NotFat32("no FAT32 boot sector or partition"));
+            };
+            if lba == 0 || lba >= disk.blocks() {
+                return Err(FatError::NotFat32("the partition starts outside the disk"));
+            }
+            start = lba;
+            disk.read(start, &mut s0)?;
+        }
+        if !looks_like_fat(&s0) {
+            return Err(FatError::NotFat32("no FAT boot sector"));
+        }
+        if le16(&s0, 11) != 512 {
+            return Err(FatError::NotFat32("sectors are not 512 bytes"));
+        }
+        let spc = u64::from(s0[13]);
+        if spc == 0 || !spc.is_power_of_two() || spc > 128 {
+            return Err(FatError::NotFat32("bad sectors per cluster"));
+        }
+        let reserved = u64::from(le16(&s0, 14));
+        let fats = u64::from(s0[16]);
+        if le16(&s0, 17) != 0 || le16(&s0, 22) != 0 {
+            return Err(FatError::NotFat32(
+                "FAT12 or FAT16: format it FAT32 (mformat -F)",
+            ));
+        }
+        let total = match le16(&s0, 19) {
+            0 => u64::from(le32(&s0, 32)),
+            n => u64::from(n),
+        };
+        let fat_sectors = u64::from(le32(&s0, 36));
+        if reserved == 0 || fats == 0 || fats > 4 || fat_sectors == 0 {
+            return Err(FatError::NotFat32(
+                "bad reserved sectors, FAT count or FAT size",
+            ));
+        }
+        if start + total > disk.blocks() {
+            return Err(FatError::NotFat32("the volume is larger than the disk"));
+        }
+        let data_start = reserved + fats * fat_sectors;
+        if data_start >= total {
+            return Err(FatError::NotFat32("no data area"));
+        }
+        let clusters = (total - data_start) / spc;
+        if clusters < 65525 {
+            return Err(FatError::NotFat32("too few clusters for FAT32"));
+        }
+        // Entries the FAT has room for (the first two are reserved).
+        let clusters = clusters.min(fat_sectors * 128 - 2).min(0x0FFF_FFF5) as u32;
+        let root_cluster = le32(&s0, 44);
+        let fsinfo = match le16(&s0, 48) {
+            0 | 0xFFFF => None,
+            n if u64::from(n) < reserved => Some(u64::from(n)),
+            _ => None,
+        };
+        let mut label = [b' '; 11];
+        label.copy_from_slice(&s0[71..82]);
+        let mut v = Volume {
+            disk,
+            start,
+            cluster_bytes: spc * SECTOR,
+            sectors_per_cluster: spc,
+            fat_start: reserved,
+            fat_sectors,
+            fats,
+            data_start,
+            clusters,
+            root_cluster,
+            fsinfo,
+            free: 0,
+            next_free: 2,
+            label,
+            cache: None,
+        };
+        if !v.valid_cluster(root_cluster) {
+            return Err(FatError::Damaged(
+                "the root directory's cluster is outside the volume",
+            ));
+        }
+        v.free = v.count_free()?;
+        Ok(v)
+    }
+
+    fn valid_cluster(&self, c: u32) -> bool {
+        c >= 2 && c - 2 < self.clusters
+    }
+
+    fn count_free(&mut self) -> Result<u32, FatError> {
+        let mut free = 0;
+        let mut buf = vec![0u8; IO_CHUNK];
+        let entries = u64::from(self.clusters) + 2;
+        let sectors = (entries * 4).div_ceil(SECTOR);
+        let mut at = 0;
+        while at < sectors {
+            let n = (sectors - at).min(buf.len() as u64 / SECTOR);
+            let bytes = &mut buf[..(n * SECTOR) as usize];
+            self.disk.read(self.start + self.fat_start + at, bytes)?;
+            for (i, e) in bytes.chunks_exact(4).enumerate() {
+                let cluster = at * 128 + i as u64;
+                if (2..entries).contains(&cluster) && le32(e, 0) & MASK == FREE {
+                    free += 1;
+                }
+            }
+            at += n;
+        }
+        Ok(free)
+    }
+
+    pub fn label(&self) -> String {
+        display_short(&self.label, 0)
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        u64::from(self.free) * self.cluster_bytes
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        u64::from(self.clusters) * self.cluster_bytes
+    }
+
+    pub fn cluster_bytes(&self) -> u64 {
+        self.cluster_bytes
+    }
+
+    /// The disk the volume is on.
+    pub fn disk(&mut self) -> &mut D {
+        &mut self.disk
+    }
+
+    fn cluster_sector(&self, c: u32) -> u64 {
+        self.start + self.data_start + u64::from(c - 2) * self.sectors_per_cluster
+    }
+
+    fn load_fat_sector(&mut self, sector: u64) -> Result<&mut [u8; 512], FatError> {
+        if self.cache.as_ref().is_none_or(|c| c.0 != sector) {
+            self.write_back()?;
+            let mut b = [0u8; 512];
+            self.disk
+                .read(self.start + self.fat_start + sector, &mut b)?;
+            self.cache = Some((sector, b, false));
+        }
+        Ok(&mut self.cache.as_mut().ok_or(FatError::Io)?.1)
+    }
+
+    /// Writes the cached FAT sector to every FAT copy if it changed.
+    fn write_back(&mut self) -> Result<(), FatError> {
+        if let Some((sector, b, true)) = self.cache {
+            for copy in 0..self.fats {
+                let lba = self.start + self.fat_start + copy * self.fat_sectors + sector;
+                self.disk.write(lba, &b)?;
+            }
+            if let Some(c) = self.cache.as_mut() {
+                c.2 = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, c: u32) -> Result<u32, FatError> {
+        let at = u64::from(c) * 4;
+        let b = self.load_fat_sector(at / SECTOR)?;
+        Ok(le32(b, (at % SECTOR) as usize) & MASK)
+    }
+
+    fn set_entry(&mut self, c: u32, value: u32) -> Result<(), FatError> {
+        let at = u64::from(c) * 4;
+        let b = self.load_fat_sector(at / SECTOR)?;
+        let o = (at % SECTOR) as usize;
+        // The top four bits are reserved: kept as they are.
+        let v = (le32(b, o) & !MASK) | (value & MASK);
+        b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        if let Some(c) = self.cache.as_mut() {
+            c.2 = true;
+        }
+        Ok(())
+    }
+
+    /// The runs of the chain that starts at `first`.
+    fn chain(&mut self, first: u32) -> Result<Vec<(u32, u32)>, FatError> {
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        if first == 0 {
+            return Ok(runs);
+        }
+        let mut c = first;
+        let mut steps = 0u32;
+        loop {
+            if !self.valid_cluster(c) {
+                return Err(FatError::Damaged(
+                    "a chain names a cluster outside the volume",
+                ));
+            }
+            steps += 1;
+            if steps > self.clusters {
+                return Err(FatError::Damaged("a chain loops"));
+            }
+            match runs.last_mut() {
+                Some((s, n)) if *s + *n == c => *n += 1,
+                _ => runs.push((c, 1)),
+            }
+            let next = self.entry(c)?;
+            if next >= END_MIN {
+                return Ok(runs);
+            }
+            if next == FREE {
+                return Err(FatError::Damaged("a chain runs into a free cluster"));
+            }
+            c = next;
+        }
+    }
+
+    /// Each 32-byte entry of the root directory, with its byte offset from
+    /// the volume's start; `visit` returns `true` to stop.
+    fn walk_root(
+        &mut self,
+        mut visit: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<Vec<(u32, u32)>, FatError> {
+        let runs = self.chain(self.root_cluster)?;
+        let mut buf = vec![0u8; self.cluster_bytes as usize];
+        for &(s, n) in &runs {
+            for c in s..s + n {
+                let lba = self.cluster_sector(c);
+                self.disk.read(lba, &mut buf)?;
+                for (i, e) in buf.chunks_exact(ENTRY).enumerate() {
+                    let at = (lba - self.start) * SECTOR + (i * ENTRY) as u64;
+                    if visit(at, e) {
+                        return Ok(runs);
+                    }
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Every file and directory in the root directory (not the volume
+    /// label, `.` or deleted entries).
+    pub fn list(&mut self) -> Result<Vec<(DirEntry, File)>, FatError> {
+        let mut out = Vec::new();
+        let mut long = LongName::default();
+        let mut bad = false;
+        self.walk_root(|at, e| {
+            match e[0] {
+                0x00 => return true,
+                0xE5 => {
+                    long.parts.clear();
+                    return false;
+                }
+                _ => {}
+            }
+            let attr = e[11];
+            if attr & 0x3F == ATTR_LONG_NAME {
+                long.add(e);
+                return false;
+            }
+            let long_name = long.take(e);
+            if attr & ATTR_VOLUME_ID != 0 || e[0] == b'.' {
+                return false;
+            }
+            let first = (u32::from(le16(e, 20)) << 16) | u32::from(le16(e, 26));
+            let name = long_name.unwrap_or_else(|| display_short(&e[..11], e[12]));
+            let size = u64::from(le32(e, 28));
+            out.push((
+                DirEntry {
+                    name: name.clone(),
+                    size,
+                    directory: attr & ATTR_DIRECTORY != 0,
+                },
+                (first, name, at, size),
+            ));
+            bad |= first != 0 && first < 2;
+            false
+        })?;
+        let mut files = Vec::new();
+        for (d, (first, name, at, size)) in out {
+            let runs = if d.directory {
+                Vec::new()
+            } else {
+                self.chain(first)?
+            };
+            let file = File {
+                name,
+                entry: at,
+                size,
+                runs,
+            };
+            if !d.directory && file.clusters() * self.cluster_bytes < size {
+                return Err(FatError::Damaged("a file is longer than its clusters"));
+            }
+            files.push((d, file));
+        }
+        Ok(files)
+    }
+
+    /// Opens the file `name` of the root directory (its long or short
+    /// name, any case; a leading `/` is allowed).
+    pub fn open_file(&mut self, name: &str) -> Result<File, FatError> {
+        let name = name.strip_prefix('/').unwrap_or(name);
+        let short = short_name(name).map(|s| display_short(&s.0, 0));
+        let matches = |n: &str| {
+            n.eq_ignore_ascii_case(name)
+                || short.as_deref().is_some_and(|s| n.eq_ignore_ascii_case(s))
+        };
+        // Listing gives the long name; the short one matches too.
+        let mut short_hit = None;
+        if let Some(s) = short_name(name) {
+            self.walk_root(|at, e| {
+                if e[0] == 0 {
+                    return true;
+                }
+                if e[0] != 0xE5 && e[11] & 0x3F != ATTR_LONG_NAME && e[..11] == s.0 {
+                    short_hit = Some(at);
+                    return true;
+                }
+                false
+            })?;
+        }
+        for (d, f) in self.list()? {
+            if (matches(&d.name) || short_hit == Some(f.entry)) && !d.directory {
+                return Ok(f);
+            }
+        }
+        Err(FatError::NotFound)
+    }
+
+    /// Makes an empty file `name` (an 8.3 name) in the root directory;
+    /// `stamp` is its FAT (date, time).
+    pub fn create(&mut self, name: &str, stamp: (u16, u16)) -> Result<File, FatError> {
+        let (raw, case) = short_name(name).ok_or(FatError::BadName)?;
+        match self.open_file(name) {
+            Ok(_) => return Err(FatError::Exists),
+            Err(FatError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let mut slot = None;
+        let runs = self.walk_root(|at, e| {
+            if e[0] == 0x00 || e[0] == 0xE5 {
+                slot = Some(at);
+                return true;
+            }
+            false
+        })?;
+        let at = match slot {
+            Some(at) => at,
+            None => {
+                // The root directory is full: one more cluster, zeroed.
+                let last = runs
+                    .last()
+                    .map(|&(s, n)| s + n - 1)
+                    .ok_or(FatError::Damaged("the root directory has no cluster"))?;
+                let c = self.allocate(1, Some(last))?;
+                let zeros = vec![0u8; self.cluster_bytes as usize];
+                self.disk.write(self.cluster_sector(c), &zeros)?;
+                (self.cluster_sector(c) - self.start) * SECTOR
+            }
+        };
+        let mut e = [0u8; ENTRY];
+        e[..11].copy_from_slice(&raw);
+        e[11] = ATTR_ARCHIVE;
+        e[12] = case;
+        let (date, time) = stamp;
+        e[14..16].copy_from_slice(&time.to_le_bytes());
+        e[16..18].copy_from_slice(&date.to_le_bytes());
+        e[18..20].copy_from_slice(&date.to_le_bytes());
+        e[22..24].copy_from_slice(&time.to_le_bytes());
+        e[24..26].copy_from_slice(&date.to_le_bytes());
+        self.write_bytes(at, &e)?;
+        Ok(File {
+            name: display_short(&raw, case),
+            entry: at,
+            size: 0,
+            runs: Vec::new(),
+        })
+    }
+
+    /// Writes `data` at byte `at` from the volume's start (read, modify,
+    /// write of the sectors it touches).
+    fn write_bytes(&mut self, at: u64, data: &[u8]) -> Result<(), FatError> {
+        let first = at / SECTOR;
+        let last = (at + data.len() as u64).div_ceil(SECTOR);
+        let mut buf = vec![0u8; ((last - first) * SECTOR) as usize];
+        self.disk.read(self.start + first, &mut buf)?;
+        let o = (at - first * SECTOR) as usize;
+        buf[o..o + data.len()].copy_from_slice(data);
+        self.disk.write(self.start + first, &buf)?;
+        Ok(())
+    }
+
+    /// Takes `n` free clusters, chains them, and links the chain after
+    /// `after` (or leaves it unlinked: the caller records the first). The
+    /// new chain is complete in every FAT before it is linked.
+    fn allocate(&mut self, n: u32, after: Option<u32>) -> Result<u32, FatError> {
+        if n == 0 || n > self.free {
+            return Err(FatError::Full);
+        }
+        let mut taken = Vec::with_capacity(n as usize);
+        let mut c = if self.valid_cluster(self.next_free) {
+            self.next_free
+        } else {
+            2
+        };
+        let mut looked = 0u32;
+        while (taken.len() as u32) < n {
+            if looked >= self.clusters {
+                return Err(FatError::Full);
+            }
+            if self.entry(c)? == FREE {
+                taken.push(c);
+            }
+            looked += 1;
+            c = if c > self.clusters { 2 } else { c + 1 };
+        }
+        for (i, &t) in taken.iter().enumerate() {
+            let next = taken.get(i + 1).copied().unwrap_or(END_OF_CHAIN);
+            self.set_entry(t, next)?;
+        }
+        self.write_back()?;
+        if let Some(prev) = after {
+            self.set_entry(prev, taken[0])?;
+            self.write_back()?;
+        }
+        self.free -= n;
+        self.next_free = c;
+        Ok(taken[0])
+    }
+
+    /// The disk sector holding byte `offset` of `f`, and how many bytes
+    /// from there are contiguous on the disk (to the end of its run).
+    fn locate(&self, f: &File, offset: u64) -> Option<(u64, u64)> {
+        let mut index = offset / self.cluster_bytes;
+        for &(s, n) in &f.runs {
+            if index < u64::from(n) {
+                let c = s + index as u32;
+                let within = offset % self.cluster_bytes;
+                let lba = self.cluster_sector(c) + within / SECTOR;
+                let contiguous = (u64::from(n) - index) * self.cluster_bytes - within;
+                return Some((lba, contiguous));
+            }
+            index -= u64::from(n);
+        }
+        None
+    }
+
+    /// Reads `buf.len()` bytes of `f` at `offset` (inside the file).
+    pub fn read(&mut self, f: &File, offset: u64, buf: &mut [u8]) -> Result<(), FatError> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or(FatError::PastEnd)?;
+        if end > f.size {
+            return Err(FatError::PastEnd);
+        }
+        self.transfer(f, offset, Transfer::Read(buf))
+    }
+
+    /// Writes `data` to `f` at `offset`, growing the file if it ends past
+    /// the end (the gap reads as zeros).
+    pub fn write(&mut self, f: &mut File, offset: u64, data: &[u8]) -> Result<(), FatError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FatError::TooLarge)?;
+        if end > MAX_FILE {
+            return Err(FatError::TooLarge);
+        }
+        let old = f.size;
+        if end > old {
+            self.reserve(f, end)?;
+            if offset > old {
+                self.zero(f, old, offset)?;
+            }
+        }
+        self.transfer(f, offset, Transfer::Write(data))?;
+        if end > old {
+            self.set_size(f, end)?;
+        }
+        Ok(())
+    }
+
+    /// Grows `f` to `len` bytes of zeros past its end.
+    pub fn extend(&mut self, f: &mut File, len: u64) -> Result<(), FatError> {
+        if len > MAX_FILE {
+            return Err(FatError::TooLarge);
+        }
+        if len <= f.size {
+            return Ok(());
+        }
+        self.reserve(f, len)?;
+        let old = f.size;
+        self.zero(f, old, len)?;
+        self.set_size(f, len)
+    }
+
+    fn zero(&mut self, f: &File, from: u64, to: u64) -> Result<(), FatError> {
+        let zeros = vec![0u8; IO_CHUNK.min((to - from) as usize)];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(zeros.len() as u64) as usize;
+            self.transfer(f, at, Transfer::Write(&zeros[..n]))?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Gives `f` the clusters to hold `len` bytes (its size unchanged).
+    fn reserve(&mut self, f: &mut File, len: u64) -> Result<(), FatError> {
+        let need = len.div_ceil(self.cluster_bytes);
+        let have = f.clusters();
+        if need <= have {
+            return Ok(());
+        }
+        let n = u32::try_from(need - have).map_err(|_| FatError::TooLarge)?;
+        let first = self.allocate(n, f.last_cluster())?;
+        if f.runs.is_empty() {
+            // A file without clusters: its entry names the first one.
+            let hi = ((first >> 16) as u16).to_le_bytes();
+            let lo = (first as u16).to_le_bytes();
+            self.write_bytes(f.entry + 20, &hi)?;
+            self.write_bytes(f.entry + 26, &lo)?;
+        }
+        let head = f.runs.first().map_or(first, |r| r.0);
+        f.runs = self.chain(head)?;
+        Ok(())
+    }
+
+    fn set_size(&mut self, f: &mut File, len: u64) -> Result<(), FatError> {
+        let size = u32::try_from(len).map_err(|_| FatError::TooLarge)?;
+        self.write_bytes(f.entry + 28, &size.to_le_bytes())?;
+        f.size = len;
+        Ok(())
+    }
+
+    fn transfer(&mut self, f: &File, mut offset: u64, mut t: Transfer) -> Result<(), FatError> {
+        let mut done = 0usize;
+        let total = t.len();
+        let mut bounce = [0u8; 512];
+        while done < total {
+            let (lba, contiguous) = self
+                .locate(f, offset)
+                .ok_or(FatError::Damaged("a file is shorter than its size"))?;
+            let within = (offset % SECTOR) as usize;
+            let left = total - done;
+            if within != 0 || left < SECTOR as usize {
+                // A partial sector: through a bounce buffer.
+                let n = (SECTOR as usize - within).min(left);
+                self.disk.read(lba, &mut bounce)?;
+                match &mut t {
+                    Transfer::Read(b) => {
+                        b[done..done + n].copy_from_slice(&bounce[within..within + n])
+                    }
+                    Transfer::Write(d) => {
+                        bounce[within..within + n].copy_from_slice(&d[done..done + n]);
+                        self.disk.write(lba, &bounce)?;
+                    }
+                }
+                done += n;
+                offset += n as u64;
+                continue;
+            }
+            let n = (left as u64 / SECTOR * SECTOR)
+                .min(contiguous)
+                .min(IO_CHUNK as u64) as usize;
+            match &mut t {
+                Transfer::Read(b) => self.disk.read(lba, &mut b[done..done + n])?,
+                Transfer::Write(d) => self.disk.write(lba, &d[done..done + n])?,
+            }
+            done += n;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes the FSInfo sector's free count and hint, then flushes the disk.
+    pub fn flush(&mut self) -> Result<(), FatError> {
+        self.write_back()?;
+        if let Some(s) = self.fsinfo {
+            let mut b = [0u8; 512];
+            self.disk.read(self.start + s, &mut b)?;
+            if le32(&b, 0) == 0x4161_5252 && le32(&b, 484) == 0x6141_7272 {
+                b[488..492].copy_from_slice(&self.free.to_le_bytes());
+                b[492..496].copy_from_slice(&self.next_free.to_le_bytes());
+                self.disk.write(self.start + s, &b)?;
+            }
+        }
+        self.disk.flush()?;
+        Ok(())
+    }
+}
+
+enum Transfer<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Transfer<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Transfer::Read(b) => b.len(),
+            Transfer::Write(d) => d.len(),
+        }
+    }
+}
+
+fn looks_like_fat(s: &[u8; 512]) -> bool {
+    s[510..] == [0x55, 0xAA] && matches!(s[0], 0xEB | 0xE9) && le16(s, 11) != 0
+}
+
+/// A FAT (date, time) from a calendar time (years 1980-2107).
+pub fn stamp(year: u32, month: u8, day: u8, hour: u8, minute: u8, second: u8) -> (u16, u16) {
+    let y = year.clamp(1980, 2107) - 1980;
+    let date = (y << 9) as u16 | (u16::from(month) << 5) | u16::from(day);
+    let time = (u16::from(hour) << 11) | (u16::from(minute) << 5) | u16::from(second / 2);
+    (date, time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::string::ToString;
+    use vmbus::scsi::IoError;
+
+    /// A disk in memory whose writes fail after `budget` of them (a power
+    /// cut); `None`: no limit.
+    #[derive(Clone)]
+    struct TestDisk {
+        bytes: Vec<u8>,
+        budget: Option<usize>,
+    }
+
+    impl BlockDevice for TestDisk {
+        fn blocks(&self) -> u64 {
+            (self.bytes.len() / 512) as u64
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            let at = lba as usize * 512;
+            buf.copy_from_slice(self.bytes.get(at..at + buf.len()).ok_or(IoError)?);
+            Ok(())
+        }
+        fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+            if let Some(b) = self.budget.as_mut() {
+                if *b == 0 {
+                    return Err(IoError);
+                }
+                *b -= 1;
+            }
+            let at = lba as usize * 512;
+            self.bytes
+                .get_mut(at..at + buf.len())
+                .ok_or(IoError)?
+                .copy_from_slice(buf);
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            Ok(())
+        }
+    }
+
+    /// mtools is there (`cargo xtask test` installs and requires it).
+    fn tool(name: &str, package: &str) -> bool {
+        match Command::new(name).arg("--version").output() {
+            Ok(_) => true,
+            Err(_) if std::env::var("XTASK_REQUIRE_MTOOLS").as_deref() == Ok("1") => {
+                panic!("{name} not found: apt-get install {package}")
+            }
+            Err(_) => {
+                std::eprintln!("note: {name} not found, FAT interoperability check skipped");
+                false
+            }
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fat-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn run(cmd: &str, args: &[&str]) -> String {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// A 64 MiB FAT32 volume made by mformat (at `offset` sectors into the
+    /// image, behind an MBR, when given).
+    fn mformat(path: &Path, offset: Option<u64>) -> Vec<u8> {
+        let sectors = 131_072u64;
+        let total = sectors + offset.unwrap_or(0);
+        std::fs::write(path, vec![0u8; (total * 512) as usize]).unwrap();
+        let p = path.to_str().unwrap();
+        let spec = match offset {
+            Some(o) => format!("{p}@@{}", o * 512),
+            None => p.to_string(),
+        };
+        let t = sectors.to_string();
+        run(
+            "mformat",
+            &[
+                "-i", &spec, "-F", "-c", "1", "-T", &t, "-h", "64", "-s", "32", "-v", "ROOTDISK",
+                "::",
+            ],
+        );
+        let mut bytes = std::fs::read(path).unwrap();
+        if let Some(o) = offset {
+            let e = &mut bytes[446..462];
+            e[4] = 0x0C;
+            e[8..12].copy_from_slice(&(o as u32).to_le_bytes());
+            e[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
+            bytes[510] = 0x55;
+            bytes[511] = 0xAA;
+            std::fs::write(path, &bytes).unwrap();
+        }
+        bytes
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+            .collect()
+    }
+
+    fn disk(bytes: Vec<u8>) -> TestDisk {
+        TestDisk {
+            bytes,
+            budget: None,
+        }
+    }
+
+    #[test]
+    fn short_names_follow_the_8_3_rule() {
+        assert_eq!(short_name("DISK1.VHD").unwrap().0, *b"DISK1   VHD");
+        assert_eq!(
+            short_name("/disk1.vhd"),
+            Some((*b"DISK1   VHD", LOWER_BASE | LOWER_EXT))
+        );
+        assert_eq!(short_name("Readme"), None, "mixed case has no short form");
+        assert_eq!(short_name("README").unwrap().0, *b"README     ");
+        for bad in [
+            "",
+            ".vhd",
+            "toolongname.vhd",
+            "a.vhdx",
+            "a b.vhd",
+            "a.b.c",
+            "é.vhd",
+            "a/b",
+        ] {
+            assert_eq!(short_name(bad), None, "{bad}");
+        }
+        assert_eq!(
+            display_short(b"DISK1   VHD", LOWER_BASE | LOWER_EXT),
+            "disk1.vhd"
+        );
+        assert_eq!(
+            stamp(2026, 11, 30, 14, 30, 59),
+            ((46 << 9) | (11 << 5) | 30, (14 << 11) | (30 << 5) | 29)
+        );
+    }
+
+    /// Files mtools copies in (long and short names) read back the same
+    /// here; files made here are what mtools copies out, and fsck.fat finds
+    /// the volume clean; with and without a partition table.
+    #[test]
+    fn mtools_and_this_module_agree() {
+        if !tool("mformat", "mtools") || !tool("fsck.fat", "dosfstools") {
+            return;
+        }
+        for offset in [None, Some(2048)] {
+            let image = temp(&format!("vol-{}.img", offset.is_some()));
+            mformat(&image, offset);
+            let spec = match offset {
+                Some(o) => format!("{}@@{}", image.display(), o * 512),
+                None => image.display().to_string(),
+            };
+            let long = pattern(300_000, 1);
+            let src = temp("long-source");
+            std::fs::write(&src, &long).unwrap();
+            run(
+                "mcopy",
+                &["-i", &spec, src.to_str().unwrap(), "::debian-disk.vhd"],
+            );
+            run(
+                "mcopy",
+                &["-i", &spec, src.to_str().unwrap(), "::SHORT.BIN"],
+            );
+
+            let mut v = Volume::open(disk(std::fs::read(&image).unwrap())).unwrap();
+            assert_eq!(v.label(), "ROOTDISK");
+            let names: Vec<String> = v.list().unwrap().into_iter().map(|(d, _)| d.name).collect();
+            assert_eq!(names, ["debian-disk.vhd", "SHORT.BIN"]);
+            for name in [
+                "debian-disk.vhd",
+                "DEBIAN-DISK.VHD",
+                "short.bin",
+                "/SHORT.BIN",
+            ] {
+                let f = v.open_file(name).unwrap();
+                assert_eq!(f.size(), long.len() as u64);
+                let mut back = vec![0u8; long.len()];
+                v.read(&f, 0, &mut back).unwrap();
+                assert!(back == long, "{name}");
+                let mut mid = vec![0u8; 1000];
+                v.read(&f, 4097, &mut mid).unwrap();
+                assert_eq!(mid, long[4097..5097]);
+            }
+            assert_eq!(v.open_file("none.vhd"), Err(FatError::NotFound));
+            assert_eq!(v.create("short.bin", (0, 0)), Err(FatError::Exists));
+
+            // Made here: grown in pieces, unaligned, with a gap, and one
+            // file per root-directory slot of a cluster and more (the root
+            // directory grows).
+            let free = v.free_bytes();
+            let mut f = v.create("mine.vhd", stamp(2026, 11, 30, 12, 0, 0)).unwrap();
+            let ours = pattern(1_000_000, 7);
+            v.write(&mut f, 0, &ours[..1000]).unwrap();
+            v.write(&mut f, 1000, &ours[1000..600_000]).unwrap();
+            v.write(&mut f, 700_000, &ours[700_000..]).unwrap();
+            v.write(&mut f, 600_000, &ours[600_000..700_000]).unwrap();
+            v.write(&mut f, 3, &ours[3..70_000]).unwrap();
+            let mut big = v.create("ZEROS", (0, 0)).unwrap();
+            v.extend(&mut big, 5 << 20).unwrap();
+            for i in 0..20 {
+                let mut e = v.create(&format!("f{i}.txt"), (0, 0)).unwrap();
+                v.write(&mut e, 0, format!("file {i}\n").as_bytes())
+                    .unwrap();
+            }
+            v.flush().unwrap();
+            assert!(v.free_bytes() <= free - 6_242_880);
+            assert_eq!(v.read(&f, 999_999, &mut [0u8; 2]), Err(FatError::PastEnd));
+            std::fs::write(&image, &v.disk().bytes).unwrap();
+
+            let out = temp("mine-out");
+            let _ = std::fs::remove_file(&out);
+            run("mcopy", &["-i", &spec, "::mine.vhd", out.to_str().unwrap()]);
+            assert!(std::fs::read(&out).unwrap() == ours);
+            let _ = std::fs::remove_file(&out);
+            run("mcopy", &["-i", &spec, "::zeros", out.to_str().unwrap()]);
+            assert!(std::fs::read(&out).unwrap() == vec![0u8; 5 << 20]);
+            assert_eq!(run("mtype", &["-i", &spec, "::f19.txt"]), "file 19\n");
+            let dir = run("mdir", &["-i", &spec, "-b", "::"]);
+            assert!(dir.contains("mine.vhd"), "{dir}");
+            // fsck.fat reads a partition only from its own device: the
+            // volume alone.
+            let vol = temp("vol-alone.img");
+            let bytes = std::fs::read(&image).unwrap();
+            let skip = offset.unwrap_or(0) as usize * 512;
+            std::fs::write(&vol, &bytes[skip..]).unwrap();
+            run("fsck.fat", &["-n", "-v", vol.to_str().unwrap()]);
+            // And it all reads the same after a remount.
+            let mut v = Volume::open(disk(bytes)).unwrap();
+            let f = v.open_file("MINE.VHD").unwrap();
+            let mut back = vec![0u8; ours.len()];
+            v.read(&f, 0, &mut back).unwrap();
+            assert!(back == ours);
+        }
+    }
+
+    /// A file grown with the power cut after every number of writes: the
+    /// volume mounts, the file has its old size and bytes or its new ones,
+    /// and fsck.fat finds nothing worse than lost clusters.
+    #[test]
+    fn a_cut_at_any_write_of_a_growth_leaves_a_good_volume() {
+        if !tool("mformat", "mtools") || !tool("fsck.fat", "dosfstools") {
+            return;
+        }
+        let image = temp("cut.img");
+        let base = mformat(&image, None);
+        let mut v = Volume::open(disk(base)).unwrap();
+        let mut f = v.create("GROW.BIN", (0, 0)).unwrap();
+        let first = pattern(5000, 3);
+        v.write(&mut f, 0, &first).unwrap();
+        v.flush().unwrap();
+        let before = v.disk().bytes.clone();
+        let more = pattern(20_000, 9);
+        let mut cut = 0;
+        loop {
+            let mut d = disk(before.clone());
+            d.budget = Some(cut);
+            let mut v = Volume::open(d).unwrap();
+            let mut f = v.open_file("GROW.BIN").unwrap();
+            let done = v.write(&mut f, 5000, &more).is_ok() && v.flush().is_ok();
+            let after = v.disk().bytes.clone();
+            let mut v = Volume::open(disk(after.clone())).unwrap();
+            let f = v.open_file("grow.bin").unwrap();
+            let mut back = vec![0u8; f.size() as usize];
+            v.read(&f, 0, &mut back).unwrap();
+            if f.size() == 5000 {
+                assert_eq!(back, first, "cut {cut}");
+            } else {
+                assert_eq!(f.size(), 25_000, "cut {cut}");
+                assert_eq!(&back[..5000], &first[..], "cut {cut}");
+                assert_eq!(&back[5000..], &more[..], "cut {cut}");
+            }
+            let path = temp("cut-now.img");
+            std::fs::write(&path, &after).unwrap();
+            let out = Command::new("fsck.fat")
+                .args(["-n", path.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            // Exit 1: errors found; lost clusters and a free count that
+            // was not written yet are all it may find.
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                let known = [
+                    "fsck.fat ",
+                    "FATs differ but appear to be intact.",
+                    "  Using first FAT.",
+                    "Reclaimed ",
+                    "Free cluster summary wrong",
+                    "  Auto-correcting.",
+                    "Leaving filesystem unchanged.",
+                    "/GROW.BIN",
+                    "  File size is 5000 bytes, cluster chain length is",
+                    "  Truncating file to 5000 bytes.",
+                    "Perform changes",
+                ];
+                assert!(
+                    known.iter().any(|k| line.starts_with(k))
+                        || line.starts_with(path.to_str().unwrap()),
+                    "cut {cut}: fsck.fat says {line}\n{text}"
+                );
+            }
+            if done {
+                assert_eq!(out.status.code(), Some(0), "{text}");
+                break;
+            }
+            cut += 1;
+        }
+        assert!(cut > 3, "the growth took {cut} writes");
+    }
+
+    fn volume_bytes() -> Option<Vec<u8>> {
+        if !tool("mformat", "mtools") {
+            return None;
+        }
+        let image = temp("damage.img");
+        mformat(&image, None);
+        let spec = image.display().to_string();
+        let src = temp("damage-src");
+        std::fs::write(&src, pattern(40_000, 5)).unwrap();
+        run(
+            "mcopy",
+            &["-i", &spec, src.to_str().unwrap(), "::a-long-name.bin"],
+        );
+        // The metadata only: boot sector to the root directory's cluster.
+        Some(std::fs::read(&image).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Damaged metadata (boot sector, FAT, root directory) never
+        /// panics: every call returns a value.
+        #[test]
+        fn damaged_volumes_give_errors(edits in proptest::collection::vec((0usize..(32 + 2 * 1020 + 2) * 512, any::<u8>()), 1..40)) {
+            static BYTES: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+            let Some(base) = BYTES.get_or_init(volume_bytes) else { return Ok(()) };
+            let mut bytes = base.clone();
+            for (at, b) in edits {
+                bytes[at] = b;
+            }
+            if let Ok(mut v) = Volume::open(disk(bytes)) {
+                if let Ok(list) = v.list() {
+                    for (d, mut f) in list {
+                        let mut buf = vec![0u8; (d.size as usize).min(50_000)];
+                        let _ = v.read(&f, 0, &mut buf);
+                        let _ = v.write(&mut f, 100, &[1, 2, 3]);
+                    }
+                }
+                let _ = v.open_file("a-long-name.bin");
+                let _ = v.create("NEW.BIN", (0, 0)).map(|mut f| v.write(&mut f, 0, &[0; 9000]));
+                let _ = v.flush();
+            }
+        }
+    }
+}

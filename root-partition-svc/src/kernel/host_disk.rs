@@ -1,0 +1,474 @@
+//! The root's own disk (`virtio_disk`), its FAT32 file system (`fat`) and
+//! the VHD files on it that VMs use as disks. The root's shell loop is the
+//! only user; each piece of state is borrowed for one operation at a time
+//! (a nested borrow is refused, never aliased).
+use crate::println;
+use crate::virtio_disk::{self, VirtioDisk};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+use root_partition_svc::fat::{self, FatError, Volume};
+use root_partition_svc::vhd::{Kind, Storage, StorageError, Vhd, VhdError};
+use vmbus::scsi::{BlockDevice, IoError, BLOCK_SIZE};
+
+/// State the shell loop borrows for one operation at a time.
+struct Exclusive<T> {
+    value: UnsafeCell<T>,
+    busy: AtomicBool,
+}
+
+// SAFETY: `with` hands out the value to one caller at a time (the busy
+// flag), so no two references to it exist at once.
+unsafe impl<T> Sync for Exclusive<T> {}
+
+impl<T> Exclusive<T> {
+    const fn new(value: T) -> Self {
+        Exclusive {
+            value: UnsafeCell::new(value),
+            busy: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` on the value; `None` if it is already borrowed.
+    fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        if self.busy.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: the busy flag was clear and is now set: this is the only
+        // reference until it is cleared below.
+        let r = f(unsafe { &mut *self.value.get() });
+        self.busy.store(false, Ordering::Release);
+        Some(r)
+    }
+}
+
+enum Disk {
+    /// Not probed yet.
+    Unknown,
+    /// No usable disk: why.
+    Absent(&'static str),
+    /// A disk without a FAT32 volume: the disk, and what is wrong.
+    Unformatted(alloc::boxed::Box<VirtioDisk>, FatError),
+    Mounted(alloc::boxed::Box<Volume<VirtioDisk>>),
+}
+
+static DISK: Exclusive<Disk> = Exclusive::new(Disk::Unknown);
+
+/// A VHD file open for a VM.
+struct OpenVhd {
+    vhd: Vhd<HostFile>,
+    name: String,
+    read_only: bool,
+    /// The VM it is attached to.
+    vm: String,
+}
+
+static VHDS: Exclusive<Vec<Option<OpenVhd>>> = Exclusive::new(Vec::new());
+
+/// Finds the root's disk and mounts its file system; one line says what
+/// was found.
+pub fn init(identity_top: u64) {
+    let found = match virtio_disk::probe(identity_top) {
+        Err(why) => Disk::Absent(why),
+        Ok(mut d) => {
+            let line = format!(
+                "virtio-blk at PCI {:02x}:{:02x}.{}, {} MiB{}",
+                d.location.0,
+                d.location.1,
+                d.location.2,
+                (d.blocks() * BLOCK_SIZE as u64) >> 20,
+                if d.read_only() { " (read-only)" } else { "" }
+            );
+            let mut probe = [0u8; 512];
+            let readable = d.read(0, &mut probe).is_ok();
+            match (readable, Volume::open(d)) {
+                (_, Ok(v)) => {
+                    println!(
+                        "host disk: {line}; FAT32 \"{}\", {} MiB free",
+                        v.label(),
+                        v.free_bytes() >> 20
+                    );
+                    Disk::Mounted(alloc::boxed::Box::new(v))
+                }
+                (false, Err(_)) => Disk::Absent("the virtio-blk device failed a read"),
+                (true, Err(e)) => {
+                    println!("host disk: {line}; {e}: VHD files are unavailable");
+                    match virtio_disk::probe(identity_top) {
+                        Ok(d) => Disk::Unformatted(alloc::boxed::Box::new(d), e),
+                        Err(why) => Disk::Absent(why),
+                    }
+                }
+            }
+        }
+    };
+    if let Disk::Absent(why) = found {
+        println!("host disk: none ({why}); VHD files are unavailable, RAM disks work");
+    }
+    DISK.with(|d| *d = found);
+}
+
+/// Runs `f` on the mounted volume.
+fn volume<R>(f: impl FnOnce(&mut Volume<VirtioDisk>) -> Result<R, FatError>) -> Result<R, String> {
+    match DISK.with(|d| match d {
+        Disk::Mounted(v) => f(v).map_err(|e| format!("{e}")),
+        Disk::Unknown | Disk::Absent(_) => Err(String::from(
+            "the root has no disk (cargo xtask run attaches one)",
+        )),
+        Disk::Unformatted(_, e) => Err(format!("the root's disk has no usable file system: {e}")),
+    }) {
+        Some(r) => r,
+        None => Err(String::from("the root's disk is busy")),
+    }
+}
+
+/// A file on the root's disk, as a VHD's storage.
+pub struct HostFile {
+    file: fat::File,
+    read_only: bool,
+}
+
+impl Storage for HostFile {
+    fn len(&self) -> u64 {
+        self.file.size()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        volume(|v| v.read(&self.file, offset, buf)).map_err(|_| StorageError)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        if self.read_only {
+            return Err(StorageError);
+        }
+        volume(|v| v.write(&mut self.file, offset, data)).map_err(|_| StorageError)
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        if self.read_only {
+            return Ok(());
+        }
+        volume(|v| v.flush()).map_err(|_| StorageError)
+    }
+}
+
+/// `host disk`.
+pub fn show() {
+    let r = DISK.with(|d| match d {
+        Disk::Unknown => println!("host disk: not probed"),
+        Disk::Absent(why) => println!("host disk: none ({why})"),
+        Disk::Unformatted(disk, e) => {
+            println!("host disk: {}; {e}", describe(disk));
+        }
+        Disk::Mounted(v) => {
+            let line = describe(v.disk());
+            println!("host disk: {line}");
+            println!(
+                "  file system:  FAT32 \"{}\", {} KiB clusters, {} MiB free of {} MiB",
+                v.label(),
+                v.cluster_bytes() >> 10,
+                v.free_bytes() >> 20,
+                v.total_bytes() >> 20
+            );
+            match v.list() {
+                Ok(files) => {
+                    println!("  files:        {}", files.len());
+                    for (d, _) in files {
+                        let kind = if d.directory { "<DIR>" } else { "" };
+                        println!("  {:>14} {kind:<5} {}", d.size, d.name);
+                    }
+                }
+                Err(e) => println!("  files:        unreadable ({e})"),
+            }
+        }
+    });
+    if r.is_none() {
+        println!("host disk: busy");
+    }
+}
+
+fn describe(d: &VirtioDisk) -> String {
+    format!(
+        "virtio-blk at PCI {:02x}:{:02x}.{}, {} MiB, {}",
+        d.location.0,
+        d.location.1,
+        d.location.2,
+        (d.blocks() * BLOCK_SIZE as u64) >> 20,
+        if d.read_only() {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    )
+}
+
+/// Seconds from 1970 to 2000-01-01, where VHD time starts.
+const VHD_EPOCH: u64 = 946_684_800;
+
+/// `vhd new PATH --size SIZE --type KIND`; `now` is Unix seconds.
+pub fn vhd_new(path: &str, size: u64, kind: Kind, now: u64) {
+    let t = root_partition_svc::cmos::DateTime::from_unix(now);
+    let stamp = fat::stamp(t.year, t.month, t.day, t.hour, t.minute, t.second);
+    let file = match volume(|v| v.create(path, stamp)) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("vhd new: {path}: {e}");
+            return;
+        }
+    };
+    let name = file.name.clone();
+    let mut id = [0u8; 16];
+    let seed = crate::arch::rdtsc() ^ now.rotate_left(32);
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = (seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(i as u32 * 8)
+            >> 56) as u8
+            ^ i as u8;
+    }
+    let storage = HostFile {
+        file,
+        read_only: false,
+    };
+    let timestamp = now.saturating_sub(VHD_EPOCH) as u32;
+    match Vhd::create(storage, kind, size, id, timestamp) {
+        Ok(vhd) => println!(
+            "vhd new: {name}: {} VHD of {} MiB ({} bytes on the disk)",
+            kind_name(kind),
+            vhd.size() >> 20,
+            vhd.into_storage().file.size()
+        ),
+        Err(e) => println!("vhd new: {name}: {e}; the partly written file is left on the disk"),
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Fixed => "fixed",
+        Kind::Dynamic => "dynamic",
+    }
+}
+
+fn open(path: &str, read_only: bool) -> Result<(String, Vhd<HostFile>), String> {
+    let file = volume(|v| v.open_file(path))?;
+    let name = file.name.clone();
+    let vhd = Vhd::open(HostFile { file, read_only }).map_err(|e: VhdError| format!("{e}"))?;
+    Ok((name, vhd))
+}
+
+/// `vhd show PATH`.
+pub fn vhd_show(path: &str) {
+    let attached = VHDS.with(|t| {
+        t.iter()
+            .flatten()
+            .find(|o| o.name.eq_ignore_ascii_case(path.trim_start_matches('/')))
+            .map(|o| (o.vm.clone(), o.read_only))
+    });
+    let (name, vhd) = match open(path, true) {
+        Ok(x) => x,
+        Err(e) => {
+            println!("vhd show: {path}: {e}");
+            return;
+        }
+    };
+    println!("vhd: {name}");
+    match vhd.allocation() {
+        Some((used, block)) => {
+            let blocks = vhd.size().div_ceil(u64::from(block));
+            println!("  format:        VHD dynamic, {} MiB blocks", block >> 20);
+            println!("  blocks in use: {used} of {blocks}");
+        }
+        None => println!("  format:        VHD fixed"),
+    }
+    println!(
+        "  virtual size:  {} MiB ({} sectors)",
+        vhd.size() >> 20,
+        vhd.size() / 512
+    );
+    let footer = *vhd.footer();
+    println!("  file size:     {} bytes", vhd.into_storage().file.size());
+    println!(
+        "  created by:    {}",
+        core::str::from_utf8(&footer.creator_app).unwrap_or("?")
+    );
+    match attached.flatten() {
+        Some((vm, ro)) => println!(
+            "  attached to:   {vm} ({})",
+            if ro { "read-only" } else { "read-write" }
+        ),
+        None => println!("  attached to:   none"),
+    }
+}
+
+/// A VHD file attached to a VM: a handle on the open file's slot.
+#[derive(Clone, Copy, Debug)]
+pub struct FileDisk {
+    slot: usize,
+    blocks: u64,
+    read_only: bool,
+}
+
+/// Opens `path` for VM `vm`'s disk. A file attached read-write to a VM is
+/// not attached again; a read-only one may be, read-only.
+pub fn attach(path: &str, read_only: bool, vm: &str) -> Result<FileDisk, String> {
+    let (name, vhd) = open(path, read_only)?;
+    let conflict = VHDS
+        .with(|t| {
+            t.iter()
+                .flatten()
+                .find(|o| o.name == name && !(o.read_only && read_only))
+                .map(|o| (o.vm.clone(), o.read_only))
+        })
+        .flatten();
+    if let Some((other, ro)) = conflict {
+        return Err(format!(
+            "{name} is attached to {other} ({}); a file is attached read-write to one VM at a time",
+            if ro { "read-only" } else { "read-write" }
+        ));
+    }
+    let blocks = vhd.size() / BLOCK_SIZE as u64;
+    let entry = OpenVhd {
+        vhd,
+        name,
+        read_only,
+        vm: String::from(vm),
+    };
+    VHDS.with(|t| {
+        let slot = match t.iter().position(|o| o.is_none()) {
+            Some(i) => {
+                t[i] = Some(entry);
+                i
+            }
+            None => {
+                t.push(Some(entry));
+                t.len() - 1
+            }
+        };
+        FileDisk {
+            slot,
+            blocks,
+            read_only,
+        }
+    })
+    .ok_or_else(|| String::from("busy"))
+}
+
+/// Closes an attached file (its writes flushed); its name.
+pub fn detach(d: FileDisk) -> String {
+    let entry = VHDS
+        .with(|t| t.get_mut(d.slot).and_then(Option::take))
+        .flatten();
+    match entry {
+        Some(mut o) => {
+            let _ = o.vhd.flush();
+            o.name
+        }
+        None => String::from("?"),
+    }
+}
+
+impl FileDisk {
+    fn with<R>(&self, f: impl FnOnce(&mut OpenVhd) -> R) -> Option<R> {
+        VHDS.with(|t| t.get_mut(self.slot).and_then(Option::as_mut).map(f))
+            .flatten()
+    }
+}
+
+impl core::fmt::Display for FileDisk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let what = self.with(|o| (o.name.clone(), kind_name(o.vhd.kind()), o.vhd.size() >> 20));
+        let access = if self.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        };
+        match what {
+            Some((name, kind, mib)) => write!(f, "{name} (VHD {kind}, {mib} MiB, {access})"),
+            None => write!(f, "a VHD file ({access})"),
+        }
+    }
+}
+
+impl BlockDevice for FileDisk {
+    fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let at = lba.checked_mul(BLOCK_SIZE as u64).ok_or(IoError)?;
+        self.with(|o| o.vhd.read(at, buf).map_err(|_| IoError))
+            .unwrap_or(Err(IoError))
+    }
+
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        if self.read_only {
+            return Err(IoError);
+        }
+        let at = lba.checked_mul(BLOCK_SIZE as u64).ok_or(IoError)?;
+        self.with(|o| o.vhd.write(at, buf).map_err(|_| IoError))
+            .unwrap_or(Err(IoError))
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.with(|o| o.vhd.flush().map_err(|_| IoError))
+            .unwrap_or(Err(IoError))
+    }
+}
+
+/// A VM's disk: in the root's RAM, or a VHD file on the root's disk.
+#[derive(Clone, Copy, Debug)]
+pub enum VmDisk {
+    Ram(crate::ram_disk::RamDisk),
+    File(FileDisk),
+}
+
+impl core::fmt::Display for VmDisk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VmDisk::Ram(d) => d.fmt(f),
+            VmDisk::File(d) => d.fmt(f),
+        }
+    }
+}
+
+impl BlockDevice for VmDisk {
+    fn blocks(&self) -> u64 {
+        match self {
+            VmDisk::Ram(d) => d.blocks(),
+            VmDisk::File(d) => d.blocks(),
+        }
+    }
+
+    fn read_only(&self) -> bool {
+        match self {
+            VmDisk::Ram(d) => d.read_only(),
+            VmDisk::File(d) => d.read_only(),
+        }
+    }
+
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        match self {
+            VmDisk::Ram(d) => d.read(lba, buf),
+            VmDisk::File(d) => d.read(lba, buf),
+        }
+    }
+
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        match self {
+            VmDisk::Ram(d) => d.write(lba, buf),
+            VmDisk::File(d) => d.write(lba, buf),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        match self {
+            VmDisk::Ram(d) => d.flush(),
+            VmDisk::File(d) => d.flush(),
+        }
+    }
+}
