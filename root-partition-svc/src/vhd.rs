@@ -70,6 +70,8 @@ pub enum VhdError {
     BadSize,
     /// An access past the disk's end.
     OutOfRange,
+    /// No memory for the block table.
+    NoMemory,
 }
 
 impl From<StorageError> for VhdError {
@@ -89,6 +91,7 @@ impl core::fmt::Display for VhdError {
             VhdError::Unsupported(4) => write!(f, "differencing VHDs are not supported"),
             VhdError::Unsupported(t) => write!(f, "VHD disk type {t} is not supported"),
             VhdError::BadSize => write!(f, "a size of whole sectors, up to 2040 GiB"),
+            VhdError::NoMemory => write!(f, "no memory for its block allocation table"),
             VhdError::OutOfRange => write!(f, "past the end of the disk"),
         }
     }
@@ -311,7 +314,17 @@ impl<S: Storage> Vhd<S> {
                 let encoded = footer.encode();
                 storage.write_at(0, &encoded)?;
                 storage.write_at(512, &header)?;
-                storage.write_at(bat_offset, &vec![0xFF; bat_bytes as usize])?;
+                let mut bat = Vec::new();
+                bat.try_reserve_exact(entries as usize)
+                    .map_err(|_| VhdError::NoMemory)?;
+                bat.resize(entries as usize, UNALLOCATED);
+                let ones = [0xFFu8; 4096];
+                let mut at = 0;
+                while at < bat_bytes {
+                    let n = (bat_bytes - at).min(ones.len() as u64) as usize;
+                    storage.write_at(bat_offset + at, &ones[..n])?;
+                    at += n as u64;
+                }
                 let next_free = bat_offset + bat_bytes;
                 storage.write_at(next_free, &encoded)?;
                 storage.flush()?;
@@ -321,7 +334,7 @@ impl<S: Storage> Vhd<S> {
                     dynamic: Some(Dynamic {
                         bat_offset,
                         block_size,
-                        bat: vec![UNALLOCATED; entries as usize],
+                        bat,
                         next_free,
                     }),
                 })
@@ -404,9 +417,19 @@ impl<S: Storage> Vhd<S> {
             .checked_add(bat_bytes)
             .filter(|&e| e <= len && bat_offset >= at + 1024)
             .ok_or(VhdError::BadHeader("table outside the file"))?;
-        let mut raw = vec![0u8; entries as usize * 4];
-        storage.read_at(bat_offset, &mut raw)?;
-        let bat: Vec<u32> = raw.chunks_exact(4).map(|c| be32(c, 0)).collect();
+        // The table may be megabytes (the root's heap is small): allocated
+        // fallibly, read in pieces.
+        let mut bat: Vec<u32> = Vec::new();
+        bat.try_reserve_exact(entries as usize)
+            .map_err(|_| VhdError::NoMemory)?;
+        let mut raw = [0u8; 4096];
+        let mut at = 0u64;
+        while at < u64::from(entries) * 4 {
+            let n = (u64::from(entries) * 4 - at).min(raw.len() as u64) as usize;
+            storage.read_at(bat_offset + at, &mut raw[..n])?;
+            bat.extend(raw[..n].chunks_exact(4).map(|c| be32(c, 0)));
+            at += n as u64;
+        }
         let mut dynamic = Dynamic {
             bat_offset,
             block_size,

@@ -182,11 +182,11 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "offer a VMBus device to the VM, or take it away (a running guest sees it rescinded); echo: the diagnostic echo channel",
     ),
     (
-        "vm disk attach NAME ram:SIZE [--read-only]",
-        "attach a disk to the VM's synthetic SCSI controller (the VM off): ram:SIZE is a new zeroed disk in the root's memory (1M-4G), kept until detached",
+        "vm disk attach NAME PATH|ram:SIZE [--read-only]",
+        "attach a disk to the VM's synthetic SCSI controller (the VM off): PATH a VHD file on the root's disk (vhd new makes one), ram:SIZE a new zeroed disk in the root's memory (1M-4G), kept until detached",
     ),
     (
-        "vm disk detach|list NAME",
+        "vm disk detach NAME [PATH] | vm disk list NAME",
         "detach the VM's disk (the VM off), or list its disks",
     ),
     (
@@ -297,7 +297,8 @@ fn parse_device<'a>(
     })
 }
 
-/// `vm disk attach NAME SOURCE [--read-only]`, `vm disk detach|list NAME`.
+/// `vm disk attach NAME SOURCE [--read-only]`, `vm disk detach NAME [PATH]`,
+/// `vm disk list NAME`.
 fn parse_disk<'a>(
     mut words: impl Iterator<Item = &'a str>,
 ) -> Result<VmCommand<'a>, VmParseError<'a>> {

@@ -310,13 +310,14 @@ mod tests {
     }
 
     #[test]
-    fn tests_also_get_iasl_and_run_does_not() {
+    fn tests_also_get_iasl_and_fsck_fat_and_run_does_not() {
         let all: Vec<&'static str> = NEEDS.iter().map(|(_, p)| *p).collect();
         let mut m = Fake::new(&all, false);
         ensure_on(&mut m, NEEDS).unwrap();
         assert!(m.installs.is_empty());
         ensure_on(&mut m, &[NEEDS, TEST_NEEDS].concat()).unwrap();
-        assert_eq!(m.installs, [["acpica-tools"]]);
+        assert_eq!(m.installs, [["acpica-tools", "dosfstools"]]);
         assert!(m.installed.contains("acpica-tools"));
+        assert!(m.installed.contains("dosfstools"));
     }
 }
