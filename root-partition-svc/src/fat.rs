@@ -5,8 +5,8 @@
 //!
 //! What is supported, and its limits (docs/storage.md): a FAT32 volume on
 //! the whole disk or in the first FAT32 partition of an MBR; 512-byte
-//! sectors; files in the root directory only; new files get 8.3 names
-//! (long names made by other tools are read and matched); a file holds at
+//! sectors; files in the root directory only; long names are read and
+//! made (with a short alias); a file holds at
 //! most 4 GiB - 1 byte, as FAT32 itself; files grow, and are never shrunk
 //! or deleted here.
 //!
@@ -69,7 +69,7 @@ impl core::fmt::Display for FatError {
             FatError::NotFat32(why) => write!(f, "not a FAT32 volume ({why})"),
             FatError::Damaged(why) => write!(f, "the file system is damaged ({why})"),
             FatError::BadName => f.write_str(
-                "not an 8.3 file name (up to 8 letters, digits or _-~!#$%&'()@^{} , a dot, up to 3 more)",
+                "not a file name (1-255 characters, none of \\ / : * ? \" < > | or control characters)",
             ),
             FatError::NotFound => f.write_str("no such file"),
             FatError::Exists => f.write_str("the file exists already"),
@@ -189,6 +189,20 @@ pub fn short_name(name: &str) -> Option<([u8; 11], u8)> {
         *o = c.to_ascii_uppercase();
     }
     Some((out, bits))
+}
+
+/// A name a long-name entry may hold: 1-255 characters, none of the
+/// reserved ones.
+fn valid_long_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.encode_utf16().count() <= 255
+        && name != "."
+        && name != ".."
+        && !name.ends_with('.')
+        && !name.ends_with(' ')
+        && !name
+            .chars()
+            .any(|c| (c as u32) < 0x20 || "\"*/:<>?\\|".contains(c))
 }
 
 /// How a listing shows a short entry: `NAME.EXT`, lower case where NTRes says.
@@ -607,37 +621,73 @@ impl<D: BlockDevice> Volume<D> {
         Err(FatError::NotFound)
     }
 
-    /// Makes an empty file `name` (an 8.3 name) in the root directory;
-    /// `stamp` is its FAT (date, time).
+    /// Makes an empty file `name` in the root directory; `stamp` is its
+    /// FAT (date, time). A name that is not 8.3 gets long-name entries and
+    /// a short alias (`WEB~1.VHD` for `web.vhdx`).
     pub fn create(&mut self, name: &str, stamp: (u16, u16)) -> Result<File, FatError> {
-        let (raw, case) = short_name(name).ok_or(FatError::BadName)?;
+        let name = name.strip_prefix('/').unwrap_or(name);
+        if !valid_long_name(name) {
+            return Err(FatError::BadName);
+        }
         match self.open_file(name) {
             Ok(_) => return Err(FatError::Exists),
             Err(FatError::NotFound) => {}
             Err(e) => return Err(e),
         }
-        let mut slot = None;
-        let runs = self.walk_root(|at, e| {
+        let (raw, case, long) = match short_name(name) {
+            Some((raw, case)) => (raw, case, None),
+            None => (self.alias(name)?, 0, Some(name)),
+        };
+        let units: Vec<u16> = long.map_or(Vec::new(), |l| l.encode_utf16().collect());
+        let need = 1 + units.len().div_ceil(13);
+        // `need` consecutive free entries, the directory grown if needed.
+        let mut run: Vec<u64> = Vec::new();
+        let mut found = false;
+        let chain = self.walk_root(|at, e| {
             if e[0] == 0x00 || e[0] == 0xE5 {
-                slot = Some(at);
-                return true;
+                run.push(at);
+                found = run.len() == need;
+                return found;
             }
+            run.clear();
             false
         })?;
-        let at = match slot {
-            Some(at) => at,
-            None => {
-                // The root directory is full: one more cluster, zeroed.
-                let last = runs
-                    .last()
-                    .map(|&(s, n)| s + n - 1)
-                    .ok_or(FatError::Damaged("the root directory has no cluster"))?;
-                let c = self.allocate(1, Some(last))?;
-                let zeros = vec![0u8; self.cluster_bytes as usize];
-                self.disk.write(self.cluster_sector(c), &zeros)?;
-                (self.cluster_sector(c) - self.start) * SECTOR
+        let mut last = chain
+            .last()
+            .map(|&(s, n)| s + n - 1)
+            .ok_or(FatError::Damaged("the root directory has no cluster"))?;
+        while run.len() < need {
+            let c = self.allocate(1, Some(last))?;
+            let zeros = vec![0u8; self.cluster_bytes as usize];
+            self.disk.write(self.cluster_sector(c), &zeros)?;
+            let base = (self.cluster_sector(c) - self.start) * SECTOR;
+            for i in 0..self.cluster_bytes / ENTRY as u64 {
+                run.push(base + i * ENTRY as u64);
             }
-        };
+            last = c;
+        }
+        let sum = short_checksum(&raw);
+        let parts = need - 1;
+        for (k, &at) in run[..parts].iter().enumerate() {
+            // The first entry on the disk holds the last part.
+            let ord = parts - k;
+            let mut e = [0u8; ENTRY];
+            e[0] = ord as u8 | if k == 0 { 0x40 } else { 0 };
+            e[11] = ATTR_LONG_NAME;
+            e[13] = sum;
+            let offsets = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+            for (j, &o) in offsets.iter().enumerate() {
+                let i = (ord - 1) * 13 + j;
+                let u = match i.cmp(&units.len()) {
+                    core::cmp::Ordering::Less => units[i],
+                    core::cmp::Ordering::Equal => 0,
+                    core::cmp::Ordering::Greater => 0xFFFF,
+                };
+                e[o..o + 2].copy_from_slice(&u.to_le_bytes());
+            }
+            self.write_bytes(at, &e)?;
+        }
+        let at = run[parts];
         let mut e = [0u8; ENTRY];
         e[..11].copy_from_slice(&raw);
         e[11] = ATTR_ARCHIVE;
@@ -650,11 +700,60 @@ impl<D: BlockDevice> Volume<D> {
         e[24..26].copy_from_slice(&date.to_le_bytes());
         self.write_bytes(at, &e)?;
         Ok(File {
-            name: display_short(&raw, case),
+            name: long.map_or_else(|| display_short(&raw, case), String::from),
             entry: at,
             size: 0,
             runs: Vec::new(),
         })
+    }
+
+    /// A short name for long name `name` that no entry has: the first six
+    /// valid characters of its base, `~N`, the first three of its extension.
+    fn alias(&mut self, name: &str) -> Result<[u8; 11], FatError> {
+        let mut taken: Vec<[u8; 11]> = Vec::new();
+        self.walk_root(|_, e| {
+            if e[0] == 0 {
+                return true;
+            }
+            if e[0] != 0xE5 && e[11] & 0x3F != ATTR_LONG_NAME {
+                let mut n = [0u8; 11];
+                n.copy_from_slice(&e[..11]);
+                taken.push(n);
+            }
+            false
+        })?;
+        let (base, ext) = match name.rsplit_once('.') {
+            Some((b, e)) if !b.is_empty() => (b, e),
+            _ => (name, ""),
+        };
+        let clean = |s: &str| -> Vec<u8> {
+            s.bytes()
+                .filter(|&c| c != b' ' && c != b'.')
+                .map(|c| {
+                    let c = c.to_ascii_uppercase();
+                    if c.is_ascii_alphanumeric() || b"_-~!#$%&'()@^{}".contains(&c) {
+                        c
+                    } else {
+                        b'_'
+                    }
+                })
+                .collect()
+        };
+        let (base, ext) = (clean(base), clean(ext));
+        for n in 1..1_000_000u32 {
+            let tail = alloc::format!("~{n}");
+            let keep = (8 - tail.len()).min(base.len());
+            let mut raw = [b' '; 11];
+            raw[..keep].copy_from_slice(&base[..keep]);
+            raw[keep..keep + tail.len()].copy_from_slice(tail.as_bytes());
+            for (o, &c) in raw[8..].iter_mut().zip(ext.iter()) {
+                *o = c;
+            }
+            if !taken.contains(&raw) {
+                return Ok(raw);
+            }
+        }
+        Err(FatError::Full)
     }
 
     /// Writes `data` at byte `at` from the volume's start (read, modify,
@@ -1117,8 +1216,22 @@ mod tests {
                 v.write(&mut e, 0, format!("file {i}\n").as_bytes())
                     .unwrap();
             }
+            // Long names: aliases that do not collide, the name as typed.
+            for long in [
+                "web-disk.vhdx",
+                "web-disk2.vhdx",
+                "A Mixed Case Name of forty characters.bin",
+            ] {
+                let mut e = v.create(long, (0, 0)).unwrap();
+                assert_eq!(e.name, long);
+                v.write(&mut e, 0, long.as_bytes()).unwrap();
+            }
+            assert_eq!(v.create("WEB-DISK.VHDX", (0, 0)), Err(FatError::Exists));
+            for bad in ["a/b", "a:b", "x.", "", "tab\there"] {
+                assert_eq!(v.create(bad, (0, 0)), Err(FatError::BadName), "{bad}");
+            }
             v.flush().unwrap();
-            assert!(v.free_bytes() <= free - 6_242_880);
+            assert!(v.free_bytes() <= free - 6_242_880 - 3 * 4096);
             assert_eq!(v.read(&f, 999_999, &mut [0u8; 2]), Err(FatError::PastEnd));
             std::fs::write(&image, &v.disk().bytes).unwrap();
 
@@ -1130,6 +1243,18 @@ mod tests {
             run("mcopy", &["-i", &spec, "::zeros", out.to_str().unwrap()]);
             assert!(std::fs::read(&out).unwrap() == vec![0u8; 5 << 20]);
             assert_eq!(run("mtype", &["-i", &spec, "::f19.txt"]), "file 19\n");
+            for long in [
+                "web-disk.vhdx",
+                "web-disk2.vhdx",
+                "A Mixed Case Name of forty characters.bin",
+            ] {
+                assert_eq!(run("mtype", &["-i", &spec, &format!("::{long}")]), long);
+            }
+            let short = run("mdir", &["-i", &spec, "::"]);
+            assert!(
+                short.contains("WEB-DI~1 VHD") && short.contains("WEB-DI~2 VHD"),
+                "{short}"
+            );
             let dir = run("mdir", &["-i", &spec, "-b", "::"]);
             assert!(dir.contains("mine.vhd"), "{dir}");
             // fsck.fat reads a partition only from its own device: the

@@ -21,6 +21,7 @@ pub mod linux_boot;
 pub mod page_audit;
 pub mod vhd;
 pub mod vhd_command;
+pub mod vhdx;
 pub mod vm_command;
 pub mod vmm;
 

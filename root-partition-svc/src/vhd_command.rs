@@ -1,8 +1,33 @@
 //! The `vhd` shell command, in the words of Hyper-V's New-VHD and Get-VHD:
-//! `vhd new PATH --size SIZE [--format vhd] [--type dynamic|fixed]` and
-//! `vhd show PATH`. Paths name files on the root's disk.
+//! `vhd new PATH --size SIZE [--format vhd|vhdx] [--type dynamic|fixed]`
+//! and `vhd show PATH`. Paths name files on the root's disk; the format
+//! follows the file's extension (`.vhdx`: VHDX) unless `--format` says.
 use crate::vhd::Kind;
 use core::fmt;
+
+/// A disk image format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Vhd,
+    Vhdx,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Vhd => "VHD",
+            Format::Vhdx => "VHDX",
+        }
+    }
+
+    /// As New-VHD chooses: by the extension.
+    pub fn of_path(path: &str) -> Format {
+        match path.rsplit_once('.') {
+            Some((_, ext)) if ext.eq_ignore_ascii_case("vhdx") => Format::Vhdx,
+            _ => Format::Vhd,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VhdCommand<'a> {
@@ -10,6 +35,7 @@ pub enum VhdCommand<'a> {
         path: &'a str,
         size: u64,
         kind: Kind,
+        format: Format,
     },
     Show(&'a str),
 }
@@ -30,7 +56,7 @@ pub enum VhdParseError<'a> {
 }
 
 pub const USAGE: &str =
-    "vhd new PATH --size SIZE [--format vhd] [--type dynamic|fixed] | vhd show PATH";
+    "vhd new PATH --size SIZE [--format vhd|vhdx] [--type dynamic|fixed] | vhd show PATH";
 
 /// The smallest disk `vhd new` makes.
 pub const MIN_SIZE: u64 = 1 << 20;
@@ -109,7 +135,7 @@ pub fn parse<'a>(
             None => Ok(VhdCommand::Show(path)),
         };
     }
-    let (mut size, mut kind) = (None, Kind::Dynamic);
+    let (mut size, mut kind, mut format) = (None, Kind::Dynamic, Format::of_path(path));
     while let Some(o) = words.next() {
         if !matches!(o, "--size" | "--format" | "--type") {
             return Err(VhdParseError::UnknownOption(o));
@@ -123,20 +149,25 @@ pub fn parse<'a>(
             "--size" => {
                 size = Some(
                     parse_size(v)
-                        .filter(|&b| (MIN_SIZE..=crate::vhd::MAX_SIZE).contains(&b))
+                        .filter(|&b| (MIN_SIZE..=crate::vhdx::MAX_SIZE).contains(&b))
                         .ok_or(VhdParseError::BadValue {
                             option: o,
                             value: v,
-                            expected: "a size from 1M to 2040G (e.g. 512M, 8G)",
+                            expected:
+                                "a size from 1M to 2040G for a VHD, 64T for a VHDX (e.g. 512M, 8G)",
                         })?,
                 )
             }
             "--format" => {
-                if !v.eq_ignore_ascii_case("vhd") {
+                format = if v.eq_ignore_ascii_case("vhd") {
+                    Format::Vhd
+                } else if v.eq_ignore_ascii_case("vhdx") {
+                    Format::Vhdx
+                } else {
                     return Err(VhdParseError::BadValue {
                         option: o,
                         value: v,
-                        expected: "vhd (VHDX is not supported yet)",
+                        expected: "vhd or vhdx",
                     });
                 }
             }
@@ -155,10 +186,23 @@ pub fn parse<'a>(
             }
         }
     }
+    let size = size.ok_or(VhdParseError::MissingSize)?;
+    let max = match format {
+        Format::Vhd => crate::vhd::MAX_SIZE,
+        Format::Vhdx => crate::vhdx::MAX_SIZE,
+    };
+    if size > max {
+        return Err(VhdParseError::BadValue {
+            option: "--size",
+            value: "",
+            expected: "at most 2040G for a VHD (64T for a VHDX)",
+        });
+    }
     Ok(VhdCommand::New {
         path,
-        size: size.ok_or(VhdParseError::MissingSize)?,
+        size,
         kind,
+        format,
     })
 }
 
@@ -177,7 +221,8 @@ mod tests {
             Ok(VhdCommand::New {
                 path: "/web.vhd",
                 size: 8 << 30,
-                kind: Kind::Dynamic
+                kind: Kind::Dynamic,
+                format: Format::Vhd
             })
         );
         assert_eq!(
@@ -185,7 +230,26 @@ mod tests {
             Ok(VhdCommand::New {
                 path: "web.vhd",
                 size: 64 << 20,
-                kind: Kind::Fixed
+                kind: Kind::Fixed,
+                format: Format::Vhd
+            })
+        );
+        assert_eq!(
+            p("new web.VHDX --size 3T"),
+            Ok(VhdCommand::New {
+                path: "web.VHDX",
+                size: 3 << 40,
+                kind: Kind::Dynamic,
+                format: Format::Vhdx
+            })
+        );
+        assert_eq!(
+            p("new web.img --size 1G --format vhdx"),
+            Ok(VhdCommand::New {
+                path: "web.img",
+                size: 1 << 30,
+                kind: Kind::Dynamic,
+                format: Format::Vhdx
             })
         );
         assert_eq!(p("show web.vhd"), Ok(VhdCommand::Show("web.vhd")));
@@ -197,11 +261,9 @@ mod tests {
             ("new a.vhd", "needs --size"),
             ("new a.vhd --size 8Q", "bad --size"),
             ("new a.vhd --size 512K", "bad --size"),
-            ("new a.vhd --size 3000G", "bad --size"),
-            (
-                "new a.vhd --size 8G --format vhdx",
-                "VHDX is not supported yet",
-            ),
+            ("new a.vhd --size 3000G", "at most 2040G for a VHD"),
+            ("new a.vhdx --size 65T", "bad --size"),
+            ("new a.vhd --size 8G --format qcow2", "vhd or vhdx"),
             ("new a.vhd --size 8G --type sparse", "dynamic or fixed"),
             ("new a.vhd --size", "a value is missing"),
             ("new a.vhd --size 8G --fast", "unknown option"),

@@ -181,13 +181,14 @@ pub struct Case {
 /// must find in the VHD files after the last boot.
 #[derive(Clone, Debug)]
 pub struct HostDisk {
-    /// Made by `qemu-img create -f vpc` before the first boot: (file name,
-    /// subformat, size).
-    pub qemu_vhds: &'static [(&'static str, &'static str, &'static str)],
+    /// Made by `qemu-img create` before the first boot: (file name, qemu's
+    /// format name, subformat, size).
+    pub qemu_vhds: &'static [(&'static str, &'static str, &'static str, &'static str)],
     /// The shell scripts of the boots after the first.
     pub later_boots: Vec<Vec<String>>,
     /// After the last boot, on the build host: qemu-img opens each file
-    /// and its disk, converted to raw, holds the text.
+    /// (`check` passes on a VHDX; it has no check for VHD) and its disk,
+    /// converted to raw, holds the text.
     pub vhds_hold: &'static [(&'static str, &'static str)],
 }
 
@@ -756,6 +757,8 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "vhd new web.vhd --size 64M",
                 "vhd new web.vhd --size 64M",
                 "vhd show web.vhd",
+                "vhd new web.vhdx --size 64M",
+                "vhd show web.vhdx",
                 linux_vm!("linux", "1", "disk"),
                 "vm disk attach linux web.vhd",
                 "vm start linux",
@@ -772,8 +775,18 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "vm start linux",
                 "vm wait linux 1200",
                 "vm console linux --log",
+                "vm disk detach linux",
+                "vm disk attach linux web.vhdx",
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm console linux --log",
+                "vm disk detach linux",
+                "vm disk attach linux qemu.vhdx",
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm console linux --log",
                 "vhd show web.vhd",
-                "vhd show qemu.vhd",
+                "vhd show qemu.vhdx",
                 "host disk",
                 "shutdown",
             ],
@@ -784,13 +797,18 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "vhd new: web.vhd: dynamic VHD of 63 MiB",
                 "vhd new: web.vhd: the file exists already",
                 "  format:        VHD dynamic, 2 MiB blocks",
+                "vhd new: web.vhdx: dynamic VHDX of 64 MiB",
+                "  format:        VHDX dynamic, 2 MiB blocks",
                 "vm disk: web.vhd (VHD dynamic, 63 MiB, read-write) attached to linux's SCSI controller (LUN 0)",
                 "LINUX-INIT: disk formatted (ext2), a 2 MiB file written",
                 "LINUX-INIT: disk's file system kept its file from the last boot: same checksum",
                 "vm disk attach: web.vhd: web.vhd is attached to linux (read-write); a file is attached read-write to one VM at a time",
                 "vm disk: linux's web.vhd detached",
                 "vm disk: linux: SCSI 0:0:0 qemu.vhd (VHD dynamic, 32 MiB, read-write)",
+                "vm disk: web.vhdx (VHDX dynamic, 64 MiB, read-write) attached",
+                "vm disk: qemu.vhdx (VHDX dynamic, 32 MiB, read-write) attached",
                 "  attached to:   linux (read-write)",
+                "  created by:    QEMU v",
             ],
             LINUX_FAILURES,
             Some(vhd_kept_across_host_reboots),
@@ -925,17 +943,38 @@ fn vhd_kept_across_host_reboots(log: &str) -> Result<(), String> {
     let (first, second) = log
         .split_once(&next_boot_marker(2))
         .ok_or("the host did not boot a second time")?;
-    // The VM's own restart, in the first boot.
+    // The VM's own restart, in the first boot; and a file system made on
+    // each of the four images (the console is cleared at every start).
     if !first.contains("LINUX-INIT: disk's file system kept its file from the last boot") {
         return Err("the VM's restart did not find its file on the VHD".into());
     }
+    let made = count_lines(
+        first,
+        "LINUX-INIT: disk formatted (ext2), a 2 MiB file written",
+    );
+    if made != 4 {
+        return Err(format!(
+            "{made} file systems made in the first boot, not 4 (web.vhd, qemu.vhd, web.vhdx, qemu.vhdx)"
+        ));
+    }
     for want in [
         "vm disk: web.vhd (VHD dynamic, 63 MiB, read-write) attached",
-        "LINUX-INIT: disk's file system kept its file from the last boot: same checksum",
+        "vm disk: web.vhdx (VHDX dynamic, 64 MiB, read-write) attached",
     ] {
         if !second.contains(want) {
             return Err(format!("the second host boot did not show \"{want}\""));
         }
+    }
+    // Both files' guests found their file again.
+    let kept = "LINUX-INIT: disk's file system kept its file from the last boot: same checksum";
+    let found = second
+        .split("vm disk attach linux web.vhdx")
+        .map(|part| part.contains(kept))
+        .collect::<Vec<_>>();
+    if found != [true, true] {
+        return Err(format!(
+            "the second host boot's guests did not both find their file (VHD, VHDX: {found:?})"
+        ));
     }
     Ok(())
 }
@@ -1578,10 +1617,18 @@ pub fn matrix() -> Vec<Case> {
             c.with_linux = true;
             if c.name.ends_with("-linux-vhd") {
                 c.host_disk = Some(HostDisk {
-                    qemu_vhds: &[("qemu.vhd", "dynamic", "32M")],
+                    qemu_vhds: &[
+                        ("qemu.vhd", "vpc", "dynamic", "32M"),
+                        ("qemu.vhdx", "vhdx", "dynamic", "32M"),
+                    ],
                     later_boots: vec![[
                         linux_vm!("linux", "1", "disk"),
                         "vm disk attach linux web.vhd",
+                        "vm start linux",
+                        "vm wait linux 1200",
+                        "vm console linux --log",
+                        "vm disk detach linux",
+                        "vm disk attach linux web.vhdx",
                         "vm start linux",
                         "vm wait linux 1200",
                         "vm console linux --log",
@@ -1590,7 +1637,12 @@ pub fn matrix() -> Vec<Case> {
                     ]
                     .map(String::from)
                     .to_vec()],
-                    vhds_hold: &[("web.vhd", LINUX_DISK_NOTE), ("qemu.vhd", LINUX_DISK_NOTE)],
+                    vhds_hold: &[
+                        ("web.vhd", LINUX_DISK_NOTE),
+                        ("qemu.vhd", LINUX_DISK_NOTE),
+                        ("web.vhdx", LINUX_DISK_NOTE),
+                        ("qemu.vhdx", LINUX_DISK_NOTE),
+                    ],
                 });
             }
             // Bochs takes about 140 emulated seconds to Linux's /init (100

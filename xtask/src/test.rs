@@ -261,7 +261,7 @@ fn run_case(
     // files checked by qemu-img.
     let image = dir.join("host-disk.img");
     image::host_disk(&image, 512, "HVTEST")?;
-    for (name, subformat, size) in disk.qemu_vhds {
+    for (name, format, subformat, size) in disk.qemu_vhds {
         let vhd = dir.join(name);
         let _ = std::fs::remove_file(&vhd);
         crate::prereq::run_tool(
@@ -270,7 +270,7 @@ fn run_case(
                 "create",
                 "-q",
                 "-f",
-                "vpc",
+                format,
                 "-o",
                 &format!("subformat={subformat}"),
             ],
@@ -313,16 +313,23 @@ fn run_case(
     Ok(verdict)
 }
 
-/// `name`, copied off the root's disk: qemu-img opens it (`info`; it has
-/// no `check` for VHD) and its disk, converted to raw, holds `text`.
+/// `name`, copied off the root's disk: `qemu-img check` passes (a VHDX;
+/// for a VHD, which it cannot check, `info` opens it) and its disk,
+/// converted to raw, holds `text`.
 fn vhd_holds(image: &std::path::Path, dir: &std::path::Path, name: &str, text: &str) -> Result<()> {
     let vhd = dir.join(format!("out-{name}"));
     image::copy_from_disk(image, name, &vhd)?;
-    crate::prereq::run_tool("qemu-img", &["info", "-f", "vpc"], &[&vhd], &[])?;
+    let format = if name.ends_with(".vhdx") {
+        "vhdx"
+    } else {
+        "vpc"
+    };
+    let check = if format == "vhdx" { "check" } else { "info" };
+    crate::prereq::run_tool("qemu-img", &[check, "-f", format], &[&vhd], &[])?;
     let raw = dir.join(format!("out-{name}.raw"));
     crate::prereq::run_tool(
         "qemu-img",
-        &["convert", "-f", "vpc", "-O", "raw"],
+        &["convert", "-f", format, "-O", "raw"],
         &[&vhd, &raw],
         &[],
     )?;

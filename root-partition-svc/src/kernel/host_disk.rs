@@ -10,7 +10,9 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use root_partition_svc::fat::{self, FatError, Volume};
-use root_partition_svc::vhd::{Kind, Storage, StorageError, Vhd, VhdError};
+use root_partition_svc::vhd::{Kind, Storage, StorageError, Vhd};
+use root_partition_svc::vhd_command::Format;
+use root_partition_svc::vhdx::Vhdx;
 use vmbus::scsi::{BlockDevice, IoError, BLOCK_SIZE};
 
 /// State the shell loop borrows for one operation at a time.
@@ -56,9 +58,78 @@ enum Disk {
 
 static DISK: Exclusive<Disk> = Exclusive::new(Disk::Unknown);
 
-/// A VHD file open for a VM.
+/// A disk image file: VHD or VHDX.
+enum Image {
+    Vhd(Vhd<HostFile>),
+    Vhdx(Vhdx<HostFile>),
+}
+
+impl Image {
+    /// Opens the image in `file`, its format read from its content.
+    fn open(file: HostFile) -> Result<Image, String> {
+        let mut file = file;
+        let mut sig = [0u8; 8];
+        if file.len() >= 8 && file.read_at(0, &mut sig).is_ok() && &sig == b"vhdxfile" {
+            return Vhdx::open(file)
+                .map(Image::Vhdx)
+                .map_err(|e| format!("{e}"));
+        }
+        Vhd::open(file).map(Image::Vhd).map_err(|e| format!("{e}"))
+    }
+
+    fn format(&self) -> Format {
+        match self {
+            Image::Vhd(_) => Format::Vhd,
+            Image::Vhdx(_) => Format::Vhdx,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Image::Vhd(v) => v.size(),
+            Image::Vhdx(v) => v.size(),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Image::Vhd(v) => v.kind(),
+            Image::Vhdx(v) => v.kind(),
+        }
+    }
+
+    fn read(&mut self, at: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        match self {
+            Image::Vhd(v) => v.read(at, buf).map_err(|_| IoError),
+            Image::Vhdx(v) => v.read(at, buf).map_err(|_| IoError),
+        }
+    }
+
+    fn write(&mut self, at: u64, data: &[u8]) -> Result<(), IoError> {
+        match self {
+            Image::Vhd(v) => v.write(at, data).map_err(|_| IoError),
+            Image::Vhdx(v) => v.write(at, data).map_err(|_| IoError),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        match self {
+            Image::Vhd(v) => v.flush().map_err(|_| IoError),
+            Image::Vhdx(v) => v.flush().map_err(|_| IoError),
+        }
+    }
+
+    fn into_file(self) -> HostFile {
+        match self {
+            Image::Vhd(v) => v.into_storage(),
+            Image::Vhdx(v) => v.into_storage(),
+        }
+    }
+}
+
+/// A disk image file open for a VM.
 struct OpenVhd {
-    vhd: Vhd<HostFile>,
+    vhd: Image,
     name: String,
     read_only: bool,
     /// The VM it is attached to.
@@ -206,8 +277,8 @@ fn describe(d: &VirtioDisk) -> String {
 /// Seconds from 1970 to 2000-01-01, where VHD time starts.
 const VHD_EPOCH: u64 = 946_684_800;
 
-/// `vhd new PATH --size SIZE --type KIND`; `now` is Unix seconds.
-pub fn vhd_new(path: &str, size: u64, kind: Kind, now: u64) {
+/// `vhd new PATH --size SIZE --type KIND --format F`; `now` is Unix seconds.
+pub fn vhd_new(path: &str, size: u64, kind: Kind, format: Format, now: u64) {
     let t = root_partition_svc::cmos::DateTime::from_unix(now);
     let stamp = fat::stamp(t.year, t.month, t.day, t.hour, t.minute, t.second);
     let file = match volume(|v| v.create(path, stamp)) {
@@ -231,13 +302,27 @@ pub fn vhd_new(path: &str, size: u64, kind: Kind, now: u64) {
         file,
         read_only: false,
     };
-    let timestamp = now.saturating_sub(VHD_EPOCH) as u32;
-    match Vhd::create(storage, kind, size, id, timestamp) {
-        Ok(vhd) => println!(
-            "vhd new: {name}: {} VHD of {} MiB ({} bytes on the disk)",
+    let made = match format {
+        Format::Vhd => Vhd::create(
+            storage,
+            kind,
+            size,
+            id,
+            now.saturating_sub(VHD_EPOCH) as u32,
+        )
+        .map(Image::Vhd)
+        .map_err(|e| format!("{e}")),
+        Format::Vhdx => Vhdx::create(storage, kind, size, id)
+            .map(Image::Vhdx)
+            .map_err(|e| format!("{e}")),
+    };
+    match made {
+        Ok(image) => println!(
+            "vhd new: {name}: {} {} of {} MiB ({} bytes on the disk)",
             kind_name(kind),
-            vhd.size() >> 20,
-            vhd.into_storage().file.size()
+            format.name(),
+            image.size() >> 20,
+            image.into_file().file.size()
         ),
         Err(e) => println!("vhd new: {name}: {e}; the partly written file is left on the disk"),
     }
@@ -250,11 +335,11 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-fn open(path: &str, read_only: bool) -> Result<(String, Vhd<HostFile>), String> {
+fn open(path: &str, read_only: bool) -> Result<(String, Image), String> {
     let file = volume(|v| v.open_file(path))?;
     let name = file.name.clone();
-    let vhd = Vhd::open(HostFile { file, read_only }).map_err(|e: VhdError| format!("{e}"))?;
-    Ok((name, vhd))
+    let image = Image::open(HostFile { file, read_only })?;
+    Ok((name, image))
 }
 
 /// `vhd show PATH`.
@@ -273,24 +358,34 @@ pub fn vhd_show(path: &str) {
         }
     };
     println!("vhd: {name}");
-    match vhd.allocation() {
+    let (allocation, creator) = match &vhd {
+        Image::Vhd(v) => (v.allocation(), v.footer().creator_app.to_vec()),
+        Image::Vhdx(v) => (
+            (v.kind() == Kind::Dynamic).then(|| v.allocation()),
+            v.creator().to_vec(),
+        ),
+    };
+    match allocation {
         Some((used, block)) => {
             let blocks = vhd.size().div_ceil(u64::from(block));
-            println!("  format:        VHD dynamic, {} MiB blocks", block >> 20);
+            println!(
+                "  format:        {} dynamic, {} MiB blocks",
+                vhd.format().name(),
+                block >> 20
+            );
             println!("  blocks in use: {used} of {blocks}");
         }
-        None => println!("  format:        VHD fixed"),
+        None => println!("  format:        {} fixed", vhd.format().name()),
     }
     println!(
         "  virtual size:  {} MiB ({} sectors)",
         vhd.size() >> 20,
         vhd.size() / 512
     );
-    let footer = *vhd.footer();
-    println!("  file size:     {} bytes", vhd.into_storage().file.size());
+    println!("  file size:     {} bytes", vhd.into_file().file.size());
     println!(
         "  created by:    {}",
-        core::str::from_utf8(&footer.creator_app).unwrap_or("?")
+        core::str::from_utf8(&creator).unwrap_or("?")
     );
     match attached.flatten() {
         Some((vm, ro)) => println!(
@@ -377,14 +472,23 @@ impl FileDisk {
 
 impl core::fmt::Display for FileDisk {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let what = self.with(|o| (o.name.clone(), kind_name(o.vhd.kind()), o.vhd.size() >> 20));
+        let what = self.with(|o| {
+            (
+                o.name.clone(),
+                o.vhd.format().name(),
+                kind_name(o.vhd.kind()),
+                o.vhd.size() >> 20,
+            )
+        });
         let access = if self.read_only {
             "read-only"
         } else {
             "read-write"
         };
         match what {
-            Some((name, kind, mib)) => write!(f, "{name} (VHD {kind}, {mib} MiB, {access})"),
+            Some((name, format, kind, mib)) => {
+                write!(f, "{name} ({format} {kind}, {mib} MiB, {access})")
+            }
             None => write!(f, "a VHD file ({access})"),
         }
     }
@@ -401,8 +505,7 @@ impl BlockDevice for FileDisk {
 
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let at = lba.checked_mul(BLOCK_SIZE as u64).ok_or(IoError)?;
-        self.with(|o| o.vhd.read(at, buf).map_err(|_| IoError))
-            .unwrap_or(Err(IoError))
+        self.with(|o| o.vhd.read(at, buf)).unwrap_or(Err(IoError))
     }
 
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
@@ -410,13 +513,11 @@ impl BlockDevice for FileDisk {
             return Err(IoError);
         }
         let at = lba.checked_mul(BLOCK_SIZE as u64).ok_or(IoError)?;
-        self.with(|o| o.vhd.write(at, buf).map_err(|_| IoError))
-            .unwrap_or(Err(IoError))
+        self.with(|o| o.vhd.write(at, buf)).unwrap_or(Err(IoError))
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
-        self.with(|o| o.vhd.flush().map_err(|_| IoError))
-            .unwrap_or(Err(IoError))
+        self.with(|o| o.vhd.flush()).unwrap_or(Err(IoError))
     }
 }
 

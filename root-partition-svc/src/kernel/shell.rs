@@ -180,9 +180,12 @@ impl Shell {
             Command::HostInfo => self.host_info(),
             Command::HostStats => self.host_stats(),
             Command::HostDisk => crate::host_disk::show(),
-            Command::Vhd(VhdCommand::New { path, size, kind }) => {
-                crate::host_disk::vhd_new(path, size, kind, vm::get().now())
-            }
+            Command::Vhd(VhdCommand::New {
+                path,
+                size,
+                kind,
+                format,
+            }) => crate::host_disk::vhd_new(path, size, kind, format, vm::get().now()),
             Command::Vhd(VhdCommand::Show(path)) => crate::host_disk::vhd_show(path),
             Command::HostModules => {
                 for m in vm::get().modules() {
