@@ -615,7 +615,7 @@ macro_rules! linux_vm {
 pub const LINUX_DISK_NOTE: &str = "HVTEST-NOTE: written by the guest on its own file system";
 
 /// How long the reboot case lets a guest reboot (QEMU; Bochs waits longer).
-const REBOOT_WAIT: &str = "vm wait linux 25";
+const REBOOT_WAIT: &str = "vm wait linux 60";
 
 /// Linux guest cases: (suffix, processors, MiB, script, must show, must not
 /// show, check), as `guest_tests`, and whether Bochs runs it too (a Linux
