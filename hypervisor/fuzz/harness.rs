@@ -16,6 +16,8 @@
 //! - `boot_info`: Multiboot 1/2 information (`hypervisor_core::bootinfo`), what the
 //!   hypervisor derives from it (frame allocator, identity map) and the
 //!   command line (`hypervisor_core::cmdline`).
+//! - `disk_images`: the root's FAT32, VHD and VHDX readers on damaged
+//!   images, and that what they write reads back.
 
 use hv_abi::hypercall::{self, status, Input};
 use hv_abi::layout::{self, FromBytes};
@@ -1415,4 +1417,253 @@ pub fn boot_info(data: &[u8]) {
     assert!(top >= bi.usable_top().min(!(GIB - 1)), "{top:#x}");
     frames(&bi, pick);
     command_line(bi.cmdline.as_str());
+}
+
+// ---------------------------------------------------------------------------
+// The root's disk formats: FAT32, VHD, VHDX
+
+/// A FAT32 volume in sectors kept only where they are not zero.
+#[derive(Clone, Default)]
+struct SparseDisk {
+    sectors: std::collections::BTreeMap<u64, [u8; 512]>,
+    blocks: u64,
+}
+
+impl vmbus::scsi::BlockDevice for SparseDisk {
+    fn blocks(&self) -> u64 {
+        self.blocks
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), vmbus::scsi::IoError> {
+        let n = (buf.len() / 512) as u64;
+        if lba.checked_add(n).is_none_or(|end| end > self.blocks) {
+            return Err(vmbus::scsi::IoError);
+        }
+        for (i, s) in buf.chunks_mut(512).enumerate() {
+            match self.sectors.get(&(lba + i as u64)) {
+                Some(d) => s.copy_from_slice(d),
+                None => s.fill(0),
+            }
+        }
+        Ok(())
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), vmbus::scsi::IoError> {
+        let n = (buf.len() / 512) as u64;
+        if lba.checked_add(n).is_none_or(|end| end > self.blocks) {
+            return Err(vmbus::scsi::IoError);
+        }
+        for (i, s) in buf.chunks(512).enumerate() {
+            let mut d = [0u8; 512];
+            d.copy_from_slice(s);
+            self.sectors.insert(lba + i as u64, d);
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), vmbus::scsi::IoError> {
+        Ok(())
+    }
+}
+
+/// Sectors of the template volume: 32 reserved, two FATs of 520 sectors,
+/// then 66 000 clusters of one sector; the root directory at cluster 2 holds
+/// a long-named file of 3 clusters (3..=5).
+const FAT_RESERVED: u64 = 32;
+const FAT_SECTORS: u64 = 520;
+const FAT_CLUSTERS: u64 = 66_000;
+
+fn fat_template() -> SparseDisk {
+    let mut d = SparseDisk {
+        blocks: FAT_RESERVED + 2 * FAT_SECTORS + FAT_CLUSTERS,
+        ..Default::default()
+    };
+    let mut boot = [0u8; 512];
+    boot[0] = 0xEB;
+    boot[11..13].copy_from_slice(&512u16.to_le_bytes());
+    boot[13] = 1;
+    boot[14..16].copy_from_slice(&(FAT_RESERVED as u16).to_le_bytes());
+    boot[16] = 2;
+    boot[32..36].copy_from_slice(&(d.blocks as u32).to_le_bytes());
+    boot[36..40].copy_from_slice(&(FAT_SECTORS as u32).to_le_bytes());
+    boot[44..48].copy_from_slice(&2u32.to_le_bytes());
+    boot[48..50].copy_from_slice(&1u16.to_le_bytes());
+    boot[71..82].copy_from_slice(b"FUZZ       ");
+    boot[510] = 0x55;
+    boot[511] = 0xAA;
+    d.sectors.insert(0, boot);
+    let mut info = [0u8; 512];
+    info[..4].copy_from_slice(&0x4161_5252u32.to_le_bytes());
+    info[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes());
+    info[488..492].copy_from_slice(&u32::MAX.to_le_bytes());
+    d.sectors.insert(1, info);
+    let mut fat = [0u8; 512];
+    for (c, v) in [0x0FFF_FFF8u32, 0x0FFF_FFFF, 0x0FFF_FFFF, 4, 5, 0x0FFF_FFFF]
+        .iter()
+        .enumerate()
+    {
+        fat[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    d.sectors.insert(FAT_RESERVED, fat);
+    d.sectors.insert(FAT_RESERVED + FAT_SECTORS, fat);
+    let mut dir = [0u8; 512];
+    // One long-name entry ("a-file.bin"), then its short entry.
+    let short = *b"A-FILE~1BIN";
+    let sum = short
+        .iter()
+        .fold(0u8, |s, &c| s.rotate_right(1).wrapping_add(c));
+    dir[0] = 0x41;
+    let name: Vec<u16> = "a-file.bin".encode_utf16().collect();
+    for (j, &o) in [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30]
+        .iter()
+        .enumerate()
+    {
+        let u = match j.cmp(&name.len()) {
+            std::cmp::Ordering::Less => name[j],
+            std::cmp::Ordering::Equal => 0,
+            std::cmp::Ordering::Greater => 0xFFFF,
+        };
+        dir[o..o + 2].copy_from_slice(&u.to_le_bytes());
+    }
+    dir[11] = 0x0F;
+    dir[13] = sum;
+    dir[32..43].copy_from_slice(&short);
+    dir[43] = 0x20;
+    dir[58..60].copy_from_slice(&3u16.to_le_bytes());
+    dir[60..64].copy_from_slice(&1500u32.to_le_bytes());
+    let data = FAT_RESERVED + 2 * FAT_SECTORS;
+    d.sectors.insert(data, dir);
+    for k in 1..=3 {
+        d.sectors.insert(data + k, [k as u8; 512]);
+    }
+    d
+}
+
+/// The metadata sectors a FAT patch lands in: boot sector, FSInfo, the
+/// first sector of each FAT, the root directory.
+fn fat_patch_sector(k: u8) -> u64 {
+    match k % 5 {
+        0 => 0,
+        1 => 1,
+        2 => FAT_RESERVED,
+        3 => FAT_RESERVED + FAT_SECTORS,
+        _ => FAT_RESERVED + 2 * FAT_SECTORS,
+    }
+}
+
+/// Input: `u8 format` (FAT32, VHD, VHDX), `u8 count`, then `count % 32`
+/// 4-byte patches `u8 where, u16 offset, u8 value` on a small valid image
+/// of that format, then `u32` where to write; what
+/// to do with it: the image opens or is refused with a reason; an opened
+/// one reads, writes and reads back what it wrote, and the FAT32 volume
+/// makes a file and finds it again.
+pub fn disk_images(data: &[u8]) {
+    use root_partition_svc::fat::Volume;
+    use root_partition_svc::vhd::{Kind, MemoryStorage, Vhd};
+    use root_partition_svc::vhdx::Vhdx;
+    static FAT: std::sync::OnceLock<SparseDisk> = std::sync::OnceLock::new();
+    static VHD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    static VHDX: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let mut b = Bytes(data);
+    let format = b.u8() % 3;
+    let count = usize::from(b.u8() % 32);
+    let patches: Vec<(u8, u16, u8)> = b
+        .take(4 * count)
+        .chunks_exact(4)
+        .map(|p| (p[0], u16::from_le_bytes([p[1], p[2]]), p[3]))
+        .collect();
+    let pattern: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 1) as u8).collect();
+    match format {
+        0 => {
+            let mut disk = FAT.get_or_init(fat_template).clone();
+            for (k, off, v) in patches {
+                let s = fat_patch_sector(k);
+                disk.sectors.entry(s).or_insert([0; 512])[usize::from(off) % 512] = v;
+            }
+            let Ok(mut vol) = Volume::open(disk) else {
+                return;
+            };
+            if let Ok(list) = vol.list() {
+                for (d, f) in list {
+                    let mut buf = vec![0u8; (d.size as usize).min(4096)];
+                    let _ = vol.read(&f, 0, &mut buf);
+                }
+            }
+            let _ = vol.open_file("a-file.bin");
+            if let Ok(mut f) = vol.create("new file.vhdx", (0, 0)) {
+                if vol.write(&mut f, 100, &pattern).is_ok() {
+                    let mut back = vec![1u8; 3100];
+                    vol.read(&f, 0, &mut back)
+                        .expect("a written file reads back");
+                    assert!(back[..100].iter().all(|&x| x == 0), "the gap reads zeros");
+                    assert!(back[100..] == pattern[..], "what was written reads back");
+                }
+            }
+            let _ = vol.flush();
+        }
+        1 => {
+            let base = VHD.get_or_init(|| {
+                let mut v =
+                    Vhd::create(MemoryStorage::default(), Kind::Dynamic, 8 << 20, [1; 16], 0)
+                        .expect("a new VHD");
+                v.write(3 << 20, &[9; 512]).expect("a first block");
+                v.into_storage().0
+            });
+            let mut bytes = base.clone();
+            for (k, off, v) in patches {
+                // Footer copy and header (first 2 KiB), the BAT, the end.
+                let at = match k % 3 {
+                    0 => usize::from(off) % 2048,
+                    1 => 1536 + usize::from(off) % 512,
+                    _ => bytes.len() - 1 - usize::from(off) % 1024,
+                };
+                bytes[at] = v;
+            }
+            let Ok(mut vhd) = Vhd::open(MemoryStorage(bytes)) else {
+                return;
+            };
+            let size = vhd.size();
+            let mut buf = vec![0u8; 4096];
+            let _ = vhd.read(0, &mut buf);
+            let at = (u64::from(b.u32()) % size.max(1)) & !511;
+            if at + pattern.len() as u64 <= size && vhd.write(at, &pattern).is_ok() {
+                let mut back = vec![0u8; pattern.len()];
+                vhd.read(at, &mut back).expect("written data reads back");
+                assert!(back == pattern, "what was written reads back");
+            }
+        }
+        _ => {
+            let base = VHDX.get_or_init(|| {
+                let mut v = Vhdx::create(MemoryStorage::default(), Kind::Dynamic, 8 << 20, [1; 16])
+                    .expect("a new VHDX");
+                v.write(3 << 20, &[9; 512]).expect("a first block");
+                v.into_storage().0
+            });
+            let mut bytes = base.clone();
+            for (k, off, v) in patches {
+                // Identifier, headers, region tables, metadata, BAT.
+                let at = match k % 6 {
+                    0 => usize::from(off) % 512,
+                    1 => (64 << 10) + usize::from(off) % 4096,
+                    2 => (128 << 10) + usize::from(off) % 4096,
+                    3 => (192 << 10) + usize::from(off) % 512,
+                    4 => (2 << 20) + usize::from(off),
+                    _ => (3 << 20) + usize::from(off) % 512,
+                };
+                bytes[at] = v;
+            }
+            let Ok(mut vhdx) = Vhdx::open(MemoryStorage(bytes)) else {
+                return;
+            };
+            let size = vhdx.size();
+            let mut buf = vec![0u8; 4096];
+            let _ = vhdx.read(0, &mut buf);
+            let at = (u64::from(b.u32()) % size.max(1)) & !511;
+            if at + pattern.len() as u64 <= size && vhdx.write(at, &pattern).is_ok() {
+                let mut back = vec![0u8; pattern.len()];
+                vhdx.read(at, &mut back).expect("written data reads back");
+                assert!(back == pattern, "what was written reads back");
+            }
+        }
+    }
 }

@@ -153,6 +153,7 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("hypervisor/fuzz", "abi_decode"),
     ("hypervisor/fuzz", "image_loader"),
     ("hypervisor/fuzz", "boot_info"),
+    ("hypervisor/fuzz", "disk_images"),
 ];
 
 fn fuzz(seconds: u64) -> Result<Vec<(String, bool)>> {
