@@ -44,12 +44,19 @@ pub enum Command<'a> {
     DebugBadStart(&'a str),
     /// Time this many CPUID round trips through the hypervisor.
     BenchExits(u64),
+    /// Time sequential writes and reads of this many MiB on the root's
+    /// own disk, in a file of its file system.
+    BenchDisk(u64),
 }
 
 /// `bench exits` without a count.
 pub const BENCH_DEFAULT_EXITS: u64 = 10_000;
 /// More would keep the shell busy for minutes under emulation.
 pub const BENCH_MAX_EXITS: u64 = 10_000_000;
+/// `bench disk` without a size, MiB.
+pub const BENCH_DEFAULT_DISK_MIB: u64 = 64;
+/// The most `bench disk` writes (FAT32's file limit is 4 GiB).
+pub const BENCH_MAX_DISK_MIB: u64 = 2048;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError<'a> {
@@ -76,6 +83,8 @@ pub enum ParseError<'a> {
     BadAddress(&'a str),
     /// `bench exits` with a count that is not a number in 1..=BENCH_MAX_EXITS.
     BadCount(&'a str),
+    /// `bench disk` with a size that is not a number in 1..=BENCH_MAX_DISK_MIB.
+    BadSize(&'a str),
     Vm(crate::vm_command::VmParseError<'a>),
     Vhd(crate::vhd_command::VhdParseError<'a>),
 }
@@ -115,6 +124,10 @@ pub const HELP: &[(&str, &str)] = &[
         "bench exits [N]",
         "time N CPUID exits (default 10000): TSC ticks per round trip",
     ),
+    (
+        "bench disk [MIB]",
+        "time sequential 1 MiB writes then reads of MIB MiB (default 64) in bench.tmp on the root's disk",
+    ),
     ("shutdown", "power the machine off (ACPI S5)"),
     (
         "reboot",
@@ -149,7 +162,7 @@ pub const HELP: &[(&str, &str)] = &[
 
 const HOST_USAGE: &str = "host info | host stats | host disk | host modules | host log [--follow]";
 const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi | debug pagetables | debug overflow | debug bad-start NAME";
-const BENCH_USAGE: &str = "bench exits [N]";
+const BENCH_USAGE: &str = "bench exits [N] | bench disk [MIB]";
 
 impl fmt::Display for ParseError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -190,6 +203,11 @@ impl fmt::Display for ParseError<'_> {
             ParseError::BadCount(a) => write!(
                 f,
                 "bad count \"{}\": use a number from 1 to {BENCH_MAX_EXITS}",
+                a.escape_debug()
+            ),
+            ParseError::BadSize(a) => write!(
+                f,
+                "bad size \"{}\": use a number of MiB from 1 to {BENCH_MAX_DISK_MIB}",
                 a.escape_debug()
             ),
             ParseError::BadAddress(a) => write!(
@@ -322,6 +340,16 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
                     },
                 };
                 (Command::BenchExits(n), "bench exits")
+            }
+            Some("disk") => {
+                let n = match words.next() {
+                    None => BENCH_DEFAULT_DISK_MIB,
+                    Some(a) => match parse_number(a) {
+                        Some(n) if (1..=BENCH_MAX_DISK_MIB).contains(&n) => n,
+                        _ => return Err(ParseError::BadSize(a)),
+                    },
+                };
+                (Command::BenchDisk(n), "bench disk")
             }
             None => return Err(ParseError::MissingSubcommand { command: "bench" }),
             Some(sub) => {
@@ -512,6 +540,10 @@ mod tests {
             Ok(Command::BenchExits(BENCH_DEFAULT_EXITS))
         );
         assert_eq!(parse("bench exits 0x10"), Ok(Command::BenchExits(16)));
+        assert_eq!(parse("bench disk"), Ok(Command::BenchDisk(64)));
+        assert_eq!(parse("bench disk 16"), Ok(Command::BenchDisk(16)));
+        assert_eq!(parse("bench disk 0"), Err(ParseError::BadSize("0")));
+        assert_eq!(parse("bench disk 4096"), Err(ParseError::BadSize("4096")));
         assert_eq!(parse("bench exits 0"), Err(ParseError::BadCount("0")));
         assert_eq!(
             parse("bench exits 99999999999"),

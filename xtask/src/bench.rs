@@ -117,7 +117,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             "--only" => {
                 only = Some(
                     it.next()
-                        .context("--only needs exits, io, vmbus or linux")?,
+                        .context("--only needs exits, io, vmbus, linux or storage")?,
                 )
             }
             other => bail!("unknown option \"{other}\" for bench"),
@@ -143,7 +143,11 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             vmbus_echo(&art)?;
             return Ok(0);
         }
-        Some(other) => bail!("--only {other}: expected exits, io, vmbus or linux"),
+        Some("storage") => {
+            storage(&art)?;
+            return Ok(0);
+        }
+        Some(other) => bail!("--only {other}: expected exits, io, vmbus, linux or storage"),
     }
     let elf = std::fs::read(&art.hypervisor)?;
     println!(
@@ -206,6 +210,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     io_intercepts(&art)?;
     vmbus_echo(&art)?;
     linux(&art)?;
+    storage(&art)?;
     println!("== VMBus ring throughput (cargo run -p vmbus --release --example ring_bench)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = std::process::Command::new(cargo)
@@ -446,6 +451,72 @@ fn linux(art: &build::Artifacts) -> Result<()> {
         "  idle guest: {:.1} exits per second (goal <= 20): {}",
         all as f64 / 10.0,
         per_second.join(", ")
+    );
+    Ok(())
+}
+
+/// Seconds a guest's dd took: "... from uptime T0 to T1" after `prefix`.
+fn dd_seconds(log: &str, prefix: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(prefix))?;
+    let (_, rest) = line.split_once("from uptime ")?;
+    let (t0, t1) = rest.trim().split_once(" to ")?;
+    let (t0, t1): (f64, f64) = (t0.parse().ok()?, t1.parse().ok()?);
+    (t1 > t0).then_some(t1 - t0)
+}
+
+/// The root's `bench disk` figures: (write, read) MiB/s.
+fn root_disk_rates(log: &str) -> Option<(f64, f64)> {
+    let line = log.lines().find(|l| l.starts_with("bench disk: "))?;
+    let rate = |after: &str| -> Option<f64> {
+        let (_, rest) = line.split_once(after)?;
+        let (_, rest) = rest.split_once('(')?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Some((rate("write ")?, rate("read ")?))
+}
+
+/// Sequential 1 MiB reads and writes: a Linux guest's `dd` with direct I/O
+/// on a fixed VHDX against the root's own file I/O on the same disk, in
+/// one boot (QEMU).
+fn storage(art: &build::Artifacts) -> Result<()> {
+    let kit = crate::linux_kit::build()?;
+    println!("== storage: 64 MiB in 1 MiB requests, guest dd (direct I/O) on a fixed VHDX over VMBus / the root's own file I/O, same disk, QEMU");
+    let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
+    modules.extend(kit.modules());
+    let dir = build::work_dir().join("bench-storage");
+    std::fs::create_dir_all(&dir)?;
+    let disk = dir.join("host-disk.img");
+    image::host_disk(&disk, 512, "BENCH")?;
+    let mut m = Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1024);
+    m.cmdline = String::new();
+    m.disk_image = Some(disk.display().to_string());
+    let script: Vec<String> = vec![
+        "bench disk 64".into(),
+        "vhd new bench.vhdx --size 128M --type fixed".into(),
+        "vm new linux --kernel linux --initrd linux-initrd --memory 256M --vcpus 1 --cmdline \"console=ttyS0 nokaslr pci=off io_delay=none linuxtest=dd\"".into(),
+        "vm disk attach linux bench.vhdx".into(),
+        "vm start linux".into(),
+        "vm wait linux 1200".into(),
+        "vm console linux --log".into(),
+        "vm show linux".into(),
+        "shutdown".into(),
+    ];
+    let run = run_script(art, &m, &modules, "bench-storage", &script, 1800)?;
+    let log = &run.outcome.serial;
+    std::fs::write(dir.join("serial.log"), log)?;
+    let (root_write, root_read) =
+        root_disk_rates(log).context("no bench disk line from the root")?;
+    let guest = |what: &str| dd_seconds(log, what).map(|s| 64.0 / s);
+    let (Some(guest_write), Some(guest_read)) = (guest("dd write: "), guest("dd read: ")) else {
+        bail!("no dd summary from the guest (see {})", dir.display());
+    };
+    println!(
+        "  write: guest {guest_write:.1} MiB/s, root {root_write:.1} MiB/s: ratio {:.2} (goal >= 0.8)",
+        guest_write / root_write
+    );
+    println!(
+        "  read:  guest {guest_read:.1} MiB/s, root {root_read:.1} MiB/s: ratio {:.2} (goal >= 0.8)",
+        guest_read / root_read
     );
     Ok(())
 }

@@ -206,6 +206,27 @@ disk)
     drain
     poweroff -f
     ;;
+dd)
+    # The storage benchmark: 64 MiB written to the first SCSI disk and read
+    # back in 1 MiB requests past the page cache; the kernel's uptime (the
+    # Hyper-V reference clock) before and after each.
+    /load-hv-modules | grep failed
+    i=0
+    while [ ! -b /dev/sda ] && [ $i -lt 30 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/dev/zero of=/dev/sda bs=1M count=64 oflag=direct 2>/dev/null
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/dev/sda of=/dev/null bs=1M count=64 iflag=direct 2>/dev/null
+    t2=$(cut -d' ' -f1 /proc/uptime)
+    echo "LINUX-INIT: dd write: 64 MiB from uptime $t0 to $t1"
+    echo "LINUX-INIT: dd read: 64 MiB from uptime $t1 to $t2"
+    echo "LINUX-INIT: done"
+    drain
+    poweroff -f
+    ;;
 vmcall)
     /bin/vmcall
     echo "LINUX-INIT: vmcall status $?"

@@ -219,6 +219,7 @@ impl Shell {
                 println!("debug overflow: recursing until the stack's guard page stops the root");
                 println!("debug overflow: returned {}", recurse(0));
             }
+            Command::BenchDisk(mib) => crate::host_disk::bench(mib, self.tsc_hz),
             Command::BenchExits(n) => {
                 // Every CPUID exits to the hypervisor and back: the TSC span over
                 // n of them is n world-switch round trips plus the loop's four
