@@ -108,7 +108,12 @@ pub enum VmCommand<'a> {
     },
     /// Detach the VM's disk (the VM is off); a RAM disk's memory returns
     /// to the root.
-    DiskDetach(&'a str),
+    DiskDetach {
+        name: &'a str,
+        /// The file (or `ram` for a RAM disk); optional when the VM has one
+        /// disk.
+        path: Option<&'a str>,
+    },
     /// The VM's disks.
     DiskList(&'a str),
     List,
@@ -186,7 +191,7 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "attach a disk to the VM's synthetic SCSI controller (the VM off): PATH a VHD file on the root's disk (vhd new makes one), ram:SIZE a new zeroed disk in the root's memory (1M-4G), kept until detached",
     ),
     (
-        "vm disk detach NAME [PATH] | vm disk list NAME",
+        "vm disk detach NAME [PATH|ram] | vm disk list NAME",
         "detach the VM's disk (the VM off), or list its disks",
     ),
     (
@@ -335,12 +340,10 @@ fn parse_disk<'a>(
                 read_only,
             }
         }
-        Some("detach") => {
-            // The VM has one disk: its path may follow, as Hyper-V's
-            // Remove-VMHardDiskDrive names it.
-            let _path = words.next();
-            VmCommand::DiskDetach(name)
-        }
+        Some("detach") => VmCommand::DiskDetach {
+            name,
+            path: words.next(),
+        },
         _ => VmCommand::DiskList(name),
     };
     if let Some(a) = words.next() {
@@ -643,10 +646,19 @@ mod tests {
                 read_only: true
             })
         );
-        assert_eq!(p("disk detach web"), Ok(VmCommand::DiskDetach("web")));
+        assert_eq!(
+            p("disk detach web"),
+            Ok(VmCommand::DiskDetach {
+                name: "web",
+                path: None
+            })
+        );
         assert_eq!(
             p("disk detach web /web.vhd"),
-            Ok(VmCommand::DiskDetach("web"))
+            Ok(VmCommand::DiskDetach {
+                name: "web",
+                path: Some("/web.vhd")
+            })
         );
         assert_eq!(
             p("disk attach web /web.vhd --read-only"),

@@ -363,7 +363,9 @@ pub fn storvsp_requests(data: &[u8]) {
             Err(_) => false,
             Ok(SendResult::Full { .. }) => panic!("the device left the ring full"),
         };
-        server.serve(&mut host, &mut disk, &mut memory).unwrap();
+        server
+            .serve(&mut host, core::slice::from_mut(&mut disk), &mut memory)
+            .unwrap();
         if !sent {
             continue;
         }

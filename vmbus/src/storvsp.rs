@@ -219,10 +219,10 @@ impl StorageServer {
     pub fn serve<R: RingMemory, N: Notify, D: BlockDevice, M: GuestMemory>(
         &mut self,
         channel: &mut Channel<R, N>,
-        disk: &mut ScsiDisk<D>,
+        disks: &mut [ScsiDisk<D>],
         memory: &mut M,
     ) -> Result<(), ChannelError> {
-        let served = self.serve_quietly(channel, disk, memory);
+        let served = self.serve_quietly(channel, disks, memory);
         channel.flush();
         served
     }
@@ -230,7 +230,7 @@ impl StorageServer {
     fn serve_quietly<R: RingMemory, N: Notify, D: BlockDevice, M: GuestMemory>(
         &mut self,
         channel: &mut Channel<R, N>,
-        disk: &mut ScsiDisk<D>,
+        disks: &mut [ScsiDisk<D>],
         memory: &mut M,
     ) -> Result<(), ChannelError> {
         let mut read = 0;
@@ -269,7 +269,7 @@ impl StorageServer {
                         return;
                     }
                 };
-                let reply = self.request(p.payload, data, disk, memory);
+                let reply = self.request(p.payload, data, disks, memory);
                 if reply.status.get() != status::SUCCESS {
                     self.refused += 1;
                 }
@@ -294,7 +294,7 @@ impl StorageServer {
         &mut self,
         payload: &[u8],
         data: Option<GpaRange<'_>>,
-        disk: &mut ScsiDisk<D>,
+        disks: &mut [ScsiDisk<D>],
         memory: &mut M,
     ) -> VstorPacket {
         // A copy, zero-filled: a shorter packet (older protocol sizes) reads
@@ -337,7 +337,7 @@ impl StorageServer {
                 self.initialized = true;
                 completion(status::SUCCESS)
             }
-            op::EXECUTE_SRB if self.initialized => self.execute(packet.body, data, disk, memory),
+            op::EXECUTE_SRB if self.initialized => self.execute(packet.body, data, disks, memory),
             // Nothing is queued in the device: a reset has nothing to undo.
             op::RESET_LUN | op::RESET_ADAPTER | op::RESET_BUS => completion(status::SUCCESS),
             op::END_INITIALIZATION | op::EXECUTE_SRB => completion(status::INVALID_DEVICE_REQUEST),
@@ -349,7 +349,7 @@ impl StorageServer {
         &mut self,
         request: ScsiRequest,
         data: Option<GpaRange<'_>>,
-        disk: &mut ScsiDisk<D>,
+        disks: &mut [ScsiDisk<D>],
         memory: &mut M,
     ) -> VstorPacket {
         let mut reply = completion(status::SUCCESS);
@@ -365,8 +365,25 @@ impl StorageServer {
             _ => return srb_error(reply, srb::INVALID_REQUEST),
         };
         let length = length as usize;
-        if (request.path_id, request.target_id, request.lun) != (0, 0, 0) {
+        // The disks are LUNs 0, 1, ... of target 0 on path 0.
+        let count = disks.len();
+        let unit = match (request.path_id, request.target_id) {
+            (0, 0) => disks.get_mut(usize::from(request.lun)),
+            _ => None,
+        };
+        let Some(disk) = unit else {
             return self.absent(reply, request, cdb, length, range, memory);
+        };
+        if cdb.first() == Some(&0xA0) && cdb.len() >= 12 && request.data_in == 1 {
+            // REPORT LUNS lists every disk (SPC-4 6.33; single-level LUNs),
+            // cut to the guest's buffer.
+            let mut d = vec![0u8; 8 + 8 * count];
+            d[..4].copy_from_slice(&((8 * count) as u32).to_be_bytes());
+            for (lun, e) in d[8..].chunks_exact_mut(8).enumerate() {
+                e[1] = lun as u8;
+            }
+            d.truncate(length);
+            return self.finish(reply, Outcome::Good(d), 0, range, memory);
         }
         let outcome = match (request.data_in, range) {
             // Data out: the guest's bytes first, then the command.
@@ -588,7 +605,7 @@ mod tests {
         guest: Ch,
         host: Ch,
         server: StorageServer,
-        disk: ScsiDisk<MemoryDisk>,
+        disks: Vec<ScsiDisk<MemoryDisk>>,
         memory: Memory,
     }
 
@@ -599,13 +616,13 @@ mod tests {
                 guest,
                 host,
                 server: StorageServer::default(),
-                disk: ScsiDisk::new(
+                disks: vec![ScsiDisk::new(
                     MemoryDisk::new(256, false),
                     Identity {
                         serial: *b"serial0000000001",
                         id: 1,
                     },
-                ),
+                )],
                 memory: Memory(vec![0; 64 * PAGE_SIZE]),
             }
         }
@@ -621,7 +638,7 @@ mod tests {
             let out = OutgoingPacket::request(id, ranges, &parts);
             assert_eq!(self.guest.send(&out).unwrap(), SendResult::Sent);
             self.server
-                .serve(&mut self.host, &mut self.disk, &mut self.memory)
+                .serve(&mut self.host, &mut self.disks, &mut self.memory)
                 .unwrap();
             let p = self.guest.recv().unwrap().unwrap().unwrap();
             assert_eq!(p.transaction_id, id);
@@ -688,7 +705,7 @@ mod tests {
         let w = rig.srb(1, &rw10(0x2A, 5, 8), 0, 4096, Some(range));
         assert_eq!((w.status.get(), w.body.srb_status), (0, srb::SUCCESS));
         assert_eq!(w.body.data_transfer_length.get(), 4096);
-        assert_eq!(&rig.disk.disk.bytes()[5 * 512..13 * 512], &data[..]);
+        assert_eq!(&rig.disks[0].disk.bytes()[5 * 512..13 * 512], &data[..]);
         // Read it back into pages 20 and 21.
         let pfns = [20u64];
         let range = GpaRangeSpec {
@@ -729,6 +746,66 @@ mod tests {
         assert_eq!(r.body.sense_info_length, 18);
         assert_eq!((r.body.cdb_or_sense[2], r.body.cdb_or_sense[12]), (5, 0x21));
         assert_eq!(rig.server.scsi_errors, 1);
+    }
+
+    /// Several disks are LUNs 0, 1, ... of target 0: REPORT LUNS lists
+    /// them all, each LUN reaches its own disk, the next LUN is absent.
+    #[test]
+    fn several_disks_are_luns_of_target_0() {
+        let mut rig = Rig::new();
+        let mut second = MemoryDisk::new(64, false);
+        second.write(5, &[0x42; 512]).unwrap();
+        rig.disks.push(ScsiDisk::new(
+            second,
+            Identity {
+                serial: *b"serial0000000002",
+                id: 2,
+            },
+        ));
+        rig.init();
+        let pfns = [1u64];
+        let page = GpaRangeSpec {
+            byte_count: 512,
+            byte_offset: 0,
+            pfns: &pfns,
+        };
+        let luns = [0xA0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0];
+        let r = rig.srb(1, &luns, 1, 512, Some(page));
+        assert_eq!(r.body.srb_status, srb::SUCCESS);
+        assert_eq!(r.body.data_transfer_length.get(), 24);
+        assert_eq!(
+            rig.memory.0[PAGE_SIZE..PAGE_SIZE + 24],
+            [0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+        );
+        // A buffer shorter than the list gets its start.
+        let r = rig.srb(
+            2,
+            &luns,
+            1,
+            8,
+            Some(GpaRangeSpec {
+                byte_count: 8,
+                ..page
+            }),
+        );
+        assert_eq!(r.body.data_transfer_length.get(), 8);
+        // LUN 1 reads the second disk; LUN 0 the first.
+        let mut p = VstorPacket::execute_srb(&rw10(0x28, 5, 1), 1, 512);
+        p.body.lun = 1;
+        let r = rig.call(3, p.as_bytes(), Some(page));
+        assert_eq!(r.body.srb_status, srb::SUCCESS);
+        assert!(rig.memory.0[PAGE_SIZE..PAGE_SIZE + 512]
+            .iter()
+            .all(|&b| b == 0x42));
+        let r = rig.srb(4, &rw10(0x28, 5, 1), 1, 512, Some(page));
+        assert_eq!(r.body.srb_status, srb::SUCCESS);
+        assert!(rig.memory.0[PAGE_SIZE..PAGE_SIZE + 512]
+            .iter()
+            .all(|&b| b == 0));
+        // LUN 2 is not there.
+        p.body.lun = 2;
+        let r = rig.call(5, p.as_bytes(), Some(page));
+        assert_eq!(r.body.srb_status, srb::INVALID_LUN);
     }
 
     #[test]

@@ -113,25 +113,26 @@ disk_check() {
         echo "LINUX-INIT: disk WRONG: wrote $sum, read $back"
     fi
 }
-# An ext2 file system on the first SCSI disk: made on the first boot, with
-# a 2 MiB file and its checksum; a later boot mounts it and checks the file.
+# An ext2 file system on SCSI disk $1 (sda, sdb, ...): made on the first
+# boot, with a 2 MiB file, its checksum and a note; a later boot mounts it
+# and checks the file.
 fs_check() {
-    echo "LINUX-INIT: disk sda, $(cat /sys/block/sda/size) sectors"
+    echo "LINUX-INIT: disk $1, $(cat /sys/block/$1/size) sectors"
     mkdir -p /mnt
-    if mount -t ext4 /dev/sda /mnt 2>/dev/null; then
+    if mount -t ext4 /dev/$1 /mnt 2>/dev/null; then
         if [ "$(md5sum /mnt/data | cut -d' ' -f1)" = "$(cat /mnt/sum)" ]; then
-            echo "LINUX-INIT: disk's file system kept its file from the last boot: same checksum"
+            echo "LINUX-INIT: disk's file system kept its file from the last boot: same checksum ($1)"
         else
-            echo "LINUX-INIT: disk's file WRONG after the restart"
+            echo "LINUX-INIT: disk's file WRONG after the restart ($1)"
         fi
         umount /mnt
         return
     fi
-    mke2fs /dev/sda > /dev/null 2>&1 || echo "LINUX-INIT: mke2fs FAILED"
-    mount -t ext4 /dev/sda /mnt || {
+    mke2fs /dev/$1 > /dev/null 2>&1 || echo "LINUX-INIT: mke2fs FAILED"
+    mount -t ext4 /dev/$1 /mnt || {
         echo "LINUX-INIT: mount FAILED"
         grep ext /proc/filesystems | sed 's/^/LINUX-INIT: /'
-        ls -la /mnt /dev/sda | sed 's/^/LINUX-INIT: /'
+        ls -la /mnt /dev/$1 | sed 's/^/LINUX-INIT: /'
         dmesg | tail -8 | sed 's/^/LINUX-INIT: /'
     }
     dd if=/dev/urandom of=/mnt/data bs=64k count=32 2>/dev/null
@@ -139,7 +140,7 @@ fs_check() {
     md5sum /mnt/data | cut -d' ' -f1 > /mnt/sum
     sync
     umount /mnt
-    echo "LINUX-INIT: disk formatted (ext2), a 2 MiB file written"
+    echo "LINUX-INIT: disk formatted (ext2), a 2 MiB file written ($1)"
 }
 # hv_vmbus is not loaded here: without a VMBus host it waits for one. Run
 # /load-hv-modules for that.
@@ -197,7 +198,11 @@ disk)
         i=$((i + 1))
     done
     if [ -b /dev/sda ]; then
-        fs_check
+        # Every disk (Linux numbers them as the LUNs are found).
+        sleep 1
+        for d in /sys/block/sd*; do
+            fs_check "${d##*/}"
+        done
     else
         echo "LINUX-INIT: no disk"
         dmesg | grep -i -E 'storvsc|scsi|sd ' | tail -30 | sed 's/^/LINUX-INIT: /'

@@ -528,6 +528,19 @@ pub enum VmDisk {
     File(FileDisk),
 }
 
+impl VmDisk {
+    /// Whether `path` names this disk: its file (any case, a leading `/`
+    /// allowed), or `ram` for a RAM disk.
+    pub fn is_named(&self, path: &str) -> bool {
+        match self {
+            VmDisk::Ram(_) => path.eq_ignore_ascii_case("ram"),
+            VmDisk::File(f) => f
+                .with(|o| o.name.eq_ignore_ascii_case(path.trim_start_matches('/')))
+                .unwrap_or(false),
+        }
+    }
+}
+
 impl core::fmt::Display for VmDisk {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {

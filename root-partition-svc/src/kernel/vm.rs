@@ -8,6 +8,7 @@ use crate::vmbus_server::{self, DeviceStage, IcStage, VmBus};
 use crate::{heap, hypercall, print, println, serial, synic};
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use hv_abi::hypercall::status;
@@ -39,6 +40,8 @@ const CONSOLE_BYTES: usize = 64 * 1024;
 const REASON_MAX: usize = 120;
 /// How long `vm stop` waits for a guest it asked to shut down.
 const SHUTDOWN_TIMEOUT_S: u64 = 60;
+/// Disks on a VM's SCSI controller (LUNs 0-63, as Hyper-V's).
+const MAX_DISKS: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum State {
@@ -111,8 +114,8 @@ pub struct Vm {
     shutdown_deadline: Option<(u64, u64)>,
     /// The administrator added the echo device (offered at every start).
     echo: bool,
-    /// The disk on its SCSI controller (LUN 0), served at every start.
-    disk: Option<(VmDisk, Identity)>,
+    /// The disks on its SCSI controller (LUN = index), served at every start.
+    disks: Vec<(VmDisk, Identity)>,
     /// VMBus messages the server refused from the guest and dropped to it,
     /// in the last run (kept when the server goes with the run).
     vmbus_refused: (u64, u64),
@@ -391,12 +394,14 @@ impl Vmm {
                 source,
                 read_only,
             } => self.attach_disk(name, source, read_only),
-            VmCommand::DiskDetach(name) => self.detach_disk(name),
+            VmCommand::DiskDetach { name, path } => self.detach_disk(name, path),
             VmCommand::DiskList(name) => {
                 if let Some(vm) = self.named(name) {
-                    match &vm.disk {
-                        Some((d, _)) => println!("vm disk: {name}: SCSI 0:0:0 {d}"),
-                        None => println!("vm disk: {name} has no disk"),
+                    if vm.disks.is_empty() {
+                        println!("vm disk: {name} has no disk");
+                    }
+                    for (lun, (d, _)) in vm.disks.iter().enumerate() {
+                        println!("vm disk: {name}: SCSI 0:0:{lun} {d}");
                     }
                 }
             }
@@ -568,7 +573,7 @@ impl Vmm {
                     vmbus: None,
                     shutdown_deadline: None,
                     echo: false,
-                    disk: None,
+                    disks: Vec::new(),
                     vmbus_refused: (0, 0),
                 });
                 println!(
@@ -667,7 +672,7 @@ impl Vmm {
                 vm.memory_base,
                 vm.memory_bytes,
                 vm.echo,
-                vm.disk,
+                &vm.disks,
             ) {
                 Ok(bus) => vm.vmbus = Some(bus),
                 Err(s) => status_line("vm start", "VMBus ports (CreatePort/ConnectPort)", s),
@@ -829,12 +834,13 @@ impl Vmm {
         let Some(vm) = self.vms[i].as_ref() else {
             return;
         };
-        if vm.disk.is_some() {
+        if vm.disks.len() >= MAX_DISKS {
             println!(
-                "vm disk attach: {name} has a disk already (LUN 0); vm disk detach {name} first"
+                "vm disk attach: {name} has {MAX_DISKS} disks, the most its SCSI controller takes"
             );
             return;
         }
+        let lun = vm.disks.len();
         let disk = match source {
             DiskSource::Ram { mib } => {
                 let bytes = mib << 20;
@@ -862,15 +868,15 @@ impl Vmm {
             *b = b"0123456789ABCDEF"[(id >> (60 - 4 * k) & 0xF) as usize];
         }
         if let Some(vm) = self.vms[i].as_mut() {
-            vm.disk = Some((disk, Identity { serial, id }));
+            vm.disks.push((disk, Identity { serial, id }));
         }
         match disk {
             VmDisk::Ram(_) => println!(
-                "vm disk: a {} MiB RAM disk attached to {name}'s SCSI controller (LUN 0, {}), kept until detached",
+                "vm disk: a {} MiB RAM disk attached to {name}'s SCSI controller (LUN {lun}, {}), kept until detached",
                 disk.blocks() >> 11,
                 if read_only { "read-only" } else { "read-write" }
             ),
-            VmDisk::File(_) => println!("vm disk: {disk} attached to {name}'s SCSI controller (LUN 0)"),
+            VmDisk::File(_) => println!("vm disk: {disk} attached to {name}'s SCSI controller (LUN {lun})"),
         }
     }
 
@@ -889,7 +895,7 @@ impl Vmm {
         }
     }
 
-    fn detach_disk(&mut self, name: &str) {
+    fn detach_disk(&mut self, name: &str, path: Option<&str>) {
         let Some(i) =
             self.not_running(name, "vm disk detach", "detach disks from a VM that is off")
         else {
@@ -898,10 +904,31 @@ impl Vmm {
         let Some(vm) = self.vms[i].as_mut() else {
             return;
         };
-        let Some((disk, _)) = vm.disk.take() else {
-            println!("vm disk detach: {name} has no disk");
+        let found = match path {
+            None if vm.disks.len() == 1 => Some(0),
+            None if vm.disks.is_empty() => {
+                println!("vm disk detach: {name} has no disk");
+                return;
+            }
+            None => {
+                println!(
+                    "vm disk detach: {name} has {} disks; name one: vm disk detach {name} FILE (or ram)",
+                    vm.disks.len()
+                );
+                return;
+            }
+            Some(p) => vm.disks.iter().position(|(d, _)| d.is_named(p)),
+        };
+        let Some(lun) = found else {
+            println!(
+                "vm disk detach: {name} has no disk {}; vm disk list {name} shows them",
+                path.unwrap_or("")
+            );
             return;
         };
+        // The disks after it move up a LUN (the guest sees them at their
+        // new LUNs at its next start).
+        let (disk, _) = vm.disks.remove(lun);
         let what = self.release_disk(disk);
         println!("vm disk: {name}'s {what}");
     }
@@ -1038,7 +1065,8 @@ impl Vmm {
         }
         let (base, bytes) = (vm.memory_base, vm.memory_bytes);
         self.pool.add(base, base + bytes);
-        if let Some((disk, _)) = vm.disk {
+        let disks: Vec<VmDisk> = vm.disks.iter().map(|&(d, _)| d).collect();
+        for disk in disks {
             self.release_disk(disk);
         }
         self.vms[i] = None;
@@ -1131,8 +1159,8 @@ impl Vmm {
                 vm.name()
             );
         }
-        if let Some((d, _)) = &vm.disk {
-            println!("  disks:          SCSI 0:0:0 {d}");
+        for (lun, (d, _)) in vm.disks.iter().enumerate() {
+            println!("  disks:          SCSI 0:0:{lun} {d}");
         }
         if vm.cmdline_len > 0 {
             println!(

@@ -305,13 +305,13 @@ pub struct EchoDevice {
     pub server: EchoServer,
 }
 
-/// The synthetic SCSI controller with its one disk.
+/// The synthetic SCSI controller with its disks (LUN = index).
 pub struct StorageDevice {
     pub relid: u32,
     pub stage: DeviceStage,
     channel: Option<Channel<GuestRing, EventNotifier>>,
     pub server: StorageServer,
-    pub disk: ScsiDisk<VmDisk>,
+    pub disks: Vec<ScsiDisk<VmDisk>>,
 }
 
 /// Longest packet an integration service's channel reads: a longer one
@@ -379,7 +379,7 @@ impl VmBus {
         memory_base: u64,
         memory_bytes: u64,
         echo: bool,
-        disk: Option<(VmDisk, Identity)>,
+        disks: &[(VmDisk, Identity)],
     ) -> Result<Self, u16> {
         for connection in MESSAGE_CONNECTIONS {
             let info = PortInfo {
@@ -424,14 +424,17 @@ impl VmBus {
             let relid = bus.offer(class_of(service), instance(service))?;
             bus.integrations.push(Integration::new(service, relid));
         }
-        if let Some((disk, identity)) = disk {
+        if !disks.is_empty() {
             let relid = bus.offer(class::SCSI, scsi_instance(slot))?;
             bus.storage = Some(StorageDevice {
                 relid,
                 stage: DeviceStage::Offered,
                 channel: None,
                 server: StorageServer::default(),
-                disk: ScsiDisk::new(disk, identity),
+                disks: disks
+                    .iter()
+                    .map(|&(disk, identity)| ScsiDisk::new(disk, identity))
+                    .collect(),
             });
         }
         if echo {
@@ -706,7 +709,7 @@ impl VmBus {
         let mut memory = GuestMemoryBlock::new(self.memory.0, self.memory.1);
         if dev
             .server
-            .serve(channel, &mut dev.disk, &mut memory)
+            .serve(channel, &mut dev.disks, &mut memory)
             .is_err()
         {
             dev.channel = None;
