@@ -776,35 +776,41 @@ impl<D: BlockDevice> Volume<D> {
         if n == 0 || n > self.free {
             return Err(FatError::Full);
         }
-        let mut taken = Vec::with_capacity(n as usize);
+        // Each free cluster found is chained to the one before (no list:
+        // a growth may take a million clusters); none is reachable until
+        // the chain is complete and linked below.
         let mut c = if self.valid_cluster(self.next_free) {
             self.next_free
         } else {
             2
         };
-        let mut looked = 0u32;
-        while (taken.len() as u32) < n {
+        let (mut first, mut last) = (None, 0u32);
+        let (mut taken, mut looked) = (0u32, 0u32);
+        while taken < n {
             if looked >= self.clusters {
                 return Err(FatError::Full);
             }
             if self.entry(c)? == FREE {
-                taken.push(c);
+                self.set_entry(c, END_OF_CHAIN)?;
+                match first {
+                    None => first = Some(c),
+                    Some(_) => self.set_entry(last, c)?,
+                }
+                last = c;
+                taken += 1;
             }
             looked += 1;
             c = if c > self.clusters { 2 } else { c + 1 };
         }
-        for (i, &t) in taken.iter().enumerate() {
-            let next = taken.get(i + 1).copied().unwrap_or(END_OF_CHAIN);
-            self.set_entry(t, next)?;
-        }
+        let first = first.ok_or(FatError::Full)?;
         self.write_back()?;
         if let Some(prev) = after {
-            self.set_entry(prev, taken[0])?;
+            self.set_entry(prev, first)?;
             self.write_back()?;
         }
         self.free -= n;
         self.next_free = c;
-        Ok(taken[0])
+        Ok(first)
     }
 
     /// The disk sector holding byte `offset` of `f`, and how many bytes

@@ -1289,6 +1289,8 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm start irq",
                 "vm wait irq",
                 "vm console irq --log",
+                // Where its VP is, should it still run (a hang's diagnosis).
+                "vm show irq",
                 "vm new rst --memory 4M --image reset",
                 "vm start rst",
                 "vm wait rst 60",

@@ -79,6 +79,16 @@ impl BlockDevice for MemoryDisk {
     }
 }
 
+/// A zeroed buffer of `len` bytes, or `None` if memory is short (a
+/// request's data is up to 512 KiB: its failure is the request's, never a
+/// panic of the server).
+pub fn buffer(len: usize) -> Option<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(v)
+}
+
 /// SCSI status: GOOD.
 pub const GOOD: u8 = 0x00;
 /// SCSI status: CHECK CONDITION (sense data says why).
@@ -90,6 +100,7 @@ pub mod sense_key {
     pub const MEDIUM_ERROR: u8 = 0x3;
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const DATA_PROTECT: u8 = 0x7;
+    pub const ABORTED_COMMAND: u8 = 0xB;
 }
 
 /// A sense key with its additional sense code and qualifier.
@@ -120,6 +131,12 @@ impl Sense {
         key: sense_key::MEDIUM_ERROR,
         asc: 0x0C,
         ascq: 0,
+    };
+    /// No memory for the transfer's buffer: the initiator may retry.
+    pub const INSUFFICIENT_RESOURCES: Sense = Sense {
+        key: sense_key::ABORTED_COMMAND,
+        asc: 0x55,
+        ascq: 0x03,
     };
 
     const fn illegal(asc: u8, ascq: u8) -> Sense {
@@ -273,7 +290,7 @@ impl<D: BlockDevice> ScsiDisk<D> {
 
     fn read(&mut self, lba: u64, blocks: u32) -> Result<Vec<u8>, Sense> {
         self.check_range(lba, blocks)?;
-        let mut d = vec![0u8; blocks as usize * BLOCK_SIZE];
+        let mut d = buffer(blocks as usize * BLOCK_SIZE).ok_or(Sense::INSUFFICIENT_RESOURCES)?;
         if blocks > 0 {
             self.disk
                 .read(lba, &mut d)

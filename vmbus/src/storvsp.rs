@@ -19,7 +19,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 
 use crate::channel::{Channel, ChannelError, Notify, SendResult};
 use crate::packet::{GpaRange, OutgoingPacket, PacketKind};
-use crate::scsi::{BlockDevice, Outcome, ScsiDisk, BLOCK_SIZE, CHECK_CONDITION, GOOD};
+use crate::scsi::{BlockDevice, Outcome, ScsiDisk, Sense, BLOCK_SIZE, CHECK_CONDITION, GOOD};
 use crate::shared_mem::RingMemory;
 use crate::PAGE_SIZE;
 
@@ -388,7 +388,15 @@ impl StorageServer {
         let outcome = match (request.data_in, range) {
             // Data out: the guest's bytes first, then the command.
             (0, Some(r)) => {
-                let mut buf = vec![0u8; length];
+                let Some(mut buf) = crate::scsi::buffer(length) else {
+                    return self.finish(
+                        reply,
+                        Outcome::Check(Sense::INSUFFICIENT_RESOURCES),
+                        0,
+                        None,
+                        memory,
+                    );
+                };
                 if gather(memory, r, &mut buf).is_err() {
                     return srb_error(reply, srb::INVALID_REQUEST);
                 }

@@ -142,6 +142,15 @@ fs_check() {
     umount /mnt
     echo "LINUX-INIT: disk formatted (ext2), a 2 MiB file written ($1)"
 }
+# The Hyper-V drivers, then up to 30 s for the first SCSI disk.
+load_and_wait_for_sda() {
+    /load-hv-modules | grep failed
+    i=0
+    while [ ! -b /dev/sda ] && [ $i -lt 30 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+}
 # hv_vmbus is not loaded here: without a VMBus host it waits for one. Run
 # /load-hv-modules for that.
 case "$linuxtest" in
@@ -191,12 +200,7 @@ vmbus)
     ;;
 disk)
     # The first SCSI disk, served by the root over VMBus (disk_check).
-    /load-hv-modules | grep failed
-    i=0
-    while [ ! -b /dev/sda ] && [ $i -lt 30 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
+    load_and_wait_for_sda
     if [ -b /dev/sda ]; then
         # Every disk (Linux numbers them as the LUNs are found).
         sleep 1
@@ -215,12 +219,7 @@ dd)
     # The storage benchmark: 64 MiB written to the first SCSI disk and read
     # back in 1 MiB requests past the page cache; the kernel's uptime (the
     # Hyper-V reference clock) before and after each.
-    /load-hv-modules | grep failed
-    i=0
-    while [ ! -b /dev/sda ] && [ $i -lt 30 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
+    load_and_wait_for_sda
     t0=$(cut -d' ' -f1 /proc/uptime)
     dd if=/dev/zero of=/dev/sda bs=1M count=64 oflag=direct 2>/dev/null
     t1=$(cut -d' ' -f1 /proc/uptime)
