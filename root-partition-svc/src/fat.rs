@@ -119,6 +119,11 @@ pub struct DirEntry {
     pub name: String,
     pub size: u64,
     pub directory: bool,
+    /// What is wrong with a file's chain, if anything (it cannot be opened;
+    /// the other files can).
+    pub damaged: Option<&'static str>,
+    /// Its 11-byte short name.
+    pub short: [u8; 11],
 }
 
 /// A mounted FAT32 volume on `disk`.
@@ -252,6 +257,10 @@ impl LongName {
         if ord & 0x40 != 0 {
             self.parts.clear();
         }
+        // A long name has at most 20 parts (255 characters): more is damage.
+        if self.parts.len() >= 20 {
+            return;
+        }
         let mut units = [0u16; 13];
         let offsets = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
         for (u, &o) in units.iter_mut().zip(offsets.iter()) {
@@ -347,6 +356,12 @@ impl<D: BlockDevice> Volume<D> {
         }
         // Entries the FAT has room for (the first two are reserved).
         let clusters = clusters.min(fat_sectors * 128 - 2).min(0x0FFF_FFF5) as u32;
+        // ExtFlags bit 7: only one FAT is active, not mirrored.
+        if le16(&s0, 40) & 0x80 != 0 {
+            return Err(FatError::NotFat32(
+                "FAT mirroring is disabled (not supported)",
+            ));
+        }
         let root_cluster = le32(&s0, 44);
         let fsinfo = match le16(&s0, 48) {
             0 | 0xFFFF => None,
@@ -536,7 +551,6 @@ impl<D: BlockDevice> Volume<D> {
     pub fn list(&mut self) -> Result<Vec<(DirEntry, File)>, FatError> {
         let mut out = Vec::new();
         let mut long = LongName::default();
-        let mut bad = false;
         self.walk_root(|at, e| {
             match e[0] {
                 0x00 => return true,
@@ -558,23 +572,33 @@ impl<D: BlockDevice> Volume<D> {
             let first = (u32::from(le16(e, 20)) << 16) | u32::from(le16(e, 26));
             let name = long_name.unwrap_or_else(|| display_short(&e[..11], e[12]));
             let size = u64::from(le32(e, 28));
+            let mut short = [0u8; 11];
+            short.copy_from_slice(&e[..11]);
             out.push((
                 DirEntry {
                     name: name.clone(),
                     size,
                     directory: attr & ATTR_DIRECTORY != 0,
+                    damaged: None,
+                    short,
                 },
                 (first, name, at, size),
             ));
-            bad |= first != 0 && first < 2;
             false
         })?;
         let mut files = Vec::new();
-        for (d, (first, name, at, size)) in out {
+        for (mut d, (first, name, at, size)) in out {
             let runs = if d.directory {
                 Vec::new()
             } else {
-                self.chain(first)?
+                match self.chain(first) {
+                    Ok(r) => r,
+                    Err(FatError::Damaged(why)) => {
+                        d.damaged = Some(why);
+                        Vec::new()
+                    }
+                    Err(e) => return Err(e),
+                }
             };
             let file = File {
                 name,
@@ -582,8 +606,8 @@ impl<D: BlockDevice> Volume<D> {
                 size,
                 runs,
             };
-            if !d.directory && file.clusters() * self.cluster_bytes < size {
-                return Err(FatError::Damaged("a file is longer than its clusters"));
+            if !d.directory && d.damaged.is_none() && file.clusters() * self.cluster_bytes < size {
+                d.damaged = Some("a file is longer than its clusters");
             }
             files.push((d, file));
         }
@@ -615,7 +639,10 @@ impl<D: BlockDevice> Volume<D> {
         }
         for (d, f) in self.list()? {
             if (matches(&d.name) || short_hit == Some(f.entry)) && !d.directory {
-                return Ok(f);
+                return match d.damaged {
+                    Some(why) => Err(FatError::Damaged(why)),
+                    None => Ok(f),
+                };
             }
         }
         Err(FatError::NotFound)
@@ -629,10 +656,27 @@ impl<D: BlockDevice> Volume<D> {
         if !valid_long_name(name) {
             return Err(FatError::BadName);
         }
-        match self.open_file(name) {
-            Ok(_) => return Err(FatError::Exists),
-            Err(FatError::NotFound) => {}
-            Err(e) => return Err(e),
+        // Any entry of that name, long or short: files, directories, the
+        // label (walked raw: a label is not listed).
+        let short = short_name(name).map(|s| s.0);
+        let mut label_or_short = false;
+        self.walk_root(|_, e| {
+            if e[0] == 0 {
+                return true;
+            }
+            if e[0] != 0xE5 && e[11] & 0x3F != ATTR_LONG_NAME && short.is_some_and(|s| e[..11] == s)
+            {
+                label_or_short = true;
+                return true;
+            }
+            false
+        })?;
+        let taken = self
+            .list()?
+            .iter()
+            .any(|(d, _)| d.name.eq_ignore_ascii_case(name) || short.is_some_and(|s| d.short == s));
+        if taken || label_or_short {
+            return Err(FatError::Exists);
         }
         let (raw, case, long) = match short_name(name) {
             Some((raw, case)) => (raw, case, None),
@@ -657,9 +701,13 @@ impl<D: BlockDevice> Volume<D> {
             .map(|&(s, n)| s + n - 1)
             .ok_or(FatError::Damaged("the root directory has no cluster"))?;
         while run.len() < need {
-            let c = self.allocate(1, Some(last))?;
+            // Zeroed before it is linked: a cut never leaves old bytes in
+            // the directory.
+            let c = self.allocate(1, None)?;
             let zeros = vec![0u8; self.cluster_bytes as usize];
             self.disk.write(self.cluster_sector(c), &zeros)?;
+            self.set_entry(last, c)?;
+            self.write_back()?;
             let base = (self.cluster_sector(c) - self.start) * SECTOR;
             for i in 0..self.cluster_bytes / ENTRY as u64 {
                 run.push(base + i * ENTRY as u64);
@@ -754,6 +802,17 @@ impl<D: BlockDevice> Volume<D> {
             }
         }
         Err(FatError::Full)
+    }
+
+    /// Reads `out.len()` bytes at byte `at` from the volume's start.
+    fn read_bytes(&mut self, at: u64, out: &mut [u8]) -> Result<(), FatError> {
+        let first = at / SECTOR;
+        let last = (at + out.len() as u64).div_ceil(SECTOR);
+        let mut buf = vec![0u8; ((last - first) * SECTOR) as usize];
+        self.disk.read(self.start + first, &mut buf)?;
+        let o = (at - first * SECTOR) as usize;
+        out.copy_from_slice(&buf[o..o + out.len()]);
+        Ok(())
     }
 
     /// Writes `data` at byte `at` from the volume's start (read, modify,
@@ -899,14 +958,23 @@ impl<D: BlockDevice> Volume<D> {
         let n = u32::try_from(need - have).map_err(|_| FatError::TooLarge)?;
         let first = self.allocate(n, f.last_cluster())?;
         if f.runs.is_empty() {
-            // A file without clusters: its entry names the first one.
-            let hi = ((first >> 16) as u16).to_le_bytes();
-            let lo = (first as u16).to_le_bytes();
-            self.write_bytes(f.entry + 20, &hi)?;
-            self.write_bytes(f.entry + 26, &lo)?;
+            // A file without clusters: its entry names the first one, both
+            // halves in one write (one sector: a cut leaves old or new,
+            // never half a cluster number).
+            let mut field = [0u8; 8];
+            self.read_bytes(f.entry + 20, &mut field)?;
+            field[..2].copy_from_slice(&((first >> 16) as u16).to_le_bytes());
+            field[6..].copy_from_slice(&(first as u16).to_le_bytes());
+            self.write_bytes(f.entry + 20, &field)?;
         }
-        let head = f.runs.first().map_or(first, |r| r.0);
-        f.runs = self.chain(head)?;
+        // Only the new part of the chain is walked (walking all of it at
+        // every growth would make a file's growth quadratic).
+        for (s, n) in self.chain(first)? {
+            match f.runs.last_mut() {
+                Some((ls, ln)) if *ls + *ln == s => *ln += n,
+                _ => f.runs.push((s, n)),
+            }
+        }
         Ok(())
     }
 
@@ -1351,6 +1419,88 @@ mod tests {
             cut += 1;
         }
         assert!(cut > 3, "the growth took {cut} writes");
+    }
+
+    /// The first write to an empty file, cut after every number of
+    /// writes: the other file on the volume reads back the same, the new
+    /// file is empty or whole (its first cluster is never half written,
+    /// which would cross-link it into the other file), and the file can be
+    /// grown again.
+    #[test]
+    fn a_cut_first_write_never_cross_links() {
+        if !tool("mformat", "mtools") {
+            return;
+        }
+        let image = temp("cross.img");
+        let mut v = Volume::open(disk(mformat(&image, None))).unwrap();
+        // Past cluster 65 536 (512-byte clusters), so that the new file's
+        // first cluster needs both halves of the entry's cluster field.
+        let big = pattern(34 << 20, 4);
+        let mut a = v.create("A.VHD", (0, 0)).unwrap();
+        v.write(&mut a, 0, &big).unwrap();
+        v.create("B.BIN", (0, 0)).unwrap();
+        v.flush().unwrap();
+        let base = v.disk().bytes.clone();
+        let data = pattern(70_000, 8);
+        for cut in 0.. {
+            let mut d = disk(base.clone());
+            d.budget = Some(cut);
+            let mut v = Volume::open(d).unwrap();
+            let mut b = v.open_file("B.BIN").unwrap();
+            let done = v.write(&mut b, 0, &data).is_ok();
+            let after = v.disk().bytes.clone();
+            let mut v = Volume::open(disk(after)).unwrap();
+            let a = v.open_file("a.vhd").unwrap();
+            let mut back = vec![0u8; big.len()];
+            v.read(&a, 0, &mut back).unwrap();
+            assert!(back == big, "cut {cut}: A changed");
+            let mut b = v.open_file("b.bin").unwrap();
+            assert!(b.size() == 0 || b.size() == data.len() as u64, "cut {cut}");
+            v.extend(&mut b, 200_000).unwrap();
+            v.read(&a, 0, &mut back).unwrap();
+            assert!(back == big, "cut {cut}: growing B changed A");
+            if done {
+                break;
+            }
+        }
+    }
+
+    /// A damaged entry is that file's problem alone; names of directories
+    /// (and of the label) are taken too.
+    #[test]
+    fn one_damaged_entry_and_directory_names() {
+        if !tool("mformat", "mtools") {
+            return;
+        }
+        let image = temp("names.img");
+        mformat(&image, None);
+        let spec = image.display().to_string();
+        run("mmd", &["-i", &spec, "::data"]);
+        let src = temp("names-src");
+        std::fs::write(&src, pattern(5000, 1)).unwrap();
+        run(
+            "mcopy",
+            &["-i", &spec, src.to_str().unwrap(), "::OTHER.BIN"],
+        );
+        run("mcopy", &["-i", &spec, src.to_str().unwrap(), "::GOOD.VHD"]);
+        let mut bytes = std::fs::read(&image).unwrap();
+        // OTHER.BIN's size: far past its clusters.
+        let at = bytes.windows(11).position(|w| w == b"OTHER   BIN").unwrap();
+        bytes[at + 28..at + 32].copy_from_slice(&9_000_000u32.to_le_bytes());
+        let mut v = Volume::open(disk(bytes)).unwrap();
+        assert_eq!(
+            v.open_file("other.bin"),
+            Err(FatError::Damaged("a file is longer than its clusters"))
+        );
+        assert_eq!(v.open_file("good.vhd").unwrap().size(), 5000);
+        let list = v.list().unwrap();
+        assert!(list
+            .iter()
+            .any(|(d, _)| d.name == "OTHER.BIN" && d.damaged.is_some()));
+        assert!(v.create("new.vhd", (0, 0)).is_ok());
+        for taken in ["data", "DATA", "rootdisk"] {
+            assert_eq!(v.create(taken, (0, 0)), Err(FatError::Exists), "{taken}");
+        }
     }
 
     fn volume_bytes() -> Option<Vec<u8>> {

@@ -218,6 +218,13 @@ pub struct Vhdx<S: Storage> {
     next_free: u64,
     fixed: bool,
     creator: [u8; CREATOR],
+    /// The current header and where it is (on the heap: the root's stack
+    /// is small).
+    header: alloc::boxed::Box<[u8; HEADER_BYTES]>,
+    header_at: u64,
+    /// The header's write GUIDs were changed since the image was opened
+    /// (MS-VHDX 2.2.2: before the first write of each open).
+    guids_changed: bool,
 }
 
 /// Characters of the creator shown.
@@ -363,8 +370,8 @@ fn read_metadata<S: Storage>(s: &mut S, (at, len): (u64, u64)) -> Result<Metadat
 }
 
 /// The current header: the valid one with the higher sequence number.
-fn current_header<S: Storage>(s: &mut S) -> Result<[u8; HEADER_BYTES], VhdxError> {
-    let mut best: Option<(u64, [u8; HEADER_BYTES])> = None;
+fn current_header<S: Storage>(s: &mut S) -> Result<(u64, [u8; HEADER_BYTES]), VhdxError> {
+    let mut best: Option<(u64, u64, [u8; HEADER_BYTES])> = None;
     for at in [HEADER_1, HEADER_2] {
         let mut h = [0u8; HEADER_BYTES];
         s.read_at(at, &mut h)?;
@@ -374,10 +381,10 @@ fn current_header<S: Storage>(s: &mut S) -> Result<[u8; HEADER_BYTES], VhdxError
             && le16(&h, 64) == 0;
         let seq = le64(&h, 8);
         if valid && best.as_ref().is_none_or(|b| seq > b.0) {
-            best = Some((seq, h));
+            best = Some((seq, at, h));
         }
     }
-    best.map(|b| b.1)
+    best.map(|b| (b.1, b.2))
         .ok_or(VhdxError::Damaged("no valid header"))
 }
 
@@ -401,7 +408,7 @@ impl<S: Storage> Vhdx<S> {
                 _ => break,
             }
         }
-        let header = current_header(&mut storage)?;
+        let (header_at, header) = current_header(&mut storage)?;
         if header[48..64].iter().any(|&b| b != 0) {
             return Err(VhdxError::Dirty);
         }
@@ -465,6 +472,9 @@ impl<S: Storage> Vhdx<S> {
             next_free,
             fixed: m.fixed,
             creator,
+            header: alloc::boxed::Box::new(header),
+            header_at,
+            guids_changed: false,
         })
     }
 
@@ -490,6 +500,7 @@ impl<S: Storage> Vhdx<S> {
         }
         storage.write_at(0, &first)?;
         // Headers: sequence 0 and 1, both valid.
+        let mut current = [0u8; HEADER_BYTES];
         for (seq, at) in [(0u64, HEADER_1), (1, HEADER_2)] {
             let mut h = [0u8; HEADER_BYTES];
             h[..4].copy_from_slice(&HEADER_SIGNATURE.to_le_bytes());
@@ -502,6 +513,7 @@ impl<S: Storage> Vhdx<S> {
             let sum = checksum(&h);
             h[4..8].copy_from_slice(&sum.to_le_bytes());
             storage.write_at(at, &h)?;
+            current = h;
         }
         // Region tables, both the same.
         let mut r = alloc::vec![0u8; REGION_BYTES];
@@ -619,6 +631,9 @@ impl<S: Storage> Vhdx<S> {
             next_free,
             fixed: kind == Kind::Fixed,
             creator,
+            header: alloc::boxed::Box::new(current),
+            header_at: HEADER_2,
+            guids_changed: true,
         })
     }
 
@@ -688,6 +703,9 @@ impl<S: Storage> Vhdx<S> {
     /// Writes `data` to the disk at `offset`, allocating blocks as needed.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), VhdxError> {
         self.check(offset, data.len())?;
+        if !self.guids_changed {
+            self.change_write_guids()?;
+        }
         let bs = u64::from(self.block_size);
         let mut done = 0;
         while done < data.len() {
@@ -702,6 +720,46 @@ impl<S: Storage> Vhdx<S> {
                 .write_at(file + within, &data[done..done + n])?;
             done += n;
         }
+        Ok(())
+    }
+
+    /// Before the first write of this open (MS-VHDX 2.2.2.1): new
+    /// FileWriteGuid and DataWriteGuid in a header of the next sequence
+    /// number, written over the other header and flushed; a cut leaves the
+    /// old current header valid.
+    fn change_write_guids(&mut self) -> Result<(), VhdxError> {
+        let mut h = *self.header;
+        let seq = le64(&h, 8).wrapping_add(1);
+        h[8..16].copy_from_slice(&seq.to_le_bytes());
+        // New GUIDs: derived from the old ones and the sequence number
+        // (no random source here); version 4 and variant bits set.
+        for (field, salt) in [(16usize, 0x5Au8), (32, 0xA5)] {
+            let mut g = [0u8; 16];
+            for (k, part) in g.chunks_exact_mut(4).enumerate() {
+                let mut input = [0u8; 26];
+                input[..16].copy_from_slice(&h[field..field + 16]);
+                input[16..24].copy_from_slice(&seq.to_le_bytes());
+                input[24] = salt;
+                input[25] = k as u8;
+                part.copy_from_slice(&crc32c(&input).to_le_bytes());
+            }
+            g[7] = (g[7] & 0x0F) | 0x40;
+            g[8] = (g[8] & 0x3F) | 0x80;
+            h[field..field + 16].copy_from_slice(&g);
+        }
+        h[4..8].fill(0);
+        let sum = checksum(&h);
+        h[4..8].copy_from_slice(&sum.to_le_bytes());
+        let other = if self.header_at == HEADER_1 {
+            HEADER_2
+        } else {
+            HEADER_1
+        };
+        self.storage.write_at(other, &h)?;
+        self.storage.flush()?;
+        *self.header = h;
+        self.header_at = other;
+        self.guids_changed = true;
         Ok(())
     }
 
@@ -878,6 +936,31 @@ mod tests {
             // Writes work again on what the cut left.
             v.write(5 * MIB, &data).unwrap();
         }
+    }
+
+    /// The first write after an open changes the write GUIDs in a header
+    /// of the next sequence number (the other slot); later writes do not.
+    #[test]
+    fn the_first_write_of_an_open_changes_the_write_guids() {
+        let image = new(Kind::Dynamic, 8 * MIB).into_storage();
+        let mut v = Vhdx::open(image).unwrap();
+        let (at0, h0) = (v.header_at, *v.header);
+        let mut buf = [0u8; 512];
+        v.read(0, &mut buf).unwrap();
+        assert_eq!(v.header_at, at0, "a read changes nothing");
+        v.write(0, &[1; 512]).unwrap();
+        let (at1, h1) = (v.header_at, *v.header);
+        assert_ne!(at1, at0);
+        assert_eq!(le64(&h1, 8), le64(&h0, 8) + 1);
+        assert_ne!(h1[16..48], h0[16..48]);
+        assert_eq!(h1[48..], h0[48..], "the log and version fields are kept");
+        v.write(512, &[2; 512]).unwrap();
+        assert_eq!(v.header_at, at1);
+        let mut s = v.into_storage();
+        assert_eq!(current_header(&mut s).unwrap(), (at1, h1));
+        let mut v = Vhdx::open(s).unwrap();
+        v.read(0, &mut buf).unwrap();
+        assert_eq!(buf, [1; 512]);
     }
 
     #[test]

@@ -247,7 +247,12 @@ pub fn show() {
                     println!("  files:        {}", files.len());
                     for (d, _) in files {
                         let kind = if d.directory { "<DIR>" } else { "" };
-                        println!("  {:>14} {kind:<5} {}", d.size, d.name);
+                        match d.damaged {
+                            Some(why) => {
+                                println!("  {:>14} {kind:<5} {} (damaged: {why})", d.size, d.name)
+                            }
+                            None => println!("  {:>14} {kind:<5} {}", d.size, d.name),
+                        }
                     }
                 }
                 Err(e) => println!("  files:        unreadable ({e})"),
@@ -279,6 +284,21 @@ const VHD_EPOCH: u64 = 946_684_800;
 
 /// `vhd new PATH --size SIZE --type KIND --format F`; `now` is Unix seconds.
 pub fn vhd_new(path: &str, size: u64, kind: Kind, format: Format, now: u64) {
+    // A fixed image is its whole size on the disk at once: refused before
+    // anything is written if it cannot fit (FAT32's 4 GiB files, the free
+    // space; a VHDX's metadata takes its first 4 MiB or so).
+    if kind == Kind::Fixed {
+        let need = size + (4 << 20);
+        let free = volume(|v| Ok(v.free_bytes())).unwrap_or(0);
+        if need > fat::MAX_FILE || need > free {
+            println!(
+                "vhd new: {path}: a fixed image of {} MiB does not fit: FAT32 files hold at most 4 GiB, and {} MiB are free",
+                size >> 20,
+                free >> 20
+            );
+            return;
+        }
+    }
     let t = root_partition_svc::cmos::DateTime::from_unix(now);
     let stamp = fat::stamp(t.year, t.month, t.day, t.hour, t.minute, t.second);
     let file = match volume(|v| v.create(path, stamp)) {
