@@ -414,6 +414,8 @@ impl<S: Storage> Vhdx<S> {
         }
         let regions = read_regions(&mut storage, len)?;
         let m = read_metadata(&mut storage, regions.metadata)?;
+        let log = (le64(&header, 72), u64::from(le32(&header, 68)));
+        let metadata = [regions.bat, regions.metadata, log];
         let chunk_ratio = (1u64 << 23) * u64::from(m.logical_sector) / u64::from(m.block_size);
         let blocks = m.size.div_ceil(u64::from(m.block_size));
         let total = blocks + (blocks - 1) / chunk_ratio;
@@ -448,10 +450,19 @@ impl<S: Storage> Vhdx<S> {
                 match state {
                     FULLY_PRESENT => {
                         let end = offset.checked_add(u64::from(m.block_size));
-                        if offset < 3 * MIB || end.is_none_or(|e| e > len.next_multiple_of(MIB)) {
+                        let Some(end) =
+                            end.filter(|&e| offset >= MIB && e <= len.next_multiple_of(MIB))
+                        else {
                             return Err(VhdxError::Damaged("a block outside the file"));
+                        };
+                        // Never over the image's own structures (a guest's
+                        // writes would land in them).
+                        if metadata.iter().any(|&(s, l)| offset < s + l && s < end) {
+                            return Err(VhdxError::Damaged(
+                                "a block over the BAT, metadata or log",
+                            ));
                         }
-                        next_free = next_free.max(end.unwrap_or(0));
+                        next_free = next_free.max(end);
                     }
                     NOT_PRESENT | UNDEFINED | ZERO | UNMAPPED => {}
                     PARTIALLY_PRESENT => {
@@ -1011,6 +1022,18 @@ mod tests {
             open(&|b| b[3 * MIB as usize] = 5),
             Some(VhdxError::Damaged("a BAT entry's state"))
         );
+        // A block placed over the BAT itself (at 3 MiB) or the log (1 MiB).
+        for mb in [3u64, 1] {
+            assert_eq!(
+                open(&|b| {
+                    // Long enough that the block lies inside the file.
+                    b.resize(8 * MIB as usize, 0);
+                    let e = FULLY_PRESENT | (mb << 20);
+                    b[3 * MIB as usize..3 * MIB as usize + 8].copy_from_slice(&e.to_le_bytes());
+                }),
+                Some(VhdxError::Damaged("a block over the BAT, metadata or log"))
+            );
+        }
     }
 
     proptest! {

@@ -364,12 +364,6 @@ fn open(path: &str, read_only: bool) -> Result<(String, Image), String> {
 
 /// `vhd show PATH`.
 pub fn vhd_show(path: &str) {
-    let attached = VHDS.with(|t| {
-        t.iter()
-            .flatten()
-            .find(|o| o.name.eq_ignore_ascii_case(path.trim_start_matches('/')))
-            .map(|o| (o.vm.clone(), o.read_only))
-    });
     let (name, vhd) = match open(path, true) {
         Ok(x) => x,
         Err(e) => {
@@ -377,6 +371,13 @@ pub fn vhd_show(path: &str) {
             return;
         }
     };
+    // By the name the file system gives (the path may be a short alias).
+    let attached = VHDS.with(|t| {
+        t.iter()
+            .flatten()
+            .find(|o| o.name == name)
+            .map(|o| (o.vm.clone(), o.read_only))
+    });
     println!("vhd: {name}");
     let (allocation, creator) = match &vhd {
         Image::Vhd(v) => (v.allocation(), v.footer().creator_app.to_vec()),
@@ -554,9 +555,15 @@ impl VmDisk {
     pub fn is_named(&self, path: &str) -> bool {
         match self {
             VmDisk::Ram(_) => path.eq_ignore_ascii_case("ram"),
-            VmDisk::File(f) => f
-                .with(|o| o.name.eq_ignore_ascii_case(path.trim_start_matches('/')))
-                .unwrap_or(false),
+            VmDisk::File(f) => {
+                // The file system's name for `path` (a short alias too).
+                let named = volume(|v| v.open_file(path)).map(|file| file.name);
+                f.with(|o| {
+                    o.name.eq_ignore_ascii_case(path.trim_start_matches('/'))
+                        || named.as_ref().is_ok_and(|n| *n == o.name)
+                })
+                .unwrap_or(false)
+            }
         }
     }
 }
