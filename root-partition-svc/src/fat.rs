@@ -243,6 +243,9 @@ fn short_checksum(raw: &[u8]) -> u8 {
         .fold(0u8, |sum, &c| sum.rotate_right(1).wrapping_add(c))
 }
 
+/// Where a long-name entry keeps its 13 UTF-16 units.
+const LFN_UNITS: [usize; 13] = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+
 /// Collects the long name spread over the entries before a short entry.
 #[derive(Default)]
 struct LongName {
@@ -262,8 +265,7 @@ impl LongName {
             return;
         }
         let mut units = [0u16; 13];
-        let offsets = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
-        for (u, &o) in units.iter_mut().zip(offsets.iter()) {
+        for (u, &o) in units.iter_mut().zip(LFN_UNITS.iter()) {
             *u = le16(e, o);
         }
         self.checksum = e[13];
@@ -723,8 +725,7 @@ impl<D: BlockDevice> Volume<D> {
             e[0] = ord as u8 | if k == 0 { 0x40 } else { 0 };
             e[11] = ATTR_LONG_NAME;
             e[13] = sum;
-            let offsets = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
-            for (j, &o) in offsets.iter().enumerate() {
+            for (j, &o) in LFN_UNITS.iter().enumerate() {
                 let i = (ord - 1) * 13 + j;
                 let u = match i.cmp(&units.len()) {
                     core::cmp::Ordering::Less => units[i],

@@ -98,31 +98,48 @@ impl Image {
         }
     }
 
-    fn read(&mut self, at: u64, buf: &mut [u8]) -> Result<(), IoError> {
+    fn into_file(self) -> HostFile {
         match self {
-            Image::Vhd(v) => v.read(at, buf).map_err(|_| IoError),
-            Image::Vhdx(v) => v.read(at, buf).map_err(|_| IoError),
+            Image::Vhd(v) => v.into_storage(),
+            Image::Vhdx(v) => v.into_storage(),
+        }
+    }
+}
+
+/// As the SCSI controller reads it: the image's own block device.
+impl BlockDevice for Image {
+    fn blocks(&self) -> u64 {
+        match self {
+            Image::Vhd(v) => v.blocks(),
+            Image::Vhdx(v) => v.blocks(),
         }
     }
 
-    fn write(&mut self, at: u64, data: &[u8]) -> Result<(), IoError> {
+    fn read_only(&self) -> bool {
         match self {
-            Image::Vhd(v) => v.write(at, data).map_err(|_| IoError),
-            Image::Vhdx(v) => v.write(at, data).map_err(|_| IoError),
+            Image::Vhd(v) => v.read_only(),
+            Image::Vhdx(v) => v.read_only(),
+        }
+    }
+
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        match self {
+            Image::Vhd(v) => BlockDevice::read(v, lba, buf),
+            Image::Vhdx(v) => BlockDevice::read(v, lba, buf),
+        }
+    }
+
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        match self {
+            Image::Vhd(v) => BlockDevice::write(v, lba, buf),
+            Image::Vhdx(v) => BlockDevice::write(v, lba, buf),
         }
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
         match self {
-            Image::Vhd(v) => v.flush().map_err(|_| IoError),
-            Image::Vhdx(v) => v.flush().map_err(|_| IoError),
-        }
-    }
-
-    fn into_file(self) -> HostFile {
-        match self {
-            Image::Vhd(v) => v.into_storage(),
-            Image::Vhdx(v) => v.into_storage(),
+            Image::Vhd(v) => BlockDevice::flush(v),
+            Image::Vhdx(v) => BlockDevice::flush(v),
         }
     }
 }
@@ -143,7 +160,7 @@ static VHDS: Exclusive<Vec<Option<OpenVhd>>> = Exclusive::new(Vec::new());
 pub fn init(identity_top: u64) {
     let found = match virtio_disk::probe(identity_top) {
         Err(why) => Disk::Absent(why),
-        Ok(mut d) => {
+        Ok(d) => {
             let line = format!(
                 "virtio-blk at PCI {:02x}:{:02x}.{}, {} MiB{}",
                 d.location.0,
@@ -152,10 +169,8 @@ pub fn init(identity_top: u64) {
                 (d.blocks() * BLOCK_SIZE as u64) >> 20,
                 if d.read_only() { " (read-only)" } else { "" }
             );
-            let mut probe = [0u8; 512];
-            let readable = d.read(0, &mut probe).is_ok();
-            match (readable, Volume::open(d)) {
-                (_, Ok(v)) => {
+            match Volume::open(d) {
+                Ok(v) => {
                     println!(
                         "host disk: {line}; FAT32 \"{}\", {} MiB free",
                         v.label(),
@@ -163,8 +178,9 @@ pub fn init(identity_top: u64) {
                     );
                     Disk::Mounted(alloc::boxed::Box::new(v))
                 }
-                (false, Err(_)) => Disk::Absent("the virtio-blk device failed a read"),
-                (true, Err(e)) => {
+                Err(FatError::Io) => Disk::Absent("the virtio-blk device failed a read"),
+                Err(e) => {
+                    // The mount took the disk: found again, to be shown.
                     println!("host disk: {line}; {e}: VHD files are unavailable");
                     match virtio_disk::probe(identity_top) {
                         Ok(d) => Disk::Unformatted(alloc::boxed::Box::new(d), e),
@@ -525,16 +541,14 @@ impl BlockDevice for FileDisk {
     }
 
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let at = lba.checked_mul(BLOCK_SIZE as u64).ok_or(IoError)?;
-        self.with(|o| o.vhd.read(at, buf)).unwrap_or(Err(IoError))
+        self.with(|o| o.vhd.read(lba, buf)).unwrap_or(Err(IoError))
     }
 
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
         if self.read_only {
             return Err(IoError);
         }
-        let at = lba.checked_mul(BLOCK_SIZE as u64).ok_or(IoError)?;
-        self.with(|o| o.vhd.write(at, buf)).unwrap_or(Err(IoError))
+        self.with(|o| o.vhd.write(lba, buf)).unwrap_or(Err(IoError))
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
