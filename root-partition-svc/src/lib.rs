@@ -24,6 +24,7 @@ pub mod vhd_command;
 pub mod vhdx;
 pub mod vm_command;
 pub mod vmm;
+pub mod vswitch;
 
 /// The shell's prompt.
 pub const PROMPT: &str = "root> ";

@@ -15,6 +15,8 @@
 //! - [`guid`]: GUIDs in Hyper-V byte order and the device class GUIDs.
 //! - [`scsi`] and [`storvsp`]: a SCSI disk over a block device, and the
 //!   synthetic SCSI controller's protocol (Linux's `hv_storvsc`) serving it.
+//! - [`netvsp`]: the synthetic network adapter's protocol (NVSP and RNDIS,
+//!   Linux's `hv_netvsc`) between a guest and a [`netvsp::Wire`].
 //! - [`sim`]: an in-process SynIC/guest-memory simulation for tests.
 //! - [`wire`]: the wire structs (Linux's `hyperv.h` layouts) as `zerocopy`
 //!   types, with their sizes checked at compile time; [`messages`] and
@@ -37,6 +39,7 @@ pub mod guest;
 pub mod guid;
 pub mod host;
 pub mod messages;
+pub mod netvsp;
 pub mod packet;
 pub mod ring;
 pub mod scsi;

@@ -552,7 +552,7 @@ fn pieces(
     Ok(())
 }
 
-fn gather<M: GuestMemory>(
+pub(crate) fn gather<M: GuestMemory>(
     memory: &mut M,
     range: GpaRange<'_>,
     buf: &mut [u8],
