@@ -19,6 +19,15 @@ pub enum Command<'a> {
     HostDisk,
     /// The boot modules the root was given.
     HostModules,
+    /// `switch new NAME [--external]`: a virtual switch, bound to the
+    /// host's NIC if external.
+    SwitchNew {
+        name: &'a str,
+        external: bool,
+    },
+    SwitchList,
+    /// Ports, addresses learnt and counters of one switch.
+    SwitchShow(&'a str),
     /// The hypervisor's log (GET_HOST_LOG); `follow`: then new lines as
     /// they come, until a key is pressed.
     HostLog {
@@ -78,7 +87,7 @@ pub enum ParseError<'a> {
     },
     /// `debug read` without an address.
     MissingAddress,
-    /// `debug bad-start` without a VM name.
+    /// `debug bad-start` or `switch new|show` without a name.
     MissingName,
     BadAddress(&'a str),
     /// `bench exits` with a count that is not a number in 1..=BENCH_MAX_EXITS.
@@ -111,6 +120,14 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "vhd show PATH",
         "a VHD file's format, type, sizes, blocks in use and the VM it is attached to",
+    ),
+    (
+        "switch new NAME [--external]",
+        "a virtual switch: internal (VMs only) or external (bound to the host's NIC, which trunks VLANs)",
+    ),
+    (
+        "switch list | switch show NAME",
+        "the switches; one switch's ports, VLANs, addresses learnt and counters (frames, bytes, drops by reason)",
     ),
     (
         "host modules",
@@ -162,6 +179,7 @@ pub const HELP: &[(&str, &str)] = &[
 
 const HOST_USAGE: &str = "host info | host stats | host disk | host modules | host log [--follow]";
 const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi | debug pagetables | debug overflow | debug bad-start NAME";
+const SWITCH_USAGE: &str = "switch new NAME [--external] | switch list | switch show NAME";
 const BENCH_USAGE: &str = "bench exits [N] | bench disk [MIB]";
 
 impl fmt::Display for ParseError<'_> {
@@ -176,7 +194,7 @@ impl fmt::Display for ParseError<'_> {
             ParseError::MissingName => {
                 write!(
                     f,
-                    "debug bad-start needs a VM name; usage: debug bad-start NAME"
+                    "a name is missing; usage: debug bad-start NAME | {SWITCH_USAGE}"
                 )
             }
             ParseError::MissingSubcommand { command } => {
@@ -223,6 +241,7 @@ fn usage(command: &str) -> &'static str {
     match command {
         "host" => HOST_USAGE,
         "bench" => BENCH_USAGE,
+        "switch" => SWITCH_USAGE,
         _ => DEBUG_USAGE,
     }
 }
@@ -303,6 +322,43 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             Some(sub) => {
                 return Err(ParseError::UnknownSubcommand {
                     command: "host",
+                    sub,
+                })
+            }
+        },
+        "switch" => match words.next() {
+            None => return Err(ParseError::MissingSubcommand { command: "switch" }),
+            Some("list") => (Command::SwitchList, "switch list"),
+            Some("show") => match words.next() {
+                Some(name) => (Command::SwitchShow(name), "switch show"),
+                None => return Err(ParseError::MissingName),
+            },
+            Some("new") => match (words.next(), words.next()) {
+                (Some(name), None) if !name.starts_with('-') => (
+                    Command::SwitchNew {
+                        name,
+                        external: false,
+                    },
+                    "switch new",
+                ),
+                (Some(name), Some("--external")) if !name.starts_with('-') => (
+                    Command::SwitchNew {
+                        name,
+                        external: true,
+                    },
+                    "switch new",
+                ),
+                (Some(name), Some(arg)) if !name.starts_with('-') => {
+                    return Err(ParseError::ExtraArgument {
+                        command: "switch new",
+                        arg,
+                    })
+                }
+                _ => return Err(ParseError::MissingName),
+            },
+            Some(sub) => {
+                return Err(ParseError::UnknownSubcommand {
+                    command: "switch",
                     sub,
                 })
             }
@@ -541,6 +597,22 @@ mod tests {
         );
         assert_eq!(parse("bench exits 0x10"), Ok(Command::BenchExits(16)));
         assert_eq!(parse("bench disk"), Ok(Command::BenchDisk(64)));
+        assert_eq!(
+            parse("switch new lan"),
+            Ok(Command::SwitchNew { name: "lan", external: false })
+        );
+        assert_eq!(
+            parse("switch new wan --external"),
+            Ok(Command::SwitchNew { name: "wan", external: true })
+        );
+        assert_eq!(parse("switch list"), Ok(Command::SwitchList));
+        assert_eq!(parse("switch show lan"), Ok(Command::SwitchShow("lan")));
+        assert_eq!(parse("switch new"), Err(ParseError::MissingName));
+        assert_eq!(parse("switch new --external"), Err(ParseError::MissingName));
+        assert!(parse("switch new lan --internal").is_err());
+        assert!(parse("switch list x").is_err());
+        assert!(parse("switch").is_err());
+        assert!(parse("switch delete lan").is_err());
         assert_eq!(parse("bench disk 16"), Ok(Command::BenchDisk(16)));
         assert_eq!(parse("bench disk 0"), Err(ParseError::BadSize("0")));
         assert_eq!(parse("bench disk 4096"), Err(ParseError::BadSize("4096")));

@@ -116,6 +116,20 @@ pub enum VmCommand<'a> {
     },
     /// The VM's disks.
     DiskList(&'a str),
+    /// A network adapter on a switch (at once if the VM runs).
+    NicAdd {
+        name: &'a str,
+        switch: &'a str,
+        /// Access VLAN (0: untagged).
+        vlan: u16,
+        mac: Option<[u8; 6]>,
+    },
+    /// The VM's adapters.
+    NicList(&'a str),
+    /// Moves adapter `nic` to another VLAN (the VM may run).
+    NicSet { name: &'a str, nic: u32, vlan: u16 },
+    /// Removes adapter `nic` (a running guest sees it go away).
+    NicRemove { name: &'a str, nic: u32 },
     List,
     Show(&'a str),
     /// Attach to the VM's COM1 both ways (`log`: print what was kept).
@@ -195,6 +209,14 @@ pub const VM_USAGE: &[(&str, &str)] = &[
         "detach the VM's disk (the VM off), or list its disks",
     ),
     (
+        "vm nic add NAME --switch S [--vlan N] [--mac M]",
+        "a network adapter on switch S (switch new makes one), in VLAN N (1-4094; none: untagged), with address M (default 00:15:5d:...); offered at once if the VM runs",
+    ),
+    (
+        "vm nic list NAME | vm nic set NAME NIC --vlan N|none | vm nic remove NAME NIC",
+        "the VM's adapters; move one to another VLAN (running or not); remove one (a running guest sees it go away)",
+    ),
+    (
         "vm delete NAME",
         "delete a VM that is not running; its memory returns to the root",
     ),
@@ -205,11 +227,11 @@ impl fmt::Display for VmParseError<'_> {
         match *self {
             VmParseError::MissingVerb => write!(
                 f,
-                "vm: missing verb; try vm new | start | stop | list | show | console | cpu | wait | device | disk | delete"
+                "vm: missing verb; try vm new | start | stop | list | show | console | cpu | wait | device | disk | nic | delete"
             ),
             VmParseError::UnknownVerb(v) => write!(
                 f,
-                "vm: unknown verb \"{v}\"; try vm new | start | stop | list | show | console | cpu | wait | device | disk | delete"
+                "vm: unknown verb \"{v}\"; try vm new | start | stop | list | show | console | cpu | wait | device | disk | nic | delete"
             ),
             VmParseError::MissingName(verb) => write!(f, "vm {verb}: missing the VM's name"),
             VmParseError::BadName(n) => write!(
@@ -352,6 +374,105 @@ fn parse_disk<'a>(
     Ok(cmd)
 }
 
+/// `none`, `0` (untagged) or a VLAN id from 1 to 4094.
+fn parse_vlan(v: &str) -> Option<u16> {
+    if v == "none" {
+        return Some(0);
+    }
+    v.parse::<u16>().ok().filter(|&n| n <= crate::vswitch::VLAN_MAX)
+}
+
+const VLAN_EXPECTED: &str = "a VLAN id from 1 to 4094, or none (untagged)";
+
+/// `vm nic add NAME --switch S [--vlan N] [--mac M]`, `vm nic list NAME`,
+/// `vm nic set NAME NIC --vlan N`, `vm nic remove NAME NIC`.
+fn parse_nic<'a>(
+    mut words: impl Iterator<Item = &'a str>,
+) -> Result<VmCommand<'a>, VmParseError<'a>> {
+    let verb = words.next();
+    if !matches!(verb, Some("add" | "list" | "set" | "remove")) {
+        return Err(VmParseError::BadValue {
+            option: "nic",
+            value: verb.unwrap_or(""),
+            expected: "add, list, set or remove",
+        });
+    }
+    let name = words.next().ok_or(VmParseError::MissingName("nic"))?;
+    if !valid_name(name) {
+        return Err(VmParseError::BadName(name));
+    }
+    let nic_number = |words: &mut dyn Iterator<Item = &'a str>| {
+        let v = words.next().ok_or(VmParseError::MissingValue("NIC"))?;
+        v.parse::<u32>().ok().filter(|&n| n < 64).ok_or(VmParseError::BadValue {
+            option: "NIC",
+            value: v,
+            expected: "an adapter's number (vm nic list)",
+        })
+    };
+    let cmd = match verb {
+        Some("add") => {
+            let (mut switch, mut vlan, mut mac) = (None, 0, None);
+            while let Some(o) = words.next() {
+                let v = words.next().ok_or(VmParseError::MissingValue(o))?;
+                match o {
+                    "--switch" => switch = Some(v),
+                    "--vlan" => {
+                        vlan = parse_vlan(v).ok_or(VmParseError::BadValue {
+                            option: o,
+                            value: v,
+                            expected: VLAN_EXPECTED,
+                        })?
+                    }
+                    "--mac" => {
+                        let m = crate::vswitch::parse_mac(v)
+                            .filter(|m| !crate::vswitch::is_group(m) && *m != [0; 6])
+                            .ok_or(VmParseError::BadValue {
+                                option: o,
+                                value: v,
+                                expected: "a unicast address like 00:15:5d:01:02:03",
+                            })?;
+                        mac = Some(m);
+                    }
+                    _ => return Err(VmParseError::UnknownOption("nic add", o)),
+                }
+            }
+            let switch = switch.ok_or(VmParseError::MissingValue("--switch"))?;
+            VmCommand::NicAdd {
+                name,
+                switch,
+                vlan,
+                mac,
+            }
+        }
+        Some("set") => {
+            let nic = nic_number(&mut words)?;
+            match (words.next(), words.next()) {
+                (Some("--vlan"), Some(v)) => VmCommand::NicSet {
+                    name,
+                    nic,
+                    vlan: parse_vlan(v).ok_or(VmParseError::BadValue {
+                        option: "--vlan",
+                        value: v,
+                        expected: VLAN_EXPECTED,
+                    })?,
+                },
+                (Some("--vlan"), None) => return Err(VmParseError::MissingValue("--vlan")),
+                (Some(o), _) => return Err(VmParseError::UnknownOption("nic set", o)),
+                (None, _) => return Err(VmParseError::MissingValue("--vlan")),
+            }
+        }
+        Some("remove") => VmCommand::NicRemove {
+            name,
+            nic: nic_number(&mut words)?,
+        },
+        _ => VmCommand::NicList(name),
+    };
+    if let Some(a) = words.next() {
+        return Err(VmParseError::Extra("nic", a));
+    }
+    Ok(cmd)
+}
+
 /// Parses the words after `vm`.
 pub fn parse<'a>(
     mut words: impl Iterator<Item = &'a str>,
@@ -369,6 +490,7 @@ pub fn parse<'a>(
         "wait" => "wait",
         "device" => "device",
         "disk" => "disk",
+        "nic" => "nic",
         other => return Err(VmParseError::UnknownVerb(other)),
     };
     if verb_name == "device" {
@@ -376,6 +498,9 @@ pub fn parse<'a>(
     }
     if verb_name == "disk" {
         return parse_disk(words);
+    }
+    if verb_name == "nic" {
+        return parse_nic(words);
     }
     if verb_name == "list" {
         return match words.next() {
@@ -669,6 +794,39 @@ mod tests {
             })
         );
         assert_eq!(p("disk list web"), Ok(VmCommand::DiskList("web")));
+        assert_eq!(
+            p("nic add web --switch lan"),
+            Ok(VmCommand::NicAdd { name: "web", switch: "lan", vlan: 0, mac: None })
+        );
+        assert_eq!(
+            p("nic add web --vlan 20 --switch lan --mac 00:15:5d:00:00:09"),
+            Ok(VmCommand::NicAdd {
+                name: "web",
+                switch: "lan",
+                vlan: 20,
+                mac: Some([0, 0x15, 0x5d, 0, 0, 9])
+            })
+        );
+        assert_eq!(p("nic set web 1 --vlan none"), Ok(VmCommand::NicSet { name: "web", nic: 1, vlan: 0 }));
+        assert_eq!(p("nic set web 0 --vlan 4094"), Ok(VmCommand::NicSet { name: "web", nic: 0, vlan: 4094 }));
+        assert_eq!(p("nic remove web 2"), Ok(VmCommand::NicRemove { name: "web", nic: 2 }));
+        assert_eq!(p("nic list web"), Ok(VmCommand::NicList("web")));
+        for bad in [
+            "nic add web",
+            "nic add web --switch",
+            "nic add web --switch lan --vlan 4095",
+            "nic add web --switch lan --mac ff:ff:ff:ff:ff:ff",
+            "nic add web --switch lan --mac 00:15:5d",
+            "nic add web --switch lan --speed 1",
+            "nic set web 0",
+            "nic set web x --vlan 2",
+            "nic set web 0 --mtu 9000",
+            "nic remove web",
+            "nic list web extra",
+            "nic plug web",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
         for bad in [
             "disk attach web",
             "disk attach web ram:0M",

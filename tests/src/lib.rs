@@ -62,6 +62,18 @@ pub struct Machine {
     pub bochs_ips: u64,
     /// A raw disk image the root gets as a virtio-blk device (QEMU).
     pub disk_image: Option<String>,
+    /// A NIC for the root: a virtio-net device on QEMU's user-mode network
+    /// (`restrict`: no frame leaves the emulator; its gateway answers).
+    pub nic: Option<NicNetwork>,
+}
+
+/// The network behind the root's NIC (QEMU user mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicNetwork {
+    /// Only the emulator's own addresses answer (tests).
+    Restricted,
+    /// Through the host's network, NATed (`cargo xtask run`).
+    Open,
 }
 
 impl Machine {
@@ -83,6 +95,7 @@ impl Machine {
             count_instructions: false,
             bochs_ips: 10_000_000,
             disk_image: None,
+            nic: None,
         }
     }
 
@@ -814,6 +827,65 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             Some(vhd_kept_across_host_reboots),
         ),
         (
+            "-linux-net",
+            2,
+            1536,
+            &[
+                "switch new lan",
+                "switch new wan --external",
+                "switch list",
+                linux_vm!("a", "1", "net netip=10.0.0.1/24 netpeer=10.0.0.2"),
+                "vm nic add a --switch lan",
+                linux_vm!("b", "1", "net netip=10.0.0.2/24 netpeer=10.0.0.1"),
+                "vm nic add b --switch lan --mac 00:15:5d:aa:bb:02",
+                linux_vm!("c", "1", "net netip=dhcp netpeer=10.0.2.2"),
+                "vm nic add c --switch wan",
+                "vm start a",
+                "vm start b",
+                "vm start c",
+                "vm wait a --for text \"ping 10.0.0.2: answers (1)\" 1200",
+                "vm wait b --for text \"ping 10.0.0.1: answers (1)\" 600",
+                "vm wait c --for text \"ping 10.0.2.2: answers (1)\" 600",
+                "switch show lan",
+                "vm nic set b 0 --vlan 20",
+                "vm wait a --for text \"ping 10.0.0.2: no answer (2)\" 300",
+                "switch show lan",
+                "vm nic set a 0 --vlan 20",
+                "vm wait a --for text \"ping 10.0.0.2: answers (3)\" 300",
+                "vm nic list a",
+                "vm nic remove b 0",
+                "vm wait b --for text \"eth0 went away\" 300",
+                "switch show wan",
+                "vm show c",
+                "vm console a --log",
+                "vm console b --log",
+                "vm console c --log",
+                "vm stop a --turn-off",
+                "vm stop b --turn-off",
+                "vm stop c --turn-off",
+                "shutdown",
+            ],
+            &[
+                "host nic: virtio-net at PCI 00:",
+                "switch new: lan, internal",
+                "switch new: wan, external (bound to the host's NIC)",
+                "vm nic: a nic 0 added: nic 0: switch lan, untagged, MAC 00:15:5d:4e:00:00",
+                "LINUX-INIT: eth0 00:15:5d:aa:bb:02, mtu 1500",
+                "vm wait: a's console shows \"ping 10.0.0.2: answers (1)\"",
+                "vm wait: b's console shows \"ping 10.0.0.1: answers (1)\"",
+                "LINUX-INIT: dhcp lease 10.0.2.15 from 10.0.2.2",
+                "vm wait: c's console shows \"ping 10.0.2.2: answers (1)\"",
+                "vm nic: b: nic 0: switch lan, VLAN 20",
+                "vm wait: a's console shows \"ping 10.0.0.2: no answer (2)\"",
+                "vm wait: a's console shows \"ping 10.0.0.2: answers (3)\"",
+                "vm nic: b nic 0 rescinded: the guest sees it go away",
+                "vm wait: b's console shows \"eth0 went away\"",
+                "port 1: external (NIC), trunk, link up",
+            ],
+            LINUX_FAILURES,
+            Some(vlan_drops_counted),
+        ),
+        (
             "-linux-panic",
             2,
             1024,
@@ -936,6 +1008,59 @@ const LINUX_FAILURES: &[&str] = &[
     // A WARN_ON's report (not the vulnerability notices, "X: WARNING: ...").
     "WARNING: CPU:",
 ];
+
+/// The number after `key` in `line` (`key` then digits).
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// The switch's counters say why the guests stopped answering: after b
+/// moved to VLAN 20, a's port counts frames that no port of its VLAN could
+/// take; and frames went both ways through the NIC of the external switch.
+fn vlan_drops_counted(log: &str) -> Result<(), String> {
+    let after = log
+        .split_once("vm nic: b: nic 0: switch lan, VLAN 20")
+        .ok_or("b was not moved to VLAN 20")?
+        .1;
+    let show = after
+        .split_once("switch lan: internal")
+        .ok_or("no switch show after the move")?
+        .1;
+    let port_a = show
+        .split_once(": a nic 0, untagged")
+        .ok_or("switch show does not list a's port")?
+        .1;
+    let drops = port_a
+        .lines()
+        .find(|l| l.contains("drops "))
+        .ok_or("no drop counters for a's port")?;
+    match number_after(drops, "wrong VLAN ") {
+        Some(n) if n > 0 => {}
+        _ => return Err(format!("a's port counts no VLAN drops: {drops}")),
+    }
+    let wan = log
+        .split_once("switch wan: external")
+        .ok_or("no switch show wan")?
+        .1;
+    let nic = wan
+        .split_once("external (NIC), trunk, link up")
+        .ok_or("the external port is not up")?
+        .1;
+    let counters = nic
+        .lines()
+        .find(|l| l.contains("in ") && l.contains("; out "))
+        .ok_or("no counters for the external port")?;
+    let (inn, out) = (
+        number_after(counters, "in ").unwrap_or(0),
+        number_after(counters, "; out ").unwrap_or(0),
+    );
+    if inn == 0 || out == 0 {
+        return Err(format!("no frames both ways through the NIC: {counters}"));
+    }
+    Ok(())
+}
 
 /// The second boot of the host, on the same disk, finds the guest's files
 /// on the VHD it made in the first.
@@ -1614,6 +1739,9 @@ pub fn matrix() -> Vec<Case> {
             }
             let mut c = guest_case(emulator, boot, vendor, slat, test);
             c.with_linux = true;
+            if c.name.ends_with("-linux-net") && emulator == Emulator::Qemu {
+                c.machine.nic = Some(NicNetwork::Restricted);
+            }
             if c.name.ends_with("-linux-vhd") {
                 c.host_disk = Some(HostDisk {
                     qemu_vhds: &[
@@ -1658,6 +1786,8 @@ pub fn matrix() -> Vec<Case> {
             // (and fewer timer ticks per instruction while Linux boots).
             c.machine.bochs_ips = 50_000_000;
             c.timeout_secs += match emulator {
+                // Three Linux guests, one after the other's ping.
+                Emulator::Qemu if c.name.ends_with("-linux-net") => 600,
                 Emulator::Qemu => 300,
                 Emulator::Bochs => 1500,
             };

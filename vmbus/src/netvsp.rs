@@ -108,11 +108,12 @@ pub mod rndis {
     /// `struct rndis_per_packet_info` type of the 802.1Q tag.
     pub const PPI_IEEE_8021Q: u32 = 6;
     /// `NDIS_OBJECT_TYPE_OFFLOAD` and the size of an `NDIS_OFFLOAD` of
-    /// revision 1 (NDIS 6.0): the hardware-capabilities answer, all
-    /// capabilities zero.
+    /// revision 1 (NDIS 6.0, Linux's `NDIS_OFFLOAD_SIZE_6_0`): the
+    /// hardware-capabilities answer, all capabilities zero. Linux requires
+    /// type 0xA7, revision 1 or more, and a size from 112 to the length.
     pub const NDIS_OBJECT_TYPE_OFFLOAD: u8 = 0xA7;
     pub const NDIS_OFFLOAD_REVISION_1: u8 = 1;
-    pub const NDIS_OFFLOAD_SIZE_6_0: u16 = 92;
+    pub const NDIS_OFFLOAD_SIZE_6_0: u16 = 112;
 }
 
 /// Sections of the receive buffer the device cuts: an RNDIS packet header
@@ -750,31 +751,34 @@ impl NetServer {
         memory: &mut M,
         wire: &mut W,
     ) -> Result<(), ()> {
+        // The message is in a send-buffer section, in the packet's GPA
+        // ranges, or starts in a section and goes on in the ranges (Linux
+        // puts a batch's last RNDIS header in the section, its data in
+        // pages).
         let mut buf = [0u8; MAX_RNDIS_MESSAGE];
-        let len = if section != nvsp::NO_SECTION {
+        let mut len = 0;
+        if section != nvsp::NO_SECTION {
             let send = self.send.as_ref().ok_or(())?;
             let size = size as usize;
-            if size > SEND_SECTION_SIZE as usize || size > buf.len() {
+            if size > SEND_SECTION_SIZE as usize {
                 return Err(());
             }
             let offset = (section as usize)
                 .checked_mul(SEND_SECTION_SIZE as usize)
                 .ok_or(())?;
             send.read(memory, offset, &mut buf[..size]).map_err(|_| ())?;
-            size
-        } else {
-            let ranges = ranges.ok_or(())?;
-            let mut at = 0;
+            len = size;
+        }
+        if let Some(ranges) = ranges {
             for r in ranges.iter() {
                 let n = r.byte_count as usize;
-                if n > buf.len() - at || r.byte_offset as usize >= PAGE_SIZE {
+                if n > buf.len() - len || r.byte_offset as usize >= PAGE_SIZE {
                     return Err(());
                 }
-                gather(memory, r, &mut buf[at..at + n]).map_err(|_| ())?;
-                at += n;
+                gather(memory, r, &mut buf[len..len + n]).map_err(|_| ())?;
+                len += n;
             }
-            at
-        };
+        }
         self.rndis(&buf[..len], wire)
     }
 
@@ -834,6 +838,8 @@ impl NetServer {
                 let request = u32_at(m, 8).ok_or(())?;
                 let oid = u32_at(m, 12).ok_or(())?;
                 let mut info = [0u8; 128];
+                // Linux requires the offset (from the request id) to be at
+                // least 16 even when nothing follows.
                 let (status, n) = match self.query(oid, &mut info) {
                     Some(n) => (rndis::STATUS_SUCCESS, n),
                     None => (rndis::STATUS_NOT_SUPPORTED, 0),
@@ -844,7 +850,7 @@ impl NetServer {
                 put(&mut c, 8, request);
                 put(&mut c, 12, status);
                 put(&mut c, 16, n as u32);
-                put(&mut c, 20, if n == 0 { 0 } else { 16 });
+                put(&mut c, 20, 16);
                 c[24..24 + n].copy_from_slice(&info[..n]);
                 self.reply(&c[..24 + n])
             }

@@ -196,6 +196,20 @@ fn qemu_command(
             .arg(format!("file={disk},format=raw,if=none,id=hostdisk"));
         c.args(["-device", "virtio-blk-pci,drive=hostdisk"]);
     }
+    if let Some(network) = m.nic {
+        // The root's NIC (virtio-net, no option ROM: the firmware has no
+        // business booting from it) on QEMU's user-mode network.
+        let restrict = match network {
+            system_tests::NicNetwork::Restricted => "on",
+            system_tests::NicNetwork::Open => "off",
+        };
+        c.args([
+            "-netdev",
+            &format!("user,id=hostnet,restrict={restrict}"),
+            "-device",
+            "virtio-net-pci,netdev=hostnet,romfile=",
+        ]);
+    }
     match monitor {
         Some(p) => c.args([
             "-monitor",

@@ -48,6 +48,7 @@ const APPLETS: &[&str] = &[
     "cut", "sed", "awk", "find", "xargs", "env", "stty", "clear", "vi", "less", "watch", "time",
     "nproc", "expr", "seq", "basename", "dirname", "readlink", "id", "hostname", "df", "du",
     "mknod", "top", "pidof", "killall", "ifconfig", "ip", "route", "md5sum", "mke2fs", "cmp",
+    "ping", "udhcpc", "nc",
 ];
 
 /// The `/init` script. Its markers and `linuxtest=` values are the contract
@@ -230,6 +231,75 @@ dd)
     echo "LINUX-INIT: done"
     drain
     poweroff -f
+    ;;
+net)
+    # The first network adapter: an address (netip=A/N, or netip=dhcp),
+    # then a ping of netpeer every second. Each change between "answers"
+    # and "no answer" (three misses in a row) is printed once, numbered;
+    # the adapter going away ends it.
+    /load-hv-modules | grep failed
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 30 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    if [ ! -e /sys/class/net/eth0 ]; then
+        echo "LINUX-INIT: no network adapter"
+        dmesg | grep -i -E 'netvsc|vmbus' | tail -20 | sed 's/^/LINUX-INIT: /'
+        echo "LINUX-INIT: done"
+        drain
+        poweroff -f
+    fi
+    echo "LINUX-INIT: eth0 $(cat /sys/class/net/eth0/address), mtu $(cat /sys/class/net/eth0/mtu)"
+    ip link set eth0 up
+    if [ "$netip" = dhcp ]; then
+        cat > /bin/dhcp-event <<'EOS'
+#!/bin/sh
+case "$1" in
+bound|renew)
+    ifconfig "$interface" "$ip" netmask "$subnet"
+    echo "LINUX-INIT: dhcp lease $ip from $serverid" > /dev/console
+    ;;
+esac
+EOS
+        chmod +x /bin/dhcp-event
+        udhcpc -i eth0 -s /bin/dhcp-event -n -q -t 20 -T 2 > /dev/null 2>&1 ||
+            echo "LINUX-INIT: no dhcp lease"
+    else
+        ip addr add "$netip" dev eth0
+    fi
+    # Until the peer first answers (it may still be booting), nothing is
+    # reported but a peer that never answers.
+    i=0
+    until ping -c 1 -W 2 "$netpeer" > /dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -ge 300 ]; then
+            echo "LINUX-INIT: ping $netpeer: never answered"
+            break
+        fi
+        sleep 1
+    done
+    last=""
+    n=0
+    misses=0
+    while [ -e /sys/class/net/eth0 ]; do
+        if ping -c 1 -W 2 "$netpeer" > /dev/null 2>&1; then
+            misses=0
+            now="answers"
+        else
+            misses=$((misses + 1))
+            now="$last"
+            [ $misses -ge 3 ] && now="no answer"
+        fi
+        if [ -n "$now" ] && [ "$now" != "$last" ]; then
+            n=$((n + 1))
+            echo "LINUX-INIT: ping $netpeer: $now ($n)"
+            last="$now"
+        fi
+        sleep 1
+    done
+    echo "LINUX-INIT: eth0 went away"
+    while true; do sleep 1; done
     ;;
 vmcall)
     /bin/vmcall

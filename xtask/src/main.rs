@@ -198,6 +198,9 @@ fn run_cmd(mut args: Args) -> Result<i32> {
             );
         }
         machine.disk_image = Some(disk.display().to_string());
+        // The root's NIC, on QEMU's user-mode network (NATed to the
+        // host's): the external port of `switch new NAME --external`.
+        machine.nic = Some(system_tests::NicNetwork::Open);
     }
     if let Some(m) = model {
         machine.cpu_model = m;

@@ -11,13 +11,16 @@ mod heap;
 mod host_disk;
 mod hypercall;
 mod idt;
+mod network;
 mod phys;
 mod power;
 mod ram_disk;
 mod serial;
 mod shell;
 mod synic;
+mod virtio;
 mod virtio_disk;
+mod virtio_net;
 mod vm;
 mod vmbus_server;
 

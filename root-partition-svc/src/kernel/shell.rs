@@ -71,6 +71,7 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
     let vmm = vm::get();
     vmm.init(&boot, shell.tsc_hz);
     crate::host_disk::init(shell.mem.top);
+    vm::get().net.init(shell.mem.top);
     // A boot module named `startup`: shell lines run before the first
     // prompt (`cargo xtask run --guest linux` defines its VM this way).
     if let Some(m) = boot.modules().iter().find(|m| m.name() == "startup") {
@@ -180,6 +181,9 @@ impl Shell {
             Command::HostInfo => self.host_info(),
             Command::HostStats => self.host_stats(),
             Command::HostDisk => crate::host_disk::show(),
+            Command::SwitchNew { name, external } => vm::get().net.new_switch(name, external),
+            Command::SwitchList => vm::get().net.list(),
+            Command::SwitchShow(name) => vm::get().net.show(name),
             Command::Vhd(VhdCommand::New {
                 path,
                 size,

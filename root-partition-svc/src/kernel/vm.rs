@@ -4,7 +4,8 @@
 //! power-off ports, faults), answered through SetVpRegisters.
 use crate::host_disk::{self, VmDisk};
 use crate::ram_disk::RamDisk;
-use crate::vmbus_server::{self, DeviceStage, IcStage, VmBus};
+use crate::network::Network;
+use crate::vmbus_server::{self, DeviceStage, IcStage, NicSpec, VmBus};
 use crate::{heap, hypercall, print, println, serial, synic};
 use alloc::format;
 use alloc::string::String;
@@ -25,6 +26,7 @@ use hv_abi::synic::{
 use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
 use root_partition_svc::linux_boot;
+use root_partition_svc::vswitch::{Mac, MacDisplay, PortKind};
 use root_partition_svc::vm_command::{
     CpuSettings, DeviceKind, DiskSource, NewVm, VmCommand, WaitFor, CMDLINE_MAX, NAME_MAX,
 };
@@ -116,6 +118,8 @@ pub struct Vm {
     echo: bool,
     /// The disks on its SCSI controller (LUN = index), served at every start.
     disks: Vec<(VmDisk, Identity)>,
+    /// Its network adapters, each a port of a switch (kept while it is off).
+    nics: Vec<VmNic>,
     /// VMBus messages the server refused from the guest and dropped to it,
     /// in the last run (kept when the server goes with the run).
     vmbus_refused: (u64, u64),
@@ -140,8 +144,35 @@ impl Vm {
     }
 }
 
+/// A VM's network adapter: its number (`vm nic`), switch and port there,
+/// address and VLAN.
+#[derive(Clone, Copy, Debug)]
+struct VmNic {
+    number: u32,
+    switch: usize,
+    port: u32,
+    mac: Mac,
+    vlan: u16,
+}
+
+impl VmNic {
+    fn spec(&self) -> NicSpec {
+        NicSpec {
+            number: self.number,
+            mac: self.mac,
+            switch: self.switch,
+            port: self.port,
+        }
+    }
+}
+
+/// Network adapters per VM, at most.
+const MAX_NICS: usize = 8;
+
 pub struct Vmm {
     vms: [Option<Vm>; MAX_VMS],
+    /// The virtual switches and the host's NIC.
+    pub net: Network,
     pool: MemoryPool<64>,
     modules: [BootModule; hv_abi::root_boot::MAX_MODULES],
     module_count: usize,
@@ -157,6 +188,7 @@ unsafe impl Sync for Global {}
 
 static VMM: Global = Global(UnsafeCell::new(Vmm {
     vms: [const { None }; MAX_VMS],
+    net: Network::new(),
     pool: MemoryPool::new(),
     modules: [BootModule {
         start: 0,
@@ -405,6 +437,15 @@ impl Vmm {
                     }
                 }
             }
+            VmCommand::NicAdd {
+                name,
+                switch,
+                vlan,
+                mac,
+            } => self.add_nic(name, switch, vlan, mac),
+            VmCommand::NicList(name) => self.list_nics(name),
+            VmCommand::NicSet { name, nic, vlan } => self.set_nic(name, nic, vlan),
+            VmCommand::NicRemove { name, nic } => self.remove_nic(name, nic),
             VmCommand::List => self.list(),
             VmCommand::Show(name) => self.show(name),
             VmCommand::Console { name, log } => {
@@ -574,6 +615,7 @@ impl Vmm {
                     shutdown_deadline: None,
                     echo: false,
                     disks: Vec::new(),
+                    nics: Vec::new(),
                     vmbus_refused: (0, 0),
                 });
                 println!(
@@ -673,6 +715,7 @@ impl Vmm {
                 vm.memory_bytes,
                 vm.echo,
                 &vm.disks,
+                &vm.nics.iter().map(VmNic::spec).collect::<Vec<_>>(),
             ) {
                 Ok(bus) => vm.vmbus = Some(bus),
                 Err(s) => status_line("vm start", "VMBus ports (CreatePort/ConnectPort)", s),
@@ -777,6 +820,156 @@ impl Vmm {
             );
             println!("vm stop: {name} has no VMBus connection to ask it to shut down: turned off");
         }
+    }
+
+    /// The slot of VM `name`, or says there is none.
+    fn slot(&self, name: &str) -> Option<usize> {
+        let i = self.find(name);
+        if i.is_none() {
+            println!("vm: no VM named \"{name}\"; vm list shows them");
+        }
+        i
+    }
+
+    /// `vm nic add NAME --switch S [--vlan N] [--mac M]`: a port on the
+    /// switch, kept while the VM exists; a running guest is offered the
+    /// adapter at once.
+    fn add_nic(&mut self, name: &str, switch: &str, vlan: u16, mac: Option<Mac>) {
+        let Some(i) = self.slot(name) else { return };
+        let Some(sw) = self.net.find(switch) else {
+            println!("vm nic: no switch {switch} (switch new {switch} makes one)");
+            return;
+        };
+        let Some(vm) = self.vms[i].as_mut() else { return };
+        if vm.nics.len() >= MAX_NICS {
+            println!("vm nic: {name} has {MAX_NICS} adapters, the most a VM takes");
+            return;
+        }
+        let number = (0..).find(|n| vm.nics.iter().all(|c| c.number != *n)).unwrap_or(0);
+        let mac = mac.unwrap_or([0x00, 0x15, 0x5d, 0x4e, i as u8, number as u8]);
+        let taken = self.vms.iter().flatten().any(|v| v.nics.iter().any(|c| c.mac == mac));
+        if taken {
+            println!("vm nic: {} is another adapter's address", MacDisplay(mac));
+            return;
+        }
+        let Some(s) = self.net.switch_mut(sw) else { return };
+        let kind = PortKind::Adapter {
+            vm: name.into(),
+            nic: number,
+        };
+        let port = match s.add_port(kind, vlan) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("vm nic: {switch}: {e}");
+                return;
+            }
+        };
+        let nic = VmNic {
+            number,
+            switch: sw,
+            port,
+            mac,
+            vlan,
+        };
+        let Some(vm) = self.vms[i].as_mut() else { return };
+        vm.nics.push(nic);
+        let when = match vm.vmbus.as_mut().map(|bus| bus.add_nic(nic.spec())) {
+            Some(Ok(())) => "offered now",
+            Some(Err(st)) => {
+                status_line("vm nic", "CreatePort/ConnectPort", st);
+                "offered from the next start"
+            }
+            None => "offered from the next start",
+        };
+        println!("vm nic: {name} nic {number} added: {}; {when}", self.describe_nic(&nic));
+    }
+
+    /// One adapter in a line: switch, VLAN, address, link.
+    fn describe_nic(&self, nic: &VmNic) -> String {
+        let switch = self.net.switch(nic.switch);
+        let port = switch.and_then(|s| s.port(nic.port));
+        let vlan = match nic.vlan {
+            0 => String::from("untagged"),
+            v => format!("VLAN {v}"),
+        };
+        format!(
+            "nic {}: switch {}, {vlan}, MAC {}, port {}, link {}",
+            nic.number,
+            switch.map_or("?", |s| s.name.as_str()),
+            MacDisplay(nic.mac),
+            nic.port,
+            if port.is_some_and(|p| p.up) { "up" } else { "down" }
+        )
+    }
+
+    /// `vm nic list NAME`.
+    fn list_nics(&mut self, name: &str) {
+        let Some(i) = self.slot(name) else { return };
+        let Some(vm) = self.vms[i].as_ref() else { return };
+        if vm.nics.is_empty() {
+            println!("vm nic: {name} has no network adapter");
+        }
+        for nic in &vm.nics {
+            let line = self.describe_nic(nic);
+            let mut extra = String::new();
+            if let Some(dev) = vm
+                .vmbus
+                .as_ref()
+                .and_then(|b| b.nics.iter().find(|d| d.spec.number == nic.number))
+            {
+                let c = dev.server.counters;
+                extra = format!(
+                    "; the guest sent {} frames, took {} ({} filtered), {} refused",
+                    c.frames_sent, c.frames_received, c.frames_filtered, c.refused
+                );
+            }
+            println!("vm nic: {name}: {line}{extra}");
+        }
+    }
+
+    /// `vm nic set NAME NIC --vlan N`: at once, running or not.
+    fn set_nic(&mut self, name: &str, number: u32, vlan: u16) {
+        let Some(i) = self.slot(name) else { return };
+        let Some(vm) = self.vms[i].as_mut() else { return };
+        let Some(nic) = vm.nics.iter_mut().find(|c| c.number == number) else {
+            println!("vm nic: {name} has no nic {number} (vm nic list {name})");
+            return;
+        };
+        if let Some(Err(e)) = self.net.switch_mut(nic.switch).map(|s| s.set_vlan(nic.port, vlan)) {
+            println!("vm nic: {e}");
+            return;
+        }
+        nic.vlan = vlan;
+        let nic = *nic;
+        println!("vm nic: {name}: {}", self.describe_nic(&nic));
+    }
+
+    /// `vm nic remove NAME NIC`: its port goes; a running guest sees the
+    /// adapter rescinded.
+    fn remove_nic(&mut self, name: &str, number: u32) {
+        let Some(i) = self.slot(name) else { return };
+        let Some(vm) = self.vms[i].as_mut() else { return };
+        let Some(at) = vm.nics.iter().position(|c| c.number == number) else {
+            println!("vm nic: {name} has no nic {number} (vm nic list {name})");
+            return;
+        };
+        let nic = vm.nics.remove(at);
+        let running = match vm.vmbus.as_mut() {
+            Some(bus) => {
+                bus.remove_nic(number);
+                true
+            }
+            None => false,
+        };
+        if let Some(s) = self.net.switch_mut(nic.switch) {
+            s.remove_port(nic.port);
+        }
+        let how = if running {
+            "rescinded: the guest sees it go away"
+        } else {
+            "removed"
+        };
+        println!("vm nic: {name} nic {number} {how}");
     }
 
     /// `vm device add|remove NAME echo`: kept for later starts; a running
@@ -1066,6 +1259,11 @@ impl Vmm {
         let (base, bytes) = (vm.memory_base, vm.memory_bytes);
         self.pool.add(base, base + bytes);
         let disks: Vec<VmDisk> = vm.disks.iter().map(|&(d, _)| d).collect();
+        for nic in &vm.nics {
+            if let Some(s) = self.net.switch_mut(nic.switch) {
+                s.remove_port(nic.port);
+            }
+        }
         for disk in disks {
             self.release_disk(disk);
         }
@@ -1161,6 +1359,9 @@ impl Vmm {
         }
         for (lun, (d, _)) in vm.disks.iter().enumerate() {
             println!("  disks:          SCSI 0:0:{lun} {d}");
+        }
+        for nic in &vm.nics {
+            println!("  network:        {}", self.describe_nic(nic));
         }
         if vm.cmdline_len > 0 {
             println!(
@@ -1291,6 +1492,7 @@ impl Vmm {
             }
         }
         let vms = &mut self.vms;
+        let net = &mut self.net;
         synic::take_vmbus_events(|flag| {
             any = true;
             let (slot, relid) = vmbus_server::flag_owner(flag);
@@ -1299,12 +1501,13 @@ impl Vmm {
                 .and_then(|v| v.as_mut())
                 .and_then(|v| v.vmbus.as_mut())
             {
-                bus.channel_signalled(relid, now, clock);
+                bus.channel_signalled(relid, now, clock, net);
             }
         });
+        any |= self.net.poll();
         for vm in self.vms.iter_mut().flatten() {
             if let Some(bus) = vm.vmbus.as_mut() {
-                bus.tick(now, self.tsc_hz, self.host_time);
+                bus.tick(now, self.tsc_hz, self.host_time, &mut self.net);
             }
             if let Some((_, secs)) = vm.shutdown_deadline.filter(|&(d, _)| now >= d) {
                 end(
@@ -1827,6 +2030,39 @@ fn show_vmbus(bus: &VmBus, tsc_hz: u64) {
             Size(s.bytes_written),
             s.scsi_errors,
             s.refused
+        );
+    }
+    for dev in &bus.nics {
+        let state = match dev.stage {
+            DeviceStage::Offered => "offered; the guest has not opened it",
+            DeviceStage::Open => "open",
+            DeviceStage::Broken => "closed: the guest broke its ring",
+            DeviceStage::Rescinded => "removed; the guest has not closed it",
+        };
+        let s = &dev.server;
+        let c = s.counters;
+        let (sections, held) = s.receive_sections();
+        print!(
+            "  network adapter nic {} (relid {}): {state}",
+            dev.spec.number, dev.relid
+        );
+        match (s.version(), s.ndis_version()) {
+            (Some(_), Some((major, minor))) => print!("; NVSP 2, NDIS {major}.{minor}"),
+            (Some(_), None) => print!("; NVSP 2"),
+            _ => {}
+        }
+        println!(
+            "; packet filter {:#x}; receive buffer {sections} sections ({held} with the guest)",
+            s.packet_filter()
+        );
+        println!(
+            "    frames: {} sent ({}), {} received ({}), {} filtered; {} refused",
+            c.frames_sent,
+            Size(c.bytes_sent),
+            c.frames_received,
+            Size(c.bytes_received),
+            c.frames_filtered,
+            c.refused
         );
     }
     if let Some(dev) = &bus.echo {

@@ -6,7 +6,8 @@
 //! signals channels with SignalEventDirect. On it run the integration
 //! services (heartbeat, shutdown, time synchronization) that Linux's
 //! hv_utils drives, the synthetic SCSI controller (`vmbus::storvsp`) when
-//! the VM has a disk, and, when the administrator adds it, the echo device
+//! the VM has a disk, its network adapters (`vmbus::netvsp`, each a port of
+//! a virtual switch), and, when the administrator adds it, the echo device
 //! (`vmbus::echo`) the tests and benchmarks use.
 //!
 //! Port ids in the root: `partition << 8 | connection` for messages,
@@ -28,6 +29,9 @@ use hv_abi::synic::{Message, PAYLOAD_MAX, SLOT_SIZE, VMBUS_SINT};
 use root_partition_svc::ic::{self, IcError, Service, Version};
 use vmbus::channel::{Channel, Notify};
 use vmbus::echo::{self, EchoServer};
+use vmbus::netvsp::{self, Gpadls, NetServer, Wire};
+use root_partition_svc::vswitch::{Mac, Switch};
+use crate::network::Network;
 use vmbus::guid::class;
 use vmbus::host::{Host, HostConfig, HostEvent, HostPort, OfferParams};
 use vmbus::packet::{OutgoingPacket, PacketKind};
@@ -314,6 +318,70 @@ pub struct StorageDevice {
     pub disks: Vec<ScsiDisk<VmDisk>>,
 }
 
+/// A VM's network adapter as its server needs it: the adapter's number,
+/// address, switch (index in the root's `Network`) and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NicSpec {
+    pub number: u32,
+    pub mac: Mac,
+    pub switch: usize,
+    pub port: u32,
+}
+
+/// A synthetic network adapter.
+pub struct NetDevice {
+    pub relid: u32,
+    pub stage: DeviceStage,
+    channel: Option<Channel<GuestRing, EventNotifier>>,
+    pub server: NetServer,
+    pub spec: NicSpec,
+}
+
+/// The GPADLs the guest made for one channel (its network buffers).
+struct ChannelGpadls<'a> {
+    host: &'a Host<RootPort>,
+    relid: u32,
+}
+
+impl Gpadls for ChannelGpadls<'_> {
+    fn pages(&self, id: u32) -> Option<&[u64]> {
+        self.host
+            .gpadl(id)
+            .filter(|g| g.child_relid == self.relid)
+            .and_then(|g| g.as_page_list())
+    }
+}
+
+/// An adapter's end of its switch port.
+struct PortWire<'a> {
+    switch: &'a mut Switch,
+    port: u32,
+}
+
+impl Wire for PortWire<'_> {
+    fn transmit(&mut self, frame: &[u8]) {
+        self.switch.forward(self.port, frame);
+    }
+    fn peek(&self) -> Option<&[u8]> {
+        self.switch.peek(self.port)
+    }
+    fn pop(&mut self) {
+        let _ = self.switch.take(self.port);
+    }
+}
+
+/// The wire of an adapter no longer on a switch (removed, the guest still
+/// closing it): nothing comes, what goes is dropped.
+struct Unplugged;
+
+impl Wire for Unplugged {
+    fn transmit(&mut self, _frame: &[u8]) {}
+    fn peek(&self) -> Option<&[u8]> {
+        None
+    }
+    fn pop(&mut self) {}
+}
+
 /// Longest packet an integration service's channel reads: a longer one
 /// breaks that channel, never the root's heap.
 const IC_MAX_PACKET: u32 = ic::MAX_MESSAGE as u32 + 64;
@@ -326,6 +394,7 @@ pub struct VmBus {
     pub integrations: Vec<Integration>,
     pub echo: Option<EchoDevice>,
     pub storage: Option<StorageDevice>,
+    pub nics: Vec<NetDevice>,
     memory: (u64, u64),
     /// Guest messages and packets refused (malformed or out of protocol).
     pub refused: u64,
@@ -348,6 +417,14 @@ const ECHO_INSTANCE: Guid = Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e
 /// so two VMs' controllers differ (Linux names a disk by it).
 fn scsi_instance(slot: usize) -> Guid {
     Guid::from_u128(0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_5c00 | slot as u128)
+}
+
+/// A network adapter's instance GUID: the VM's slot and the adapter's
+/// number (Linux names the device by it).
+fn nic_instance(slot: usize, number: u32) -> Guid {
+    Guid::from_u128(
+        0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0000 | 0x4e00_0000 | (slot as u128) << 8 | number as u128,
+    )
 }
 
 /// The world switches of every logical processor so far (the echo device's
@@ -380,6 +457,7 @@ impl VmBus {
         memory_bytes: u64,
         echo: bool,
         disks: &[(VmDisk, Identity)],
+        nics: &[NicSpec],
     ) -> Result<Self, u16> {
         for connection in MESSAGE_CONNECTIONS {
             let info = PortInfo {
@@ -415,6 +493,7 @@ impl VmBus {
             integrations: Vec::new(),
             echo: None,
             storage: None,
+            nics: Vec::new(),
             memory: (memory_base, memory_bytes),
             refused: 0,
 
@@ -440,7 +519,84 @@ impl VmBus {
         if echo {
             bus.add_echo()?;
         }
+        for &spec in nics {
+            bus.add_nic(spec)?;
+        }
         Ok(bus)
+    }
+
+    /// Offers a network adapter (at once if the guest is connected).
+    pub fn add_nic(&mut self, spec: NicSpec) -> Result<(), u16> {
+        let relid = self.offer(class::NETWORK, nic_instance(self.slot, spec.number))?;
+        self.nics.push(NetDevice {
+            relid,
+            stage: DeviceStage::Offered,
+            channel: None,
+            server: NetServer::new(spec.mac),
+            spec,
+        });
+        Ok(())
+    }
+
+    /// Removes adapter `number`: the offer is rescinded and its frames stop;
+    /// the channel is still served (unplugged) until the guest closes it.
+    pub fn remove_nic(&mut self, number: u32) {
+        let Some(i) = self.nics.iter().position(|d| d.spec.number == number) else {
+            return;
+        };
+        let dev = &mut self.nics[i];
+        if dev.stage == DeviceStage::Rescinded {
+            return;
+        }
+        let _ = self.host.rescind(dev.relid);
+        if self.host.offer(dev.relid).is_some() {
+            dev.stage = DeviceStage::Rescinded;
+            dev.server.set_link(false);
+        } else {
+            self.nics.remove(i);
+        }
+    }
+
+    /// Serves every network adapter's channel: frames and control both
+    /// ways between the guest and its switch port. A port is up while its
+    /// guest takes frames.
+    pub fn serve_nics(&mut self, net: &mut Network) {
+        let mut memory = GuestMemoryBlock::new(self.memory.0, self.memory.1);
+        for dev in &mut self.nics {
+            let rescinded = dev.stage == DeviceStage::Rescinded;
+            let switch = if rescinded {
+                None
+            } else {
+                net.switch_mut(dev.spec.switch)
+            };
+            let Some(channel) = dev.channel.as_mut() else {
+                if let Some(s) = switch {
+                    s.set_up(dev.spec.port, false);
+                }
+                continue;
+            };
+            let gpadls = ChannelGpadls {
+                host: &self.host,
+                relid: dev.relid,
+            };
+            let served = match switch {
+                Some(switch) => {
+                    let mut wire = PortWire {
+                        switch,
+                        port: dev.spec.port,
+                    };
+                    let r = dev.server.serve(channel, &gpadls, &mut memory, &mut wire);
+                    wire.switch.set_up(dev.spec.port, r.is_ok() && dev.server.is_receiving());
+                    r
+                }
+                None => dev.server.serve(channel, &gpadls, &mut memory, &mut Unplugged),
+            };
+            if served.is_err() {
+                dev.channel = None;
+                dev.stage = DeviceStage::Broken;
+                self.refused += 1;
+            }
+        }
     }
 
     /// Offers a device and makes the event port its channel signals; the
@@ -531,6 +687,13 @@ impl VmBus {
                     dev.channel = Some(channel);
                     dev.stage = DeviceStage::Open;
                     dev.server = StorageServer::default();
+                } else if let Some(dev) = self.nics.iter_mut().find(|d| d.relid == relid) {
+                    channel.reader().set_max_packet(netvsp::MAX_PACKET);
+                    dev.channel = Some(channel);
+                    if dev.stage != DeviceStage::Rescinded {
+                        dev.stage = DeviceStage::Open;
+                    }
+                    dev.server = NetServer::new(dev.spec.mac);
                 } else if let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) {
                     channel.reader().set_max_packet(IC_MAX_PACKET);
                     ic.channel = Some(channel);
@@ -547,6 +710,12 @@ impl VmBus {
                 if let Some(dev) = self.storage.as_mut().filter(|d| d.relid == relid) {
                     dev.channel = None;
                     dev.stage = DeviceStage::Offered;
+                }
+                if let Some(dev) = self.nics.iter_mut().find(|d| d.relid == relid) {
+                    dev.channel = None;
+                    if dev.stage != DeviceStage::Rescinded {
+                        dev.stage = DeviceStage::Offered;
+                    }
                 }
                 if let Some(ic) = self.integrations.iter_mut().find(|i| i.relid == relid) {
                     *ic = Integration::new(ic.service, relid);
@@ -570,7 +739,12 @@ impl VmBus {
                     .as_mut()
                     .filter(|d| d.relid == relid)
                     .and_then(|d| d.channel.as_mut());
-                if let Some(ch) = ic.or(echo).or(storage) {
+                let nic = self
+                    .nics
+                    .iter_mut()
+                    .find(|d| d.relid == relid)
+                    .and_then(|d| d.channel.as_mut());
+                if let Some(ch) = ic.or(echo).or(storage).or(nic) {
                     ch.set_notifier(notifier);
                 }
             }
@@ -595,20 +769,36 @@ impl VmBus {
                     dev.channel = None;
                     dev.stage = DeviceStage::Offered;
                 }
+                self.nics.retain(|d| d.stage != DeviceStage::Rescinded);
+                for dev in &mut self.nics {
+                    dev.channel = None;
+                    dev.stage = DeviceStage::Offered;
+                }
             }
             HostEvent::RelidReleased { relid } => {
                 if self.echo.as_ref().is_some_and(|d| d.relid == relid) {
                     self.echo = None;
                 }
+                self.nics.retain(|d| d.relid != relid);
             }
             HostEvent::GpadlCreated { .. } | HostEvent::GpadlTornDown { .. } => {}
         }
     }
 
     /// The guest signalled channel `relid`: read what it sent.
-    pub fn channel_signalled(&mut self, relid: u32, now: u64, clock: (u64, (u64, u64))) {
+    pub fn channel_signalled(
+        &mut self,
+        relid: u32,
+        now: u64,
+        clock: (u64, (u64, u64)),
+        net: &mut Network,
+    ) {
         if self.echo.as_ref().is_some_and(|d| d.relid == relid) {
             self.serve_echo();
+            return;
+        }
+        if self.nics.iter().any(|d| d.relid == relid) {
+            self.serve_nics(net);
             return;
         }
         if self.storage.as_ref().is_some_and(|d| d.relid == relid) {
@@ -653,11 +843,12 @@ impl VmBus {
 
     /// Periodic work: heartbeats and time samples, and posting what the
     /// guest's queue could not take before.
-    pub fn tick(&mut self, now: u64, tsc_hz: u64, host_time: (u64, u64)) {
+    pub fn tick(&mut self, now: u64, tsc_hz: u64, host_time: (u64, u64), net: &mut Network) {
         self.host.port().flush();
         self.send_shutdown();
         self.serve_echo();
         self.serve_storage();
+        self.serve_nics(net);
         for ic in &mut self.integrations {
             let IcStage::Ready(version) = ic.stage else {
                 continue;
