@@ -10,6 +10,10 @@
 //! - a control-message round trip (MODIFYCHANNEL and its response),
 //! - a signalled event (HvSignalEvent on the channel's connection).
 //!
+//! With a disk it drives the SCSI controller (and abuses it); with a
+//! network adapter, the adapter's NVSP and RNDIS as Linux does, then
+//! hostile messages and a flood (`network`).
+//!
 //! It then breaks its ring with an oversized packet (the root stops
 //! serving the channel), waits for the administrator to remove the device
 //! (the offer is rescinded; it closes and releases it), unloads and
@@ -60,6 +64,8 @@ static SINTS: AtomicU64 = AtomicU64::new(0);
 test_guests::counting_handler!(sint_handler, SINTS);
 /// The SCSI controller's relid, if the VM has a disk (0: none).
 static SCSI_RELID: AtomicU64 = AtomicU64::new(0);
+/// The network adapter's relid, if the VM has one (0: none).
+static NET_RELID: AtomicU64 = AtomicU64::new(0);
 /// Pages a storage request reads into and writes from.
 static DATA_OUT: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
 static DATA_IN: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
@@ -379,6 +385,10 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
         0 => println!("vmbus-echo: no SCSI controller (the VM has no disk)"),
         relid => storage(&mut bus, relid as u32, memory, (&mut ch, echo_relid)),
     }
+    match NET_RELID.load(Ordering::Relaxed) {
+        0 => println!("vmbus-echo: no network adapter"),
+        relid => network(&mut bus, relid as u32, memory),
+    }
 
     // A packet longer than the device reads: the root stops serving the
     // channel (and says so in vm show), nothing else happens.
@@ -613,6 +623,9 @@ fn connect_offers(bus: &mut Bus) -> Option<u32> {
                 }
                 if o.interface_type == class::SCSI {
                     SCSI_RELID.store(u64::from(o.child_relid), Ordering::Relaxed);
+                }
+                if o.interface_type == class::NETWORK {
+                    NET_RELID.store(u64::from(o.child_relid), Ordering::Relaxed);
                 }
             }
             GuestEvent::AllOffersDelivered => break,
@@ -946,4 +959,316 @@ fn storage_bench(bus: &mut Bus, ch: &mut Chan, relid: u32, echo: (&mut Chan, u32
     }
     let ticks = rdtsc() - start;
     report("memory copy of 64 KiB", REQUESTS, ticks, 0);
+}
+
+/// An NVSP message (40 bytes, as Linux sends): type, then fields.
+fn nvsp(kind: u32, fields: &[u32]) -> [u8; 40] {
+    let mut m = [0u8; 40];
+    m[..4].copy_from_slice(&kind.to_le_bytes());
+    for (i, f) in fields.iter().enumerate() {
+        m[4 + 4 * i..8 + 4 * i].copy_from_slice(&f.to_le_bytes());
+    }
+    m
+}
+
+fn word(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .map_or(0, |w| u32::from_le_bytes(w.try_into().unwrap_or([0; 4])))
+}
+
+/// An RNDIS message: type, length, then fields; `tail` after them.
+fn rndis(kind: u32, fields: &[u32], tail: &[u8]) -> Vec<u8> {
+    let len = 8 + 4 * fields.len() + tail.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&kind.to_le_bytes());
+    m.extend_from_slice(&(len as u32).to_le_bytes());
+    for f in fields {
+        m.extend_from_slice(&f.to_le_bytes());
+    }
+    m.extend_from_slice(tail);
+    m
+}
+
+/// The network adapter as a driver sees it: its channel, its two buffers
+/// (identity-mapped pages of ours), and the RNDIS messages the device
+/// placed in the receive buffer, in order.
+struct Nic {
+    ch: Chan,
+    relid: u32,
+    recv_at: u64,
+    recv_len: usize,
+    send_at: u64,
+    next_id: u64,
+    from_device: alloc::collections::VecDeque<Vec<u8>>,
+    /// Transfer-pages packets whose ranges were not inside our buffer.
+    bad_transfers: u64,
+}
+
+impl Nic {
+    /// Reads one packet (sleeping until there is one): a completion is
+    /// returned (id, payload); a transfer-pages packet's RNDIS messages
+    /// are copied out of the receive buffer, the packet completed, and
+    /// `None` returned.
+    fn pump(&mut self) -> Option<(u64, Vec<u8>)> {
+        loop {
+            take_flag(self.relid);
+            let (id, completion, payload, ranges) = match self.ch.recv() {
+                Ok(Some(Ok(p))) => {
+                    let ranges: Vec<(u32, u32)> = p
+                        .kind
+                        .transfer_ranges()
+                        .map(|r| (r.byte_offset, r.byte_count))
+                        .collect();
+                    let completion = matches!(p.kind, vmbus::packet::PacketKind::Completion);
+                    (p.transaction_id, completion, p.payload.to_vec(), ranges)
+                }
+                Ok(Some(Err(e))) => {
+                    println!("vmbus-echo: a malformed packet from the network adapter: {e:?}");
+                    exit(1)
+                }
+                Ok(None) => {
+                    sleep();
+                    continue;
+                }
+                Err(e) => {
+                    println!("vmbus-echo: the network channel broke: {e:?}");
+                    exit(1)
+                }
+            };
+            if completion {
+                return Some((id, payload));
+            }
+            for (offset, count) in ranges {
+                let (offset, count) = (offset as usize, count as usize);
+                if offset + count > self.recv_len {
+                    self.bad_transfers += 1;
+                    continue;
+                }
+                let mut m = alloc::vec![0u8; count];
+                // SAFETY: inside our receive buffer (checked), pages of ours
+                // the device wrote before it sent the packet.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        (self.recv_at as usize + offset) as *const u8,
+                        m.as_mut_ptr(),
+                        count,
+                    )
+                };
+                self.from_device.push_back(m);
+            }
+            let done = nvsp(108, &[1]);
+            let parts: [&[u8]; 1] = [&done];
+            while !matches!(
+                self.ch.send(&OutgoingPacket::completion(id, &parts)),
+                Ok(SendResult::Sent)
+            ) {
+                sleep();
+            }
+            return None;
+        }
+    }
+
+    /// Sends an NVSP message asking for its completion (with `ranges` as
+    /// GPA-direct data, if any); waits for the completion's payload.
+    fn call(&mut self, message: &[u8], ranges: &[GpaRangeSpec<'_>]) -> Vec<u8> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let parts: [&[u8]; 1] = [message];
+        let out = OutgoingPacket::request(id, ranges, &parts);
+        while !matches!(self.ch.send(&out), Ok(SendResult::Sent)) {
+            sleep();
+        }
+        loop {
+            if let Some((got, payload)) = self.pump() {
+                if got == id {
+                    return payload;
+                }
+            }
+        }
+    }
+
+    /// An NVSP message without a completion (as Linux sends NDIS_CONFIG).
+    fn post(&mut self, message: &[u8]) {
+        let parts: [&[u8]; 1] = [message];
+        while !matches!(
+            self.ch.send(&OutgoingPacket::in_band(u64::MAX - 2, false, &parts)),
+            Ok(SendResult::Sent)
+        ) {
+            sleep();
+        }
+    }
+
+    /// An RNDIS message through send section `section`: the NVSP status.
+    fn rndis_in_section(&mut self, section: u32, m: &[u8]) -> u32 {
+        // SAFETY: inside our send buffer (sections of 6144 bytes, four of
+        // them; callers pass 0..4 and messages shorter than a section).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                m.as_ptr(),
+                (self.send_at as usize + section as usize * 6144) as *mut u8,
+                m.len(),
+            )
+        };
+        word(&self.call(&nvsp(107, &[1, section, m.len() as u32]), &[]), 4)
+    }
+
+    /// The next RNDIS message from the device.
+    fn answer(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(m) = self.from_device.pop_front() {
+                return m;
+            }
+            self.pump();
+        }
+    }
+}
+
+/// The root's synthetic network adapter, used as Linux's hv_netvsc does
+/// (NVSP version 2, receive and send buffers, RNDIS initialize, query,
+/// set), then abused: data in pages outside the guest, lengths past their
+/// bytes, a send section past the buffer, a runt frame, a completion that
+/// names nothing, and a flood of frames. Each gets a failure status or is
+/// dropped and counted; the adapter still answers.
+fn network(bus: &mut Bus, relid: u32, memory: u64) {
+    let ch = open(bus, relid, "the network adapter's channel");
+    let (recv_pages, send_pages) = (16usize, 6usize);
+    let (Some(recv), Some(send)) = (
+        bus.port().alloc_pages(recv_pages),
+        bus.port().alloc_pages(send_pages),
+    ) else {
+        check("pages for the network buffers", false);
+        exit(1)
+    };
+    let mut nic = Nic {
+        ch,
+        relid,
+        recv_at: recv[0] * PAGE,
+        recv_len: recv_pages * PAGE as usize,
+        send_at: send[0] * PAGE,
+        next_id: 0,
+        from_device: alloc::collections::VecDeque::new(),
+        bad_transfers: 0,
+    };
+    let too_new = nic.call(&nvsp(1, &[0x60001, 0x60001]), &[]);
+    let v2 = nic.call(&nvsp(1, &[0x30002, 0x30002]), &[]);
+    check(
+        "NVSP: version 6.1 refused, version 2 taken",
+        word(&too_new, 0) == 2 && word(&too_new, 12) == 2 && word(&v2, 12) == 1,
+    );
+    nic.post(&nvsp(125, &[1514, 0, 8, 0]));
+    nic.post(&nvsp(100, &[6, 1]));
+    let mut gpadl = |pfns: &[u64]| {
+        let range = GpadlRange {
+            byte_count: (pfns.len() as u64 * PAGE) as u32,
+            byte_offset: 0,
+            pfns,
+        };
+        let id = bus.create_gpadl(relid, &[range]).unwrap_or(0);
+        let ok = matches!(next_event(bus), GuestEvent::GpadlCreated { status: 0, .. });
+        check("a GPADL for a network buffer", ok);
+        id
+    };
+    let (recv_gpadl, send_gpadl) = (gpadl(&recv), gpadl(&send));
+    let r = nic.call(&nvsp(101, &[recv_gpadl, 0xCAFE]), &[]);
+    let sections = (recv_pages as u32 * 4096) / word(&r, 16).max(1);
+    let s = nic.call(&nvsp(104, &[send_gpadl, 0]), &[]);
+    check(
+        "receive buffer (one section of sub-allocations) and send buffer taken",
+        word(&r, 0) == 102
+            && word(&r, 4) == 1
+            && word(&r, 8) == 1
+            && word(&r, 20) == sections
+            && word(&s, 0) == 105
+            && word(&s, 4) == 1
+            && word(&s, 8) == 6144,
+    );
+    let init = nic.rndis_in_section(0, &rndis(2, &[1, 1, 0, 0x4000], &[]));
+    let a = nic.answer();
+    let initialized = init == 1 && word(&a, 0) == 0x8000_0002 && word(&a, 8) == 1 && word(&a, 12) == 0;
+    let query = nic.rndis_in_section(0, &rndis(4, &[2, 0x0101_0101, 0, 20, 0], &[]));
+    let a = nic.answer();
+    let (len, off) = (word(&a, 16) as usize, word(&a, 20) as usize);
+    let mac = a.get(8 + off..8 + off + len).map(|m| m.to_vec()).unwrap_or_default();
+    let set = nic.rndis_in_section(0, &rndis(5, &[3, 0x0001_010E, 4, 20, 0], &9u32.to_le_bytes()));
+    let set_done = nic.answer();
+    check(
+        "RNDIS initialized, the address queried, the packet filter set",
+        initialized
+            && query == 1
+            && word(&a, 12) == 0
+            && mac.len() == 6
+            && set == 1
+            && word(&set_done, 0) == 0x8000_0005
+            && word(&set_done, 12) == 0,
+    );
+    println!(
+        "vmbus-echo: the adapter's address is {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    );
+
+    // Hostile messages: each gets NVSP status 2 (failure).
+    let outside = [memory / PAGE + 64];
+    let range = GpaRangeSpec {
+        byte_count: 100,
+        byte_offset: 0,
+        pfns: &outside,
+    };
+    let a = word(&nic.call(&nvsp(107, &[0, u32::MAX, 0]), &[range]), 4);
+    let mut long = rndis(1, &[36, 60, 0, 0, 0, 36, 0, 0, 0], &[0xff; 60]);
+    long[4..8].copy_from_slice(&5000u32.to_le_bytes());
+    let b = nic.rndis_in_section(1, &long);
+    let c = word(&nic.call(&nvsp(107, &[0, 1000, 64]), &[]), 4);
+    let d = nic.rndis_in_section(1, &rndis(1, &[36, 10, 0, 0, 0, 36, 0, 0, 0], &[0xff; 10]));
+    let e = nic.rndis_in_section(1, &rndis(0x77, &[1, 2, 3], &[]));
+    check(
+        "data in pages outside the guest, a length past its bytes, a section past the buffer, a runt frame, an unknown RNDIS message: failure statuses",
+        [a, b, c, d, e] == [2; 5],
+    );
+    // A completion naming no receive: dropped (the root counts it).
+    let done = nvsp(108, &[1]);
+    let parts: [&[u8]; 1] = [&done];
+    let _ = nic.ch.send(&OutgoingPacket::completion(0xBAD, &parts));
+
+    // A flood: broadcast frames sent until the ring is full; each completed.
+    let mut frame = [0x5au8; 60];
+    frame[..6].fill(0xff);
+    frame[6..12].copy_from_slice(&mac);
+    let packet = rndis(1, &[36, 60, 0, 0, 0, 36, 0, 0, 0], &frame);
+    // SAFETY: send section 2 of our send buffer.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            packet.as_ptr(),
+            (nic.send_at as usize + 2 * 6144) as *mut u8,
+            packet.len(),
+        )
+    };
+    let message = nvsp(107, &[0, 2, packet.len() as u32]);
+    let mut sent = 0u64;
+    while sent < 2000 {
+        let parts: [&[u8]; 1] = [&message];
+        let p = OutgoingPacket::in_band(50_000 + sent, true, &parts);
+        if !matches!(nic.ch.send(&p), Ok(SendResult::Sent)) {
+            break;
+        }
+        sent += 1;
+    }
+    let mut completed = 0;
+    while completed < sent {
+        if let Some((id, payload)) = nic.pump() {
+            if id >= 50_000 && word(&payload, 4) == 1 {
+                completed += 1;
+            }
+        }
+    }
+    println!("vmbus-echo: network: {sent} frames sent until the ring was full, {completed} completed");
+    let again = nic.rndis_in_section(0, &rndis(4, &[4, 0x0001_0114, 0, 20, 0], &[]));
+    let a = nic.answer();
+    check(
+        "after all that the adapter still answers (media connected)",
+        again == 1 && word(&a, 12) == 0 && word(&a, 24) == 0 && nic.bad_transfers == 0,
+    );
+    drop(nic);
+    let closed = bus.close_channel(relid).is_ok();
+    let torn_down = matches!(next_event(bus), GuestEvent::GpadlTornDown { .. });
+    check("the network adapter's channel closes", closed && torn_down);
 }
