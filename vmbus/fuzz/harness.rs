@@ -379,3 +379,196 @@ pub fn storvsp_requests(data: &[u8]) {
         );
     }
 }
+
+/// Input: `u8 setup` (bit 0: Linux's start first: NVSP version 2, the two
+/// buffers, RNDIS initialize and a packet filter, so messages reach the
+/// data path), then records `u8 kind, u8 len, len bytes`:
+/// kind % 5 = 0: an NVSP message in band; 1: the same with a GPA range
+/// (page = byte 0 of the body mod 16, or far outside the guest when 0xFF);
+/// 2: the bytes after the first as RNDIS message(s) in send section (byte
+/// 0 mod 4); 3: a
+/// frame from the wire; 4: the guest completes transaction id `len`.
+/// The device never panics, never announces a range outside the receive
+/// buffer or longer than a section, and answers each request at most once.
+pub fn netvsp_messages(data: &[u8]) {
+    use std::collections::{BTreeMap, BTreeSet, VecDeque};
+    use std::sync::Arc;
+    use vmbus::channel::{Channel, SendResult};
+    use vmbus::netvsp::{nvsp, Gpadls, NetServer, Wire, MAX_PACKET, RECV_SECTION_SIZE};
+    use vmbus::packet::{GpaRangeSpec, OutgoingPacket, PacketKind};
+    use vmbus::ring::init_ring_header;
+
+    struct Table(BTreeMap<u32, Vec<u64>>);
+    impl Gpadls for Table {
+        fn pages(&self, id: u32) -> Option<&[u64]> {
+            self.0.get(&id).map(|v| v.as_slice())
+        }
+    }
+    #[derive(Default)]
+    struct FuzzWire(VecDeque<Vec<u8>>, usize);
+    impl Wire for FuzzWire {
+        fn transmit(&mut self, frame: &[u8]) {
+            assert!(frame.len() <= 1518);
+            self.1 += 1;
+        }
+        fn peek(&self) -> Option<&[u8]> {
+            self.0.front().map(|f| f.as_slice())
+        }
+        fn pop(&mut self) {
+            self.0.pop_front();
+        }
+    }
+    fn message(kind: u32, fields: &[u32]) -> Vec<u8> {
+        let mut m = vec![0u8; 40];
+        m[..4].copy_from_slice(&kind.to_le_bytes());
+        for (i, f) in fields.iter().enumerate() {
+            m[4 + 4 * i..8 + 4 * i].copy_from_slice(&f.to_le_bytes());
+        }
+        m
+    }
+
+    let Some((&setup, mut rest)) = data.split_first() else {
+        return;
+    };
+    let to_host = Arc::new(HeapRing::new(32768));
+    let to_guest = Arc::new(HeapRing::new(32768));
+    init_ring_header(to_host.header());
+    init_ring_header(to_guest.header());
+    let mut guest = Channel::new(
+        RingReader::new(to_guest.clone()).unwrap(),
+        RingWriter::new(to_host.clone()).unwrap(),
+        NoSignal,
+    );
+    let mut host = Channel::new(
+        RingReader::new(to_host).unwrap(),
+        RingWriter::new(to_guest).unwrap(),
+        NoSignal,
+    );
+    host.reader().set_max_packet(MAX_PACKET);
+    // Guest memory: 32 pages; the receive buffer is pages 0..8 (GPADL 1),
+    // the send buffer 8..16 (GPADL 2).
+    let mut memory = StorageMemory(vec![0; 32 * 4096]);
+    let recv_len = 8 * 4096;
+    let mut gpadls = BTreeMap::new();
+    gpadls.insert(1, (0..8).collect());
+    gpadls.insert(2, (8..16).collect());
+    let gpadls = Table(gpadls);
+    let mut server = NetServer::new([0, 0x15, 0x5d, 0, 0, 1]);
+    let mut wire = FuzzWire::default();
+
+    // (kind, payload, range, send-section write)
+    type Step = (u8, Vec<u8>, Option<(u32, u64)>, Option<(usize, Vec<u8>)>);
+    let mut steps: Vec<Step> = Vec::new();
+    let rndis = |kind: u32, fields: &[u32]| {
+        let mut m = Vec::new();
+        m.extend_from_slice(&kind.to_le_bytes());
+        m.extend_from_slice(&((8 + 4 * fields.len()) as u32).to_le_bytes());
+        for f in fields {
+            m.extend_from_slice(&f.to_le_bytes());
+        }
+        m
+    };
+    if setup & 1 != 0 {
+        steps.push((0, message(nvsp::INIT, &[nvsp::VERSION_2, nvsp::VERSION_2]), None, None));
+        steps.push((0, message(nvsp::SEND_RECV_BUF, &[1, 0xCAFE]), None, None));
+        steps.push((0, message(nvsp::SEND_SEND_BUF, &[2, 0]), None, None));
+        for m in [
+            rndis(2, &[1, 1, 0, 0x4000]),
+            rndis(5, &[2, 0x0001_010E, 4, 20, 0, 0x2D]),
+        ] {
+            let len = m.len() as u32;
+            steps.push((2, message(nvsp::SEND_RNDIS_PKT, &[1, 0, len]), None, Some((0, m))));
+        }
+    }
+    while rest.len() >= 2 {
+        let (kind, len) = (rest[0] % 5, usize::from(rest[1]));
+        rest = &rest[2..];
+        let body = rest[..len.min(rest.len())].to_vec();
+        rest = &rest[body.len()..];
+        match kind {
+            0 | 1 => {
+                let mut p = body.clone();
+                p.resize(40, 0);
+                let range = (kind == 1).then(|| {
+                    let page = match body.first() {
+                        Some(0xFF) => 1 << 40,
+                        Some(b) => u64::from(b % 16),
+                        None => 0,
+                    };
+                    (u32::from(body.get(1).copied().unwrap_or(1)).max(1) * 16, page)
+                });
+                steps.push((kind, p, range, None));
+            }
+            2 => {
+                let section = usize::from(body.first().copied().unwrap_or(0) % 4);
+                let bytes = body.get(1..).unwrap_or(&[]).to_vec();
+                let size = bytes.len() as u32;
+                let m = message(nvsp::SEND_RNDIS_PKT, &[0, section as u32, size]);
+                steps.push((2, m, None, Some((section, bytes))));
+            }
+            3 => wire.0.push_back(body),
+            _ => steps.push((4, Vec::new(), Some((len as u32, 0)), None)),
+        }
+    }
+    let mut answered = BTreeSet::new();
+    let mut held: Vec<u64> = Vec::new();
+    for (i, (kind, payload, range, section)) in steps.iter().enumerate() {
+        let id = i as u64 + 1;
+        if let Some((s, bytes)) = section {
+            let at = 8 * 4096 + s * 6144;
+            let n = bytes.len().min(6144);
+            memory.0[at..at + n].copy_from_slice(&bytes[..n]);
+        }
+        let parts: [&[u8]; 1] = [payload];
+        let pfns = range.map(|(_, p)| [p]);
+        let spec = match (kind, range, &pfns) {
+            (1, Some((count, _)), Some(pfns)) => Some(GpaRangeSpec {
+                byte_count: (*count).min(4096),
+                byte_offset: 0,
+                pfns,
+            }),
+            _ => None,
+        };
+        let packet = if *kind == 4 {
+            let done = message(nvsp::SEND_RNDIS_PKT_COMPLETE, &[1]);
+            let target = range.map_or(0, |(t, _)| u64::from(t));
+            let parts: [&[u8]; 1] = [&done];
+            let _ = guest.send(&OutgoingPacket::completion(target, &parts));
+            None
+        } else {
+            Some(OutgoingPacket::request(id, spec.as_slice(), &parts))
+        };
+        if let Some(p) = packet {
+            match guest.send(&p) {
+                Ok(SendResult::Sent) | Err(_) => {}
+                Ok(SendResult::Full { .. }) => {}
+            }
+        }
+        server.serve(&mut host, &gpadls, &mut memory, &mut wire).unwrap();
+        while let Some(p) = guest.recv().unwrap() {
+            let p = p.unwrap();
+            match p.kind {
+                PacketKind::Completion => {
+                    assert!(p.transaction_id <= id, "a completion for a request not sent");
+                    assert!(answered.insert(p.transaction_id), "answered twice");
+                }
+                PacketKind::TransferPages { pageset_id, .. } => {
+                    assert_eq!(pageset_id, nvsp::RECV_BUFFER_ID);
+                    for r in p.kind.transfer_ranges() {
+                        assert!(r.byte_count <= RECV_SECTION_SIZE);
+                        assert!((r.byte_offset + r.byte_count) as usize <= recv_len);
+                    }
+                    held.push(p.transaction_id);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The guest gives every other receive back.
+        if held.len() > 1 {
+            let id = held.remove(0);
+            let done = message(nvsp::SEND_RNDIS_PKT_COMPLETE, &[1]);
+            let parts: [&[u8]; 1] = [&done];
+            let _ = guest.send(&OutgoingPacket::completion(id, &parts));
+        }
+    }
+}

@@ -39,6 +39,11 @@ fn channel_message_seeds() {
 }
 
 #[test]
+fn netvsp_messages_seeds() {
+    assert!(replay("netvsp_messages", harness::netvsp_messages) > 0);
+}
+
+#[test]
 fn storvsp_requests_seeds() {
     assert!(replay("storvsp_requests", harness::storvsp_requests) > 0);
 }
@@ -84,6 +89,11 @@ proptest! {
     #[test]
     fn storvsp_requests_random(data in prop::collection::vec(any::<u8>(), 0..400)) {
         harness::storvsp_requests(&data);
+    }
+
+    #[test]
+    fn netvsp_messages_random(data in prop::collection::vec(any::<u8>(), 0..600)) {
+        harness::netvsp_messages(&data);
     }
 
     #[test]

@@ -149,6 +149,7 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("vmbus/fuzz", "ring_reader"),
     ("vmbus/fuzz", "channel_message"),
     ("vmbus/fuzz", "storvsp_requests"),
+    ("vmbus/fuzz", "netvsp_messages"),
     ("hypervisor/fuzz", "hypercall_input"),
     ("hypervisor/fuzz", "abi_decode"),
     ("hypervisor/fuzz", "image_loader"),
