@@ -599,11 +599,17 @@ mod tests {
         assert_eq!(parse("bench disk"), Ok(Command::BenchDisk(64)));
         assert_eq!(
             parse("switch new lan"),
-            Ok(Command::SwitchNew { name: "lan", external: false })
+            Ok(Command::SwitchNew {
+                name: "lan",
+                external: false
+            })
         );
         assert_eq!(
             parse("switch new wan --external"),
-            Ok(Command::SwitchNew { name: "wan", external: true })
+            Ok(Command::SwitchNew {
+                name: "wan",
+                external: true
+            })
         );
         assert_eq!(parse("switch list"), Ok(Command::SwitchList));
         assert_eq!(parse("switch show lan"), Ok(Command::SwitchShow("lan")));

@@ -127,9 +127,16 @@ pub enum VmCommand<'a> {
     /// The VM's adapters.
     NicList(&'a str),
     /// Moves adapter `nic` to another VLAN (the VM may run).
-    NicSet { name: &'a str, nic: u32, vlan: u16 },
+    NicSet {
+        name: &'a str,
+        nic: u32,
+        vlan: u16,
+    },
     /// Removes adapter `nic` (a running guest sees it go away).
-    NicRemove { name: &'a str, nic: u32 },
+    NicRemove {
+        name: &'a str,
+        nic: u32,
+    },
     List,
     Show(&'a str),
     /// Attach to the VM's COM1 both ways (`log`: print what was kept).
@@ -379,7 +386,9 @@ fn parse_vlan(v: &str) -> Option<u16> {
     if v == "none" {
         return Some(0);
     }
-    v.parse::<u16>().ok().filter(|&n| n <= crate::vswitch::VLAN_MAX)
+    v.parse::<u16>()
+        .ok()
+        .filter(|&n| n <= crate::vswitch::VLAN_MAX)
 }
 
 const VLAN_EXPECTED: &str = "a VLAN id from 1 to 4094, or none (untagged)";
@@ -403,11 +412,14 @@ fn parse_nic<'a>(
     }
     let nic_number = |words: &mut dyn Iterator<Item = &'a str>| {
         let v = words.next().ok_or(VmParseError::MissingValue("NIC"))?;
-        v.parse::<u32>().ok().filter(|&n| n < 64).ok_or(VmParseError::BadValue {
-            option: "NIC",
-            value: v,
-            expected: "an adapter's number (vm nic list)",
-        })
+        v.parse::<u32>()
+            .ok()
+            .filter(|&n| n < 64)
+            .ok_or(VmParseError::BadValue {
+                option: "NIC",
+                value: v,
+                expected: "an adapter's number (vm nic list)",
+            })
     };
     let cmd = match verb {
         Some("add") => {
@@ -796,7 +808,12 @@ mod tests {
         assert_eq!(p("disk list web"), Ok(VmCommand::DiskList("web")));
         assert_eq!(
             p("nic add web --switch lan"),
-            Ok(VmCommand::NicAdd { name: "web", switch: "lan", vlan: 0, mac: None })
+            Ok(VmCommand::NicAdd {
+                name: "web",
+                switch: "lan",
+                vlan: 0,
+                mac: None
+            })
         );
         assert_eq!(
             p("nic add web --vlan 20 --switch lan --mac 00:15:5d:00:00:09"),
@@ -807,9 +824,29 @@ mod tests {
                 mac: Some([0, 0x15, 0x5d, 0, 0, 9])
             })
         );
-        assert_eq!(p("nic set web 1 --vlan none"), Ok(VmCommand::NicSet { name: "web", nic: 1, vlan: 0 }));
-        assert_eq!(p("nic set web 0 --vlan 4094"), Ok(VmCommand::NicSet { name: "web", nic: 0, vlan: 4094 }));
-        assert_eq!(p("nic remove web 2"), Ok(VmCommand::NicRemove { name: "web", nic: 2 }));
+        assert_eq!(
+            p("nic set web 1 --vlan none"),
+            Ok(VmCommand::NicSet {
+                name: "web",
+                nic: 1,
+                vlan: 0
+            })
+        );
+        assert_eq!(
+            p("nic set web 0 --vlan 4094"),
+            Ok(VmCommand::NicSet {
+                name: "web",
+                nic: 0,
+                vlan: 4094
+            })
+        );
+        assert_eq!(
+            p("nic remove web 2"),
+            Ok(VmCommand::NicRemove {
+                name: "web",
+                nic: 2
+            })
+        );
         assert_eq!(p("nic list web"), Ok(VmCommand::NicList("web")));
         for bad in [
             "nic add web",

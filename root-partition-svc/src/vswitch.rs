@@ -500,10 +500,16 @@ mod tests {
         let u = adapter(&mut s, 0);
         let x = s.add_port(PortKind::External, 0).unwrap();
         s.set_up(x, true);
-        assert_eq!(s.add_port(PortKind::External, 0), Err(SwitchError::ExternalTaken));
+        assert_eq!(
+            s.add_port(PortKind::External, 0),
+            Err(SwitchError::ExternalTaken)
+        );
         // VLAN 10 leaves tagged, VLAN 0 untagged.
         s.forward(a, &frame(BROADCAST, A));
-        assert_eq!(drain(&mut s, x), vec![tagged(&frame(BROADCAST, A), 10).unwrap()]);
+        assert_eq!(
+            drain(&mut s, x),
+            vec![tagged(&frame(BROADCAST, A), 10).unwrap()]
+        );
         assert!(drain(&mut s, u).is_empty());
         s.forward(u, &frame(BROADCAST, B));
         assert_eq!(drain(&mut s, x), vec![frame(BROADCAST, B)]);
@@ -539,12 +545,27 @@ mod tests {
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(parse_mac("00:15:5d:0a:0B:ff"), Some([0, 0x15, 0x5d, 10, 11, 255]));
-        assert_eq!(parse_mac("00-15-5d-0a-0b-ff"), Some([0, 0x15, 0x5d, 10, 11, 255]));
-        for bad in ["", "00:15:5d:0a:0b", "00:15:5d:0a:0b:ff:00", "0:15:5d:0a:0b:ff", "zz:15:5d:0a:0b:ff"] {
+        assert_eq!(
+            parse_mac("00:15:5d:0a:0B:ff"),
+            Some([0, 0x15, 0x5d, 10, 11, 255])
+        );
+        assert_eq!(
+            parse_mac("00-15-5d-0a-0b-ff"),
+            Some([0, 0x15, 0x5d, 10, 11, 255])
+        );
+        for bad in [
+            "",
+            "00:15:5d:0a:0b",
+            "00:15:5d:0a:0b:ff:00",
+            "0:15:5d:0a:0b:ff",
+            "zz:15:5d:0a:0b:ff",
+        ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
-        assert_eq!(format!("{}", MacDisplay([0, 0x15, 0x5d, 1, 2, 3])), "00:15:5d:01:02:03");
+        assert_eq!(
+            format!("{}", MacDisplay([0, 0x15, 0x5d, 1, 2, 3])),
+            "00:15:5d:01:02:03"
+        );
     }
 
     proptest! {

@@ -469,7 +469,12 @@ pub fn netvsp_messages(data: &[u8]) {
         m
     };
     if setup & 1 != 0 {
-        steps.push((0, message(nvsp::INIT, &[nvsp::VERSION_2, nvsp::VERSION_2]), None, None));
+        steps.push((
+            0,
+            message(nvsp::INIT, &[nvsp::VERSION_2, nvsp::VERSION_2]),
+            None,
+            None,
+        ));
         steps.push((0, message(nvsp::SEND_RECV_BUF, &[1, 0xCAFE]), None, None));
         steps.push((0, message(nvsp::SEND_SEND_BUF, &[2, 0]), None, None));
         for m in [
@@ -477,7 +482,12 @@ pub fn netvsp_messages(data: &[u8]) {
             rndis(5, &[2, 0x0001_010E, 4, 20, 0, 0x2D]),
         ] {
             let len = m.len() as u32;
-            steps.push((2, message(nvsp::SEND_RNDIS_PKT, &[1, 0, len]), None, Some((0, m))));
+            steps.push((
+                2,
+                message(nvsp::SEND_RNDIS_PKT, &[1, 0, len]),
+                None,
+                Some((0, m)),
+            ));
         }
     }
     while rest.len() >= 2 {
@@ -495,7 +505,10 @@ pub fn netvsp_messages(data: &[u8]) {
                         Some(b) => u64::from(b % 16),
                         None => 0,
                     };
-                    (u32::from(body.get(1).copied().unwrap_or(1)).max(1) * 16, page)
+                    (
+                        u32::from(body.get(1).copied().unwrap_or(1)).max(1) * 16,
+                        page,
+                    )
                 });
                 steps.push((kind, p, range, None));
             }
@@ -544,12 +557,17 @@ pub fn netvsp_messages(data: &[u8]) {
                 Ok(SendResult::Full { .. }) => {}
             }
         }
-        server.serve(&mut host, &gpadls, &mut memory, &mut wire).unwrap();
+        server
+            .serve(&mut host, &gpadls, &mut memory, &mut wire)
+            .unwrap();
         while let Some(p) = guest.recv().unwrap() {
             let p = p.unwrap();
             match p.kind {
                 PacketKind::Completion => {
-                    assert!(p.transaction_id <= id, "a completion for a request not sent");
+                    assert!(
+                        p.transaction_id <= id,
+                        "a completion for a request not sent"
+                    );
                     assert!(answered.insert(p.transaction_id), "answered twice");
                 }
                 PacketKind::TransferPages { pageset_id, .. } => {

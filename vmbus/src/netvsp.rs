@@ -174,13 +174,27 @@ impl GuestBuffer {
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the buffer.
-    fn read<M: GuestMemory>(&self, m: &mut M, offset: usize, buf: &mut [u8]) -> Result<(), OutsideGuest> {
-        self.pieces(offset, buf.len(), |gpa, at, n| m.read(gpa, &mut buf[at..at + n]))
+    fn read<M: GuestMemory>(
+        &self,
+        m: &mut M,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> Result<(), OutsideGuest> {
+        self.pieces(offset, buf.len(), |gpa, at, n| {
+            m.read(gpa, &mut buf[at..at + n])
+        })
     }
 
     /// Copies `data` to `offset` in the buffer.
-    fn write<M: GuestMemory>(&self, m: &mut M, offset: usize, data: &[u8]) -> Result<(), OutsideGuest> {
-        self.pieces(offset, data.len(), |gpa, at, n| m.write(gpa, &data[at..at + n]))
+    fn write<M: GuestMemory>(
+        &self,
+        m: &mut M,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), OutsideGuest> {
+        self.pieces(offset, data.len(), |gpa, at, n| {
+            m.write(gpa, &data[at..at + n])
+        })
     }
 
     fn pieces(
@@ -198,10 +212,7 @@ impl GuestBuffer {
             let pfn = self.pfns[pos / PAGE_SIZE];
             let in_page = pos % PAGE_SIZE;
             let n = (PAGE_SIZE - in_page).min(len - at);
-            let gpa = pfn
-                .checked_mul(PAGE_SIZE as u64)
-                .ok_or(OutsideGuest)?
-                + in_page as u64;
+            let gpa = pfn.checked_mul(PAGE_SIZE as u64).ok_or(OutsideGuest)? + in_page as u64;
             f(gpa, at, n)?;
             at += n;
         }
@@ -656,7 +667,9 @@ impl NetServer {
                         let mut free = Vec::new();
                         let mut in_flight = Vec::new();
                         if free.try_reserve_exact(sections as usize).is_ok()
-                            && in_flight.try_reserve_exact(sections.div_ceil(64) as usize).is_ok()
+                            && in_flight
+                                .try_reserve_exact(sections.div_ceil(64) as usize)
+                                .is_ok()
                         {
                             free.extend((0..sections).rev());
                             in_flight.resize(sections.div_ceil(64) as usize, 0);
@@ -711,13 +724,14 @@ impl NetServer {
             nvsp::REVOKE_RECV_BUF => self.recv = None,
             nvsp::REVOKE_SEND_BUF => self.send = None,
             nvsp::SEND_RNDIS_PKT => {
-                let status = match self.rndis_message(field(0), field(1), field(2), ranges, memory, wire) {
-                    Ok(()) => nvsp::SUCCESS,
-                    Err(()) => {
-                        self.counters.refused += 1;
-                        nvsp::FAILURE
-                    }
-                };
+                let status =
+                    match self.rndis_message(field(0), field(1), field(2), ranges, memory, wire) {
+                        Ok(()) => nvsp::SUCCESS,
+                        Err(()) => {
+                            self.counters.refused += 1;
+                            nvsp::FAILURE
+                        }
+                    };
                 self.complete(p, nvsp_message(nvsp::SEND_RNDIS_PKT_COMPLETE, &[status]));
             }
             _ => self.counters.refused += 1,
@@ -766,7 +780,8 @@ impl NetServer {
             let offset = (section as usize)
                 .checked_mul(SEND_SECTION_SIZE as usize)
                 .ok_or(())?;
-            send.read(memory, offset, &mut buf[..size]).map_err(|_| ())?;
+            send.read(memory, offset, &mut buf[..size])
+                .map_err(|_| ())?;
             len = size;
         }
         if let Some(ranges) = ranges {
@@ -1161,7 +1176,12 @@ mod tests {
 
         fn serve(&mut self) {
             self.server
-                .serve(&mut self.host, &self.gpadls, &mut self.memory, &mut self.wire)
+                .serve(
+                    &mut self.host,
+                    &self.gpadls,
+                    &mut self.memory,
+                    &mut self.wire,
+                )
                 .unwrap();
         }
 
@@ -1180,7 +1200,9 @@ mod tests {
             while let Some(p) = self.guest.recv().unwrap() {
                 let p: Packet<'_> = p.unwrap();
                 match p.kind {
-                    PacketKind::Completion => got.push(Got::Completion(p.transaction_id, p.payload.to_vec())),
+                    PacketKind::Completion => {
+                        got.push(Got::Completion(p.transaction_id, p.payload.to_vec()))
+                    }
                     PacketKind::TransferPages { pageset_id, .. } => {
                         assert_eq!(pageset_id, nvsp::RECV_BUFFER_ID);
                         assert_eq!(u32_at(p.payload, 0), Some(nvsp::SEND_RNDIS_PKT));
@@ -1200,7 +1222,9 @@ mod tests {
             let body = nvsp(nvsp::SEND_RNDIS_PKT_COMPLETE, &[nvsp::SUCCESS]);
             let parts: [&[u8]; 1] = [&body];
             assert_eq!(
-                self.guest.send(&OutgoingPacket::completion(id, &parts)).unwrap(),
+                self.guest
+                    .send(&OutgoingPacket::completion(id, &parts))
+                    .unwrap(),
                 SendResult::Sent
             );
             self.serve();
@@ -1212,7 +1236,10 @@ mod tests {
         fn rndis(&mut self, section: u32, m: &[u8]) -> (u32, Option<Vec<u8>>) {
             let at = 32 * PAGE_SIZE + section as usize * SEND_SECTION_SIZE as usize;
             self.memory.0[at..at + m.len()].copy_from_slice(m);
-            let id = self.send(&nvsp(nvsp::SEND_RNDIS_PKT, &[1, section, m.len() as u32]), &[]);
+            let id = self.send(
+                &nvsp(nvsp::SEND_RNDIS_PKT, &[1, section, m.len() as u32]),
+                &[],
+            );
             let mut status = None;
             let mut answer = None;
             for g in self.received() {
@@ -1266,13 +1293,20 @@ mod tests {
             let (status, answer) = self.rndis(0, &init);
             assert_eq!(status, nvsp::SUCCESS);
             let a = answer.unwrap();
-            assert_eq!(u32_at(&a, 0), Some(rndis::INITIALIZE_MSG | rndis::COMPLETION));
+            assert_eq!(
+                u32_at(&a, 0),
+                Some(rndis::INITIALIZE_MSG | rndis::COMPLETION)
+            );
             assert_eq!(u32_at(&a, 8), Some(1));
             assert_eq!(u32_at(&a, 12), Some(rndis::STATUS_SUCCESS));
         }
 
         fn set_filter(&mut self, filter: u32) {
-            let set = rndis_set(7, rndis::OID_GEN_CURRENT_PACKET_FILTER, &filter.to_le_bytes());
+            let set = rndis_set(
+                7,
+                rndis::OID_GEN_CURRENT_PACKET_FILTER,
+                &filter.to_le_bytes(),
+            );
             let (status, a) = self.rndis(1, &set);
             assert_eq!(status, nvsp::SUCCESS);
             assert_eq!(u32_at(&a.unwrap(), 12), Some(rndis::STATUS_SUCCESS));
@@ -1282,7 +1316,10 @@ mod tests {
     /// An RNDIS request: type, length, request id, fields.
     fn rndis_request(kind: u32, request: u32, fields: &[u32]) -> Vec<u8> {
         let mut m = Vec::new();
-        for v in [kind, (12 + 4 * fields.len()) as u32, request].iter().chain(fields) {
+        for v in [kind, (12 + 4 * fields.len()) as u32, request]
+            .iter()
+            .chain(fields)
+        {
             m.extend_from_slice(&v.to_le_bytes());
         }
         m
@@ -1299,7 +1336,17 @@ mod tests {
     /// An RNDIS PACKET carrying `frame`, with per-packet information.
     fn rndis_packet(frame: &[u8], ppi: &[u8]) -> Vec<u8> {
         let data_offset = 36 + ppi.len() as u32;
-        let fields = [data_offset, frame.len() as u32, 0, 0, 0, if ppi.is_empty() { 0 } else { 36 }, ppi.len() as u32, 0, 0];
+        let fields = [
+            data_offset,
+            frame.len() as u32,
+            0,
+            0,
+            0,
+            if ppi.is_empty() { 0 } else { 36 },
+            ppi.len() as u32,
+            0,
+            0,
+        ];
         let mut m = Vec::new();
         for v in [rndis::PACKET_MSG, 0].iter().chain(&fields) {
             m.extend_from_slice(&v.to_le_bytes());
@@ -1324,22 +1371,38 @@ mod tests {
         r.start();
         for (oid, want) in [
             (rndis::OID_802_3_PERMANENT_ADDRESS, MAC.to_vec()),
-            (rndis::OID_GEN_MAXIMUM_FRAME_SIZE, 1500u32.to_le_bytes().to_vec()),
-            (rndis::OID_GEN_MEDIA_CONNECT_STATUS, 0u32.to_le_bytes().to_vec()),
+            (
+                rndis::OID_GEN_MAXIMUM_FRAME_SIZE,
+                1500u32.to_le_bytes().to_vec(),
+            ),
+            (
+                rndis::OID_GEN_MEDIA_CONNECT_STATUS,
+                0u32.to_le_bytes().to_vec(),
+            ),
         ] {
             let q = rndis_request(rndis::QUERY_MSG, 5, &[oid, 0, 20, 0]);
             let (_, a) = r.rndis(2, &q);
             let a = a.unwrap();
             assert_eq!(u32_at(&a, 0), Some(rndis::QUERY_MSG | rndis::COMPLETION));
             assert_eq!(u32_at(&a, 12), Some(rndis::STATUS_SUCCESS));
-            let (len, off) = (u32_at(&a, 16).unwrap() as usize, u32_at(&a, 20).unwrap() as usize);
+            let (len, off) = (
+                u32_at(&a, 16).unwrap() as usize,
+                u32_at(&a, 20).unwrap() as usize,
+            );
             assert_eq!(&a[8 + off..8 + off + len], &want[..]);
         }
-        let q = rndis_request(rndis::QUERY_MSG, 6, &[rndis::OID_TCP_OFFLOAD_HARDWARE_CAPABILITIES, 0, 20, 0]);
+        let q = rndis_request(
+            rndis::QUERY_MSG,
+            6,
+            &[rndis::OID_TCP_OFFLOAD_HARDWARE_CAPABILITIES, 0, 20, 0],
+        );
         let a = r.rndis(2, &q).1.unwrap();
         assert_eq!(a[24], rndis::NDIS_OBJECT_TYPE_OFFLOAD);
         let q = rndis_request(rndis::QUERY_MSG, 7, &[0x1234_5678, 0, 20, 0]);
-        assert_eq!(u32_at(&r.rndis(2, &q).1.unwrap(), 12), Some(rndis::STATUS_NOT_SUPPORTED));
+        assert_eq!(
+            u32_at(&r.rndis(2, &q).1.unwrap(), 12),
+            Some(rndis::STATUS_NOT_SUPPORTED)
+        );
 
         // No frame reaches the guest before its packet filter is set.
         r.wire.waiting.push_back(frame(MAC, 100));
@@ -1415,19 +1478,39 @@ mod tests {
         let at = 100 * PAGE_SIZE + 4000;
         r.memory.0[at..at + m.len()].copy_from_slice(&m);
         let pfns = [100, 101];
-        let range = GpaRangeSpec { byte_count: m.len() as u32, byte_offset: 4000, pfns: &pfns };
-        let id = r.send(&nvsp(nvsp::SEND_RNDIS_PKT, &[0, nvsp::NO_SECTION, 0]), &[range]);
-        assert!(matches!(&r.received()[..], [Got::Completion(i, b)] if *i == id && u32_at(b, 4) == Some(nvsp::SUCCESS)));
+        let range = GpaRangeSpec {
+            byte_count: m.len() as u32,
+            byte_offset: 4000,
+            pfns: &pfns,
+        };
+        let id = r.send(
+            &nvsp(nvsp::SEND_RNDIS_PKT, &[0, nvsp::NO_SECTION, 0]),
+            &[range],
+        );
+        assert!(
+            matches!(&r.received()[..], [Got::Completion(i, b)] if *i == id && u32_at(b, 4) == Some(nvsp::SUCCESS))
+        );
         assert_eq!(r.wire.sent, vec![f]);
         // Pages that are not the guest's: a failure status, nothing sent.
         let pfns = [PAGES as u64 + 5];
-        let range = GpaRangeSpec { byte_count: 100, byte_offset: 0, pfns: &pfns };
-        let id = r.send(&nvsp(nvsp::SEND_RNDIS_PKT, &[0, nvsp::NO_SECTION, 0]), &[range]);
-        assert!(matches!(&r.received()[..], [Got::Completion(i, b)] if *i == id && u32_at(b, 4) == Some(nvsp::FAILURE)));
+        let range = GpaRangeSpec {
+            byte_count: 100,
+            byte_offset: 0,
+            pfns: &pfns,
+        };
+        let id = r.send(
+            &nvsp(nvsp::SEND_RNDIS_PKT, &[0, nvsp::NO_SECTION, 0]),
+            &[range],
+        );
+        assert!(
+            matches!(&r.received()[..], [Got::Completion(i, b)] if *i == id && u32_at(b, 4) == Some(nvsp::FAILURE))
+        );
         // A send section past the buffer, a size past the section.
         for (section, size) in [(1000, 64), (0, SEND_SECTION_SIZE + 1)] {
             let id = r.send(&nvsp(nvsp::SEND_RNDIS_PKT, &[0, section, size]), &[]);
-            assert!(matches!(&r.received()[..], [Got::Completion(i, b)] if *i == id && u32_at(b, 4) == Some(nvsp::FAILURE)));
+            assert!(
+                matches!(&r.received()[..], [Got::Completion(i, b)] if *i == id && u32_at(b, 4) == Some(nvsp::FAILURE))
+            );
         }
         assert_eq!(r.wire.sent.len(), 1);
     }
@@ -1438,7 +1521,9 @@ mod tests {
         let id = r.send(&nvsp(nvsp::INIT, &[nvsp::VERSION_2, nvsp::VERSION_2]), &[]);
         assert!(matches!(&r.received()[..], [Got::Completion(i, _)] if *i == id));
         let id = r.send(&nvsp(nvsp::SEND_RECV_BUF, &[77, 0xCAFE]), &[]);
-        assert!(matches!(&r.received()[..], [Got::Completion(i, b)] if *i == id && u32_at(b, 4) == Some(nvsp::FAILURE)));
+        assert!(
+            matches!(&r.received()[..], [Got::Completion(i, b)] if *i == id && u32_at(b, 4) == Some(nvsp::FAILURE))
+        );
         // A GPADL of pages that are not the guest's: accepted as a buffer,
         // but nothing is ever written there.
         r.gpadls.0.insert(9, vec![PAGES as u64 + 1; 4]);
@@ -1466,7 +1551,10 @@ mod tests {
         assert_eq!(sent.len(), 64);
         assert_eq!(&sent[12..16], &[0x81, 0x00, 0, 20]);
         // A per-packet entry running past its bytes: refused.
-        let bad = [40u32, 6, 12, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>();
+        let bad = [40u32, 6, 12, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>();
         assert_eq!(r.rndis(0, &rndis_packet(&f, &bad)).0, nvsp::FAILURE);
     }
 
@@ -1477,7 +1565,9 @@ mod tests {
         r.server.set_link(false);
         r.serve();
         let got = r.received();
-        let [Got::Rndis(_, m)] = &got[..] else { panic!("{got:?}") };
+        let [Got::Rndis(_, m)] = &got[..] else {
+            panic!("{got:?}")
+        };
         assert_eq!(u32_at(m, 0), Some(rndis::INDICATE_STATUS_MSG));
         assert_eq!(u32_at(m, 8), Some(rndis::STATUS_MEDIA_DISCONNECT));
     }

@@ -117,7 +117,7 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             "--only" => {
                 only = Some(
                     it.next()
-                        .context("--only needs exits, io, vmbus, linux or storage")?,
+                        .context("--only needs exits, io, vmbus, linux, storage or network")?,
                 )
             }
             other => bail!("unknown option \"{other}\" for bench"),
@@ -147,7 +147,13 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             storage(&art)?;
             return Ok(0);
         }
-        Some(other) => bail!("--only {other}: expected exits, io, vmbus, linux or storage"),
+        Some("network") => {
+            network(&art)?;
+            return Ok(0);
+        }
+        Some(other) => {
+            bail!("--only {other}: expected exits, io, vmbus, linux, storage or network")
+        }
     }
     let elf = std::fs::read(&art.hypervisor)?;
     println!(
@@ -518,6 +524,114 @@ fn storage(art: &build::Artifacts) -> Result<()> {
         "  read:  guest {guest_read:.1} MiB/s, root {root_read:.1} MiB/s: ratio {:.2} (goal >= 0.8)",
         guest_read / root_read
     );
+    Ok(())
+}
+
+/// Frames into switch `name` (all its ports) at each of its `switch show`s.
+fn switch_frames(log: &str, name: &str) -> Vec<u64> {
+    log.split(&format!("switch {name}: "))
+        .skip(1)
+        .map(|block| {
+            let block = block.split("root>").next().unwrap_or("");
+            block
+                .lines()
+                .filter_map(|l| {
+                    l.trim()
+                        .strip_prefix("in ")?
+                        .split(' ')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// Guest to guest over an internal switch, and guest to the outside over
+/// the external switch (QEMU's user network forwards 10.0.2.100:5000 to a
+/// sink): 16 MiB through busybox nc, timed by the sender's kernel; frames
+/// through the switch per world switch over the same span (`host stats`
+/// and `switch show` before and after; the idle guests' own exits count).
+fn network(art: &build::Artifacts) -> Result<()> {
+    let kit = crate::linux_kit::build()?;
+    println!("== network: 16 MiB over TCP (busybox nc), Linux guest to guest over an internal switch, and to QEMU's user network over the external switch, QEMU, 2 processors");
+    let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
+    modules.extend(kit.modules());
+    let mut m = Machine::new(Emulator::Qemu, Boot::Multiboot, 2, 1536);
+    m.cmdline = String::new();
+    m.nic = Some(system_tests::NicNetwork::Sink);
+    let vm = |name: &str, args: &str| {
+        format!("vm new {name} --kernel linux --initrd linux-initrd --memory 256M --vcpus 1 --cmdline \"console=ttyS0 nokaslr pci=off io_delay=none linuxtest=netbench {args}\"")
+    };
+    let script: Vec<String> = vec![
+        "switch new lan".into(),
+        "switch new wan --external".into(),
+        vm("b", "netip=10.0.0.2/24 netrole=recv"),
+        "vm nic add b --switch lan".into(),
+        vm("a", "netip=10.0.0.1/24 netpeer=10.0.0.2 netrole=send"),
+        "vm nic add a --switch lan".into(),
+        vm(
+            "c",
+            "netip=dhcp netpeer=10.0.2.100 netgate=10.0.2.2 netrole=send",
+        ),
+        "vm nic add c --switch wan".into(),
+        "vm start b".into(),
+        "vm start a".into(),
+        "vm wait a --for text \"netbench: ready\" 1200".into(),
+        "host stats".into(),
+        "switch show lan".into(),
+        "vm wait a --for text \"netbench: done\" 900".into(),
+        "host stats".into(),
+        "switch show lan".into(),
+        "vm stop a --turn-off".into(),
+        "vm stop b --turn-off".into(),
+        "vm start c".into(),
+        "vm wait c --for text \"netbench: ready\" 1200".into(),
+        "host stats".into(),
+        "switch show wan".into(),
+        "vm wait c --for text \"netbench: done\" 900".into(),
+        "host stats".into(),
+        "switch show wan".into(),
+        "vm console a --log".into(),
+        "vm console c --log".into(),
+        "shutdown".into(),
+    ];
+    let run = run_script(art, &m, &modules, "bench-network", &script, 2400)?;
+    let log = &run.outcome.serial;
+    let dir = build::work_dir().join("bench-network");
+    std::fs::write(dir.join("serial.log"), log)?;
+    let switches = world_switch_totals(log);
+    for (what, prefix, switch, at) in [
+        (
+            "guest to guest (internal switch)",
+            "netbench: 16 MiB to 10.0.0.2",
+            "lan",
+            0,
+        ),
+        (
+            "guest to outside (external switch)",
+            "netbench: 16 MiB to 10.0.2.100",
+            "wan",
+            2,
+        ),
+    ] {
+        let secs = dd_seconds(log, prefix)
+            .with_context(|| format!("{what}: no transfer time (see {})", dir.display()))?;
+        let frames = switch_frames(log, switch);
+        let (Some(f0), Some(f1)) = (frames.first(), frames.get(1)) else {
+            bail!("{what}: no switch counters (see {})", dir.display());
+        };
+        let (Some(w0), Some(w1)) = (switches.get(at), switches.get(at + 1)) else {
+            bail!("{what}: no host stats (see {})", dir.display());
+        };
+        let (frames, worlds) = (f1 - f0, w1 - w0);
+        println!(
+            "  {what:<36} {:>6.1} MiB/s; {frames} frames, {worlds} world switches: {:.2} frames per world switch",
+            16.0 / secs,
+            frames as f64 / worlds.max(1) as f64
+        );
+    }
     Ok(())
 }
 

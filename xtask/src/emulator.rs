@@ -199,13 +199,16 @@ fn qemu_command(
     if let Some(network) = m.nic {
         // The root's NIC (virtio-net, no option ROM: the firmware has no
         // business booting from it) on QEMU's user-mode network.
-        let restrict = match network {
-            system_tests::NicNetwork::Restricted => "on",
-            system_tests::NicNetwork::Open => "off",
+        let netdev = match network {
+            system_tests::NicNetwork::Restricted => "user,id=hostnet,restrict=on",
+            system_tests::NicNetwork::Open => "user,id=hostnet,restrict=off",
+            system_tests::NicNetwork::Sink => {
+                "user,id=hostnet,restrict=on,guestfwd=tcp:10.0.2.100:5000-cmd:dd of=/dev/null status=none"
+            }
         };
         c.args([
             "-netdev",
-            &format!("user,id=hostnet,restrict={restrict}"),
+            netdev,
             "-device",
             "virtio-net-pci,netdev=hostnet,romfile=",
         ]);

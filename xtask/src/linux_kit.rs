@@ -83,6 +83,18 @@ poweroff -f
 EOS
 chmod +x /bin/host-poweroff
 echo /bin/host-poweroff > /proc/sys/kernel/poweroff_cmd
+# busybox udhcpc's event script (udhcpc -i eth0 -s /bin/dhcp-event): the
+# lease's address on the interface, and a line on the console.
+cat > /bin/dhcp-event <<'EOS'
+#!/bin/sh
+case "$1" in
+bound|renew)
+    ifconfig "$interface" "$ip" netmask "$subnet"
+    echo "LINUX-INIT: dhcp lease $ip from $serverid" > /dev/console
+    ;;
+esac
+EOS
+chmod +x /bin/dhcp-event
 # Console output from user space drains through the UART's transmit
 # interrupt (polled without an IRQ line): give it time before the machine
 # goes away.
@@ -151,6 +163,31 @@ load_and_wait_for_sda() {
         sleep 1
         i=$((i + 1))
     done
+}
+# The Hyper-V drivers, then the first network adapter up with an address:
+# netip=A/N, or netip=dhcp (a lease from the network's DHCP server).
+net_up() {
+    /load-hv-modules | grep failed
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 30 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    if [ ! -e /sys/class/net/eth0 ]; then
+        echo "LINUX-INIT: no network adapter"
+        dmesg | grep -i -E 'netvsc|vmbus' | tail -20 | sed 's/^/LINUX-INIT: /'
+        echo "LINUX-INIT: done"
+        drain
+        poweroff -f
+    fi
+    echo "LINUX-INIT: eth0 $(cat /sys/class/net/eth0/address), mtu $(cat /sys/class/net/eth0/mtu)"
+    ip link set eth0 up
+    if [ "$netip" = dhcp ]; then
+        udhcpc -i eth0 -s /bin/dhcp-event -n -q -t 20 -T 2 > /dev/null 2>&1 ||
+            echo "LINUX-INIT: no dhcp lease"
+    else
+        ip addr add "$netip" dev eth0
+    fi
 }
 # hv_vmbus is not loaded here: without a VMBus host it waits for one. Run
 # /load-hv-modules for that.
@@ -233,41 +270,10 @@ dd)
     poweroff -f
     ;;
 net)
-    # The first network adapter: an address (netip=A/N, or netip=dhcp),
-    # then a ping of netpeer every second. Each change between "answers"
-    # and "no answer" (three misses in a row) is printed once, numbered;
-    # the adapter going away ends it.
-    /load-hv-modules | grep failed
-    i=0
-    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 30 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
-    if [ ! -e /sys/class/net/eth0 ]; then
-        echo "LINUX-INIT: no network adapter"
-        dmesg | grep -i -E 'netvsc|vmbus' | tail -20 | sed 's/^/LINUX-INIT: /'
-        echo "LINUX-INIT: done"
-        drain
-        poweroff -f
-    fi
-    echo "LINUX-INIT: eth0 $(cat /sys/class/net/eth0/address), mtu $(cat /sys/class/net/eth0/mtu)"
-    ip link set eth0 up
-    if [ "$netip" = dhcp ]; then
-        cat > /bin/dhcp-event <<'EOS'
-#!/bin/sh
-case "$1" in
-bound|renew)
-    ifconfig "$interface" "$ip" netmask "$subnet"
-    echo "LINUX-INIT: dhcp lease $ip from $serverid" > /dev/console
-    ;;
-esac
-EOS
-        chmod +x /bin/dhcp-event
-        udhcpc -i eth0 -s /bin/dhcp-event -n -q -t 20 -T 2 > /dev/null 2>&1 ||
-            echo "LINUX-INIT: no dhcp lease"
-    else
-        ip addr add "$netip" dev eth0
-    fi
+    # The first network adapter (net_up), then a ping of netpeer every
+    # second. Each change between "answers" and "no answer" (three misses
+    # in a row) is printed once, numbered; the adapter going away ends it.
+    net_up
     # Until the peer first answers (it may still be booting), nothing is
     # reported but a peer that never answers.
     i=0
@@ -299,6 +305,31 @@ EOS
         sleep 1
     done
     echo "LINUX-INIT: eth0 went away"
+    while true; do sleep 1; done
+    ;;
+netbench)
+    # The network benchmark: the adapter up (net_up), then netrole=recv
+    # takes TCP connections on port 5000 and discards them; netrole=send
+    # waits until netgate (default netpeer) answers pings, says it is
+    # ready, and 5 s later sends 16 MiB to netpeer's port 5000 (netpeer may
+    # be QEMU's forwarding address 10.0.2.100), timed by the kernel's uptime.
+    net_up
+    if [ "$netrole" = recv ]; then
+        echo "LINUX-INIT: netbench: receiving on port 5000"
+        while true; do nc -l -p 5000 > /dev/null; done
+    fi
+    i=0
+    until ping -c 1 -W 2 "${netgate:-$netpeer}" > /dev/null 2>&1 || [ $i -ge 300 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    echo "LINUX-INIT: netbench: ready"
+    sleep 5
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/dev/zero bs=64k count=256 2>/dev/null | nc "$netpeer" 5000
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "LINUX-INIT: netbench: 16 MiB to $netpeer from uptime $t0 to $t1"
+    echo "LINUX-INIT: netbench: done"
     while true; do sleep 1; done
     ;;
 vmcall)

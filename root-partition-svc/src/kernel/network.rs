@@ -13,6 +13,8 @@ use root_partition_svc::vswitch::{MacDisplay, PortKind, Switch};
 pub const MAX_SWITCHES: usize = 16;
 const NAME_MAX: usize = 32;
 
+// One value for the root's life, in a static: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Nic {
     /// Not looked for yet.
     Unknown,
@@ -137,7 +139,13 @@ impl Network {
                 "internal"
             };
             let macs: usize = s.ports().iter().map(|p| s.learnt(p.id).count()).sum();
-            println!("{:<17} {:<9} {:>5}  {:>4}", s.name, kind, s.ports().len(), macs);
+            println!(
+                "{:<17} {:<9} {:>5}  {:>4}",
+                s.name,
+                kind,
+                s.ports().len(),
+                macs
+            );
         }
     }
 

@@ -3,8 +3,8 @@
 //! and the intercepts their VPs raise (serial output, the exit and
 //! power-off ports, faults), answered through SetVpRegisters.
 use crate::host_disk::{self, VmDisk};
-use crate::ram_disk::RamDisk;
 use crate::network::Network;
+use crate::ram_disk::RamDisk;
 use crate::vmbus_server::{self, DeviceStage, IcStage, NicSpec, VmBus};
 use crate::{heap, hypercall, print, println, serial, synic};
 use alloc::format;
@@ -26,13 +26,13 @@ use hv_abi::synic::{
 use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
 use root_partition_svc::linux_boot;
-use root_partition_svc::vswitch::{Mac, MacDisplay, PortKind};
 use root_partition_svc::vm_command::{
     CpuSettings, DeviceKind, DiskSource, NewVm, VmCommand, WaitFor, CMDLINE_MAX, NAME_MAX,
 };
 use root_partition_svc::vmm::{
     self, Console, Devices, EntryMode, IoEffect, MemoryPool, Report, ReportOnce,
 };
+use root_partition_svc::vswitch::{Mac, MacDisplay, PortKind};
 use vmbus::scsi::BlockDevice;
 use vmbus::scsi::Identity;
 
@@ -840,19 +840,29 @@ impl Vmm {
             println!("vm nic: no switch {switch} (switch new {switch} makes one)");
             return;
         };
-        let Some(vm) = self.vms[i].as_mut() else { return };
+        let Some(vm) = self.vms[i].as_mut() else {
+            return;
+        };
         if vm.nics.len() >= MAX_NICS {
             println!("vm nic: {name} has {MAX_NICS} adapters, the most a VM takes");
             return;
         }
-        let number = (0..).find(|n| vm.nics.iter().all(|c| c.number != *n)).unwrap_or(0);
+        let number = (0..)
+            .find(|n| vm.nics.iter().all(|c| c.number != *n))
+            .unwrap_or(0);
         let mac = mac.unwrap_or([0x00, 0x15, 0x5d, 0x4e, i as u8, number as u8]);
-        let taken = self.vms.iter().flatten().any(|v| v.nics.iter().any(|c| c.mac == mac));
+        let taken = self
+            .vms
+            .iter()
+            .flatten()
+            .any(|v| v.nics.iter().any(|c| c.mac == mac));
         if taken {
             println!("vm nic: {} is another adapter's address", MacDisplay(mac));
             return;
         }
-        let Some(s) = self.net.switch_mut(sw) else { return };
+        let Some(s) = self.net.switch_mut(sw) else {
+            return;
+        };
         let kind = PortKind::Adapter {
             vm: name.into(),
             nic: number,
@@ -871,7 +881,9 @@ impl Vmm {
             mac,
             vlan,
         };
-        let Some(vm) = self.vms[i].as_mut() else { return };
+        let Some(vm) = self.vms[i].as_mut() else {
+            return;
+        };
         vm.nics.push(nic);
         let when = match vm.vmbus.as_mut().map(|bus| bus.add_nic(nic.spec())) {
             Some(Ok(())) => "offered now",
@@ -881,7 +893,10 @@ impl Vmm {
             }
             None => "offered from the next start",
         };
-        println!("vm nic: {name} nic {number} added: {}; {when}", self.describe_nic(&nic));
+        println!(
+            "vm nic: {name} nic {number} added: {}; {when}",
+            self.describe_nic(&nic)
+        );
     }
 
     /// One adapter in a line: switch, VLAN, address, link.
@@ -898,14 +913,20 @@ impl Vmm {
             switch.map_or("?", |s| s.name.as_str()),
             MacDisplay(nic.mac),
             nic.port,
-            if port.is_some_and(|p| p.up) { "up" } else { "down" }
+            if port.is_some_and(|p| p.up) {
+                "up"
+            } else {
+                "down"
+            }
         )
     }
 
     /// `vm nic list NAME`.
     fn list_nics(&mut self, name: &str) {
         let Some(i) = self.slot(name) else { return };
-        let Some(vm) = self.vms[i].as_ref() else { return };
+        let Some(vm) = self.vms[i].as_ref() else {
+            return;
+        };
         if vm.nics.is_empty() {
             println!("vm nic: {name} has no network adapter");
         }
@@ -930,12 +951,18 @@ impl Vmm {
     /// `vm nic set NAME NIC --vlan N`: at once, running or not.
     fn set_nic(&mut self, name: &str, number: u32, vlan: u16) {
         let Some(i) = self.slot(name) else { return };
-        let Some(vm) = self.vms[i].as_mut() else { return };
+        let Some(vm) = self.vms[i].as_mut() else {
+            return;
+        };
         let Some(nic) = vm.nics.iter_mut().find(|c| c.number == number) else {
             println!("vm nic: {name} has no nic {number} (vm nic list {name})");
             return;
         };
-        if let Some(Err(e)) = self.net.switch_mut(nic.switch).map(|s| s.set_vlan(nic.port, vlan)) {
+        if let Some(Err(e)) = self
+            .net
+            .switch_mut(nic.switch)
+            .map(|s| s.set_vlan(nic.port, vlan))
+        {
             println!("vm nic: {e}");
             return;
         }
@@ -948,7 +975,9 @@ impl Vmm {
     /// adapter rescinded.
     fn remove_nic(&mut self, name: &str, number: u32) {
         let Some(i) = self.slot(name) else { return };
-        let Some(vm) = self.vms[i].as_mut() else { return };
+        let Some(vm) = self.vms[i].as_mut() else {
+            return;
+        };
         let Some(at) = vm.nics.iter().position(|c| c.number == number) else {
             println!("vm nic: {name} has no nic {number} (vm nic list {name})");
             return;

@@ -17,6 +17,7 @@
 use crate::guest_ring::{GuestMemoryBlock, GuestRing};
 use crate::host_disk::VmDisk;
 use crate::hypercall;
+use crate::network::Network;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use hv_abi::hypercall::status;
@@ -27,13 +28,12 @@ use hv_abi::layout::{
 use hv_abi::partition::{code, port_type, PARTITION_SELF};
 use hv_abi::synic::{Message, PAYLOAD_MAX, SLOT_SIZE, VMBUS_SINT};
 use root_partition_svc::ic::{self, IcError, Service, Version};
+use root_partition_svc::vswitch::{Mac, Switch};
 use vmbus::channel::{Channel, Notify};
 use vmbus::echo::{self, EchoServer};
-use vmbus::netvsp::{self, Gpadls, NetServer, Wire};
-use root_partition_svc::vswitch::{Mac, Switch};
-use crate::network::Network;
 use vmbus::guid::class;
 use vmbus::host::{Host, HostConfig, HostEvent, HostPort, OfferParams};
+use vmbus::netvsp::{self, Gpadls, NetServer, Wire};
 use vmbus::packet::{OutgoingPacket, PacketKind};
 use vmbus::scsi::{Identity, ScsiDisk};
 use vmbus::storvsp::{self, StorageServer};
@@ -423,7 +423,10 @@ fn scsi_instance(slot: usize) -> Guid {
 /// number (Linux names the device by it).
 fn nic_instance(slot: usize, number: u32) -> Guid {
     Guid::from_u128(
-        0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0000 | 0x4e00_0000 | (slot as u128) << 8 | number as u128,
+        0x2e7a_d6c8_71b4_4d1f_9d1c_3f3a_5c1e_0000
+            | 0x4e00_0000
+            | (slot as u128) << 8
+            | number as u128,
     )
 }
 
@@ -586,10 +589,13 @@ impl VmBus {
                         port: dev.spec.port,
                     };
                     let r = dev.server.serve(channel, &gpadls, &mut memory, &mut wire);
-                    wire.switch.set_up(dev.spec.port, r.is_ok() && dev.server.is_receiving());
+                    wire.switch
+                        .set_up(dev.spec.port, r.is_ok() && dev.server.is_receiving());
                     r
                 }
-                None => dev.server.serve(channel, &gpadls, &mut memory, &mut Unplugged),
+                None => dev
+                    .server
+                    .serve(channel, &gpadls, &mut memory, &mut Unplugged),
             };
             if served.is_err() {
                 dev.channel = None;

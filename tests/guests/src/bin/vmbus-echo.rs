@@ -1091,7 +1091,8 @@ impl Nic {
     fn post(&mut self, message: &[u8]) {
         let parts: [&[u8]; 1] = [message];
         while !matches!(
-            self.ch.send(&OutgoingPacket::in_band(u64::MAX - 2, false, &parts)),
+            self.ch
+                .send(&OutgoingPacket::in_band(u64::MAX - 2, false, &parts)),
             Ok(SendResult::Sent)
         ) {
             sleep();
@@ -1109,7 +1110,10 @@ impl Nic {
                 m.len(),
             )
         };
-        word(&self.call(&nvsp(107, &[1, section, m.len() as u32]), &[]), 4)
+        word(
+            &self.call(&nvsp(107, &[1, section, m.len() as u32]), &[]),
+            4,
+        )
     }
 
     /// The next RNDIS message from the device.
@@ -1184,12 +1188,19 @@ fn network(bus: &mut Bus, relid: u32, memory: u64) {
     );
     let init = nic.rndis_in_section(0, &rndis(2, &[1, 1, 0, 0x4000], &[]));
     let a = nic.answer();
-    let initialized = init == 1 && word(&a, 0) == 0x8000_0002 && word(&a, 8) == 1 && word(&a, 12) == 0;
+    let initialized =
+        init == 1 && word(&a, 0) == 0x8000_0002 && word(&a, 8) == 1 && word(&a, 12) == 0;
     let query = nic.rndis_in_section(0, &rndis(4, &[2, 0x0101_0101, 0, 20, 0], &[]));
     let a = nic.answer();
     let (len, off) = (word(&a, 16) as usize, word(&a, 20) as usize);
-    let mac = a.get(8 + off..8 + off + len).map(|m| m.to_vec()).unwrap_or_default();
-    let set = nic.rndis_in_section(0, &rndis(5, &[3, 0x0001_010E, 4, 20, 0], &9u32.to_le_bytes()));
+    let mac = a
+        .get(8 + off..8 + off + len)
+        .map(|m| m.to_vec())
+        .unwrap_or_default();
+    let set = nic.rndis_in_section(
+        0,
+        &rndis(5, &[3, 0x0001_010E, 4, 20, 0], &9u32.to_le_bytes()),
+    );
     let set_done = nic.answer();
     check(
         "RNDIS initialized, the address queried, the packet filter set",
@@ -1260,7 +1271,9 @@ fn network(bus: &mut Bus, relid: u32, memory: u64) {
             }
         }
     }
-    println!("vmbus-echo: network: {sent} frames sent until the ring was full, {completed} completed");
+    println!(
+        "vmbus-echo: network: {sent} frames sent until the ring was full, {completed} completed"
+    );
     let again = nic.rndis_in_section(0, &rndis(4, &[4, 0x0001_0114, 0, 20, 0], &[]));
     let a = nic.answer();
     check(
