@@ -250,6 +250,29 @@ impl vmbus::channel::Notify for NoSignal {
     fn notify(&mut self) {}
 }
 
+type FuzzChannel = vmbus::channel::Channel<std::sync::Arc<HeapRing>, NoSignal>;
+
+/// A guest's and a host's end of one channel, each ring `size` bytes.
+fn channel_pair(size: usize) -> (FuzzChannel, FuzzChannel) {
+    use std::sync::Arc;
+    use vmbus::channel::Channel;
+    let to_host = Arc::new(HeapRing::new(size));
+    let to_guest = Arc::new(HeapRing::new(size));
+    vmbus::ring::init_ring_header(to_host.header());
+    vmbus::ring::init_ring_header(to_guest.header());
+    let guest = Channel::new(
+        RingReader::new(to_guest.clone()).unwrap(),
+        RingWriter::new(to_host.clone()).unwrap(),
+        NoSignal,
+    );
+    let host = Channel::new(
+        RingReader::new(to_host).unwrap(),
+        RingWriter::new(to_guest).unwrap(),
+        NoSignal,
+    );
+    (guest, host)
+}
+
 /// Input: `u8 setup` (bit 0: the init sequence first, so requests reach
 /// the SCSI disk), then records of one request each: `u8 kind` (bit 0:
 /// GPA direct), `u8 pages` (0-3), `u16 offset`, `u16 short` (how far the
@@ -259,30 +282,15 @@ impl vmbus::channel::Notify for NoSignal {
 /// Every request gets exactly one completion, with its transaction id, in
 /// order; nothing panics.
 pub fn storvsp_requests(data: &[u8]) {
-    use std::sync::Arc;
-    use vmbus::channel::{Channel, SendResult};
+    use vmbus::channel::SendResult;
     use vmbus::packet::{GpaRangeSpec, OutgoingPacket, PacketKind};
-    use vmbus::ring::init_ring_header;
     use vmbus::scsi::{Identity, MemoryDisk, ScsiDisk};
     use vmbus::storvsp::{op, StorageServer, MAX_PACKET};
 
     let Some((&setup, mut rest)) = data.split_first() else {
         return;
     };
-    let to_host = Arc::new(HeapRing::new(16384));
-    let to_guest = Arc::new(HeapRing::new(16384));
-    init_ring_header(to_host.header());
-    init_ring_header(to_guest.header());
-    let mut guest = Channel::new(
-        RingReader::new(to_guest.clone()).unwrap(),
-        RingWriter::new(to_host.clone()).unwrap(),
-        NoSignal,
-    );
-    let mut host = Channel::new(
-        RingReader::new(to_host).unwrap(),
-        RingWriter::new(to_guest).unwrap(),
-        NoSignal,
-    );
+    let (mut guest, mut host) = channel_pair(16384);
     host.reader().set_max_packet(MAX_PACKET);
     let mut server = StorageServer::default();
     let mut disk = ScsiDisk::new(
@@ -392,11 +400,9 @@ pub fn storvsp_requests(data: &[u8]) {
 /// buffer or longer than a section, and answers each request at most once.
 pub fn netvsp_messages(data: &[u8]) {
     use std::collections::{BTreeMap, BTreeSet, VecDeque};
-    use std::sync::Arc;
-    use vmbus::channel::{Channel, SendResult};
+    use vmbus::channel::SendResult;
     use vmbus::netvsp::{nvsp, Gpadls, NetServer, Wire, MAX_PACKET, RECV_SECTION_SIZE};
     use vmbus::packet::{GpaRangeSpec, OutgoingPacket, PacketKind};
-    use vmbus::ring::init_ring_header;
 
     struct Table(BTreeMap<u32, Vec<u64>>);
     impl Gpadls for Table {
@@ -430,20 +436,7 @@ pub fn netvsp_messages(data: &[u8]) {
     let Some((&setup, mut rest)) = data.split_first() else {
         return;
     };
-    let to_host = Arc::new(HeapRing::new(32768));
-    let to_guest = Arc::new(HeapRing::new(32768));
-    init_ring_header(to_host.header());
-    init_ring_header(to_guest.header());
-    let mut guest = Channel::new(
-        RingReader::new(to_guest.clone()).unwrap(),
-        RingWriter::new(to_host.clone()).unwrap(),
-        NoSignal,
-    );
-    let mut host = Channel::new(
-        RingReader::new(to_host).unwrap(),
-        RingWriter::new(to_guest).unwrap(),
-        NoSignal,
-    );
+    let (mut guest, mut host) = channel_pair(32768);
     host.reader().set_max_packet(MAX_PACKET);
     // Guest memory: 32 pages; the receive buffer is pages 0..8 (GPADL 1),
     // the send buffer 8..16 (GPADL 2).
