@@ -881,7 +881,20 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "vm wait a --for text \"ping 10.0.0.2: answers (1)\" 1200",
                 "vm wait b --for text \"ping 10.0.0.1: answers (1)\" 600",
                 "vm wait c --for text \"ping 10.0.2.2: answers (1)\" 600",
+                // A hostile guest on the same switch (vmbus-echo's network
+                // part: bad messages and a flood of broadcast frames): a
+                // and b go on answering each other (a "no answer" now
+                // would shift the numbers below).
+                "vm new e --memory 8M --image vmbus-echo",
+                "vm nic add e --switch lan",
+                "vm start e",
+                "vm wait e --for text \"done without an echo device\" 300",
+                "vm show e",
+                "vm console e --log",
                 "switch show lan",
+                // e's adapter (closed by its guest) leaves the switch, so
+                // that a's frames find no port of their VLAN below.
+                "vm nic remove e 0",
                 "vm nic set b 0 --vlan 20",
                 "vm wait a --for text \"ping 10.0.0.2: no answer (2)\" 300",
                 "switch show lan",
@@ -898,10 +911,14 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "vm stop a --turn-off",
                 "vm stop b --turn-off",
                 "vm stop c --turn-off",
+                "vm stop e --turn-off",
                 "shutdown",
             ],
             &[
                 "host nic: virtio-net at PCI 00:",
+                "vmbus-echo: data in pages outside the guest, a length past its bytes, a section past the buffer, a runt frame, an unknown RNDIS message: failure statuses: ok",
+                "vmbus-echo: after all that the adapter still answers (media connected): ok",
+                "0 filtered; 6 refused",
                 "switch new: lan, internal",
                 "switch new: wan, external (bound to the host's NIC)",
                 "vm nic: a nic 0 added: nic 0: switch lan, untagged, MAC 00:15:5d:4e:00:00",

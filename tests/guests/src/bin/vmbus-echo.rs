@@ -345,7 +345,19 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
         retries: 0,
     };
     let mut bus = Guest::new(port, GuestConfig::default());
-    let echo_relid = connect(&mut bus);
+    let Some(echo_relid) = connect_offers(&mut bus) else {
+        // Without the echo device (a VM on a busy switch, `-linux-net`):
+        // the devices it has, then idle until turned off.
+        println!("vmbus-echo: no echo device: its tests are skipped");
+        match NET_RELID.load(Ordering::Relaxed) {
+            0 => println!("vmbus-echo: no network adapter"),
+            relid => network(&mut bus, relid as u32, memory),
+        }
+        println!("vmbus-echo: done without an echo device");
+        loop {
+            sleep();
+        }
+    };
 
     // A GPADL naming pages beyond our memory: refused by the root.
     let outside = [memory / PAGE + 16, memory / PAGE + 17];
@@ -586,17 +598,7 @@ fn open(bus: &mut Bus, relid: u32, what: &str) -> Chan {
     }
 }
 
-/// Connects and collects the offers; the echo device's relid.
-fn connect(bus: &mut Bus) -> u32 {
-    match connect_offers(bus) {
-        Some(relid) => relid,
-        None => {
-            check("the echo device is offered", false);
-            exit(1)
-        }
-    }
-}
-
+/// Connects and collects the offers; the echo device's relid, if offered.
 fn connect_offers(bus: &mut Bus) -> Option<u32> {
     check("INITIATE_CONTACT sent", bus.connect().is_ok());
     match next_event(bus) {
