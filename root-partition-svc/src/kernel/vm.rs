@@ -1537,6 +1537,13 @@ impl Vmm {
         for vm in self.vms.iter_mut().flatten() {
             if let Some(bus) = vm.vmbus.as_mut() {
                 bus.tick(now, self.tsc_hz, self.host_time, &mut self.net);
+            } else {
+                // A VM that is not running takes no frames.
+                for nic in &vm.nics {
+                    if let Some(s) = self.net.switch_mut(nic.switch) {
+                        s.set_up(nic.port, false);
+                    }
+                }
             }
             if let Some((_, secs)) = vm.shutdown_deadline.filter(|&(d, _)| now >= d) {
                 end(
