@@ -150,6 +150,113 @@ pub struct Volume<D: BlockDevice> {
     cache: Option<(u64, [u8; 512], bool)>,
 }
 
+/// What the boot sector says, checked (`Volume`'s fields but the disk
+/// and the running state).
+struct Layout {
+    start: u64,
+    sectors_per_cluster: u64,
+    fat_start: u64,
+    fat_sectors: u64,
+    fats: u64,
+    data_start: u64,
+    clusters: u32,
+    root_cluster: u32,
+    fsinfo: Option<u64>,
+    label: [u8; 11],
+}
+
+/// The volume's layout from its boot sector (or its MBR's first FAT32
+/// partition's), checked.
+fn read_layout<D: BlockDevice>(disk: &mut D) -> Result<Layout, FatError> {
+    let mut s0 = [0u8; 512];
+    if disk.blocks() == 0 {
+        return Err(FatError::NotFat32("the disk is empty"));
+    }
+    disk.read(0, &mut s0)?;
+    let mut start = 0;
+    if !looks_like_fat(&s0) && s0[510..] == [0x55, 0xAA] {
+        // An MBR: the first partition of a FAT32 type (0x0B, 0x0C).
+        let found = (0..4).find_map(|i| {
+            let p = &s0[446 + 16 * i..462 + 16 * i];
+            matches!(p[4], 0x0B | 0x0C).then(|| u64::from(le32(p, 8)))
+        });
+        let Some(lba) = found else {
+            return Err(FatError::NotFat32("no FAT32 boot sector or partition"));
+        };
+        if lba == 0 || lba >= disk.blocks() {
+            return Err(FatError::NotFat32("the partition starts outside the disk"));
+        }
+        start = lba;
+        disk.read(start, &mut s0)?;
+    }
+    if !looks_like_fat(&s0) {
+        return Err(FatError::NotFat32("no FAT boot sector"));
+    }
+    if le16(&s0, 11) != 512 {
+        return Err(FatError::NotFat32("sectors are not 512 bytes"));
+    }
+    let spc = u64::from(s0[13]);
+    if spc == 0 || !spc.is_power_of_two() || spc > 128 {
+        return Err(FatError::NotFat32("bad sectors per cluster"));
+    }
+    let reserved = u64::from(le16(&s0, 14));
+    let fats = u64::from(s0[16]);
+    if le16(&s0, 17) != 0 || le16(&s0, 22) != 0 {
+        return Err(FatError::NotFat32(
+            "FAT12 or FAT16: format it FAT32 (mformat -F)",
+        ));
+    }
+    let total = match le16(&s0, 19) {
+        0 => u64::from(le32(&s0, 32)),
+        n => u64::from(n),
+    };
+    let fat_sectors = u64::from(le32(&s0, 36));
+    if reserved == 0 || fats == 0 || fats > 4 || fat_sectors == 0 {
+        return Err(FatError::NotFat32(
+            "bad reserved sectors, FAT count or FAT size",
+        ));
+    }
+    if start + total > disk.blocks() {
+        return Err(FatError::NotFat32("the volume is larger than the disk"));
+    }
+    let data_start = reserved + fats * fat_sectors;
+    if data_start >= total {
+        return Err(FatError::NotFat32("no data area"));
+    }
+    let clusters = (total - data_start) / spc;
+    if clusters < 65525 {
+        return Err(FatError::NotFat32("too few clusters for FAT32"));
+    }
+    // Entries the FAT has room for (the first two are reserved).
+    let clusters = clusters.min(fat_sectors * 128 - 2).min(0x0FFF_FFF5) as u32;
+    // ExtFlags bit 7: only one FAT is active, not mirrored.
+    if le16(&s0, 40) & 0x80 != 0 {
+        return Err(FatError::NotFat32(
+            "FAT mirroring is disabled (not supported)",
+        ));
+    }
+    let root_cluster = le32(&s0, 44);
+    let fsinfo = match le16(&s0, 48) {
+        0 | 0xFFFF => None,
+        n if u64::from(n) < reserved => Some(u64::from(n)),
+        _ => None,
+    };
+    let mut label = [b' '; 11];
+    label.copy_from_slice(&s0[71..82]);
+    Ok(Layout {
+        start,
+        sectors_per_cluster: spc,
+        fat_start: reserved,
+        fat_sectors,
+        fats,
+        data_start,
+        clusters,
+        root_cluster,
+        fsinfo,
+        label,
+    })
+}
+
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
@@ -296,105 +403,44 @@ impl LongName {
 impl<D: BlockDevice> Volume<D> {
     /// Mounts the FAT32 volume on `disk` (whole disk, or the first FAT32
     /// partition of its MBR) and counts its free clusters.
-    pub fn open(mut disk: D) -> Result<Self, FatError> {
-        let mut s0 = [0u8; 512];
-        if disk.blocks() == 0 {
-            return Err(FatError::NotFat32("the disk is empty"));
-        }
-        disk.read(0, &mut s0)?;
-        let mut start = 0;
-        if !looks_like_fat(&s0) && s0[510..] == [0x55, 0xAA] {
-            // An MBR: the first partition of a FAT32 type (0x0B, 0x0C).
-            let found = (0..4).find_map(|i| {
-                let p = &s0[446 + 16 * i..462 + 16 * i];
-                matches!(p[4], 0x0B | 0x0C).then(|| u64::from(le32(p, 8)))
-            });
-            let Some(lba) = found else {
-                return Err(FatError::NotFat32("no FAT32 boot sector or partition"));
-            };
-            if lba == 0 || lba >= disk.blocks() {
-                return Err(FatError::NotFat32("the partition starts outside the disk"));
-            }
-            start = lba;
-            disk.read(start, &mut s0)?;
-        }
-        if !looks_like_fat(&s0) {
-            return Err(FatError::NotFat32("no FAT boot sector"));
-        }
-        if le16(&s0, 11) != 512 {
-            return Err(FatError::NotFat32("sectors are not 512 bytes"));
-        }
-        let spc = u64::from(s0[13]);
-        if spc == 0 || !spc.is_power_of_two() || spc > 128 {
-            return Err(FatError::NotFat32("bad sectors per cluster"));
-        }
-        let reserved = u64::from(le16(&s0, 14));
-        let fats = u64::from(s0[16]);
-        if le16(&s0, 17) != 0 || le16(&s0, 22) != 0 {
-            return Err(FatError::NotFat32(
-                "FAT12 or FAT16: format it FAT32 (mformat -F)",
-            ));
-        }
-        let total = match le16(&s0, 19) {
-            0 => u64::from(le32(&s0, 32)),
-            n => u64::from(n),
+    pub fn open(disk: D) -> Result<Self, FatError> {
+        Self::mount(disk).map_err(|(e, _)| e)
+    }
+
+    /// As [`Volume::open`], giving the disk back when there is no volume
+    /// on it (the root keeps its device to say so, and to format it).
+    pub fn mount(mut disk: D) -> Result<Self, (FatError, D)> {
+        let l = match read_layout(&mut disk) {
+            Ok(l) => l,
+            Err(e) => return Err((e, disk)),
         };
-        let fat_sectors = u64::from(le32(&s0, 36));
-        if reserved == 0 || fats == 0 || fats > 4 || fat_sectors == 0 {
-            return Err(FatError::NotFat32(
-                "bad reserved sectors, FAT count or FAT size",
-            ));
-        }
-        if start + total > disk.blocks() {
-            return Err(FatError::NotFat32("the volume is larger than the disk"));
-        }
-        let data_start = reserved + fats * fat_sectors;
-        if data_start >= total {
-            return Err(FatError::NotFat32("no data area"));
-        }
-        let clusters = (total - data_start) / spc;
-        if clusters < 65525 {
-            return Err(FatError::NotFat32("too few clusters for FAT32"));
-        }
-        // Entries the FAT has room for (the first two are reserved).
-        let clusters = clusters.min(fat_sectors * 128 - 2).min(0x0FFF_FFF5) as u32;
-        // ExtFlags bit 7: only one FAT is active, not mirrored.
-        if le16(&s0, 40) & 0x80 != 0 {
-            return Err(FatError::NotFat32(
-                "FAT mirroring is disabled (not supported)",
-            ));
-        }
-        let root_cluster = le32(&s0, 44);
-        let fsinfo = match le16(&s0, 48) {
-            0 | 0xFFFF => None,
-            n if u64::from(n) < reserved => Some(u64::from(n)),
-            _ => None,
-        };
-        let mut label = [b' '; 11];
-        label.copy_from_slice(&s0[71..82]);
         let mut v = Volume {
             disk,
-            start,
-            cluster_bytes: spc * SECTOR,
-            sectors_per_cluster: spc,
-            fat_start: reserved,
-            fat_sectors,
-            fats,
-            data_start,
-            clusters,
-            root_cluster,
-            fsinfo,
+            start: l.start,
+            cluster_bytes: l.sectors_per_cluster * SECTOR,
+            sectors_per_cluster: l.sectors_per_cluster,
+            fat_start: l.fat_start,
+            fat_sectors: l.fat_sectors,
+            fats: l.fats,
+            data_start: l.data_start,
+            clusters: l.clusters,
+            root_cluster: l.root_cluster,
+            fsinfo: l.fsinfo,
             free: 0,
             next_free: 2,
-            label,
+            label: l.label,
             cache: None,
         };
-        if !v.valid_cluster(root_cluster) {
-            return Err(FatError::Damaged(
-                "the root directory's cluster is outside the volume",
+        if !v.valid_cluster(v.root_cluster) {
+            return Err((
+                FatError::Damaged("the root directory's cluster is outside the volume"),
+                v.disk,
             ));
         }
-        v.free = v.count_free()?;
+        match v.count_free() {
+            Ok(free) => v.free = free,
+            Err(e) => return Err((e, v.disk)),
+        }
         Ok(v)
     }
 

@@ -169,7 +169,7 @@ pub fn init(identity_top: u64) {
                 (d.blocks() * BLOCK_SIZE as u64) >> 20,
                 if d.read_only() { " (read-only)" } else { "" }
             );
-            match Volume::open(d) {
+            match Volume::mount(d) {
                 Ok(v) => {
                     println!(
                         "host disk: {line}; FAT32 \"{}\", {} MiB free",
@@ -178,14 +178,10 @@ pub fn init(identity_top: u64) {
                     );
                     Disk::Mounted(alloc::boxed::Box::new(v))
                 }
-                Err(FatError::Io) => Disk::Absent("the virtio-blk device failed a read"),
-                Err(e) => {
-                    // The mount took the disk: found again, to be shown.
+                Err((FatError::Io, _)) => Disk::Absent("the virtio-blk device failed a read"),
+                Err((e, d)) => {
                     println!("host disk: {line}; {e}: VHD files are unavailable");
-                    match virtio_disk::probe(identity_top) {
-                        Ok(d) => Disk::Unformatted(alloc::boxed::Box::new(d), e),
-                        Err(why) => Disk::Absent(why),
-                    }
+                    Disk::Unformatted(alloc::boxed::Box::new(d), e)
                 }
             }
         }
