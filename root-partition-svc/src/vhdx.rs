@@ -429,6 +429,9 @@ impl<S: Storage> Vhdx<S> {
             .map_err(|_| VhdxError::NoMemory)?;
         let mut raw = [0u8; 4096];
         let mut index = 0u64;
+        // Where present blocks start: two blocks sharing bytes would make a
+        // write to one change the other.
+        let mut present: Vec<u64> = Vec::new();
         let mut next_free = [regions.bat, regions.metadata]
             .iter()
             .map(|&(o, l)| o + l)
@@ -463,6 +466,8 @@ impl<S: Storage> Vhdx<S> {
                             ));
                         }
                         next_free = next_free.max(end);
+                        present.try_reserve(1).map_err(|_| VhdxError::NoMemory)?;
+                        present.push(offset);
                     }
                     NOT_PRESENT | UNDEFINED | ZERO | UNMAPPED => {}
                     PARTIALLY_PRESENT => {
@@ -472,6 +477,13 @@ impl<S: Storage> Vhdx<S> {
                 }
                 bat.push(entry);
             }
+        }
+        present.sort_unstable();
+        if present
+            .windows(2)
+            .any(|w| w[1] - w[0] < u64::from(m.block_size))
+        {
+            return Err(VhdxError::Damaged("two blocks share bytes of the file"));
         }
         Ok(Vhdx {
             storage,
@@ -1021,6 +1033,18 @@ mod tests {
         assert_eq!(
             open(&|b| b[3 * MIB as usize] = 5),
             Some(VhdxError::Damaged("a BAT entry's state"))
+        );
+        // Two blocks at the same place in the file.
+        assert_eq!(
+            open(&|b| {
+                b.resize(8 * MIB as usize, 0);
+                let e = FULLY_PRESENT | (6u64 << 20);
+                for i in 0..2 {
+                    let at = 3 * MIB as usize + 8 * i;
+                    b[at..at + 8].copy_from_slice(&e.to_le_bytes());
+                }
+            }),
+            Some(VhdxError::Damaged("two blocks share bytes of the file"))
         );
         // A block placed over the BAT itself (at 3 MiB) or the log (1 MiB).
         for mb in [3u64, 1] {
