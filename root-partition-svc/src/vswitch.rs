@@ -28,6 +28,9 @@ pub type Mac = [u8; 6];
 
 /// Frames waiting per port, at most.
 pub const QUEUE_MAX: usize = 64;
+/// Bytes of frames waiting in all of a switch's ports, at most (what a
+/// switch may hold of the root's heap).
+pub const QUEUED_BYTES_MAX: usize = 1 << 20;
 /// Learnt addresses per switch, at most (beyond, frames are flooded).
 pub const MAC_TABLE_MAX: usize = 1024;
 /// Ports per switch, at most.
@@ -41,12 +44,19 @@ pub const VLAN_MAX: u16 = 4094;
 pub const FRAME_MIN: usize = 14;
 pub const FRAME_MAX: usize = 1514;
 const TPID_8021Q: u16 = 0x8100;
+/// Tag types: 802.1Q, 802.1ad (service tag) and the old QinQ type. A frame
+/// from a guest with any of them is tagged; a frame from outside whose
+/// inner type is one of them is double-tagged (refused).
+fn is_tag(ethertype: u16) -> bool {
+    matches!(ethertype, 0x8100 | 0x88A8 | 0x9100)
+}
 
 /// Which end a port has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortKind {
-    /// A VM's network adapter: the VM's name and the adapter's number.
-    Adapter { vm: String, nic: u32 },
+    /// A VM's network adapter: the VM's name, the adapter's number, and
+    /// its address: the only source address its frames may carry.
+    Adapter { vm: String, nic: u32, mac: Mac },
     /// The root's physical NIC.
     External,
 }
@@ -63,6 +73,9 @@ pub struct Counters {
     pub drops_vlan: u64,
     /// Tagged frames from an access port (a guest may not pick its VLAN).
     pub drops_tagged: u64,
+    /// Frames from an adapter with another source address than its own (a
+    /// guest may not take over another station's address).
+    pub drops_spoofed: u64,
     /// Frames from this port too short, too long or with a bad tag.
     pub drops_malformed: u64,
     /// Frames for this port dropped: its queue was full (or no memory).
@@ -77,6 +90,7 @@ impl Counters {
     pub fn drops(&self) -> u64 {
         self.drops_vlan
             + self.drops_tagged
+            + self.drops_spoofed
             + self.drops_malformed
             + self.drops_full
             + self.drops_down
@@ -139,6 +153,8 @@ pub struct Switch {
     next_id: u32,
     /// (VLAN, address) to port id.
     macs: BTreeMap<(u16, Mac), u32>,
+    /// Bytes of the frames waiting in the ports' queues.
+    queued_bytes: usize,
 }
 
 /// The VLAN tag of a tagged frame: (VLAN id, the frame without its tag).
@@ -188,6 +204,7 @@ impl Switch {
             ports: Vec::new(),
             next_id: 1,
             macs: BTreeMap::new(),
+            queued_bytes: 0,
         }
     }
 
@@ -238,6 +255,10 @@ impl Switch {
 
     /// Removes a port, its queue and the addresses learnt on it.
     pub fn remove_port(&mut self, id: u32) {
+        if let Ok(p) = self.port_mut(id) {
+            let bytes: usize = p.queue.iter().map(|f| f.len()).sum();
+            self.queued_bytes -= bytes;
+        }
         self.ports.retain(|p| p.id != id);
         self.macs.retain(|_, p| *p != id);
     }
@@ -247,7 +268,12 @@ impl Switch {
         if vlan > VLAN_MAX {
             return Err(SwitchError::BadVlan);
         }
-        self.port_mut(id)?.vlan = vlan;
+        let port = self.port_mut(id)?;
+        port.vlan = vlan;
+        // Frames of the old VLAN still waiting never reach the new one.
+        port.counters.drops_vlan += port.queue.len() as u64;
+        let bytes: usize = port.queue.drain(..).map(|f| f.len()).sum();
+        self.queued_bytes -= bytes;
         self.macs.retain(|_, p| *p != id);
         Ok(())
     }
@@ -257,7 +283,9 @@ impl Switch {
         if let Ok(p) = self.port_mut(id) {
             p.up = up;
             if !up {
-                p.queue.clear();
+                p.counters.drops_down += p.queue.len() as u64;
+                let bytes: usize = p.queue.drain(..).map(|f| f.len()).sum();
+                self.queued_bytes -= bytes;
             }
         }
     }
@@ -277,7 +305,9 @@ impl Switch {
 
     /// Takes the next frame waiting for port `id`.
     pub fn take(&mut self, id: u32) -> Option<Vec<u8>> {
-        self.port_mut(id).ok()?.queue.pop_front()
+        let f = self.port_mut(id).ok()?.queue.pop_front()?;
+        self.queued_bytes -= f.len();
+        Some(f)
     }
 
     /// A frame from port `from` (as it came: untagged from an adapter,
@@ -294,15 +324,21 @@ impl Switch {
             port.counters.drops_malformed += 1;
             return 0;
         }
-        let is_tagged = ethertype(frame) == TPID_8021Q;
+        let is_tagged = is_tag(ethertype(frame));
         let (vlan, owned);
+        if let PortKind::Adapter { mac, .. } = &port.kind {
+            if frame[6..12] != mac[..] {
+                port.counters.drops_spoofed += 1;
+                return 0;
+            }
+        }
         let frame = match (&port.kind, is_tagged) {
             (PortKind::Adapter { .. }, true) => {
                 port.counters.drops_tagged += 1;
                 return 0;
             }
             (PortKind::External, true) => match untag(frame) {
-                Some((v, f)) if v <= VLAN_MAX && f.len() >= FRAME_MIN => {
+                Some((v, f)) if v <= VLAN_MAX && f.len() >= FRAME_MIN && !is_tag(ethertype(&f)) => {
                     vlan = v;
                     owned = f;
                     owned.as_slice()
@@ -352,9 +388,14 @@ impl Switch {
                 continue;
             }
             match out {
-                Some(f) if p.queue.len() < QUEUE_MAX && p.queue.try_reserve(1).is_ok() => {
+                Some(f)
+                    if p.queue.len() < QUEUE_MAX
+                        && self.queued_bytes + f.len() <= QUEUED_BYTES_MAX
+                        && p.queue.try_reserve(1).is_ok() =>
+                {
                     p.counters.out_frames += 1;
                     p.counters.out_bytes += f.len() as u64;
+                    self.queued_bytes += f.len();
                     p.queue.push_back(f);
                     delivered += 1;
                 }
@@ -426,12 +467,13 @@ mod tests {
         f
     }
 
-    fn adapter(s: &mut Switch, vlan: u16) -> u32 {
+    fn adapter(s: &mut Switch, vlan: u16, mac: Mac) -> u32 {
         let id = s
             .add_port(
                 PortKind::Adapter {
                     vm: "vm".into(),
                     nic: 0,
+                    mac,
                 },
                 vlan,
             )
@@ -447,7 +489,11 @@ mod tests {
     #[test]
     fn broadcast_floods_then_unicast_goes_to_the_learnt_port() {
         let mut s = Switch::new("lan");
-        let (a, b, c) = (adapter(&mut s, 0), adapter(&mut s, 0), adapter(&mut s, 0));
+        let (a, b, c) = (
+            adapter(&mut s, 0, A),
+            adapter(&mut s, 0, B),
+            adapter(&mut s, 0, C),
+        );
         assert_eq!(s.forward(a, &frame(BROADCAST, A)), 2);
         assert_eq!(drain(&mut s, b).len(), 1);
         assert_eq!(drain(&mut s, c).len(), 1);
@@ -466,8 +512,8 @@ mod tests {
     #[test]
     fn no_frame_crosses_vlans_and_the_drop_says_so() {
         let mut s = Switch::new("lan");
-        let a = adapter(&mut s, 10);
-        let b = adapter(&mut s, 20);
+        let a = adapter(&mut s, 10, A);
+        let b = adapter(&mut s, 20, B);
         assert_eq!(s.forward(a, &frame(BROADCAST, A)), 0);
         assert_eq!(s.forward(b, &frame(BROADCAST, B)), 0);
         // Learnt in VLAN 20, B is not reachable from VLAN 10.
@@ -483,10 +529,74 @@ mod tests {
     }
 
     #[test]
+    fn frames_waiting_in_the_old_vlan_never_reach_the_new_one() {
+        let mut s = Switch::new("lan");
+        let a = adapter(&mut s, 10, A);
+        let b = adapter(&mut s, 10, B);
+        s.forward(a, &frame(BROADCAST, A));
+        assert_eq!(s.port(b).unwrap().queued(), 1);
+        s.set_vlan(b, 20).unwrap();
+        assert!(drain(&mut s, b).is_empty());
+        assert_eq!(s.port(b).unwrap().counters.drops_vlan, 1);
+    }
+
+    #[test]
+    fn service_tags_count_as_tags_and_double_tags_are_refused() {
+        let mut s = Switch::new("ext");
+        let a = adapter(&mut s, 0, A);
+        let x = s.add_port(PortKind::External, 0).unwrap();
+        s.set_up(x, true);
+        // From a guest, an 802.1ad tag is a tag.
+        let mut qinq = frame(BROADCAST, A);
+        qinq[12..14].copy_from_slice(&0x88A8u16.to_be_bytes());
+        assert_eq!(s.forward(a, &qinq), 0);
+        assert_eq!(s.port(a).unwrap().counters.drops_tagged, 1);
+        // From outside, a frame tagged twice never reaches an access port.
+        let inner = tagged(&frame(BROADCAST, C), 0).unwrap();
+        assert_eq!(s.forward(x, &tagged(&inner, 0).unwrap()), 0);
+        assert!(drain(&mut s, a).is_empty());
+        assert_eq!(s.port(x).unwrap().counters.drops_malformed, 1);
+    }
+
+    #[test]
+    fn a_guest_cannot_use_another_stations_address() {
+        let mut s = Switch::new("lan");
+        let a = adapter(&mut s, 0, A);
+        let b = adapter(&mut s, 0, B);
+        s.forward(b, &frame(BROADCAST, B));
+        // a claims B's address: dropped, and B is still learnt on b.
+        assert_eq!(s.forward(a, &frame(BROADCAST, B)), 0);
+        assert_eq!(s.port(a).unwrap().counters.drops_spoofed, 1);
+        assert_eq!(s.learnt(b).collect::<Vec<_>>(), vec![(0, B)]);
+        assert!(s.learnt(a).next().is_none());
+    }
+
+    #[test]
+    fn a_switch_holds_at_most_its_byte_budget() {
+        let mut s = Switch::new("lan");
+        let a = adapter(&mut s, 0, A);
+        let ports: Vec<u32> = (0..40u8)
+            .map(|i| adapter(&mut s, 0, [2, 0, 0, 0, 1, i]))
+            .collect();
+        let mut big = frame(BROADCAST, A);
+        big.resize(FRAME_MAX, 0);
+        for _ in 0..QUEUE_MAX {
+            s.forward(a, &big);
+        }
+        let held: usize = ports.iter().map(|&p| s.port(p).unwrap().queued()).sum();
+        assert_eq!(held, QUEUED_BYTES_MAX / FRAME_MAX);
+        // Taking frames frees room.
+        for &p in &ports {
+            while s.take(p).is_some() {}
+        }
+        assert_eq!(s.forward(a, &big), ports.len());
+    }
+
+    #[test]
     fn a_guest_cannot_tag_its_frames() {
         let mut s = Switch::new("lan");
-        let a = adapter(&mut s, 10);
-        let b = adapter(&mut s, 20);
+        let a = adapter(&mut s, 10, A);
+        let b = adapter(&mut s, 20, B);
         let t = tagged(&frame(BROADCAST, A), 20).unwrap();
         assert_eq!(s.forward(a, &t), 0);
         assert!(drain(&mut s, b).is_empty());
@@ -496,8 +606,8 @@ mod tests {
     #[test]
     fn the_external_port_trunks() {
         let mut s = Switch::new("ext");
-        let a = adapter(&mut s, 10);
-        let u = adapter(&mut s, 0);
+        let a = adapter(&mut s, 10, A);
+        let u = adapter(&mut s, 0, B);
         let x = s.add_port(PortKind::External, 0).unwrap();
         s.set_up(x, true);
         assert_eq!(
@@ -525,17 +635,18 @@ mod tests {
     #[test]
     fn full_and_down_ports_drop_and_count() {
         let mut s = Switch::new("lan");
-        let a = adapter(&mut s, 0);
-        let b = adapter(&mut s, 0);
+        let a = adapter(&mut s, 0, A);
+        let b = adapter(&mut s, 0, B);
         for _ in 0..QUEUE_MAX + 5 {
             s.forward(a, &frame(BROADCAST, A));
         }
         assert_eq!(s.port(b).unwrap().queued(), QUEUE_MAX);
         assert_eq!(s.port(b).unwrap().counters.drops_full, 5);
+        // Taken down, its waiting frames are dropped and counted.
         s.set_up(b, false);
         assert_eq!(s.port(b).unwrap().queued(), 0);
         s.forward(a, &frame(BROADCAST, A));
-        assert_eq!(s.port(b).unwrap().counters.drops_down, 1);
+        assert_eq!(s.port(b).unwrap().counters.drops_down, QUEUE_MAX as u64 + 1);
         s.forward(a, &[0u8; 10]);
         assert_eq!(s.port(a).unwrap().counters.drops_malformed, 1);
         s.remove_port(b);
@@ -575,8 +686,8 @@ mod tests {
         fn any_frames(frames in proptest::collection::vec(
             (0usize..3, proptest::collection::vec(any::<u8>(), 0..1600)), 0..40)) {
             let mut s = Switch::new("p");
-            let a = adapter(&mut s, 1);
-            let b = adapter(&mut s, 2);
+            let a = adapter(&mut s, 1, A);
+            let b = adapter(&mut s, 2, B);
             let x = s.add_port(PortKind::External, 0).unwrap();
             s.set_up(x, true);
             let ids = [a, b, x];

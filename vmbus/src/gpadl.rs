@@ -119,6 +119,11 @@ impl Gpadl {
         })
     }
 
+    /// The 8-byte words (range heads and page numbers) it holds.
+    pub fn words(&self) -> usize {
+        self.words.len()
+    }
+
     /// Number of ranges.
     pub fn range_count(&self) -> usize {
         usize::from(self.range_count)
@@ -199,6 +204,11 @@ impl GpadlBuilder {
     /// Channel id.
     pub fn child_relid(&self) -> u32 {
         self.child_relid
+    }
+
+    /// The 8-byte words (range heads and page numbers) it will hold.
+    pub fn words(&self) -> usize {
+        self.expected_words
     }
 
     /// Appends a GPADL_BODY (bodies are taken in arrival order; their

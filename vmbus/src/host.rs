@@ -58,6 +58,10 @@ pub struct HostConfig {
     pub max_relid: u32,
     /// GPADLs (complete or being assembled) a guest may hold at once.
     pub max_gpadls: usize,
+    /// Words (range heads and page numbers, 8 bytes each in the host's
+    /// memory) all of a guest's GPADLs may hold together: what bounds the
+    /// memory a guest makes the host keep for its GPADLs.
+    pub max_gpadl_words: usize,
     /// Added to the relid to form the offer's connection id.
     pub connection_id_base: u32,
 }
@@ -68,6 +72,10 @@ impl Default for HostConfig {
             versions: SUPPORTED_VERSIONS.to_vec(),
             max_relid: 255,
             max_gpadls: 1024,
+            // 64 Ki words (512 KiB of page lists, 256 MiB of guest pages
+            // described): a Linux guest with a disk and a few network
+            // adapters uses about 5000 words per adapter.
+            max_gpadl_words: 64 << 10,
             // Like Hyper-V/OpenVMM for VTL0: relid | SINT 2 << 12.
             connection_id_base: 0x2000,
         }
@@ -432,8 +440,12 @@ impl<P: HostPort> Host<P> {
                         ch.state = ChannelState::Closed;
                         Ok(Some(HostEvent::ChannelClosed { relid: child_relid }))
                     }
-                    // Linux closes a rescinded channel too; we already did.
-                    ChannelState::Rescinded => Ok(None),
+                    // Linux closes a rescinded channel too: its rings are
+                    // freed now, so the device layer must stop using them
+                    // (a device may serve a rescinded channel until then).
+                    ChannelState::Rescinded => {
+                        Ok(Some(HostEvent::ChannelClosed { relid: child_relid }))
+                    }
                     ChannelState::Closed => Err(HostError::BadChannel(child_relid)),
                 }
             }
@@ -495,6 +507,17 @@ impl<P: HostPort> Host<P> {
             .is_some_and(|c| c.state != ChannelState::Rescinded)
     }
 
+    /// The words all GPADLs (complete or being assembled) hold.
+    fn gpadl_words(&self) -> usize {
+        self.gpadls
+            .values()
+            .map(|g| match g {
+                GpadlState::Building(b) => b.words(),
+                GpadlState::Ready(g) => g.words(),
+            })
+            .sum()
+    }
+
     fn gpadl_failed(&mut self, relid: u32, gpadl: u32) {
         self.post(&ChannelMessage::GpadlCreated {
             child_relid: relid,
@@ -508,7 +531,9 @@ impl<P: HostPort> Host<P> {
             Some(HostError::BadChannel(h.child_relid))
         } else if self.gpadls.contains_key(&h.gpadl) {
             Some(HostError::BadGpadl(h.gpadl))
-        } else if self.gpadls.len() >= self.config.max_gpadls {
+        } else if self.gpadls.len() >= self.config.max_gpadls
+            || self.gpadl_words() + usize::from(h.range_buflen) / 8 > self.config.max_gpadl_words
+        {
             Some(HostError::TooManyGpadls)
         } else {
             None

@@ -121,9 +121,9 @@ pub mod rndis {
 pub const RECV_SECTION_SIZE: u32 = 1728;
 /// Send-buffer sections the device asks of the guest.
 pub const SEND_SECTION_SIZE: u32 = 6144;
-/// The largest buffers the device maps (pages): Linux's defaults are 16 MiB
-/// (receive) and 1 MiB (send); a larger buffer is refused.
-pub const MAX_BUFFER_PAGES: usize = (32 << 20) / PAGE_SIZE;
+/// The largest buffers the device maps (pages): Linux gives 15 MiB
+/// (receive, NVSP 2) and 1 MiB (send); a larger buffer is refused.
+pub const MAX_BUFFER_PAGES: usize = (16 << 20) / PAGE_SIZE;
 /// The longest RNDIS message (or batch) the device reads from the guest: a
 /// full send section and a frame in pages after it (Linux's largest, with
 /// no segmentation offload). On the root's stack: kept small.
@@ -226,6 +226,10 @@ impl GuestBuffer {
 /// holds.
 #[derive(Debug)]
 struct RecvBuffer {
+    /// Which receive buffer of the channel this is (the upper half of the
+    /// transaction ids of its sections: a late completion for a buffer the
+    /// guest replaced frees nothing of the new one).
+    generation: u32,
     buffer: GuestBuffer,
     free: Vec<u32>,
     /// Bit per section: announced to the guest, not yet completed.
@@ -291,6 +295,8 @@ pub struct NetServer {
     waiting: VecDeque<(u64, [u8; nvsp::MESSAGE_SIZE])>,
     /// RNDIS answers waiting for a receive section.
     control: VecDeque<Vec<u8>>,
+    /// Receive buffers the guest has given so far.
+    generations: u32,
     pub counters: NetCounters,
 }
 
@@ -340,6 +346,7 @@ impl NetServer {
             link_changed: false,
             waiting: VecDeque::new(),
             control: VecDeque::new(),
+            generations: 0,
             counters: NetCounters::default(),
         }
     }
@@ -544,7 +551,8 @@ impl NetServer {
     }
 
     /// One RNDIS message into a free receive section, announced by a
-    /// transfer-pages packet whose transaction id is the section.
+    /// transfer-pages packet whose transaction id is the buffer's
+    /// generation and the section.
     fn announce<R: RingMemory, N: Notify, M: GuestMemory>(
         &mut self,
         channel: &mut Channel<R, N>,
@@ -579,7 +587,7 @@ impl NetServer {
                 sender_owns: false,
                 ranges: &ranges,
             },
-            transaction_id: u64::from(section),
+            transaction_id: u64::from(recv.generation) << 32 | u64::from(section),
             completion_requested: true,
             payload: &parts,
         };
@@ -615,8 +623,9 @@ impl NetServer {
             self.counters.refused += 1;
             return;
         };
-        match u32::try_from(id) {
-            Ok(s) if recv.is_in_flight(s) => {
+        let section = (id >> 32 == u64::from(recv.generation)).then_some(id as u32);
+        match section {
+            Some(s) if recv.is_in_flight(s) => {
                 recv.mark(s, false);
                 recv.free.push(s);
                 self.counters.receives_completed += 1;
@@ -675,7 +684,9 @@ impl NetServer {
                         {
                             free.extend((0..sections).rev());
                             in_flight.resize(sections.div_ceil(64) as usize, 0);
+                            self.generations = self.generations.wrapping_add(1);
                             self.recv = Some(RecvBuffer {
+                                generation: self.generations,
                                 buffer,
                                 free,
                                 in_flight,
@@ -1037,7 +1048,10 @@ impl NetServer {
             // Every multicast frame reaches a guest that asks for
             // multicast: its list needs no keeping.
             rndis::OID_802_3_MULTICAST_LIST => rndis::STATUS_SUCCESS,
-            rndis::OID_GEN_RNDIS_CONFIG_PARAMETER => rndis::STATUS_SUCCESS,
+            // Linux sets its "NetworkAddress" through this when told to
+            // change the adapter's address: not supported (the address is
+            // the administrator's, `vm nic add --mac`), so the change fails
+            // in the guest instead of silently losing its frames.
             _ => rndis::STATUS_NOT_SUPPORTED,
         }
     }
@@ -1575,6 +1589,38 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<_>>();
         assert_eq!(r.rndis(0, &rndis_packet(&f, &bad)).0, nvsp::FAILURE);
+    }
+
+    #[test]
+    fn a_late_completion_for_a_replaced_buffer_frees_nothing_of_the_new_one() {
+        let mut r = Rig::new();
+        r.start();
+        r.set_filter(rndis::FILTER_PROMISCUOUS);
+        r.wire.waiting.push_back(frame(MAC, 100));
+        r.serve();
+        let [Got::Rndis(old, _)] = &r.received()[..] else {
+            panic!()
+        };
+        let old = *old;
+        // The guest gives a new receive buffer while it holds a section.
+        r.send(&nvsp(nvsp::SEND_RECV_BUF, &[RECV_GPADL, 0xCAFE]), &[]);
+        r.received();
+        r.wire.waiting.push_back(frame(MAC, 100));
+        r.serve();
+        let [Got::Rndis(new, _)] = &r.received()[..] else {
+            panic!()
+        };
+        assert_ne!(old, *new);
+        let refused = r.server.counters.refused;
+        r.complete_receive(old);
+        assert_eq!(r.server.counters.refused, refused + 1);
+        assert_eq!(
+            r.server.receive_sections().1,
+            1,
+            "the new section is still held"
+        );
+        r.complete_receive(*new);
+        assert_eq!(r.server.receive_sections().1, 0);
     }
 
     #[test]

@@ -428,9 +428,11 @@ fn rescind_release_and_hot_add() {
     rig.guest.release_relid(nic).unwrap();
     rig.pump();
     assert!(rig.host_errors.is_empty(), "{:?}", rig.host_errors);
+    // The close is reported (the device stops using the freed rings).
     assert!(matches!(
         rig.host_events[..],
         [
+            HostEvent::ChannelClosed { relid: 2 },
             HostEvent::GpadlTornDown { relid: 2, .. },
             HostEvent::RelidReleased { relid: 2 }
         ]
@@ -809,4 +811,38 @@ fn hostile_host_ring_after_open_is_an_error_not_a_panic() {
     assert!(guest_ch
         .send(&OutgoingPacket::in_band(2, false, &[b"x"]))
         .is_err());
+}
+
+/// Headers announcing more page-list words than the guest's budget (the
+/// host's memory for GPADLs) are refused, incomplete ones included: a
+/// guest cannot make the host hold 1024 GPADLs of 8190 pages each.
+#[test]
+fn gpadls_beyond_the_word_budget_are_refused() {
+    let (bus, mut host, relid) = raw_host();
+    let budget = HostConfig::default().max_gpadl_words;
+    // Headers of the largest size, their bodies never sent.
+    let per = 65528 / 8;
+    let mut accepted = 0;
+    for gpadl in 1..=(budget / per + 2) as u32 {
+        let header = ChannelMessage::GpadlHeader(GpadlHeader {
+            child_relid: relid,
+            gpadl,
+            range_buflen: 65528,
+            range_count: 1,
+            data: GpadlWords::new(&[4096 * (per as u64 - 1), 1, 2]).unwrap(),
+        });
+        match send(&mut host, header) {
+            Ok(None) => accepted += 1,
+            Err(HostError::TooManyGpadls) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(accepted, budget / per);
+    assert!(matches!(
+        replies(&bus)[..],
+        [ChannelMessage::GpadlCreated {
+            status: STATUS_UNSUCCESSFUL,
+            ..
+        }]
+    ));
 }

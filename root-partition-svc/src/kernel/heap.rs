@@ -6,8 +6,10 @@ use linked_list_allocator::LockedHeap;
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-/// Bytes the heap takes from the pool.
-pub const HEAP_BYTES: u64 = 4 << 20;
+/// Bytes the heap takes from the pool: what the per-guest budgets add up
+/// to (GPADL page lists, 512 KiB a VM; frames waiting in switches, 1 MiB a
+/// switch; network buffers' page lists), with room to spare.
+pub const HEAP_BYTES: u64 = 16 << 20;
 
 /// Hands `[start, start + HEAP_BYTES)` to the allocator.
 pub fn init(start: u64) {

@@ -172,7 +172,7 @@ impl Network {
         }
         for p in s.ports() {
             let owner: String = match &p.kind {
-                PortKind::Adapter { vm, nic } => alloc::format!("{vm} nic {nic}"),
+                PortKind::Adapter { vm, nic, .. } => alloc::format!("{vm} nic {nic}"),
                 PortKind::External => "external (NIC)".into(),
             };
             let vlan = match (&p.kind, p.vlan) {
@@ -194,10 +194,11 @@ impl Network {
                 c.in_frames, c.in_bytes, c.out_frames, c.out_bytes
             );
             println!(
-                "    drops {} = wrong VLAN {} + tagged by the guest {} + malformed {} + queue full {} + link down {}",
+                "    drops {} = wrong VLAN {} + tagged by the guest {} + another's address {} + malformed {} + queue full {} + link down {}",
                 c.drops(),
                 c.drops_vlan,
                 c.drops_tagged,
+                c.drops_spoofed,
                 c.drops_malformed,
                 c.drops_full,
                 c.drops_down

@@ -72,10 +72,15 @@ impl VirtioNet {
         }
     }
 
-    /// Every frame received since the last call, to `f`; how many.
+    /// The frames received since the last call, to `f`, at most a queue's
+    /// worth (a storm outside must not keep the root from its guests);
+    /// how many.
     pub fn poll(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
-        while let Some(token) = self.net.poll_receive() {
+        while n < QUEUE {
+            let Some(token) = self.net.poll_receive() else {
+                break;
+            };
             let Some(i) = self.tokens.iter().position(|t| *t == Some(token)) else {
                 // Not a buffer of ours: nothing to hand back.
                 self.errors += 1;

@@ -847,9 +847,19 @@ impl Vmm {
             println!("vm nic: {name} has {MAX_NICS} adapters, the most a VM takes");
             return;
         }
-        let number = (0..)
-            .find(|n| vm.nics.iter().all(|c| c.number != *n))
-            .unwrap_or(0);
+        // Never the number of a removed adapter the guest still holds (its
+        // device, and instance GUID, are alive until the guest lets go).
+        let held = |n: u32| {
+            vm.nics.iter().any(|c| c.number == n)
+                || vm
+                    .vmbus
+                    .as_ref()
+                    .is_some_and(|b| b.nics.iter().any(|d| d.spec.number == n))
+        };
+        let Some(number) = (0..64).find(|n| !held(*n)) else {
+            println!("vm nic: {name} has no free adapter number");
+            return;
+        };
         let mac = mac.unwrap_or([0x00, 0x15, 0x5d, 0x4e, i as u8, number as u8]);
         let taken = self
             .vms
@@ -866,6 +876,7 @@ impl Vmm {
         let kind = PortKind::Adapter {
             vm: name.into(),
             nic: number,
+            mac,
         };
         let port = match s.add_port(kind, vlan) {
             Ok(p) => p,
@@ -933,11 +944,11 @@ impl Vmm {
         for nic in &vm.nics {
             let line = self.describe_nic(nic);
             let mut extra = String::new();
-            if let Some(dev) = vm
-                .vmbus
-                .as_ref()
-                .and_then(|b| b.nics.iter().find(|d| d.spec.number == nic.number))
-            {
+            if let Some(dev) = vm.vmbus.as_ref().and_then(|b| {
+                b.nics
+                    .iter()
+                    .find(|d| d.spec.number == nic.number && d.stage != DeviceStage::Rescinded)
+            }) {
                 let c = dev.server.counters;
                 extra = format!(
                     "; the guest sent {} frames, took {} ({} filtered), {} refused",

@@ -544,13 +544,14 @@ impl VmBus {
     /// Removes adapter `number`: the offer is rescinded and its frames stop;
     /// the channel is still served (unplugged) until the guest closes it.
     pub fn remove_nic(&mut self, number: u32) {
-        let Some(i) = self.nics.iter().position(|d| d.spec.number == number) else {
+        let Some(i) = self
+            .nics
+            .iter()
+            .position(|d| d.spec.number == number && d.stage != DeviceStage::Rescinded)
+        else {
             return;
         };
         let dev = &mut self.nics[i];
-        if dev.stage == DeviceStage::Rescinded {
-            return;
-        }
         let _ = self.host.rescind(dev.relid);
         if self.host.offer(dev.relid).is_some() {
             dev.stage = DeviceStage::Rescinded;
@@ -711,7 +712,9 @@ impl VmBus {
             HostEvent::ChannelClosed { relid } => {
                 if let Some(dev) = self.echo.as_mut().filter(|d| d.relid == relid) {
                     dev.channel = None;
-                    dev.stage = DeviceStage::Offered;
+                    if dev.stage != DeviceStage::Rescinded {
+                        dev.stage = DeviceStage::Offered;
+                    }
                 }
                 if let Some(dev) = self.storage.as_mut().filter(|d| d.relid == relid) {
                     dev.channel = None;
