@@ -1134,7 +1134,7 @@ pub fn stamp(year: u32, month: u8, day: u8, hour: u8, minute: u8, second: u8) ->
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
     use std::string::ToString;
     use vmbus::scsi::IoError;
@@ -1192,10 +1192,8 @@ mod tests {
         }
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fat-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+    fn temp(name: &str) -> crate::test_files::TempFile {
+        crate::test_files::TempFile::new("fat-test", name)
     }
 
     fn run(cmd: &str, args: &[&str]) -> String {

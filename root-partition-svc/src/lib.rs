@@ -26,5 +26,8 @@ pub mod vm_command;
 pub mod vmm;
 pub mod vswitch;
 
+#[cfg(test)]
+mod test_files;
+
 /// The shell's prompt.
 pub const PROMPT: &str = "root> ";

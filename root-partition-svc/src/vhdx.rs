@@ -847,7 +847,7 @@ mod tests {
     use super::*;
     use crate::vhd::MemoryStorage;
     use proptest::prelude::*;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -1100,10 +1100,8 @@ mod tests {
         }
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("vhdx-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+    fn temp(name: &str) -> crate::test_files::TempFile {
+        crate::test_files::TempFile::new("vhdx-test", name)
     }
 
     fn qemu(args: &[&str]) -> String {
