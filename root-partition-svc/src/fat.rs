@@ -1407,6 +1407,33 @@ mod tests {
         }
     }
 
+    /// A fresh volume with GROW.BIN of 5000 bytes, flushed: its image, the
+    /// file's bytes, and the 20 000 bytes the cut tests append.
+    fn grow_fixture(image: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let mut v = Volume::open(disk(mformat(image, None))).unwrap();
+        let mut f = v.create("GROW.BIN", (0, 0)).unwrap();
+        let first = pattern(5000, 3);
+        v.write(&mut f, 0, &first).unwrap();
+        v.flush().unwrap();
+        (v.disk().bytes.clone(), first, pattern(20_000, 9))
+    }
+
+    /// After a cut, GROW.BIN in `image` is the old file or the whole new
+    /// one; `what` names the cut in a failure.
+    fn old_or_new(image: Vec<u8>, first: &[u8], more: &[u8], what: &str) {
+        let mut v = Volume::open(disk(image)).unwrap();
+        let f = v.open_file("grow.bin").unwrap();
+        let mut back = vec![0u8; f.size() as usize];
+        v.read(&f, 0, &mut back).unwrap();
+        if f.size() == 5000 {
+            assert_eq!(back, first, "{what}");
+        } else {
+            assert_eq!(f.size(), 25_000, "{what}");
+            assert_eq!(&back[..5000], first, "{what}");
+            assert_eq!(&back[5000..], more, "{what}: data not written");
+        }
+    }
+
     /// A file grown with the power cut after every number of writes: the
     /// volume mounts, the file has its old size and bytes or its new ones,
     /// and fsck.fat finds nothing worse than lost clusters.
@@ -1415,15 +1442,7 @@ mod tests {
         if !tool("mformat", "mtools") || !tool("fsck.fat", "dosfstools") {
             return;
         }
-        let image = temp("cut.img");
-        let base = mformat(&image, None);
-        let mut v = Volume::open(disk(base)).unwrap();
-        let mut f = v.create("GROW.BIN", (0, 0)).unwrap();
-        let first = pattern(5000, 3);
-        v.write(&mut f, 0, &first).unwrap();
-        v.flush().unwrap();
-        let before = v.disk().bytes.clone();
-        let more = pattern(20_000, 9);
+        let (before, first, more) = grow_fixture(&temp("cut.img"));
         let mut cut = 0;
         loop {
             let mut d = disk(before.clone());
@@ -1432,17 +1451,7 @@ mod tests {
             let mut f = v.open_file("GROW.BIN").unwrap();
             let done = v.write(&mut f, 5000, &more).is_ok() && v.flush().is_ok();
             let after = v.disk().bytes.clone();
-            let mut v = Volume::open(disk(after.clone())).unwrap();
-            let f = v.open_file("grow.bin").unwrap();
-            let mut back = vec![0u8; f.size() as usize];
-            v.read(&f, 0, &mut back).unwrap();
-            if f.size() == 5000 {
-                assert_eq!(back, first, "cut {cut}");
-            } else {
-                assert_eq!(f.size(), 25_000, "cut {cut}");
-                assert_eq!(&back[..5000], &first[..], "cut {cut}");
-                assert_eq!(&back[5000..], &more[..], "cut {cut}");
-            }
+            old_or_new(after.clone(), &first, &more, &format!("cut {cut}"));
             let path = temp("cut-now.img");
             std::fs::write(&path, &after).unwrap();
             let out = Command::new("fsck.fat")
@@ -1484,41 +1493,31 @@ mod tests {
     /// A disk with a write-back cache: writes since the last flush may
     /// reach the medium in any order, or not at all, when the power goes.
     struct CachedDisk {
+        /// What reads see, and the write budget.
+        disk: TestDisk,
         /// What a power cut keeps for certain.
         durable: Vec<u8>,
-        /// What reads see: `durable` with the cached writes applied.
-        now: Vec<u8>,
+        /// The writes since the last flush, in order.
         cached: Vec<(usize, Vec<u8>)>,
-        budget: usize,
     }
 
     impl BlockDevice for CachedDisk {
         fn blocks(&self) -> u64 {
-            (self.now.len() / 512) as u64
+            self.disk.blocks()
         }
         fn read_only(&self) -> bool {
             false
         }
         fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-            let at = lba as usize * 512;
-            buf.copy_from_slice(self.now.get(at..at + buf.len()).ok_or(IoError)?);
-            Ok(())
+            self.disk.read(lba, buf)
         }
         fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-            if self.budget == 0 {
-                return Err(IoError);
-            }
-            self.budget -= 1;
-            let at = lba as usize * 512;
-            self.now
-                .get_mut(at..at + buf.len())
-                .ok_or(IoError)?
-                .copy_from_slice(buf);
-            self.cached.push((at, buf.to_vec()));
+            self.disk.write(lba, buf)?;
+            self.cached.push((lba as usize * 512, buf.to_vec()));
             Ok(())
         }
         fn flush(&mut self) -> Result<(), IoError> {
-            self.durable.clone_from(&self.now);
+            self.durable.clone_from(&self.disk.bytes);
             self.cached.clear();
             Ok(())
         }
@@ -1533,20 +1532,15 @@ mod tests {
         if !tool("mformat", "mtools") {
             return;
         }
-        let base = mformat(&temp("reorder.img"), None);
-        let mut v = Volume::open(disk(base)).unwrap();
-        let mut f = v.create("GROW.BIN", (0, 0)).unwrap();
-        let first = pattern(5000, 3);
-        v.write(&mut f, 0, &first).unwrap();
-        v.flush().unwrap();
-        let before = v.disk().bytes.clone();
-        let more = pattern(20_000, 9);
+        let (before, first, more) = grow_fixture(&temp("reorder.img"));
         for cut in 0.. {
             let d = CachedDisk {
+                disk: TestDisk {
+                    bytes: before.clone(),
+                    budget: Some(cut),
+                },
                 durable: before.clone(),
-                now: before.clone(),
                 cached: Vec::new(),
-                budget: cut,
             };
             let mut v = Volume::open(d).unwrap();
             let mut f = v.open_file("GROW.BIN").unwrap();
@@ -1562,20 +1556,7 @@ mod tests {
                         image[*at..*at + data.len()].copy_from_slice(data);
                     }
                 }
-                let mut v = Volume::open(disk(image)).unwrap();
-                let f = v.open_file("grow.bin").unwrap();
-                let mut back = vec![0u8; f.size() as usize];
-                v.read(&f, 0, &mut back).unwrap();
-                if f.size() == 5000 {
-                    assert_eq!(back, first, "cut {cut}, kept {keep:b}");
-                } else {
-                    assert_eq!(f.size(), 25_000, "cut {cut}, kept {keep:b}");
-                    assert_eq!(&back[..5000], &first[..], "cut {cut}, kept {keep:b}");
-                    assert!(
-                        back[5000..] == more[..],
-                        "cut {cut}, kept {keep:b}: data not written"
-                    );
-                }
+                old_or_new(image, &first, &more, &format!("cut {cut}, kept {keep:b}"));
             }
             if done {
                 break;

@@ -292,25 +292,37 @@ fn number(option: &'static str, v: &str, range: core::ops::RangeInclusive<u64>) 
     v.parse::<u64>().ok().filter(|n| range.contains(n))
 }
 
+/// The sub-verb (one of `verbs`, else `expected` says which) and the VM's
+/// name after `vm OPTION`.
+fn verb_and_name<'a>(
+    words: &mut impl Iterator<Item = &'a str>,
+    option: &'static str,
+    verbs: &[&str],
+    expected: &'static str,
+) -> Result<(&'a str, &'a str), VmParseError<'a>> {
+    let verb = match words.next() {
+        Some(v) if verbs.contains(&v) => v,
+        v => {
+            return Err(VmParseError::BadValue {
+                option,
+                value: v.unwrap_or(""),
+                expected,
+            })
+        }
+    };
+    let name = words.next().ok_or(VmParseError::MissingName(option))?;
+    if !valid_name(name) {
+        return Err(VmParseError::BadName(name));
+    }
+    Ok((verb, name))
+}
+
 /// `vm device add|remove NAME KIND`.
 fn parse_device<'a>(
     mut words: impl Iterator<Item = &'a str>,
 ) -> Result<VmCommand<'a>, VmParseError<'a>> {
-    let add = match words.next() {
-        Some("add") => true,
-        Some("remove") => false,
-        v => {
-            return Err(VmParseError::BadValue {
-                option: "device",
-                value: v.unwrap_or(""),
-                expected: "add or remove",
-            })
-        }
-    };
-    let name = words.next().ok_or(VmParseError::MissingName("device"))?;
-    if !valid_name(name) {
-        return Err(VmParseError::BadName(name));
-    }
+    let (verb, name) = verb_and_name(&mut words, "device", &["add", "remove"], "add or remove")?;
+    let add = verb == "add";
     let kind = match words.next() {
         Some("echo") => DeviceKind::Echo,
         v => {
@@ -336,20 +348,14 @@ fn parse_device<'a>(
 fn parse_disk<'a>(
     mut words: impl Iterator<Item = &'a str>,
 ) -> Result<VmCommand<'a>, VmParseError<'a>> {
-    let verb = words.next();
-    if !matches!(verb, Some("attach" | "detach" | "list")) {
-        return Err(VmParseError::BadValue {
-            option: "disk",
-            value: verb.unwrap_or(""),
-            expected: "attach, detach or list",
-        });
-    }
-    let name = words.next().ok_or(VmParseError::MissingName("disk"))?;
-    if !valid_name(name) {
-        return Err(VmParseError::BadName(name));
-    }
+    let (verb, name) = verb_and_name(
+        &mut words,
+        "disk",
+        &["attach", "detach", "list"],
+        "attach, detach or list",
+    )?;
     let cmd = match verb {
-        Some("attach") => {
+        "attach" => {
             let v = words
                 .next()
                 .ok_or(VmParseError::MissingValue("disk attach"))?;
@@ -369,7 +375,7 @@ fn parse_disk<'a>(
                 read_only,
             }
         }
-        Some("detach") => VmCommand::DiskDetach {
+        "detach" => VmCommand::DiskDetach {
             name,
             path: words.next(),
         },
@@ -398,18 +404,12 @@ const VLAN_EXPECTED: &str = "a VLAN id from 1 to 4094, or none (untagged)";
 fn parse_nic<'a>(
     mut words: impl Iterator<Item = &'a str>,
 ) -> Result<VmCommand<'a>, VmParseError<'a>> {
-    let verb = words.next();
-    if !matches!(verb, Some("add" | "list" | "set" | "remove")) {
-        return Err(VmParseError::BadValue {
-            option: "nic",
-            value: verb.unwrap_or(""),
-            expected: "add, list, set or remove",
-        });
-    }
-    let name = words.next().ok_or(VmParseError::MissingName("nic"))?;
-    if !valid_name(name) {
-        return Err(VmParseError::BadName(name));
-    }
+    let (verb, name) = verb_and_name(
+        &mut words,
+        "nic",
+        &["add", "list", "set", "remove"],
+        "add, list, set or remove",
+    )?;
     let nic_number = |words: &mut dyn Iterator<Item = &'a str>| {
         let v = words.next().ok_or(VmParseError::MissingValue("NIC"))?;
         v.parse::<u32>()
@@ -422,7 +422,7 @@ fn parse_nic<'a>(
             })
     };
     let cmd = match verb {
-        Some("add") => {
+        "add" => {
             let (mut switch, mut vlan, mut mac) = (None, 0, None);
             while let Some(o) = words.next() {
                 let v = words.next().ok_or(VmParseError::MissingValue(o))?;
@@ -456,7 +456,7 @@ fn parse_nic<'a>(
                 mac,
             }
         }
-        Some("set") => {
+        "set" => {
             let nic = nic_number(&mut words)?;
             match (words.next(), words.next()) {
                 (Some("--vlan"), Some(v)) => VmCommand::NicSet {
@@ -473,7 +473,7 @@ fn parse_nic<'a>(
                 (None, _) => return Err(VmParseError::MissingValue("--vlan")),
             }
         }
-        Some("remove") => VmCommand::NicRemove {
+        "remove" => VmCommand::NicRemove {
             name,
             nic: nic_number(&mut words)?,
         },

@@ -1069,22 +1069,32 @@ fn number_after(line: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// What follows the first `marker` in `text`; `missing` if it is not there.
+fn after<'a>(text: &'a str, marker: &str, missing: &str) -> Result<&'a str, String> {
+    text.split_once(marker)
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| missing.to_string())
+}
+
 /// The switch's counters say why the guests stopped answering: after b
 /// moved to VLAN 20, a's port counts frames that no port of its VLAN could
 /// take; and frames went both ways through the NIC of the external switch.
 fn vlan_drops_counted(log: &str) -> Result<(), String> {
-    let after = log
-        .split_once("vm nic: b: nic 0: switch lan, VLAN 20")
-        .ok_or("b was not moved to VLAN 20")?
-        .1;
-    let show = after
-        .split_once("switch lan: internal")
-        .ok_or("no switch show after the move")?
-        .1;
-    let port_a = show
-        .split_once(": a nic 0, untagged")
-        .ok_or("switch show does not list a's port")?
-        .1;
+    let moved = after(
+        log,
+        "vm nic: b: nic 0: switch lan, VLAN 20",
+        "b was not moved to VLAN 20",
+    )?;
+    let show = after(
+        moved,
+        "switch lan: internal",
+        "no switch show after the move",
+    )?;
+    let port_a = after(
+        show,
+        ": a nic 0, untagged",
+        "switch show does not list a's port",
+    )?;
     let drops = port_a
         .lines()
         .find(|l| l.contains("drops "))
@@ -1093,14 +1103,12 @@ fn vlan_drops_counted(log: &str) -> Result<(), String> {
         Some(n) if n > 0 => {}
         _ => return Err(format!("a's port counts no VLAN drops: {drops}")),
     }
-    let wan = log
-        .split_once("switch wan: external")
-        .ok_or("no switch show wan")?
-        .1;
-    let nic = wan
-        .split_once("external (NIC), trunk, link up")
-        .ok_or("the external port is not up")?
-        .1;
+    let wan = after(log, "switch wan: external", "no switch show wan")?;
+    let nic = after(
+        wan,
+        "external (NIC), trunk, link up",
+        "the external port is not up",
+    )?;
     let counters = nic
         .lines()
         .find(|l| l.contains("in ") && l.contains("; out "))

@@ -245,34 +245,6 @@ impl vmbus::storvsp::GuestMemory for StorageMemory {
     }
 }
 
-struct NoSignal;
-impl vmbus::channel::Notify for NoSignal {
-    fn notify(&mut self) {}
-}
-
-type FuzzChannel = vmbus::channel::Channel<std::sync::Arc<HeapRing>, NoSignal>;
-
-/// A guest's and a host's end of one channel, each ring `size` bytes.
-fn channel_pair(size: usize) -> (FuzzChannel, FuzzChannel) {
-    use std::sync::Arc;
-    use vmbus::channel::Channel;
-    let to_host = Arc::new(HeapRing::new(size));
-    let to_guest = Arc::new(HeapRing::new(size));
-    vmbus::ring::init_ring_header(to_host.header());
-    vmbus::ring::init_ring_header(to_guest.header());
-    let guest = Channel::new(
-        RingReader::new(to_guest.clone()).unwrap(),
-        RingWriter::new(to_host.clone()).unwrap(),
-        NoSignal,
-    );
-    let host = Channel::new(
-        RingReader::new(to_host).unwrap(),
-        RingWriter::new(to_guest).unwrap(),
-        NoSignal,
-    );
-    (guest, host)
-}
-
 /// Input: `u8 setup` (bit 0: the init sequence first, so requests reach
 /// the SCSI disk), then records of one request each: `u8 kind` (bit 0:
 /// GPA direct), `u8 pages` (0-3), `u16 offset`, `u16 short` (how far the
@@ -290,7 +262,7 @@ pub fn storvsp_requests(data: &[u8]) {
     let Some((&setup, mut rest)) = data.split_first() else {
         return;
     };
-    let (mut guest, mut host) = channel_pair(16384);
+    let (mut guest, mut host) = vmbus::channel::quiet_pair(16384);
     host.reader().set_max_packet(MAX_PACKET);
     let mut server = StorageServer::default();
     let mut disk = ScsiDisk::new(
@@ -436,7 +408,7 @@ pub fn netvsp_messages(data: &[u8]) {
     let Some((&setup, mut rest)) = data.split_first() else {
         return;
     };
-    let (mut guest, mut host) = channel_pair(32768);
+    let (mut guest, mut host) = vmbus::channel::quiet_pair(32768);
     host.reader().set_max_packet(MAX_PACKET);
     // Guest memory: 32 pages; the receive buffer is pages 0..8 (GPADL 1),
     // the send buffer 8..16 (GPADL 2).

@@ -187,9 +187,9 @@ impl<R: RingMemory, N: Notify> Channel<R, N> {
 }
 
 /// A connected pair of channels on heap rings of `size` bytes each way,
-/// neither signalling (the device tests drive both ends by hand).
-#[cfg(test)]
-pub(crate) fn quiet_pair(
+/// neither signalling (the device tests and the fuzz harnesses drive both
+/// ends by hand). Panics if `size` is not a ring size (a multiple of 8).
+pub fn quiet_pair(
     size: usize,
 ) -> (
     Channel<alloc::sync::Arc<crate::shared_mem::HeapRing>, Quiet>,
@@ -215,11 +215,9 @@ pub(crate) fn quiet_pair(
     (a, b)
 }
 
-/// A notifier that does nothing (tests).
-#[cfg(test)]
-pub(crate) struct Quiet;
+/// A notifier that does nothing (tests and fuzzing).
+pub struct Quiet;
 
-#[cfg(test)]
 impl Notify for Quiet {
     fn notify(&mut self) {}
 }

@@ -137,6 +137,9 @@ pub const MTU: u32 = 1500;
 pub const MAX_PACKET: u32 = 16 + 8 + 32 * 16 + 8 * (MAX_RNDIS_MESSAGE as u32 / 4096 + 32) + 64;
 /// RNDIS packets per message the device takes (`max_pkt_per_msg`).
 const MAX_PACKETS_PER_MESSAGE: u32 = 8;
+/// RNDIS messages the device reads from one send, at most: a guest that
+/// packs more than it was told (four times over) gets a failure.
+const MAX_MESSAGES_PER_SEND: usize = 4 * MAX_PACKETS_PER_MESSAGE as usize;
 /// NVSP completions waiting for room in the guest's ring, at most: the
 /// device reads no more while this many wait.
 const QUEUE: usize = 256;
@@ -439,19 +442,9 @@ impl NetServer {
                 };
                 self.packet(&p, gpadls, memory, wire);
             })?;
+            // Nothing read: the completions and deliveries above were the
+            // last; a read's go out at the top of the next round.
             if n == 0 {
-                // What the guest's packets asked for goes out before the
-                // call ends (answers, completions).
-                self.deliver(channel, memory, wire)?;
-                while let Some((id, reply)) = self.waiting.front() {
-                    let parts: [&[u8]; 1] = [reply];
-                    match channel.send_quiet(&OutgoingPacket::completion(*id, &parts))? {
-                        SendResult::Sent => {
-                            self.waiting.pop_front();
-                        }
-                        SendResult::Full { .. } => return Ok(()),
-                    }
-                }
                 return Ok(());
             }
             read += n;
@@ -821,7 +814,7 @@ impl NetServer {
                 return Err(());
             }
             count += 1;
-            if count > MAX_PACKETS_PER_MESSAGE.max(1) as usize * 4 {
+            if count > MAX_MESSAGES_PER_SEND {
                 return Err(());
             }
             self.rndis_one(kind, &rest[..len], wire)?;

@@ -93,14 +93,19 @@ unsafe impl Hal for RootHal {
 
 /// The first virtio device of `kind` on PCI bus 0 whose BARs lie below
 /// `top` (the root's identity map), with bus mastering on: its transport
-/// and where it sits. `Err` says why there is none.
-pub fn find(kind: DeviceType, top: u64) -> Result<(PciTransport, (u8, u8, u8)), &'static str> {
+/// and where it sits. `Err` says why there is none (`absent` when there
+/// is no such device at all).
+pub fn find(
+    kind: DeviceType,
+    top: u64,
+    absent: &'static str,
+) -> Result<(PciTransport, (u8, u8, u8)), &'static str> {
     let mut root = PciRoot::new(PortCam);
     let f = root
         .enumerate_bus(0)
         .find(|(_, info)| virtio_device_type(info) == Some(kind))
         .map(|(f, _)| f)
-        .ok_or("no such virtio device on PCI bus 0")?;
+        .ok_or(absent)?;
     let bars = root.bars(f).map_err(|_| "its BARs could not be read")?;
     for bar in bars.iter().flatten() {
         if let Some((address, size)) = bar.memory_address_size() {

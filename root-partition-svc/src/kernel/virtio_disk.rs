@@ -19,13 +19,8 @@ pub struct VirtioDisk {
 /// The first virtio-blk device on PCI bus 0 whose BARs lie below `top`
 /// (the root's identity map), started; `Err` says why there is none.
 pub fn probe(top: u64) -> Result<VirtioDisk, &'static str> {
-    let (transport, location) = virtio::find(DeviceType::Block, top).map_err(|e| {
-        if e.starts_with("no such") {
-            "no virtio-blk device on PCI bus 0"
-        } else {
-            e
-        }
-    })?;
+    let (transport, location) =
+        virtio::find(DeviceType::Block, top, "no virtio-blk device on PCI bus 0")?;
     let blk = VirtIOBlk::<RootHal, _>::new(transport).map_err(|_| "it did not start")?;
     Ok(VirtioDisk {
         read_only: blk.readonly(),

@@ -33,13 +33,11 @@ pub struct VirtioNet {
 /// The first virtio-net device on PCI bus 0 whose BARs lie below `top`,
 /// started with every receive buffer posted; `Err` says why there is none.
 pub fn probe(top: u64) -> Result<VirtioNet, &'static str> {
-    let (transport, location) = virtio::find(DeviceType::Network, top).map_err(|e| {
-        if e.starts_with("no such") {
-            "no virtio-net device on PCI bus 0"
-        } else {
-            e
-        }
-    })?;
+    let (transport, location) = virtio::find(
+        DeviceType::Network,
+        top,
+        "no virtio-net device on PCI bus 0",
+    )?;
     let net = VirtIONetRaw::<RootHal, _, QUEUE>::new(transport).map_err(|_| "it did not start")?;
     let mut buffers = Vec::new();
     buffers
