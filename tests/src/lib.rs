@@ -250,6 +250,28 @@ fn host_log_shows_the_hypervisor_log(log: &str) -> Result<(), String> {
 }
 
 /// COM1 of a run's serial text: what the operator at the console saw.
+/// What a failed case's verdict quotes from the root's console, so that a
+/// log left on another machine is not needed to see why: the shell's
+/// `vm wait` answers and the last lines that say something failed.
+fn shell_context(com1: &str) -> String {
+    let telling: Vec<&str> = com1
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("vm wait:")
+                || GUEST_FAILURES.iter().any(|f| l.contains(f))
+                || l.contains("Failed")
+                || l.contains("error")
+        })
+        .collect();
+    let last = &telling[telling.len().saturating_sub(4)..];
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!(" (the console said: {})", last.join(" | "))
+    }
+}
+
 pub fn console_part(serial: &str) -> &str {
     serial
         .split_once(HYPERVISOR_LOG_MARKER)
@@ -2127,7 +2149,10 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
             }
             for text in *must_show {
                 if !log.contains(text) {
-                    return Err(format!("the root shell did not show \"{text}\""));
+                    return Err(format!(
+                        "the root shell did not show \"{text}\"{}",
+                        shell_context(com1)
+                    ));
                 }
             }
             match out.success {

@@ -190,6 +190,11 @@ fn qemu_command(
         c.args(["-icount", "shift=0"]);
     }
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    // For profiling by hand (docs/benchmarks.md), e.g.
+    // XTASK_QEMU_EXTRA="-d exec,nochain -D /tmp/trace".
+    if let Ok(extra) = std::env::var("XTASK_QEMU_EXTRA") {
+        c.args(extra.split_whitespace());
+    }
     if let Some(disk) = &m.disk_image {
         // The root's own disk, a virtio-blk PCI device.
         c.arg("-drive")

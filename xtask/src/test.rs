@@ -417,9 +417,10 @@ pub fn main(args: Vec<String>) -> Result<i32> {
                     Err(why) => {
                         let log = emulator::case_dir(&case.name).join("serial.log");
                         println!(
-                            "FAIL {} ({secs:.1} s): {why}\n     log: {}",
+                            "FAIL {} ({secs:.1} s): {why}\n     log: {}\n{}",
                             case.name,
-                            log.display()
+                            log.display(),
+                            log_tail(&log)
                         );
                     }
                 }
@@ -438,4 +439,27 @@ pub fn main(args: Vec<String>) -> Result<i32> {
     }
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// The end of a failed case's console and hypervisor log, printed with the
+/// verdict: CI machines keep only what the run printed.
+fn log_tail(log: &std::path::Path) -> String {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return String::new();
+    };
+    let (console, hypervisor) = text
+        .split_once(system_tests::HYPERVISOR_LOG_MARKER)
+        .unwrap_or((&text, ""));
+    let tail = |part: &str, n: usize| -> String {
+        let lines: Vec<&str> = part.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| format!("     | {}\n", l.chars().take(200).collect::<String>()))
+            .collect()
+    };
+    format!(
+        "     console, last lines:\n{}     hypervisor log, last lines:\n{}",
+        tail(console, 25),
+        tail(hypervisor, 12)
+    )
 }
