@@ -222,7 +222,9 @@ fn fixed_layout_fits(code: u16, block: &[u8]) -> bool {
         UNMAP_GPA_PAGES => fits::<layout::UnmapGpaPages>(block),
         CREATE_VP => fits::<layout::CreateVp>(block),
         DELETE_VP | START_VIRTUAL_PROCESSOR => fits::<layout::PartitionVp>(block),
-        GET_VP_REGISTERS | SET_VP_REGISTERS => fits::<layout::VpRegisters>(block),
+        GET_VP_REGISTERS | SET_VP_REGISTERS | hypercall::SET_VP_REGISTERS_THEN_IDLE => {
+            fits::<layout::VpRegisters>(block)
+        }
         INSTALL_INTERCEPT => fits::<layout::InstallIntercept>(block),
         ASSERT_VIRTUAL_INTERRUPT => fits::<layout::AssertVirtualInterrupt>(block),
         FLUSH_VIRTUAL_ADDRESS_SPACE | FLUSH_VIRTUAL_ADDRESS_LIST => {

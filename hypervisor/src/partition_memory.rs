@@ -24,7 +24,11 @@ impl<'a> PartitionMemory<'a> {
         let Some(end) = gpa.checked_add(len) else {
             return false;
         };
-        self.ranges.iter().any(|&(s, e)| s <= gpa && end <= e)
+        // Sorted and disjoint: only the last range starting at or below
+        // `gpa` can hold it (the root's RAM is some 30 ranges; the SynIC
+        // checks its slots several times per message).
+        let after = self.ranges.partition_point(|&(s, _)| s <= gpa);
+        after > 0 && self.ranges.get(after - 1).is_some_and(|&(_, e)| end <= e)
     }
 
     /// Copies `buf.len()` bytes from `gpa`.

@@ -10,6 +10,7 @@ use crate::virt::Caps;
 use crate::x86::{cpu, msr};
 use crate::{lp_state, stats, time};
 use hv_abi::hypercall;
+use hv_abi::synic::msr::{SINT0, SINT15};
 use hypervisor_core::vapic::{self, VirtualApic};
 use log::warn;
 
@@ -108,9 +109,18 @@ pub fn dispatch(
                     }
                 }
                 msr::IA32_APIC_BASE => vapic::apic_base_write_ok(vp, v),
-                _ => crate::synic::root_synic(vp)
-                    .write_msr(&crate::synic::RootVp(root, vp), m, v, true)
-                    .unwrap_or_else(|| write_msr(root, vcpu, m, v)),
+                _ => {
+                    let synic = crate::synic::root_synic(vp);
+                    match synic.write_msr(&crate::synic::RootVp(root, vp), m, v, true) {
+                        Some(done) => {
+                            if (SINT0..=SINT15).contains(&m) {
+                                vapic.set_auto_eoi(synic.auto_eoi_vectors());
+                            }
+                            done
+                        }
+                        None => write_msr(root, vcpu, m, v),
+                    }
+                }
             };
             vcpu.finish_wrmsr(done);
             Next::Resume
@@ -121,8 +131,11 @@ pub fn dispatch(
             Next::Resume
         }
         Exit::Hypercall => {
-            hypercall(root, caps, vcpu, buffers);
-            Next::Resume
+            if hypercall(root, caps, vcpu, buffers) {
+                Next::Halted
+            } else {
+                Next::Resume
+            }
         }
         Exit::CrAccess {
             cr: 8,
@@ -269,7 +282,14 @@ fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
 /// reps completed in bits 43:32); a rep call that is not finished, or must
 /// wait for a VP's LP, returns to the same instruction with its rep start
 /// index advanced (TLFS rep continuation).
-fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut HypercallBuffers) {
+/// Makes the root's hypercall; `true` when the VP then halts
+/// (SET_VP_REGISTERS_THEN_IDLE done, interrupts enabled).
+fn hypercall(
+    root: &RootPartition,
+    caps: &Caps,
+    vcpu: &mut Vcpu,
+    buffers: &mut HypercallBuffers,
+) -> bool {
     use hypervisor_core::hypercall::{check, Caller, Form};
     let r = *vcpu.regs();
     let finish = |vcpu: &mut Vcpu, status: u16, reps: u16| {
@@ -280,7 +300,10 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut H
         root.owns(gpa, len)
     }) {
         Ok(call) => call,
-        Err(status) => return finish(vcpu, status, 0),
+        Err(status) => {
+            finish(vcpu, status, 0);
+            return false;
+        }
     };
     // Input copied in (checked to be root memory, at most a page); the
     // output built in hypervisor memory and copied out.
@@ -295,7 +318,8 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut H
     let (input, out) = buffers.take(in_len, out_len);
     match call.input_block {
         Some((gpa, _)) if root.memory().read(gpa, input).is_err() => {
-            return finish(vcpu, hypercall::status::INVALID_PARAMETER, 0);
+            finish(vcpu, hypercall::status::INVALID_PARAMETER, 0);
+            return false;
         }
         Some(_) => {}
         None if call.input.fast => {
@@ -324,6 +348,12 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut H
                 .map_or(0, u64::from_le_bytes);
             let ok = crate::serial::read_log(from, out);
             (ok_status(ok), 0, PAGE_SIZE as usize)
+        }
+        hypercall::SET_VP_REGISTERS_THEN_IDLE => {
+            let reps = (call.input.rep_start, call.input.rep_count);
+            let code = hv_abi::partition::code::SET_VP_REGISTERS;
+            let o = crate::partition::call(root, caps, code, reps, input, out);
+            (o.status, o.reps_done, o.output_len)
         }
         code => match crate::ports::call(root, code, input, out) {
             Some(Ok(n)) => (hypercall::status::SUCCESS, 0, n),
@@ -359,7 +389,8 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut H
                 .write(gpa + from as u64, &out[from..to])
                 .is_err()
         {
-            return finish(vcpu, hypercall::status::INVALID_PARAMETER, reps_done);
+            finish(vcpu, hypercall::status::INVALID_PARAMETER, reps_done);
+            return false;
         }
     }
     let is_rep = matches!(call.spec.form, Form::Rep { .. });
@@ -370,9 +401,12 @@ fn hypercall(root: &RootPartition, caps: &Caps, vcpu: &mut Vcpu, buffers: &mut H
         let mut input = call.input;
         input.rep_start = reps_done.max(call.input.rep_start);
         vcpu.regs().rcx = input.encode();
-        return;
+        return false;
     }
-    finish(vcpu, status, reps_done)
+    finish(vcpu, status, reps_done);
+    call.spec.code == hypercall::SET_VP_REGISTERS_THEN_IDLE
+        && status == hypercall::status::SUCCESS
+        && vcpu.interrupts_enabled()
 }
 
 /// The root's hypercall input and output, copied in and out; kept from call

@@ -158,6 +158,19 @@ impl SynIc {
         })
     }
 
+    /// The vectors of the unmasked SINTs that ask for AutoEOI, a bit each
+    /// (for the VP's APIC: they are never put in service).
+    pub fn auto_eoi_vectors(&self) -> [u32; 8] {
+        let mut vectors = [0u32; 8];
+        for sint in &self.sint {
+            let v = sint.load(Ordering::Relaxed);
+            if v & msr::SINT_AUTO_EOI != 0 && v & msr::SINT_MASKED == 0 {
+                vectors[(v as u8 / 32) as usize] |= 1 << (v as u8 % 32);
+            }
+        }
+        vectors
+    }
+
     fn enabled(&self) -> bool {
         self.scontrol.load(Ordering::Relaxed) & 1 != 0
     }

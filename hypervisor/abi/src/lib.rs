@@ -221,6 +221,12 @@ pub mod hypercall {
     /// Root-only: the hypervisor's log from a position on. Input: the
     /// position (u64); output page: [`crate::HostLogChunk`].
     pub const GET_HOST_LOG: u16 = 0x7F02;
+    /// Root-only: HvCallSetVpRegisters (same input), then, when it succeeded
+    /// and the caller's interrupts are enabled, the calling VP halts as at
+    /// HLT. The root's worker resumes an intercepted VP and goes idle in one
+    /// exit; it executes `sti; vmcall` itself so that no interrupt falls
+    /// between the two (docs/hypercalls.md).
+    pub const SET_VP_REGISTERS_THEN_IDLE: u16 = 0x7F03;
 
     /// Bytes at the start of the hypercall page: `vmcall; ret` (Intel) or
     /// `vmmcall; ret` (AMD); the hypervisor writes the right one.

@@ -14,6 +14,8 @@ pub mod msr {
     pub const SINT15: u32 = 0x4000_009F;
     /// SINTx: vector 7:0, masked 16, auto-EOI 17.
     pub const SINT_MASKED: u64 = 1 << 16;
+    /// TLFS: the SINT's interrupt ends at delivery (no EOI).
+    pub const SINT_AUTO_EOI: u64 = 1 << 17;
     /// SIMP / SIEFP: enable bit 0, page GPA 63:12.
     pub const PAGE_ENABLE: u64 = 1;
 }

@@ -240,6 +240,13 @@ pub const TABLE: &[CallSpec] = &[
         size::HOST_LOG_INPUT,
         4096,
     ),
+    root_rep(
+        hypercall::SET_VP_REGISTERS_THEN_IDLE,
+        "SetVpRegistersThenIdle",
+        size::VP_REGISTERS_HEADER,
+        size::REGISTER_ASSOC,
+        0,
+    ),
 ];
 
 /// A call that passed every check.

@@ -107,6 +107,9 @@ pub struct VirtualApic {
     /// An NMI waits for the VP (one is latched; more while it waits are lost,
     /// as on hardware).
     nmi: bool,
+    /// Vectors that end at delivery (TLFS AutoEOI SINTs): never in service,
+    /// so their handler needs no EOI and the VP no exit for one.
+    auto_eoi: [u32; 8],
 }
 
 const LVT_CMCI: usize = 0;
@@ -138,6 +141,7 @@ impl VirtualApic {
             divide_config: 0,
             deadline: None,
             nmi: false,
+            auto_eoi: [0; 8],
         }
     }
 
@@ -244,12 +248,22 @@ impl VirtualApic {
         (v as u32 & 0xF0 > self.ppr() & 0xF0).then_some(v)
     }
 
-    /// The VP took `vector`: it moves from requested to in service.
+    /// The VP took `vector`: it moves from requested to in service (an
+    /// AutoEOI vector ends there and then).
     pub fn accept(&mut self, vector: u8) {
-        self.irr[vector as usize / 32] &= !(1 << (vector % 32));
-        self.isr[vector as usize / 32] |= 1 << (vector % 32);
+        let (word, bit) = (vector as usize / 32, 1 << (vector % 32));
+        self.irr[word] &= !bit;
         self.irr_top = Self::highest(&self.irr);
-        self.isr_top = self.isr_top.max(Some(vector));
+        if self.auto_eoi[word] & bit == 0 {
+            self.isr[word] |= bit;
+            self.isr_top = self.isr_top.max(Some(vector));
+        }
+    }
+
+    /// The vectors that end at delivery, a bit per vector (from the SynIC's
+    /// SINTs that ask for AutoEOI).
+    pub fn set_auto_eoi(&mut self, vectors: [u32; 8]) {
+        self.auto_eoi = vectors;
     }
 
     fn eoi(&mut self) {
@@ -442,6 +456,27 @@ mod tests {
         assert_eq!(a.write(0x808, 0x30, 0), Write::Done);
         assert_eq!(a.deliverable(), None);
         assert_eq!(a.write(0x80B, 1, 0), Write::Fault, "EOI takes only 0");
+    }
+
+    #[test]
+    fn auto_eoi_vectors_are_never_in_service() {
+        let mut a = enabled(0);
+        let mut auto = [0u32; 8];
+        auto[0x42 / 32] |= 1 << (0x42 % 32);
+        a.set_auto_eoi(auto);
+        a.request(0x42);
+        a.accept(0x42);
+        assert_eq!(a.read(0x80A, 0), Some(0), "no class in service");
+        // The next SINT interrupt, and a lower vector, arrive without an EOI.
+        a.request(0x42);
+        a.request(0x35);
+        assert_eq!(a.deliverable(), Some(0x42));
+        a.accept(0x42);
+        assert_eq!(a.deliverable(), Some(0x35));
+        // Other vectors still wait for theirs.
+        a.accept(0x35);
+        a.request(0x34);
+        assert_eq!(a.deliverable(), None);
     }
 
     #[test]

@@ -165,11 +165,10 @@ pub fn halt_forever() -> ! {
 }
 
 /// Sleeps until the next interrupt (the idle timer, a SINT), then returns
-/// with interrupts off again.
+/// with interrupts off again. A VP resume the VM worker deferred goes to
+/// the hypervisor with the halt (`hypercall::idle`).
 pub fn idle() {
-    // SAFETY: the IDT handles every vector the root enables (timer, IPI,
-    // SINT); STI's shadow covers HLT, so no wake-up is missed.
-    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    crate::hypercall::idle();
 }
 
 /// Starts this VP's x2APIC timer, periodic every `us` microseconds on

@@ -4,8 +4,9 @@ use crate::arch::wrmsr;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hv_abi::hypercall::{Input, VMCALL_PAGE, VMMCALL_PAGE};
-use hv_abi::layout::{self, Immutable, IntoBytes};
+use hv_abi::layout::{self, Immutable, IntoBytes, RegisterAssoc, SetVpRegisters};
 use hv_abi::msr;
+use spin::Mutex;
 
 #[repr(C, align(4096))]
 struct Page(UnsafeCell<[u8; 4096]>);
@@ -35,6 +36,26 @@ fn code_page() -> u64 {
 static INPUT: Page = Page(UnsafeCell::new([0; 4096]));
 static OUTPUT: Page = Page(UnsafeCell::new([0; 4096]));
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The hypercall instruction is VMMCALL (AMD), not VMCALL.
+static VMMCALL: AtomicBool = AtomicBool::new(false);
+
+/// The most registers a deferred resume carries (RAX, RIP, InterceptSuspend
+/// and one more).
+const DEFERRED_MAX: usize = 4;
+
+/// A SetVpRegisters the VM worker left for the moment the root goes idle:
+/// then it is sent with the halt in one exit (SET_VP_REGISTERS_THEN_IDLE).
+/// Sent on its own before any other call, and by `flush_deferred`.
+struct Deferred {
+    header: SetVpRegisters,
+    elements: [RegisterAssoc; DEFERRED_MAX],
+    count: usize,
+}
+
+static DEFERRED: Mutex<Option<Deferred>> = Mutex::new(None);
+/// A deferred call the hypervisor refused: (partition, VP, status), for the
+/// worker to fail that VM.
+static DEFERRED_FAILED: Mutex<Option<(u64, u32, u16)>> = Mutex::new(None);
 
 /// Sets the guest OS id and enables the hypercall page. The error is the
 /// page's first bytes when the MSR writes were accepted but the page holds no
@@ -52,6 +73,7 @@ pub fn enable() -> Result<(), [u8; 4]> {
     // hypervisor wrote them behind the compiler's back.
     let head = unsafe { core::ptr::read_volatile(page as *const [u8; 4]) };
     if head == VMCALL_PAGE || head == VMMCALL_PAGE {
+        VMMCALL.store(head == VMMCALL_PAGE, Ordering::Relaxed);
         ENABLED.store(true, Ordering::Relaxed);
         Ok(())
     } else {
@@ -95,6 +117,7 @@ pub fn call_rep<H: IntoBytes + Immutable, E: IntoBytes + Immutable>(
             reps: 0,
         };
     }
+    flush_deferred();
     // Straight into the input page: no page-sized buffer to clear and copy
     // on every call (the VM worker resumes VPs with this).
     // SAFETY: our own page; only VP 0 makes hypercalls, one at a time, and
@@ -120,6 +143,7 @@ pub fn call(code: u16, reps: u16, input: &[u8], output: &mut [u8]) -> Reply {
             reps: 0,
         };
     }
+    flush_deferred();
     let n = input.len().min(4096);
     // SAFETY: our own page; only VP 0 makes hypercalls, one at a time.
     unsafe { core::ptr::copy_nonoverlapping(input.as_ptr(), INPUT.0.get() as *mut u8, n) };
@@ -155,4 +179,102 @@ fn call_prepared(code: u16, reps: u16, output: &mut [u8]) -> Reply {
         status: rax as u16,
         reps: ((rax >> 32) & 0xFFF) as u16,
     }
+}
+
+/// Leaves a SetVpRegisters of at most `DEFERRED_MAX` registers (a VP's
+/// resume after its intercept) for `idle`, which sends it with the halt.
+/// A resume already waiting is sent first. `false`: too many registers; the
+/// caller sends it itself.
+pub fn defer_set_registers(header: SetVpRegisters, registers: &[RegisterAssoc]) -> bool {
+    if registers.len() > DEFERRED_MAX || !enabled() {
+        return false;
+    }
+    flush_deferred();
+    let mut elements = [RegisterAssoc::default(); DEFERRED_MAX];
+    elements[..registers.len()].copy_from_slice(registers);
+    *DEFERRED.lock() = Some(Deferred {
+        header,
+        elements,
+        count: registers.len(),
+    });
+    true
+}
+
+/// Sends a deferred resume now (the worker is about to do something other
+/// than go idle).
+pub fn flush_deferred() {
+    let Some(d) = DEFERRED.lock().take() else {
+        return;
+    };
+    let r = call_rep(
+        hv_abi::partition::code::SET_VP_REGISTERS,
+        &d.header,
+        &d.elements[..d.count],
+        &mut [],
+    );
+    note_deferred(&d, r.status);
+}
+
+fn note_deferred(d: &Deferred, status: u16) {
+    if status != hv_abi::hypercall::status::SUCCESS {
+        *DEFERRED_FAILED.lock() = Some((d.header.partition_id, d.header.vp_index, status));
+    }
+}
+
+/// A deferred resume the hypervisor refused, once.
+pub fn take_deferred_failure() -> Option<(u64, u32, u16)> {
+    DEFERRED_FAILED.lock().take()
+}
+
+/// Goes idle: a deferred resume is sent and the VP halts in the same exit;
+/// otherwise `sti; hlt`. Returns with interrupts off, after an interrupt.
+pub fn idle() {
+    let Some(d) = DEFERRED.lock().take() else {
+        // SAFETY: the IDT handles every vector the root enables (timer,
+        // IPI, SINT); STI's shadow covers HLT, so no wake-up is missed.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+        return;
+    };
+    // SAFETY: our own page; only VP 0 makes hypercalls, one at a time.
+    let page = unsafe { &mut *INPUT.0.get() };
+    let Some(_) = layout::encode_rep(&d.header, &d.elements[..d.count], page) else {
+        return;
+    };
+    let value = Input::slow(
+        hv_abi::hypercall::SET_VP_REGISTERS_THEN_IDLE,
+        d.count as u16,
+    )
+    .encode();
+    let rax: u64;
+    // SAFETY: as in `call_prepared`, with the hypercall instruction inline so
+    // that STI's shadow covers it: no interrupt is taken between enabling
+    // interrupts and the halt the call ends in (the hypervisor halts the VP
+    // only with interrupts enabled; a pending one ends the halt at once).
+    // A continued rep call re-executes the instruction itself.
+    unsafe {
+        if VMMCALL.load(Ordering::Relaxed) {
+            core::arch::asm!(
+                "sti", "vmmcall", "cli",
+                inout("rcx") value => _,
+                inout("rdx") INPUT.0.get() as u64 => _,
+                inout("r8") OUTPUT.0.get() as u64 => _,
+                lateout("rax") rax,
+                lateout("r9") _,
+                lateout("r10") _,
+                lateout("r11") _,
+            )
+        } else {
+            core::arch::asm!(
+                "sti", "vmcall", "cli",
+                inout("rcx") value => _,
+                inout("rdx") INPUT.0.get() as u64 => _,
+                inout("r8") OUTPUT.0.get() as u64 => _,
+                lateout("rax") rax,
+                lateout("r9") _,
+                lateout("r10") _,
+                lateout("r11") _,
+            )
+        }
+    };
+    note_deferred(&d, rax as u16);
 }

@@ -122,12 +122,10 @@ global_asm!(
     "    mov ecx, 0x80B", "xor eax, eax", "xor edx, edx", "wrmsr",
     "    pop rdx", "pop rcx", "pop rax",
     "    iretq",
+    // The SINTs are AutoEOI (kernel/synic.rs): no EOI.
     ".global root_irq_sint",
     "root_irq_sint:",
-    "    push rax", "push rcx", "push rdx",
     "    lock inc qword ptr [rip + {sints}]",
-    "    mov ecx, 0x80B", "xor eax, eax", "xor edx, edx", "wrmsr",
-    "    pop rdx", "pop rcx", "pop rax",
     "    iretq",
     ".text",
     ticks = sym TIMER_TICKS,

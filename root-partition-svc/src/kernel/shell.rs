@@ -112,6 +112,8 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
         match editor.feed(b, &mut |e| serial::write_bytes(e)) {
             Event::None => continue,
             Event::Line => {
+                // A VP's resume waits for no command.
+                crate::hypercall::flush_deferred();
                 shell.execute(editor.line());
                 editor.clear();
                 last_activity = arch::rdtsc();

@@ -28,8 +28,11 @@ pub fn enable() {
     unsafe {
         wrmsr(msr::SIMP, SIMP.0.get() as u64 | msr::PAGE_ENABLE);
         wrmsr(msr::SIEFP, SIEFP.0.get() as u64 | msr::PAGE_ENABLE);
-        wrmsr(msr::SINT0 + INTERCEPT_SINT as u32, SINT_VECTOR as u64);
-        wrmsr(msr::SINT0 + VMBUS_SINT as u32, SINT_VECTOR as u64);
+        // AutoEOI: the interrupt only wakes the loop, which reads the
+        // slots; no EOI, so no exit, per message.
+        let sint = SINT_VECTOR as u64 | msr::SINT_AUTO_EOI;
+        wrmsr(msr::SINT0 + INTERCEPT_SINT as u32, sint);
+        wrmsr(msr::SINT0 + VMBUS_SINT as u32, sint);
         wrmsr(msr::SCONTROL, 1);
     }
 }

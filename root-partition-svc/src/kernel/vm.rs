@@ -306,6 +306,33 @@ fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
     Ok(())
 }
 
+/// Resumes an intercepted VP: its registers and InterceptSuspend cleared,
+/// left for the root's next idle so that the call and the halt are one exit
+/// (a refusal comes back through `hypercall::take_deferred_failure`).
+fn resume(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
+    let header = SetVpRegisters {
+        partition_id: id,
+        vp_index: vp,
+        ..Default::default()
+    };
+    let mut elements = [RegisterAssoc::default(); 4];
+    if regs.len() > elements.len() {
+        return set_registers(id, vp, regs);
+    }
+    for (e, &(name, value)) in elements.iter_mut().zip(regs) {
+        *e = RegisterAssoc {
+            name,
+            value,
+            ..Default::default()
+        };
+    }
+    if hypercall::defer_set_registers(header, &elements[..regs.len()]) {
+        Ok(())
+    } else {
+        set_registers(id, vp, regs)
+    }
+}
+
 /// GetVpRegisters of up to 8 registers: their values (low 64 bits).
 fn get_registers(id: u64, vp: u32, names: &[u32], out: &mut [u64]) -> Result<(), u16> {
     let header = hv_abi::layout::GetVpRegisters {
@@ -1504,6 +1531,18 @@ impl Vmm {
     /// Handles every waiting intercept message, then the VMBus servers'
     /// messages, channel signals and periodic work.
     pub fn poll(&mut self) -> bool {
+        // A resume left for an idle that did not come: sent now.
+        hypercall::flush_deferred();
+        if let Some((partition, vp, s)) = hypercall::take_deferred_failure() {
+            if let Some(vm) = self
+                .vms
+                .iter_mut()
+                .flatten()
+                .find(|v| v.partition == partition)
+            {
+                fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
+            }
+        }
         let mut any = false;
         while let Some(m) = synic::take() {
             any = true;
@@ -1850,7 +1889,7 @@ fn absent_mmio(vm: &mut Vm, mi: &MemoryIntercept) -> bool {
         ),
         Report::Quiet => {}
     }
-    if let Err(s) = set_registers(vm.partition, vp, &regs[..n]) {
+    if let Err(s) = resume(vm.partition, vp, &regs[..n]) {
         fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
     }
     true
@@ -2238,7 +2277,7 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
         (reg::RIP, next as u128),
         (reg::INTERCEPT_SUSPEND, 0),
     ];
-    if let Err(s) = set_registers(vm.partition, vp, &regs) {
+    if let Err(s) = resume(vm.partition, vp, &regs) {
         return fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
     }
     if let Some(vector) = interrupt {
