@@ -65,12 +65,14 @@ impl Local {
     /// interrupt then reaches the VP as any other). Returns when the next
     /// one is due (TSC), if one is armed.
     fn expire_timers(&mut self, root: &RootPartition) -> Option<u64> {
-        let reference = crate::time::reference();
-        let now = reference.at(cpu::rdtsc());
         let mut due = [None; stimer::TIMERS];
+        let reference = crate::time::reference();
         let next = {
             let mut timers = self.vp.stimers.lock();
-            if timers.next_due().is_some_and(|d| d <= now) {
+            // Most VPs arm none: no clock reading then.
+            let first = timers.next_due()?;
+            let now = reference.at(cpu::rdtsc());
+            if first <= now {
                 let mut n = 0;
                 timers.tick(now, |e| {
                     if let Some(slot) = due.get_mut(n) {

@@ -171,6 +171,13 @@ pub fn idle() {
     crate::hypercall::idle();
 }
 
+/// Takes the interrupts that wait, if any, and returns with interrupts off.
+pub fn take_interrupts() {
+    // SAFETY: as in `idle`: the IDT handles every vector the root enables;
+    // the one instruction after STI is where a waiting interrupt arrives.
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
 /// Starts this VP's x2APIC timer, periodic every `us` microseconds on
 /// `vector`: it wakes the idle shell to poll the serial port.
 pub fn start_idle_timer(tsc_hz: u64, vector: u8, us: u64) {

@@ -89,6 +89,7 @@ extern "C" {
     fn root_irq_timer();
     fn root_irq_ipi();
     fn root_irq_sint();
+    fn root_irq_vmbus();
 }
 
 /// Interrupts from the virtual APIC's timer, counted by `root_irq_timer`.
@@ -101,6 +102,11 @@ pub const IPI_VECTOR: u8 = 0x41;
 pub const SINT_VECTOR: u8 = 0x42;
 /// SINT interrupts taken.
 pub static SINTS: AtomicU64 = AtomicU64::new(0);
+/// The VMBus SINT: a message in its slot, or event flags set.
+pub const VMBUS_VECTOR: u8 = 0x43;
+/// VMBus SINT interrupts taken: the worker reads the VMBus slot and flags
+/// only after one (or at its housekeeping tick).
+pub static VMBUS_SINTS: AtomicU64 = AtomicU64::new(0);
 /// Set once VP 0 has built the IDT: the other VPs then load it.
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -127,10 +133,15 @@ global_asm!(
     "root_irq_sint:",
     "    lock inc qword ptr [rip + {sints}]",
     "    iretq",
+    ".global root_irq_vmbus",
+    "root_irq_vmbus:",
+    "    lock inc qword ptr [rip + {vmbus_sints}]",
+    "    iretq",
     ".text",
     ticks = sym TIMER_TICKS,
     ipis = sym IPIS,
     sints = sym SINTS,
+    vmbus_sints = sym VMBUS_SINTS,
 );
 
 extern "C" fn root_exception(f: &mut Frame) {
@@ -230,6 +241,7 @@ pub fn init() {
         (TIMER_VECTOR as usize, root_irq_timer as *const () as u64),
         (IPI_VECTOR as usize, root_irq_ipi as *const () as u64),
         (SINT_VECTOR as usize, root_irq_sint as *const () as u64),
+        (VMBUS_VECTOR as usize, root_irq_vmbus as *const () as u64),
     ];
     for (v, stub) in stubs.iter().copied().enumerate().chain(irqs) {
         let ist = if matches!(v, 2 | 8 | 18) { ist } else { 0 };

@@ -2,7 +2,7 @@
 //! message and event-flag pages, the intercept SINT and the VMBus SINT,
 //! taking messages out of their slot and event flags out of their page.
 use crate::arch::wrmsr;
-use crate::idt::SINT_VECTOR;
+use crate::idt::{SINT_VECTOR, VMBUS_VECTOR};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_abi::synic::{
@@ -21,7 +21,8 @@ static SIMP: Page = Page(UnsafeCell::new([0; 4096]));
 static SIEFP: Page = Page(UnsafeCell::new([0; 4096]));
 
 /// Enables the message and event-flag pages, the intercept SINT and the
-/// VMBus SINT (unmasked, both SINT_VECTOR: the shell loop polls both).
+/// VMBus SINT (unmasked, each with its vector: the worker reads the VMBus
+/// slot and flags only after the VMBus one).
 pub fn enable() {
     // SAFETY: the SynIC MSRs the hypervisor emulates for the root; the pages
     // are this crate's own, used for nothing else.
@@ -30,9 +31,15 @@ pub fn enable() {
         wrmsr(msr::SIEFP, SIEFP.0.get() as u64 | msr::PAGE_ENABLE);
         // AutoEOI: the interrupt only wakes the loop, which reads the
         // slots; no EOI, so no exit, per message.
-        let sint = SINT_VECTOR as u64 | msr::SINT_AUTO_EOI;
-        wrmsr(msr::SINT0 + INTERCEPT_SINT as u32, sint);
-        wrmsr(msr::SINT0 + VMBUS_SINT as u32, sint);
+        let auto_eoi = msr::SINT_AUTO_EOI;
+        wrmsr(
+            msr::SINT0 + INTERCEPT_SINT as u32,
+            SINT_VECTOR as u64 | auto_eoi,
+        );
+        wrmsr(
+            msr::SINT0 + VMBUS_SINT as u32,
+            VMBUS_VECTOR as u64 | auto_eoi,
+        );
         wrmsr(msr::SCONTROL, 1);
     }
 }

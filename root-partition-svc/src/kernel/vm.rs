@@ -180,7 +180,16 @@ pub struct Vmm {
     lps: u32,
     /// The host's clock: (Unix seconds, TSC) when the root read its RTC.
     host_time: (u64, u64),
+    /// VMBus SINT interrupts taken when the worker last read the VMBus
+    /// slot and event flags: unchanged, nothing new is there.
+    vmbus_seen: u64,
+    /// When the VMBus servers' housekeeping (`VmBus::tick`) last ran.
+    last_tick: u64,
 }
+
+/// How often (µs) the VMBus servers' housekeeping runs at least: timers of
+/// seconds, and rings a guest filled without signalling.
+const TICK_US: u64 = 100;
 
 struct Global(UnsafeCell<Vmm>);
 // SAFETY: only VP 0 (the shell) uses the worker, never re-entrantly.
@@ -199,6 +208,8 @@ static VMM: Global = Global(UnsafeCell::new(Vmm {
     tsc_hz: 1,
     lps: 1,
     host_time: (0, 0),
+    vmbus_seen: 0,
+    last_tick: 0,
 }));
 
 /// The worker (VP 0's shell only).
@@ -1220,10 +1231,12 @@ impl Vmm {
     /// answers heartbeats, uses every integration service, or its console
     /// shows a text.
     fn wait(&mut self, name: &str, what: Option<WaitFor>, secs: u64) {
-        if self.find(name).is_none() {
+        // Its slot, looked up once: nothing deletes or renames a VM while
+        // the shell waits here.
+        let Some(slot) = self.find(name) else {
             println!("vm: no VM named \"{name}\"; vm list shows them");
             return;
-        }
+        };
         let start = crate::arch::rdtsc();
         let limit = secs * self.tsc_hz;
         // Console bytes already searched (the text may be there already).
@@ -1232,7 +1245,7 @@ impl Vmm {
             self.poll();
             let now = crate::arch::rdtsc();
             let tsc_hz = self.tsc_hz;
-            let Some(vm) = self.find(name).and_then(|i| self.vms[i].as_ref()) else {
+            let Some(vm) = self.vms.get(slot).and_then(|v| v.as_ref()) else {
                 return;
             };
             if let Some(WaitFor::Text(t)) = what {
@@ -1252,9 +1265,9 @@ impl Vmm {
                 println!("vm wait: {name} is {} ({})", vm.state.name(), vm.reason());
                 return;
             }
-            let status = vm.vmbus.as_ref().map(|b| b.status(now, tsc_hz));
+            let status = || vm.vmbus.as_ref().map(|b| b.status(now, tsc_hz));
             match what {
-                Some(WaitFor::Heartbeat) if status == Some("Operating normally") => {
+                Some(WaitFor::Heartbeat) if status() == Some("Operating normally") => {
                     println!("vm wait: {name}'s heartbeat answers (Operating normally)");
                     return;
                 }
@@ -1270,7 +1283,7 @@ impl Vmm {
                     Some(_) => println!(
                         "vm wait: not there after {secs} s: {name} is {} ({})",
                         vm.state.name(),
-                        status.unwrap_or("no VMBus server")
+                        status().unwrap_or("no VMBus server")
                     ),
                 }
                 return;
@@ -1553,8 +1566,19 @@ impl Vmm {
     }
 
     fn poll_vmbus(&mut self) -> bool {
-        let mut any = false;
+        let mut any = self.net.poll();
         let now = crate::arch::rdtsc();
+        // A SINT interrupt waiting while the caller spun with interrupts
+        // off is taken now (an exit only when one waits).
+        crate::arch::take_interrupts();
+        // Read before the slot and flags: one raised after is seen next time.
+        let raised = crate::idt::VMBUS_SINTS.load(core::sync::atomic::Ordering::Acquire);
+        let tick_due = now.wrapping_sub(self.last_tick) >= self.tsc_hz / 1_000_000 * TICK_US;
+        if raised == self.vmbus_seen && !tick_due {
+            // The common case of an intercept: no VMBus work to look for.
+            return any;
+        }
+        self.vmbus_seen = raised;
         let clock = (self.tsc_hz, self.host_time);
         while let Some(m) = synic::take_vmbus() {
             any = true;
@@ -1583,7 +1607,7 @@ impl Vmm {
                 bus.channel_signalled(relid, now, clock, net);
             }
         });
-        any |= self.net.poll();
+        self.last_tick = now;
         for vm in self.vms.iter_mut().flatten() {
             if let Some(bus) = vm.vmbus.as_mut() {
                 bus.tick(now, self.tsc_hz, self.host_time, &mut self.net);
