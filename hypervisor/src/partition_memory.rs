@@ -4,10 +4,16 @@
 //! hypervisor). Nothing here hands out a reference into partition memory: the
 //! partition's own VPs may change it at any time.
 
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 /// A partition's RAM: sorted, disjoint `[start, end)` ranges.
 #[derive(Clone, Copy)]
 pub struct PartitionMemory<'a> {
     ranges: &'a [(u64, u64)],
+    /// The range that held the last lookup, tried first: the SynIC's slots
+    /// and the hypercall pages of the root lie in one range, looked up
+    /// several times per message.
+    hint: Option<&'a AtomicUsize>,
 }
 
 /// The range is not (all) the partition's.
@@ -16,7 +22,16 @@ pub struct NotOwned;
 
 impl<'a> PartitionMemory<'a> {
     pub fn new(ranges: &'a [(u64, u64)]) -> Self {
-        PartitionMemory { ranges }
+        PartitionMemory { ranges, hint: None }
+    }
+
+    /// As `new`, remembering in `hint` where the last lookup succeeded (any
+    /// value is safe: it is only tried).
+    pub fn with_hint(ranges: &'a [(u64, u64)], hint: &'a AtomicUsize) -> Self {
+        PartitionMemory {
+            ranges,
+            hint: Some(hint),
+        }
     }
 
     /// Whether `[gpa, gpa + len)` lies in one of the partition's ranges.
@@ -24,11 +39,24 @@ impl<'a> PartitionMemory<'a> {
         let Some(end) = gpa.checked_add(len) else {
             return false;
         };
+        let holds = |i: usize| {
+            self.ranges
+                .get(i)
+                .is_some_and(|&(s, e)| s <= gpa && end <= e)
+        };
+        if let Some(hint) = self.hint {
+            if holds(hint.load(Ordering::Relaxed)) {
+                return true;
+            }
+        }
         // Sorted and disjoint: only the last range starting at or below
-        // `gpa` can hold it (the root's RAM is some 30 ranges; the SynIC
-        // checks its slots several times per message).
+        // `gpa` can hold it (the root's RAM is some 30 ranges).
         let after = self.ranges.partition_point(|&(s, _)| s <= gpa);
-        after > 0 && self.ranges.get(after - 1).is_some_and(|&(_, e)| end <= e)
+        let found = after > 0 && holds(after - 1);
+        if let (true, Some(hint)) = (found, self.hint) {
+            hint.store(after - 1, Ordering::Relaxed);
+        }
+        found
     }
 
     /// Copies `buf.len()` bytes from `gpa`.

@@ -34,6 +34,8 @@ pub struct RootPartition {
     pub vp_count: u32,
     /// `[start, end)` ranges of RAM the root owns, sorted.
     pub ram: Vec<(u64, u64)>,
+    /// The `ram` range of the last lookup (PartitionMemory's hint).
+    pub ram_hint: core::sync::atomic::AtomicUsize,
     pub hypervisor_bytes: u64,
     pub memory_total: u64,
     /// GUEST_OS_ID and HYPERCALL.
@@ -337,6 +339,7 @@ pub fn create(
         vp_count,
         // The boot area below still writes through `ram`; the root keeps a copy.
         ram: ram.clone(),
+        ram_hint: core::sync::atomic::AtomicUsize::new(0),
         hypervisor_bytes: memory_total.saturating_sub(root_bytes),
         memory_total,
         hypercall_msrs: HypercallMsrs::new(),
@@ -462,7 +465,7 @@ impl RootPartition {
 
     /// The root's RAM, for copies in and out.
     pub fn memory(&self) -> PartitionMemory<'_> {
-        PartitionMemory::new(&self.ram)
+        PartitionMemory::with_hint(&self.ram, &self.ram_hint)
     }
 
     /// Whether `[gpa, gpa + len)` is RAM the root owns.

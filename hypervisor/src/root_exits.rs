@@ -418,13 +418,16 @@ pub struct HypercallBuffers {
 }
 
 impl HypercallBuffers {
-    /// Zeroed buffers of exactly these sizes.
+    /// Buffers of exactly these sizes: the output zeroed, the input not
+    /// (the caller overwrites all of it: the copied block or the two fast
+    /// registers).
     fn take(&mut self, input: usize, output: usize) -> (&mut [u8], &mut [u8]) {
-        self.input.clear();
-        self.input.resize(input, 0);
+        if self.input.len() < input {
+            self.input.resize(input, 0);
+        }
         self.output.clear();
         self.output.resize(output, 0);
-        (&mut self.input, &mut self.output)
+        (&mut self.input[..input], &mut self.output)
     }
 }
 

@@ -204,14 +204,16 @@ impl SynIc {
             Ok(head) if head as u32 == abi::kind::NONE => head,
             _ => return false,
         };
-        let mut bytes = [0u8; SLOT_SIZE];
-        m.encode(&mut bytes);
+        let header = m.header();
         // The body first, the header (with the type) last: the partition
-        // sees a message only when it is complete.
-        if mem.write(at + 8, &bytes[8..]).is_err() {
+        // sees a message only when it is complete. Only the payload bytes
+        // the header counts: the rest of the slot is the partition's own
+        // earlier message, or zero.
+        if mem.write(at + 8, &header[8..]).is_err() || mem.write(at + 16, m.used_payload()).is_err()
+        {
             return false;
         }
-        let head = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+        let head = u64::from_le_bytes(header[..8].try_into().unwrap_or([0; 8]));
         if mem.compare_exchange_u64(at, old, head).is_err() {
             return false;
         }

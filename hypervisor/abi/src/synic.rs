@@ -57,13 +57,33 @@ pub struct Message {
 }
 
 impl Message {
+    /// An empty slot's contents.
+    pub const EMPTY: Message = Message {
+        kind: 0,
+        flags: 0,
+        sender: 0,
+        size: 0,
+        payload: [0; PAYLOAD_MAX],
+    };
+
     pub fn encode(&self, out: &mut [u8; SLOT_SIZE]) {
+        out[..16].copy_from_slice(&self.header());
+        out[16..].copy_from_slice(&self.payload);
+    }
+
+    /// The slot's first 16 bytes: type, payload size, flags, sender.
+    pub fn header(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
         out[0..4].copy_from_slice(&self.kind.to_le_bytes());
         out[4] = self.size.min(PAYLOAD_MAX as u8);
         out[5] = self.flags;
-        out[6..8].fill(0);
         out[8..16].copy_from_slice(&self.sender.to_le_bytes());
-        out[16..].copy_from_slice(&self.payload);
+        out
+    }
+
+    /// The payload bytes the header counts.
+    pub fn used_payload(&self) -> &[u8] {
+        &self.payload[..(self.size as usize).min(PAYLOAD_MAX)]
     }
 
     pub fn decode(b: &[u8; SLOT_SIZE]) -> Self {

@@ -43,13 +43,15 @@ static VMMCALL: AtomicBool = AtomicBool::new(false);
 /// and one more).
 const DEFERRED_MAX: usize = 4;
 
-/// A SetVpRegisters the VM worker left for the moment the root goes idle:
-/// then it is sent with the halt in one exit (SET_VP_REGISTERS_THEN_IDLE).
-/// Sent on its own before any other call, and by `flush_deferred`.
+/// A SetVpRegisters the VM worker left, encoded in the input page, for the
+/// moment the root goes idle: then it is sent with the halt in one exit
+/// (SET_VP_REGISTERS_THEN_IDLE). Sent on its own before any other call
+/// (which needs the page), and by `flush_deferred`.
+#[derive(Clone, Copy)]
 struct Deferred {
-    header: SetVpRegisters,
-    elements: [RegisterAssoc; DEFERRED_MAX],
-    count: usize,
+    partition: u64,
+    vp: u32,
+    count: u16,
 }
 
 static DEFERRED: Mutex<Option<Deferred>> = Mutex::new(None);
@@ -185,17 +187,31 @@ fn call_prepared(code: u16, reps: u16, output: &mut [u8]) -> Reply {
 /// resume after its intercept) for `idle`, which sends it with the halt.
 /// A resume already waiting is sent first. `false`: too many registers; the
 /// caller sends it itself.
-pub fn defer_set_registers(header: SetVpRegisters, registers: &[RegisterAssoc]) -> bool {
+pub fn defer_set_registers(partition: u64, vp: u32, registers: &[(u32, u128)]) -> bool {
     if registers.len() > DEFERRED_MAX || !enabled() {
         return false;
     }
     flush_deferred();
     let mut elements = [RegisterAssoc::default(); DEFERRED_MAX];
-    elements[..registers.len()].copy_from_slice(registers);
+    for (e, &(name, value)) in elements.iter_mut().zip(registers) {
+        e.name = name;
+        e.value = value;
+    }
+    let header = SetVpRegisters {
+        partition_id: partition,
+        vp_index: vp,
+        ..Default::default()
+    };
+    // SAFETY: our own page; only VP 0 makes hypercalls, one at a time, and
+    // no reference to it outlives this statement.
+    let page = unsafe { &mut *INPUT.0.get() };
+    if layout::encode_rep(&header, &elements[..registers.len()], page).is_none() {
+        return false;
+    }
     *DEFERRED.lock() = Some(Deferred {
-        header,
-        elements,
-        count: registers.len(),
+        partition,
+        vp,
+        count: registers.len() as u16,
     });
     true
 }
@@ -206,18 +222,13 @@ pub fn flush_deferred() {
     let Some(d) = DEFERRED.lock().take() else {
         return;
     };
-    let r = call_rep(
-        hv_abi::partition::code::SET_VP_REGISTERS,
-        &d.header,
-        &d.elements[..d.count],
-        &mut [],
-    );
-    note_deferred(&d, r.status);
+    let r = call_prepared(hv_abi::partition::code::SET_VP_REGISTERS, d.count, &mut []);
+    note_deferred(d, r.status);
 }
 
-fn note_deferred(d: &Deferred, status: u16) {
+fn note_deferred(d: Deferred, status: u16) {
     if status != hv_abi::hypercall::status::SUCCESS {
-        *DEFERRED_FAILED.lock() = Some((d.header.partition_id, d.header.vp_index, status));
+        *DEFERRED_FAILED.lock() = Some((d.partition, d.vp, status));
     }
 }
 
@@ -235,16 +246,8 @@ pub fn idle() {
         unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
         return;
     };
-    // SAFETY: our own page; only VP 0 makes hypercalls, one at a time.
-    let page = unsafe { &mut *INPUT.0.get() };
-    let Some(_) = layout::encode_rep(&d.header, &d.elements[..d.count], page) else {
-        return;
-    };
-    let value = Input::slow(
-        hv_abi::hypercall::SET_VP_REGISTERS_THEN_IDLE,
-        d.count as u16,
-    )
-    .encode();
+    // The call is in the input page already (`defer_set_registers`).
+    let value = Input::slow(hv_abi::hypercall::SET_VP_REGISTERS_THEN_IDLE, d.count).encode();
     let rax: u64;
     // SAFETY: as in `call_prepared`, with the hypercall instruction inline so
     // that STI's shadow covers it: no interrupt is taken between enabling
@@ -276,5 +279,5 @@ pub fn idle() {
             )
         }
     };
-    note_deferred(&d, rax as u16);
+    note_deferred(d, rax as u16);
 }

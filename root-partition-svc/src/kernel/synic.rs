@@ -6,7 +6,8 @@ use crate::idt::{SINT_VECTOR, VMBUS_VECTOR};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_abi::synic::{
-    msr, Message, EVENT_FLAGS_BYTES, INTERCEPT_SINT, MESSAGE_PENDING, SLOT_SIZE, VMBUS_SINT,
+    msr, Message, EVENT_FLAGS_BYTES, INTERCEPT_SINT, MESSAGE_PENDING, PAYLOAD_MAX, SLOT_SIZE,
+    VMBUS_SINT,
 };
 
 #[repr(C, align(4096))]
@@ -44,15 +45,16 @@ pub fn enable() {
     }
 }
 
-/// The message in the intercept slot, if any; the slot is emptied (and EOM
-/// written when another message waits behind it).
-pub fn take() -> Option<Message> {
-    take_from(INTERCEPT_SINT)
+/// Moves the message in the intercept slot, if any, into `m` (its payload
+/// bytes the header counts; the rest are left as they were); the slot is
+/// emptied (and EOM written when another message waits behind it).
+pub fn take(m: &mut Message) -> bool {
+    take_from(INTERCEPT_SINT, m)
 }
 
-/// The next message guests posted to the root's VMBus ports.
-pub fn take_vmbus() -> Option<Message> {
-    take_from(VMBUS_SINT)
+/// As [`take`], for the next message guests posted to the root's VMBus ports.
+pub fn take_vmbus(m: &mut Message) -> bool {
+    take_from(VMBUS_SINT, m)
 }
 
 /// Takes the VMBus SINT's event flags that are set (clearing them); calls
@@ -75,19 +77,30 @@ pub fn take_vmbus_events(mut f: impl FnMut(u32)) {
     }
 }
 
-fn take_from(sint: usize) -> Option<Message> {
+fn take_from(sint: usize, m: &mut Message) -> bool {
     let slot = SIMP.0.get() as u64 + (sint * SLOT_SIZE) as u64;
     // SAFETY: the slot lies in our page; the header is read with one aligned
     // volatile load, so a message being written shows as empty or complete.
     let head = unsafe { core::ptr::read_volatile(slot as *const u64) };
     if head as u32 == 0 {
-        return None;
+        return false;
     }
-    let mut bytes = [0u8; SLOT_SIZE];
+    // SAFETY: as above; the sender, the second aligned u64 of the header.
+    let sender = unsafe { core::ptr::read_volatile((slot + 8) as *const u64) };
+    m.kind = head as u32;
+    m.size = ((head >> 32) as u8).min(PAYLOAD_MAX as u8);
+    m.flags = (head >> 40) as u8;
+    m.sender = sender;
     // SAFETY: the hypervisor wrote the body before the header it read above,
-    // and does not touch a full slot.
-    unsafe { core::ptr::copy_nonoverlapping(slot as *const u8, bytes.as_mut_ptr(), SLOT_SIZE) };
-    let message = Message::decode(&bytes);
+    // and does not touch a full slot; at most PAYLOAD_MAX bytes after the
+    // 16-byte header, inside the slot, into `m`'s payload of that size.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (slot + 16) as *const u8,
+            m.payload.as_mut_ptr(),
+            m.size as usize,
+        )
+    };
     // SAFETY: emptying the slot: type 0, with one aligned volatile store.
     unsafe { core::ptr::write_volatile(slot as *mut u32, 0) };
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
@@ -97,5 +110,5 @@ fn take_from(sint: usize) -> Option<Message> {
         // SAFETY: EOM asks the hypervisor to deliver the next message.
         unsafe { wrmsr(msr::EOM, 0) };
     }
-    Some(message)
+    true
 }

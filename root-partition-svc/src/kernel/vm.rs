@@ -321,23 +321,7 @@ fn set_registers(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
 /// left for the root's next idle so that the call and the halt are one exit
 /// (a refusal comes back through `hypercall::take_deferred_failure`).
 fn resume(id: u64, vp: u32, regs: &[(u32, u128)]) -> Result<(), u16> {
-    let header = SetVpRegisters {
-        partition_id: id,
-        vp_index: vp,
-        ..Default::default()
-    };
-    let mut elements = [RegisterAssoc::default(); 4];
-    if regs.len() > elements.len() {
-        return set_registers(id, vp, regs);
-    }
-    for (e, &(name, value)) in elements.iter_mut().zip(regs) {
-        *e = RegisterAssoc {
-            name,
-            value,
-            ..Default::default()
-        };
-    }
-    if hypercall::defer_set_registers(header, &elements[..regs.len()]) {
+    if hypercall::defer_set_registers(id, vp, regs) {
         Ok(())
     } else {
         set_registers(id, vp, regs)
@@ -682,9 +666,10 @@ impl Vmm {
             .and_then(|i| self.vms[i].as_ref())
             .map(|v| v.partition)
         {
-            while let Some(m) = synic::take() {
+            let mut m = msg::Message::EMPTY;
+            while synic::take(&mut m) {
                 if m.sender != id {
-                    self.intercept(m);
+                    self.intercept(&m);
                 }
             }
         }
@@ -1557,9 +1542,10 @@ impl Vmm {
             }
         }
         let mut any = false;
-        while let Some(m) = synic::take() {
+        let mut m = msg::Message::EMPTY;
+        while synic::take(&mut m) {
             any = true;
-            self.intercept(m);
+            self.intercept(&m);
         }
         any |= self.poll_vmbus();
         any
@@ -1580,7 +1566,8 @@ impl Vmm {
         }
         self.vmbus_seen = raised;
         let clock = (self.tsc_hz, self.host_time);
-        while let Some(m) = synic::take_vmbus() {
+        let mut m = msg::Message::EMPTY;
+        while synic::take_vmbus(&mut m) {
             any = true;
             let (partition, connection) = vmbus_server::port_owner(m.sender);
             let size = usize::from(m.size).min(m.payload.len());
@@ -1635,7 +1622,7 @@ impl Vmm {
     }
 
     /// One intercept message; a VM its guest reset starts again.
-    fn intercept(&mut self, m: msg::Message) {
+    fn intercept(&mut self, m: &msg::Message) {
         let sender = m.sender;
         self.handle_intercept(m);
         let Some(vm) = self
@@ -1657,7 +1644,7 @@ impl Vmm {
         }
     }
 
-    fn handle_intercept(&mut self, m: msg::Message) {
+    fn handle_intercept(&mut self, m: &msg::Message) {
         let now = self.now();
         let Some(i) = self
             .vms
@@ -1679,61 +1666,63 @@ impl Vmm {
             return;
         }
         match m.kind {
-            kind::IO_PORT_INTERCEPT => match IoPortIntercept::decode(&m.payload) {
+            kind::IO_PORT_INTERCEPT => match IoPortIntercept::decode(m.used_payload()) {
                 Some(io) => io_port(vm, &io, now),
                 None => fail(vm, format_args!("malformed I/O intercept message")),
             },
-            kind::UNMAPPED_GPA | kind::GPA_INTERCEPT => match MemoryIntercept::decode(&m.payload) {
-                // The page the test device unmapped: back in, and the VP goes
-                // on where it was (an event being delivered is delivered again).
-                Some(mi)
-                    if m.kind == kind::UNMAPPED_GPA
-                        && vm.unmapped == Some(mi.gpa & !(vmm::PAGE - 1)) =>
-                {
-                    let (gpa, vp) = (mi.gpa & !(vmm::PAGE - 1), mi.header.vp_index);
-                    let spa = vm.memory_base + gpa;
-                    let resumed = map_page(vm.partition, gpa, Some(spa)).and_then(|()| {
-                        set_registers(vm.partition, vp, &[(reg::INTERCEPT_SUSPEND, 0)])
-                    });
-                    match resumed {
-                        Ok(()) => vm.unmapped = None,
-                        Err(s) => {
-                            fail(vm, format_args!("mapping GPA {gpa:#x} back: status {s:#x}"))
+            kind::UNMAPPED_GPA | kind::GPA_INTERCEPT => {
+                match MemoryIntercept::decode(m.used_payload()) {
+                    // The page the test device unmapped: back in, and the VP goes
+                    // on where it was (an event being delivered is delivered again).
+                    Some(mi)
+                        if m.kind == kind::UNMAPPED_GPA
+                            && vm.unmapped == Some(mi.gpa & !(vmm::PAGE - 1)) =>
+                    {
+                        let (gpa, vp) = (mi.gpa & !(vmm::PAGE - 1), mi.header.vp_index);
+                        let spa = vm.memory_base + gpa;
+                        let resumed = map_page(vm.partition, gpa, Some(spa)).and_then(|()| {
+                            set_registers(vm.partition, vp, &[(reg::INTERCEPT_SUSPEND, 0)])
+                        });
+                        match resumed {
+                            Ok(()) => vm.unmapped = None,
+                            Err(s) => {
+                                fail(vm, format_args!("mapping GPA {gpa:#x} back: status {s:#x}"))
+                            }
                         }
                     }
+                    // Nothing at that address: an absent device, as on a PC
+                    // (reads all ones, writes go nowhere).
+                    Some(mi) if m.kind == kind::UNMAPPED_GPA && absent_mmio(vm, &mi) => {}
+                    Some(mi) => {
+                        let what = match mi.header.access {
+                            msg::access::WRITE => "write",
+                            msg::access::EXECUTE => "execute",
+                            _ => "read",
+                        };
+                        let k = if m.kind == kind::UNMAPPED_GPA {
+                            "unmapped"
+                        } else {
+                            "protected"
+                        };
+                        fail(
+                            vm,
+                            format_args!(
+                                "VP {}: {what} of {k} GPA {:#x} at RIP {:#x}",
+                                mi.header.vp_index, mi.gpa, mi.header.rip
+                            ),
+                        )
+                    }
+                    None => fail(vm, format_args!("malformed memory intercept message")),
                 }
-                // Nothing at that address: an absent device, as on a PC
-                // (reads all ones, writes go nowhere).
-                Some(mi) if m.kind == kind::UNMAPPED_GPA && absent_mmio(vm, &mi) => {}
-                Some(mi) => {
-                    let what = match mi.header.access {
-                        msg::access::WRITE => "write",
-                        msg::access::EXECUTE => "execute",
-                        _ => "read",
-                    };
-                    let k = if m.kind == kind::UNMAPPED_GPA {
-                        "unmapped"
-                    } else {
-                        "protected"
-                    };
-                    fail(
-                        vm,
-                        format_args!(
-                            "VP {}: {what} of {k} GPA {:#x} at RIP {:#x}",
-                            mi.header.vp_index, mi.gpa, mi.header.rip
-                        ),
-                    )
-                }
-                None => fail(vm, format_args!("malformed memory intercept message")),
-            },
+            }
             kind::UNRECOVERABLE_EXCEPTION
-                if msg::decode_header(&m.payload).map(|(_, why)| why)
+                if msg::decode_header(m.used_payload()).map(|(_, why)| why)
                     == Some(unrecoverable::GUEST_CRASH) =>
             {
                 guest_crashed(vm)
             }
             kind::UNRECOVERABLE_EXCEPTION => {
-                let (h, why) = msg::decode_header(&m.payload).unwrap_or_default();
+                let (h, why) = msg::decode_header(m.used_payload()).unwrap_or_default();
                 let what = match why {
                     unrecoverable::TRIPLE_FAULT => "triple fault",
                     unrecoverable::ENTRY_FAILED => "the processor refused its state",
@@ -1744,7 +1733,7 @@ impl Vmm {
                     format_args!("VP {}: {what} at RIP {:#x}", h.vp_index, h.rip),
                 )
             }
-            kind::EXCEPTION_INTERCEPT => match ExceptionIntercept::decode(&m.payload) {
+            kind::EXCEPTION_INTERCEPT => match ExceptionIntercept::decode(m.used_payload()) {
                 Some(e) => {
                     let name = hypervisor_core::exceptions::name(e.vector as u64);
                     let mut detail = [0u8; 48];
@@ -1768,7 +1757,7 @@ impl Vmm {
                 None => fail(vm, format_args!("malformed exception intercept message")),
             },
             kind::HALT => {
-                let (h, _) = msg::decode_header(&m.payload).unwrap_or_default();
+                let (h, _) = msg::decode_header(m.used_payload()).unwrap_or_default();
                 vm.stopped_vps |= 1 << (h.vp_index % 64);
                 if vm.stopped_vps.count_ones() >= vm.vcpus {
                     end(
