@@ -1018,10 +1018,7 @@ fn root_image(image: &[u8], memory: u64, vp: u32, vps: u32) {
             assert_eq!(image.get(0x202..0x206), Some(&b"HdrS"[..]));
             assert_eq!(segments.len(), 1);
             let s = segments[0];
-            assert!(
-                s.gpa >= vmm::layout::IMAGE_MIN && s.gpa % 0x20_0000 == 0,
-                "{s:?}"
-            );
+            assert!(s.gpa >= 0x10_0000 && s.gpa % 0x20_0000 == 0, "{s:?}");
             assert_eq!(img.entry, s.gpa + 0x200);
             assert!(s.offset + s.file_bytes == len, "{s:?}");
             assert!(s.gpa + s.mem_bytes <= memory, "{s:?}");
@@ -1035,7 +1032,6 @@ fn root_image(image: &[u8], memory: u64, vp: u32, vps: u32) {
                     s.offset.checked_add(s.file_bytes).is_some_and(|e| e <= len),
                     "{s:?}"
                 );
-                assert!(s.gpa >= vmm::layout::IMAGE_MIN, "{s:?}");
                 assert!(
                     s.gpa.checked_add(s.mem_bytes).is_some_and(|e| e <= memory),
                     "{s:?}"
@@ -1043,12 +1039,17 @@ fn root_image(image: &[u8], memory: u64, vp: u32, vps: u32) {
             }
         }
     }
+    let vps = 1 + vps % abi::MAX_VPS;
+    // The boot area goes where the image is not (or the image is refused).
+    let Ok(base) = vmm::boot_base(&img, vps, memory) else {
+        return;
+    };
     let mut writes = Vec::new();
-    vmm::boot_tables(img.mode, memory, &mut |gpa, v| writes.push((gpa, v)));
+    vmm::boot_tables(img.mode, memory, base, &mut |gpa, v| writes.push((gpa, v)));
     for &(gpa, _) in &writes {
         assert!(
-            gpa % 8 == 0 && gpa + 8 <= vmm::layout::STACKS,
-            "boot write at {gpa:#x}"
+            gpa % 8 == 0 && gpa >= base && gpa + 8 <= base + vmm::layout::STACKS,
+            "boot write at {gpa:#x} (area at {base:#x})"
         );
         for s in segments {
             assert!(
@@ -1057,8 +1058,7 @@ fn root_image(image: &[u8], memory: u64, vp: u32, vps: u32) {
             );
         }
     }
-    let vps = 1 + vps % abi::MAX_VPS;
-    let regs = vmm::start_registers(img.mode, img.entry, vp % vps, vps, memory);
+    let regs = vmm::start_registers(img.mode, img.entry, (vp % vps, vps), memory, base);
     let mut ctx = VpContext::reset();
     for (name, value) in regs {
         assert_eq!(
@@ -1067,10 +1067,24 @@ fn root_image(image: &[u8], memory: u64, vp: u32, vps: u32) {
             "start register {name:#x} = {value:#x}"
         );
     }
+    // The VP's stack: in the boot area, in no segment (it grows down from
+    // RSP, at most one stack's size).
+    let rsp = ctx.gpr[4];
+    let stack = rsp - vmm::layout::STACK_BYTES;
     assert!(
-        ctx.gpr[4] <= vmm::layout::IMAGE_MIN,
-        "stack above the image floor"
+        stack >= base + vmm::layout::STACKS,
+        "stack {stack:#x}..{rsp:#x}, area at {base:#x}"
     );
+    if matches!(img.mode, EntryMode::Long | EntryMode::Protected32) {
+        // ELF images: `boot_base` placed the area inside the VM's memory.
+        assert!(rsp <= memory, "stack {stack:#x}..{rsp:#x} past {memory:#x}");
+        for s in segments {
+            assert!(
+                rsp <= s.gpa || s.gpa + s.mem_bytes <= stack,
+                "stack {stack:#x}..{rsp:#x} in {s:?}"
+            );
+        }
+    }
 }
 
 /// Input: flags u8 (bit 0 build an ELF from the rest, see `build_elf`; bits

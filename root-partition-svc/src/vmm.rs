@@ -125,8 +125,9 @@ pub struct Image {
     pub segment_count: usize,
 }
 
-/// The guest's low memory: GDT, page tables, Multiboot info, then 8 KiB
-/// stacks per VP. Images must load at or above `IMAGE_MIN`.
+/// The boot area: GDT, page tables, Multiboot info, then 8 KiB stacks per
+/// VP, at these offsets from its base (`boot_base`: 0 unless an ELF image
+/// lies there).
 pub mod layout {
     pub const GDT: u64 = 0x1000;
     pub const PML4: u64 = 0x2000;
@@ -137,7 +138,37 @@ pub mod layout {
     pub const STACKS: u64 = 0x10000;
     pub const STACK_BYTES: u64 = 0x2000;
     pub const REAL_MODE_LOAD: u64 = 0x7C00;
-    pub const IMAGE_MIN: u64 = 0x10_0000;
+}
+
+/// Where the boot area (`layout`) goes for `image` with `vcpus` VPs in
+/// `memory` bytes: at 0 unless the image overlaps it there, else right after
+/// one of the image's segments (below 4 GiB, which a 32-bit GDTR and CR3
+/// reach). Real-mode and Linux images use their own low-memory layouts
+/// and keep 0.
+pub fn boot_base(image: &Image, vcpus: u32, memory: u64) -> Result<u64, &'static str> {
+    if !matches!(image.mode, EntryMode::Long | EntryMode::Protected32) {
+        return Ok(0);
+    }
+    let segments = &image.segments[..image.segment_count];
+    let area = layout::STACKS + vcpus as u64 * layout::STACK_BYTES;
+    // Segments end inside `memory` (`parse_image`); candidates past 4 GiB
+    // are refused before any sum could overflow.
+    let fits = |base: u64| {
+        let (start, end) = (base + layout::GDT, base + area);
+        base < 1 << 32
+            && end <= memory.min(1 << 32)
+            && segments
+                .iter()
+                .all(|s| s.gpa + s.mem_bytes <= start || s.gpa >= end)
+    };
+    core::iter::once(0)
+        .chain(
+            segments
+                .iter()
+                .filter_map(|s| (s.gpa + s.mem_bytes).checked_next_multiple_of(PAGE)),
+        )
+        .find(|&b| fits(b))
+        .ok_or("no room beside the image for its boot tables and stacks")
 }
 
 const MULTIBOOT_MAGIC: u32 = 0x1BAD_B002;
@@ -149,7 +180,8 @@ pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2BAD_B002;
 /// header in its first 8 KiB, or else a flat real-mode image (at most
 /// 0x7C00..0x80000). ELF headers and program headers are read by
 /// `hypervisor_core::elf` (both classes). Segments must fit in `memory`
-/// bytes, at or above 1 MiB (ELF). Errors say what is wrong.
+/// bytes (ELF: anywhere; `boot_base` finds room for the boot tables beside
+/// them). Errors say what is wrong.
 pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
     let mut img = Image {
         mode: EntryMode::Real,
@@ -233,8 +265,8 @@ pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
         {
             return Err("ELF: a segment lies outside the file");
         }
-        if s.paddr < layout::IMAGE_MIN || s.paddr.checked_add(s.memsz).is_none_or(|e| e > memory) {
-            return Err("ELF: a segment lies outside the VM's memory (or below 1 MiB)");
+        if s.paddr.checked_add(s.memsz).is_none_or(|e| e > memory) {
+            return Err("ELF: a segment lies outside the VM's memory");
         }
         if img.segment_count == MAX_SEGMENTS {
             return Err("ELF: too many loadable segments");
@@ -256,7 +288,7 @@ pub fn parse_image(b: &[u8], memory: u64) -> Result<Image, &'static str> {
 /// The boot structures for `mode` in guest memory, as (gpa, u64) writes:
 /// the GDT, and for long mode the identity page tables (2 MiB pages over
 /// `memory`, at most 4 GiB).
-pub fn boot_tables(mode: EntryMode, memory: u64, out: &mut dyn FnMut(u64, u64)) {
+pub fn boot_tables(mode: EntryMode, memory: u64, base: u64, out: &mut dyn FnMut(u64, u64)) {
     let code = match mode {
         EntryMode::Long | EntryMode::Linux => 0x00AF_9A00_0000_FFFF,
         _ => 0x00CF_9A00_0000_FFFF,
@@ -268,42 +300,46 @@ pub fn boot_tables(mode: EntryMode, memory: u64, out: &mut dyn FnMut(u64, u64)) 
         _ => [0, code, data, 0],
     };
     for (i, d) in gdt.into_iter().enumerate() {
-        out(layout::GDT + 8 * i as u64, d);
+        out(base + layout::GDT + 8 * i as u64, d);
     }
     if matches!(mode, EntryMode::Long | EntryMode::Linux) {
-        out(layout::PML4, layout::PDPT | 3);
+        out(base + layout::PML4, (base + layout::PDPT) | 3);
         let gib = memory.div_ceil(1 << 30).clamp(1, 4);
         for g in 0..gib {
-            out(layout::PDPT + 8 * g, (layout::PD + g * PAGE) | 3);
+            out(
+                base + layout::PDPT + 8 * g,
+                (base + layout::PD + g * PAGE) | 3,
+            );
         }
         // At least the first GiB, so that a guest can reach (and fault on)
         // addresses past its RAM.
         let pages = memory.max(1 << 30).div_ceil(1 << 21).min(4 * 512);
         for p in 0..pages {
             // Present, writable, 2 MiB.
-            out(layout::PD + 8 * p, (p << 21) | 0x83);
+            out(base + layout::PD + 8 * p, (p << 21) | 0x83);
         }
     }
     if mode == EntryMode::Protected32 {
         // Multiboot information: flags bit 0, mem_lower / mem_upper in KiB.
-        out(layout::MULTIBOOT_INFO, 1 | (640u64 << 32));
+        out(base + layout::MULTIBOOT_INFO, 1 | (640u64 << 32));
         out(
-            layout::MULTIBOOT_INFO + 8,
+            base + layout::MULTIBOOT_INFO + 8,
             (memory / 1024).saturating_sub(1024),
         );
     }
 }
 
-/// The registers VP `vp` of `vps` starts with: (name, value) pairs.
+/// The registers VP `vp` of `vps` starts with: (name, value) pairs; the
+/// boot area at `base` (`boot_base`).
 /// Long mode: RDI = VP index, RSI = VP count, RDX = memory bytes.
 pub fn start_registers(
     mode: EntryMode,
     entry: u64,
-    vp: u32,
-    vps: u32,
+    (vp, vps): (u32, u32),
     memory: u64,
+    base: u64,
 ) -> [(u32, u128); 24] {
-    let stack = layout::STACKS + (vp as u64 + 1) * layout::STACK_BYTES;
+    let stack = base + layout::STACKS + (vp as u64 + 1) * layout::STACK_BYTES;
     let flat = |sel: u16, attributes: u16| {
         Segment {
             base: 0,
@@ -343,7 +379,7 @@ pub fn start_registers(
         }
     };
     let (rax, rbx) = match mode {
-        EntryMode::Protected32 => (MULTIBOOT_BOOTLOADER_MAGIC, layout::MULTIBOOT_INFO),
+        EntryMode::Protected32 => (MULTIBOOT_BOOTLOADER_MAGIC, base + layout::MULTIBOOT_INFO),
         _ => (0, 0),
     };
     // Linux: RSI is the zero page (interrupts are off: RFLAGS 2).
@@ -360,7 +396,7 @@ pub fn start_registers(
     .to_value();
     let gdtr = Table {
         limit: 0x1F,
-        base: layout::GDT,
+        base: base + layout::GDT,
     }
     .to_value();
     [
@@ -368,7 +404,7 @@ pub fn start_registers(
         (
             reg::CR3,
             if matches!(mode, EntryMode::Long | EntryMode::Linux) {
-                layout::PML4 as u128
+                (base + layout::PML4) as u128
             } else {
                 0
             },
@@ -833,7 +869,7 @@ mod tests {
         assert_eq!(img.segment_count, 1);
         assert_eq!(img.segments[0].mem_bytes, 0x2000);
         assert!(parse_image(&elf64(0x20_0000, 0x100, 0x2000), 2 << 20).is_err());
-        assert!(parse_image(&elf64(0x1000, 0x100, 0x100), 4 << 20).is_err());
+        assert!(parse_image(&elf64(0x3F_F000, 0x100, 0x2000), 4 << 20).is_err());
         assert!(parse_image(&elf64(0x20_0000, 0x1000, 0x100), 4 << 20).is_err());
         let mut e32 = elf64(0x20_0000, 0x100, 0x100);
         e32[4] = 1;
@@ -898,8 +934,8 @@ mod tests {
             "ELF32 without a Multiboot v1 header: no way to start it"
         );
         assert_eq!(
-            parse_image(&elf32(0xF_0000, true), 4 << 20).unwrap_err(),
-            "ELF: a segment lies outside the VM's memory (or below 1 MiB)"
+            parse_image(&elf32(0x3F_F000, true), 4 << 20).unwrap_err(),
+            "ELF: a segment lies outside the VM's memory"
         );
         let mut wrong_machine = elf32(0x10_0000, true);
         wrong_machine[18] = 62;
@@ -919,15 +955,53 @@ mod tests {
     #[test]
     fn long_mode_tables_map_all_memory() {
         let mut writes = std::vec::Vec::new();
-        boot_tables(EntryMode::Long, 6 << 20, &mut |a, v| writes.push((a, v)));
+        boot_tables(EntryMode::Long, 6 << 20, 0, &mut |a, v| writes.push((a, v)));
         assert!(writes.contains(&(layout::PML4, layout::PDPT | 3)));
         assert!(writes.contains(&(layout::PD + 16, (2 << 21) | 0x83)));
         assert!(writes.contains(&(layout::PD + 8 * 511, (511 << 21) | 0x83)));
         assert!(!writes.iter().any(|&(a, _)| a == layout::PD + 8 * 512));
-        let regs = start_registers(EntryMode::Long, 0x20_0000, 1, 2, 6 << 20);
+        let regs = start_registers(EntryMode::Long, 0x20_0000, (1, 2), 6 << 20, 0);
         assert!(regs.contains(&(reg::RIP, 0x20_0000)));
         assert!(regs.contains(&(reg::RSP, (layout::STACKS + 2 * layout::STACK_BYTES) as u128)));
         assert!(regs.contains(&(reg::RAX + 7, 1)));
+    }
+
+    #[test]
+    fn images_below_1_mib_move_the_boot_area_beside_them() {
+        // At 1 MiB and above: the boot area stays at 0.
+        let high = parse_image(&elf64(0x10_0000, 0x100, 0x2000), 4 << 20).unwrap();
+        assert_eq!(boot_base(&high, 4, 4 << 20), Ok(0));
+        // Over the GDT and tables: the area goes right after the image.
+        let low = parse_image(&elf64(0x8000, 0x100, 0x1800), 4 << 20).unwrap();
+        assert_eq!(low.segments[0].gpa, 0x8000);
+        assert_eq!(boot_base(&low, 1, 4 << 20), Ok(0xA000));
+        // Where one VP's stack fits but 64 VPs' do not.
+        let mid = parse_image(&elf64(0x20000, 0x100, 0x1000), 4 << 20).unwrap();
+        assert_eq!(boot_base(&mid, 1, 4 << 20), Ok(0));
+        assert_eq!(boot_base(&mid, 64, 4 << 20), Ok(0x21000));
+        // An image that leaves no room at all.
+        let all = parse_image(&elf64(0, 0x100, 4 << 20), 4 << 20).unwrap();
+        assert!(boot_base(&all, 1, 4 << 20).is_err());
+        // Real-mode and Linux images keep their own layouts.
+        let flat = parse_image(&[0xF4; 16], 4 << 20).unwrap();
+        assert_eq!(boot_base(&flat, 1, 4 << 20), Ok(0));
+        // Everything the boot area holds moves with it.
+        let base = 0xA000;
+        let mut writes = std::vec::Vec::new();
+        boot_tables(EntryMode::Long, 4 << 20, base, &mut |a, v| {
+            writes.push((a, v))
+        });
+        assert!(writes.contains(&(base + layout::PML4, (base + layout::PDPT) | 3)));
+        assert!(writes.contains(&(base + layout::PDPT, (base + layout::PD) | 3)));
+        assert!(writes.iter().all(|&(a, _)| a >= base + layout::GDT));
+        let regs = start_registers(EntryMode::Long, 0x8010, (0, 1), 4 << 20, base);
+        assert!(regs.contains(&(reg::CR3, (base + layout::PML4) as u128)));
+        assert!(regs.contains(&(
+            reg::RSP,
+            (base + layout::STACKS + layout::STACK_BYTES) as u128
+        )));
+        let mb = start_registers(EntryMode::Protected32, 0x8010, (0, 1), 4 << 20, base);
+        assert!(mb.contains(&(reg::RAX + 3, (base + layout::MULTIBOOT_INFO) as u128)));
     }
 
     #[test]

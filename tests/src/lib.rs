@@ -1458,6 +1458,10 @@ fn guest_tests() -> Vec<GuestTest> {
                 "vm wait rm",
                 "vm console mb --log",
                 "vm console rm --log",
+                // Linked below 1 MiB, over the usual boot area.
+                "vm new low --memory 4M --vcpus 2 --image multiboot32low",
+                "vm start low",
+                "vm wait low",
                 // A run that ends with every VP halted, then the VM started
                 // again: its VPs must be ready for StartVirtualProcessor.
                 "vm new h --memory 2M --image halt",
@@ -1470,6 +1474,8 @@ fn guest_tests() -> Vec<GuestTest> {
             ],
             &[
                 "vm start: mb running (1 VCPUs, 32-bit protected mode (Multiboot) entry at 0x100070)",
+                "vm start: low running (2 VCPUs, 32-bit protected mode (Multiboot) entry at 0x8070)",
+                "vm wait: low is Off (exit code 0)",
                 "vm start: rm running (1 VCPUs, real mode entry at 0x7c00)",
                 "hello from a 32-bit Multiboot guest",
                 "hello from a real-mode guest",

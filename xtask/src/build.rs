@@ -113,6 +113,7 @@ fn tiny_guests() -> Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
     for (name, bytes) in [
         ("multiboot32", crate::tiny_guests::multiboot32()),
+        ("multiboot32low", crate::tiny_guests::multiboot32_low()),
         ("realmode", crate::tiny_guests::real_mode()),
         ("halt", crate::tiny_guests::halt()),
     ] {

@@ -4,8 +4,11 @@
 //! 0 to the test exit port (the 32-bit one writes 1 if EAX did not hold the
 //! Multiboot magic). Encodings: Intel SDM vol. 2.
 
-/// Where the ELF32 image loads (1 MiB, the lowest the root's loader accepts).
+/// Where the ELF32 image loads (1 MiB, where the root's boot area is not).
 const MB_BASE: u32 = 0x10_0000;
+/// Where its twin loads: over the root's usual boot area (GDT, page tables,
+/// stacks), which then moves beside the image.
+pub const MB_LOW_BASE: u32 = 0x8000;
 /// File offsets: the ELF header (52 bytes) and one program header (32 bytes)
 /// come first, then the Multiboot header, then the code.
 const MB_HEADER_AT: usize = 0x60;
@@ -24,8 +27,17 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
 
 /// The Multiboot v1 ELF32 kernel.
 pub fn multiboot32() -> Vec<u8> {
+    multiboot32_at(MB_BASE)
+}
+
+/// The same kernel linked below 1 MiB.
+pub fn multiboot32_low() -> Vec<u8> {
+    multiboot32_at(MB_LOW_BASE)
+}
+
+fn multiboot32_at(base: u32) -> Vec<u8> {
     let msg_at = MB_CODE_AT + 36;
-    let msg = MB_BASE + msg_at as u32;
+    let msg = base + msg_at as u32;
     let m = msg.to_le_bytes();
     #[rustfmt::skip]
     let code: [u8; 36] = [
@@ -56,18 +68,18 @@ pub fn multiboot32() -> Vec<u8> {
     put16(&mut b, 16, 2); // executable
     put16(&mut b, 18, 3); // i386
     put32(&mut b, 20, 1);
-    put32(&mut b, 24, MB_BASE + MB_CODE_AT as u32); // entry
+    put32(&mut b, 24, base + MB_CODE_AT as u32); // entry
     put32(&mut b, 28, 52); // program headers
     put16(&mut b, 40, 52);
     put16(&mut b, 42, 32);
     put16(&mut b, 44, 1);
-    // One PT_LOAD: the whole file at MB_BASE.
+    // One PT_LOAD: the whole file at `base`.
     let len = b.len() as u32;
     for (off, v) in [
         (0, 1),
         (4, 0),
-        (8, MB_BASE),
-        (12, MB_BASE),
+        (8, base),
+        (12, base),
         (16, len),
         (20, len),
         (24, 7),
@@ -117,6 +129,14 @@ pub fn halt() -> Vec<u8> {
 mod tests {
     use super::*;
     use root_partition_svc::vmm::{parse_image, EntryMode};
+
+    #[test]
+    fn the_low_twin_moves_the_boot_area() {
+        let img = parse_image(&multiboot32_low(), 4 << 20).unwrap();
+        assert_eq!(img.entry, (MB_LOW_BASE as usize + MB_CODE_AT) as u64);
+        let base = root_partition_svc::vmm::boot_base(&img, 1, 4 << 20).unwrap();
+        assert_ne!(base, 0, "the image lies over the usual boot area");
+    }
 
     #[test]
     fn the_root_loader_accepts_both() {

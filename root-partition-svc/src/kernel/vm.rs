@@ -564,7 +564,9 @@ impl Vmm {
             return;
         };
         let memory = n.memory_mib << 20;
-        let image = match vmm::parse_image(module_bytes(&module), memory) {
+        let image = match vmm::parse_image(module_bytes(&module), memory)
+            .and_then(|i| vmm::boot_base(&i, n.vcpus, memory).map(|_| i))
+        {
             Ok(image) => image,
             Err(e) => {
                 println!("vm new: image \"{}\": {e}", n.image);
@@ -700,7 +702,9 @@ impl Vmm {
         }
         // A fresh boot: memory cleared, image loaded, every VP at its entry.
         guest_zero(vm.memory_base, vm.memory_bytes);
-        let image = match vmm::parse_image(module_bytes(&vm.module), vm.memory_bytes) {
+        let parsed = vmm::parse_image(module_bytes(&vm.module), vm.memory_bytes)
+            .and_then(|i| Ok((i, vmm::boot_base(&i, vm.vcpus, vm.memory_bytes)?)));
+        let (image, boot_base) = match parsed {
             Ok(i) => i,
             Err(e) => {
                 vm.state = State::Failed;
@@ -715,7 +719,7 @@ impl Vmm {
             guest_write(vm.memory_base, s.gpa, bytes);
         }
         let base = vm.memory_base;
-        vmm::boot_tables(image.mode, vm.memory_bytes, &mut |gpa, v| {
+        vmm::boot_tables(image.mode, vm.memory_bytes, boot_base, &mut |gpa, v| {
             guest_write(base, gpa, &v.to_le_bytes())
         });
         if image.mode == EntryMode::Linux {
@@ -751,8 +755,13 @@ impl Vmm {
             vm.vcpus
         };
         for vp in 0..starting {
-            let mut regs =
-                vmm::start_registers(image.mode, image.entry, vp, vm.vcpus, vm.memory_bytes);
+            let mut regs = vmm::start_registers(
+                image.mode,
+                image.entry,
+                (vp, vm.vcpus),
+                vm.memory_bytes,
+                boot_base,
+            );
             if bad_state {
                 for (name, value) in regs.iter_mut() {
                     if *name == reg::CR4 {
