@@ -255,29 +255,27 @@ pub fn idle() {
     // only with interrupts enabled; a pending one ends the halt at once).
     // A continued rep call re-executes the instruction itself.
     unsafe {
-        if VMMCALL.load(Ordering::Relaxed) {
-            core::arch::asm!(
-                "sti", "vmmcall", "cli",
-                inout("rcx") value => _,
-                inout("rdx") INPUT.0.get() as u64 => _,
-                inout("r8") OUTPUT.0.get() as u64 => _,
-                lateout("rax") rax,
-                lateout("r9") _,
-                lateout("r10") _,
-                lateout("r11") _,
-            )
-        } else {
-            core::arch::asm!(
-                "sti", "vmcall", "cli",
-                inout("rcx") value => _,
-                inout("rdx") INPUT.0.get() as u64 => _,
-                inout("r8") OUTPUT.0.get() as u64 => _,
-                lateout("rax") rax,
-                lateout("r9") _,
-                lateout("r10") _,
-                lateout("r11") _,
-            )
-        }
+        core::arch::asm!(
+            // The vendor's instruction, each right after its own STI.
+            "test {amd:e}, {amd:e}",
+            "jnz 2f",
+            "sti",
+            "vmcall",
+            "jmp 3f",
+            "2:",
+            "sti",
+            "vmmcall",
+            "3:",
+            "cli",
+            amd = in(reg) u32::from(VMMCALL.load(Ordering::Relaxed)),
+            inout("rcx") value => _,
+            inout("rdx") INPUT.0.get() as u64 => _,
+            inout("r8") OUTPUT.0.get() as u64 => _,
+            lateout("rax") rax,
+            lateout("r9") _,
+            lateout("r10") _,
+            lateout("r11") _,
+        )
     };
     note_deferred(d, rax as u16);
 }
