@@ -164,17 +164,13 @@ pub fn halt_forever() -> ! {
     }
 }
 
-/// Sleeps until the next interrupt (the idle timer, a SINT), then returns
-/// with interrupts off again. A VP resume the VM worker deferred goes to
-/// the hypervisor with the halt (`hypercall::idle`).
-pub fn idle() {
-    crate::hypercall::idle();
-}
-
 /// Takes the interrupts that wait, if any, and returns with interrupts off.
+/// (Sleeping until one comes is `hypercall::idle`, which also sends a
+/// deferred VP resume.)
 pub fn take_interrupts() {
-    // SAFETY: as in `idle`: the IDT handles every vector the root enables;
-    // the one instruction after STI is where a waiting interrupt arrives.
+    // SAFETY: the IDT handles every vector the root enables (timer, IPI,
+    // SINTs); the one instruction after STI is where a waiting interrupt
+    // arrives.
     unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
 }
 

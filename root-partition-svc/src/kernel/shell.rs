@@ -102,7 +102,7 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
             // Busy for a while after input (a pasted line arrives faster
             // than the idle tick), then asleep until the tick or a SINT.
             if arch::rdtsc() - last_activity > shell.tsc_hz / 20 {
-                arch::idle();
+                crate::hypercall::idle();
             } else {
                 core::hint::spin_loop();
             }
@@ -403,7 +403,7 @@ impl Shell {
                 if serial::try_read().is_some() {
                     return;
                 }
-                arch::idle();
+                crate::hypercall::idle();
             }
         }
     }

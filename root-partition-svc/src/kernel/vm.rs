@@ -531,7 +531,7 @@ impl Vmm {
                     let _ = vm.devices.uart.receive(b);
                 }
                 None if !busy && crate::arch::rdtsc() - idle_since > self.tsc_hz / 20 => {
-                    crate::arch::idle()
+                    crate::hypercall::idle()
                 }
                 None => core::hint::spin_loop(),
             }
@@ -1282,7 +1282,7 @@ impl Vmm {
                 }
                 return;
             }
-            crate::arch::idle();
+            crate::hypercall::idle();
         }
     }
 
