@@ -450,8 +450,8 @@ const EXIT_HEAVY: &[&str] = &[
 
 /// The scheduler's tolerances for guests that mostly exit: equal weights
 /// within 25% of 1:1; the 5% limit at most 3 points over, and the hog then
-/// keeps what it had alone (the LP less the root's own work) but at most 10
-/// points.
+/// keeps what it had alone (the LP less the root's own work; the mean of its
+/// two samples) but at most 10 points.
 pub fn exit_heavy_shares_hold(log: &str) -> Result<(), String> {
     let h = cpu_shares(log, "h");
     let (c, i, y) = (
@@ -478,7 +478,10 @@ pub fn exit_heavy_shares_hold(log: &str) -> Result<(), String> {
             ))
         }
     };
-    let alone = h[1];
+    // Both samples of the hog alone (2 s and 6 s): one alone moves by several
+    // points between runs (the root's own work, the host's load), and the
+    // 10 points below are measured against it.
+    let alone = (h[0] + h[1]) / 2.0;
     // c exists (Off) while h runs alone: its own samples are the 3rd and 4th.
     equal("CPUID", c[3], h[3])?;
     let (i_share, h_share) = (i[1], h[5]);
