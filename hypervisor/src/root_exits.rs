@@ -281,8 +281,7 @@ fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
 /// (`hypervisor_core::hypercall`), then handled. The status goes to RAX (with the
 /// reps completed in bits 43:32); a rep call that is not finished, or must
 /// wait for a VP's LP, returns to the same instruction with its rep start
-/// index advanced (TLFS rep continuation).
-/// Makes the root's hypercall; `true` when the VP then halts
+/// index advanced (TLFS rep continuation). `true` when the VP then halts
 /// (SET_VP_REGISTERS_THEN_IDLE done, interrupts enabled).
 fn hypercall(
     root: &RootPartition,

@@ -20,54 +20,41 @@ def sym(pc):
     if lo <= pc < hi: return "GUEST"
     i = bisect.bisect_right(addrs, pc) - 1
     return syms[i][1] if i >= 0 else "?"
-ninsn = {}
-execs = []  # list of pcs in order would be huge; count per pc with window handling
-# pass 1: collect per-pc instruction counts and the window bounds (line numbers)
-cur = None; n = 0; first = last = None; lineno = 0
-tr = re.compile(r"Trace \d+: 0x[0-9a-f]+ \[[0-9a-f]+/([0-9a-f]+)/")
-with open(trace, errors="replace") as f:
-    for line in f:
-        lineno += 1
-        if line.startswith("IN:"):
-            cur = None; n = 0; continue
-        if line.startswith("0x") and ":" in line[:20]:
-            pc = int(line.split(":")[0], 16)
-            if cur is None: cur = pc
-            n += 1; continue
-        if line.startswith("Trace"):
-            if cur is not None:
-                ninsn[cur] = n; cur = None
-            m = tr.match(line)
-            if m:
-                pc = int(m.group(1), 16)
-                if lo <= pc < hi:
-                    if first is None: first = lineno
-                    last = lineno
+TRACE = re.compile(r"Trace \d+: 0x[0-9a-f]+ \[[0-9a-f]+/([0-9a-f]+)/")
+
+def executions(path):
+    """(line number, block start, its instruction count) for each executed
+    translation block, the count from the block's latest translation."""
+    ninsn = {}; cur = None; n = 0
+    with open(path, errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.startswith("IN:"):
+                cur = None; n = 0
+            elif line.startswith("0x") and ":" in line[:20]:
+                if cur is None: cur = int(line.split(":")[0], 16)
+                n += 1
+            elif line.startswith("Trace"):
+                if cur is not None:
+                    ninsn[cur] = n; cur = None
+                m = TRACE.match(line)
+                if m:
+                    pc = int(m.group(1), 16)
+                    yield lineno, pc, ninsn.get(pc, 1)
+
+# Pass 1: the window, from the guest's first block executed to its last.
+first = last = None
+for lineno, pc, _ in executions(trace):
+    if lo <= pc < hi:
+        first = first or lineno
+        last = lineno
 print("window lines", first, last, file=sys.stderr)
-# pass 2: count in window
+# Pass 2: instructions and executions per block inside it.
 per = collections.Counter(); tb_exec = collections.Counter()
-cur = None; n = 0; lineno = 0
-ninsn2 = {}
-with open(trace, errors="replace") as f:
-    for line in f:
-        lineno += 1
-        if lineno > last: break
-        if line.startswith("IN:"):
-            cur = None; n = 0; continue
-        if line.startswith("0x") and ":" in line[:20]:
-            pc = int(line.split(":")[0], 16)
-            if cur is None: cur = pc
-            n += 1; continue
-        if line.startswith("Trace"):
-            if cur is not None:
-                ninsn2[cur] = n; cur = None
-            if lineno < first: continue
-            m = tr.match(line)
-            if m:
-                pc = int(m.group(1), 16)
-                tb_exec[pc] += 1
-for pc, c in tb_exec.items():
-    per[sym(pc)] += c * ninsn2.get(pc, ninsn.get(pc, 1))
+for lineno, pc, n in executions(trace):
+    if lineno > last: break
+    if lineno < first: continue
+    tb_exec[pc] += 1
+    per[sym(pc)] += n
 total = sum(per.values())
 print(f"total {total}")
 outs = [c for pc, c in tb_exec.items() if lo <= pc < hi]

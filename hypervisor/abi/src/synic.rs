@@ -87,15 +87,19 @@ impl Message {
     }
 
     pub fn decode(b: &[u8; SLOT_SIZE]) -> Self {
-        let mut payload = [0; PAYLOAD_MAX];
-        payload.copy_from_slice(&b[16..]);
-        Message {
-            kind: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            size: b[4].min(PAYLOAD_MAX as u8),
-            flags: b[5],
-            sender: u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])),
-            payload,
-        }
+        let mut m = Message::EMPTY;
+        m.set_header(b[..16].try_into().unwrap_or([0; 16]));
+        m.payload.copy_from_slice(&b[16..]);
+        m
+    }
+
+    /// Takes type, payload size (at most PAYLOAD_MAX), flags and sender
+    /// from a slot's first 16 bytes; the payload stays as it is.
+    pub fn set_header(&mut self, b: [u8; 16]) {
+        self.kind = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        self.size = b[4].min(PAYLOAD_MAX as u8);
+        self.flags = b[5];
+        self.sender = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
     }
 }
 

@@ -6,8 +6,7 @@ use crate::idt::{SINT_VECTOR, VMBUS_VECTOR};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_abi::synic::{
-    msr, Message, EVENT_FLAGS_BYTES, INTERCEPT_SINT, MESSAGE_PENDING, PAYLOAD_MAX, SLOT_SIZE,
-    VMBUS_SINT,
+    msr, Message, EVENT_FLAGS_BYTES, INTERCEPT_SINT, MESSAGE_PENDING, SLOT_SIZE, VMBUS_SINT,
 };
 
 #[repr(C, align(4096))]
@@ -87,10 +86,10 @@ fn take_from(sint: usize, m: &mut Message) -> bool {
     }
     // SAFETY: as above; the sender, the second aligned u64 of the header.
     let sender = unsafe { core::ptr::read_volatile((slot + 8) as *const u64) };
-    m.kind = head as u32;
-    m.size = ((head >> 32) as u8).min(PAYLOAD_MAX as u8);
-    m.flags = (head >> 40) as u8;
-    m.sender = sender;
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&head.to_le_bytes());
+    header[8..].copy_from_slice(&sender.to_le_bytes());
+    m.set_header(header);
     // SAFETY: the hypervisor wrote the body before the header it read above,
     // and does not touch a full slot; at most PAYLOAD_MAX bytes after the
     // 16-byte header, inside the slot, into `m`'s payload of that size.
