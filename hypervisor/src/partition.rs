@@ -688,18 +688,14 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
     if inner.vps.iter().any(|v| v.index == index) {
         return Err(status::INVALID_VP_INDEX);
     }
-    // The LP with the fewest guest VPs.
     let lps = smp::ONLINE
         .load(Ordering::Acquire)
         .clamp(1, lp_state::MAX_LPS as u32);
-    let lp = (0..lps)
-        .min_by_key(|&l| {
-            (
-                lp_state::get(l).guest_vps.load(Ordering::Relaxed),
-                (l + index) % lps,
-            )
-        })
-        .unwrap_or(0);
+    let lp = hypervisor_core::sched::place_vp(
+        lps,
+        |l| lp_state::get(l).guest_vps.load(Ordering::Relaxed),
+        index,
+    );
     lp_state::get(lp).guest_vps.fetch_add(1, Ordering::Relaxed);
     let vp = Arc::new(GuestVp {
         index,

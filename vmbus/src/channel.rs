@@ -58,6 +58,8 @@ pub struct Channel<R: RingMemory, N: Notify> {
     buf: Vec<u8>,
     /// A [`Channel::send_quiet`] owes the peer a signal.
     owed: bool,
+    /// The reader polls: the inbound interrupt mask stays set.
+    polled: bool,
 }
 
 impl<R: RingMemory, N: Notify> Channel<R, N> {
@@ -69,7 +71,26 @@ impl<R: RingMemory, N: Notify> Channel<R, N> {
             notifier,
             buf: Vec::new(),
             owed: false,
+            polled: false,
         }
+    }
+
+    /// Starts or stops polling the inbound ring: while polled its interrupt
+    /// mask stays set (the peer does not signal; the caller must look at
+    /// the ring again by itself). Stopping unmasks and returns whether
+    /// packets arrived meanwhile, unsignalled: the caller reads them.
+    pub fn set_polled(&mut self, polled: bool) -> Result<bool, ChannelError> {
+        self.polled = polled;
+        if polled {
+            self.inbound.begin_batch();
+            return Ok(false);
+        }
+        Ok(self.inbound.end_batch()?)
+    }
+
+    /// Whether the inbound ring is polled ([`Channel::set_polled`]).
+    pub fn polled(&self) -> bool {
+        self.polled
     }
 
     /// Replaces the notifier (after MODIFYCHANNEL moved the target VP).
@@ -162,7 +183,8 @@ impl<R: RingMemory, N: Notify> Channel<R, N> {
     /// Drains up to `max` packets with the inbound interrupt masked, handing
     /// each to `f`, and publishes the read index once per pass. Returns the
     /// number of packets handled. Unmasks before returning and re-checks, so
-    /// a packet that arrived unsignalled is not stranded.
+    /// a packet that arrived unsignalled is not stranded; a polled channel
+    /// stays masked (its caller looks again).
     pub fn recv_batch(
         &mut self,
         max: usize,
@@ -170,13 +192,18 @@ impl<R: RingMemory, N: Notify> Channel<R, N> {
     ) -> Result<usize, ChannelError> {
         let mut n = 0;
         loop {
-            self.inbound.begin_batch();
+            if !self.polled {
+                self.inbound.begin_batch();
+            }
             while n < max && self.inbound.read(&mut self.buf)? {
                 f(Packet::parse(&self.buf));
                 n += 1;
             }
             if self.inbound.commit()? {
                 self.notifier.notify();
+            }
+            if self.polled {
+                return Ok(n);
             }
             let more = self.inbound.end_batch()?;
             if !more || n >= max {
@@ -335,5 +362,28 @@ mod tests {
                 .unwrap(),
             SendResult::Sent
         );
+    }
+
+    #[test]
+    fn a_polled_reader_gets_no_signals_and_stopping_finds_what_came_unsignalled() {
+        let (mut a, mut b, sig_b, _sig_a) = pair(8192);
+        assert_eq!(b.set_polled(true), Ok(false));
+        assert!(b.polled());
+        for i in 0..5 {
+            a.send(&OutgoingPacket::in_band(i, false, &[b"polled"]))
+                .unwrap();
+            assert_eq!(b.recv_batch(usize::MAX, |p| assert!(p.is_ok())), Ok(1));
+        }
+        a.send(&OutgoingPacket::in_band(9, false, &[b"late"]))
+            .unwrap();
+        assert_eq!(sig_b.load(Ordering::Relaxed), 0, "the mask stayed set");
+        // The packet that came while polled is reported on stopping.
+        assert_eq!(b.set_polled(false), Ok(true));
+        assert_eq!(b.recv_batch(usize::MAX, |p| assert!(p.is_ok())), Ok(1));
+        assert_eq!(b.set_polled(false), Ok(false));
+        // Unpolled again: an empty ring's next packet signals.
+        a.send(&OutgoingPacket::in_band(10, false, &[b"signal"]))
+            .unwrap();
+        assert_eq!(sig_b.load(Ordering::Relaxed), 1);
     }
 }

@@ -8,6 +8,8 @@
 //! - [`packet`]: the 16-byte packet descriptor and the in-band, completion,
 //!   GPA-direct and transfer-page packet formats.
 //! - [`channel`]: an open channel = one inbound and one outbound ring.
+//! - [`poll`]: when a reader polls a busy channel instead of waiting for
+//!   its signal (an adaptive window).
 //! - [`messages`]: the channel-management messages posted through SynIC.
 //! - [`gpadl`]: assembling GPADLs from header and body messages.
 //! - [`host`] and [`guest`]: the two state machines, driven by messages and
@@ -41,6 +43,7 @@ pub mod host;
 pub mod messages;
 pub mod netvsp;
 pub mod packet;
+pub mod poll;
 pub mod ring;
 pub mod scsi;
 // Views of memory shared with the peer (raw ring pages, guest RAM) cannot be

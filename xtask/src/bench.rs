@@ -644,23 +644,33 @@ fn guest_runs(
     dir: &str,
     script: &[String],
 ) -> Result<Vec<(&'static str, emulator::Run, bool)>> {
+    guest_runs_on(art, dir, script, 1)
+}
+
+/// [`guest_runs`] on `cpus` processors.
+fn guest_runs_on(
+    art: &build::Artifacts,
+    dir: &str,
+    script: &[String],
+    cpus: u32,
+) -> Result<Vec<(&'static str, emulator::Run, bool)>> {
     let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
     modules.extend(art.guests.iter().cloned());
     let mut runs = Vec::new();
     for (label, mut m, icount) in [
         (
             "qemu (AMD SVM+NPT)",
-            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
+            Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, 256),
             false,
         ),
         (
             "qemu -icount (instructions)",
-            Machine::new(Emulator::Qemu, Boot::Multiboot, 1, 256),
+            Machine::new(Emulator::Qemu, Boot::Multiboot, cpus, 256),
             true,
         ),
         (
             "bochs (Intel VMX+EPT)",
-            Machine::new(Emulator::Bochs, Boot::Grub, 1, 256),
+            Machine::new(Emulator::Bochs, Boot::Grub, cpus, 256),
             false,
         ),
     ] {
@@ -700,6 +710,7 @@ fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
         for what in [
             "ping-pong round trip",
             "batch of 32 packets each way",
+            "stream of batches of 32, polled",
             "control message round trip",
             "signalled event",
             "storage read of 64 KiB",
@@ -720,8 +731,38 @@ fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
                 .with_context(|| format!("{label}: unreadable line {line}"))?;
             let switches = system_tests::echo_bench_switches(&run.outcome.serial, what)
                 .with_context(|| format!("{label}: unreadable line {line}"))?;
-            println!("    {what:<30} {switches:>7.2} world switches, {ticks:>8} {unit}");
+            println!("    {what:<32} {switches:>7.2} world switches, {ticks:>8} {unit}");
         }
+    }
+    // The stream again with the guest on the other processor: both sides
+    // poll, so in steady state no signal is needed (goal: at most one
+    // world switch per batch).
+    println!("== VMBus stream (guest vmbus-echo on LP 1, the root on LP 0), 2 processors");
+    for (label, run, icount) in guest_runs_on(art, "bench-vmbus-2lp", &script, 2)? {
+        let unit = if icount { "instructions" } else { "TSC ticks" };
+        let log = &run.outcome.serial;
+        let what = "stream of batches of 32, polled";
+        let line = log
+            .lines()
+            .find_map(|l| l.split(&format!("vmbus-echo: bench {what}: ")).nth(1))
+            .with_context(|| format!("{label}: no figures for the stream"))?;
+        let ticks = line
+            .split(", ")
+            .nth(1)
+            .and_then(|t| t.split(" ticks").next())
+            .unwrap_or("?");
+        let switches = system_tests::echo_bench_switches(log, what)
+            .with_context(|| format!("{label}: unreadable line {line}"))?;
+        let said = |prefix: &str| {
+            log.lines()
+                .filter_map(|l| l.strip_prefix("vmbus-echo: stream: "))
+                .find(|l| l.contains(prefix))
+                .unwrap_or("?")
+                .to_string()
+        };
+        println!("  {label}:");
+        println!("    per batch of 32 {switches:>7.2} world switches, {ticks:>8} {unit}");
+        println!("    {}; {}", said("signals"), said("packets per second"));
     }
     Ok(())
 }

@@ -117,6 +117,23 @@ impl Scheduler {
     }
 }
 
+/// The LP a new guest VP is placed on, among `lps`, given each LP's guest
+/// VPs: the least loaded, where LP 0 counts half a VP more (root VP 0 runs
+/// there, and it does the root's work: the shell, the VM workers, the
+/// device servers, which then run beside a guest instead of between its
+/// runs); equal loads spread a VM's VPs by their index.
+pub fn place_vp(lps: u32, guest_vps: impl Fn(u32) -> u32, index: u32) -> u32 {
+    let lps = lps.max(1);
+    (0..lps)
+        .min_by_key(|&l| {
+            (
+                2 * u64::from(guest_vps(l)) + u64::from(l == 0),
+                (l + index) % lps,
+            )
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +272,31 @@ mod tests {
             let used: f64 = share.iter().sum();
             prop_assert!(used >= (limits.min(100) as f64 / 100.0) - 0.011, "idle while work waits: {share:?}");
         }
+    }
+
+    /// Places `vps` VPs of one VM on `lps` empty LPs.
+    fn place_all(lps: u32, vps: u32) -> Vec<u32> {
+        let mut load = vec![0u32; lps as usize];
+        (0..vps)
+            .map(|i| {
+                let lp = place_vp(lps, |l| load[l as usize], i);
+                load[lp as usize] += 1;
+                lp
+            })
+            .collect()
+    }
+
+    #[test]
+    fn guest_vps_go_to_lp_0_last() {
+        assert_eq!(place_all(1, 3), [0, 0, 0]);
+        assert_eq!(place_all(2, 1), [1]);
+        assert_eq!(place_all(2, 2), [1, 0]);
+        assert_eq!(place_all(2, 4), [1, 0, 1, 0]);
+        let four = place_all(4, 4);
+        assert_eq!(four[3], 0, "LP 0 takes the last of four: {four:?}");
+        let mut sorted = four.clone();
+        sorted.sort();
+        assert_eq!(sorted, [0, 1, 2, 3]);
+        assert_eq!(place_vp(0, |_| 0, 0), 0, "no LP count: LP 0");
     }
 }

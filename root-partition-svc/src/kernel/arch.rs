@@ -174,17 +174,30 @@ pub fn take_interrupts() {
     unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
 }
 
-/// Starts this VP's x2APIC timer, periodic every `us` microseconds on
-/// `vector`: it wakes the idle shell to poll the serial port.
-pub fn start_idle_timer(tsc_hz: u64, vector: u8, us: u64) {
+/// The idle root wakes this often to look at the serial port (µs).
+pub const IDLE_TICK_US: u64 = 1000;
+
+/// Starts this VP's x2APIC timer, periodic every [`IDLE_TICK_US`] on the
+/// timer vector: it wakes the idle shell to poll the serial port.
+pub fn start_idle_timer(tsc_hz: u64) {
     // SAFETY: x2APIC registers of this VP's (virtual) APIC: enable (SVR),
-    // divide by 1, periodic on `vector`, initial count.
+    // divide by 1, periodic on the timer vector, initial count.
     unsafe {
         wrmsr(0x80F, 0x1FF);
         wrmsr(0x83E, 0xB);
-        wrmsr(0x832, (1 << 17) | vector as u64);
-        wrmsr(0x838, (tsc_hz / 1_000_000 * us).clamp(1, u32::MAX as u64));
+        wrmsr(0x832, (1 << 17) | crate::idt::TIMER_VECTOR as u64);
+        wrmsr(
+            0x838,
+            (tsc_hz / 1_000_000 * IDLE_TICK_US).clamp(1, u32::MAX as u64),
+        );
     }
+}
+
+/// Stops the idle timer (an initial count of 0): a root that polls does
+/// not sleep, and each tick would cost it an exit.
+pub fn stop_idle_timer() {
+    // SAFETY: the x2APIC timer's initial count register of this VP's APIC.
+    unsafe { wrmsr(0x838, 0) };
 }
 
 /// The host's real-time clock (CMOS at ports 0x70/0x71), Unix seconds (the

@@ -11,9 +11,6 @@ use root_partition_svc::line::{Event, LineEditor};
 use root_partition_svc::vhd_command::VhdCommand;
 use root_partition_svc::{format, PROMPT};
 
-/// The idle shell wakes this often to look at the serial port.
-const IDLE_TICK_US: u64 = 1000;
-
 /// TSC frequency assumed for delays when the hypervisor cannot be asked.
 const FALLBACK_TSC_HZ: u64 = 3_000_000_000;
 
@@ -89,13 +86,13 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
             shell.execute(line);
         }
     }
-    arch::start_idle_timer(shell.tsc_hz, idt::TIMER_VECTOR, IDLE_TICK_US);
+    arch::start_idle_timer(shell.tsc_hz);
 
     let mut editor = LineEditor::<1024>::new();
     print!("{PROMPT}");
     let mut last_activity = arch::rdtsc();
     loop {
-        if vmm.poll() {
+        if vmm.poll() || vmm.polling() {
             last_activity = arch::rdtsc();
         }
         let Some(b) = serial::try_read() else {
@@ -268,18 +265,10 @@ impl Shell {
     #[inline(never)]
     fn debug_timer(&self) {
         let before = idt::TIMER_TICKS.load(Ordering::Relaxed);
-        // SAFETY: x2APIC registers of this VP's (virtual) APIC: enable, divide
-        // by 1, periodic timer on TIMER_VECTOR, 1 ms initial count.
-        unsafe {
-            arch::wrmsr(0x80F, 0x1FF);
-            arch::wrmsr(0x83E, 0xB);
-            arch::wrmsr(0x832, (1 << 17) | idt::TIMER_VECTOR as u64);
-            arch::wrmsr(0x838, (self.tsc_hz / 1000).clamp(1, u32::MAX as u64));
-        }
+        // Restarted: its first tick a whole period from now.
+        arch::start_idle_timer(self.tsc_hz);
         let ticks = || idt::TIMER_TICKS.load(Ordering::Relaxed) - before;
         let ms = self.wait_for(true, || ticks() >= 10);
-        // Back to the idle tick.
-        arch::start_idle_timer(self.tsc_hz, idt::TIMER_VECTOR, IDLE_TICK_US);
         let n = ticks();
         let verdict = if n >= 10 { "ok" } else { "FAILED" };
         println!("timer: {verdict}, {n} interrupts in {ms} ms (period 1 ms)");
@@ -399,11 +388,14 @@ impl Shell {
             // Caught up: serve the VMs, stop on a key, look again every 50 ms.
             let fetched = arch::rdtsc();
             while arch::rdtsc() - fetched < self.tsc_hz / 20 {
-                vm::get().poll();
+                let vmm = vm::get();
+                vmm.poll();
                 if serial::try_read().is_some() {
                     return;
                 }
-                crate::hypercall::idle();
+                if !vmm.polling() {
+                    crate::hypercall::idle();
+                }
             }
         }
     }

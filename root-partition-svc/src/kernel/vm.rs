@@ -185,6 +185,10 @@ pub struct Vmm {
     vmbus_seen: u64,
     /// When the VMBus servers' housekeeping (`VmBus::tick`) last ran.
     last_tick: u64,
+    /// A VMBus channel is polled (`vmbus::poll`): the worker looks at it
+    /// every poll and must not sleep; the root's idle timer is stopped
+    /// meanwhile (it would only cost exits).
+    polling: bool,
 }
 
 /// How often (µs) the VMBus servers' housekeeping runs at least: timers of
@@ -210,6 +214,7 @@ static VMM: Global = Global(UnsafeCell::new(Vmm {
     host_time: (0, 0),
     vmbus_seen: 0,
     last_tick: 0,
+    polling: false,
 }));
 
 /// The worker (VP 0's shell only).
@@ -530,7 +535,10 @@ impl Vmm {
                     // operator types slower than a guest reads it.
                     let _ = vm.devices.uart.receive(b);
                 }
-                None if !busy && crate::arch::rdtsc() - idle_since > self.tsc_hz / 20 => {
+                None if !busy
+                    && !self.polling
+                    && crate::arch::rdtsc() - idle_since > self.tsc_hz / 20 =>
+                {
                     crate::hypercall::idle()
                 }
                 None => core::hint::spin_loop(),
@@ -738,8 +746,7 @@ impl Vmm {
             match VmBus::new(
                 vm.partition,
                 slot,
-                vm.memory_base,
-                vm.memory_bytes,
+                (vm.memory_base, vm.memory_bytes),
                 vm.echo,
                 &vm.disks,
                 &vm.nics.iter().map(VmNic::spec).collect::<Vec<_>>(),
@@ -1282,7 +1289,9 @@ impl Vmm {
                 }
                 return;
             }
-            crate::hypercall::idle();
+            if !self.polling {
+                crate::hypercall::idle();
+            }
         }
     }
 
@@ -1560,12 +1569,48 @@ impl Vmm {
         any
     }
 
+    /// Whether a VMBus channel is polled: the caller must not go idle.
+    pub fn polling(&self) -> bool {
+        self.polling
+    }
+
     fn poll_vmbus(&mut self) -> bool {
+        let any = self.poll_vmbus_work();
+        let polling = self
+            .vms
+            .iter()
+            .flatten()
+            .any(|v| v.vmbus.as_ref().is_some_and(VmBus::polling));
+        if polling != self.polling {
+            self.polling = polling;
+            // The idle timer only wakes a sleeping root.
+            if polling {
+                crate::arch::stop_idle_timer();
+            } else {
+                crate::arch::start_idle_timer(self.tsc_hz);
+            }
+        }
+        any
+    }
+
+    fn poll_vmbus_work(&mut self) -> bool {
         let mut any = self.net.poll();
         let now = crate::arch::rdtsc();
         // A SINT interrupt waiting while the caller spun with interrupts
         // off is taken now (an exit only when one waits).
         crate::arch::take_interrupts();
+        if self.polling {
+            for bus in self
+                .vms
+                .iter_mut()
+                .flatten()
+                .filter_map(|v| v.vmbus.as_mut())
+            {
+                if bus.polling() {
+                    bus.serve_polled();
+                }
+            }
+        }
         // Read before the slot and flags: one raised after is seen next time.
         let raised = crate::idt::VMBUS_SINTS.load(core::sync::atomic::Ordering::Acquire);
         let tick_due = now.wrapping_sub(self.last_tick) >= self.tsc_hz / 1_000_000 * TICK_US;
@@ -2181,8 +2226,12 @@ fn show_vmbus(bus: &VmBus, tsc_hz: u64) {
             DeviceStage::Rescinded => "rescinded; the guest has not released it",
         };
         println!(
-            "  devices:\n    echo (relid {})        {state}; {} packets answered, {} refused",
-            dev.relid, dev.server.answered, dev.server.refused
+            "  devices:\n    echo (relid {})        {state}; {} packets answered, {} refused; polled {} times ({} caught packets)",
+            dev.relid,
+            dev.server.answered,
+            dev.server.refused,
+            dev.poll.periods,
+            dev.poll.caught_periods
         );
     }
 }

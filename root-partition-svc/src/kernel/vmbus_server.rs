@@ -29,12 +29,13 @@ use hv_abi::partition::{code, port_type, PARTITION_SELF};
 use hv_abi::synic::{Message, PAYLOAD_MAX, SLOT_SIZE, VMBUS_SINT};
 use root_partition_svc::ic::{self, IcError, Service, Version};
 use root_partition_svc::vswitch::{Mac, Switch};
-use vmbus::channel::{Channel, Notify};
+use vmbus::channel::{Channel, ChannelError, Notify};
 use vmbus::echo::{self, EchoServer};
 use vmbus::guid::class;
 use vmbus::host::{Host, HostConfig, HostEvent, HostPort, OfferParams};
 use vmbus::netvsp::{self, Gpadls, NetServer, Wire};
 use vmbus::packet::{OutgoingPacket, PacketKind};
+use vmbus::poll::PollWindow;
 use vmbus::scsi::{Identity, ScsiDisk};
 use vmbus::storvsp::{self, StorageServer};
 use vmbus::Guid;
@@ -307,6 +308,7 @@ pub struct EchoDevice {
     pub stage: DeviceStage,
     channel: Option<Channel<GuestRing, EventNotifier>>,
     pub server: EchoServer,
+    pub poll: PollWindow,
 }
 
 /// The synthetic SCSI controller with its disks (LUN = index).
@@ -316,6 +318,28 @@ pub struct StorageDevice {
     channel: Option<Channel<GuestRing, EventNotifier>>,
     pub server: StorageServer,
     pub disks: Vec<ScsiDisk<VmDisk>>,
+    pub poll: PollWindow,
+}
+
+/// A fresh channel's polling window: a busy channel is looked at again
+/// this many times after its last packet before the root stops polling it
+/// (the window adapts between 32 and 256 looks, `vmbus::poll`; a look is
+/// one pass of the worker's loop, about a microsecond on a real processor).
+const POLL_WINDOW: PollWindow = PollWindow::new(32, 256);
+
+/// After a serve of `channel` that handled `handled` packets: starts or
+/// stops polling it as its window says. True if packets came unsignalled
+/// while it was polled: the caller serves it again.
+fn adapt(
+    poll: &mut PollWindow,
+    channel: &mut Channel<GuestRing, EventNotifier>,
+    handled: u64,
+) -> Result<bool, ChannelError> {
+    let want = poll.observe(handled as usize);
+    if want == channel.polled() {
+        return Ok(false);
+    }
+    channel.set_polled(want)
 }
 
 /// A VM's network adapter as its server needs it: the adapter's number,
@@ -456,8 +480,7 @@ impl VmBus {
     pub fn new(
         partition: u64,
         slot: usize,
-        memory_base: u64,
-        memory_bytes: u64,
+        (memory_base, memory_bytes): (u64, u64),
         echo: bool,
         disks: &[(VmDisk, Identity)],
         nics: &[NicSpec],
@@ -517,6 +540,7 @@ impl VmBus {
                     .iter()
                     .map(|&(disk, identity)| ScsiDisk::new(disk, identity))
                     .collect(),
+                poll: POLL_WINDOW,
             });
         }
         if echo {
@@ -645,6 +669,7 @@ impl VmBus {
             stage: DeviceStage::Offered,
             channel: None,
             server: EchoServer::default(),
+            poll: POLL_WINDOW,
         });
         Ok(())
     }
@@ -689,11 +714,13 @@ impl VmBus {
                     dev.channel = Some(channel);
                     dev.stage = DeviceStage::Open;
                     dev.server = EchoServer::default();
+                    dev.poll = POLL_WINDOW;
                 } else if let Some(dev) = self.storage.as_mut().filter(|d| d.relid == relid) {
                     channel.reader().set_max_packet(storvsp::MAX_PACKET);
                     dev.channel = Some(channel);
                     dev.stage = DeviceStage::Open;
                     dev.server = StorageServer::default();
+                    dev.poll = POLL_WINDOW;
                 } else if let Some(dev) = self.nics.iter_mut().find(|d| d.relid == relid) {
                     channel.reader().set_max_packet(netvsp::MAX_PACKET);
                     dev.channel = Some(channel);
@@ -881,40 +908,73 @@ impl VmBus {
         }
     }
 
-    /// Answers the echo device's packets (after a signal, and at every tick:
-    /// a guest that kept its ring full gets served without signalling).
+    /// Whether a channel is polled (its guest is not signalling it): the
+    /// root must look at it again soon, not sleep.
+    pub fn polling(&self) -> bool {
+        let polled =
+            |c: &Option<Channel<GuestRing, EventNotifier>>| c.as_ref().is_some_and(|c| c.polled());
+        self.echo.as_ref().is_some_and(|d| polled(&d.channel))
+            || self.storage.as_ref().is_some_and(|d| polled(&d.channel))
+    }
+
+    /// Looks at the polled channels again.
+    pub fn serve_polled(&mut self) {
+        self.serve_echo();
+        self.serve_storage();
+    }
+
+    /// Answers the echo device's packets (after a signal, at every tick: a
+    /// guest that kept its ring full gets served without signalling, and
+    /// at every poll while the channel is polled).
     fn serve_echo(&mut self) {
         let Some(dev) = self.echo.as_mut() else {
             return;
         };
-        let Some(channel) = dev.channel.as_mut() else {
-            return;
-        };
-        if dev.server.serve(channel, world_switches).is_err() {
-            dev.channel = None;
-            dev.stage = DeviceStage::Broken;
-            self.refused += 1;
+        // Twice at most: a second time for packets that came unsignalled
+        // while polling stopped.
+        for _ in 0..2 {
+            let Some(channel) = dev.channel.as_mut() else {
+                return;
+            };
+            let before = dev.server.answered + dev.server.refused;
+            let served = dev.server.serve(channel, world_switches);
+            let handled = dev.server.answered + dev.server.refused - before;
+            match served.and_then(|()| adapt(&mut dev.poll, channel, handled)) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => {
+                    dev.channel = None;
+                    dev.stage = DeviceStage::Broken;
+                    self.refused += 1;
+                    return;
+                }
+            }
         }
     }
 
-    /// Serves the SCSI controller's requests (after a signal, and at every
-    /// tick, as the echo device).
+    /// Serves the SCSI controller's requests (as the echo device).
     fn serve_storage(&mut self) {
         let Some(dev) = self.storage.as_mut() else {
             return;
         };
-        let Some(channel) = dev.channel.as_mut() else {
-            return;
-        };
         let mut memory = GuestMemoryBlock::new(self.memory.0, self.memory.1);
-        if dev
-            .server
-            .serve(channel, &mut dev.disks, &mut memory)
-            .is_err()
-        {
-            dev.channel = None;
-            dev.stage = DeviceStage::Broken;
-            self.refused += 1;
+        for _ in 0..2 {
+            let Some(channel) = dev.channel.as_mut() else {
+                return;
+            };
+            let before = dev.server.completed + dev.server.refused;
+            let served = dev.server.serve(channel, &mut dev.disks, &mut memory);
+            let handled = dev.server.completed + dev.server.refused - before;
+            match served.and_then(|()| adapt(&mut dev.poll, channel, handled)) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => {
+                    dev.channel = None;
+                    dev.stage = DeviceStage::Broken;
+                    self.refused += 1;
+                    return;
+                }
+            }
         }
     }
 
