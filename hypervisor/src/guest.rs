@@ -60,7 +60,7 @@ pub fn dispatch(
             let m = vcpu.regs().rcx as u32;
             let value = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
-                crate::x86::msr::IA32_APIC_BASE => Some(vapic::apic_base(vp.index)),
+                crate::x86::msr::IA32_APIC_BASE => Some(vapic.base()),
                 m if SynTimers::owns(m) => vp.stimers.lock().read(m),
                 _ => vp.synic.read_msr(m).or_else(|| read_msr(part, vcpu, vp, m)),
             };
@@ -71,31 +71,14 @@ pub fn dispatch(
             let (m, v) = vcpu.wrmsr_operands();
             let done = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
-                    match vapic.write(m, v, cpu::rdtsc()) {
-                        vapic::Write::Done => true,
-                        vapic::Write::Ipi { vector, dest } => {
-                            send_ipi(part, vp, vapic, Some(vector), dest);
-                            true
-                        }
-                        vapic::Write::Nmi { dest } => {
-                            send_ipi(part, vp, vapic, None, dest);
-                            true
-                        }
-                        vapic::Write::Init { dest } => {
-                            start_up(part, vp, dest, None);
-                            true
-                        }
-                        vapic::Write::Startup { vector, dest } => {
-                            start_up(part, vp, dest, Some(vector));
-                            true
-                        }
-                        // SMI, lowest priority: not offered; ignored like a
-                        // lost IPI.
-                        vapic::Write::Unsupported(_) => true,
-                        vapic::Write::Fault => false,
-                    }
+                    let w = vapic.write(m, v, cpu::rdtsc());
+                    apic_effect(part, vp, vapic, w)
                 }
-                crate::x86::msr::IA32_APIC_BASE => vapic::apic_base_write_ok(vp.index, v),
+                crate::x86::msr::IA32_APIC_BASE => {
+                    let ok = vapic.write_base(v);
+                    vp.xapic_ldr.store(vapic.xapic_ldr(), Ordering::Relaxed);
+                    ok
+                }
                 m if SynTimers::owns(m) => {
                     let now = time::reference().at(cpu::rdtsc());
                     vp.stimers.lock().write(m, v, now).is_ok()
@@ -165,6 +148,16 @@ pub fn dispatch(
                 rdi: r.rdi,
             };
             Next::Intercept(msg.message(part.id))
+        }
+        Exit::SlatViolation {
+            gpa,
+            write,
+            execute: false,
+        } if gpa & !0xFFF == vapic::APIC_PAGE
+            && vapic.mode() == vapic::Mode::XApic
+            && xapic_access(root, part, vp, vcpu, vapic, gpa, write) =>
+        {
+            Next::Resume
         }
         Exit::SlatViolation {
             gpa,
@@ -354,6 +347,80 @@ fn fetch_instruction(
     (bytes, len as u8)
 }
 
+/// What an APIC register write asks for, done: IPIs, INIT and start-up.
+/// False: #GP.
+fn apic_effect(part: &Partition, vp: &GuestVp, vapic: &mut VirtualApic, w: vapic::Write) -> bool {
+    match w {
+        vapic::Write::Done => true,
+        vapic::Write::Ipi { vector, dest } => {
+            send_ipi(part, vp, vapic, Some(vector), dest);
+            true
+        }
+        vapic::Write::Nmi { dest } => {
+            send_ipi(part, vp, vapic, None, dest);
+            true
+        }
+        vapic::Write::Init { dest } => {
+            start_up(part, vp, dest, None);
+            true
+        }
+        vapic::Write::Startup { vector, dest } => {
+            start_up(part, vp, dest, Some(vector));
+            true
+        }
+        // SMI, lowest priority: not offered; ignored like a lost IPI.
+        vapic::Write::Unsupported(_) => true,
+        vapic::Write::Fault => false,
+    }
+}
+
+/// A read or write of the xAPIC register page (the APIC in xAPIC mode):
+/// the instruction at RIP is decoded (a MOV form, `hypervisor_core::mmio`)
+/// and emulated on the VP's APIC. A 32-bit access reaches a register; a
+/// narrower one reads its bytes and writes nothing. False: not an
+/// instruction decoded here (the root gets the access, as any MMIO).
+fn xapic_access(
+    root: &RootPartition,
+    part: &Partition,
+    vp: &GuestVp,
+    vcpu: &mut Vcpu,
+    vapic: &mut VirtualApic,
+    gpa: u64,
+    write: bool,
+) -> bool {
+    use hypervisor_core::mmio;
+    let state = vcpu.fetch_state();
+    let (bytes, len) = fetch_instruction(root, part, vcpu, state);
+    let Some(a) = mmio::decode(&bytes[..len as usize], state.2) else {
+        return false;
+    };
+    if a.write != write || (gpa & 0xFFF) + u64::from(a.size) > 0x1000 {
+        return false;
+    }
+    let offset = (gpa & 0xFF0) as u32;
+    // A register is the first 4 bytes of its 16; the rest read as 0.
+    let shift = (gpa & 0xF) * 8;
+    let now = cpu::rdtsc();
+    if write {
+        let held = a.operand.register().map_or(0, |r| vcpu.gpr(r));
+        let value = a.operand.write_value(held);
+        if a.size == 4 && gpa & 0xF == 0 {
+            let w = vapic.mmio_write(offset, value as u32, now);
+            vp.xapic_ldr.store(vapic.xapic_ldr(), Ordering::Relaxed);
+            // Nothing on the register page faults.
+            apic_effect(part, vp, vapic, w);
+        }
+    } else if let Some(r) = a.operand.register() {
+        let register = u64::from(vapic.mmio_read(offset, now))
+            .checked_shr(shift as u32)
+            .unwrap_or(0);
+        let old = vcpu.gpr(r);
+        vcpu.set_gpr(r, mmio::merge_read(old, register, &a));
+    }
+    vcpu.advance_rip(a.length);
+    true
+}
+
 /// An IPI from guest VP `sender` to the VPs of its partition that `dest`
 /// names, fixed (`vector`) or an NMI (`None`): straight into its own APIC,
 /// the others' posted.
@@ -365,7 +432,8 @@ fn send_ipi(
     dest: vapic::Dest,
 ) {
     for target in part.vps() {
-        if !vapic::reaches(dest, sender.index, target.index) {
+        let ldr = target.xapic_ldr.load(Ordering::Relaxed);
+        if !vapic::reaches_xapic(dest, sender.index, target.index, ldr) {
             continue;
         }
         // A deleted target takes nothing, as a missing APIC would.
@@ -391,7 +459,10 @@ fn send_ipi(
 /// INIT that resets a running VP is not modelled).
 fn start_up(part: &Partition, sender: &GuestVp, dest: vapic::Dest, vector: Option<u8>) {
     for target in part.vps() {
-        if target.index == sender.index || !vapic::reaches(dest, sender.index, target.index) {
+        let ldr = target.xapic_ldr.load(Ordering::Relaxed);
+        if target.index == sender.index
+            || !vapic::reaches_xapic(dest, sender.index, target.index, ldr)
+        {
             continue;
         }
         let mut s = target.shared.lock();
@@ -401,7 +472,7 @@ fn start_up(part: &Partition, sender: &GuestVp, dest: vapic::Dest, vector: Optio
         match vector {
             None => {
                 s.wait_for_sipi = true;
-                s.apic_reset = true;
+                s.apic_init = true;
             }
             Some(v) if s.wait_for_sipi => {
                 let mut ctx = hv_abi::partition::VpContext::reset();

@@ -108,11 +108,14 @@ impl Local {
     /// VP also runs for an interrupt its own APIC has (its timer). A reset
     /// VP's APIC is reset first.
     fn may_run_with(s: &mut partition::VpShared, vapic: &mut VirtualApic, now: u64) -> bool {
-        if s.apic_reset {
-            s.apic_reset = false;
+        if s.apic_reset || s.apic_init {
             // What was sent to the previous boot goes with its APIC.
             s.pending.take_into(vapic);
-            *vapic = VirtualApic::new(vapic.id());
+            match core::mem::take(&mut s.apic_reset) {
+                true => *vapic = VirtualApic::new(vapic.id()),
+                false => vapic.init_reset(),
+            }
+            s.apic_init = false;
         }
         s.may_run()
             || (!s.stopped() && {

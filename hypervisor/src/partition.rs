@@ -149,11 +149,13 @@ pub struct VpShared {
     /// Not started, and sent an INIT by another VP of its partition: a
     /// start-up IPI starts it (`guest::start_up`).
     pub wait_for_sipi: bool,
-    /// The VP was reset (the root restarting it, an INIT): its LP puts its
-    /// virtual APIC in the state after reset before it looks at it again,
-    /// so nothing of the previous boot (a vector in IRR or ISR, an armed
+    /// The VP was reset (the root restarting it): its LP puts its virtual
+    /// APIC in the state after reset before it looks at it again, so
+    /// nothing of the previous boot (a vector in IRR or ISR, an armed
     /// timer) reaches the next.
     pub apic_reset: bool,
+    /// An INIT reached the VP: the same, with the APIC's mode kept.
+    pub apic_init: bool,
     pub intercept_suspend: bool,
     /// Halted with interrupts enabled: waits for an interrupt.
     pub halted: bool,
@@ -210,6 +212,9 @@ pub struct GuestVp {
     pub served: AtomicU64,
     /// The VP_ASSIST_PAGE MSR (kept; the page's contents are not used).
     pub vp_assist: AtomicU64,
+    /// Its APIC's xAPIC logical destination register, published by its LP
+    /// for the IPIs its siblings send in xAPIC logical mode.
+    pub xapic_ldr: AtomicU32,
     /// Its synthetic interrupt controller.
     pub synic: crate::synic::SynIc,
     /// Its synthetic timers (MSRs 0x400000B0-B7), expired by its LP.
@@ -707,6 +712,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             explicit_suspend: true,
             wait_for_sipi: false,
             apic_reset: false,
+            apic_init: false,
             intercept_suspend: false,
             halted: false,
             deleted: false,
@@ -720,6 +726,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
         in_guest: AtomicBool::new(false),
         served: AtomicU64::new(0),
         vp_assist: AtomicU64::new(0),
+        xapic_ldr: AtomicU32::new(0),
         synic: crate::synic::SynIc::new(),
         stimers: Mutex::new(hypervisor_core::stimer::SynTimers::default()),
     });

@@ -1161,6 +1161,33 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             LINUX_FAILURES,
             Some(linux_date_matches_the_host_clock),
         ),
+        (
+            // The APIC in xAPIC mode: Linux leaves the x2APIC mode it was
+            // given through the disabled state, then reaches its APIC (and
+            // the other VP's, by flat logical IPIs) through the register
+            // page, which the hypervisor decodes and emulates.
+            "-linux-xapic",
+            2,
+            1024,
+            &[
+                "vm new linux --kernel linux --initrd linux-initrd --memory 256M --vcpus 2 --cmdline \"console=ttyS0 nokaslr pci=off io_delay=none nox2apic linuxtest=poweroff\"",
+                "vm start linux",
+                "vm wait linux 1200",
+                "vm console linux --log",
+                "vm show linux",
+                "shutdown",
+            ],
+            &[
+                "x2apic disabled",
+                "smpboot: Total of 2 processors activated",
+                "LINUX-INIT: cpus 2",
+                "LINUX-INIT: clockevent Hyper-V clockevent",
+                "LINUX-INIT: done",
+                "vm wait: linux is Off (powered off by the guest)",
+            ],
+            LINUX_FAILURES,
+            None,
+        ),
     ];
     cases
         .into_iter()
@@ -1630,6 +1657,29 @@ fn guest_tests() -> Vec<GuestTest> {
             None,
         ),
         (
+            // Issue 11: the APIC in xAPIC mode, by MMIO on its page.
+            "-guest-xapic",
+            2,
+            256,
+            &[
+                "vm new x --memory 4M --image xapic --vcpus 2",
+                "vm start x",
+                "vm wait x 60",
+                "vm console x --log",
+                "vm show x",
+                "shutdown",
+            ],
+            &[
+                "xapic: IA32_APIC_BASE 0xfee00d00 -> 0xfee00900; ID 0x0, version 0x50014",
+                "xapic: the timer ticked 5 times, each EOI written on the page",
+                "xapic: VP 1 (ID 1 on its page) took the IPI sent to logical destination 2",
+                "xapic: both VPs back in x2APIC mode: ok",
+                "vm wait: x is Off (exit code 0)",
+            ],
+            GUEST_FAILURES,
+            None,
+        ),
+        (
             "-guest-fpu",
             1,
             256,
@@ -1929,13 +1979,13 @@ pub fn matrix() -> Vec<Case> {
                     ],
                 });
             }
-            // Bochs takes about 140 emulated seconds to Linux's /init (100
+            // Bochs takes about 150 emulated seconds to Linux's /init (100
             // of them in the kernel's XZ decompressor; QEMU about 5): the
             // reboot case waits for the second kernel accordingly.
             if emulator == Emulator::Bochs {
                 for line in &mut c.script {
                     if line == REBOOT_WAIT {
-                        *line = "vm wait linux 300".to_string();
+                        *line = "vm wait linux 400".to_string();
                     }
                 }
             }

@@ -30,6 +30,7 @@ pub const GUEST_NAMES: &[&str] = &[
     "hostile",
     "exit-loop",
     "vmbus-echo",
+    "xapic",
 ];
 
 pub fn root() -> PathBuf {

@@ -16,6 +16,31 @@ pub enum Operand {
     Immediate(u64),
 }
 
+impl Operand {
+    /// The general register that holds the data (0 = RAX .. 15 = R15; for
+    /// AH-BH, the register whose bits 15:8 they are), if a register does.
+    pub fn register(&self) -> Option<u8> {
+        match *self {
+            Operand::Register { index, high_byte } if high_byte => Some(index & 3),
+            Operand::Register { index, .. } => Some(index),
+            Operand::Immediate(_) => None,
+        }
+    }
+
+    /// The data a write stores, given the value of [`Operand::register`]
+    /// (the immediate, or that register's bits, shifted down for AH-BH;
+    /// the caller masks to the access size).
+    pub fn write_value(&self, register: u64) -> u64 {
+        match *self {
+            Operand::Register {
+                high_byte: true, ..
+            } => register >> 8,
+            Operand::Register { .. } => register,
+            Operand::Immediate(v) => v,
+        }
+    }
+}
+
 /// One decoded access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access {
@@ -225,8 +250,12 @@ mod tests {
             merge_read(0x1122_3344_5566_7788, 0xFF, &byte),
             0x1122_3344_5566_77FF
         );
-        let ah = decode(&[0x8A, 0x23], true).unwrap();
+        let ah = decode(&[0x8A, 0x23], false).unwrap();
         assert_eq!(merge_read(0x7788, 0xFF, &ah), 0xFF88);
+        assert_eq!(ah.operand.register(), Some(0), "AH is RAX's");
+        assert_eq!(ah.operand.write_value(0x7788), 0x77);
+        let sil = decode(&[0x40, 0x8A, 0x33], true).unwrap(); // mov sil, [rbx]
+        assert_eq!(sil.operand.register(), Some(6), "with REX: SIL");
         let dword = decode(&[0x8B, 0x03], true).unwrap();
         assert_eq!(merge_read(u64::MAX, 0xFFFF_FFFF, &dword), 0xFFFF_FFFF);
         let movzx = decode(&[0x0F, 0xB7, 0x03], true).unwrap(); // movzx eax, word [rbx]

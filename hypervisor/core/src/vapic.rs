@@ -1,7 +1,10 @@
-//! A virtual local APIC in x2APIC mode (Intel SDM vol. 3 chapter 11; the x2APIC
-//! MSR map in section 11.12): registers, the timer, interrupt priority and the
-//! ICR. Pure state: the hypervisor feeds it MSR accesses and the TSC, and asks
-//! it which vector to deliver; delivery to other VPs is the caller's job.
+//! A virtual local APIC (Intel SDM vol. 3 chapter 11): registers, the timer,
+//! interrupt priority and the ICR, in x2APIC mode (the MSR map, section
+//! 11.12) or in xAPIC mode (the register page at its base address, section
+//! 11.4.1, which a guest reaches by MMIO), with the mode switches of
+//! IA32_APIC_BASE (section 11.12.5). Pure state: the hypervisor feeds it
+//! register accesses and the TSC, and asks it which vector to deliver;
+//! delivery to other VPs is the caller's job.
 //!
 //! The timer counts at the TSC rate divided by the divide configuration (the
 //! virtual bus runs at the TSC's frequency). TSC-deadline mode is not offered.
@@ -17,8 +20,8 @@ pub fn apic_base(vp: u32) -> u64 {
     APIC_PAGE | (1 << 11) | (1 << 10) | ((vp == 0) as u64) << 8
 }
 
-/// A write of IA32_APIC_BASE is accepted only as a no-op: the APIC stays
-/// enabled in x2APIC mode at its base (the BSP bit is ignored).
+/// A root VP's write of IA32_APIC_BASE is accepted only as a no-op: its
+/// APIC stays enabled in x2APIC mode at its base (the BSP bit is ignored).
 pub fn apic_base_write_ok(vp: u32, value: u64) -> bool {
     value & !(1 << 8) == apic_base(vp) & !(1 << 8)
 }
@@ -26,7 +29,31 @@ pub fn apic_base_write_ok(vp: u32, value: u64) -> bool {
 /// Whether an IPI from VP `sender` to `dest` reaches VP `target` (x2APIC
 /// ID = VP index).
 pub fn reaches(dest: Dest, sender: u32, target: u32) -> bool {
-    VirtualApic::new(target).accepts(dest, sender)
+    reaches_xapic(dest, sender, target, 0)
+}
+
+/// [`reaches`], for a target whose xAPIC logical destination register
+/// holds `target_ldr` (what xAPIC logical destinations are matched with).
+pub fn reaches_xapic(dest: Dest, sender: u32, target: u32, target_ldr: u32) -> bool {
+    let mut apic = VirtualApic::new(target);
+    apic.xldr = target_ldr;
+    apic.accepts(dest, sender)
+}
+
+/// IA32_APIC_BASE bits: enabled, x2APIC mode, bootstrap processor.
+const BASE_EN: u64 = 1 << 11;
+const BASE_EXTD: u64 = 1 << 10;
+const BASE_BSP: u64 = 1 << 8;
+
+/// The APIC's mode, as IA32_APIC_BASE sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Hardware-disabled: no registers, no interrupts.
+    Disabled,
+    /// The register page at the base address (MMIO).
+    XApic,
+    /// The MSRs 0x800-0x8FF.
+    X2Apic,
 }
 
 /// The VPs among `vps` that an IPI from VP `sender` to `dest` reaches.
@@ -50,6 +77,12 @@ pub enum Dest {
     Physical(u32),
     /// x2APIC logical: cluster in bits 31:16, member bitmap in bits 15:0.
     Logical(u32),
+    /// xAPIC logical, flat model: a bitmap matched with each LDR's bits
+    /// 31:24.
+    FlatLogical(u8),
+    /// xAPIC logical, cluster model: cluster in bits 7:4 (15: every
+    /// cluster), member bitmap in bits 3:0.
+    ClusterLogical(u8),
     SelfOnly,
     AllIncludingSelf,
     AllExcludingSelf,
@@ -110,6 +143,14 @@ pub struct VirtualApic {
     /// Vectors that end at delivery (TLFS AutoEOI SINTs): never in service,
     /// so their handler needs no EOI and the VP no exit for one.
     auto_eoi: [u32; 8],
+    /// IA32_APIC_BASE: the mode bits and the BSP bit (the base is fixed).
+    base: u64,
+    /// xAPIC logical destination (bits 31:24) and destination format
+    /// (bits 31:28: 0xF flat, 0x0 cluster) registers.
+    xldr: u32,
+    xdfr: u32,
+    /// xAPIC ICR bits 63:32 (the destination in bits 31:24).
+    icr_high: u32,
 }
 
 const LVT_CMCI: usize = 0;
@@ -126,6 +167,11 @@ fn lvt_index(msr: u32) -> Option<usize> {
 impl VirtualApic {
     /// The state after reset, already in x2APIC mode, software-disabled.
     pub fn new(id: u32) -> Self {
+        Self::in_mode(id, apic_base(id))
+    }
+
+    /// The state after reset with IA32_APIC_BASE `base`.
+    fn in_mode(id: u32, base: u64) -> Self {
         VirtualApic {
             id,
             tpr: 0,
@@ -142,7 +188,66 @@ impl VirtualApic {
             deadline: None,
             nmi: false,
             auto_eoi: [0; 8],
+            base,
+            xldr: 0,
+            xdfr: 0xF000_0000,
+            icr_high: 0,
         }
+    }
+
+    /// An INIT: the registers as after reset, the mode and base kept (SDM
+    /// vol. 3 section 11.4.7.3).
+    pub fn init_reset(&mut self) {
+        let auto_eoi = self.auto_eoi;
+        *self = Self::in_mode(self.id, self.base);
+        self.auto_eoi = auto_eoi;
+    }
+
+    /// IA32_APIC_BASE as the VP reads it.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn mode(&self) -> Mode {
+        match (self.base & BASE_EN != 0, self.base & BASE_EXTD != 0) {
+            (true, true) => Mode::X2Apic,
+            (true, false) => Mode::XApic,
+            _ => Mode::Disabled,
+        }
+    }
+
+    /// A WRMSR of IA32_APIC_BASE; false for #GP: reserved bits, a moved
+    /// base (relocation is not offered), or a transition the SDM forbids
+    /// (x2APIC to xAPIC, disabled to x2APIC; section 11.12.5). Disabling
+    /// resets the APIC (section 11.4.3); the BSP bit is read-only here.
+    pub fn write_base(&mut self, value: u64) -> bool {
+        if value & !(BASE_EN | BASE_EXTD | BASE_BSP) != APIC_PAGE
+            || (value & BASE_EXTD != 0 && value & BASE_EN == 0)
+        {
+            return false;
+        }
+        let to = match value & BASE_EXTD != 0 {
+            true => Mode::X2Apic,
+            false if value & BASE_EN != 0 => Mode::XApic,
+            false => Mode::Disabled,
+        };
+        match (self.mode(), to) {
+            (Mode::X2Apic, Mode::XApic) | (Mode::Disabled, Mode::X2Apic) => return false,
+            (from, Mode::Disabled) if from != Mode::Disabled => {
+                let auto_eoi = self.auto_eoi;
+                *self = Self::in_mode(self.id, self.base);
+                self.auto_eoi = auto_eoi;
+            }
+            _ => {}
+        }
+        self.base = (self.base & BASE_BSP) | APIC_PAGE | (value & (BASE_EN | BASE_EXTD));
+        true
+    }
+
+    /// The xAPIC logical destination register (what xAPIC logical IPIs
+    /// to this APIC are matched with).
+    pub fn xapic_ldr(&self) -> u32 {
+        self.xldr
     }
 
     pub fn id(&self) -> u32 {
@@ -175,6 +280,11 @@ impl VirtualApic {
             Dest::Physical(id) => id == self.id || id == u32::MAX,
             Dest::Logical(l) => {
                 l >> 16 == self.logical_id() >> 16 && l & self.logical_id() & 0xFFFF != 0
+            }
+            Dest::FlatLogical(mask) => (self.xldr >> 24) as u8 & mask != 0,
+            Dest::ClusterLogical(mda) => {
+                let ldr = (self.xldr >> 24) as u8;
+                (mda >> 4 == 0xF || mda >> 4 == ldr >> 4) && mda & ldr & 0xF != 0
             }
             Dest::SelfOnly => sender == self.id,
             Dest::AllIncludingSelf => true,
@@ -241,7 +351,7 @@ impl VirtualApic {
     /// The vector to deliver now, if any: the highest requested one whose
     /// priority class is above the processor priority, with the APIC enabled.
     pub fn deliverable(&self) -> Option<u8> {
-        if self.svr & SVR_ENABLE == 0 {
+        if self.svr & SVR_ENABLE == 0 || self.base & BASE_EN == 0 {
             return None;
         }
         let v = self.irr_top?;
@@ -307,8 +417,17 @@ impl VirtualApic {
         }
     }
 
-    /// An x2APIC register read; `None` for a register that cannot be read (#GP).
+    /// An x2APIC register read; `None` for a register that cannot be read,
+    /// or any outside x2APIC mode (#GP).
     pub fn read(&self, msr: u32, now: u64) -> Option<u64> {
+        if self.mode() != Mode::X2Apic {
+            return None;
+        }
+        self.read_register(msr, now)
+    }
+
+    /// Register `msr` (x2APIC numbering), in either mode.
+    fn read_register(&self, msr: u32, now: u64) -> Option<u64> {
         let word = |bits: &[u32; 8], i: u32| bits[(i & 7) as usize] as u64;
         Some(match msr {
             0x802 => self.id as u64,
@@ -329,18 +448,77 @@ impl VirtualApic {
         })
     }
 
-    /// An x2APIC register write.
+    /// An x2APIC register write (#GP outside x2APIC mode).
     pub fn write(&mut self, msr: u32, value: u64, now: u64) -> Write {
-        let v32 = value as u32;
-        if msr != 0x830 && value >> 32 != 0 {
+        if self.mode() != Mode::X2Apic || (msr != 0x830 && value >> 32 != 0) {
             return Write::Fault;
         }
+        if msr == 0x830 {
+            return self.send(value);
+        }
+        self.write_register(msr, value as u32, now)
+    }
+
+    /// A 32-bit read of the xAPIC register page at `offset` (xAPIC mode;
+    /// the caller checks). Unaligned, unknown and write-only registers
+    /// read as 0.
+    pub fn mmio_read(&self, offset: u32, now: u64) -> u32 {
+        if offset & 0xF != 0 || offset >= 0x400 {
+            return 0;
+        }
+        match 0x800 + (offset >> 4) {
+            0x802 => self.id << 24,
+            0x80D => self.xldr,
+            0x80E => self.xdfr | 0x0FFF_FFFF,
+            0x830 => self.icr as u32,
+            0x831 => self.icr_high,
+            0x83F => 0,
+            msr => self.read_register(msr, now).unwrap_or(0) as u32,
+        }
+    }
+
+    /// A 32-bit write of the xAPIC register page at `offset` (xAPIC mode;
+    /// the caller checks). Writes to read-only and unknown registers, and
+    /// to reserved bits, are ignored, as the register page does.
+    pub fn mmio_write(&mut self, offset: u32, value: u32, now: u64) -> Write {
+        if offset & 0xF != 0 || offset >= 0x400 {
+            return Write::Done;
+        }
+        match 0x800 + (offset >> 4) {
+            // Any value ends the interrupt in service.
+            0x80B => self.eoi(),
+            0x80D => self.xldr = value & 0xFF00_0000,
+            0x80E => self.xdfr = value & 0xF000_0000,
+            0x831 => self.icr_high = value & 0xFF00_0000,
+            0x830 => {
+                // Delivery status (12) is read-only; reserved bits ignored.
+                let low = u64::from(value & 0x000C_CFFF);
+                let field = (self.icr_high >> 24) as u8;
+                let dest = match (low & (1 << 11) != 0, self.xdfr >> 28) {
+                    (true, 0xF) => Dest::FlatLogical(field),
+                    (true, _) => Dest::ClusterLogical(field),
+                    (false, _) if field == 0xFF => Dest::Physical(u32::MAX),
+                    (false, _) => Dest::Physical(u32::from(field)),
+                };
+                return self.command(low, dest);
+            }
+            // The ID and the x2APIC-only self IPI register.
+            0x802 | 0x83F => {}
+            // Nothing else asks for an IPI; a refused write is ignored.
+            msr => {
+                let _ = self.write_register(msr, value, now);
+            }
+        }
+        Write::Done
+    }
+
+    /// Register `msr` (x2APIC numbering) written with `v32`, in either mode.
+    fn write_register(&mut self, msr: u32, v32: u32, now: u64) -> Write {
         match msr {
             0x808 => self.tpr = v32 & 0xFF,
-            0x80B if value == 0 => self.eoi(),
+            0x80B if v32 == 0 => self.eoi(),
             0x80F => self.svr = v32 & 0x11FF,
             0x828 => self.esr = 0,
-            0x830 => return self.send(value),
             0x838 => {
                 self.timer_initial = v32;
                 self.deadline = (v32 != 0).then(|| now + v32 as u64 * self.divisor());
@@ -379,6 +557,16 @@ impl VirtualApic {
         if icr & 0xFFF3_3000 != 0 {
             return Write::Fault;
         }
+        let dest = match icr & (1 << 11) != 0 {
+            true => Dest::Logical((icr >> 32) as u32),
+            false => Dest::Physical((icr >> 32) as u32),
+        };
+        self.command(icr, dest)
+    }
+
+    /// The IPI an ICR write asks for; `dest` unless a shorthand says
+    /// otherwise.
+    fn command(&mut self, icr: u64, dest: Dest) -> Write {
         self.icr = icr;
         let vector = icr as u8;
         let mode = ((icr >> 8) & 7) as u8;
@@ -386,8 +574,7 @@ impl VirtualApic {
             1 => Dest::SelfOnly,
             2 => Dest::AllIncludingSelf,
             3 => Dest::AllExcludingSelf,
-            _ if icr & (1 << 11) != 0 => Dest::Logical((icr >> 32) as u32),
-            _ => Dest::Physical((icr >> 32) as u32),
+            _ => dest,
         };
         match mode {
             0 => Write::Ipi { vector, dest },
@@ -625,7 +812,7 @@ mod tests {
         assert!(apic_base_write_ok(3, 0xFEE0_0D00), "the BSP bit is ignored");
         assert!(
             !apic_base_write_ok(0, 0xFEE0_0900),
-            "xAPIC mode is not offered"
+            "the root's APIC stays in x2APIC mode"
         );
         assert!(!apic_base_write_ok(0, 0xFEC0_0D00), "the base stays");
     }
@@ -665,5 +852,127 @@ mod tests {
                 proptest::prop_assert_eq!(a.isr_top, VirtualApic::highest(&a.isr));
             }
         }
+    }
+
+    #[test]
+    fn apic_base_mode_switches_follow_the_sdm() {
+        let mut a = VirtualApic::new(0);
+        assert_eq!((a.mode(), a.base()), (Mode::X2Apic, 0xFEE0_0D00));
+        assert!(!a.write_base(0xFEE0_0900), "x2APIC to xAPIC directly");
+        assert!(!a.write_base(0xFEC0_0D00), "the base stays");
+        assert!(!a.write_base(0xFEE0_0D01), "reserved bits");
+        assert!(!a.write_base(0xFEE0_0500), "x2APIC bit without enable");
+        assert_eq!(a.write(0x80F, 0x1FF, 0), Write::Done);
+        a.request(0x40);
+        assert!(a.write_base(0xFEE0_0000), "disabled, the BSP bit kept");
+        assert_eq!((a.mode(), a.base()), (Mode::Disabled, 0xFEE0_0100));
+        assert_eq!(a.read(0x80F, 0), None, "no MSRs while disabled");
+        assert_eq!(a.write(0x80F, 0x1FF, 0), Write::Fault);
+        assert!(!a.write_base(0xFEE0_0C00), "disabled to x2APIC directly");
+        assert!(a.write_base(0xFEE0_0800));
+        assert_eq!(a.mode(), Mode::XApic);
+        assert_eq!(a.mmio_read(0xF0, 0), 0xFF, "disabling reset the SVR");
+        assert_eq!(a.mmio_read(0x200, 0), 0, "and dropped the request");
+        assert_eq!(a.read(0x802, 0), None, "no MSRs in xAPIC mode");
+        assert!(a.write_base(0xFEE0_0C00), "xAPIC to x2APIC");
+        assert_eq!(a.read(0x802, 0), Some(0));
+    }
+
+    fn xapic(id: u32) -> VirtualApic {
+        let mut a = VirtualApic::new(id);
+        assert!(a.write_base(APIC_PAGE) && a.write_base(APIC_PAGE | BASE_EN));
+        assert_eq!(a.mmio_write(0xF0, 0x1FF, 0), Write::Done);
+        a
+    }
+
+    #[test]
+    fn the_xapic_register_page() {
+        let mut a = xapic(3);
+        assert_eq!(a.mmio_read(0x20, 0), 3 << 24, "the ID in bits 31:24");
+        assert_eq!(a.mmio_write(0x20, 7 << 24, 0), Write::Done);
+        assert_eq!(a.mmio_read(0x20, 0), 3 << 24, "kept");
+        assert_eq!(a.mmio_read(0x30, 0), 0x0005_0014);
+        assert_eq!(a.mmio_read(0xE0, 0), u32::MAX, "flat model at reset");
+        a.mmio_write(0xD0, 0x0800_00FF, 0);
+        assert_eq!(a.mmio_read(0xD0, 0), 0x0800_0000, "LDR bits 31:24");
+        a.mmio_write(0x80, 0x20, 0);
+        assert_eq!(a.mmio_read(0x80, 0), 0x20);
+        a.request(0x51);
+        assert_eq!(a.deliverable(), Some(0x51));
+        a.accept(0x51);
+        assert_eq!(a.mmio_read(0x100 + 0x10 * 2, 0), 1 << (0x51 - 64), "ISR");
+        assert_eq!(a.mmio_write(0xB0, 0x1234, 0), Write::Done, "any EOI value");
+        assert_eq!(a.mmio_read(0x100 + 0x10 * 2, 0), 0);
+        // The timer: divide by 1, one-shot, 100 ticks.
+        a.mmio_write(0x3E0, 0xB, 0);
+        a.mmio_write(0x320, 0x45, 0);
+        a.mmio_write(0x380, 100, 1000);
+        assert_eq!(a.mmio_read(0x390, 1040), 60);
+        a.tick(1100);
+        assert_eq!(a.deliverable(), Some(0x45));
+        assert_eq!(a.mmio_read(0x3, 0), 0, "unaligned");
+        assert_eq!(a.mmio_read(0x400, 0), 0, "past the registers");
+    }
+
+    #[test]
+    fn xapic_ipis_and_their_destinations() {
+        let mut a = xapic(0);
+        a.mmio_write(0x310, 0x0600_0000, 0);
+        assert_eq!(a.mmio_read(0x310, 0), 0x0600_0000);
+        assert_eq!(
+            a.mmio_write(0x300, 0x0800 | 0x41, 0),
+            Write::Ipi {
+                vector: 0x41,
+                dest: Dest::FlatLogical(6)
+            }
+        );
+        assert!(reaches_xapic(Dest::FlatLogical(6), 0, 1, 0x0200_0000));
+        assert!(!reaches_xapic(Dest::FlatLogical(6), 0, 1, 0x0100_0000));
+        assert!(!reaches_xapic(Dest::FlatLogical(6), 0, 1, 0), "no LDR yet");
+        a.mmio_write(0xE0, 0x0FFF_FFFF, 0);
+        assert_eq!(
+            a.mmio_write(0x300, 0x0800 | 0x42, 0),
+            Write::Ipi {
+                vector: 0x42,
+                dest: Dest::ClusterLogical(6)
+            },
+            "cluster model"
+        );
+        assert!(reaches_xapic(Dest::ClusterLogical(0x12), 0, 1, 0x1200_0000));
+        assert!(!reaches_xapic(
+            Dest::ClusterLogical(0x22),
+            0,
+            1,
+            0x1200_0000
+        ));
+        assert!(reaches_xapic(Dest::ClusterLogical(0xF2), 0, 1, 0x3200_0000));
+        a.mmio_write(0x310, 0xFF00_0000, 0);
+        assert_eq!(
+            a.mmio_write(0x300, 0x4500 | 0x3000_0000 | 0x1000, 0),
+            Write::Init {
+                dest: Dest::Physical(u32::MAX)
+            },
+            "physical 0xFF is everyone; reserved and read-only bits ignored"
+        );
+        a.mmio_write(0x310, 0x0100_0000, 0);
+        assert_eq!(
+            a.mmio_write(0x300, 0x0600 | 0x09, 0),
+            Write::Startup {
+                vector: 9,
+                dest: Dest::Physical(1)
+            }
+        );
+        assert_eq!(
+            a.mmio_write(0x300, 0x4_0000 | 0x50, 0),
+            Write::Ipi {
+                vector: 0x50,
+                dest: Dest::SelfOnly
+            }
+        );
+        assert_eq!(
+            a.mmio_write(0x3F0, 0x50, 0),
+            Write::Done,
+            "no self-IPI register"
+        );
     }
 }

@@ -1925,8 +1925,9 @@ fn absent_mmio(vm: &mut Vm, mi: &MemoryIntercept) -> bool {
     };
     let mut regs = [(0u32, 0u128); 3];
     let mut n = 0;
-    if let (false, mmio::Operand::Register { index, .. }) = (access.write, access.operand) {
-        let name = reg::RAX + index as u32;
+    if let (false, Some(r)) = (access.write, access.operand.register()) {
+        // AH-BH are bits 15:8 of RAX-RBX (`merge_read` puts them there).
+        let name = reg::RAX + u32::from(r);
         // A 1- or 2-byte destination keeps the register's other bytes.
         let mut old = [0u64];
         if access.extend_to.unwrap_or(access.size) < 4

@@ -210,9 +210,14 @@ pub fn table_pointer(limit: u16, base: u64) -> [u16; 5] {
     ]
 }
 
+/// The operand of LIDT for the shared IDT.
+pub fn idt_pointer() -> [u16; 5] {
+    table_pointer(4095, IDT.0.get() as u64)
+}
+
 /// Loads the IDT and software-enables this VP's x2APIC (spurious vector 0xFF).
 pub fn load_idt_and_enable_apic() {
-    let pointer = table_pointer(4095, IDT.0.get() as u64);
+    let pointer = idt_pointer();
     // SAFETY: the IDT is static and its handlers are valid; SVR enables the
     // (virtual) x2APIC the hypervisor offers in CPUID.
     unsafe {
