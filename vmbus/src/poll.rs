@@ -7,15 +7,20 @@
 //! not running, the spin only delays the peer. So the polling window
 //! adapts, as halt polling does: after a polling period that caught
 //! packets (they arrived while the reader looked, unsignalled) it doubles,
-//! after one that caught none it halves, down to zero; from zero it is
-//! tried again, at its base, every [`RETRY_EVERY`] bursts.
+//! after one that caught none it halves, not below its base; after
+//! [`MISSES_TO_CLOSE`] such periods in a row it closes (zero), and from
+//! zero it is tried again, at its base, every [`RETRY_EVERY`] bursts. (A
+//! peer that is descheduled now and then, as an emulator's threads are,
+//! costs a few halvings, not the window.)
 //!
 //! The window counts looks at the ring, not time: a look costs what the
 //! reader's loop costs, so the window scales with the processor's speed
 //! (an emulated one's too), as the peer's turnaround does.
 
 /// A window of zero is tried again at its base after this many bursts.
-pub const RETRY_EVERY: u32 = 16;
+pub const RETRY_EVERY: u32 = 64;
+/// Periods in a row that catch nothing close the window.
+pub const MISSES_TO_CLOSE: u32 = 4;
 
 /// The adaptive polling window of one channel's reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,8 @@ pub struct PollWindow {
     empty_looks: u64,
     caught: bool,
     bursts_unpolled: u32,
+    /// Periods in a row that caught nothing.
+    misses: u32,
     /// Polling periods ended, and those that caught packets.
     pub periods: u64,
     pub caught_periods: u64,
@@ -44,6 +51,7 @@ impl PollWindow {
             empty_looks: 0,
             caught: false,
             bursts_unpolled: 0,
+            misses: 0,
             periods: 0,
             caught_periods: 0,
         }
@@ -52,6 +60,12 @@ impl PollWindow {
     /// Whether the reader polls now (its interrupt mask stays set).
     pub fn polling(&self) -> bool {
         self.polling
+    }
+
+    /// Whether the current period caught packets: the peer runs beside
+    /// the reader, so polling pays.
+    pub fn paying(&self) -> bool {
+        self.polling && self.caught
     }
 
     /// How many empty looks the reader makes after the last packet.
@@ -87,12 +101,13 @@ impl PollWindow {
             self.polling = false;
             self.periods += 1;
             self.caught_periods += u64::from(self.caught);
+            self.misses = if self.caught { 0 } else { self.misses + 1 };
             self.window = if self.caught {
                 self.window.saturating_mul(2).min(self.max)
-            } else if self.window / 2 < self.base {
+            } else if self.misses >= MISSES_TO_CLOSE {
                 0
             } else {
-                self.window / 2
+                (self.window / 2).max(self.base)
             };
         }
         self.polling
@@ -154,12 +169,18 @@ mod tests {
     fn on_one_processor_polling_fails_and_costs_one_base_window_per_sixteen_bursts() {
         // The peer cannot run while the reader spins: nothing is caught.
         let mut w = PollWindow::new(32, 256);
-        assert_eq!(burst_alone(&mut w), 33);
-        assert_eq!(w.window(), 0, "one failed period closes a base window");
+        for _ in 0..MISSES_TO_CLOSE {
+            assert_eq!(burst_alone(&mut w), 33);
+        }
+        assert_eq!(w.window(), 0, "failed periods in a row close it");
         let looks: u64 = (0..RETRY_EVERY * 4).map(|_| burst_alone(&mut w)).sum();
-        assert_eq!(looks, 4 * 33, "one retry per {RETRY_EVERY} bursts");
+        assert_eq!(
+            looks,
+            4 * 33,
+            "one retry per {RETRY_EVERY} bursts, closed again at once"
+        );
         assert_eq!(w.window(), 0);
-        assert_eq!((w.periods, w.caught_periods), (5, 0));
+        assert_eq!((w.periods, w.caught_periods), (8, 0));
     }
 
     #[test]
@@ -175,7 +196,18 @@ mod tests {
         burst_alone(&mut w);
         assert_eq!(w.window(), 32);
         burst_alone(&mut w);
-        assert_eq!(w.window(), 0);
+        assert_eq!(w.window(), 0, "the fourth miss in a row");
+    }
+
+    #[test]
+    fn a_miss_between_catches_only_halves() {
+        let mut w = PollWindow::new(32, 256);
+        for _ in 0..20 {
+            burst_caught(&mut w, 5);
+            burst_caught(&mut w, 5);
+            burst_alone(&mut w);
+            assert!(w.window() >= 64, "window {}", w.window());
+        }
     }
 
     #[test]

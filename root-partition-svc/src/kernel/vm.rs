@@ -186,9 +186,12 @@ pub struct Vmm {
     /// When the VMBus servers' housekeeping (`VmBus::tick`) last ran.
     last_tick: u64,
     /// A VMBus channel is polled (`vmbus::poll`): the worker looks at it
-    /// every poll and must not sleep; the root's idle timer is stopped
-    /// meanwhile (it would only cost exits).
+    /// every poll and must not sleep.
     polling: bool,
+    /// The root's idle timer is stopped: a polled channel caught packets,
+    /// so the worker will not sleep for a while (each tick would only cost
+    /// an exit). A probe that catches nothing leaves it running.
+    timer_stopped: bool,
 }
 
 /// How often (µs) the VMBus servers' housekeeping runs at least: timers of
@@ -215,6 +218,7 @@ static VMM: Global = Global(UnsafeCell::new(Vmm {
     vmbus_seen: 0,
     last_tick: 0,
     polling: false,
+    timer_stopped: false,
 }));
 
 /// The worker (VP 0's shell only).
@@ -1575,16 +1579,23 @@ impl Vmm {
     }
 
     fn poll_vmbus(&mut self) -> bool {
-        let any = self.poll_vmbus_work();
-        let polling = self
-            .vms
-            .iter()
-            .flatten()
-            .any(|v| v.vmbus.as_ref().is_some_and(VmBus::polling));
-        if polling != self.polling {
-            self.polling = polling;
-            // The idle timer only wakes a sleeping root.
-            if polling {
+        let (any, served) = self.poll_vmbus_work();
+        if !served {
+            // No channel was looked at: nothing started or ended polling.
+            return any;
+        }
+        let (mut polling, mut paying) = (false, false);
+        for bus in self.vms.iter().flatten().filter_map(|v| v.vmbus.as_ref()) {
+            let (p, c) = bus.polling();
+            polling |= p;
+            paying |= c;
+        }
+        self.polling = polling;
+        // The idle timer only wakes a sleeping root.
+        let stop = polling && (paying || self.timer_stopped);
+        if stop != self.timer_stopped {
+            self.timer_stopped = stop;
+            if stop {
                 crate::arch::stop_idle_timer();
             } else {
                 crate::arch::start_idle_timer(self.tsc_hz);
@@ -1593,7 +1604,9 @@ impl Vmm {
         any
     }
 
-    fn poll_vmbus_work(&mut self) -> bool {
+    /// The VMBus work of one poll: whether there was any, and whether
+    /// channels were served (their polling may have changed).
+    fn poll_vmbus_work(&mut self) -> (bool, bool) {
         let mut any = self.net.poll();
         let now = crate::arch::rdtsc();
         // A SINT interrupt waiting while the caller spun with interrupts
@@ -1606,7 +1619,7 @@ impl Vmm {
                 .flatten()
                 .filter_map(|v| v.vmbus.as_mut())
             {
-                if bus.polling() {
+                if bus.polling().0 {
                     bus.serve_polled();
                 }
             }
@@ -1616,7 +1629,7 @@ impl Vmm {
         let tick_due = now.wrapping_sub(self.last_tick) >= self.tsc_hz / 1_000_000 * TICK_US;
         if raised == self.vmbus_seen && !tick_due {
             // The common case of an intercept: no VMBus work to look for.
-            return any;
+            return (any, self.polling);
         }
         self.vmbus_seen = raised;
         let clock = (self.tsc_hz, self.host_time);
@@ -1672,7 +1685,7 @@ impl Vmm {
                 );
             }
         }
-        any
+        (any, true)
     }
 
     /// One intercept message; a VM its guest reset starts again.

@@ -909,12 +909,21 @@ impl VmBus {
     }
 
     /// Whether a channel is polled (its guest is not signalling it): the
-    /// root must look at it again soon, not sleep.
-    pub fn polling(&self) -> bool {
-        let polled =
-            |c: &Option<Channel<GuestRing, EventNotifier>>| c.as_ref().is_some_and(|c| c.polled());
-        self.echo.as_ref().is_some_and(|d| polled(&d.channel))
-            || self.storage.as_ref().is_some_and(|d| polled(&d.channel))
+    /// root must look at it again soon, not sleep. Second: whether one
+    /// caught packets in this period (polling pays).
+    pub fn polling(&self) -> (bool, bool) {
+        let polled = |c: &Option<Channel<GuestRing, EventNotifier>>, w: &PollWindow| {
+            (c.as_ref().is_some_and(|c| c.polled()), w.paying())
+        };
+        let echo = self
+            .echo
+            .as_ref()
+            .map_or((false, false), |d| polled(&d.channel, &d.poll));
+        let storage = self
+            .storage
+            .as_ref()
+            .map_or((false, false), |d| polled(&d.channel, &d.poll));
+        (echo.0 || storage.0, echo.1 || storage.1)
     }
 
     /// Looks at the polled channels again.
