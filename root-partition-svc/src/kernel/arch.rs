@@ -177,15 +177,15 @@ pub fn take_interrupts() {
 /// The idle root wakes this often to look at the serial port (µs).
 pub const IDLE_TICK_US: u64 = 1000;
 
-/// Starts this VP's x2APIC timer, periodic every [`IDLE_TICK_US`] on the
-/// timer vector: it wakes the idle shell to poll the serial port.
-pub fn start_idle_timer(tsc_hz: u64) {
+/// Starts this VP's x2APIC timer, periodic every [`IDLE_TICK_US`] on
+/// `vector`: it wakes the idle shell to poll the serial port.
+pub fn start_idle_timer(tsc_hz: u64, vector: u8) {
     // SAFETY: x2APIC registers of this VP's (virtual) APIC: enable (SVR),
-    // divide by 1, periodic on the timer vector, initial count.
+    // divide by 1, periodic on `vector`, initial count.
     unsafe {
         wrmsr(0x80F, 0x1FF);
         wrmsr(0x83E, 0xB);
-        wrmsr(0x832, (1 << 17) | crate::idt::TIMER_VECTOR as u64);
+        wrmsr(0x832, (1 << 17) | vector as u64);
         wrmsr(
             0x838,
             (tsc_hz / 1_000_000 * IDLE_TICK_US).clamp(1, u32::MAX as u64),

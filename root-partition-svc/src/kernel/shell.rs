@@ -86,7 +86,7 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
             shell.execute(line);
         }
     }
-    arch::start_idle_timer(shell.tsc_hz);
+    arch::start_idle_timer(shell.tsc_hz, idt::TIMER_VECTOR);
 
     let mut editor = LineEditor::<1024>::new();
     print!("{PROMPT}");
@@ -266,7 +266,7 @@ impl Shell {
     fn debug_timer(&self) {
         let before = idt::TIMER_TICKS.load(Ordering::Relaxed);
         // Restarted: its first tick a whole period from now.
-        arch::start_idle_timer(self.tsc_hz);
+        arch::start_idle_timer(self.tsc_hz, idt::TIMER_VECTOR);
         let ticks = || idt::TIMER_TICKS.load(Ordering::Relaxed) - before;
         let ms = self.wait_for(true, || ticks() >= 10);
         let n = ticks();

@@ -1598,7 +1598,7 @@ impl Vmm {
             if stop {
                 crate::arch::stop_idle_timer();
             } else {
-                crate::arch::start_idle_timer(self.tsc_hz);
+                crate::arch::start_idle_timer(self.tsc_hz, crate::idt::TIMER_VECTOR);
             }
         }
         any

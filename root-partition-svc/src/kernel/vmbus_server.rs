@@ -327,6 +327,33 @@ pub struct StorageDevice {
 /// one pass of the worker's loop, about a microsecond on a real processor).
 const POLL_WINDOW: PollWindow = PollWindow::new(32, 256);
 
+/// Serves a device's open channel with `serve` (the packets it handled)
+/// and starts or stops polling it as its window says; a second time for
+/// packets that came unsignalled as polling stopped. A broken ring closes
+/// the channel: true.
+fn serve_device(
+    channel: &mut Option<Channel<GuestRing, EventNotifier>>,
+    stage: &mut DeviceStage,
+    poll: &mut PollWindow,
+    mut serve: impl FnMut(&mut Channel<GuestRing, EventNotifier>) -> Result<u64, ChannelError>,
+) -> bool {
+    for _ in 0..2 {
+        let Some(ch) = channel.as_mut() else {
+            return false;
+        };
+        match serve(ch).and_then(|handled| adapt(poll, ch, handled)) {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(_) => {
+                *channel = None;
+                *stage = DeviceStage::Broken;
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// After a serve of `channel` that handled `handled` packets: starts or
 /// stops polling it as its window says. True if packets came unsignalled
 /// while it was polled: the caller serves it again.
@@ -939,26 +966,13 @@ impl VmBus {
         let Some(dev) = self.echo.as_mut() else {
             return;
         };
-        // Twice at most: a second time for packets that came unsignalled
-        // while polling stopped.
-        for _ in 0..2 {
-            let Some(channel) = dev.channel.as_mut() else {
-                return;
-            };
-            let before = dev.server.answered + dev.server.refused;
-            let served = dev.server.serve(channel, world_switches);
-            let handled = dev.server.answered + dev.server.refused - before;
-            match served.and_then(|()| adapt(&mut dev.poll, channel, handled)) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(_) => {
-                    dev.channel = None;
-                    dev.stage = DeviceStage::Broken;
-                    self.refused += 1;
-                    return;
-                }
-            }
-        }
+        let server = &mut dev.server;
+        let broke = serve_device(&mut dev.channel, &mut dev.stage, &mut dev.poll, |ch| {
+            let before = server.answered + server.refused;
+            server.serve(ch, world_switches)?;
+            Ok(server.answered + server.refused - before)
+        });
+        self.refused += u64::from(broke);
     }
 
     /// Serves the SCSI controller's requests (as the echo device).
@@ -967,24 +981,13 @@ impl VmBus {
             return;
         };
         let mut memory = GuestMemoryBlock::new(self.memory.0, self.memory.1);
-        for _ in 0..2 {
-            let Some(channel) = dev.channel.as_mut() else {
-                return;
-            };
-            let before = dev.server.completed + dev.server.refused;
-            let served = dev.server.serve(channel, &mut dev.disks, &mut memory);
-            let handled = dev.server.completed + dev.server.refused - before;
-            match served.and_then(|()| adapt(&mut dev.poll, channel, handled)) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(_) => {
-                    dev.channel = None;
-                    dev.stage = DeviceStage::Broken;
-                    self.refused += 1;
-                    return;
-                }
-            }
-        }
+        let (server, disks) = (&mut dev.server, &mut dev.disks);
+        let broke = serve_device(&mut dev.channel, &mut dev.stage, &mut dev.poll, |ch| {
+            let before = server.completed + server.refused;
+            server.serve(ch, disks, &mut memory)?;
+            Ok(server.completed + server.refused - before)
+        });
+        self.refused += u64::from(broke);
     }
 
     /// Asks the guest to shut down: at once if its shutdown service is in
