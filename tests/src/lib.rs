@@ -612,8 +612,7 @@ const VMBUS_ECHO_SHOWS: &[&str] = &[
 /// The stream on two processors: the guest polls its ring, the root polls
 /// its own while packets keep coming, so in 256 batches few signals are
 /// needed either way: at most a quarter of the 256 the guest alone would
-/// need without polling (the root's window closes when the emulator's host
-/// threads stall longer than it).
+/// need without polling (Bochs: 0; without the root's polling 128).
 pub fn vmbus_stream_polled(log: &str) -> Result<(), String> {
     vmbus_echo_figures(log)?;
     let line = log
@@ -1929,6 +1928,17 @@ pub fn matrix() -> Vec<Case> {
         for test in guest_tests() {
             let mut c = guest_case(emulator, boot, vendor, slat, test);
             c.timeout_secs += 120;
+            // QEMU's processors are host threads, and the suite runs two
+            // cases at a time on the machine's cores: whether the guest and
+            // the root run side by side there is the host's scheduling. The
+            // signal count is judged on Bochs, which emulates both in turn
+            // (deterministic); QEMU runs the stream for its correctness,
+            // and `cargo xtask bench --only vmbus-stream` measures it alone.
+            if let (Emulator::Qemu, Expect::Guests { check, .. }) = (emulator, &mut c.expect) {
+                if c.name.ends_with("-2lp") {
+                    *check = Some(vmbus_echo_figures);
+                }
+            }
             cases.push(c);
         }
     }

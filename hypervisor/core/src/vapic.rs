@@ -852,6 +852,56 @@ mod tests {
                 proptest::prop_assert_eq!(a.isr_top, VirtualApic::highest(&a.isr));
             }
         }
+
+        /// Any mix of IA32_APIC_BASE writes, register-page accesses at any
+        /// offset and MSR accesses, as a guest controls them: no panic, the
+        /// mode is one the base bits allow, a refused base write changes
+        /// nothing, the MSRs answer only in x2APIC mode, nothing is
+        /// delivered by a disabled APIC, and the kept tops stay right.
+        #[test]
+        fn any_mode_and_page_traffic(ops in proptest::collection::vec((0u8..4, proptest::prelude::any::<u64>(), 0u32..0x1000, 0u64..100_000), 0..64)) {
+            let mut a = VirtualApic::new(0);
+            let mut now = 0;
+            for (kind, value, offset, dt) in ops {
+                now += dt;
+                match kind {
+                    0 => {
+                        // Mostly plausible bases: the architectural one with
+                        // random mode bits, sometimes anything.
+                        let v = if value & 1 == 0 { APIC_PAGE | (value & 0xD00) } else { value };
+                        let before = a.clone();
+                        if !a.write_base(v) {
+                            proptest::prop_assert_eq!(&a, &before);
+                        }
+                    }
+                    1 => {
+                        let _ = a.mmio_write(offset, value as u32, now);
+                    }
+                    2 => {
+                        let _ = a.mmio_read(offset, now);
+                    }
+                    _ => {
+                        let msr = 0x800 + (offset & 0xFF);
+                        let w = a.write(msr, value & 0xFFFF_FFFF, now);
+                        if a.mode() != Mode::X2Apic {
+                            proptest::prop_assert_eq!(w, Write::Fault);
+                            proptest::prop_assert_eq!(a.read(msr, now), None);
+                        }
+                    }
+                }
+                proptest::prop_assert!(a.base() & BASE_EXTD == 0 || a.base() & BASE_EN != 0);
+                proptest::prop_assert_eq!(a.base() & !(BASE_EN | BASE_EXTD | BASE_BSP), APIC_PAGE);
+                a.tick(now);
+                if a.mode() == Mode::Disabled {
+                    proptest::prop_assert_eq!(a.deliverable(), None);
+                }
+                if let Some(v) = a.deliverable() {
+                    a.accept(v);
+                }
+                proptest::prop_assert_eq!(a.irr_top, VirtualApic::highest(&a.irr));
+                proptest::prop_assert_eq!(a.isr_top, VirtualApic::highest(&a.isr));
+            }
+        }
     }
 
     #[test]
