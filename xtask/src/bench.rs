@@ -761,7 +761,10 @@ fn vmbus_echo(art: &build::Artifacts) -> Result<()> {
 /// runs the processors in turn on one thread, so a polling root would
 /// starve the guest) and Bochs.
 fn vmbus_stream(art: &build::Artifacts) -> Result<()> {
-    let script = vmbus_echo_script();
+    // A VM that is never started takes LP 0 first (guest VPs go to the LP
+    // with the fewest), so the echo guest runs on LP 1.
+    let mut script = vec!["vm new held --memory 4M --image hello".to_string()];
+    script.extend(vmbus_echo_script());
     println!("== VMBus stream (guest vmbus-echo on LP 1, the root on LP 0), 2 processors");
     // Bochs at 50 M instructions per emulated second, as the Linux cases
     // run: what is left per batch is the scheduler's host tick, a rate in
