@@ -151,22 +151,25 @@ pub fn boot_base(image: &Image, vcpus: u32, memory: u64) -> Result<u64, &'static
     }
     let segments = &image.segments[..image.segment_count];
     let area = layout::STACKS + vcpus as u64 * layout::STACK_BYTES;
-    // Segments end inside `memory` (`parse_image`); candidates past 4 GiB
-    // are refused before any sum could overflow.
+    // Candidates past 4 GiB are refused before any sum; a segment's end is
+    // computed saturating (`parse_image` keeps them inside `memory`, but
+    // this must not rely on it).
     let fits = |base: u64| {
-        let (start, end) = (base + layout::GDT, base + area);
-        base < 1 << 32
-            && end <= memory.min(1 << 32)
+        if base >= 1 << 32 {
+            return false;
+        }
+        let (start, end) = (base + layout::GDT, base.saturating_add(area));
+        end <= memory.min(1 << 32)
             && segments
                 .iter()
-                .all(|s| s.gpa + s.mem_bytes <= start || s.gpa >= end)
+                .all(|s| s.gpa.saturating_add(s.mem_bytes) <= start || s.gpa >= end)
     };
     core::iter::once(0)
-        .chain(
-            segments
-                .iter()
-                .filter_map(|s| (s.gpa + s.mem_bytes).checked_next_multiple_of(PAGE)),
-        )
+        .chain(segments.iter().filter_map(|s| {
+            s.gpa
+                .checked_add(s.mem_bytes)?
+                .checked_next_multiple_of(PAGE)
+        }))
         .find(|&b| fits(b))
         .ok_or("no room beside the image for its boot tables and stacks")
 }
