@@ -104,8 +104,10 @@ impl CpuidCache {
 /// that work for guests: the reference counter and reference TSC page, the
 /// frequency MSRs, the hypercall and VP-index MSRs, the SynIC with
 /// HvPostMessage and HvSignalEvent, the synthetic timers with their
-/// direct mode (docs/hypercalls.md); the recommendation not to use AutoEOI
-/// (hint bit 9: the guest EOIs its SynIC interrupts).
+/// direct mode, the APIC MSRs and the VP assist page's EOI assist
+/// (docs/hypercalls.md); the recommendation not to use AutoEOI (hint bit
+/// 9: the guest EOIs its SynIC interrupts) and to use the APIC MSRs and the
+/// EOI assist (hint bit 3).
 pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
     use cpuid::privilege::*;
     let view = View {
@@ -116,6 +118,7 @@ pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
                 | ACCESS_VP_INDEX
                 | ACCESS_FREQUENCY_MSRS
                 | ACCESS_SYNTHETIC_TIMER_REGS
+                | ACCESS_INTR_CTRL_REGS
                 // Only where a page can describe the TSC (above 10 MHz).
                 | if crate::time::reference().page_usable() {
                     ACCESS_PARTITION_REFERENCE_TSC
@@ -127,7 +130,10 @@ pub fn for_guest(leaf: u32, sub: u32, vp: u32) -> (u32, u32, u32, u32) {
                 | cpuid::features_edx::GUEST_CRASH_MSRS
                 | cpuid::features_edx::DIRECT_SYNTHETIC_TIMERS,
         ),
-        hints: (cpuid::hints::DEPRECATE_AUTO_EOI, 0),
+        hints: (
+            cpuid::hints::DEPRECATE_AUTO_EOI | cpuid::hints::APIC_ACCESS_RECOMMENDED,
+            0,
+        ),
         limits: (hv_abi::partition::MAX_VPS, 0),
         guest: true,
     };

@@ -60,6 +60,7 @@ pub fn dispatch(
             let m = vcpu.regs().rcx as u32;
             let value = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => vapic.read(m, cpu::rdtsc()),
+                vapic::SYNTHETIC_EOI..=vapic::SYNTHETIC_TPR => vapic.synthetic_read(m),
                 crate::x86::msr::IA32_APIC_BASE => Some(vapic.base()),
                 m if SynTimers::owns(m) => vp.stimers.lock().read(m),
                 _ => vp.synic.read_msr(m).or_else(|| read_msr(part, vcpu, vp, m)),
@@ -72,6 +73,10 @@ pub fn dispatch(
             let done = match m {
                 vapic::X2APIC_MSR_FIRST..=vapic::X2APIC_MSR_LAST => {
                     let w = vapic.write(m, v, cpu::rdtsc());
+                    apic_effect(part, vp, vapic, w)
+                }
+                vapic::SYNTHETIC_EOI..=vapic::SYNTHETIC_TPR => {
+                    let w = vapic.synthetic_write(m, v, cpu::rdtsc());
                     apic_effect(part, vp, vapic, w)
                 }
                 crate::x86::msr::IA32_APIC_BASE => {

@@ -40,6 +40,10 @@ struct Local {
     vapic: VirtualApic,
     /// Its debug registers and TSC_AUX while other VPs use the LP.
     debug: DebugState,
+    /// The "no EOI required" bit is set in its VP assist page for the
+    /// interrupt in service (TLFS EOI assist): looked at after its next
+    /// exit (`end_eoi_assist`).
+    eoi_assist: bool,
 }
 
 impl sched::Candidate for Local {
@@ -60,6 +64,45 @@ impl sched::Candidate for Local {
 }
 
 impl Local {
+    /// The VP's assist page, if it has one enabled.
+    fn assist_page(&self) -> Option<u64> {
+        let a = self.vp.vp_assist.load(Ordering::Relaxed);
+        (a & 1 != 0).then_some(a & !0xFFF)
+    }
+
+    /// Before an entry: with one interrupt in service and nothing else
+    /// waiting, tells the guest (the assist page's `apic_assist` bit 0) that
+    /// it need not write EOI for it. Linux's EOI then takes the bit instead
+    /// of exiting.
+    fn offer_eoi_assist(&mut self, root: &RootPartition) {
+        if self.eoi_assist || self.vapic.lazy_eoi_candidate().is_none() {
+            return;
+        }
+        if let Some(gpa) = self.assist_page() {
+            self.eoi_assist = self.part.write(root, gpa, &1u32.to_le_bytes());
+        }
+    }
+
+    /// After an exit (before anything reads or changes the APIC): a bit
+    /// the guest took is its EOI; one it left is taken back, so its next
+    /// EOI is a real one (another interrupt may be in service by then).
+    fn end_eoi_assist(&mut self, root: &RootPartition) {
+        self.eoi_assist = false;
+        let Some(gpa) = self.assist_page() else {
+            return;
+        };
+        let mut word = [0u8; 4];
+        if !self.part.read(root, gpa, &mut word) {
+            return;
+        }
+        if word[0] & 1 == 0 {
+            self.vapic.lazy_eoi();
+        } else {
+            word[0] &= !1;
+            let _ = self.part.write(root, gpa, &word);
+        }
+    }
+
     /// Expires the VP's synthetic timers that are due: a direct-mode
     /// vector goes into its APIC, a message into its SynIC (whose SINT
     /// interrupt then reaches the VP as any other). Returns when the next
@@ -419,6 +462,7 @@ fn enter_guest(
             s.halted = false;
         }
     }
+    g.offer_eoi_assist(root);
     // The root's timer and the VP's own preempt it (VMX; SVM: the host tick).
     let own = earliest(g.vapic.deadline(), timer_deadline);
     let v = g.vcpu.as_mut()?;
@@ -437,6 +481,9 @@ fn enter_guest(
     }
     let exit = v.run();
     g.vp.in_guest.store(false, Ordering::Release);
+    if g.eoi_assist {
+        g.end_eoi_assist(root);
+    }
     Some(exit)
 }
 
@@ -459,6 +506,7 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             exceptions: u32::MAX,
             vapic: VirtualApic::new(index),
             debug: DebugState::initial(0),
+            eoi_assist: false,
         });
     }
 }

@@ -1,8 +1,9 @@
 //! The ACPI tables a guest boots with: an RSDP, an XSDT naming a
 //! hardware-reduced FADT and a MADT, and a DSDT assembled here from a few AML
 //! encodings. A stock Linux guest needs them: VMBus is an ACPI device, the
-//! MADT's local APICs make the LAPIC timer and SMP work without a PIC or an
-//! I/O APIC, and a DSDT COM1 without an interrupt makes the 8250 driver poll.
+//! MADT's local APICs make the LAPIC timer and SMP work without a PIC, and
+//! its I/O APIC (emulated by the VM's worker, [`crate::ioapic`]) carries
+//! COM1's interrupt, so the 8250 driver does not poll.
 //!
 //! The tables go into a caller's buffer (no heap); the guest sees it at
 //! guest-physical `base`, typically in the e820-reserved area below 1 MiB.
@@ -110,13 +111,14 @@ const XSDT_LEN: usize = HEADER_LEN + 2 * 8;
 const FADT_LEN: usize = 276;
 const MADT_FIXED_LEN: usize = HEADER_LEN + 8;
 const LOCAL_APIC_LEN: usize = 8;
+const IO_APIC_LEN: usize = 12;
 /// Room for the DSDT while it is assembled (it is about 140 bytes).
 const DSDT_SCRATCH: usize = 512;
 /// Tables start on 16-byte boundaries (the RSDP must, section 5.2.5.1).
 const ALIGN: usize = 16;
 
 fn madt_len(vps: u32) -> usize {
-    MADT_FIXED_LEN + vps as usize * LOCAL_APIC_LEN
+    MADT_FIXED_LEN + vps as usize * LOCAL_APIC_LEN + IO_APIC_LEN
 }
 
 /// Offsets of the tables in the output.
@@ -250,6 +252,9 @@ mod fadt {
     /// No fixed-hardware sleep button (there is none at all).
     pub const SLP_BUTTON: u32 = 1 << 5;
     pub const RESET_REG_SUP: u32 = 1 << 10;
+    /// Every local APIC in physical destination mode: the only mode the
+    /// I/O APIC's entries are delivered in ([`crate::ioapic`]).
+    pub const FORCE_APIC_PHYSICAL_DESTINATION_MODE: u32 = 1 << 19;
     pub const HW_REDUCED_ACPI: u32 = 1 << 20;
 
     // IA-PC boot architecture flags. LEGACY_DEVICES (bit 0) and
@@ -283,6 +288,7 @@ fn write_fadt(t: &mut [u8], dsdt: u64) {
             | fadt::PWR_BUTTON
             | fadt::SLP_BUTTON
             | fadt::RESET_REG_SUP
+            | fadt::FORCE_APIC_PHYSICAL_DESTINATION_MODE
             | fadt::HW_REDUCED_ACPI,
     );
     t[fadt::RESET_REG..fadt::RESET_REG + 12].copy_from_slice(&gas::io8(RESET_PORT));
@@ -299,10 +305,13 @@ fn write_fadt(t: &mut [u8], dsdt: u64) {
 }
 
 /// MADT (section 5.2.12), revision 5: the local APIC address,
-/// flags 0 (no PCAT_COMPAT: no 8259 PICs to disable) and one Processor Local
-/// APIC structure (section 5.2.12.2) per VP. No I/O APIC.
+/// flags 0 (no PCAT_COMPAT: no 8259 PICs to disable), one Processor Local
+/// APIC structure (section 5.2.12.2) per VP and the I/O APIC (section
+/// 5.2.12.3; ID 0, GSI base 0: ISA IRQ n is pin n, as on a PC without
+/// overrides).
 fn write_madt(t: &mut [u8], vps: u32) {
     const PROCESSOR_LOCAL_APIC: u8 = 0;
+    const IO_APIC: u8 = 1;
     const ENABLED: u32 = 1 << 0;
     write_header(t, b"APIC", 5);
     put_u32(t, HEADER_LEN, LOCAL_APIC_ADDRESS);
@@ -315,6 +324,13 @@ fn write_madt(t: &mut [u8], vps: u32) {
         t[at + 3] = vp as u8; // APIC ID
         put_u32(t, at + 4, ENABLED);
     }
+    let at = MADT_FIXED_LEN + vps as usize * LOCAL_APIC_LEN;
+    t[at] = IO_APIC;
+    t[at + 1] = IO_APIC_LEN as u8;
+    t[at + 2] = 0; // I/O APIC ID
+    t[at + 3] = 0;
+    put_u32(t, at + 4, crate::ioapic::BASE as u32);
+    put_u32(t, at + 8, 0); // Global System Interrupt Base
     seal(t);
 }
 
@@ -325,14 +341,14 @@ fn write_madt(t: &mut [u8], vps: u32) {
 ///     Device (VMBS) { Name (_HID, "VMBUS") Name (_UID, 0) Name (_CRS, ResourceTemplate () {}) }
 ///     Device (COM1) {
 ///         Name (_HID, EisaId ("PNP0501")) Name (_UID, 0)
-///         Name (_CRS, ResourceTemplate () { IO (Decode16, 0x3F8, 0x3F8, 1, 8) })
+///         Name (_CRS, ResourceTemplate () { IO (Decode16, 0x3F8, 0x3F8, 1, 8) IRQNoFlags () { 4 } })
 ///     }
 /// }
 /// Name (\_S5, Package () { 5, 0 })
 /// ```
 ///
-/// COM1 has no interrupt: the guest has no PIC or I/O APIC to route IRQ 4,
-/// and without one Linux's 8250 driver polls. `\_S5` gives SLP_TYP 5 (section
+/// COM1's interrupt is ISA IRQ 4, edge-triggered and active high (what
+/// `IRQNoFlags` means, section 6.4.2.1): pin 4 of the I/O APIC. `\_S5` gives SLP_TYP 5 (section
 /// 7.4.2.6); hardware-reduced OSPM writes it to the sleep control register.
 fn write_dsdt(buf: &mut [u8]) -> Result<usize, &'static str> {
     let mut a = Aml::new(buf);
@@ -347,12 +363,15 @@ fn write_dsdt(buf: &mut [u8]) -> Result<usize, &'static str> {
             a.name("_HID", |a| a.eisa_id("PNP0501"))?;
             a.name("_UID", |a| a.integer(0))?;
             a.name("_CRS", |a| {
-                a.resource_template(&[Resource::Io16 {
-                    min: 0x3F8,
-                    max: 0x3F8,
-                    align: 1,
-                    len: 8,
-                }])
+                a.resource_template(&[
+                    Resource::Io16 {
+                        min: 0x3F8,
+                        max: 0x3F8,
+                        align: 1,
+                        len: 8,
+                    },
+                    Resource::Irq(crate::ioapic::COM1_PIN as u8),
+                ])
             })
         })
     })?;
@@ -397,14 +416,19 @@ enum Resource {
         align: u8,
         len: u8,
     },
+    /// IRQ Descriptor (section 6.4.2.1) without its information byte: one
+    /// ISA IRQ (0-15), edge-triggered, active high, exclusive.
+    Irq(u8),
 }
 
 impl Resource {
     const IO_LEN: usize = 8;
+    const IRQ_LEN: usize = 3;
 
     fn len(&self) -> usize {
         match self {
             Resource::Io16 { .. } => Self::IO_LEN,
+            Resource::Irq(_) => Self::IRQ_LEN,
         }
     }
 }
@@ -630,6 +654,12 @@ impl<'b> Aml<'b> {
                         a.raw(&max.to_le_bytes())?;
                         a.raw(&[align, len])?;
                     }
+                    Resource::Irq(irq) => {
+                        // Small item 0x04, length 2: the IRQ mask.
+                        let mask = 1u16.checked_shl(u32::from(irq)).ok_or(TOO_LONG)?;
+                        a.raw(&[0x22])?;
+                        a.raw(&mask.to_le_bytes())?;
+                    }
                 }
             }
             a.raw(&[END_TAG, 0])
@@ -699,6 +729,7 @@ mod tests {
         let flags = u32_at(fadt, 112);
         assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
         assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+        assert_ne!(flags & (1 << 19), 0, "FORCE_APIC_PHYSICAL_DESTINATION_MODE");
         assert_eq!(u32_at(fadt, 36), 0, "FIRMWARE_CTRL");
         assert_eq!(u64_at(fadt, 132), 0, "X_FIRMWARE_CTRL");
         assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 0, "SCI_INT");
@@ -726,12 +757,12 @@ mod tests {
             Some((S5_SLEEP_TYPE, 0))
         );
 
-        assert_eq!(madt.len(), 44 + 8 * vps as usize);
+        assert_eq!(madt.len(), 44 + 8 * vps as usize + 12);
         assert_eq!(u32_at(madt, 36), 0xFEE0_0000);
         assert_eq!(u32_at(madt, 40), 0, "MADT flags (no PCAT_COMPAT)");
         let mut count = 0;
         let mut at = 44;
-        while at < madt.len() {
+        while at < madt.len() - 12 {
             let s = &madt[at..at + madt[at + 1] as usize];
             assert_eq!((s[0], s[1]), (0, 8), "Processor Local APIC");
             assert_eq!(s[2], count as u8, "ACPI processor UID");
@@ -740,7 +771,10 @@ mod tests {
             count += 1;
             at += s.len();
         }
-        assert_eq!(at, madt.len());
+        let io = &madt[at..];
+        assert_eq!((io[0], io[1], io[2]), (1, 12, 0), "I/O APIC, ID 0");
+        assert_eq!(u32_at(io, 4), 0xFEC0_0000);
+        assert_eq!(u32_at(io, 8), 0, "GSI base");
         assert_eq!(count, vps);
 
         for t in [xsdt, fadt, madt, dsdt] {
@@ -764,9 +798,10 @@ mod tests {
     #[test]
     fn sizes() {
         let s = |vps| size(&Platform { vps }).unwrap();
-        // RSDP 36 | XSDT 52 | FADT 276 | MADT 44 + 8n | DSDT 134, 16-aligned.
-        assert_eq!(s(1), 464 + 134);
-        assert_eq!(s(MAX_VPS), 960 + 134);
+        // RSDP 36 | XSDT 52 | FADT 276 | MADT 44 + 8n + 12 | DSDT 137,
+        // 16-aligned.
+        assert_eq!(s(1), 464 + 137);
+        assert_eq!(s(MAX_VPS), 976 + 137);
         assert!(s(MAX_VPS) <= MAX_SIZE);
     }
 
@@ -776,8 +811,8 @@ mod tests {
         let [.., dsdt] = check(&out, BASE, rsdp, 1);
         #[rustfmt::skip]
         let expected: &[u8] = &[
-            // Scope (\_SB), PkgLength 85 (2 bytes)
-            0x10, 0x45, 0x05, b'\\', b'_', b'S', b'B', b'_',
+            // Scope (\_SB), PkgLength 88 (2 bytes)
+            0x10, 0x48, 0x05, b'\\', b'_', b'S', b'B', b'_',
             // Device (VMBS), PkgLength 34
             0x5B, 0x82, 0x22, b'V', b'M', b'B', b'S',
             // Name (_HID, "VMBUS")
@@ -786,20 +821,21 @@ mod tests {
             0x08, b'_', b'U', b'I', b'D', 0x00,
             // Name (_CRS, Buffer (0x02) { End Tag })
             0x08, b'_', b'C', b'R', b'S', 0x11, 0x05, 0x0A, 0x02, 0x79, 0x00,
-            // Device (COM1), PkgLength 40
-            0x5B, 0x82, 0x28, b'C', b'O', b'M', b'1',
+            // Device (COM1), PkgLength 43
+            0x5B, 0x82, 0x2B, b'C', b'O', b'M', b'1',
             // Name (_HID, EisaId ("PNP0501"))
             0x08, b'_', b'H', b'I', b'D', 0x0C, 0x41, 0xD0, 0x05, 0x01,
             // Name (_UID, Zero)
             0x08, b'_', b'U', b'I', b'D', 0x00,
-            // Name (_CRS, Buffer (0x0A) { IO (Decode16, 0x3F8, 0x3F8, 1, 8), End Tag })
-            0x08, b'_', b'C', b'R', b'S', 0x11, 0x0D, 0x0A, 0x0A,
-            0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, 0x79, 0x00,
+            // Name (_CRS, Buffer (0x0D) { IO (Decode16, 0x3F8, 0x3F8, 1, 8),
+            // IRQNoFlags () { 4 }, End Tag })
+            0x08, b'_', b'C', b'R', b'S', 0x11, 0x10, 0x0A, 0x0D,
+            0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, 0x22, 0x10, 0x00, 0x79, 0x00,
             // Name (\_S5, Package (0x02) { 0x05, Zero })
             0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0A, 0x05, 0x00,
         ];
         assert_eq!(&dsdt[36..], expected);
-        assert_eq!(dsdt.len(), 134);
+        assert_eq!(dsdt.len(), 137);
         assert_eq!(dsdt[8], 2, "DSDT revision");
     }
 
@@ -1064,6 +1100,8 @@ mod tests {
             "0x03F8,             // Range Minimum",
             "0x03F8,             // Range Maximum",
             "0x08,               // Length",
+            "IRQNoFlags ()",
+            "{4}",
             "Name (\\_S5, Package (0x02)",
         ] {
             assert!(dsl.contains(want), "DSDT: no {want:?} in\n{dsl}");
@@ -1117,8 +1155,16 @@ mod tests {
         assert_eq!(field(&dsl, "PC-AT Compatibility"), "0");
         assert_eq!(
             fields(&dsl, "Subtable Type"),
-            ["00 [Processor Local APIC]"; 4]
+            [
+                "00 [Processor Local APIC]",
+                "00 [Processor Local APIC]",
+                "00 [Processor Local APIC]",
+                "00 [Processor Local APIC]",
+                "01 [I/O APIC]"
+            ]
         );
+        assert_eq!(field(&dsl, "Address"), "FEC00000");
+        assert_eq!(field(&dsl, "Interrupt"), "00000000");
         assert_eq!(fields(&dsl, "Processor ID"), ["00", "01", "02", "03"]);
         assert_eq!(fields(&dsl, "Local Apic ID"), ["00", "01", "02", "03"]);
         assert_eq!(fields(&dsl, "Processor Enabled"), ["1"; 4]);

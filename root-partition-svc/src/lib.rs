@@ -16,6 +16,7 @@ pub mod format;
 pub mod fpu;
 pub mod guest_acpi;
 pub mod ic;
+pub mod ioapic;
 pub mod line;
 pub mod linux_boot;
 pub mod page_audit;

@@ -527,12 +527,14 @@ pub fn sanitize_console(bytes: &[u8], out: &mut dyn FnMut(&[u8])) {
 }
 
 /// A 16550 UART as a simple guest sees it: writes to THR are output; it
-/// is always ready to send and has nothing to receive; the other registers
-/// keep what is written (scratch, divisor, line and modem control). With
-/// the THR-empty interrupt enabled (IER bit 1) the interrupt identification
-/// register shows it pending after each write and when it is enabled, until
-/// IIR is read, as on the chip: a driver that polls IIR for lack of an IRQ
-/// line (Linux's 8250 with irq 0) then keeps sending. Received bytes (what
+/// is always ready to send; the other registers keep what is written
+/// (scratch, divisor, line and modem control). With the THR-empty
+/// interrupt enabled (IER bit 1) the interrupt identification register
+/// shows it pending after each write and when it is enabled, until IIR is
+/// read, as on the chip. The pending sources drive the interrupt line
+/// ([`Uart::interrupt_line`]) into the VM's I/O APIC, so a driver sends and
+/// receives on interrupts; one without an IRQ (Linux's 8250 with irq 0)
+/// polls IIR and works too. Received bytes (what
 /// the administrator types at `vm console`) wait in a 16-byte FIFO: LSR
 /// bit 0 says data is ready, IIR shows it (0x04) when IER bit 0 enables
 /// it, RBR takes the oldest; a byte arriving at a full FIFO is lost and
@@ -598,6 +600,27 @@ impl Uart {
         None
     }
 
+    /// The interrupt identification of the pending source of highest
+    /// priority the enabled ones give: an overrun (0x06, IER bit 2), data
+    /// received (0x04, bit 0), THR empty (0x02, bit 1).
+    fn interrupt_source(&self) -> Option<u8> {
+        if self.ier & 4 != 0 && self.overrun {
+            Some(0x06)
+        } else if self.ier & 1 != 0 && self.rx_len > 0 {
+            Some(0x04)
+        } else if self.ier & 2 != 0 && self.thre_pending {
+            Some(0x02)
+        } else {
+            None
+        }
+    }
+
+    /// The interrupt output as a PC wires it: a pending source, gated by
+    /// OUT2 (MCR bit 3); none in loopback mode (MCR bit 4).
+    pub fn interrupt_line(&self) -> bool {
+        self.mcr & 0x18 == 0x08 && self.interrupt_source().is_some()
+    }
+
     pub fn read(&mut self, offset: u16) -> u8 {
         let dlab = self.lcr & 0x80 != 0;
         match (offset, dlab) {
@@ -613,17 +636,16 @@ impl Uart {
                 b
             }
             (1, false) => self.ier,
-            // THR empty pending (0x02, cleared by this read) or none (0x01);
-            // FIFOs reported enabled when FCR bit 0 is set.
+            // The pending source of highest priority (reading it clears
+            // THR empty) or none (0x01); FIFOs reported enabled when FCR
+            // bit 0 is set.
             (2, _) => {
                 let fifo = if self.fcr & 1 != 0 { 0xC0 } else { 0 };
-                if self.ier & 1 != 0 && self.rx_len > 0 {
-                    0x04 | fifo
-                } else if self.ier & 2 != 0 && core::mem::take(&mut self.thre_pending) {
-                    0x02 | fifo
-                } else {
-                    0x01 | fifo
+                let source = self.interrupt_source();
+                if source == Some(0x02) {
+                    self.thre_pending = false;
                 }
+                source.unwrap_or(0x01) | fifo
             }
             (3, _) => self.lcr,
             (4, _) => self.mcr,
@@ -731,6 +753,19 @@ pub mod port {
 pub struct Devices {
     pub uart: Uart,
     pub cmos: crate::cmos::Cmos,
+    pub ioapic: crate::ioapic::IoApic,
+}
+
+impl Devices {
+    /// COM1's interrupt line into the I/O APIC, after anything that may
+    /// have changed it (a register access, a received byte): the
+    /// interrupt its edge makes, if any.
+    pub fn serial_interrupt(
+        &mut self,
+    ) -> Option<Result<crate::ioapic::Delivery, crate::ioapic::Refused>> {
+        let line = self.uart.interrupt_line();
+        self.ioapic.set_line(crate::ioapic::COM1_PIN, line)
+    }
 }
 
 /// What an I/O access did.
@@ -1016,6 +1051,67 @@ mod tests {
         assert_eq!(r.note(0x63), Report::Overflow);
         assert_eq!(r.note(0x64), Report::Quiet);
         assert_eq!(r.note(0x61), Report::Quiet);
+    }
+
+    /// COM1's interrupt through the I/O APIC, in the order Linux's 8250
+    /// driver with an IRQ works it: an edge per new cause, none while the
+    /// line stays up, none without OUT2 or in loopback.
+    #[test]
+    fn the_uart_interrupts_through_the_io_apic() {
+        use crate::ioapic::{Delivery, Destination};
+        let mut d = Devices::default();
+        let io = |d: &mut Devices, port: u16, write: bool, v: u32| {
+            let e = emulate_io(d, port, 1, write, v, 0);
+            (e, d.serial_interrupt())
+        };
+        // Pin 4 to vector 0x41 on VP 1, edge, active high.
+        for (reg, v) in [(0x18u32, 0x41u32), (0x19, 0x0100_0000)] {
+            d.ioapic.write(0, reg);
+            d.ioapic.write(0x10, v);
+        }
+        let fired = Some(Ok(Delivery {
+            vector: 0x41,
+            destination: Destination::Vp(1),
+        }));
+        // THR empty enabled without OUT2: no interrupt (a PC's gate).
+        assert_eq!(io(&mut d, 0x3F9, true, 0x02).1, None);
+        assert_eq!(io(&mut d, 0x3FA, false, 0).0, IoEffect::Done(0x02));
+        // Loopback with OUT2: still none.
+        io(&mut d, 0x3FC, true, 0x18);
+        io(&mut d, 0x3F9, true, 0);
+        assert_eq!(io(&mut d, 0x3F9, true, 0x02).1, None);
+        assert!(!d.uart.interrupt_line());
+        // OUT2: the pending THR empty raises the line.
+        assert_eq!(io(&mut d, 0x3FC, true, 0x0B).1, fired);
+        // The handler reads IIR (the line falls), sends a byte (it rises).
+        assert_eq!(io(&mut d, 0x3FA, false, 0), (IoEffect::Done(0x02), None));
+        assert_eq!(
+            io(&mut d, 0x3F8, true, b'x' as u32),
+            (IoEffect::Output(b'x'), fired)
+        );
+        // The next byte while the line is up: no new edge.
+        assert_eq!(io(&mut d, 0x3F8, true, b'y' as u32).1, None);
+        assert_eq!(io(&mut d, 0x3FA, false, 0).1, None);
+        // Nothing more to send: THR empty off.
+        io(&mut d, 0x3F9, true, 0x01);
+        // A typed byte raises it; reading it drops it.
+        assert!(d.uart.receive(b'k'));
+        assert_eq!(d.serial_interrupt(), fired);
+        assert_eq!(io(&mut d, 0x3FA, false, 0).0, IoEffect::Done(0x04));
+        assert_eq!(
+            io(&mut d, 0x3F8, false, 0),
+            (IoEffect::Done(b'k' as u32), None)
+        );
+        assert!(!d.uart.interrupt_line());
+        // An overrun with the line-status interrupt: 0x06 first, LSR clears it.
+        io(&mut d, 0x3F9, true, 0x05);
+        for i in 0..17 {
+            d.uart.receive(i);
+        }
+        assert_eq!(d.serial_interrupt(), fired);
+        assert_eq!(io(&mut d, 0x3FA, false, 0).0, IoEffect::Done(0x06));
+        assert_eq!(io(&mut d, 0x3FD, false, 0).0, IoEffect::Done(0x63));
+        assert_eq!(io(&mut d, 0x3FA, false, 0).0, IoEffect::Done(0x04));
     }
 
     #[test]

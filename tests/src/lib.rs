@@ -786,6 +786,11 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             ],
             &[
                 "Hypervisor detected: Microsoft Hyper-V",
+                // COM1's interrupt comes through the worker's I/O APIC.
+                "IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23",
+                "LINUX-INIT: console on interrupts",
+                // The EOI MSR and the VP assist page's EOI assist.
+                "Hyper-V: Using enlightened APIC (x2apic mode)",
                 "clocksource: Switched to clocksource hyperv_clocksource_tsc_page",
                 "LINUX-INIT: reached init",
                 "LINUX-INIT: cpus 1",
@@ -1152,7 +1157,9 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             &[
                 "Hypervisor detected: Microsoft Hyper-V",
                 "smpboot: Total of 2 processors activated",
-                "ACPI: No IOAPIC entries present",
+                // COM1's interrupt comes through the worker's I/O APIC.
+                "IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23",
+                "LINUX-INIT: console on interrupts",
                 "clocksource: Switched to clocksource hyperv_clocksource_tsc_page",
                 "LINUX-INIT: cpus 2",
                 "LINUX-INIT: clocksource hyperv_clocksource_tsc_page",
@@ -1183,6 +1190,8 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
             ],
             &[
                 "x2apic disabled",
+                // The Hyper-V APIC MSRs (EOI, ICR, TPR) in xAPIC mode.
+                "Hyper-V: Using enlightened APIC (xapic mode)",
                 "smpboot: Total of 2 processors activated",
                 "LINUX-INIT: cpus 2",
                 "LINUX-INIT: clockevent Hyper-V clockevent",
@@ -1215,6 +1224,10 @@ const LINUX_FAILURES: &[&str] = &[
     "failed to boot",
     // A WARN_ON's report (not the vulnerability notices, "X: WARNING: ...").
     "WARNING: CPU:",
+    // The console's UART must run on its interrupt (an idle guest sleeps).
+    "LINUX-INIT: console polled",
+    "I/O APIC pin 4) not delivered",
+    "AssertVirtualInterrupt failed",
 ];
 
 /// The number after `key` in `line` (`key` then digits).

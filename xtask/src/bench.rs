@@ -262,7 +262,10 @@ fn run_script(
         monitor_commands: &[],
         echo_hypervisor_log: false,
     };
-    emulator::run(m, &media, &dir, &opts)
+    let run = emulator::run(m, &media, &dir, &opts)?;
+    // Kept for a look at what the guests printed.
+    std::fs::write(dir.join("serial.log"), &run.outcome.serial)?;
+    Ok(run)
 }
 
 /// `bench exits N` in the root: CPUID round trips through the hypervisor.

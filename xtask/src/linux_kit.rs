@@ -72,6 +72,15 @@ echo "LINUX-INIT: clocksource $(cat /sys/devices/system/clocksource/clocksource0
 echo "LINUX-INIT: clockevent $(cat /sys/devices/system/clockevents/clockevent0/current_device)"
 echo "LINUX-INIT: date $(date +%s)"
 echo "LINUX-INIT: kernel $(uname -r)"
+# The console's UART: its Linux IRQ and the interrupts taken so far (this
+# script's output went out on them). Polled, it has IRQ 0.
+irq=$(sed -n 's/^0: .* irq:\([0-9]*\).*/\1/p' /proc/tty/driver/serial)
+ints=$(awk '/ttyS0/ { for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; else break } END { print s + 0 }' /proc/interrupts)
+if [ "${irq:-0}" != 0 ] && [ "$ints" -gt 0 ]; then
+    echo "LINUX-INIT: console on interrupts (IRQ $irq, $ints so far)"
+else
+    echo "LINUX-INIT: console polled (IRQ ${irq:-none}, $ints interrupts)"
+fi
 # A shutdown the host asks for (hv_utils' orderly_poweroff) runs this; it
 # has no terminal, so it writes to the console itself.
 cat > /bin/host-poweroff <<'EOS'
@@ -96,8 +105,7 @@ esac
 EOS
 chmod +x /bin/dhcp-event
 # Console output from user space drains through the UART's transmit
-# interrupt (polled without an IRQ line): give it time before the machine
-# goes away.
+# interrupt: give it time before the machine goes away.
 drain() { sleep 1; }
 # The first SCSI disk: 4 MiB of random bytes written at 1 MiB and their
 # checksum in sector 0, read back past the page cache; a later boot finds

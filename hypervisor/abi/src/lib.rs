@@ -49,6 +49,9 @@ pub mod cpuid {
 
     /// Leaf 0x40000004 EAX: implementation recommendations.
     pub mod hints {
+        /// Bit 3: use the APIC MSRs (EOI, ICR, TPR at 0x40000070-72) and
+        /// the VP assist page's "no EOI required" bit.
+        pub const APIC_ACCESS_RECOMMENDED: u32 = 1 << 3;
         /// Bit 9: do not use AutoEOI; end SynIC interrupts with an EOI.
         pub const DEPRECATE_AUTO_EOI: u32 = 1 << 9;
     }
@@ -60,6 +63,8 @@ pub mod cpuid {
         pub const ACCESS_SYNIC_REGS: u32 = 1 << 2;
         /// The synthetic timer MSRs (0x400000B0-B7).
         pub const ACCESS_SYNTHETIC_TIMER_REGS: u32 = 1 << 3;
+        /// The APIC MSRs and the VP assist page (0x40000070-0x40000073).
+        pub const ACCESS_INTR_CTRL_REGS: u32 = 1 << 4;
         pub const ACCESS_HYPERCALL_MSRS: u32 = 1 << 5;
         pub const ACCESS_VP_INDEX: u32 = 1 << 6;
         /// The reference TSC page (MSR 0x40000021).

@@ -40,6 +40,11 @@ pub fn reaches_xapic(dest: Dest, sender: u32, target: u32, target_ldr: u32) -> b
     apic.accepts(dest, sender)
 }
 
+/// The Hyper-V APIC MSRs (TLFS): EOI, ICR and TPR.
+pub const SYNTHETIC_EOI: u32 = 0x4000_0070;
+pub const SYNTHETIC_ICR: u32 = 0x4000_0071;
+pub const SYNTHETIC_TPR: u32 = 0x4000_0072;
+
 /// IA32_APIC_BASE bits: enabled, x2APIC mode, bootstrap processor.
 const BASE_EN: u64 = 1 << 11;
 const BASE_EXTD: u64 = 1 << 10;
@@ -459,6 +464,63 @@ impl VirtualApic {
         self.write_register(msr, value as u32, now)
     }
 
+    /// A read of the Hyper-V APIC MSRs (TLFS "Synthetic APIC MSRs",
+    /// `HV_X64_MSR_EOI`/`ICR`/`TPR`, 0x40000070-0x40000072), offered with
+    /// the APIC enabled in either mode: the ICR in the mode's layout (xAPIC:
+    /// the destination in bits 63:56), the TPR. EOI is write-only (#GP).
+    pub fn synthetic_read(&self, msr: u32) -> Option<u64> {
+        match (msr, self.mode()) {
+            (_, Mode::Disabled) | (SYNTHETIC_EOI, _) => None,
+            (SYNTHETIC_ICR, Mode::XApic) => {
+                Some(u64::from(self.icr_high) << 32 | self.icr & 0xFFFF_FFFF)
+            }
+            (SYNTHETIC_ICR, _) => Some(self.icr),
+            (SYNTHETIC_TPR, _) => Some(self.tpr.into()),
+            _ => None,
+        }
+    }
+
+    /// A write of the Hyper-V APIC MSRs: EOI (any value) as the EOI
+    /// register, the ICR as the mode's ICR (both halves at once), the TPR
+    /// (bits 63:8 reserved: #GP).
+    pub fn synthetic_write(&mut self, msr: u32, value: u64, now: u64) -> Write {
+        match (msr, self.mode()) {
+            (_, Mode::Disabled) => Write::Fault,
+            (SYNTHETIC_EOI, _) => {
+                self.eoi();
+                Write::Done
+            }
+            (SYNTHETIC_ICR, Mode::XApic) => {
+                self.icr_high = (value >> 32) as u32 & 0xFF00_0000;
+                self.mmio_write(0x300, value as u32, now)
+            }
+            (SYNTHETIC_ICR, _) => self.send(value),
+            (SYNTHETIC_TPR, _) if value <= 0xFF => {
+                self.tpr = value as u32;
+                Write::Done
+            }
+            _ => Write::Fault,
+        }
+    }
+
+    /// The one vector in service when nothing else is (no other vector in
+    /// service, none requested, no NMI waiting): its end may be left to
+    /// the guest's VP assist page (TLFS "EOI assist": the hypervisor sets
+    /// the "no EOI required" bit, the guest clears it instead of writing
+    /// EOI, the hypervisor then ends the interrupt, [`Self::lazy_eoi`]).
+    pub fn lazy_eoi_candidate(&self) -> Option<u8> {
+        let v = self.isr_top?;
+        let mut isr = self.isr;
+        isr[v as usize / 32] &= !(1 << (v % 32));
+        (self.irr_top.is_none() && !self.nmi && Self::highest(&isr).is_none()).then_some(v)
+    }
+
+    /// The guest took the "no EOI required" bit: the interrupt in service
+    /// ends as at an EOI.
+    pub fn lazy_eoi(&mut self) {
+        self.eoi();
+    }
+
     /// A 32-bit read of the xAPIC register page at `offset` (xAPIC mode;
     /// the caller checks). Unaligned, unknown and write-only registers
     /// read as 0.
@@ -598,6 +660,72 @@ mod tests {
         let mut a = VirtualApic::new(id);
         assert_eq!(a.write(0x80F, 0x1FF, 0), Write::Done);
         a
+    }
+
+    #[test]
+    fn the_hyper_v_apic_msrs_in_both_modes() {
+        let mut a = enabled(0);
+        a.request(0x40);
+        a.accept(0x40);
+        assert_eq!(a.synthetic_read(SYNTHETIC_EOI), None, "write-only");
+        assert_eq!(a.synthetic_write(SYNTHETIC_EOI, 0, 0), Write::Done);
+        assert_eq!(a.read(0x810 + 2, 0), Some(0), "ended");
+        assert_eq!(a.synthetic_write(SYNTHETIC_TPR, 0x20, 0), Write::Done);
+        assert_eq!(a.read(0x808, 0), Some(0x20));
+        assert_eq!(a.synthetic_read(SYNTHETIC_TPR), Some(0x20));
+        assert_eq!(a.synthetic_write(SYNTHETIC_TPR, 0x100, 0), Write::Fault);
+        // x2APIC: the ICR as MSR 0x830 takes it.
+        assert_eq!(
+            a.synthetic_write(SYNTHETIC_ICR, 3 << 32 | 0x45, 0),
+            Write::Ipi {
+                vector: 0x45,
+                dest: Dest::Physical(3)
+            }
+        );
+        assert_eq!(a.synthetic_read(SYNTHETIC_ICR), Some(3 << 32 | 0x45));
+        // xAPIC: the destination in bits 63:56, as the register page's.
+        assert!(a.write_base(apic_base(0) & !BASE_EXTD & !BASE_EN));
+        assert!(a.write_base(apic_base(0) & !BASE_EXTD));
+        a.mmio_write(0xF0, 0x1FF, 0);
+        assert_eq!(
+            a.synthetic_write(SYNTHETIC_ICR, 2 << 56 | 0x46, 0),
+            Write::Ipi {
+                vector: 0x46,
+                dest: Dest::Physical(2)
+            }
+        );
+        assert_eq!(a.synthetic_read(SYNTHETIC_ICR), Some(2 << 56 | 0x46));
+        assert_eq!(a.mmio_read(0x310, 0), 2 << 24);
+        // Disabled: #GP.
+        assert!(a.write_base(apic_base(0) & !BASE_EXTD & !BASE_EN));
+        assert_eq!(a.synthetic_write(SYNTHETIC_EOI, 0, 0), Write::Fault);
+        assert_eq!(a.synthetic_read(SYNTHETIC_TPR), None);
+    }
+
+    #[test]
+    fn a_lone_interrupt_in_service_may_end_lazily() {
+        let mut a = enabled(0);
+        assert_eq!(a.lazy_eoi_candidate(), None, "nothing in service");
+        a.request(0x50);
+        a.accept(0x50);
+        assert_eq!(a.lazy_eoi_candidate(), Some(0x50));
+        // Another requested: its EOI must be seen (the TLFS's condition).
+        a.request(0x30);
+        assert_eq!(a.lazy_eoi_candidate(), None);
+        a.request_nmi();
+        a.write(0x80B, 0, 0);
+        assert_eq!(a.lazy_eoi_candidate(), None, "an NMI waits");
+        a.accept_nmi();
+        a.accept(0x30);
+        a.request(0x60);
+        a.accept(0x60);
+        // Nested: two in service.
+        assert_eq!(a.lazy_eoi_candidate(), None);
+        a.lazy_eoi();
+        assert_eq!(a.lazy_eoi_candidate(), Some(0x30));
+        a.lazy_eoi();
+        assert_eq!(a.read(0x810 + 1, 0), Some(0));
+        assert_eq!(a.lazy_eoi_candidate(), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use hv_abi::synic::{
 };
 use hv_abi::{BootModule, RootBoot};
 use root_partition_svc::format::{self, Percent, Size};
+use root_partition_svc::ioapic::{self, IoApic};
 use root_partition_svc::linux_boot;
 use root_partition_svc::vm_command::{
     CpuSettings, DeviceKind, DiskSource, NewVm, VmCommand, WaitFor, CMDLINE_MAX, NAME_MAX,
@@ -102,6 +103,9 @@ pub struct Vm {
     /// Failed AssertVirtualInterrupt requests (port 0xF5) this run: the
     /// first is reported, the rest only counted (`vm show`).
     interrupt_failures: u64,
+    /// I/O APIC interrupts refused (an entry asking for what is not
+    /// offered) this run: the first is reported, the rest counted.
+    ioapic_refusals: u64,
     /// The guest page the test device (port 0xF6) unmapped, mapped back at
     /// the VM's first access to it.
     unmapped: Option<u64>,
@@ -538,6 +542,7 @@ impl Vmm {
                     // A full FIFO drops the byte, as the chip would; the
                     // operator types slower than a guest reads it.
                     let _ = vm.devices.uart.receive(b);
+                    serial_interrupt(vm);
                 }
                 None if !busy
                     && !self.polling
@@ -645,6 +650,7 @@ impl Vmm {
                     reported_ports: ReportOnce::new(),
                     reported_mmio: ReportOnce::new(),
                     interrupt_failures: 0,
+                    ioapic_refusals: 0,
                     unmapped: None,
                     sample: (0, 0),
                     vmbus: None,
@@ -805,6 +811,7 @@ impl Vmm {
         vm.reported_ports = ReportOnce::new();
         vm.reported_mmio = ReportOnce::new();
         vm.interrupt_failures = 0;
+        vm.ioapic_refusals = 0;
         vm.unmapped = None;
         vm.stopped_vps = 0;
         vm.reason_len = 0;
@@ -1520,6 +1527,9 @@ impl Vmm {
         }
         println!("  intercepts:     {}", get(property::INTERCEPTS));
         println!("  console:        {} bytes", vm.console.total);
+        if vm.ioapic_refusals > 0 {
+            println!("  refused I/O APIC interrupts: {}", vm.ioapic_refusals);
+        }
         if vm.interrupt_failures > 0 {
             println!("  failed interrupt requests: {}", vm.interrupt_failures);
         }
@@ -1759,6 +1769,10 @@ impl Vmm {
                     }
                     // Nothing at that address: an absent device, as on a PC
                     // (reads all ones, writes go nowhere).
+                    Some(mi)
+                        if m.kind == kind::UNMAPPED_GPA
+                            && IoApic::contains(mi.gpa)
+                            && ioapic_mmio(vm, &mi) => {}
                     Some(mi) if m.kind == kind::UNMAPPED_GPA && absent_mmio(vm, &mi) => {}
                     Some(mi) => {
                         let what = match mi.header.access {
@@ -1928,32 +1942,10 @@ fn guest_crashed(vm: &mut Vm) {
 /// gives all ones, a write is dropped; reported once per page. `false`:
 /// not an instruction the worker emulates (the caller fails the VM).
 fn absent_mmio(vm: &mut Vm, mi: &MemoryIntercept) -> bool {
-    use hypervisor_core::mmio;
-    let vp = mi.header.vp_index;
-    // 64-bit code: CS.L (attributes bit 13).
-    let long = mi.header.cs.attributes & (1 << 13) != 0;
-    let bytes = &mi.instruction[..mi.instruction_len as usize];
-    let Some(access) = mmio::decode(bytes, long) else {
+    let Some(access) = decode_mmio(mi) else {
         return false;
     };
-    let mut regs = [(0u32, 0u128); 3];
-    let mut n = 0;
-    if let (false, Some(r)) = (access.write, access.operand.register()) {
-        // AH-BH are bits 15:8 of RAX-RBX (`merge_read` puts them there).
-        let name = reg::RAX + u32::from(r);
-        // A 1- or 2-byte destination keeps the register's other bytes.
-        let mut old = [0u64];
-        if access.extend_to.unwrap_or(access.size) < 4
-            && get_registers(vm.partition, vp, &[name], &mut old).is_err()
-        {
-            return false;
-        }
-        regs[n] = (name, mmio::merge_read(old[0], u64::MAX, &access) as u128);
-        n += 1;
-    }
-    regs[n] = (reg::RIP, (mi.header.rip + access.length as u64) as u128);
-    regs[n + 1] = (reg::INTERCEPT_SUSPEND, 0);
-    n += 2;
+    let vp = mi.header.vp_index;
     let page = mi.gpa & !(vmm::PAGE - 1);
     match vm.reported_mmio.note(page) {
         Report::New => println!(
@@ -1970,6 +1962,75 @@ fn absent_mmio(vm: &mut Vm, mi: &MemoryIntercept) -> bool {
         ),
         Report::Quiet => {}
     }
+    complete_mmio(vm, mi, &access, u64::MAX)
+}
+
+/// An access to the I/O APIC's register page: a 32-bit access at a
+/// 4-byte-aligned offset reads or writes its registers; any other is an
+/// absent device's (`absent_mmio`).
+fn ioapic_mmio(vm: &mut Vm, mi: &MemoryIntercept) -> bool {
+    let Some(access) = decode_mmio(mi) else {
+        return false;
+    };
+    let offset = mi.gpa - ioapic::BASE;
+    if access.size != 4 || !offset.is_multiple_of(4) {
+        return absent_mmio(vm, mi);
+    }
+    if access.write {
+        let value = match access.operand.register() {
+            None => access.operand.write_value(0),
+            Some(r) => {
+                let mut v = [0u64];
+                let name = reg::RAX + u32::from(r);
+                if get_registers(vm.partition, mi.header.vp_index, &[name], &mut v).is_err() {
+                    return false;
+                }
+                access.operand.write_value(v[0])
+            }
+        };
+        vm.devices.ioapic.write(offset, value as u32);
+        complete_mmio(vm, mi, &access, 0)
+    } else {
+        let value = vm.devices.ioapic.read(offset);
+        complete_mmio(vm, mi, &access, u64::from(value))
+    }
+}
+
+/// The MOV at the intercepted VP's RIP (fetched by the hypervisor).
+fn decode_mmio(mi: &MemoryIntercept) -> Option<hypervisor_core::mmio::Access> {
+    // 64-bit code: CS.L (attributes bit 13).
+    let long = mi.header.cs.attributes & (1 << 13) != 0;
+    hypervisor_core::mmio::decode(&mi.instruction[..mi.instruction_len as usize], long)
+}
+
+/// Finishes a decoded MMIO access and resumes the VP past it: a read puts
+/// `value` into its register (a 1- or 2-byte destination keeps the
+/// register's other bytes). `false` if the register could not be read.
+fn complete_mmio(
+    vm: &mut Vm,
+    mi: &MemoryIntercept,
+    access: &hypervisor_core::mmio::Access,
+    value: u64,
+) -> bool {
+    use hypervisor_core::mmio;
+    let vp = mi.header.vp_index;
+    let mut regs = [(0u32, 0u128); 3];
+    let mut n = 0;
+    if let (false, Some(r)) = (access.write, access.operand.register()) {
+        // AH-BH are bits 15:8 of RAX-RBX (`merge_read` puts them there).
+        let name = reg::RAX + u32::from(r);
+        let mut old = [0u64];
+        if access.extend_to.unwrap_or(access.size) < 4
+            && get_registers(vm.partition, vp, &[name], &mut old).is_err()
+        {
+            return false;
+        }
+        regs[n] = (name, mmio::merge_read(old[0], value, access) as u128);
+        n += 1;
+    }
+    regs[n] = (reg::RIP, (mi.header.rip + access.length as u64) as u128);
+    regs[n + 1] = (reg::INTERCEPT_SUSPEND, 0);
+    n += 2;
     if let Err(s) = resume(vm.partition, vp, &regs[..n]) {
         fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
     }
@@ -2366,23 +2427,58 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
         return fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
     }
     if let Some(vector) = interrupt {
-        // Fixed, edge, physical destination (the VP index), VTL 0.
-        let input = AssertVirtualInterrupt {
-            partition_id: vm.partition,
-            destination: vp as u64,
-            vector: vector as u32,
-            ..Default::default()
-        };
-        if let Err(s) = partition_call(code::ASSERT_VIRTUAL_INTERRUPT, &input, &mut []) {
-            // Reported once a run: a guest must not flood the console.
-            vm.interrupt_failures += 1;
-            if vm.interrupt_failures == 1 {
+        assert_interrupt(vm, vp, vector, "the test device");
+    }
+    if (vmm::COM1..vmm::COM1 + 8).contains(&io.port) {
+        serial_interrupt(vm);
+    }
+}
+
+/// COM1's interrupt line after a change: an edge the I/O APIC turns into
+/// an interrupt is asserted; one its entry refuses is reported once a run.
+fn serial_interrupt(vm: &mut Vm) {
+    match vm.devices.serial_interrupt() {
+        None => {}
+        Some(Ok(d)) => match d.destination {
+            ioapic::Destination::Vp(vp) => assert_interrupt(vm, vp, d.vector, "the I/O APIC"),
+            ioapic::Destination::All => {
+                for vp in 0..vm.vcpus {
+                    assert_interrupt(vm, vp, d.vector, "the I/O APIC");
+                }
+            }
+        },
+        Some(Err(why)) => {
+            vm.ioapic_refusals += 1;
+            if vm.ioapic_refusals == 1 {
                 println!(
-                    "vm {}: VP {vp} asked for interrupt {vector:#x}: AssertVirtualInterrupt failed: status {s:#x} ({}); further failures are counted in vm show",
+                    "vm {}: COM1's interrupt (I/O APIC pin {}) not delivered: {why}; further refusals are counted in vm show",
                     vm.name(),
-                    format::status_name(s)
+                    ioapic::COM1_PIN
                 );
             }
+        }
+    }
+}
+
+/// A fixed, edge-triggered interrupt into VP `vp` (physical destination:
+/// the VP index), for `source`. A failure (no such VP, a vector the
+/// hypervisor refuses) is reported once a run, then counted.
+fn assert_interrupt(vm: &mut Vm, vp: u32, vector: u8, source: &str) {
+    let input = AssertVirtualInterrupt {
+        partition_id: vm.partition,
+        destination: vp as u64,
+        vector: vector as u32,
+        ..Default::default()
+    };
+    if let Err(s) = partition_call(code::ASSERT_VIRTUAL_INTERRUPT, &input, &mut []) {
+        // Reported once a run: a guest must not flood the console.
+        vm.interrupt_failures += 1;
+        if vm.interrupt_failures == 1 {
+            println!(
+                "vm {}: interrupt {vector:#x} from {source} for VP {vp}: AssertVirtualInterrupt failed: status {s:#x} ({}); further failures are counted in vm show",
+                vm.name(),
+                format::status_name(s)
+            );
         }
     }
 }
