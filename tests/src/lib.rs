@@ -1062,7 +1062,7 @@ fn linux_tests() -> Vec<(GuestTest, bool)> {
                 "vm nic: b: nic 0: switch lan, VLAN 20",
                 "vm wait: a's console shows \"ping 10.0.0.2: no answer (2)\"",
                 "vm wait: a's console shows \"ping 10.0.0.2: answers (3)\"",
-                "vm nic: b nic 0 rescinded: the guest sees it go away",
+                "vm nic: b nic 0 removed: unplugged now; rescinded once the guest has finished with it",
                 "vm wait: b's console shows \"eth0 went away\"",
                 "port 1: external (NIC), trunk, link up",
             ],

@@ -387,6 +387,17 @@ impl NetServer {
 
     /// Connects or disconnects the cable: the guest is told by a status
     /// indication.
+    /// Nothing in flight with the guest: every receive section it was
+    /// given completed, no completion or RNDIS answer waiting for room, no
+    /// link change unannounced.
+    pub fn quiescent(&self) -> bool {
+        let sections_back = self
+            .recv
+            .as_ref()
+            .is_none_or(|r| r.in_flight.iter().all(|w| *w == 0));
+        sections_back && self.waiting.is_empty() && self.control.is_empty() && !self.link_changed
+    }
+
     pub fn set_link(&mut self, up: bool) {
         if self.link_up != up {
             self.link_up = up;
@@ -1614,6 +1625,34 @@ mod tests {
         );
         r.complete_receive(*new);
         assert_eq!(r.server.receive_sections().1, 0);
+    }
+
+    /// What a removal waits for: every section given back, the link-down
+    /// indication out.
+    #[test]
+    fn quiescent_once_every_section_is_back() {
+        let mut r = Rig::new();
+        r.start();
+        r.set_filter(rndis::FILTER_PROMISCUOUS);
+        r.wire.waiting.push_back(frame(MAC, 200));
+        r.serve();
+        let got = r.received();
+        let [Got::Rndis(id, _)] = &got[..] else {
+            panic!("{got:?}")
+        };
+        assert!(!r.server.quiescent(), "a section is with the guest");
+        r.server.set_link(false);
+        assert!(!r.server.quiescent(), "the link change is not out");
+        r.complete_receive(*id);
+        r.serve();
+        let got = r.received();
+        let [Got::Rndis(id, _)] = &got[..] else {
+            panic!("{got:?}")
+        };
+        assert!(!r.server.quiescent(), "the indication's section is out");
+        r.complete_receive(*id);
+        r.serve();
+        assert!(r.server.quiescent());
     }
 
     #[test]

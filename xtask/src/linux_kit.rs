@@ -217,9 +217,9 @@ panic)
     echo c > /proc/sysrq-trigger
     ;;
 idle)
-    # An idle guest for the benchmarks: nothing runs for 30 s.
+    # An idle guest for the benchmarks: nothing runs for 60 s.
     echo "LINUX-INIT: idle"
-    sleep 30
+    sleep 60
     echo "LINUX-INIT: done"
     drain
     poweroff -f

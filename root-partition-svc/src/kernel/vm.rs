@@ -1046,7 +1046,7 @@ impl Vmm {
         let nic = vm.nics.remove(at);
         let running = match vm.vmbus.as_mut() {
             Some(bus) => {
-                bus.remove_nic(number);
+                bus.remove_nic(number, crate::arch::rdtsc(), self.tsc_hz);
                 true
             }
             None => false,
@@ -1055,7 +1055,7 @@ impl Vmm {
             s.remove_port(nic.port);
         }
         let how = if running {
-            "rescinded: the guest sees it go away"
+            "removed: unplugged now; rescinded once the guest has finished with it (at most 2 s), and the guest sees it go away"
         } else {
             "removed"
         };

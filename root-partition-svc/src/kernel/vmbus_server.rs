@@ -284,6 +284,9 @@ impl Integration {
 /// How often the server asks for a heartbeat, and how long without an
 /// answer it still calls the guest healthy, in seconds.
 const HEARTBEAT_PERIOD_S: u64 = 1;
+/// The longest a network adapter being removed waits for its guest to
+/// finish with it before the rescind.
+const QUIESCE_S: u64 = 2;
 const HEARTBEAT_GRACE_S: u64 = 5;
 /// How often a time sample goes to the guest.
 const TIMESYNC_PERIOD_S: u64 = 5;
@@ -386,6 +389,9 @@ pub struct NetDevice {
     channel: Option<Channel<GuestRing, EventNotifier>>,
     pub server: NetServer,
     pub spec: NicSpec,
+    /// Being removed: unplugged, link down, rescinded once the guest has
+    /// nothing in flight on it, or at this TSC at the latest.
+    removing: Option<u64>,
 }
 
 /// The GPADLs the guest made for one channel (its network buffers).
@@ -588,21 +594,37 @@ impl VmBus {
             channel: None,
             server: NetServer::new(spec.mac),
             spec,
+            removing: None,
         });
         Ok(())
     }
 
-    /// Removes adapter `number`: the offer is rescinded and its frames stop;
-    /// the channel is still served (unplugged) until the guest closes it.
-    pub fn remove_nic(&mut self, number: u32) {
-        let Some(i) = self
-            .nics
-            .iter()
-            .position(|d| d.spec.number == number && d.stage != DeviceStage::Rescinded)
-        else {
+    /// Removes adapter `number`: its frames stop at once. An adapter the
+    /// guest uses is first quiesced: link down, and the rescind waits until
+    /// the guest has completed every frame it was given and taken every
+    /// completion (Linux's netvsc waits for those when it removes the
+    /// device, and after a rescind it no longer reads the channel), for at
+    /// most [`QUIESCE_S`] seconds. The channel is still served (unplugged)
+    /// until the guest closes it.
+    pub fn remove_nic(&mut self, number: u32, now: u64, tsc_hz: u64) {
+        let Some(i) = self.nics.iter().position(|d| {
+            d.spec.number == number && d.stage != DeviceStage::Rescinded && d.removing.is_none()
+        }) else {
             return;
         };
         let dev = &mut self.nics[i];
+        if dev.stage == DeviceStage::Open && dev.channel.is_some() {
+            dev.server.set_link(false);
+            dev.removing = Some(now + QUIESCE_S * tsc_hz);
+            return;
+        }
+        self.rescind_nic(i);
+    }
+
+    /// Rescinds adapter `i` now.
+    fn rescind_nic(&mut self, i: usize) {
+        let dev = &mut self.nics[i];
+        dev.removing = None;
         let _ = self.host.rescind(dev.relid);
         if self.host.offer(dev.relid).is_some() {
             dev.stage = DeviceStage::Rescinded;
@@ -618,7 +640,7 @@ impl VmBus {
     pub fn serve_nics(&mut self, net: &mut Network) {
         let mut memory = GuestMemoryBlock::new(self.memory.0, self.memory.1);
         for dev in &mut self.nics {
-            let rescinded = dev.stage == DeviceStage::Rescinded;
+            let rescinded = dev.stage == DeviceStage::Rescinded || dev.removing.is_some();
             let switch = if rescinded {
                 None
             } else {
@@ -912,6 +934,22 @@ impl VmBus {
         self.serve_echo();
         self.serve_storage();
         self.serve_nics(net);
+        // Adapters being removed: rescinded once quiet, or at their deadline.
+        for i in (0..self.nics.len()).rev() {
+            let dev = &mut self.nics[i];
+            let Some(deadline) = dev.removing else {
+                continue;
+            };
+            // The guest has read everything we wrote to it.
+            let ring_drained = dev.channel.as_mut().is_none_or(|c| {
+                let w = c.writer();
+                let size = w.size();
+                w.free().is_ok_and(|f| f == size)
+            });
+            if (dev.server.quiescent() && ring_drained) || now >= deadline {
+                self.rescind_nic(i);
+            }
+        }
         for ic in &mut self.integrations {
             let IcStage::Ready(version) = ic.stage else {
                 continue;
