@@ -1590,8 +1590,12 @@ impl Vmm {
 
     fn poll_vmbus(&mut self) -> bool {
         let (any, served) = self.poll_vmbus_work();
-        if !served {
-            // No channel was looked at: nothing started or ended polling.
+        if !served && !self.polling {
+            // No channel was looked at: nothing started polling. (While
+            // polling, the state is looked at on every pass: the polled
+            // channel's VM may have gone, and with it the last server, so
+            // that no channel is served any more; the idle timer must come
+            // back then, or the root would spin on.)
             return any;
         }
         let (mut polling, mut paying) = (false, false);
