@@ -135,16 +135,16 @@ impl IoApic {
         }
     }
 
-    /// Redirection entry `pin`, whole (tests and `vm show`).
+    /// Redirection entry `pin`, whole.
     pub fn entry(&self, pin: usize) -> Option<u64> {
         self.redirection.get(pin).copied()
     }
 
     fn register(&self, index: u8) -> u32 {
         match index {
-            0x00 => u32::from(self.id) << 24,
+            // ID and arbitration ID.
+            0x00 | 0x02 => u32::from(self.id) << 24,
             0x01 => ((PINS as u32 - 1) << 16) | VERSION,
-            0x02 => u32::from(self.id) << 24,
             _ => match redirection_half(index) {
                 Some((pin, false)) => self.redirection[pin] as u32,
                 Some((pin, true)) => (self.redirection[pin] >> 32) as u32,

@@ -1054,12 +1054,14 @@ impl Vmm {
         if let Some(s) = self.net.switch_mut(nic.switch) {
             s.remove_port(nic.port);
         }
-        let how = if running {
-            "removed: unplugged now; rescinded once the guest has finished with it (at most 2 s), and the guest sees it go away"
+        if running {
+            println!(
+                "vm nic: {name} nic {number} removed: unplugged now; rescinded once the guest has finished with it (at most {} s), and the guest sees it go away",
+                vmbus_server::QUIESCE_S
+            );
         } else {
-            "removed"
-        };
-        println!("vm nic: {name} nic {number} {how}");
+            println!("vm nic: {name} nic {number} removed");
+        }
     }
 
     /// `vm device add|remove NAME echo`: kept for later starts; a running

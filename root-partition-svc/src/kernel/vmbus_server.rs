@@ -286,7 +286,7 @@ impl Integration {
 const HEARTBEAT_PERIOD_S: u64 = 1;
 /// The longest a network adapter being removed waits for its guest to
 /// finish with it before the rescind.
-const QUIESCE_S: u64 = 2;
+pub const QUIESCE_S: u64 = 2;
 const HEARTBEAT_GRACE_S: u64 = 5;
 /// How often a time sample goes to the guest.
 const TIMESYNC_PERIOD_S: u64 = 5;
@@ -640,8 +640,8 @@ impl VmBus {
     pub fn serve_nics(&mut self, net: &mut Network) {
         let mut memory = GuestMemoryBlock::new(self.memory.0, self.memory.1);
         for dev in &mut self.nics {
-            let rescinded = dev.stage == DeviceStage::Rescinded || dev.removing.is_some();
-            let switch = if rescinded {
+            let unplugged = dev.stage == DeviceStage::Rescinded || dev.removing.is_some();
+            let switch = if unplugged {
                 None
             } else {
                 net.switch_mut(dev.spec.switch)
