@@ -22,10 +22,14 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hv_abi::synic::INTERCEPT_SINT;
+use hypervisor_core::host_timer::OneShot;
 use hypervisor_core::vapic::VirtualApic;
 use hypervisor_core::{sched, stimer};
 
 const WINDOW_US: u64 = 100_000;
+/// The longest an idle LP sleeps without a deadline: it looks again then
+/// (nothing should need it, as every wake-up is an interrupt).
+const IDLE_RECHECK_US: u64 = 1_000_000;
 
 struct Local {
     part: Arc<Partition>,
@@ -178,7 +182,9 @@ enum Active {
 enum Choice {
     Root,
     Guest(usize),
-    Idle,
+    /// Nothing may run: the LP sleeps until an interrupt, at the latest
+    /// the host timer at this deadline (TSC), the guests' next timer.
+    Idle(Option<u64>),
 }
 
 /// Runs LP `lp` forever: its root VP `lp` and its guest VPs.
@@ -191,8 +197,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
         None => root::stop(lp, "no start state"),
     };
     let mut root_vcpu = Vcpu::new(caps, &start).unwrap_or_else(|e| root::stop(lp, e));
-    // The host timer ends time slices (SVM) and wakes the LP while it sleeps.
-    apic::start_periodic_timer(idt::HOST_TIMER_VECTOR as u8, vcpu::HOST_TICK_US);
+    // The host timer, one-shot, armed for the next deadline: the root's
+    // virtual timer, a slice's end (SVM), the guests' timers while idle.
+    let timer_rate = apic::start_oneshot_timer(idt::HOST_TIMER_VECTOR as u8);
+    let mut host_timer = OneShot::new(timer_rate, crate::time::tsc_hz() / 1000);
     let mut vapic = VirtualApic::new(lp);
     let root_xstate = XState::new().unwrap_or_else(|e| root::stop(lp, e));
     let mut root_debug = DebugState::initial(0);
@@ -225,6 +233,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
         // charged to the VP it runs: scheduling, switching, entry, exit
         // handling (an exit-heavy VP pays for the work it causes).
         let top = cpu::rdtsc();
+        if state.timer_fired.load(Ordering::Relaxed) {
+            state.timer_fired.store(false, Ordering::Relaxed);
+            host_timer.fired();
+        }
         if state.inbox_count.load(Ordering::Acquire) != 0 {
             take_new_vps(lp, &mut guests);
         }
@@ -243,12 +255,13 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             Choice::Root
         } else {
             // Synthetic timers due end a halt like the APIC's own.
+            let mut next_timer = None;
             for g in guests.iter_mut() {
-                g.expire_timers(root);
+                next_timer = earliest(next_timer, g.expire_timers(root));
             }
             match scheduler.pick(cpu::rdtsc(), &mut guests) {
                 Some(i) => Choice::Guest(i),
-                None => Choice::Idle,
+                None => Choice::Idle(next_timer),
             }
         };
 
@@ -259,6 +272,9 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     active = Active::Root;
                 }
                 root::deliver_interrupts(&mut root_vcpu, &mut vapic, lp);
+                if let Some(d) = vapic.deadline() {
+                    arm_by(&mut host_timer, d);
+                }
                 // The iteration counts as the root's time: it may be
                 // serving a guest.
                 clock.enter(top);
@@ -341,7 +357,8 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     .allowance(&g.account, controls)
                     .map(|allowed| entered + allowed);
                 let deadline = earliest(vapic.deadline(), limit);
-                let exit = match enter_guest(root, caps, g, &mut active, deadline) {
+                let timer = (caps, &mut host_timer, entered + slice);
+                let exit = match enter_guest(root, g, &mut active, deadline, timer) {
                     Some(exit) => exit,
                     None => {
                         left_guest = cpu::rdtsc();
@@ -386,16 +403,23 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 }
                 g.vp.running.store(false, Ordering::Release);
             }
-            Choice::Idle => {
-                // A root timer due before the host's next tick: wait awake.
-                match vapic.deadline() {
-                    Some(d) if root_if && d < cpu::rdtsc() + slice => {
-                        while cpu::rdtsc() < d {
-                            cpu::pause();
-                        }
-                    }
-                    _ => cpu::sleep_until_interrupt(),
+            Choice::Idle(next_timer) => {
+                // Asleep until the first thing due: the guests' synthetic
+                // and APIC timers, the root's timer (if it can take it), the
+                // window that frees a VP held at its limit. IPIs from other
+                // LPs (a kick) wake it as well.
+                let now = cpu::rdtsc();
+                let mut wake = earliest(next_timer, scheduler.next_window());
+                if root_if {
+                    wake = earliest(wake, vapic.deadline());
                 }
+                for g in &guests {
+                    wake = earliest(wake, g.vapic.deadline());
+                }
+                let recheck = now + tsc_hz * IDLE_RECHECK_US / 1_000_000;
+                let wake = wake.map_or(recheck, |w| w.min(recheck));
+                apic::arm_timer(host_timer.arm_at(wake, now));
+                cpu::sleep_until_interrupt();
             }
         }
     }
@@ -403,13 +427,18 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
 
 /// Makes guest VP `g` run once (creating its VMCS/VMCB the first time,
 /// loading a context the root changed). `None` if it may not run after all.
+///
+/// `deadline`: the root's next timer or the VP's limit; `timer`: the host
+/// timer, which (SVM, without a preemption timer) ends the VP's run at the
+/// earliest of those, the VP's own timers and the end of its slice.
 fn enter_guest(
     root: &RootPartition,
-    caps: &Caps,
     g: &mut Local,
     active: &mut Active,
     root_deadline: Option<u64>,
+    timer: (&Caps, &mut OneShot, u64),
 ) -> Option<vcpu::Exit> {
+    let (caps, host_timer, slice_end) = timer;
     let timer_deadline = g.expire_timers(root);
     {
         // Checked under the same lock that `running` is set under: a
@@ -463,10 +492,15 @@ fn enter_guest(
         }
     }
     g.offer_eoi_assist(root);
-    // The root's timer and the VP's own preempt it (VMX; SVM: the host tick).
+    // The root's timer and the VP's own preempt it (VMX: the preemption
+    // timer, within the slice; SVM: the host timer).
     let own = earliest(g.vapic.deadline(), timer_deadline);
+    let deadline = earliest(root_deadline, own);
     let v = g.vcpu.as_mut()?;
-    v.set_timer_deadline(earliest(root_deadline, own));
+    match caps {
+        Caps::Vmx(_) => v.set_timer_deadline(deadline),
+        _ => arm_by(host_timer, deadline.map_or(slice_end, |d| d.min(slice_end))),
+    }
     let exceptions = g.part.exception_intercepts.load(Ordering::Acquire);
     if exceptions != g.exceptions {
         v.set_exception_intercepts(exceptions);
@@ -508,6 +542,14 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             debug: DebugState::initial(0),
             eoi_assist: false,
         });
+    }
+}
+
+/// Makes the host timer fire by `deadline` (TSC), keeping an armed one that
+/// fires first.
+fn arm_by(timer: &mut OneShot, deadline: u64) {
+    if let Some(count) = timer.arm_by(deadline, cpu::rdtsc()) {
+        apic::arm_timer(count);
     }
 }
 

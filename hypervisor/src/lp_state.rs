@@ -27,6 +27,9 @@ pub struct LpState {
     /// A VP here was deleted or its context asked for: the LP looks at its
     /// VPs (set after the VP's own flag; one load per loop otherwise).
     pub chores: AtomicBool,
+    /// Its host timer interrupted (set by the interrupt handler, taken by
+    /// the LP loop: the one-shot timer is no longer armed).
+    pub timer_fired: AtomicBool,
 }
 
 impl LpState {
@@ -45,6 +48,7 @@ static LPS: [LpState; MAX_LPS] = [const {
         guest_vps: AtomicU32::new(0),
         inbox_count: AtomicU32::new(0),
         chores: AtomicBool::new(false),
+        timer_fired: AtomicBool::new(false),
     }
 }; MAX_LPS];
 

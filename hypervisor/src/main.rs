@@ -300,6 +300,7 @@ pub fn host_info(root: &root::RootPartition) -> hv_abi::HostInfo {
         hypervisor_bytes: root.hypervisor_bytes,
         hypervisor_free_bytes: memory::free_bytes(),
         tsc_hz: time::tsc_hz(),
+        lp0_apic_id: lp_state::get(0).apic_id.load(Ordering::Relaxed),
     }
 }
 
@@ -380,12 +381,26 @@ fn fatal(args: core::fmt::Arguments) -> ! {
     power::fail()
 }
 
-/// Every interrupt and exception: the host timer is acknowledged; anything
-/// else is reported (vector, error code, RIP, CR2, registers, processor) and
+/// Every interrupt and exception: the host timer and a kick are
+/// acknowledged (the timer noted for the LP loop), a device interrupt of the
+/// root acknowledged and handed to the root VP on this LP; anything else is
+/// reported (vector, error code, RIP, CR2, registers, processor) and
 /// the machine powers off with failure.
 #[no_mangle]
 extern "C" fn interrupt_entry(f: &idt::TrapFrame) {
+    if f.vector <= 0xFF && hv_abi::ROOT_DEVICE_VECTORS.contains(&(f.vector as u8)) {
+        // A device the root programmed: acknowledged here, the root's own
+        // interrupt from here on (edge-triggered: nothing is left asserted).
+        apic::eoi();
+        root::raise_interrupt(percpu::index(), f.vector as u8);
+        return;
+    }
     if f.vector == idt::HOST_TIMER_VECTOR || f.vector == idt::HOST_KICK_VECTOR {
+        if f.vector == idt::HOST_TIMER_VECTOR {
+            lp_state::get(percpu::index())
+                .timer_fired
+                .store(true, Ordering::Release);
+        }
         apic::eoi();
         return;
     }

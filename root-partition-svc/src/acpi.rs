@@ -279,6 +279,79 @@ pub fn read_platform(mem: &dyn PhysMem, rsdp_addr: u64) -> Result<Platform, Acpi
     })
 }
 
+/// Where an ISA interrupt line reaches the I/O APICs (MADT, ACPI 6.5
+/// section 5.2.12): the I/O APIC's registers, its input pin, and the
+/// line's polarity and trigger mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsaRoute {
+    pub io_apic: u64,
+    pub pin: u32,
+    pub active_low: bool,
+    pub level: bool,
+}
+
+/// The MADT (signature "APIC") through the RSDP at `rsdp_addr`, whole.
+pub fn read_madt(mem: &dyn PhysMem, rsdp_addr: u64) -> Result<Option<&[u8]>, AcpiError> {
+    let root = bootinfo::read_rsdp(&Reader(mem), rsdp_addr).ok_or(AcpiError::BadRsdp)?;
+    match find_table(mem, root.revision, root.table_address, "APIC")? {
+        Some(addr) => table(mem, addr, "APIC").map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Where ISA IRQ `irq` goes, from the MADT's bytes: its GSI is `irq` unless
+/// an interrupt source override says otherwise (with its polarity and
+/// trigger; ISA's own are active high, edge); the I/O APIC is the one whose
+/// GSI range holds it. `None` if no I/O APIC does, or the table is short.
+pub fn isa_irq_route(madt: &[u8], irq: u8) -> Option<IsaRoute> {
+    // Entries follow the header and the local APIC address and flags.
+    let mut entries = madt.get(HEADER + 8..)?;
+    let mut gsi = irq as u32;
+    let (mut active_low, mut level) = (false, false);
+    let mut io_apics: [Option<(u64, u32)>; 8] = [None; 8];
+    let mut n = 0;
+    while let [kind, len, ..] = *entries {
+        let len = len as usize;
+        if len < 2 || len > entries.len() {
+            break;
+        }
+        let e = &entries[..len];
+        match (kind, len) {
+            // I/O APIC: ID, reserved, address (u32), GSI base (u32).
+            (1, 12) => {
+                if let Some(slot) = io_apics.get_mut(n) {
+                    *slot = Some((u32_at(e, 4)? as u64, u32_at(e, 8)?));
+                    n += 1;
+                }
+            }
+            // Interrupt source override: bus 0 (ISA), source, GSI, flags.
+            (2, 10) if e[2] == 0 && e[3] == irq => {
+                gsi = u32_at(e, 4)?;
+                let flags = u16::from_le_bytes([e[8], e[9]]);
+                // Polarity bits 1:0 and trigger bits 3:2; 0 = the bus's own.
+                active_low = flags & 0b11 == 0b11;
+                level = (flags >> 2) & 0b11 == 0b11;
+            }
+            _ => {}
+        }
+        entries = &entries[len..];
+    }
+    // The I/O APIC with the highest base at or below the GSI.
+    let (io_apic, base) = io_apics
+        .iter()
+        .flatten()
+        .filter(|(_, base)| *base <= gsi)
+        .max_by_key(|(_, base)| *base)?;
+    let pin = gsi - base;
+    // An I/O APIC has at most 240 inputs (its version register says how many).
+    (pin < 240).then_some(IsaRoute {
+        io_apic: *io_apic,
+        pin,
+        active_low,
+        level,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,5 +531,100 @@ mod tests {
             value: 2,
         };
         assert_eq!(r.pci_location(), (0x1F, 3, 0x4C));
+    }
+
+    /// A MADT: the header, the local APIC address and flags, then `entries`.
+    fn madt(entries: &[&[u8]]) -> Vec<u8> {
+        let len = HEADER + 8 + entries.iter().map(|e| e.len()).sum::<usize>();
+        let mut t = header(b"APIC", len);
+        let mut at = HEADER + 8;
+        for e in entries {
+            t[at..at + e.len()].copy_from_slice(e);
+            at += e.len();
+        }
+        t
+    }
+
+    fn io_apic(address: u32, gsi_base: u32) -> Vec<u8> {
+        let mut e = std::vec![1u8, 12, 0, 0];
+        e.extend_from_slice(&address.to_le_bytes());
+        e.extend_from_slice(&gsi_base.to_le_bytes());
+        e
+    }
+
+    fn source_override(source: u8, gsi: u32, flags: u16) -> Vec<u8> {
+        let mut e = std::vec![2u8, 10, 0, source];
+        e.extend_from_slice(&gsi.to_le_bytes());
+        e.extend_from_slice(&flags.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn an_isa_irq_without_override_is_its_own_gsi_active_high_edge() {
+        let local_apic = [0u8, 8, 0, 0, 1, 0, 0, 0];
+        let t = madt(&[
+            &local_apic,
+            &io_apic(0xFEC0_0000, 0),
+            &source_override(0, 2, 0),
+        ]);
+        assert_eq!(
+            isa_irq_route(&t, 4),
+            Some(IsaRoute {
+                io_apic: 0xFEC0_0000,
+                pin: 4,
+                active_low: false,
+                level: false
+            })
+        );
+        assert_eq!(
+            isa_irq_route(&t, 0).map(|r| r.pin),
+            Some(2),
+            "IRQ 0 on pin 2"
+        );
+    }
+
+    #[test]
+    fn an_override_names_the_gsi_polarity_and_trigger_and_the_io_apic_that_holds_it() {
+        let t = madt(&[
+            &io_apic(0xFEC0_0000, 0),
+            &io_apic(0xFEC0_1000, 24),
+            &source_override(4, 26, 0b1111),
+        ]);
+        assert_eq!(
+            isa_irq_route(&t, 4),
+            Some(IsaRoute {
+                io_apic: 0xFEC0_1000,
+                pin: 2,
+                active_low: true,
+                level: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_madt_without_an_io_apic_or_with_bad_entries_routes_nothing() {
+        assert_eq!(isa_irq_route(&madt(&[]), 4), None);
+        assert_eq!(
+            isa_irq_route(&[0u8; 10], 4),
+            None,
+            "shorter than its header"
+        );
+        // A zero length entry ends the walk rather than looping.
+        let t = madt(&[&[9u8, 0, 0, 0], &io_apic(0xFEC0_0000, 0)]);
+        assert_eq!(isa_irq_route(&t, 4), None);
+        // An entry running past the table's end is not read.
+        let mut t = madt(&[&io_apic(0xFEC0_0000, 0)]);
+        t.truncate(t.len() - 1);
+        assert_eq!(isa_irq_route(&t, 4), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes: no panic, and a route names a pin below 240.
+        #[test]
+        fn any_madt_bytes_are_safe(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), irq in 0u8..16) {
+            if let Some(r) = isa_irq_route(&bytes, irq) {
+                proptest::prop_assert!(r.pin < 240);
+            }
+        }
     }
 }

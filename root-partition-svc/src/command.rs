@@ -43,6 +43,7 @@ pub enum Command<'a> {
     DebugTimer,
     /// Send an IPI to every other VP and count the answers.
     DebugIpi,
+    DebugSerial,
     /// Sum up the root's own page tables (W^X, page 0, guard pages).
     DebugPageTables,
     /// Recurse until the stack's guard page stops the root (a test of the
@@ -157,7 +158,11 @@ pub const HELP: &[(&str, &str)] = &[
     ("debug fpu", "check that XMM0-15 survive 1000 VM exits"),
     (
         "debug timer",
-        "take 10 interrupts from the x2APIC timer (1 ms period)",
+        "take 10 interrupts from the x2APIC timer (the idle tick's period)",
+    ),
+    (
+        "debug serial",
+        "how many interrupts COM1's input raised (routed through the I/O APIC), or why it is polled",
     ),
     (
         "debug ipi",
@@ -178,7 +183,7 @@ pub const HELP: &[(&str, &str)] = &[
 ];
 
 const HOST_USAGE: &str = "host info | host stats | host disk | host modules | host log [--follow]";
-const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug ipi | debug pagetables | debug overflow | debug bad-start NAME";
+const DEBUG_USAGE: &str = "debug read ADDR | debug fpu | debug timer | debug serial | debug ipi | debug pagetables | debug overflow | debug bad-start NAME";
 const SWITCH_USAGE: &str = "switch new NAME [--external] | switch list | switch show NAME";
 const BENCH_USAGE: &str = "bench exits [N] | bench disk [MIB]";
 
@@ -368,6 +373,7 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             Some("fpu") => (Command::DebugFpu, "debug fpu"),
             Some("timer") => (Command::DebugTimer, "debug timer"),
             Some("ipi") => (Command::DebugIpi, "debug ipi"),
+            Some("serial") => (Command::DebugSerial, "debug serial"),
             Some("overflow") => (Command::DebugOverflow, "debug overflow"),
             Some("pagetables") => (Command::DebugPageTables, "debug pagetables"),
             Some("bad-start") => match words.next() {
@@ -522,7 +528,7 @@ mod tests {
         );
         assert_eq!(
             parse("debug write 1").unwrap_err().to_string(),
-            "unknown debug command \"write\"; usage: debug read ADDR | debug fpu | debug timer | debug ipi | debug pagetables | debug overflow | debug bad-start NAME"
+            "unknown debug command \"write\"; usage: debug read ADDR | debug fpu | debug timer | debug serial | debug ipi | debug pagetables | debug overflow | debug bad-start NAME"
         );
         // Control characters are shown escaped, the message stays one line.
         let msg = parse("a\u{1b}b").unwrap_err().to_string();
@@ -648,6 +654,7 @@ mod tests {
     fn apic_debug_commands() {
         assert_eq!(parse("debug timer"), Ok(Command::DebugTimer));
         assert_eq!(parse("debug ipi"), Ok(Command::DebugIpi));
+        assert_eq!(parse("debug serial"), Ok(Command::DebugSerial));
         assert_eq!(
             parse("debug ipi 3"),
             Err(ParseError::ExtraArgument {

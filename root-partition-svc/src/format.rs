@@ -376,6 +376,7 @@ mod tests {
             hypervisor_bytes: 40 << 20,
             hypervisor_free_bytes: (7 << 20) + (1 << 19),
             tsc_hz: 2_994_000_000,
+            lp0_apic_id: 0,
         };
         let mut s = String::new();
         host_info(&mut s, &info, &hv()).unwrap();

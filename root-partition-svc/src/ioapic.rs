@@ -189,6 +189,23 @@ impl IoApic {
     }
 }
 
+/// The redirection entry the root writes into the machine's own I/O APIC
+/// for one of its devices: fixed delivery of `vector` to the processor with
+/// physical APIC ID `dest`, edge-triggered, unmasked (`masked`: the same,
+/// masked, written first while the entry changes).
+pub fn device_entry(vector: u8, dest: u8, active_low: bool, masked: bool) -> u64 {
+    u64::from(vector)
+        | if active_low { entry::ACTIVE_LOW } else { 0 }
+        | if masked { entry::MASKED } else { 0 }
+        | u64::from(dest) << entry::DEST_SHIFT
+}
+
+/// The register index of redirection entry `pin`'s low half (the high
+/// half's is one more).
+pub fn redirection_register(pin: u32) -> u32 {
+    0x10 + 2 * pin
+}
+
 /// The redirection entry and half (`true`: bits 63:32) register `index`
 /// names.
 fn redirection_half(index: u8) -> Option<(usize, bool)> {
@@ -240,6 +257,31 @@ mod tests {
         let mut io2 = io.clone();
         io2.write(IOREGSEL, index);
         io2.read(IOWIN)
+    }
+
+    #[test]
+    fn a_device_entry_is_a_fixed_edge_delivery_to_its_destination() {
+        let mut io = IoApic::new();
+        let pin = redirection_register(4);
+        assert_eq!(pin, 0x18);
+        let e = device_entry(0x50, 3, false, false);
+        program(&mut io, 4, e);
+        assert_eq!(
+            io.set_line(4, true),
+            Some(Ok(Delivery {
+                vector: 0x50,
+                destination: Destination::Vp(3)
+            }))
+        );
+        program(&mut io, 5, device_entry(0x51, 0, true, true));
+        assert_eq!(io.set_line(5, false), None, "masked");
+        program(&mut io, 5, device_entry(0x51, 0, true, false));
+        io.set_line(5, true);
+        assert_eq!(
+            io.set_line(5, false).map(|d| d.map(|d| d.vector)),
+            Some(Ok(0x51)),
+            "active low: the falling edge"
+        );
     }
 
     #[test]

@@ -114,13 +114,15 @@ impl Machine {
 }
 
 /// What the root shell must show for the script `host info`, `debug timer`,
-/// `debug ipi`, `host stats`, `debug fpu`, `debug pagetables`, `bogus`,
-/// `shutdown` (formats in docs/root-partition.md): the virtual APIC's timer
-/// and IPIs reach the root; its page tables are W^X, without page 0, with
-/// guard pages.
+/// `debug ipi`, `host stats`, `debug serial`, `debug fpu`, `debug
+/// pagetables`, `bogus`, `shutdown` (formats in docs/root-partition.md): the
+/// virtual APIC's timer and IPIs reach the root; the lines typed raised
+/// COM1's interrupt, which the hypervisor handed to the root; its page
+/// tables are W^X, without page 0, with guard pages.
 pub const ROOT_SHELL_SHOWS: &[&str] = &[
     "Microsoft Hv",
     "timer: ok",
+    "serial: ok, ",
     "ipi: ok",
     "fpu: ok",
     "writable and executable: 0; page 0: not mapped; guard pages: ",
@@ -183,6 +185,9 @@ pub struct Case {
     pub with_root: bool,
     /// Lines typed at the root shell, one per prompt.
     pub script: Vec<String>,
+    /// Lines the root runs before its first prompt (its `startup` module,
+    /// as `cargo xtask run --guest linux` uses it).
+    pub startup: Vec<String>,
     /// Load the test guests (`tests/guests`) as boot modules, named by their binaries.
     pub with_guests: bool,
     /// Load the Linux test kit (Debian's kernel as module `linux`, the
@@ -301,17 +306,28 @@ fn case(machine: Machine, expect: Expect, suffix: &str) -> Case {
         timeout_secs,
         with_root: false,
         script: Vec::new(),
+        startup: Vec::new(),
         with_guests: false,
         with_linux: false,
         host_disk: None,
     }
 }
 
-/// A case that boots the root partition and types `script` at its shell.
+/// Marks a script line that goes into the root's `startup` module instead
+/// of being typed.
+const STARTUP_LINE: &str = "startup: ";
+
+/// A case that boots the root partition and types `script` at its shell
+/// (lines marked `STARTUP_LINE` run from its `startup` module instead).
 fn root_case(machine: Machine, expect: Expect, suffix: &str, script: &[&str]) -> Case {
     let mut c = case(machine, expect, suffix);
     c.with_root = true;
-    c.script = script.iter().map(|s| s.to_string()).collect();
+    for line in script {
+        match line.strip_prefix(STARTUP_LINE) {
+            Some(l) => c.startup.push(l.to_string()),
+            None => c.script.push(line.to_string()),
+        }
+    }
     c.timeout_secs += 120;
     c
 }
@@ -1451,10 +1467,12 @@ fn guest_tests() -> Vec<GuestTest> {
             "-guest-crash",
             1,
             256,
+            // Run from the startup module: its `vm wait` needs the root's
+            // interrupts on before the first prompt.
             &[
-                "vm new cr --memory 4M --image crash",
-                "vm start cr",
-                "vm wait cr",
+                "startup: vm new cr --memory 4M --image crash",
+                "startup: vm start cr",
+                "startup: vm wait cr 30",
                 "vm console cr --log",
                 "shutdown",
             ],
@@ -1901,6 +1919,7 @@ pub fn matrix() -> Vec<Case> {
         "debug timer",
         "debug ipi",
         "host stats",
+        "debug serial",
         "debug fpu",
         "debug pagetables",
         "bogus",

@@ -215,6 +215,12 @@ fn run_case(
     if case.with_guests {
         modules.extend(art.guests.iter().cloned());
     }
+    if !case.startup.is_empty() {
+        std::fs::create_dir_all(&dir)?;
+        let startup = dir.join("startup");
+        std::fs::write(&startup, case.startup.join("\n") + "\n")?;
+        modules.push((startup, "startup".to_string()));
+    }
     if case.with_linux {
         match kit {
             Some(Ok(kit)) => modules.extend(kit.modules()),

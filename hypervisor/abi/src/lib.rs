@@ -289,7 +289,20 @@ pub struct HostInfo {
     /// Memory the hypervisor can still hand out.
     pub hypervisor_free_bytes: u64,
     pub tsc_hz: u64,
+    /// The physical local APIC ID of LP 0, where root VP 0 runs: the
+    /// destination the root gives its devices' interrupts
+    /// ([`ROOT_DEVICE_VECTORS`]).
+    pub lp0_apic_id: u32,
 }
+
+/// Physical interrupt vectors the hypervisor hands to the root: one that
+/// arrives at an LP is acknowledged there and requested in the root VP that
+/// runs on that LP, as its own interrupt with the same vector. The root
+/// programs its devices (through the I/O APIC it owns) with these vectors,
+/// edge-triggered: the hypervisor acknowledges at once, so a level-triggered
+/// line still asserted would interrupt again and again. Other vectors are the
+/// hypervisor's own (0xF0 and up) or a fault.
+pub const ROOT_DEVICE_VECTORS: core::ops::RangeInclusive<u8> = 0x50..=0xDF;
 
 impl HostInfo {
     pub const SIZE: usize = 64;
@@ -308,7 +321,8 @@ impl HostInfo {
         c.put(&self.hypervisor_bytes.to_le_bytes())?;
         c.put(&self.hypervisor_free_bytes.to_le_bytes())?;
         c.put(&self.tsc_hz.to_le_bytes())?;
-        c.put(&[0; 8])
+        c.put(&self.lp0_apic_id.to_le_bytes())?;
+        c.put(&[0; 4])
     }
 
     pub fn decode(b: &[u8]) -> Option<Self> {
@@ -344,6 +358,7 @@ impl HostInfo {
             hypervisor_bytes: u64::from_le_bytes(get(b, &mut at)?),
             hypervisor_free_bytes: u64::from_le_bytes(get(b, &mut at)?),
             tsc_hz: u64::from_le_bytes(get(b, &mut at)?),
+            lp0_apic_id: u32::from_le_bytes(get(b, &mut at)?),
         })
     }
 }
@@ -728,6 +743,7 @@ mod tests {
             hypervisor_bytes: 8 << 20,
             hypervisor_free_bytes: 4 << 20,
             tsc_hz: 2_000_000_000,
+            lp0_apic_id: 7,
         };
         let mut page = [0u8; 4096];
         h.encode(&mut page).unwrap();

@@ -14,6 +14,7 @@ pub mod cpuid_policy;
 pub mod elf;
 pub mod exceptions;
 pub mod frame_alloc;
+pub mod host_timer;
 pub mod hypercall;
 pub mod hypercall_msrs;
 pub mod lifecycle;

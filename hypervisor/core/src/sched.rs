@@ -41,6 +41,9 @@ pub struct Scheduler {
     window_start: u64,
     /// The highest virtual runtime charged so far.
     floor: u64,
+    /// The last pick skipped a runnable VP at its limit: it runs again in
+    /// the next window (`next_window`).
+    throttled: bool,
 }
 
 impl Scheduler {
@@ -50,6 +53,7 @@ impl Scheduler {
             slice,
             window_start: now,
             floor: 0,
+            throttled: false,
         }
     }
 
@@ -58,6 +62,7 @@ impl Scheduler {
     /// or not runnable are skipped. Starts a new window when the last one
     /// is over.
     pub fn pick<C: Candidate>(&mut self, now: u64, vps: &mut [C]) -> Option<usize> {
+        self.throttled = false;
         if vps.is_empty() {
             return None;
         }
@@ -65,9 +70,9 @@ impl Scheduler {
             self.window_start = now;
             for v in vps.iter_mut() {
                 // A run past the limit is paid back in the next window:
-                // where preemption comes only at the host's tick (SVM), a
-                // VP overshoots by up to a tick, and the limit must still
-                // hold on average.
+                // preemption comes a little after the limit is reached (the
+                // exit's latency; the host timer's whole counts), and the
+                // limit must still hold on average.
                 let limit = self.share(v.controls().limit);
                 let a = v.account();
                 a.window_used = a.window_used.saturating_sub(limit);
@@ -82,6 +87,7 @@ impl Scheduler {
             let c = v.controls();
             let a = v.account();
             if a.window_used >= self.share(c.limit) {
+                self.throttled = true;
                 continue;
             }
             a.vruntime = a.vruntime.max(low);
@@ -93,6 +99,13 @@ impl Scheduler {
             };
         }
         best.map(|(_, _, i)| i)
+    }
+
+    /// When the LP must pick again although nothing wakes a VP: the next
+    /// window, if the last pick held back a runnable VP at its limit.
+    pub fn next_window(&self) -> Option<u64> {
+        self.throttled
+            .then(|| self.window_start.saturating_add(self.window))
     }
 
     /// How long a VP with `controls` may run from now before it reaches its
@@ -189,7 +202,15 @@ mod tests {
                     ran[i] += t;
                     now += t;
                 }
-                None => now += SLICE, // idle
+                // Idle: the LP sleeps until the next window if a VP waits
+                // for it (nothing else wakes these VPs).
+                None => match s.next_window() {
+                    Some(w) => {
+                        assert!(w > now, "the window that frees a VP is ahead");
+                        now = w;
+                    }
+                    None => now += SLICE,
+                },
             }
         }
         ran.iter().map(|&r| r as f64 / now as f64).collect()
@@ -238,6 +259,26 @@ mod tests {
             vps[1].account.vruntime,
             vps[0].account.vruntime - SLICE,
             "raised to the floor less a slice"
+        );
+    }
+
+    #[test]
+    fn a_throttled_vp_names_the_window_that_frees_it() {
+        let mut s = Scheduler::new(WINDOW, SLICE, 0);
+        let mut vps = [vp(0, 10, 100)];
+        assert_eq!(s.pick(0, &mut vps), Some(0));
+        assert_eq!(s.next_window(), None, "it runs: nothing to wait for");
+        let c = vps[0].controls;
+        s.charge(&mut vps[0].account, c, WINDOW / 10);
+        assert_eq!(s.pick(WINDOW / 10, &mut vps), None, "at its limit");
+        assert_eq!(s.next_window(), Some(WINDOW));
+        assert_eq!(s.pick(WINDOW, &mut vps), Some(0), "free in the next window");
+        vps[0].awake = false;
+        assert_eq!(s.pick(WINDOW + 1, &mut vps), None);
+        assert_eq!(
+            s.next_window(),
+            None,
+            "asleep: its wake-up is not the scheduler's"
         );
     }
 

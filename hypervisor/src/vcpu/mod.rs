@@ -247,9 +247,6 @@ pub struct StartState {
 
 /// How long a VP runs before the hypervisor takes the processor back.
 pub const TIME_SLICE_US: u64 = 10_000;
-/// The host's periodic tick: it ends slices on SVM (which has no preemption
-/// timer) and bounds how far a VP can overrun its limit.
-pub const HOST_TICK_US: u64 = 2_000;
 
 /// Initial control registers of a 64-bit VP.
 pub const START_CR0: u64 = 0x8000_0033; // PG, NE, ET, MP, PE (+ WP below)
@@ -749,7 +746,7 @@ impl Vcpu {
     }
 
     /// The TSC at which the VP's virtual timer needs the hypervisor (VMX: the
-    /// preemption timer is shortened to it; SVM: the host timer's ticks, `HOST_TICK_US`).
+    /// preemption timer is shortened to it; SVM: the LP's one-shot host timer, `lp.rs`).
     pub fn set_timer_deadline(&mut self, deadline: Option<u64>) {
         if let Vcpu::Vmx(v) = self {
             v.set_timer_deadline(deadline);

@@ -119,17 +119,23 @@ pub fn eoi() {
     write(REG_EOI, 0);
 }
 
-/// Starts this processor's APIC timer, periodic, every `period_us`, on
-/// `vector`. The timer's rate is measured against the TSC first.
-pub fn start_periodic_timer(vector: u8, period_us: u64) {
+/// Sets this processor's APIC timer up one-shot on `vector`, stopped, and
+/// returns its rate (counts per millisecond, measured against the TSC).
+pub fn start_oneshot_timer(vector: u8) -> u64 {
     write(REG_TIMER_DIVIDE, 0x3); // divide by 16
     write(REG_LVT_TIMER, 1 << 16); // masked while measuring
     write(REG_TIMER_INITIAL, u32::MAX as u64);
     crate::time::delay_us(1000);
     let per_ms = u32::MAX as u64 - read(REG_TIMER_CURRENT);
-    let count = (per_ms * period_us / 1000).clamp(1, u32::MAX as u64);
-    write(REG_LVT_TIMER, vector as u64 | 1 << 17); // periodic
-    write(REG_TIMER_INITIAL, count);
+    write(REG_TIMER_INITIAL, 0); // stopped until armed
+    write(REG_LVT_TIMER, vector as u64); // one-shot, unmasked
+    per_ms.max(1)
+}
+
+/// Starts the one-shot timer counting `count` down (a new count replaces
+/// the one running; its interrupt comes at 0).
+pub fn arm_timer(count: u32) {
+    write(REG_TIMER_INITIAL, count as u64);
 }
 
 /// A fixed interrupt with `vector` to the processor with APIC ID `dest`.

@@ -2,9 +2,11 @@
 //!
 //! Every vector has a 16-byte stub that pushes a uniform frame (a zero error
 //! code where the processor pushes none, and the vector) and jumps to common
-//! code that saves the general registers and calls `interrupt_entry`. The one
-//! vector the host expects is its own timer ([`HOST_TIMER_VECTOR`], which
-//! returns); every other vector is a fatal report naming the processor.
+//! code that saves the general registers and calls `interrupt_entry`. The
+//! vectors the host expects return: its own timer ([`HOST_TIMER_VECTOR`]),
+//! a kick ([`HOST_KICK_VECTOR`]) and the root's device interrupts
+//! (`hv_abi::ROOT_DEVICE_VECTORS`, handed on to the root VP); every other
+//! vector is a fatal report naming the processor.
 use super::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CODE};
 use core::arch::global_asm;
 

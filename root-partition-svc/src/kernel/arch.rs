@@ -3,6 +3,7 @@
 //! the MSRs used are the hypervisor's synthetic ones, which the hypervisor
 //! emulates).
 use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 pub fn outb(port: u16, v: u8) {
     // SAFETY: the root owns the I/O ports; a port write touches no memory.
@@ -174,11 +175,29 @@ pub fn take_interrupts() {
     unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
 }
 
-/// The idle root wakes this often to look at the serial port (µs).
-pub const IDLE_TICK_US: u64 = 1000;
+/// How often the idle root wakes while it polls COM1 (µs): often enough
+/// that the UART's 16-byte FIFO does not overflow at 115200 baud (11.5
+/// bytes a millisecond) when a line is pasted.
+pub const POLLED_TICK_US: u64 = 1_000;
+/// How often it wakes when COM1's input interrupts (µs): for what is still
+/// polled (the host NIC's receive queue, VMBus housekeeping).
+pub const INTERRUPT_TICK_US: u64 = 10_000;
 
-/// Starts this VP's x2APIC timer, periodic every [`IDLE_TICK_US`] on
-/// `vector`: it wakes the idle shell to poll the serial port.
+/// The idle timer's period in use (µs): `POLLED_TICK_US` until COM1's
+/// interrupt is routed.
+static IDLE_TICK_US: AtomicU64 = AtomicU64::new(POLLED_TICK_US);
+
+pub fn idle_tick_us() -> u64 {
+    IDLE_TICK_US.load(Ordering::Relaxed)
+}
+
+/// Sets the idle timer's period, from its next start.
+pub fn set_idle_tick_us(us: u64) {
+    IDLE_TICK_US.store(us, Ordering::Relaxed);
+}
+
+/// Starts this VP's x2APIC timer, periodic every [`idle_tick_us`] on
+/// `vector`: it wakes the idle shell for what it polls.
 pub fn start_idle_timer(tsc_hz: u64, vector: u8) {
     // SAFETY: x2APIC registers of this VP's (virtual) APIC: enable (SVR),
     // divide by 1, periodic on `vector`, initial count.
@@ -188,7 +207,7 @@ pub fn start_idle_timer(tsc_hz: u64, vector: u8) {
         wrmsr(0x832, (1 << 17) | vector as u64);
         wrmsr(
             0x838,
-            (tsc_hz / 1_000_000 * IDLE_TICK_US).clamp(1, u32::MAX as u64),
+            (tsc_hz / 1_000_000 * idle_tick_us()).clamp(1, u32::MAX as u64),
         );
     }
 }

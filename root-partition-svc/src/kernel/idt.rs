@@ -90,6 +90,7 @@ extern "C" {
     fn root_irq_ipi();
     fn root_irq_sint();
     fn root_irq_vmbus();
+    fn root_irq_serial();
 }
 
 /// Interrupts from the virtual APIC's timer, counted by `root_irq_timer`.
@@ -107,6 +108,11 @@ pub const VMBUS_VECTOR: u8 = 0x43;
 /// VMBus SINT interrupts taken: the worker reads the VMBus slot and flags
 /// only after one (or at its housekeeping tick).
 pub static VMBUS_SINTS: AtomicU64 = AtomicU64::new(0);
+/// COM1's receive interrupt, from the machine's I/O APIC through the
+/// hypervisor (the first of `hv_abi::ROOT_DEVICE_VECTORS`).
+pub const SERIAL_VECTOR: u8 = 0x50;
+/// COM1 interrupts taken: each wakes the idle shell to read the UART.
+pub static SERIAL_IRQS: AtomicU64 = AtomicU64::new(0);
 /// Set once VP 0 has built the IDT: the other VPs then load it.
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -137,7 +143,15 @@ global_asm!(
     "root_irq_vmbus:",
     "    lock inc qword ptr [rip + {vmbus_sints}]",
     "    iretq",
+    ".global root_irq_serial",
+    "root_irq_serial:",
+    "    push rax", "push rcx", "push rdx",
+    "    lock inc qword ptr [rip + {serial_irqs}]",
+    "    mov ecx, 0x80B", "xor eax, eax", "xor edx, edx", "wrmsr",
+    "    pop rdx", "pop rcx", "pop rax",
+    "    iretq",
     ".text",
+    serial_irqs = sym SERIAL_IRQS,
     ticks = sym TIMER_TICKS,
     ipis = sym IPIS,
     sints = sym SINTS,
@@ -242,6 +256,7 @@ pub fn init() {
         (IPI_VECTOR as usize, root_irq_ipi as *const () as u64),
         (SINT_VECTOR as usize, root_irq_sint as *const () as u64),
         (VMBUS_VECTOR as usize, root_irq_vmbus as *const () as u64),
+        (SERIAL_VECTOR as usize, root_irq_serial as *const () as u64),
     ];
     for (v, stub) in stubs.iter().copied().enumerate().chain(irqs) {
         let ist = if matches!(v, 2 | 8 | 18) { ist } else { 0 };

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod arch;
+mod device_irq;
 mod fpu;
 mod guest_ring;
 mod heap;

@@ -31,6 +31,26 @@ impl Identity {
         Some(v)
     }
 
+    /// Reads a 32-bit device register (MMIO, aligned) at `addr`.
+    pub fn mmio_read_u32(&self, addr: u64) -> Option<u32> {
+        if !self.covers(addr, 4) || !addr.is_multiple_of(4) {
+            return None;
+        }
+        // SAFETY: identity-mapped and aligned (checked above); the caller
+        // names a device register the firmware's tables gave it.
+        Some(unsafe { core::ptr::read_volatile(addr as *const u32) })
+    }
+
+    /// Writes a 32-bit device register (MMIO, aligned) at `addr`.
+    pub fn mmio_write_u32(&self, addr: u64, v: u32) -> bool {
+        if !self.covers(addr, 4) || !addr.is_multiple_of(4) {
+            return false;
+        }
+        // SAFETY: as in `mmio_read_u32`.
+        unsafe { core::ptr::write_volatile(addr as *mut u32, v) };
+        true
+    }
+
     /// Writes one byte (the ACPI reset register in memory space).
     pub fn write_u8(&self, addr: u64, v: u8) -> bool {
         if !self.covers(addr, 1) {

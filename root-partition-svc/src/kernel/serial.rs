@@ -1,4 +1,6 @@
-//! COM1 (0x3F8), polled: the root owns the port and runs with interrupts off.
+//! COM1 (0x3F8): the root owns the port. Its output is written polled; its
+//! input is read polled too, woken by the UART's receive interrupt once
+//! that is routed (`device_irq`), else by the idle timer.
 use crate::arch::{inb, outb};
 use core::fmt;
 
@@ -21,6 +23,15 @@ pub fn init() {
     outb(LCR, 0x03); // 8N1
     outb(FCR, 0xC7); // FIFOs on and cleared, 14-byte threshold
     outb(MCR, 0x03); // DTR, RTS; OUT2 off: no interrupt line
+}
+
+/// Lets received bytes raise COM1's interrupt line: the receive-data
+/// interrupt alone, at every byte (FIFO threshold 1), OUT2 on (it gates the
+/// line on PC-compatible boards).
+pub fn enable_receive_interrupt() {
+    outb(FCR, 0x07); // FIFOs on and cleared, 1-byte threshold
+    outb(MCR, 0x0B); // DTR, RTS, OUT2
+    outb(IER, 0x01); // received data available
 }
 
 pub fn write_byte(b: u8) {

@@ -20,6 +20,8 @@ struct Shell {
     acpi: Option<Platform>,
     tsc_hz: u64,
     vp_count: u32,
+    /// Where COM1's interrupt was routed, or why it was not.
+    serial_route: Result<acpi::IsaRoute, &'static str>,
 }
 
 pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
@@ -47,17 +49,43 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
             None
         }
     };
-    let tsc_hz = host_info()
-        .ok()
+    let info = host_info().ok();
+    let tsc_hz = info
         .map(|i| i.tsc_hz)
         .filter(|&h| h != 0)
         .unwrap_or(FALLBACK_TSC_HZ);
+    // COM1's input on its interrupt: the idle shell then sleeps longer.
+    let serial_route = match (rsdp, info) {
+        (Some(rsdp), Some(info)) => {
+            crate::device_irq::route_isa(&mem, rsdp, 4, idt::SERIAL_VECTOR, info.lp0_apic_id)
+        }
+        (None, _) => Err("no ACPI tables"),
+        (_, None) => Err("no hypervisor to hand the interrupt on"),
+    };
+    match &serial_route {
+        Ok(r) => {
+            serial::enable_receive_interrupt();
+            arch::set_idle_tick_us(arch::INTERRUPT_TICK_US);
+            println!(
+                "root partition: COM1 input on its interrupt (I/O APIC {:#x} pin {}, vector {:#x}); idle tick {} ms",
+                r.io_apic,
+                r.pin,
+                idt::SERIAL_VECTOR,
+                arch::INTERRUPT_TICK_US / 1000
+            );
+        }
+        Err(e) => println!(
+            "root partition: COM1 input polled every {} ms: {e}",
+            arch::POLLED_TICK_US / 1000
+        ),
+    }
     let shell = Shell {
         hv,
         mem,
         acpi,
         tsc_hz,
         vp_count: boot.vp_count,
+        serial_route,
     };
 
     if boot::has_word(boot.cmdline(), "poweroff") {
@@ -69,6 +97,9 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
     vmm.init(&boot, shell.tsc_hz);
     crate::host_disk::init(shell.mem.top);
     vm::get().net.init(shell.mem.top);
+    // The APIC on and its idle timer running before any command: a startup
+    // line that waits (`vm wait`) sleeps until an interrupt, as at the prompt.
+    arch::start_idle_timer(shell.tsc_hz, idt::TIMER_VECTOR);
     // A boot module named `startup`: shell lines run before the first
     // prompt (`cargo xtask run --guest linux` defines its VM this way).
     if let Some(m) = boot.modules().iter().find(|m| m.name() == "startup") {
@@ -86,7 +117,6 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
             shell.execute(line);
         }
     }
-    arch::start_idle_timer(shell.tsc_hz, idt::TIMER_VECTOR);
 
     let mut editor = LineEditor::<1024>::new();
     print!("{PROMPT}");
@@ -210,6 +240,7 @@ impl Shell {
             }
             Command::DebugTimer => self.debug_timer(),
             Command::DebugIpi => self.debug_ipi(),
+            Command::DebugSerial => self.debug_serial(),
             Command::DebugPageTables => {
                 let audit = root_partition_svc::page_audit::Audit::of(
                     |f| page_table_leaves(&self.mem, f),
@@ -258,8 +289,8 @@ impl Shell {
         (arch::rdtsc() - start) * 1000 / self.tsc_hz.max(1)
     }
 
-    /// The x2APIC timer, periodic at 1 ms (TSC rate, divide by 1), until it
-    /// has interrupted 10 times.
+    /// The x2APIC timer, periodic at the idle tick (TSC rate, divide by 1),
+    /// until it has interrupted 10 times.
     // Not inlined: its buffers stay off the stack of the commands that
     // run deep (vm wait serving guests, a guest's reset restarting it).
     #[inline(never)]
@@ -271,7 +302,26 @@ impl Shell {
         let ms = self.wait_for(true, || ticks() >= 10);
         let n = ticks();
         let verdict = if n >= 10 { "ok" } else { "FAILED" };
-        println!("timer: {verdict}, {n} interrupts in {ms} ms (period 1 ms)");
+        let period = arch::idle_tick_us() / 1000;
+        println!("timer: {verdict}, {n} interrupts in {ms} ms (period {period} ms)");
+    }
+
+    /// COM1's receive interrupts so far: a shell that was typed at with
+    /// the interrupt routed has taken some.
+    fn debug_serial(&self) {
+        let n = idt::SERIAL_IRQS.load(Ordering::Relaxed);
+        match &self.serial_route {
+            Ok(r) => {
+                let verdict = if n > 0 { "ok" } else { "FAILED" };
+                println!(
+                    "serial: {verdict}, {n} interrupts from COM1's input (I/O APIC {:#x} pin {}, vector {:#x})",
+                    r.io_apic,
+                    r.pin,
+                    idt::SERIAL_VECTOR
+                );
+            }
+            Err(e) => println!("serial: polled ({e})"),
+        }
     }
 
     /// A fixed IPI to every other VP (x2APIC ICR, shorthand all-but-self);
