@@ -112,11 +112,18 @@ impl Local {
     /// interrupt then reaches the VP as any other). Returns when the next
     /// one is due (TSC), if one is armed.
     fn expire_timers(&mut self, root: &RootPartition) -> Option<u64> {
+        // Most VPs arm none: nothing more than this look then.
+        self.vp.stimers.lock().next_due()?;
+        self.expire_armed_timers(root)
+    }
+
+    /// `expire_timers` for a VP that had a timer armed at the look.
+    #[inline(never)]
+    fn expire_armed_timers(&mut self, root: &RootPartition) -> Option<u64> {
         let mut due = [None; stimer::TIMERS];
         let reference = crate::time::reference();
         let next = {
             let mut timers = self.vp.stimers.lock();
-            // Most VPs arm none: no clock reading then.
             let first = timers.next_due()?;
             let now = reference.at(cpu::rdtsc());
             if first <= now {
@@ -390,9 +397,16 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 }
                 if s.may_run() {
                     s.stale = true;
+                } else if matches!(next, guest::Next::Intercept(_)) {
+                    // The root's resume reads and sets only these; the
+                    // rest stays in the VMCS/VMCB until it is asked for.
+                    v.save_registers(&mut s.ctx);
+                    s.stale = false;
+                    s.registers_only = true;
                 } else {
                     v.save_context(&mut s.ctx);
                     s.stale = false;
+                    s.registers_only = false;
                 }
                 drop(s);
                 // Posted while still `running`: whoever stops the VP waits
@@ -658,11 +672,18 @@ fn serve_save_requests(guests: &mut [Local], active: &mut Active) {
             continue;
         }
         s.save_request = false;
-        if let (true, Some(v)) = (s.stale, g.vcpu.as_mut()) {
+        if let (true, Some(v)) = (s.stale || s.registers_only, g.vcpu.as_mut()) {
             v.activate();
             *active = Active::Guest(g.part.id, g.vp.index);
+            // Registers saved at an intercept may have been set by the root
+            // since: those in `ctx` are newer than the VMCS/VMCB's.
+            let registers = (!s.stale).then(|| (s.ctx.gpr, s.ctx.rip, s.ctx.rflags));
             v.save_context(&mut s.ctx);
+            if let Some((gpr, rip, rflags)) = registers {
+                (s.ctx.gpr, s.ctx.rip, s.ctx.rflags) = (gpr, rip, rflags);
+            }
         }
         s.stale = false;
+        s.registers_only = false;
     }
 }

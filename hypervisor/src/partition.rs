@@ -162,6 +162,10 @@ pub struct VpShared {
     pub deleted: bool,
     /// The VMCS/VMCB is newer than `ctx` (the VP ran since it was saved).
     pub stale: bool,
+    /// Only the general registers, RIP and RFLAGS of `ctx` are current:
+    /// an intercept saves just those (all its resume changes); the rest is
+    /// saved when the root asks for it (`save_request`).
+    pub registers_only: bool,
     /// Someone needs `ctx`: the owning LP saves it at its next look.
     pub save_request: bool,
     /// Interrupts sent to the VP (asserted by the root, IPIs and NMIs from
@@ -717,6 +721,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             halted: false,
             deleted: false,
             stale: false,
+            registers_only: false,
             save_request: false,
             pending: PendingInterrupts::new(),
             intercept_posted: 0,
@@ -838,15 +843,16 @@ fn registers_target(input: &[u8]) -> Result<Arc<GuestVp>, u16> {
 pub const RETRY: u16 = 0xFFFF;
 
 /// The VP's context may be read or written: it is suspended, out of guest
-/// mode, and its context saved. Otherwise INVALID_VP_STATE, or RETRY while
-/// its LP saves the context.
-fn quiesced(vp: &GuestVp) -> Result<(), u16> {
+/// mode, and its context saved (`beyond_registers`: all of it, not only the
+/// general registers, RIP and RFLAGS). Otherwise INVALID_VP_STATE, or RETRY
+/// while its LP saves the context.
+fn quiesced(vp: &GuestVp, beyond_registers: bool) -> Result<(), u16> {
     if !vp.shared.lock().stopped() {
         return Err(status::INVALID_VP_STATE);
     }
     quiesce(vp);
     let mut s = vp.shared.lock();
-    if s.stale {
+    if s.stale || (beyond_registers && s.registers_only) {
         s.save_request = true;
         drop(s);
         lp_state::get(vp.lp).add_chore();
@@ -856,21 +862,45 @@ fn quiesced(vp: &GuestVp) -> Result<(), u16> {
     Ok(())
 }
 
+/// A register an intercept's resume sets: one saved with the general
+/// registers (`VpShared::registers_only`).
+fn general(name: u32) -> bool {
+    matches!(name, reg::RAX..=reg::R15 | reg::RIP | reg::RFLAGS)
+}
+
+/// How much of a VP's context one Get/SetVpRegisters call has waited for.
+#[derive(Default)]
+struct Waited {
+    registers: bool,
+    all: bool,
+}
+
+impl Waited {
+    /// The VP is quiesced with register `name` saved (`quiesced`).
+    fn for_register(&mut self, vp: &GuestVp, name: u32) -> Result<(), u16> {
+        let beyond = !general(name);
+        if self.all || (self.registers && !beyond) {
+            return Ok(());
+        }
+        quiesced(vp, beyond)?;
+        self.registers = true;
+        self.all |= beyond;
+        Ok(())
+    }
+}
+
 fn get_registers(input: &[u8], output: &mut [u8], reps: (u16, u16)) -> Outcome {
     let vp = match registers_target(input) {
         Ok(v) => v,
         Err(s) => return done(s),
     };
     let window = rep_window(reps);
-    let mut waited = false;
+    let mut waited = Waited::default();
     let value = |name| match name {
         reg::EXPLICIT_SUSPEND => Ok(vp.shared.lock().explicit_suspend as u128),
         reg::INTERCEPT_SUSPEND => Ok(vp.shared.lock().intercept_suspend as u128),
         _ => {
-            if !waited {
-                quiesced(&vp)?;
-                waited = true;
-            }
+            waited.for_register(&vp, name)?;
             vp.shared
                 .lock()
                 .ctx
@@ -896,7 +926,7 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
         Err(s) => return done(s),
     };
     let window = rep_window(reps);
-    let mut waited = false;
+    let mut waited = Waited::default();
     // Suspend flags to clear, with their rep: cleared after the window, so
     // that the registers written in the same call cannot race a VP that
     // already runs again.
@@ -952,7 +982,7 @@ fn set_register(
     vp: &GuestVp,
     input: &[u8],
     i: u16,
-    waited: &mut bool,
+    waited: &mut Waited,
     clears: &mut Clears,
 ) -> Result<(), u16> {
     let RegisterAssoc { name, value, .. } =
@@ -994,16 +1024,13 @@ fn set_register(
             Ok(())
         }
         _ => {
-            if !*waited {
-                quiesced(vp)?;
-                *waited = true;
-            }
+            waited.for_register(vp, name)?;
             let mut s = vp.shared.lock();
             match s.ctx.set(name, value) {
                 // New state: a VP that halted waits no longer.
                 Ok(()) => {
                     s.dirty = true;
-                    if !matches!(name, reg::RAX..=reg::R15 | reg::RIP | reg::RFLAGS) {
+                    if !general(name) {
                         s.dirty_beyond_registers = true;
                     }
                     s.halted = false;

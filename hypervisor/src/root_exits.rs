@@ -290,14 +290,15 @@ fn hypercall(
     buffers: &mut HypercallBuffers,
 ) -> bool {
     use hypervisor_core::hypercall::{check, Caller, Form};
-    let r = *vcpu.regs();
+    let (rcx, rdx, r8) = {
+        let r = vcpu.regs();
+        (r.rcx, r.rdx, r.r8)
+    };
     let finish = |vcpu: &mut Vcpu, status: u16, reps: u16| {
         vcpu.regs().rax = status as u64 | (reps as u64) << 32;
         vcpu.skip_instruction();
     };
-    let call = match check(r.rcx, r.rdx, r.r8, Caller::Root, &|gpa, len| {
-        root.owns(gpa, len)
-    }) {
+    let call = match check(rcx, rdx, r8, Caller::Root, &|gpa, len| root.owns(gpa, len)) {
         Ok(call) => call,
         Err(status) => {
             finish(vcpu, status, 0);
@@ -322,8 +323,8 @@ fn hypercall(
         }
         Some(_) => {}
         None if call.input.fast => {
-            input[..8].copy_from_slice(&r.rdx.to_le_bytes());
-            input[8..16].copy_from_slice(&r.r8.to_le_bytes());
+            input[..8].copy_from_slice(&rdx.to_le_bytes());
+            input[8..16].copy_from_slice(&r8.to_le_bytes());
         }
         None => {}
     }

@@ -370,6 +370,17 @@ impl Vcpu {
         }
     }
 
+    /// Saves only the general registers, RIP and RFLAGS into `ctx`.
+    pub fn save_registers(&self, ctx: &mut VpContext) {
+        let (regs, rsp, rip, rflags) = match self {
+            Vcpu::Vmx(v) => (&v.regs, v.rsp(), v.rip(), v.rflags()),
+            Vcpu::Svm(s) => (&s.regs, s.rsp(), s.rip(), s.rflags()),
+        };
+        regs_to_context(regs, rsp, ctx);
+        ctx.rip = rip;
+        ctx.rflags = rflags;
+    }
+
     pub fn save_context(&self, ctx: &mut VpContext) {
         match self {
             Vcpu::Vmx(v) => v.save_context(ctx),

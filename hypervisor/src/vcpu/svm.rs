@@ -722,6 +722,11 @@ impl SvmVcpu {
         const V_IRQ_PENDING: u32 = (1 << 8) | (0xF << 16) | (1 << 20);
         const VINTR: u32 = 1 << 4;
         let misc1 = self.read32(vmcb::INTERCEPT_MISC1);
+        // Off already: V_IRQ is only ever set with the intercept, and
+        // cleared with it (the common case: nothing to change).
+        if !on && misc1 & VINTR == 0 {
+            return;
+        }
         // V_TPR (3:0) is the VP's CR8: kept.
         let tpr = self.read32(vmcb::INT_CONTROL) & 0xF;
         if on {

@@ -1706,14 +1706,10 @@ impl Vmm {
 
     /// One intercept message; a VM its guest reset starts again.
     fn intercept(&mut self, m: &msg::Message) {
-        let sender = m.sender;
-        self.handle_intercept(m);
-        let Some(vm) = self
-            .vms
-            .iter_mut()
-            .flatten()
-            .find(|v| v.partition == sender && v.reset_requested)
-        else {
+        let Some(i) = self.handle_intercept(m) else {
+            return;
+        };
+        let Some(vm) = self.vms[i].as_mut().filter(|v| v.reset_requested) else {
             return;
         };
         vm.reset_requested = false;
@@ -1727,7 +1723,8 @@ impl Vmm {
         }
     }
 
-    fn handle_intercept(&mut self, m: &msg::Message) {
+    /// Handles one intercept message; the slot of the VM it came from.
+    fn handle_intercept(&mut self, m: &msg::Message) -> Option<usize> {
         let now = self.now();
         let Some(i) = self
             .vms
@@ -1738,15 +1735,13 @@ impl Vmm {
                 "vm: intercept {:#x} from unknown partition {}",
                 m.kind, m.sender
             );
-            return;
+            return None;
         };
-        let Some(vm) = self.vms[i].as_mut() else {
-            return;
-        };
+        let vm = self.vms[i].as_mut()?;
         // A VP's last message may arrive after the VM stopped: nothing to do.
         // A VM asked to shut down runs on until it has.
         if !matches!(vm.state, State::Running | State::Stopping) {
-            return;
+            return Some(i);
         }
         match m.kind {
             kind::IO_PORT_INTERCEPT => match IoPortIntercept::decode(m.used_payload()) {
@@ -1856,6 +1851,7 @@ impl Vmm {
             }
             other => println!("vm {}: unexpected message type {other:#x}", vm.name()),
         }
+        Some(i)
     }
 }
 
