@@ -343,9 +343,12 @@ pub fn post_timer_expired(
     use hypervisor_core::stimer::{Expiry, TIMER_EXPIRED};
     let payload = Expiry::payload(index, times.0, times.1);
     let m = slot_message(TIMER_ORIGIN + u64::from(index), TIMER_EXPIRED, &payload);
-    let _ = vp
-        .synic
-        .post(&GuestVpOwner(root, part, vp), usize::from(sint), m, Some(1));
+    let _ = vp.synic.post(
+        &GuestVpOwner(root, part, vp),
+        usize::from(sint),
+        &m,
+        Some(1),
+    );
 }
 
 /// HvPostMessage from partition `from` (input: the 256-byte block).
@@ -365,7 +368,7 @@ pub fn post_message(root: &RootPartition, from: u64, bytes: &[u8]) -> Result<usi
         return Err(status::INVALID_CONNECTION_ID);
     }
     with_synic(root, port.partition, port.vp, |s, o| {
-        s.post(o, port.sint, m, Some(QUEUE_PER_SENDER))
+        s.post(o, port.sint, &m, Some(QUEUE_PER_SENDER))
     })?;
     Ok(0)
 }
@@ -408,7 +411,7 @@ pub fn post_message_direct(root: &RootPartition, bytes: &[u8]) -> Result<usize, 
         return Err(status::INVALID_PARTITION_ID);
     }
     with_synic(root, partition, d.vp_index, |s, o| {
-        s.post(o, d.sint as usize, m, Some(QUEUE_PER_SENDER))
+        s.post(o, d.sint as usize, &m, Some(QUEUE_PER_SENDER))
     })?;
     Ok(0)
 }

@@ -236,7 +236,7 @@ impl SynIc {
         &self,
         owner: &dyn Owner,
         sint: usize,
-        m: Message,
+        m: &Message,
         limit: Option<usize>,
     ) -> Result<(), Refused> {
         let sint = sint % 16;
@@ -253,8 +253,8 @@ impl SynIc {
                 return Err(Refused::Full);
             }
         }
-        if q.iter().any(|(n, _)| *n == sint) || !self.try_place(owner, sint, &m) {
-            q.push_back((sint, m));
+        if q.iter().any(|(n, _)| *n == sint) || !self.try_place(owner, sint, m) {
+            q.push_back((sint, *m));
             drop(q);
             self.mark_pending(owner, sint);
         }
@@ -339,6 +339,6 @@ pub fn root_synic(vp: u32) -> &'static SynIc {
 }
 
 /// Posts a hypervisor message (an intercept) on `sint` of root VP `vp`.
-pub fn post_to_root(root: &RootPartition, vp: u32, sint: usize, m: Message) {
+pub fn post_to_root(root: &RootPartition, vp: u32, sint: usize, m: &Message) {
     let _ = root_synic(vp).post(&RootVp(root, vp), sint, m, None);
 }

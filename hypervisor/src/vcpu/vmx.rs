@@ -23,6 +23,9 @@ mod field {
     pub const IO_BITMAP_A: u32 = 0x2000;
     pub const IO_BITMAP_B: u32 = 0x2002;
     pub const MSR_BITMAP: u32 = 0x2004;
+    pub const EXIT_MSR_STORE_ADDRESS: u32 = 0x2006;
+    pub const EXIT_MSR_LOAD_ADDRESS: u32 = 0x2008;
+    pub const ENTRY_MSR_LOAD_ADDRESS: u32 = 0x200A;
     pub const EPT_POINTER: u32 = 0x201A;
     pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
     pub const VMCS_LINK_POINTER: u32 = 0x2800;
@@ -35,7 +38,10 @@ mod field {
     pub const PROC_CONTROLS: u32 = 0x4002;
     pub const EXCEPTION_BITMAP: u32 = 0x4004;
     pub const EXIT_CONTROLS: u32 = 0x400C;
+    pub const EXIT_MSR_STORE_COUNT: u32 = 0x400E;
+    pub const EXIT_MSR_LOAD_COUNT: u32 = 0x4010;
     pub const ENTRY_CONTROLS: u32 = 0x4012;
+    pub const ENTRY_MSR_LOAD_COUNT: u32 = 0x4014;
     pub const ENTRY_INTERRUPTION_INFO: u32 = 0x4016;
     pub const ENTRY_EXCEPTION_ERROR_CODE: u32 = 0x4018;
     pub const ENTRY_INSTRUCTION_LENGTH: u32 = 0x401A;
@@ -285,10 +291,79 @@ pub struct VmxVcpu {
     /// hypervisor takes no page faults): nothing to load before an entry.
     cr2_live: bool,
     /// A guest VP's KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK: VMX does not
-    /// switch them either, and the root's must neither leak to a guest
-    /// (SWAPGS, SYSCALL run natively) nor be changed by one. `None`: the
-    /// root's VP, whose values simply stay live.
-    syscall_msrs: Option<[u64; 5]>,
+    /// switch them unless asked, and the root's must neither leak to a guest
+    /// (SWAPGS, SYSCALL run natively) nor be changed by one. The VMCS's MSR
+    /// lists switch them (`SyscallMsrLists`). `None`: the root's VP, whose
+    /// values simply stay live.
+    syscall_msrs: Option<SyscallMsrLists>,
+}
+
+/// A guest VP's page of VMCS MSR lists (SDM vol. 3 sections 24.7.2, 24.8.2,
+/// 25.7): the guest's syscall MSRs, loaded at entry and stored at exit, at
+/// offset 0; the root's, loaded at exit, at `HOST_LIST`. Entries are 16
+/// bytes: the MSR's index (u32), reserved (u32), its value (u64).
+struct SyscallMsrLists {
+    page: u64,
+}
+
+const HOST_LIST: u64 = 0x100;
+const MSR_ENTRY: u64 = 16;
+
+impl SyscallMsrLists {
+    /// A zeroed page, both lists naming `SYSCALL_MSRS`, the guest's values 0;
+    /// the current VMCS pointed at them.
+    fn new() -> Result<Self, &'static str> {
+        let page = memory::alloc_zeroed_page().ok_or("no memory for the MSR lists")?;
+        let lists = SyscallMsrLists { page };
+        for (i, &m) in SYSCALL_MSRS.iter().enumerate() {
+            let i = i as u64 * MSR_ENTRY;
+            // SAFETY: the page is ours (allocated above), identity-mapped;
+            // both offsets are inside it and 4-byte aligned.
+            unsafe {
+                *((page + i) as *mut u32) = m;
+                *((page + HOST_LIST + i) as *mut u32) = m;
+            }
+        }
+        let n = SYSCALL_MSRS.len() as u64;
+        for (f, v) in [
+            (field::ENTRY_MSR_LOAD_ADDRESS, page),
+            (field::ENTRY_MSR_LOAD_COUNT, n),
+            (field::EXIT_MSR_STORE_ADDRESS, page),
+            (field::EXIT_MSR_STORE_COUNT, n),
+            (field::EXIT_MSR_LOAD_ADDRESS, page + HOST_LIST),
+            (field::EXIT_MSR_LOAD_COUNT, n),
+        ] {
+            vmwrite(f, v)?;
+        }
+        Ok(lists)
+    }
+
+    fn value_at(&self, offset: u64) -> *mut u64 {
+        (self.page + offset + 8) as *mut u64
+    }
+
+    /// The guest's value of `SYSCALL_MSRS[i]` (stored at its last exit).
+    fn guest(&self, i: usize) -> u64 {
+        // SAFETY: inside our page, 8-byte aligned; the processor writes it
+        // only at this VP's exits, which this LP is not in.
+        unsafe { self.value_at(i as u64 * MSR_ENTRY).read_volatile() }
+    }
+
+    fn set_guest(&mut self, i: usize, v: u64) {
+        // SAFETY: as in `guest`; read by the processor at this VP's entries.
+        unsafe { self.value_at(i as u64 * MSR_ENTRY).write_volatile(v) }
+    }
+
+    /// Before an entry: the root's live values, for the exit to load back.
+    fn keep_root_values(&mut self) {
+        for (i, &m) in SYSCALL_MSRS.iter().enumerate() {
+            // SAFETY: as in `set_guest`, in the host list.
+            unsafe {
+                self.value_at(HOST_LIST + i as u64 * MSR_ENTRY)
+                    .write_volatile(msr::read(m))
+            }
+        }
+    }
 }
 
 /// Interruption-information type field (SDM vol. 3 section 24.8.3).
@@ -314,19 +389,6 @@ pub const SYSCALL_MSRS: [u32; 5] = [
     0xC000_0083,
     0xC000_0084,
 ];
-
-fn read_syscall_msrs() -> [u64; 5] {
-    SYSCALL_MSRS.map(msr::read)
-}
-
-fn write_syscall_msrs(values: &[u64; 5]) {
-    for (m, v) in SYSCALL_MSRS.iter().zip(values) {
-        // SAFETY: these MSRs only take effect at SWAPGS/SYSCALL, which the
-        // hypervisor never executes; the values are a VP's own (a guest's
-        // are checked canonical when written, see `set_syscall_msr`).
-        unsafe { msr::write(*m, *v) };
-    }
-}
 
 fn vmwrite(field: u32, value: u64) -> Result<(), &'static str> {
     // SAFETY: called only while building or loading the current VMCS, with
@@ -496,7 +558,7 @@ impl VmxVcpu {
             vmwrite(f, v)?;
         }
         let mut v = Self::with(vmcs, proc, entry, cr0_fixed0, GuestRegs::default());
-        v.syscall_msrs = Some([0; 5]);
+        v.syscall_msrs = Some(SyscallMsrLists::new()?);
         v.load_context(ctx)?;
         Ok(v)
     }
@@ -543,6 +605,9 @@ impl VmxVcpu {
         // SAFETY: the VMCS is this VP's and is not used again.
         let _ = unsafe { insn::vmclear(self.vmcs) };
         memory::free_pages(self.vmcs, 1);
+        if let Some(lists) = self.syscall_msrs {
+            memory::free_pages(lists.page, 1);
+        }
     }
 
     /// Loads a guest VP's architectural state into the current VMCS.
@@ -688,7 +753,7 @@ impl VmxVcpu {
     /// A guest VP's copy of a syscall MSR (`SYSCALL_MSRS`).
     pub fn syscall_msr(&self, m: u32) -> Option<u64> {
         let i = SYSCALL_MSRS.iter().position(|&x| x == m)?;
-        Some(self.syscall_msrs?[i])
+        Some(self.syscall_msrs.as_ref()?.guest(i))
     }
 
     pub fn set_syscall_msr(&mut self, m: u32, v: u64) -> bool {
@@ -696,8 +761,8 @@ impl VmxVcpu {
             return false;
         };
         match self.syscall_msrs.as_mut() {
-            Some(values) => {
-                values[i] = v;
+            Some(lists) => {
+                lists.set_guest(i, v);
                 true
             }
             None => false,
@@ -979,11 +1044,9 @@ impl VmxVcpu {
         if !self.cr2_live {
             cpu::write_cr2(self.cr2);
         }
-        let host_syscall = self.syscall_msrs.map(|guest| {
-            let host = read_syscall_msrs();
-            write_syscall_msrs(&guest);
-            host
-        });
+        if let Some(lists) = self.syscall_msrs.as_mut() {
+            lists.keep_root_values();
+        }
         // SAFETY: this VP's VMCS is current (the LP's scheduler activates
         // it before running the VP); `regs` outlives the call; the host state
         // in the VMCS returns to `vmx_exit` on this stack with every
@@ -991,10 +1054,6 @@ impl VmxVcpu {
         let failed = unsafe { vmx_enter(&mut self.regs, self.launched as u64) };
         self.cr2 = cpu::read_cr2();
         self.cr2_live = true;
-        if let (Some(guest), Some(host)) = (self.syscall_msrs.as_mut(), host_syscall) {
-            *guest = read_syscall_msrs();
-            write_syscall_msrs(&host);
-        }
         if failed != 0 {
             return Exit::EntryFailed(insn::vmread(field::VM_INSTRUCTION_ERROR));
         }
