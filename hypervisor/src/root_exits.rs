@@ -355,6 +355,14 @@ fn hypercall(
             let o = crate::partition::call(root, caps, code, reps, input, out);
             (o.status, o.reps_done, o.output_len)
         }
+        hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE => {
+            let code = hv_abi::partition::code::SIGNAL_EVENT_DIRECT;
+            match crate::ports::call(root, code, input, out) {
+                Some(Ok(n)) => (hypercall::status::SUCCESS, 0, n),
+                Some(Err(s)) => (s, 0, 0),
+                None => (hypercall::status::INVALID_HYPERCALL_CODE, 0, 0),
+            }
+        }
         code => match crate::ports::call(root, code, input, out) {
             Some(Ok(n)) => (hypercall::status::SUCCESS, 0, n),
             Some(Err(s)) => (s, 0, 0),
@@ -404,8 +412,10 @@ fn hypercall(
         return false;
     }
     finish(vcpu, status, reps_done);
-    call.spec.code == hypercall::SET_VP_REGISTERS_THEN_IDLE
-        && status == hypercall::status::SUCCESS
+    matches!(
+        call.spec.code,
+        hypercall::SET_VP_REGISTERS_THEN_IDLE | hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE
+    ) && status == hypercall::status::SUCCESS
         && vcpu.interrupts_enabled()
 }
 

@@ -232,6 +232,10 @@ pub mod hypercall {
     /// exit; it executes `sti; vmcall` itself so that no interrupt falls
     /// between the two (docs/hypercalls.md).
     pub const SET_VP_REGISTERS_THEN_IDLE: u16 = 0x7F03;
+    /// Root-only: HvCallSignalEventDirect (same input and output), then the
+    /// calling VP halts as for [`SET_VP_REGISTERS_THEN_IDLE`]. A device
+    /// server signals the channel it answered and goes idle in one exit.
+    pub const SIGNAL_EVENT_DIRECT_THEN_IDLE: u16 = 0x7F04;
 
     /// Bytes at the start of the hypercall page: `vmcall; ret` (Intel) or
     /// `vmmcall; ret` (AMD); the hypervisor writes the right one.

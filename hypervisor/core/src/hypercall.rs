@@ -247,6 +247,12 @@ pub const TABLE: &[CallSpec] = &[
         size::REGISTER_ASSOC,
         0,
     ),
+    root_simple(
+        hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE,
+        "SignalEventDirectThenIdle",
+        size::SIGNAL_EVENT_DIRECT,
+        size::SIGNAL_EVENT_DIRECT_OUTPUT,
+    ),
 ];
 
 /// A call that passed every check.
@@ -503,6 +509,17 @@ mod tests {
             check(1 << 63, 0, 0, Caller::Root, &owns),
             Err(status::INVALID_HYPERCALL_INPUT)
         );
+    }
+
+    /// Our own calls (0x7F00 on) manage the host or halt the caller: the
+    /// root's alone.
+    #[test]
+    fn the_hypervisor_calls_are_root_only() {
+        let ours: Vec<_> = TABLE.iter().filter(|s| s.code >= 0x7F00).collect();
+        assert!(ours.len() >= 5);
+        for spec in ours {
+            assert_eq!(spec.privilege, Privilege::Root, "{}", spec.name);
+        }
     }
 
     #[test]

@@ -43,15 +43,29 @@ static VMMCALL: AtomicBool = AtomicBool::new(false);
 /// and one more).
 const DEFERRED_MAX: usize = 4;
 
-/// A SetVpRegisters the VM worker left, encoded in the input page, for the
-/// moment the root goes idle: then it is sent with the halt in one exit
-/// (SET_VP_REGISTERS_THEN_IDLE). Sent on its own before any other call
-/// (which needs the page), and by `flush_deferred`.
+/// A call left in the input page for the moment the root goes idle: then it
+/// is sent with the halt in one exit (the `..._THEN_IDLE` calls). Sent on
+/// its own before any other call (which needs the page), and by
+/// `flush_deferred`.
 #[derive(Clone, Copy)]
-struct Deferred {
-    partition: u64,
-    vp: u32,
-    count: u16,
+enum Deferred {
+    /// The VM worker's SetVpRegisters of `count` registers: a VP's resume
+    /// after its intercept.
+    Resume { partition: u64, vp: u32, count: u16 },
+    /// A device server's SignalEventDirect to a guest's channel.
+    Signal,
+}
+
+impl Deferred {
+    /// The call on its own, the call with the halt, and its rep count.
+    fn codes(self) -> (u16, u16, u16) {
+        use hv_abi::hypercall::{SET_VP_REGISTERS_THEN_IDLE, SIGNAL_EVENT_DIRECT_THEN_IDLE};
+        use hv_abi::partition::code::{SET_VP_REGISTERS, SIGNAL_EVENT_DIRECT};
+        match self {
+            Deferred::Resume { count, .. } => (SET_VP_REGISTERS, SET_VP_REGISTERS_THEN_IDLE, count),
+            Deferred::Signal => (SIGNAL_EVENT_DIRECT, SIGNAL_EVENT_DIRECT_THEN_IDLE, 0),
+        }
+    }
 }
 
 static DEFERRED: Mutex<Option<Deferred>> = Mutex::new(None);
@@ -208,11 +222,29 @@ pub fn defer_set_registers(partition: u64, vp: u32, registers: &[(u32, u128)]) -
     if layout::encode_rep(&header, &elements[..registers.len()], page).is_none() {
         return false;
     }
-    *DEFERRED.lock() = Some(Deferred {
+    *DEFERRED.lock() = Some(Deferred::Resume {
         partition,
         vp,
         count: registers.len() as u16,
     });
+    true
+}
+
+/// Leaves a SignalEventDirect for `idle`, which sends it with the halt (the
+/// guest's answer is in its ring already; it is woken as the root goes
+/// idle, or at the root's next call or poll). A call already waiting is sent
+/// first. `false`: hypercalls are not enabled.
+pub fn defer_signal_event(input: &hv_abi::layout::SignalEventDirect) -> bool {
+    if !enabled() {
+        return false;
+    }
+    flush_deferred();
+    let bytes = input.as_bytes();
+    // SAFETY: our own page; only VP 0 makes hypercalls, one at a time, and
+    // no reference to it outlives this statement.
+    let page = unsafe { &mut *INPUT.0.get() };
+    page[..bytes.len()].copy_from_slice(bytes);
+    *DEFERRED.lock() = Some(Deferred::Signal);
     true
 }
 
@@ -222,13 +254,19 @@ pub fn flush_deferred() {
     let Some(d) = DEFERRED.lock().take() else {
         return;
     };
-    let r = call_prepared(hv_abi::partition::code::SET_VP_REGISTERS, d.count, &mut []);
+    let (alone, _, reps) = d.codes();
+    let r = call_prepared(alone, reps, &mut []);
     note_deferred(d, r.status);
 }
 
+/// A refused resume fails its VM (`take_deferred_failure`); a refused
+/// signal is dropped, as an immediate one would be (a guest that turned
+/// its SynIC off misses the kick).
 fn note_deferred(d: Deferred, status: u16) {
-    if status != hv_abi::hypercall::status::SUCCESS {
-        *DEFERRED_FAILED.lock() = Some((d.partition, d.vp, status));
+    if let (Deferred::Resume { partition, vp, .. }, false) =
+        (d, status == hv_abi::hypercall::status::SUCCESS)
+    {
+        *DEFERRED_FAILED.lock() = Some((partition, vp, status));
     }
 }
 
@@ -246,8 +284,10 @@ pub fn idle() {
         unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
         return;
     };
-    // The call is in the input page already (`defer_set_registers`).
-    let value = Input::slow(hv_abi::hypercall::SET_VP_REGISTERS_THEN_IDLE, d.count).encode();
+    // The call is in the input page already (`defer_set_registers`,
+    // `defer_signal_event`).
+    let (_, with_halt, reps) = d.codes();
+    let value = Input::slow(with_halt, reps).encode();
     let rax: u64;
     // SAFETY: as in `call_prepared`, with the hypercall instruction inline so
     // that STI's shadow covers it: no interrupt is taken between enabling

@@ -210,6 +210,10 @@ impl Notify for EventNotifier {
             sint: self.sint,
             flag_number: self.flag,
         };
+        // Sent as the root goes idle, in the same exit.
+        if hypercall::defer_signal_event(&input) {
+            return;
+        }
         let mut out = SignalEventDirectOutput::default();
         // A guest that turned its SynIC off misses the kick, as it would
         // on Hyper-V; it finds the data when it looks.

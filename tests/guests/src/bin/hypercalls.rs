@@ -88,7 +88,7 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
     put(IN + 0x600, bad_flush.as_bytes());
 
     let gvr = code::GET_VP_REGISTERS;
-    let checks: [(&str, u64, u64, u64, u16); 17] = [
+    let checks: [(&str, u64, u64, u64, u16); 18] = [
         (
             "CreatePartition (root only)",
             value(code::CREATE_PARTITION, false, 0, 0),
@@ -114,6 +114,18 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
             "GetHostInfo (root only)",
             value(hv_abi::hypercall::GET_HOST_INFO, false, 0, 0),
             0,
+            OUT,
+            status::ACCESS_DENIED,
+        ),
+        (
+            "SignalEventDirectThenIdle (root only)",
+            value(
+                hv_abi::hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE,
+                false,
+                0,
+                0,
+            ),
+            IN,
             OUT,
             status::ACCESS_DENIED,
         ),
