@@ -3,7 +3,7 @@
 //! the MSRs used are the hypervisor's synthetic ones, which the hypervisor
 //! emulates).
 use core::arch::asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub fn outb(port: u16, v: u8) {
     // SAFETY: the root owns the I/O ports; a port write touches no memory.
@@ -179,13 +179,19 @@ pub fn take_interrupts() {
 /// that the UART's 16-byte FIFO does not overflow at 115200 baud (11.5
 /// bytes a millisecond) when a line is pasted.
 pub const POLLED_TICK_US: u64 = 1_000;
-/// How often it wakes when COM1's input interrupts (µs): for what is still
-/// polled (the host NIC's receive queue, VMBus housekeeping).
+/// How often it wakes when COM1's input interrupts and the host NIC's
+/// receive queue is polled (µs).
 pub const INTERRUPT_TICK_US: u64 = 10_000;
+/// How often it wakes when nothing is polled (µs): for VMBus housekeeping
+/// (heartbeats, time samples, timeouts of seconds) and the shell's own time
+/// limits. Every wake-up of an idle root preempts the guest on its LP.
+pub const QUIET_TICK_US: u64 = 100_000;
 
 /// The idle timer's period in use (µs): `POLLED_TICK_US` until COM1's
 /// interrupt is routed.
 static IDLE_TICK_US: AtomicU64 = AtomicU64::new(POLLED_TICK_US);
+/// COM1's input interrupts (`serial_interrupts`).
+static SERIAL_INTERRUPTS: AtomicBool = AtomicBool::new(false);
 
 pub fn idle_tick_us() -> u64 {
     IDLE_TICK_US.load(Ordering::Relaxed)
@@ -194,6 +200,21 @@ pub fn idle_tick_us() -> u64 {
 /// Sets the idle timer's period, from its next start.
 pub fn set_idle_tick_us(us: u64) {
     IDLE_TICK_US.store(us, Ordering::Relaxed);
+}
+
+/// COM1's input has its interrupt from now on: the idle tick need not poll it.
+pub fn serial_interrupts() {
+    SERIAL_INTERRUPTS.store(true, Ordering::Relaxed);
+}
+
+/// The idle tick that what is polled needs (µs): COM1 without its
+/// interrupt, then the host NIC's receive queue (`host_nic_polled`).
+pub fn wanted_idle_tick_us(host_nic_polled: bool) -> u64 {
+    match (SERIAL_INTERRUPTS.load(Ordering::Relaxed), host_nic_polled) {
+        (false, _) => POLLED_TICK_US,
+        (true, true) => INTERRUPT_TICK_US,
+        (true, false) => QUIET_TICK_US,
+    }
 }
 
 /// Starts this VP's x2APIC timer, periodic every [`idle_tick_us`] on

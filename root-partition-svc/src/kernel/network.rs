@@ -208,6 +208,12 @@ impl Network {
 
     /// Moves frames between the NIC and the external switch; whether any
     /// moved.
+    /// The host NIC's receive queue is polled (an external switch is bound
+    /// to it): the idle root must wake often enough for it.
+    pub fn polls_host_nic(&self) -> bool {
+        self.external.is_some() && matches!(self.nic, Nic::Present(_))
+    }
+
     pub fn poll(&mut self) -> bool {
         let (Some((i, port)), Nic::Present(nic)) = (self.external, &mut self.nic) else {
             return false;

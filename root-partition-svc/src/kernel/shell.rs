@@ -65,12 +65,14 @@ pub fn run(boot: RootBoot, hv: HvIdentity) -> ! {
     match &serial_route {
         Ok(r) => {
             serial::enable_receive_interrupt();
-            arch::set_idle_tick_us(arch::INTERRUPT_TICK_US);
+            arch::serial_interrupts();
+            arch::set_idle_tick_us(arch::wanted_idle_tick_us(false));
             println!(
-                "root partition: COM1 input on its interrupt (I/O APIC {:#x} pin {}, vector {:#x}); idle tick {} ms",
+                "root partition: COM1 input on its interrupt (I/O APIC {:#x} pin {}, vector {:#x}); idle tick {} ms ({} ms while the host NIC is polled)",
                 r.io_apic,
                 r.pin,
                 idt::SERIAL_VECTOR,
+                arch::QUIET_TICK_US / 1000,
                 arch::INTERRUPT_TICK_US / 1000
             );
         }

@@ -1582,7 +1582,21 @@ impl Vmm {
             self.intercept(&m);
         }
         any |= self.poll_vmbus();
+        self.adjust_idle_tick();
         any
+    }
+
+    /// The idle timer's period follows what is polled (the host NIC's
+    /// receive queue once an external switch is bound to it); restarted
+    /// only when that changes, and not while the timer is stopped.
+    fn adjust_idle_tick(&mut self) {
+        let want = crate::arch::wanted_idle_tick_us(self.net.polls_host_nic());
+        if want != crate::arch::idle_tick_us() {
+            crate::arch::set_idle_tick_us(want);
+            if !self.timer_stopped {
+                crate::arch::start_idle_timer(self.tsc_hz, crate::idt::TIMER_VECTOR);
+            }
+        }
     }
 
     /// Whether a VMBus channel is polled: the caller must not go idle.
