@@ -240,7 +240,9 @@ fn fixed_layout_fits(code: u16, block: &[u8]) -> bool {
         SIGNAL_EVENT => fits::<layout::SignalEvent>(block),
         // The header, then a whole message slot.
         POST_MESSAGE_DIRECT => fits::<layout::PostMessageDirect>(block) && block.len() >= 20 + 256,
-        SIGNAL_EVENT_DIRECT => fits::<layout::SignalEventDirect>(block),
+        SIGNAL_EVENT_DIRECT | hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE => {
+            fits::<layout::SignalEventDirect>(block)
+        }
         // No input.
         hypercall::GET_HOST_INFO | hypercall::GET_HOST_STATS => true,
         _ => panic!("{code:#x}: a call in the table without a layout here"),
