@@ -282,7 +282,7 @@ fn write_msr(root: &RootPartition, vcpu: &mut Vcpu, m: u32, v: u64) -> bool {
 /// reps completed in bits 43:32); a rep call that is not finished, or must
 /// wait for a VP's LP, returns to the same instruction with its rep start
 /// index advanced (TLFS rep continuation). `true` when the VP then halts
-/// (SET_VP_REGISTERS_THEN_IDLE done, interrupts enabled).
+/// (a `..._THEN_IDLE` call done, interrupts enabled).
 fn hypercall(
     root: &RootPartition,
     caps: &Caps,
@@ -328,7 +328,15 @@ fn hypercall(
         }
         None => {}
     }
-    let (status, reps_done, written) = match call.spec.code {
+    // The `..._THEN_IDLE` calls are another call, then the halt.
+    let (code, then_idle) = match call.spec.code {
+        hypercall::SET_VP_REGISTERS_THEN_IDLE => (hv_abi::partition::code::SET_VP_REGISTERS, true),
+        hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE => {
+            (hv_abi::partition::code::SIGNAL_EVENT_DIRECT, true)
+        }
+        code => (code, false),
+    };
+    let (status, reps_done, written) = match code {
         hypercall::GET_HOST_INFO => {
             let ok = crate::host_info(root).encode(out).is_some();
             (ok_status(ok), 0, hv_abi::HostInfo::SIZE)
@@ -349,19 +357,12 @@ fn hypercall(
             let ok = crate::serial::read_log(from, out);
             (ok_status(ok), 0, PAGE_SIZE as usize)
         }
-        hypercall::SET_VP_REGISTERS_THEN_IDLE => {
+        // The intercepts' resume, the hot path: straight to the partition
+        // calls (no port call to look for first).
+        hv_abi::partition::code::SET_VP_REGISTERS => {
             let reps = (call.input.rep_start, call.input.rep_count);
-            let code = hv_abi::partition::code::SET_VP_REGISTERS;
             let o = crate::partition::call(root, caps, code, reps, input, out);
             (o.status, o.reps_done, o.output_len)
-        }
-        hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE => {
-            let code = hv_abi::partition::code::SIGNAL_EVENT_DIRECT;
-            match crate::ports::call(root, code, input, out) {
-                Some(Ok(n)) => (hypercall::status::SUCCESS, 0, n),
-                Some(Err(s)) => (s, 0, 0),
-                None => (hypercall::status::INVALID_HYPERCALL_CODE, 0, 0),
-            }
         }
         code => match crate::ports::call(root, code, input, out) {
             Some(Ok(n)) => (hypercall::status::SUCCESS, 0, n),
@@ -412,11 +413,7 @@ fn hypercall(
         return false;
     }
     finish(vcpu, status, reps_done);
-    matches!(
-        call.spec.code,
-        hypercall::SET_VP_REGISTERS_THEN_IDLE | hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE
-    ) && status == hypercall::status::SUCCESS
-        && vcpu.interrupts_enabled()
+    then_idle && status == hypercall::status::SUCCESS && vcpu.interrupts_enabled()
 }
 
 /// The root's hypercall input and output, copied in and out; kept from call

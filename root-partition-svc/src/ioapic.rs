@@ -28,8 +28,11 @@ pub const VERSION: u32 = 0x11;
 /// The pin COM1's interrupt (ISA IRQ 4) arrives on.
 pub const COM1_PIN: usize = 4;
 
-const IOREGSEL: u64 = 0x00;
-const IOWIN: u64 = 0x10;
+/// The register-select and window registers' offsets in the page (a
+/// register is read or written through IOWIN after its index goes to
+/// IOREGSEL); the same on the machine's I/O APIC the root programs.
+pub const IOREGSEL: u64 = 0x00;
+pub const IOWIN: u64 = 0x10;
 
 /// Redirection entry bits (82093AA datasheet, section 3.2.4).
 mod entry {

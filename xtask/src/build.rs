@@ -1,6 +1,6 @@
 //! Building the bare-metal binaries.
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub struct Artifacts {
@@ -42,6 +42,15 @@ pub fn root() -> PathBuf {
 
 pub fn work_dir() -> PathBuf {
     root().join("target").join("xtask")
+}
+
+/// A boot module named `startup` in `dir`, holding `lines`: the root runs
+/// each line before its first prompt.
+pub fn startup_module(dir: &Path, lines: &str) -> Result<(PathBuf, String)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("startup");
+    std::fs::write(&path, lines).with_context(|| format!("writing {}", path.display()))?;
+    Ok((path, "startup".to_string()))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

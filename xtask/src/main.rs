@@ -173,10 +173,7 @@ fn run_cmd(mut args: Args) -> Result<i32> {
     if guest == Some(Guest::Linux) {
         let kit = linux_kit::build()?;
         extra_modules.extend(kit.modules());
-        // The root runs each line of its `startup` module before its first prompt.
-        let startup = dir.join("startup");
-        std::fs::write(&startup, linux_kit::startup_lines())?;
-        extra_modules.push((startup, "startup".to_string()));
+        extra_modules.push(build::startup_module(&dir, &linux_kit::startup_lines())?);
     }
     let mut machine = Machine::new(emulator, boot, cpus, memory);
     machine.cmdline = cmdline;

@@ -216,10 +216,10 @@ fn run_case(
         modules.extend(art.guests.iter().cloned());
     }
     if !case.startup.is_empty() {
-        std::fs::create_dir_all(&dir)?;
-        let startup = dir.join("startup");
-        std::fs::write(&startup, case.startup.join("\n") + "\n")?;
-        modules.push((startup, "startup".to_string()));
+        modules.push(build::startup_module(
+            &dir,
+            &(case.startup.join("\n") + "\n"),
+        )?);
     }
     if case.with_linux {
         match kit {

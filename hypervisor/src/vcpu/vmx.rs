@@ -333,7 +333,10 @@ impl SyscallMsrLists {
             (field::EXIT_MSR_LOAD_ADDRESS, page + HOST_LIST),
             (field::EXIT_MSR_LOAD_COUNT, n),
         ] {
-            vmwrite(f, v)?;
+            if let Err(e) = vmwrite(f, v) {
+                memory::free_pages(page, 1);
+                return Err(e);
+            }
         }
         Ok(lists)
     }

@@ -4,10 +4,8 @@
 //! (`hv_abi::ROOT_DEVICE_VECTORS`), edge-triggered only.
 use crate::phys::Identity;
 use root_partition_svc::acpi::{self, IsaRoute};
-use root_partition_svc::ioapic::{device_entry, redirection_register};
+use root_partition_svc::ioapic::{device_entry, redirection_register, IOREGSEL, IOWIN};
 
-const IOREGSEL: u64 = 0x00;
-const IOWIN: u64 = 0x10;
 const VERSION_REGISTER: u32 = 0x01;
 
 /// Routes ISA IRQ `irq` (as the MADT at `rsdp` places it) to the processor

@@ -233,10 +233,11 @@ pub fn defer_set_registers(partition: u64, vp: u32, registers: &[(u32, u128)]) -
 /// Leaves a SignalEventDirect for `idle`, which sends it with the halt (the
 /// guest's answer is in its ring already; it is woken as the root goes
 /// idle, or at the root's next call or poll). A call already waiting is sent
-/// first. `false`: hypercalls are not enabled.
-pub fn defer_signal_event(input: &hv_abi::layout::SignalEventDirect) -> bool {
+/// first. Nothing is kept while hypercalls are not enabled (no call could
+/// be made either).
+pub fn defer_signal_event(input: &hv_abi::layout::SignalEventDirect) {
     if !enabled() {
-        return false;
+        return;
     }
     flush_deferred();
     let bytes = input.as_bytes();
@@ -245,7 +246,6 @@ pub fn defer_signal_event(input: &hv_abi::layout::SignalEventDirect) -> bool {
     let page = unsafe { &mut *INPUT.0.get() };
     page[..bytes.len()].copy_from_slice(bytes);
     *DEFERRED.lock() = Some(Deferred::Signal);
-    true
 }
 
 /// Sends a deferred resume now (the worker is about to do something other

@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use hv_abi::hypercall::status;
 use hv_abi::layout::{
     ConnectPort, ConnectionInfo, CreatePort, IntoBytes, PortInfo, PostMessageDirect,
-    SignalEventDirect, SignalEventDirectOutput,
+    SignalEventDirect,
 };
 use hv_abi::partition::{code, port_type, PARTITION_SELF};
 use hv_abi::synic::{Message, PAYLOAD_MAX, SLOT_SIZE, VMBUS_SINT};
@@ -210,19 +210,10 @@ impl Notify for EventNotifier {
             sint: self.sint,
             flag_number: self.flag,
         };
-        // Sent as the root goes idle, in the same exit.
-        if hypercall::defer_signal_event(&input) {
-            return;
-        }
-        let mut out = SignalEventDirectOutput::default();
-        // A guest that turned its SynIC off misses the kick, as it would
-        // on Hyper-V; it finds the data when it looks.
-        let _ = hypercall::call(
-            code::SIGNAL_EVENT_DIRECT,
-            0,
-            input.as_bytes(),
-            out.as_mut_bytes(),
-        );
+        // Sent as the root goes idle, in the same exit. A guest that turned
+        // its SynIC off misses the kick, as it would on Hyper-V; it finds
+        // the data when it looks.
+        hypercall::defer_signal_event(&input);
     }
 }
 
