@@ -1644,6 +1644,15 @@ pub fn disk_images(data: &[u8]) {
             let mut buf = vec![0u8; 4096];
             let _ = vhd.read(0, &mut buf);
             let at = (u64::from(b.u32()) % size.max(1)) & !511;
+            // Where a device would move the bytes: never more than asked,
+            // never nothing for something (the direct path loops on it).
+            let want = 4096u64.min(size.saturating_sub(at));
+            if let Ok(e) = vhd.extent(at, want, b.u8() & 1 == 1) {
+                assert!(
+                    e.len() <= want && (want == 0 || e.len() > 0),
+                    "an extent inside the ask"
+                );
+            }
             if at + pattern.len() as u64 <= size && vhd.write(at, &pattern).is_ok() {
                 let mut back = vec![0u8; pattern.len()];
                 vhd.read(at, &mut back).expect("written data reads back");
@@ -1677,6 +1686,15 @@ pub fn disk_images(data: &[u8]) {
             let mut buf = vec![0u8; 4096];
             let _ = vhdx.read(0, &mut buf);
             let at = (u64::from(b.u32()) % size.max(1)) & !511;
+            // Where a device would move the bytes: never more than asked,
+            // never nothing for something (the direct path loops on it).
+            let want = 4096u64.min(size.saturating_sub(at));
+            if let Ok(e) = vhdx.extent(at, want, b.u8() & 1 == 1) {
+                assert!(
+                    e.len() <= want && (want == 0 || e.len() > 0),
+                    "an extent inside the ask"
+                );
+            }
             if at + pattern.len() as u64 <= size && vhdx.write(at, &pattern).is_ok() {
                 let mut back = vec![0u8; pattern.len()];
                 vhdx.read(at, &mut back).expect("written data reads back");

@@ -21,7 +21,7 @@
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use vmbus::scsi::{BlockDevice, BLOCK_SIZE};
+use vmbus::scsi::{segments_len, sub_segments, BlockDevice, Segment, BLOCK_SIZE};
 
 const SECTOR: u64 = BLOCK_SIZE as u64;
 const ENTRY: usize = 32;
@@ -947,6 +947,48 @@ impl<D: BlockDevice> Volume<D> {
         self.transfer(f, offset, Transfer::Read(buf))
     }
 
+    /// Reads bytes of `f` from `offset` straight into the memory `to`
+    /// names (whole sectors inside the file): one transfer of the disk's
+    /// own per contiguous run of clusters, no buffer between.
+    pub fn read_to(&mut self, f: &File, offset: u64, to: &[Segment]) -> Result<(), FatError> {
+        self.direct(f, offset, to, false)
+    }
+
+    /// Writes the bytes `from` names over `f` from `offset` (whole sectors
+    /// inside the file, which does not grow), as [`read_to`](Self::read_to).
+    pub fn write_from(&mut self, f: &File, offset: u64, from: &[Segment]) -> Result<(), FatError> {
+        self.direct(f, offset, from, true)
+    }
+
+    fn direct(
+        &mut self,
+        f: &File,
+        offset: u64,
+        segments: &[Segment],
+        write: bool,
+    ) -> Result<(), FatError> {
+        let len = segments_len(segments) as u64;
+        let end = offset.checked_add(len).ok_or(FatError::PastEnd)?;
+        if end > f.size || !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
+            return Err(FatError::PastEnd);
+        }
+        let mut done = 0u64;
+        while done < len {
+            let (lba, contiguous) = self
+                .locate(f, offset + done)
+                .ok_or(FatError::Damaged("a file is shorter than its size"))?;
+            let n = contiguous.min(len - done);
+            let part = sub_segments(segments, done as usize, n as usize);
+            if write {
+                self.disk.write_from(lba, &part)?;
+            } else {
+                self.disk.read_to(lba, &part)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Writes `data` to `f` at `offset`, growing the file if it ends past
     /// the end (the gap reads as zeros).
     pub fn write(&mut self, f: &mut File, offset: u64, data: &[u8]) -> Result<(), FatError> {
@@ -1644,6 +1686,118 @@ mod tests {
         for taken in ["data", "DATA", "rootdisk"] {
             assert_eq!(v.create(taken, (0, 0)), Err(FatError::Exists), "{taken}");
         }
+    }
+
+    /// A disk that also moves data by address, into a memory of its own
+    /// (the addresses index `memory`), as a DMA-capable device does.
+    struct Addressed {
+        disk: TestDisk,
+        memory: Vec<u8>,
+    }
+
+    impl BlockDevice for Addressed {
+        fn blocks(&self) -> u64 {
+            self.disk.blocks()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            self.disk.read(lba, buf)
+        }
+        fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+            self.disk.write(lba, buf)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            Ok(())
+        }
+        fn direct(&self) -> bool {
+            true
+        }
+        fn read_to(&mut self, mut lba: u64, to: &[Segment]) -> Result<(), IoError> {
+            for s in to {
+                let m = s.addr as usize;
+                self.disk.read(lba, &mut self.memory[m..m + s.len])?;
+                lba += (s.len / 512) as u64;
+            }
+            Ok(())
+        }
+        fn write_from(&mut self, mut lba: u64, from: &[Segment]) -> Result<(), IoError> {
+            for s in from {
+                let m = s.addr as usize;
+                self.disk.write(lba, &self.memory[m..m + s.len])?;
+                lba += (s.len / 512) as u64;
+            }
+            Ok(())
+        }
+    }
+
+    /// Reads and writes by address over files whose clusters interleave
+    /// (so every transfer crosses runs) give what `read` gives.
+    #[test]
+    fn direct_transfers_follow_the_cluster_runs() {
+        if !tool("mformat", "mtools") {
+            return;
+        }
+        let image = temp("direct.img");
+        let bytes = mformat(&image, None);
+        let mut v = Volume::mount(Addressed {
+            disk: disk(bytes),
+            memory: vec![0; 1 << 20],
+        })
+        .map_err(|(e, _)| e)
+        .unwrap();
+        let mut a = v.create("a.bin", (0, 0)).unwrap();
+        let mut b = v.create("b.bin", (0, 0)).unwrap();
+        for i in 0..24u64 {
+            v.write(&mut a, i * 1536, &pattern(1536, i as u8)).unwrap();
+            v.write(&mut b, i * 1024, &pattern(1024, 99)).unwrap();
+        }
+        let whole = {
+            let mut w = vec![0u8; 24 * 1536];
+            v.read(&a, 0, &mut w).unwrap();
+            w
+        };
+        // Scattered memory: 3 sectors at 0x8000, 5 at 0x1000, the rest
+        // at 0x20000; from sector 7 of the file.
+        let segs = [
+            Segment {
+                addr: 0x8000,
+                len: 1536,
+            },
+            Segment {
+                addr: 0x1000,
+                len: 2560,
+            },
+            Segment {
+                addr: 0x20000,
+                len: 20 * 512,
+            },
+        ];
+        v.read_to(&a, 7 * 512, &segs).unwrap();
+        let m = &v.disk().memory;
+        let mut got = Vec::new();
+        for s in &segs {
+            got.extend_from_slice(&m[s.addr as usize..s.addr as usize + s.len]);
+        }
+        assert_eq!(got, &whole[7 * 512..7 * 512 + got.len()]);
+        // Written back shifted by 2 sectors: read shows it.
+        v.write_from(&a, 9 * 512, &segs).unwrap();
+        let mut back = vec![0u8; got.len()];
+        v.read(&a, 9 * 512, &mut back).unwrap();
+        assert_eq!(back, got);
+        // b is untouched.
+        let mut bb = vec![0u8; 1024];
+        v.read(&b, 23 * 1024, &mut bb).unwrap();
+        assert_eq!(bb, pattern(1024, 99));
+        // Past the end, or part of a sector: refused.
+        let one = [Segment { addr: 0, len: 512 }];
+        assert_eq!(v.read_to(&a, 24 * 1536, &one), Err(FatError::PastEnd));
+        assert_eq!(v.read_to(&a, 100, &one), Err(FatError::PastEnd));
+        assert_eq!(
+            v.read_to(&a, 0, &[Segment { addr: 0, len: 100 }]),
+            Err(FatError::PastEnd)
+        );
     }
 
     fn volume_bytes() -> Option<Vec<u8>> {

@@ -54,6 +54,27 @@ pub trait Storage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageError;
 
+/// Where a run of a virtual disk's bytes lies: `len` bytes in the image
+/// file from `at`, or nowhere yet (they read as zeros). A device moves
+/// them between the file and memory itself (`vmbus::scsi::Segment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    File { at: u64, len: u64 },
+    Zeros(u64),
+}
+
+impl Extent {
+    pub fn len(&self) -> u64 {
+        match *self {
+            Extent::File { len, .. } | Extent::Zeros(len) => len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VhdError {
     Storage,
@@ -483,6 +504,12 @@ impl<S: Storage> Vhd<S> {
         self.storage
     }
 
+    /// The storage, for a device to move data to and from the places
+    /// [`extent`](Self::extent) gives.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     fn check(&self, offset: u64, len: usize) -> Result<(), VhdError> {
         match offset.checked_add(len as u64) {
             Some(end) if end <= self.size() => Ok(()),
@@ -513,6 +540,33 @@ impl<S: Storage> Vhd<S> {
             done += n;
         }
         Ok(())
+    }
+
+    /// Where the first of `len` bytes of the disk at `offset` lie: the
+    /// run up to the end of their block. For a write (`allocate`), a block
+    /// not yet in the file is allocated first, as [`write`](Self::write)
+    /// does.
+    pub fn extent(&mut self, offset: u64, len: u64, allocate: bool) -> Result<Extent, VhdError> {
+        self.check(
+            offset,
+            usize::try_from(len).map_err(|_| VhdError::OutOfRange)?,
+        )?;
+        let Some(d) = &self.dynamic else {
+            return Ok(Extent::File { at: offset, len });
+        };
+        let block = u64::from(d.block_size);
+        let (index, within) = ((offset / block) as usize, offset % block);
+        let n = (block - within).min(len);
+        let entry = match d.bat.get(index).copied().unwrap_or(UNALLOCATED) {
+            UNALLOCATED if !allocate => return Ok(Extent::Zeros(n)),
+            UNALLOCATED => self.block(index)?,
+            entry => entry,
+        };
+        let bitmap = self.dynamic.as_ref().map_or(0, |d| d.bitmap_bytes());
+        Ok(Extent::File {
+            at: u64::from(entry) * SECTOR + bitmap + within,
+            len: n,
+        })
     }
 
     /// Writes `data` to the disk at `offset`, allocating blocks as needed.
@@ -836,6 +890,56 @@ mod tests {
             let mut all = vec![0u8; size as usize];
             v.read(0, &mut all).unwrap();
             prop_assert!(all == model);
+        }
+
+        /// The extents of any range, read from the file where they lie (or
+        /// as zeros), are what `read` gives; written through extents that
+        /// allocate, what `read` gives after.
+        #[test]
+        fn extents_are_where_the_bytes_are(
+            dynamic: bool,
+            writes in proptest::collection::vec((0u64..(6 << 20), 1usize..20000), 0..6),
+            at in 0u64..(6 << 20),
+            len in 1u64..(3 << 20),
+            seed: u8,
+        ) {
+            let kind = if dynamic { Kind::Dynamic } else { Kind::Fixed };
+            let mut v = new(kind, 6 * MIB);
+            let size = v.size();
+            for (i, (w, n)) in writes.into_iter().enumerate() {
+                let w = w.min(size - 1);
+                let n = n.min((size - w) as usize);
+                v.write(w, &pattern(n, i as u8)).unwrap();
+            }
+            let (at, len) = (at.min(size - 1), len.min(size - at.min(size - 1)));
+            let mut want = vec![0u8; len as usize];
+            v.read(at, &mut want).unwrap();
+            let mut got = Vec::new();
+            while (got.len() as u64) < len {
+                let o = at + got.len() as u64;
+                match v.extent(o, len - got.len() as u64, false).unwrap() {
+                    Extent::Zeros(n) => got.resize(got.len() + n as usize, 0),
+                    Extent::File { at, len } => {
+                        let mut b = vec![0u8; len as usize];
+                        v.storage.read_at(at, &mut b).unwrap();
+                        got.extend_from_slice(&b);
+                    }
+                }
+            }
+            prop_assert!(got == want);
+            // Writing through allocating extents.
+            let data = pattern(len as usize, seed);
+            let mut done = 0u64;
+            while done < len {
+                let e = v.extent(at + done, len - done, true).unwrap();
+                let Extent::File { at: f, len: n } = e else { panic!("an allocating extent is in the file") };
+                v.storage.write_at(f, &data[done as usize..(done + n) as usize]).unwrap();
+                done += n;
+            }
+            let mut v = Vhd::open(v.into_storage()).unwrap();
+            let mut back = vec![0u8; len as usize];
+            v.read(at, &mut back).unwrap();
+            prop_assert!(back == data);
         }
 
         /// Any bytes: open answers, never panics; what opens reads.

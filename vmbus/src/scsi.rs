@@ -27,6 +27,68 @@ pub trait BlockDevice {
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError>;
     /// Makes every write so far durable.
     fn flush(&mut self) -> Result<(), IoError>;
+    /// Whether [`read_to`](Self::read_to) and
+    /// [`write_from`](Self::write_from) work: the disk moves data to and
+    /// from memory by address (a device's DMA), with no buffer between.
+    fn direct(&self) -> bool {
+        false
+    }
+    /// Reads the blocks from `lba` into the memory `to` names, in order
+    /// (whole blocks in all, in range: checked by the caller).
+    fn read_to(&mut self, _lba: u64, _to: &[Segment]) -> Result<(), IoError> {
+        Err(IoError)
+    }
+    /// Writes the bytes `from` names, in order, as the blocks from `lba`.
+    fn write_from(&mut self, _lba: u64, _from: &[Segment]) -> Result<(), IoError> {
+        Err(IoError)
+    }
+}
+
+/// A piece of memory a disk reaches by address: where it is (the root's
+/// address, which is the bus address: no IOMMU) and how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub addr: u64,
+    pub len: usize,
+}
+
+/// Total bytes of `segments`.
+pub fn segments_len(segments: &[Segment]) -> usize {
+    segments.iter().map(|s| s.len).sum()
+}
+
+/// The pieces of `segments` that hold bytes `skip..skip + len` of what they
+/// name together, in order (shorter if they end first).
+pub fn sub_segments(segments: &[Segment], skip: usize, len: usize) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let (mut at, end) = (0usize, skip.saturating_add(len));
+    for s in segments {
+        let (start, stop) = (at.max(skip), (at + s.len).min(end));
+        if start < stop {
+            out.push(Segment {
+                addr: s.addr + (start - at) as u64,
+                len: stop - start,
+            });
+        }
+        at += s.len;
+        if at >= end {
+            break;
+        }
+    }
+    out
+}
+
+/// `segments` with neighbours that touch merged (fewer descriptors for a
+/// device).
+pub fn merge_segments(segments: impl IntoIterator<Item = Segment>) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for s in segments.into_iter().filter(|s| s.len > 0) {
+        match out.last_mut() {
+            Some(l) if l.addr.checked_add(l.len as u64) == Some(s.addr) => l.len += s.len,
+            _ => out.push(s),
+        }
+    }
+    out
 }
 
 /// The backing store failed.
@@ -203,6 +265,49 @@ impl<D: BlockDevice> ScsiDisk<D> {
             }
             Err(sense) => Outcome::Check(sense),
         }
+    }
+
+    /// Runs a READ or WRITE whose data the disk moves straight to or from
+    /// the memory `segments` names (data in when `data_in`): `None` when
+    /// that is not the way (another command, a disk that cannot, segments
+    /// that are not exactly the command's bytes), and the caller copies
+    /// through a buffer with [`execute`](Self::execute) instead.
+    pub fn execute_direct(
+        &mut self,
+        cdb: &[u8],
+        data_in: bool,
+        segments: &[Segment],
+    ) -> Option<Result<(), Sense>> {
+        let read = match cdb.first()? {
+            0x08 | 0x28 | 0x88 => true,
+            0x0A | 0x2A | 0x8A => false,
+            _ => return None,
+        };
+        if read != data_in || !self.disk.direct() {
+            return None;
+        }
+        let (lba, blocks) = match rw_range(cdb) {
+            Ok(r) => r,
+            Err(sense) => return Some(Err(sense)),
+        };
+        if let Err(sense) = self.check_range(lba, blocks) {
+            return Some(Err(sense));
+        }
+        let bytes = blocks as usize * BLOCK_SIZE;
+        if blocks == 0 || segments_len(segments) != bytes {
+            return None;
+        }
+        Some(if read {
+            self.disk
+                .read_to(lba, segments)
+                .map_err(|_| Sense::UNRECOVERED_READ)
+        } else if self.disk.read_only() {
+            Err(Sense::WRITE_PROTECTED)
+        } else {
+            self.disk
+                .write_from(lba, segments)
+                .map_err(|_| Sense::WRITE_ERROR)
+        })
     }
 
     fn run(&mut self, cdb: &[u8], data_out: &[u8]) -> Result<Vec<u8>, Sense> {
@@ -543,6 +648,106 @@ mod tests {
         assert_eq!((s[0], s[2], s[12]), (0x70, 5, 0x21));
     }
 
+    /// A disk that moves data by address into a simulated memory (the
+    /// addresses index `memory`), as a DMA-capable device does.
+    struct AddressedDisk {
+        disk: MemoryDisk,
+        memory: Vec<u8>,
+    }
+
+    impl BlockDevice for AddressedDisk {
+        fn blocks(&self) -> u64 {
+            self.disk.blocks()
+        }
+        fn read_only(&self) -> bool {
+            self.disk.read_only()
+        }
+        fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            self.disk.read(lba, buf)
+        }
+        fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+            self.disk.write(lba, buf)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            Ok(())
+        }
+        fn direct(&self) -> bool {
+            true
+        }
+        fn read_to(&mut self, lba: u64, to: &[Segment]) -> Result<(), IoError> {
+            let mut buf = vec![0u8; segments_len(to)];
+            self.disk.read(lba, &mut buf)?;
+            let mut at = 0;
+            for s in to {
+                let m = s.addr as usize;
+                self.memory[m..m + s.len].copy_from_slice(&buf[at..at + s.len]);
+                at += s.len;
+            }
+            Ok(())
+        }
+        fn write_from(&mut self, lba: u64, from: &[Segment]) -> Result<(), IoError> {
+            let mut buf = Vec::new();
+            for s in from {
+                let m = s.addr as usize;
+                buf.extend_from_slice(&self.memory[m..m + s.len]);
+            }
+            self.disk.write(lba, &buf)
+        }
+    }
+
+    #[test]
+    fn reads_and_writes_go_direct_when_the_segments_are_the_data() {
+        let mut d = ScsiDisk::new(
+            AddressedDisk {
+                disk: MemoryDisk::new(16, false),
+                memory: (0..8192u32).map(|i| i as u8).collect(),
+            },
+            disk(1).identity,
+        );
+        // Two blocks from scattered memory, out of order.
+        let from = [
+            Segment {
+                addr: 4096,
+                len: 512,
+            },
+            Segment { addr: 0, len: 512 },
+        ];
+        assert_eq!(d.execute_direct(&write16(3, 2), false, &from), Some(Ok(())));
+        let mut back = vec![0u8; 1024];
+        d.disk.disk.read(3, &mut back).unwrap();
+        assert_eq!(&back[..512], &d.disk.memory[4096..4608]);
+        assert_eq!(&back[512..], &d.disk.memory[..512]);
+        let to = [Segment {
+            addr: 1024,
+            len: 1024,
+        }];
+        assert_eq!(d.execute_direct(&read10(3, 2), true, &to), Some(Ok(())));
+        assert_eq!(&d.disk.memory[1024..2048], &back[..]);
+        // Not the way: the wrong direction, a length that does not match,
+        // a command with no data, no blocks.
+        assert_eq!(d.execute_direct(&read10(3, 2), false, &to), None);
+        assert_eq!(d.execute_direct(&read10(3, 1), true, &to), None);
+        assert_eq!(d.execute_direct(&[0x00; 6], true, &to), None);
+        assert_eq!(d.execute_direct(&read10(3, 0), true, &[]), None);
+        // Errors the command has whatever the way.
+        assert_eq!(
+            d.execute_direct(&read10(15, 2), true, &to),
+            Some(Err(Sense::LBA_OUT_OF_RANGE))
+        );
+        // A disk that cannot: the buffered way.
+        let mut plain = disk(16);
+        assert_eq!(plain.execute_direct(&read10(3, 2), true, &to), None);
+    }
+
+    #[test]
+    fn segments_merge_where_they_touch() {
+        let s = |addr, len| Segment { addr, len };
+        assert_eq!(
+            merge_segments([s(0, 512), s(512, 512), s(2048, 0), s(4096, 8), s(1024, 1)]),
+            vec![s(0, 1024), s(4096, 8), s(1024, 1)]
+        );
+    }
+
     proptest! {
         /// Any command descriptor block and data: an outcome, never a panic;
         /// data in never longer than allowed.
@@ -563,6 +768,35 @@ mod tests {
             if let Outcome::Good(v) = d.execute(&cdb, &data, allowed) {
                 prop_assert!(v.len() <= allowed);
             }
+        }
+
+        /// Any window of any segments: the pieces name exactly the bytes of
+        /// the window, in order.
+        #[test]
+        fn sub_segments_name_the_window(
+            lens in proptest::collection::vec(0usize..5000, 0..12),
+            skip in 0usize..40000,
+            len in 0usize..40000,
+        ) {
+            // Segment i at 100 000 * i: every byte has its own address.
+            let segs: Vec<Segment> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| Segment { addr: 100_000 * i as u64, len })
+                .collect();
+            let every: Vec<u64> = segs
+                .iter()
+                .flat_map(|s| (0..s.len as u64).map(move |o| s.addr + o))
+                .collect();
+            let want: Vec<u64> = every.iter().skip(skip).take(len).copied().collect();
+            let got: Vec<u64> = sub_segments(&segs, skip, len)
+                .iter()
+                .flat_map(|s| {
+                    assert!(s.len > 0);
+                    (0..s.len as u64).map(move |o| s.addr + o)
+                })
+                .collect();
+            prop_assert_eq!(got, want);
         }
     }
 }

@@ -19,7 +19,10 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 
 use crate::channel::{Channel, ChannelError, Notify, SendResult};
 use crate::packet::{GpaRange, OutgoingPacket, PacketKind};
-use crate::scsi::{BlockDevice, Outcome, ScsiDisk, Sense, BLOCK_SIZE, CHECK_CONDITION, GOOD};
+use crate::scsi::{
+    merge_segments, BlockDevice, Outcome, ScsiDisk, Segment, Sense, BLOCK_SIZE, CHECK_CONDITION,
+    GOOD,
+};
 use crate::shared_mem::RingMemory;
 use crate::PAGE_SIZE;
 
@@ -183,6 +186,12 @@ pub trait GuestMemory {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), OutsideGuest>;
     /// Copies `data` to `gpa` (within one page).
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), OutsideGuest>;
+    /// Where a disk's DMA reaches `len` bytes at `gpa` (within one page),
+    /// if it can: `None` for memory that is not the guest's, or when the
+    /// device's memory is reached only by copies.
+    fn segment(&self, _gpa: u64, _len: usize) -> Option<Segment> {
+        None
+    }
 }
 
 /// A request named memory that is not the guest's.
@@ -385,6 +394,27 @@ impl StorageServer {
             d.truncate(length);
             return self.finish(reply, Outcome::Good(d), 0, range, memory);
         }
+        // A READ or WRITE: the disk moves the data to or from the guest's
+        // pages itself where it can (no copy, no buffer).
+        if let Some(r) = range.filter(|_| request.data_in <= 1) {
+            if let Some(segments) = direct_segments(memory, r, length) {
+                let data_in = request.data_in == 1;
+                if let Some(done) = disk.execute_direct(cdb, data_in, &segments) {
+                    let outcome = match done {
+                        Ok(()) if data_in => {
+                            self.bytes_read += length as u64;
+                            Outcome::Good(alloc::vec::Vec::new())
+                        }
+                        Ok(()) => {
+                            self.bytes_written += length as u64;
+                            Outcome::Good(alloc::vec::Vec::new())
+                        }
+                        Err(sense) => Outcome::Check(sense),
+                    };
+                    return self.finish(reply, outcome, length, None, memory);
+                }
+            }
+        }
         let outcome = match (request.data_in, range) {
             // Data out: the guest's bytes first, then the command.
             (0, Some(r)) => {
@@ -552,6 +582,27 @@ fn pieces(
     Ok(())
 }
 
+/// The guest's pages of `range` that hold its first `len` bytes, as a
+/// disk's DMA reaches them (neighbours merged); `None` if any is not
+/// reachable so, is outside the guest, or holds part of a block (the
+/// layers below split a transfer at block boundaries only).
+fn direct_segments<M: GuestMemory>(
+    memory: &M,
+    range: GpaRange<'_>,
+    len: usize,
+) -> Option<alloc::vec::Vec<Segment>> {
+    let mut segments = alloc::vec::Vec::new();
+    pieces(range, len, |gpa, _, n| {
+        if n % BLOCK_SIZE != 0 {
+            return Err(OutsideGuest);
+        }
+        segments.push(memory.segment(gpa, n).ok_or(OutsideGuest)?);
+        Ok(())
+    })
+    .ok()?;
+    Some(merge_segments(segments))
+}
+
 pub(crate) fn gather<M: GuestMemory>(
     memory: &mut M,
     range: GpaRange<'_>,
@@ -578,7 +629,7 @@ mod tests {
     use super::*;
     use crate::channel::{quiet_pair, Quiet};
     use crate::packet::GpaRangeSpec;
-    use crate::scsi::{rw10, Identity, MemoryDisk};
+    use crate::scsi::{rw10, Identity, IoError, MemoryDisk};
     use crate::shared_mem::HeapRing;
     use alloc::sync::Arc;
     use alloc::vec::Vec;
@@ -609,12 +660,12 @@ mod tests {
         }
     }
 
-    struct Rig {
+    struct Rig<D: BlockDevice = MemoryDisk, M: GuestMemory = Memory> {
         guest: Ch,
         host: Ch,
         server: StorageServer,
-        disks: Vec<ScsiDisk<MemoryDisk>>,
-        memory: Memory,
+        disks: Vec<ScsiDisk<D>>,
+        memory: M,
     }
 
     impl Rig {
@@ -634,7 +685,9 @@ mod tests {
                 memory: Memory(vec![0; 64 * PAGE_SIZE]),
             }
         }
+    }
 
+    impl<D: BlockDevice, M: GuestMemory> Rig<D, M> {
         /// Sends `packet` (with `range` as its data, if any), serves, and
         /// returns the completion.
         fn call(&mut self, id: u64, packet: &[u8], range: Option<GpaRangeSpec<'_>>) -> VstorPacket {
@@ -736,6 +789,165 @@ mod tests {
         assert_eq!(t.body.srb_status, srb::SUCCESS);
         let s = rig.srb(4, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 2, 0, None);
         assert_eq!(s.body.srb_status, srb::SUCCESS);
+    }
+
+    /// Guest memory a disk reaches by address (GPA = address), shared
+    /// with the disk that moves data to and from it.
+    #[derive(Clone)]
+    struct Addressed(alloc::rc::Rc<core::cell::RefCell<Vec<u8>>>);
+    impl GuestMemory for Addressed {
+        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), OutsideGuest> {
+            Memory(self.0.borrow().clone()).read(gpa, buf)
+        }
+        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), OutsideGuest> {
+            let at = gpa as usize;
+            let mut m = self.0.borrow_mut();
+            let dst = m.get_mut(at..at + data.len()).ok_or(OutsideGuest)?;
+            dst.copy_from_slice(data);
+            Ok(())
+        }
+        fn segment(&self, gpa: u64, len: usize) -> Option<Segment> {
+            (gpa as usize + len <= self.0.borrow().len()).then_some(Segment { addr: gpa, len })
+        }
+    }
+
+    /// A disk that moves its data by address ([`Addressed`]), counting the
+    /// transfers it did so.
+    struct DmaDisk {
+        disk: MemoryDisk,
+        memory: Addressed,
+        direct: usize,
+    }
+    impl BlockDevice for DmaDisk {
+        fn blocks(&self) -> u64 {
+            self.disk.blocks()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            self.disk.read(lba, buf)
+        }
+        fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+            self.disk.write(lba, buf)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            Ok(())
+        }
+        fn direct(&self) -> bool {
+            true
+        }
+        fn read_to(&mut self, mut lba: u64, to: &[Segment]) -> Result<(), IoError> {
+            self.direct += 1;
+            for s in to {
+                let mut buf = vec![0u8; s.len];
+                self.disk.read(lba, &mut buf)?;
+                self.memory.write(s.addr, &buf).map_err(|_| IoError)?;
+                lba += (s.len / BLOCK_SIZE) as u64;
+            }
+            Ok(())
+        }
+        fn write_from(&mut self, mut lba: u64, from: &[Segment]) -> Result<(), IoError> {
+            self.direct += 1;
+            for s in from {
+                let mut buf = vec![0u8; s.len];
+                self.memory.read(s.addr, &mut buf).map_err(|_| IoError)?;
+                self.disk.write(lba, &buf)?;
+                lba += (s.len / BLOCK_SIZE) as u64;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_disk_that_reaches_guest_pages_moves_the_data_itself() {
+        let (guest, host) = pair();
+        let shared = Addressed(alloc::rc::Rc::new(core::cell::RefCell::new(vec![
+            0;
+            64 * PAGE_SIZE
+        ])));
+        let mut rig = Rig {
+            guest,
+            host,
+            server: StorageServer::default(),
+            disks: vec![ScsiDisk::new(
+                DmaDisk {
+                    disk: MemoryDisk::new(256, false),
+                    memory: shared.clone(),
+                    direct: 0,
+                },
+                Identity {
+                    serial: *b"serial0000000001",
+                    id: 1,
+                },
+            )],
+            memory: shared.clone(),
+        };
+        rig.init();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 13) as u8).collect();
+        {
+            let mut m = shared.0.borrow_mut();
+            m[3 * PAGE_SIZE + 512..4 * PAGE_SIZE].copy_from_slice(&data[..3584]);
+            m[4 * PAGE_SIZE..5 * PAGE_SIZE].copy_from_slice(&data[3584..7680]);
+            m[9 * PAGE_SIZE..9 * PAGE_SIZE + 512].copy_from_slice(&data[7680..]);
+        }
+        // Pages 3, 4 (touching: one segment) and 9, from block 1 of page 3.
+        let pfns = [3u64, 4, 9];
+        let range = |pfns| GpaRangeSpec {
+            byte_count: 8192,
+            byte_offset: 512,
+            pfns,
+        };
+        let w = rig.srb(1, &rw10(0x2A, 7, 16), 0, 8192, Some(range(&pfns)));
+        assert_eq!((w.status.get(), w.body.srb_status), (0, srb::SUCCESS));
+        assert_eq!(w.body.data_transfer_length.get(), 8192);
+        assert_eq!(
+            &rig.disks[0].disk.disk.bytes()[7 * 512..23 * 512],
+            &data[..]
+        );
+        let pfns = [30u64, 20, 21];
+        let r = rig.srb(2, &rw10(0x28, 7, 16), 1, 8192, Some(range(&pfns)));
+        assert_eq!(
+            (r.body.srb_status, r.body.data_transfer_length.get()),
+            (srb::SUCCESS, 8192)
+        );
+        {
+            let m = shared.0.borrow();
+            assert_eq!(&m[30 * PAGE_SIZE + 512..31 * PAGE_SIZE], &data[..3584]);
+            assert_eq!(&m[20 * PAGE_SIZE..21 * PAGE_SIZE], &data[3584..7680]);
+            assert_eq!(&m[21 * PAGE_SIZE..21 * PAGE_SIZE + 512], &data[7680..]);
+        }
+        assert_eq!(rig.disks[0].disk.direct, 2);
+        assert_eq!(
+            (rig.server.bytes_written, rig.server.bytes_read),
+            (8192, 8192)
+        );
+        // Part of a block in a page (byte offset 100): the buffered way.
+        let r = rig.srb(
+            3,
+            &rw10(0x28, 7, 8),
+            1,
+            4096,
+            Some(GpaRangeSpec {
+                byte_count: 4096,
+                byte_offset: 100,
+                pfns: &[40, 41],
+            }),
+        );
+        assert_eq!(r.body.srb_status, srb::SUCCESS);
+        assert_eq!(rig.disks[0].disk.direct, 2);
+        assert_eq!(
+            &shared.0.borrow()[40 * PAGE_SIZE + 100..41 * PAGE_SIZE],
+            &data[..3996]
+        );
+        // A page outside the guest: refused, whichever way.
+        let outside = GpaRangeSpec {
+            byte_count: 4096,
+            byte_offset: 0,
+            pfns: &[1000],
+        };
+        let r = rig.srb(4, &rw10(0x28, 7, 8), 1, 4096, Some(outside));
+        assert_eq!(r.body.srb_status, srb::INVALID_REQUEST);
     }
 
     #[test]

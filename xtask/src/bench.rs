@@ -536,6 +536,9 @@ fn storage(art: &build::Artifacts) -> Result<()> {
         "  read:  guest {guest_read:.1} MiB/s, root {root_read:.1} MiB/s: ratio {:.2} (goal >= 0.8)",
         guest_read / root_read
     );
+    if let Some(source) = guest("dd source: ") {
+        println!("  (the guest's dd reads its zeros from /dev/zero at {source:.1} MiB/s)");
+    }
     Ok(())
 }
 

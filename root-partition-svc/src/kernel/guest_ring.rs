@@ -7,6 +7,7 @@
 //! pages a request names ([`GuestMemoryBlock`]).
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
+use vmbus::scsi::Segment;
 use vmbus::shared_mem::{RingHeader, RingMemory};
 use vmbus::storvsp::{GuestMemory, OutsideGuest};
 
@@ -106,5 +107,25 @@ impl GuestMemory for GuestMemoryBlock {
         // SAFETY: as in `read`.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) };
         Ok(())
+    }
+
+    /// The guest's bytes at their root address, which is their bus
+    /// address: the root's disk moves a request's data to and from the
+    /// guest's pages directly.
+    fn segment(&self, gpa: u64, len: usize) -> Option<Segment> {
+        let addr = self.at(gpa, len).ok()?;
+        Some(Segment { addr, len })
+    }
+}
+
+/// Zeros the memory `segments` name: a read of a disk's blocks that are not
+/// stored yet (a dynamic image's), into a guest's pages.
+pub fn zero(segments: &[Segment]) {
+    for s in segments {
+        // SAFETY: a segment given to a disk names memory its caller lends
+        // it for the call (`BlockDevice::read_to`): here a guest's pages
+        // inside its block ([`GuestMemoryBlock::segment`]), allocated while
+        // its channel is served; plain bytes, written once.
+        unsafe { core::ptr::write_bytes(s.addr as *mut u8, 0, s.len) };
     }
 }
