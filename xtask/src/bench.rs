@@ -498,7 +498,7 @@ fn root_disk_rates(log: &str) -> Option<(f64, f64)> {
 /// one boot (QEMU).
 fn storage(art: &build::Artifacts) -> Result<()> {
     let kit = crate::linux_kit::build()?;
-    println!("== storage: 64 MiB in 1 MiB requests, guest dd (direct I/O) on a fixed VHDX over VMBus / the root's own file I/O, same disk, QEMU");
+    println!("== storage: 192 MiB in 1 MiB requests, guest dd (direct I/O) on a fixed VHDX over VMBus / the root's own file I/O, same disk, QEMU");
     let mut modules = vec![(art.root_partition.clone(), "root".to_string())];
     modules.extend(kit.modules());
     let dir = build::work_dir().join("bench-storage");
@@ -509,8 +509,8 @@ fn storage(art: &build::Artifacts) -> Result<()> {
     m.cmdline = String::new();
     m.disk_image = Some(disk.display().to_string());
     let script: Vec<String> = vec![
-        "bench disk 64".into(),
-        "vhd new bench.vhdx --size 128M --type fixed".into(),
+        "bench disk 192".into(),
+        "vhd new bench.vhdx --size 256M --type fixed".into(),
         "vm new linux --kernel linux --initrd linux-initrd --memory 256M --vcpus 1 --cmdline \"console=ttyS0 nokaslr pci=off io_delay=none linuxtest=dd\"".into(),
         "vm disk attach linux bench.vhdx".into(),
         "vm start linux".into(),
@@ -524,7 +524,7 @@ fn storage(art: &build::Artifacts) -> Result<()> {
     std::fs::write(dir.join("serial.log"), log)?;
     let (root_write, root_read) =
         root_disk_rates(log).context("no bench disk line from the root")?;
-    let guest = |what: &str| dd_seconds(log, what).map(|s| 64.0 / s);
+    let guest = |what: &str| dd_seconds(log, what).map(|s| 192.0 / s);
     let (Some(guest_write), Some(guest_read)) = (guest("dd write: "), guest("dd read: ")) else {
         bail!("no dd summary from the guest (see {})", dir.display());
     };

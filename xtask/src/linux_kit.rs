@@ -262,22 +262,22 @@ disk)
     poweroff -f
     ;;
 dd)
-    # The storage benchmark: 64 MiB written to the first SCSI disk and read
+    # The storage benchmark: 192 MiB written to the first SCSI disk and read
     # back in 1 MiB requests past the page cache; the kernel's uptime (the
     # Hyper-V reference clock) before and after each.
     load_and_wait_for_sda
     t0=$(cut -d' ' -f1 /proc/uptime)
-    dd if=/dev/zero of=/dev/sda bs=1M count=64 oflag=direct 2>/dev/null
+    dd if=/dev/zero of=/dev/sda bs=1M count=192 oflag=direct 2>/dev/null
     t1=$(cut -d' ' -f1 /proc/uptime)
-    dd if=/dev/sda of=/dev/null bs=1M count=64 iflag=direct 2>/dev/null
+    dd if=/dev/sda of=/dev/null bs=1M count=192 iflag=direct 2>/dev/null
     t2=$(cut -d' ' -f1 /proc/uptime)
     # What the write's source costs alone (the zeros dd reads before each
     # write: the guest's own work, no storage in it).
-    dd if=/dev/zero of=/dev/null bs=1M count=64 2>/dev/null
+    dd if=/dev/zero of=/dev/null bs=1M count=192 2>/dev/null
     t3=$(cut -d' ' -f1 /proc/uptime)
-    echo "LINUX-INIT: dd write: 64 MiB from uptime $t0 to $t1"
-    echo "LINUX-INIT: dd read: 64 MiB from uptime $t1 to $t2"
-    echo "LINUX-INIT: dd source: 64 MiB from uptime $t2 to $t3"
+    echo "LINUX-INIT: dd write: 192 MiB from uptime $t0 to $t1"
+    echo "LINUX-INIT: dd read: 192 MiB from uptime $t1 to $t2"
+    echo "LINUX-INIT: dd source: 192 MiB from uptime $t2 to $t3"
     echo "LINUX-INIT: done"
     drain
     poweroff -f
