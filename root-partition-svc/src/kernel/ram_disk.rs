@@ -1,7 +1,7 @@
 //! A disk in the root's RAM: a block taken from the worker's memory pool,
 //! attached to a VM's SCSI controller (`vm disk attach NAME ram:SIZE`). It
 //! keeps its blocks across the VM's restarts, not across a host reboot.
-use vmbus::scsi::{BlockDevice, IoError, BLOCK_SIZE};
+use vmbus::scsi::{segments_len, BlockDevice, IoError, Segment, BLOCK_SIZE};
 
 /// A handle on the block: the worker owns the memory (it returns to the
 /// pool when the disk is detached), the VM's storage device copies the
@@ -83,6 +83,38 @@ impl BlockDevice for RamDisk {
 
     /// RAM keeps every write at once.
     fn flush(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
+
+    /// The blocks and a guest's pages are both memory: one copy between
+    /// them, no buffer.
+    fn direct(&self) -> bool {
+        true
+    }
+
+    fn read_to(&mut self, lba: u64, to: &[Segment]) -> Result<(), IoError> {
+        let mut at = self.at(lba, segments_len(to))?;
+        for s in to {
+            // SAFETY: the source as in `read` (the whole run checked
+            // above); the destination is memory the caller lends the disk
+            // for the call (`BlockDevice::read_to`: a guest's pages inside
+            // its block), apart from the disk's own block.
+            unsafe { core::ptr::copy_nonoverlapping(at as *const u8, s.addr as *mut u8, s.len) };
+            at += s.len as u64;
+        }
+        Ok(())
+    }
+
+    fn write_from(&mut self, lba: u64, from: &[Segment]) -> Result<(), IoError> {
+        if self.read_only {
+            return Err(IoError);
+        }
+        let mut at = self.at(lba, segments_len(from))?;
+        for s in from {
+            // SAFETY: as in `read_to`, the other way.
+            unsafe { core::ptr::copy_nonoverlapping(s.addr as *const u8, at as *mut u8, s.len) };
+            at += s.len as u64;
+        }
         Ok(())
     }
 }
