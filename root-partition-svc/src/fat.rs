@@ -1688,50 +1688,6 @@ mod tests {
         }
     }
 
-    /// A disk that also moves data by address, into a memory of its own
-    /// (the addresses index `memory`), as a DMA-capable device does.
-    struct Addressed {
-        disk: TestDisk,
-        memory: Vec<u8>,
-    }
-
-    impl BlockDevice for Addressed {
-        fn blocks(&self) -> u64 {
-            self.disk.blocks()
-        }
-        fn read_only(&self) -> bool {
-            false
-        }
-        fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-            self.disk.read(lba, buf)
-        }
-        fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-            self.disk.write(lba, buf)
-        }
-        fn flush(&mut self) -> Result<(), IoError> {
-            Ok(())
-        }
-        fn direct(&self) -> bool {
-            true
-        }
-        fn read_to(&mut self, mut lba: u64, to: &[Segment]) -> Result<(), IoError> {
-            for s in to {
-                let m = s.addr as usize;
-                self.disk.read(lba, &mut self.memory[m..m + s.len])?;
-                lba += (s.len / 512) as u64;
-            }
-            Ok(())
-        }
-        fn write_from(&mut self, mut lba: u64, from: &[Segment]) -> Result<(), IoError> {
-            for s in from {
-                let m = s.addr as usize;
-                self.disk.write(lba, &self.memory[m..m + s.len])?;
-                lba += (s.len / 512) as u64;
-            }
-            Ok(())
-        }
-    }
-
     /// Reads and writes by address over files whose clusters interleave
     /// (so every transfer crosses runs) give what `read` gives.
     #[test]
@@ -1741,7 +1697,7 @@ mod tests {
         }
         let image = temp("direct.img");
         let bytes = mformat(&image, None);
-        let mut v = Volume::mount(Addressed {
+        let mut v = Volume::mount(vmbus::scsi::DmaMemoryDisk {
             disk: disk(bytes),
             memory: vec![0; 1 << 20],
         })

@@ -687,6 +687,124 @@ impl Storage for MemoryStorage {
     }
 }
 
+/// The property both image formats' extents keep, for their tests.
+#[cfg(test)]
+pub(crate) mod extent_check {
+    use super::{Extent, MemoryStorage, Storage, Vhd};
+    use crate::vhdx::Vhdx;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// An image in memory, as the check uses it.
+    pub(crate) trait Image: Sized {
+        fn size(&self) -> u64;
+        fn read(&mut self, offset: u64, buf: &mut [u8]);
+        fn write(&mut self, offset: u64, data: &[u8]);
+        fn extent(&mut self, offset: u64, len: u64, allocate: bool) -> Extent;
+        fn file(&mut self) -> &mut MemoryStorage;
+        fn reopen(self) -> Self;
+    }
+
+    impl Image for Vhd<MemoryStorage> {
+        fn size(&self) -> u64 {
+            Vhd::size(self)
+        }
+        fn read(&mut self, offset: u64, buf: &mut [u8]) {
+            Vhd::read(self, offset, buf).unwrap()
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            Vhd::write(self, offset, data).unwrap()
+        }
+        fn extent(&mut self, offset: u64, len: u64, allocate: bool) -> Extent {
+            Vhd::extent(self, offset, len, allocate).unwrap()
+        }
+        fn file(&mut self) -> &mut MemoryStorage {
+            self.storage_mut()
+        }
+        fn reopen(self) -> Self {
+            Vhd::open(self.into_storage()).unwrap()
+        }
+    }
+
+    impl Image for Vhdx<MemoryStorage> {
+        fn size(&self) -> u64 {
+            Vhdx::size(self)
+        }
+        fn read(&mut self, offset: u64, buf: &mut [u8]) {
+            Vhdx::read(self, offset, buf).unwrap()
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            Vhdx::write(self, offset, data).unwrap()
+        }
+        fn extent(&mut self, offset: u64, len: u64, allocate: bool) -> Extent {
+            Vhdx::extent(self, offset, len, allocate).unwrap()
+        }
+        fn file(&mut self) -> &mut MemoryStorage {
+            self.storage_mut()
+        }
+        fn reopen(self) -> Self {
+            Vhdx::open(self.into_storage()).unwrap()
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(13) ^ seed ^ (i >> 9) as u8)
+            .collect()
+    }
+
+    /// After `writes`, the extents of `len` bytes at `at` (both cut to the
+    /// disk), read from the file where they lie or as zeros, are what
+    /// `read` gives; bytes written through extents that allocate are what
+    /// `read` gives after a reopen.
+    pub(crate) fn holds<I: Image>(
+        mut v: I,
+        writes: &[(u64, usize)],
+        at: u64,
+        len: u64,
+        seed: u8,
+    ) -> bool {
+        let size = v.size();
+        for (i, &(w, n)) in writes.iter().enumerate() {
+            let w = w.min(size - 1);
+            v.write(w, &pattern(n.min((size - w) as usize), i as u8));
+        }
+        let at = at.min(size - 1);
+        let len = len.min(size - at);
+        let mut want = vec![0u8; len as usize];
+        v.read(at, &mut want);
+        let mut got = Vec::new();
+        while (got.len() as u64) < len {
+            let o = at + got.len() as u64;
+            match v.extent(o, len - got.len() as u64, false) {
+                Extent::Zeros(n) => got.resize(got.len() + n as usize, 0),
+                Extent::File { at, len } => {
+                    let mut b = vec![0u8; len as usize];
+                    v.file().read_at(at, &mut b).unwrap();
+                    got.extend_from_slice(&b);
+                }
+            }
+        }
+        if got != want {
+            return false;
+        }
+        let data = pattern(len as usize, seed);
+        let mut done = 0u64;
+        while done < len {
+            let Extent::File { at: f, len: n } = v.extent(at + done, len - done, true) else {
+                return false;
+            };
+            let piece = &data[done as usize..(done + n) as usize];
+            v.file().write_at(f, piece).unwrap();
+            done += n;
+        }
+        let mut v = v.reopen();
+        let mut back = vec![0u8; len as usize];
+        v.read(at, &mut back);
+        back == data
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -892,9 +1010,8 @@ mod tests {
             prop_assert!(all == model);
         }
 
-        /// The extents of any range, read from the file where they lie (or
-        /// as zeros), are what `read` gives; written through extents that
-        /// allocate, what `read` gives after.
+        /// The extents of any range are where `read` finds the bytes; a
+        /// write through them is what `read` gives after a reopen.
         #[test]
         fn extents_are_where_the_bytes_are(
             dynamic: bool,
@@ -904,42 +1021,7 @@ mod tests {
             seed: u8,
         ) {
             let kind = if dynamic { Kind::Dynamic } else { Kind::Fixed };
-            let mut v = new(kind, 6 * MIB);
-            let size = v.size();
-            for (i, (w, n)) in writes.into_iter().enumerate() {
-                let w = w.min(size - 1);
-                let n = n.min((size - w) as usize);
-                v.write(w, &pattern(n, i as u8)).unwrap();
-            }
-            let (at, len) = (at.min(size - 1), len.min(size - at.min(size - 1)));
-            let mut want = vec![0u8; len as usize];
-            v.read(at, &mut want).unwrap();
-            let mut got = Vec::new();
-            while (got.len() as u64) < len {
-                let o = at + got.len() as u64;
-                match v.extent(o, len - got.len() as u64, false).unwrap() {
-                    Extent::Zeros(n) => got.resize(got.len() + n as usize, 0),
-                    Extent::File { at, len } => {
-                        let mut b = vec![0u8; len as usize];
-                        v.storage.read_at(at, &mut b).unwrap();
-                        got.extend_from_slice(&b);
-                    }
-                }
-            }
-            prop_assert!(got == want);
-            // Writing through allocating extents.
-            let data = pattern(len as usize, seed);
-            let mut done = 0u64;
-            while done < len {
-                let e = v.extent(at + done, len - done, true).unwrap();
-                let Extent::File { at: f, len: n } = e else { panic!("an allocating extent is in the file") };
-                v.storage.write_at(f, &data[done as usize..(done + n) as usize]).unwrap();
-                done += n;
-            }
-            let mut v = Vhd::open(v.into_storage()).unwrap();
-            let mut back = vec![0u8; len as usize];
-            v.read(at, &mut back).unwrap();
-            prop_assert!(back == data);
+            prop_assert!(super::extent_check::holds(new(kind, 6 * MIB), &writes, at, len, seed));
         }
 
         /// Any bytes: open answers, never panics; what opens reads.

@@ -95,6 +95,54 @@ pub fn merge_segments(segments: impl IntoIterator<Item = Segment>) -> Vec<Segmen
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoError;
 
+/// A test double: `disk`, which also moves data by address into a memory
+/// of its own (an address indexes `memory`), as a DMA-capable device does.
+#[cfg(any(test, feature = "test-support"))]
+pub struct DmaMemoryDisk<D: BlockDevice> {
+    pub disk: D,
+    pub memory: Vec<u8>,
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl<D: BlockDevice> BlockDevice for DmaMemoryDisk<D> {
+    fn blocks(&self) -> u64 {
+        self.disk.blocks()
+    }
+    fn read_only(&self) -> bool {
+        self.disk.read_only()
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.disk.read(lba, buf)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.disk.write(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.disk.flush()
+    }
+    fn direct(&self) -> bool {
+        true
+    }
+    fn read_to(&mut self, mut lba: u64, to: &[Segment]) -> Result<(), IoError> {
+        for s in to {
+            let at = usize::try_from(s.addr).map_err(|_| IoError)?;
+            let piece = self.memory.get_mut(at..at + s.len).ok_or(IoError)?;
+            self.disk.read(lba, piece)?;
+            lba += (s.len / BLOCK_SIZE) as u64;
+        }
+        Ok(())
+    }
+    fn write_from(&mut self, mut lba: u64, from: &[Segment]) -> Result<(), IoError> {
+        for s in from {
+            let at = usize::try_from(s.addr).map_err(|_| IoError)?;
+            let piece = self.memory.get(at..at + s.len).ok_or(IoError)?;
+            self.disk.write(lba, piece)?;
+            lba += (s.len / BLOCK_SIZE) as u64;
+        }
+        Ok(())
+    }
+}
+
 /// A disk in memory (the root's RAM disks; tests).
 #[derive(Debug, Clone)]
 pub struct MemoryDisk {
@@ -648,57 +696,10 @@ mod tests {
         assert_eq!((s[0], s[2], s[12]), (0x70, 5, 0x21));
     }
 
-    /// A disk that moves data by address into a simulated memory (the
-    /// addresses index `memory`), as a DMA-capable device does.
-    struct AddressedDisk {
-        disk: MemoryDisk,
-        memory: Vec<u8>,
-    }
-
-    impl BlockDevice for AddressedDisk {
-        fn blocks(&self) -> u64 {
-            self.disk.blocks()
-        }
-        fn read_only(&self) -> bool {
-            self.disk.read_only()
-        }
-        fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-            self.disk.read(lba, buf)
-        }
-        fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-            self.disk.write(lba, buf)
-        }
-        fn flush(&mut self) -> Result<(), IoError> {
-            Ok(())
-        }
-        fn direct(&self) -> bool {
-            true
-        }
-        fn read_to(&mut self, lba: u64, to: &[Segment]) -> Result<(), IoError> {
-            let mut buf = vec![0u8; segments_len(to)];
-            self.disk.read(lba, &mut buf)?;
-            let mut at = 0;
-            for s in to {
-                let m = s.addr as usize;
-                self.memory[m..m + s.len].copy_from_slice(&buf[at..at + s.len]);
-                at += s.len;
-            }
-            Ok(())
-        }
-        fn write_from(&mut self, lba: u64, from: &[Segment]) -> Result<(), IoError> {
-            let mut buf = Vec::new();
-            for s in from {
-                let m = s.addr as usize;
-                buf.extend_from_slice(&self.memory[m..m + s.len]);
-            }
-            self.disk.write(lba, &buf)
-        }
-    }
-
     #[test]
     fn reads_and_writes_go_direct_when_the_segments_are_the_data() {
         let mut d = ScsiDisk::new(
-            AddressedDisk {
+            DmaMemoryDisk {
                 disk: MemoryDisk::new(16, false),
                 memory: (0..8192u32).map(|i| i as u8).collect(),
             },
