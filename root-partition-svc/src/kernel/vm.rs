@@ -394,6 +394,7 @@ impl Vmm {
     pub fn init(&mut self, boot: &RootBoot, tsc_hz: u64) {
         self.tsc_hz = tsc_hz.max(1);
         self.lps = boot.vp_count.max(1);
+        crate::vmbus_server::set_one_processor(self.lps == 1);
         self.host_time = (crate::arch::read_rtc(), crate::arch::rdtsc());
         for &(s, e) in boot.ranges() {
             self.pool.add(s.max(POOL_FLOOR), e.max(POOL_FLOOR));

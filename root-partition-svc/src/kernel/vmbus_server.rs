@@ -325,6 +325,26 @@ pub struct StorageDevice {
 /// one pass of the worker's loop, about a microsecond on a real processor).
 const POLL_WINDOW: PollWindow = PollWindow::new(32, 256);
 
+/// The host has one logical processor (`set_one_processor`).
+static ONE_PROCESSOR: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Tells the servers the host has a single logical processor: every guest
+/// VP shares it with the root, so a polling root only delays the guest it
+/// waits for (`vmbus::poll`), and its window's periodic retries cost a
+/// separate signal and halt each: channels are never polled then.
+pub fn set_one_processor(one: bool) {
+    ONE_PROCESSOR.store(one, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// A fresh channel's polling window on this host.
+fn poll_window() -> PollWindow {
+    if ONE_PROCESSOR.load(core::sync::atomic::Ordering::Relaxed) {
+        PollWindow::new(0, 0)
+    } else {
+        POLL_WINDOW
+    }
+}
+
 /// Serves a device's open channel with `serve` (the packets it handled)
 /// and starts or stops polling it as its window says; a second time for
 /// packets that came unsignalled as polling stopped. A broken ring closes
@@ -568,7 +588,7 @@ impl VmBus {
                     .iter()
                     .map(|&(disk, identity)| ScsiDisk::new(disk, identity))
                     .collect(),
-                poll: POLL_WINDOW,
+                poll: poll_window(),
             });
         }
         if echo {
@@ -713,7 +733,7 @@ impl VmBus {
             stage: DeviceStage::Offered,
             channel: None,
             server: EchoServer::default(),
-            poll: POLL_WINDOW,
+            poll: poll_window(),
         });
         Ok(())
     }
@@ -758,13 +778,13 @@ impl VmBus {
                     dev.channel = Some(channel);
                     dev.stage = DeviceStage::Open;
                     dev.server = EchoServer::default();
-                    dev.poll = POLL_WINDOW;
+                    dev.poll = poll_window();
                 } else if let Some(dev) = self.storage.as_mut().filter(|d| d.relid == relid) {
                     channel.reader().set_max_packet(storvsp::MAX_PACKET);
                     dev.channel = Some(channel);
                     dev.stage = DeviceStage::Open;
                     dev.server = StorageServer::default();
-                    dev.poll = POLL_WINDOW;
+                    dev.poll = poll_window();
                 } else if let Some(dev) = self.nics.iter_mut().find(|d| d.relid == relid) {
                     channel.reader().set_max_packet(netvsp::MAX_PACKET);
                     dev.channel = Some(channel);
