@@ -337,7 +337,7 @@ pub fn show() {
 
 fn describe(d: &VirtioDisk) -> String {
     format!(
-        "virtio-blk at PCI {:02x}:{:02x}.{}, {} MiB, {}",
+        "virtio-blk at PCI {:02x}:{:02x}.{}, {} MiB, {}, queue of {}",
         d.location.0,
         d.location.1,
         d.location.2,
@@ -346,7 +346,8 @@ fn describe(d: &VirtioDisk) -> String {
             "read-only"
         } else {
             "read-write"
-        }
+        },
+        d.queue_size()
     )
 }
 

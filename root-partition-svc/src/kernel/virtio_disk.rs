@@ -22,8 +22,51 @@ bitflags::bitflags! {
 }
 
 /// Descriptors in the queue: one request at a time, with up to
-/// `QUEUE_SIZE - 2` pieces of data.
+/// `QUEUE_SIZE - 2` pieces of data (QEMU's virtio-blk takes 256).
 const QUEUE_SIZE: usize = 256;
+/// The queue for a device that takes fewer (what `virtio-drivers`' own
+/// block driver uses): requests of at most 14 pieces.
+const SMALL_QUEUE_SIZE: usize = 16;
+
+/// The request queue, as large as the device takes.
+enum Queue {
+    Large(alloc::boxed::Box<VirtQueue<RootHal, QUEUE_SIZE>>),
+    Small(alloc::boxed::Box<VirtQueue<RootHal, SMALL_QUEUE_SIZE>>),
+}
+
+impl Queue {
+    /// Queue 0 of `transport`, of the larger size it takes.
+    fn new(transport: &mut PciTransport) -> Result<Queue, &'static str> {
+        let refused = "its queue could not be set up";
+        if transport.max_queue_size(0) as usize >= QUEUE_SIZE {
+            let q = VirtQueue::new(transport, 0, false, false).map_err(|_| refused)?;
+            Ok(Queue::Large(alloc::boxed::Box::new(q)))
+        } else {
+            let q = VirtQueue::new(transport, 0, false, false)
+                .map_err(|_| "its queue is smaller than 16 descriptors")?;
+            Ok(Queue::Small(alloc::boxed::Box::new(q)))
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Queue::Large(_) => QUEUE_SIZE,
+            Queue::Small(_) => SMALL_QUEUE_SIZE,
+        }
+    }
+
+    fn add_notify_wait_pop<'a>(
+        &mut self,
+        inputs: &'a [&'a [u8]],
+        outputs: &'a mut [&'a mut [u8]],
+        transport: &mut PciTransport,
+    ) -> virtio_drivers::Result<u32> {
+        match self {
+            Queue::Large(q) => q.add_notify_wait_pop(inputs, outputs, transport),
+            Queue::Small(q) => q.add_notify_wait_pop(inputs, outputs, transport),
+        }
+    }
+}
 /// The most one request moves: the largest transfer a guest's storage
 /// request asks for (`vmbus::storvsp::MAX_TRANSFER_BYTES`).
 const MAX_REQUEST: usize = 512 << 10;
@@ -53,7 +96,7 @@ impl Header {
 /// The root's disk.
 pub struct VirtioDisk {
     transport: PciTransport,
-    queue: alloc::boxed::Box<VirtQueue<RootHal, QUEUE_SIZE>>,
+    queue: Queue,
     /// Where it sits on the PCI bus (for `host disk`).
     pub location: (u8, u8, u8),
     pub read_only: bool,
@@ -76,21 +119,26 @@ pub fn probe(top: u64) -> Result<VirtioDisk, &'static str> {
     } else {
         usize::MAX
     };
-    let queue = VirtQueue::new(&mut transport, 0, false, false)
-        .map_err(|_| "its queue is smaller than 256 descriptors")?;
+    let queue = Queue::new(&mut transport)?;
     transport.finish_init();
+    let max_segments = seg_max.clamp(1, queue.size() - 2);
     Ok(VirtioDisk {
         transport,
-        queue: alloc::boxed::Box::new(queue),
+        queue,
         location,
         read_only: features.contains(Features::RO),
         flush: features.contains(Features::FLUSH),
         blocks,
-        max_segments: seg_max.clamp(1, QUEUE_SIZE - 2),
+        max_segments,
     })
 }
 
 impl VirtioDisk {
+    /// Descriptors in its queue (for `host disk`).
+    pub fn queue_size(&self) -> usize {
+        self.queue.size()
+    }
+
     /// One request: `kind` at `sector` with `data` (device-written for
     /// IN), waited for.
     fn request(&mut self, kind: u32, sector: u64, data: &[Segment]) -> Result<(), IoError> {
