@@ -61,9 +61,30 @@ impl OneShot {
     }
 }
 
+/// A down-counting timer's rate in counts per millisecond, from two
+/// samples `(tsc, count)` taken `first` then `last` (at least 1; a
+/// count that did not go down gives 1).
+pub fn counts_per_ms(first: (u64, u64), last: (u64, u64), tsc_per_ms: u64) -> u64 {
+    let counts = first.1.saturating_sub(last.1) as u128;
+    let tsc = last.0.saturating_sub(first.0).max(1) as u128;
+    (counts * tsc_per_ms as u128 / tsc).clamp(1, u64::MAX as u128) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_comes_from_the_samples_own_times() {
+        // 62 500 counts over 2.5 ms of TSC at 2 GHz (2 000 000 per ms).
+        assert_eq!(
+            counts_per_ms((1_000, 100_000), (5_001_000, 37_500), 2_000_000),
+            25_000
+        );
+        // A count that did not go down, or no time between: never zero.
+        assert_eq!(counts_per_ms((5, 10), (5, 10), 1_000), 1);
+        assert_eq!(counts_per_ms((5, 10), (9, 20), 1_000), 1);
+    }
     use proptest::prelude::*;
 
     /// 1 000 counts and 2 000 000 TSC ticks per ms: 2 000 ticks a count.

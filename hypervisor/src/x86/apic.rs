@@ -125,11 +125,36 @@ pub fn start_oneshot_timer(vector: u8) -> u64 {
     write(REG_TIMER_DIVIDE, 0x3); // divide by 16
     write(REG_LVT_TIMER, 1 << 16); // masked while measuring
     write(REG_TIMER_INITIAL, u32::MAX as u64);
+    let tsc_per_ms = crate::time::tsc_hz() / 1000;
+    let first = timer_sample(tsc_per_ms);
     crate::time::delay_us(1000);
-    let per_ms = u32::MAX as u64 - read(REG_TIMER_CURRENT);
+    let last = timer_sample(tsc_per_ms);
     write(REG_TIMER_INITIAL, 0); // stopped until armed
     write(REG_LVT_TIMER, vector as u64); // one-shot, unmasked
-    per_ms.max(1)
+    hypervisor_core::host_timer::counts_per_ms(first, last, tsc_per_ms)
+}
+
+/// The timer's current count and the TSC when it was read. A read whose
+/// TSC before and after lie more than 20 µs apart (the processor was away
+/// meanwhile, as an emulator's thread can be under load) is taken again: a
+/// count read late would make the timer seem faster than it is, and every
+/// deadline of the LP's life fire that much late.
+fn timer_sample(tsc_per_ms: u64) -> (u64, u64) {
+    let tight = (tsc_per_ms / 50).max(1);
+    let mut best = (u64::MAX, 0, 0);
+    for _ in 0..100 {
+        let before = cpu::rdtsc();
+        let count = read(REG_TIMER_CURRENT);
+        let after = cpu::rdtsc();
+        let width = after.wrapping_sub(before);
+        if width < best.0 {
+            best = (width, before + width / 2, count);
+        }
+        if width <= tight {
+            break;
+        }
+    }
+    (best.1, best.2)
 }
 
 /// Starts the one-shot timer counting `count` down (a new count replaces
