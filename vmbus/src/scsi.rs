@@ -298,6 +298,16 @@ pub struct ScsiDisk<D: BlockDevice> {
     identity: Identity,
 }
 
+/// `Some(true)` for a READ (6, 10, 16), `Some(false)` for a WRITE, `None`
+/// for any other command: the commands whose data a disk may move itself.
+pub fn is_read(cdb: &[u8]) -> Option<bool> {
+    match cdb.first()? {
+        0x08 | 0x28 | 0x88 => Some(true),
+        0x0A | 0x2A | 0x8A => Some(false),
+        _ => None,
+    }
+}
+
 impl<D: BlockDevice> ScsiDisk<D> {
     pub fn new(disk: D, identity: Identity) -> Self {
         ScsiDisk { disk, identity }
@@ -326,11 +336,7 @@ impl<D: BlockDevice> ScsiDisk<D> {
         data_in: bool,
         segments: &[Segment],
     ) -> Option<Result<(), Sense>> {
-        let read = match cdb.first()? {
-            0x08 | 0x28 | 0x88 => true,
-            0x0A | 0x2A | 0x8A => false,
-            _ => return None,
-        };
+        let read = is_read(cdb)?;
         if read != data_in || !self.disk.direct() {
             return None;
         }
@@ -694,6 +700,20 @@ mod tests {
         assert_eq!((m[8], m[10]), (0x08, 0), "caching page, WCE not changeable");
         let s = Sense::LBA_OUT_OF_RANGE.fixed();
         assert_eq!((s[0], s[2], s[12]), (0x70, 5, 0x21));
+    }
+
+    #[test]
+    fn only_reads_and_writes_have_a_direction() {
+        for (op, read) in [(0x08, true), (0x28, true), (0x88, true)] {
+            assert_eq!(is_read(&[op]), Some(read));
+        }
+        for op in [0x0A, 0x2A, 0x8A] {
+            assert_eq!(is_read(&[op]), Some(false));
+        }
+        for op in [0x00, 0x12, 0x25, 0x35, 0x9E, 0xA0] {
+            assert_eq!(is_read(&[op]), None);
+        }
+        assert_eq!(is_read(&[]), None);
     }
 
     #[test]

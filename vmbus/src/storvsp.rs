@@ -396,17 +396,16 @@ impl StorageServer {
         }
         // A READ or WRITE: the disk moves the data to or from the guest's
         // pages itself where it can (no copy, no buffer).
-        if let Some(r) = range.filter(|_| request.data_in <= 1) {
+        let direction = crate::scsi::is_read(cdb).filter(|&r| u8::from(r) == request.data_in);
+        if let (Some(data_in), Some(r)) = (direction, range) {
             if let Some(segments) = direct_segments(memory, r, length) {
-                let data_in = request.data_in == 1;
                 if let Some(done) = disk.execute_direct(cdb, data_in, &segments) {
                     let outcome = match done {
-                        Ok(()) if data_in => {
-                            self.bytes_read += length as u64;
-                            Outcome::Good(alloc::vec::Vec::new())
-                        }
                         Ok(()) => {
-                            self.bytes_written += length as u64;
+                            *match data_in {
+                                true => &mut self.bytes_read,
+                                false => &mut self.bytes_written,
+                            } += length as u64;
                             Outcome::Good(alloc::vec::Vec::new())
                         }
                         Err(sense) => Outcome::Check(sense),

@@ -74,7 +74,11 @@ impl BlockDevice for RamDisk {
         Ok(())
     }
 
+    /// A read-only disk refuses here too, whoever calls (as `write_from`).
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        if self.read_only {
+            return Err(IoError);
+        }
         let at = self.at(lba, buf.len())?;
         // SAFETY: as in `read`.
         unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), at as *mut u8, buf.len()) };
