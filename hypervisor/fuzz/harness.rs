@@ -243,6 +243,10 @@ fn fixed_layout_fits(code: u16, block: &[u8]) -> bool {
         SIGNAL_EVENT_DIRECT | hypercall::SIGNAL_EVENT_DIRECT_THEN_IDLE => {
             fits::<layout::SignalEventDirect>(block)
         }
+        // RDX (the partition) and R8 (the VP); R9 and R10 are read apart.
+        hypercall::COMPLETE_INTERCEPT | hypercall::COMPLETE_INTERCEPT_THEN_IDLE => {
+            block.len() >= 16
+        }
         // No input.
         hypercall::GET_HOST_INFO | hypercall::GET_HOST_STATS => true,
         _ => panic!("{code:#x}: a call in the table without a layout here"),

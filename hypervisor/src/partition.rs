@@ -955,17 +955,49 @@ fn set_registers(input: &[u8], reps: (u16, u16)) -> Outcome {
         if clears.explicit {
             s.explicit_suspend = false;
         }
-        if clears.intercept && s.intercept_suspend {
-            s.intercept_suspend = false;
-            // The root's time since the intercept was posted (or since it
-            // last resumed a VP, whichever is later) served this one.
-            let served = lp_state::root_service_since(s.intercept_posted);
-            vp.served.fetch_add(served, Ordering::Relaxed);
+        if clears.intercept {
+            end_intercept_suspend(&vp, &mut s);
         }
         drop(s);
         kick(vp.lp);
     }
     outcome
+}
+
+/// Clears the VP's InterceptSuspend: the root's time since the intercept
+/// was posted (or since it last resumed a VP, whichever is later) served it.
+fn end_intercept_suspend(vp: &GuestVp, s: &mut VpShared) {
+    if s.intercept_suspend {
+        s.intercept_suspend = false;
+        let served = lp_state::root_service_since(s.intercept_posted);
+        vp.served.fetch_add(served, Ordering::Relaxed);
+    }
+}
+
+/// CompleteIntercept (ours, root-only, `hv_abi::hypercall`): the VP held by
+/// an intercept goes on with `rax` and `rip`, as after a SetVpRegisters of
+/// RAX, RIP and InterceptSuspend 0. INVALID_VP_STATE when no intercept
+/// holds it; RETRY while its LP saves its registers.
+pub fn complete_intercept(partition_id: u64, vp_index: u64, rax: u64, rip: u64) -> u16 {
+    let done = u32::try_from(vp_index)
+        .map_err(|_| status::INVALID_VP_INDEX)
+        .and_then(|index| vp_arg(&*partition_arg(partition_id)?, index))
+        .and_then(|vp| {
+            quiesced(&vp, false)?;
+            let mut s = vp.shared.lock();
+            if !s.intercept_suspend {
+                return Err(status::INVALID_VP_STATE);
+            }
+            s.ctx.gpr[0] = rax;
+            s.ctx.rip = rip;
+            s.dirty = true;
+            s.halted = false;
+            end_intercept_suspend(&vp, &mut s);
+            drop(s);
+            kick(vp.lp);
+            Ok(())
+        });
+    done.err().unwrap_or(status::SUCCESS)
 }
 
 /// The suspend flags a SetVpRegisters call clears, after its window; the

@@ -305,6 +305,28 @@ fn hypercall(
             return false;
         }
     };
+    // The intercepts' resume, the hot path: registers in, no memory.
+    if let code @ (hypercall::COMPLETE_INTERCEPT | hypercall::COMPLETE_INTERCEPT_THEN_IDLE) =
+        call.spec.code
+    {
+        if !call.input.fast {
+            finish(vcpu, hypercall::status::INVALID_HYPERCALL_INPUT, 0);
+            return false;
+        }
+        let (rax, rip) = {
+            let r = vcpu.regs();
+            (r.r9, r.r10)
+        };
+        let status = crate::partition::complete_intercept(rdx, r8, rax, rip);
+        if status == crate::partition::RETRY {
+            // The same instruction again, with the same registers.
+            return false;
+        }
+        finish(vcpu, status, 0);
+        return code == hypercall::COMPLETE_INTERCEPT_THEN_IDLE
+            && status == hypercall::status::SUCCESS
+            && vcpu.interrupts_enabled();
+    }
     // Input copied in (checked to be root memory, at most a page); the
     // output built in hypervisor memory and copied out.
     // Exactly the blocks' sizes: zeroing whole pages would cost more than

@@ -1456,6 +1456,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "shutdown",
             ],
             &[
+                "debug bad-start: CompleteIntercept of VP 0, which no intercept holds: invalid VP state",
                 "vm wait: ef is Failed (VP 0: the processor refused its state",
                 "hello from a guest partition: VP 0 of 1, 4 MiB",
                 "vm wait: ef is Off (exit code 0)",

@@ -164,6 +164,14 @@ pub mod hypercall {
             }
         }
 
+        /// A fast (register) call without reps.
+        pub const fn fast(code: u16) -> Self {
+            Input {
+                fast: true,
+                ..Self::slow(code, 0)
+            }
+        }
+
         /// Decodes RCX; `None` when reserved bits are set (the caller answers
         /// `INVALID_HYPERCALL_INPUT`).
         pub const fn decode(rcx: u64) -> Option<Self> {
@@ -236,6 +244,18 @@ pub mod hypercall {
     /// calling VP halts as for [`SET_VP_REGISTERS_THEN_IDLE`]. A device
     /// server signals the channel it answered and goes idle in one exit.
     pub const SIGNAL_EVENT_DIRECT_THEN_IDLE: u16 = 0x7F04;
+    /// Root-only, a register (fast) call: the guest VP held by an intercept
+    /// goes on with the RAX and RIP given, as a SetVpRegisters of RAX, RIP
+    /// and InterceptSuspend 0 would make it, without the memory block and
+    /// the register list (the resume of every I/O port intercept). RDX: the
+    /// partition id; R8: the VP index; R9: the VP's RAX; R10: its RIP (R9
+    /// and R10 are inputs beyond the TLFS's two fast-call registers; this
+    /// call is ours). INVALID_VP_STATE when the VP is not held by an
+    /// intercept (docs/hypercalls.md).
+    pub const COMPLETE_INTERCEPT: u16 = 0x7F05;
+    /// Root-only: [`COMPLETE_INTERCEPT`], then the calling VP halts as for
+    /// [`SET_VP_REGISTERS_THEN_IDLE`].
+    pub const COMPLETE_INTERCEPT_THEN_IDLE: u16 = 0x7F06;
 
     /// Bytes at the start of the hypercall page: `vmcall; ret` (Intel) or
     /// `vmmcall; ret` (AMD); the hypervisor writes the right one.

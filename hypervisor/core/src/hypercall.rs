@@ -253,6 +253,15 @@ pub const TABLE: &[CallSpec] = &[
         size::SIGNAL_EVENT_DIRECT,
         size::SIGNAL_EVENT_DIRECT_OUTPUT,
     ),
+    // Register calls only (RDX, R8 and R9, R10): the handler refuses the
+    // memory form.
+    root_simple(hypercall::COMPLETE_INTERCEPT, "CompleteIntercept", 16, 0),
+    root_simple(
+        hypercall::COMPLETE_INTERCEPT_THEN_IDLE,
+        "CompleteInterceptThenIdle",
+        16,
+        0,
+    ),
 ];
 
 /// A call that passed every check.

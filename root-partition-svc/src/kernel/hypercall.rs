@@ -43,27 +43,56 @@ static VMMCALL: AtomicBool = AtomicBool::new(false);
 /// and one more).
 const DEFERRED_MAX: usize = 4;
 
-/// A call left in the input page for the moment the root goes idle: then it
-/// is sent with the halt in one exit (the `..._THEN_IDLE` calls). Sent on
-/// its own before any other call (which needs the page), and by
-/// `flush_deferred`.
+/// A call left for the moment the root goes idle: then it is sent with the
+/// halt in one exit (the `..._THEN_IDLE` calls). Sent on its own before any
+/// other call (which may need the input page), and by `flush_deferred`.
 #[derive(Clone, Copy)]
 enum Deferred {
-    /// The VM worker's SetVpRegisters of `count` registers: a VP's resume
-    /// after its intercept.
+    /// The VM worker's resume of a VP after its I/O intercept: a register
+    /// call (CompleteIntercept), nothing in the input page.
+    Complete {
+        partition: u64,
+        vp: u32,
+        rax: u64,
+        rip: u64,
+    },
+    /// The VM worker's SetVpRegisters of `count` registers, in the input
+    /// page: a VP's resume after another intercept.
     Resume { partition: u64, vp: u32, count: u16 },
-    /// A device server's SignalEventDirect to a guest's channel.
+    /// A device server's SignalEventDirect to a guest's channel, in the
+    /// input page.
     Signal,
 }
 
 impl Deferred {
-    /// The call on its own, the call with the halt, and its rep count.
-    fn codes(self) -> (u16, u16, u16) {
-        use hv_abi::hypercall::{SET_VP_REGISTERS_THEN_IDLE, SIGNAL_EVENT_DIRECT_THEN_IDLE};
+    /// The call's registers, on its own or with the halt: RCX (the input
+    /// value), RDX, R8, R9, R10.
+    fn registers(self, then_idle: bool) -> [u64; 5] {
+        use hv_abi::hypercall::{
+            COMPLETE_INTERCEPT, COMPLETE_INTERCEPT_THEN_IDLE, SET_VP_REGISTERS_THEN_IDLE,
+            SIGNAL_EVENT_DIRECT_THEN_IDLE,
+        };
         use hv_abi::partition::code::{SET_VP_REGISTERS, SIGNAL_EVENT_DIRECT};
+        let pages = (INPUT.0.get() as u64, OUTPUT.0.get() as u64);
+        let pick = |alone, with_halt| if then_idle { with_halt } else { alone };
         match self {
-            Deferred::Resume { count, .. } => (SET_VP_REGISTERS, SET_VP_REGISTERS_THEN_IDLE, count),
-            Deferred::Signal => (SIGNAL_EVENT_DIRECT, SIGNAL_EVENT_DIRECT_THEN_IDLE, 0),
+            Deferred::Complete {
+                partition,
+                vp,
+                rax,
+                rip,
+            } => {
+                let code = pick(COMPLETE_INTERCEPT, COMPLETE_INTERCEPT_THEN_IDLE);
+                [Input::fast(code).encode(), partition, vp.into(), rax, rip]
+            }
+            Deferred::Resume { count, .. } => {
+                let code = pick(SET_VP_REGISTERS, SET_VP_REGISTERS_THEN_IDLE);
+                [Input::slow(code, count).encode(), pages.0, pages.1, 0, 0]
+            }
+            Deferred::Signal => {
+                let code = pick(SIGNAL_EVENT_DIRECT, SIGNAL_EVENT_DIRECT_THEN_IDLE);
+                [Input::slow(code, 0).encode(), pages.0, pages.1, 0, 0]
+            }
         }
     }
 }
@@ -230,6 +259,23 @@ pub fn defer_set_registers(partition: u64, vp: u32, registers: &[(u32, u128)]) -
     true
 }
 
+/// Leaves the resume of a VP held by an I/O intercept (its RAX and RIP)
+/// for `idle`, which sends it with the halt. A call already waiting is sent
+/// first. `false` while hypercalls are not enabled.
+pub fn defer_complete_intercept(partition: u64, vp: u32, rax: u64, rip: u64) -> bool {
+    if !enabled() {
+        return false;
+    }
+    flush_deferred();
+    *DEFERRED.lock() = Some(Deferred::Complete {
+        partition,
+        vp,
+        rax,
+        rip,
+    });
+    true
+}
+
 /// Leaves a SignalEventDirect for `idle`, which sends it with the halt (the
 /// guest's answer is in its ring already; it is woken as the root goes
 /// idle, or at the root's next call or poll). A call already waiting is sent
@@ -248,24 +294,62 @@ pub fn defer_signal_event(input: &hv_abi::layout::SignalEventDirect) {
     *DEFERRED.lock() = Some(Deferred::Signal);
 }
 
-/// Sends a deferred resume now (the worker is about to do something other
+/// Sends a deferred call now (the worker is about to do something other
 /// than go idle).
 pub fn flush_deferred() {
     let Some(d) = DEFERRED.lock().take() else {
         return;
     };
-    let (alone, _, reps) = d.codes();
-    let r = call_prepared(alone, reps, &mut []);
-    note_deferred(d, r.status);
+    let status = call_registers(d.registers(false));
+    note_deferred(d, status);
+}
+
+/// CompleteIntercept at once (not with the next halt): its status.
+pub fn complete_intercept_now(partition: u64, vp: u32, rax: u64, rip: u64) -> u16 {
+    if !enabled() {
+        return hv_abi::hypercall::status::INVALID_HYPERCALL_CODE;
+    }
+    flush_deferred();
+    call_registers(
+        Deferred::Complete {
+            partition,
+            vp,
+            rax,
+            rip,
+        }
+        .registers(false),
+    )
+}
+
+/// A call whose input is in the input page already or all in registers
+/// (RCX, RDX, R8, R9, R10): its status.
+fn call_registers([rcx, rdx, r8, r9, r10]: [u64; 5]) -> u16 {
+    let rax: u64;
+    // SAFETY: as in `call_prepared`.
+    unsafe {
+        core::arch::asm!(
+            "call {page}",
+            page = in(reg) code_page(),
+            inout("rcx") rcx => _,
+            inout("rdx") rdx => _,
+            inout("r8") r8 => _,
+            inout("r9") r9 => _,
+            inout("r10") r10 => _,
+            lateout("rax") rax,
+            lateout("r11") _,
+        )
+    };
+    rax as u16
 }
 
 /// A refused resume fails its VM (`take_deferred_failure`); a refused
 /// signal is dropped, as an immediate one would be (a guest that turned
 /// its SynIC off misses the kick).
 fn note_deferred(d: Deferred, status: u16) {
-    if let (Deferred::Resume { partition, vp, .. }, false) =
-        (d, status == hv_abi::hypercall::status::SUCCESS)
-    {
+    if status == hv_abi::hypercall::status::SUCCESS {
+        return;
+    }
+    if let Deferred::Resume { partition, vp, .. } | Deferred::Complete { partition, vp, .. } = d {
         *DEFERRED_FAILED.lock() = Some((partition, vp, status));
     }
 }
@@ -285,9 +369,8 @@ pub fn idle() {
         return;
     };
     // The call is in the input page already (`defer_set_registers`,
-    // `defer_signal_event`).
-    let (_, with_halt, reps) = d.codes();
-    let value = Input::slow(with_halt, reps).encode();
+    // `defer_signal_event`) or all in registers (`defer_complete_intercept`).
+    let [rcx, rdx, r8, r9, r10] = d.registers(true);
     let rax: u64;
     // SAFETY: as in `call_prepared`, with the hypercall instruction inline so
     // that STI's shadow covers it: no interrupt is taken between enabling
@@ -308,12 +391,12 @@ pub fn idle() {
             "3:",
             "cli",
             amd = in(reg) u32::from(VMMCALL.load(Ordering::Relaxed)),
-            inout("rcx") value => _,
-            inout("rdx") INPUT.0.get() as u64 => _,
-            inout("r8") OUTPUT.0.get() as u64 => _,
+            inout("rcx") rcx => _,
+            inout("rdx") rdx => _,
+            inout("r8") r8 => _,
+            inout("r9") r9 => _,
+            inout("r10") r10 => _,
             lateout("rax") rax,
-            lateout("r9") _,
-            lateout("r10") _,
             lateout("r11") _,
         )
     };

@@ -781,6 +781,12 @@ impl Vmm {
                 boot_base,
             );
             if bad_state {
+                // No intercept holds the VP yet: its resume is refused.
+                let s = hypercall::complete_intercept_now(vm.partition, vp, 0, 0);
+                println!(
+                    "debug bad-start: CompleteIntercept of VP {vp}, which no intercept holds: {}",
+                    root_partition_svc::format::status_name(s)
+                );
                 for (name, value) in regs.iter_mut() {
                     if *name == reg::CR4 {
                         *value &= !(1 << 5);
@@ -2435,13 +2441,8 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
         }
     }
     let next = io.header.rip + io.header.instruction_length as u64;
-    let regs = [
-        (reg::RAX, rax as u128),
-        (reg::RIP, next as u128),
-        (reg::INTERCEPT_SUSPEND, 0),
-    ];
-    if let Err(s) = resume(vm.partition, vp, &regs) {
-        return fail(vm, format_args!("resuming VP {vp} failed: status {s:#x}"));
+    if !hypercall::defer_complete_intercept(vm.partition, vp, rax, next) {
+        return fail(vm, format_args!("cannot resume VP {vp}: no hypercalls"));
     }
     if let Some(vector) = interrupt {
         assert_interrupt(vm, vp, vector, "the test device");
