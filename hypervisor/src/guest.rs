@@ -489,6 +489,7 @@ fn start_up(part: &Partition, sender: &GuestVp, dest: vapic::Dest, vector: Optio
                 s.dirty_beyond_registers = true;
                 s.stale = false;
                 s.registers_only = false;
+                s.completed = None;
                 s.wait_for_sipi = false;
                 s.explicit_suspend = false;
                 drop(s);

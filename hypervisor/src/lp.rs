@@ -21,7 +21,7 @@ use crate::x86::{apic, cpu, idt};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
-use hv_abi::synic::INTERCEPT_SINT;
+use hv_abi::synic::{kind, INTERCEPT_SINT};
 use hypervisor_core::host_timer::OneShot;
 use hypervisor_core::vapic::VirtualApic;
 use hypervisor_core::{sched, stimer};
@@ -395,7 +395,11 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                         s.intercept_posted = handled;
                     }
                 }
-                if s.may_run() {
+                let io =
+                    matches!(&next, guest::Next::Intercept(m) if m.kind == kind::IO_PORT_INTERCEPT);
+                if s.may_run() || io {
+                    // An I/O intercept's resume sets RAX and RIP straight
+                    // in the VMCS/VMCB (CompleteIntercept, `completed`).
                     s.stale = true;
                 } else if matches!(next, guest::Next::Intercept(_)) {
                     // The root's resume reads and sets only these; the
@@ -483,6 +487,9 @@ fn enter_guest(
                 if *active != Active::Guest(g.part.id, g.vp.index) {
                     v.activate();
                     *active = Active::Guest(g.part.id, g.vp.index);
+                }
+                if let Some((rax, rip)) = s.completed.take() {
+                    v.complete_intercept(rax, rip);
                 }
                 if s.dirty && !s.dirty_beyond_registers {
                     v.load_registers(&s.ctx);
@@ -681,6 +688,12 @@ fn serve_save_requests(guests: &mut [Local], active: &mut Active) {
             v.save_context(&mut s.ctx);
             if let Some((gpr, rip, rflags)) = registers {
                 (s.ctx.gpr, s.ctx.rip, s.ctx.rflags) = (gpr, rip, rflags);
+            }
+            // A completion not loaded yet is newer than the VMCS/VMCB: it
+            // goes into `ctx`, which the next entry loads.
+            if let Some((rax, rip)) = s.completed.take() {
+                (s.ctx.gpr[0], s.ctx.rip) = (rax, rip);
+                s.dirty = true;
             }
         }
         s.stale = false;

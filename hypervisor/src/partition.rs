@@ -168,6 +168,10 @@ pub struct VpShared {
     pub registers_only: bool,
     /// Someone needs `ctx`: the owning LP saves it at its next look.
     pub save_request: bool,
+    /// An I/O intercept's completion (RAX, RIP) that CompleteIntercept left
+    /// while the registers were still in the VMCS/VMCB (`stale`): loaded
+    /// there at the next entry, or into `ctx` when that is saved first.
+    pub completed: Option<(u64, u64)>,
     /// Interrupts sent to the VP (asserted by the root, IPIs and NMIs from
     /// its partition's VPs) that its LP has not yet moved into its virtual
     /// APIC.
@@ -722,6 +726,7 @@ fn create_vp(input: &[u8]) -> Result<usize, u16> {
             deleted: false,
             stale: false,
             registers_only: false,
+            completed: None,
             save_request: false,
             pending: PendingInterrupts::new(),
             intercept_posted: 0,
@@ -977,20 +982,30 @@ fn end_intercept_suspend(vp: &GuestVp, s: &mut VpShared) {
 /// CompleteIntercept (ours, root-only, `hv_abi::hypercall`): the VP held by
 /// an intercept goes on with `rax` and `rip`, as after a SetVpRegisters of
 /// RAX, RIP and InterceptSuspend 0. INVALID_VP_STATE when no intercept
-/// holds it; RETRY while its LP saves its registers.
+/// holds it. An I/O intercept leaves the registers in the VMCS/VMCB
+/// (`stale`): the two go there at the VP's next entry (`completed`), not
+/// through a saved and reloaded context.
 pub fn complete_intercept(partition_id: u64, vp_index: u64, rax: u64, rip: u64) -> u16 {
+    let held = |vp: &GuestVp| vp.shared.lock().intercept_suspend;
     let done = u32::try_from(vp_index)
         .map_err(|_| status::INVALID_VP_INDEX)
         .and_then(|index| vp_arg(&*partition_arg(partition_id)?, index))
         .and_then(|vp| {
-            quiesced(&vp, false)?;
+            if !held(&vp) {
+                return Err(status::INVALID_VP_STATE);
+            }
+            quiesce(&vp);
             let mut s = vp.shared.lock();
             if !s.intercept_suspend {
                 return Err(status::INVALID_VP_STATE);
             }
-            s.ctx.gpr[0] = rax;
-            s.ctx.rip = rip;
-            s.dirty = true;
+            if s.stale {
+                s.completed = Some((rax, rip));
+            } else {
+                s.ctx.gpr[0] = rax;
+                s.ctx.rip = rip;
+                s.dirty = true;
+            }
             s.halted = false;
             end_intercept_suspend(&vp, &mut s);
             drop(s);

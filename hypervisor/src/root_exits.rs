@@ -318,10 +318,6 @@ fn hypercall(
             (r.r9, r.r10)
         };
         let status = crate::partition::complete_intercept(rdx, r8, rax, rip);
-        if status == crate::partition::RETRY {
-            // The same instruction again, with the same registers.
-            return false;
-        }
         finish(vcpu, status, 0);
         return code == hypercall::COMPLETE_INTERCEPT_THEN_IDLE
             && status == hypercall::status::SUCCESS

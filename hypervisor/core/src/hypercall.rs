@@ -300,10 +300,40 @@ pub fn check(
     caller: Caller,
     owns: &dyn Fn(u64, u64) -> bool,
 ) -> Result<Checked, u16> {
-    check_in(TABLE, rcx, rdx, r8, caller, owns)
+    check_spec(spec, rcx, rdx, r8, caller, owns)
 }
 
-/// As [`check`], against any table.
+/// Where each call's entry is in [`TABLE`], by code: the TLFS's codes
+/// (below 0x100) and ours (0x7F00-0x7FFF); `NO_CALL` where there is none.
+/// Built at compile time: a call is found by one index, not a search.
+const INDEX_TLFS: [u8; 256] = index_from(0);
+const INDEX_OURS: [u8; 256] = index_from(0x7F00);
+const NO_CALL: u8 = u8::MAX;
+
+const fn index_from(base: u16) -> [u8; 256] {
+    let mut index = [NO_CALL; 256];
+    let mut i = 0;
+    while i < TABLE.len() {
+        let code = TABLE[i].code;
+        if code >= base && code - base < 256 {
+            index[(code - base) as usize] = i as u8;
+        }
+        i += 1;
+    }
+    index
+}
+
+/// `TABLE`'s entry for `code`.
+pub fn spec(code: u16) -> Option<&'static CallSpec> {
+    let at = match code {
+        0..=0xFF => INDEX_TLFS[usize::from(code)],
+        0x7F00..=0x7FFF => INDEX_OURS[usize::from(code - 0x7F00)],
+        _ => NO_CALL,
+    };
+    TABLE.get(usize::from(at))
+}
+
+/// As [`check`], against any table sorted by code.
 pub fn check_in(
     table: &'static [CallSpec],
     rcx: u64,
@@ -312,14 +342,26 @@ pub fn check_in(
     caller: Caller,
     owns: &dyn Fn(u64, u64) -> bool,
 ) -> Result<Checked, u16> {
+    let find = |code| {
+        table
+            .binary_search_by_key(&code, |s: &CallSpec| s.code)
+            .ok()
+            .and_then(|i| table.get(i))
+    };
+    check_spec(find, rcx, rdx, r8, caller, owns)
+}
+
+/// The checks, with `find` naming a code's entry.
+fn check_spec(
+    find: impl Fn(u16) -> Option<&'static CallSpec>,
+    rcx: u64,
+    rdx: u64,
+    r8: u64,
+    caller: Caller,
+    owns: &dyn Fn(u64, u64) -> bool,
+) -> Result<Checked, u16> {
     let input = Input::decode(rcx).ok_or(status::INVALID_HYPERCALL_INPUT)?;
-    // Sorted by code (tested): a bisection, not a walk of the table on
-    // every call.
-    let spec = table
-        .binary_search_by_key(&input.code, |s| s.code)
-        .ok()
-        .and_then(|i| table.get(i))
-        .ok_or(status::INVALID_HYPERCALL_CODE)?;
+    let spec = find(input.code).ok_or(status::INVALID_HYPERCALL_CODE)?;
     if spec.privilege == Privilege::Root && caller != Caller::Root {
         return Err(status::ACCESS_DENIED);
     }
@@ -413,6 +455,16 @@ mod tests {
     #[test]
     fn the_table_is_sorted_by_code_without_repeats() {
         assert!(super::TABLE.windows(2).all(|w| w[0].code < w[1].code));
+        // The index names every entry, and nothing else: each code finds
+        // what a bisection of the table finds.
+        assert!(super::TABLE.len() < usize::from(super::NO_CALL));
+        for code in 0..=u16::MAX {
+            let bisected = super::TABLE
+                .binary_search_by_key(&code, |s| s.code)
+                .ok()
+                .map(|i| &super::TABLE[i]);
+            assert_eq!(super::spec(code), bisected, "code {code:#x}");
+        }
     }
 
     use super::*;

@@ -590,6 +590,16 @@ impl Vcpu {
         }
     }
 
+    /// An intercepted instruction done by the root: RAX as it says, RIP
+    /// past the instruction (`rip`), its interrupt shadow over.
+    pub fn complete_intercept(&mut self, rax: u64, rip: u64) {
+        self.regs().rax = rax;
+        match self {
+            Vcpu::Vmx(v) => v.move_past(rip),
+            Vcpu::Svm(s) => s.move_past(rip),
+        }
+    }
+
     /// Moves past the instruction that caused the last exit.
     pub fn skip_instruction(&mut self) {
         match self {

@@ -782,6 +782,11 @@ impl SvmVcpu {
         self.set_rip_past_shadow(self.rip() + length as u64);
     }
 
+    /// RIP set to `rip`, past the instruction at the old one.
+    pub fn move_past(&mut self, rip: u64) {
+        self.set_rip_past_shadow(rip);
+    }
+
     /// EFER writes exit (the MSR permission map says so): keep SVME, which
     /// VMRUN requires, and refuse reserved bits.
     pub fn set_efer(&mut self, value: u64) -> bool {

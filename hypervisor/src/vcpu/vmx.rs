@@ -1173,7 +1173,13 @@ impl VmxVcpu {
 
     /// Moves RIP `length` bytes on (an instruction the hypervisor decoded).
     pub fn advance_rip(&mut self, length: u8) {
-        let _ = vmwrite(field::GUEST_RIP, self.rip() + length as u64);
+        self.move_past(self.rip() + length as u64);
+    }
+
+    /// RIP set to `rip`, past the instruction at the old one: its STI or
+    /// MOV SS shadow is over.
+    pub fn move_past(&mut self, rip: u64) {
+        let _ = vmwrite(field::GUEST_RIP, rip);
         let blocking = insn::vmread(field::GUEST_INTERRUPTIBILITY);
         if blocking & 3 != 0 {
             let _ = vmwrite(field::GUEST_INTERRUPTIBILITY, blocking & !3);

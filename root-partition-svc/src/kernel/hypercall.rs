@@ -98,6 +98,23 @@ impl Deferred {
 }
 
 static DEFERRED: Mutex<Option<Deferred>> = Mutex::new(None);
+/// `DEFERRED` holds a call: the worker's many looks at an empty one take no
+/// lock.
+static DEFERRED_ANY: AtomicBool = AtomicBool::new(false);
+
+fn put_deferred(d: Deferred) {
+    *DEFERRED.lock() = Some(d);
+    DEFERRED_ANY.store(true, Ordering::Release);
+}
+
+fn take_deferred() -> Option<Deferred> {
+    if !DEFERRED_ANY.load(Ordering::Acquire) {
+        return None;
+    }
+    let d = DEFERRED.lock().take();
+    DEFERRED_ANY.store(false, Ordering::Release);
+    d
+}
 /// A deferred call the hypervisor refused: (partition, VP, status), for the
 /// worker to fail that VM.
 static DEFERRED_FAILED: Mutex<Option<(u64, u32, u16)>> = Mutex::new(None);
@@ -251,7 +268,7 @@ pub fn defer_set_registers(partition: u64, vp: u32, registers: &[(u32, u128)]) -
     if layout::encode_rep(&header, &elements[..registers.len()], page).is_none() {
         return false;
     }
-    *DEFERRED.lock() = Some(Deferred::Resume {
+    put_deferred(Deferred::Resume {
         partition,
         vp,
         count: registers.len() as u16,
@@ -267,7 +284,7 @@ pub fn defer_complete_intercept(partition: u64, vp: u32, rax: u64, rip: u64) -> 
         return false;
     }
     flush_deferred();
-    *DEFERRED.lock() = Some(Deferred::Complete {
+    put_deferred(Deferred::Complete {
         partition,
         vp,
         rax,
@@ -291,13 +308,13 @@ pub fn defer_signal_event(input: &hv_abi::layout::SignalEventDirect) {
     // no reference to it outlives this statement.
     let page = unsafe { &mut *INPUT.0.get() };
     page[..bytes.len()].copy_from_slice(bytes);
-    *DEFERRED.lock() = Some(Deferred::Signal);
+    put_deferred(Deferred::Signal);
 }
 
 /// Sends a deferred call now (the worker is about to do something other
 /// than go idle).
 pub fn flush_deferred() {
-    let Some(d) = DEFERRED.lock().take() else {
+    let Some(d) = take_deferred() else {
         return;
     };
     let status = call_registers(d.registers(false));
@@ -362,7 +379,7 @@ pub fn take_deferred_failure() -> Option<(u64, u32, u16)> {
 /// Goes idle: a deferred resume is sent and the VP halts in the same exit;
 /// otherwise `sti; hlt`. Returns with interrupts off, after an interrupt.
 pub fn idle() {
-    let Some(d) = DEFERRED.lock().take() else {
+    let Some(d) = take_deferred() else {
         // SAFETY: the IDT handles every vector the root enables (timer,
         // IPI, SINT); STI's shadow covers HLT, so no wake-up is missed.
         unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
