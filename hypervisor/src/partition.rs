@@ -986,16 +986,19 @@ fn end_intercept_suspend(vp: &GuestVp, s: &mut VpShared) {
 /// (`stale`): the two go there at the VP's next entry (`completed`), not
 /// through a saved and reloaded context.
 pub fn complete_intercept(partition_id: u64, vp_index: u64, rax: u64, rip: u64) -> u16 {
-    let held = |vp: &GuestVp| vp.shared.lock().intercept_suspend;
     let done = u32::try_from(vp_index)
         .map_err(|_| status::INVALID_VP_INDEX)
         .and_then(|index| vp_arg(&*partition_arg(partition_id)?, index))
         .and_then(|vp| {
-            if !held(&vp) {
-                return Err(status::INVALID_VP_STATE);
-            }
-            quiesce(&vp);
             let mut s = vp.shared.lock();
+            // Its LP sets `running` under this lock: a VP not running now
+            // stays out until it is released. One still leaving guest mode
+            // after its intercept is waited for.
+            if s.intercept_suspend && vp.running.load(Ordering::Acquire) {
+                drop(s);
+                quiesce(&vp);
+                s = vp.shared.lock();
+            }
             if !s.intercept_suspend {
                 return Err(status::INVALID_VP_STATE);
             }

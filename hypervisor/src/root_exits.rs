@@ -9,7 +9,7 @@ use crate::vcpu::{Exit, Vcpu, GP, UD};
 use crate::virt::Caps;
 use crate::x86::{cpu, msr};
 use crate::{lp_state, stats, time};
-use hv_abi::hypercall;
+use hv_abi::hypercall::{self, Input};
 use hv_abi::synic::msr::{SINT0, SINT15};
 use hypervisor_core::vapic::{self, VirtualApic};
 use log::warn;
@@ -298,6 +298,22 @@ fn hypercall(
         vcpu.regs().rax = status as u64 | (reps as u64) << 32;
         vcpu.skip_instruction();
     };
+    // The intercepts' resume, the hot path: an input value equal to the
+    // register form's (fast, no reps, no variable header) is all there is
+    // to check; the other registers are values.
+    const COMPLETE: u64 = Input::fast(hypercall::COMPLETE_INTERCEPT).encode();
+    const COMPLETE_THEN_IDLE: u64 = Input::fast(hypercall::COMPLETE_INTERCEPT_THEN_IDLE).encode();
+    if rcx == COMPLETE || rcx == COMPLETE_THEN_IDLE {
+        let (rax, rip) = {
+            let r = vcpu.regs();
+            (r.r9, r.r10)
+        };
+        let status = crate::partition::complete_intercept(rdx, r8, rax, rip);
+        finish(vcpu, status, 0);
+        return rcx == COMPLETE_THEN_IDLE
+            && status == hypercall::status::SUCCESS
+            && vcpu.interrupts_enabled();
+    }
     let call = match check(rcx, rdx, r8, Caller::Root, &|gpa, len| root.owns(gpa, len)) {
         Ok(call) => call,
         Err(status) => {
@@ -305,23 +321,12 @@ fn hypercall(
             return false;
         }
     };
-    // The intercepts' resume, the hot path: registers in, no memory.
-    if let code @ (hypercall::COMPLETE_INTERCEPT | hypercall::COMPLETE_INTERCEPT_THEN_IDLE) =
-        call.spec.code
+    // The memory form of CompleteIntercept (the register form was taken
+    // before the checks).
+    if let hypercall::COMPLETE_INTERCEPT | hypercall::COMPLETE_INTERCEPT_THEN_IDLE = call.spec.code
     {
-        if !call.input.fast {
-            finish(vcpu, hypercall::status::INVALID_HYPERCALL_INPUT, 0);
-            return false;
-        }
-        let (rax, rip) = {
-            let r = vcpu.regs();
-            (r.r9, r.r10)
-        };
-        let status = crate::partition::complete_intercept(rdx, r8, rax, rip);
-        finish(vcpu, status, 0);
-        return code == hypercall::COMPLETE_INTERCEPT_THEN_IDLE
-            && status == hypercall::status::SUCCESS
-            && vcpu.interrupts_enabled();
+        finish(vcpu, hypercall::status::INVALID_HYPERCALL_INPUT, 0);
+        return false;
     }
     // Input copied in (checked to be root memory, at most a page); the
     // output built in hypervisor memory and copied out.
