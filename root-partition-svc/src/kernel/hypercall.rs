@@ -118,6 +118,8 @@ fn take_deferred() -> Option<Deferred> {
 /// A deferred call the hypervisor refused: (partition, VP, status), for the
 /// worker to fail that VM.
 static DEFERRED_FAILED: Mutex<Option<(u64, u32, u16)>> = Mutex::new(None);
+/// `DEFERRED_FAILED` holds a refusal (looked at on every poll, without a lock).
+static DEFERRED_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the guest OS id and enables the hypercall page. The error is the
 /// page's first bytes when the MSR writes were accepted but the page holds no
@@ -368,11 +370,16 @@ fn note_deferred(d: Deferred, status: u16) {
     }
     if let Deferred::Resume { partition, vp, .. } | Deferred::Complete { partition, vp, .. } = d {
         *DEFERRED_FAILED.lock() = Some((partition, vp, status));
+        DEFERRED_REFUSED.store(true, Ordering::Release);
     }
 }
 
 /// A deferred resume the hypervisor refused, once.
 pub fn take_deferred_failure() -> Option<(u64, u32, u16)> {
+    if !DEFERRED_REFUSED.load(Ordering::Acquire) {
+        return None;
+    }
+    DEFERRED_REFUSED.store(false, Ordering::Release);
     DEFERRED_FAILED.lock().take()
 }
 

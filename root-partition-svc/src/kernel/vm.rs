@@ -192,6 +192,9 @@ pub struct Vmm {
     /// A VMBus channel is polled (`vmbus::poll`): the worker looks at it
     /// every poll and must not sleep.
     polling: bool,
+    /// The slot of the VM whose intercept came last: the next one is most
+    /// likely from it too (checked before it is used).
+    intercept_slot: usize,
     /// The root's idle timer is stopped: a polled channel caught packets,
     /// so the worker will not sleep for a while (each tick would only cost
     /// an exit). A probe that catches nothing leaves it running.
@@ -222,6 +225,7 @@ static VMM: Global = Global(UnsafeCell::new(Vmm {
     vmbus_seen: 0,
     last_tick: 0,
     polling: false,
+    intercept_slot: 0,
     timer_stopped: false,
 }));
 
@@ -1747,17 +1751,16 @@ impl Vmm {
     /// Handles one intercept message; the slot of the VM it came from.
     fn handle_intercept(&mut self, m: &msg::Message) -> Option<usize> {
         let now = self.now();
-        let Some(i) = self
-            .vms
-            .iter()
-            .position(|v| v.as_ref().is_some_and(|v| v.partition == m.sender))
-        else {
+        let from = |v: &Option<Vm>| v.as_ref().is_some_and(|v| v.partition == m.sender);
+        let last = Some(self.intercept_slot).filter(|&i| self.vms.get(i).is_some_and(from));
+        let Some(i) = last.or_else(|| self.vms.iter().position(from)) else {
             println!(
                 "vm: intercept {:#x} from unknown partition {}",
                 m.kind, m.sender
             );
             return None;
         };
+        self.intercept_slot = i;
         let vm = self.vms[i].as_mut()?;
         // A VP's last message may arrive after the VM stopped: nothing to do.
         // A VM asked to shut down runs on until it has.
