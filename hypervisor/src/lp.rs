@@ -48,6 +48,9 @@ struct Local {
     /// interrupt in service (TLFS EOI assist): looked at after its next
     /// exit (`end_eoi_assist`).
     eoi_assist: bool,
+    /// When its next synthetic timer is due (TSC), as of the LP's look
+    /// before its pick: the entry that follows uses it.
+    timer_due: Option<u64>,
 }
 
 impl sched::Candidate for Local {
@@ -247,7 +250,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
         if state.inbox_count.load(Ordering::Acquire) != 0 {
             take_new_vps(lp, &mut guests);
         }
-        if state.chores.swap(false, Ordering::AcqRel) {
+        if state.chores.load(Ordering::Relaxed) && state.chores.swap(false, Ordering::AcqRel) {
             reap(&mut guests, &mut active, &mut fpu_owner);
             serve_save_requests(&mut guests, &mut active);
         }
@@ -264,7 +267,8 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             // Synthetic timers due end a halt like the APIC's own.
             let mut next_timer = None;
             for g in guests.iter_mut() {
-                next_timer = earliest(next_timer, g.expire_timers(root));
+                g.timer_due = g.expire_timers(root);
+                next_timer = earliest(next_timer, g.timer_due);
             }
             match scheduler.pick(cpu::rdtsc(), &mut guests) {
                 Some(i) => Choice::Guest(i),
@@ -457,7 +461,9 @@ fn enter_guest(
     timer: (&Caps, &mut OneShot, u64),
 ) -> Option<vcpu::Exit> {
     let (caps, host_timer, slice_end) = timer;
-    let timer_deadline = g.expire_timers(root);
+    // Expired just before the pick (one due since fires the host timer at
+    // once, and is expired at the next look).
+    let timer_deadline = g.timer_due;
     {
         // Checked under the same lock that `running` is set under: a
         // suspension or deletion the root asked for meanwhile is honoured.
@@ -562,6 +568,7 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             vapic: VirtualApic::new(index),
             debug: DebugState::initial(0),
             eoi_assist: false,
+            timer_due: None,
         });
     }
 }

@@ -192,6 +192,8 @@ pub struct Vmm {
     /// A VMBus channel is polled (`vmbus::poll`): the worker looks at it
     /// every poll and must not sleep.
     polling: bool,
+    /// The intercept messages' buffer (`poll`).
+    inbox: Option<alloc::boxed::Box<msg::Message>>,
     /// The slot of the VM whose intercept came last: the next one is most
     /// likely from it too (checked before it is used).
     intercept_slot: usize,
@@ -225,6 +227,7 @@ static VMM: Global = Global(UnsafeCell::new(Vmm {
     vmbus_seen: 0,
     last_tick: 0,
     polling: false,
+    inbox: None,
     intercept_slot: 0,
     timer_stopped: false,
 }));
@@ -421,8 +424,7 @@ impl Vmm {
 
     /// The host's time now, Unix seconds.
     pub fn now(&self) -> u64 {
-        let (t, tsc) = self.host_time;
-        t + (crate::arch::rdtsc() - tsc) / self.tsc_hz
+        unix_time(self.host_time, self.tsc_hz)
     }
 
     /// The boot modules (`host modules`).
@@ -1587,11 +1589,17 @@ impl Vmm {
             }
         }
         let mut any = false;
-        let mut m = msg::Message::EMPTY;
+        // Kept from poll to poll: a message is read into it only as long as
+        // its payload, so it is never cleared (256 bytes on every poll).
+        let mut m = self
+            .inbox
+            .take()
+            .unwrap_or_else(|| alloc::boxed::Box::new(msg::Message::EMPTY));
         while synic::take(&mut m) {
             any = true;
             self.intercept(&m);
         }
+        self.inbox = Some(m);
         any |= self.poll_vmbus();
         self.adjust_idle_tick();
         any
@@ -1750,7 +1758,9 @@ impl Vmm {
 
     /// Handles one intercept message; the slot of the VM it came from.
     fn handle_intercept(&mut self, m: &msg::Message) -> Option<usize> {
-        let now = self.now();
+        // Read only for the CMOS, the one device that shows the time.
+        let (host_time, tsc_hz) = (self.host_time, self.tsc_hz);
+        let now = move || unix_time(host_time, tsc_hz);
         let from = |v: &Option<Vm>| v.as_ref().is_some_and(|v| v.partition == m.sender);
         let last = Some(self.intercept_slot).filter(|&i| self.vms.get(i).is_some_and(from));
         let Some(i) = last.or_else(|| self.vms.iter().position(from)) else {
@@ -2365,7 +2375,12 @@ fn fail(vm: &mut Vm, why: core::fmt::Arguments) {
     println!("vm {}: failed: {}", vm.name(), vm.reason());
 }
 
-fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
+/// Unix seconds now, from the host's clock as read at (Unix seconds, TSC).
+fn unix_time((t, tsc): (u64, u64), tsc_hz: u64) -> u64 {
+    t + (crate::arch::rdtsc() - tsc) / tsc_hz
+}
+
+fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: impl Fn() -> u64) {
     let vp = io.header.vp_index;
     if io.string || io.rep {
         return fail(
@@ -2384,7 +2399,10 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: u64) {
         io.size,
         write,
         (io.rax & mask) as u32,
-        now,
+        match io.port {
+            root_partition_svc::cmos::INDEX_PORT | root_partition_svc::cmos::DATA_PORT => now(),
+            _ => 0,
+        },
     );
     let mut rax = io.rax;
     let mut interrupt = None;
