@@ -216,26 +216,8 @@ pub fn call(code: u16, reps: u16, input: &[u8], output: &mut [u8]) -> Reply {
 
 /// The call, its input already in the input page.
 fn call_prepared(code: u16, reps: u16, output: &mut [u8]) -> Reply {
-    let value = Input::slow(code, reps).encode();
-    let rax: u64;
-    // SAFETY: the hypercall page holds `vmcall; ret` (checked in `enable`);
-    // the call uses the stack for its return address only; the hypervisor
-    // writes the output page (ours, GPA = address) and returns the status in
-    // RAX. Every register the TLFS lets it change is declared clobbered, and
-    // memory is not `nomem`, so the output page is re-read afterwards.
-    unsafe {
-        core::arch::asm!(
-            "call {page}",
-            page = in(reg) code_page(),
-            inout("rcx") value => _,
-            inout("rdx") INPUT.0.get() as u64 => _,
-            inout("r8") OUTPUT.0.get() as u64 => _,
-            lateout("rax") rax,
-            lateout("r9") _,
-            lateout("r10") _,
-            lateout("r11") _,
-        )
-    };
+    let pages = (INPUT.0.get() as u64, OUTPUT.0.get() as u64);
+    let rax = call_registers([Input::slow(code, reps).encode(), pages.0, pages.1, 0, 0]);
     let m = output.len().min(4096);
     // SAFETY: our own page, filled by the hypervisor (the asm may write memory).
     unsafe { core::ptr::copy_nonoverlapping(OUTPUT.0.get() as *const u8, output.as_mut_ptr(), m) };
@@ -319,7 +301,7 @@ pub fn flush_deferred() {
     let Some(d) = take_deferred() else {
         return;
     };
-    let status = call_registers(d.registers(false));
+    let status = call_registers(d.registers(false)) as u16;
     note_deferred(d, status);
 }
 
@@ -337,14 +319,19 @@ pub fn complete_intercept_now(partition: u64, vp: u32, rax: u64, rip: u64) -> u1
             rip,
         }
         .registers(false),
-    )
+    ) as u16
 }
 
 /// A call whose input is in the input page already or all in registers
-/// (RCX, RDX, R8, R9, R10): its status.
-fn call_registers([rcx, rdx, r8, r9, r10]: [u64; 5]) -> u16 {
+/// (RCX, RDX, R8, R9, R10): RAX as it returns (the status in bits 15:0,
+/// the reps completed in bits 43:32).
+fn call_registers([rcx, rdx, r8, r9, r10]: [u64; 5]) -> u64 {
     let rax: u64;
-    // SAFETY: as in `call_prepared`.
+    // SAFETY: the hypercall page holds `vmcall; ret` (checked in `enable`);
+    // the call uses the stack for its return address only; the hypervisor
+    // writes the output page (ours, GPA = address) and returns the status in
+    // RAX. Every register the TLFS lets it change is declared clobbered, and
+    // memory is not `nomem`, so the output page is re-read afterwards.
     unsafe {
         core::arch::asm!(
             "call {page}",
@@ -358,7 +345,7 @@ fn call_registers([rcx, rdx, r8, r9, r10]: [u64; 5]) -> u16 {
             lateout("r11") _,
         )
     };
-    rax as u16
+    rax
 }
 
 /// A refused resume fails its VM (`take_deferred_failure`); a refused
@@ -396,7 +383,7 @@ pub fn idle() {
     // `defer_signal_event`) or all in registers (`defer_complete_intercept`).
     let [rcx, rdx, r8, r9, r10] = d.registers(true);
     let rax: u64;
-    // SAFETY: as in `call_prepared`, with the hypercall instruction inline so
+    // SAFETY: as in `call_registers`, with the hypercall instruction inline so
     // that STI's shadow covers it: no interrupt is taken between enabling
     // interrupts and the halt the call ends in (the hypervisor halts the VP
     // only with interrupts enabled; a pending one ends the halt at once).
