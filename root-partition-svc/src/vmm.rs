@@ -797,8 +797,14 @@ pub fn access_mask(size: u8) -> u64 {
     }
 }
 
+/// Whether `emulate_io` reads its `now` for an access to `port`: only the
+/// CMOS shows the time (a caller may skip reading the clock otherwise).
+pub fn reads_clock(port: u16) -> bool {
+    matches!(port, crate::cmos::INDEX_PORT | crate::cmos::DATA_PORT)
+}
+
 /// One IN or OUT of `size` bytes on `port` (value in the low bytes), at
-/// Unix time `now` (the clock the CMOS shows).
+/// Unix time `now` (the clock the CMOS shows; see `reads_clock`).
 pub fn emulate_io(
     dev: &mut Devices,
     port: u16,
@@ -1051,6 +1057,28 @@ mod tests {
         assert_eq!(r.note(0x63), Report::Overflow);
         assert_eq!(r.note(0x64), Report::Quiet);
         assert_eq!(r.note(0x61), Report::Quiet);
+    }
+
+    /// Every port whose answer can depend on the time is one `reads_clock`
+    /// names: elsewhere the root may pass no time at all.
+    #[test]
+    fn only_the_clock_ports_read_the_time() {
+        let read_at = |port: u16, now: u64| {
+            let mut d = Devices::default();
+            // The CMOS's index first: its seconds register.
+            emulate_io(&mut d, crate::cmos::INDEX_PORT, 1, true, 0, now);
+            emulate_io(&mut d, port, 1, false, 0, now)
+        };
+        let noon_2026 = 1_780_000_000;
+        for port in 0..=u16::MAX {
+            if !reads_clock(port) {
+                assert_eq!(read_at(port, 0), read_at(port, noon_2026), "port {port:#x}");
+            }
+        }
+        assert_ne!(
+            read_at(crate::cmos::DATA_PORT, 0),
+            read_at(crate::cmos::DATA_PORT, noon_2026 + 7)
+        );
     }
 
     /// COM1's interrupt through the I/O APIC, in the order Linux's 8250

@@ -2399,10 +2399,7 @@ fn io_port(vm: &mut Vm, io: &IoPortIntercept, now: impl Fn() -> u64) {
         io.size,
         write,
         (io.rax & mask) as u32,
-        match io.port {
-            root_partition_svc::cmos::INDEX_PORT | root_partition_svc::cmos::DATA_PORT => now(),
-            _ => 0,
-        },
+        if vmm::reads_clock(io.port) { now() } else { 0 },
     );
     let mut rax = io.rax;
     let mut interrupt = None;
