@@ -904,6 +904,16 @@ fn get_registers(input: &[u8], output: &mut [u8], reps: (u16, u16)) -> Outcome {
     let value = |name| match name {
         reg::EXPLICIT_SUSPEND => Ok(vp.shared.lock().explicit_suspend as u128),
         reg::INTERCEPT_SUSPEND => Ok(vp.shared.lock().intercept_suspend as u128),
+        reg::INTERNAL_ACTIVITY_STATE => {
+            let s = vp.shared.lock();
+            Ok(s.wait_for_sipi as u128 | (s.halted as u128) << 1)
+        }
+        reg::STIMER0_CONFIG..=reg::STIMER3_COUNT => vp
+            .stimers
+            .lock()
+            .read(hypervisor_core::stimer::CONFIG0 + (name - reg::STIMER0_CONFIG))
+            .map(u128::from)
+            .ok_or(status::INVALID_PARAMETER),
         _ => {
             waited.for_register(&vp, name)?;
             vp.shared

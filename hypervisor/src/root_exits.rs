@@ -204,16 +204,21 @@ pub fn dispatch(
                 "read"
             };
             Next::Stop(format!(
-                "{kind} of GPA {gpa:#x} at RIP {:#x}: {} memory, not the root's",
+                "{kind} of GPA {gpa:#x} at RIP {:#x}: {} memory, not the root's ({})",
                 vcpu.rip(),
                 if gpa == vapic::APIC_PAGE {
                     "the local APIC (kept by the hypervisor)"
                 } else {
                     "hypervisor"
-                }
+                },
+                vcpu.describe()
             ))
         }
-        Exit::TripleFault => Next::Stop(format!("triple fault at RIP {:#x}", vcpu.rip())),
+        Exit::TripleFault => Next::Stop(format!(
+            "triple fault at RIP {:#x} ({})",
+            vcpu.rip(),
+            vcpu.describe()
+        )),
         Exit::MachineCheck => Next::Stop(format!("machine check at RIP {:#x}", vcpu.rip())),
         Exit::Exception { vector, .. } => Next::Stop(format!(
             "unexpected exception exit (vector {vector}) at RIP {:#x}",

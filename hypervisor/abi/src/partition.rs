@@ -183,6 +183,10 @@ pub mod size {
 pub mod reg {
     pub const EXPLICIT_SUSPEND: u32 = 0x0000_0000;
     pub const INTERCEPT_SUSPEND: u32 = 0x0000_0001;
+    /// `HvRegisterInternalActivityState`, read-only here: bit 0 startup
+    /// suspend (waiting for a SIPI), bit 1 halt suspend (halted until an
+    /// interrupt).
+    pub const INTERNAL_ACTIVITY_STATE: u32 = 0x0000_0004;
     pub const RAX: u32 = 0x0002_0000;
     /// RAX..R15 in the order rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15.
     pub const R15: u32 = 0x0002_000F;
@@ -209,6 +213,11 @@ pub mod reg {
     /// `HvRegisterScontrol`: SetVpRegisters writes only 0, which resets the
     /// VP's whole SynIC (registers off and masked, queued messages dropped).
     pub const SCONTROL: u32 = 0x000A_0010;
+    /// `HvRegisterStimer0Config`; then Stimer0Count, Stimer1Config, ... up
+    /// to Stimer3Count (the order of the timers' MSRs from 0x4000_00B0).
+    /// Read-only here.
+    pub const STIMER0_CONFIG: u32 = 0x000B_0000;
+    pub const STIMER3_COUNT: u32 = 0x000B_0007;
 }
 
 /// A segment register value (TLFS `HV_X64_SEGMENT_REGISTER`): base u64, limit

@@ -388,6 +388,32 @@ impl Vcpu {
         }
     }
 
+    /// The VP's state in one line, for the report of a VP stopped on a
+    /// fault (where it was, on which stack and tables, what it was
+    /// delivering, and the vendor structures behind it).
+    pub fn describe(&self) -> alloc::string::String {
+        let mut c = VpContext::reset();
+        self.save_context(&mut c);
+        let vendor = match self {
+            Vcpu::Vmx(v) => v.structures(),
+            Vcpu::Svm(s) => s.structures(),
+        };
+        alloc::format!(
+            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDTR {:#x}/{:#x} CS {:#x} pending event {:#x}; {vendor}",
+            c.rip,
+            c.gpr[4],
+            c.rflags,
+            c.cr0,
+            c.cr3,
+            c.cr4,
+            c.efer,
+            c.idtr.base,
+            c.idtr.limit,
+            c.seg[1].selector,
+            c.pending_event,
+        )
+    }
+
     /// What an intercept message's header says about the VP now.
     pub fn intercept_header(&self, vp_index: u32, length: u8, access: u8) -> InterceptHeader {
         let (cs, rflags, (cr0, efer), cpl) = match self {

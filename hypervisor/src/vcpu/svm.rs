@@ -370,6 +370,23 @@ impl SvmVcpu {
         self.write32(vmcb::TLB_CONTROL, if caps.flush_by_asid { 3 } else { 1 });
     }
 
+    /// The structures behind the VP and the event fields, for the report
+    /// of a VP stopped on a fault: a VMCB that holds the host's state (its
+    /// RIP after VMRUN) would show here as a VMCB equal to a host save area.
+    pub fn structures(&self) -> alloc::string::String {
+        alloc::format!(
+            "VMCB {:#x}, VMSAVE page {:#x}, VM_HSAVE_PA {:#x}, EXITINTINFO {:#x}, EVENTINJ {:#x}, exit {:#x}/{:#x}/{:#x}",
+            self.vmcb,
+            self.host_save,
+            msr::read(VM_HSAVE_PA),
+            self.read(vmcb::EXIT_INT_INFO),
+            self.read(vmcb::EVENT_INJECTION),
+            self.read(vmcb::EXIT_CODE),
+            self.read(vmcb::EXIT_INFO1),
+            self.read(vmcb::EXIT_INFO2),
+        )
+    }
+
     /// Returns the VMCB and host-state pages (the VP is gone).
     pub fn release(self) {
         memory::free_pages(self.vmcb, 1);

@@ -522,6 +522,20 @@ fn flush_tlb(caps: &VmxCaps, tag: u16) -> Result<(), &'static str> {
 }
 
 impl VmxVcpu {
+    /// The VMCS and its event and exit fields, for the report of a VP
+    /// stopped on a fault (its VMCS is current: it has just exited).
+    pub fn structures(&self) -> alloc::string::String {
+        alloc::format!(
+            "VMCS {:#x}, IDT vectoring {:#x}, entry event {:#x}, exit {:#x}/{:#x}/{:#x}",
+            self.vmcs,
+            insn::vmread(field::IDT_VECTORING_INFO),
+            insn::vmread(field::ENTRY_INTERRUPTION_INFO),
+            insn::vmread(field::EXIT_REASON),
+            insn::vmread(field::EXIT_QUALIFICATION),
+            insn::vmread(field::GUEST_PHYSICAL_ADDRESS),
+        )
+    }
+
     /// A root VP: the VMCS is created and left current.
     pub fn new(caps: &VmxCaps, s: &StartState) -> Result<Self, &'static str> {
         let vmcs = new_vmcs()?;

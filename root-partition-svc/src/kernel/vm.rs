@@ -1510,6 +1510,7 @@ impl Vmm {
                     ),
                     Err(s) => println!("    VP {vp}: GetVpRegisters: status {s:#x}"),
                 }
+                show_vp_activity(id, vp);
             }
         }
         println!(
@@ -2517,4 +2518,36 @@ fn assert_interrupt(vm: &mut Vm, vp: u32, vector: u8, source: &str) {
             );
         }
     }
+}
+
+/// `vm show`'s second line for a running VP: what it waits for (halted,
+/// a SIPI, the root's answer to an intercept) and its armed synthetic
+/// timers (read without stopping it).
+fn show_vp_activity(id: u64, vp: u32) {
+    let mut names = [0u32; 10];
+    names[0] = reg::INTERNAL_ACTIVITY_STATE;
+    names[1] = reg::INTERCEPT_SUSPEND;
+    for (i, n) in names[2..].iter_mut().enumerate() {
+        *n = reg::STIMER0_CONFIG + i as u32;
+    }
+    let mut v = [0u64; 10];
+    if let Err(s) = get_registers(id, vp, &names, &mut v) {
+        println!("      activity: GetVpRegisters: status {s:#x}");
+        return;
+    }
+    let waits = match (v[0] & 1 != 0, v[0] & 2 != 0, v[1] != 0) {
+        (true, _, _) => "waiting for a SIPI",
+        (_, _, true) => "waiting for the root (intercept)",
+        (_, true, _) => "halted",
+        _ => "runnable",
+    };
+    print!("      {waits}");
+    for t in 0..4 {
+        let (config, count) = (v[2 + 2 * t], v[3 + 2 * t]);
+        // Bit 0: enabled (armed).
+        if config & 1 != 0 {
+            print!("; STIMER{t} config {config:#x} count {count}");
+        }
+    }
+    println!();
 }

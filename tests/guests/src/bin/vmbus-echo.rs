@@ -444,6 +444,16 @@ fn main(_vp: u64, _vps: u64, memory: u64) -> ! {
         "connected again; the removed device is not offered",
         again.is_none(),
     );
+    // A timer an hour away, for the root's `vm show` to find armed
+    // (STIMER2, direct mode) while the VP sleeps.
+    // SAFETY: the synthetic timer MSRs CPUID offers (checked above).
+    unsafe {
+        wrmsr(
+            stimer_bits::CONFIG0 + 4,
+            stimer_bits::ENABLE | stimer_bits::DIRECT_MODE | u64::from(DIRECT_VECTOR) << 4,
+        );
+        wrmsr(stimer_bits::CONFIG0 + 5, time_ref() + 36_000_000_000);
+    }
     println!("vmbus-echo: done; ignoring the shutdown service");
     loop {
         sleep();
