@@ -1677,14 +1677,24 @@ impl Vmm {
         // Read before the slot and flags: one raised after is seen next time.
         let raised = crate::idt::VMBUS_SINTS.load(core::sync::atomic::Ordering::Acquire);
         let tick_due = now.wrapping_sub(self.last_tick) >= self.tsc_hz / 1_000_000 * TICK_US;
-        if raised == self.vmbus_seen && !tick_due {
+        let interrupted = raised != self.vmbus_seen;
+        if !interrupted && !tick_due {
             // The common case of an intercept: no VMBus work to look for.
             return (any, self.polling);
         }
         self.vmbus_seen = raised;
+        // The tick looks after buses with a guest connected or messages
+        // queued for it; one with neither has no channel, nothing to send
+        // and nothing to time (a guest without VMBus costs its intercepts
+        // no scan of the event flags every TICK_US).
+        let tended = self
+            .vms
+            .iter()
+            .flatten()
+            .any(|v| v.vmbus.as_ref().is_some_and(VmBus::needs_tick));
         let clock = (self.tsc_hz, self.host_time);
         let mut m = msg::Message::EMPTY;
-        while synic::take_vmbus(&mut m) {
+        while (interrupted || tended) && synic::take_vmbus(&mut m) {
             any = true;
             let (partition, connection) = vmbus_server::port_owner(m.sender);
             let size = usize::from(m.size).min(m.payload.len());
@@ -1698,23 +1708,29 @@ impl Vmm {
                 bus.message(connection, &m.payload[..size]);
             }
         }
-        let vms = &mut self.vms;
-        let net = &mut self.net;
-        synic::take_vmbus_events(|flag| {
-            any = true;
-            let (slot, relid) = vmbus_server::flag_owner(flag);
-            if let Some(bus) = vms
-                .get_mut(slot)
-                .and_then(|v| v.as_mut())
-                .and_then(|v| v.vmbus.as_mut())
-            {
-                bus.channel_signalled(relid, now, clock, net);
-            }
-        });
+        if interrupted || tended {
+            let vms = &mut self.vms;
+            let net = &mut self.net;
+            synic::take_vmbus_events(|flag| {
+                any = true;
+                let (slot, relid) = vmbus_server::flag_owner(flag);
+                if let Some(bus) = vms
+                    .get_mut(slot)
+                    .and_then(|v| v.as_mut())
+                    .and_then(|v| v.vmbus.as_mut())
+                {
+                    bus.channel_signalled(relid, now, clock, net);
+                }
+            });
+        }
         self.last_tick = now;
+        let mut served = false;
         for vm in self.vms.iter_mut().flatten() {
             if let Some(bus) = vm.vmbus.as_mut() {
-                bus.tick(now, self.tsc_hz, self.host_time, &mut self.net);
+                if bus.needs_tick() {
+                    bus.tick(now, self.tsc_hz, self.host_time, &mut self.net);
+                    served = true;
+                }
             } else {
                 // A VM that is not running takes no frames.
                 for nic in &vm.nics {
@@ -1735,7 +1751,7 @@ impl Vmm {
                 );
             }
         }
-        (any, true)
+        (any, served)
     }
 
     /// One intercept message; a VM its guest reset starts again.

@@ -941,6 +941,13 @@ impl VmBus {
         }
     }
 
+    /// Whether `tick` has anything to look after: a guest connected
+    /// (channels, integration services, removals), or messages queued for
+    /// its SynIC. Without either there is no channel to serve or time.
+    pub fn needs_tick(&self) -> bool {
+        self.version.is_some() || !self.host.port_ref().outbox.is_empty()
+    }
+
     /// Periodic work: heartbeats and time samples, and posting what the
     /// guest's queue could not take before.
     pub fn tick(&mut self, now: u64, tsc_hz: u64, host_time: (u64, u64), net: &mut Network) {
