@@ -151,26 +151,49 @@ impl InterceptHeader {
     pub const SIZE: usize = 40;
 
     fn put(&self, c: &mut Cursor) -> Option<()> {
-        c.put(&self.vp_index.to_le_bytes())?;
-        c.put(&[self.instruction_length & 0xF, self.access])?;
-        c.put(&self.execution_state.to_le_bytes())?;
-        c.put(&self.cs.to_value().to_le_bytes())?;
-        c.put(&self.rip.to_le_bytes())?;
-        c.put(&self.rflags.to_le_bytes())
+        let mut b = [0; Self::SIZE];
+        self.write_to(&mut b);
+        c.put(&b)
     }
 
     fn take(b: &[u8], at: &mut usize) -> Option<Self> {
-        let vp_index = u32::from_le_bytes(get(b, at)?);
-        let [len, access] = get::<2>(b, at)?;
-        Some(InterceptHeader {
-            vp_index,
-            instruction_length: len & 0xF,
-            access,
-            execution_state: u16::from_le_bytes(get(b, at)?),
-            cs: Segment::from_value(u128::from_le_bytes(get(b, at)?)),
-            rip: u64::from_le_bytes(get(b, at)?),
-            rflags: u64::from_le_bytes(get(b, at)?),
-        })
+        Some(Self::read_from(&get(b, at)?))
+    }
+
+    /// Fixed offsets into a fixed-size array: no bounds checks at run time
+    /// (the intercepts' hot path encodes and decodes one per exit).
+    fn write_to(&self, b: &mut [u8; Self::SIZE]) {
+        b[0..4].copy_from_slice(&self.vp_index.to_le_bytes());
+        b[4] = self.instruction_length & 0xF;
+        b[5] = self.access;
+        b[6..8].copy_from_slice(&self.execution_state.to_le_bytes());
+        b[8..24].copy_from_slice(&self.cs.to_value().to_le_bytes());
+        b[24..32].copy_from_slice(&self.rip.to_le_bytes());
+        b[32..40].copy_from_slice(&self.rflags.to_le_bytes());
+    }
+
+    fn read_from(b: &[u8; Self::SIZE]) -> Self {
+        let u64_at = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        InterceptHeader {
+            vp_index: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            instruction_length: b[4] & 0xF,
+            access: b[5],
+            execution_state: u16::from_le_bytes([b[6], b[7]]),
+            cs: Segment::from_value(u64_at(8) as u128 | (u64_at(16) as u128) << 64),
+            rip: u64_at(24),
+            rflags: u64_at(32),
+        }
     }
 }
 
@@ -196,39 +219,60 @@ pub struct IoPortIntercept {
 impl IoPortIntercept {
     pub const SIZE: usize = InterceptHeader::SIZE + 2 + 1 + 1 + 4 + 8 + 16 + 32 + 24;
 
+    /// Offsets: header 0, port 40, access info 42, instruction byte count
+    /// 43, reserved 44, RAX 48, instruction bytes 56, DS 72, ES 88, RCX 104,
+    /// RSI 112, RDI 120.
     pub fn message(&self, partition: u64) -> Message {
-        build(kind::IO_PORT_INTERCEPT, partition, Self::SIZE, |c| {
-            self.header.put(c)?;
-            c.put(&self.port.to_le_bytes())?;
-            let info = (self.size & 7) | (self.string as u8) << 3 | (self.rep as u8) << 4;
-            c.put(&[info, 0])?;
-            c.put(&[0; 4])?;
-            c.put(&self.rax.to_le_bytes())?;
-            c.put(&[0; 16 + 32])?;
-            c.put(&self.rcx.to_le_bytes())?;
-            c.put(&self.rsi.to_le_bytes())?;
-            c.put(&self.rdi.to_le_bytes())
-        })
+        let mut m = Message {
+            kind: kind::IO_PORT_INTERCEPT,
+            flags: 0,
+            sender: partition,
+            size: Self::SIZE as u8,
+            payload: [0; PAYLOAD_MAX],
+        };
+        // Always there (the sizes are constants; checked at compile time).
+        const { assert!(IoPortIntercept::SIZE <= PAYLOAD_MAX) };
+        let Some((b, _)) = m.payload.split_first_chunk_mut::<{ Self::SIZE }>() else {
+            return m;
+        };
+        if let Some((header, _)) = b.split_first_chunk_mut::<{ InterceptHeader::SIZE }>() {
+            self.header.write_to(header);
+        }
+        b[40..42].copy_from_slice(&self.port.to_le_bytes());
+        b[42] = (self.size & 7) | (self.string as u8) << 3 | (self.rep as u8) << 4;
+        b[48..56].copy_from_slice(&self.rax.to_le_bytes());
+        b[104..112].copy_from_slice(&self.rcx.to_le_bytes());
+        b[112..120].copy_from_slice(&self.rsi.to_le_bytes());
+        b[120..128].copy_from_slice(&self.rdi.to_le_bytes());
+        m
     }
 
     pub fn decode(p: &[u8]) -> Option<Self> {
-        let mut at = 0;
-        let header = InterceptHeader::take(p, &mut at)?;
-        let port = u16::from_le_bytes(get(p, &mut at)?);
-        let [info, _count] = get::<2>(p, &mut at)?;
-        get::<4>(p, &mut at)?;
-        let rax = u64::from_le_bytes(get(p, &mut at)?);
-        get::<48>(p, &mut at)?;
+        let (b, _) = p.split_first_chunk::<{ Self::SIZE }>()?;
+        let (header, _) = b.split_first_chunk::<{ InterceptHeader::SIZE }>()?;
+        let u64_at = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        let info = b[42];
         Some(IoPortIntercept {
-            header,
-            port,
+            header: InterceptHeader::read_from(header),
+            port: u16::from_le_bytes([b[40], b[41]]),
             size: info & 7,
             string: info & 8 != 0,
             rep: info & 16 != 0,
-            rax,
-            rcx: u64::from_le_bytes(get(p, &mut at)?),
-            rsi: u64::from_le_bytes(get(p, &mut at)?),
-            rdi: u64::from_le_bytes(get(p, &mut at)?),
+            rax: u64_at(48),
+            rcx: u64_at(104),
+            rsi: u64_at(112),
+            rdi: u64_at(120),
         })
     }
 }

@@ -82,8 +82,12 @@ impl Deferred {
                 rax,
                 rip,
             } => {
-                let code = pick(COMPLETE_INTERCEPT, COMPLETE_INTERCEPT_THEN_IDLE);
-                [Input::fast(code).encode(), partition, vp.into(), rax, rip]
+                // The hot path (every intercept's resume): both input values
+                // are constants.
+                const ALONE: u64 = Input::fast(COMPLETE_INTERCEPT).encode();
+                const WITH_HALT: u64 = Input::fast(COMPLETE_INTERCEPT_THEN_IDLE).encode();
+                let input = if then_idle { WITH_HALT } else { ALONE };
+                [input, partition, vp.into(), rax, rip]
             }
             Deferred::Resume { count, .. } => {
                 let code = pick(SET_VP_REGISTERS, SET_VP_REGISTERS_THEN_IDLE);
