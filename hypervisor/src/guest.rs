@@ -132,7 +132,8 @@ pub fn dispatch(
             }
         }
         Exit::Io(io) => {
-            let r = *vcpu.regs();
+            let r = vcpu.regs();
+            let (rax, rcx, rsi, rdi) = (r.rax, r.rcx, r.rsi, r.rdi);
             let msg = IoPortIntercept {
                 header: header(
                     vcpu,
@@ -147,10 +148,10 @@ pub fn dispatch(
                 size: io.size,
                 string: io.string,
                 rep: io.rep,
-                rax: r.rax,
-                rcx: r.rcx,
-                rsi: r.rsi,
-                rdi: r.rdi,
+                rax,
+                rcx,
+                rsi,
+                rdi,
             };
             Next::Intercept(msg.message(part.id))
         }

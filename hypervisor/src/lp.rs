@@ -419,9 +419,9 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 drop(s);
                 // Posted while still `running`: whoever stops the VP waits
                 // for it, so no message of a VP outlives its stop unseen.
-                if let guest::Next::Intercept(msg) = next {
+                if let guest::Next::Intercept(msg) = &next {
                     g.part.intercepts.fetch_add(1, Ordering::Relaxed);
-                    crate::synic::post_to_root(root, 0, INTERCEPT_SINT, &msg);
+                    crate::synic::post_to_root(root, 0, INTERCEPT_SINT, msg);
                 }
                 g.vp.running.store(false, Ordering::Release);
             }
