@@ -245,7 +245,8 @@ pub fn dispatch(
             write_cr(root, caps, part, vcpu, vapic, cr, gpr);
             Next::Resume
         }
-        Exit::CrAccess { .. } | Exit::MachineCheck | Exit::Other(_) => {
+        // DebugRegisterAccess: taken by the LP before dispatch.
+        Exit::CrAccess { .. } | Exit::MachineCheck | Exit::DebugRegisterAccess | Exit::Other(_) => {
             fatal(vcpu, unrecoverable::UNSUPPORTED)
         }
         // XSAVE is hidden (CPUID), so XSETBV is #UD as on a processor without it.

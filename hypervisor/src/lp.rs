@@ -213,7 +213,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     let mut host_timer = OneShot::new(timer_rate, crate::time::tsc_hz() / 1000);
     let mut vapic = VirtualApic::new(lp);
     let root_xstate = XState::new().unwrap_or_else(|e| root::stop(lp, e));
-    let mut root_debug = DebugState::initial(0);
+    let mut root_debug = DebugState::initial(0, true);
+    // The LP's TSC_AUX as last written or read back (none yet: the first
+    // VP's is written).
+    let mut live_tsc_aux = u64::MAX;
     let barriers = Barriers::detect(matches!(caps, Caps::Vmx(_)));
     let state = lp_state::get(lp);
     let mut root_buffers = root_exits::HypercallBuffers::default();
@@ -294,7 +297,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     Active::Root,
                     (&root_xstate, &mut root_debug),
                     &mut guests,
-                    &barriers,
+                    (&barriers, &mut live_tsc_aux),
                 );
                 // Exits that change nothing but the VP's registers (CPUID)
                 // re-enter at once, until one needs the loop: another
@@ -315,8 +318,12 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                         break None;
                     }
                 };
-                let next = exit.map(|exit| {
-                    root_exits::dispatch(
+                let next = exit.map(|exit| match exit {
+                    vcpu::Exit::DebugRegisterAccess => {
+                        root_debug.take_over(&mut root_vcpu);
+                        root_exits::Next::Resume
+                    }
+                    exit => root_exits::dispatch(
                         root,
                         caps,
                         &mut root_vcpu,
@@ -324,7 +331,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                         lp,
                         exit,
                         &mut root_buffers,
-                    )
+                    ),
                 });
                 match next {
                     None | Some(root_exits::Next::Resume) => {}
@@ -356,7 +363,7 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                     me,
                     (&root_xstate, &mut root_debug),
                     &mut guests,
-                    &barriers,
+                    (&barriers, &mut live_tsc_aux),
                 );
                 let g = &mut guests[i];
                 let entered = cpu::rdtsc();
@@ -381,7 +388,13 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 g.part.exits_by_reason[exit.reason() as usize].fetch_add(1, Ordering::Relaxed);
                 lp_stats.count(exit.reason());
                 let Some(v) = g.vcpu.as_mut() else { continue };
-                let next = guest::dispatch(root, caps, &g.part, &g.vp, v, &mut g.vapic, exit);
+                let next = match exit {
+                    vcpu::Exit::DebugRegisterAccess => {
+                        g.debug.take_over(v);
+                        guest::Next::Resume
+                    }
+                    exit => guest::dispatch(root, caps, &g.part, &g.vp, v, &mut g.vapic, exit),
+                };
                 // Charged to the VP: its run, the hypervisor's handling of
                 // its exit, and the root's time serving its intercepts since
                 // its last run (weights, reserves and limits hold for VPs
@@ -566,7 +579,7 @@ fn take_new_vps(lp: u32, guests: &mut Vec<Local>) {
             // Applied at the first entry (the base intercepts with it).
             exceptions: u32::MAX,
             vapic: VirtualApic::new(index),
-            debug: DebugState::initial(0),
+            debug: DebugState::initial(0, false),
             eoi_assist: false,
             timer_due: None,
         });
@@ -592,12 +605,13 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// Makes the registers hold `to`'s extended state, debug registers and
 /// TSC_AUX: the owner's are saved first (a deleted owner's are dropped),
 /// then `to`'s restored; between partitions, the barriers run.
+#[inline(always)]
 fn switch_vp(
     owner: &mut Active,
     to: Active,
     root: (&XState, &mut DebugState),
     guests: &mut [Local],
-    barriers: &Barriers,
+    (barriers, live_tsc_aux): (&Barriers, &mut u64),
 ) {
     if *owner == to {
         return;
@@ -612,14 +626,14 @@ fn switch_vp(
     match *owner {
         Active::Root => {
             root_xstate.save();
-            root_debug.save(barriers);
+            root_debug.save(barriers, live_tsc_aux);
         }
         Active::Guest(..) => {
             if let Some(g) = slot(*owner, guests).map(|i| &mut guests[i]) {
                 if let Some(x) = g.xstate.as_ref() {
                     x.save();
                 }
-                g.debug.save(barriers);
+                g.debug.save(barriers, live_tsc_aux);
             }
         }
         Active::None => {}
@@ -635,14 +649,14 @@ fn switch_vp(
     match to {
         Active::Root => {
             root_xstate.restore();
-            root_debug.restore(barriers);
+            root_debug.restore(barriers, live_tsc_aux);
         }
         Active::Guest(..) => {
             if let Some(g) = slot(to, guests).map(|i| &guests[i]) {
                 if let Some(x) = g.xstate.as_ref() {
                     x.restore();
                 }
-                g.debug.restore(barriers);
+                g.debug.restore(barriers, live_tsc_aux);
             }
         }
         Active::None => {}

@@ -229,6 +229,11 @@ pub fn dispatch(
             vcpu.rip()
         )),
         Exit::Io(io) => Next::Stop(format!("unexpected I/O exit for port {:#x}", io.port)),
+        // Taken by the LP before dispatch (`DebugState::take_over`).
+        Exit::DebugRegisterAccess => Next::Stop(format!(
+            "unexpected debug-register exit at RIP {:#x}",
+            vcpu.rip()
+        )),
         Exit::EntryFailed(code) => Next::Stop(format!(
             "the processor refused to enter the VP (code {code:#x})"
         )),

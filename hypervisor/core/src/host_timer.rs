@@ -28,6 +28,7 @@ impl OneShot {
     /// `deadline`, or `None` when the armed timer fires by then already
     /// (the entry costs no APIC write then; an early interrupt is only an
     /// exit more).
+    #[inline]
     pub fn arm_by(&mut self, deadline: u64, now: u64) -> Option<u32> {
         if self.armed.is_some_and(|a| a <= deadline) {
             return None;

@@ -395,13 +395,16 @@ impl VirtualApic {
 
     /// Advances the timer to `now`: an expiry requests the timer's vector
     /// (unless masked) and rearms a periodic timer.
+    /// Inline: a timer not due (or none) is the common case, two compares.
+    #[inline]
     pub fn tick(&mut self, now: u64) {
-        let Some(deadline) = self.deadline else {
-            return;
-        };
-        if now < deadline {
-            return;
+        if let Some(deadline) = self.deadline.filter(|&d| now >= d) {
+            self.expire(now, deadline);
         }
+    }
+
+    #[inline(never)]
+    fn expire(&mut self, now: u64, deadline: u64) {
         let lvt = self.lvt[LVT_TIMER];
         if lvt & MASKED == 0 {
             self.request(lvt as u8);

@@ -15,6 +15,15 @@ pub struct DebugState {
     dr: [u64; 4],
     dr6: u64,
     tsc_aux: u64,
+    /// The VP has used a debug register: its MOV DR no longer exit and
+    /// DR0-3 are switched with it. Until then they exit (a VP that never
+    /// uses them, most do not, costs no switch of them) and hold nothing of
+    /// its in the processor, whatever another VP left there: the first use
+    /// loads them (`take_over`) before the instruction runs.
+    owned: bool,
+    /// The VP writes TSC_AUX itself (the root: its WRMSR pass); read back
+    /// when it leaves the LP. A guest's cannot change (WRMSR refused).
+    writes_tsc_aux: bool,
 }
 
 /// What this processor offers (CPUID), read once per LP.
@@ -81,44 +90,66 @@ impl Barriers {
 
 impl DebugState {
     /// A VP's state at reset: no breakpoint addresses, DR6 as after reset,
-    /// TSC_AUX `tsc_aux`.
-    pub const fn initial(tsc_aux: u64) -> Self {
+    /// TSC_AUX `tsc_aux`; `writes_tsc_aux`: its WRMSR of it pass.
+    pub const fn initial(tsc_aux: u64, writes_tsc_aux: bool) -> Self {
         DebugState {
             dr: [0; 4],
             dr6: 0xFFFF_0FF0,
             tsc_aux,
+            owned: false,
+            writes_tsc_aux,
         }
     }
 
-    /// Saves the live registers into this VP's copy.
-    pub fn save(&mut self, b: &Barriers) {
-        self.dr = [
-            cpu::read_dr::<0>(),
-            cpu::read_dr::<1>(),
-            cpu::read_dr::<2>(),
-            cpu::read_dr::<3>(),
-        ];
-        if b.dr6 {
-            self.dr6 = cpu::read_dr::<6>();
-        }
-        if b.tsc_aux {
-            self.tsc_aux = msr::read(IA32_TSC_AUX);
-        }
-    }
-
-    /// Loads this VP's copy into the registers.
-    pub fn restore(&self, b: &Barriers) {
+    /// The VP's first MOV DR (`Exit::DebugRegisterAccess`): its DR0-3 into
+    /// the processor, and its MOV DR pass from now on (the instruction runs
+    /// again, natively). DR6 is switched for every VP on VMX already.
+    pub fn take_over(&mut self, vcpu: &mut crate::vcpu::Vcpu) {
         cpu::write_dr::<0>(self.dr[0]);
         cpu::write_dr::<1>(self.dr[1]);
         cpu::write_dr::<2>(self.dr[2]);
         cpu::write_dr::<3>(self.dr[3]);
+        vcpu.pass_debug_registers();
+        self.owned = true;
+    }
+
+    /// Saves the live registers into this VP's copy. `live_tsc_aux`: the
+    /// LP's TSC_AUX as the hypervisor last knew it.
+    pub fn save(&mut self, b: &Barriers, live_tsc_aux: &mut u64) {
+        if self.owned {
+            self.dr = [
+                cpu::read_dr::<0>(),
+                cpu::read_dr::<1>(),
+                cpu::read_dr::<2>(),
+                cpu::read_dr::<3>(),
+            ];
+        }
+        if b.dr6 {
+            self.dr6 = cpu::read_dr::<6>();
+        }
+        if b.tsc_aux && self.writes_tsc_aux {
+            self.tsc_aux = msr::read(IA32_TSC_AUX);
+            *live_tsc_aux = self.tsc_aux;
+        }
+    }
+
+    /// Loads this VP's copy into the registers (TSC_AUX only if it differs
+    /// from `live_tsc_aux`, which it then becomes).
+    pub fn restore(&self, b: &Barriers, live_tsc_aux: &mut u64) {
+        if self.owned {
+            cpu::write_dr::<0>(self.dr[0]);
+            cpu::write_dr::<1>(self.dr[1]);
+            cpu::write_dr::<2>(self.dr[2]);
+            cpu::write_dr::<3>(self.dr[3]);
+        }
         if b.dr6 {
             cpu::write_dr::<6>(self.dr6);
         }
-        if b.tsc_aux {
+        if b.tsc_aux && self.tsc_aux != *live_tsc_aux {
             // SAFETY: TSC_AUX is only read by RDTSCP/RDPID; the hypervisor
             // uses neither. Bits 63:32 are reserved.
             unsafe { msr::write(IA32_TSC_AUX, self.tsc_aux & 0xFFFF_FFFF) };
+            *live_tsc_aux = self.tsc_aux;
         }
     }
 }

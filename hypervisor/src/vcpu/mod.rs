@@ -194,6 +194,10 @@ pub enum Exit {
         length: u8,
     },
     TripleFault,
+    /// A MOV to or from a debug register of a VP that has not used them
+    /// yet: the LP makes them the VP's (`lazy::DebugState::take_over`) and
+    /// the instruction runs again, natively.
+    DebugRegisterAccess,
     /// An instruction the VP may not use, #UD as on a processor without it:
     /// VMX and SVM instructions; for guests also MONITOR/MWAIT (a guest must
     /// not keep its LP in a deep C-state), RDTSCP (its TSC_AUX is the
@@ -215,7 +219,7 @@ impl Exit {
             Exit::Hypercall => ExitReason::Hypercall,
             Exit::SlatViolation { .. } => ExitReason::SlatViolation,
             Exit::Xsetbv => ExitReason::Xsetbv,
-            Exit::Invd | Exit::Rdpmc => ExitReason::Other,
+            Exit::Invd | Exit::Rdpmc | Exit::DebugRegisterAccess => ExitReason::Other,
             Exit::CrAccess { .. } => ExitReason::ControlRegister,
             Exit::Nmi => ExitReason::Nmi,
             Exit::ExternalInterrupt => ExitReason::ExternalInterrupt,
@@ -412,6 +416,14 @@ impl Vcpu {
             c.seg[1].selector,
             c.pending_event,
         )
+    }
+
+    /// Stops intercepting the VP's debug registers (its first use of one).
+    pub fn pass_debug_registers(&mut self) {
+        match self {
+            Vcpu::Vmx(v) => v.pass_debug_registers(),
+            Vcpu::Svm(s) => s.pass_debug_registers(),
+        }
     }
 
     /// What an intercept message's header says about the VP now.

@@ -16,6 +16,8 @@ const VM_HSAVE_PA: u32 = 0xC001_0117;
 mod vmcb {
     /// CR reads (bits 15:0) and writes (bits 31:16).
     pub const INTERCEPT_CR: u64 = 0x000;
+    /// DR reads (bits 15:0) and writes (bits 31:16).
+    pub const INTERCEPT_DR: u64 = 0x004;
     pub const INTERCEPT_EXCEPTIONS: u64 = 0x008;
     pub const INTERCEPT_MISC1: u64 = 0x00C;
     pub const INTERCEPT_MISC2: u64 = 0x010;
@@ -311,6 +313,9 @@ impl SvmVcpu {
             v.write32(vmcb::INTERCEPT_CR, 1 << (16 + 4) | 1 << (16 + 8));
         }
         v.write32(vmcb::INTERCEPT_EXCEPTIONS, 1 << 18);
+        // DR0-3 (not in the VMCB) exit until the VP first uses one
+        // (`pass_debug_registers`); DR6 and DR7 are the VMCB's.
+        v.write32(vmcb::INTERCEPT_DR, 0x000F_000F);
         v.write32(vmcb::GUEST_ASID, tag as u32);
         // The first run starts from a clean TLB: this ASID's entries only where
         // the processor can (flush-by-ASID), else everything.
@@ -385,6 +390,12 @@ impl SvmVcpu {
             self.read(vmcb::EXIT_INFO1),
             self.read(vmcb::EXIT_INFO2),
         )
+    }
+
+    /// The VP's first MOV DR: from now on DR0-3 are its own in the
+    /// processor (the LP switches them, `lazy::DebugState`).
+    pub fn pass_debug_registers(&mut self) {
+        self.write32(vmcb::INTERCEPT_DR, 0);
     }
 
     /// Returns the VMCB and host-state pages (the VP is gone).
@@ -591,6 +602,7 @@ impl SvmVcpu {
                 gpr: (info1 & (1 << 63) != 0).then_some((info1 & 0xF) as u8),
             },
             0x6F => Exit::Rdpmc,
+            0x20..=0x3F => Exit::DebugRegisterAccess,
             0x7A | 0x87 | 0x8A..=0x8C => Exit::Undefined,
             // ICEBP (INT1): a #DB delivered past the one-byte instruction.
             0x88 => Exit::Exception {

@@ -521,6 +521,10 @@ fn flush_tlb(caps: &VmxCaps, tag: u16) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Primary processor-based control 23: MOV DR exits. Set until the VP
+/// first uses a debug register (`VmxVcpu::pass_debug_registers`).
+const MOV_DR_EXITING: u32 = 1 << 23;
+
 impl VmxVcpu {
     /// The VMCS and its event and exit fields, for the report of a VP
     /// stopped on a fault (its VMCS is current: it has just exited).
@@ -847,6 +851,7 @@ impl VmxVcpu {
         const MONITOR_EXITING: u32 = 1 << 29;
         const SECONDARY: u32 = 1 << 31;
         let proc_needed = HLT_EXITING
+            | MOV_DR_EXITING
             | IO_BITMAPS
             | MSR_BITMAPS
             | SECONDARY
@@ -1091,6 +1096,7 @@ impl VmxVcpu {
             32 => return Exit::MsrWrite,
             18 => return Exit::Hypercall,
             12 => return Exit::Halt,
+            29 => return Exit::DebugRegisterAccess,
             _ => {}
         }
         // An event whose delivery exited is delivered again at the next entry
@@ -1258,6 +1264,13 @@ impl VmxVcpu {
     pub fn inject_interrupt(&mut self, vector: u8) {
         // Type 0: external interrupt.
         let _ = vmwrite(field::ENTRY_INTERRUPTION_INFO, vector as u64 | (1 << 31));
+    }
+
+    /// The VP's first MOV DR: from now on its debug registers are its own
+    /// in the processor (the LP switches them, `lazy::DebugState`).
+    pub fn pass_debug_registers(&mut self) {
+        self.proc &= !MOV_DR_EXITING;
+        let _ = vmwrite(field::PROC_CONTROLS, self.proc as u64);
     }
 
     pub fn set_interrupt_window(&mut self, on: bool) {
