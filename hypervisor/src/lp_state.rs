@@ -96,6 +96,7 @@ impl RootClock {
 /// Called by a root VP (on its own LP) as it resumes a guest VP whose
 /// intercept was posted at `posted`: the root's busy time since it last
 /// resumed one, at most the time since `posted`, served this VP.
+#[inline]
 pub fn root_service_since(posted: u64) -> u64 {
     let c = &get(crate::percpu::index()).root_clock;
     let now = cpu::rdtsc();

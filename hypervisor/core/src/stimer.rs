@@ -119,6 +119,7 @@ impl SynTimers {
     }
 
     /// The earliest expiry (reference time), if a timer is armed.
+    #[inline]
     pub fn next_due(&self) -> Option<u64> {
         self.timers.iter().filter_map(|t| t.due).min()
     }

@@ -718,6 +718,7 @@ impl Vcpu {
     /// Before an entry: injects the NMI `vapic` holds, else the highest
     /// interrupt it can deliver, if the VP can take it now; otherwise asks for
     /// an exit as soon as it can. Whether one was waiting (it ends a halt).
+    #[inline]
     pub fn offer_interrupt(&mut self, vapic: &mut hypervisor_core::vapic::VirtualApic) -> bool {
         if let Vcpu::Svm(s) = self {
             s.set_v_tpr(vapic.cr8() as u32);

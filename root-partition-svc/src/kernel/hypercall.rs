@@ -301,6 +301,7 @@ pub fn defer_signal_event(input: &hv_abi::layout::SignalEventDirect) {
 
 /// Sends a deferred call now (the worker is about to do something other
 /// than go idle).
+#[inline]
 pub fn flush_deferred() {
     let Some(d) = take_deferred() else {
         return;
