@@ -185,7 +185,7 @@ impl SynIc {
 
     /// The root-RAM address of `sint`'s SIMP slot, when the page is enabled
     /// and the SynIC is on.
-    fn slot(&self, owner: &dyn Owner, sint: usize) -> Option<u64> {
+    fn slot<O: Owner + ?Sized>(&self, owner: &O, sint: usize) -> Option<u64> {
         let simp = self.simp.load(Ordering::Relaxed);
         if !self.enabled() || simp & msr::PAGE_ENABLE == 0 {
             return None;
@@ -194,7 +194,7 @@ impl SynIc {
     }
 
     /// Writes `m` into the slot if it is empty; raises the SINT's vector.
-    fn try_place(&self, owner: &dyn Owner, sint: usize, m: &Message) -> bool {
+    fn try_place<O: Owner + ?Sized>(&self, owner: &O, sint: usize, m: &Message) -> bool {
         let Some(at) = self.slot(owner, sint) else {
             return false;
         };
@@ -221,7 +221,7 @@ impl SynIc {
         true
     }
 
-    fn raise(&self, owner: &dyn Owner, sint: usize) {
+    fn raise<O: Owner + ?Sized>(&self, owner: &O, sint: usize) {
         let sint_reg = self.sint[sint].load(Ordering::Relaxed);
         if sint_reg & msr::SINT_MASKED == 0 {
             owner.raise(sint_reg as u8);
@@ -232,9 +232,9 @@ impl SynIc {
     /// already holds that many of the same sender's messages for the SINT,
     /// or when the SINT does not take messages; `None` for the hypervisor's
     /// own (intercept) messages, which always queue.
-    pub fn post(
+    pub fn post<O: Owner + ?Sized>(
         &self,
-        owner: &dyn Owner,
+        owner: &O,
         sint: usize,
         m: &Message,
         limit: Option<usize>,
@@ -264,7 +264,7 @@ impl SynIc {
     /// Sets MessagePending in an occupied slot; if the partition emptied
     /// the slot meanwhile, delivers from the queue instead (it will not
     /// write EOM).
-    fn mark_pending(&self, owner: &dyn Owner, sint: usize) {
+    fn mark_pending<O: Owner + ?Sized>(&self, owner: &O, sint: usize) {
         let Some(at) = self.slot(owner, sint) else {
             return;
         };
@@ -285,7 +285,7 @@ impl SynIc {
     }
 
     /// Moves queued messages into their slots while the slots are empty.
-    pub fn deliver_queued(&self, owner: &dyn Owner) {
+    pub fn deliver_queued<O: Owner + ?Sized>(&self, owner: &O) {
         let mut q = self.queue.lock();
         let mut i = 0;
         while i < q.len() {
@@ -310,7 +310,12 @@ impl SynIc {
 
     /// Sets event flag `flag` of `sint` (TLFS "SynIC event flags"); raises
     /// the SINT's vector when the flag was clear. `Ok(newly set)`.
-    pub fn signal(&self, owner: &dyn Owner, sint: usize, flag: u32) -> Result<bool, Refused> {
+    pub fn signal<O: Owner + ?Sized>(
+        &self,
+        owner: &O,
+        sint: usize,
+        flag: u32,
+    ) -> Result<bool, Refused> {
         let sint = sint % 16;
         let siefp = self.siefp.load(Ordering::Relaxed);
         if !self.enabled() || siefp & msr::PAGE_ENABLE == 0 || flag >= EVENT_FLAGS_PER_SINT {
