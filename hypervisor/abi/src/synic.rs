@@ -125,6 +125,15 @@ fn build(
     }
 }
 
+/// The little-endian u64 at offset `i` of a fixed-size array (callers pass
+/// constant offsets inside it: no check is left at run time).
+#[inline(always)]
+fn u64_at<const N: usize>(b: &[u8; N], i: usize) -> u64 {
+    let mut v = [0; 8];
+    v.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(v)
+}
+
 /// Access types in the intercept header.
 pub mod access {
     pub const READ: u8 = 0;
@@ -173,26 +182,14 @@ impl InterceptHeader {
     }
 
     fn read_from(b: &[u8; Self::SIZE]) -> Self {
-        let u64_at = |i: usize| {
-            u64::from_le_bytes([
-                b[i],
-                b[i + 1],
-                b[i + 2],
-                b[i + 3],
-                b[i + 4],
-                b[i + 5],
-                b[i + 6],
-                b[i + 7],
-            ])
-        };
         InterceptHeader {
             vp_index: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             instruction_length: b[4] & 0xF,
             access: b[5],
             execution_state: u16::from_le_bytes([b[6], b[7]]),
-            cs: Segment::from_value(u64_at(8) as u128 | (u64_at(16) as u128) << 64),
-            rip: u64_at(24),
-            rflags: u64_at(32),
+            cs: Segment::from_value(u64_at(b, 8) as u128 | (u64_at(b, 16) as u128) << 64),
+            rip: u64_at(b, 24),
+            rflags: u64_at(b, 32),
         }
     }
 }
@@ -250,18 +247,6 @@ impl IoPortIntercept {
     pub fn decode(p: &[u8]) -> Option<Self> {
         let (b, _) = p.split_first_chunk::<{ Self::SIZE }>()?;
         let (header, _) = b.split_first_chunk::<{ InterceptHeader::SIZE }>()?;
-        let u64_at = |i: usize| {
-            u64::from_le_bytes([
-                b[i],
-                b[i + 1],
-                b[i + 2],
-                b[i + 3],
-                b[i + 4],
-                b[i + 5],
-                b[i + 6],
-                b[i + 7],
-            ])
-        };
         let info = b[42];
         Some(IoPortIntercept {
             header: InterceptHeader::read_from(header),
@@ -269,10 +254,10 @@ impl IoPortIntercept {
             size: info & 7,
             string: info & 8 != 0,
             rep: info & 16 != 0,
-            rax: u64_at(48),
-            rcx: u64_at(104),
-            rsi: u64_at(112),
-            rdi: u64_at(120),
+            rax: u64_at(b, 48),
+            rcx: u64_at(b, 104),
+            rsi: u64_at(b, 112),
+            rdi: u64_at(b, 120),
         })
     }
 }
