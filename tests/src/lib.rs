@@ -1788,6 +1788,7 @@ fn guest_tests() -> Vec<GuestTest> {
                 "hostile: an interrupt below CR8 waits, then arrives when CR8 drops: ok",
                 "hostile: CR4.PKE refused with #GP: ok",
                 "hostile: DR7 kept across an exit: ok",
+                "hostile: a breakpoint enabled first watches this VP's DR0, not the last VM's: ok",
                 "hostile: escape \\x1b[2J end",
                 "failed interrupt requests: 300",
                 "hostile: HvPostMessage on an unknown connection: INVALID_CONNECTION_ID: ok",

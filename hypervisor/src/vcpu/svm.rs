@@ -314,8 +314,10 @@ impl SvmVcpu {
         }
         v.write32(vmcb::INTERCEPT_EXCEPTIONS, 1 << 18);
         // DR0-3 (not in the VMCB) exit until the VP first uses one
-        // (`pass_debug_registers`); DR6 and DR7 are the VMCB's.
-        v.write32(vmcb::INTERCEPT_DR, 0x000F_000F);
+        // (`pass_debug_registers`), and so do DR7 writes: a breakpoint
+        // enabled before its address is the VP's own would watch whatever
+        // another VP left in DR0-3. DR6 and DR7 themselves are the VMCB's.
+        v.write32(vmcb::INTERCEPT_DR, 0x008F_000F);
         v.write32(vmcb::GUEST_ASID, tag as u32);
         // The first run starts from a clean TLB: this ASID's entries only where
         // the processor can (flush-by-ASID), else everything.

@@ -170,6 +170,18 @@ fn main(_vp: u64, _vps: u64, _memory: u64) -> ! {
         exit(1);
     }
 
+    // Another VM's breakpoint address: the previous run of this image left
+    // DR0 at WATCHED. A breakpoint enabled before this VP first touches
+    // DR0 must watch this VP's own DR0 (0), not what the last VM left in
+    // the processor (L0, write, 8 bytes; the first debug-register access).
+    DB_COUNT.store(0, SeqCst);
+    write_dr!(7, 0x400 | 1 | 1 << 16 | 3 << 18);
+    WATCHED.store(1, SeqCst);
+    write_dr!(7, 0x400);
+    check(
+        "a breakpoint enabled first watches this VP's DR0, not the last VM's",
+        DB_COUNT.load(SeqCst) == 0,
+    );
     // Another VM's debug registers (the previous run of this image).
     let start = [read_dr!(0), read_dr!(1), read_dr!(2), read_dr!(3)];
     let dr6 = read_dr!(6);
@@ -187,8 +199,9 @@ fn main(_vp: u64, _vps: u64, _memory: u64) -> ! {
     console_cannot_be_flooded();
     vmbus_ports_hold();
 
-    // Leave state behind for the next VM on this LP to find.
-    write_dr!(0, 0x1111_1111);
+    // Leave state behind for the next VM on this LP to find (DR0: an
+    // address that run writes, the same in every run of this image).
+    write_dr!(0, WATCHED.as_ptr() as u64);
     write_dr!(1, 0x2222_2222);
     write_dr!(2, 0x3333_3333);
     write_dr!(3, 0x4444_4444);
