@@ -1683,18 +1683,20 @@ impl Vmm {
             return (any, self.polling);
         }
         self.vmbus_seen = raised;
-        // The tick looks after buses with a guest connected or messages
-        // queued for it; one with neither has no channel, nothing to send
-        // and nothing to time (a guest without VMBus costs its intercepts
-        // no scan of the event flags every TICK_US).
-        let tended = self
-            .vms
-            .iter()
-            .flatten()
-            .any(|v| v.vmbus.as_ref().is_some_and(VmBus::needs_tick));
+        // Messages and event flags are looked for after a VMBus interrupt,
+        // and at the tick only while a bus has a guest connected or
+        // messages queued for it (one with neither has no channel: a guest
+        // without VMBus costs its intercepts no scan of the flags every
+        // TICK_US).
+        let look = interrupted
+            || self
+                .vms
+                .iter()
+                .flatten()
+                .any(|v| v.vmbus.as_ref().is_some_and(VmBus::needs_tick));
         let clock = (self.tsc_hz, self.host_time);
         let mut m = msg::Message::EMPTY;
-        while (interrupted || tended) && synic::take_vmbus(&mut m) {
+        while look && synic::take_vmbus(&mut m) {
             any = true;
             let (partition, connection) = vmbus_server::port_owner(m.sender);
             let size = usize::from(m.size).min(m.payload.len());
@@ -1708,7 +1710,7 @@ impl Vmm {
                 bus.message(connection, &m.payload[..size]);
             }
         }
-        if interrupted || tended {
+        if look {
             let vms = &mut self.vms;
             let net = &mut self.net;
             synic::take_vmbus_events(|flag| {
@@ -2560,8 +2562,7 @@ fn show_vp_activity(id: u64, vp: u32) {
     print!("      {waits}");
     for t in 0..4 {
         let (config, count) = (v[2 + 2 * t], v[3 + 2 * t]);
-        // Bit 0: enabled (armed).
-        if config & 1 != 0 {
+        if config & hypervisor_core::stimer::ENABLE != 0 {
             print!("; STIMER{t} config {config:#x} count {count}");
         }
     }
