@@ -2326,10 +2326,19 @@ pub fn judge(case: &Case, out: &Outcome) -> Result<(), String> {
                     l.trim()
                 ));
             }
+            // How the run ended, for a text that never came (an emulator
+            // that exited by itself mid-run, e.g. on a triple fault of the
+            // hypervisor under -no-reboot, is not a slow guest).
+            let ended = match (out.success, out.timed_out) {
+                (Some(true), _) => "the emulator exited by itself with status 0",
+                (Some(false), _) => "the emulator exited by itself with a failure status",
+                (None, true) => "the time limit was reached",
+                (None, false) => "the emulator was stopped or killed by a signal",
+            };
             for text in *must_show {
                 if !log.contains(text) {
                     return Err(format!(
-                        "the root shell did not show \"{text}\"{}",
+                        "the root shell did not show \"{text}\" ({ended}){}",
                         shell_context(com1)
                     ));
                 }
