@@ -66,6 +66,13 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A bare-metal binary of the last build (`hypervisor`, `root-partition-svc`).
+pub fn release_binary(name: &str) -> PathBuf {
+    root()
+        .join("target/x86_64-unknown-none/release")
+        .join(name)
+}
+
 pub fn build() -> Result<Artifacts> {
     crate::prereq::ensure_rust_targets()?;
     let none = ["--release", "--target", "x86_64-unknown-none"];

@@ -186,6 +186,9 @@ fn qemu_command(
     c.args(["-display", "none", "-serial", "stdio", "-serial"]);
     c.arg(format!("file:{}", hypervisor_log_path(dir).display()));
     c.arg("-no-reboot");
+    // Resets and triple faults (a hypervisor's triple fault under -no-reboot
+    // ends QEMU without a word otherwise).
+    c.args(["-d", "cpu_reset", "-D"]).arg(dir.join(RESET_LOG));
     if m.count_instructions {
         c.args(["-icount", "shift=0"]);
     }
@@ -271,6 +274,77 @@ fn qemu_verdict(code: Option<i32>) -> Option<bool> {
     code.map(|c| c == 0 || c == QEMU_EXIT_SUCCESS)
 }
 
+/// QEMU's log of processor resets, in the case directory.
+const RESET_LOG: &str = "qemu-resets.log";
+
+/// The processors' state of a machine that is still running at its time
+/// limit (QEMU monitor: registers and local APICs), kept whole in
+/// `final-state.log`; the returned summary (per CPU: RIP, halted, CR3, and
+/// the symbol at RIP when `addr2line` knows it) goes into the log CI keeps.
+fn processor_state(socket: &Path, cpus: u32, dir: &Path) -> String {
+    let mut commands = vec!["info registers -a".to_string()];
+    commands.extend((0..cpus).map(|i| format!("info lapic {i}")));
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let transcript = match monitor_session(socket, &commands) {
+        Ok(t) => t,
+        Err(e) => return format!("[xtask] at the time limit: no processor state: {e:#}"),
+    };
+    let _ = std::fs::write(dir.join("final-state.log"), &transcript);
+    let mut out = String::from("[xtask] at the time limit, the processors:");
+    let mut cpu = 0;
+    for line in transcript.lines() {
+        if line.starts_with("CPU#") {
+            cpu = line[4..].trim().parse().unwrap_or(cpu);
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name).map(str::to_string))
+        };
+        if let Some(rip) = field("RIP=") {
+            let halted = field("HLT=").unwrap_or_default();
+            out.push_str(&format!(
+                "\n[xtask]   CPU {cpu}: RIP {rip} HLT={halted} {}",
+                symbol_at(&rip)
+            ));
+        }
+        if line.starts_with("CR0=") {
+            out.push_str(&format!("\n[xtask]   CPU {cpu}: {line}"));
+        }
+        if ["IRR", "ISR", "Timer", "LVTT"].iter().any(|p| line.starts_with(p)) {
+            out.push_str(&format!("\n[xtask]   CPU {cpu} APIC: {}", line.trim()));
+        }
+    }
+    out
+}
+
+/// The function at `rip` (hex) in the hypervisor or the root partition,
+/// if either image covers it.
+fn symbol_at(rip: &str) -> String {
+    let images = [
+        crate::build::release_binary("hypervisor"),
+        crate::build::release_binary("root-partition-svc"),
+    ];
+    for image in images {
+        let Ok(out) = Command::new("addr2line")
+            .args(["-f", "-C", "-e"])
+            .arg(&image)
+            .arg(format!("0x{}", rip.trim_start_matches("0x")))
+            .output()
+        else {
+            return String::new();
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        if let (Some(f), Some(at)) = (lines.next(), lines.next()) {
+            if f != "??" {
+                let name = image.file_name().unwrap_or_default().to_string_lossy();
+                return format!("({name}: {f} at {at})");
+            }
+        }
+    }
+    String::new()
+}
+
 /// Talks to QEMU's human monitor: each command's output, prompt to prompt.
 fn monitor_session(socket: &Path, commands: &[&str]) -> Result<String> {
     let mut s = UnixStream::connect(socket).context("connecting to the QEMU monitor")?;
@@ -342,12 +416,15 @@ fn capture(mut out: impl Read + Send + 'static, echo: bool) -> Arc<Mutex<String>
     log
 }
 
-/// Waits for `child` under the time limit; `poll` may stop it early by returning true.
+/// Waits for `child` under the time limit; `poll` may stop it early by
+/// returning true; `at_time_limit` runs before a machine still running at the
+/// limit is killed (to record its state).
 fn supervise(
     child: &mut Child,
     opts: &RunOptions,
     log: &dyn Fn() -> String,
     mut poll: impl FnMut(&str) -> bool,
+    mut at_time_limit: impl FnMut(),
 ) -> Result<(Option<i32>, bool, Option<Duration>)> {
     let start = Instant::now();
     let mut summary_after = None;
@@ -367,6 +444,7 @@ fn supervise(
             return Ok((None, false, summary_after));
         }
         if start.elapsed() > opts.timeout {
+            at_time_limit();
             let _ = child.kill();
             let _ = child.wait();
             return Ok((None, true, summary_after));
@@ -378,12 +456,9 @@ fn supervise(
 fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Result<Run> {
     let socket = dir.join("monitor.sock");
     let _ = std::fs::remove_file(&socket);
-    let mut cmd = qemu_command(
-        m,
-        media,
-        dir,
-        opts.monitor_trigger.map(|_| socket.as_path()),
-    )?;
+    // A monitor always: a machine still running at the time limit has its
+    // processors' state recorded before it is killed.
+    let mut cmd = qemu_command(m, media, dir, Some(socket.as_path()))?;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(match opts.input {
         Input::Nothing => Stdio::null(),
@@ -399,21 +474,28 @@ fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Re
     let read = || hv_log.combine(&serial.lock().unwrap());
     let mut monitor = String::new();
     let mut monitor_error = None;
-    let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |text| {
-        if let (Some(f), Some(w)) = (feeder.as_mut(), to_machine.as_mut()) {
-            f.feed(text, w);
-        }
-        match opts.monitor_trigger {
-            Some(trigger) if trigger(text) => {
-                match monitor_session(&socket, opts.monitor_commands) {
-                    Ok(t) => monitor = t,
-                    Err(e) => monitor_error = Some(e),
-                }
-                true
+    let mut final_state = None;
+    let (code, timed_out, summary_after) = supervise(
+        &mut child,
+        opts,
+        &read,
+        |text| {
+            if let (Some(f), Some(w)) = (feeder.as_mut(), to_machine.as_mut()) {
+                f.feed(text, w);
             }
-            _ => false,
-        }
-    })?;
+            match opts.monitor_trigger {
+                Some(trigger) if trigger(text) => {
+                    match monitor_session(&socket, opts.monitor_commands) {
+                        Ok(t) => monitor = t,
+                        Err(e) => monitor_error = Some(e),
+                    }
+                    true
+                }
+                _ => false,
+            }
+        },
+        || final_state = Some(processor_state(&socket, m.cpus, dir)),
+    )?;
     std::thread::sleep(Duration::from_millis(50));
     let mut serial = read();
     let err = stderr.lock().unwrap().clone();
@@ -422,6 +504,17 @@ fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Re
     }
     if let Some(e) = monitor_error {
         serial.push_str(&format!("\n[xtask] monitor: {e:#}"));
+    }
+    if let Some(state) = final_state {
+        serial.push_str(&format!("\n{state}"));
+    }
+    if code.is_some() {
+        // Exited by itself: a triple fault under -no-reboot says so here.
+        if let Ok(log) = std::fs::read_to_string(dir.join(RESET_LOG)) {
+            if log.contains("Triple fault") {
+                serial.push_str("\n[xtask] QEMU's log: a triple fault ended the run");
+            }
+        }
     }
     Ok(Run {
         outcome: Outcome {
@@ -567,12 +660,18 @@ fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> R
         });
     }
     let mut feeder = Feeder::new(opts.input);
-    let (code, timed_out, summary_after) = supervise(&mut child, opts, &read, |text| {
-        if let Some(f) = feeder.as_mut() {
-            f.feed(text, &mut to_machine);
-        }
-        false
-    })?;
+    let (code, timed_out, summary_after) = supervise(
+        &mut child,
+        opts,
+        &read,
+        |text| {
+            if let Some(f) = feeder.as_mut() {
+                f.feed(text, &mut to_machine);
+            }
+            false
+        },
+        || {},
+    )?;
     std::thread::sleep(Duration::from_millis(50));
     let mut serial = read();
     if code != Some(0) {

@@ -16,6 +16,8 @@ struct Options {
     gates: bool,
     /// Seconds per fuzz target (0: no fuzzing).
     fuzz_seconds: u64,
+    /// Each selected boot case this many times (hunting a rare failure).
+    repeat: usize,
 }
 
 fn parse(args: Vec<String>) -> Result<Options> {
@@ -25,12 +27,14 @@ fn parse(args: Vec<String>) -> Result<Options> {
         host_tests: true,
         gates: true,
         fuzz_seconds: 30,
+        repeat: 1,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--filter" => o.filter = Some(it.next().context("--filter needs text")?),
             "--jobs" => o.jobs = it.next().context("--jobs needs a number")?.parse()?,
+            "--repeat" => o.repeat = it.next().context("--repeat needs a number")?.parse()?,
             "--no-host-tests" => o.host_tests = false,
             "--no-gates" => o.gates = false,
             "--fuzz-seconds" => {
@@ -394,6 +398,18 @@ pub fn main(args: Vec<String>) -> Result<i32> {
             opts.filter
                 .as_ref()
                 .is_none_or(|f| c.name.contains(f.as_str()))
+        })
+        .collect();
+    // Repeats run under their own names (and case directories): `name~2`...
+    let cases: Vec<Case> = (1..=opts.repeat.max(1))
+        .flat_map(|k| {
+            cases.iter().map(move |c| {
+                let mut c = c.clone();
+                if k > 1 {
+                    c.name = format!("{}~{k}", c.name);
+                }
+                c
+            })
         })
         .collect();
     // The Linux test kit, once for every case that boots it; should it fail,
