@@ -68,9 +68,7 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 /// A bare-metal binary of the last build (`hypervisor`, `root-partition-svc`).
 pub fn release_binary(name: &str) -> PathBuf {
-    root()
-        .join("target/x86_64-unknown-none/release")
-        .join(name)
+    root().join("target/x86_64-unknown-none/release").join(name)
 }
 
 pub fn build() -> Result<Artifacts> {

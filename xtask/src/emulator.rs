@@ -310,7 +310,10 @@ fn processor_state(socket: &Path, cpus: u32, dir: &Path) -> String {
         if line.starts_with("CR0=") {
             out.push_str(&format!("\n[xtask]   CPU {cpu}: {line}"));
         }
-        if ["IRR", "ISR", "Timer", "LVTT"].iter().any(|p| line.starts_with(p)) {
+        if ["IRR", "ISR", "Timer", "LVTT"]
+            .iter()
+            .any(|p| line.starts_with(p))
+        {
             out.push_str(&format!("\n[xtask]   CPU {cpu} APIC: {}", line.trim()));
         }
     }
