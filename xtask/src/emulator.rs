@@ -293,8 +293,8 @@ fn processor_state(socket: &Path, cpus: u32, dir: &Path) -> String {
     let mut out = String::from("[xtask] at the time limit, the processors:");
     let mut cpu = 0;
     for line in transcript.lines() {
-        if line.starts_with("CPU#") {
-            cpu = line[4..].trim().parse().unwrap_or(cpu);
+        if let Some(n) = line.strip_prefix("CPU#") {
+            cpu = n.trim().parse().unwrap_or(cpu);
         }
         let field = |name: &str| {
             line.split_whitespace()
