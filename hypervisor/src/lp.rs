@@ -30,6 +30,10 @@ const WINDOW_US: u64 = 100_000;
 /// The longest an idle LP sleeps without a deadline: it looks again then
 /// (nothing should need it, as every wake-up is an interrupt).
 const IDLE_RECHECK_US: u64 = 1_000_000;
+/// A root VP that takes interrupts and has not run for this long is stuck
+/// (its own idle tick wakes it ten times a second): said once in the log,
+/// with what would wake it.
+const ROOT_STARVED_US: u64 = 5_000_000;
 
 struct Local {
     part: Arc<Partition>,
@@ -239,6 +243,10 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
     // read only while current, and a guest's may be current now.
     let mut root_if = false;
     let mut left_guest = cpu::rdtsc();
+    // When the root VP last ran, and whether its starving was reported.
+    let mut root_ran = left_guest;
+    let mut root_starving_told = false;
+    let starved = tsc_hz * ROOT_STARVED_US / 1_000_000;
     let mut scheduler = sched::Scheduler::new(window, slice, left_guest);
     lp_stats.start(left_guest);
     loop {
@@ -261,6 +269,13 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
         if root_halted && root_if {
             root::collect(&mut vapic, lp);
             root_halted = vapic.deliverable().is_none();
+        }
+        if root_if && !root_starving_told && top.wrapping_sub(root_ran) > starved {
+            root_starving_told = report_root_starving(lp, root_halted, &vapic, &host_timer, top);
+            if !root_starving_told {
+                // Asleep with nothing to wake it: looked at again later.
+                root_ran = top;
+            }
         }
         let choice = if !root_halted {
             // The root first, whenever it is runnable: the guests are not
@@ -292,6 +307,8 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
                 // The iteration counts as the root's time: it may be
                 // serving a guest.
                 clock.enter(top);
+                root_ran = top;
+                root_starving_told = false;
                 switch_vp(
                     &mut fpu_owner,
                     Active::Root,
@@ -458,6 +475,50 @@ pub fn run(root: &RootPartition, caps: &Caps, lp: u32) -> ! {
             }
         }
     }
+}
+
+/// A root VP that takes interrupts, expects one (its timer counts, or a
+/// request waits) and has not run for `ROOT_STARVED_US`: says why (a lost
+/// wake-up would otherwise hang the root without a word): halted or not, its
+/// APIC's requests and in-service vectors, its timer, the host timer.
+/// Whether it was reported (a VP asleep with no timer, as root VP 1 waits
+/// for IPIs, is not).
+#[cold]
+fn report_root_starving(
+    lp: u32,
+    halted: bool,
+    vapic: &VirtualApic,
+    host_timer: &OneShot,
+    now: u64,
+) -> bool {
+    let words = |base: u32| {
+        let mut w = [0u32; 8];
+        for (i, word) in w.iter_mut().enumerate() {
+            *word = vapic.read(base + i as u32, now).unwrap_or(0) as u32;
+        }
+        w
+    };
+    let reg = |msr: u32| vapic.read(msr, now).unwrap_or(0);
+    // x2APIC: LVT timer (mask bit 16, periodic mode bit 17), initial and
+    // current count.
+    let (lvt, initial, current) = (reg(0x832), reg(0x838), reg(0x839));
+    let timer_counts =
+        lvt & (1 << 16) == 0 && (current != 0 || (lvt & (1 << 17) != 0 && initial != 0));
+    if !timer_counts && words(0x820) == [0; 8] {
+        return false;
+    }
+    log::warn!(
+        "LP {lp}: root VP not run for {} s (halted {halted}): IRR {:x?} ISR {:x?} TPR {:#x} timer LVT {:#x} count {:#x}, next deadline {:?}, host timer armed {:?}, now {now:#x}",
+        ROOT_STARVED_US / 1_000_000,
+        words(0x820),
+        words(0x810),
+        vapic.read(0x808, now).unwrap_or(0),
+        vapic.read(0x832, now).unwrap_or(0),
+        vapic.read(0x839, now).unwrap_or(0),
+        vapic.deadline(),
+        host_timer.armed(),
+    );
+    true
 }
 
 /// Makes guest VP `g` run once (creating its VMCS/VMCB the first time,

@@ -253,7 +253,10 @@ impl GuestVp {
         let new = add(&s);
         let halted = s.halted;
         drop(s);
-        if new && (halted || self.in_guest.load(Ordering::Acquire)) {
+        // `running`, not only in guest mode: a VP whose LP took its pending
+        // interrupts just before this post and is about to enter would
+        // otherwise run on without it until its next exit.
+        if new && (halted || self.running.load(Ordering::Acquire)) {
             kick(self.lp);
         }
         true
@@ -291,8 +294,52 @@ use crate::smp::kick;
 /// Waits until `vp` is out of guest mode (its LP was kicked).
 fn quiesce(vp: &GuestVp) {
     kick(vp.lp);
+    let mut wait = LongWait::new(vp, "stop running");
     while vp.running.load(Ordering::Acquire) {
+        wait.pause();
+    }
+}
+
+/// A wait for another LP that should end within microseconds: after a
+/// second it is reported (once, in the log) and the LP kicked again every
+/// millisecond, so that a lost kick costs a millisecond and a real hang
+/// leaves a line saying which VP it waits for.
+struct LongWait<'a> {
+    vp: &'a GuestVp,
+    what: &'static str,
+    next_kick: u64,
+    told: bool,
+}
+
+impl<'a> LongWait<'a> {
+    fn new(vp: &'a GuestVp, what: &'static str) -> Self {
+        LongWait {
+            vp,
+            what,
+            next_kick: cpu::rdtsc() + crate::time::tsc_hz(),
+            told: false,
+        }
+    }
+
+    fn pause(&mut self) {
         cpu::pause();
+        let now = cpu::rdtsc();
+        if now < self.next_kick {
+            return;
+        }
+        if !self.told {
+            self.told = true;
+            log::warn!(
+                "waited 1 s for VP {} on LP {} to {} (running {}, in guest {}); kicking it again",
+                self.vp.index,
+                self.vp.lp,
+                self.what,
+                self.vp.running.load(Ordering::Relaxed),
+                self.vp.in_guest.load(Ordering::Relaxed),
+            );
+        }
+        kick(self.vp.lp);
+        self.next_kick = now + crate::time::tsc_hz() / 1000;
     }
 }
 
@@ -315,8 +362,9 @@ pub fn flush_tlbs(p: &Partition, vps: &[Arc<GuestVp>], caller: Option<&GuestVp>)
             vp.in_guest.load(Ordering::Acquire)
                 || (caller.is_none() && vp.running.load(Ordering::Acquire))
         };
+        let mut wait = LongWait::new(vp, "flush its translations");
         while busy(vp) && vp.flushed.load(Ordering::Acquire) < generation {
-            cpu::pause();
+            wait.pause();
         }
     }
 }

@@ -738,7 +738,9 @@ impl Vcpu {
             Some(v) if self.interruptible() => {
                 self.inject_interrupt(v);
                 vapic.accept(v);
-                false
+                // An AutoEOI vector is not in service: another may be
+                // deliverable at once, and no EOI exit will come to offer it.
+                vapic.deliverable().is_some()
             }
             Some(_) => true,
             None => false,
