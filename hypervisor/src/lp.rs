@@ -504,17 +504,18 @@ fn report_root_starving(
     let (lvt, initial, current) = (reg(0x832), reg(0x838), reg(0x839));
     let timer_counts =
         lvt & (1 << 16) == 0 && (current != 0 || (lvt & (1 << 17) != 0 && initial != 0));
-    if !timer_counts && words(0x820) == [0; 8] {
+    let irr = words(0x820);
+    if !timer_counts && irr == [0; 8] {
         return false;
     }
     log::warn!(
         "LP {lp}: root VP not run for {} s (halted {halted}): IRR {:x?} ISR {:x?} TPR {:#x} timer LVT {:#x} count {:#x}, next deadline {:?}, host timer armed {:?}, now {now:#x}",
         ROOT_STARVED_US / 1_000_000,
-        words(0x820),
+        irr,
         words(0x810),
-        vapic.read(0x808, now).unwrap_or(0),
-        vapic.read(0x832, now).unwrap_or(0),
-        vapic.read(0x839, now).unwrap_or(0),
+        reg(0x808),
+        lvt,
+        current,
         vapic.deadline(),
         host_timer.armed(),
     );
