@@ -456,8 +456,17 @@ fn supervise(
     }
 }
 
+/// A path for one machine's monitor socket. Not in the case directory: a
+/// Unix socket path must be under 108 bytes (`sun_path`), and a clone in a
+/// deep directory with a long case name is over it.
+fn monitor_socket_path() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("xtask-{}-{n}.mon", std::process::id()))
+}
+
 fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Result<Run> {
-    let socket = dir.join("monitor.sock");
+    let socket = monitor_socket_path();
     let _ = std::fs::remove_file(&socket);
     // A monitor always: a machine still running at the time limit has its
     // processors' state recorded before it is killed.
@@ -499,6 +508,7 @@ fn run_qemu(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> Re
         },
         || final_state = Some(processor_state(&socket, m.cpus, dir)),
     )?;
+    let _ = std::fs::remove_file(&socket);
     std::thread::sleep(Duration::from_millis(50));
     let mut serial = read();
     let err = stderr.lock().unwrap().clone();
@@ -700,4 +710,17 @@ fn run_bochs(m: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) -> R
 /// Where a case's files go.
 pub fn case_dir(name: &str) -> PathBuf {
     crate::build::work_dir().join("cases").join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_sockets_are_short_and_distinct() {
+        let (a, b) = (monitor_socket_path(), monitor_socket_path());
+        assert_ne!(a, b);
+        // sun_path holds 108 bytes with its terminating NUL.
+        assert!(a.as_os_str().len() < 108, "{}", a.display());
+    }
 }
