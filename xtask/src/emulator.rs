@@ -165,6 +165,28 @@ pub fn run(machine: &Machine, media: &BootMedia, dir: &Path, opts: &RunOptions) 
 /// The longest boot module string (path and name) the hypervisor keeps.
 const MODULE_STRING_MAX: usize = 96;
 
+/// A short path to `file` (a symbolic link under the temp directory, named
+/// by a hash of the file's path): a checkout deep in the file system still
+/// gives module strings the hypervisor keeps whole.
+fn short_path(file: &Path) -> Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let target = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    target.hash(&mut h);
+    let link = std::env::temp_dir().join(format!("xtask-{:016x}", h.finish()));
+    let points_there = |l: &Path| std::fs::read_link(l).is_ok_and(|t| t == target);
+    if !points_there(&link) {
+        let _ = std::fs::remove_file(&link);
+        // Another case of this run may make the same link at the same time.
+        if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+            if !points_there(&link) {
+                return Err(e).with_context(|| format!("linking {}", link.display()));
+            }
+        }
+    }
+    Ok(link)
+}
+
 fn qemu_command(
     m: &Machine,
     media: &BootMedia,
@@ -239,13 +261,20 @@ fn qemu_command(
                 // QEMU's Multiboot modules: "file args" separated by commas.
                 let list: Vec<String> = modules
                     .iter()
-                    .map(|(p, name)| format!("{} {name}", p.display()))
-                    .collect();
+                    .map(|(p, name)| {
+                        let string = format!("{} {name}", p.display());
+                        if string.len() <= MODULE_STRING_MAX {
+                            return Ok(string);
+                        }
+                        Ok(format!("{} {name}", short_path(p)?.display()))
+                    })
+                    .collect::<Result<_>>()?;
                 // The hypervisor keeps 96 bytes of a module's string
-                // (`bootinfo::MAX_NAME`); the name is its last word.
+                // (`bootinfo::MAX_NAME`); the name is its last word (a
+                // name that is itself too long is still refused).
                 if let Some(long) = list.iter().find(|m| m.len() > MODULE_STRING_MAX) {
                     anyhow::bail!(
-                        "boot module string over {MODULE_STRING_MAX} bytes (its name would be cut): {long}; use a shorter checkout path"
+                        "boot module string over {MODULE_STRING_MAX} bytes (its name would be cut): {long}"
                     );
                 }
                 c.arg("-initrd").arg(list.join(","));
@@ -722,5 +751,24 @@ mod tests {
         assert_ne!(a, b);
         // sun_path holds 108 bytes with its terminating NUL.
         assert!(a.as_os_str().len() < 108, "{}", a.display());
+    }
+
+    #[test]
+    fn a_deep_module_path_gets_a_short_link_to_it() {
+        let deep = std::env::temp_dir()
+            .join(format!("xtask-test-{}", std::process::id()))
+            .join("a-directory-name-long-enough-to-push-the-path-over-the-limit")
+            .join("and-another-one-for-good-measure");
+        std::fs::create_dir_all(&deep).unwrap();
+        let file = deep.join("vmlinuz");
+        std::fs::write(&file, b"kernel").unwrap();
+        assert!(file.as_os_str().len() > MODULE_STRING_MAX);
+        let link = short_path(&file).unwrap();
+        // Made again (a second case of the run): the same link.
+        assert_eq!(short_path(&file).unwrap(), link);
+        assert!(link.as_os_str().len() + " linux".len() <= MODULE_STRING_MAX);
+        assert_eq!(std::fs::read(&link).unwrap(), b"kernel");
+        let _ = std::fs::remove_file(&link);
+        let _ = std::fs::remove_dir_all(deep.parent().unwrap().parent().unwrap());
     }
 }

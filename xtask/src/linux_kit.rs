@@ -646,7 +646,8 @@ fn deb(dir: &Path, p: &Package) -> Result<PathBuf> {
 /// The package unpacked under `dir/KEY` by `extract`, once: the tree keeps
 /// `stamp` (what `extract` depended on, e.g. the module list) in a file of
 /// that name, and a tree with another stamp is unpacked again. (The path
-/// stays short: a boot module's string, path and name, must fit 96 bytes.)
+/// stays short: a boot module's string, path and name, must fit 96 bytes;
+/// from a deeper checkout a link stands in, `emulator::short_path`.)
 fn unpacked(
     dir: &Path,
     p: &Package,
