@@ -182,10 +182,15 @@ pub const POLLED_TICK_US: u64 = 1_000;
 /// How often it wakes when COM1's input interrupts and the host NIC's
 /// receive queue is polled (µs).
 pub const INTERRUPT_TICK_US: u64 = 10_000;
-/// How often it wakes when nothing is polled (µs): for VMBus housekeeping
-/// (heartbeats, time samples, timeouts of seconds) and the shell's own time
-/// limits. Every wake-up of an idle root preempts the guest on its LP.
+/// How often it wakes when nothing is polled but VMBus work waits for a
+/// tick (µs): messages a guest's SynIC could not take yet, frames queued
+/// for an adapter, an adapter being removed (`VmBus::wants_tick_soon`).
+/// Every wake-up of an idle root preempts the guest on its LP.
 pub const QUIET_TICK_US: u64 = 100_000;
+/// How often it wakes when nothing waits for a tick (µs): VMBus
+/// housekeeping of seconds (heartbeats, time samples), the shell's own
+/// time limits, and rings a guest filled without signalling.
+pub const SLEEPY_TICK_US: u64 = 1_000_000;
 
 /// The idle timer's period in use (µs): `POLLED_TICK_US` until COM1's
 /// interrupt is routed.
@@ -208,28 +213,36 @@ pub fn serial_interrupts() {
 }
 
 /// The idle tick that what is polled needs (µs): COM1 without its
-/// interrupt, then the host NIC's receive queue (`host_nic_polled`).
-pub fn wanted_idle_tick_us(host_nic_polled: bool) -> u64 {
-    match (SERIAL_INTERRUPTS.load(Ordering::Relaxed), host_nic_polled) {
-        (false, _) => POLLED_TICK_US,
-        (true, true) => INTERRUPT_TICK_US,
-        (true, false) => QUIET_TICK_US,
+/// interrupt, then the host NIC's receive queue (`host_nic_polled`), then
+/// VMBus work that waits for a tick (`tick_soon`).
+pub fn wanted_idle_tick_us(host_nic_polled: bool, tick_soon: bool) -> u64 {
+    match (
+        SERIAL_INTERRUPTS.load(Ordering::Relaxed),
+        host_nic_polled,
+        tick_soon,
+    ) {
+        (false, _, _) => POLLED_TICK_US,
+        (true, true, _) => INTERRUPT_TICK_US,
+        (true, false, true) => QUIET_TICK_US,
+        (true, false, false) => SLEEPY_TICK_US,
     }
 }
 
 /// Starts this VP's x2APIC timer, periodic every [`idle_tick_us`] on
 /// `vector`: it wakes the idle shell for what it polls.
 pub fn start_idle_timer(tsc_hz: u64, vector: u8) {
+    start_timer_every(tsc_hz, vector, idle_tick_us());
+}
+
+/// Starts this VP's x2APIC timer, periodic every `us` on `vector`.
+pub fn start_timer_every(tsc_hz: u64, vector: u8, us: u64) {
     // SAFETY: x2APIC registers of this VP's (virtual) APIC: enable (SVR),
     // divide by 1, periodic on `vector`, initial count.
     unsafe {
         wrmsr(0x80F, 0x1FF);
         wrmsr(0x83E, 0xB);
         wrmsr(0x832, (1 << 17) | vector as u64);
-        wrmsr(
-            0x838,
-            (tsc_hz / 1_000_000 * idle_tick_us()).clamp(1, u32::MAX as u64),
-        );
+        wrmsr(0x838, (tsc_hz / 1_000_000 * us).clamp(1, u32::MAX as u64));
     }
 }
 

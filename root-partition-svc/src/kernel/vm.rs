@@ -201,6 +201,13 @@ pub struct Vmm {
     /// so the worker will not sleep for a while (each tick would only cost
     /// an exit). A probe that catches nothing leaves it running.
     timer_stopped: bool,
+    /// A bus had work that waits for a tick at its last look
+    /// (`VmBus::wants_tick_soon`): the idle tick is the quiet one, not the
+    /// sleepy one.
+    tick_soon: bool,
+    /// Someone watches output that does not wake the root (`host log
+    /// --follow`): the idle tick stays quick.
+    pub watching: bool,
 }
 
 /// How often (µs) the VMBus servers' housekeeping runs at least: timers of
@@ -230,6 +237,8 @@ static VMM: Global = Global(UnsafeCell::new(Vmm {
     inbox: None,
     intercept_slot: 0,
     timer_stopped: false,
+    tick_soon: false,
+    watching: false,
 }));
 
 /// The worker (VP 0's shell only).
@@ -1607,10 +1616,12 @@ impl Vmm {
     }
 
     /// The idle timer's period follows what is polled (the host NIC's
-    /// receive queue once an external switch is bound to it); restarted
+    /// receive queue once an external switch is bound to it) and whether
+    /// VMBus work waits for a tick; restarted
     /// only when that changes, and not while the timer is stopped.
     fn adjust_idle_tick(&mut self) {
-        let want = crate::arch::wanted_idle_tick_us(self.net.polls_host_nic());
+        let soon = self.tick_soon || self.watching;
+        let want = crate::arch::wanted_idle_tick_us(self.net.polls_host_nic(), soon);
         if want != crate::arch::idle_tick_us() {
             crate::arch::set_idle_tick_us(want);
             if !self.timer_stopped {
@@ -1727,11 +1738,13 @@ impl Vmm {
         }
         self.last_tick = now;
         let mut served = false;
+        let mut soon = false;
         for vm in self.vms.iter_mut().flatten() {
             if let Some(bus) = vm.vmbus.as_mut() {
                 if bus.needs_tick() {
                     bus.tick(now, self.tsc_hz, self.host_time, &mut self.net);
                     served = true;
+                    soon |= bus.wants_tick_soon(&self.net);
                 }
             } else {
                 // A VM that is not running takes no frames.
@@ -1753,6 +1766,7 @@ impl Vmm {
                 );
             }
         }
+        self.tick_soon = soon;
         (any, served)
     }
 

@@ -948,6 +948,26 @@ impl VmBus {
         self.version.is_some() || !self.host.port_ref().outbox.is_empty()
     }
 
+    /// Whether this bus has work that waits for a tick within the quiet
+    /// tick: messages its SynIC could not take yet, a shutdown request its
+    /// service cannot take yet, an adapter being removed, frames waiting
+    /// at an adapter's switch port. Without any, what the tick does can
+    /// wait for the sleepy tick (heartbeats and time samples are a second
+    /// apart or more; a guest signals what it sends).
+    pub fn wants_tick_soon(&self, net: &Network) -> bool {
+        let frames_wait = |d: &NetDevice| {
+            net.switch(d.spec.switch)
+                .and_then(|s| s.port(d.spec.port))
+                .is_some_and(|p| p.queued() > 0)
+        };
+        !self.host.port_ref().outbox.is_empty()
+            || self.shutdown_wanted
+            || self
+                .nics
+                .iter()
+                .any(|d| d.removing.is_some() || frames_wait(d))
+    }
+
     /// Periodic work: heartbeats and time samples, and posting what the
     /// guest's queue could not take before.
     pub fn tick(&mut self, now: u64, tsc_hz: u64, host_time: (u64, u64), net: &mut Network) {
