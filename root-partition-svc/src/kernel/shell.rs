@@ -401,9 +401,9 @@ impl Shell {
             println!("(following the hypervisor's log; press any key to stop)");
         }
         // New lines do not wake the root: it looks every quiet tick.
-        vm::get().watching = follow;
+        vm::get().set_watching(follow);
         self.show_host_log(follow);
-        vm::get().watching = false;
+        vm::get().set_watching(false);
     }
 
     fn show_host_log(&self, follow: bool) {

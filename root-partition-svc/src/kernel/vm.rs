@@ -207,7 +207,7 @@ pub struct Vmm {
     tick_soon: bool,
     /// Someone watches output that does not wake the root (`host log
     /// --follow`): the idle tick stays quick.
-    pub watching: bool,
+    watching: bool,
 }
 
 /// How often (µs) the VMBus servers' housekeeping runs at least: timers of
@@ -1613,6 +1613,14 @@ impl Vmm {
         any |= self.poll_vmbus();
         self.adjust_idle_tick();
         any
+    }
+
+    /// Someone follows the hypervisor's log (or stops): the tick changes
+    /// now, not at the next poll, so the first new line is not held back
+    /// by a sleepy tick.
+    pub fn set_watching(&mut self, watching: bool) {
+        self.watching = watching;
+        self.adjust_idle_tick();
     }
 
     /// The idle timer's period follows what is polled (the host NIC's
