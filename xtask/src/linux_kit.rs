@@ -38,6 +38,11 @@ pub const HV_MODULES: &[&str] = &[
     "hv_utils",
 ];
 
+/// The reference machine's disk driver (with its `depends=`), in the order
+/// `/load-reference-modules` loads them: `linuxtest=dd-reference` on plain
+/// QEMU, no hypervisor, against which `bench storage` weighs the guest.
+pub const REFERENCE_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
+
 /// Busybox applets linked in `/bin` (`/init` also runs `busybox --install -s`
 /// for the rest, for the interactive shell).
 const APPLETS: &[&str] = &[
@@ -197,6 +202,28 @@ net_up() {
         ip addr add "$netip" dev eth0
     fi
 }
+# The storage benchmark, three rounds: 192 MiB written to disk $1 and read
+# back in 1 MiB requests past the page cache; the kernel's uptime before and
+# after each.
+dd_bench() {
+    for round in 1 2 3; do
+        t0=$(cut -d' ' -f1 /proc/uptime)
+        dd if=/dev/zero of=/dev/$1 bs=1M count=192 oflag=direct 2>/dev/null
+        t1=$(cut -d' ' -f1 /proc/uptime)
+        dd if=/dev/$1 of=/dev/null bs=1M count=192 iflag=direct 2>/dev/null
+        t2=$(cut -d' ' -f1 /proc/uptime)
+        # What the write's source costs alone (the zeros dd reads before
+        # each write: the guest's own work, no storage in it).
+        dd if=/dev/zero of=/dev/null bs=1M count=192 2>/dev/null
+        t3=$(cut -d' ' -f1 /proc/uptime)
+        echo "LINUX-INIT: dd write: 192 MiB from uptime $t0 to $t1"
+        echo "LINUX-INIT: dd read: 192 MiB from uptime $t1 to $t2"
+        echo "LINUX-INIT: dd source: 192 MiB from uptime $t2 to $t3"
+    done
+    echo "LINUX-INIT: done"
+    drain
+    poweroff -f
+}
 # hv_vmbus is not loaded here: without a VMBus host it waits for one. Run
 # /load-hv-modules for that.
 case "$linuxtest" in
@@ -262,25 +289,19 @@ disk)
     poweroff -f
     ;;
 dd)
-    # The storage benchmark: 192 MiB written to the first SCSI disk and read
-    # back in 1 MiB requests past the page cache; the kernel's uptime (the
-    # Hyper-V reference clock) before and after each.
+    # The storage benchmark on the first SCSI disk.
     load_and_wait_for_sda
-    t0=$(cut -d' ' -f1 /proc/uptime)
-    dd if=/dev/zero of=/dev/sda bs=1M count=192 oflag=direct 2>/dev/null
-    t1=$(cut -d' ' -f1 /proc/uptime)
-    dd if=/dev/sda of=/dev/null bs=1M count=192 iflag=direct 2>/dev/null
-    t2=$(cut -d' ' -f1 /proc/uptime)
-    # What the write's source costs alone (the zeros dd reads before each
-    # write: the guest's own work, no storage in it).
-    dd if=/dev/zero of=/dev/null bs=1M count=192 2>/dev/null
-    t3=$(cut -d' ' -f1 /proc/uptime)
-    echo "LINUX-INIT: dd write: 192 MiB from uptime $t0 to $t1"
-    echo "LINUX-INIT: dd read: 192 MiB from uptime $t1 to $t2"
-    echo "LINUX-INIT: dd source: 192 MiB from uptime $t2 to $t3"
-    echo "LINUX-INIT: done"
-    drain
-    poweroff -f
+    dd_bench sda
+    ;;
+dd-reference)
+    # The same on plain QEMU's virtio disk: no hypervisor, the reference.
+    /load-reference-modules | grep failed
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 30 ]; do
+        sleep 1
+        i=$((i + 1))
+    done
+    dd_bench vda
     ;;
 net)
     # The first network adapter (net_up), then a ping of netpeer every
@@ -361,10 +382,15 @@ vmcall)
 esac
 "#;
 
-/// `/load-hv-modules`: `insmod` of every module, dependencies first.
-fn load_modules_script(order: &[String]) -> String {
-    let mut s = String::from(
-        "#!/bin/sh\n# Loads the Hyper-V drivers, dependencies first (written by xtask/src/linux_kit.rs).\n",
+/// `/load-NAME`: `insmod` of every module in `order`, dependencies first.
+fn load_modules_script(name: &str, order: &[String]) -> String {
+    let mut s = format!(
+        "#!/bin/sh\n# Loads {}, dependencies first (written by xtask/src/linux_kit.rs).\n",
+        if name == "hv-modules" {
+            "the Hyper-V drivers"
+        } else {
+            "the reference machine's drivers"
+        }
     );
     for m in order {
         s += &format!(
@@ -372,7 +398,7 @@ fn load_modules_script(order: &[String]) -> String {
              insmod /lib/modules/{m}.ko || echo \"LINUX-INIT: insmod {m} failed: $?\"\n"
         );
     }
-    s += "echo \"LINUX-INIT: load-hv-modules finished\"\n";
+    s += &format!("echo \"LINUX-INIT: load-{name} finished\"\n");
     s
 }
 
@@ -443,23 +469,32 @@ pub fn build() -> Result<Kit> {
             Err(e) => return Err(e),
         }
     };
-    let order: Vec<String> = std::fs::read_to_string(kernel_dir.join("modules.order"))?
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let read_order = |file: &str| -> Result<Vec<String>> {
+        Ok(std::fs::read_to_string(kernel_dir.join(file))?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    };
+    let order = read_order("modules.order")?;
+    let reference_order = read_order("reference.order")?;
     let release = std::fs::read_to_string(kernel_dir.join("release"))?
         .trim()
         .to_string();
-    let mut modules = Vec::new();
-    for m in &order {
-        let path = kernel_dir.join("modules").join(format!("{m}.ko"));
-        modules.push((
-            m.clone(),
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-        ));
-    }
+    let read_modules = |order: &[String]| -> Result<Vec<(String, Vec<u8>)>> {
+        order
+            .iter()
+            .map(|m| {
+                let path = kernel_dir.join("modules").join(format!("{m}.ko"));
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                Ok((m.clone(), bytes))
+            })
+            .collect()
+    };
+    let modules = read_modules(&order)?;
+    let reference = read_modules(&reference_order)?;
     let busybox_bin = std::fs::read(busybox_dir.join("busybox"))?;
-    let archive = initramfs(&busybox_bin, &modules);
+    let archive = initramfs(&busybox_bin, &modules, &reference);
     // Our writer read back by our reader: every entry in bounds, the trailer last.
     let entries = cpio::read(&archive).map_err(|e| anyhow::anyhow!("initramfs: {e}"))?;
     // Rebuilt every time (milliseconds), rewritten only when it changed.
@@ -491,8 +526,13 @@ pub fn build() -> Result<Kit> {
 }
 
 /// The initramfs: busybox and its applet links, the directories, the
-/// console node, the modules, the helpers and the scripts.
-fn initramfs(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+/// console node, the modules (the Hyper-V drivers, and the reference
+/// machine's, each list in load order), the helpers and the scripts.
+fn initramfs(
+    busybox: &[u8],
+    modules: &[(String, Vec<u8>)],
+    reference: &[(String, Vec<u8>)],
+) -> Vec<u8> {
     let mut w = cpio::Writer::new();
     for d in [
         "bin",
@@ -522,15 +562,20 @@ fn initramfs(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
     }
     w.file("bin/vmcall", 0o755, &elf::vmcall_program());
     w.file("bin/vmmcall", 0o755, &elf::vmmcall_program());
-    for (name, bytes) in modules {
-        w.file(&format!("lib/modules/{name}.ko"), 0o644, bytes);
+    let mut written = BTreeSet::new();
+    for (name, bytes) in modules.iter().chain(reference) {
+        if written.insert(name) {
+            w.file(&format!("lib/modules/{name}.ko"), 0o644, bytes);
+        }
     }
-    let order: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
-    w.file(
-        "load-hv-modules",
-        0o755,
-        load_modules_script(&order).as_bytes(),
-    );
+    for (script, list) in [("hv-modules", modules), ("reference-modules", reference)] {
+        let order: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
+        w.file(
+            &format!("load-{script}"),
+            0o755,
+            load_modules_script(script, &order).as_bytes(),
+        );
+    }
     w.file("etc/hostname", 0o644, b"linux-guest\n");
     w.file("init", 0o755, INIT_SCRIPT.as_bytes());
     w.finish()
@@ -688,10 +733,13 @@ fn unpacked(
     Ok(out)
 }
 
-/// A short hash of `HV_MODULES` (FNV-1a), naming the kernel's tree.
+/// A short hash of `HV_MODULES` and `REFERENCE_MODULES` (FNV-1a), naming
+/// the kernel's tree.
 fn modules_fingerprint() -> u32 {
     HV_MODULES
         .iter()
+        .chain([&"--"])
+        .chain(REFERENCE_MODULES)
         .flat_map(|m| m.bytes().chain([0]))
         .fold(0x811c_9dc5u32, |h, b| {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
@@ -735,7 +783,7 @@ fn unpack_kernel(tree: &Path, out: &Path) -> Result<()> {
         .to_string();
     let mut found = BTreeMap::new();
     find_modules(&release_dir.join("kernel"), &mut found)?;
-    let order = load_order(HV_MODULES, |name| {
+    let depends = |name: &str| -> Result<Vec<String>> {
         let path = found
             .get(name)
             .with_context(|| format!("module {name} not in the kernel package"))?;
@@ -743,13 +791,19 @@ fn unpack_kernel(tree: &Path, out: &Path) -> Result<()> {
         elf::module_depends(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
             .map(|d| d.iter().map(|d| d.replace('-', "_")).collect())
-    })?;
+    };
     std::fs::copy(vmlinuz, out.join("vmlinuz"))?;
     std::fs::create_dir_all(out.join("modules"))?;
-    for m in &order {
-        std::fs::copy(&found[m], out.join("modules").join(format!("{m}.ko")))?;
+    for (wanted, file) in [
+        (HV_MODULES, "modules.order"),
+        (REFERENCE_MODULES, "reference.order"),
+    ] {
+        let order = load_order(wanted, depends)?;
+        for m in &order {
+            std::fs::copy(&found[m], out.join("modules").join(format!("{m}.ko")))?;
+        }
+        std::fs::write(out.join(file), order.join("\n") + "\n")?;
     }
-    std::fs::write(out.join("modules.order"), order.join("\n") + "\n")?;
     std::fs::write(out.join("release"), format!("{release}\n"))?;
     Ok(())
 }
@@ -890,7 +944,11 @@ mod tests {
             ("scsi_common".to_string(), b"ko1".to_vec()),
             ("hv_vmbus".to_string(), b"ko2".to_vec()),
         ];
-        let a = initramfs(b"\x7FELFbusybox", &modules);
+        let reference = vec![
+            ("virtio".to_string(), b"ko3".to_vec()),
+            ("scsi_common".to_string(), b"ko1".to_vec()),
+        ];
+        let a = initramfs(b"\x7FELFbusybox", &modules, &reference);
         let entries = cpio::read(&a).unwrap();
         let get = |n: &str| {
             entries
@@ -921,6 +979,12 @@ mod tests {
         let common = load.find("insmod /lib/modules/scsi_common.ko").unwrap();
         let vmbus = load.find("insmod /lib/modules/hv_vmbus.ko").unwrap();
         assert!(common < vmbus);
+        assert!(!load.contains("virtio"));
+        assert_eq!(get("lib/modules/virtio.ko").data, b"ko3");
+        let load = String::from_utf8(get("load-reference-modules").data.clone()).unwrap();
+        let virtio = load.find("insmod /lib/modules/virtio.ko").unwrap();
+        let common = load.find("insmod /lib/modules/scsi_common.ko").unwrap();
+        assert!(virtio < common && !load.contains("hv_vmbus"));
         // Each parent directory comes before what it holds.
         for (i, e) in entries.iter().enumerate() {
             if let Some((parent, _)) = e.name.rsplit_once('/') {
