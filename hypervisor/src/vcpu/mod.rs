@@ -909,6 +909,13 @@ impl Vcpu {
 // The world-switch assembly addresses `GuestRegs` fields by offset.
 const _: () = assert!(core::mem::size_of::<GuestRegs>() == 15 * 8);
 
+/// The MSRs a guest VP reads and writes without an exit: FS_BASE and
+/// GS_BASE, which the entry loads and the exit saves (VMCS guest-state
+/// fields; VMLOAD/VMSAVE of the VP's VMCB) and the processor checks itself
+/// (#GP for a non-canonical base). Linux writes FS_BASE at most context
+/// switches back to a user task: an exit each, about one per disk request.
+pub const GUEST_PASSTHROUGH_MSRS: [u32; 2] = [0xC000_0100, 0xC000_0101];
+
 /// The architectural MSRs kept in the VMCS/VMCB (`Vcpu::state_msr`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateMsr {

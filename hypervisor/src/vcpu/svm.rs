@@ -193,7 +193,8 @@ pub fn enable(caps: &SvmCaps) -> Result<(), &'static str> {
 
 /// Guest partitions' I/O permission map: all set, every port exits.
 static GUEST_IOPM: spin::Once<u64> = spin::Once::new();
-/// Guest partitions' MSR permission map: every MSR access exits.
+/// Guest partitions' MSR permission map: every MSR access exits but the
+/// `GUEST_PASSTHROUGH_MSRS`.
 static GUEST_MSRPM: spin::Once<u64> = spin::Once::new();
 
 /// VMX-style access rights (type 3:0, S, DPL, P, AVL 12, L 13, D/B 14, G 15)
@@ -289,6 +290,13 @@ impl SvmVcpu {
                 memory::shared_pages(&GUEST_MSRPM, 2, |page| {
                     // SAFETY: the two zeroed pages were just allocated for the map.
                     unsafe { core::ptr::write_bytes(page as *mut u8, 0xFF, 2 * 4096) }
+                    for m in super::GUEST_PASSTHROUGH_MSRS {
+                        // Read bit 2n, write bit 2n + 1 of the 0xC000_0000 range at 0x800.
+                        let bit = (m - 0xC000_0000) as u64 * 2;
+                        let byte = page + 0x800 + bit / 8;
+                        // SAFETY: `byte` lies in the map's first page (m is below 0xC000_0400).
+                        unsafe { *(byte as *mut u8) &= !(3 << (bit % 8)) };
+                    }
                 })?,
             )
         } else {

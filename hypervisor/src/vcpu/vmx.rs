@@ -420,7 +420,8 @@ fn io_bitmaps(guest: bool) -> Result<u64, &'static str> {
 
 /// The shared MSR bitmap: which MSR accesses of the root exit.
 static MSR_BITMAP: spin::Once<u64> = spin::Once::new();
-/// Guests: every MSR access exits (the hypervisor emulates the few they get).
+/// Guests: every MSR access exits (the hypervisor emulates the few they
+/// get) but the `GUEST_PASSTHROUGH_MSRS`.
 static GUEST_MSR_BITMAP: spin::Once<u64> = spin::Once::new();
 
 fn msr_bitmap(guest: bool) -> Result<u64, &'static str> {
@@ -428,6 +429,15 @@ fn msr_bitmap(guest: bool) -> Result<u64, &'static str> {
         return memory::shared_pages(&GUEST_MSR_BITMAP, 1, |page| {
             // SAFETY: the zeroed page was just allocated for the bitmap.
             unsafe { core::ptr::write_bytes(page as *mut u8, 0xFF, 4096) }
+            for m in super::GUEST_PASSTHROUGH_MSRS {
+                // Read-high at 0x400, write-high at 0xC00, a bit per MSR.
+                let bit = (m & 0x1FFF) as u64;
+                for half in [0x400, 0xC00] {
+                    let byte = page + half + bit / 8;
+                    // SAFETY: `byte` lies in the bitmap's page (bit / 8 < 0x400).
+                    unsafe { *(byte as *mut u8) &= !(1 << (bit % 8)) };
+                }
+            }
         });
     }
     memory::shared_pages(&MSR_BITMAP, 1, |page| {
