@@ -190,7 +190,7 @@ impl BlockDevice for MemoryDisk {
 }
 
 /// A zeroed buffer of `len` bytes, or `None` if memory is short (a
-/// request's data is up to 512 KiB: its failure is the request's, never a
+/// request's data is up to 1 MiB: its failure is the request's, never a
 /// panic of the server).
 pub fn buffer(len: usize) -> Option<Vec<u8>> {
     let mut v = Vec::new();
@@ -289,8 +289,10 @@ pub struct Identity {
     pub id: u64,
 }
 
-/// Largest transfer one command may ask for, in blocks (VPD 0xB0).
-pub const MAX_TRANSFER_BLOCKS: u32 = 1024;
+/// Largest transfer one command may ask for, in blocks (VPD 0xB0; the
+/// storage properties say the same in bytes): 1 MiB, so that Linux's `dd
+/// bs=1M` is one request (one signal, one completion) and not two.
+pub const MAX_TRANSFER_BLOCKS: u32 = 2048;
 
 /// One logical unit: a [`BlockDevice`] with an identity.
 pub struct ScsiDisk<D: BlockDevice> {
