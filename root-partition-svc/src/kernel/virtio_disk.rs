@@ -68,8 +68,9 @@ impl Queue {
     }
 }
 /// The most one request moves: the largest transfer a guest's storage
-/// request asks for (`vmbus::storvsp::MAX_TRANSFER_BYTES`).
-const MAX_REQUEST: usize = 512 << 10;
+/// request asks for, so that one becomes one device request when its
+/// pages are within the device's `seg_max` pieces.
+const MAX_REQUEST: usize = vmbus::storvsp::MAX_TRANSFER_BYTES as usize;
 
 /// Request types (virtio 1.1, 5.2.6).
 const IN: u32 = 0;
