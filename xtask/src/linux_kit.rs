@@ -168,11 +168,11 @@ fs_check() {
     umount /mnt
     echo "LINUX-INIT: disk formatted (ext2), a 2 MiB file written ($1)"
 }
-# The Hyper-V drivers, then up to 30 s for the first SCSI disk.
-load_and_wait_for_sda() {
-    /load-hv-modules | grep failed
+# The drivers /load-$1 loads, then up to 30 s for disk $2.
+load_and_wait_for_disk() {
+    /load-$1 | grep failed
     i=0
-    while [ ! -b /dev/sda ] && [ $i -lt 30 ]; do
+    while [ ! -b /dev/$2 ] && [ $i -lt 30 ]; do
         sleep 1
         i=$((i + 1))
     done
@@ -273,7 +273,7 @@ vmbus)
     ;;
 disk)
     # The first SCSI disk, served by the root over VMBus (disk_check).
-    load_and_wait_for_sda
+    load_and_wait_for_disk hv-modules sda
     if [ -b /dev/sda ]; then
         # Every disk (Linux numbers them as the LUNs are found).
         sleep 1
@@ -290,17 +290,12 @@ disk)
     ;;
 dd)
     # The storage benchmark on the first SCSI disk.
-    load_and_wait_for_sda
+    load_and_wait_for_disk hv-modules sda
     dd_bench sda
     ;;
 dd-reference)
     # The same on plain QEMU's virtio disk: no hypervisor, the reference.
-    /load-reference-modules | grep failed
-    i=0
-    while [ ! -b /dev/vda ] && [ $i -lt 30 ]; do
-        sleep 1
-        i=$((i + 1))
-    done
+    load_and_wait_for_disk reference-modules vda
     dd_bench vda
     ;;
 net)
