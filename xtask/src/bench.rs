@@ -3,7 +3,7 @@
 use crate::{build, emulator, image, prereq};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use system_tests::{Boot, Emulator, Machine};
 
@@ -579,8 +579,8 @@ fn reference_dd(kit: &crate::linux_kit::Kit, dir: &Path) -> Result<(f64, f64)> {
     // Written out, not sparse: the guest's VHDX lies in blocks of the host
     // disk that the root's own benchmark wrote before.
     std::fs::write(&disk, vec![0u8; 256 << 20])?;
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "qemu64", "-smp", "1", "-m", "256M"])
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-cpu", "qemu64", "-smp", "1", "-m", "256M"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
         .arg(&kit.kernel)
@@ -592,34 +592,21 @@ fn reference_dd(kit: &crate::linux_kit::Kit, dir: &Path) -> Result<(f64, f64)> {
         ])
         .arg("-drive")
         .arg(format!("file={},format=raw,if=none,id=d", disk.display()))
-        .args(["-device", "virtio-blk-pci,drive=d"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let mut out = child.stdout.take().context("QEMU's output")?;
+        .args(["-device", "virtio-blk-pci,drive=d"]);
     // QEMU ends with the guest's power-off; a hung guest is ended at 10 min.
-    let reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut log);
-        log
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    while child.try_wait()?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = reader.join().unwrap_or_default();
+    let (log, killed) = emulator::run_to_end(qemu, Duration::from_secs(600))?;
     std::fs::write(dir.join("reference-serial.log"), &log)?;
     let _ = std::fs::remove_file(&disk);
     let rate = |what: &str| dd_seconds(&log, what).map(|s| 192.0 / s);
     match (rate("dd write: "), rate("dd read: ")) {
         (Some(w), Some(r)) => Ok((w, r)),
         _ => bail!(
-            "no dd summary from the reference machine (see {})",
+            "no dd summary from the reference machine{} (see {})",
+            if killed {
+                ", ended at its 10 min limit"
+            } else {
+                ""
+            },
             dir.join("reference-serial.log").display()
         ),
     }

@@ -485,6 +485,29 @@ fn supervise(
     }
 }
 
+/// Runs `cmd` (an emulator without our hypervisor, say) to its end, killed
+/// at `timeout`: what it wrote to stdout, and whether it was killed.
+pub fn run_to_end(mut cmd: Command, timeout: Duration) -> Result<(String, bool)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().context("starting the emulator")?;
+    let out = capture(child.stdout.take().expect("piped"), false);
+    let read = || out.lock().unwrap().clone();
+    let opts = RunOptions {
+        timeout,
+        echo: false,
+        input: Input::Nothing,
+        monitor_trigger: None,
+        monitor_commands: &[],
+        echo_hypervisor_log: false,
+    };
+    let (_, timed_out, _) = supervise(&mut child, &opts, &read, |_| false, || {})?;
+    // The reader takes what was written just before the exit.
+    std::thread::sleep(Duration::from_millis(50));
+    Ok((read(), timed_out))
+}
+
 /// A path for one machine's monitor socket. Not in the case directory: a
 /// Unix socket path must be under 108 bytes (`sun_path`), and a clone in a
 /// deep directory with a long case name is over it.
